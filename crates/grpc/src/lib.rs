@@ -1,0 +1,146 @@
+//! The parts every stowage gRPC server and client share, so a service's `main` only names its
+//! own API: a router that already serves `grpc.health.v1` and server reflection and opens a
+//! span per request, serving until a cancellation token fires, SIGTERM/SIGINT handling, and
+//! client channels that propagate the trace context.
+
+use std::{net::SocketAddr, time::Duration};
+
+use stowage_telemetry::propagation::{InjectTraceContext, ServerTraceLayer};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService,
+    transport::{Channel, Endpoint, Server, server::Router},
+};
+use tower::layer::util::{Identity, Stack};
+
+/// A client channel that sends the caller's trace context with every request.
+pub type TracedChannel = InjectTraceContext<Channel>;
+
+/// A server router whose every request runs in a `grpc.server` span.
+pub type TracedRouter = Router<Stack<ServerTraceLayer, Identity>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("invalid gRPC endpoint `{endpoint}`: {source}")]
+    InvalidEndpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("connecting to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving gRPC on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: tonic::transport::Error,
+    },
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A router serving health (with `S` reported SERVING) and reflection for the stowage.v1
+/// contracts; add the service itself with `add_service`.
+pub async fn router_for<S: NamedService>() -> Result<TracedRouter, GrpcError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<S>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl and older tools still ask the v1alpha reflection service.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(Server::builder()
+        .layer(ServerTraceLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
+}
+
+/// Serves `router` on `addr` until `shutdown` is cancelled, then lets running calls finish.
+pub async fn serve(
+    router: TracedRouter,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| GrpcError::Bind { addr, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %local, "serving gRPC");
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
+        .map_err(|source| GrpcError::Serve { addr, source })
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT, so every task holding a child token stops.
+pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+            _ = token.cancelled() => return,
+        }
+        token.cancel();
+    })
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, GrpcError> {
+    Endpoint::from_shared(address.to_string())
+        .map(|endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_keepalive(Some(Duration::from_secs(30)))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+        })
+        .map_err(|source| GrpcError::InvalidEndpoint {
+            endpoint: address.to_string(),
+            source,
+        })
+}
+
+/// A channel that connects on first use and reconnects after failures; for peers that may
+/// start later than the caller.
+pub fn connect_lazy(address: &str) -> Result<TracedChannel, GrpcError> {
+    Ok(InjectTraceContext::new(endpoint(address)?.connect_lazy()))
+}
+
+/// A channel connected now; fails fast when the peer is not there.
+pub async fn connect(address: &str) -> Result<TracedChannel, GrpcError> {
+    let channel = endpoint(address)?
+        .connect()
+        .await
+        .map_err(|source| GrpcError::Connect {
+            endpoint: address.to_string(),
+            source,
+        })?;
+    Ok(InjectTraceContext::new(channel))
+}

@@ -1,0 +1,1 @@
+//! Test support: starting the real binaries and peers on free ports, in temp dirs.
