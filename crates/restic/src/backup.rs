@@ -1,0 +1,228 @@
+//! `restic backup --json`: options, the status and summary lines it prints, and the run that
+//! turns status lines into progress callbacks.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    command::{Repository, Restic, ResticCommand},
+    error::ResticError,
+};
+
+/// What to back up and how to label it.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Working directory; with `paths` = `["."]` the files are stored at the snapshot root,
+    /// so the tree does not depend on where the directory sits on the node.
+    pub working_dir: PathBuf,
+    /// Paths to back up, relative to `working_dir`; `.` when empty.
+    pub paths: Vec<PathBuf>,
+    pub host: Option<String>,
+    /// One `--tag` each. restic splits a tag on `,`, so tags must not contain one.
+    pub tags: Vec<String>,
+    /// `--parent`: the snapshot to compare against, so unchanged files are not read.
+    pub parent: Option<String>,
+    pub excludes: Vec<String>,
+}
+
+/// A `message_type: status` line.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BackupStatus {
+    pub seconds_elapsed: u64,
+    pub seconds_remaining: u64,
+    pub percent_done: f64,
+    pub total_files: u64,
+    pub files_done: u64,
+    pub total_bytes: u64,
+    pub bytes_done: u64,
+    pub error_count: u64,
+    pub current_files: Vec<String>,
+}
+
+/// The final `message_type: summary` line.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BackupSummary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub data_blobs: i64,
+    pub tree_blobs: i64,
+    pub data_added: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+    pub total_duration: f64,
+    /// restic 0.14 prints the short id here.
+    pub snapshot_id: String,
+}
+
+/// One parsed stdout line of `restic backup --json`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackupMessage {
+    Status(BackupStatus),
+    Summary(BackupSummary),
+    /// Errors, verbose lines and message types newer restic versions add.
+    Other(String),
+}
+
+#[derive(Deserialize)]
+struct Tagged {
+    message_type: String,
+}
+
+/// Parses one line; `None` for lines that are not JSON (restic prints a few plain warnings).
+pub fn parse_backup_line(line: &str) -> Option<BackupMessage> {
+    let line = line.trim();
+    if !line.starts_with('{') {
+        return None;
+    }
+    let tagged: Tagged = serde_json::from_str(line).ok()?;
+    match tagged.message_type.as_str() {
+        "status" => serde_json::from_str(line).ok().map(BackupMessage::Status),
+        "summary" => serde_json::from_str(line).ok().map(BackupMessage::Summary),
+        other => Some(BackupMessage::Other(other.to_string())),
+    }
+}
+
+impl Restic {
+    /// Runs `restic backup --json`, calling `on_status` for every status line, and returns the
+    /// summary.
+    pub async fn backup(
+        &self,
+        repository: &Repository,
+        options: &BackupOptions,
+        cancel: &CancellationToken,
+        mut on_status: impl FnMut(&BackupStatus) + Send,
+    ) -> Result<BackupSummary, ResticError> {
+        let command = backup_command(options)?;
+        let mut summary = None;
+        self.run_streaming(
+            repository,
+            &command,
+            cancel,
+            |line| match parse_backup_line(line) {
+                Some(BackupMessage::Status(status)) => on_status(&status),
+                Some(BackupMessage::Summary(found)) => summary = Some(found),
+                Some(BackupMessage::Other(kind)) => tracing::debug!(kind, "restic backup message"),
+                None => tracing::debug!(line, "restic backup output"),
+            },
+        )
+        .await?;
+        summary.ok_or_else(|| ResticError::MissingOutput {
+            command: "backup".into(),
+            reason: "restic exited 0 without a summary line".into(),
+        })
+    }
+}
+
+/// The argv for a backup; refuses tags restic would split.
+pub fn backup_command(options: &BackupOptions) -> Result<ResticCommand, ResticError> {
+    let mut command = ResticCommand::new("backup")
+        .json()
+        .current_dir(&options.working_dir);
+    if let Some(host) = &options.host {
+        command = command.arg("--host").arg(host);
+    }
+    for tag in &options.tags {
+        if tag.contains(',') || tag.is_empty() {
+            return Err(ResticError::InvalidArgument {
+                command: "backup".into(),
+                reason: format!("tag `{tag}` is empty or contains `,`, which restic splits on"),
+            });
+        }
+        command = command.arg("--tag").arg(tag);
+    }
+    if let Some(parent) = &options.parent {
+        command = command.arg("--parent").arg(parent);
+    }
+    for exclude in &options.excludes {
+        command = command.arg("--exclude").arg(exclude);
+    }
+    // `--` so a path starting with `-` is never read as a flag.
+    command = command.arg("--");
+    if options.paths.is_empty() {
+        command = command.arg(".");
+    } else {
+        command = command.args(options.paths.iter().map(|p| p.as_os_str().to_owned()));
+    }
+    Ok(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_summary_lines_of_restic_0_14_parse() {
+        let status = r#"{"message_type":"status","seconds_elapsed":2,"percent_done":0.5,"total_files":4,"files_done":2,"total_bytes":4096,"bytes_done":2048,"current_files":["/a"]}"#;
+        match parse_backup_line(status) {
+            Some(BackupMessage::Status(status)) => {
+                assert_eq!(
+                    (status.bytes_done, status.total_bytes, status.files_done),
+                    (2048, 4096, 2)
+                );
+                assert_eq!(status.current_files, vec!["/a".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let summary = r#"{"message_type":"summary","files_new":1,"files_changed":0,"files_unmodified":0,"dirs_new":0,"dirs_changed":0,"dirs_unmodified":0,"data_blobs":1,"tree_blobs":1,"data_added":354,"total_files_processed":1,"total_bytes_processed":3,"total_duration":0.215033081,"snapshot_id":"63dfff4a"}"#;
+        match parse_backup_line(summary) {
+            Some(BackupMessage::Summary(summary)) => {
+                assert_eq!(summary.snapshot_id, "63dfff4a");
+                assert_eq!(summary.data_added, 354);
+                assert_eq!(summary.files_new, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_and_plain_lines_are_not_errors() {
+        assert_eq!(
+            parse_backup_line(r#"{"message_type":"verbose_status","action":"new"}"#),
+            Some(BackupMessage::Other("verbose_status".into()))
+        );
+        assert_eq!(parse_backup_line("using parent snapshot 1234"), None);
+        assert_eq!(parse_backup_line("{broken"), None);
+    }
+
+    #[test]
+    fn command_has_one_tag_flag_per_tag_and_ends_with_dot() {
+        let command = backup_command(&BackupOptions {
+            working_dir: "/v".into(),
+            host: Some("node-1".into()),
+            tags: vec!["ns=a".into(), "pod=b".into()],
+            parent: Some("abcd".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let args: Vec<_> = command
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--json", "--host", "node-1", "--tag", "ns=a", "--tag", "pod=b", "--parent",
+                "abcd", "--", "."
+            ]
+        );
+    }
+
+    #[test]
+    fn tag_with_comma_is_refused() {
+        let error = backup_command(&BackupOptions {
+            tags: vec!["a=b,c".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(error, ResticError::InvalidArgument { .. }));
+    }
+}

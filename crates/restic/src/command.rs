@@ -1,0 +1,568 @@
+//! The runner every restic command goes through: builds the argv (never a shell), hands the
+//! repository and password to restic through the environment and a 0600 password file in a
+//! per-run scratch directory, streams stdout line by line, keeps stderr for the error, and kills
+//! the whole process group when the caller cancels or drops the future.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fmt,
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ResticError, STDERR_LIMIT, classify_exit};
+
+/// Environment variables restic would read a password or repository from; removed from the
+/// inherited environment so only what the [`Repository`] says reaches restic.
+const SCRUBBED_ENV: &[&str] = &[
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_COMMAND",
+    "RESTIC_PASSWORD_FILE",
+    "RESTIC_REPOSITORY",
+    "RESTIC_REPOSITORY_FILE",
+    "RESTIC_KEY_HINT",
+];
+
+/// How to run restic on this machine: which binary, and the private directory where per-run
+/// password files and the shared restic cache live.
+#[derive(Clone, Debug)]
+pub struct Restic {
+    binary: PathBuf,
+    scratch_dir: PathBuf,
+}
+
+/// Everything needed to open one repository. `Debug` never shows the password or the values
+/// of `env` (they carry object-store credentials).
+#[derive(Clone)]
+pub struct Repository {
+    pub url: String,
+    password: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Repository {
+    pub fn new(url: impl Into<String>, password: impl Into<String>) -> Self {
+        Repository {
+            url: url.into(),
+            password: password.into(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// Adds an environment variable for restic (e.g. `AWS_ACCESS_KEY_ID`).
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.url)
+            .field("password", &"<redacted>")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One restic invocation: the subcommand, its arguments and the working directory.
+#[derive(Clone, Debug)]
+pub struct ResticCommand {
+    name: String,
+    args: Vec<OsString>,
+    current_dir: Option<PathBuf>,
+}
+
+impl ResticCommand {
+    /// `restic <name>`; `name` is the subcommand (`backup`, `snapshots`, `key`, …).
+    pub fn new(name: impl Into<String>) -> Self {
+        ResticCommand {
+            name: name.into(),
+            args: Vec::new(),
+            current_dir: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds `--json` so stdout is machine-readable.
+    pub fn json(self) -> Self {
+        self.arg("--json")
+    }
+
+    /// Runs restic in `dir` (a backup of `.` there stores the files at the snapshot root).
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arguments(&self) -> &[OsString] {
+        &self.args
+    }
+}
+
+/// What a finished command printed.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Restic {
+    pub fn new(binary: impl Into<PathBuf>, scratch_dir: impl Into<PathBuf>) -> Self {
+        Restic {
+            binary: binary.into(),
+            scratch_dir: scratch_dir.into(),
+        }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    pub fn scratch_dir(&self) -> &Path {
+        &self.scratch_dir
+    }
+
+    /// `restic version`, e.g. `restic 0.14.0 compiled with go1.19.8 on linux/amd64`.
+    pub async fn version(&self, cancel: &CancellationToken) -> Result<String, ResticError> {
+        let output = self
+            .execute(None, &ResticCommand::new("version"), cancel, |line| {
+                let _ = line;
+            })
+            .await?;
+        Ok(output.stdout.trim().to_string())
+    }
+
+    /// Runs `command` against `repository` and returns everything it printed.
+    pub async fn run(
+        &self,
+        repository: &Repository,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+    ) -> Result<Output, ResticError> {
+        self.execute(Some(repository), command, cancel, |_| {})
+            .await
+    }
+
+    /// Runs `command`, calling `on_line` with each stdout line as it arrives (for `--json`
+    /// progress). The returned [`Output::stdout`] is empty: lines are not kept.
+    pub async fn run_streaming(
+        &self,
+        repository: &Repository,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+        on_line: impl FnMut(&str) + Send,
+    ) -> Result<Output, ResticError> {
+        self.execute_inner(Some(repository), command, cancel, on_line, false)
+            .await
+    }
+
+    /// Runs `command` (add `--json` yourself) and parses its whole stdout as one JSON value.
+    pub async fn run_json<T: DeserializeOwned>(
+        &self,
+        repository: &Repository,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+    ) -> Result<T, ResticError> {
+        let output = self.run(repository, command, cancel).await?;
+        parse_json(command.name(), &output.stdout)
+    }
+
+    async fn execute(
+        &self,
+        repository: Option<&Repository>,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+        on_line: impl FnMut(&str) + Send,
+    ) -> Result<Output, ResticError> {
+        self.execute_inner(repository, command, cancel, on_line, true)
+            .await
+    }
+
+    #[tracing::instrument(
+        name = "restic",
+        skip_all,
+        fields(
+            restic.command = %command.name,
+            restic.repository = repository.map(|r| r.url.as_str()).unwrap_or(""),
+            restic.exit_code = tracing::field::Empty,
+        )
+    )]
+    async fn execute_inner(
+        &self,
+        repository: Option<&Repository>,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+        mut on_line: impl FnMut(&str) + Send,
+        keep_stdout: bool,
+    ) -> Result<Output, ResticError> {
+        if cancel.is_cancelled() {
+            return Err(ResticError::Cancelled {
+                command: command.name.clone(),
+            });
+        }
+        let run_dir = self.prepare_run_dir()?;
+        let mut process = tokio::process::Command::new(&self.binary);
+        process
+            .arg(&command.name)
+            .args(&command.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a cancel reaches anything restic starts (rclone, ssh).
+            .process_group(0)
+            .kill_on_drop(true)
+            .env("RESTIC_CACHE_DIR", self.scratch_dir.join("cache"))
+            // With --json restic prints 60 status lines a second by default; 2 is plenty.
+            .env("RESTIC_PROGRESS_FPS", "2");
+        for name in SCRUBBED_ENV {
+            process.env_remove(name);
+        }
+        if let Some(dir) = &command.current_dir {
+            process.current_dir(dir);
+        }
+        if let Some(repository) = repository {
+            for (key, value) in &repository.env {
+                process.env(key, value);
+            }
+            let password_file = write_password_file(run_dir.path(), repository.password())?;
+            process
+                .env("RESTIC_REPOSITORY", &repository.url)
+                .env("RESTIC_PASSWORD_FILE", password_file);
+        }
+        tracing::debug!(args = ?command.args, "running restic");
+
+        let mut child = process.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound && command.current_dir_exists() {
+                ResticError::BinaryMissing {
+                    binary: self.binary.clone(),
+                    source,
+                }
+            } else {
+                ResticError::Spawn {
+                    binary: self.binary.clone(),
+                    command: command.name.clone(),
+                    source,
+                }
+            }
+        })?;
+        let mut group = ProcessGroupGuard(child.id().map(|pid| pid as i32));
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+
+        let mut kept_stdout = String::new();
+        let outcome = {
+            let read_stdout = async {
+                if let Some(stdout) = stdout {
+                    let mut lines = BufReader::new(stdout).lines();
+                    while let Some(line) = lines.next_line().await? {
+                        on_line(&line);
+                        if keep_stdout {
+                            kept_stdout.push_str(&line);
+                            kept_stdout.push('\n');
+                        }
+                    }
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            let run = async {
+                let (stdout_result, stderr_text) = tokio::join!(read_stdout, read_capped(stderr));
+                let status = child.wait().await;
+                (stdout_result, stderr_text, status)
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                finished = run => Some(finished),
+            }
+        };
+
+        let Some((stdout_result, stderr_text, status)) = outcome else {
+            group.kill();
+            // Reap the leader so no zombie is left behind; the kill closed its pipes.
+            let _ = child.wait().await;
+            group.disarm();
+            tracing::info!("restic cancelled, process group killed");
+            return Err(ResticError::Cancelled {
+                command: command.name.clone(),
+            });
+        };
+        group.disarm();
+        drop(run_dir);
+        let status = status.map_err(|source| ResticError::Io {
+            command: command.name.clone(),
+            source,
+        })?;
+        stdout_result.map_err(|source| ResticError::Io {
+            command: command.name.clone(),
+            source,
+        })?;
+        let span = tracing::Span::current();
+        if let Some(code) = status.code() {
+            span.record("restic.exit_code", code);
+        }
+        if status.success() {
+            return Ok(Output {
+                stdout: kept_stdout,
+                stderr: stderr_text,
+            });
+        }
+        use std::os::unix::process::ExitStatusExt as _;
+        let error = classify_exit(
+            &command.name,
+            repository.map(|r| r.url.as_str()).unwrap_or(""),
+            status.code(),
+            status.signal(),
+            stderr_text,
+        );
+        tracing::warn!(%error, "restic failed");
+        Err(error)
+    }
+
+    /// A fresh 0700 directory for this run's password file, removed when dropped.
+    fn prepare_run_dir(&self) -> Result<tempfile::TempDir, ResticError> {
+        let scratch_error = |source| ResticError::Scratch {
+            path: self.scratch_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.scratch_dir).map_err(scratch_error)?;
+        std::fs::set_permissions(&self.scratch_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(scratch_error)?;
+        tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&self.scratch_dir)
+            .map_err(scratch_error)
+    }
+}
+
+impl ResticCommand {
+    /// A spawn `NotFound` means the binary is missing only when the working dir exists.
+    fn current_dir_exists(&self) -> bool {
+        self.current_dir.as_ref().is_none_or(|dir| dir.is_dir())
+    }
+}
+
+/// Parses restic's JSON stdout; the error keeps the start of the text for the operator.
+pub fn parse_json<T: DeserializeOwned>(command: &str, stdout: &str) -> Result<T, ResticError> {
+    // Some commands print a human line before the JSON document (restic 0.14 `restore`);
+    // the document is the last non-empty line when it is not the whole output.
+    serde_json::from_str(stdout).or_else(|first_error| {
+        stdout
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .and_then(|line| serde_json::from_str(line).ok())
+            .ok_or_else(|| ResticError::Output {
+                command: command.to_string(),
+                output: stdout.chars().take(512).collect(),
+                source: first_error,
+            })
+    })
+}
+
+fn write_password_file(dir: &Path, password: &str) -> Result<PathBuf, ResticError> {
+    let path = dir.join("password");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ResticError::Scratch {
+            path: path.clone(),
+            source,
+        })?;
+    file.write_all(password.as_bytes())
+        .map_err(|source| ResticError::Scratch {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+/// Reads a stream to its end, keeping only the first [`STDERR_LIMIT`] bytes.
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> String {
+    let Some(mut stream) = stream else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let mut truncated = false;
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = STDERR_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if truncated {
+        text.push_str("\n[… stderr truncated]");
+    }
+    text
+}
+
+/// Kills the process group when the run is abandoned (future dropped or cancelled), so no
+/// restic keeps running after its caller is gone.
+struct ProcessGroupGuard(Option<i32>);
+
+impl ProcessGroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0
+            && pgid > 0
+        {
+            // SAFETY: kill(2) with a negative pid signals the group; no memory is involved.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_repository_hides_password_and_env_values() {
+        let repository = Repository::new("/repo", "hunter2").with_env("AWS_SECRET", "s3cr3t");
+        let text = format!("{repository:?}");
+        assert!(text.contains("/repo") && text.contains("AWS_SECRET"));
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_after_a_human_line_is_found() {
+        let value: serde_json::Value =
+            parse_json("restore", "restoring <Snapshot 1> to x\n{\"a\":1}\n").unwrap();
+        assert_eq!(value["a"], 1);
+        let error = parse_json::<serde_json::Value>("stats", "not json").unwrap_err();
+        assert!(matches!(error, ResticError::Output { .. }));
+    }
+
+    #[tokio::test]
+    async fn password_file_is_private_and_removed_after_the_run() {
+        let scratch = tempfile::tempdir().unwrap();
+        // `env` stands in for restic: it prints its environment and exits 0.
+        let restic = Restic::new("/usr/bin/env", scratch.path());
+        let output = restic
+            .run(
+                &Repository::new("/repo", "pw"),
+                &ResticCommand::new("--"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        let password_file = output
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("RESTIC_PASSWORD_FILE="))
+            .expect("password file passed in the environment");
+        assert!(password_file.starts_with(scratch.path().to_str().unwrap()));
+        assert!(!Path::new(password_file).exists(), "removed after the run");
+        assert!(output.stdout.contains("RESTIC_REPOSITORY=/repo"));
+        assert!(!output.stdout.contains("=pw\n"));
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_classified() {
+        let scratch = tempfile::tempdir().unwrap();
+        let restic = Restic::new("/nonexistent/restic", scratch.path());
+        let error = restic.version(&CancellationToken::new()).await.unwrap_err();
+        assert!(
+            matches!(error, ResticError::BinaryMissing { .. }),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_process_group() {
+        let scratch = tempfile::tempdir().unwrap();
+        let script = scratch.path().join("slow");
+        // A stand-in that starts a child of its own and records both pids.
+        let pids = scratch.path().join("pids");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nsleep 30 &\necho $$ $! > {}\nwait\n",
+                pids.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let restic = Restic::new(&script, scratch.path().join("scratch"));
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            let pids = pids.clone();
+            tokio::spawn(async move {
+                while !pids.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        let error = restic
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("backup"),
+                &cancel,
+            )
+            .await
+            .unwrap_err();
+        canceller.await.unwrap();
+        assert!(error.is_cancelled(), "{error}");
+        let text = std::fs::read_to_string(&pids).unwrap();
+        for pid in text.split_whitespace() {
+            let pid: i32 = pid.parse().unwrap();
+            // The sleep child may linger as a zombie until init reaps it; it must not run.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let running = !state.is_empty()
+                && state
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+            assert!(!running, "process {pid} still running: {state}");
+        }
+    }
+}

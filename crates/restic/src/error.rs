@@ -1,0 +1,195 @@
+//! What can go wrong when running restic, classified from its exit status and stderr so callers
+//! can react (retry on a lock, report a wrong password, tell a missing repository apart) without
+//! matching on strings themselves.
+
+use std::path::PathBuf;
+
+/// Keep at most this much of restic's stderr in an error; a backup of a tree with many
+/// unreadable files can print megabytes.
+pub(crate) const STDERR_LIMIT: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResticError {
+    #[error("restic binary `{}` not found: {source}", binary.display())]
+    BinaryMissing {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting restic `{}` {command}: {source}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("preparing the restic scratch directory {}: {source}", path.display())]
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid restic {command} arguments: {reason}")]
+    InvalidArgument { command: String, reason: String },
+    #[error("restic {command}: wrong password or no key found for repository {repository}")]
+    WrongPassword { command: String, repository: String },
+    #[error("restic {command}: there is no repository at {repository}: {stderr}")]
+    RepositoryMissing {
+        command: String,
+        repository: String,
+        stderr: String,
+    },
+    #[error("restic {command}: repository {repository} is locked: {stderr}")]
+    Locked {
+        command: String,
+        repository: String,
+        stderr: String,
+    },
+    #[error("restic {command} was cancelled")]
+    Cancelled { command: String },
+    #[error("restic {command} was killed by signal {signal}: {stderr}")]
+    Killed {
+        command: String,
+        signal: i32,
+        stderr: String,
+    },
+    #[error("restic {command} failed with exit code {code}: {stderr}")]
+    Failed {
+        command: String,
+        code: i32,
+        stderr: String,
+    },
+    #[error("restic {command}: unexpected output ({source}): {output}")]
+    Output {
+        command: String,
+        output: String,
+        source: serde_json::Error,
+    },
+    #[error("restic {command}: {reason}")]
+    MissingOutput { command: String, reason: String },
+    #[error("talking to restic {command}: {source}")]
+    Io {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+impl ResticError {
+    /// Worth trying again later without changing anything (another process holds the lock).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ResticError::Locked { .. })
+    }
+
+    /// The error ended because someone asked for it to stop.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, ResticError::Cancelled { .. })
+    }
+
+    /// restic's own words, when it said something.
+    pub fn stderr(&self) -> Option<&str> {
+        match self {
+            ResticError::RepositoryMissing { stderr, .. }
+            | ResticError::Locked { stderr, .. }
+            | ResticError::Killed { stderr, .. }
+            | ResticError::Failed { stderr, .. } => Some(stderr),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a non-zero exit into the matching error. restic exits 1 for every fatal error, so the
+/// kind is told by the message it prints (stable wording across restic 0.9 – 0.17).
+pub(crate) fn classify_exit(
+    command: &str,
+    repository: &str,
+    code: Option<i32>,
+    signal: Option<i32>,
+    stderr: String,
+) -> ResticError {
+    let command = command.to_string();
+    let repository = repository.to_string();
+    if stderr.contains("wrong password or no key found") {
+        return ResticError::WrongPassword {
+            command,
+            repository,
+        };
+    }
+    if stderr.contains("Is there a repository at the following location?") {
+        return ResticError::RepositoryMissing {
+            command,
+            repository,
+            stderr: stderr.trim().to_string(),
+        };
+    }
+    if stderr.contains("repository is already locked") {
+        return ResticError::Locked {
+            command,
+            repository,
+            stderr: stderr.trim().to_string(),
+        };
+    }
+    match (code, signal) {
+        (Some(code), _) => ResticError::Failed {
+            command,
+            code,
+            stderr: stderr.trim().to_string(),
+        },
+        (None, signal) => ResticError::Killed {
+            command,
+            signal: signal.unwrap_or(0),
+            stderr: stderr.trim().to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_password_is_recognised() {
+        let error = classify_exit(
+            "snapshots",
+            "/r",
+            Some(1),
+            None,
+            "Fatal: wrong password or no key found\n".into(),
+        );
+        assert!(
+            matches!(error, ResticError::WrongPassword { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_repository_is_recognised_and_keeps_stderr() {
+        let stderr = "Fatal: unable to open config file: stat nope/config: no such file or directory\nIs there a repository at the following location?\nnope\n";
+        let error = classify_exit("snapshots", "nope", Some(1), None, stderr.into());
+        match error {
+            ResticError::RepositoryMissing { stderr, .. } => {
+                assert!(stderr.contains("stat nope/config"))
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn lock_is_retryable() {
+        let stderr = "unable to create lock in backend: repository is already locked by PID 12 on host by root (UID 0, GID 0)\nlock was created at 2026-01-01 (1s ago)\n";
+        let error = classify_exit("backup", "/r", Some(1), None, stderr.into());
+        assert!(error.is_retryable(), "{error}");
+    }
+
+    #[test]
+    fn other_failures_keep_code_and_text_and_signals_are_kills() {
+        let error = classify_exit(
+            "backup",
+            "/r",
+            Some(3),
+            None,
+            "some files unreadable".into(),
+        );
+        assert!(
+            matches!(&error, ResticError::Failed { code: 3, stderr, .. } if stderr == "some files unreadable")
+        );
+        let error = classify_exit("backup", "/r", None, Some(9), String::new());
+        assert!(matches!(error, ResticError::Killed { signal: 9, .. }));
+    }
+}

@@ -1,0 +1,17 @@
+//! The typed wrapper around the `restic` binary. [`Restic`] runs one restic command at a time
+//! against a [`Repository`] (URL, password, extra environment): the password reaches restic
+//! only through a 0600 file in a per-run scratch directory, the process runs in its own process
+//! group so cancellation kills it and its children, and failures are classified into
+//! [`ResticError`]. Each command family has its own module on top of the runner in [`command`].
+
+pub mod backup;
+pub mod command;
+pub mod error;
+pub mod restore;
+pub mod snapshots;
+
+pub use backup::{BackupOptions, BackupStatus, BackupSummary};
+pub use command::{Output, Repository, Restic, ResticCommand};
+pub use error::ResticError;
+pub use restore::RestoreOptions;
+pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};
