@@ -1,0 +1,171 @@
+//! Where each file lives under a backup storage location, as Velero laid it out, plus the one
+//! stowage-only file beside them. Keys are relative to the location's root (bucket + prefix).
+
+use crate::error::{FormatError, Result};
+
+/// Top-level directory of the backups.
+pub const BACKUPS_DIR: &str = "backups";
+/// Top-level directory of the per-namespace restic repositories.
+pub const RESTIC_DIR: &str = "restic";
+/// Every backup's Velero record.
+pub const BACKUP_RECORD_FILE: &str = "velero-backup.json";
+
+/// `backups/<name>/`
+pub fn backup_dir(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/")
+}
+
+/// `backups/<name>/velero-backup.json`
+pub fn backup_record_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{BACKUP_RECORD_FILE}")
+}
+
+/// `backups/<name>/<name>-podvolumebackups.json.gz`
+pub fn pod_volume_backups_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{name}-podvolumebackups.json.gz")
+}
+
+/// `backups/<name>/<name>.tar.gz`
+pub fn resources_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{name}.tar.gz")
+}
+
+/// `backups/<name>/<name>-logs.gz`
+pub fn logs_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{name}-logs.gz")
+}
+
+/// `backups/<name>/<name>-stowage.json`: stowage's additions (stable identities, key
+/// references, progress). Velero never reads it, so its presence does not change what Velero's
+/// files mean; its absence marks a backup Velero wrote.
+pub fn stowage_info_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{name}-stowage.json")
+}
+
+/// `restic/<namespace>`: the key prefix of a namespace's restic repository.
+pub fn restic_repository_key(namespace: &str) -> String {
+    format!("{RESTIC_DIR}/{namespace}")
+}
+
+/// The restic repository URL of `namespace` under a location whose restic base is `base`:
+/// a local directory (`/data/loc` → `/data/loc/restic/foo`) or a restic S3 URL
+/// (`s3:http://host:9000/bucket/prefix` → `s3:http://host:9000/bucket/prefix/restic/foo`).
+pub fn restic_repository_url(base: &str, namespace: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        restic_repository_key(namespace)
+    )
+}
+
+/// If `key` is `backups/<name>/velero-backup.json`, the backup name.
+pub fn backup_name_from_record_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(BACKUPS_DIR)?.strip_prefix('/')?;
+    let name = rest.strip_suffix(BACKUP_RECORD_FILE)?.strip_suffix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// Checks `name` is a Kubernetes object name (DNS-1123 subdomain) as Velero requires, which
+/// also makes it a safe single key segment.
+pub fn validate_backup_name(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(FormatError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > 253 {
+        return invalid("longer than 253 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return invalid("only lowercase letters, digits, '-' and '.' are allowed");
+    }
+    let first = name.as_bytes()[0];
+    let last = name.as_bytes()[name.len() - 1];
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return invalid("must start and end with a letter or digit");
+    }
+    if name.split('.').any(str::is_empty) {
+        return invalid("empty label between dots");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_velero_layout() {
+        assert_eq!(backup_record_key("b1"), "backups/b1/velero-backup.json");
+        assert_eq!(
+            pod_volume_backups_key("b1"),
+            "backups/b1/b1-podvolumebackups.json.gz"
+        );
+        assert_eq!(resources_key("b1"), "backups/b1/b1.tar.gz");
+        assert_eq!(logs_key("b1"), "backups/b1/b1-logs.gz");
+        assert_eq!(stowage_info_key("b1"), "backups/b1/b1-stowage.json");
+        assert_eq!(restic_repository_key("foo"), "restic/foo");
+        assert_eq!(backup_dir("b1"), "backups/b1/");
+    }
+
+    #[test]
+    fn restic_urls_join_under_the_location() {
+        assert_eq!(
+            restic_repository_url("/data/loc/", "foo"),
+            "/data/loc/restic/foo"
+        );
+        assert_eq!(
+            restic_repository_url("s3:http://127.0.0.1:9000/bucket/pre", "bar"),
+            "s3:http://127.0.0.1:9000/bucket/pre/restic/bar"
+        );
+    }
+
+    #[test]
+    fn record_keys_give_back_the_backup_name() {
+        assert_eq!(
+            backup_name_from_record_key("backups/b1/velero-backup.json"),
+            Some("b1")
+        );
+        assert_eq!(backup_name_from_record_key("backups/b1/b1.tar.gz"), None);
+        assert_eq!(
+            backup_name_from_record_key("backups/a/b/velero-backup.json"),
+            None
+        );
+        assert_eq!(
+            backup_name_from_record_key("backups//velero-backup.json"),
+            None
+        );
+        assert_eq!(
+            backup_name_from_record_key("restic/velero-backup.json"),
+            None
+        );
+    }
+
+    #[test]
+    fn backup_names_must_be_dns_subdomains() {
+        for good in ["b1", "nightly-20220301", "a.b-c", "0"] {
+            assert!(validate_backup_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "B1",
+            "-a",
+            "a-",
+            "a/b",
+            "..",
+            "a..b",
+            "a_b",
+            &"x".repeat(254),
+        ] {
+            let error = validate_backup_name(bad).unwrap_err();
+            assert!(matches!(error, FormatError::InvalidName { .. }), "{bad}");
+        }
+    }
+}

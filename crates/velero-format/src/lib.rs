@@ -1,0 +1,42 @@
+//! Velero's restic-era bucket format (file format 1.x) and stowage's additions beside it: the
+//! key layout of a backup storage location, serde types for the `velero.io/v1` `Backup` and
+//! `PodVolumeBackup` records (unknown fields kept), the gzip/JSON/tar encodings, and async
+//! helpers that read and write a whole backup over an `object_store::ObjectStore`.
+//!
+//! Velero's files keep Velero's meaning; what stowage adds lives in `<name>-stowage.json`.
+
+pub mod backup;
+pub mod codec;
+pub mod error;
+pub mod layout;
+pub mod meta;
+pub mod pod_volume_backup;
+pub mod resources;
+pub mod store;
+pub mod stowage;
+
+pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, FORMAT_VERSION};
+pub use error::{FormatError, Result};
+pub use meta::{LabelSelector, ObjectMeta, format_go_duration, parse_go_duration};
+pub use pod_volume_backup::{
+    PodReference, PodVolumeBackup, PodVolumeBackupPhase, PodVolumeBackupSpec,
+    PodVolumeBackupStatus, PodVolumeOperationProgress,
+};
+pub use resources::{BackupResources, ResourceKey};
+pub use store::{
+    BackupFiles, BackupListing, ListFailure, ListedBackup, check_backup, list_backup_keys,
+    list_backups, read_backup, read_backup_record, read_logs, read_pod_volume_backups,
+    read_resources, read_stowage_info, write_backup, write_backup_record, write_logs,
+    write_pod_volume_backups, write_resources, write_stowage_info,
+};
+pub use stowage::{
+    KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume, StowageBackupInfo,
+    VolumeRecord,
+};
+
+/// Velero's default password for every restic repository it created (used unless the operator
+/// replaced the `repository-password` key of the `velero-restic-credentials` /
+/// `velero-repo-credentials` Secret).
+pub const VELERO_DEFAULT_REPOSITORY_PASSWORD: &str = "static-passw0rd";
+/// The `--host` Velero gave every restic snapshot.
+pub const VELERO_SNAPSHOT_HOST: &str = "velero";

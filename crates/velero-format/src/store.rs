@@ -1,0 +1,558 @@
+//! Reading and writing a whole backup's files over any `object_store::ObjectStore`. Keys are
+//! relative to the location root: wrap the store in `object_store::prefix::PrefixStore` when
+//! the location has a prefix. Listing tolerates broken backups: each one that cannot be read is
+//! reported with its reason instead of failing the whole list.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+
+use crate::backup::Backup;
+use crate::codec::{
+    decode_json, decode_json_gz, decode_logs, encode_json, encode_json_gz, encode_logs,
+};
+use crate::error::{FormatError, Result};
+use crate::layout;
+use crate::pod_volume_backup::PodVolumeBackup;
+use crate::resources::BackupResources;
+use crate::stowage::{Origin, StowageBackupInfo};
+
+/// How many backups `list_backups` reads at once.
+const LIST_CONCURRENCY: usize = 8;
+
+/// Every file of one backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupFiles {
+    pub backup: Backup,
+    pub pod_volume_backups: Vec<PodVolumeBackup>,
+    /// The resources tarball; `None` when absent.
+    pub resources: Option<BackupResources>,
+    /// The log text; `None` when absent (or not read).
+    pub logs: Option<String>,
+    /// stowage's own file; `None` for backups Velero wrote.
+    pub stowage: Option<StowageBackupInfo>,
+}
+
+impl BackupFiles {
+    pub fn name(&self) -> &str {
+        self.backup.name()
+    }
+
+    pub fn origin(&self) -> Origin {
+        origin_of(self.stowage.as_ref())
+    }
+}
+
+fn origin_of(stowage: Option<&StowageBackupInfo>) -> Origin {
+    stowage.map_or(Origin::Velero, |info| info.origin)
+}
+
+async fn get(store: &dyn ObjectStore, key: &str) -> Result<Bytes> {
+    let path = Path::from(key);
+    let result = store
+        .get(&path)
+        .await
+        .map_err(|error| FormatError::from_store(key, error))?;
+    result
+        .bytes()
+        .await
+        .map_err(|error| FormatError::from_store(key, error))
+}
+
+/// `Ok(None)` when the object does not exist.
+async fn get_optional(store: &dyn ObjectStore, key: &str) -> Result<Option<Bytes>> {
+    match get(store, key).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(FormatError::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+async fn put(store: &dyn ObjectStore, key: &str, data: Vec<u8>) -> Result<()> {
+    store
+        .put(&Path::from(key), PutPayload::from(data))
+        .await
+        .map(|_| ())
+        .map_err(|error| FormatError::from_store(key, error))
+}
+
+/// Reads `backups/<name>/velero-backup.json`.
+pub async fn read_backup_record(store: &dyn ObjectStore, name: &str) -> Result<Backup> {
+    let key = layout::backup_record_key(name);
+    decode_json(&get(store, &key).await?, &key, "Backup record")
+}
+
+/// Reads `backups/<name>/<name>-podvolumebackups.json.gz`; an absent file (or a `null` array,
+/// which Go writes for an empty list) means no pod volumes.
+pub async fn read_pod_volume_backups(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Vec<PodVolumeBackup>> {
+    let key = layout::pod_volume_backups_key(name);
+    match get_optional(store, &key).await? {
+        None => Ok(Vec::new()),
+        Some(data) => Ok(decode_json_gz::<Option<Vec<PodVolumeBackup>>>(
+            &data,
+            &key,
+            "PodVolumeBackup list",
+        )?
+        .unwrap_or_default()),
+    }
+}
+
+/// Reads the resources tarball; `None` when absent.
+pub async fn read_resources(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Option<BackupResources>> {
+    let key = layout::resources_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| BackupResources::from_tar_gz(&data, &key))
+        .transpose()
+}
+
+/// Reads the backup's log text; `None` when absent.
+pub async fn read_logs(store: &dyn ObjectStore, name: &str) -> Result<Option<String>> {
+    let key = layout::logs_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| decode_logs(&data, &key))
+        .transpose()
+}
+
+/// Reads stowage's own file; `None` for a backup Velero wrote.
+pub async fn read_stowage_info(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Option<StowageBackupInfo>> {
+    let key = layout::stowage_info_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| decode_json(&data, &key, "stowage backup info"))
+        .transpose()
+}
+
+/// Reads every file of backup `name` (logs included); the first file that is present but
+/// does not parse fails the read with an error naming it.
+pub async fn read_backup(store: &dyn ObjectStore, name: &str) -> Result<BackupFiles> {
+    layout::validate_backup_name(name)?;
+    let backup = read_backup_record(store, name).await?;
+    let stowage = read_stowage_info(store, name).await?;
+    let pod_volume_backups = read_pod_volume_backups(store, name).await?;
+    let resources = read_resources(store, name).await?;
+    let logs = read_logs(store, name).await?;
+    Ok(BackupFiles {
+        backup,
+        pod_volume_backups,
+        resources,
+        logs,
+        stowage,
+    })
+}
+
+/// Every reason backup `name` cannot be restored as far as its files go (each file is tried,
+/// not only up to the first failure). Empty when all files parse and the record, tarball and
+/// PodVolumeBackup list are present.
+pub async fn check_backup(store: &dyn ObjectStore, name: &str) -> Vec<FormatError> {
+    let mut problems = Vec::new();
+    if let Err(error) = read_backup_record(store, name).await {
+        problems.push(error);
+    }
+    if let Err(error) = read_stowage_info(store, name).await {
+        problems.push(error);
+    }
+    let pvb_key = layout::pod_volume_backups_key(name);
+    match get_optional(store, &pvb_key).await {
+        Ok(None) => problems.push(FormatError::NotFound { key: pvb_key }),
+        Ok(Some(_)) => {
+            if let Err(error) = read_pod_volume_backups(store, name).await {
+                problems.push(error);
+            }
+        }
+        Err(error) => problems.push(error),
+    }
+    match read_resources(store, name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => problems.push(FormatError::NotFound {
+            key: layout::resources_key(name),
+        }),
+        Err(error) => problems.push(error),
+    }
+    if let Err(error) = read_logs(store, name).await {
+        problems.push(error);
+    }
+    problems
+}
+
+pub async fn write_backup_record(store: &dyn ObjectStore, backup: &Backup) -> Result<()> {
+    let name = backup.name();
+    layout::validate_backup_name(name)?;
+    put(
+        store,
+        &layout::backup_record_key(name),
+        encode_json(backup)?,
+    )
+    .await
+}
+
+pub async fn write_pod_volume_backups(
+    store: &dyn ObjectStore,
+    name: &str,
+    pod_volume_backups: &[PodVolumeBackup],
+) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    put(
+        store,
+        &layout::pod_volume_backups_key(name),
+        encode_json_gz(&pod_volume_backups)?,
+    )
+    .await
+}
+
+pub async fn write_resources(
+    store: &dyn ObjectStore,
+    name: &str,
+    resources: &BackupResources,
+) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    put(store, &layout::resources_key(name), resources.to_tar_gz()?).await
+}
+
+pub async fn write_logs(store: &dyn ObjectStore, name: &str, logs: &str) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    put(store, &layout::logs_key(name), encode_logs(logs)).await
+}
+
+pub async fn write_stowage_info(
+    store: &dyn ObjectStore,
+    name: &str,
+    info: &StowageBackupInfo,
+) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    put(store, &layout::stowage_info_key(name), encode_json(info)?).await
+}
+
+/// Writes every file present in `files`. The Backup record goes last, so a listing never shows
+/// a backup whose other files are not there yet.
+///
+/// Refuses to overwrite a backup Velero wrote (one with a record but no stowage file): those
+/// are read-only to stowage.
+pub async fn write_backup(store: &dyn ObjectStore, files: &BackupFiles) -> Result<()> {
+    let name = files.name();
+    layout::validate_backup_name(name)?;
+    if files.stowage.is_none() {
+        return Err(FormatError::Invalid(format!(
+            "backup {name}: stowage writes its backups with their stowage file"
+        )));
+    }
+    let record_exists = get_optional(store, &layout::backup_record_key(name))
+        .await?
+        .is_some();
+    if record_exists
+        && read_stowage_info(store, name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        return Err(FormatError::Invalid(format!(
+            "backup {name} was written by Velero; its files are never modified"
+        )));
+    }
+    if let Some(info) = &files.stowage {
+        write_stowage_info(store, name, info).await?;
+    }
+    write_pod_volume_backups(store, name, &files.pod_volume_backups).await?;
+    if let Some(resources) = &files.resources {
+        write_resources(store, name, resources).await?;
+    }
+    if let Some(logs) = &files.logs {
+        write_logs(store, name, logs).await?;
+    }
+    write_backup_record(store, &files.backup).await
+}
+
+/// A backup that `list_backups` could read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedBackup {
+    pub name: String,
+    pub backup: Backup,
+    pub stowage: Option<StowageBackupInfo>,
+}
+
+impl ListedBackup {
+    pub fn origin(&self) -> Origin {
+        origin_of(self.stowage.as_ref())
+    }
+}
+
+/// A backup directory that `list_backups` could not read, and why.
+#[derive(Debug)]
+pub struct ListFailure {
+    pub name: String,
+    pub error: FormatError,
+}
+
+/// The result of listing a location: readable backups and unreadable ones, both by name.
+#[derive(Debug, Default)]
+pub struct BackupListing {
+    pub backups: Vec<ListedBackup>,
+    pub failures: Vec<ListFailure>,
+}
+
+/// Lists the backups of a location: every `backups/<name>/` directory, reading its
+/// `velero-backup.json` (and stowage file). Only a failure to list the location at all is an
+/// error; a backup whose record is missing or does not parse is reported in `failures`.
+pub async fn list_backups(store: &dyn ObjectStore) -> Result<BackupListing> {
+    let prefix = Path::from(layout::BACKUPS_DIR);
+    let listing = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|error| FormatError::from_store(&format!("{}/", layout::BACKUPS_DIR), error))?;
+    let names: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|path| path.filename().map(str::to_string))
+        .collect();
+    let results: Vec<(String, Result<ListedBackup>)> = futures::stream::iter(names)
+        .map(|name| async move {
+            let result = async {
+                let backup = read_backup_record(store, &name).await?;
+                let stowage = read_stowage_info(store, &name).await?;
+                Ok(ListedBackup {
+                    name: name.clone(),
+                    backup,
+                    stowage,
+                })
+            }
+            .await;
+            (name, result)
+        })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = BackupListing::default();
+    for (name, result) in results {
+        match result {
+            Ok(listed) => out.backups.push(listed),
+            Err(error) => {
+                tracing::warn!(backup = %name, %error, "backup cannot be read");
+                out.failures.push(ListFailure { name, error })
+            }
+        }
+    }
+    out.backups.sort_by(|a, b| a.name.cmp(&b.name));
+    out.failures.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Every object key under `backups/<name>/`, for deleting a stowage backup or proving that
+/// nothing of a Velero backup changed.
+pub async fn list_backup_keys(store: &dyn ObjectStore, name: &str) -> Result<Vec<String>> {
+    layout::validate_backup_name(name)?;
+    let dir = layout::backup_dir(name);
+    let prefix = Path::from(dir.trim_end_matches('/'));
+    let mut keys: Vec<String> = store
+        .list(Some(&prefix))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .map_err(|error| FormatError::from_store(&dir, error))?;
+    keys.sort();
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::BackupPhase;
+    use crate::pod_volume_backup::{PodVolumeBackupPhase, tags};
+    use object_store::memory::InMemory;
+    use serde_json::json;
+
+    fn stowage_backup(name: &str) -> BackupFiles {
+        let mut backup = Backup::new(name, "stowage");
+        backup.metadata.uid = Some(format!("uid-{name}"));
+        backup.spec.included_namespaces = vec!["foo".into()];
+        backup.status.phase = Some(BackupPhase::Completed);
+        let mut pvb = PodVolumeBackup::new(format!("{name}-abcde"), "stowage");
+        pvb.spec.pod.namespace = "foo".into();
+        pvb.spec.pod.name = "sample".into();
+        pvb.spec.volume = "pvc-volume".into();
+        pvb.spec.tags.insert(tags::BACKUP.into(), name.into());
+        pvb.status.phase = Some(PodVolumeBackupPhase::Completed);
+        pvb.status.snapshot_id = "0123abcd".into();
+        let mut resources = BackupResources::new();
+        resources
+            .insert_object(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "sample", "namespace": "foo"}}))
+            .unwrap();
+        BackupFiles {
+            backup,
+            pod_volume_backups: vec![pvb],
+            resources: Some(resources),
+            logs: Some("line one\nline two\n".into()),
+            stowage: Some(StowageBackupInfo::new(format!("id-{name}"))),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_written_backup_reads_back_identically() {
+        let store = InMemory::new();
+        let files = stowage_backup("b1");
+        write_backup(&store, &files).await.unwrap();
+        let back = read_backup(&store, "b1").await.unwrap();
+        assert_eq!(back, files);
+        assert_eq!(back.origin(), Origin::Stowage);
+        assert!(check_backup(&store, "b1").await.is_empty());
+        assert_eq!(
+            list_backup_keys(&store, "b1").await.unwrap(),
+            [
+                "backups/b1/b1-logs.gz",
+                "backups/b1/b1-podvolumebackups.json.gz",
+                "backups/b1/b1-stowage.json",
+                "backups/b1/b1.tar.gz",
+                "backups/b1/velero-backup.json",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_reports_broken_backups_beside_good_ones() {
+        let store = InMemory::new();
+        write_backup(&store, &stowage_backup("good")).await.unwrap();
+        // A Velero backup: record only, no stowage file.
+        put(
+            &store,
+            "backups/velero-one/velero-backup.json",
+            encode_json(&Backup::new("velero-one", "velero")).unwrap(),
+        )
+        .await
+        .unwrap();
+        put(
+            &store,
+            "backups/bad-json/velero-backup.json",
+            b"{\"kind\": ".to_vec(),
+        )
+        .await
+        .unwrap();
+        put(&store, "backups/no-record/no-record.tar.gz", vec![1, 2, 3])
+            .await
+            .unwrap();
+        put(&store, "restic/foo/config", vec![0]).await.unwrap();
+
+        let listing = list_backups(&store).await.unwrap();
+        let names: Vec<(&str, Origin)> = listing
+            .backups
+            .iter()
+            .map(|listed| (listed.name.as_str(), listed.origin()))
+            .collect();
+        assert_eq!(
+            names,
+            [("good", Origin::Stowage), ("velero-one", Origin::Velero)]
+        );
+        let failures: Vec<String> = listing
+            .failures
+            .iter()
+            .map(|failure| format!("{}: {}", failure.name, failure.error))
+            .collect();
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(
+            failures[0].starts_with(
+                "bad-json: backups/bad-json/velero-backup.json: not a valid Backup record"
+            ),
+            "{failures:?}"
+        );
+        assert_eq!(
+            failures[1],
+            "no-record: backups/no-record/velero-backup.json: not found"
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_location_lists_nothing() {
+        let listing = list_backups(&InMemory::new()).await.unwrap();
+        assert!(listing.backups.is_empty() && listing.failures.is_empty());
+    }
+
+    #[tokio::test]
+    async fn velero_backups_are_never_overwritten() {
+        let store = InMemory::new();
+        put(
+            &store,
+            "backups/b1/velero-backup.json",
+            encode_json(&Backup::new("b1", "velero")).unwrap(),
+        )
+        .await
+        .unwrap();
+        let error = write_backup(&store, &stowage_backup("b1"))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("written by Velero"), "{error}");
+        assert_eq!(
+            list_backup_keys(&store, "b1").await.unwrap(),
+            ["backups/b1/velero-backup.json"]
+        );
+        let mut files = stowage_backup("b2");
+        files.stowage = None;
+        assert!(write_backup(&store, &files).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn check_collects_every_broken_file() {
+        let store = InMemory::new();
+        write_backup(&store, &stowage_backup("b1")).await.unwrap();
+        put(
+            &store,
+            "backups/b1/b1.tar.gz",
+            crate::codec::gzip(&[7u8; 2048]),
+        )
+        .await
+        .unwrap();
+        put(&store, "backups/b1/b1-logs.gz", b"plain".to_vec())
+            .await
+            .unwrap();
+        let problems = check_backup(&store, "b1").await;
+        let keys: Vec<&str> = problems.iter().filter_map(FormatError::key).collect();
+        assert_eq!(
+            keys,
+            ["backups/b1/b1.tar.gz", "backups/b1/b1-logs.gz"],
+            "{problems:?}"
+        );
+        assert!(matches!(problems[0], FormatError::Tar { .. }));
+        assert!(matches!(problems[1], FormatError::Gzip { .. }));
+        let error = read_backup(&store, "b1").await.unwrap_err();
+        assert_eq!(error.key(), Some("backups/b1/b1.tar.gz"));
+    }
+
+    #[tokio::test]
+    async fn null_pod_volume_backup_list_is_empty() {
+        let store = InMemory::new();
+        put(
+            &store,
+            "backups/b1/b1-podvolumebackups.json.gz",
+            crate::codec::gzip(b"null"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            read_pod_volume_backups(&store, "b1")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            read_pod_volume_backups(&store, "absent")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_names_are_refused_before_any_io() {
+        let error = read_backup(&InMemory::new(), "../etc").await.unwrap_err();
+        assert!(matches!(error, FormatError::InvalidName { .. }));
+    }
+}
