@@ -1,5 +1,304 @@
-//! `stowage`: the command-line client of the orchestrator.
+//! `stowage`: the command-line client of the orchestrator, shaped after `velero backup|restore`.
+//! This file holds the clap configuration and the exit-code policy; [`commands`] runs each
+//! command over the stowage.v1 Orchestrator gRPC API.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the stowage CLI is not implemented yet")
+mod commands;
+mod error;
+mod parse;
+mod render;
+mod table;
+mod view;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Only the flags a user sets once per shell or per cluster (`--server`, `-o`) are also read
+/// from the environment; per-command arguments (names, selectors, `--wait`) are not, because
+/// a stray `STOWAGE_FROM_BACKUP` in the environment would silently change what a command does.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stowage",
+    version,
+    about = "Back up and restore Kubernetes pod volumes with restic",
+    long_about = "Back up and restore Kubernetes pod volumes with restic.\n\n\
+                  Talks gRPC to the stowage orchestrator; see docs/cli.md."
+)]
+pub struct Cli {
+    /// gRPC address of the stowage orchestrator.
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, inspect, cancel and delete backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore pod volumes from a backup, and follow restores.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+    /// The per-namespace restic repositories and their maintenance.
+    #[command(subcommand, alias = "repository")]
+    Repo(RepoCommand),
+    /// Pod volumes that no backup would take, and why.
+    Coverage {
+        /// Namespaces to look at (comma-separated); all when not given.
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Judge as an opt-out backup would: every volume except the excluded ones.
+        #[arg(long)]
+        default_volumes_to_fs_backup: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+/// Output format of lists, `describe` and `--wait` results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output format: table (for people), yaml or json (for scripts; see docs/cli.md).
+    #[arg(
+        short = 'o',
+        long = "output",
+        env = "STOWAGE_OUTPUT",
+        default_value = "table"
+    )]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Start a backup of the annotated pod volumes.
+    Create(BackupCreate),
+    /// List backups, or show one.
+    Get {
+        name: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a backup's spec, status, volumes and skipped volumes.
+    Describe {
+        name: String,
+        /// Add the per-volume table (node, phase, snapshot, size, duration, error).
+        #[arg(long)]
+        details: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print the log lines kept with a backup.
+    Logs {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Forget the backup's restic snapshots and delete its files from the object store.
+    Delete { name: String },
+    /// Stop a running backup; it ends Cancelled.
+    Cancel { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCreate {
+    /// Backup name: a DNS-1123 subdomain, unique among backups.
+    pub name: String,
+    /// Namespaces to include (comma-separated); all when not given.
+    #[arg(long, value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+    /// Namespaces to leave out (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// Only pods with these labels: `key=value[,key=value]` (equality only).
+    #[arg(long, short = 'l', value_parser = parse::parse_selector)]
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Back up every pod volume except those in `backup.velero.io/backup-volumes-excludes`
+    /// (opt-out), instead of only those in `backup.velero.io/backup-volumes` (opt-in).
+    #[arg(long)]
+    pub default_volumes_to_fs_backup: bool,
+    /// How long to keep the backup, e.g. 720h; the server default when not given.
+    #[arg(long, value_parser = parse::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// How long volumes may run before they are failed, e.g. 4h; the server default when not given.
+    #[arg(long, value_parser = parse::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Follow the backup with a progress display until it ends; exit non-zero unless it
+    /// ends Completed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the created (or, with --wait, the finished) backup as yaml or json instead of a sentence.
+    #[arg(short = 'o', long = "output", env = "STOWAGE_OUTPUT")]
+    pub output: Option<Format>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// Restore pod volumes from a backup: recreate the pods and refill their volumes.
+    Create(RestoreCreate),
+    /// List restores, or show one.
+    Get {
+        name: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a restore's spec, status and volumes.
+    Describe {
+        name: String,
+        /// Add the per-volume table.
+        #[arg(long)]
+        details: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print the log lines kept with a restore.
+    Logs {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreCreate {
+    /// Restore name; the server names it `<backup>-<timestamp>` when not given.
+    pub name: Option<String>,
+    /// The backup to restore from.
+    #[arg(long, required = true)]
+    pub from_backup: String,
+    /// Restore namespace `old` into `new`: `old:new[,old2:new2]`.
+    #[arg(long, value_delimiter = ',', value_parser = parse::parse_mapping)]
+    pub namespace_mappings: Vec<(String, String)>,
+    /// Restore only these namespaces of the backup (before mapping); all when not given.
+    #[arg(long, value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+    /// Follow the restore with a progress display until it ends; exit non-zero unless it
+    /// ends Completed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the created (or, with --wait, the finished) restore as yaml or json instead of a sentence.
+    #[arg(short = 'o', long = "output", env = "STOWAGE_OUTPUT")]
+    pub output: Option<Format>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// List the restic repositories (one per namespace), or show one.
+    Get {
+        namespace: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run `restic check` or prune on a namespace's repository now.
+    #[command(group(clap::ArgGroup::new("task").required(true).args(["check", "prune"])))]
+    Maintain {
+        namespace: String,
+        /// Verify the repository's structure (`restic check`).
+        #[arg(long)]
+        check: bool,
+        /// Forget expired snapshots and remove unreferenced data.
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            // One sentence, no chain: every CliError already says what failed and why.
+            eprintln!("Error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_configuration_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backup_create_reads_velero_style_flags() {
+        let cli = Cli::try_parse_from([
+            "stowage",
+            "backup",
+            "create",
+            "nightly",
+            "--include-namespaces",
+            "a,b",
+            "--selector",
+            "app=db",
+            "--ttl",
+            "720h",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Backup(BackupCommand::Create(create)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(create.include_namespaces, ["a", "b"]);
+        assert_eq!(create.ttl, Some(std::time::Duration::from_secs(720 * 3600)));
+        assert_eq!(create.selector.unwrap()["app"], "db");
+        assert!(create.wait);
+    }
+
+    #[test]
+    fn bad_durations_and_mappings_are_usage_errors() {
+        let error =
+            Cli::try_parse_from(["stowage", "backup", "create", "x", "--ttl", "5x"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        let error = Cli::try_parse_from([
+            "stowage",
+            "restore",
+            "create",
+            "--from-backup",
+            "b",
+            "--namespace-mappings",
+            "nocolon",
+        ])
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn maintain_needs_exactly_one_task() {
+        assert!(Cli::try_parse_from(["stowage", "repo", "maintain", "foo"]).is_err());
+        assert!(
+            Cli::try_parse_from(["stowage", "repo", "maintain", "foo", "--check", "--prune"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["stowage", "repo", "maintain", "foo", "--prune"]).is_ok());
+    }
 }

@@ -1,0 +1,777 @@
+//! Runs each command: builds the request, calls the orchestrator, prints the answer in the
+//! chosen format. Every failure becomes a [`CliError`] sentence.
+
+use std::{collections::HashMap, io::Write, process::ExitCode, time::Duration};
+
+use serde::Serialize;
+use stowage_grpc::{GrpcError, TracedChannel};
+use stowage_proto::v1::{self, BackupPhase, RestorePhase, orchestrator_client::OrchestratorClient};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    BackupCommand, BackupCreate, Cli, Command, Format, RepoCommand, RestoreCommand, RestoreCreate,
+    error::{Call, CliError, from_status, root_cause},
+    parse, render,
+    view::{self, BackupView, RestoreView},
+    watch::{Display, Snapshot},
+};
+
+type Client = OrchestratorClient<TracedChannel>;
+
+/// How often `--wait` asks for the state when the server cannot stream it.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+struct Session {
+    client: Client,
+    server: String,
+}
+
+impl Session {
+    fn fail(&self, status: tonic::Status, call: &Call) -> CliError {
+        from_status(&status, call, &self.server)
+    }
+}
+
+async fn connect(server: &str) -> Result<Session, CliError> {
+    // Without a scheme tonic reports only "invalid URL"; name the expected form instead.
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        return Err(CliError::BadServer {
+            server: server.to_string(),
+        });
+    }
+    match stowage_grpc::connect(server).await {
+        Ok(channel) => Ok(Session {
+            client: OrchestratorClient::new(channel),
+            server: server.to_string(),
+        }),
+        Err(GrpcError::InvalidEndpoint { .. }) => Err(CliError::BadServer {
+            server: server.to_string(),
+        }),
+        Err(GrpcError::Connect { source, .. }) => Err(CliError::Unreachable {
+            server: server.to_string(),
+            cause: root_cause(&source),
+        }),
+        Err(other) => Err(CliError::Unreachable {
+            server: server.to_string(),
+            cause: other.to_string(),
+        }),
+    }
+}
+
+fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliError> {
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(value)
+            .map(|mut text| {
+                text.push('\n');
+                text
+            })
+            .map_err(|error| CliError::Output(error.to_string()))?,
+        Format::Yaml | Format::Table => {
+            serde_yaml::to_string(value).map_err(|error| CliError::Output(error.to_string()))?
+        }
+    };
+    print_text(&text)
+}
+
+fn print_text(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        // `stowage backup get | head` closes the pipe early; that is not an error.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(CliError::Output(error.to_string())),
+    }
+}
+
+fn structured(format: Option<Format>) -> Option<Format> {
+    format.filter(|format| *format != Format::Table)
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let mut session = connect(&cli.server).await?;
+    match cli.command {
+        Command::Backup(command) => backup(&mut session, command).await,
+        Command::Restore(command) => restore(&mut session, command).await,
+        Command::Repo(command) => repo(&mut session, command).await,
+        Command::Coverage {
+            namespaces,
+            default_volumes_to_fs_backup,
+            output,
+        } => {
+            let call = Call::new("GetCoverage", "coverage", "", "getting");
+            let response = session
+                .client
+                .get_coverage(v1::GetCoverageRequest {
+                    namespaces,
+                    default_volumes_to_fs_backup,
+                })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let coverage = view::CoverageView::new(&response, default_volumes_to_fs_backup);
+            match output.format {
+                Format::Table => print_text(&render::coverage_text(&coverage))?,
+                format => print_structured(&coverage, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn get_backup(session: &mut Session, name: &str) -> Result<v1::Backup, CliError> {
+    let call = Call::new("GetBackup", "backup", name, "getting");
+    session
+        .client
+        .get_backup(v1::GetBackupRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| session.fail(status, &call))
+}
+
+async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCode, CliError> {
+    match command {
+        BackupCommand::Create(create) => create_backup(session, create).await,
+        BackupCommand::Get {
+            name: Some(name),
+            output,
+        } => {
+            let backup = BackupView::from(&get_backup(session, &name).await?);
+            match output.format {
+                Format::Table => print_text(&render::backup_table(
+                    std::slice::from_ref(&backup),
+                    chrono::Utc::now(),
+                ))?,
+                format => print_structured(&backup, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Get { name: None, output } => {
+            let call = Call::new("ListBackups", "backup", "", "listing");
+            let response = session
+                .client
+                .list_backups(v1::ListBackupsRequest {})
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let list = view::BackupListView {
+                backups: response.backups.iter().map(BackupView::from).collect(),
+            };
+            match output.format {
+                Format::Table => {
+                    print_text(&render::backup_table(&list.backups, chrono::Utc::now()))?
+                }
+                format => print_structured(&list, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Describe {
+            name,
+            details,
+            output,
+        } => {
+            let backup = BackupView::from(&get_backup(session, &name).await?);
+            match output.format {
+                Format::Table => print_text(&render::describe_backup(&backup, details))?,
+                format => print_structured(&backup, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Logs { name, output } => {
+            let call = Call::new("GetBackupLogs", "backup", &name, "getting the logs of");
+            let response = session
+                .client
+                .get_backup_logs(v1::GetBackupLogsRequest { name })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            print_logs(&response, output.format)
+        }
+        BackupCommand::Delete { name } => {
+            let call = Call::new("DeleteBackup", "backup", &name, "deleting");
+            let response = session
+                .client
+                .delete_backup(v1::DeleteBackupRequest { name: name.clone() })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            print_text(&format!(
+                "Backup \"{name}\" deleted; {} restic snapshot(s) forgotten.\n",
+                response.forgotten_snapshot_ids.len()
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Cancel { name } => {
+            let call = Call::new("CancelBackup", "backup", &name, "cancelling");
+            let backup = session
+                .client
+                .cancel_backup(v1::CancelBackupRequest { name: name.clone() })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let phase = view::backup_phase(backup.status.unwrap_or_default().phase);
+            print_text(&format!(
+                "Cancel of backup \"{name}\" requested; its phase is now {phase}.\n"
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_logs(response: &v1::GetLogsResponse, format: Format) -> Result<ExitCode, CliError> {
+    let lines: Vec<view::LogLineView> = response.lines.iter().map(Into::into).collect();
+    match format {
+        Format::Table => print_text(&render::log_lines(&lines))?,
+        format => print_structured(&lines, format)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<ExitCode, CliError> {
+    let name = create.name.clone();
+    let call = Call::new("CreateBackup", "backup", &name, "creating");
+    let spec = v1::BackupSpec {
+        included_namespaces: create.include_namespaces,
+        excluded_namespaces: create.exclude_namespaces,
+        label_selector: create
+            .selector
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<HashMap<_, _>>(),
+        default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
+        ttl: create.ttl.map(view::proto_duration),
+        timeout: create.timeout.map(view::proto_duration),
+    };
+    let created = session
+        .client
+        .create_backup(v1::CreateBackupRequest {
+            name: name.clone(),
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|status| session.fail(status, &call))?
+        .into_inner();
+    let output = structured(create.output);
+    if !create.wait {
+        match output {
+            Some(format) => print_structured(&BackupView::from(&created), format)?,
+            None => print_text(&format!(
+                "Backup request \"{name}\" submitted successfully.\n\
+                 Run `stowage backup describe {name}` or `stowage backup logs {name}` for more details.\n"
+            ))?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if output.is_none() {
+        print_text(&format!(
+            "Backup request \"{name}\" submitted successfully.\n\
+             Waiting for the backup to complete. You may safely press ctrl-c to stop waiting - your backup will continue in the background.\n"
+        ))?;
+    }
+    let Some(finished) = wait_for_backup(session, created, output.is_some()).await? else {
+        return Ok(interrupted("backup", &name));
+    };
+    let view = BackupView::from(&finished);
+    match output {
+        Some(format) => print_structured(&view, format)?,
+        None => {
+            let mut text = format!("Backup completed with status: {}.", view.status.phase);
+            text.push_str(&format!(
+                " You may check for more information using `stowage backup describe {name} --details` and `stowage backup logs {name}`.\n"
+            ));
+            if !view.status.trace_id.is_empty() {
+                text.push_str(&format!("Trace ID: {}\n", view.status.trace_id));
+            }
+            print_text(&text)?;
+        }
+    }
+    if view.status.phase == "Completed" {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::EndedUnsuccessfully {
+            kind: "backup",
+            command: "backup",
+            name,
+            phase: view.status.phase.clone(),
+            reason: reason_suffix(&view.status.failure_reason),
+        })
+    }
+}
+
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reason.trim_end_matches('.'))
+    }
+}
+
+/// Ctrl-C while waiting: the operation goes on in the server; say how to follow it again.
+fn interrupted(kind: &str, name: &str) -> ExitCode {
+    eprintln!(
+        "Stopped waiting; the {kind} goes on. Follow it with `stowage {kind} describe {name}`."
+    );
+    ExitCode::from(130)
+}
+
+fn backup_snapshot(backup: &v1::Backup) -> Snapshot {
+    let status = backup.status.clone().unwrap_or_default();
+    let progress = status.progress.unwrap_or_default();
+    Snapshot {
+        kind: "backup",
+        name: backup.name.clone(),
+        phase: view::backup_phase(status.phase),
+        volumes_total: status.volumes_total,
+        volumes_completed: status.volumes_completed,
+        volumes_failed: status.volumes_failed,
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+    }
+}
+
+fn backup_ended(backup: &v1::Backup) -> bool {
+    let phase = backup.status.as_ref().map(|status| status.phase);
+    matches!(
+        phase.and_then(|phase| BackupPhase::try_from(phase).ok()),
+        Some(
+            BackupPhase::Completed
+                | BackupPhase::PartiallyFailed
+                | BackupPhase::Failed
+                | BackupPhase::Cancelled
+                | BackupPhase::Deleting
+        )
+    )
+}
+
+fn restore_snapshot(restore: &v1::Restore) -> Snapshot {
+    let status = restore.status.clone().unwrap_or_default();
+    let progress = status.progress.unwrap_or_default();
+    Snapshot {
+        kind: "restore",
+        name: restore.name.clone(),
+        phase: view::restore_phase(status.phase),
+        volumes_total: status.volumes_total,
+        volumes_completed: status.volumes_completed,
+        volumes_failed: status.volumes_failed,
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+    }
+}
+
+fn restore_ended(restore: &v1::Restore) -> bool {
+    let phase = restore.status.as_ref().map(|status| status.phase);
+    matches!(
+        phase.and_then(|phase| RestorePhase::try_from(phase).ok()),
+        Some(RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed)
+    )
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM, so waiting stops cleanly (the bar is left as
+/// drawn and the user is told the operation continues).
+fn interrupt_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    stowage_grpc::cancel_on_signal(token.clone());
+    token
+}
+
+/// Follows a backup through WatchBackup until it ends; falls back to polling GetBackup when
+/// the server cannot stream, and re-reads the state when a stream ends early. `None` when
+/// the user interrupted.
+async fn wait_for_backup(
+    session: &mut Session,
+    created: v1::Backup,
+    progress_to_stderr: bool,
+) -> Result<Option<v1::Backup>, CliError> {
+    let name = created.name.clone();
+    let token = interrupt_token();
+    let mut display = Display::new(progress_to_stderr);
+    display.show(&backup_snapshot(&created));
+    let mut latest = created;
+    let mut streaming = true;
+    let result = loop {
+        if backup_ended(&latest) {
+            break Ok(Some(latest));
+        }
+        if streaming {
+            let call = Call::new("WatchBackup", "backup", &name, "watching");
+            let opened = tokio::select! {
+                _ = token.cancelled() => break Ok(None),
+                opened = session.client.watch_backup(v1::WatchBackupRequest { name: name.clone() }) => opened,
+            };
+            match opened {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    loop {
+                        let message = tokio::select! {
+                            _ = token.cancelled() => None,
+                            message = stream.message() => Some(message),
+                        };
+                        match message {
+                            None => break,
+                            Some(Ok(Some(event))) => {
+                                if let Some(backup) = event.backup {
+                                    display.show(&backup_snapshot(&backup));
+                                    latest = backup;
+                                    if backup_ended(&latest) {
+                                        break;
+                                    }
+                                }
+                            }
+                            Some(Ok(None)) => break,
+                            Some(Err(status)) => {
+                                display.abandon();
+                                return Err(session.fail(status, &call));
+                            }
+                        }
+                    }
+                    if token.is_cancelled() {
+                        break Ok(None);
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
+                Err(status) => {
+                    display.abandon();
+                    return Err(session.fail(status, &call));
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = token.cancelled() => break Ok(None),
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+        if backup_ended(&latest) {
+            continue;
+        }
+        // The stream ended early (or we poll): ask for the state once before going on.
+        latest = get_backup(session, &name).await?;
+        display.show(&backup_snapshot(&latest));
+    };
+    match &result {
+        Ok(Some(_)) => display.finish(),
+        _ => display.abandon(),
+    }
+    token.cancel();
+    result
+}
+
+async fn get_restore(session: &mut Session, name: &str) -> Result<v1::Restore, CliError> {
+    let call = Call::new("GetRestore", "restore", name, "getting");
+    session
+        .client
+        .get_restore(v1::GetRestoreRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| session.fail(status, &call))
+}
+
+/// [`wait_for_backup`] for restores.
+async fn wait_for_restore(
+    session: &mut Session,
+    created: v1::Restore,
+    progress_to_stderr: bool,
+) -> Result<Option<v1::Restore>, CliError> {
+    let name = created.name.clone();
+    let token = interrupt_token();
+    let mut display = Display::new(progress_to_stderr);
+    display.show(&restore_snapshot(&created));
+    let mut latest = created;
+    let mut streaming = true;
+    let result = loop {
+        if restore_ended(&latest) {
+            break Ok(Some(latest));
+        }
+        if streaming {
+            let call = Call::new("WatchRestore", "restore", &name, "watching");
+            let opened = tokio::select! {
+                _ = token.cancelled() => break Ok(None),
+                opened = session.client.watch_restore(v1::WatchRestoreRequest { name: name.clone() }) => opened,
+            };
+            match opened {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    loop {
+                        let message = tokio::select! {
+                            _ = token.cancelled() => None,
+                            message = stream.message() => Some(message),
+                        };
+                        match message {
+                            None => break,
+                            Some(Ok(Some(event))) => {
+                                if let Some(restore) = event.restore {
+                                    display.show(&restore_snapshot(&restore));
+                                    latest = restore;
+                                    if restore_ended(&latest) {
+                                        break;
+                                    }
+                                }
+                            }
+                            Some(Ok(None)) => break,
+                            Some(Err(status)) => {
+                                display.abandon();
+                                return Err(session.fail(status, &call));
+                            }
+                        }
+                    }
+                    if token.is_cancelled() {
+                        break Ok(None);
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
+                Err(status) => {
+                    display.abandon();
+                    return Err(session.fail(status, &call));
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = token.cancelled() => break Ok(None),
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+        if restore_ended(&latest) {
+            continue;
+        }
+        latest = get_restore(session, &name).await?;
+        display.show(&restore_snapshot(&latest));
+    };
+    match &result {
+        Ok(Some(_)) => display.finish(),
+        _ => display.abandon(),
+    }
+    token.cancel();
+    result
+}
+
+async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitCode, CliError> {
+    match command {
+        RestoreCommand::Create(create) => create_restore(session, create).await,
+        RestoreCommand::Get {
+            name: Some(name),
+            output,
+        } => {
+            let restore = RestoreView::from(&get_restore(session, &name).await?);
+            match output.format {
+                Format::Table => {
+                    print_text(&render::restore_table(std::slice::from_ref(&restore)))?
+                }
+                format => print_structured(&restore, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RestoreCommand::Get { name: None, output } => {
+            let call = Call::new("ListRestores", "restore", "", "listing");
+            let response = session
+                .client
+                .list_restores(v1::ListRestoresRequest {})
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let list = view::RestoreListView {
+                restores: response.restores.iter().map(RestoreView::from).collect(),
+            };
+            match output.format {
+                Format::Table => print_text(&render::restore_table(&list.restores))?,
+                format => print_structured(&list, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RestoreCommand::Describe {
+            name,
+            details,
+            output,
+        } => {
+            let restore = RestoreView::from(&get_restore(session, &name).await?);
+            match output.format {
+                Format::Table => print_text(&render::describe_restore(&restore, details))?,
+                format => print_structured(&restore, format)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RestoreCommand::Logs { name, output } => {
+            let call = Call::new("GetRestoreLogs", "restore", &name, "getting the logs of");
+            let response = session
+                .client
+                .get_restore_logs(v1::GetRestoreLogsRequest { name })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            print_logs(&response, output.format)
+        }
+    }
+}
+
+async fn create_restore(
+    session: &mut Session,
+    create: RestoreCreate,
+) -> Result<ExitCode, CliError> {
+    let mapping = parse::collect_mappings(&create.namespace_mappings)
+        .map_err(|error| CliError::Usage(error.to_string()))?;
+    let requested = create.name.clone().unwrap_or_default();
+    let call = Call::new("CreateRestore", "restore", &requested, "creating");
+    let created = session
+        .client
+        .create_restore(v1::CreateRestoreRequest {
+            name: requested.clone(),
+            spec: Some(v1::RestoreSpec {
+                backup_name: create.from_backup.clone(),
+                namespace_mapping: mapping.into_iter().collect(),
+                included_namespaces: create.include_namespaces,
+            }),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            // The restore has no name yet when the server generates it; a NotFound here is
+            // about the backup it reads from.
+            tonic::Code::NotFound if requested.is_empty() => CliError::NotFound {
+                kind: "backup",
+                name: create.from_backup.clone(),
+            },
+            tonic::Code::NotFound => CliError::Server {
+                action: format!("creating restore \"{requested}\""),
+                message: status.message().to_string(),
+            },
+            _ => session.fail(status, &call),
+        })?
+        .into_inner();
+    let name = created.name.clone();
+    let output = structured(create.output);
+    if !create.wait {
+        match output {
+            Some(format) => print_structured(&RestoreView::from(&created), format)?,
+            None => print_text(&format!(
+                "Restore request \"{name}\" submitted successfully.\n\
+                 Run `stowage restore describe {name}` or `stowage restore logs {name}` for more details.\n"
+            ))?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if output.is_none() {
+        print_text(&format!(
+            "Restore request \"{name}\" submitted successfully.\n\
+             Waiting for the restore to complete. You may safely press ctrl-c to stop waiting - your restore will continue in the background.\n"
+        ))?;
+    }
+    let Some(finished) = wait_for_restore(session, created, output.is_some()).await? else {
+        return Ok(interrupted("restore", &name));
+    };
+    let view = RestoreView::from(&finished);
+    match output {
+        Some(format) => print_structured(&view, format)?,
+        None => {
+            let mut text = format!("Restore completed with status: {}.", view.status.phase);
+            text.push_str(&format!(
+                " You may check for more information using `stowage restore describe {name} --details` and `stowage restore logs {name}`.\n"
+            ));
+            if !view.status.trace_id.is_empty() {
+                text.push_str(&format!("Trace ID: {}\n", view.status.trace_id));
+            }
+            print_text(&text)?;
+        }
+    }
+    if view.status.phase == "Completed" {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::EndedUnsuccessfully {
+            kind: "restore",
+            command: "restore",
+            name,
+            phase: view.status.phase.clone(),
+            reason: reason_suffix(&view.status.failure_reason),
+        })
+    }
+}
+
+async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, CliError> {
+    match command {
+        RepoCommand::Get { namespace, output } => {
+            let call = Call::new("ListRepositories", "repository", "", "listing");
+            let response = session
+                .client
+                .list_repositories(v1::ListRepositoriesRequest {})
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let mut repositories: Vec<view::RepositoryView> =
+                response.repositories.iter().map(Into::into).collect();
+            repositories.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+            if let Some(namespace) = namespace {
+                let Some(found) = repositories
+                    .into_iter()
+                    .find(|repository| repository.namespace == namespace)
+                else {
+                    return Err(CliError::NotFound {
+                        kind: "repository of namespace",
+                        name: namespace,
+                    });
+                };
+                match output.format {
+                    Format::Table => {
+                        print_text(&render::repository_table(std::slice::from_ref(&found)))?
+                    }
+                    format => print_structured(&found, format)?,
+                }
+            } else {
+                match output.format {
+                    Format::Table => print_text(&render::repository_table(&repositories))?,
+                    format => print_structured(&view::RepositoryListView { repositories }, format)?,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RepoCommand::Maintain {
+            namespace,
+            check,
+            prune: _,
+            output,
+        } => {
+            let (kind, word) = if check {
+                (v1::MaintenanceKind::Check, "check")
+            } else {
+                (v1::MaintenanceKind::Prune, "prune")
+            };
+            let call = Call::new(
+                "MaintainRepository",
+                "repository of namespace",
+                &namespace,
+                "maintaining",
+            );
+            let result = session
+                .client
+                .maintain_repository(v1::RunMaintenanceRequest {
+                    namespace: namespace.clone(),
+                    kind: kind as i32,
+                })
+                .await
+                .map_err(|status| session.fail(status, &call))?
+                .into_inner();
+            let view = view::MaintenanceResultView::from(&result);
+            match output.format {
+                Format::Table => print_text(&format!(
+                    "{word} of the repository of namespace \"{namespace}\" {} in {}.\n",
+                    if view.succeeded {
+                        "succeeded"
+                    } else {
+                        "failed"
+                    },
+                    crate::table::human_seconds(view.duration_seconds)
+                ))?,
+                format => print_structured(&view, format)?,
+            }
+            if view.succeeded {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(CliError::Server {
+                    action: format!("{word} of the repository of namespace \"{namespace}\""),
+                    message: view.message,
+                })
+            }
+        }
+    }
+}

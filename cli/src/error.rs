@@ -1,0 +1,173 @@
+//! What can go wrong in a command, each as one plain sentence for the user: the CLI prints
+//! the message alone on stderr and exits non-zero, so the wording here is the user interface.
+
+use std::error::Error as _;
+
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "cannot reach the stowage server at {server} ({cause}); is the orchestrator running, and are --server / STOWAGE_SERVER right?"
+    )]
+    Unreachable { server: String, cause: String },
+    #[error("`{server}` is not a server address: write it like http://127.0.0.1:8080")]
+    BadServer { server: String },
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("the server at {server} does not support {call} yet ({message})")]
+    Unimplemented {
+        server: String,
+        call: &'static str,
+        message: String,
+    },
+    #[error("{action} failed: {message}")]
+    Server { action: String, message: String },
+    #[error(
+        "{kind} \"{name}\" ended {phase}{reason}; run `stowage {command} describe {name} --details`"
+    )]
+    EndedUnsuccessfully {
+        kind: &'static str,
+        command: &'static str,
+        name: String,
+        phase: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("writing the output: {0}")]
+    Output(String),
+}
+
+/// The innermost cause of a transport error: tonic says "transport error", the OS says
+/// "Connection refused".
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current: &(dyn std::error::Error + 'static) = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// What the CLI was doing when a call failed, to name it in the sentence.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The RPC, e.g. `GetBackup`.
+    pub rpc: &'static str,
+    /// `backup`, `restore`, `repository`…
+    pub kind: &'static str,
+    /// The object's name; empty for lists.
+    pub name: String,
+    /// In words: `getting backup "nightly"`.
+    pub action: String,
+}
+
+impl Call {
+    pub fn new(rpc: &'static str, kind: &'static str, name: &str, verb: &str) -> Call {
+        let action = if name.is_empty() {
+            format!("{verb} {kind}s")
+        } else {
+            format!("{verb} {kind} \"{name}\"")
+        };
+        Call {
+            rpc,
+            kind,
+            name: name.to_string(),
+            action,
+        }
+    }
+}
+
+/// Turns a gRPC status into the sentence for the user. The server's own message is kept
+/// where it says more than the code (validation errors), and trimmed to its first line.
+pub fn from_status(status: &tonic::Status, call: &Call, server: &str) -> CliError {
+    let message = status
+        .message()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches('.')
+        .to_string();
+    match status.code() {
+        Code::NotFound if !call.name.is_empty() => CliError::NotFound {
+            kind: call.kind,
+            name: call.name.clone(),
+        },
+        Code::AlreadyExists if !call.name.is_empty() => CliError::AlreadyExists {
+            kind: call.kind,
+            name: call.name.clone(),
+        },
+        Code::Unimplemented => CliError::Unimplemented {
+            server: server.to_string(),
+            call: call.rpc,
+            message,
+        },
+        // tonic reports a failed connection as Unavailable with the transport error as source.
+        Code::Unavailable if status.source().is_some() || message.contains("transport") => {
+            CliError::Unreachable {
+                server: server.to_string(),
+                cause: status
+                    .source()
+                    .map(root_cause)
+                    .unwrap_or_else(|| message.clone()),
+            }
+        }
+        _ => CliError::Server {
+            action: call.action.clone(),
+            message: if message.is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                message
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_names_the_object() {
+        let call = Call::new("GetBackup", "backup", "nightly", "getting");
+        let error = from_status(
+            &tonic::Status::not_found("no such thing"),
+            &call,
+            "http://x",
+        );
+        assert_eq!(error.to_string(), "backup \"nightly\" not found");
+    }
+
+    #[test]
+    fn other_errors_keep_the_first_line_of_the_server_message() {
+        let call = Call::new("CreateBackup", "backup", "Bad_Name", "creating");
+        let error = from_status(
+            &tonic::Status::invalid_argument("name must be a DNS-1123 subdomain.\ndetails"),
+            &call,
+            "http://x",
+        );
+        assert_eq!(
+            error.to_string(),
+            "creating backup \"Bad_Name\" failed: name must be a DNS-1123 subdomain"
+        );
+        let list = Call::new("ListBackups", "backup", "", "listing");
+        let error = from_status(&tonic::Status::internal(""), &list, "http://x");
+        assert_eq!(error.to_string(), "listing backups failed: Internal");
+    }
+
+    #[test]
+    fn unimplemented_names_the_call_and_server() {
+        let call = Call::new("GetCoverage", "coverage", "", "getting");
+        let error = from_status(
+            &tonic::Status::unimplemented("GetCoverage is not implemented yet"),
+            &call,
+            "http://127.0.0.1:8080",
+        );
+        let text = error.to_string();
+        assert!(text.contains("does not support GetCoverage"), "{text}");
+        assert!(text.contains("http://127.0.0.1:8080"), "{text}");
+    }
+}

@@ -1,0 +1,645 @@
+//! The human-readable output of every command: list tables and `describe` texts, built from
+//! the views in [`crate::view`]. Pure: the current time is a parameter.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    table::{expires_in, human_bytes, human_seconds, list_or_none, render_table},
+    view::{
+        BackupView, CoverageView, LogLineView, MaintenanceView, RepositoryView, RestoreView,
+        SkippedVolumeView,
+    },
+};
+
+fn parse_time(text: &Option<String>) -> Option<DateTime<Utc>> {
+    text.as_deref()
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| at.with_timezone(&Utc))
+}
+
+fn or_none(text: &Option<String>) -> String {
+    text.clone().unwrap_or_else(|| "<none>".to_string())
+}
+
+fn selector_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Volume duration from its timestamps, else from restic's elapsed time.
+fn volume_duration(started: &Option<String>, finished: &Option<String>, elapsed: f64) -> String {
+    match (parse_time(started), parse_time(finished)) {
+        (Some(start), Some(end)) if end >= start => {
+            human_seconds((end - start).num_milliseconds() as f64 / 1000.0)
+        }
+        _ if elapsed > 0.0 => human_seconds(elapsed),
+        _ => String::new(),
+    }
+}
+
+/// restic's 8-character short id, which every restic command accepts.
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+pub fn backup_table(backups: &[BackupView], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|backup| {
+            let status = &backup.status;
+            vec![
+                backup.name.clone(),
+                status.phase.clone(),
+                format!("{}/{}", status.volumes_completed, status.volumes_total),
+                status.volumes_failed.to_string(),
+                status.started.clone().unwrap_or_default(),
+                expires_in(now, parse_time(&status.expiration)),
+                backup.origin.clone(),
+                selector_text(&backup.spec.label_selector),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "NAME", "STATUS", "VOLUMES", "FAILED", "STARTED", "EXPIRES", "ORIGIN", "SELECTOR",
+        ],
+        &rows,
+    )
+}
+
+fn skipped_lines(out: &mut String, skipped: &[SkippedVolumeView]) {
+    for volume in skipped {
+        let _ = write!(
+            out,
+            "  {}/{}/{}: {}",
+            volume.namespace, volume.pod, volume.volume, volume.reason
+        );
+        if !volume.detail.is_empty() {
+            let _ = write!(out, " ({})", volume.detail);
+        }
+        out.push('\n');
+    }
+}
+
+pub fn describe_backup(backup: &BackupView, details: bool) -> String {
+    let spec = &backup.spec;
+    let status = &backup.status;
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:         {}", backup.name);
+    let _ = writeln!(out, "UID:          {}", backup.uid);
+    let _ = writeln!(out, "Origin:       {}", backup.origin);
+    let _ = writeln!(out, "Phase:        {}", status.phase);
+    if !status.failure_reason.is_empty() {
+        let _ = writeln!(out, "Failure:      {}", status.failure_reason);
+    }
+    if !backup.unrestorable_reason.is_empty() {
+        let _ = writeln!(out, "Unrestorable: {}", backup.unrestorable_reason);
+    }
+    out.push('\n');
+    let _ = writeln!(out, "Namespaces:");
+    let _ = writeln!(
+        out,
+        "  Included:  {}",
+        if spec.included_namespaces.is_empty() {
+            "*".to_string()
+        } else {
+            spec.included_namespaces.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  Excluded:  {}",
+        list_or_none(&spec.excluded_namespaces)
+    );
+    let selector = selector_text(&spec.label_selector);
+    let _ = writeln!(
+        out,
+        "Label selector:  {}",
+        if selector.is_empty() {
+            "<none>".to_string()
+        } else {
+            selector
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Default volumes to fs backup:  {}",
+        spec.default_volumes_to_fs_backup
+    );
+    let _ = writeln!(
+        out,
+        "TTL:          {}",
+        spec.ttl.as_deref().unwrap_or("<server default>")
+    );
+    let _ = writeln!(
+        out,
+        "Timeout:      {}",
+        spec.timeout.as_deref().unwrap_or("<server default>")
+    );
+    out.push('\n');
+    let _ = writeln!(out, "Started:      {}", or_none(&status.started));
+    let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
+    let _ = writeln!(out, "Expiration:   {}", or_none(&status.expiration));
+    if !status.trace_id.is_empty() {
+        let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Volumes:      {} total, {} completed, {} failed",
+        status.volumes_total, status.volumes_completed, status.volumes_failed
+    );
+    let _ = writeln!(
+        out,
+        "Progress:     {} of {}, {} of {} files",
+        human_bytes(status.progress.bytes_done),
+        human_bytes(status.progress.bytes_total),
+        status.progress.files_done,
+        status.progress.files_total
+    );
+    out.push('\n');
+    if details {
+        let _ = writeln!(out, "Pod volume backups:");
+        let rows: Vec<Vec<String>> = status
+            .volumes
+            .iter()
+            .map(|volume| {
+                let size = volume.progress.bytes_total.max(volume.progress.bytes_done);
+                vec![
+                    volume.volume.path(),
+                    volume.node.clone(),
+                    volume.phase.clone(),
+                    short_id(&volume.snapshot_id),
+                    human_bytes(size),
+                    volume_duration(
+                        &volume.started,
+                        &volume.finished,
+                        volume.progress.seconds_elapsed,
+                    ),
+                    volume.error_message.clone(),
+                ]
+            })
+            .collect();
+        let table = render_table(
+            &[
+                "NAMESPACE/POD/VOLUME",
+                "NODE",
+                "PHASE",
+                "SNAPSHOT",
+                "SIZE",
+                "DURATION",
+                "ERROR",
+            ],
+            &rows,
+        );
+        for line in table.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "Pod volume backups:  (run `stowage backup describe {} --details` for the table)",
+            backup.name
+        );
+        let mut phases: Vec<&str> = status.volumes.iter().map(|v| v.phase.as_str()).collect();
+        phases.sort_unstable();
+        phases.dedup();
+        if phases.is_empty() {
+            let _ = writeln!(out, "  <none>");
+        }
+        for phase in phases {
+            let names: Vec<String> = status
+                .volumes
+                .iter()
+                .filter(|volume| volume.phase == phase)
+                .map(|volume| volume.volume.path())
+                .collect();
+            let _ = writeln!(out, "  {phase}:  {}", names.join(", "));
+        }
+    }
+    if !status.skipped.is_empty() {
+        out.push('\n');
+        let _ = writeln!(out, "Skipped volumes:");
+        skipped_lines(&mut out, &status.skipped);
+    }
+    out
+}
+
+pub fn restore_table(restores: &[RestoreView]) -> String {
+    let rows: Vec<Vec<String>> = restores
+        .iter()
+        .map(|restore| {
+            let status = &restore.status;
+            vec![
+                restore.name.clone(),
+                restore.spec.backup_name.clone(),
+                status.phase.clone(),
+                format!("{}/{}", status.volumes_completed, status.volumes_total),
+                status.volumes_failed.to_string(),
+                status.started.clone().unwrap_or_default(),
+                status.finished.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "NAME", "BACKUP", "STATUS", "VOLUMES", "FAILED", "STARTED", "FINISHED",
+        ],
+        &rows,
+    )
+}
+
+pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
+    let spec = &restore.spec;
+    let status = &restore.status;
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:         {}", restore.name);
+    let _ = writeln!(out, "UID:          {}", restore.uid);
+    let _ = writeln!(out, "Backup:       {}", spec.backup_name);
+    let _ = writeln!(out, "Phase:        {}", status.phase);
+    if !status.failure_reason.is_empty() {
+        let _ = writeln!(out, "Failure:      {}", status.failure_reason);
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Namespaces:   {}",
+        if spec.included_namespaces.is_empty() {
+            "* (all in the backup)".to_string()
+        } else {
+            spec.included_namespaces.join(", ")
+        }
+    );
+    let mappings: Vec<String> = spec
+        .namespace_mapping
+        .iter()
+        .map(|(old, new)| format!("{old}:{new}"))
+        .collect();
+    let _ = writeln!(out, "Namespace mappings:  {}", list_or_none(&mappings));
+    out.push('\n');
+    let _ = writeln!(out, "Started:      {}", or_none(&status.started));
+    let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
+    if !status.trace_id.is_empty() {
+        let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
+    }
+    let _ = writeln!(out, "Pods created: {}", list_or_none(&status.pods_created));
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Volumes:      {} total, {} completed, {} failed",
+        status.volumes_total, status.volumes_completed, status.volumes_failed
+    );
+    let _ = writeln!(
+        out,
+        "Progress:     {} of {}, {} of {} files",
+        human_bytes(status.progress.bytes_done),
+        human_bytes(status.progress.bytes_total),
+        status.progress.files_done,
+        status.progress.files_total
+    );
+    if details {
+        out.push('\n');
+        let _ = writeln!(out, "Pod volume restores:");
+        let rows: Vec<Vec<String>> = status
+            .volumes
+            .iter()
+            .map(|volume| {
+                vec![
+                    volume.volume.path(),
+                    volume.source_namespace.clone(),
+                    volume.node.clone(),
+                    volume.phase.clone(),
+                    short_id(&volume.snapshot_id),
+                    human_bytes(volume.progress.bytes_done),
+                    volume_duration(
+                        &volume.started,
+                        &volume.finished,
+                        volume.progress.seconds_elapsed,
+                    ),
+                    volume.error_message.clone(),
+                ]
+            })
+            .collect();
+        let table = render_table(
+            &[
+                "NAMESPACE/POD/VOLUME",
+                "FROM",
+                "NODE",
+                "PHASE",
+                "SNAPSHOT",
+                "SIZE",
+                "DURATION",
+                "ERROR",
+            ],
+            &rows,
+        );
+        for line in table.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// `2026-…Z`, with ` (failed)` when the last run failed; empty when it never ran.
+fn last_run(status: &MaintenanceView) -> String {
+    match &status.last_finished {
+        None => String::new(),
+        Some(at) if status.last_succeeded => at.clone(),
+        Some(at) => format!("{at} (failed)"),
+    }
+}
+
+/// The earlier of the next check and the next prune.
+fn next_maintenance(repository: &RepositoryView) -> String {
+    let check = parse_time(&repository.check.next_run);
+    let prune = parse_time(&repository.prune.next_run);
+    let (at, kind) = match (check, prune) {
+        (Some(c), Some(p)) if p < c => (p, "prune"),
+        (Some(c), _) => (c, "check"),
+        (None, Some(p)) => (p, "prune"),
+        (None, None) => return String::new(),
+    };
+    format!(
+        "{} ({kind})",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+pub fn repository_table(repositories: &[RepositoryView]) -> String {
+    let rows: Vec<Vec<String>> = repositories
+        .iter()
+        .map(|repository| {
+            vec![
+                repository.namespace.clone(),
+                repository.phase.clone(),
+                last_run(&repository.check),
+                last_run(&repository.prune),
+                next_maintenance(repository),
+                repository.message.clone(),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "NAMESPACE",
+            "PHASE",
+            "LAST CHECK",
+            "LAST PRUNE",
+            "NEXT MAINTENANCE",
+            "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+pub fn coverage_text(coverage: &CoverageView) -> String {
+    let mut out = format!(
+        "{} of {} pod volumes would be backed up{}.\n",
+        coverage.volumes_covered,
+        coverage.volumes_total,
+        if coverage.default_volumes_to_fs_backup {
+            " (opt-out mode, --default-volumes-to-fs-backup)"
+        } else {
+            " (opt-in mode, backup.velero.io/backup-volumes)"
+        }
+    );
+    if coverage.uncovered.is_empty() {
+        return out;
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = coverage
+        .uncovered
+        .iter()
+        .map(|volume| {
+            vec![
+                volume.namespace.clone(),
+                volume.pod.clone(),
+                volume.volume.clone(),
+                volume.reason.clone(),
+                volume.detail.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(
+        &["NAMESPACE", "POD", "VOLUME", "REASON", "DETAIL"],
+        &rows,
+    ));
+    out
+}
+
+pub fn log_lines(lines: &[LogLineView]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        let _ = writeln!(
+            out,
+            "{} {:<5} {}",
+            line.time.as_deref().unwrap_or("-"),
+            line.level.to_uppercase(),
+            line.message
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{
+        BackupSpecView, BackupStatusView, PodVolumeBackupView, ProgressView, VolumeRefView,
+    };
+
+    fn volume(name: &str, phase: &str, error: &str) -> PodVolumeBackupView {
+        PodVolumeBackupView {
+            volume: VolumeRefView {
+                namespace: "foo".into(),
+                pod: "sample".into(),
+                pod_uid: "uid".into(),
+                volume: name.into(),
+                source: "EmptyDir".into(),
+                pv_name: String::new(),
+                pvc_name: String::new(),
+            },
+            node: "node-1".into(),
+            phase: phase.into(),
+            snapshot_id: "0123456789abcdef".into(),
+            parent_snapshot_id: String::new(),
+            stable_identity: String::new(),
+            repository: String::new(),
+            progress: ProgressView {
+                bytes_done: 2048,
+                bytes_total: 2048,
+                ..Default::default()
+            },
+            bytes_added: 0,
+            files_new: 0,
+            files_changed: 0,
+            files_unmodified: 0,
+            started: Some("2026-11-24T10:00:00Z".into()),
+            finished: Some("2026-11-24T10:03:20Z".into()),
+            error_message: error.into(),
+        }
+    }
+
+    fn backup() -> BackupView {
+        BackupView {
+            name: "demo".into(),
+            uid: "u-1".into(),
+            origin: "Stowage".into(),
+            unrestorable_reason: String::new(),
+            spec: BackupSpecView {
+                included_namespaces: vec!["foo".into()],
+                excluded_namespaces: vec![],
+                label_selector: [("app".to_string(), "db".to_string())].into(),
+                default_volumes_to_fs_backup: false,
+                ttl: Some("720h".into()),
+                timeout: None,
+            },
+            status: BackupStatusView {
+                phase: "PartiallyFailed".into(),
+                started: Some("2026-11-24T10:00:00Z".into()),
+                finished: None,
+                expiration: Some("2026-12-24T10:00:00Z".into()),
+                volumes_total: 2,
+                volumes_completed: 1,
+                volumes_failed: 1,
+                progress: ProgressView::default(),
+                failure_reason: String::new(),
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                volumes: vec![
+                    volume("data", "Completed", ""),
+                    volume("cache", "Failed", "restic: disk full"),
+                ],
+                skipped: vec![SkippedVolumeView {
+                    namespace: "foo".into(),
+                    pod: "sample".into(),
+                    volume: "host".into(),
+                    reason: "UnsupportedType".into(),
+                    detail: "hostPath volumes hold node data".into(),
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn backup_list_shows_counts_expiry_and_selector() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let table = backup_table(&[backup()], now);
+        let mut lines = table.lines();
+        let header = lines.next().unwrap();
+        assert!(header.starts_with("NAME   STATUS"), "{header}");
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "demo",
+                "PartiallyFailed",
+                "1/2",
+                "1",
+                "2026-11-24T10:00:00Z",
+                "30d",
+                "Stowage",
+                "app=db"
+            ]
+        );
+    }
+
+    #[test]
+    fn describe_details_has_one_row_per_volume() {
+        let text = describe_backup(&backup(), true);
+        assert!(text.contains("Phase:        PartiallyFailed"), "{text}");
+        assert!(text.contains("Trace ID:     4bf92f3577b34da6a3ce929d0e0e4736"));
+        let row = text
+            .lines()
+            .find(|line| line.contains("foo/sample/cache"))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "foo/sample/cache",
+                "node-1",
+                "Failed",
+                "01234567",
+                "2.0",
+                "KiB",
+                "3m20s",
+                "restic:",
+                "disk",
+                "full"
+            ]
+        );
+        assert!(
+            text.contains("foo/sample/host: UnsupportedType (hostPath volumes hold node data)")
+        );
+    }
+
+    #[test]
+    fn describe_without_details_groups_volumes_by_phase() {
+        let text = describe_backup(&backup(), false);
+        assert!(text.contains("  Completed:  foo/sample/data\n"), "{text}");
+        assert!(text.contains("  Failed:  foo/sample/cache\n"), "{text}");
+        assert!(!text.contains("SNAPSHOT"));
+    }
+
+    #[test]
+    fn next_maintenance_is_the_earlier_task() {
+        let mut repository = RepositoryView {
+            namespace: "foo".into(),
+            url: "/r/foo".into(),
+            phase: "Ready".into(),
+            message: String::new(),
+            created: None,
+            secret_name: "stowage-repo-foo".into(),
+            check: MaintenanceView {
+                last_started: None,
+                last_finished: Some("2026-11-24T09:00:00Z".into()),
+                last_duration_seconds: 1.0,
+                last_succeeded: false,
+                last_error: "boom".into(),
+                next_run: Some("2026-11-25T09:00:00Z".into()),
+                interval: Some("24h".into()),
+            },
+            prune: MaintenanceView {
+                last_started: None,
+                last_finished: None,
+                last_duration_seconds: 0.0,
+                last_succeeded: false,
+                last_error: String::new(),
+                next_run: Some("2026-11-24T12:00:00Z".into()),
+                interval: Some("168h".into()),
+            },
+        };
+        let table = repository_table(std::slice::from_ref(&repository));
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("2026-11-24T09:00:00Z (failed)"), "{row}");
+        assert!(row.contains("2026-11-24T12:00:00Z (prune)"), "{row}");
+        repository.prune.next_run = None;
+        assert_eq!(
+            next_maintenance(&repository),
+            "2026-11-25T09:00:00Z (check)"
+        );
+    }
+
+    #[test]
+    fn coverage_lists_uncovered_volumes_with_reasons() {
+        let coverage = CoverageView {
+            volumes_total: 3,
+            volumes_covered: 2,
+            default_volumes_to_fs_backup: false,
+            uncovered: backup().status.skipped,
+        };
+        let text = coverage_text(&coverage);
+        assert!(text.starts_with("2 of 3 pod volumes would be backed up"));
+        assert!(
+            text.contains("foo         sample   host     UnsupportedType"),
+            "{text}"
+        );
+    }
+}

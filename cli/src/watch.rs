@@ -1,0 +1,158 @@
+//! Following a backup or restore until it ends (`--wait`): an indicatif progress bar when the
+//! output is a terminal, plain lines otherwise (CI logs, pipes), one per change.
+
+use std::io::Write;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::table::human_bytes;
+
+/// The part of a backup or restore the progress display shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub kind: &'static str,
+    pub name: String,
+    pub phase: String,
+    pub volumes_total: u32,
+    pub volumes_completed: u32,
+    pub volumes_failed: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// One line per state, for non-terminal output:
+/// `backup demo: InProgress, 1/2 volumes done, 0 failed, 1.0 MiB of 2.0 MiB`.
+pub fn plain_line(snapshot: &Snapshot) -> String {
+    let mut line = format!(
+        "{} {}: {}, {}/{} volumes done, {} failed",
+        snapshot.kind,
+        snapshot.name,
+        snapshot.phase,
+        snapshot.volumes_completed,
+        snapshot.volumes_total,
+        snapshot.volumes_failed
+    );
+    if snapshot.bytes_total > 0 || snapshot.bytes_done > 0 {
+        line.push_str(&format!(
+            ", {} of {}",
+            human_bytes(snapshot.bytes_done),
+            human_bytes(snapshot.bytes_total)
+        ));
+    }
+    line
+}
+
+/// Where progress goes while waiting.
+pub enum Display {
+    Bar(ProgressBar),
+    Lines {
+        to_stderr: bool,
+        last: Option<String>,
+    },
+}
+
+impl Display {
+    /// A bar when the chosen stream is a terminal, else plain lines on it. Progress goes to
+    /// stderr when stdout carries `-o json|yaml`, so the document stays parseable.
+    pub fn new(to_stderr: bool) -> Display {
+        use std::io::IsTerminal;
+        let terminal = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        if !terminal {
+            return Display::Lines {
+                to_stderr,
+                last: None,
+            };
+        }
+        let target = if to_stderr {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::stdout()
+        };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Display::Bar(bar)
+    }
+
+    pub fn show(&mut self, snapshot: &Snapshot) {
+        match self {
+            Display::Bar(bar) => {
+                bar.set_length(snapshot.bytes_total.max(snapshot.bytes_done));
+                bar.set_position(snapshot.bytes_done);
+                bar.set_message(format!(
+                    "{} {}: {} {}/{} volumes",
+                    snapshot.kind,
+                    snapshot.name,
+                    snapshot.phase,
+                    snapshot.volumes_completed + snapshot.volumes_failed,
+                    snapshot.volumes_total
+                ));
+            }
+            Display::Lines { to_stderr, last } => {
+                let line = plain_line(snapshot);
+                // Progress events come often; a log only needs the changes.
+                if last.as_deref() != Some(line.as_str()) {
+                    if *to_stderr {
+                        eprintln!("{line}");
+                    } else {
+                        println!("{line}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    *last = Some(line);
+                }
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Display::Bar(bar) = self {
+            bar.finish();
+        }
+    }
+
+    /// Leaves the bar as drawn and returns to plain output (on Ctrl-C).
+    pub fn abandon(&mut self) {
+        if let Display::Bar(bar) = self {
+            bar.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines_show_phase_counts_and_bytes() {
+        let mut snapshot = Snapshot {
+            kind: "backup",
+            name: "demo".into(),
+            phase: "InProgress".into(),
+            volumes_total: 2,
+            volumes_completed: 1,
+            volumes_failed: 0,
+            bytes_done: 1024 * 1024,
+            bytes_total: 2 * 1024 * 1024,
+        };
+        assert_eq!(
+            plain_line(&snapshot),
+            "backup demo: InProgress, 1/2 volumes done, 0 failed, 1.0 MiB of 2.0 MiB"
+        );
+        snapshot.bytes_done = 0;
+        snapshot.bytes_total = 0;
+        assert_eq!(
+            plain_line(&snapshot),
+            "backup demo: InProgress, 1/2 volumes done, 0 failed"
+        );
+    }
+}
