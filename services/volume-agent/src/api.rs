@@ -1,29 +1,101 @@
-//! The tonic handlers of the VolumeAgent service.
+//! The tonic handlers of the VolumeAgent service: check the request, plan the job, run it as a
+//! tracked task that streams events, and map errors to status codes (in `error.rs`).
 
-use std::{path::PathBuf, pin::Pin};
+use std::{pin::Pin, time::Duration};
 
 use stowage_proto::v1::{
     AgentInfo, BackupVolumeEvent, BackupVolumeRequest, CancelOperationRequest,
-    CancelOperationResponse, GetAgentInfoRequest, RestoreVolumeEvent, RestoreVolumeRequest,
-    volume_agent_server::VolumeAgent,
+    CancelOperationResponse, GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest,
+    backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
 };
-use tokio_stream::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::{
+    error::AgentError,
+    jobs::{self, AgentContext},
+    operations::{OperationHandle, Operations},
+};
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// How often restore progress is sampled from the volume.
+const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Events buffered per stream; progress beyond this is dropped, never the result.
+const EVENT_BUFFER: usize = 32;
+
 pub struct AgentApi {
-    node_name: String,
-    pods_root: PathBuf,
+    context: AgentContext,
+    operations: Operations,
+    restic_version: String,
 }
 
 impl AgentApi {
-    pub fn new(node_name: String, pods_root: PathBuf) -> Self {
+    pub fn new(context: AgentContext, operations: Operations, restic_version: String) -> Self {
         Self {
-            node_name,
-            pods_root,
+            context,
+            operations,
+            restic_version,
         }
     }
+}
+
+/// Runs `work` once a slot is free, sending `queued` if it has to wait, and the result or the
+/// error as the last item. A caller that hangs up cancels the work, so no restic outlives it.
+async fn drive<T, W, F>(
+    handle: OperationHandle,
+    tx: mpsc::Sender<Result<T, Status>>,
+    queued: impl FnOnce(u32) -> T,
+    result: impl FnOnce(W) -> T,
+    work: F,
+) where
+    F: Future<Output = Result<W, AgentError>>,
+{
+    let id = handle.id().to_string();
+    let outcome = async {
+        let queued_tx = tx.clone();
+        let Some(_slot) = handle
+            .start(|position| {
+                let _ = queued_tx.try_send(Ok(queued(position)));
+            })
+            .await
+        else {
+            return Err(AgentError::Cancelled(id.clone()));
+        };
+        tracing::debug!("operation started");
+        let work = std::pin::pin!(work);
+        work.await.map_err(|error| match error {
+            AgentError::Restic(restic) if restic.is_cancelled() => {
+                AgentError::Cancelled(id.clone())
+            }
+            other => other,
+        })
+    };
+    let outcome = {
+        let mut outcome = std::pin::pin!(outcome);
+        let mut hung_up = false;
+        loop {
+            tokio::select! {
+                finished = &mut outcome => break finished,
+                _ = tx.closed(), if !hung_up => {
+                    tracing::info!("caller went away, cancelling");
+                    hung_up = true;
+                    handle.cancel.cancel();
+                }
+            }
+        }
+    };
+    let item = match outcome {
+        Ok(value) => Ok(result(value)),
+        Err(error) => {
+            tracing::warn!(%error, "operation failed");
+            Err(Status::from(error))
+        }
+    };
+    let _ = tx.send(item).await;
+    drop(handle);
 }
 
 #[tonic::async_trait]
@@ -31,39 +103,140 @@ impl VolumeAgent for AgentApi {
     type BackupVolumeStream = EventStream<BackupVolumeEvent>;
     type RestoreVolumeStream = EventStream<RestoreVolumeEvent>;
 
+    #[tracing::instrument(skip_all, fields(
+        operation = %request.get_ref().operation_id,
+        namespace = request.get_ref().volume.as_ref().map(|v| v.namespace.as_str()).unwrap_or(""),
+        pod = request.get_ref().volume.as_ref().map(|v| v.pod_name.as_str()).unwrap_or(""),
+        volume = request.get_ref().volume.as_ref().map(|v| v.volume_name.as_str()).unwrap_or(""),
+        backup = %request.get_ref().backup_name,
+        node = %self.context.node_name,
+        repository = request.get_ref().repository.as_ref().map(|r| r.url.as_str()).unwrap_or(""),
+        parent_snapshot_id = tracing::field::Empty,
+        snapshot_id = tracing::field::Empty,
+        bytes = tracing::field::Empty,
+        bytes_added = tracing::field::Empty,
+    ))]
     async fn backup_volume(
         &self,
-        _request: Request<BackupVolumeRequest>,
+        request: Request<BackupVolumeRequest>,
     ) -> Result<Response<Self::BackupVolumeStream>, Status> {
-        Err(Status::unimplemented("BackupVolume is not implemented yet"))
+        let request = request.into_inner();
+        let operation_id = request.operation_id.clone();
+        let plan = jobs::plan_backup(&self.context, request).map_err(Status::from)?;
+        let handle = self
+            .operations
+            .register(&operation_id)
+            .map_err(|error| Status::from(AgentError::from(error)))?;
+        tracing::info!(path = %plan.path.path.display(), identity = %plan.identity, "backup accepted");
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let context = self.context.clone();
+        let cancel = handle.cancel.clone();
+        let progress_tx = tx.clone();
+        let task = drive(
+            handle,
+            tx,
+            |position| BackupVolumeEvent {
+                event: Some(backup_volume_event::Event::Queued(Queued { position })),
+            },
+            |result| BackupVolumeEvent {
+                event: Some(backup_volume_event::Event::Result(result)),
+            },
+            async move {
+                jobs::backup(&context, &plan, &cancel, |progress| {
+                    let _ = progress_tx.try_send(Ok(BackupVolumeEvent {
+                        event: Some(backup_volume_event::Event::Progress(progress)),
+                    }));
+                })
+                .await
+            },
+        );
+        self.operations
+            .tasks()
+            .spawn(task.instrument(tracing::Span::current()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        operation = %request.get_ref().operation_id,
+        namespace = request.get_ref().volume.as_ref().map(|v| v.namespace.as_str()).unwrap_or(""),
+        pod = request.get_ref().volume.as_ref().map(|v| v.pod_name.as_str()).unwrap_or(""),
+        volume = request.get_ref().volume.as_ref().map(|v| v.volume_name.as_str()).unwrap_or(""),
+        restore = %request.get_ref().restore_name,
+        snapshot_id = %request.get_ref().snapshot_id,
+        node = %self.context.node_name,
+        repository = request.get_ref().repository.as_ref().map(|r| r.url.as_str()).unwrap_or(""),
+        bytes = tracing::field::Empty,
+    ))]
     async fn restore_volume(
         &self,
-        _request: Request<RestoreVolumeRequest>,
+        request: Request<RestoreVolumeRequest>,
     ) -> Result<Response<Self::RestoreVolumeStream>, Status> {
-        Err(Status::unimplemented(
-            "RestoreVolume is not implemented yet",
-        ))
+        let request = request.into_inner();
+        let operation_id = request.operation_id.clone();
+        let plan = jobs::plan_restore(&self.context, request).map_err(Status::from)?;
+        let handle = self
+            .operations
+            .register(&operation_id)
+            .map_err(|error| Status::from(AgentError::from(error)))?;
+        tracing::info!(path = %plan.path.path.display(), "restore accepted");
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let context = self.context.clone();
+        let cancel = handle.cancel.clone();
+        let progress_tx = tx.clone();
+        let task = drive(
+            handle,
+            tx,
+            |position| RestoreVolumeEvent {
+                event: Some(restore_volume_event::Event::Queued(Queued { position })),
+            },
+            |result| RestoreVolumeEvent {
+                event: Some(restore_volume_event::Event::Result(result)),
+            },
+            async move {
+                jobs::restore(
+                    &context,
+                    &plan,
+                    &cancel,
+                    RESTORE_PROGRESS_INTERVAL,
+                    |progress| {
+                        let _ = progress_tx.try_send(Ok(RestoreVolumeEvent {
+                            event: Some(restore_volume_event::Event::Progress(progress)),
+                        }));
+                    },
+                )
+                .await
+            },
+        );
+        self.operations
+            .tasks()
+            .spawn(task.instrument(tracing::Span::current()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    #[tracing::instrument(skip_all, fields(operation = %request.get_ref().operation_id))]
     async fn cancel_operation(
         &self,
-        _request: Request<CancelOperationRequest>,
+        request: Request<CancelOperationRequest>,
     ) -> Result<Response<CancelOperationResponse>, Status> {
-        Ok(Response::new(CancelOperationResponse { cancelled: false }))
+        let cancelled = self.operations.cancel(&request.get_ref().operation_id);
+        tracing::info!(cancelled, "cancel requested");
+        Ok(Response::new(CancelOperationResponse { cancelled }))
     }
 
-    #[tracing::instrument(skip_all, fields(node = %self.node_name))]
+    #[tracing::instrument(skip_all, fields(node = %self.context.node_name))]
     async fn get_agent_info(
         &self,
         _request: Request<GetAgentInfoRequest>,
     ) -> Result<Response<AgentInfo>, Status> {
+        let (running, queued) = self.operations.counts();
         Ok(Response::new(AgentInfo {
-            node_name: self.node_name.clone(),
+            node_name: self.context.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            pods_root: self.pods_root.display().to_string(),
-            ..Default::default()
+            max_concurrent_operations: self.operations.max_concurrent(),
+            running_operations: running,
+            queued_operations: queued,
+            pods_root: self.context.pods_root.display().to_string(),
+            restic_version: self.restic_version.clone(),
         }))
     }
 }

@@ -2,12 +2,17 @@
 //! found under the kubelet pods directory with restic.
 
 mod api;
+mod error;
+mod jobs;
+mod operations;
+mod volume_path;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use stowage_proto::v1::volume_agent_server::VolumeAgentServer;
+use stowage_restic::Restic;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -26,7 +31,7 @@ struct Config {
         default_value = "/var/lib/kubelet/pods"
     )]
     pods_root: PathBuf,
-    /// Private scratch directory for restic password files and cache.
+    /// Private scratch directory for restic password files and cache (an emptyDir).
     #[arg(long, env = "STOWAGE_SCRATCH_DIR", default_value = "/scratch")]
     scratch_dir: PathBuf,
     /// Operations run at once; further ones queue.
@@ -35,6 +40,9 @@ struct Config {
     /// The restic binary to run.
     #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
     restic_binary: PathBuf,
+    /// How long running operations get to stop (their restic is killed) on shutdown.
+    #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
 }
@@ -46,14 +54,48 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stowage_grpc::cancel_on_signal(shutdown.clone());
 
-    let agent = api::AgentApi::new(config.node_name.clone(), config.pods_root.clone());
+    let restic = Restic::new(&config.restic_binary, &config.scratch_dir);
+    // The agent still serves without restic (GetAgentInfo shows it); every job then fails
+    // with a clear FailedPrecondition.
+    let restic_version = match jobs::restic_version(&restic).await {
+        Ok(version) => version,
+        Err(error) => {
+            tracing::error!(%error, "restic is not usable");
+            String::new()
+        }
+    };
+    let context = jobs::AgentContext {
+        restic,
+        pods_root: config.pods_root.clone(),
+        node_name: config.node_name.clone(),
+    };
+    let operations = operations::Operations::new(config.max_concurrent, shutdown.clone());
+    let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
     let router = stowage_grpc::router_for::<VolumeAgentServer<api::AgentApi>>()
         .await?
         .add_service(VolumeAgentServer::new(agent));
-    tracing::info!(node = %config.node_name, pods_root = %config.pods_root.display(), "volume agent starting");
-    let served = stowage_grpc::serve(router, config.listen, shutdown)
+    tracing::info!(
+        node = %config.node_name,
+        pods_root = %config.pods_root.display(),
+        restic = %restic_version,
+        max_concurrent = operations.max_concurrent(),
+        "volume agent starting"
+    );
+    let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
         .await
         .context("volume agent gRPC server");
+    // Whatever ended serving, stop the jobs (their restic is killed) and wait for them.
+    shutdown.cancel();
+    operations.tasks().close();
+    if tokio::time::timeout(
+        Duration::from_secs(config.shutdown_grace_seconds),
+        operations.tasks().wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("operations did not stop in time");
+    }
     telemetry.shutdown();
     served
 }

@@ -1,0 +1,455 @@
+//! What one backup or restore does, between a validated request and its result: resolve the
+//! volume, pick the parent snapshot, run restic, turn its output into progress and a result.
+//! No gRPC here beyond the generated message types.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use stowage_proto::v1::{
+    BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress, RepositoryAccess,
+    RestoreVolumeRequest, RestoreVolumeResult, VolumeSource,
+};
+use stowage_restic::{
+    BackupOptions, BackupStatus, Repository, Restic, RestoreOptions, SnapshotFilter,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::AgentError,
+    volume_path::{self, ResolvedVolume},
+};
+
+/// Snapshot tag holding the volume's identity across pod recreation.
+pub const IDENTITY_TAG: &str = "stable-identity";
+/// The directory restores mark themselves done in, as Velero's restore helper expects.
+pub const MARKER_DIR: &str = ".velero";
+
+/// What every job needs from the agent.
+#[derive(Clone, Debug)]
+pub struct AgentContext {
+    pub restic: Restic,
+    pub pods_root: PathBuf,
+    pub node_name: String,
+}
+
+/// A backup whose input has been checked and whose volume has been found.
+#[derive(Debug)]
+pub struct BackupPlan {
+    pub path: ResolvedVolume,
+    pub repository: Repository,
+    pub identity: String,
+    pub tags: Vec<String>,
+}
+
+/// A restore whose input has been checked and whose target volume has been found.
+#[derive(Debug)]
+pub struct RestorePlan {
+    pub path: ResolvedVolume,
+    pub repository: Repository,
+    pub snapshot_id: String,
+    pub restore_uid: String,
+}
+
+pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentError> {
+    let access =
+        access.ok_or_else(|| AgentError::InvalidRequest("repository is missing".into()))?;
+    if access.url.is_empty() {
+        return Err(AgentError::InvalidRequest("repository url is empty".into()));
+    }
+    if access.password.is_empty() {
+        return Err(AgentError::InvalidRequest(
+            "repository password is empty".into(),
+        ));
+    }
+    let mut repository = Repository::new(access.url, access.password);
+    repository.env = access.env.into_iter().collect();
+    Ok(repository)
+}
+
+fn require(field: &str, value: &str) -> Result<(), AgentError> {
+    if value.is_empty() {
+        Err(AgentError::InvalidRequest(format!("{field} is empty")))
+    } else {
+        Ok(())
+    }
+}
+
+/// The identity the orchestrator sent, or one built from the pod when it sent none (then a
+/// recreated pod with a new name starts a new chain, as in Velero).
+pub fn stable_identity(request: &BackupVolumeRequest, volume: &PodVolumeRef) -> String {
+    if !request.stable_identity.is_empty() {
+        return request.stable_identity.clone();
+    }
+    let source = VolumeSource::try_from(volume.source).unwrap_or(VolumeSource::Unspecified);
+    if source == VolumeSource::PersistentVolumeClaim && !volume.pvc_name.is_empty() {
+        format!("pvc/{}/{}", volume.namespace, volume.pvc_name)
+    } else {
+        format!(
+            "pod/{}/{}/{}",
+            volume.namespace, volume.pod_name, volume.volume_name
+        )
+    }
+}
+
+/// Our tags plus Velero's names for the same facts, so tools that read Velero's snapshots
+/// read ours. restic splits tags on `,`, so no value may contain one.
+pub fn snapshot_tags(
+    request: &BackupVolumeRequest,
+    volume: &PodVolumeRef,
+    identity: &str,
+) -> Result<Vec<String>, AgentError> {
+    let mut pairs: Vec<(String, String)> = vec![
+        ("backup".into(), request.backup_name.clone()),
+        ("backup-uid".into(), request.backup_uid.clone()),
+        ("ns".into(), volume.namespace.clone()),
+        ("namespace".into(), volume.namespace.clone()),
+        ("pod".into(), volume.pod_name.clone()),
+        ("pod-uid".into(), volume.pod_uid.clone()),
+        ("volume".into(), volume.volume_name.clone()),
+        ("pvc".into(), volume.pvc_name.clone()),
+        ("pv".into(), volume.pv_name.clone()),
+        (IDENTITY_TAG.into(), identity.to_string()),
+    ];
+    let mut extra: Vec<_> = request.extra_tags.iter().collect();
+    extra.sort();
+    pairs.extend(extra.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut tags = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        if value.is_empty() {
+            continue;
+        }
+        let tag = format!("{key}={value}");
+        if key.is_empty() || key.contains('=') || tag.contains(',') || tag.contains('\0') {
+            return Err(AgentError::InvalidRequest(format!(
+                "snapshot tag `{}` cannot be stored: keys need no `=`, values no `,`",
+                tag.escape_debug()
+            )));
+        }
+        tags.push(tag);
+    }
+    Ok(tags)
+}
+
+pub fn plan_backup(
+    context: &AgentContext,
+    request: BackupVolumeRequest,
+) -> Result<BackupPlan, AgentError> {
+    require("operation_id", &request.operation_id)?;
+    let volume = request
+        .volume
+        .clone()
+        .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
+    require("namespace", &volume.namespace)?;
+    require("pod_name", &volume.pod_name)?;
+    let identity = stable_identity(&request, &volume);
+    let tags = snapshot_tags(&request, &volume, &identity)?;
+    let repository = repository(request.repository)?;
+    let path = volume_path::resolve(&context.pods_root, &volume)?;
+    Ok(BackupPlan {
+        path,
+        repository,
+        identity,
+        tags,
+    })
+}
+
+pub fn plan_restore(
+    context: &AgentContext,
+    request: RestoreVolumeRequest,
+) -> Result<RestorePlan, AgentError> {
+    require("operation_id", &request.operation_id)?;
+    require("snapshot_id", &request.snapshot_id)?;
+    if request.snapshot_id.starts_with('-') || request.snapshot_id.contains(['/', '\0']) {
+        return Err(AgentError::InvalidRequest(format!(
+            "`{}` is not a snapshot id",
+            request.snapshot_id.escape_debug()
+        )));
+    }
+    volume_path::validate_component("restore uid", &request.restore_uid)?;
+    let volume = request
+        .volume
+        .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
+    let repository = repository(request.repository)?;
+    let path = volume_path::resolve(&context.pods_root, &volume)?;
+    Ok(RestorePlan {
+        path,
+        repository,
+        snapshot_id: request.snapshot_id,
+        restore_uid: request.restore_uid,
+    })
+}
+
+fn progress(status: &BackupStatus) -> Progress {
+    Progress {
+        bytes_done: status.bytes_done,
+        bytes_total: status.total_bytes,
+        files_done: status.files_done,
+        files_total: status.total_files,
+        seconds_elapsed: status.seconds_elapsed as f64,
+    }
+}
+
+/// Runs the backup; `on_progress` gets every restic status line.
+pub async fn backup(
+    context: &AgentContext,
+    plan: &BackupPlan,
+    cancel: &CancellationToken,
+    mut on_progress: impl FnMut(Progress) + Send,
+) -> Result<BackupVolumeResult, AgentError> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let span = tracing::Span::current();
+    let parent = context
+        .restic
+        .latest_snapshot(
+            &plan.repository,
+            &SnapshotFilter {
+                tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
+                ..Default::default()
+            },
+            cancel,
+        )
+        .await?;
+    let parent_id = parent.map(|snapshot| snapshot.short_id);
+    if let Some(parent) = &parent_id {
+        span.record("parent_snapshot_id", parent.as_str());
+    }
+    let options = BackupOptions {
+        working_dir: plan.path.path.clone(),
+        paths: Vec::new(),
+        host: Some(context.node_name.clone()),
+        tags: plan.tags.clone(),
+        parent: parent_id.clone(),
+        excludes: Vec::new(),
+    };
+    let summary = context
+        .restic
+        .backup(&plan.repository, &options, cancel, |status| {
+            on_progress(progress(status))
+        })
+        .await?;
+    span.record("snapshot_id", summary.snapshot_id.as_str());
+    span.record("bytes", summary.total_bytes_processed);
+    span.record("bytes_added", summary.data_added);
+    tracing::info!(
+        snapshot_id = %summary.snapshot_id,
+        files_new = summary.files_new,
+        files_changed = summary.files_changed,
+        files_unmodified = summary.files_unmodified,
+        "backup done"
+    );
+    Ok(BackupVolumeResult {
+        snapshot_id: summary.snapshot_id,
+        parent_snapshot_id: parent_id.unwrap_or_default(),
+        bytes_total: summary.total_bytes_processed,
+        bytes_added: summary.data_added,
+        files_new: summary.files_new,
+        files_changed: summary.files_changed,
+        files_unmodified: summary.files_unmodified,
+        files_total: summary.total_files_processed,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        started: Some(started.into()),
+        finished: Some(SystemTime::now().into()),
+        path: plan.path.path.display().to_string(),
+    })
+}
+
+/// Runs the restore, then writes `<volume>/.velero/<restore_uid>`. restic 0.14 reports no
+/// restore progress, so progress is the size of what is in the volume against the snapshot's
+/// size, sampled every `interval`.
+pub async fn restore(
+    context: &AgentContext,
+    plan: &RestorePlan,
+    cancel: &CancellationToken,
+    interval: Duration,
+    mut on_progress: impl FnMut(Progress) + Send,
+) -> Result<RestoreVolumeResult, AgentError> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let span = tracing::Span::current();
+    let stats = context
+        .restic
+        .stats(&plan.repository, &plan.snapshot_id, cancel)
+        .await?;
+    span.record("bytes", stats.total_size);
+    let target = plan.path.path.clone();
+    let command = stowage_restic::restore::restore_command(&RestoreOptions {
+        snapshot: plan.snapshot_id.clone(),
+        target: PathBuf::from("."),
+        ..Default::default()
+    })?
+    .current_dir(&target);
+    let restic = context.restic.clone();
+    let run = restic.run(&plan.repository, &command, cancel);
+    tokio::pin!(run);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut run => { result?; break; }
+            _ = ticker.tick() => {
+                let dir = target.clone();
+                let (bytes, files) = tokio::task::spawn_blocking(move || tree_size(&dir))
+                    .await
+                    .unwrap_or((0, 0));
+                on_progress(Progress {
+                    bytes_done: bytes.min(stats.total_size),
+                    bytes_total: stats.total_size,
+                    files_done: files.min(stats.total_file_count),
+                    files_total: stats.total_file_count,
+                    seconds_elapsed: clock.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+    on_progress(Progress {
+        bytes_done: stats.total_size,
+        bytes_total: stats.total_size,
+        files_done: stats.total_file_count,
+        files_total: stats.total_file_count,
+        seconds_elapsed: clock.elapsed().as_secs_f64(),
+    });
+    write_marker(&target, &plan.restore_uid)?;
+    tracing::info!(snapshot_id = %plan.snapshot_id, bytes = stats.total_size, "restore done");
+    Ok(RestoreVolumeResult {
+        snapshot_id: plan.snapshot_id.clone(),
+        bytes_restored: stats.total_size,
+        files_restored: stats.total_file_count,
+        duration_seconds: clock.elapsed().as_secs_f64(),
+        started: Some(started.into()),
+        finished: Some(SystemTime::now().into()),
+        path: target.display().to_string(),
+    })
+}
+
+/// `<volume>/.velero/<restore_uid>`, the file the restore helper waits for.
+pub fn write_marker(volume_dir: &Path, restore_uid: &str) -> Result<PathBuf, AgentError> {
+    let dir = volume_dir.join(MARKER_DIR);
+    let path = dir.join(restore_uid);
+    let marker_error = |source| AgentError::Marker {
+        path: path.clone(),
+        source,
+    };
+    // A snapshot could carry a `.velero` symlink; the marker must land in the volume.
+    if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+        std::fs::remove_file(&dir).map_err(marker_error)?;
+    }
+    std::fs::create_dir_all(&dir).map_err(marker_error)?;
+    std::fs::File::create(&path).map_err(marker_error)?;
+    Ok(path)
+}
+
+/// Bytes and regular files under `dir`, not following symlinks, skipping the marker dir.
+fn tree_size(dir: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if entry.file_name() != MARKER_DIR {
+                    stack.push(entry.path());
+                }
+            } else if meta.is_file() {
+                bytes += meta.len();
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+/// `restic version`, for GetAgentInfo.
+pub async fn restic_version(restic: &Restic) -> Result<String, AgentError> {
+    Ok(restic.version(&CancellationToken::new()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> BackupVolumeRequest {
+        BackupVolumeRequest {
+            operation_id: "op".into(),
+            volume: Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod_name: "db-0".into(),
+                pod_uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+                volume_name: "data".into(),
+                source: VolumeSource::PersistentVolumeClaim as i32,
+                pv_name: "pvc-123".into(),
+                pvc_name: "data-db-0".into(),
+            }),
+            repository: None,
+            backup_name: "nightly".into(),
+            backup_uid: "b-uid".into(),
+            stable_identity: "pvc-uid/abc".into(),
+            extra_tags: [("team".to_string(), "red".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn tags_carry_ours_and_velero_names() {
+        let request = request();
+        let volume = request.volume.clone().unwrap();
+        let tags = snapshot_tags(&request, &volume, "pvc-uid/abc").unwrap();
+        for expected in [
+            "backup=nightly",
+            "backup-uid=b-uid",
+            "ns=shop",
+            "namespace=shop",
+            "pod=db-0",
+            "pod-uid=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+            "volume=data",
+            "stable-identity=pvc-uid/abc",
+            "team=red",
+        ] {
+            assert!(
+                tags.iter().any(|t| t == expected),
+                "{expected} missing: {tags:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tag_values_with_commas_are_refused() {
+        let mut request = request();
+        request.backup_name = "a,b".into();
+        let volume = request.volume.clone().unwrap();
+        assert!(snapshot_tags(&request, &volume, "x").is_err());
+    }
+
+    #[test]
+    fn identity_falls_back_to_the_claim() {
+        let mut request = request();
+        request.stable_identity.clear();
+        let volume = request.volume.clone().unwrap();
+        assert_eq!(stable_identity(&request, &volume), "pvc/shop/data-db-0");
+    }
+
+    #[test]
+    fn marker_replaces_a_planted_symlink() {
+        let volume = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), volume.path().join(MARKER_DIR)).unwrap();
+        let marker = write_marker(volume.path(), "r-1").unwrap();
+        assert!(marker.starts_with(volume.path()) && marker.is_file());
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn tree_size_skips_the_marker_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"12345").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), b"123").unwrap();
+        write_marker(dir.path(), "r").unwrap();
+        assert_eq!(tree_size(dir.path()), (8, 2));
+    }
+}
