@@ -7,11 +7,17 @@
 pub mod backup;
 pub mod command;
 pub mod error;
+pub mod keys;
+pub mod locks;
+pub mod maintenance;
 pub mod restore;
 pub mod snapshots;
 
 pub use backup::{BackupOptions, BackupStatus, BackupSummary};
 pub use command::{Output, Repository, Restic, ResticCommand};
 pub use error::ResticError;
+pub use keys::Key;
+pub use locks::{Lock, LockInfo};
+pub use maintenance::{CheckData, RepositoryConfig};
 pub use restore::RestoreOptions;
 pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};

@@ -1,26 +1,117 @@
-//! The tonic handlers of the RepoManager service.
+//! The tonic handlers of the RepoManager service: validate the request, call the
+//! [`Manager`], map the result (errors through `From<RepoError> for Status`).
 
-use stowage_proto::v1::{
-    AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest, ForgetBackupResponse,
-    GetRepositoryAccessRequest, GetRepositoryRequest, Lease, ListRepositoriesRequest,
-    ListRepositoriesResponse, MaintenanceResult, ReleaseLeaseRequest, ReleaseLeaseResponse,
-    RenewLeaseRequest, Repository, RepositoryAccess, RepositoryPhase, RotateKeyRequest,
-    RunMaintenanceRequest, repo_manager_server::RepoManager,
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use stowage_proto::{
+    prost_types,
+    v1::{
+        AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest, ForgetBackupResponse,
+        GetRepositoryAccessRequest, GetRepositoryRequest, Lease, LeaseMode as ProtoLeaseMode,
+        ListRepositoriesRequest, ListRepositoriesResponse, MaintenanceKind as ProtoKind,
+        MaintenanceResult, MaintenanceStatus, ReleaseLeaseRequest, ReleaseLeaseResponse,
+        RenewLeaseRequest, Repository, RepositoryAccess, RepositoryPhase, RotateKeyRequest,
+        RunMaintenanceRequest, repo_manager_server::RepoManager,
+    },
 };
 use tonic::{Request, Response, Status};
 
+use crate::{
+    error::RepoError,
+    leases::{LeaseInfo, LeaseMode},
+    repositories::{Manager, validate_namespace},
+    schedule::{MaintenanceKind, MaintenanceRecord},
+    state::{Phase, RepositoryRecord},
+};
+
+/// Lease defaults when the request leaves them unset.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseDefaults {
+    pub ttl: Duration,
+    pub wait: Duration,
+}
+
 pub struct RepoManagerApi {
-    storage_url: String,
+    manager: Arc<Manager>,
+    lease_defaults: LeaseDefaults,
 }
 
 impl RepoManagerApi {
-    pub fn new(storage_url: String) -> Self {
-        Self { storage_url }
+    pub fn new(manager: Arc<Manager>, lease_defaults: LeaseDefaults) -> Self {
+        Self {
+            manager,
+            lease_defaults,
+        }
+    }
+
+    fn repository(&self, record: RepositoryRecord) -> Repository {
+        let schedules = self.manager.schedules();
+        let status = |task: &MaintenanceRecord, kind| {
+            let interval = schedules.interval(&record.namespace, kind);
+            MaintenanceStatus {
+                last_started: task.last_started.map(timestamp),
+                last_finished: task.last_finished.map(timestamp),
+                last_duration_seconds: task.last_duration_seconds,
+                last_error: task.last_error.clone(),
+                last_succeeded: task.last_succeeded,
+                next_run: Some(timestamp(task.next_run(record.created, interval))),
+                interval_seconds: interval.as_secs(),
+            }
+        };
+        Repository {
+            check: Some(status(&record.check, MaintenanceKind::Check)),
+            prune: Some(status(&record.prune, MaintenanceKind::Prune)),
+            phase: match record.phase {
+                Phase::NotReady => RepositoryPhase::NotReady,
+                Phase::Ready => RepositoryPhase::Ready,
+                Phase::Failed => RepositoryPhase::Failed,
+            } as i32,
+            created: Some(timestamp(record.created)),
+            namespace: record.namespace,
+            url: record.url,
+            message: record.message,
+            secret_name: record.secret_name,
+        }
     }
 }
 
-fn unimplemented(call: &str) -> Status {
-    Status::unimplemented(format!("{call} is not implemented yet"))
+fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn duration(value: Option<prost_types::Duration>, default: Duration) -> Result<Duration, Status> {
+    match value {
+        None => Ok(default),
+        Some(value) => Duration::try_from(value)
+            .map_err(|_| Status::invalid_argument("durations must not be negative")),
+    }
+}
+
+fn lease(info: LeaseInfo) -> Lease {
+    Lease {
+        lease_id: info.id,
+        namespace: info.namespace,
+        mode: match info.mode {
+            LeaseMode::Shared => ProtoLeaseMode::Shared,
+            LeaseMode::Exclusive => ProtoLeaseMode::Exclusive,
+        } as i32,
+        holder: info.holder,
+        expires: Some(timestamp(info.expires)),
+    }
+}
+
+fn kind(value: i32) -> Result<MaintenanceKind, Status> {
+    match ProtoKind::try_from(value) {
+        Ok(ProtoKind::Check) => Ok(MaintenanceKind::Check),
+        Ok(ProtoKind::Prune) => Ok(MaintenanceKind::Prune),
+        _ => Err(Status::invalid_argument(
+            "kind must be MAINTENANCE_KIND_CHECK or MAINTENANCE_KIND_PRUNE",
+        )),
+    }
 }
 
 #[tonic::async_trait]
@@ -30,76 +121,151 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<EnsureRepositoryRequest>,
     ) -> Result<Response<Repository>, Status> {
-        let namespace = request.into_inner().namespace;
-        Ok(Response::new(Repository {
-            url: format!("{}/restic/{namespace}", self.storage_url),
-            namespace,
-            phase: RepositoryPhase::NotReady as i32,
-            message: "repository initialisation is not implemented yet".into(),
-            ..Default::default()
-        }))
+        let record = self.manager.ensure(&request.get_ref().namespace).await?;
+        Ok(Response::new(self.repository(record)))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn get_repository(
         &self,
-        _request: Request<GetRepositoryRequest>,
+        request: Request<GetRepositoryRequest>,
     ) -> Result<Response<Repository>, Status> {
-        Err(unimplemented("GetRepository"))
+        let record = self.manager.get(&request.get_ref().namespace)?;
+        Ok(Response::new(self.repository(record)))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_repositories(
         &self,
         _request: Request<ListRepositoriesRequest>,
     ) -> Result<Response<ListRepositoriesResponse>, Status> {
-        Ok(Response::new(ListRepositoriesResponse::default()))
+        let repositories = self
+            .manager
+            .list()
+            .into_iter()
+            .map(|record| self.repository(record))
+            .collect();
+        Ok(Response::new(ListRepositoriesResponse { repositories }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace, kind = request.get_ref().kind))]
     async fn run_maintenance(
         &self,
-        _request: Request<RunMaintenanceRequest>,
+        request: Request<RunMaintenanceRequest>,
     ) -> Result<Response<MaintenanceResult>, Status> {
-        Err(unimplemented("RunMaintenance"))
+        let request = request.into_inner();
+        let kind = kind(request.kind)?;
+        let outcome = self
+            .manager
+            .run_maintenance(&request.namespace, kind)
+            .await?;
+        Ok(Response::new(MaintenanceResult {
+            namespace: outcome.namespace,
+            kind: match outcome.kind {
+                MaintenanceKind::Check => ProtoKind::Check,
+                MaintenanceKind::Prune => ProtoKind::Prune,
+            } as i32,
+            succeeded: outcome.error.is_none(),
+            message: outcome.error.unwrap_or_default(),
+            duration_seconds: outcome.duration_seconds,
+            finished: Some(timestamp(outcome.finished)),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn get_repository_access(
         &self,
-        _request: Request<GetRepositoryAccessRequest>,
+        request: Request<GetRepositoryAccessRequest>,
     ) -> Result<Response<RepositoryAccess>, Status> {
-        Err(unimplemented("GetRepositoryAccess"))
+        let access = self.manager.access(&request.get_ref().namespace).await?;
+        Ok(Response::new(RepositoryAccess {
+            url: access.url,
+            password: access.password,
+            env: access.env.into_iter().collect(),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        namespace = %request.get_ref().namespace,
+        holder = %request.get_ref().holder,
+        mode = request.get_ref().mode,
+    ))]
     async fn acquire_lease(
         &self,
-        _request: Request<AcquireLeaseRequest>,
+        request: Request<AcquireLeaseRequest>,
     ) -> Result<Response<Lease>, Status> {
-        Err(unimplemented("AcquireLease"))
+        let request = request.into_inner();
+        validate_namespace(&request.namespace)?;
+        let mode = match ProtoLeaseMode::try_from(request.mode) {
+            Ok(ProtoLeaseMode::Shared) => LeaseMode::Shared,
+            Ok(ProtoLeaseMode::Exclusive) => LeaseMode::Exclusive,
+            _ => {
+                return Err(RepoError::InvalidArgument(
+                    "mode must be LEASE_MODE_SHARED or LEASE_MODE_EXCLUSIVE".into(),
+                )
+                .into());
+            }
+        };
+        if request.holder.is_empty() {
+            return Err(RepoError::InvalidArgument("holder must be set".into()).into());
+        }
+        let ttl = duration(request.ttl, self.lease_defaults.ttl)?;
+        let wait = duration(request.wait_timeout, self.lease_defaults.wait)?;
+        let info = self
+            .manager
+            .leases
+            .acquire(&request.namespace, mode, &request.holder, ttl, wait)
+            .await?;
+        Ok(Response::new(lease(info)))
     }
 
+    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
     async fn renew_lease(
         &self,
-        _request: Request<RenewLeaseRequest>,
+        request: Request<RenewLeaseRequest>,
     ) -> Result<Response<Lease>, Status> {
-        Err(unimplemented("RenewLease"))
+        let request = request.into_inner();
+        let ttl = duration(request.ttl, self.lease_defaults.ttl)?;
+        let info = self.manager.leases.renew(&request.lease_id, ttl)?;
+        Ok(Response::new(lease(info)))
     }
 
+    #[tracing::instrument(skip_all, fields(lease = %request.get_ref().lease_id))]
     async fn release_lease(
         &self,
-        _request: Request<ReleaseLeaseRequest>,
+        request: Request<ReleaseLeaseRequest>,
     ) -> Result<Response<ReleaseLeaseResponse>, Status> {
-        Err(unimplemented("ReleaseLease"))
+        let released = self.manager.leases.release(&request.get_ref().lease_id);
+        Ok(Response::new(ReleaseLeaseResponse { released }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        namespace = %request.get_ref().namespace,
+        backup = %request.get_ref().backup_name,
+    ))]
     async fn forget_backup(
         &self,
-        _request: Request<ForgetBackupRequest>,
+        request: Request<ForgetBackupRequest>,
     ) -> Result<Response<ForgetBackupResponse>, Status> {
-        Err(unimplemented("ForgetBackup"))
+        let request = request.into_inner();
+        let forgotten_snapshot_ids = self
+            .manager
+            .forget_backup(&request.namespace, &request.backup_name)
+            .await?;
+        Ok(Response::new(ForgetBackupResponse {
+            forgotten_snapshot_ids,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn rotate_key(
         &self,
-        _request: Request<RotateKeyRequest>,
+        request: Request<RotateKeyRequest>,
     ) -> Result<Response<Repository>, Status> {
-        Err(unimplemented("RotateKey"))
+        let record = self
+            .manager
+            .rotate_key(&request.get_ref().namespace)
+            .await?;
+        Ok(Response::new(self.repository(record)))
     }
 }

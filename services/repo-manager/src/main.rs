@@ -2,13 +2,23 @@
 //! check and prune, and the leases that keep prune away from running backups.
 
 mod api;
+mod error;
+mod keys;
+mod leases;
+mod repositories;
+mod schedule;
+mod scheduler;
+mod state;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use stowage_proto::v1::repo_manager_server::RepoManagerServer;
+use stowage_storage_location::{S3Options, StorageLocation};
 use tokio_util::sync::CancellationToken;
+
+use crate::schedule::{NamespaceInterval, Schedules, parse_duration, parse_namespace_interval};
 
 #[derive(Debug, Parser)]
 #[command(name = "stowage-repo-manager", version, about)]
@@ -16,11 +26,104 @@ struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "STOWAGE_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
-    /// Backup storage location: `file:///path`, `s3://bucket/prefix`, a plain path.
+    /// Backup storage location: `file:///path`, a plain absolute path, `s3://bucket[/prefix]`,
+    /// `gs://bucket[/prefix]` or `azure://container[/prefix]`.
     #[arg(long, env = "STOWAGE_STORAGE_URL")]
     storage_url: String,
+    /// S3 endpoint of an S3-compatible server (`http://host:9000`); AWS when unset.
+    #[arg(long, env = "STOWAGE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "STOWAGE_S3_REGION")]
+    s3_region: Option<String>,
+    /// Path-style S3 requests (most S3-compatible servers need them).
+    #[arg(long, env = "STOWAGE_S3_PATH_STYLE", default_value_t = false)]
+    s3_path_style: bool,
+    /// The restic binary.
+    #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
+    restic_binary: PathBuf,
+    /// Private directory for restic's cache and per-run password files.
+    #[arg(
+        long,
+        env = "STOWAGE_SCRATCH_DIR",
+        default_value = "/tmp/stowage-repo-manager"
+    )]
+    scratch_dir: PathBuf,
+    /// Master key sealing the bucket copies of repository passwords. Prefer the env var or
+    /// the file: a flag value is visible in `ps`.
+    #[arg(long, env = "STOWAGE_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// File holding the master key (e.g. a mounted Secret).
+    #[arg(long, env = "STOWAGE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Keep passwords in Kubernetes Secrets (the kubeconfig or in-cluster config is used).
+    #[arg(long, env = "STOWAGE_KUBERNETES", default_value_t = false)]
+    kubernetes: bool,
+    /// The namespace stowage runs in, where the password Secrets are kept.
+    #[arg(long, env = "STOWAGE_NAMESPACE", default_value = "stowage")]
+    stowage_namespace: String,
+    /// How often `restic check` runs per repository.
+    #[arg(long, env = "STOWAGE_CHECK_INTERVAL", default_value = "24h", value_parser = parse_duration)]
+    check_interval: Duration,
+    /// How often prune runs per repository (Velero's default maintenance frequency).
+    #[arg(long, env = "STOWAGE_PRUNE_INTERVAL", default_value = "7d", value_parser = parse_duration)]
+    prune_interval: Duration,
+    /// Per-namespace check interval, `namespace=duration`; repeat or comma-separate.
+    #[arg(long, env = "STOWAGE_CHECK_INTERVAL_OVERRIDES", value_delimiter = ',', value_parser = parse_namespace_interval)]
+    check_interval_override: Vec<NamespaceInterval>,
+    /// Per-namespace prune interval, `namespace=duration`; repeat or comma-separate.
+    #[arg(long, env = "STOWAGE_PRUNE_INTERVAL_OVERRIDES", value_delimiter = ',', value_parser = parse_namespace_interval)]
+    prune_interval_override: Vec<NamespaceInterval>,
+    /// How often the scheduler looks for due maintenance.
+    #[arg(long, env = "STOWAGE_SCHEDULER_TICK", default_value = "60s", value_parser = parse_duration)]
+    scheduler_tick: Duration,
+    /// How long maintenance waits for backups to release their leases before giving up.
+    #[arg(long, env = "STOWAGE_MAINTENANCE_WAIT", default_value = "30m", value_parser = parse_duration)]
+    maintenance_wait: Duration,
+    /// restic locks younger than this are never removed, even when their holder is gone.
+    #[arg(long, env = "STOWAGE_STALE_LOCK_AGE", default_value = "5m", value_parser = parse_duration)]
+    stale_lock_age: Duration,
+    /// Lifetime of a lease whose request gives no TTL.
+    #[arg(long, env = "STOWAGE_LEASE_TTL", default_value = "10m", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// How long a lease request without `wait_timeout` waits for a conflicting holder.
+    #[arg(long, env = "STOWAGE_LEASE_WAIT", default_value = "60s", value_parser = parse_duration)]
+    lease_wait: Duration,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
+}
+
+impl Config {
+    fn master_key(&self) -> anyhow::Result<Option<keys::MasterKey>> {
+        if let Some(path) = &self.master_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the master key file {}", path.display()))?;
+            anyhow::ensure!(
+                !text.trim().is_empty(),
+                "master key file {} is empty",
+                path.display()
+            );
+            return Ok(Some(keys::MasterKey::from_secret_text(&text)));
+        }
+        Ok(self
+            .master_key
+            .as_deref()
+            .filter(|key| !key.trim().is_empty())
+            .map(keys::MasterKey::from_secret_text))
+    }
+
+    fn schedules(&self) -> Schedules {
+        let overrides = |list: &[NamespaceInterval]| {
+            list.iter()
+                .map(|item| (item.namespace.clone(), item.interval))
+                .collect()
+        };
+        Schedules {
+            check: self.check_interval,
+            prune: self.prune_interval,
+            check_overrides: overrides(&self.check_interval_override),
+            prune_overrides: overrides(&self.prune_interval_override),
+        }
+    }
 }
 
 #[tokio::main]
@@ -28,17 +131,76 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let telemetry = config.log.init("stowage-repo-manager")?;
     let shutdown = CancellationToken::new();
-    stowage_grpc::cancel_on_signal(shutdown.clone());
+    let signals = stowage_grpc::cancel_on_signal(shutdown.clone());
 
+    let location = StorageLocation::from_env(
+        &config.storage_url,
+        S3Options {
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            path_style: config.s3_path_style,
+        },
+    )?;
+    let store = location.object_store()?;
+    let master = config.master_key()?;
+    if master.is_none() {
+        tracing::warn!(
+            "no master key configured (STOWAGE_MASTER_KEY / STOWAGE_MASTER_KEY_FILE): the \
+             bucket copies of repository passwords are stored unencrypted"
+        );
+    }
+    let secrets = if config.kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        Some(keys::SecretStore {
+            client,
+            namespace: config.stowage_namespace.clone(),
+        })
+    } else {
+        None
+    };
+    let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
+    let manager = Arc::new(
+        repositories::Manager::load(
+            location,
+            restic,
+            state::StateStore::new(store.clone()),
+            keys::KeyStore::new(store, master, secrets),
+            repositories::ManagerSettings {
+                maintenance_wait: config.maintenance_wait,
+                stale_lock_age: chrono::Duration::from_std(config.stale_lock_age)
+                    .context("stale lock age is too large")?,
+                schedules: config.schedules(),
+            },
+            shutdown.clone(),
+        )
+        .await?,
+    );
+
+    let scheduler = tokio::spawn(scheduler::run(
+        manager.clone(),
+        config.scheduler_tick,
+        shutdown.clone(),
+    ));
     let router = stowage_grpc::router_for::<RepoManagerServer<api::RepoManagerApi>>()
         .await?
         .add_service(RepoManagerServer::new(api::RepoManagerApi::new(
-            config.storage_url.clone(),
+            manager,
+            api::LeaseDefaults {
+                ttl: config.lease_ttl,
+                wait: config.lease_wait,
+            },
         )));
     tracing::info!(storage = %config.storage_url, "repo manager starting");
-    let served = stowage_grpc::serve(router, config.listen, shutdown)
+    let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
         .await
         .context("repo manager gRPC server");
+    shutdown.cancel();
+    if let Err(error) = scheduler.await {
+        tracing::error!(%error, "maintenance scheduler panicked");
+    }
+    signals.abort();
     telemetry.shutdown();
     served
 }

@@ -1,0 +1,76 @@
+//! The repo-manager's failures, and their one mapping to gRPC status codes.
+
+use stowage_restic::ResticError;
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("namespace `{0}` is not a valid Kubernetes namespace name (a DNS-1123 label)")]
+    InvalidNamespace(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("namespace `{0}` has no repository yet")]
+    RepositoryNotFound(String),
+    #[error("repository of namespace `{namespace}` is not ready: {message}")]
+    NotReady { namespace: String, message: String },
+    #[error("lease `{0}` does not exist or has expired")]
+    LeaseNotFound(String),
+    #[error(
+        "timed out after {waited_seconds:.0}s waiting for a {mode} lease on namespace `{namespace}`: held by {holders}"
+    )]
+    LeaseTimeout {
+        namespace: String,
+        mode: &'static str,
+        waited_seconds: f64,
+        holders: String,
+    },
+    #[error("object store {operation} `{path}`: {source}")]
+    Store {
+        operation: &'static str,
+        path: String,
+        source: stowage_storage_location::object_store::Error,
+    },
+    #[error("stored state `{path}` is unreadable: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("the master key cannot open the stored password of namespace `{0}`")]
+    MasterKeyMismatch(String),
+    #[error("stored password of namespace `{0}` is encrypted but no master key is configured")]
+    MasterKeyMissing(String),
+    #[error("Kubernetes Secret {name}: {source}")]
+    Kubernetes { name: String, source: kube::Error },
+    #[error("random number generator failed")]
+    Random,
+    #[error(transparent)]
+    Restic(#[from] ResticError),
+    #[error("shutting down")]
+    Cancelled,
+}
+
+impl From<RepoError> for Status {
+    fn from(error: RepoError) -> Status {
+        let message = error.to_string();
+        match &error {
+            RepoError::InvalidNamespace(_) | RepoError::InvalidArgument(_) => {
+                Status::invalid_argument(message)
+            }
+            RepoError::RepositoryNotFound(_) | RepoError::LeaseNotFound(_) => {
+                Status::not_found(message)
+            }
+            RepoError::NotReady { .. }
+            | RepoError::MasterKeyMismatch(_)
+            | RepoError::MasterKeyMissing(_) => Status::failed_precondition(message),
+            RepoError::LeaseTimeout { .. }
+            | RepoError::Store { .. }
+            | RepoError::Kubernetes { .. }
+            | RepoError::Cancelled => Status::unavailable(message),
+            RepoError::Restic(restic) if restic.is_retryable() => Status::unavailable(message),
+            RepoError::Restic(ResticError::WrongPassword { .. }) => {
+                Status::failed_precondition(message)
+            }
+            RepoError::Restic(restic) if restic.is_cancelled() => Status::cancelled(message),
+            RepoError::Corrupt { .. } | RepoError::Random | RepoError::Restic(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+}

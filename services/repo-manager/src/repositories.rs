@@ -1,0 +1,526 @@
+//! The repositories themselves: creating and opening one per namespace (init once, even under
+//! concurrent calls), handing out access, running check/prune under the exclusive lease after
+//! clearing stale restic locks, forgetting a backup's snapshots and rotating keys. Knows
+//! nothing of gRPC.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use stowage_restic::{CheckData, Restic, ResticError};
+use stowage_storage_location::StorageLocation;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::RepoError,
+    keys::{KeyStore, Passwords, generate_password},
+    leases::{LeaseManager, LeaseMode},
+    schedule::{MaintenanceKind, Schedules},
+    state::{Phase, RepositoryRecord, StateStore},
+};
+
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    /// How long maintenance (and forget, key rotation) waits for backups to release their
+    /// shared leases before giving up.
+    pub maintenance_wait: Duration,
+    /// restic locks younger than this are never considered stale.
+    pub stale_lock_age: chrono::Duration,
+    pub schedules: Schedules,
+}
+
+/// What one maintenance run ended with.
+#[derive(Debug, Clone)]
+pub struct MaintenanceOutcome {
+    pub namespace: String,
+    pub kind: MaintenanceKind,
+    pub error: Option<String>,
+    pub duration_seconds: f64,
+    pub finished: DateTime<Utc>,
+}
+
+/// Everything restic needs to open a namespace's repository. Sensitive.
+pub struct Access {
+    pub url: String,
+    pub password: String,
+    pub env: BTreeMap<String, String>,
+}
+
+pub struct Manager {
+    location: StorageLocation,
+    restic: Restic,
+    state: StateStore,
+    keys: KeyStore,
+    pub leases: LeaseManager,
+    records: Mutex<BTreeMap<String, RepositoryRecord>>,
+    /// One async lock per namespace: init, open and key changes of a namespace never overlap.
+    namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    settings: ManagerSettings,
+    shutdown: CancellationToken,
+}
+
+pub fn validate_namespace(namespace: &str) -> Result<(), RepoError> {
+    if stowage_storage_location::is_dns1123_label(namespace) {
+        Ok(())
+    } else {
+        Err(RepoError::InvalidNamespace(namespace.to_string()))
+    }
+}
+
+fn restic_message(error: &ResticError) -> String {
+    error.to_string()
+}
+
+impl Manager {
+    /// A manager with the records persisted in the location loaded back.
+    pub async fn load(
+        location: StorageLocation,
+        restic: Restic,
+        state: StateStore,
+        keys: KeyStore,
+        settings: ManagerSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Manager, RepoError> {
+        let records = state
+            .load_all()
+            .await?
+            .into_iter()
+            .map(|record| (record.namespace.clone(), record))
+            .collect::<BTreeMap<_, _>>();
+        tracing::info!(
+            repositories = records.len(),
+            "loaded repository state from the storage location"
+        );
+        Ok(Manager {
+            location,
+            restic,
+            state,
+            keys,
+            leases: LeaseManager::default(),
+            records: Mutex::new(records),
+            namespace_locks: Mutex::new(HashMap::new()),
+            settings,
+            shutdown,
+        })
+    }
+
+    pub fn schedules(&self) -> &Schedules {
+        &self.settings.schedules
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RepositoryRecord>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn namespace_lock(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.namespace_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(namespace.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn restic_repository(
+        &self,
+        namespace: &str,
+        password: &str,
+    ) -> Result<stowage_restic::Repository, RepoError> {
+        let url = self.url(namespace)?;
+        let mut repository = stowage_restic::Repository::new(url, password);
+        repository.env = self.location.restic_env();
+        Ok(repository)
+    }
+
+    fn url(&self, namespace: &str) -> Result<String, RepoError> {
+        self.location
+            .restic_repository(namespace)
+            .map_err(|_| RepoError::InvalidNamespace(namespace.to_string()))
+    }
+
+    /// Updates the in-memory record and persists it.
+    async fn store_record(
+        &self,
+        namespace: &str,
+        update: impl FnOnce(&mut RepositoryRecord),
+    ) -> Result<RepositoryRecord, RepoError> {
+        let url = self.url(namespace)?;
+        let secret_name = self.keys.secret_name(namespace);
+        let record = {
+            let mut records = self.records();
+            let record = records
+                .entry(namespace.to_string())
+                .or_insert_with(|| RepositoryRecord {
+                    namespace: namespace.to_string(),
+                    url,
+                    phase: Phase::NotReady,
+                    message: String::new(),
+                    created: Utc::now(),
+                    secret_name,
+                    check: Default::default(),
+                    prune: Default::default(),
+                });
+            update(record);
+            record.clone()
+        };
+        self.state.save(&record).await?;
+        Ok(record)
+    }
+
+    pub fn get(&self, namespace: &str) -> Result<RepositoryRecord, RepoError> {
+        validate_namespace(namespace)?;
+        self.records()
+            .get(namespace)
+            .cloned()
+            .ok_or_else(|| RepoError::RepositoryNotFound(namespace.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<RepositoryRecord> {
+        self.records().values().cloned().collect()
+    }
+
+    /// Makes sure the namespace's repository exists and opens with its key.
+    #[tracing::instrument(skip(self))]
+    pub async fn ensure(&self, namespace: &str) -> Result<RepositoryRecord, RepoError> {
+        validate_namespace(namespace)?;
+        let lock = self.namespace_lock(namespace);
+        let _guard = lock.lock().await;
+        let (phase, message) = match self.open_or_init(namespace).await {
+            Ok(()) => (Phase::Ready, String::new()),
+            Err(RepoError::Restic(error)) if error.is_cancelled() => {
+                return Err(RepoError::Cancelled);
+            }
+            Err(RepoError::Restic(error @ ResticError::WrongPassword { .. })) => {
+                (Phase::Failed, restic_message(&error))
+            }
+            Err(RepoError::Restic(error)) => (Phase::NotReady, restic_message(&error)),
+            Err(error @ (RepoError::MasterKeyMismatch(_) | RepoError::MasterKeyMissing(_))) => {
+                (Phase::Failed, error.to_string())
+            }
+            Err(error @ RepoError::NotReady { .. }) => (Phase::Failed, error.to_string()),
+            Err(error) => return Err(error),
+        };
+        if phase != Phase::Ready {
+            tracing::warn!(namespace, %message, "repository is not ready");
+        }
+        self.store_record(namespace, |record| {
+            record.phase = phase;
+            record.message = message;
+        })
+        .await
+    }
+
+    async fn open_or_init(&self, namespace: &str) -> Result<(), RepoError> {
+        let cancel = self.shutdown.child_token();
+        match self.keys.load(namespace).await? {
+            Some(passwords) => self.open(namespace, passwords, &cancel).await.map(drop),
+            None => {
+                if self.state.restic_repository_exists(namespace).await? {
+                    // Never init over data we cannot read: the key is lost, not the repository.
+                    return Err(RepoError::NotReady {
+                        namespace: namespace.to_string(),
+                        message: "a restic repository exists but no password for it was found \
+                                  (restore the Secret or the bucket key copy)"
+                            .into(),
+                    });
+                }
+                let password = generate_password()?;
+                // Stored before init: a crash in between leaves a key for an empty location,
+                // which the next call inits with, never a repository nobody can open.
+                self.keys
+                    .save(
+                        namespace,
+                        &Passwords {
+                            current: password.clone(),
+                            pending: None,
+                        },
+                    )
+                    .await?;
+                let repository = self.restic_repository(namespace, &password)?;
+                tracing::info!(namespace, url = %repository.url, "initialising restic repository");
+                self.restic.init(&repository, &cancel).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens the repository with the current password, or with the pending one of an
+    /// interrupted rotation (which then becomes current). Inits when the key exists but the
+    /// repository does not (its key was saved, the init never ran).
+    async fn open(
+        &self,
+        namespace: &str,
+        passwords: Passwords,
+        cancel: &CancellationToken,
+    ) -> Result<String, RepoError> {
+        let repository = self.restic_repository(namespace, &passwords.current)?;
+        match self.restic.cat_config(&repository, cancel).await {
+            Ok(_) => Ok(passwords.current),
+            Err(ResticError::RepositoryMissing { .. }) => {
+                tracing::info!(namespace, "key stored but no repository: initialising");
+                self.restic.init(&repository, cancel).await?;
+                Ok(passwords.current)
+            }
+            Err(error @ ResticError::WrongPassword { .. }) => {
+                let Some(pending) = passwords.pending else {
+                    return Err(error.into());
+                };
+                let rotated = self.restic_repository(namespace, &pending)?;
+                self.restic.cat_config(&rotated, cancel).await?;
+                tracing::info!(namespace, "finishing an interrupted key rotation");
+                self.keys
+                    .save(
+                        namespace,
+                        &Passwords {
+                            current: pending.clone(),
+                            pending: None,
+                        },
+                    )
+                    .await?;
+                Ok(pending)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// URL, password and environment of the namespace's repository.
+    pub async fn access(&self, namespace: &str) -> Result<Access, RepoError> {
+        validate_namespace(namespace)?;
+        let passwords = self
+            .keys
+            .load(namespace)
+            .await?
+            .ok_or_else(|| RepoError::RepositoryNotFound(namespace.to_string()))?;
+        Ok(Access {
+            url: self.url(namespace)?,
+            password: passwords.current,
+            env: self.location.restic_env(),
+        })
+    }
+
+    async fn ready_repository(
+        &self,
+        namespace: &str,
+    ) -> Result<stowage_restic::Repository, RepoError> {
+        let record = self.get(namespace)?;
+        if record.phase != Phase::Ready {
+            return Err(RepoError::NotReady {
+                namespace: namespace.to_string(),
+                message: record.message,
+            });
+        }
+        let access = self.access(namespace).await?;
+        self.restic_repository(namespace, &access.password)
+    }
+
+    /// Takes the exclusive lease for `holder`, runs `task`, releases the lease.
+    async fn exclusively<T>(
+        &self,
+        namespace: &str,
+        holder: &str,
+        task: impl AsyncFnOnce() -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let lease = self
+            .leases
+            .acquire(
+                namespace,
+                LeaseMode::Exclusive,
+                holder,
+                // Held by this process only, released below; the TTL only matters if the
+                // release is skipped by a panic.
+                Duration::from_secs(24 * 3600),
+                self.settings.maintenance_wait,
+            )
+            .await?;
+        let result = task().await;
+        self.leases.release(&lease.id);
+        result
+    }
+
+    /// Runs check or prune now: takes the exclusive lease (waiting for backups to finish),
+    /// clears stale restic locks, runs restic, records the result.
+    #[tracing::instrument(skip(self), fields(kind = kind.name()))]
+    pub async fn run_maintenance(
+        &self,
+        namespace: &str,
+        kind: MaintenanceKind,
+    ) -> Result<MaintenanceOutcome, RepoError> {
+        let repository = self.ready_repository(namespace).await?;
+        let cancel = self.shutdown.child_token();
+        let started = Utc::now();
+        let result = self
+            .exclusively(
+                namespace,
+                &format!("maintenance/{}", kind.name()),
+                async || {
+                    self.clear_stale_locks(namespace, &repository, &cancel)
+                        .await;
+                    match kind {
+                        MaintenanceKind::Check => {
+                            self.restic
+                                .check(&repository, CheckData::Structure, &cancel)
+                                .await
+                        }
+                        MaintenanceKind::Prune => self.restic.prune(&repository, &cancel).await,
+                    }
+                    .map(drop)
+                    .map_err(RepoError::from)
+                },
+            )
+            .await;
+        if let Err(RepoError::Restic(error)) = &result
+            && error.is_cancelled()
+        {
+            return Err(RepoError::Cancelled);
+        }
+        let finished = Utc::now();
+        let error = result.err().map(|error| error.to_string());
+        match &error {
+            None => tracing::info!(namespace, kind = kind.name(), "maintenance succeeded"),
+            Some(error) => {
+                tracing::warn!(namespace, kind = kind.name(), %error, "maintenance failed")
+            }
+        }
+        let record = self
+            .store_record(namespace, |record| {
+                let task = match kind {
+                    MaintenanceKind::Check => &mut record.check,
+                    MaintenanceKind::Prune => &mut record.prune,
+                };
+                task.record(started, finished, error.clone());
+            })
+            .await?;
+        let task = match kind {
+            MaintenanceKind::Check => record.check,
+            MaintenanceKind::Prune => record.prune,
+        };
+        Ok(MaintenanceOutcome {
+            namespace: namespace.to_string(),
+            kind,
+            error,
+            duration_seconds: task.last_duration_seconds,
+            finished,
+        })
+    }
+
+    /// Removes restic locks whose holder is gone; failures only log (restic then reports
+    /// the lock itself).
+    async fn clear_stale_locks(
+        &self,
+        namespace: &str,
+        repository: &stowage_restic::Repository,
+        cancel: &CancellationToken,
+    ) {
+        match self
+            .restic
+            .remove_stale_locks(repository, self.settings.stale_lock_age, cancel)
+            .await
+        {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(namespace, locks = ?removed, "removed stale restic locks")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(namespace, %error, "cannot inspect restic locks"),
+        }
+    }
+
+    /// Forgets every snapshot tagged `backup=<backup_name>`, then prunes.
+    #[tracing::instrument(skip(self))]
+    pub async fn forget_backup(
+        &self,
+        namespace: &str,
+        backup_name: &str,
+    ) -> Result<Vec<String>, RepoError> {
+        validate_namespace(namespace)?;
+        if backup_name.is_empty() || backup_name.contains(',') {
+            return Err(RepoError::InvalidArgument(format!(
+                "backup name `{backup_name}` is empty or contains `,`"
+            )));
+        }
+        let repository = self.ready_repository(namespace).await?;
+        let cancel = self.shutdown.child_token();
+        self.exclusively(namespace, &format!("forget/{backup_name}"), async || {
+            self.clear_stale_locks(namespace, &repository, &cancel)
+                .await;
+            let forgotten = self
+                .restic
+                .forget_tagged(&repository, &[format!("backup={backup_name}")], &cancel)
+                .await?;
+            if !forgotten.is_empty() {
+                self.restic.prune(&repository, &cancel).await?;
+            }
+            tracing::info!(
+                namespace,
+                backup = backup_name,
+                snapshots = forgotten.len(),
+                "forgot backup"
+            );
+            Ok(forgotten)
+        })
+        .await
+    }
+
+    /// Adds a new random key and removes the old one, under the exclusive lease.
+    #[tracing::instrument(skip(self))]
+    pub async fn rotate_key(&self, namespace: &str) -> Result<RepositoryRecord, RepoError> {
+        let repository = self.ready_repository(namespace).await?;
+        let cancel = self.shutdown.child_token();
+        self.exclusively(namespace, "rotate-key", async || {
+            let lock = self.namespace_lock(namespace);
+            let _guard = lock.lock().await;
+            let current = repository.password().to_string();
+            let new = generate_password()?;
+            // The new password is stored (as pending) before restic knows it, so no crash can
+            // leave the repository with a key we do not have.
+            self.keys
+                .save(
+                    namespace,
+                    &Passwords {
+                        current: current.clone(),
+                        pending: Some(new.clone()),
+                    },
+                )
+                .await?;
+            let key_id = self.restic.rotate_key(&repository, &new, &cancel).await?;
+            self.keys
+                .save(
+                    namespace,
+                    &Passwords {
+                        current: new,
+                        pending: None,
+                    },
+                )
+                .await?;
+            tracing::info!(namespace, key = %key_id, "rotated repository key");
+            Ok(())
+        })
+        .await?;
+        self.get(namespace)
+    }
+
+    /// Tasks whose next run is due now, for the scheduler.
+    pub fn due(&self, now: DateTime<Utc>) -> Vec<(String, MaintenanceKind)> {
+        let records = self.records();
+        let mut due = Vec::new();
+        for record in records
+            .values()
+            .filter(|record| record.phase == Phase::Ready)
+        {
+            for (kind, task) in [
+                (MaintenanceKind::Check, &record.check),
+                (MaintenanceKind::Prune, &record.prune),
+            ] {
+                let interval = self.settings.schedules.interval(&record.namespace, kind);
+                if task.is_due(record.created, interval, now) {
+                    due.push((record.namespace.clone(), kind));
+                }
+            }
+        }
+        due
+    }
+}

@@ -1,0 +1,167 @@
+//! What the repo-manager remembers across restarts, kept in the storage location itself under
+//! `stowage/repositories/<namespace>.json` (beside Velero's `backups/` and `restic/`, never
+//! inside them): each repository's phase, creation time and maintenance status.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use stowage_storage_location::object_store::{
+    self, ObjectStore, ObjectStoreExt as _, PutPayload, path::Path,
+};
+
+use crate::{error::RepoError, schedule::MaintenanceRecord};
+
+pub const STATE_PREFIX: &str = "stowage/repositories";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    NotReady,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryRecord {
+    pub namespace: String,
+    pub url: String,
+    pub phase: Phase,
+    #[serde(default)]
+    pub message: String,
+    pub created: DateTime<Utc>,
+    #[serde(default)]
+    pub secret_name: String,
+    #[serde(default)]
+    pub check: MaintenanceRecord,
+    #[serde(default)]
+    pub prune: MaintenanceRecord,
+}
+
+/// Reads and writes repository records in the object store.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+fn record_path(namespace: &str) -> Path {
+    Path::from(format!("{STATE_PREFIX}/{namespace}.json"))
+}
+
+impl StateStore {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        StateStore { store }
+    }
+
+    pub async fn save(&self, record: &RepositoryRecord) -> Result<(), RepoError> {
+        let path = record_path(&record.namespace);
+        let body = serde_json::to_vec_pretty(record).map_err(|error| RepoError::Corrupt {
+            path: path.to_string(),
+            reason: error.to_string(),
+        })?;
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|source| RepoError::Store {
+                operation: "write",
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Every stored record. An unreadable one is skipped with a warning rather than keeping
+    /// the service from starting.
+    pub async fn load_all(&self) -> Result<Vec<RepositoryRecord>, RepoError> {
+        let prefix = Path::from(STATE_PREFIX);
+        let objects: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| RepoError::Store {
+                    operation: "list",
+                    path: prefix.to_string(),
+                    source,
+                })?;
+        let mut records = Vec::new();
+        for object in objects {
+            if !object.location.as_ref().ends_with(".json") {
+                continue;
+            }
+            match self.read(&object.location).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "skipping unreadable repository record"),
+            }
+        }
+        records.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        Ok(records)
+    }
+
+    async fn read(&self, path: &Path) -> Result<Option<RepositoryRecord>, RepoError> {
+        let bytes = match self.store.get(path).await {
+            Ok(result) => result.bytes().await,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => Err(error),
+        }
+        .map_err(|source| RepoError::Store {
+            operation: "read",
+            path: path.to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| RepoError::Corrupt {
+                path: path.to_string(),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Whether restic's repository for `namespace` exists (its `config` object is there).
+    pub async fn restic_repository_exists(&self, namespace: &str) -> Result<bool, RepoError> {
+        let path = Path::from(format!("restic/{namespace}/config"));
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(RepoError::Store {
+                operation: "stat",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn records_round_trip_through_the_store() {
+        let store = StateStore::new(Arc::new(InMemory::new()));
+        let mut record = RepositoryRecord {
+            namespace: "team-a".into(),
+            url: "/x/restic/team-a".into(),
+            phase: Phase::Ready,
+            message: String::new(),
+            created: "2026-01-01T00:00:00Z".parse().unwrap(),
+            secret_name: "stowage-repo-team-a".into(),
+            check: MaintenanceRecord::default(),
+            prune: MaintenanceRecord::default(),
+        };
+        record.check.record(
+            "2026-01-02T00:00:00Z".parse().unwrap(),
+            "2026-01-02T00:00:03Z".parse().unwrap(),
+            None,
+        );
+        store.save(&record).await.unwrap();
+        let mut other = record.clone();
+        other.namespace = "b".into();
+        store.save(&other).await.unwrap();
+        let loaded = store.load_all().await.unwrap();
+        assert_eq!(loaded, vec![other, record]);
+    }
+}
