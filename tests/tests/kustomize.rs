@@ -462,6 +462,56 @@ fn services_are_probed_on_their_grpc_health_service() {
 }
 
 #[test]
+fn orchestrator_finds_the_agents_and_the_repo_manager_it_is_deployed_with() {
+    for rendered in all_platforms() {
+        let orchestrator = rendered.get("Deployment", ORCHESTRATOR);
+        let env = rendered.effective_env(&containers(orchestrator)[0]);
+        let setting = |name: &str| {
+            env.get(name)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| panic!("{}: orchestrator {name} set", rendered.name))
+        };
+
+        let agent = rendered.get("DaemonSet", AGENT);
+        let agent_labels = &agent["spec"]["template"]["metadata"]["labels"];
+        for requirement in setting("STOWAGE_AGENT_SELECTOR").split(',') {
+            let (key, value) = requirement
+                .split_once('=')
+                .expect("the selector is key=value pairs");
+            assert_eq!(agent_labels[key], value, "agent pods carry {requirement}");
+        }
+        let agent_port = array(&containers(agent)[0]["ports"])
+            .iter()
+            .find(|port| port["name"] == "grpc")
+            .expect("agent gRPC port")["containerPort"]
+            .to_string();
+        assert_eq!(setting("STOWAGE_AGENT_PORT"), agent_port);
+
+        // http://<service>.<namespace>.svc:<port>
+        let repo_manager = setting("STOWAGE_REPO_MANAGER");
+        let authority = repo_manager
+            .strip_prefix("http://")
+            .expect("plain-text gRPC inside the cluster");
+        let (host, port) = authority.split_once(':').expect("host:port");
+        let service_name = host.split('.').next().unwrap();
+        assert_eq!(host, format!("{service_name}.{NAMESPACE}.svc"));
+        let service = rendered.get("Service", service_name);
+        assert!(
+            array(&service["spec"]["ports"])
+                .iter()
+                .any(|service_port| service_port["port"].to_string() == port),
+            "{}: Service {service_name} has port {port}",
+            rendered.name
+        );
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/name"],
+            REPO_MANAGER
+        );
+    }
+}
+
+#[test]
 fn agent_runs_on_every_node_with_node_name_scratch_and_credentials() {
     for rendered in all_platforms() {
         let agent = rendered.get("DaemonSet", AGENT);
@@ -539,6 +589,46 @@ fn every_container_has_resources_and_exports_traces_under_its_name() {
                     Some(binary_of(container)),
                     "{}: {name} service name",
                     rendered.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_reach_containers_only_by_reference() {
+    for rendered in all_renderings() {
+        for workload in rendered.workloads() {
+            for container in containers(workload) {
+                for variable in array(&container["env"]) {
+                    let name = variable["name"].as_str().unwrap();
+                    let sensitive = ["KEY", "PASSWORD", "SECRET", "TOKEN"]
+                        .iter()
+                        .any(|word| name.contains(word));
+                    if sensitive {
+                        assert!(
+                            variable.get("value").is_none()
+                                && variable["valueFrom"]["secretKeyRef"].is_object(),
+                            "{}: {name} must come from a Secret: {variable}",
+                            rendered.name
+                        );
+                    }
+                }
+            }
+        }
+        for config_map in rendered.of_kind("ConfigMap") {
+            for key in config_map["data"]
+                .as_object()
+                .into_iter()
+                .flat_map(|data| data.keys())
+            {
+                assert!(
+                    !["KEY", "PASSWORD", "SECRET", "TOKEN"]
+                        .iter()
+                        .any(|word| key.to_uppercase().contains(word)),
+                    "{}: ConfigMap {} holds {key}",
+                    rendered.name,
+                    config_map["metadata"]["name"]
                 );
             }
         }
@@ -1014,6 +1104,12 @@ fn help(binary_name: &str) -> String {
     text
 }
 
+/// Whether `--help` lists environment variable `name`: clap prints `[env: NAME=]`, or
+/// `[env: NAME]` for flags whose values it hides (keys).
+fn reads_env(help: &str, name: &str) -> bool {
+    help.contains(&format!("[env: {name}=")) || help.contains(&format!("[env: {name}]"))
+}
+
 /// Settings the binary reads itself (as opposed to restic's or the OTel SDK's variables).
 fn is_stowage_setting(name: &str) -> bool {
     name.starts_with("STOWAGE_") || name == "NODE_NAME"
@@ -1032,7 +1128,7 @@ fn every_setting_a_container_is_given_is_a_flag_of_its_binary() {
                         continue;
                     }
                     assert!(
-                        help.contains(&format!("[env: {name}=")),
+                        reads_env(&help, name),
                         "{}: {} sets {name}, which {binary_name} does not read:\n{help}",
                         rendered.name,
                         container["name"]
@@ -1063,8 +1159,9 @@ fn every_setting_a_container_is_given_is_a_flag_of_its_binary() {
 fn help_check_rejects_a_setting_the_binary_does_not_read() {
     // The check above is only as good as the `[env: …]` lines clap prints.
     let help = help(AGENT);
-    assert!(help.contains("[env: STOWAGE_PODS_ROOT="), "{help}");
-    assert!(!help.contains("[env: STOWAGE_NO_SUCH_SETTING="));
+    assert!(reads_env(&help, "STOWAGE_PODS_ROOT"), "{help}");
+    assert!(!reads_env(&help, "STOWAGE_PODS"), "a prefix is not a match");
+    assert!(!reads_env(&help, "STOWAGE_NO_SUCH_SETTING"));
 }
 
 /// The offline schema validator (PyPI `kubernetes-validate`), when installed.
