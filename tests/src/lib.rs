@@ -3,6 +3,7 @@
 //! answer the gRPC health service. Each peer the tests need (restic repositories, the
 //! S3-compatible server, the Kubernetes API emulator, the OTLP collector) has its own module.
 
+pub mod kube;
 pub mod otlp;
 
 use std::{

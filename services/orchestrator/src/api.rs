@@ -1,75 +1,192 @@
-//! The tonic handlers of the Orchestrator service.
+//! The tonic handlers of the Orchestrator service: parse and validate the request, call the
+//! backup/restore/coverage logic, map the result. Domain errors become gRPC statuses in the one
+//! `From<Error> for Status` below.
 
-use std::{collections::BTreeMap, pin::Pin};
+use std::pin::Pin;
 
-use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupEvent, BackupPhase, BackupStatus, CancelBackupRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, EnsureRepositoryRequest,
-    GetAgentInfoRequest, GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest,
-    GetCoverageResponse, GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest,
-    ListBackupsRequest, ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse,
-    ListRestoresRequest, ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent,
-    RunMaintenanceRequest, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_server::Orchestrator, repo_manager_client::RepoManagerClient,
-    volume_agent_client::VolumeAgentClient,
+    Backup, BackupEvent, BackupPhase, CancelBackupRequest, CreateBackupRequest,
+    CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, ForgetBackupRequest,
+    GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest, GetCoverageResponse,
+    GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest,
+    ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse, ListRestoresRequest,
+    ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent, RestorePhase,
+    RunMaintenanceRequest, SkippedVolume, WatchBackupRequest, WatchRestoreRequest,
+    orchestrator_server::Orchestrator,
 };
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::{
+    backup::{self, backup_is_final},
+    deps::Deps,
+    error::{Error, Result, validate_name},
+    kube::mirror::{self, MirrorKind},
+    restore,
+    selection::select_volumes,
+};
+
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AgentConfigError {
-    #[error("agent `{0}` is not of the form NODE=URL")]
-    Malformed(String),
-    #[error("agent for node `{node}`: {source}")]
-    Endpoint {
-        node: String,
-        source: stowage_grpc::GrpcError,
-    },
-}
-
-/// Parses `NODE=URL` agent flags into lazily connecting clients.
-pub fn parse_static_agents(
-    specs: &[String],
-) -> Result<BTreeMap<String, VolumeAgentClient<TracedChannel>>, AgentConfigError> {
-    specs
-        .iter()
-        .filter(|spec| !spec.is_empty())
-        .map(|spec| {
-            let (node, url) = spec
-                .split_once('=')
-                .ok_or_else(|| AgentConfigError::Malformed(spec.clone()))?;
-            let channel =
-                stowage_grpc::connect_lazy(url).map_err(|source| AgentConfigError::Endpoint {
-                    node: node.to_string(),
-                    source,
-                })?;
-            Ok((node.to_string(), VolumeAgentClient::new(channel)))
-        })
-        .collect()
-}
-
-pub struct OrchestratorApi {
-    repo_manager: RepoManagerClient<TracedChannel>,
-    agents: BTreeMap<String, VolumeAgentClient<TracedChannel>>,
-}
-
-impl OrchestratorApi {
-    pub fn new(
-        repo_manager: RepoManagerClient<TracedChannel>,
-        agents: BTreeMap<String, VolumeAgentClient<TracedChannel>>,
-    ) -> Self {
-        Self {
-            repo_manager,
-            agents,
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match &error {
+            Error::Rpc { status, .. } => Status::new(status.code(), error.to_string()),
+            _ => Status::new(error.code(), error.to_string()),
         }
     }
 }
 
-fn unimplemented(call: &str) -> Status {
-    Status::unimplemented(format!("{call} is not implemented yet"))
+pub struct OrchestratorApi {
+    deps: Deps,
+}
+
+impl OrchestratorApi {
+    pub fn new(deps: Deps) -> Self {
+        Self { deps }
+    }
+
+    fn backup_entry(&self, name: &str) -> Result<std::sync::Arc<crate::state::BackupEntry>> {
+        validate_name("backup name", name)?;
+        self.deps
+            .index
+            .backup(name)
+            .ok_or_else(|| Error::BackupNotFound(name.to_string()))
+    }
+
+    fn restore_entry(&self, name: &str) -> Result<std::sync::Arc<crate::state::RestoreEntry>> {
+        validate_name("restore name", name)?;
+        self.deps
+            .index
+            .restore(name)
+            .ok_or_else(|| Error::RestoreNotFound(name.to_string()))
+    }
+
+    async fn delete(&self, name: &str) -> Result<DeleteBackupResponse> {
+        let entry = self.backup_entry(name)?;
+        let backup = entry.get();
+        let status = backup.status.clone().unwrap_or_default();
+        if !backup_is_final(status.phase) {
+            return Err(Error::BackupNotRestorable {
+                name: name.to_string(),
+                phase: BackupPhase::try_from(status.phase)
+                    .unwrap_or_default()
+                    .as_str_name()
+                    .to_string(),
+                reason: "cancel it before deleting it".to_string(),
+            });
+        }
+        entry.update(|b| {
+            b.status.get_or_insert_with(Default::default).phase = BackupPhase::Deleting as i32
+        });
+        let mut namespaces: Vec<String> = status
+            .volumes
+            .iter()
+            .filter(|v| !v.snapshot_id.is_empty())
+            .filter_map(|v| v.volume.as_ref().map(|r| r.namespace.clone()))
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        let mut forgotten = Vec::new();
+        for namespace in namespaces {
+            let response = self
+                .deps
+                .repo_manager
+                .clone()
+                .forget_backup(ForgetBackupRequest {
+                    namespace: namespace.clone(),
+                    backup_name: name.to_string(),
+                })
+                .await
+                .map_err(Error::rpc(
+                    "repo-manager",
+                    format!("forgetting snapshots in {namespace}"),
+                ))?;
+            forgotten.extend(response.into_inner().forgotten_snapshot_ids);
+        }
+        if let Some(store) = &self.deps.store {
+            store.delete_backup(name).await?;
+        }
+        if let Some(cluster) = &self.deps.cluster
+            && let Err(error) = mirror::delete_labelled(
+                cluster,
+                MirrorKind::PodVolumeBackup,
+                "velero.io/backup-name",
+                name,
+            )
+            .await
+        {
+            tracing::warn!(%error, "deleting the PodVolumeBackup mirrors of {name}");
+        }
+        self.deps.index.remove_backup(name);
+        Ok(DeleteBackupResponse {
+            forgotten_snapshot_ids: forgotten,
+        })
+    }
+
+    async fn coverage(&self, request: GetCoverageRequest) -> Result<GetCoverageResponse> {
+        let cluster = self
+            .deps
+            .cluster
+            .as_ref()
+            .ok_or(Error::NoCluster("the coverage call"))?;
+        let namespaces = if request.namespaces.is_empty() {
+            cluster.namespaces().await?
+        } else {
+            request.namespaces.clone()
+        };
+        let mut response = GetCoverageResponse::default();
+        for namespace in namespaces {
+            for pod in cluster.pods(&namespace, &Default::default()).await? {
+                let selection = select_volumes(&pod, request.default_volumes_to_fs_backup);
+                let pod_name = pod.metadata.name.clone().unwrap_or_default();
+                response.volumes_covered += selection.selected.len() as u32;
+                response.volumes_total += pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .map_or(0, |v| v.len() as u32);
+                response
+                    .uncovered
+                    .extend(selection.skipped.into_iter().map(|skip| SkippedVolume {
+                        namespace: namespace.clone(),
+                        pod: pod_name.clone(),
+                        volume: skip.volume,
+                        reason: skip.reason as i32,
+                        detail: skip.detail,
+                    }));
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// Streams every state of `receiver` until (and including) the first final one.
+fn watch_until<T, E>(
+    receiver: watch::Receiver<T>,
+    is_final: fn(&T) -> bool,
+    wrap: fn(T) -> E,
+) -> EventStream<E>
+where
+    T: Clone + Send + Sync + 'static,
+    E: Send + 'static,
+{
+    let stream = futures::stream::unfold(
+        (receiver, true, false),
+        move |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let value = rx.borrow_and_update().clone();
+            let finished = is_final(&value);
+            Some((Ok(wrap(value)), (rx, false, finished)))
+        },
+    );
+    Box::pin(stream)
 }
 
 #[tonic::async_trait]
@@ -82,132 +199,169 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<CreateBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
-        let request = request.into_inner();
-        let spec = request.spec.unwrap_or_default();
-        for namespace in &spec.included_namespaces {
-            self.repo_manager
-                .clone()
-                .ensure_repository(EnsureRepositoryRequest {
-                    namespace: namespace.clone(),
-                })
-                .await?;
-        }
-        for agent in self.agents.values() {
-            agent.clone().get_agent_info(GetAgentInfoRequest {}).await?;
-        }
-        Ok(Response::new(Backup {
-            name: request.name,
-            spec: Some(spec),
-            status: Some(BackupStatus {
-                phase: BackupPhase::New as i32,
-                trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        Ok(Response::new(
+            backup::create(&self.deps, request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn get_backup(
         &self,
-        _request: Request<GetBackupRequest>,
+        request: Request<GetBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
-        Err(unimplemented("GetBackup"))
+        Ok(Response::new(
+            self.backup_entry(&request.get_ref().name)?.get(),
+        ))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_backups(
         &self,
         _request: Request<ListBackupsRequest>,
     ) -> Result<Response<ListBackupsResponse>, Status> {
-        Err(unimplemented("ListBackups"))
+        let backups = self.deps.index.backups().iter().map(|e| e.get()).collect();
+        Ok(Response::new(ListBackupsResponse { backups }))
     }
 
+    #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn watch_backup(
         &self,
-        _request: Request<WatchBackupRequest>,
+        request: Request<WatchBackupRequest>,
     ) -> Result<Response<Self::WatchBackupStream>, Status> {
-        Err(unimplemented("WatchBackup"))
+        let entry = self.backup_entry(&request.get_ref().name)?;
+        Ok(Response::new(watch_until(
+            entry.subscribe(),
+            |b: &Backup| backup_is_final(b.status.as_ref().map_or(0, |s| s.phase)),
+            |backup| BackupEvent {
+                backup: Some(backup),
+            },
+        )))
     }
 
+    #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn cancel_backup(
         &self,
-        _request: Request<CancelBackupRequest>,
+        request: Request<CancelBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
-        Err(unimplemented("CancelBackup"))
+        let entry = self.backup_entry(&request.get_ref().name)?;
+        let current = entry.get();
+        if backup_is_final(current.status.as_ref().map_or(0, |s| s.phase)) {
+            return Ok(Response::new(current));
+        }
+        Ok(Response::new(backup::cancel(&entry)))
     }
 
+    #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn delete_backup(
         &self,
-        _request: Request<DeleteBackupRequest>,
+        request: Request<DeleteBackupRequest>,
     ) -> Result<Response<DeleteBackupResponse>, Status> {
-        Err(unimplemented("DeleteBackup"))
+        Ok(Response::new(self.delete(&request.get_ref().name).await?))
     }
 
+    #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn get_backup_logs(
         &self,
-        _request: Request<GetBackupLogsRequest>,
+        request: Request<GetBackupLogsRequest>,
     ) -> Result<Response<GetLogsResponse>, Status> {
-        Err(unimplemented("GetBackupLogs"))
+        let entry = self.backup_entry(&request.get_ref().name)?;
+        Ok(Response::new(GetLogsResponse {
+            lines: entry.logs(),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(restore = %request.get_ref().name))]
     async fn create_restore(
         &self,
-        _request: Request<CreateRestoreRequest>,
+        request: Request<CreateRestoreRequest>,
     ) -> Result<Response<Restore>, Status> {
-        Err(unimplemented("CreateRestore"))
+        Ok(Response::new(
+            restore::create(&self.deps, request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(restore = %request.get_ref().name))]
     async fn get_restore(
         &self,
-        _request: Request<GetRestoreRequest>,
+        request: Request<GetRestoreRequest>,
     ) -> Result<Response<Restore>, Status> {
-        Err(unimplemented("GetRestore"))
+        Ok(Response::new(
+            self.restore_entry(&request.get_ref().name)?.get(),
+        ))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_restores(
         &self,
         _request: Request<ListRestoresRequest>,
     ) -> Result<Response<ListRestoresResponse>, Status> {
-        Err(unimplemented("ListRestores"))
+        let restores = self.deps.index.restores().iter().map(|e| e.get()).collect();
+        Ok(Response::new(ListRestoresResponse { restores }))
     }
 
+    #[tracing::instrument(skip_all, fields(restore = %request.get_ref().name))]
     async fn watch_restore(
         &self,
-        _request: Request<WatchRestoreRequest>,
+        request: Request<WatchRestoreRequest>,
     ) -> Result<Response<Self::WatchRestoreStream>, Status> {
-        Err(unimplemented("WatchRestore"))
+        let entry = self.restore_entry(&request.get_ref().name)?;
+        Ok(Response::new(watch_until(
+            entry.subscribe(),
+            |r: &Restore| {
+                matches!(
+                    RestorePhase::try_from(r.status.as_ref().map_or(0, |s| s.phase)),
+                    Ok(RestorePhase::Completed
+                        | RestorePhase::PartiallyFailed
+                        | RestorePhase::Failed)
+                )
+            },
+            |restore| RestoreEvent {
+                restore: Some(restore),
+            },
+        )))
     }
 
+    #[tracing::instrument(skip_all, fields(restore = %request.get_ref().name))]
     async fn get_restore_logs(
         &self,
-        _request: Request<GetRestoreLogsRequest>,
+        request: Request<GetRestoreLogsRequest>,
     ) -> Result<Response<GetLogsResponse>, Status> {
-        Err(unimplemented("GetRestoreLogs"))
+        let entry = self.restore_entry(&request.get_ref().name)?;
+        Ok(Response::new(GetLogsResponse {
+            lines: entry.logs(),
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_repositories(
         &self,
         request: Request<ListRepositoriesRequest>,
     ) -> Result<Response<ListRepositoriesResponse>, Status> {
-        self.repo_manager
+        self.deps
+            .repo_manager
             .clone()
             .list_repositories(request.into_inner())
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn maintain_repository(
         &self,
         request: Request<RunMaintenanceRequest>,
     ) -> Result<Response<MaintenanceResult>, Status> {
-        self.repo_manager
+        validate_name("namespace", &request.get_ref().namespace)?;
+        self.deps
+            .repo_manager
             .clone()
             .run_maintenance(request.into_inner())
             .await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn get_coverage(
         &self,
-        _request: Request<GetCoverageRequest>,
+        request: Request<GetCoverageRequest>,
     ) -> Result<Response<GetCoverageResponse>, Status> {
-        Err(unimplemented("GetCoverage"))
+        Ok(Response::new(self.coverage(request.into_inner()).await?))
     }
 }

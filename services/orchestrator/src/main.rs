@@ -1,16 +1,26 @@
 //! `stowage-orchestrator`: the gRPC API schedulers and the CLI call. Finds annotated pod
-//! volumes, ensures repositories through the repo-manager, and drives the node agents.
+//! volumes, ensures repositories through the repo-manager, drives the node agents, and keeps
+//! backup records in the object store. `main` only wires the parts together.
 
 mod api;
+mod backup;
+mod deps;
+mod error;
+mod kube;
+mod recovery;
+mod restore;
+mod selection;
+mod state;
+mod store;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use stowage_proto::v1::{
     orchestrator_server::OrchestratorServer, repo_manager_client::RepoManagerClient,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 #[derive(Debug, Parser)]
 #[command(name = "stowage-orchestrator", version, about)]
@@ -29,6 +39,69 @@ struct Config {
     /// Kubernetes API (comma-separated in the environment variable).
     #[arg(long = "agent", env = "STOWAGE_AGENTS", value_delimiter = ',')]
     agents: Vec<String>,
+    /// Label selector of the volume agent DaemonSet's pods, in the stowage namespace.
+    #[arg(
+        long,
+        env = "STOWAGE_AGENT_SELECTOR",
+        default_value = "app.kubernetes.io/name=stowage-volume-agent"
+    )]
+    agent_selector: String,
+    /// gRPC port of discovered agents (reached at their pod IP).
+    #[arg(long, env = "STOWAGE_AGENT_PORT", default_value_t = 8082)]
+    agent_port: u16,
+    /// Do not use a Kubernetes API (backups, restores and coverage then fail with a reason).
+    /// By default the in-cluster config or `KUBECONFIG` is used.
+    #[arg(long, env = "STOWAGE_NO_KUBERNETES", default_value_t = false)]
+    no_kubernetes: bool,
+    /// Namespace stowage runs in: PodVolumeBackup/PodVolumeRestore mirrors, agent pods and the
+    /// restore-helper ConfigMap live there.
+    #[arg(long, env = "STOWAGE_NAMESPACE", default_value = "stowage")]
+    namespace: String,
+    /// Storage location: `file:///dir`, `/dir`, `s3://bucket[/prefix]`, `gs://…`, `azure://…`.
+    /// Without it backups are kept in memory only.
+    #[arg(long, env = "STOWAGE_STORAGE_URL")]
+    storage_url: Option<String>,
+    /// S3-compatible endpoint, e.g. `http://minio:9000`.
+    #[arg(long, env = "STOWAGE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "STOWAGE_S3_REGION")]
+    s3_region: Option<String>,
+    /// Path-style S3 requests (most S3-compatible servers need them).
+    #[arg(long, env = "STOWAGE_S3_PATH_STYLE", default_value_t = false)]
+    s3_path_style: bool,
+    /// Volumes backed up or restored at once over all nodes.
+    #[arg(long, env = "STOWAGE_MAX_PARALLEL_VOLUMES", default_value_t = 16)]
+    max_parallel_volumes: usize,
+    /// Volumes backed up or restored at once on one node.
+    #[arg(long, env = "STOWAGE_MAX_PARALLEL_PER_NODE", default_value_t = 2)]
+    max_parallel_per_node: usize,
+    /// Default per-backup timeout in seconds (Velero's restic timeout: 4 h).
+    #[arg(long, env = "STOWAGE_BACKUP_TIMEOUT_SECONDS", default_value_t = 4 * 3600)]
+    backup_timeout_seconds: u64,
+    /// Default backup TTL in seconds (30 days, like Velero).
+    #[arg(long, env = "STOWAGE_BACKUP_TTL_SECONDS", default_value_t = 30 * 24 * 3600)]
+    backup_ttl_seconds: u64,
+    /// How long to wait for a namespace's repository to become ready, in seconds.
+    #[arg(
+        long,
+        env = "STOWAGE_REPOSITORY_READY_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    repository_ready_timeout_seconds: u64,
+    /// How long a restore waits for a recreated pod to run its restore helper, in seconds.
+    #[arg(long, env = "STOWAGE_POD_START_TIMEOUT_SECONDS", default_value_t = 600)]
+    pod_start_timeout_seconds: u64,
+    /// How often Kubernetes objects are polled while waiting, in milliseconds.
+    #[arg(long, env = "STOWAGE_POLL_INTERVAL_MS", default_value_t = 1000)]
+    poll_interval_ms: u64,
+    /// Restore helper image when the ConfigMap names none; an untagged image gets this
+    /// orchestrator's version as its tag.
+    #[arg(
+        long,
+        env = "STOWAGE_RESTORE_HELPER_IMAGE",
+        default_value = "ghcr.io/stowage/stowage-restore-helper"
+    )]
+    restore_helper_image: String,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
 }
@@ -41,14 +114,84 @@ async fn main() -> anyhow::Result<()> {
     stowage_grpc::cancel_on_signal(shutdown.clone());
 
     let repo_manager = RepoManagerClient::new(stowage_grpc::connect_lazy(&config.repo_manager)?);
-    let agents = api::parse_static_agents(&config.agents)?;
-    let api = api::OrchestratorApi::new(repo_manager, agents);
+    let cluster = if config.no_kubernetes {
+        None
+    } else {
+        match ::kube::Client::try_default().await {
+            Ok(client) => Some(kube::Cluster::new(client, config.namespace.clone())),
+            Err(error) => {
+                tracing::warn!(%error, "no Kubernetes API: backups and restores will fail until one is configured");
+                None
+            }
+        }
+    };
+    let static_agents = kube::agents::parse_static_agents(&config.agents)?;
+    let agents = kube::agents::Agents::new(
+        static_agents,
+        cluster.clone(),
+        config.agent_selector.clone(),
+        config.agent_port,
+    );
+    let store = match &config.storage_url {
+        Some(url) => {
+            let location = stowage_storage_location::StorageLocation::from_env(
+                url,
+                stowage_storage_location::S3Options {
+                    endpoint: config.s3_endpoint.clone(),
+                    region: config.s3_region.clone(),
+                    path_style: config.s3_path_style,
+                },
+            )
+            .with_context(|| format!("storage location {url}"))?;
+            let object_store = location
+                .object_store()
+                .with_context(|| format!("opening storage location {url}"))?;
+            Some(store::Store::new(object_store, config.namespace.clone()))
+        }
+        None => {
+            tracing::warn!("no storage location: backups are kept in memory only");
+            None
+        }
+    };
+    let tasks = TaskTracker::new();
+    let deps = deps::Deps {
+        repo_manager,
+        agents,
+        cluster,
+        store,
+        index: Arc::new(state::Index::default()),
+        limits: deps::Limits {
+            max_parallel_volumes: config.max_parallel_volumes,
+            max_parallel_per_node: config.max_parallel_per_node,
+            default_timeout: Duration::from_secs(config.backup_timeout_seconds),
+            default_ttl: Duration::from_secs(config.backup_ttl_seconds),
+            repository_ready_timeout: Duration::from_secs(config.repository_ready_timeout_seconds),
+            pod_start_timeout: Duration::from_secs(config.pod_start_timeout_seconds),
+            poll_interval: Duration::from_millis(config.poll_interval_ms),
+        },
+        restore_helper: deps::RestoreHelperDefaults {
+            image: config.restore_helper_image.clone(),
+            version_tag: format!("v{}", env!("CARGO_PKG_VERSION")),
+        },
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
+    recovery::load(&deps)
+        .await
+        .context("reading the backups in the storage location")?;
+    tasks.spawn(recovery::expire_backups(deps.clone()));
+
+    let api = api::OrchestratorApi::new(deps);
     let router = stowage_grpc::router_for::<OrchestratorServer<api::OrchestratorApi>>()
         .await?
         .add_service(OrchestratorServer::new(api));
-    let served = stowage_grpc::serve(router, config.listen, shutdown)
+    let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
         .await
         .context("orchestrator gRPC server");
+    // Running backups see the cancelled token, fail their volumes and write their records.
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
     telemetry.shutdown();
     served
 }

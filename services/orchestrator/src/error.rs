@@ -1,0 +1,144 @@
+//! The orchestrator's domain errors. Each variant names the failure and the input that caused
+//! it; `api.rs` maps them to gRPC status codes in one place.
+
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid {what} `{value}`: {reason}")]
+    InvalidArgument {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("backup `{0}` not found")]
+    BackupNotFound(String),
+    #[error("restore `{0}` not found")]
+    RestoreNotFound(String),
+    #[error("backup `{0}` already exists")]
+    BackupExists(String),
+    #[error("restore `{0}` already exists")]
+    RestoreExists(String),
+    #[error("backup `{name}` is {phase}: {reason}")]
+    BackupNotRestorable {
+        name: String,
+        phase: String,
+        reason: String,
+    },
+    #[error("no agent on node {0}")]
+    NoAgent(String),
+    #[error("no Kubernetes API is configured; {0} needs one")]
+    NoCluster(&'static str),
+    #[error("Kubernetes API: {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("{service}: {action}: {status}")]
+    Rpc {
+        service: &'static str,
+        action: String,
+        status: tonic::Status,
+    },
+    #[error("object store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(::kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
+    pub fn rpc(
+        service: &'static str,
+        action: impl Into<String>,
+    ) -> impl FnOnce(tonic::Status) -> Error {
+        let action = action.into();
+        move |status| Error::Rpc {
+            service,
+            action,
+            status,
+        }
+    }
+
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::BackupNotFound(_) | Error::RestoreNotFound(_) => Code::NotFound,
+            Error::BackupExists(_) | Error::RestoreExists(_) => Code::AlreadyExists,
+            Error::BackupNotRestorable { .. } | Error::NoCluster(_) => Code::FailedPrecondition,
+            Error::NoAgent(_) => Code::Unavailable,
+            Error::Kube { .. } | Error::Store(_) => Code::Unavailable,
+            Error::Rpc { status, .. } => status.code(),
+            Error::Failed(_) => Code::Internal,
+        }
+    }
+}
+
+/// Checks a backup or restore name: a DNS-1123 subdomain (lowercase alphanumerics, `-` and
+/// `.`, starting and ending alphanumeric, at most 253 characters), because it becomes a
+/// Kubernetes label value prefix and a directory in the bucket.
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let invalid = |reason: &str| Error::InvalidArgument {
+        what,
+        value: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    // Label values are at most 63 characters; names longer than that could not be selected by
+    // `velero.io/backup-name`.
+    if name.len() > 63 {
+        return Err(invalid("must be at most 63 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Err(invalid(
+            "must consist of lowercase letters, digits, `-` and `.`",
+        ));
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Err(invalid("must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_are_accepted() {
+        for name in ["nightly", "a", "backup-2024.01.01", "x1"] {
+            assert!(validate_name("backup name", name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_invalid_arguments() {
+        for name in [
+            "",
+            "Nightly",
+            "-a",
+            "a-",
+            "a_b",
+            "a/b",
+            "ä",
+            &"a".repeat(64),
+        ] {
+            let error = validate_name("backup name", name).unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{name}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Startup and housekeeping: the backups already in the object store become the index (the
+//! store is the source of truth, so a fresh orchestrator lists them), a backup that was running
+//! when the previous orchestrator died has its unfinished volumes failed with "orchestrator
+//! restarted", and expired backups are deleted.
+
+use std::time::Duration;
+
+use stowage_proto::v1::{BackupPhase, ForgetBackupRequest, VolumePhase};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backup::{backup_is_final, persist, recount},
+    deps::Deps,
+    error::Result,
+    state::{Entry, now},
+};
+
+pub const RESTARTED: &str = "orchestrator restarted";
+
+pub async fn load(deps: &Deps) -> Result<()> {
+    let Some(store) = &deps.store else {
+        return Ok(());
+    };
+    for (backup, logs) in store.load_backups().await? {
+        let name = backup.name.clone();
+        let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase));
+        let entry = Entry::new(backup, logs, CancellationToken::new());
+        if unfinished {
+            entry.update(|backup| {
+                let status = backup.status.get_or_insert_with(Default::default);
+                for volume in &mut status.volumes {
+                    let phase = VolumePhase::try_from(volume.phase).unwrap_or_default();
+                    if !matches!(
+                        phase,
+                        VolumePhase::Completed | VolumePhase::Failed | VolumePhase::Cancelled
+                    ) {
+                        volume.phase = VolumePhase::Failed as i32;
+                        volume.error_message = RESTARTED.to_string();
+                        volume.finished = Some(now());
+                    }
+                }
+                recount(status);
+                status.phase = if status.volumes_completed == 0 {
+                    BackupPhase::Failed
+                } else {
+                    BackupPhase::PartiallyFailed
+                } as i32;
+                status.failure_reason = RESTARTED.to_string();
+                status.finished = Some(now());
+            });
+            entry.log(
+                "error",
+                format!(
+                    "backup {name} was running when the {RESTARTED}; its unfinished volumes failed"
+                ),
+            );
+            persist(deps, &entry, None).await;
+        }
+        deps.index.insert_backup(&name, entry);
+    }
+    Ok(())
+}
+
+/// Deletes backups past their expiration, once a minute, until shutdown.
+pub async fn expire_backups(deps: Deps) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = deps.shutdown.cancelled() => return,
+        }
+        let now = chrono::Utc::now().timestamp();
+        for entry in deps.index.backups() {
+            let backup = entry.get();
+            let status = backup.status.clone().unwrap_or_default();
+            let expired = status
+                .expiration
+                .as_ref()
+                .is_some_and(|e| e.seconds > 0 && e.seconds < now);
+            if !expired
+                || !backup_is_final(status.phase)
+                || backup.origin != stowage_proto::v1::BackupOrigin::Stowage as i32
+            {
+                continue;
+            }
+            tracing::info!(backup = %backup.name, "backup expired");
+            let mut namespaces: Vec<String> = status
+                .volumes
+                .iter()
+                .filter_map(|v| v.volume.as_ref().map(|r| r.namespace.clone()))
+                .collect();
+            namespaces.sort();
+            namespaces.dedup();
+            let mut forgotten = true;
+            for namespace in namespaces {
+                let result = deps
+                    .repo_manager
+                    .clone()
+                    .forget_backup(ForgetBackupRequest {
+                        namespace,
+                        backup_name: backup.name.clone(),
+                    })
+                    .await;
+                if let Err(status) = result {
+                    tracing::warn!(backup = %backup.name, error = %status.message(), "forgetting an expired backup");
+                    forgotten = false;
+                }
+            }
+            if forgotten {
+                if let Some(store) = &deps.store
+                    && let Err(error) = store.delete_backup(&backup.name).await
+                {
+                    tracing::warn!(backup = %backup.name, %error, "deleting an expired backup");
+                    continue;
+                }
+                deps.index.remove_backup(&backup.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,777 @@
+//! The restore runner: reads the backup's manifests, recreates namespace, PVCs and pods (each
+//! pod with the restore-helper init container first), waits until each pod is scheduled and
+//! its init container runs, then restores every volume on that node's agent, which writes the
+//! done file the helper waits for.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use serde_json::{Value, json};
+use stowage_proto::v1::{
+    Backup, BackupPhase, CreateRestoreRequest, GetRepositoryAccessRequest, PodVolumeBackup,
+    PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase, RestoreStatus,
+    RestoreVolumeRequest, VolumePhase, VolumeSource, restore_volume_event,
+};
+use tokio::{task::JoinSet, time::Instant};
+use tracing::{Instrument, field};
+
+use crate::{
+    backup::{rfc3339, strip_server_fields},
+    deps::{Deps, RestoreHelperDefaults},
+    error::{Error, Result, validate_name},
+    kube::{
+        Cluster,
+        mirror::{self, MirrorKind},
+    },
+    state::{Entry, RestoreEntry, now},
+};
+
+/// Name of the init container that waits for the volumes' done files.
+pub const RESTORE_HELPER: &str = "restore-wait";
+
+pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restore> {
+    let spec = request.spec.unwrap_or_default();
+    validate_name("backup name", &spec.backup_name)?;
+    let name = if request.name.is_empty() {
+        format!(
+            "{}-{}",
+            spec.backup_name,
+            chrono::Utc::now().format("%Y%m%d%H%M%S")
+        )
+    } else {
+        request.name
+    };
+    validate_name("restore name", &name)?;
+    for (from, to) in &spec.namespace_mapping {
+        validate_name("namespace", from)?;
+        validate_name("namespace", to)?;
+    }
+    let backup = deps
+        .index
+        .backup(&spec.backup_name)
+        .ok_or_else(|| Error::BackupNotFound(spec.backup_name.clone()))?
+        .get();
+    let phase =
+        BackupPhase::try_from(backup.status.clone().unwrap_or_default().phase).unwrap_or_default();
+    if !matches!(phase, BackupPhase::Completed | BackupPhase::PartiallyFailed) {
+        return Err(Error::BackupNotRestorable {
+            name: backup.name,
+            phase: phase.as_str_name().to_string(),
+            reason: "only completed or partially failed backups can be restored".to_string(),
+        });
+    }
+    if deps.cluster.is_none() {
+        return Err(Error::NoCluster("a restore"));
+    }
+    let restore = Restore {
+        name: name.clone(),
+        uid: uuid::Uuid::new_v4().to_string(),
+        spec: Some(spec),
+        status: Some(RestoreStatus {
+            phase: RestorePhase::New as i32,
+            started: Some(now()),
+            trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
+            ..Default::default()
+        }),
+    };
+    let entry = Entry::new(restore.clone(), Vec::new(), deps.shutdown.child_token());
+    if !deps.index.insert_restore(&name, entry.clone()) {
+        return Err(Error::RestoreExists(name));
+    }
+    let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup.name);
+    let runner_deps = deps.clone();
+    deps.tasks
+        .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
+    Ok(restore)
+}
+
+fn recount(status: &mut RestoreStatus) {
+    status.volumes_total = status.volumes.len() as u32;
+    status.volumes_completed = status
+        .volumes
+        .iter()
+        .filter(|v| v.phase == VolumePhase::Completed as i32)
+        .count() as u32;
+    status.volumes_failed = status
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.phase == VolumePhase::Failed as i32 || v.phase == VolumePhase::Cancelled as i32
+        })
+        .count() as u32;
+    let mut total = Progress::default();
+    for progress in status.volumes.iter().filter_map(|v| v.progress.as_ref()) {
+        total.bytes_done += progress.bytes_done;
+        total.bytes_total += progress.bytes_total;
+        total.files_done += progress.files_done;
+        total.files_total += progress.files_total;
+    }
+    status.progress = Some(total);
+}
+
+async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
+    entry.log(
+        "info",
+        format!("restore from backup {} started", backup.name),
+    );
+    let outcome = execute(&deps, &entry, &backup).await;
+    let restore = entry.update(|restore| {
+        let status = restore.status.get_or_insert_with(Default::default);
+        if let Err(error) = &outcome {
+            status.failure_reason = error.to_string();
+        }
+        for volume in &mut status.volumes {
+            if volume.phase != VolumePhase::Completed as i32
+                && volume.phase != VolumePhase::Failed as i32
+            {
+                volume.phase = VolumePhase::Failed as i32;
+                volume.error_message = if status.failure_reason.is_empty() {
+                    "the restore ended before this volume ran".to_string()
+                } else {
+                    status.failure_reason.clone()
+                };
+            }
+        }
+        recount(status);
+        status.phase = if outcome.is_err() && status.volumes_completed == 0 {
+            RestorePhase::Failed
+        } else if status.volumes_failed == 0 && outcome.is_ok() {
+            RestorePhase::Completed
+        } else if status.volumes_completed == 0 {
+            RestorePhase::Failed
+        } else {
+            RestorePhase::PartiallyFailed
+        } as i32;
+        status.finished = Some(now());
+    });
+    let status = restore.status.unwrap_or_default();
+    if let Err(error) = &outcome {
+        entry.log("error", format!("restore failed: {error}"));
+    }
+    entry.log(
+        "info",
+        format!(
+            "restore ended {}: {} volumes, {} completed, {} failed",
+            RestorePhase::try_from(status.phase)
+                .unwrap_or_default()
+                .as_str_name(),
+            status.volumes_total,
+            status.volumes_completed,
+            status.volumes_failed
+        ),
+    );
+}
+
+/// One recreated pod and the volumes to restore into it.
+struct PodPlan {
+    namespace: String,
+    name: String,
+    /// Indexes into the restore's `status.volumes`.
+    volumes: Vec<usize>,
+}
+
+async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Result<()> {
+    let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
+    let store = deps
+        .store
+        .as_ref()
+        .ok_or_else(|| Error::Store("no storage location is configured".to_string()))?;
+    let restore = entry.update(|restore| {
+        restore.status.get_or_insert_with(Default::default).phase = RestorePhase::InProgress as i32;
+    });
+    let spec = restore.spec.clone().unwrap_or_default();
+    let resources = store.load_resources(&backup.name).await?;
+    let backed_up: Vec<PodVolumeBackup> = backup
+        .status
+        .clone()
+        .unwrap_or_default()
+        .volumes
+        .into_iter()
+        .filter(|v| v.phase == VolumePhase::Completed as i32 && !v.snapshot_id.is_empty())
+        .collect();
+    let helper = helper_container(cluster, &deps.restore_helper, &restore.uid).await?;
+
+    let mut pods = Vec::new();
+    let pod_manifests = resources
+        .iter()
+        .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Pod"));
+    for manifest in pod_manifests {
+        let source_namespace = text(manifest, "/metadata/namespace");
+        let pod_name = text(manifest, "/metadata/name");
+        if !spec.included_namespaces.is_empty()
+            && !spec.included_namespaces.contains(&source_namespace)
+        {
+            continue;
+        }
+        let volumes: Vec<&PodVolumeBackup> = backed_up
+            .iter()
+            .filter(|v| {
+                v.volume
+                    .as_ref()
+                    .is_some_and(|r| r.namespace == source_namespace && r.pod_name == pod_name)
+            })
+            .collect();
+        if volumes.is_empty() {
+            continue;
+        }
+        let namespace = spec
+            .namespace_mapping
+            .get(&source_namespace)
+            .cloned()
+            .unwrap_or_else(|| source_namespace.clone());
+        cluster.ensure_namespace(&namespace).await?;
+        for volume in &volumes {
+            let reference = volume.volume.clone().unwrap_or_default();
+            if reference.pvc_name.is_empty() {
+                continue;
+            }
+            let claim = resources.iter().find(|object| {
+                object.get("kind").and_then(Value::as_str) == Some("PersistentVolumeClaim")
+                    && text(object, "/metadata/namespace") == source_namespace
+                    && text(object, "/metadata/name") == reference.pvc_name
+            });
+            if let Some(claim) = claim {
+                let pvc = restorable_pvc(claim, &namespace)?;
+                cluster.create_pvc(&namespace, &pvc).await?;
+            }
+        }
+        let names: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v.volume.as_ref().map(|r| r.volume_name.clone()))
+            .collect();
+        let pod = restorable_pod(manifest, &namespace, &helper, &names)?;
+        cluster.create_pod(&namespace, &pod).await?;
+        entry.log("info", format!("created pod {namespace}/{pod_name}"));
+        let indexes = entry
+            .update(|restore| {
+                let status = restore.status.get_or_insert_with(Default::default);
+                status.pods_created.push(format!("{namespace}/{pod_name}"));
+                for volume in &volumes {
+                    let reference = volume.volume.clone().unwrap_or_default();
+                    status.volumes.push(PodVolumeRestore {
+                        volume: Some(PodVolumeRef {
+                            namespace: namespace.clone(),
+                            pod_name: pod_name.clone(),
+                            pod_uid: String::new(),
+                            volume_name: reference.volume_name.clone(),
+                            source: reference.source,
+                            pv_name: String::new(),
+                            pvc_name: reference.pvc_name.clone(),
+                        }),
+                        phase: VolumePhase::Pending as i32,
+                        snapshot_id: volume.snapshot_id.clone(),
+                        source_namespace: source_namespace.clone(),
+                        ..Default::default()
+                    });
+                }
+                recount(status);
+            })
+            .status
+            .unwrap_or_default()
+            .volumes
+            .len();
+        pods.push(PodPlan {
+            namespace,
+            name: pod_name,
+            volumes: (indexes - volumes.len()..indexes).collect(),
+        });
+    }
+
+    let mut tasks = JoinSet::new();
+    for pod in pods {
+        let deps = deps.clone();
+        let entry = entry.clone();
+        let span = tracing::info_span!("restore_pod", namespace = %pod.namespace, pod = %pod.name);
+        tasks.spawn(async move { restore_pod(&deps, &entry, pod).await }.instrument(span));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(error) = joined {
+            entry.log("error", format!("a pod task ended abnormally: {error}"));
+        }
+    }
+    Ok(())
+}
+
+fn text(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The PVC as it is recreated: in the target namespace, unbound so the cluster provisions a
+/// fresh volume for the restored data.
+fn restorable_pvc(manifest: &Value, namespace: &str) -> Result<PersistentVolumeClaim> {
+    let mut manifest = manifest.clone();
+    strip_server_fields(&mut manifest);
+    manifest["metadata"]["namespace"] = json!(namespace);
+    if let Some(spec) = manifest.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("volumeName");
+    }
+    if let Some(annotations) = manifest
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for key in [
+            "pv.kubernetes.io/bind-completed",
+            "pv.kubernetes.io/bound-by-controller",
+            "volume.kubernetes.io/selected-node",
+        ] {
+            annotations.remove(key);
+        }
+    }
+    serde_json::from_value(manifest)
+        .map_err(|error| Error::Failed(format!("PVC manifest: {error}")))
+}
+
+/// The pod as it is recreated: no node, status or server fields, the restore helper first
+/// among its init containers mounting every restored volume.
+fn restorable_pod(
+    manifest: &Value,
+    namespace: &str,
+    helper: &Value,
+    volumes: &[String],
+) -> Result<Pod> {
+    let mut manifest = manifest.clone();
+    strip_server_fields(&mut manifest);
+    manifest["metadata"]["namespace"] = json!(namespace);
+    if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        // The controller that owned the old pod is not restored with it.
+        metadata.remove("ownerReferences");
+    }
+    let spec = manifest
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| Error::Failed("pod manifest has no spec".to_string()))?;
+    spec.remove("nodeName");
+    let mut helper = helper.clone();
+    helper["volumeMounts"] = Value::Array(
+        volumes
+            .iter()
+            .map(|volume| json!({"name": volume, "mountPath": format!("/restores/{volume}")}))
+            .collect(),
+    );
+    let mut init: Vec<Value> = spec
+        .get("initContainers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    init.retain(|container| container.get("name").and_then(Value::as_str) != Some(RESTORE_HELPER));
+    init.insert(0, helper);
+    spec.insert("initContainers".to_string(), Value::Array(init));
+    serde_json::from_value(manifest)
+        .map_err(|error| Error::Failed(format!("pod manifest: {error}")))
+}
+
+/// `image` with the orchestrator's version as its tag when it has neither tag nor digest.
+pub fn with_default_tag(image: &str, version_tag: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') || last.contains('@') {
+        image.to_string()
+    } else {
+        format!("{image}:{version_tag}")
+    }
+}
+
+/// The restore-helper container from the ConfigMap (image, requests, limits; `"0"` leaves
+/// one unbounded), with defaults 100m CPU and 128Mi memory.
+pub fn helper_spec(
+    config: &BTreeMap<String, String>,
+    defaults: &RestoreHelperDefaults,
+    restore_uid: &str,
+) -> Value {
+    let image = config
+        .get("image")
+        .filter(|image| !image.is_empty())
+        .map(|image| with_default_tag(image, &defaults.version_tag))
+        .unwrap_or_else(|| with_default_tag(&defaults.image, &defaults.version_tag));
+    let quantity = |key: &str, default: &str| -> Option<String> {
+        let value = config.get(key).map(String::as_str).unwrap_or(default);
+        (value != "0" && !value.is_empty()).then(|| value.to_string())
+    };
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = quantity("cpuRequest", "100m") {
+        requests.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = quantity("memRequest", "128Mi") {
+        requests.insert("memory".into(), json!(memory));
+    }
+    if let Some(cpu) = quantity("cpuLimit", "100m") {
+        limits.insert("cpu".into(), json!(cpu));
+    }
+    if let Some(memory) = quantity("memLimit", "128Mi") {
+        limits.insert("memory".into(), json!(memory));
+    }
+    json!({
+        "name": RESTORE_HELPER,
+        "image": image,
+        "args": [restore_uid],
+        "env": [
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "resources": {"requests": requests, "limits": limits},
+    })
+}
+
+async fn helper_container(
+    cluster: &Cluster,
+    defaults: &RestoreHelperDefaults,
+    restore_uid: &str,
+) -> Result<Value> {
+    let config = cluster.restore_helper_config().await?;
+    Ok(helper_spec(&config, defaults, restore_uid))
+}
+
+/// Whether the recreated pod is on a node with the restore helper running (or past it).
+fn helper_started(pod: &Pod) -> Option<String> {
+    let node = pod
+        .spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())?;
+    let status = pod.status.as_ref()?;
+    let helper_running = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|s| {
+            s.name == RESTORE_HELPER
+                && s.state
+                    .as_ref()
+                    .is_some_and(|state| state.running.is_some() || state.terminated.is_some())
+        });
+    (helper_running || status.phase.as_deref() == Some("Running")).then_some(node)
+}
+
+async fn restore_pod(deps: &Deps, entry: &Arc<RestoreEntry>, plan: PodPlan) {
+    let fail_all = |message: String| {
+        entry.log(
+            "error",
+            format!("pod {}/{}: {message}", plan.namespace, plan.name),
+        );
+        entry.update(|restore| {
+            let status = restore.status.get_or_insert_with(Default::default);
+            for &index in &plan.volumes {
+                if let Some(volume) = status.volumes.get_mut(index) {
+                    volume.phase = VolumePhase::Failed as i32;
+                    volume.error_message = message.clone();
+                    volume.finished = Some(now());
+                }
+            }
+            recount(status);
+        });
+    };
+    let Some(cluster) = deps.cluster.as_ref() else {
+        return;
+    };
+    let deadline = Instant::now() + deps.limits.pod_start_timeout;
+    let (pod, node) = loop {
+        match cluster.pod(&plan.namespace, &plan.name).await {
+            Ok(Some(pod)) => {
+                if let Some(node) = helper_started(&pod) {
+                    break (pod, node);
+                }
+            }
+            Ok(None) => return fail_all("the recreated pod was deleted".to_string()),
+            Err(error) => entry.log("warning", error.to_string()),
+        }
+        if Instant::now() >= deadline {
+            return fail_all(format!(
+                "the pod was not scheduled with its restore helper running within {:?}",
+                deps.limits.pod_start_timeout
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(deps.limits.poll_interval) => {}
+            () = entry.cancel.cancelled() => return fail_all("the restore was cancelled".to_string()),
+        }
+    };
+    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+    entry.log(
+        "info",
+        format!(
+            "pod {}/{} runs its restore helper on node {node}",
+            plan.namespace, plan.name
+        ),
+    );
+    for &index in &plan.volumes {
+        restore_volume(deps, entry, cluster, index, &pod_uid, &node).await;
+    }
+}
+
+async fn restore_volume(
+    deps: &Deps,
+    entry: &Arc<RestoreEntry>,
+    cluster: &Cluster,
+    index: usize,
+    pod_uid: &str,
+    node: &str,
+) {
+    let restore = entry.get();
+    let Some(volume) = restore
+        .status
+        .clone()
+        .unwrap_or_default()
+        .volumes
+        .get(index)
+        .cloned()
+    else {
+        return;
+    };
+    let mut reference = volume.volume.clone().unwrap_or_default();
+    reference.pod_uid = pod_uid.to_string();
+    let span = tracing::info_span!(
+        "restore_volume",
+        restore = %restore.name,
+        namespace = %reference.namespace,
+        pod = %reference.pod_name,
+        volume = %reference.volume_name,
+        node = %node,
+        snapshot_id = %volume.snapshot_id,
+        bytes = field::Empty,
+    );
+    let result = async {
+        if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
+            let pvc = cluster.pvc(&reference.namespace, &reference.pvc_name).await?;
+            reference.pv_name = pvc
+                .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
+                .filter(|pv| !pv.is_empty())
+                .ok_or_else(|| Error::Failed(format!("PVC {} is not bound", reference.pvc_name)))?;
+        }
+        update_volume(entry, index, |v| {
+            v.volume = Some(reference.clone());
+            v.node = node.to_string();
+            v.phase = VolumePhase::InProgress as i32;
+            v.started = Some(now());
+        });
+        mirror_restore_volume(deps, entry, index).await;
+        let access = deps
+            .repo_manager
+            .clone()
+            .get_repository_access(GetRepositoryAccessRequest {
+                namespace: volume.source_namespace.clone(),
+            })
+            .await
+            .map_err(Error::rpc("repo-manager", "repository access"))?
+            .into_inner();
+        let mut agent = deps.agents.for_node(node).await?;
+        let mut stream = agent
+            .restore_volume(RestoreVolumeRequest {
+                operation_id: format!("{}-{index}", restore.uid),
+                volume: Some(reference.clone()),
+                repository: Some(access),
+                snapshot_id: volume.snapshot_id.clone(),
+                restore_uid: restore.uid.clone(),
+                restore_name: restore.name.clone(),
+            })
+            .await
+            .map_err(Error::rpc("volume agent", format!("restore on node {node}")))?
+            .into_inner();
+        loop {
+            let event = tokio::select! {
+                event = stream.message() => event.map_err(Error::rpc("volume agent", format!("restore on node {node}")))?,
+                () = entry.cancel.cancelled() => return Err(Error::Failed("the restore was cancelled".to_string())),
+            };
+            match event.and_then(|e| e.event) {
+                Some(restore_volume_event::Event::Queued(_)) => {
+                    update_volume(entry, index, |v| v.phase = VolumePhase::Queued as i32);
+                }
+                Some(restore_volume_event::Event::Progress(progress)) => {
+                    update_volume(entry, index, |v| {
+                        v.phase = VolumePhase::InProgress as i32;
+                        v.progress = Some(progress);
+                    });
+                }
+                Some(restore_volume_event::Event::Result(result)) => {
+                    tracing::Span::current().record("bytes", result.bytes_restored);
+                    update_volume(entry, index, |v| {
+                        v.progress = Some(Progress {
+                            bytes_done: result.bytes_restored,
+                            bytes_total: result.bytes_restored,
+                            files_done: result.files_restored,
+                            files_total: result.files_restored,
+                            seconds_elapsed: result.duration_seconds,
+                        });
+                    });
+                    return Ok(());
+                }
+                None => {
+                    return Err(Error::Failed(format!(
+                        "agent on node {node} ended the stream without a result"
+                    )));
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    let what = format!(
+        "{}/{} volume {}",
+        reference.namespace, reference.pod_name, reference.volume_name
+    );
+    match result {
+        Ok(()) => {
+            entry.log(
+                "info",
+                format!("{what} restored from snapshot {}", volume.snapshot_id),
+            );
+            update_volume(entry, index, |v| {
+                v.phase = VolumePhase::Completed as i32;
+                v.finished = Some(now());
+            });
+        }
+        Err(error) => {
+            entry.log("error", format!("{what} failed: {error}"));
+            update_volume(entry, index, |v| {
+                v.phase = VolumePhase::Failed as i32;
+                v.error_message = error.to_string();
+                v.finished = Some(now());
+            });
+        }
+    }
+    mirror_restore_volume(deps, entry, index).await;
+}
+
+fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut PodVolumeRestore)) {
+    entry.update(|restore| {
+        let status = restore.status.get_or_insert_with(Default::default);
+        if let Some(volume) = status.volumes.get_mut(index) {
+            change(volume);
+        }
+        recount(status);
+    });
+}
+
+async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) {
+    let Some(cluster) = &deps.cluster else {
+        return;
+    };
+    let restore = entry.get();
+    let Some(volume) = restore
+        .status
+        .clone()
+        .unwrap_or_default()
+        .volumes
+        .get(index)
+        .cloned()
+    else {
+        return;
+    };
+    let reference = volume.volume.clone().unwrap_or_default();
+    let name = mirror::object_name(
+        &restore.name,
+        &format!("{}/{}", reference.namespace, reference.pod_name),
+        &reference.volume_name,
+    );
+    let phase = match VolumePhase::try_from(volume.phase).unwrap_or_default() {
+        VolumePhase::InProgress | VolumePhase::Queued => "InProgress",
+        VolumePhase::Completed => "Completed",
+        VolumePhase::Failed | VolumePhase::Cancelled => "Failed",
+        _ => "New",
+    };
+    let progress = volume.progress.clone().unwrap_or_default();
+    let labels =
+        json!({"velero.io/restore-name": restore.name, "velero.io/restore-uid": restore.uid});
+    let spec = json!({
+        "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
+        "volume": reference.volume_name,
+        "snapshotID": volume.snapshot_id,
+        "sourceNamespace": volume.source_namespace,
+        "uploaderType": "restic",
+    });
+    let status = json!({
+        "phase": phase,
+        "message": volume.error_message,
+        "progress": {"totalBytes": progress.bytes_total, "bytesDone": progress.bytes_done},
+        "startTimestamp": volume.started.as_ref().map(rfc3339),
+        "completionTimestamp": volume.finished.as_ref().map(rfc3339),
+    });
+    if let Err(error) = mirror::upsert(
+        cluster,
+        MirrorKind::PodVolumeRestore,
+        &name,
+        labels,
+        spec,
+        status,
+    )
+    .await
+    {
+        tracing::warn!(%error, "mirroring PodVolumeRestore {name}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> RestoreHelperDefaults {
+        RestoreHelperDefaults {
+            image: "ghcr.io/stowage/restore-helper".into(),
+            version_tag: "v0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn untagged_images_get_the_version_tag() {
+        assert_eq!(with_default_tag("repo/helper", "v1"), "repo/helper:v1");
+        assert_eq!(with_default_tag("repo/helper:2", "v1"), "repo/helper:2");
+        assert_eq!(
+            with_default_tag("host:5000/helper", "v1"),
+            "host:5000/helper:v1"
+        );
+        assert_eq!(
+            with_default_tag("helper@sha256:ab", "v1"),
+            "helper@sha256:ab"
+        );
+    }
+
+    #[test]
+    fn helper_resources_come_from_the_config_map_with_zero_unbounded() {
+        let spec = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
+        assert_eq!(spec["image"], "ghcr.io/stowage/restore-helper:v0.1.0");
+        assert_eq!(spec["args"], json!(["uid-1"]));
+        assert_eq!(spec["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(spec["resources"]["limits"]["memory"], "128Mi");
+        let config = BTreeMap::from([
+            ("image".to_string(), "my/helper".to_string()),
+            ("cpuLimit".to_string(), "0".to_string()),
+            ("memRequest".to_string(), "64Mi".to_string()),
+        ]);
+        let spec = helper_spec(&config, &defaults(), "uid-1");
+        assert_eq!(spec["image"], "my/helper:v0.1.0");
+        assert!(spec["resources"]["limits"].get("cpu").is_none());
+        assert_eq!(spec["resources"]["requests"]["memory"], "64Mi");
+    }
+
+    #[test]
+    fn recreated_pods_run_the_helper_first_and_lose_their_node() {
+        let manifest = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "sample", "namespace": "foo", "uid": "old", "resourceVersion": "3"},
+            "spec": {
+                "nodeName": "node-a",
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [{"name": "app", "image": "busybox"}],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+            "status": {"phase": "Running"},
+        });
+        let helper = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
+        let pod = restorable_pod(&manifest, "bar", &helper, &["data".to_string()]).unwrap();
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("bar"));
+        assert!(pod.metadata.uid.is_none());
+        assert!(pod.status.is_none());
+        let spec = pod.spec.unwrap();
+        assert!(spec.node_name.is_none());
+        let init = spec.init_containers.unwrap();
+        assert_eq!(init[0].name, RESTORE_HELPER);
+        assert_eq!(init[1].name, "setup");
+        let mounts = init[0].volume_mounts.clone().unwrap();
+        assert_eq!(mounts[0].mount_path, "/restores/data");
+    }
+}

@@ -1,0 +1,173 @@
+//! The in-memory index of backups and restores: the current state of each behind a watch
+//! channel (WatchBackup/WatchRestore subscribe to it), its cancellation token, and the log lines
+//! kept with it. The index knows nothing of gRPC handlers or the Kubernetes API.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use stowage_proto::{
+    prost_types::Timestamp,
+    v1::{Backup, LogLine, Restore},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub fn now() -> Timestamp {
+    let now = chrono::Utc::now();
+    Timestamp {
+        seconds: now.timestamp(),
+        nanos: now.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// One backup or restore: its state, how to stop it, and its log.
+pub struct Entry<T> {
+    state: watch::Sender<T>,
+    pub cancel: CancellationToken,
+    logs: Mutex<Vec<LogLine>>,
+}
+
+impl<T: Clone> Entry<T> {
+    pub fn new(value: T, logs: Vec<LogLine>, cancel: CancellationToken) -> Arc<Entry<T>> {
+        Arc::new(Entry {
+            state: watch::Sender::new(value),
+            cancel,
+            logs: Mutex::new(logs),
+        })
+    }
+
+    pub fn get(&self) -> T {
+        self.state.borrow().clone()
+    }
+
+    /// Applies `change` and wakes every watcher.
+    pub fn update(&self, change: impl FnOnce(&mut T)) -> T {
+        self.state.send_modify(change);
+        self.get()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<T> {
+        self.state.subscribe()
+    }
+
+    /// Keeps a log line with the backup or restore (GetBackupLogs returns them).
+    pub fn log(&self, level: &str, message: impl Into<String>) {
+        let message = message.into();
+        match level {
+            "error" => tracing::error!("{message}"),
+            "warning" => tracing::warn!("{message}"),
+            _ => tracing::info!("{message}"),
+        }
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(LogLine {
+                time: Some(now()),
+                level: level.to_string(),
+                message,
+            });
+    }
+
+    pub fn logs(&self) -> Vec<LogLine> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+pub type BackupEntry = Entry<Backup>;
+pub type RestoreEntry = Entry<Restore>;
+
+#[derive(Default)]
+pub struct Index {
+    backups: RwLock<BTreeMap<String, Arc<BackupEntry>>>,
+    restores: RwLock<BTreeMap<String, Arc<RestoreEntry>>>,
+}
+
+impl Index {
+    pub fn backup(&self, name: &str) -> Option<Arc<BackupEntry>> {
+        self.backups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Adds `entry` under `name` unless the name is taken; false when it is.
+    pub fn insert_backup(&self, name: &str, entry: Arc<BackupEntry>) -> bool {
+        let mut backups = self.backups.write().unwrap_or_else(|e| e.into_inner());
+        if backups.contains_key(name) {
+            return false;
+        }
+        backups.insert(name.to_string(), entry);
+        true
+    }
+
+    pub fn remove_backup(&self, name: &str) {
+        self.backups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    pub fn backups(&self) -> Vec<Arc<BackupEntry>> {
+        self.backups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn restore(&self, name: &str) -> Option<Arc<RestoreEntry>> {
+        self.restores
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn insert_restore(&self, name: &str, entry: Arc<RestoreEntry>) -> bool {
+        let mut restores = self.restores.write().unwrap_or_else(|e| e.into_inner());
+        if restores.contains_key(name) {
+            return false;
+        }
+        restores.insert(name.to_string(), entry);
+        true
+    }
+
+    pub fn restores(&self) -> Vec<Arc<RestoreEntry>> {
+        self.restores
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn watchers_see_updates_and_names_are_unique() {
+        let index = Index::default();
+        let entry = Entry::new(
+            Backup {
+                name: "a".into(),
+                ..Default::default()
+            },
+            Vec::new(),
+            CancellationToken::new(),
+        );
+        assert!(index.insert_backup("a", entry.clone()));
+        assert!(!index.insert_backup("a", entry.clone()));
+        let mut watcher = index.backup("a").unwrap().subscribe();
+        entry.update(|backup| backup.uid = "u1".into());
+        watcher.changed().await.unwrap();
+        assert_eq!(watcher.borrow().uid, "u1");
+        entry.log("info", "hello");
+        assert_eq!(entry.logs()[0].message, "hello");
+    }
+}

@@ -1,0 +1,630 @@
+//! The backup files in the object store, read and written only through `stowage-velero-format`
+//! (layout and record formats) over the store `stowage-storage-location` opens. This module
+//! only translates between those records and the API's `Backup` message.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use stowage_proto::{
+    prost_types,
+    v1::{
+        Backup, BackupOrigin, BackupPhase, BackupSpec, BackupStatus, LogLine, PodVolumeBackup,
+        PodVolumeRef, Progress, SkipReason, SkippedVolume, VolumePhase, VolumeSource,
+    },
+};
+use stowage_storage_location::object_store::{ObjectStore, ObjectStoreExt, path::Path};
+use stowage_velero_format as vf;
+
+use crate::{
+    backup::{recount, to_duration},
+    error::{Error, Result},
+    kube::mirror,
+};
+
+/// The object store of the storage location, with the namespace stowage runs in (the
+/// namespace Velero's records name as theirs).
+#[derive(Clone)]
+pub struct Store {
+    store: Arc<dyn ObjectStore>,
+    server_namespace: String,
+}
+
+fn store_error(error: vf::FormatError) -> Error {
+    Error::Store(error.to_string())
+}
+
+fn to_chrono(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(timestamp.seconds, timestamp.nanos.max(0) as u32)
+}
+
+fn to_timestamp(time: &DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn backup_phase_name(phase: i32) -> String {
+    match BackupPhase::try_from(phase).unwrap_or_default() {
+        BackupPhase::Unspecified | BackupPhase::New => "New",
+        BackupPhase::InProgress => "InProgress",
+        BackupPhase::Completed => "Completed",
+        BackupPhase::PartiallyFailed => "PartiallyFailed",
+        BackupPhase::Failed => "Failed",
+        BackupPhase::Cancelled => "Cancelled",
+        BackupPhase::Deleting => "Deleting",
+    }
+    .to_string()
+}
+
+fn backup_phase_from(name: &str) -> BackupPhase {
+    match name {
+        "New" | "" => BackupPhase::New,
+        "InProgress" | "WaitingForPluginOperations" | "Finalizing" => BackupPhase::InProgress,
+        "Completed" => BackupPhase::Completed,
+        "PartiallyFailed"
+        | "WaitingForPluginOperationsPartiallyFailed"
+        | "FinalizingPartiallyFailed" => BackupPhase::PartiallyFailed,
+        "Cancelled" => BackupPhase::Cancelled,
+        "Deleting" => BackupPhase::Deleting,
+        _ => BackupPhase::Failed,
+    }
+}
+
+fn volume_phase_name(phase: i32) -> &'static str {
+    match VolumePhase::try_from(phase).unwrap_or_default() {
+        VolumePhase::Unspecified | VolumePhase::Pending => "New",
+        VolumePhase::Queued | VolumePhase::InProgress => "InProgress",
+        VolumePhase::Completed => "Completed",
+        VolumePhase::Failed => "Failed",
+        VolumePhase::Cancelled => "Canceled",
+    }
+}
+
+fn volume_phase_from(name: &str) -> VolumePhase {
+    match name {
+        "New" | "" => VolumePhase::Pending,
+        "InProgress" => VolumePhase::InProgress,
+        "Completed" => VolumePhase::Completed,
+        "Canceled" | "Cancelled" => VolumePhase::Cancelled,
+        _ => VolumePhase::Failed,
+    }
+}
+
+impl Store {
+    pub fn new(store: Arc<dyn ObjectStore>, server_namespace: String) -> Store {
+        Store {
+            store,
+            server_namespace,
+        }
+    }
+
+    /// Writes every file of `backup`: the stowage record, the PodVolumeBackups, the logs,
+    /// `resources` when given, and the Backup record last, so a reader that finds the record
+    /// finds the rest.
+    pub async fn save_backup(
+        &self,
+        backup: &Backup,
+        logs: &[LogLine],
+        resources: Option<&[Value]>,
+    ) -> Result<()> {
+        let store = self.store.as_ref();
+        let name = backup.name.as_str();
+        let (record, info, pod_volume_backups) = self.to_records(backup);
+        vf::store::write_stowage_info(store, name, &info)
+            .await
+            .map_err(store_error)?;
+        vf::store::write_pod_volume_backups(store, name, &pod_volume_backups)
+            .await
+            .map_err(store_error)?;
+        vf::store::write_logs(store, name, &render_logs(logs))
+            .await
+            .map_err(store_error)?;
+        if let Some(objects) = resources {
+            let mut tarball = vf::BackupResources::new();
+            for object in objects {
+                tarball.insert_object(object.clone()).map_err(store_error)?;
+            }
+            vf::store::write_resources(store, name, &tarball)
+                .await
+                .map_err(store_error)?;
+        }
+        vf::store::write_backup_record(store, &record)
+            .await
+            .map_err(store_error)
+    }
+
+    fn to_records(
+        &self,
+        backup: &Backup,
+    ) -> (vf::Backup, vf::StowageBackupInfo, Vec<vf::PodVolumeBackup>) {
+        let spec = backup.spec.clone().unwrap_or_default();
+        let status = backup.status.clone().unwrap_or_default();
+        let mut record = vf::Backup::new(&backup.name, &self.server_namespace);
+        record.metadata.uid = Some(backup.uid.clone());
+        record.spec.included_namespaces = spec.included_namespaces.clone();
+        record.spec.excluded_namespaces = spec.excluded_namespaces.clone();
+        if !spec.label_selector.is_empty() {
+            record.spec.label_selector = Some(vf::LabelSelector {
+                match_labels: spec.label_selector.clone().into_iter().collect(),
+                ..Default::default()
+            });
+        }
+        record.spec.ttl = to_duration(spec.ttl.as_ref()).map(vf::format_go_duration);
+        record.spec.default_volumes_to_fs_backup = Some(spec.default_volumes_to_fs_backup);
+        record.status.phase = Some(vf::BackupPhase::from(backup_phase_name(status.phase)));
+        record.status.start_timestamp = status.started.as_ref().and_then(to_chrono);
+        record.status.completion_timestamp = status.finished.as_ref().and_then(to_chrono);
+        record.status.expiration = status.expiration.as_ref().and_then(to_chrono);
+        record.status.errors = Some(i64::from(status.volumes_failed));
+
+        let mut info = vf::StowageBackupInfo::new(&backup.uid);
+        info.written_by = Some(env!("CARGO_PKG_VERSION").to_string());
+        let mut extra = BTreeMap::new();
+        extra.insert("traceId".to_string(), json!(status.trace_id));
+        extra.insert("failureReason".to_string(), json!(status.failure_reason));
+        if let Some(timeout) = to_duration(spec.timeout.as_ref()) {
+            extra.insert("timeoutSeconds".to_string(), json!(timeout.as_secs()));
+        }
+        info.extra = extra;
+        let mut pod_volume_backups = Vec::new();
+        for volume in &status.volumes {
+            let reference = volume.volume.clone().unwrap_or_default();
+            let progress = volume.progress.clone().unwrap_or_default();
+            if !volume.repository.is_empty() {
+                info.namespaces
+                    .entry(reference.namespace.clone())
+                    .or_insert_with(|| vf::stowage::NamespaceRepository {
+                        repository_url: volume.repository.clone(),
+                        ..Default::default()
+                    });
+            }
+            let source = VolumeSource::try_from(reference.source).unwrap_or_default();
+            let mut record_extra = BTreeMap::new();
+            record_extra.insert("source".to_string(), json!(source.as_str_name()));
+            record_extra.insert("bytesAdded".to_string(), json!(volume.bytes_added));
+            record_extra.insert("filesNew".to_string(), json!(volume.files_new));
+            record_extra.insert("filesChanged".to_string(), json!(volume.files_changed));
+            record_extra.insert(
+                "filesUnmodified".to_string(),
+                json!(volume.files_unmodified),
+            );
+            info.volumes.push(vf::stowage::VolumeRecord {
+                namespace: reference.namespace.clone(),
+                pod: reference.pod_name.clone(),
+                pod_uid: reference.pod_uid.clone(),
+                volume: reference.volume_name.clone(),
+                pvc: Some(reference.pvc_name.clone()).filter(|s| !s.is_empty()),
+                pv: Some(reference.pv_name.clone()).filter(|s| !s.is_empty()),
+                node: volume.node.clone(),
+                stable_id: volume.stable_identity.clone(),
+                snapshot_id: Some(volume.snapshot_id.clone()).filter(|s| !s.is_empty()),
+                parent_snapshot_id: Some(volume.parent_snapshot_id.clone())
+                    .filter(|s| !s.is_empty()),
+                phase: volume_phase_name(volume.phase).to_string(),
+                message: volume.error_message.clone(),
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+                files_done: progress.files_done,
+                files_total: progress.files_total,
+                started: volume.started.as_ref().and_then(to_chrono),
+                finished: volume.finished.as_ref().and_then(to_chrono),
+                progress: Vec::new(),
+                extra: record_extra,
+            });
+
+            let mut pvb = vf::PodVolumeBackup::new(
+                mirror::object_name(&backup.name, &reference.pod_uid, &reference.volume_name),
+                &self.server_namespace,
+            );
+            pvb.metadata.labels = BTreeMap::from([
+                ("velero.io/backup-name".to_string(), backup.name.clone()),
+                ("velero.io/backup-uid".to_string(), backup.uid.clone()),
+            ]);
+            pvb.spec.node = volume.node.clone();
+            pvb.spec.pod = vf::pod_volume_backup::PodReference {
+                kind: "Pod".to_string(),
+                namespace: reference.namespace.clone(),
+                name: reference.pod_name.clone(),
+                uid: reference.pod_uid.clone(),
+                ..Default::default()
+            };
+            pvb.spec.volume = reference.volume_name.clone();
+            pvb.spec.repo_identifier = volume.repository.clone();
+            pvb.spec.uploader_type = Some("restic".to_string());
+            pvb.spec.tags = BTreeMap::from([
+                ("backup".to_string(), backup.name.clone()),
+                ("backup-uid".to_string(), backup.uid.clone()),
+                ("ns".to_string(), reference.namespace.clone()),
+                ("pod".to_string(), reference.pod_name.clone()),
+                ("pod-uid".to_string(), reference.pod_uid.clone()),
+                ("volume".to_string(), reference.volume_name.clone()),
+            ]);
+            pvb.status.phase = Some(vf::pod_volume_backup::PodVolumeBackupPhase::from(
+                volume_phase_name(volume.phase).to_string(),
+            ));
+            pvb.status.snapshot_id = volume.snapshot_id.clone();
+            pvb.status.message = volume.error_message.clone();
+            pvb.status.start_timestamp = volume.started.as_ref().and_then(to_chrono);
+            pvb.status.completion_timestamp = volume.finished.as_ref().and_then(to_chrono);
+            pvb.status.progress = Some(vf::pod_volume_backup::PodVolumeOperationProgress {
+                total_bytes: progress.bytes_total,
+                bytes_done: progress.bytes_done,
+                ..Default::default()
+            });
+            pod_volume_backups.push(pvb);
+        }
+        for skipped in &status.skipped {
+            let reason = SkipReason::try_from(skipped.reason).unwrap_or_default();
+            info.skipped.push(vf::stowage::SkippedVolume {
+                namespace: skipped.namespace.clone(),
+                pod: skipped.pod.clone(),
+                volume: skipped.volume.clone(),
+                reason: format!("{}: {}", reason.as_str_name(), skipped.detail),
+            });
+        }
+        (record, info, pod_volume_backups)
+    }
+
+    /// Every backup in the location, with its log lines.
+    pub async fn load_backups(&self) -> Result<Vec<(Backup, Vec<LogLine>)>> {
+        let store = self.store.as_ref();
+        let listing = vf::store::list_backups(store).await.map_err(store_error)?;
+        let mut backups = Vec::new();
+        for listed in listing.backups {
+            let mut backup = from_records(&listed.backup, listed.stowage.as_ref());
+            if listed.stowage.is_none() {
+                // Velero's restic-era backup: its volumes are in the PodVolumeBackups file.
+                match vf::store::read_pod_volume_backups(store, &listed.name).await {
+                    Ok(pvbs) => {
+                        let status = backup.status.get_or_insert_with(Default::default);
+                        status.volumes = pvbs.iter().map(from_velero_pvb).collect();
+                        recount(status);
+                    }
+                    Err(error) => backup.unrestorable_reason = error.to_string(),
+                }
+            }
+            let logs = match vf::store::read_logs(store, &listed.name).await {
+                Ok(Some(text)) => parse_logs(&text),
+                _ => Vec::new(),
+            };
+            backups.push((backup, logs));
+        }
+        for failure in listing.failures {
+            tracing::warn!(backup = %failure.name, error = %failure.error, "unreadable backup");
+        }
+        Ok(backups)
+    }
+
+    /// The manifests (pods, PVCs) a restore recreates.
+    pub async fn load_resources(&self, name: &str) -> Result<Vec<Value>> {
+        let resources = vf::store::read_resources(self.store.as_ref(), name)
+            .await
+            .map_err(store_error)?
+            .unwrap_or_default();
+        Ok(resources.objects.into_values().collect())
+    }
+
+    /// Deletes every file under `backups/<name>/`.
+    pub async fn delete_backup(&self, name: &str) -> Result<()> {
+        let keys = vf::store::list_backup_keys(self.store.as_ref(), name)
+            .await
+            .map_err(store_error)?;
+        for key in keys {
+            self.store
+                .delete(&Path::from(key.as_str()))
+                .await
+                .map_err(|error| Error::Store(format!("deleting {key}: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Backup {
+    let phase = backup_phase_from(record.status.phase.as_ref().map_or("", |p| p.as_str()));
+    let mut status = BackupStatus {
+        phase: phase as i32,
+        started: record.status.start_timestamp.as_ref().map(to_timestamp),
+        finished: record
+            .status
+            .completion_timestamp
+            .as_ref()
+            .map(to_timestamp),
+        expiration: record.status.expiration.as_ref().map(to_timestamp),
+        ..Default::default()
+    };
+    let ttl = record.ttl().map(|ttl| prost_types::Duration {
+        seconds: ttl.as_secs() as i64,
+        nanos: 0,
+    });
+    let mut spec = BackupSpec {
+        included_namespaces: record.spec.included_namespaces.clone(),
+        excluded_namespaces: record.spec.excluded_namespaces.clone(),
+        label_selector: record
+            .spec
+            .label_selector
+            .as_ref()
+            .map(|s| s.match_labels.clone().into_iter().collect())
+            .unwrap_or_default(),
+        default_volumes_to_fs_backup: record.default_volumes_to_fs_backup(),
+        ttl,
+        timeout: None,
+    };
+    let mut origin = BackupOrigin::Velero;
+    if let Some(info) = info {
+        origin = BackupOrigin::Stowage;
+        let text = |key: &str| {
+            info.extra
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        status.trace_id = text("traceId");
+        status.failure_reason = text("failureReason");
+        if let Some(seconds) = info.extra.get("timeoutSeconds").and_then(Value::as_u64) {
+            spec.timeout = Some(prost_types::Duration {
+                seconds: seconds as i64,
+                nanos: 0,
+            });
+        }
+        let repositories: BTreeMap<&str, &str> = info
+            .namespaces
+            .iter()
+            .map(|(ns, repo)| (ns.as_str(), repo.repository_url.as_str()))
+            .collect();
+        status.volumes = info
+            .volumes
+            .iter()
+            .map(|record| {
+                let number = |key: &str| record.extra.get(key).and_then(Value::as_u64).unwrap_or(0);
+                let source = record
+                    .extra
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .and_then(VolumeSource::from_str_name)
+                    .unwrap_or(if record.pvc.is_some() {
+                        VolumeSource::PersistentVolumeClaim
+                    } else {
+                        VolumeSource::EmptyDir
+                    });
+                PodVolumeBackup {
+                    volume: Some(PodVolumeRef {
+                        namespace: record.namespace.clone(),
+                        pod_name: record.pod.clone(),
+                        pod_uid: record.pod_uid.clone(),
+                        volume_name: record.volume.clone(),
+                        source: source as i32,
+                        pv_name: record.pv.clone().unwrap_or_default(),
+                        pvc_name: record.pvc.clone().unwrap_or_default(),
+                    }),
+                    node: record.node.clone(),
+                    phase: volume_phase_from(&record.phase) as i32,
+                    snapshot_id: record.snapshot_id.clone().unwrap_or_default(),
+                    parent_snapshot_id: record.parent_snapshot_id.clone().unwrap_or_default(),
+                    stable_identity: record.stable_id.clone(),
+                    repository: repositories
+                        .get(record.namespace.as_str())
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    progress: Some(Progress {
+                        bytes_done: record.bytes_done,
+                        bytes_total: record.bytes_total,
+                        files_done: record.files_done,
+                        files_total: record.files_total,
+                        seconds_elapsed: 0.0,
+                    }),
+                    bytes_added: number("bytesAdded"),
+                    files_new: number("filesNew"),
+                    files_changed: number("filesChanged"),
+                    files_unmodified: number("filesUnmodified"),
+                    started: record.started.as_ref().map(to_timestamp),
+                    finished: record.finished.as_ref().map(to_timestamp),
+                    error_message: record.message.clone(),
+                }
+            })
+            .collect();
+        status.skipped = info
+            .skipped
+            .iter()
+            .map(|skipped| {
+                let (code, detail) = skipped
+                    .reason
+                    .split_once(": ")
+                    .unwrap_or(("", skipped.reason.as_str()));
+                SkippedVolume {
+                    namespace: skipped.namespace.clone(),
+                    pod: skipped.pod.clone(),
+                    volume: skipped.volume.clone(),
+                    reason: SkipReason::from_str_name(code).unwrap_or_default() as i32,
+                    detail: detail.to_string(),
+                }
+            })
+            .collect();
+        recount(&mut status);
+    }
+    Backup {
+        name: record.name().to_string(),
+        uid: info
+            .map(|info| info.backup_id.clone())
+            .or_else(|| record.metadata.uid.clone())
+            .unwrap_or_default(),
+        spec: Some(spec),
+        status: Some(status),
+        origin: origin as i32,
+        unrestorable_reason: String::new(),
+    }
+}
+
+fn from_velero_pvb(pvb: &vf::PodVolumeBackup) -> PodVolumeBackup {
+    PodVolumeBackup {
+        volume: Some(PodVolumeRef {
+            namespace: pvb.spec.pod.namespace.clone(),
+            pod_name: pvb.spec.pod.name.clone(),
+            pod_uid: pvb.spec.pod.uid.clone(),
+            volume_name: pvb.spec.volume.clone(),
+            ..Default::default()
+        }),
+        node: pvb.spec.node.clone(),
+        phase: volume_phase_from(pvb.status.phase.as_ref().map_or("", |p| p.as_str())) as i32,
+        snapshot_id: pvb.status.snapshot_id.clone(),
+        repository: pvb.spec.repo_identifier.clone(),
+        error_message: pvb.status.message.clone(),
+        ..Default::default()
+    }
+}
+
+/// One line per entry: `<rfc3339> <level> <message>`.
+fn render_logs(logs: &[LogLine]) -> String {
+    logs.iter()
+        .map(|line| {
+            let time = line
+                .time
+                .as_ref()
+                .and_then(to_chrono)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            format!(
+                "{time} {} {}\n",
+                line.level,
+                line.message.replace('\n', " ")
+            )
+        })
+        .collect()
+}
+
+fn parse_logs(text: &str) -> Vec<LogLine> {
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let time = parts.next().unwrap_or_default();
+            let level = parts.next().unwrap_or_default();
+            let message = parts.next().unwrap_or_default();
+            match DateTime::parse_from_rfc3339(time) {
+                Ok(parsed) => LogLine {
+                    time: Some(to_timestamp(&parsed.with_timezone(&Utc))),
+                    level: level.to_string(),
+                    message: message.to_string(),
+                },
+                // Velero's own logs are not in this shape; keep the line whole.
+                Err(_) => LogLine {
+                    time: None,
+                    level: "info".to_string(),
+                    message: line.to_string(),
+                },
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stowage_storage_location::object_store::memory::InMemory;
+
+    fn sample() -> Backup {
+        let mut status = BackupStatus {
+            phase: BackupPhase::PartiallyFailed as i32,
+            started: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            trace_id: "abc".into(),
+            volumes: vec![
+                PodVolumeBackup {
+                    volume: Some(PodVolumeRef {
+                        namespace: "foo".into(),
+                        pod_name: "sample".into(),
+                        pod_uid: "uid-1".into(),
+                        volume_name: "pvc-volume".into(),
+                        source: VolumeSource::PersistentVolumeClaim as i32,
+                        pv_name: "pv-1".into(),
+                        pvc_name: "sample-pvc".into(),
+                    }),
+                    node: "node-a".into(),
+                    phase: VolumePhase::Completed as i32,
+                    snapshot_id: "0123abcd".into(),
+                    stable_identity: "pvc-uid/p1".into(),
+                    repository: "/loc/restic/foo".into(),
+                    bytes_added: 7,
+                    ..Default::default()
+                },
+                PodVolumeBackup {
+                    volume: Some(PodVolumeRef {
+                        namespace: "foo".into(),
+                        pod_name: "sample".into(),
+                        pod_uid: "uid-1".into(),
+                        volume_name: "emptydir-volume".into(),
+                        source: VolumeSource::EmptyDir as i32,
+                        ..Default::default()
+                    }),
+                    phase: VolumePhase::Failed as i32,
+                    error_message: "no agent on node node-b".into(),
+                    ..Default::default()
+                },
+            ],
+            skipped: vec![SkippedVolume {
+                namespace: "foo".into(),
+                pod: "sample".into(),
+                volume: "host".into(),
+                reason: SkipReason::UnsupportedType as i32,
+                detail: "hostPath volumes hold node data, not pod data".into(),
+            }],
+            ..Default::default()
+        };
+        recount(&mut status);
+        Backup {
+            name: "nightly".into(),
+            uid: "b-uid".into(),
+            spec: Some(BackupSpec {
+                included_namespaces: vec!["foo".into()],
+                ..Default::default()
+            }),
+            status: Some(status),
+            origin: BackupOrigin::Stowage as i32,
+            unrestorable_reason: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saved_backup_loads_back_the_same() {
+        let store = Store::new(Arc::new(InMemory::new()), "stowage".into());
+        let backup = sample();
+        let logs = vec![LogLine {
+            time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_001,
+                nanos: 0,
+            }),
+            level: "info".into(),
+            message: "backup nightly started".into(),
+        }];
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sample", "namespace": "foo"}});
+        store
+            .save_backup(&backup, &logs, Some(std::slice::from_ref(&pod)))
+            .await
+            .unwrap();
+        let loaded = store.load_backups().await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        let (loaded, loaded_logs) = &loaded[0];
+        assert_eq!(loaded.name, backup.name);
+        assert_eq!(loaded.uid, backup.uid);
+        assert_eq!(loaded.status.as_ref().unwrap().volumes.len(), 2);
+        let status = loaded.status.clone().unwrap();
+        let original = backup.status.clone().unwrap();
+        assert_eq!(status.phase, original.phase);
+        assert_eq!(status.trace_id, "abc");
+        assert_eq!(status.volumes[0].volume, original.volumes[0].volume);
+        assert_eq!(status.volumes[0].snapshot_id, "0123abcd");
+        assert_eq!(status.volumes[0].repository, "/loc/restic/foo");
+        assert_eq!(status.volumes[0].bytes_added, 7);
+        assert_eq!(status.volumes[1].error_message, "no agent on node node-b");
+        assert_eq!(status.skipped, original.skipped);
+        assert_eq!(loaded_logs[0].message, "backup nightly started");
+        assert_eq!(store.load_resources("nightly").await.unwrap(), vec![pod]);
+
+        store.delete_backup("nightly").await.unwrap();
+        assert!(store.load_backups().await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,320 @@
+//! The Kubernetes API for tests: starts `tests/support/kube_emulator.py` (kmock's emulator with
+//! uids, resourceVersions and selectors added) on a free port, writes a kubeconfig for it, seeds
+//! objects, and plays kubelet: marks pods scheduled and running and sets init-container states.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::{
+    Api, Client, Config,
+    api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde_json::json;
+
+use crate::{TestProcess, free_port, workspace_root};
+
+/// A running emulator and the kubeconfig that points at it.
+pub struct KubeEmulator {
+    pub process: TestProcess,
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl KubeEmulator {
+    /// Starts the emulator with its log and kubeconfig in `dir`, and waits until it answers.
+    pub async fn start(dir: &Path) -> KubeEmulator {
+        let port = free_port();
+        let script = workspace_root().join("tests/support/kube_emulator.py");
+        let mut process = TestProcess::start(
+            "kube-emulator",
+            "python3",
+            &[
+                "-u".to_string(),
+                script.display().to_string(),
+                "--port".to_string(),
+                port.to_string(),
+            ],
+            &BTreeMap::new(),
+            dir,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\nusers:\n- name: emulator\n  user: {{}}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\ncurrent-context: emulator\n"
+            ),
+        )
+        .expect("writing the kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!(
+                    "kube emulator exited with {status}; log:\n{}",
+                    process.log()
+                );
+            }
+            if process.log().contains("listening on") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube emulator did not start; log:\n{}",
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        KubeEmulator {
+            process,
+            url,
+            kubeconfig,
+        }
+    }
+
+    /// `KUBECONFIG=<path>` for services that talk to the emulator.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "KUBECONFIG".to_string(),
+            self.kubeconfig.display().to_string(),
+        )])
+    }
+
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading the kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("a client config from the kubeconfig");
+        Client::try_from(config).expect("a kube client")
+    }
+}
+
+/// Creates `object` (any kind) in the emulator and returns it as stored, with its uid.
+pub async fn create<K>(client: &Client, namespace: Option<&str>, object: serde_json::Value) -> K
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let object: DynamicObject = serde_json::from_value(object).expect("a valid object");
+    let created = api
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("creating the object in the emulator");
+    serde_json::from_value(serde_json::to_value(created).expect("serializable"))
+        .expect("the stored object has the expected shape")
+}
+
+/// The objects of the seed's example, as the emulator stored them.
+pub struct Example {
+    pub namespace: String,
+    pub pod: Pod,
+    pub pvc: PersistentVolumeClaim,
+    pub pv: PersistentVolume,
+}
+
+impl Example {
+    pub fn pod_uid(&self) -> String {
+        self.pod.metadata.uid.clone().unwrap_or_default()
+    }
+    pub fn pv_name(&self) -> String {
+        self.pv.metadata.name.clone().unwrap_or_default()
+    }
+}
+
+/// Seeds Velero's example: namespace `namespace` with pod `sample` on `node`, volumes
+/// `pvc-volume` (PVC `sample-pvc` bound to PV `pv-<namespace>-sample`) and `emptydir-volume`,
+/// annotated `backup.velero.io/backup-volumes: <annotation>`, owned by Deployment `sample`'s
+/// ReplicaSet, and running.
+pub async fn seed_example(
+    client: &Client,
+    namespace: &str,
+    node: &str,
+    annotation: Option<&str>,
+) -> Example {
+    ensure_namespace(client, namespace).await;
+    let pv_name = format!("pv-{namespace}-sample");
+    let pvc: PersistentVolumeClaim = create(
+        client,
+        Some(namespace),
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "sample-pvc", "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "standard",
+                "volumeName": pv_name,
+            },
+            "status": {"phase": "Bound"},
+        }),
+    )
+    .await;
+    let pv: PersistentVolume = create(
+        client,
+        None,
+        json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "standard",
+                "hostPath": {"path": format!("/mnt/{pv_name}")},
+                "claimRef": {
+                    "kind": "PersistentVolumeClaim", "namespace": namespace,
+                    "name": "sample-pvc", "uid": pvc.metadata.uid,
+                },
+            },
+            "status": {"phase": "Bound"},
+        }),
+    )
+    .await;
+    let mut annotations = serde_json::Map::new();
+    if let Some(annotation) = annotation {
+        annotations.insert(
+            "backup.velero.io/backup-volumes".to_string(),
+            json!(annotation),
+        );
+    }
+    let _: Pod = create(
+        client,
+        Some(namespace),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "sample", "namespace": namespace,
+                "labels": {"app": "sample"},
+                "annotations": annotations,
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "sample-5d8f7b9c4d", "uid": "00000000-0000-0000-0000-000000000001",
+                    "controller": true,
+                }],
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{
+                    "name": "app", "image": "busybox",
+                    "volumeMounts": [
+                        {"name": "pvc-volume", "mountPath": "/data"},
+                        {"name": "emptydir-volume", "mountPath": "/cache"},
+                    ],
+                }],
+                "volumes": [
+                    {"name": "pvc-volume", "persistentVolumeClaim": {"claimName": "sample-pvc"}},
+                    {"name": "emptydir-volume", "emptyDir": {}},
+                ],
+            },
+        }),
+    )
+    .await;
+    let pod = mark_pod_running(client, namespace, "sample", node).await;
+    Example {
+        namespace: namespace.to_string(),
+        pod,
+        pvc,
+        pv,
+    }
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api
+        .get_opt(name)
+        .await
+        .expect("reading a namespace")
+        .is_none()
+    {
+        let _: Namespace = create(
+            client,
+            None,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )
+        .await;
+    }
+}
+
+/// Plays kubelet and scheduler: binds the pod to `node` and reports it Running.
+pub async fn mark_pod_running(client: &Client, namespace: &str, name: &str, node: &str) -> Pod {
+    patch_pod(
+        client,
+        namespace,
+        name,
+        json!({
+            "spec": {"nodeName": node},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+            },
+        }),
+    )
+    .await
+}
+
+/// Plays kubelet for a recreated pod: scheduled on `node`, phase Pending, init container
+/// `init_container` running (the state the restore helper is in while it waits).
+pub async fn mark_init_container_running(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    init_container: &str,
+) -> Pod {
+    patch_pod(
+        client,
+        namespace,
+        name,
+        json!({
+            "spec": {"nodeName": node},
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "initContainerStatuses": [{
+                    "name": init_container, "image": "restore-helper", "imageID": "",
+                    "ready": false, "restartCount": 0,
+                    "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}},
+                }],
+            },
+        }),
+    )
+    .await
+}
+
+/// Merge-patches pod `namespace/name` (spec and status alike: the emulator has one object).
+pub async fn patch_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: serde_json::Value,
+) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching the pod")
+}
+
+/// Waits up to `timeout` for pod `namespace/name` to exist, and returns it.
+pub async fn wait_for_pod(client: &Client, namespace: &str, name: &str, timeout: Duration) -> Pod {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(pod) = api.get_opt(name).await.expect("reading a pod") {
+            return pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {namespace}/{name} was not created within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
