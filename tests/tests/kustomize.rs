@@ -500,7 +500,7 @@ fn orchestrator_finds_the_agents_and_the_repo_manager_it_is_deployed_with() {
         assert!(
             array(&service["spec"]["ports"])
                 .iter()
-                .any(|service_port| service_port["port"].to_string() == port),
+                .any(|service_port| service_port["port"].as_u64() == port.parse().ok()),
             "{}: Service {service_name} has port {port}",
             rendered.name
         );
@@ -508,6 +508,71 @@ fn orchestrator_finds_the_agents_and_the_repo_manager_it_is_deployed_with() {
             service["spec"]["selector"]["app.kubernetes.io/name"],
             REPO_MANAGER
         );
+    }
+}
+
+/// Whether `selector` (a `matchLabels` map) selects pods with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(match_labels) = selector["matchLabels"].as_object() else {
+        return false;
+    };
+    selector.get("matchExpressions").is_none()
+        && !match_labels.is_empty()
+        && match_labels
+            .iter()
+            .all(|(key, value)| &labels[key] == value)
+}
+
+#[test]
+fn only_the_orchestrator_may_call_the_agents_and_the_repo_manager() {
+    for rendered in all_platforms() {
+        let orchestrator_labels =
+            &rendered.get("Deployment", ORCHESTRATOR)["spec"]["template"]["metadata"]["labels"];
+        for (kind, name) in [("DaemonSet", AGENT), ("Deployment", REPO_MANAGER)] {
+            let workload = rendered.get(kind, name);
+            let pod_labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let policies: Vec<&Value> = rendered
+                .of_kind("NetworkPolicy")
+                .filter(|policy| selects(&policy["spec"]["podSelector"], pod_labels))
+                .collect();
+            assert!(
+                !policies.is_empty(),
+                "{}: no NetworkPolicy selects {name}",
+                rendered.name
+            );
+            for policy in policies {
+                assert!(
+                    array(&policy["spec"]["policyTypes"])
+                        .iter()
+                        .any(|kind| kind == "Ingress")
+                );
+                let rules = array(&policy["spec"]["ingress"]);
+                assert!(!rules.is_empty(), "{name}: an ingress rule");
+                for rule in rules {
+                    let peers = array(&rule["from"]);
+                    assert!(
+                        !peers.is_empty(),
+                        "{name}: a rule without `from` admits everyone"
+                    );
+                    for peer in peers {
+                        assert!(
+                            peer.get("ipBlock").is_none()
+                                && peer.get("namespaceSelector").is_none()
+                                && selects(&peer["podSelector"], orchestrator_labels),
+                            "{name}: peer other than the orchestrator: {peer}"
+                        );
+                    }
+                    let grpc_port = &array(&containers(workload)[0]["ports"])[0];
+                    for port in array(&rule["ports"]) {
+                        assert!(
+                            port["port"] == grpc_port["name"]
+                                || port["port"] == grpc_port["containerPort"],
+                            "{name}: {port}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
