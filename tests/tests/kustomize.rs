@@ -700,6 +700,46 @@ fn secrets_reach_containers_only_by_reference() {
     }
 }
 
+/// The emptyDir volume mounted at `path` in `container`, if any.
+fn empty_dir_at<'a>(workload: &'a Value, container: &Value, path: &str) -> Option<&'a Value> {
+    let mount = array(&container["volumeMounts"])
+        .iter()
+        .find(|mount| mount["mountPath"] == path)?;
+    let volume = volume(workload, mount["name"].as_str()?);
+    volume["emptyDir"].is_object().then_some(volume)
+}
+
+#[test]
+fn read_only_containers_can_write_tmp_and_their_scratch_dir() {
+    for rendered in all_platforms() {
+        for workload in rendered.workloads() {
+            for container in containers(workload) {
+                let name = container["name"].as_str().unwrap();
+                assert_eq!(
+                    container["securityContext"]["readOnlyRootFilesystem"], true,
+                    "{}: {name}",
+                    rendered.name
+                );
+                // restic stages pack files under $TMPDIR.
+                assert!(
+                    empty_dir_at(workload, container, "/tmp").is_some(),
+                    "{}: {name} has no writable /tmp",
+                    rendered.name
+                );
+                if let Some(Some(scratch)) =
+                    rendered.effective_env(container).get("STOWAGE_SCRATCH_DIR")
+                {
+                    assert!(
+                        empty_dir_at(workload, container, scratch).is_some(),
+                        "{}: {name}'s STOWAGE_SCRATCH_DIR {scratch} is not an emptyDir",
+                        rendered.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn jaeger_component_receives_otlp_from_every_service() {
     let rendered = render_with_components("base", &["components/jaeger"]);
