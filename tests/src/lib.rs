@@ -5,6 +5,7 @@
 
 pub mod kube;
 pub mod otlp;
+pub mod velero_fixture;
 
 use std::{
     collections::BTreeMap,

@@ -1,0 +1,356 @@
+//! The Velero-restic-era fixture, generated with the real restic into a local location, read
+//! back through `stowage-velero-format`, and checked against what restic itself reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use stowage_e2e::velero_fixture::{
+    self, Corruption, FixtureLocation, STATIC_PASSWORD, VeleroEra, VeleroFixture,
+};
+use stowage_velero_format::{
+    self as format, BackupPhase, FormatError, Origin, PodVolumeBackupPhase, resources,
+};
+
+fn local_location(dir: &std::path::Path) -> FixtureLocation {
+    FixtureLocation::Local {
+        root: dir.join("location"),
+    }
+}
+
+/// `restic snapshots --json` of a namespace's repository, opened with the static password.
+fn restic_snapshots(fixture: &VeleroFixture, namespace: &str) -> Vec<Value> {
+    let output = fixture
+        .restic(namespace, STATIC_PASSWORD, &["snapshots", "--json"])
+        .expect("running restic snapshots");
+    assert!(
+        output.status.success(),
+        "restic snapshots for {namespace}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("restic snapshots --json prints a JSON array")
+}
+
+fn snapshot_tags(snapshot: &Value) -> BTreeMap<String, String> {
+    snapshot["tags"]
+        .as_array()
+        .expect("Velero's snapshots are tagged")
+        .iter()
+        .map(|tag| {
+            let (key, value) = tag
+                .as_str()
+                .and_then(|tag| tag.split_once('='))
+                .expect("Velero tags are key=value");
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = local_location(dir.path());
+    let work = dir.path().join("work");
+    let old = velero_fixture::generate(&location, &work, "nightly-old", VeleroEra::Restic19)
+        .await
+        .unwrap();
+    let new = velero_fixture::generate(&location, &work, "nightly-new", VeleroEra::FsBackupRestic)
+        .await
+        .unwrap();
+    let store = new.object_store();
+
+    // Both backups are listed, as Velero's, with their records intact.
+    let listing = format::list_backups(&*store).await.unwrap();
+    assert!(listing.failures.is_empty(), "{:?}", listing.failures);
+    let listed: Vec<(&str, Origin)> = listing
+        .backups
+        .iter()
+        .map(|listed| (listed.name.as_str(), listed.origin()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("nightly-new", Origin::Velero),
+            ("nightly-old", Origin::Velero)
+        ]
+    );
+    let record = &listing.backups[1].backup;
+    assert_eq!(
+        record.metadata.uid.as_deref(),
+        Some(old.backup_uid.as_str())
+    );
+    assert_eq!(record.status.phase, Some(BackupPhase::Completed));
+    assert_eq!(
+        record.status.format_version.as_deref(),
+        Some(format::FORMAT_VERSION)
+    );
+    assert_eq!(record.spec.included_namespaces, ["foo", "bar"]);
+    assert_eq!(
+        record.ttl(),
+        Some(std::time::Duration::from_secs(720 * 3600))
+    );
+    assert_eq!(record.spec.default_volumes_to_restic, Some(false));
+    assert_eq!(
+        listing.backups[0].backup.spec.default_volumes_to_fs_backup,
+        Some(false)
+    );
+
+    for fixture in [&old, &new] {
+        let files = format::read_backup(&*store, &fixture.backup_name)
+            .await
+            .unwrap();
+        assert_eq!(files.origin(), Origin::Velero);
+        assert_eq!(files.backup, fixture.backup);
+        assert!(
+            format::check_backup(&*store, &fixture.backup_name)
+                .await
+                .is_empty()
+        );
+
+        // One PodVolumeBackup per volume, each carrying the snapshot restic made for it.
+        assert_eq!(files.pod_volume_backups.len(), 3);
+        for pvb in &files.pod_volume_backups {
+            let volume = fixture.volume(pvb.pod_namespace(), &pvb.spec.pod.name, &pvb.spec.volume);
+            assert_eq!(pvb.snapshot_id(), Some(volume.snapshot_id.as_str()));
+            assert_eq!(pvb.backup_name(), Some(fixture.backup_name.as_str()));
+            assert_eq!(pvb.status.phase, Some(PodVolumeBackupPhase::Completed));
+            assert_eq!(
+                pvb.spec.repo_identifier,
+                location.restic_repository(&volume.namespace)
+            );
+            assert_eq!(pvb.status.path, volume.dir.display().to_string());
+            let progress = pvb.status.progress.as_ref().unwrap();
+            let data_bytes: usize = volume.files.values().map(Vec::len).sum();
+            assert_eq!(progress.total_bytes, data_bytes as u64);
+            assert_eq!(pvb.uploader(), "restic");
+            let expect_type = (fixture.era == VeleroEra::FsBackupRestic).then_some("restic");
+            assert_eq!(pvb.spec.uploader_type.as_deref(), expect_type);
+        }
+
+        // The tarball gives what a volume restore needs: pods, the PVC and its PV.
+        let resources = files.resources.as_ref().expect("the tarball is there");
+        assert_eq!(resources.format_version.as_deref(), Some("1.1.0"));
+        let pods: BTreeSet<(Option<&str>, &str)> = resources
+            .pods()
+            .map(|(key, _)| (key.namespace.as_deref(), key.name.as_str()))
+            .collect();
+        assert_eq!(
+            pods,
+            BTreeSet::from([(Some("bar"), "web"), (Some("foo"), "sample")])
+        );
+        let sample = resources
+            .get(resources::PODS, Some("foo"), "sample")
+            .unwrap();
+        assert_eq!(
+            sample["metadata"]["annotations"]["backup.velero.io/backup-volumes"],
+            "pvc-volume,emptydir-volume"
+        );
+        let pvc = resources
+            .get(
+                resources::PERSISTENT_VOLUME_CLAIMS,
+                Some("foo"),
+                "sample-pvc",
+            )
+            .unwrap();
+        let pv_name = pvc["spec"]["volumeName"].as_str().unwrap();
+        let pv = resources
+            .get(resources::PERSISTENT_VOLUMES, None, pv_name)
+            .expect("the PVC's PV is in the tarball");
+        assert_eq!(pv["spec"]["claimRef"]["name"], "sample-pvc");
+        assert_eq!(resources.of_resource(resources::NAMESPACES).count(), 2);
+
+        let logs = files.logs.as_deref().unwrap();
+        assert!(logs.contains(&format!("backup=velero/{}", fixture.backup_name)));
+        assert!(logs.contains(&fixture.volume("bar", "web", "www").snapshot_id));
+    }
+
+    // restic agrees: each repository holds the snapshots of both backups, taken as Velero did.
+    for namespace in ["foo", "bar"] {
+        let snapshots = restic_snapshots(&new, namespace);
+        let expected = new
+            .volumes
+            .iter()
+            .filter(|v| v.namespace == namespace)
+            .count()
+            * 2;
+        assert_eq!(snapshots.len(), expected, "{namespace}: {snapshots:#?}");
+        for snapshot in &snapshots {
+            assert_eq!(snapshot["hostname"], "velero");
+            let tags = snapshot_tags(snapshot);
+            let fixture = if tags["backup"] == "nightly-old" {
+                &old
+            } else {
+                &new
+            };
+            let volume = fixture.volume(&tags["ns"], &tags["pod"], &tags["volume"]);
+            // Velero recorded restic's short id, which restic accepts wherever an id goes.
+            assert_eq!(snapshot["short_id"], volume.snapshot_id.as_str());
+            assert!(
+                snapshot["id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&volume.snapshot_id)
+            );
+            assert_eq!(snapshot["paths"][0], volume.dir.display().to_string());
+            let mut expected_keys = vec!["backup", "backup-uid", "ns", "pod", "pod-uid", "volume"];
+            if volume.claim.is_some() {
+                expected_keys.push("pvc-uid");
+            }
+            expected_keys.sort();
+            assert_eq!(
+                tags.keys().map(String::as_str).collect::<Vec<_>>(),
+                expected_keys
+            );
+            assert_eq!(tags["backup-uid"], fixture.backup_uid);
+            assert_eq!(tags["pod-uid"], volume.pod_uid);
+            if let Some((_, pvc_uid, _)) = &volume.claim {
+                assert_eq!(&tags["pvc-uid"], pvc_uid);
+            }
+        }
+    }
+
+    // Restoring the way Velero did (`restic restore <id> --target=.` in the new volume
+    // directory) gives back the files byte for byte.
+    let volume = new.volume("foo", "sample", "pvc-volume");
+    let target = dir.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    let output = std::process::Command::new("restic")
+        .current_dir(&target)
+        .args(["restore", &volume.snapshot_id, "--target=."])
+        .arg(format!("--repo={}", location.restic_repository("foo")))
+        .env("RESTIC_PASSWORD", STATIC_PASSWORD)
+        .env("RESTIC_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (relative, data) in &volume.files {
+        let restored = std::fs::read(target.join(relative)).unwrap();
+        assert_eq!(&restored, data, "{relative}");
+    }
+}
+
+#[tokio::test]
+async fn each_corrupted_copy_reports_its_broken_file_and_leaves_the_original_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = local_location(dir.path());
+    let fixture = velero_fixture::generate(
+        &location,
+        &dir.path().join("work"),
+        "weekly",
+        VeleroEra::Restic19,
+    )
+    .await
+    .unwrap();
+    let store = fixture.object_store();
+    let before = velero_fixture::snapshot_backup_objects(&*store, "weekly")
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 4, "{:?}", before.keys());
+
+    let corrupted = velero_fixture::write_corrupted_copies(&fixture)
+        .await
+        .unwrap();
+    assert_eq!(corrupted.len(), Corruption::ALL.len());
+
+    for copy in &corrupted {
+        let problems = format::check_backup(&*store, &copy.name).await;
+        assert_eq!(problems.len(), 1, "{}: {problems:?}", copy.name);
+        let problem = &problems[0];
+        assert_eq!(problem.key(), Some(copy.broken_key.as_str()), "{problem}");
+        assert!(
+            problem.to_string().starts_with(&copy.broken_key),
+            "{problem}"
+        );
+        let kind_matches = match copy.corruption {
+            Corruption::BadBackupJson | Corruption::BadPodVolumeBackupsJson => {
+                matches!(problem, FormatError::Json { .. })
+            }
+            Corruption::TruncatedPodVolumeBackupsGzip
+            | Corruption::TruncatedTarball
+            | Corruption::TruncatedLogs => matches!(problem, FormatError::Gzip { .. }),
+            Corruption::TarballNotTar => matches!(problem, FormatError::Tar { .. }),
+        };
+        assert!(kind_matches, "{:?} gave {problem:?}", copy.corruption);
+        let error = format::read_backup(&*store, &copy.name).await.unwrap_err();
+        assert_eq!(error.key(), Some(copy.broken_key.as_str()));
+    }
+
+    // The listing keeps going past the broken record and lists every other copy.
+    let listing = format::list_backups(&*store).await.unwrap();
+    let failed: Vec<&str> = listing.failures.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(failed, [Corruption::BadBackupJson.copy_name("weekly")]);
+    assert!(matches!(
+        listing.failures[0].error,
+        FormatError::Json { .. }
+    ));
+    assert_eq!(listing.backups.len(), Corruption::ALL.len());
+
+    let after = velero_fixture::snapshot_backup_objects(&*store, "weekly")
+        .await
+        .unwrap();
+    assert_eq!(before, after, "the original backup's objects changed");
+}
+
+#[tokio::test]
+async fn wrong_password_and_missing_repository_backups_parse_but_restic_cannot_open_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = local_location(dir.path());
+    let fixture = velero_fixture::generate(
+        &location,
+        &dir.path().join("work"),
+        "base",
+        VeleroEra::Restic19,
+    )
+    .await
+    .unwrap();
+    velero_fixture::write_wrong_password_backup(
+        &fixture,
+        "rotated-key",
+        "qux",
+        "operator-chose-this",
+    )
+    .await
+    .unwrap();
+    velero_fixture::write_missing_repository_backup(&fixture, "repo-gone", "gone")
+        .await
+        .unwrap();
+    let store = fixture.object_store();
+
+    for name in ["rotated-key", "repo-gone"] {
+        assert!(
+            format::check_backup(&*store, name).await.is_empty(),
+            "{name}"
+        );
+        let files = format::read_backup(&*store, name).await.unwrap();
+        assert_eq!(files.pod_volume_backups.len(), 1);
+        assert!(files.pod_volume_backups[0].snapshot_id().is_some());
+    }
+
+    let wrong = fixture
+        .restic("qux", STATIC_PASSWORD, &["snapshots", "--json"])
+        .unwrap();
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("wrong password"), "{stderr}");
+    // The repository is there and fine with its own password.
+    let right = fixture
+        .restic("qux", "operator-chose-this", &["snapshots", "--json"])
+        .unwrap();
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+
+    let missing = fixture
+        .restic("gone", STATIC_PASSWORD, &["snapshots", "--json"])
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("Is there a repository"), "{stderr}");
+    assert!(!dir.path().join("location/restic/gone").exists());
+    assert!(dir.path().join("location/restic/foo/config").exists());
+}
