@@ -5,7 +5,7 @@
 
 pub mod kube;
 pub mod otlp;
-pub mod velero_fixture;
+pub mod s3;
 
 use std::{
     collections::BTreeMap,

@@ -1,0 +1,801 @@
+//! The repo-manager against the real restic binary, with a local directory and with an
+//! S3-compatible server (moto) as the storage location: repositories are created once per
+//! namespace under concurrent calls, keys are per namespace, prune waits for backups' leases,
+//! stale restic locks are cleared while live ones are kept, state survives a restart, and no
+//! password leaks into logs or process arguments.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use stowage_e2e::{ServiceProcess, s3::S3Server, start_service};
+use stowage_proto::{
+    prost_types,
+    v1::{
+        AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest,
+        GetRepositoryAccessRequest, GetRepositoryRequest, LeaseMode, ListRepositoriesRequest,
+        MaintenanceKind, ReleaseLeaseRequest, Repository, RepositoryAccess, RepositoryPhase,
+        RotateKeyRequest, RunMaintenanceRequest, repo_manager_client::RepoManagerClient,
+    },
+};
+use tonic::{Code, transport::Channel};
+
+const MASTER_KEY: &str = "master-key-for-the-e2e-tests";
+
+type Client = RepoManagerClient<Channel>;
+
+/// A test's directories: the storage location, scratch dirs, logs.
+struct Scene {
+    dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.path("bucket")
+    }
+
+    fn local_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--storage-url".to_string(),
+            format!("file://{}", self.storage().display()),
+        ];
+        args.extend(self.common_args(extra));
+        args
+    }
+
+    fn common_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--scratch-dir".to_string(),
+            self.path("scratch").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        args
+    }
+
+    async fn start(&self, args: Vec<String>, env: BTreeMap<String, String>) -> ServiceProcess {
+        let mut env = env;
+        env.entry("STOWAGE_MASTER_KEY".into())
+            .or_insert_with(|| MASTER_KEY.into());
+        // Debug logging: the password must stay out of even the most verbose log.
+        env.insert("STOWAGE_LOG_LEVEL".into(), "debug".into());
+        start_service(
+            "stowage-repo-manager",
+            "stowage.v1.RepoManager",
+            &args,
+            &env,
+            &self.path("logs"),
+        )
+        .await
+    }
+}
+
+async fn connect(service: &ServiceProcess) -> Client {
+    RepoManagerClient::connect(service.url.clone())
+        .await
+        .expect("connecting to the repo-manager")
+}
+
+async fn ensure(client: &mut Client, namespace: &str) -> Repository {
+    client
+        .ensure_repository(EnsureRepositoryRequest {
+            namespace: namespace.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("ensure {namespace}: {status}"))
+        .into_inner()
+}
+
+async fn access(client: &mut Client, namespace: &str) -> RepositoryAccess {
+    client
+        .get_repository_access(GetRepositoryAccessRequest {
+            namespace: namespace.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn get(client: &mut Client, namespace: &str) -> Repository {
+    client
+        .get_repository(GetRepositoryRequest {
+            namespace: namespace.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn assert_ready(repository: &Repository) {
+    assert_eq!(
+        repository.phase,
+        RepositoryPhase::Ready as i32,
+        "repository {} not ready: {}",
+        repository.namespace,
+        repository.message
+    );
+}
+
+/// restic run by the test itself, as a volume agent would, with what GetRepositoryAccess gave.
+struct ResticAs {
+    url: String,
+    env: BTreeMap<String, String>,
+    password_file: PathBuf,
+    cache: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ResticAs {
+    fn new(access: &RepositoryAccess) -> ResticAs {
+        Self::with_password(access, &access.password)
+    }
+
+    fn with_password(access: &RepositoryAccess, password: &str) -> ResticAs {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&password_file)
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        ResticAs {
+            url: access.url.clone(),
+            env: access.env.clone().into_iter().collect(),
+            password_file,
+            cache: dir.path().join("cache"),
+            _dir: dir,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("restic");
+        command
+            .args(args)
+            .env("RESTIC_REPOSITORY", &self.url)
+            .env("RESTIC_PASSWORD_FILE", &self.password_file)
+            .env("RESTIC_CACHE_DIR", &self.cache)
+            .envs(&self.env)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running restic")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "restic {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `restic backup --stdin` that holds its lock until the test writes and closes stdin.
+    fn backup_from_stdin(&self, name: &str, tag: &str) -> Child {
+        self.command(&[
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            name,
+            "--tag",
+            tag,
+            "--quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting restic backup")
+    }
+
+    fn backup_dir(&self, dir: &Path, tag: &str) {
+        self.ok(&[
+            "backup",
+            "--quiet",
+            "--tag",
+            tag,
+            &dir.display().to_string(),
+        ]);
+    }
+
+    fn locks(&self) -> Vec<String> {
+        self.ok(&["list", "locks", "--no-lock"])
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn snapshot_ids(&self, tag: Option<&str>) -> Vec<String> {
+        let mut args = vec!["snapshots", "--json", "--no-lock"];
+        if let Some(tag) = tag {
+            args.extend(["--tag", tag]);
+        }
+        let text = self.ok(&args);
+        let snapshots: Option<Vec<serde_json::Value>> = serde_json::from_str(&text).unwrap();
+        let mut ids: Vec<String> = snapshots
+            .unwrap_or_default()
+            .iter()
+            .map(|snapshot| snapshot["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Feeds `data` to a `backup_from_stdin` child and waits for it; panics when restic failed.
+fn finish_backup(mut child: Child, data: &[u8]) {
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "restic backup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits until `restic list locks` shows `count` locks (a started restic takes a moment).
+fn wait_for_locks(restic: &ResticAs, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let locks = restic.locks();
+        if locks.len() >= count {
+            return locks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} restic locks, see {locks:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks ensure under concurrency: all calls Ready, one `restic init` (one key, one config).
+async fn check_concurrent_ensure(service: &ServiceProcess, namespace: &str) -> Repository {
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let mut client = connect(service).await;
+        let namespace = namespace.to_string();
+        calls.push(tokio::spawn(async move {
+            ensure(&mut client, &namespace).await
+        }));
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    for repository in &results {
+        assert_ready(repository);
+        assert_eq!(repository.created, results[0].created, "one repository");
+    }
+    let mut client = connect(service).await;
+    let again = ensure(&mut client, namespace).await;
+    assert_ready(&again);
+    assert_eq!(again.created, results[0].created, "ensure is idempotent");
+    assert_eq!(again.url, results[0].url);
+
+    let access = access(&mut client, namespace).await;
+    assert_eq!(access.url, again.url);
+    let keys = ResticAs::new(&access).ok(&["key", "list", "--json"]);
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&keys).unwrap();
+    assert_eq!(keys.len(), 1, "restic init ran once: {keys:?}");
+    again
+}
+
+/// Two namespaces: different random passwords, and neither opens the other's repository.
+async fn check_namespace_isolation(client: &mut Client, a: &str, b: &str) {
+    assert_ready(&ensure(client, b).await);
+    let access_a = access(client, a).await;
+    let access_b = access(client, b).await;
+    assert_ne!(access_a.password, access_b.password);
+    assert_ne!(access_a.url, access_b.url);
+    assert!(access_a.password.len() >= 32, "a long random password");
+
+    let a_with_b_key = ResticAs::with_password(&access_a, &access_b.password);
+    let output = a_with_b_key.run(&["cat", "config", "--no-lock"]);
+    assert!(!output.status.success(), "b's key opened a's repository");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("wrong password"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let b_with_a_key = ResticAs::with_password(&access_b, &access_a.password);
+    assert!(
+        !b_with_a_key
+            .run(&["cat", "config", "--no-lock"])
+            .status
+            .success()
+    );
+    ResticAs::new(&access_a).ok(&["cat", "config", "--no-lock"]);
+    ResticAs::new(&access_b).ok(&["cat", "config", "--no-lock"]);
+}
+
+/// Neither the password nor the master key is in the log or any process's command line.
+fn assert_no_secret_leak(service: &ServiceProcess, secrets: &[&str]) {
+    let log = service.process.log();
+    assert!(log.contains("repo manager starting"), "log is captured");
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret is in the repo-manager log");
+    }
+    // Every process now running (the repo-manager and any restic it started).
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        for secret in secrets {
+            assert!(
+                !cmdline.contains(secret),
+                "a secret is in the arguments of process {}",
+                entry.file_name().to_string_lossy()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ensure_is_idempotent_and_concurrent_safe_and_keys_are_per_namespace() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let repository = check_concurrent_ensure(&service, "team-a").await;
+    assert_eq!(
+        repository.url,
+        scene.storage().join("restic/team-a").display().to_string()
+    );
+    assert!(scene.storage().join("restic/team-a/config").is_file());
+
+    let mut client = connect(&service).await;
+    check_namespace_isolation(&mut client, "team-a", "team-b").await;
+
+    // The bucket copy of the password is sealed: it is there, the password is not readable.
+    let password = access(&mut client, "team-a").await.password;
+    let sealed = std::fs::read_to_string(scene.storage().join("stowage/keys/team-a.json")).unwrap();
+    assert!(sealed.contains("AES-256-GCM"));
+    assert!(!sealed.contains(&password));
+
+    let listed = client
+        .list_repositories(ListRepositoriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .repositories;
+    let names: Vec<&str> = listed.iter().map(|r| r.namespace.as_str()).collect();
+    assert_eq!(names, ["team-a", "team-b"]);
+
+    let other = access(&mut client, "team-b").await.password;
+    assert_no_secret_leak(&service, &[&password, &other, MASTER_KEY]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ensure_is_concurrent_safe_keys_are_per_namespace_and_state_survives_restart() {
+    let scene = Scene::new();
+    let s3 = S3Server::start(&scene.path("logs"), "stowage-e2e");
+    let mut args = s3.storage_args("cluster-1");
+    args.extend(scene.common_args(&[]));
+    let mut service = scene.start(args.clone(), s3.env()).await;
+
+    let repository = check_concurrent_ensure(&service, "team-a").await;
+    assert_eq!(
+        repository.url,
+        format!("s3:{}/stowage-e2e/cluster-1/restic/team-a", s3.endpoint)
+    );
+    let mut client = connect(&service).await;
+    check_namespace_isolation(&mut client, "team-a", "team-b").await;
+
+    // restic with the handed-out access can back up into the S3 repository.
+    let access_a = access(&mut client, "team-a").await;
+    assert_eq!(
+        access_a.env.get("AWS_ACCESS_KEY_ID").map(String::as_str),
+        Some(stowage_e2e::s3::ACCESS_KEY_ID)
+    );
+    let data = scene.path("data");
+    std::fs::write(data.join("file.txt"), b"hello s3").unwrap();
+    let restic = ResticAs::new(&access_a);
+    restic.backup_dir(&data, "backup=first");
+    assert_eq!(restic.snapshot_ids(None).len(), 1);
+
+    let check = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "team-a".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.succeeded, "check failed: {}", check.message);
+    let before = get(&mut client, "team-a").await;
+    drop(client);
+
+    // A new process finds repositories and schedule state in the bucket.
+    service.process.stop(Duration::from_secs(10));
+    let service = scene.start(args, s3.env()).await;
+    let mut client = connect(&service).await;
+    let after = get(&mut client, "team-a").await;
+    assert_eq!(after, before, "state kept across the restart");
+    assert!(after.check.unwrap().last_succeeded);
+    assert_eq!(
+        access(&mut client, "team-a").await.password,
+        access_a.password
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_waits_for_shared_leases_then_succeeds_and_backups_finish() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "shop").await);
+    let restic = ResticAs::new(&access(&mut client, "shop").await);
+
+    let mut leases = Vec::new();
+    let mut backups = Vec::new();
+    for name in ["orders", "users"] {
+        let lease = client
+            .acquire_lease(AcquireLeaseRequest {
+                namespace: "shop".into(),
+                mode: LeaseMode::Shared as i32,
+                holder: format!("backup/nightly/shop/db/{name}"),
+                ttl: Some(prost_types::Duration {
+                    seconds: 300,
+                    nanos: 0,
+                }),
+                wait_timeout: Some(prost_types::Duration::default()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        leases.push(lease);
+        backups.push(restic.backup_from_stdin(name, "backup=nightly"));
+    }
+    wait_for_locks(&restic, 2);
+
+    let prune = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .run_maintenance(RunMaintenanceRequest {
+                    namespace: "shop".into(),
+                    kind: MaintenanceKind::Prune as i32,
+                })
+                .await
+        }
+    });
+    // Give the prune every chance to (wrongly) run while the backups hold their leases.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!prune.is_finished(), "prune ran while backups held leases");
+
+    // While the prune waits, a new backup's lease waits behind it instead of starting.
+    let late = client
+        .acquire_lease(AcquireLeaseRequest {
+            namespace: "shop".into(),
+            mode: LeaseMode::Shared as i32,
+            holder: "backup/late".into(),
+            ttl: None,
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::Unavailable, "{late}");
+
+    for (backup, data) in backups.into_iter().zip([&b"orders"[..], b"users"]) {
+        finish_backup(backup, data);
+    }
+    for lease in &leases {
+        let released = client
+            .release_lease(ReleaseLeaseRequest {
+                lease_id: lease.lease_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(released.released);
+    }
+    let result = prune.await.unwrap().expect("prune answered").into_inner();
+    assert!(result.succeeded, "prune failed: {}", result.message);
+    assert_eq!(result.kind, MaintenanceKind::Prune as i32);
+    assert_eq!(restic.snapshot_ids(Some("backup=nightly")).len(), 2);
+    let status = get(&mut client, "shop").await.prune.unwrap();
+    assert!(status.last_succeeded && status.last_finished.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_lock_of_killed_restic_is_cleared_and_live_lock_is_kept() {
+    let scene = Scene::new();
+    let service = scene
+        .start(
+            scene.local_args(&["--stale-lock-age", "1s"]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "locks").await);
+    let access = access(&mut client, "locks").await;
+    let restic = ResticAs::new(&access);
+
+    let live = restic.backup_from_stdin("live", "backup=live");
+    wait_for_locks(&restic, 1);
+    let mut killed = restic.backup_from_stdin("killed", "backup=killed");
+    wait_for_locks(&restic, 2);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(
+        restic.locks().len(),
+        2,
+        "a SIGKILLed restic leaves its lock"
+    );
+    // Past the stale-lock age, so age alone no longer protects the dead one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let maintenance = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "locks".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let remaining = restic.locks();
+    assert_eq!(
+        remaining.len(),
+        1,
+        "the dead lock is gone, the live one stays"
+    );
+    let holder: serde_json::Value =
+        serde_json::from_str(&restic.ok(&["cat", "lock", &remaining[0], "--no-lock"])).unwrap();
+    assert_eq!(holder["pid"].as_u64(), Some(live.id() as u64));
+    assert_no_secret_leak(&service, &[&access.password, MASTER_KEY]);
+
+    finish_backup(live, b"still fine");
+    assert!(restic.locks().is_empty());
+    let maintenance_after = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "locks".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        maintenance_after.succeeded,
+        "check failed: {} (while the live lock was held: {})",
+        maintenance_after.message, maintenance.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_schedule_state_and_namespace_overrides_apply() {
+    let scene = Scene::new();
+    let args = scene.local_args(&["--check-interval-override", "nightly=1h"]);
+    let mut service = scene.start(args.clone(), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "nightly").await);
+    assert_ready(&ensure(&mut client, "weekly").await);
+    for kind in [MaintenanceKind::Check, MaintenanceKind::Prune] {
+        let result = client
+            .run_maintenance(RunMaintenanceRequest {
+                namespace: "nightly".into(),
+                kind: kind as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(result.succeeded, "{kind:?} failed: {}", result.message);
+    }
+    let before = get(&mut client, "nightly").await;
+    let check = before.check.clone().unwrap();
+    assert_eq!(check.interval_seconds, 3600, "per-namespace override");
+    assert!(check.last_succeeded);
+    let started = check.last_started.unwrap();
+    assert_eq!(
+        check.next_run.unwrap().seconds,
+        started.seconds + 3600,
+        "next run is one interval after the last start"
+    );
+    let weekly = get(&mut client, "weekly").await;
+    assert_eq!(weekly.check.unwrap().interval_seconds, 24 * 3600);
+    assert_eq!(weekly.prune.unwrap().interval_seconds, 7 * 24 * 3600);
+    drop(client);
+
+    service.process.stop(Duration::from_secs(10));
+    let service = scene.start(args, BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    let after = get(&mut client, "nightly").await;
+    assert_eq!(after, before, "status and schedule survive the restart");
+    let listed = client
+        .list_repositories(ListRepositoriesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .repositories;
+    assert_eq!(listed.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_namespace_names_are_refused_with_invalid_argument() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    let too_long = "a".repeat(64);
+    for name in [
+        "", "Team-A", "team_a", "../etc", "-x", "x-", "a.b", &too_long,
+    ] {
+        let namespace = name.to_string();
+        let codes = [
+            client
+                .ensure_repository(EnsureRepositoryRequest {
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map(drop),
+            client
+                .get_repository(GetRepositoryRequest {
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map(drop),
+            client
+                .get_repository_access(GetRepositoryAccessRequest {
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map(drop),
+            client
+                .run_maintenance(RunMaintenanceRequest {
+                    namespace: namespace.clone(),
+                    kind: MaintenanceKind::Check as i32,
+                })
+                .await
+                .map(drop),
+            client
+                .acquire_lease(AcquireLeaseRequest {
+                    namespace: namespace.clone(),
+                    mode: LeaseMode::Shared as i32,
+                    holder: "backup".into(),
+                    ttl: None,
+                    wait_timeout: None,
+                })
+                .await
+                .map(drop),
+            client
+                .forget_backup(ForgetBackupRequest {
+                    namespace: namespace.clone(),
+                    backup_name: "b".into(),
+                })
+                .await
+                .map(drop),
+            client
+                .rotate_key(RotateKeyRequest {
+                    namespace: namespace.clone(),
+                })
+                .await
+                .map(drop),
+        ];
+        for (call, result) in codes.into_iter().enumerate() {
+            let status = result.expect_err("an invalid namespace is refused");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "call {call} with `{name}`: {status}"
+            );
+        }
+    }
+    assert!(
+        !scene.storage().join("restic").exists(),
+        "nothing was created for an invalid name"
+    );
+    // A valid name that has no repository yet is NotFound, not InvalidArgument.
+    let status = client
+        .get_repository(GetRepositoryRequest {
+            namespace: "fine".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_backup_removes_its_snapshots_and_rotate_key_replaces_the_key() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "app").await);
+    let old = access(&mut client, "app").await;
+    let restic = ResticAs::new(&old);
+    let data = scene.path("data");
+    std::fs::write(data.join("a.txt"), b"first").unwrap();
+    restic.backup_dir(&data, "backup=monday");
+    std::fs::write(data.join("a.txt"), b"second").unwrap();
+    restic.backup_dir(&data, "backup=tuesday");
+    let monday = restic.snapshot_ids(Some("backup=monday"));
+    let tuesday = restic.snapshot_ids(Some("backup=tuesday"));
+    assert_eq!((monday.len(), tuesday.len()), (1, 1));
+
+    let mut forgotten = client
+        .forget_backup(ForgetBackupRequest {
+            namespace: "app".into(),
+            backup_name: "monday".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .forgotten_snapshot_ids;
+    forgotten.sort();
+    assert_eq!(forgotten, monday);
+    assert_eq!(restic.snapshot_ids(None), tuesday, "only tuesday is left");
+
+    let rotated = client
+        .rotate_key(RotateKeyRequest {
+            namespace: "app".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ready(&rotated);
+    let new = access(&mut client, "app").await;
+    assert_ne!(new.password, old.password);
+    let output = restic.run(&["cat", "config", "--no-lock"]);
+    assert!(!output.status.success(), "the old key was removed");
+    let with_new = ResticAs::new(&new);
+    assert_eq!(with_new.snapshot_ids(None), tuesday);
+    let keys: Vec<serde_json::Value> =
+        serde_json::from_str(&with_new.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(keys.len(), 1, "old key removed, new key added");
+    assert_ready(&ensure(&mut client, "app").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_repo_manager_regains_access_only_with_the_master_key() {
+    let scene = Scene::new();
+    let args = scene.local_args(&[]);
+    let mut first = scene.start(args.clone(), BTreeMap::new()).await;
+    let mut client_first = connect(&first).await;
+    assert_ready(&ensure(&mut client_first, "dr").await);
+    let original = access(&mut client_first, "dr").await.password;
+    drop(client_first);
+    first.process.stop(Duration::from_secs(10));
+    // A new cluster: no repository records, only the bucket's restic data and sealed keys.
+    std::fs::remove_dir_all(scene.storage().join("stowage/repositories")).unwrap();
+
+    let wrong_key = BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), "not-it".to_string())]);
+    let mut wrong = scene.start(args.clone(), wrong_key).await;
+    let mut client_wrong = connect(&wrong).await;
+    let refused = ensure(&mut client_wrong, "dr").await;
+    assert_eq!(refused.phase, RepositoryPhase::Failed as i32);
+    assert!(
+        refused.message.contains("master key"),
+        "{}",
+        refused.message
+    );
+    drop(client_wrong);
+    wrong.process.stop(Duration::from_secs(10));
+
+    let right = scene.start(args, BTreeMap::new()).await;
+    let mut client_right = connect(&right).await;
+    assert_ready(&ensure(&mut client_right, "dr").await);
+    assert_eq!(access(&mut client_right, "dr").await.password, original);
+}
