@@ -6,6 +6,7 @@
 pub mod kube;
 pub mod otlp;
 pub mod s3;
+pub mod velero_fixture;
 
 use std::{
     collections::BTreeMap,
