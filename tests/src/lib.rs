@@ -4,6 +4,7 @@
 //! S3-compatible server, the Kubernetes API emulator, the OTLP collector) has its own module.
 
 pub mod kube;
+pub mod kubelet;
 pub mod otlp;
 pub mod s3;
 pub mod velero_fixture;

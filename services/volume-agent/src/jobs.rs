@@ -341,10 +341,11 @@ pub fn write_marker(volume_dir: &Path, restore_uid: &str) -> Result<PathBuf, Age
     Ok(path)
 }
 
-/// Bytes and regular files under `dir`, not following symlinks, skipping the marker dir.
+/// Bytes of regular files and number of entries under `dir`, not following symlinks,
+/// skipping the marker dir.
 fn tree_size(dir: &Path) -> (u64, u64) {
     let mut bytes = 0;
-    let mut files = 0;
+    let mut count = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -352,17 +353,19 @@ fn tree_size(dir: &Path) -> (u64, u64) {
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
+            if entry.file_name() == MARKER_DIR {
+                continue;
+            }
+            // Counted like `restic stats`: files, directories and symlinks are all entries.
+            count += 1;
             if meta.is_dir() {
-                if entry.file_name() != MARKER_DIR {
-                    stack.push(entry.path());
-                }
+                stack.push(entry.path());
             } else if meta.is_file() {
                 bytes += meta.len();
-                files += 1;
             }
         }
     }
-    (bytes, files)
+    (bytes, count)
 }
 
 /// `restic version`, for GetAgentInfo.
@@ -450,6 +453,6 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/b"), b"123").unwrap();
         write_marker(dir.path(), "r").unwrap();
-        assert_eq!(tree_size(dir.path()), (8, 2));
+        assert_eq!(tree_size(dir.path()), (8, 3));
     }
 }

@@ -1,0 +1,776 @@
+//! The volume agent against the real restic binary and a local repository: backup and restore
+//! of a fake kubelet tree, incremental backup of a recreated pod, refusal of bad paths,
+//! cancel, concurrency, and keeping the repository password out of `ps` and logs.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use stowage_e2e::{
+    ServiceProcess,
+    kubelet::{FakeKubelet, manifest, new_pod_uid, write_random_file, write_sample_tree},
+    start_service,
+};
+use stowage_proto::v1::{
+    BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest,
+    GetAgentInfoRequest, PodVolumeRef, RepositoryAccess, RestoreVolumeEvent, RestoreVolumeRequest,
+    RestoreVolumeResult, VolumeSource, backup_volume_event, restore_volume_event,
+    volume_agent_client::VolumeAgentClient,
+};
+use tempfile::TempDir;
+use tonic::{Code, Status, transport::Channel};
+
+struct Setup {
+    dir: TempDir,
+    kubelet: FakeKubelet,
+    repository: String,
+    password: String,
+    agent: ServiceProcess,
+    client: VolumeAgentClient<Channel>,
+}
+
+impl Setup {
+    async fn new(max_concurrent: u32) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubelet = FakeKubelet::new(dir.path().join("pods"));
+        let repository = dir.path().join("storage/restic/shop");
+        // Unique, so finding it anywhere means it leaked.
+        let password = format!("pw-{}", new_pod_uid());
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, &password).expect("writing the password file");
+        let init = Command::new("restic")
+            .args(["init", "--repo"])
+            .arg(&repository)
+            .arg("--password-file")
+            .arg(&password_file)
+            .output()
+            .expect("running restic init");
+        assert!(
+            init.status.success(),
+            "restic init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        std::fs::remove_file(&password_file).expect("removing the password file");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let args: Vec<String> = vec![
+            "--node-name".into(),
+            "node-1".into(),
+            "--pods-root".into(),
+            kubelet.pods_root().display().to_string(),
+            "--scratch-dir".into(),
+            dir.path().join("scratch").display().to_string(),
+            "--max-concurrent".into(),
+            max_concurrent.to_string(),
+            "--restic-binary".into(),
+            "restic".into(),
+        ];
+        // Debug logging is the hardest case for keeping the password out of the log.
+        let envs = BTreeMap::from([("STOWAGE_LOG_LEVEL".to_string(), "debug".to_string())]);
+        let agent = start_service(
+            "stowage-volume-agent",
+            "stowage.v1.VolumeAgent",
+            &args,
+            &envs,
+            &logs,
+        )
+        .await;
+        let client = VolumeAgentClient::connect(agent.url.clone())
+            .await
+            .expect("connecting to the agent");
+        Setup {
+            repository: repository.display().to_string(),
+            dir,
+            kubelet,
+            password,
+            agent,
+            client,
+        }
+    }
+
+    fn access(&self) -> RepositoryAccess {
+        RepositoryAccess {
+            url: self.repository.clone(),
+            password: self.password.clone(),
+            env: Default::default(),
+        }
+    }
+
+    fn backup_request(
+        &self,
+        operation: &str,
+        volume: PodVolumeRef,
+        identity: &str,
+    ) -> BackupVolumeRequest {
+        BackupVolumeRequest {
+            operation_id: operation.into(),
+            volume: Some(volume),
+            repository: Some(self.access()),
+            backup_name: "nightly".into(),
+            backup_uid: "7d3c1e2a-0000-4000-8000-000000000001".into(),
+            stable_identity: identity.into(),
+            extra_tags: Default::default(),
+        }
+    }
+
+    async fn backup(
+        &self,
+        request: BackupVolumeRequest,
+    ) -> Result<(Vec<BackupVolumeEvent>, BackupVolumeResult), Status> {
+        let mut stream = self
+            .client
+            .clone()
+            .backup_volume(request)
+            .await?
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await? {
+            if let Some(backup_volume_event::Event::Result(result)) = &event.event {
+                return Ok((events, result.clone()));
+            }
+            events.push(event);
+        }
+        panic!("backup stream ended without a result; events: {events:?}");
+    }
+
+    async fn restore(
+        &self,
+        operation: &str,
+        volume: PodVolumeRef,
+        snapshot_id: &str,
+        restore_uid: &str,
+    ) -> Result<(Vec<RestoreVolumeEvent>, RestoreVolumeResult), Status> {
+        let request = RestoreVolumeRequest {
+            operation_id: operation.into(),
+            volume: Some(volume),
+            repository: Some(self.access()),
+            snapshot_id: snapshot_id.into(),
+            restore_uid: restore_uid.into(),
+            restore_name: "restore-1".into(),
+        };
+        let mut stream = self
+            .client
+            .clone()
+            .restore_volume(request)
+            .await?
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await? {
+            if let Some(restore_volume_event::Event::Result(result)) = &event.event {
+                return Ok((events, result.clone()));
+            }
+            events.push(event);
+        }
+        panic!("restore stream ended without a result; events: {events:?}");
+    }
+
+    /// `restic snapshots --json` read with the test's own restic, not the agent's.
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        let password_file = self.dir.path().join("password-check");
+        std::fs::write(&password_file, &self.password).expect("writing the password file");
+        let output = Command::new("restic")
+            .args([
+                "snapshots",
+                "--json",
+                "--repo",
+                &self.repository,
+                "--password-file",
+            ])
+            .arg(&password_file)
+            .output()
+            .expect("running restic snapshots");
+        std::fs::remove_file(&password_file).expect("removing the password file");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Option<Vec<serde_json::Value>>>(&output.stdout)
+            .expect("snapshots JSON")
+            .unwrap_or_default()
+    }
+
+    fn assert_password_not_in_log(&self) {
+        let log = self.agent.process.log();
+        assert!(!log.is_empty(), "the agent logged nothing");
+        assert!(
+            !log.contains(&self.password),
+            "the password appears in the agent log"
+        );
+    }
+}
+
+fn volume(
+    pod_uid: &str,
+    pod_name: &str,
+    name: &str,
+    source: VolumeSource,
+    pv: &str,
+) -> PodVolumeRef {
+    PodVolumeRef {
+        namespace: "shop".into(),
+        pod_name: pod_name.into(),
+        pod_uid: pod_uid.into(),
+        volume_name: name.into(),
+        source: source as i32,
+        pv_name: pv.into(),
+        pvc_name: if pv.is_empty() {
+            String::new()
+        } else {
+            format!("{name}-{pod_name}")
+        },
+    }
+}
+
+/// Direct children of `parent` whose command name is `restic`, zombies included.
+fn restic_children(parent: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after the last `)`.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm == "restic" && ppid == Some(parent) {
+            found.push(stat);
+        }
+    }
+    found
+}
+
+fn ps_output() -> String {
+    // `e` adds each process's environment, so a password in env would show too.
+    let output = Command::new("ps")
+        .args(["-e", "-ww", "-o", "pid,args"])
+        .output()
+        .expect("running ps");
+    let with_env = Command::new("ps")
+        .args(["eww", "-e"])
+        .output()
+        .expect("running ps e");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&with_env.stdout)
+    )
+}
+
+fn run_restore_helper(restore_uid: &str, paths: &[&Path], timeout: u64) -> std::process::Output {
+    let mut command = Command::new(stowage_e2e::binary("stowage-restore-helper"));
+    command.arg(restore_uid).args(paths).args([
+        "--timeout",
+        &timeout.to_string(),
+        "--poll-millis",
+        "50",
+    ]);
+    command.output().expect("running the restore helper")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
+    let setup = Setup::new(2).await;
+    let old_uid = new_pod_uid();
+    let old_pod = setup.kubelet.pod(&old_uid);
+    let sources: Vec<(PodVolumeRef, PathBuf)> = vec![
+        (
+            volume(&old_uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            old_pod.empty_dir("cache"),
+        ),
+        (
+            volume(
+                &old_uid,
+                "web-0",
+                "data",
+                VolumeSource::PersistentVolumeClaim,
+                "pv-local-1",
+            ),
+            old_pod.pv("kubernetes.io~local-volume", "pv-local-1"),
+        ),
+        (
+            volume(
+                &old_uid,
+                "web-0",
+                "db",
+                VolumeSource::PersistentVolumeClaim,
+                "pvc-0a1b2c",
+            ),
+            old_pod.csi_pv("pvc-0a1b2c"),
+        ),
+    ];
+    let mut snapshots = Vec::new();
+    for (index, (volume, dir)) in sources.iter().enumerate() {
+        write_sample_tree(dir, &volume.volume_name);
+        let request = setup.backup_request(
+            &format!("backup-{index}"),
+            volume.clone(),
+            &format!("test/web/{}", volume.volume_name),
+        );
+        let (_, result) = setup.backup(request).await.expect("backup succeeds");
+        assert!(!result.snapshot_id.is_empty());
+        assert_eq!(result.parent_snapshot_id, "", "first backup has no parent");
+        assert_eq!(
+            result.files_new, 4,
+            "regular files; the symlink is not counted: {result:?}"
+        );
+        assert_eq!(
+            Path::new(&result.path),
+            dir.canonicalize().unwrap(),
+            "read from the volume dir (CSI: its mount subdir)"
+        );
+        snapshots.push(result.snapshot_id);
+    }
+
+    // The snapshots carry our tags and Velero's.
+    let listed = setup.snapshots();
+    assert_eq!(listed.len(), 3);
+    let db = listed
+        .iter()
+        .find(|s| s["short_id"] == snapshots[2].as_str())
+        .expect("the CSI snapshot is listed");
+    let tags: Vec<&str> = db["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    for expected in [
+        "backup=nightly",
+        "ns=shop",
+        "pod=web-0",
+        &format!("pod-uid={old_uid}"),
+        "volume=db",
+        "stable-identity=test/web/db",
+    ] {
+        assert!(tags.contains(&expected), "{expected} missing from {tags:?}");
+    }
+    assert_eq!(db["hostname"], "node-1");
+
+    // Restore into a new pod whose volumes kubelet has just created, empty.
+    let new_uid = new_pod_uid();
+    let new_pod = setup.kubelet.pod(&new_uid);
+    let targets = [
+        new_pod.empty_dir("cache"),
+        new_pod.pv("kubernetes.io~local-volume", "pv-local-1"),
+        new_pod.csi_pv("pvc-0a1b2c"),
+    ];
+    let restore_uid = "5b6c7d8e-0000-4000-8000-000000000002";
+    for (index, ((source_volume, source_dir), target)) in sources.iter().zip(&targets).enumerate() {
+        let mut target_volume = source_volume.clone();
+        target_volume.pod_uid = new_uid.clone();
+        target_volume.pod_name = "web-0-restored".into();
+        let (events, result) = setup
+            .restore(
+                &format!("restore-{index}"),
+                target_volume,
+                &snapshots[index],
+                restore_uid,
+            )
+            .await
+            .expect("restore succeeds");
+        // As `restic stats` counts: 4 files, 1 symlink and 6 directories.
+        assert_eq!(result.files_restored, 11, "{result:?}");
+        assert!(result.bytes_restored > 4096);
+        let last_progress = events.iter().rev().find_map(|e| match &e.event {
+            Some(restore_volume_event::Event::Progress(p)) => Some(*p),
+            _ => None,
+        });
+        let last_progress = last_progress.expect("restore reports progress");
+        assert_eq!(last_progress.bytes_done, last_progress.bytes_total);
+        assert_eq!(
+            manifest(target, true),
+            manifest(source_dir, true),
+            "restored {} differs from its source",
+            target.display()
+        );
+        assert!(target.join(".velero").join(restore_uid).is_file());
+    }
+
+    // The restore helper sees all three volumes done…
+    let paths: Vec<&Path> = targets.iter().map(PathBuf::as_path).collect();
+    let done = run_restore_helper(restore_uid, &paths, 10);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    // …and times out, naming it, on a volume that was not restored.
+    let not_restored = new_pod.empty_dir("scratch");
+    let waiting = run_restore_helper(restore_uid, &[&targets[0], &not_restored], 1);
+    assert!(!waiting.status.success());
+    let stderr = String::from_utf8_lossy(&waiting.stderr);
+    assert!(
+        stderr.contains("timed out") && stderr.contains(&not_restored.display().to_string()),
+        "{stderr}"
+    );
+
+    // The other pod's volumes were not touched.
+    assert_eq!(
+        manifest(&sources[0].1, true),
+        manifest(&targets[0], true),
+        "source still equal to its restore"
+    );
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_of_recreated_pod_is_incremental() {
+    let setup = Setup::new(2).await;
+    let first_uid = new_pod_uid();
+    let first_pod = setup.kubelet.pod(&first_uid);
+    let data = first_pod.csi_pv("pvc-77aa");
+    for index in 0..20 {
+        write_random_file(&data.join(format!("file-{index:02}.bin")), 64 * 1024, index);
+    }
+    let identity = "pvc-uid/6e1f0c2a-9b7d-4f5e-8a3c-2d1b0e9f8a7c";
+    let (_, first) = setup
+        .backup(setup.backup_request(
+            "first",
+            volume(
+                &first_uid,
+                "db-7f9c-abcde",
+                "data",
+                VolumeSource::PersistentVolumeClaim,
+                "pvc-77aa",
+            ),
+            identity,
+        ))
+        .await
+        .expect("first backup");
+    assert_eq!(first.files_new, 20);
+
+    // The pod is recreated by its controller: new name, new UID, the same PV mounted again
+    // (moved, so the files keep their inodes as they would on the real volume).
+    let second_uid = new_pod_uid();
+    let second_pod = setup.kubelet.pod(&second_uid);
+    let csi_dir = second_pod.dir.join("volumes/kubernetes.io~csi");
+    std::fs::create_dir_all(&csi_dir).unwrap();
+    std::fs::rename(
+        first_pod.dir.join("volumes/kubernetes.io~csi/pvc-77aa"),
+        csi_dir.join("pvc-77aa"),
+    )
+    .unwrap();
+    let moved = csi_dir.join("pvc-77aa/mount");
+    write_random_file(&moved.join("file-03.bin"), 64 * 1024, 999);
+
+    let (_, second) = setup
+        .backup(setup.backup_request(
+            "second",
+            volume(
+                &second_uid,
+                "db-7f9c-xyz12",
+                "data",
+                VolumeSource::PersistentVolumeClaim,
+                "pvc-77aa",
+            ),
+            identity,
+        ))
+        .await
+        .expect("second backup");
+    assert_eq!(second.parent_snapshot_id, first.snapshot_id);
+    assert_eq!(
+        (
+            second.files_new,
+            second.files_changed,
+            second.files_unmodified
+        ),
+        (0, 1, 19),
+        "only the changed file is read: {second:?}"
+    );
+    assert!(
+        second.bytes_added < 3 * 64 * 1024,
+        "about one file's worth of new data, got {}",
+        second.bytes_added
+    );
+
+    // Another identity on the same data starts its own chain.
+    let (_, other) = setup
+        .backup(setup.backup_request(
+            "other",
+            volume(
+                &second_uid,
+                "db-7f9c-xyz12",
+                "data",
+                VolumeSource::PersistentVolumeClaim,
+                "pvc-77aa",
+            ),
+            "pvc-uid/another",
+        ))
+        .await
+        .expect("backup under another identity");
+    assert_eq!(other.parent_snapshot_id, "");
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uids_and_path_traversal_are_refused_without_touching_anything() {
+    let setup = Setup::new(2).await;
+    let uid = new_pod_uid();
+    let pod = setup.kubelet.pod(&uid);
+    write_sample_tree(&pod.empty_dir("cache"), "cache");
+    let outside = setup.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("host-secret"), b"not for backup").unwrap();
+    std::os::unix::fs::symlink(
+        &outside,
+        pod.dir.join("volumes/kubernetes.io~empty-dir/evil"),
+    )
+    .unwrap();
+    let before = manifest(setup.kubelet.pods_root(), true);
+
+    let cases: Vec<(&str, PodVolumeRef)> = vec![
+        (
+            "uid with ..",
+            volume("../../etc", "p", "cache", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "uid not a uid",
+            volume("not-a-uid", "p", "cache", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "volume with ..",
+            volume(&uid, "p", "..", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "volume with /",
+            volume(&uid, "p", "a/../../x", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "volume with NUL",
+            volume(&uid, "p", "cache\0x", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "pv with ..",
+            volume(
+                &uid,
+                "p",
+                "data",
+                VolumeSource::PersistentVolumeClaim,
+                "../../../etc",
+            ),
+        ),
+        (
+            "symlink out of the pod",
+            volume(&uid, "p", "evil", VolumeSource::EmptyDir, ""),
+        ),
+        (
+            "hostPath",
+            volume(&uid, "p", "host", VolumeSource::HostPath, ""),
+        ),
+        (
+            "block",
+            volume(&uid, "p", "raw", VolumeSource::Block, "pv-raw"),
+        ),
+    ];
+    for (what, volume) in cases {
+        let status = setup
+            .backup(setup.backup_request("bad", volume.clone(), "x"))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        let status = setup
+            .restore("bad-restore", volume, "abcdef12", "r-1")
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    let status = setup
+        .backup(setup.backup_request(
+            "missing",
+            volume(&uid, "p", "nope", VolumeSource::EmptyDir, ""),
+            "x",
+        ))
+        .await
+        .expect_err("a missing volume");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("nope"), "{}", status.message());
+
+    assert_eq!(
+        manifest(setup.kubelet.pods_root(), true),
+        before,
+        "nothing touched"
+    );
+    assert!(setup.snapshots().is_empty(), "nothing backed up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_backup_kills_restic_and_queued_work_waits() {
+    let setup = Setup::new(1).await;
+    let big_uid = new_pod_uid();
+    let big = setup.kubelet.pod(&big_uid).empty_dir("bulk");
+    // Large and incompressible so restic is still busy when the cancel arrives.
+    write_random_file(&big.join("bulk.bin"), 160 << 20, 42);
+    let small_uid = new_pod_uid();
+    write_sample_tree(&setup.kubelet.pod(&small_uid).empty_dir("cache"), "small");
+
+    let mut client = setup.client.clone();
+    let mut big_stream = client
+        .backup_volume(setup.backup_request(
+            "big",
+            volume(&big_uid, "bulk-0", "bulk", VolumeSource::EmptyDir, ""),
+            "test/bulk",
+        ))
+        .await
+        .expect("big backup accepted")
+        .into_inner();
+    // Wait until restic reports progress: it is running.
+    loop {
+        let event = big_stream
+            .message()
+            .await
+            .expect("big backup streams")
+            .expect("big backup still running");
+        match event.event {
+            Some(backup_volume_event::Event::Progress(_)) => break,
+            Some(backup_volume_event::Event::Result(result)) => {
+                panic!("finished before it could be cancelled: {result:?}")
+            }
+            _ => {}
+        }
+    }
+    let agent_pid = setup.agent.process.pid();
+    assert!(
+        !restic_children(agent_pid).is_empty(),
+        "restic runs as the agent's child"
+    );
+    let ps = ps_output();
+    assert!(ps.contains("restic"), "ps shows restic running");
+    assert!(
+        !ps.contains(&setup.password),
+        "the password appears in ps output"
+    );
+
+    // One slot: a second backup queues.
+    let mut queued_stream = client
+        .backup_volume(setup.backup_request(
+            "small",
+            volume(&small_uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            "test/small",
+        ))
+        .await
+        .expect("small backup accepted")
+        .into_inner();
+    let first = queued_stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.event, Some(backup_volume_event::Event::Queued(q)) if q.position == 1),
+        "{first:?}"
+    );
+    let info = client
+        .get_agent_info(GetAgentInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.running_operations, info.queued_operations), (1, 1));
+    assert_eq!(info.max_concurrent_operations, 1);
+    assert!(info.restic_version.starts_with("restic "), "{info:?}");
+
+    // Cancel the queued one, then the running one.
+    let cancelled = client
+        .cancel_operation(CancelOperationRequest {
+            operation_id: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.cancelled);
+    let status = queued_stream
+        .message()
+        .await
+        .expect_err("queued backup ends cancelled");
+    assert_eq!(status.code(), Code::Cancelled);
+
+    let cancelled = client
+        .cancel_operation(CancelOperationRequest {
+            operation_id: "big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.cancelled);
+    let status = loop {
+        match big_stream.message().await {
+            Ok(Some(event)) => assert!(
+                !matches!(event.event, Some(backup_volume_event::Event::Result(_))),
+                "the backup finished instead of being cancelled"
+            ),
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    // The stream ends only after restic was killed and reaped.
+    assert_eq!(restic_children(agent_pid), Vec::<String>::new());
+    let unknown = client
+        .cancel_operation(CancelOperationRequest {
+            operation_id: "big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.cancelled, "a finished operation is gone");
+    assert!(
+        setup.snapshots().is_empty(),
+        "the cancelled backup left no snapshot"
+    );
+
+    // Nothing half-done trips the next run: the small volume backs up fine now.
+    let (_, result) = setup
+        .backup(setup.backup_request(
+            "small-again",
+            volume(&small_uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            "test/small",
+        ))
+        .await
+        .expect("backup after a cancel");
+    assert_eq!(result.files_new, 4);
+    assert!(
+        std::fs::read_dir(setup.dir.path().join("scratch"))
+            .unwrap()
+            .flatten()
+            .all(|e| e.file_name() == "cache"),
+        "no per-run password dirs left in scratch"
+    );
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backups_into_one_repository_both_succeed() {
+    let setup = Setup::new(2).await;
+    let mut requests = Vec::new();
+    for (index, name) in ["alpha", "beta"].iter().enumerate() {
+        let uid = new_pod_uid();
+        let dir = setup.kubelet.pod(&uid).empty_dir("data");
+        write_random_file(&dir.join("payload.bin"), 24 << 20, index as u64 + 7);
+        write_sample_tree(&dir, name);
+        requests.push(setup.backup_request(
+            name,
+            volume(&uid, name, "data", VolumeSource::EmptyDir, ""),
+            &format!("test/{name}/data"),
+        ));
+    }
+    let beta = requests.pop().unwrap();
+    let alpha = requests.pop().unwrap();
+    let (alpha, beta) = tokio::join!(setup.backup(alpha), setup.backup(beta));
+    let (alpha_events, alpha) = alpha.expect("alpha backup");
+    let (beta_events, beta) = beta.expect("beta backup");
+    for events in [&alpha_events, &beta_events] {
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e.event, Some(backup_volume_event::Event::Queued(_)))),
+            "two slots: nothing queues"
+        );
+    }
+    assert_ne!(alpha.snapshot_id, beta.snapshot_id);
+    assert_eq!((alpha.files_new, beta.files_new), (5, 5));
+    assert_eq!(setup.snapshots().len(), 2);
+    setup.assert_password_not_in_log();
+}
