@@ -165,6 +165,14 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_whole_second_duration_round_trips(seconds in 0u64..10_000_000_000) {
+            let duration = Duration::from_secs(seconds);
+            proptest::prop_assert_eq!(parse_go_duration(&format_go_duration(duration)), Some(duration));
+        }
+    }
+
     #[test]
     fn label_selector_matches_only_when_every_label_matches() {
         let selector: LabelSelector =

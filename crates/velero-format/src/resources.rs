@@ -531,6 +531,37 @@ mod tests {
         assert!(matches!(error, FormatError::Tar { .. }), "{error}");
     }
 
+    proptest::proptest! {
+        /// Any set of objects with Kubernetes-shaped names survives the tarball both ways.
+        #[test]
+        fn any_objects_round_trip_through_the_tarball(
+            objects in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["pods", "persistentvolumeclaims", "persistentvolumes", "deployments.apps", "widgets.example.com"]),
+                    proptest::option::of("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"),
+                    "[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?",
+                    proptest::option::of("v1|v1beta1|apps/v1"),
+                    ".{0,40}",
+                ),
+                0..12,
+            )
+        ) {
+            let mut resources = BackupResources::new();
+            for (resource, namespace, name, api_version, payload) in objects {
+                let mut object = json!({"metadata": {"name": name}, "data": payload});
+                if let Some(namespace) = namespace {
+                    object["metadata"]["namespace"] = json!(namespace);
+                }
+                if let Some(api_version) = api_version {
+                    object["apiVersion"] = json!(api_version);
+                }
+                resources.insert(resource, object).unwrap();
+            }
+            let back = BackupResources::from_tar_gz(&resources.to_tar_gz().unwrap(), "k").unwrap();
+            proptest::prop_assert_eq!(back, resources);
+        }
+    }
+
     #[test]
     fn objects_without_name_or_kind_are_refused() {
         let mut resources = BackupResources::new();

@@ -474,6 +474,29 @@ mod tests {
     async fn empty_location_lists_nothing() {
         let listing = list_backups(&InMemory::new()).await.unwrap();
         assert!(listing.backups.is_empty() && listing.failures.is_empty());
+        // A fresh local directory has no `backups/` at all.
+        let dir = tempfile::tempdir().unwrap();
+        let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let listing = list_backups(&local).await.unwrap();
+        assert!(listing.backups.is_empty() && listing.failures.is_empty());
+        assert!(list_backup_keys(&local, "absent").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn local_directory_store_round_trips_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let files = stowage_backup("b1");
+        write_backup(&local, &files).await.unwrap();
+        assert!(
+            dir.path()
+                .join("backups/b1/b1-podvolumebackups.json.gz")
+                .is_file()
+        );
+        assert_eq!(read_backup(&local, "b1").await.unwrap(), files);
+        let listing = list_backups(&local).await.unwrap();
+        assert_eq!(listing.backups.len(), 1);
+        assert_eq!(listing.backups[0].name, "b1");
     }
 
     #[tokio::test]
