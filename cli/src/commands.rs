@@ -151,7 +151,7 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Get { name: None, output } => {
-            let call = Call::new("ListBackups", "backup", "", "listing");
+            let call = Call::new("ListBackups", "backups", "", "listing");
             let response = session
                 .client
                 .list_backups(v1::ListBackupsRequest {})
@@ -566,7 +566,7 @@ async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         RestoreCommand::Get { name: None, output } => {
-            let call = Call::new("ListRestores", "restore", "", "listing");
+            let call = Call::new("ListRestores", "restores", "", "listing");
             let response = session
                 .client
                 .list_restores(v1::ListRestoresRequest {})
@@ -614,7 +614,10 @@ async fn create_restore(
     let mapping = parse::collect_mappings(&create.namespace_mappings)
         .map_err(|error| CliError::Usage(error.to_string()))?;
     let requested = create.name.clone().unwrap_or_default();
-    let call = Call::new("CreateRestore", "restore", &requested, "creating");
+    let mut call = Call::new("CreateRestore", "restore", &requested, "creating");
+    if requested.is_empty() {
+        call.action = format!("creating a restore from backup \"{}\"", create.from_backup);
+    }
     let created = session
         .client
         .create_restore(v1::CreateRestoreRequest {
@@ -691,7 +694,7 @@ async fn create_restore(
 async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, CliError> {
     match command {
         RepoCommand::Get { namespace, output } => {
-            let call = Call::new("ListRepositories", "repository", "", "listing");
+            let call = Call::new("ListRepositories", "repositories", "", "listing");
             let response = session
                 .client
                 .list_repositories(v1::ListRepositoriesRequest {})

@@ -65,9 +65,11 @@ pub struct Call {
 }
 
 impl Call {
+    /// A call about one object (`kind` singular), or about a collection when `name` is empty
+    /// (`kind` then in the plural, as it reads: `listing backups`).
     pub fn new(rpc: &'static str, kind: &'static str, name: &str, verb: &str) -> Call {
         let action = if name.is_empty() {
-            format!("{verb} {kind}s")
+            format!("{verb} {kind}")
         } else {
             format!("{verb} {kind} \"{name}\"")
         };
@@ -153,7 +155,7 @@ mod tests {
             error.to_string(),
             "creating backup \"Bad_Name\" failed: name must be a DNS-1123 subdomain"
         );
-        let list = Call::new("ListBackups", "backup", "", "listing");
+        let list = Call::new("ListBackups", "backups", "", "listing");
         let error = from_status(&tonic::Status::internal(""), &list, "http://x");
         assert_eq!(error.to_string(), "listing backups failed: Internal");
     }
