@@ -86,6 +86,8 @@ impl KubeEmulator {
     }
 
     pub async fn client(&self) -> Client {
+        // ring and aws-lc-rs are both linked into the tests; rustls needs one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading the kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await

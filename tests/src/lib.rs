@@ -7,6 +7,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod otlp;
 pub mod s3;
+pub mod stack;
 pub mod velero_fixture;
 
 use std::{

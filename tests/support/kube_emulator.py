@@ -65,6 +65,7 @@ RESOURCES = [
 ]
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 KINDS = {}
+STATUS_REASONS = {404: "NotFound", 409: "AlreadyExists"}
 
 
 def _now() -> str:
@@ -178,6 +179,13 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 meta.pop("creationTimestamp", None)
                 meta["resourceVersion"] = str(next(self._versions))
         return await super()._handle(request)
+
+    async def _render_error(self, exc):
+        # Clients branch on the machine-readable reason (`get_opt` treats only `NotFound` as
+        # absent); kmock's reasons are prose, so map them to the API server's.
+        if isinstance(exc, kmock.KubernetesError) and exc.status in STATUS_REASONS:
+            exc = attrs.evolve(exc, reason=STATUS_REASONS[exc.status])
+        return await super()._render_error(exc)
 
     async def _serve_version(self, request):
         result = await super()._serve_version(request)

@@ -614,7 +614,7 @@ pub async fn mirror_volume(deps: &Deps, backup: &Backup, volume: &PodVolumeBacku
         VolumePhase::Cancelled => "Canceled",
         _ => "New",
     };
-    let progress = volume.progress.clone().unwrap_or_default();
+    let progress = volume.progress.unwrap_or_default();
     let labels = json!({
         "velero.io/backup-name": backup.name,
         "velero.io/backup-uid": backup.uid,

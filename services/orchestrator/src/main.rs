@@ -109,6 +109,8 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // ring (tonic) and aws-lc-rs (object_store) are both linked; rustls needs one chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = config.log.init("stowage-orchestrator")?;
     let shutdown = CancellationToken::new();
     stowage_grpc::cancel_on_signal(shutdown.clone());

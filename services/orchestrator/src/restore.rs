@@ -346,6 +346,14 @@ fn restorable_pod(
         .ok_or_else(|| Error::Failed("pod manifest has no spec".to_string()))?;
     spec.remove("nodeName");
     let mut helper = helper.clone();
+    // The helper waits for `<mount>/.velero/<restore-uid>` in each of these.
+    let paths: Vec<String> = volumes
+        .iter()
+        .map(|volume| format!("/restores/{volume}"))
+        .collect();
+    if let Some(env) = helper.get_mut("env").and_then(Value::as_array_mut) {
+        env.push(json!({"name": "STOWAGE_RESTORE_VOLUME_PATHS", "value": paths.join(",")}));
+    }
     helper["volumeMounts"] = Value::Array(
         volumes
             .iter()
@@ -674,7 +682,7 @@ async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) 
         VolumePhase::Failed | VolumePhase::Cancelled => "Failed",
         _ => "New",
     };
-    let progress = volume.progress.clone().unwrap_or_default();
+    let progress = volume.progress.unwrap_or_default();
     let labels =
         json!({"velero.io/restore-name": restore.name, "velero.io/restore-uid": restore.uid});
     let spec = json!({

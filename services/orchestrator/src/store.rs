@@ -171,7 +171,7 @@ impl Store {
         let mut pod_volume_backups = Vec::new();
         for volume in &status.volumes {
             let reference = volume.volume.clone().unwrap_or_default();
-            let progress = volume.progress.clone().unwrap_or_default();
+            let progress = volume.progress.unwrap_or_default();
             if !volume.repository.is_empty() {
                 info.namespaces
                     .entry(reference.namespace.clone())

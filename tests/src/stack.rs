@@ -1,0 +1,182 @@
+//! A whole stowage stack for end-to-end tests and the demo, launched in one place: the
+//! Kubernetes API emulator, a local storage location, the repo-manager, one volume agent per
+//! node (each with its own fake kubelet pods directory), and the orchestrator.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use stowage_grpc::TracedChannel;
+use stowage_proto::v1::orchestrator_client::OrchestratorClient;
+
+use crate::{ServiceProcess, kube::KubeEmulator, kubelet::FakeKubelet, start_service};
+
+const MASTER_KEY: &str = "master-key-for-the-e2e-stack";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Nodes that run a volume agent.
+    pub agent_nodes: Vec<String>,
+    /// Extra orchestrator flags.
+    pub orchestrator_args: Vec<String>,
+    /// Extra environment for every service (e.g. OTLP settings).
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            agent_nodes: vec!["node-a".to_string()],
+            orchestrator_args: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct Stack {
+    // Processes first: they stop (on drop) before the directories they use are removed.
+    pub orchestrator: ServiceProcess,
+    pub agents: BTreeMap<String, ServiceProcess>,
+    pub repo_manager: ServiceProcess,
+    pub kube: KubeEmulator,
+    pub kubelets: BTreeMap<String, FakeKubelet>,
+    /// The storage location (a local directory).
+    pub storage: PathBuf,
+    pub options: StackOptions,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("creating the log dir");
+        let storage = dir.path().join("bucket");
+        std::fs::create_dir_all(&storage).expect("creating the storage dir");
+        let kube = KubeEmulator::start(&logs).await;
+        crate::kube::ensure_namespace(&kube.client().await, "stowage").await;
+
+        let mut env = options.env.clone();
+        env.insert("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string());
+        let repo_manager = start_service(
+            "stowage-repo-manager",
+            "stowage.v1.RepoManager",
+            &[
+                "--storage-url".to_string(),
+                format!("file://{}", storage.display()),
+                "--scratch-dir".to_string(),
+                scratch(dir.path(), "repo-manager"),
+            ],
+            &env,
+            &logs,
+        )
+        .await;
+
+        let mut agents = BTreeMap::new();
+        let mut kubelets = BTreeMap::new();
+        for node in &options.agent_nodes {
+            let kubelet = FakeKubelet::new(dir.path().join("nodes").join(node).join("pods"));
+            let agent = start_service(
+                "stowage-volume-agent",
+                "stowage.v1.VolumeAgent",
+                &[
+                    "--node-name".to_string(),
+                    node.clone(),
+                    "--pods-root".to_string(),
+                    kubelet.pods_root().display().to_string(),
+                    "--scratch-dir".to_string(),
+                    scratch(dir.path(), &format!("agent-{node}")),
+                ],
+                &options.env,
+                &logs,
+            )
+            .await;
+            agents.insert(node.clone(), agent);
+            kubelets.insert(node.clone(), kubelet);
+        }
+        let orchestrator =
+            start_orchestrator(&options, &repo_manager, &agents, &kube, &storage, &logs).await;
+        Stack {
+            orchestrator,
+            agents,
+            repo_manager,
+            kube,
+            kubelets,
+            storage,
+            options,
+            dir,
+        }
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub async fn client(&self) -> OrchestratorClient<TracedChannel> {
+        OrchestratorClient::new(
+            stowage_grpc::connect(&self.orchestrator.url)
+                .await
+                .expect("connecting to the orchestrator"),
+        )
+    }
+
+    pub async fn kube_client(&self) -> ::kube::Client {
+        self.kube.client().await
+    }
+
+    /// Kills the orchestrator (SIGKILL, as a crash would) and starts a new one with the same
+    /// configuration.
+    pub async fn restart_orchestrator(&mut self) {
+        self.orchestrator.process.kill();
+        self.orchestrator = start_orchestrator(
+            &self.options,
+            &self.repo_manager,
+            &self.agents,
+            &self.kube,
+            &self.storage,
+            &self.logs(),
+        )
+        .await;
+    }
+}
+
+fn scratch(root: &Path, name: &str) -> String {
+    let path = root.join("scratch").join(name);
+    std::fs::create_dir_all(&path).expect("creating a scratch dir");
+    path.display().to_string()
+}
+
+async fn start_orchestrator(
+    options: &StackOptions,
+    repo_manager: &ServiceProcess,
+    agents: &BTreeMap<String, ServiceProcess>,
+    kube: &KubeEmulator,
+    storage: &Path,
+    logs: &Path,
+) -> ServiceProcess {
+    let mut args = vec![
+        "--repo-manager".to_string(),
+        repo_manager.url.clone(),
+        "--storage-url".to_string(),
+        format!("file://{}", storage.display()),
+        "--poll-interval-ms".to_string(),
+        "100".to_string(),
+    ];
+    for (node, agent) in agents {
+        args.push("--agent".to_string());
+        args.push(format!("{node}={}", agent.url));
+    }
+    args.extend(options.orchestrator_args.iter().cloned());
+    let mut env = options.env.clone();
+    env.extend(kube.env());
+    start_service(
+        "stowage-orchestrator",
+        "stowage.v1.Orchestrator",
+        &args,
+        &env,
+        logs,
+    )
+    .await
+}

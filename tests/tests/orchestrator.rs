@@ -1,0 +1,344 @@
+//! The orchestrator end to end: the Kubernetes API emulator holds the pods, a fake kubelet tree
+//! holds their volumes, and the real agent, repo-manager and restic do the work.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::{
+    Api,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams},
+};
+use serde_json::json;
+use stowage_e2e::{
+    binary,
+    kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
+    kubelet::{manifest, write_sample_tree},
+    stack::{Stack, StackOptions},
+};
+use stowage_grpc::TracedChannel;
+use stowage_proto::v1::{
+    Backup, BackupPhase, BackupSpec, CreateBackupRequest, CreateRestoreRequest,
+    DeleteBackupRequest, GetBackupRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
+    VolumePhase, WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
+};
+
+type Client = OrchestratorClient<TracedChannel>;
+
+async fn backup_to_end(client: &mut Client, name: &str, spec: BackupSpec) -> Backup {
+    client
+        .create_backup(CreateBackupRequest {
+            name: name.to_string(),
+            spec: Some(spec),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_backup(client, name).await
+}
+
+async fn wait_backup(client: &mut Client, name: &str) -> Backup {
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = stream.message().await.expect("a backup event") {
+            last = event.backup;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "backup {name} did not end: {last:?}");
+    last.expect("at least one backup event")
+}
+
+async fn wait_restore(client: &mut Client, name: &str) -> Restore {
+    let mut stream = client
+        .watch_restore(WatchRestoreRequest { name: name.into() })
+        .await
+        .expect("WatchRestore")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = stream.message().await.expect("a restore event") {
+            last = event.restore;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "restore {name} did not end: {last:?}");
+    last.expect("at least one restore event")
+}
+
+fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("velero.io", "v1", "PodVolumeBackup"),
+        "podvolumebackups",
+    );
+    Api::namespaced_with(client.clone(), "stowage", &resource)
+}
+
+fn foo_spec() -> BackupSpec {
+    BackupSpec {
+        included_namespaces: vec!["foo".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotated_volumes_back_up_and_restore_identically() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let kubelet = &stack.kubelets["node-a"];
+    let pod_dir = kubelet.pod(&example.pod_uid());
+    let pvc_dir = pod_dir.pv("kubernetes.io~local-volume", &example.pv_name());
+    let empty_dir = pod_dir.empty_dir("emptydir-volume");
+    write_sample_tree(&pvc_dir, "pvc");
+    write_sample_tree(&empty_dir, "emptydir");
+    let pvc_before = manifest(&pvc_dir, false);
+    let empty_before = manifest(&empty_dir, false);
+
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "nightly", foo_spec()).await;
+    let status = backup.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        BackupPhase::Completed as i32,
+        "{status:#?}\n{}",
+        stack.orchestrator.process.log()
+    );
+    assert_eq!(status.volumes.len(), 2);
+    for volume in &status.volumes {
+        assert_eq!(volume.phase, VolumePhase::Completed as i32, "{volume:?}");
+        assert!(!volume.snapshot_id.is_empty());
+    }
+    let pvc_volume = status
+        .volumes
+        .iter()
+        .find(|v| v.volume.as_ref().unwrap().volume_name == "pvc-volume")
+        .unwrap();
+    assert_eq!(
+        pvc_volume.stable_identity,
+        format!("pvc-uid/{}", example.pvc.metadata.uid.clone().unwrap())
+    );
+    let emptydir_volume = status
+        .volumes
+        .iter()
+        .find(|v| v.volume.as_ref().unwrap().volume_name == "emptydir-volume")
+        .unwrap();
+    assert_eq!(
+        emptydir_volume.stable_identity,
+        "Deployment/sample/emptydir-volume"
+    );
+
+    // The bucket holds the backup's files.
+    let dir = stack.storage.join("backups/nightly");
+    for file in [
+        "velero-backup.json",
+        "nightly-podvolumebackups.json.gz",
+        "nightly.tar.gz",
+        "nightly-logs.gz",
+    ] {
+        assert!(
+            dir.join(file).exists(),
+            "{file} missing in {}",
+            dir.display()
+        );
+    }
+
+    // The PodVolumeBackups are mirrored, as `kubectl get podvolumebackups -l …` shows them.
+    let mirrors = pod_volume_backups(&kube)
+        .list(&ListParams::default().labels("velero.io/backup-name=nightly"))
+        .await
+        .unwrap();
+    assert_eq!(mirrors.items.len(), 2);
+    for mirror in &mirrors.items {
+        assert_eq!(mirror.data["status"]["phase"], "Completed", "{mirror:?}");
+        let snapshot = mirror.data["status"]["snapshotID"].as_str().unwrap();
+        assert!(status.volumes.iter().any(|v| v.snapshot_id == snapshot));
+    }
+
+    // Disaster: the pod, its claim and its data are gone.
+    std::fs::remove_dir_all(&pod_dir.dir).unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let restore = client
+        .create_restore(CreateRestoreRequest {
+            name: "nightly-restore".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner();
+
+    // Play scheduler, provisioner and kubelet for the recreated pod.
+    let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
+    let spec = pod.spec.clone().unwrap();
+    assert!(spec.node_name.is_none());
+    let init = spec.init_containers.clone().unwrap();
+    assert_eq!(init[0].name, "restore-wait");
+    assert_eq!(init[0].args.clone().unwrap(), vec![restore.uid.clone()]);
+    let claim = claims.get("sample-pvc").await.unwrap();
+    assert!(claim.spec.unwrap().volume_name.is_none());
+    let new_pv = "pv-foo-sample-restored";
+    claims
+        .patch(
+            "sample-pvc",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"volumeName": new_pv}})),
+        )
+        .await
+        .unwrap();
+    let new_uid = pod.metadata.uid.clone().unwrap();
+    let new_pod_dir = kubelet.pod(&new_uid);
+    let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
+    let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "foo", "sample", "node-a", "restore-wait").await;
+
+    let restore = wait_restore(&mut client, &restore.name).await;
+    let restore_status = restore.status.clone().unwrap();
+    assert_eq!(
+        restore_status.phase,
+        RestorePhase::Completed as i32,
+        "{restore_status:#?}\n{}",
+        stack.orchestrator.process.log()
+    );
+    assert_eq!(restore_status.volumes_completed, 2);
+    assert_eq!(restore_status.pods_created, vec!["foo/sample".to_string()]);
+    assert_eq!(manifest(&new_pvc_dir, false), pvc_before);
+    assert_eq!(manifest(&new_empty_dir, false), empty_before);
+    for dir in [&new_pvc_dir, &new_empty_dir] {
+        assert!(dir.join(".velero").join(&restore.uid).exists());
+    }
+
+    // The restore helper, run as the init container would, finds its done files and exits 0.
+    let helper = std::process::Command::new(binary("stowage-restore-helper"))
+        .arg(&restore.uid)
+        .arg(format!(
+            "{},{}",
+            new_pvc_dir.display(),
+            new_empty_dir.display()
+        ))
+        .args(["--timeout", "10", "--poll-millis", "50"])
+        .output()
+        .unwrap();
+    assert!(helper.status.success(), "{helper:?}");
+    patch_pod(
+        &kube,
+        "foo",
+        "sample",
+        json!({"status": {"phase": "Running"}}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_and_unknown_names_are_rejected() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let mut client = stack.client().await;
+    for name in ["", "Nightly", "a_b", "-x"] {
+        let error = client
+            .create_backup(CreateBackupRequest {
+                name: name.into(),
+                spec: Some(foo_spec()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            tonic::Code::InvalidArgument,
+            "{name:?}: {error}"
+        );
+    }
+    let error = client
+        .get_backup(GetBackupRequest {
+            name: "missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let error = client
+        .create_restore(CreateRestoreRequest {
+            name: String::new(),
+            spec: Some(RestoreSpec {
+                backup_name: "missing".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let error = client
+        .delete_backup(DeleteBackupRequest {
+            name: "missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volumes_on_a_node_without_agent_fail_and_unsupported_types_are_skipped() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "bar").await;
+    let _: Pod = stowage_e2e::kube::create(
+        &kube,
+        Some("bar"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "lonely", "namespace": "bar",
+                "annotations": {"backup.velero.io/backup-volumes": "scratch,logs,token"},
+            },
+            "spec": {
+                "nodeName": "node-b",
+                "containers": [{"name": "app", "image": "busybox"}],
+                "volumes": [
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "logs", "hostPath": {"path": "/var/log"}},
+                    {"name": "token", "projected": {"sources": []}},
+                    {"name": "unlisted", "emptyDir": {}},
+                ],
+            },
+            "status": {"phase": "Running"},
+        }),
+    )
+    .await;
+    let mut client = stack.client().await;
+    let backup = backup_to_end(
+        &mut client,
+        "lonely",
+        BackupSpec {
+            included_namespaces: vec!["bar".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(status.volumes.len(), 1);
+    assert_eq!(status.volumes[0].phase, VolumePhase::Failed as i32);
+    assert_eq!(status.volumes[0].error_message, "no agent on node node-b");
+    let reason = |volume: &str| {
+        status
+            .skipped
+            .iter()
+            .find(|s| s.volume == volume)
+            .map(|s| SkipReason::try_from(s.reason).unwrap())
+    };
+    assert_eq!(reason("logs"), Some(SkipReason::UnsupportedType));
+    assert_eq!(reason("token"), Some(SkipReason::UnsupportedType));
+    assert_eq!(reason("unlisted"), Some(SkipReason::NotAnnotated));
+}
