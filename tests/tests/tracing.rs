@@ -4,10 +4,12 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use stowage_e2e::{otlp::OtlpCollector, start_service};
-use stowage_proto::v1::{
-    BackupSpec, CreateBackupRequest, orchestrator_client::OrchestratorClient,
+use stowage_e2e::{
+    kube::seed_example,
+    otlp::OtlpCollector,
+    stack::{Stack, StackOptions},
 };
+use stowage_proto::v1::{BackupSpec, CreateBackupRequest};
 
 fn telemetry_env(collector: &OtlpCollector) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -23,56 +25,20 @@ fn telemetry_env(collector: &OtlpCollector) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_backup_call_is_one_trace_across_all_services() {
     let collector = OtlpCollector::start().await;
-    let env = telemetry_env(&collector);
-    let scratch = tempfile::tempdir().unwrap();
-    let logs = scratch.path();
-    let storage = scratch.path().join("bucket");
-    let pods_root = scratch.path().join("pods");
-    let agent_scratch = scratch.path().join("agent-scratch");
-    for dir in [&storage, &pods_root, &agent_scratch] {
-        std::fs::create_dir_all(dir).unwrap();
-    }
+    let stack = Stack::start(StackOptions {
+        env: telemetry_env(&collector),
+        ..StackOptions::default()
+    })
+    .await;
+    // A real backup: one annotated pod whose volume the agent backs up with restic.
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"traced").unwrap();
 
-    let repo_manager = start_service(
-        "stowage-repo-manager",
-        "stowage.v1.RepoManager",
-        &["--storage-url".into(), storage.display().to_string()],
-        &env,
-        logs,
-    )
-    .await;
-    let agent = start_service(
-        "stowage-volume-agent",
-        "stowage.v1.VolumeAgent",
-        &[
-            "--node-name".into(),
-            "node-a".into(),
-            "--pods-root".into(),
-            pods_root.display().to_string(),
-            "--scratch-dir".into(),
-            agent_scratch.display().to_string(),
-        ],
-        &env,
-        logs,
-    )
-    .await;
-    let orchestrator = start_service(
-        "stowage-orchestrator",
-        "stowage.v1.Orchestrator",
-        &[
-            "--repo-manager".into(),
-            repo_manager.url.clone(),
-            "--agent".into(),
-            format!("node-a={}", agent.url),
-        ],
-        &env,
-        logs,
-    )
-    .await;
-
-    let mut client = OrchestratorClient::connect(orchestrator.url.clone())
-        .await
-        .unwrap();
+    let mut client = stack.client().await;
     let backup = client
         .create_backup(CreateBackupRequest {
             name: "traced".into(),
@@ -87,7 +53,11 @@ async fn one_backup_call_is_one_trace_across_all_services() {
     let trace_id = backup.status.unwrap_or_default().trace_id;
     assert_eq!(trace_id.len(), 32, "the backup reports its trace id");
 
-    let services = ["stowage-orchestrator", "stowage-repo-manager", "stowage-volume-agent"];
+    let services = [
+        "stowage-orchestrator",
+        "stowage-repo-manager",
+        "stowage-volume-agent",
+    ];
     let spans = collector
         .wait_for(Duration::from_secs(20), |spans| {
             services.iter().all(|service| {
@@ -99,14 +69,23 @@ async fn one_backup_call_is_one_trace_across_all_services() {
             })
         })
         .await;
-    let in_trace: Vec<_> = spans.iter().filter(|span| span.trace_id == trace_id).collect();
+    let in_trace: Vec<_> = spans
+        .iter()
+        .filter(|span| span.trace_id == trace_id)
+        .collect();
 
     // The orchestrator's server span is the root: the test client sent no trace context.
     let root = in_trace
         .iter()
-        .find(|span| span.service_name == "stowage-orchestrator" && span.name == "stowage.v1.Orchestrator/CreateBackup")
+        .find(|span| {
+            span.service_name == "stowage-orchestrator"
+                && span.name == "stowage.v1.Orchestrator/CreateBackup"
+        })
         .expect("the orchestrator's CreateBackup span");
-    assert!(root.parent_span_id.is_empty(), "CreateBackup is the root span");
+    assert!(
+        root.parent_span_id.is_empty(),
+        "CreateBackup is the root span"
+    );
     assert_eq!(root.attribute("rpc.method"), Some("CreateBackup"));
 
     // Each callee's server span hangs under a span of the orchestrator.
