@@ -51,6 +51,18 @@ pub enum FixtureLocation {
 }
 
 impl FixtureLocation {
+    /// The bucket of a test S3 server, under `prefix` (may be empty).
+    pub fn s3(server: &crate::s3::S3Server, prefix: &str) -> FixtureLocation {
+        FixtureLocation::S3 {
+            endpoint: server.endpoint.clone(),
+            bucket: server.bucket.clone(),
+            prefix: prefix.trim_matches('/').to_string(),
+            region: crate::s3::REGION.to_string(),
+            access_key_id: crate::s3::ACCESS_KEY_ID.to_string(),
+            secret_access_key: crate::s3::SECRET_ACCESS_KEY.to_string(),
+        }
+    }
+
     /// The restic repository URL of `namespace`, as Velero's `repoIdentifier` spelled it.
     pub fn restic_repository(&self, namespace: &str) -> String {
         match self {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use stowage_e2e::s3::S3Server;
 use stowage_e2e::velero_fixture::{
     self, Corruption, FixtureLocation, STATIC_PASSWORD, VeleroEra, VeleroFixture,
 };
@@ -353,4 +354,79 @@ async fn wrong_password_and_missing_repository_backups_parse_but_restic_cannot_o
     assert!(stderr.contains("Is there a repository"), "{stderr}");
     assert!(!dir.path().join("location/restic/gone").exists());
     assert!(dir.path().join("location/restic/foo/config").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn velero_fixture_on_s3_reads_back_and_reports_broken_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(dir.path(), "velero-bucket");
+    let location = FixtureLocation::s3(&server, "cluster-a");
+    assert_eq!(
+        location.restic_repository("foo"),
+        format!("s3:{}/velero-bucket/cluster-a/restic/foo", server.endpoint)
+    );
+    let fixture = velero_fixture::generate(
+        &location,
+        &dir.path().join("work"),
+        "daily",
+        VeleroEra::FsBackupRestic,
+    )
+    .await
+    .unwrap();
+    let store = fixture.object_store();
+
+    let listing = format::list_backups(&*store).await.unwrap();
+    assert!(listing.failures.is_empty(), "{:?}", listing.failures);
+    assert_eq!(listing.backups.len(), 1);
+    assert_eq!(listing.backups[0].origin(), Origin::Velero);
+    let files = format::read_backup(&*store, "daily").await.unwrap();
+    assert_eq!(files.backup, fixture.backup);
+    assert_eq!(files.pod_volume_backups, fixture.pod_volume_backups);
+    assert_eq!(files.resources.as_ref(), Some(&fixture.resources));
+
+    // The snapshot ids in the PodVolumeBackups are the ones restic lists in the bucket.
+    for namespace in ["foo", "bar"] {
+        let listed: BTreeSet<String> = restic_snapshots(&fixture, namespace)
+            .iter()
+            .map(|snapshot| snapshot["short_id"].as_str().unwrap().to_string())
+            .collect();
+        let recorded: BTreeSet<String> = files
+            .pod_volume_backups
+            .iter()
+            .filter(|pvb| pvb.pod_namespace() == namespace)
+            .map(|pvb| pvb.snapshot_id().unwrap().to_string())
+            .collect();
+        assert_eq!(listed, recorded, "{namespace}");
+    }
+
+    let before = velero_fixture::snapshot_backup_objects(&*store, "daily")
+        .await
+        .unwrap();
+    for corruption in [Corruption::BadBackupJson, Corruption::TruncatedTarball] {
+        let copy = velero_fixture::write_corrupted_copy(&fixture, corruption)
+            .await
+            .unwrap();
+        let problems = format::check_backup(&*store, &copy.name).await;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key(), Some(copy.broken_key.as_str()));
+    }
+    let listing = format::list_backups(&*store).await.unwrap();
+    assert_eq!(listing.failures.len(), 1);
+    assert_eq!(listing.failures[0].name, "daily-bad-record");
+
+    velero_fixture::write_missing_repository_backup(&fixture, "repo-gone", "gone")
+        .await
+        .unwrap();
+    let missing = fixture
+        .restic("gone", STATIC_PASSWORD, &["snapshots", "--json"])
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("Is there a repository"), "{stderr}");
+    assert_eq!(
+        velero_fixture::snapshot_backup_objects(&*store, "daily")
+            .await
+            .unwrap(),
+        before
+    );
 }
