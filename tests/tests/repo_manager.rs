@@ -516,6 +516,22 @@ async fn prune_waits_for_shared_leases_then_succeeds_and_backups_finish() {
         assert!(released.released);
     }
     let result = prune.await.unwrap().expect("prune answered").into_inner();
+    // The exclusive lease went to the prune only after both backups released theirs.
+    let log = service.process.log();
+    let line_of = |needles: &[&str]| {
+        log.lines()
+            .position(|line| needles.iter().all(|needle| line.contains(needle)))
+            .unwrap_or_else(|| panic!("no log line with {needles:?}"))
+    };
+    let granted = line_of(&["lease granted", "maintenance/prune"]);
+    for lease in &leases {
+        let released = line_of(&["lease released", &lease.lease_id]);
+        assert!(
+            released < granted,
+            "prune got its lease before backup lease {} was released",
+            lease.lease_id
+        );
+    }
     assert!(result.succeeded, "prune failed: {}", result.message);
     assert_eq!(result.kind, MaintenanceKind::Prune as i32);
     assert_eq!(restic.snapshot_ids(Some("backup=nightly")).len(), 2);

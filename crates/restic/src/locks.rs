@@ -33,6 +33,9 @@ pub struct Lock {
 
 /// restic refreshes a live lock every 5 minutes; one untouched for this long belongs to a
 /// process that is gone, wherever it ran (restic's own rule for locks of other hosts).
+/// How long reading one lock may take before it is taken as removed.
+const CAT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub const OTHER_HOST_STALE_AFTER: chrono::Duration = chrono::Duration::minutes(30);
 
 impl LockInfo {
@@ -121,10 +124,18 @@ impl Restic {
     ) -> Result<Vec<Lock>, ResticError> {
         let mut locks = Vec::new();
         for id in self.list_locks(repository, cancel).await? {
-            match self.cat_lock(repository, &id, cancel).await {
-                Ok(info) => locks.push(Lock { id, info }),
-                Err(error) if error.is_cancelled() => return Err(error),
-                Err(error) => tracing::debug!(lock = %id, %error, "lock vanished while reading"),
+            // restic retries a missing file for about a minute; a lock that vanished between
+            // listing and reading (its holder finished) must not hold up maintenance that long.
+            // A timed-out read drops the run, which kills restic.
+            match tokio::time::timeout(CAT_LOCK_TIMEOUT, self.cat_lock(repository, &id, cancel))
+                .await
+            {
+                Ok(Ok(info)) => locks.push(Lock { id, info }),
+                Ok(Err(error)) if error.is_cancelled() => return Err(error),
+                Ok(Err(error)) => {
+                    tracing::debug!(lock = %id, %error, "lock vanished while reading")
+                }
+                Err(_) => tracing::debug!(lock = %id, "lock unreadable in time, probably removed"),
             }
         }
         Ok(locks)
