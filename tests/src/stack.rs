@@ -21,6 +21,8 @@ pub struct StackOptions {
     pub agent_nodes: Vec<String>,
     /// Extra orchestrator flags.
     pub orchestrator_args: Vec<String>,
+    /// Extra volume agent flags (every agent).
+    pub agent_args: Vec<String>,
     /// Extra environment for every service (e.g. OTLP settings).
     pub env: BTreeMap<String, String>,
 }
@@ -30,6 +32,7 @@ impl Default for StackOptions {
         StackOptions {
             agent_nodes: vec!["node-a".to_string()],
             orchestrator_args: Vec::new(),
+            agent_args: Vec::new(),
             env: BTreeMap::new(),
         }
     }
@@ -78,17 +81,19 @@ impl Stack {
         let mut kubelets = BTreeMap::new();
         for node in &options.agent_nodes {
             let kubelet = FakeKubelet::new(dir.path().join("nodes").join(node).join("pods"));
+            let mut args = vec![
+                "--node-name".to_string(),
+                node.clone(),
+                "--pods-root".to_string(),
+                kubelet.pods_root().display().to_string(),
+                "--scratch-dir".to_string(),
+                scratch(dir.path(), &format!("agent-{node}")),
+            ];
+            args.extend(options.agent_args.iter().cloned());
             let agent = start_service(
                 "stowage-volume-agent",
                 "stowage.v1.VolumeAgent",
-                &[
-                    "--node-name".to_string(),
-                    node.clone(),
-                    "--pods-root".to_string(),
-                    kubelet.pods_root().display().to_string(),
-                    "--scratch-dir".to_string(),
-                    scratch(dir.path(), &format!("agent-{node}")),
-                ],
+                &args,
                 &options.env,
                 &logs,
             )
@@ -179,4 +184,21 @@ async fn start_orchestrator(
         logs,
     )
     .await
+}
+
+/// A restic wrapper that waits `seconds` before every `restic backup` (and nothing else), so a
+/// test can act while a backup is running; returns its path, for `--restic-binary`.
+pub fn slow_restic(dir: &Path, seconds: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("slow-restic");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" backup \"*) sleep {seconds};; esac\nexec restic \"$@\"\n"
+        ),
+    )
+    .expect("writing the restic wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the restic wrapper executable");
+    path
 }

@@ -13,13 +13,14 @@ use stowage_e2e::{
     binary,
     kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
-    stack::{Stack, StackOptions},
+    stack::{Stack, StackOptions, slow_restic},
 };
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupPhase, BackupSpec, CreateBackupRequest, CreateRestoreRequest,
-    DeleteBackupRequest, GetBackupRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
-    VolumePhase, WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
+    Backup, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
+    CreateRestoreRequest, DeleteBackupRequest, GetBackupRequest, ListBackupsRequest, Restore,
+    RestorePhase, RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest, WatchRestoreRequest,
+    orchestrator_client::OrchestratorClient,
 };
 
 type Client = OrchestratorClient<TracedChannel>;
@@ -75,6 +76,25 @@ fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
         "podvolumebackups",
     );
     Api::namespaced_with(client.clone(), "stowage", &resource)
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 fn foo_spec() -> BackupSpec {
@@ -341,4 +361,260 @@ async fn volumes_on_a_node_without_agent_fail_and_unsupported_types_are_skipped(
     assert_eq!(reason("logs"), Some(SkipReason::UnsupportedType));
     assert_eq!(reason("token"), Some(SkipReason::UnsupportedType));
     assert_eq!(reason("unlisted"), Some(SkipReason::NotAnnotated));
+}
+
+/// A stack whose agent's restic waits 60 s before each backup, with the example seeded.
+async fn stack_with_slow_backups() -> (Stack, tempfile::TempDir) {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper_dir.path(), 60);
+    let stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"slow").unwrap();
+    (stack, wrapper_dir)
+}
+
+/// Starts backup `name` and waits until its volume is with the agent.
+async fn start_and_wait_in_progress(client: &mut Client, name: &str, spec: BackupSpec) {
+    client
+        .create_backup(CreateBackupRequest {
+            name: name.into(),
+            spec: Some(spec),
+        })
+        .await
+        .expect("CreateBackup");
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = stream.message().await.unwrap() {
+            let status = event.backup.unwrap().status.unwrap();
+            if status.volumes.iter().any(|v| {
+                v.phase == VolumePhase::InProgress as i32 || v.phase == VolumePhase::Queued as i32
+            }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        started,
+        Ok(true),
+        "backup {name} never had a running volume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_running_volume() {
+    let (stack, _wrapper) = stack_with_slow_backups().await;
+    let mut client = stack.client().await;
+    start_and_wait_in_progress(&mut client, "cancelled", foo_spec()).await;
+    client
+        .cancel_backup(CancelBackupRequest {
+            name: "cancelled".into(),
+        })
+        .await
+        .expect("CancelBackup");
+    let backup = wait_backup(&mut client, "cancelled").await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Cancelled as i32, "{status:#?}");
+    assert_eq!(status.volumes[0].phase, VolumePhase::Cancelled as i32);
+    // The record in the bucket says so too.
+    let record =
+        std::fs::read_to_string(stack.storage.join("backups/cancelled/velero-backup.json"))
+            .unwrap();
+    assert!(record.contains("\"Cancelled\""), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeout_fails_the_volumes_still_running() {
+    let (stack, _wrapper) = stack_with_slow_backups().await;
+    let mut client = stack.client().await;
+    let backup = backup_to_end(
+        &mut client,
+        "hurried",
+        BackupSpec {
+            timeout: Some(stowage_proto::prost_types::Duration {
+                seconds: 3,
+                nanos: 0,
+            }),
+            ..foo_spec()
+        },
+    )
+    .await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(status.volumes[0].phase, VolumePhase::Failed as i32);
+    assert!(
+        status.volumes[0].error_message.contains("timed out"),
+        "{}",
+        status.volumes[0].error_message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_orchestrator_fails_unfinished_volumes_and_lists_the_bucket() {
+    let (mut stack, _wrapper) = stack_with_slow_backups().await;
+    let mut client = stack.client().await;
+    start_and_wait_in_progress(&mut client, "interrupted", foo_spec()).await;
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    let backup = client
+        .get_backup(GetBackupRequest {
+            name: "interrupted".into(),
+        })
+        .await
+        .expect("the new orchestrator knows the backup from the bucket")
+        .into_inner();
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(status.volumes.len(), 1);
+    assert_eq!(status.volumes[0].phase, VolumePhase::Failed as i32);
+    assert_eq!(status.volumes[0].error_message, "orchestrator restarted");
+    let listed = client
+        .list_backups(ListBackupsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.backups.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opt_out_mode_takes_every_volume_but_the_excluded() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", None).await;
+    patch_pod(
+        &kube,
+        "foo",
+        "sample",
+        json!({"metadata": {"annotations": {"backup.velero.io/backup-volumes-excludes": "emptydir-volume"}}}),
+    )
+    .await;
+    let pod_dir = stack.kubelets["node-a"].pod(&example.pod_uid());
+    write_sample_tree(
+        &pod_dir.pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    pod_dir.empty_dir("emptydir-volume");
+    let mut client = stack.client().await;
+    let backup = backup_to_end(
+        &mut client,
+        "opt-out",
+        BackupSpec {
+            default_volumes_to_fs_backup: true,
+            ..foo_spec()
+        },
+    )
+    .await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+    let names: Vec<&str> = status
+        .volumes
+        .iter()
+        .map(|v| v.volume.as_ref().unwrap().volume_name.as_str())
+        .collect();
+    assert_eq!(names, vec!["pvc-volume"]);
+    let excluded = status
+        .skipped
+        .iter()
+        .find(|s| s.volume == "emptydir-volume")
+        .expect("the excluded volume is reported");
+    assert_eq!(excluded.reason, SkipReason::Excluded as i32);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_backup_forgets_its_snapshots_and_files() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    write_sample_tree(&volume, "emptydir");
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "doomed", foo_spec()).await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+    let snapshot = status.volumes[0].snapshot_id.clone();
+    assert!(!files_under(&stack.storage.join("backups/doomed")).is_empty());
+
+    let deleted = client
+        .delete_backup(DeleteBackupRequest {
+            name: "doomed".into(),
+        })
+        .await
+        .expect("DeleteBackup")
+        .into_inner();
+    assert!(
+        deleted
+            .forgotten_snapshot_ids
+            .iter()
+            .any(|id| snapshot.starts_with(id.as_str()) || id.starts_with(snapshot.as_str())),
+        "{:?} does not name {snapshot}",
+        deleted.forgotten_snapshot_ids
+    );
+    // A local store may keep the emptied directories; no file of the backup may remain.
+    let left = files_under(&stack.storage.join("backups/doomed"));
+    assert!(left.is_empty(), "{left:?}");
+    let error = client
+        .get_backup(GetBackupRequest {
+            name: "doomed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let mirrors = pod_volume_backups(&kube)
+        .list(&ListParams::default().labels("velero.io/backup-name=doomed"))
+        .await
+        .unwrap();
+    assert!(mirrors.items.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_mapping_restores_into_the_new_namespace() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let kubelet = &stack.kubelets["node-a"];
+    let volume = kubelet.pod(&example.pod_uid()).empty_dir("emptydir-volume");
+    write_sample_tree(&volume, "emptydir");
+    let before = manifest(&volume, false);
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "mapped", foo_spec()).await;
+    assert_eq!(backup.status.unwrap().phase, BackupPhase::Completed as i32);
+    let restore = client
+        .create_restore(CreateRestoreRequest {
+            name: String::new(),
+            spec: Some(RestoreSpec {
+                backup_name: "mapped".into(),
+                namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner();
+    assert!(restore.name.starts_with("mapped-"), "{}", restore.name);
+    let pod = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
+    let restored = kubelet
+        .pod(pod.metadata.uid.as_deref().unwrap())
+        .empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "bar", "sample", "node-a", "restore-wait").await;
+    let restore = wait_restore(&mut client, &restore.name).await;
+    let status = restore.status.unwrap();
+    assert_eq!(status.phase, RestorePhase::Completed as i32, "{status:#?}");
+    assert_eq!(status.volumes[0].source_namespace, "foo");
+    assert_eq!(status.volumes[0].volume.as_ref().unwrap().namespace, "bar");
+    assert_eq!(manifest(&restored, false), before);
 }
