@@ -362,6 +362,12 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
         new_pod.pv("kubernetes.io~local-volume", "pv-local-1"),
         new_pod.csi_pv("pvc-0a1b2c"),
     ];
+    // A stale file at a restored path is overwritten.
+    std::fs::write(
+        targets[0].join("README.txt"),
+        "stale content from the new pod",
+    )
+    .unwrap();
     let restore_uid = "5b6c7d8e-0000-4000-8000-000000000002";
     for (index, ((source_volume, source_dir), target)) in sources.iter().zip(&targets).enumerate() {
         let mut target_volume = source_volume.clone();
@@ -772,5 +778,143 @@ async fn concurrent_backups_into_one_repository_both_succeed() {
     assert_ne!(alpha.snapshot_id, beta.snapshot_id);
     assert_eq!((alpha.files_new, beta.files_new), (5, 5));
     assert_eq!(setup.snapshots().len(), 2);
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_errors_map_to_status_codes() {
+    let setup = Setup::new(2).await;
+    let uid = new_pod_uid();
+    let dir = setup.kubelet.pod(&uid).empty_dir("cache");
+    write_sample_tree(&dir, "cache");
+    let cache = volume(&uid, "web-0", "cache", VolumeSource::EmptyDir, "");
+
+    let mut wrong_password = setup.backup_request("wrong", cache.clone(), "test/cache");
+    if let Some(access) = wrong_password.repository.as_mut() {
+        access.password = "not-the-password".into();
+    }
+    let status = setup
+        .backup(wrong_password)
+        .await
+        .expect_err("wrong password");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let mut missing = setup.backup_request("missing", cache.clone(), "test/cache");
+    if let Some(access) = missing.repository.as_mut() {
+        access.url = setup
+            .dir
+            .path()
+            .join("storage/restic/nobody")
+            .display()
+            .to_string();
+    }
+    let status = setup.backup(missing).await.expect_err("missing repository");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("nobody"), "{}", status.message());
+
+    let status = setup
+        .restore("unknown-snapshot", cache.clone(), "deadbeef", "r-9")
+        .await
+        .expect_err("unknown snapshot");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        !dir.join(".velero/r-9").exists(),
+        "no done marker for a failed restore"
+    );
+
+    let mut no_password = setup.backup_request("no-password", cache, "test/cache");
+    if let Some(access) = no_password.repository.as_mut() {
+        access.password.clear();
+    }
+    let status = setup.backup(no_password).await.expect_err("empty password");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(setup.snapshots().is_empty());
+    setup.assert_password_not_in_log();
+}
+
+/// Whether `pid` is still a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts a backup of `volume` and returns its stream once restic reports progress.
+async fn backup_until_running(
+    setup: &Setup,
+    operation: &str,
+    volume: PodVolumeRef,
+) -> tonic::Streaming<BackupVolumeEvent> {
+    let mut stream = setup
+        .client
+        .clone()
+        .backup_volume(setup.backup_request(operation, volume, "test/bulk"))
+        .await
+        .expect("backup accepted")
+        .into_inner();
+    loop {
+        let event = stream
+            .message()
+            .await
+            .expect("backup streams")
+            .expect("backup still running");
+        match event.event {
+            Some(backup_volume_event::Event::Progress(_)) => return stream,
+            Some(backup_volume_event::Event::Result(result)) => {
+                panic!("finished before it could be stopped: {result:?}")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hang_up_and_agent_shutdown_kill_restic() {
+    let mut setup = Setup::new(2).await;
+    let uid = new_pod_uid();
+    let big = setup.kubelet.pod(&uid).empty_dir("bulk");
+    write_random_file(&big.join("bulk.bin"), 160 << 20, 43);
+    let bulk = volume(&uid, "bulk-0", "bulk", VolumeSource::EmptyDir, "");
+    let agent_pid = setup.agent.process.pid();
+
+    // The caller goes away mid-backup: the agent stops restic rather than run on for nobody.
+    let stream = backup_until_running(&setup, "hang-up", bulk.clone()).await;
+    assert_eq!(restic_children(agent_pid).len(), 1);
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !restic_children(agent_pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restic still running after the caller left: {:?}",
+            restic_children(agent_pid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM to the agent kills the restic it runs before it exits.
+    let _stream = backup_until_running(&setup, "shutdown", bulk).await;
+    let children = restic_children(agent_pid);
+    assert_eq!(children.len(), 1, "{children:?}");
+    let restic_pid: u32 = children[0]
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("pid in stat");
+    setup.agent.process.stop(std::time::Duration::from_secs(20));
+    let status = setup.agent.process.child.try_wait().expect("agent status");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent exited cleanly on SIGTERM: {status:?}; log:\n{}",
+        setup.agent.process.log()
+    );
+    assert!(!alive(restic_pid), "restic {restic_pid} outlived the agent");
+    assert!(
+        setup.snapshots().is_empty(),
+        "no snapshot from stopped backups"
+    );
     setup.assert_password_not_in_log();
 }

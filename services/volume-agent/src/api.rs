@@ -115,6 +115,8 @@ impl VolumeAgent for AgentApi {
         snapshot_id = tracing::field::Empty,
         bytes = tracing::field::Empty,
         bytes_added = tracing::field::Empty,
+        bytes_done = tracing::field::Empty,
+        files_done = tracing::field::Empty,
     ))]
     async fn backup_volume(
         &self,

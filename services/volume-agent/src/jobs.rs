@@ -227,6 +227,10 @@ pub async fn backup(
     let summary = context
         .restic
         .backup(&plan.repository, &options, cancel, |status| {
+            // The span keeps the latest progress, so a trace of a cancelled or failed
+            // backup shows how far it got.
+            span.record("bytes_done", status.bytes_done);
+            span.record("files_done", status.files_done);
             on_progress(progress(status))
         })
         .await?;
