@@ -618,6 +618,12 @@ pub async fn generate(
     .await?;
     put(
         &*store,
+        &layout::resource_list_key(backup_name),
+        format::codec::encode_json_gz(&resources.resource_list())?,
+    )
+    .await?;
+    put(
+        &*store,
         &layout::logs_key(backup_name),
         format::codec::encode_logs(&logs),
     )
@@ -895,6 +901,10 @@ pub async fn copy_backup(
             layout::pod_volume_backups_key(target),
         ),
         (layout::resources_key(source), layout::resources_key(target)),
+        (
+            layout::resource_list_key(source),
+            layout::resource_list_key(target),
+        ),
         (layout::logs_key(source), layout::logs_key(target)),
     ] {
         let data = store
@@ -1090,6 +1100,12 @@ async fn write_single_volume_backup(
         &*store,
         &layout::resources_key(backup_name),
         resources.to_tar_gz()?,
+    )
+    .await?;
+    put(
+        &*store,
+        &layout::resource_list_key(backup_name),
+        format::codec::encode_json_gz(&resources.resource_list())?,
     )
     .await?;
     put(

@@ -158,6 +158,12 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
             .expect("the PVC's PV is in the tarball");
         assert_eq!(pv["spec"]["claimRef"]["name"], "sample-pvc");
         assert_eq!(resources.of_resource(resources::NAMESPACES).count(), 2);
+        let list = format::read_resource_list(&*store, &fixture.backup_name)
+            .await
+            .unwrap()
+            .expect("Velero wrote the resource list");
+        assert_eq!(list["v1/Pod"], ["bar/web", "foo/sample"]);
+        assert_eq!(list["v1/PersistentVolume"], ["pv-sample"]);
 
         let logs = files.logs.as_deref().unwrap();
         assert!(logs.contains(&format!("backup=velero/{}", fixture.backup_name)));
@@ -249,7 +255,7 @@ async fn each_corrupted_copy_reports_its_broken_file_and_leaves_the_original_alo
     let before = velero_fixture::snapshot_backup_objects(&*store, "weekly")
         .await
         .unwrap();
-    assert_eq!(before.len(), 4, "{:?}", before.keys());
+    assert_eq!(before.len(), 5, "{:?}", before.keys());
 
     let corrupted = velero_fixture::write_corrupted_copies(&fixture)
         .await

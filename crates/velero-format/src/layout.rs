@@ -30,6 +30,12 @@ pub fn resources_key(name: &str) -> String {
     format!("{BACKUPS_DIR}/{name}/{name}.tar.gz")
 }
 
+/// `backups/<name>/<name>-resource-list.json.gz`: `{"<apiVersion>/<Kind>": ["<ns>/<name>", ...]}`,
+/// what `velero backup describe --details` shows as the resource list.
+pub fn resource_list_key(name: &str) -> String {
+    format!("{BACKUPS_DIR}/{name}/{name}-resource-list.json.gz")
+}
+
 /// `backups/<name>/<name>-logs.gz`
 pub fn logs_key(name: &str) -> String {
     format!("{BACKUPS_DIR}/{name}/{name}-logs.gz")
@@ -110,6 +116,10 @@ mod tests {
         );
         assert_eq!(resources_key("b1"), "backups/b1/b1.tar.gz");
         assert_eq!(logs_key("b1"), "backups/b1/b1-logs.gz");
+        assert_eq!(
+            resource_list_key("b1"),
+            "backups/b1/b1-resource-list.json.gz"
+        );
         assert_eq!(stowage_info_key("b1"), "backups/b1/b1-stowage.json");
         assert_eq!(restic_repository_key("foo"), "restic/foo");
         assert_eq!(backup_dir("b1"), "backups/b1/");

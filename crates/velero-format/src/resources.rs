@@ -173,6 +173,32 @@ impl BackupResources {
         self.of_resource(PERSISTENT_VOLUMES)
     }
 
+    /// The backup's resource list as Velero writes it beside the tarball: objects grouped by
+    /// `<apiVersion>/<Kind>` (`v1/Pod`, `apps/v1/Deployment`), each list of `<ns>/<name>` (or
+    /// `<name>` when cluster-scoped) sorted. Objects without apiVersion or kind are left out.
+    pub fn resource_list(&self) -> BTreeMap<String, Vec<String>> {
+        let mut list: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, object) in &self.objects {
+            let (Some(api_version), Some(kind)) = (
+                object.get("apiVersion").and_then(Value::as_str),
+                object.get("kind").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let entry = match &key.namespace {
+                Some(namespace) => format!("{namespace}/{}", key.name),
+                None => key.name.clone(),
+            };
+            list.entry(format!("{api_version}/{kind}"))
+                .or_default()
+                .push(entry);
+        }
+        for entries in list.values_mut() {
+            entries.sort();
+        }
+        list
+    }
+
     /// Writes the gzipped tarball in format 1.1: each object at its legacy path and at its
     /// `<version>-preferredversion` path, plus `metadata/version`.
     pub fn to_tar_gz(&self) -> Result<Vec<u8>> {
@@ -181,7 +207,12 @@ impl BackupResources {
             .format_version
             .clone()
             .unwrap_or_else(|| crate::backup::FORMAT_VERSION.to_string());
-        append_entry(&mut builder, METADATA_VERSION_ENTRY, version.as_bytes())?;
+        // Velero writes the version with a trailing newline.
+        append_entry(
+            &mut builder,
+            METADATA_VERSION_ENTRY,
+            format!("{version}\n").as_bytes(),
+        )?;
         for (key, object) in &self.objects {
             let json = serde_json::to_vec(object).map_err(|error| {
                 FormatError::Invalid(format!("cannot serialize {}: {error}", key.entry_path()))
@@ -281,7 +312,8 @@ impl BackupResources {
 fn append_entry(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) -> Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
-    header.set_mode(0o644);
+    // Velero's entries are regular files with mode 0755.
+    header.set_mode(0o755);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mtime(
         std::time::SystemTime::now()
@@ -426,6 +458,40 @@ mod tests {
                 "{expected} missing from {names:?}"
             );
         }
+    }
+
+    #[test]
+    fn resource_list_groups_by_api_version_and_kind() {
+        let list = sample().resource_list();
+        let expected: BTreeMap<String, Vec<String>> = [
+            ("apps/v1/Deployment", vec!["bar/web"]),
+            ("v1/Namespace", vec!["foo"]),
+            ("v1/PersistentVolume", vec!["pv-1"]),
+            ("v1/PersistentVolumeClaim", vec!["foo/sample-pvc"]),
+            ("v1/Pod", vec!["foo/sample"]),
+        ]
+        .into_iter()
+        .map(|(key, entries)| {
+            (
+                key.to_string(),
+                entries.into_iter().map(String::from).collect(),
+            )
+        })
+        .collect();
+        assert_eq!(list, expected);
+    }
+
+    #[test]
+    fn version_entry_is_written_like_velero_and_read_trimmed() {
+        let data = sample().to_tar_gz().unwrap();
+        let tar = gunzip(&data, "k").unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some(METADATA_VERSION_ENTRY));
+        assert_eq!(entry.header().mode().unwrap(), 0o755);
+        let mut content = String::new();
+        entry.read_to_string(&mut content).unwrap();
+        assert_eq!(content, "1.1.0\n");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! the location has a prefix. Listing tolerates broken backups: each one that cannot be read is
 //! reported with its reason instead of failing the whole list.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
@@ -112,6 +114,19 @@ pub async fn read_resources(
         .transpose()
 }
 
+/// Reads `<name>-resource-list.json.gz`; `None` when absent (stowage and Velero before 1.5
+/// may not have written one).
+pub async fn read_resource_list(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<String>>>> {
+    let key = layout::resource_list_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| decode_json_gz(&data, &key, "resource list"))
+        .transpose()
+}
+
 /// Reads the backup's log text; `None` when absent.
 pub async fn read_logs(store: &dyn ObjectStore, name: &str) -> Result<Option<String>> {
     let key = layout::logs_key(name);
@@ -179,6 +194,9 @@ pub async fn check_backup(store: &dyn ObjectStore, name: &str) -> Vec<FormatErro
         }),
         Err(error) => problems.push(error),
     }
+    if let Err(error) = read_resource_list(store, name).await {
+        problems.push(error);
+    }
     if let Err(error) = read_logs(store, name).await {
         problems.push(error);
     }
@@ -217,6 +235,21 @@ pub async fn write_resources(
 ) -> Result<()> {
     layout::validate_backup_name(name)?;
     put(store, &layout::resources_key(name), resources.to_tar_gz()?).await
+}
+
+/// Writes the tarball's resource list (see [`BackupResources::resource_list`]).
+pub async fn write_resource_list(
+    store: &dyn ObjectStore,
+    name: &str,
+    resources: &BackupResources,
+) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    put(
+        store,
+        &layout::resource_list_key(name),
+        encode_json_gz(&resources.resource_list())?,
+    )
+    .await
 }
 
 pub async fn write_logs(store: &dyn ObjectStore, name: &str, logs: &str) -> Result<()> {
@@ -266,6 +299,7 @@ pub async fn write_backup(store: &dyn ObjectStore, files: &BackupFiles) -> Resul
     write_pod_volume_backups(store, name, &files.pod_volume_backups).await?;
     if let Some(resources) = &files.resources {
         write_resources(store, name, resources).await?;
+        write_resource_list(store, name, resources).await?;
     }
     if let Some(logs) = &files.logs {
         write_logs(store, name, logs).await?;
@@ -406,11 +440,14 @@ mod tests {
         assert_eq!(back, files);
         assert_eq!(back.origin(), Origin::Stowage);
         assert!(check_backup(&store, "b1").await.is_empty());
+        let list = read_resource_list(&store, "b1").await.unwrap().unwrap();
+        assert_eq!(list["v1/Pod"], ["foo/sample"]);
         assert_eq!(
             list_backup_keys(&store, "b1").await.unwrap(),
             [
                 "backups/b1/b1-logs.gz",
                 "backups/b1/b1-podvolumebackups.json.gz",
+                "backups/b1/b1-resource-list.json.gz",
                 "backups/b1/b1-stowage.json",
                 "backups/b1/b1.tar.gz",
                 "backups/b1/velero-backup.json",
