@@ -815,3 +815,51 @@ async fn fresh_repo_manager_regains_access_only_with_the_master_key() {
     assert_ready(&ensure(&mut client_right, "dr").await);
     assert_eq!(access(&mut client_right, "dr").await.password, original);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_live_in_kubernetes_secrets_and_are_recreated_from_the_bucket() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+
+    let scene = Scene::new();
+    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
+    let kube = emulator.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), "stowage");
+    let mut env = emulator.env();
+    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
+    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    let args = scene.local_args(&[]);
+
+    let mut first = scene.start(args.clone(), env.clone()).await;
+    let mut client = connect(&first).await;
+    let repository = ensure(&mut client, "team-k").await;
+    assert_ready(&repository);
+    assert_eq!(repository.secret_name, "stowage-repo-team-k");
+    let password = access(&mut client, "team-k").await.password;
+
+    let secret = secrets.get("stowage-repo-team-k").await.unwrap();
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("stowage.io/namespace").map(String::as_str),
+        Some("team-k")
+    );
+    let stored = &secret.data.clone().unwrap()["repository-password"].0;
+    assert_eq!(String::from_utf8_lossy(stored), password);
+    drop(client);
+    first.process.stop(Duration::from_secs(10));
+
+    // A new cluster: the Secret is gone, the bucket (and its sealed copy) remains.
+    secrets
+        .delete("stowage-repo-team-k", &Default::default())
+        .await
+        .unwrap();
+    let second = scene.start(args, env).await;
+    let mut client = connect(&second).await;
+    assert_ready(&ensure(&mut client, "team-k").await);
+    assert_eq!(access(&mut client, "team-k").await.password, password);
+    let recreated = secrets.get("stowage-repo-team-k").await.unwrap();
+    let stored = &recreated.data.unwrap()["repository-password"].0;
+    assert_eq!(String::from_utf8_lossy(stored), password);
+    assert_no_secret_leak(&second, &[&password, MASTER_KEY]);
+}

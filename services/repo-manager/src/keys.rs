@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use ring::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
     rand::{SecureRandom as _, SystemRandom},
@@ -262,20 +262,25 @@ impl SecretStore {
             data: Some(data),
             ..Default::default()
         };
-        let mut body = serde_json::to_value(&secret).map_err(|error| RepoError::Corrupt {
-            path: name.clone(),
-            reason: error.to_string(),
-        })?;
-        body["apiVersion"] = "v1".into();
-        body["kind"] = "Secret".into();
-        self.api()
-            .patch(
-                &name,
-                &PatchParams::apply("stowage-repo-manager").force(),
-                &Patch::Apply(body),
-            )
+        // Create or replace (not server-side apply): the plain verbs every API server and
+        // emulator serves. Calls for one namespace are serialised by the caller.
+        let api = self.api();
+        let existing = api
+            .get_opt(&name)
             .await
-            .map_err(|source| RepoError::Kubernetes { name, source })?;
+            .map_err(|source| RepoError::Kubernetes {
+                name: name.clone(),
+                source,
+            })?;
+        let result = match existing {
+            None => api.create(&PostParams::default(), &secret).await,
+            Some(existing) => {
+                let mut secret = secret;
+                secret.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &secret).await
+            }
+        };
+        result.map_err(|source| RepoError::Kubernetes { name, source })?;
         Ok(())
     }
 }

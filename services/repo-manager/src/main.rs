@@ -129,6 +129,8 @@ impl Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // ring (tonic, kube) and aws-lc-rs (object_store) are both linked; rustls needs one chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = config.log.init("stowage-repo-manager")?;
     let shutdown = CancellationToken::new();
     let signals = stowage_grpc::cancel_on_signal(shutdown.clone());
