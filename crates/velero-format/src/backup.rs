@@ -79,6 +79,9 @@ pub struct BackupSpec {
 #[serde(from = "String", into = "String")]
 pub enum BackupPhase {
     New,
+    /// Velero 1.17+: waiting for a free backup worker.
+    Queued,
+    ReadyToStart,
     FailedValidation,
     InProgress,
     WaitingForPluginOperations,
@@ -96,6 +99,8 @@ impl BackupPhase {
     pub fn as_str(&self) -> &str {
         match self {
             BackupPhase::New => "New",
+            BackupPhase::Queued => "Queued",
+            BackupPhase::ReadyToStart => "ReadyToStart",
             BackupPhase::FailedValidation => "FailedValidation",
             BackupPhase::InProgress => "InProgress",
             BackupPhase::WaitingForPluginOperations => "WaitingForPluginOperations",
@@ -128,6 +133,8 @@ impl From<String> for BackupPhase {
     fn from(text: String) -> Self {
         match text.as_str() {
             "New" => BackupPhase::New,
+            "Queued" => BackupPhase::Queued,
+            "ReadyToStart" => BackupPhase::ReadyToStart,
             "FailedValidation" => BackupPhase::FailedValidation,
             "InProgress" => BackupPhase::InProgress,
             "WaitingForPluginOperations" => BackupPhase::WaitingForPluginOperations,
@@ -375,6 +382,29 @@ mod tests {
         );
         let written = serde_json::to_value(&backup).unwrap();
         assert_eq!(written["status"]["phase"], "Exploded");
+    }
+
+    #[test]
+    fn every_velero_phase_name_round_trips() {
+        for name in [
+            "New",
+            "Queued",
+            "ReadyToStart",
+            "FailedValidation",
+            "InProgress",
+            "WaitingForPluginOperations",
+            "WaitingForPluginOperationsPartiallyFailed",
+            "Finalizing",
+            "FinalizingPartiallyFailed",
+            "Completed",
+            "PartiallyFailed",
+            "Failed",
+            "Deleting",
+        ] {
+            let phase = BackupPhase::from(name.to_string());
+            assert!(!matches!(phase, BackupPhase::Other(_)), "{name}");
+            assert_eq!(String::from(phase), name);
+        }
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub struct PodVolumeBackupSpec {
 #[serde(from = "String", into = "String")]
 pub enum PodVolumeBackupPhase {
     New,
+    /// The next four come from Velero 1.16+'s node-agent data path.
+    Accepted,
+    Prepared,
+    Canceling,
+    Canceled,
     InProgress,
     Completed,
     Failed,
@@ -116,6 +121,10 @@ impl PodVolumeBackupPhase {
     pub fn as_str(&self) -> &str {
         match self {
             PodVolumeBackupPhase::New => "New",
+            PodVolumeBackupPhase::Accepted => "Accepted",
+            PodVolumeBackupPhase::Prepared => "Prepared",
+            PodVolumeBackupPhase::Canceling => "Canceling",
+            PodVolumeBackupPhase::Canceled => "Canceled",
             PodVolumeBackupPhase::InProgress => "InProgress",
             PodVolumeBackupPhase::Completed => "Completed",
             PodVolumeBackupPhase::Failed => "Failed",
@@ -128,6 +137,10 @@ impl From<String> for PodVolumeBackupPhase {
     fn from(text: String) -> Self {
         match text.as_str() {
             "New" => PodVolumeBackupPhase::New,
+            "Accepted" => PodVolumeBackupPhase::Accepted,
+            "Prepared" => PodVolumeBackupPhase::Prepared,
+            "Canceling" => PodVolumeBackupPhase::Canceling,
+            "Canceled" => PodVolumeBackupPhase::Canceled,
             "InProgress" => PodVolumeBackupPhase::InProgress,
             "Completed" => PodVolumeBackupPhase::Completed,
             "Failed" => PodVolumeBackupPhase::Failed,
@@ -353,6 +366,24 @@ mod tests {
             serde_json::from_value::<PodVolumeBackup>(written).unwrap(),
             pvb
         );
+    }
+
+    #[test]
+    fn every_velero_phase_name_round_trips() {
+        for name in [
+            "New",
+            "Accepted",
+            "Prepared",
+            "InProgress",
+            "Canceling",
+            "Canceled",
+            "Completed",
+            "Failed",
+        ] {
+            let phase = PodVolumeBackupPhase::from(name.to_string());
+            assert!(!matches!(phase, PodVolumeBackupPhase::Other(_)), "{name}");
+            assert_eq!(String::from(phase), name);
+        }
     }
 
     #[test]
