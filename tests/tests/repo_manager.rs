@@ -863,3 +863,44 @@ async fn passwords_live_in_kubernetes_secrets_and_are_recreated_from_the_bucket(
     assert_eq!(String::from_utf8_lossy(stored), password);
     assert_no_secret_leak(&second, &[&password, MASTER_KEY]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_runs_check_when_it_is_due() {
+    let scene = Scene::new();
+    let service = scene
+        .start(
+            scene.local_args(&["--check-interval", "2s", "--scheduler-tick", "1s"]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    let created = ensure(&mut client, "cron").await;
+    assert_ready(&created);
+    assert!(created.check.unwrap().last_finished.is_none());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let check = loop {
+        let check = get(&mut client, "cron").await.check.unwrap();
+        if check.last_finished.is_some() {
+            break check;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled check ran; log:\n{}",
+            service.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        check.last_succeeded,
+        "scheduled check failed: {}",
+        check.last_error
+    );
+    assert_eq!(check.interval_seconds, 2);
+    assert_eq!(
+        check.next_run.unwrap().seconds,
+        check.last_started.unwrap().seconds + 2
+    );
+    let prune = get(&mut client, "cron").await.prune.unwrap();
+    assert!(prune.last_started.is_none(), "prune is not due for a week");
+}
