@@ -2,9 +2,21 @@
 //! checking what it prints, that `-o json` parses back into the documented shape, and that
 //! failures exit non-zero with one sentence on stderr.
 
-use std::{collections::BTreeMap, process::Output};
+use std::{
+    collections::BTreeMap,
+    process::{Child, Output, Stdio},
+    time::{Duration, Instant},
+};
 
-use stowage_e2e::{ServiceProcess, binary, free_port, start_service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use stowage_e2e::{
+    ServiceProcess, binary, free_port,
+    kube::{mark_init_container_running, seed_example, wait_for_pod},
+    kubelet::{manifest, write_sample_tree},
+    stack::{Stack, StackOptions},
+    start_service,
+};
 
 /// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
 /// so a developer's `STOWAGE_SERVER` cannot leak into the test.
@@ -256,4 +268,212 @@ async fn waiting_on_a_backup_that_fails_exits_non_zero_with_its_phase() {
         text.contains("Backup completed with status: Failed."),
         "{text}"
     );
+}
+
+/// Waits for a `stowage` process started in the background, killing it after `timeout` so a
+/// restore that never ends fails the test instead of hanging it.
+async fn finish(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if child
+            .try_wait()
+            .expect("polling the stowage process")
+            .is_some()
+        {
+            return child.wait_with_output().expect("collecting its output");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("collecting its output");
+    panic!(
+        "stowage did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+}
+
+/// Cells of the row of the table in `text` whose first cell is `key`.
+fn row<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&key))
+        .unwrap_or_else(|| panic!("no row {key} in:\n{text}"))
+}
+
+/// The user's journey of the demo, through the CLI only: coverage, `backup create --wait`,
+/// `describe --details`, `-o json`, the repository, then the pod and its data lost and
+/// `restore create --wait` while the test plays scheduler and kubelet for the new pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_journey_through_the_cli() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let server = stack.orchestrator.url.clone();
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let kubelet = &stack.kubelets["node-a"];
+    let pod_dir = kubelet.pod(&example.pod_uid());
+    let pvc_dir = pod_dir.pv("kubernetes.io~local-volume", &example.pv_name());
+    let empty_dir = pod_dir.empty_dir("emptydir-volume");
+    write_sample_tree(&pvc_dir, "pvc");
+    write_sample_tree(&empty_dir, "emptydir");
+    let pvc_before = manifest(&pvc_dir, false);
+    let empty_before = manifest(&empty_dir, false);
+
+    let coverage = stowage(&server, &["coverage", "--namespaces", "foo", "-o", "json"]);
+    assert!(coverage.status.success(), "{}", stderr(&coverage));
+    let coverage: serde_json::Value = serde_json::from_slice(&coverage.stdout).unwrap();
+    assert_eq!(coverage["volumesTotal"], 2, "{coverage}");
+    assert_eq!(coverage["volumesCovered"], 2, "{coverage}");
+    assert_eq!(coverage["uncovered"], serde_json::json!([]), "{coverage}");
+
+    let created = stowage(
+        &server,
+        &[
+            "backup",
+            "create",
+            "demo",
+            "--include-namespaces",
+            "foo",
+            "--wait",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "stderr: {}\nstdout: {}\norchestrator log:\n{}",
+        stderr(&created),
+        stdout(&created),
+        stack.orchestrator.process.log()
+    );
+    let text = stdout(&created);
+    assert!(
+        text.contains("Backup completed with status: Completed."),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("backup demo: Completed, 2/2 volumes done, 0 failed")),
+        "{text}"
+    );
+
+    let json = stowage(&server, &["backup", "get", "demo", "-o", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let backup: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(backup["status"]["phase"], "Completed");
+    assert_eq!(backup["status"]["volumesCompleted"], 2);
+    let volumes = backup["status"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), 2);
+
+    let describe = stowage(&server, &["backup", "describe", "demo", "--details"]);
+    assert!(describe.status.success(), "{}", stderr(&describe));
+    let text = stdout(&describe);
+    assert!(text.contains("Phase:        Completed"), "{text}");
+    for volume in volumes {
+        let path = format!(
+            "{}/{}/{}",
+            volume["namespace"].as_str().unwrap(),
+            volume["pod"].as_str().unwrap(),
+            volume["volume"].as_str().unwrap()
+        );
+        let cells = row(&text, &path);
+        let snapshot = volume["snapshotId"].as_str().unwrap();
+        assert!(!snapshot.is_empty(), "{volume}");
+        assert_eq!(
+            &cells[1..4],
+            ["node-a", "Completed", &snapshot[..8]],
+            "{text}"
+        );
+    }
+
+    let repository = stowage(&server, &["repo", "get", "foo", "-o", "json"]);
+    assert!(repository.status.success(), "{}", stderr(&repository));
+    let repository: serde_json::Value = serde_json::from_slice(&repository.stdout).unwrap();
+    assert_eq!(repository["namespace"], "foo");
+    assert_eq!(repository["phase"], "Ready", "{repository}");
+    assert!(
+        repository["url"].as_str().unwrap().ends_with("restic/foo"),
+        "{repository}"
+    );
+
+    // Disaster: the pod, its claim and its data are gone.
+    std::fs::remove_dir_all(&pod_dir.dir).unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let restoring = std::process::Command::new(binary("stowage"))
+        .args([
+            "--server",
+            &server,
+            "restore",
+            "create",
+            "demo-restore",
+            "--from-backup",
+            "demo",
+            "--wait",
+        ])
+        .env_remove("STOWAGE_SERVER")
+        .env_remove("STOWAGE_OUTPUT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stowage restore create");
+
+    // Play scheduler, provisioner and kubelet for the recreated pod.
+    let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
+    let new_pv = "pv-foo-sample-restored";
+    claims
+        .patch(
+            "sample-pvc",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"volumeName": new_pv}})),
+        )
+        .await
+        .unwrap();
+    let new_pod_dir = kubelet.pod(&pod.metadata.uid.clone().unwrap());
+    let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
+    let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "foo", "sample", "node-a", "restore-wait").await;
+
+    let restored = finish(restoring, Duration::from_secs(120)).await;
+    assert!(
+        restored.status.success(),
+        "stderr: {}\nstdout: {}\norchestrator log:\n{}",
+        stderr(&restored),
+        stdout(&restored),
+        stack.orchestrator.process.log()
+    );
+    let text = stdout(&restored);
+    assert!(
+        text.contains("Restore completed with status: Completed."),
+        "{text}"
+    );
+    assert_eq!(manifest(&new_pvc_dir, false), pvc_before);
+    assert_eq!(manifest(&new_empty_dir, false), empty_before);
+
+    let json = stowage(&server, &["restore", "get", "demo-restore", "-o", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let restore: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(restore["spec"]["backupName"], "demo");
+    assert_eq!(restore["status"]["phase"], "Completed");
+    assert_eq!(
+        restore["status"]["podsCreated"],
+        serde_json::json!(["foo/sample"])
+    );
+
+    let describe = stowage(
+        &server,
+        &["restore", "describe", "demo-restore", "--details"],
+    );
+    assert!(describe.status.success(), "{}", stderr(&describe));
+    let text = stdout(&describe);
+    for volume in ["foo/sample/pvc-volume", "foo/sample/emptydir-volume"] {
+        let cells = row(&text, volume);
+        assert_eq!(&cells[1..4], ["foo", "node-a", "Completed"], "{text}");
+    }
 }
