@@ -23,6 +23,9 @@ pub struct StackOptions {
     pub orchestrator_args: Vec<String>,
     /// Extra volume agent flags (every agent).
     pub agent_args: Vec<String>,
+    /// Tell the orchestrator each agent's URL with `--agent NODE=URL`; when false it finds
+    /// them through the Kubernetes API (the test seeds the agent pods).
+    pub static_agents: bool,
     /// Extra environment for every service (e.g. OTLP settings).
     pub env: BTreeMap<String, String>,
 }
@@ -33,6 +36,7 @@ impl Default for StackOptions {
             agent_nodes: vec!["node-a".to_string()],
             orchestrator_args: Vec::new(),
             agent_args: Vec::new(),
+            static_agents: true,
             env: BTreeMap::new(),
         }
     }
@@ -169,9 +173,11 @@ async fn start_orchestrator(
         "--poll-interval-ms".to_string(),
         "100".to_string(),
     ];
-    for (node, agent) in agents {
-        args.push("--agent".to_string());
-        args.push(format!("{node}={}", agent.url));
+    if options.static_agents {
+        for (node, agent) in agents {
+            args.push("--agent".to_string());
+            args.push(format!("{node}={}", agent.url));
+        }
     }
     args.extend(options.orchestrator_args.iter().cloned());
     let mut env = options.env.clone();

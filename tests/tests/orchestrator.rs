@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
 use kube::{
     Api,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams},
@@ -18,9 +18,9 @@ use stowage_e2e::{
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
     Backup, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, GetBackupRequest, ListBackupsRequest, Restore,
-    RestorePhase, RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_client::OrchestratorClient,
+    CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
+    GetCoverageRequest, ListBackupsRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
+    VolumePhase, WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
 };
 
 type Client = OrchestratorClient<TracedChannel>;
@@ -74,6 +74,14 @@ fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("velero.io", "v1", "PodVolumeBackup"),
         "podvolumebackups",
+    );
+    Api::namespaced_with(client.clone(), "stowage", &resource)
+}
+
+fn pod_volume_restores(client: &kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("velero.io", "v1", "PodVolumeRestore"),
+        "podvolumerestores",
     );
     Api::namespaced_with(client.clone(), "stowage", &resource)
 }
@@ -178,6 +186,36 @@ async fn annotated_volumes_back_up_and_restore_identically() {
         assert!(status.volumes.iter().any(|v| v.snapshot_id == snapshot));
     }
 
+    // The backup's own log says what happened to each volume.
+    let logs = client
+        .get_backup_logs(GetBackupLogsRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .expect("GetBackupLogs")
+        .into_inner();
+    assert!(
+        logs.lines.iter().any(|line| line
+            .message
+            .contains("foo/sample volume pvc-volume completed")),
+        "{logs:#?}"
+    );
+
+    // The restore helper's image and resources come from Velero's plugin ConfigMap.
+    let _: ConfigMap = stowage_e2e::kube::create(
+        &kube,
+        Some("stowage"),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "restic-restore-action-config", "namespace": "stowage",
+                "labels": {"velero.io/plugin-config": "", "velero.io/restic": "RestoreItemAction"},
+            },
+            "data": {"image": "registry.example/restore-helper", "cpuLimit": "0", "memRequest": "64Mi"},
+        }),
+    )
+    .await;
+
     // Disaster: the pod, its claim and its data are gone.
     std::fs::remove_dir_all(&pod_dir.dir).unwrap();
     let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
@@ -209,6 +247,16 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     let init = spec.init_containers.clone().unwrap();
     assert_eq!(init[0].name, "restore-wait");
     assert_eq!(init[0].args.clone().unwrap(), vec![restore.uid.clone()]);
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some(concat!(
+            "registry.example/restore-helper:v",
+            env!("CARGO_PKG_VERSION")
+        ))
+    );
+    let resources = init[0].resources.clone().unwrap();
+    assert!(!resources.limits.unwrap_or_default().contains_key("cpu"));
+    assert_eq!(resources.requests.unwrap_or_default()["memory"].0, "64Mi");
     let claim = claims.get("sample-pvc").await.unwrap();
     assert!(claim.spec.unwrap().volume_name.is_none());
     let new_pv = "pv-foo-sample-restored";
@@ -240,6 +288,14 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     assert_eq!(manifest(&new_empty_dir, false), empty_before);
     for dir in [&new_pvc_dir, &new_empty_dir] {
         assert!(dir.join(".velero").join(&restore.uid).exists());
+    }
+    let restore_mirrors = pod_volume_restores(&kube)
+        .list(&ListParams::default().labels("velero.io/restore-name=nightly-restore"))
+        .await
+        .unwrap();
+    assert_eq!(restore_mirrors.items.len(), 2);
+    for mirror in &restore_mirrors.items {
+        assert_eq!(mirror.data["status"]["phase"], "Completed", "{mirror:?}");
     }
 
     // The restore helper, run as the init container would, finds its done files and exits 0.
@@ -617,4 +673,85 @@ async fn namespace_mapping_restores_into_the_new_namespace() {
     assert_eq!(status.volumes[0].source_namespace, "foo");
     assert_eq!(status.volumes[0].volume.as_ref().unwrap().namespace, "bar");
     assert_eq!(manifest(&restored, false), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_are_found_through_their_daemonset_pods() {
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    // The agent DaemonSet's pod on node-a, as the API server would report it.
+    let _: Pod = stowage_e2e::kube::create(
+        &kube,
+        Some("stowage"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "stowage-volume-agent-x1", "namespace": "stowage",
+                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
+            },
+            "spec": {"nodeName": "node-a", "containers": [{"name": "agent", "image": "agent"}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1"},
+        }),
+    )
+    .await;
+    let agent_port = stack.agents["node-a"].port;
+    stack.options.static_agents = false;
+    stack.options.orchestrator_args = vec!["--agent-port".into(), agent_port.to_string()];
+    stack.restart_orchestrator().await;
+
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"found").unwrap();
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "discovered", foo_spec()).await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+
+    // A node whose agent pod is missing fails its volumes at once, naming the node.
+    patch_pod(
+        &kube,
+        "foo",
+        "sample",
+        json!({"spec": {"nodeName": "node-z"}}),
+    )
+    .await;
+    let backup = backup_to_end(&mut client, "nowhere", foo_spec()).await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(status.volumes[0].error_message, "no agent on node node-z");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coverage_reports_the_volumes_no_backup_takes() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    seed_example(&kube, "foo", "node-a", Some("pvc-volume")).await;
+    let mut client = stack.client().await;
+    let coverage = client
+        .get_coverage(GetCoverageRequest {
+            namespaces: vec!["foo".into()],
+            default_volumes_to_fs_backup: false,
+        })
+        .await
+        .expect("GetCoverage")
+        .into_inner();
+    assert_eq!((coverage.volumes_covered, coverage.volumes_total), (1, 2));
+    assert_eq!(coverage.uncovered.len(), 1);
+    assert_eq!(coverage.uncovered[0].volume, "emptydir-volume");
+    assert_eq!(
+        coverage.uncovered[0].reason,
+        SkipReason::NotAnnotated as i32
+    );
+    let opt_out = client
+        .get_coverage(GetCoverageRequest {
+            namespaces: vec!["foo".into()],
+            default_volumes_to_fs_backup: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((opt_out.volumes_covered, opt_out.volumes_total), (2, 2));
+    assert!(opt_out.uncovered.is_empty());
 }

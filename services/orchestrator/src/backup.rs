@@ -35,6 +35,9 @@ use crate::{
     state::{BackupEntry, Entry, now},
 };
 
+/// Why volumes still running at shutdown failed.
+const SHUT_DOWN: &str = "the orchestrator shut down";
+
 pub fn to_duration(duration: Option<&prost_types::Duration>) -> Option<Duration> {
     duration
         .filter(|d| d.seconds > 0 || d.nanos > 0)
@@ -116,7 +119,14 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
     let timeout = to_duration(entry.get().spec.and_then(|s| s.timeout).as_ref())
         .unwrap_or(deps.limits.default_timeout);
     let outcome = execute(&deps, &entry, timeout).await;
-    let cancelled = entry.cancel.is_cancelled();
+    // A shutdown cancels every backup's token too, but nobody asked to cancel these: their
+    // unfinished volumes fail, as after a crash.
+    let shutting_down = deps.shutdown.is_cancelled();
+    let cancelled = entry.cancel.is_cancelled() && !shutting_down;
+    let outcome = match outcome {
+        Ok(()) if shutting_down => Err(Error::Failed(SHUT_DOWN.to_string())),
+        other => other,
+    };
     let ttl = to_duration(entry.get().spec.and_then(|s| s.ttl).as_ref())
         .unwrap_or(deps.limits.default_ttl);
     let backup = entry.update(|backup| {
@@ -453,7 +463,12 @@ impl VolumeJob {
     }
 
     async fn run(self) {
-        let outcome = self.execute().await;
+        let outcome = match self.execute().await {
+            Outcome::Cancelled if self.deps.shutdown.is_cancelled() => {
+                Outcome::Failed(SHUT_DOWN.to_string())
+            }
+            outcome => outcome,
+        };
         let backup = self.update(|volume| {
             volume.finished = Some(now());
             match &outcome {

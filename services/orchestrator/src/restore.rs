@@ -220,8 +220,22 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
             .cloned()
             .unwrap_or_else(|| source_namespace.clone());
         cluster.ensure_namespace(&namespace).await?;
-        for volume in &volumes {
-            let reference = volume.volume.clone().unwrap_or_default();
+        // The pod spec says what each volume is; Velero's records do not carry it.
+        let references: Vec<PodVolumeRef> = volumes
+            .iter()
+            .map(|volume| {
+                let mut reference = volume.volume.clone().unwrap_or_default();
+                let (source, claim) = volume_in_manifest(manifest, &reference.volume_name);
+                if reference.source == VolumeSource::Unspecified as i32 {
+                    reference.source = source as i32;
+                }
+                if reference.pvc_name.is_empty() {
+                    reference.pvc_name = claim.unwrap_or_default();
+                }
+                reference
+            })
+            .collect();
+        for reference in &references {
             if reference.pvc_name.is_empty() {
                 continue;
             }
@@ -246,8 +260,7 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
             .update(|restore| {
                 let status = restore.status.get_or_insert_with(Default::default);
                 status.pods_created.push(format!("{namespace}/{pod_name}"));
-                for volume in &volumes {
-                    let reference = volume.volume.clone().unwrap_or_default();
+                for (volume, reference) in volumes.iter().zip(&references) {
                     status.volumes.push(PodVolumeRestore {
                         volume: Some(PodVolumeRef {
                             namespace: namespace.clone(),
@@ -290,6 +303,31 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
         }
     }
     Ok(())
+}
+
+/// The kind of volume `name` in a pod manifest, and its claim name for a PVC.
+fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<String>) {
+    let volume = manifest
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .and_then(|volumes| {
+            volumes
+                .iter()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+        });
+    let Some(volume) = volume else {
+        return (VolumeSource::Other, None);
+    };
+    if let Some(claim) = volume
+        .pointer("/persistentVolumeClaim/claimName")
+        .and_then(Value::as_str)
+    {
+        (VolumeSource::PersistentVolumeClaim, Some(claim.to_string()))
+    } else if volume.get("emptyDir").is_some() {
+        (VolumeSource::EmptyDir, None)
+    } else {
+        (VolumeSource::Other, None)
+    }
 }
 
 fn text(value: &Value, pointer: &str) -> String {
@@ -722,6 +760,34 @@ mod tests {
             image: "ghcr.io/stowage/restore-helper".into(),
             version_tag: "v0.1.0".into(),
         }
+    }
+
+    #[test]
+    fn volume_kinds_come_from_the_pod_manifest() {
+        let manifest = json!({"spec": {"volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
+            {"name": "cache", "emptyDir": {}},
+            {"name": "nfs", "nfs": {"server": "s", "path": "/"}},
+        ]}});
+        assert_eq!(
+            volume_in_manifest(&manifest, "data"),
+            (
+                VolumeSource::PersistentVolumeClaim,
+                Some("claim".to_string())
+            )
+        );
+        assert_eq!(
+            volume_in_manifest(&manifest, "cache"),
+            (VolumeSource::EmptyDir, None)
+        );
+        assert_eq!(
+            volume_in_manifest(&manifest, "nfs"),
+            (VolumeSource::Other, None)
+        );
+        assert_eq!(
+            volume_in_manifest(&manifest, "gone"),
+            (VolumeSource::Other, None)
+        );
     }
 
     #[test]
