@@ -151,15 +151,6 @@ pub enum VeleroEra {
     FsBackupRestic,
 }
 
-impl VeleroEra {
-    fn server_version(self) -> &'static str {
-        match self {
-            VeleroEra::Restic19 => "v1.9.7",
-            VeleroEra::FsBackupRestic => "v1.14.1",
-        }
-    }
-}
-
 /// One pod volume of the fixture.
 #[derive(Debug, Clone)]
 pub struct FixtureVolume {
@@ -737,10 +728,6 @@ fn fixture_backup(
     backup.status.extra.insert(
         "progress".into(),
         json!({"totalItems": items, "itemsBackedUp": items}),
-    );
-    backup.extra.insert(
-        "velero.io/server-version".into(),
-        json!(era.server_version()),
     );
     backup
 }
