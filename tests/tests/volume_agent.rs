@@ -264,14 +264,23 @@ fn ps_output() -> String {
     )
 }
 
-fn run_restore_helper(restore_uid: &str, paths: &[&Path], timeout: u64) -> std::process::Output {
+/// Runs the init container binary; `via_env` passes the paths as the orchestrator does, in
+/// `STOWAGE_RESTORE_VOLUME_PATHS`, instead of as arguments.
+fn run_restore_helper(
+    restore_uid: &str,
+    paths: &[&Path],
+    timeout: u64,
+    via_env: bool,
+) -> std::process::Output {
     let mut command = Command::new(stowage_e2e::binary("stowage-restore-helper"));
-    command.arg(restore_uid).args(paths).args([
-        "--timeout",
-        &timeout.to_string(),
-        "--poll-millis",
-        "50",
-    ]);
+    command.arg(restore_uid);
+    if via_env {
+        let joined: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        command.env("STOWAGE_RESTORE_VOLUME_PATHS", joined.join(","));
+    } else {
+        command.args(paths);
+    }
+    command.args(["--timeout", &timeout.to_string(), "--poll-millis", "50"]);
     command.output().expect("running the restore helper")
 }
 
@@ -402,7 +411,7 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
 
     // The restore helper sees all three volumes done…
     let paths: Vec<&Path> = targets.iter().map(PathBuf::as_path).collect();
-    let done = run_restore_helper(restore_uid, &paths, 10);
+    let done = run_restore_helper(restore_uid, &paths, 10, true);
     assert!(
         done.status.success(),
         "{}",
@@ -410,7 +419,7 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
     );
     // …and times out, naming it, on a volume that was not restored.
     let not_restored = new_pod.empty_dir("scratch");
-    let waiting = run_restore_helper(restore_uid, &[&targets[0], &not_restored], 1);
+    let waiting = run_restore_helper(restore_uid, &[&targets[0], &not_restored], 1, false);
     assert!(!waiting.status.success());
     let stderr = String::from_utf8_lossy(&waiting.stderr);
     assert!(

@@ -60,7 +60,14 @@ pub struct BackupSummary {
     pub total_duration: f64,
     /// restic 0.14 prints the short id here.
     pub snapshot_id: String,
+    /// restic's stderr when it exited 3: the snapshot was made but some files could not be
+    /// read (they are missing from it). `None` for a complete snapshot.
+    #[serde(skip)]
+    pub unreadable: Option<String>,
 }
+
+/// restic's exit code for "snapshot created, but some source files could not be read".
+pub const EXIT_INCOMPLETE: i32 = 3;
 
 /// One parsed stdout line of `restic backup --json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,23 +108,44 @@ impl Restic {
         mut on_status: impl FnMut(&BackupStatus) + Send,
     ) -> Result<BackupSummary, ResticError> {
         let command = backup_command(options)?;
-        let mut summary = None;
-        self.run_streaming(
-            repository,
-            &command,
-            cancel,
-            |line| match parse_backup_line(line) {
-                Some(BackupMessage::Status(status)) => on_status(&status),
-                Some(BackupMessage::Summary(found)) => summary = Some(found),
-                Some(BackupMessage::Other(kind)) => tracing::debug!(kind, "restic backup message"),
-                None => tracing::debug!(line, "restic backup output"),
-            },
-        )
-        .await?;
-        summary.ok_or_else(|| ResticError::MissingOutput {
-            command: "backup".into(),
-            reason: "restic exited 0 without a summary line".into(),
-        })
+        let mut summary: Option<BackupSummary> = None;
+        let outcome = self
+            .run_streaming(
+                repository,
+                &command,
+                cancel,
+                |line| match parse_backup_line(line) {
+                    Some(BackupMessage::Status(status)) => on_status(&status),
+                    Some(BackupMessage::Summary(found)) => summary = Some(found),
+                    Some(BackupMessage::Other(kind)) => {
+                        tracing::debug!(kind, "restic backup message")
+                    }
+                    None => tracing::debug!(line, "restic backup output"),
+                },
+            )
+            .await;
+        match (outcome, summary) {
+            (Ok(_), Some(summary)) => Ok(summary),
+            // A snapshot exists, without the files restic could not read: the caller decides
+            // whether that is good enough, so it gets the summary and restic's words.
+            (
+                Err(ResticError::Failed {
+                    code: EXIT_INCOMPLETE,
+                    stderr,
+                    ..
+                }),
+                Some(mut summary),
+            ) => {
+                tracing::warn!(snapshot_id = %summary.snapshot_id, %stderr, "incomplete snapshot");
+                summary.unreadable = Some(stderr);
+                Ok(summary)
+            }
+            (Err(error), _) => Err(error),
+            (Ok(_), None) => Err(ResticError::MissingOutput {
+                command: "backup".into(),
+                reason: "restic exited 0 without a summary line".into(),
+            }),
+        }
     }
 }
 
@@ -157,6 +185,7 @@ pub fn backup_command(options: &BackupOptions) -> Result<ResticCommand, ResticEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Repository;
 
     #[test]
     fn status_and_summary_lines_of_restic_0_14_parse() {
@@ -214,6 +243,65 @@ mod tests {
                 "abcd", "--", "."
             ]
         );
+    }
+
+    /// A stand-in restic that prints `stdout`, `stderr` and exits with `code`.
+    fn fake_restic(dir: &std::path::Path, stdout: &str, stderr: &str, code: i32) -> Restic {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = dir.join("restic");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ncat <<'EOF'\n{stdout}\nEOF\necho '{stderr}' >&2\nexit {code}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Restic::new(script, dir.join("scratch"))
+    }
+
+    const SUMMARY: &str = r#"{"message_type":"status","total_bytes":10,"bytes_done":5}
+{"message_type":"summary","files_new":2,"snapshot_id":"0badc0de","data_added":10}"#;
+
+    async fn run(restic: &Restic) -> (Result<BackupSummary, ResticError>, Vec<u64>) {
+        let mut seen = Vec::new();
+        let result = restic
+            .backup(
+                &Repository::new("/r", "p"),
+                &BackupOptions {
+                    working_dir: std::env::temp_dir(),
+                    ..Default::default()
+                },
+                &CancellationToken::new(),
+                |status| seen.push(status.bytes_done),
+            )
+            .await;
+        (result, seen)
+    }
+
+    #[tokio::test]
+    async fn incomplete_snapshot_is_returned_with_restics_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let restic = fake_restic(
+            dir.path(),
+            SUMMARY,
+            "error: open /v/x: permission denied",
+            3,
+        );
+        let (result, seen) = run(&restic).await;
+        let summary = result.unwrap();
+        assert_eq!(summary.snapshot_id, "0badc0de");
+        assert_eq!(seen, vec![5]);
+        assert!(summary.unreadable.unwrap().contains("permission denied"));
+    }
+
+    #[tokio::test]
+    async fn other_failures_stay_errors_even_with_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let restic = fake_restic(dir.path(), SUMMARY, "Fatal: boom", 1);
+        let (result, _) = run(&restic).await;
+        assert!(matches!(result, Err(ResticError::Failed { code: 1, .. })));
+        let restic = fake_restic(dir.path(), "", "", 0);
+        let (result, _) = run(&restic).await;
+        assert!(matches!(result, Err(ResticError::MissingOutput { .. })));
     }
 
     #[test]

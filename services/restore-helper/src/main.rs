@@ -17,13 +17,14 @@ struct Config {
     /// UID of the restore; names the done file `.velero/<restore-uid>` in each volume.
     #[arg(env = "STOWAGE_RESTORE_UID")]
     restore_uid: String,
-    /// Mount paths of the volumes being restored (as in Velero's restore helper).
-    #[arg(
-        env = "STOWAGE_RESTORE_VOLUME_PATHS",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// Mount paths of the volumes being restored (also comma-separated in the env var).
+    /// Without any, every directory under `--restores-dir` is one, as Velero's helper does.
+    #[arg(env = "STOWAGE_RESTORE_VOLUME_PATHS", value_delimiter = ',')]
     mount_paths: Vec<PathBuf>,
+    /// Where Velero mounts the restored volumes (`/restores/<volume>`); read only when no
+    /// mount paths are given.
+    #[arg(long, env = "STOWAGE_RESTORES_DIR", default_value = "/restores")]
+    restores_dir: PathBuf,
     /// Give up after this many seconds (0 = wait forever).
     #[arg(long, env = "STOWAGE_RESTORE_TIMEOUT_SECONDS", default_value_t = 14400)]
     timeout: u64,
@@ -39,6 +40,11 @@ struct Config {
 enum HelperError {
     #[error("restore uid `{0}` is not a single path component")]
     InvalidUid(String),
+    #[error("no mount paths given and {} cannot be read: {source}", dir.display())]
+    RestoresDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("timed out after {seconds}s waiting for restore {uid} of: {}", pending.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     Timeout {
         uid: String,
@@ -62,8 +68,28 @@ fn markers(uid: &str, mount_paths: &[PathBuf]) -> Result<Vec<PathBuf>, HelperErr
         .collect())
 }
 
+/// The directories directly under `dir`, sorted; Velero mounts one per restored volume there.
+fn volume_dirs(dir: &Path) -> Result<Vec<PathBuf>, HelperError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| HelperError::RestoresDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.path())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 fn wait(config: &Config) -> Result<(), HelperError> {
-    let markers = markers(&config.restore_uid, &config.mount_paths)?;
+    let mount_paths = if config.mount_paths.is_empty() {
+        volume_dirs(&config.restores_dir)?
+    } else {
+        config.mount_paths.clone()
+    };
+    let markers = markers(&config.restore_uid, &mount_paths)?;
     let started = Instant::now();
     let timeout = (config.timeout > 0).then(|| Duration::from_secs(config.timeout));
     let mut last_log: Option<Instant> = None;
@@ -119,6 +145,7 @@ mod tests {
         Config {
             restore_uid: uid.into(),
             mount_paths: paths,
+            restores_dir: PathBuf::from("/nonexistent"),
             timeout,
             poll_millis: 10,
             log_every: 10,
@@ -162,6 +189,40 @@ mod tests {
         });
         wait(&config("r-2", vec![a.path().into()], 30)).unwrap();
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn without_paths_every_dir_under_the_restores_dir_is_waited_for() {
+        let restores = tempfile::tempdir().unwrap();
+        for volume in ["data", "logs"] {
+            std::fs::create_dir_all(restores.path().join(volume).join(".velero")).unwrap();
+        }
+        std::fs::write(restores.path().join("data/.velero/r-3"), b"").unwrap();
+        std::fs::write(restores.path().join("not-a-volume"), b"").unwrap();
+        let mut config = config("r-3", Vec::new(), 1);
+        config.restores_dir = restores.path().to_path_buf();
+        match wait(&config).unwrap_err() {
+            HelperError::Timeout { pending, .. } => {
+                assert_eq!(pending, vec![restores.path().join("logs/.velero/r-3")])
+            }
+            other => panic!("{other}"),
+        }
+        std::fs::write(restores.path().join("logs/.velero/r-3"), b"").unwrap();
+        wait(&config).unwrap();
+    }
+
+    #[test]
+    fn env_var_paths_are_comma_separated() {
+        // SAFETY: no other test in this binary reads or writes this variable.
+        unsafe { std::env::set_var("STOWAGE_RESTORE_VOLUME_PATHS", "/restores/a,/restores/b") };
+        let parsed = Config::try_parse_from(["stowage-restore-helper", "uid-1"]);
+        unsafe { std::env::remove_var("STOWAGE_RESTORE_VOLUME_PATHS") };
+        let config = parsed.unwrap();
+        assert_eq!(
+            config.mount_paths,
+            vec![PathBuf::from("/restores/a"), PathBuf::from("/restores/b")]
+        );
+        assert_eq!(config.restore_uid, "uid-1");
     }
 
     #[test]
