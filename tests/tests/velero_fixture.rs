@@ -168,6 +168,22 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
         let logs = files.logs.as_deref().unwrap();
         assert!(logs.contains(&format!("backup=velero/{}", fixture.backup_name)));
         assert!(logs.contains(&fixture.volume("bar", "web", "www").snapshot_id));
+        let entries = format::parse_logs(logs);
+        assert!(entries.len() >= 5, "{entries:?}");
+        for entry in &entries {
+            assert_eq!(entry.level, "info", "{entry:?}");
+            assert!(entry.time.is_some(), "{entry:?}");
+            let expected_backup = format!("velero/{}", fixture.backup_name);
+            assert_eq!(entry.fields.get("backup"), Some(&expected_backup));
+        }
+        let www = entries
+            .iter()
+            .find(|entry| entry.fields.get("volume").map(String::as_str) == Some("www"))
+            .expect("a log line for bar/web/www");
+        assert_eq!(
+            www.fields["snapshotID"],
+            fixture.volume("bar", "web", "www").snapshot_id
+        );
     }
 
     // restic agrees: each repository holds the snapshots of both backups, taken as Velero did.

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod codec;
 pub mod error;
 pub mod layout;
+pub mod logs;
 pub mod meta;
 pub mod pod_volume_backup;
 pub mod resources;
@@ -17,6 +18,7 @@ pub mod stowage;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, FORMAT_VERSION};
 pub use error::{FormatError, Result};
+pub use logs::{LogEntry, format_log_line, format_logs, parse_log_line, parse_logs};
 pub use meta::{LabelSelector, ObjectMeta, format_go_duration, parse_go_duration};
 pub use pod_volume_backup::{
     PodReference, PodVolumeBackup, PodVolumeBackupPhase, PodVolumeBackupSpec,
