@@ -44,7 +44,13 @@ pub fn plain_line(snapshot: &Snapshot) -> String {
 
 /// Where progress goes while waiting.
 pub enum Display {
-    Bar(ProgressBar),
+    Bar {
+        bar: ProgressBar,
+        /// Whether the byte bar is shown yet: until restic has counted the bytes, a full or
+        /// empty bar would say something false, so only a spinner shows.
+        counting: bool,
+        to_stderr: bool,
+    },
     Lines {
         to_stderr: bool,
         last: Option<String>,
@@ -73,20 +79,22 @@ impl Display {
             ProgressDrawTarget::stdout()
         };
         let bar = ProgressBar::with_draw_target(Some(0), target);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        bar.set_style(spinner_style());
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Display::Bar(bar)
+        Display::Bar {
+            bar,
+            counting: false,
+            to_stderr,
+        }
     }
 
     pub fn show(&mut self, snapshot: &Snapshot) {
         match self {
-            Display::Bar(bar) => {
+            Display::Bar { bar, counting, .. } => {
+                if !*counting && snapshot.bytes_total > 0 {
+                    bar.set_style(bar_style());
+                    *counting = true;
+                }
                 bar.set_length(snapshot.bytes_total.max(snapshot.bytes_done));
                 bar.set_position(snapshot.bytes_done);
                 bar.set_message(format!(
@@ -114,18 +122,41 @@ impl Display {
         }
     }
 
+    /// Draws the final state and ends its line, so what is printed next starts on its own.
     pub fn finish(&mut self) {
-        if let Display::Bar(bar) = self {
+        if let Display::Bar { bar, to_stderr, .. } = self {
             bar.finish();
+            end_line(*to_stderr);
         }
     }
 
-    /// Leaves the bar as drawn and returns to plain output (on Ctrl-C).
+    /// Leaves the bar as drawn and returns to plain output (on Ctrl-C or an error).
     pub fn abandon(&mut self) {
-        if let Display::Bar(bar) = self {
+        if let Display::Bar { bar, to_stderr, .. } = self {
             bar.abandon();
+            end_line(*to_stderr);
         }
     }
+}
+
+/// indicatif leaves the cursor at the end of the finished bar's line.
+fn end_line(to_stderr: bool) {
+    if to_stderr {
+        eprintln!();
+    } else {
+        println!();
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 #[cfg(test)]
