@@ -11,6 +11,7 @@ use std::{
 use stowage_e2e::{
     ServiceProcess,
     kubelet::{FakeKubelet, manifest, new_pod_uid, write_random_file, write_sample_tree},
+    s3::S3Server,
     start_service,
 };
 use stowage_proto::v1::{
@@ -26,16 +27,39 @@ struct Setup {
     dir: TempDir,
     kubelet: FakeKubelet,
     repository: String,
+    /// Extra environment restic needs for the repository (S3 credentials).
+    repository_env: BTreeMap<String, String>,
     password: String,
     agent: ServiceProcess,
     client: VolumeAgentClient<Channel>,
+    s3: Option<S3Server>,
 }
 
 impl Setup {
+    /// An agent and a repository in a local directory.
     async fn new(max_concurrent: u32) -> Setup {
+        Setup::start(max_concurrent, false).await
+    }
+
+    /// An agent and a repository in a bucket of a local S3-compatible server.
+    async fn with_s3(max_concurrent: u32) -> Setup {
+        Setup::start(max_concurrent, true).await
+    }
+
+    async fn start(max_concurrent: u32, on_s3: bool) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubelet = FakeKubelet::new(dir.path().join("pods"));
-        let repository = dir.path().join("storage/restic/shop");
+        let (s3, repository, repository_env) = if on_s3 {
+            let logs = dir.path().join("s3-logs");
+            std::fs::create_dir_all(&logs).expect("log dir");
+            let s3 = S3Server::start(&logs, "stowage-agent");
+            let url = format!("s3:{}/{}/backups/restic/shop", s3.endpoint, s3.bucket);
+            let env = s3.env();
+            (Some(s3), url, env)
+        } else {
+            let path = dir.path().join("storage/restic/shop");
+            (None, path.display().to_string(), BTreeMap::new())
+        };
         // Unique, so finding it anywhere means it leaked.
         let password = format!("pw-{}", new_pod_uid());
         let password_file = dir.path().join("password");
@@ -45,6 +69,7 @@ impl Setup {
             .arg(&repository)
             .arg("--password-file")
             .arg(&password_file)
+            .envs(&repository_env)
             .output()
             .expect("running restic init");
         assert!(
@@ -81,12 +106,14 @@ impl Setup {
             .await
             .expect("connecting to the agent");
         Setup {
-            repository: repository.display().to_string(),
+            repository,
+            repository_env,
             dir,
             kubelet,
             password,
             agent,
             client,
+            s3,
         }
     }
 
@@ -94,7 +121,7 @@ impl Setup {
         RepositoryAccess {
             url: self.repository.clone(),
             password: self.password.clone(),
-            env: Default::default(),
+            env: self.repository_env.clone().into_iter().collect(),
         }
     }
 
@@ -179,6 +206,7 @@ impl Setup {
                 "--password-file",
             ])
             .arg(&password_file)
+            .envs(&self.repository_env)
             .output()
             .expect("running restic snapshots");
         std::fs::remove_file(&password_file).expect("removing the password file");
@@ -199,6 +227,12 @@ impl Setup {
             !log.contains(&self.password),
             "the password appears in the agent log"
         );
+        if let Some(secret) = self.repository_env.get("AWS_SECRET_ACCESS_KEY") {
+            assert!(
+                !log.contains(secret.as_str()),
+                "the S3 secret appears in the agent log"
+            );
+        }
     }
 }
 
@@ -925,5 +959,59 @@ async fn caller_hang_up_and_agent_shutdown_kill_restic() {
         setup.snapshots().is_empty(),
         "no snapshot from stopped backups"
     );
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_through_s3_with_credentials_from_the_request() {
+    let setup = Setup::with_s3(2).await;
+    assert!(setup.s3.is_some());
+    let old_uid = new_pod_uid();
+    let source = setup.kubelet.pod(&old_uid).csi_pv("pvc-s3-1");
+    write_sample_tree(&source, "s3");
+    write_random_file(&source.join("payload.bin"), 2 << 20, 5);
+    let data = volume(
+        &old_uid,
+        "db-0",
+        "data",
+        VolumeSource::PersistentVolumeClaim,
+        "pvc-s3-1",
+    );
+    let (_, backup) = setup
+        .backup(setup.backup_request("s3-backup", data.clone(), "pvc-uid/s3"))
+        .await
+        .expect("backup to S3");
+    assert_eq!(backup.files_new, 5);
+    assert!(backup.bytes_added > 2 << 20);
+    assert_eq!(setup.snapshots().len(), 1, "the snapshot is in the bucket");
+
+    let new_uid = new_pod_uid();
+    let target = setup.kubelet.pod(&new_uid).csi_pv("pvc-s3-1");
+    let mut restored = data;
+    restored.pod_uid = new_uid;
+    setup
+        .restore("s3-restore", restored, &backup.snapshot_id, "r-s3")
+        .await
+        .expect("restore from S3");
+    assert_eq!(manifest(&target, true), manifest(&source, true));
+    assert!(target.join(".velero/r-s3").is_file());
+
+    // Without the credentials restic cannot reach the bucket, so they did come from the request.
+    let mut anonymous = setup.backup_request(
+        "s3-anonymous",
+        volume(
+            &old_uid,
+            "db-0",
+            "data",
+            VolumeSource::PersistentVolumeClaim,
+            "pvc-s3-1",
+        ),
+        "pvc-uid/s3",
+    );
+    if let Some(access) = anonymous.repository.as_mut() {
+        access.env.clear();
+    }
+    let status = setup.backup(anonymous).await.expect_err("no credentials");
+    assert_ne!(status.code(), Code::Ok);
     setup.assert_password_not_in_log();
 }
