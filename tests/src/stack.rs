@@ -1,5 +1,5 @@
 //! A whole stowage stack for end-to-end tests and the demo, launched in one place: the
-//! Kubernetes API emulator, a local storage location, the repo-manager, one volume agent per
+//! Kubernetes API emulator, a local or S3 storage location, the repo-manager, one volume agent per
 //! node (each with its own fake kubelet pods directory), and the orchestrator.
 
 use std::{
@@ -10,7 +10,9 @@ use std::{
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::orchestrator_client::OrchestratorClient;
 
-use crate::{ServiceProcess, kube::KubeEmulator, kubelet::FakeKubelet, start_service};
+use crate::{
+    ServiceProcess, kube::KubeEmulator, kubelet::FakeKubelet, s3::S3Server, start_service,
+};
 
 const MASTER_KEY: &str = "master-key-for-the-e2e-stack";
 
@@ -26,6 +28,8 @@ pub struct StackOptions {
     /// Tell the orchestrator each agent's URL with `--agent NODE=URL`; when false it finds
     /// them through the Kubernetes API (the test seeds the agent pods).
     pub static_agents: bool,
+    /// Use an S3-compatible server (moto) as the storage location instead of a directory.
+    pub s3: bool,
     /// Extra environment for every service (e.g. OTLP settings).
     pub env: BTreeMap<String, String>,
 }
@@ -37,6 +41,7 @@ impl Default for StackOptions {
             orchestrator_args: Vec::new(),
             agent_args: Vec::new(),
             static_agents: true,
+            s3: false,
             env: BTreeMap::new(),
         }
     }
@@ -49,8 +54,10 @@ pub struct Stack {
     pub repo_manager: ServiceProcess,
     pub kube: KubeEmulator,
     pub kubelets: BTreeMap<String, FakeKubelet>,
-    /// The storage location (a local directory).
+    /// The storage location when it is a local directory (with `s3: false`).
     pub storage: PathBuf,
+    /// The S3-compatible server holding the storage location (with `s3: true`).
+    pub s3: Option<S3Server>,
     pub options: StackOptions,
     pub dir: tempfile::TempDir,
 }
@@ -63,19 +70,21 @@ impl Stack {
         let storage = dir.path().join("bucket");
         std::fs::create_dir_all(&storage).expect("creating the storage dir");
         let kube = KubeEmulator::start(&logs).await;
+        let s3 = options.s3.then(|| S3Server::start(&logs, "stowage-e2e"));
         crate::kube::ensure_namespace(&kube.client().await, "stowage").await;
 
         let mut env = options.env.clone();
         env.insert("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string());
+        env.extend(s3.as_ref().map(S3Server::env).unwrap_or_default());
+        let mut args = storage_args(&storage, s3.as_ref());
+        args.extend([
+            "--scratch-dir".to_string(),
+            scratch(dir.path(), "repo-manager"),
+        ]);
         let repo_manager = start_service(
             "stowage-repo-manager",
             "stowage.v1.RepoManager",
-            &[
-                "--storage-url".to_string(),
-                format!("file://{}", storage.display()),
-                "--scratch-dir".to_string(),
-                scratch(dir.path(), "repo-manager"),
-            ],
+            &args,
             &env,
             &logs,
         )
@@ -105,8 +114,15 @@ impl Stack {
             agents.insert(node.clone(), agent);
             kubelets.insert(node.clone(), kubelet);
         }
-        let orchestrator =
-            start_orchestrator(&options, &repo_manager, &agents, &kube, &storage, &logs).await;
+        let orchestrator = start_orchestrator(
+            &options,
+            &repo_manager,
+            &agents,
+            &kube,
+            &storage_args(&storage, s3.as_ref()),
+            &logs,
+        )
+        .await;
         Stack {
             orchestrator,
             agents,
@@ -114,6 +130,7 @@ impl Stack {
             kube,
             kubelets,
             storage,
+            s3,
             options,
             dir,
         }
@@ -144,10 +161,20 @@ impl Stack {
             &self.repo_manager,
             &self.agents,
             &self.kube,
-            &self.storage,
+            &storage_args(&self.storage, self.s3.as_ref()),
             &self.logs(),
         )
         .await;
+    }
+}
+
+fn storage_args(storage: &Path, s3: Option<&S3Server>) -> Vec<String> {
+    match s3 {
+        Some(s3) => s3.storage_args("cluster-1"),
+        None => vec![
+            "--storage-url".to_string(),
+            format!("file://{}", storage.display()),
+        ],
     }
 }
 
@@ -162,17 +189,16 @@ async fn start_orchestrator(
     repo_manager: &ServiceProcess,
     agents: &BTreeMap<String, ServiceProcess>,
     kube: &KubeEmulator,
-    storage: &Path,
+    storage_args: &[String],
     logs: &Path,
 ) -> ServiceProcess {
     let mut args = vec![
         "--repo-manager".to_string(),
         repo_manager.url.clone(),
-        "--storage-url".to_string(),
-        format!("file://{}", storage.display()),
         "--poll-interval-ms".to_string(),
         "100".to_string(),
     ];
+    args.extend_from_slice(storage_args);
     if options.static_agents {
         for (node, agent) in agents {
             args.push("--agent".to_string());
@@ -182,6 +208,18 @@ async fn start_orchestrator(
     args.extend(options.orchestrator_args.iter().cloned());
     let mut env = options.env.clone();
     env.extend(kube.env());
+    if options.s3 {
+        env.extend([
+            (
+                "AWS_ACCESS_KEY_ID".to_string(),
+                crate::s3::ACCESS_KEY_ID.to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                crate::s3::SECRET_ACCESS_KEY.to_string(),
+            ),
+        ]);
+    }
     start_service(
         "stowage-orchestrator",
         "stowage.v1.Orchestrator",

@@ -755,3 +755,98 @@ async fn coverage_reports_the_volumes_no_backup_takes() {
     assert_eq!((opt_out.volumes_covered, opt_out.volumes_total), (2, 2));
     assert!(opt_out.uncovered.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_backups_are_listed_by_a_fresh_orchestrator_and_restore() {
+    let mut stack = Stack::start(StackOptions {
+        s3: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let pod_dir = stack.kubelets["node-a"].pod(&example.pod_uid());
+    let pvc_dir = pod_dir.pv("kubernetes.io~local-volume", &example.pv_name());
+    let empty_dir = pod_dir.empty_dir("emptydir-volume");
+    write_sample_tree(&pvc_dir, "pvc");
+    write_sample_tree(&empty_dir, "emptydir");
+    let pvc_before = manifest(&pvc_dir, false);
+    let empty_before = manifest(&empty_dir, false);
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "offsite", foo_spec()).await;
+    let status = backup.status.unwrap();
+    assert_eq!(
+        status.phase,
+        BackupPhase::Completed as i32,
+        "{status:#?}\n{}",
+        stack.orchestrator.process.log()
+    );
+    let s3 = stack.s3.as_ref().unwrap();
+    assert!(
+        status.volumes[0].repository.starts_with(&format!(
+            "s3:{}/stowage-e2e/cluster-1/restic/foo",
+            s3.endpoint
+        )),
+        "{}",
+        status.volumes[0].repository
+    );
+
+    // Disaster recovery: a new orchestrator knows the backup only from the bucket.
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    let listed = client
+        .list_backups(ListBackupsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.backups.len(), 1);
+    let listed = &listed.backups[0];
+    assert_eq!(listed.name, "offsite");
+    assert_eq!(listed.uid, backup.uid);
+    let listed_status = listed.status.clone().unwrap();
+    assert_eq!(listed_status.phase, BackupPhase::Completed as i32);
+    assert_eq!(listed_status.volumes.len(), 2);
+
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+    let restore = client
+        .create_restore(CreateRestoreRequest {
+            name: "offsite-back".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "offsite".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner();
+    let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
+    claims
+        .patch(
+            "sample-pvc",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"volumeName": "pv-offsite"}})),
+        )
+        .await
+        .unwrap();
+    let new_pod_dir = stack.kubelets["node-a"].pod(pod.metadata.uid.as_deref().unwrap());
+    let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", "pv-offsite");
+    let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "foo", "sample", "node-a", "restore-wait").await;
+    let restore = wait_restore(&mut client, &restore.name).await;
+    let restore_status = restore.status.unwrap();
+    assert_eq!(
+        restore_status.phase,
+        RestorePhase::Completed as i32,
+        "{restore_status:#?}"
+    );
+    assert_eq!(manifest(&new_pvc_dir, false), pvc_before);
+    assert_eq!(manifest(&new_empty_dir, false), empty_before);
+}

@@ -129,7 +129,10 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
     };
     let ttl = to_duration(entry.get().spec.and_then(|s| s.ttl).as_ref())
         .unwrap_or(deps.limits.default_ttl);
-    let backup = entry.update(|backup| {
+    // The final state is written to the object store before watchers see it, so a backup
+    // reported ended is one a restarted orchestrator also finds ended.
+    let mut backup = entry.get();
+    {
         let status = backup.status.get_or_insert_with(Default::default);
         if let Err(error) = &outcome {
             status.failure_reason = error.to_string();
@@ -158,7 +161,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
             seconds: expires.timestamp(),
             nanos: 0,
         });
-    });
+    }
     let status = backup.status.clone().unwrap_or_default();
     let phase = BackupPhase::try_from(status.phase).unwrap_or_default();
     if let Err(error) = &outcome {
@@ -174,7 +177,15 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
             status.volumes_failed
         ),
     );
-    persist(&deps, &entry, None).await;
+    if let Some(store) = &deps.store
+        && let Err(error) = store.save_backup(&backup, &entry.logs(), None).await
+    {
+        entry.log(
+            "error",
+            format!("writing the backup to the object store: {error}"),
+        );
+    }
+    entry.update(|current| *current = backup);
 }
 
 /// Writes the backup's record and logs (and `resources` when given); a failure is logged with
@@ -538,9 +549,15 @@ impl VolumeJob {
             stable_identity: volume.stable_identity.clone(),
             extra_tags: Default::default(),
         };
+        let repository_url = request
+            .repository
+            .as_ref()
+            .map(|r| r.url.clone())
+            .unwrap_or_default();
         let started = self.update(|volume| {
             volume.phase = VolumePhase::InProgress as i32;
             volume.started = Some(now());
+            volume.repository = repository_url;
         });
         mirror_volume(&self.deps, &started, &self.volume()).await;
         let call = async {
