@@ -476,4 +476,41 @@ async fn backup_and_restore_journey_through_the_cli() {
         let cells = row(&text, volume);
         assert_eq!(&cells[1..4], ["foo", "node-a", "Completed"], "{text}");
     }
+
+    // The backup's log lines: `<RFC 3339 time> <LEVEL> <message>`.
+    let logs = stowage(&server, &["backup", "logs", "demo"]);
+    assert!(logs.status.success(), "{}", stderr(&logs));
+    let text = stdout(&logs);
+    assert!(!text.is_empty(), "the backup kept no log lines");
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let time = parts.next().unwrap();
+        chrono::DateTime::parse_from_rfc3339(time)
+            .unwrap_or_else(|error| panic!("{line:?}: time {time:?}: {error}"));
+        let level = parts.next().unwrap_or_default();
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level.trim()),
+            "{line:?}"
+        );
+    }
+
+    let check = stowage(&server, &["repo", "maintain", "foo", "--check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).starts_with("check of the repository of namespace \"foo\" succeeded in "),
+        "{}",
+        stdout(&check)
+    );
+
+    let deleted = stowage(&server, &["backup", "delete", "demo"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(
+        stdout(&deleted),
+        "Backup \"demo\" deleted; 2 restic snapshot(s) forgotten.\n"
+    );
+    let gone = stowage(&server, &["backup", "describe", "demo"]);
+    assert_eq!(
+        one_sentence_failure(&gone),
+        "Error: backup \"demo\" not found"
+    );
 }
