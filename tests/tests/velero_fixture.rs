@@ -127,6 +127,25 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
             assert_eq!(pvb.spec.uploader_type.as_deref(), expect_type);
         }
 
+        // Joined with the tarball, each volume knows its claim and the PV behind it.
+        let volumes = files.volumes();
+        assert_eq!(volumes.len(), 3);
+        for volume in &volumes {
+            let expected = fixture.volume(&volume.namespace, &volume.pod, &volume.volume);
+            assert_eq!(
+                volume.snapshot_id.as_deref(),
+                Some(expected.snapshot_id.as_str())
+            );
+            assert_eq!(
+                volume.pvc.as_ref(),
+                expected.claim.as_ref().map(|(pvc, _, _)| pvc)
+            );
+            assert_eq!(
+                volume.pv.as_ref(),
+                expected.claim.as_ref().map(|(_, _, pv)| pv)
+            );
+        }
+
         // The tarball gives what a volume restore needs: pods, the PVC and its PV.
         let resources = files.resources.as_ref().expect("the tarball is there");
         assert_eq!(resources.format_version.as_deref(), Some("1.1.0"));

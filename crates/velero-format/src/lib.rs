@@ -15,6 +15,7 @@ pub mod pod_volume_backup;
 pub mod resources;
 pub mod store;
 pub mod stowage;
+pub mod volumes;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, FORMAT_VERSION};
 pub use error::{FormatError, Result};
@@ -35,6 +36,8 @@ pub use stowage::{
     KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume, StowageBackupInfo,
     VolumeRecord,
 };
+
+pub use volumes::{BackedUpVolume, annotated_backup_volumes, claim_of_pod_volume};
 
 /// Velero's default password for every restic repository it created (used unless the operator
 /// replaced the `repository-password` key of the `velero-restic-credentials` /
