@@ -1,16 +1,19 @@
 //! The volume agent against the real restic binary and a local repository: backup and restore
 //! of a fake kubelet tree, incremental backup of a recreated pod, refusal of bad paths,
-//! cancel, concurrency, and keeping the repository password out of `ps` and logs.
+//! cancel, concurrency, S3, spans, and keeping the repository password out of `ps`, logs and
+//! spans.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use stowage_e2e::{
     ServiceProcess,
     kubelet::{FakeKubelet, manifest, new_pod_uid, write_random_file, write_sample_tree},
+    otlp::OtlpCollector,
     s3::S3Server,
     start_service,
 };
@@ -38,15 +41,15 @@ struct Setup {
 impl Setup {
     /// An agent and a repository in a local directory.
     async fn new(max_concurrent: u32) -> Setup {
-        Setup::start(max_concurrent, false).await
+        Setup::start(max_concurrent, false, BTreeMap::new()).await
     }
 
     /// An agent and a repository in a bucket of a local S3-compatible server.
     async fn with_s3(max_concurrent: u32) -> Setup {
-        Setup::start(max_concurrent, true).await
+        Setup::start(max_concurrent, true, BTreeMap::new()).await
     }
 
-    async fn start(max_concurrent: u32, on_s3: bool) -> Setup {
+    async fn start(max_concurrent: u32, on_s3: bool, agent_env: BTreeMap<String, String>) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubelet = FakeKubelet::new(dir.path().join("pods"));
         let (s3, repository, repository_env) = if on_s3 {
@@ -93,7 +96,8 @@ impl Setup {
             "restic".into(),
         ];
         // Debug logging is the hardest case for keeping the password out of the log.
-        let envs = BTreeMap::from([("STOWAGE_LOG_LEVEL".to_string(), "debug".to_string())]);
+        let mut envs = BTreeMap::from([("STOWAGE_LOG_LEVEL".to_string(), "debug".to_string())]);
+        envs.extend(agent_env);
         let agent = start_service(
             "stowage-volume-agent",
             "stowage.v1.VolumeAgent",
@@ -1013,5 +1017,91 @@ async fn backup_and_restore_through_s3_with_credentials_from_the_request() {
     }
     let status = setup.backup(anonymous).await.expect_err("no credentials");
     assert_ne!(status.code(), Code::Ok);
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restic_spans_carry_what_operators_search_by_and_never_the_password() {
+    let collector = OtlpCollector::start().await;
+    let env = BTreeMap::from([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            collector.endpoint.clone(),
+        ),
+        // Export quickly so the test does not wait for the default batch delay.
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+    ]);
+    let setup = Setup::start(2, false, env).await;
+    let uid = new_pod_uid();
+    write_sample_tree(&setup.kubelet.pod(&uid).empty_dir("cache"), "traced");
+    let (_, result) = setup
+        .backup(setup.backup_request(
+            "traced",
+            volume(&uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            "test/web/cache",
+        ))
+        .await
+        .expect("backup");
+
+    let snapshot_id = result.snapshot_id.clone();
+    let spans = collector
+        .wait_for(Duration::from_secs(30), |spans| {
+            spans.iter().any(|s| {
+                s.name == "backup_volume" && s.attribute("snapshot_id") == Some(&snapshot_id)
+            })
+        })
+        .await;
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "backup_volume" && s.attribute("snapshot_id") == Some(&snapshot_id))
+        .expect("the RPC span");
+    assert_eq!(rpc.service_name, "stowage-volume-agent");
+    for (key, value) in [
+        ("namespace", "shop"),
+        ("pod", "web-0"),
+        ("volume", "cache"),
+        ("backup", "nightly"),
+        ("node", "node-1"),
+        ("operation", "traced"),
+    ] {
+        assert_eq!(rpc.attribute(key), Some(value), "{key} on {rpc:?}");
+    }
+    assert!(rpc.attribute("bytes").is_some(), "{rpc:?}");
+    let spans = collector
+        .wait_for(Duration::from_secs(30), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "restic" && s.trace_id == rpc.trace_id)
+                .count()
+                >= 2
+        })
+        .await;
+    let restic_commands: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name == "restic" && s.trace_id == rpc.trace_id)
+        .filter_map(|s| s.attribute("restic.command"))
+        .collect();
+    assert!(
+        restic_commands.contains(&"snapshots") && restic_commands.contains(&"backup"),
+        "parent lookup and backup each have a span: {restic_commands:?}"
+    );
+    let backup_span = spans
+        .iter()
+        .find(|s| s.name == "restic" && s.attribute("restic.command") == Some("backup"))
+        .expect("restic backup span");
+    assert_eq!(
+        backup_span.attribute("restic.repository"),
+        Some(setup.repository.as_str())
+    );
+    assert_eq!(backup_span.attribute("restic.exit_code"), Some("0"));
+    for span in &spans {
+        for (key, value) in &span.attributes {
+            assert!(
+                !value.contains(&setup.password),
+                "password in {} attribute {key}",
+                span.name
+            );
+        }
+    }
     setup.assert_password_not_in_log();
 }
