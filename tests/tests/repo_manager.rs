@@ -846,6 +846,41 @@ async fn passwords_live_in_kubernetes_secrets_and_are_recreated_from_the_bucket(
     );
     let stored = &secret.data.clone().unwrap()["repository-password"].0;
     assert_eq!(String::from_utf8_lossy(stored), password);
+
+    // The repository is mirrored as Velero's ResticRepository, updated after maintenance.
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("velero.io", "v1", "ResticRepository"),
+        "resticrepositories",
+    );
+    let restic_repositories: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(kube.clone(), "stowage", &resource);
+    let mirrored = restic_repositories
+        .get("team-k-default")
+        .await
+        .unwrap_or_else(|error| panic!("{error}; log:\n{}", first.process.log()));
+    assert_eq!(mirrored.data["spec"]["volumeNamespace"], "team-k");
+    assert_eq!(
+        mirrored.data["spec"]["resticIdentifier"],
+        repository.url.as_str()
+    );
+    assert_eq!(mirrored.data["spec"]["maintenanceFrequency"], "168h0m0s");
+    assert_eq!(mirrored.data["status"]["phase"], "Ready");
+    assert!(mirrored.data["status"]["lastMaintenanceTime"].is_null());
+    let pruned = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "team-k".into(),
+            kind: MaintenanceKind::Prune as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pruned.succeeded, "{}", pruned.message);
+    let mirrored = restic_repositories.get("team-k-default").await.unwrap();
+    assert!(
+        mirrored.data["status"]["lastMaintenanceTime"].is_string(),
+        "{:?}",
+        mirrored.data["status"]
+    );
     drop(client);
     first.process.stop(Duration::from_secs(10));
 

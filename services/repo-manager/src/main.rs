@@ -5,6 +5,7 @@ mod api;
 mod error;
 mod keys;
 mod leases;
+mod mirror;
 mod repositories;
 mod schedule;
 mod scheduler;
@@ -151,16 +152,22 @@ async fn main() -> anyhow::Result<()> {
              bucket copies of repository passwords are stored unencrypted"
         );
     }
-    let secrets = if config.kubernetes {
+    let (secrets, mirror) = if config.kubernetes {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API")?;
-        Some(keys::SecretStore {
-            client,
-            namespace: config.stowage_namespace.clone(),
-        })
+        (
+            Some(keys::SecretStore {
+                client: client.clone(),
+                namespace: config.stowage_namespace.clone(),
+            }),
+            Some(mirror::RepositoryMirror::new(
+                client,
+                &config.stowage_namespace,
+            )),
+        )
     } else {
-        None
+        (None, None)
     };
     let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
     let manager = Arc::new(
@@ -175,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("stale lock age is too large")?,
                 schedules: config.schedules(),
             },
+            mirror,
             shutdown.clone(),
         )
         .await?,

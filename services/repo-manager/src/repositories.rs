@@ -18,6 +18,7 @@ use crate::{
     error::RepoError,
     keys::{KeyStore, Passwords, generate_password},
     leases::{LeaseManager, LeaseMode},
+    mirror::RepositoryMirror,
     schedule::{MaintenanceKind, Schedules},
     state::{Phase, RepositoryRecord, StateStore},
 };
@@ -59,6 +60,8 @@ pub struct Manager {
     /// One async lock per namespace: init, open and key changes of a namespace never overlap.
     namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     settings: ManagerSettings,
+    /// `ResticRepository` objects in Kubernetes, when an API is configured.
+    mirror: Option<RepositoryMirror>,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +85,7 @@ impl Manager {
         state: StateStore,
         keys: KeyStore,
         settings: ManagerSettings,
+        mirror: Option<RepositoryMirror>,
         shutdown: CancellationToken,
     ) -> Result<Manager, RepoError> {
         let records = state
@@ -94,7 +98,7 @@ impl Manager {
             repositories = records.len(),
             "loaded repository state from the storage location"
         );
-        Ok(Manager {
+        let manager = Manager {
             location,
             restic,
             state,
@@ -103,8 +107,26 @@ impl Manager {
             records: Mutex::new(records),
             namespace_locks: Mutex::new(HashMap::new()),
             settings,
+            mirror,
             shutdown,
-        })
+        };
+        for record in manager.list() {
+            manager.write_mirror(&record).await;
+        }
+        Ok(manager)
+    }
+
+    /// Updates the record's `ResticRepository`; a failure is logged, never returned.
+    async fn write_mirror(&self, record: &RepositoryRecord) {
+        if let Some(mirror) = &self.mirror {
+            let frequency = self
+                .settings
+                .schedules
+                .interval(&record.namespace, MaintenanceKind::Prune);
+            if let Err(error) = mirror.write(record, frequency).await {
+                tracing::warn!(namespace = %record.namespace, %error, "cannot mirror the repository as a ResticRepository");
+            }
+        }
     }
 
     pub fn schedules(&self) -> &Schedules {
@@ -169,6 +191,7 @@ impl Manager {
             record.clone()
         };
         self.state.save(&record).await?;
+        self.write_mirror(&record).await;
         Ok(record)
     }
 
