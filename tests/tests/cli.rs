@@ -14,7 +14,7 @@ use stowage_e2e::{
     ServiceProcess, binary, free_port,
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
-    stack::{Stack, StackOptions},
+    stack::{Stack, StackOptions, slow_restic},
     start_service,
 };
 
@@ -512,5 +512,98 @@ async fn backup_and_restore_journey_through_the_cli() {
     assert_eq!(
         one_sentence_failure(&gone),
         "Error: backup \"demo\" not found"
+    );
+}
+
+/// `backup cancel` while another `stowage backup create --wait` follows the backup: the
+/// waiting command ends non-zero with the phase, and the volume shows Cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_waited_backup_cancelled() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    // restic waits a minute before every backup, so the backup is still running when cancelled.
+    let restic = slow_restic(wrapper_dir.path(), 60);
+    let stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let server = stack.orchestrator.url.clone();
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"slow").unwrap();
+
+    let waiting = std::process::Command::new(binary("stowage"))
+        .args([
+            "--server",
+            &server,
+            "backup",
+            "create",
+            "slow",
+            "--include-namespaces",
+            "foo",
+            "--wait",
+        ])
+        .env_remove("STOWAGE_SERVER")
+        .env_remove("STOWAGE_OUTPUT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stowage backup create --wait");
+
+    // Cancel once the volume is with the agent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let output = stowage(&server, &["backup", "get", "slow", "-o", "json"]);
+        if output.status.success() {
+            let backup: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let running = backup["status"]["volumes"]
+                .as_array()
+                .is_some_and(|volumes| {
+                    volumes
+                        .iter()
+                        .any(|v| v["phase"] == "InProgress" || v["phase"] == "Queued")
+                });
+            if running {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup slow never had a running volume:\n{}",
+            stack.orchestrator.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cancelled = stowage(&server, &["backup", "cancel", "slow"]);
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert!(
+        stdout(&cancelled).starts_with("Cancel of backup \"slow\" requested; its phase is now "),
+        "{}",
+        stdout(&cancelled)
+    );
+
+    let waited = finish(waiting, Duration::from_secs(60)).await;
+    let sentence = one_sentence_failure(&waited);
+    assert!(
+        sentence.starts_with("Error: backup \"slow\" ended Cancelled"),
+        "{sentence}"
+    );
+    assert!(
+        stdout(&waited).contains("Backup completed with status: Cancelled."),
+        "{}",
+        stdout(&waited)
+    );
+
+    let describe = stowage(&server, &["backup", "describe", "slow", "--details"]);
+    assert!(describe.status.success(), "{}", stderr(&describe));
+    let text = stdout(&describe);
+    assert!(text.contains("Phase:        Cancelled"), "{text}");
+    assert_eq!(
+        row(&text, "foo/sample/emptydir-volume")[1..3],
+        ["node-a", "Cancelled"],
+        "{text}"
     );
 }
