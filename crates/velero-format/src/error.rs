@@ -48,6 +48,9 @@ pub enum FormatError {
     /// A record cannot be written because it is inconsistent (e.g. no name).
     #[error("invalid backup record: {0}")]
     Invalid(String),
+    /// The backup was written by Velero; stowage never modifies its files.
+    #[error("backup {name} was written by Velero; its files are read-only to stowage")]
+    ReadOnly { name: String },
     /// A backup name that Velero would not accept and that would not be a safe key prefix.
     #[error("invalid backup name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -63,7 +66,9 @@ impl FormatError {
             | FormatError::TarEntry { key, .. }
             | FormatError::NotFound { key }
             | FormatError::Store { key, .. } => Some(key),
-            FormatError::Invalid(_) | FormatError::InvalidName { .. } => None,
+            FormatError::Invalid(_)
+            | FormatError::InvalidName { .. }
+            | FormatError::ReadOnly { .. } => None,
         }
     }
 

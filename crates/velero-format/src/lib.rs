@@ -27,10 +27,11 @@ pub use pod_volume_backup::{
 };
 pub use resources::{BackupResources, ResourceKey};
 pub use store::{
-    BackupFiles, BackupListing, ListFailure, ListedBackup, check_backup, list_backup_keys,
-    list_backups, read_backup, read_backup_record, read_logs, read_pod_volume_backups,
-    read_resource_list, read_resources, read_stowage_info, write_backup, write_backup_record,
-    write_logs, write_pod_volume_backups, write_resource_list, write_resources, write_stowage_info,
+    BackupFiles, BackupListing, ListFailure, ListedBackup, check_backup, ensure_writable,
+    list_backup_keys, list_backups, read_backup, read_backup_record, read_logs,
+    read_pod_volume_backups, read_resource_list, read_resources, read_stowage_info, write_backup,
+    write_backup_record, write_logs, write_pod_volume_backups, write_resource_list,
+    write_resources, write_stowage_info,
 };
 pub use stowage::{
     KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume, StowageBackupInfo,

@@ -266,6 +266,29 @@ pub async fn write_stowage_info(
     put(store, &layout::stowage_info_key(name), encode_json(info)?).await
 }
 
+/// Fails with [`FormatError::ReadOnly`] when `backups/<name>/` holds a backup Velero wrote
+/// (a record and no readable stowage file). Call it before writing any single file of an
+/// existing backup; [`write_backup`] does.
+pub async fn ensure_writable(store: &dyn ObjectStore, name: &str) -> Result<()> {
+    layout::validate_backup_name(name)?;
+    let record_exists = get_optional(store, &layout::backup_record_key(name))
+        .await?
+        .is_some();
+    // An unreadable stowage file counts as absent: when in doubt, do not write.
+    if record_exists
+        && read_stowage_info(store, name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    {
+        return Err(FormatError::ReadOnly {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Writes every file present in `files`. The Backup record goes last, so a listing never shows
 /// a backup whose other files are not there yet.
 ///
@@ -279,20 +302,7 @@ pub async fn write_backup(store: &dyn ObjectStore, files: &BackupFiles) -> Resul
             "backup {name}: stowage writes its backups with their stowage file"
         )));
     }
-    let record_exists = get_optional(store, &layout::backup_record_key(name))
-        .await?
-        .is_some();
-    if record_exists
-        && read_stowage_info(store, name)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-    {
-        return Err(FormatError::Invalid(format!(
-            "backup {name} was written by Velero; its files are never modified"
-        )));
-    }
+    ensure_writable(store, name).await?;
     if let Some(info) = &files.stowage {
         write_stowage_info(store, name, info).await?;
     }
@@ -549,7 +559,14 @@ mod tests {
         let error = write_backup(&store, &stowage_backup("b1"))
             .await
             .unwrap_err();
+        assert!(matches!(error, FormatError::ReadOnly { .. }), "{error}");
         assert!(error.to_string().contains("written by Velero"), "{error}");
+        assert!(ensure_writable(&store, "b1").await.is_err());
+        // New names and stowage's own backups are writable.
+        assert!(ensure_writable(&store, "new-one").await.is_ok());
+        write_backup(&store, &stowage_backup("mine")).await.unwrap();
+        assert!(ensure_writable(&store, "mine").await.is_ok());
+        write_backup(&store, &stowage_backup("mine")).await.unwrap();
         assert_eq!(
             list_backup_keys(&store, "b1").await.unwrap(),
             ["backups/b1/velero-backup.json"]
