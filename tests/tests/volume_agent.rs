@@ -1030,6 +1030,8 @@ async fn backup_and_restic_spans_carry_what_operators_search_by_and_never_the_pa
         ),
         // Export quickly so the test does not wait for the default batch delay.
         ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+        // Velero's snapshot host, instead of the node name.
+        ("STOWAGE_SNAPSHOT_HOST".to_string(), "velero".to_string()),
     ]);
     let setup = Setup::start(2, false, env).await;
     let uid = new_pod_uid();
@@ -1042,6 +1044,10 @@ async fn backup_and_restic_spans_carry_what_operators_search_by_and_never_the_pa
         ))
         .await
         .expect("backup");
+
+    let snapshots = setup.snapshots();
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(snapshots[0]["hostname"], "velero");
 
     let snapshot_id = result.snapshot_id.clone();
     let spans = collector

@@ -32,6 +32,8 @@ pub struct AgentContext {
     pub restic: Restic,
     pub pods_root: PathBuf,
     pub node_name: String,
+    /// `--host` given to `restic backup`.
+    pub snapshot_host: String,
 }
 
 /// A backup whose input has been checked and whose volume has been found.
@@ -219,7 +221,7 @@ pub async fn backup(
     let options = BackupOptions {
         working_dir: plan.path.path.clone(),
         paths: Vec::new(),
-        host: Some(context.node_name.clone()),
+        host: Some(context.snapshot_host.clone()),
         tags: plan.tags.clone(),
         parent: parent_id.clone(),
         excludes: Vec::new(),

@@ -24,6 +24,10 @@ struct Config {
     /// Name of the node this agent serves (from the downward API in the DaemonSet).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// `--host` of the snapshots this agent makes; the node name when unset. Velero used
+    /// `velero` for every snapshot; set that to keep its look.
+    #[arg(long, env = "STOWAGE_SNAPSHOT_HOST")]
+    snapshot_host: Option<String>,
     /// The host's kubelet pods directory, as mounted in the agent.
     #[arg(
         long,
@@ -68,6 +72,11 @@ async fn main() -> anyhow::Result<()> {
         restic,
         pods_root: config.pods_root.clone(),
         node_name: config.node_name.clone(),
+        snapshot_host: config
+            .snapshot_host
+            .clone()
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| config.node_name.clone()),
     };
     let operations = operations::Operations::new(config.max_concurrent, shutdown.clone());
     let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
