@@ -537,6 +537,18 @@ async fn restarted_orchestrator_fails_unfinished_volumes_and_lists_the_bucket() 
     assert_eq!(status.volumes.len(), 1);
     assert_eq!(status.volumes[0].phase, VolumePhase::Failed as i32);
     assert_eq!(status.volumes[0].error_message, "orchestrator restarted");
+    // Its PodVolumeBackup mirror no longer claims to be running.
+    let kube = stack.kube_client().await;
+    let mirrors = pod_volume_backups(&kube)
+        .list(&ListParams::default().labels("velero.io/backup-name=interrupted"))
+        .await
+        .unwrap();
+    assert_eq!(mirrors.items.len(), 1);
+    assert_eq!(mirrors.items[0].data["status"]["phase"], "Failed");
+    assert_eq!(
+        mirrors.items[0].data["status"]["message"],
+        "orchestrator restarted"
+    );
     let listed = client
         .list_backups(ListBackupsRequest {})
         .await

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 
 use stowage_proto::v1::{
-    Backup, BackupEvent, BackupPhase, CancelBackupRequest, CreateBackupRequest,
+    Backup, BackupEvent, BackupOrigin, BackupPhase, CancelBackupRequest, CreateBackupRequest,
     CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, ForgetBackupRequest,
     GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest, GetCoverageResponse,
     GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest,
@@ -67,6 +67,13 @@ impl OrchestratorApi {
         let entry = self.backup_entry(name)?;
         let backup = entry.get();
         let status = backup.status.clone().unwrap_or_default();
+        if backup.origin == BackupOrigin::Velero as i32 {
+            return Err(Error::BackupNotRestorable {
+                name: name.to_string(),
+                phase: "read-only".to_string(),
+                reason: "backups written by Velero are not deleted by stowage".to_string(),
+            });
+        }
         if !backup_is_final(status.phase) {
             return Err(Error::BackupNotRestorable {
                 name: name.to_string(),

@@ -9,9 +9,10 @@ use stowage_proto::v1::{BackupPhase, ForgetBackupRequest, VolumePhase};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backup::{backup_is_final, persist, recount},
+    backup::{backup_is_final, mirror_volume, persist, recount},
     deps::Deps,
     error::Result,
+    kube::mirror::{self, MirrorKind},
     state::{Entry, now},
 };
 
@@ -55,8 +56,22 @@ pub async fn load(deps: &Deps) -> Result<()> {
                 ),
             );
             persist(deps, &entry, None).await;
+            let backup = entry.get();
+            for volume in &backup.status.clone().unwrap_or_default().volumes {
+                mirror_volume(deps, &backup, volume).await;
+            }
         }
         deps.index.insert_backup(&name, entry);
+    }
+    // Restores live in memory; their mirrors must not stay InProgress forever either.
+    if let Some(cluster) = &deps.cluster {
+        match mirror::fail_unfinished(cluster, MirrorKind::PodVolumeRestore, RESTARTED).await {
+            Ok(0) => {}
+            Ok(marked) => {
+                tracing::warn!(marked, "unfinished PodVolumeRestores failed: {RESTARTED}")
+            }
+            Err(error) => tracing::warn!(%error, "failing unfinished PodVolumeRestores"),
+        }
     }
     Ok(())
 }

@@ -109,6 +109,36 @@ pub async fn delete_labelled(
     Ok(())
 }
 
+/// Marks every mirror object of `kind` still `New` or `InProgress` as `Failed` with `message`:
+/// after a restart nobody will finish them. Returns how many were marked.
+pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str) -> Result<usize> {
+    let resource = kind.resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client().clone(),
+        cluster.stowage_namespace(),
+        &resource,
+    );
+    let list = api
+        .list(&::kube::api::ListParams::default())
+        .await
+        .map_err(Error::kube(format!("listing {kind:?} objects")))?;
+    let mut marked = 0;
+    for object in list.items {
+        let phase = object.data["status"]["phase"].as_str().unwrap_or_default();
+        let Some(name) = object.metadata.name.clone() else {
+            continue;
+        };
+        if matches!(phase, "" | "New" | "InProgress") {
+            let patch = json!({"status": {"phase": "Failed", "message": message}});
+            Cluster::merge_patch(&api, &name, &patch)
+                .await
+                .map_err(Error::kube(format!("failing {kind:?} {name}")))?;
+            marked += 1;
+        }
+    }
+    Ok(marked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
