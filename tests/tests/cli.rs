@@ -16,6 +16,7 @@ use stowage_e2e::{
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, slow_restic},
     start_service,
+    velero_fixture::{self, FixtureLocation, VeleroEra},
 };
 
 /// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
@@ -606,4 +607,90 @@ async fn cancel_ends_a_waited_backup_cancelled() {
         ["node-a", "Cancelled"],
         "{text}"
     );
+}
+
+/// A bucket Velero's restic integration wrote: the CLI lists its backup as origin Velero,
+/// with the volumes and snapshot ids of Velero's PodVolumeBackups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("location");
+    let location = FixtureLocation::Local { root: root.clone() };
+    let fixture = velero_fixture::generate(
+        &location,
+        &dir.path().join("work"),
+        "velero-nightly",
+        VeleroEra::Restic19,
+    )
+    .await
+    .expect("writing the Velero fixture");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let server = start_service(
+        "stowage-orchestrator",
+        "stowage.v1.Orchestrator",
+        &[
+            "--repo-manager".to_string(),
+            format!("http://127.0.0.1:{}", free_port()),
+            "--no-kubernetes".to_string(),
+            "--storage-url".to_string(),
+            format!("file://{}", root.display()),
+        ],
+        &BTreeMap::new(),
+        &logs,
+    )
+    .await;
+
+    let json = stowage(&server.url, &["backup", "get", "-o", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let backup = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|backup| backup["name"] == "velero-nightly")
+        .unwrap_or_else(|| panic!("velero-nightly not listed: {list}"));
+    assert_eq!(backup["origin"], "Velero", "{backup}");
+    assert_eq!(backup["status"]["phase"], "Completed", "{backup}");
+    let volumes = backup["status"]["volumes"].as_array().unwrap();
+    assert_eq!(volumes.len(), fixture.volumes.len(), "{backup}");
+    for expected in &fixture.volumes {
+        let found = volumes
+            .iter()
+            .find(|v| {
+                v["namespace"] == expected.namespace.as_str()
+                    && v["volume"] == expected.volume.as_str()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}/{} missing: {backup}",
+                    expected.namespace, expected.volume
+                )
+            });
+        assert_eq!(found["snapshotId"], expected.snapshot_id.as_str());
+        assert_eq!(found["pod"], expected.pod.as_str());
+    }
+
+    let table = stowage(&server.url, &["backup", "get"]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    let cells = row(&text, "velero-nightly");
+    assert_eq!(cells[1], "Completed");
+    assert_eq!(cells[6], "Velero", "{text}");
+
+    let describe = stowage(
+        &server.url,
+        &["backup", "describe", "velero-nightly", "--details"],
+    );
+    assert!(describe.status.success(), "{}", stderr(&describe));
+    let text = stdout(&describe);
+    assert!(text.contains("Origin:       Velero"), "{text}");
+    for expected in &fixture.volumes {
+        let path = format!(
+            "{}/{}/{}",
+            expected.namespace, expected.pod, expected.volume
+        );
+        let cells = row(&text, &path);
+        assert_eq!(cells[3], &expected.snapshot_id[..8], "{text}");
+    }
 }
