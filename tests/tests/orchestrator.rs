@@ -862,3 +862,109 @@ async fn s3_backups_are_listed_by_a_fresh_orchestrator_and_restore() {
     assert_eq!(manifest(&new_pvc_dir, false), pvc_before);
     assert_eq!(manifest(&new_empty_dir, false), empty_before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_of_recreated_pod_is_incremental() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let kubelet = &stack.kubelets["node-a"];
+    let pod_dir = kubelet.pod(&example.pod_uid());
+    write_sample_tree(
+        &pod_dir.pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    write_sample_tree(&pod_dir.empty_dir("emptydir-volume"), "emptydir");
+    let mut client = stack.client().await;
+    let first = backup_to_end(&mut client, "first", foo_spec()).await;
+    let first = first.status.unwrap();
+    assert_eq!(first.phase, BackupPhase::Completed as i32, "{first:#?}");
+
+    // The Deployment replaces the pod: new uid, same claim, a fresh emptyDir with the same data.
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut manifest: serde_json::Value = serde_json::to_value(&example.pod).unwrap();
+    for field in ["uid", "resourceVersion", "creationTimestamp"] {
+        manifest["metadata"].as_object_mut().unwrap().remove(field);
+    }
+    let recreated: Pod = stowage_e2e::kube::create(&kube, Some("foo"), manifest).await;
+    let new_dir = kubelet.pod(recreated.metadata.uid.as_deref().unwrap());
+    write_sample_tree(
+        &new_dir.pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    write_sample_tree(&new_dir.empty_dir("emptydir-volume"), "emptydir");
+    stowage_e2e::kube::mark_pod_running(&kube, "foo", "sample", "node-a").await;
+
+    let second = backup_to_end(&mut client, "second", foo_spec()).await;
+    let second = second.status.unwrap();
+    assert_eq!(second.phase, BackupPhase::Completed as i32, "{second:#?}");
+    for volume in &second.volumes {
+        let name = &volume.volume.as_ref().unwrap().volume_name;
+        let earlier = first
+            .volumes
+            .iter()
+            .find(|v| &v.volume.as_ref().unwrap().volume_name == name)
+            .unwrap();
+        assert_eq!(volume.stable_identity, earlier.stable_identity, "{name}");
+        assert_eq!(
+            volume.parent_snapshot_id, earlier.snapshot_id,
+            "{name} was not backed up on top of the first backup"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_volume_at_a_time_runs_per_node_when_so_bounded() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper_dir.path(), 1);
+    let stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        orchestrator_args: vec!["--max-parallel-per-node".into(), "1".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let pod_dir = stack.kubelets["node-a"].pod(&example.pod_uid());
+    write_sample_tree(
+        &pod_dir.pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    write_sample_tree(&pod_dir.empty_dir("emptydir-volume"), "emptydir");
+    let mut client = stack.client().await;
+    client
+        .create_backup(CreateBackupRequest {
+            name: "serial".into(),
+            spec: Some(foo_spec()),
+        })
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch_backup(WatchBackupRequest {
+            name: "serial".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut most_running = 0;
+    let mut last = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        let status = event.backup.unwrap().status.unwrap();
+        let running = status
+            .volumes
+            .iter()
+            .filter(|v| {
+                v.phase == VolumePhase::InProgress as i32 || v.phase == VolumePhase::Queued as i32
+            })
+            .count();
+        most_running = most_running.max(running);
+        last = Some(status);
+    }
+    let last = last.unwrap();
+    assert_eq!(last.phase, BackupPhase::Completed as i32, "{last:#?}");
+    assert_eq!(last.volumes_completed, 2);
+    assert_eq!(most_running, 1, "both volumes of node-a ran at once");
+}
