@@ -248,7 +248,7 @@ fn fixture_volumes() -> Vec<VolumeSpec> {
             namespace: "foo",
             pod: "sample",
             volume: "pvc-volume",
-            claim: Some(("sample-pvc", "pv-sample")),
+            claim: Some(("sample-pvc", "pv-foo-sample")),
             files: vec![
                 ("data.txt", b"hello from foo/sample pvc-volume\n".to_vec()),
                 ("nested/dir/blob.bin", sample_bytes(1, 48 * 1024)),
@@ -421,7 +421,7 @@ fn timestamp(base: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
 }
 
 /// Writes a complete Velero-restic-era backup named `backup_name` of namespaces `foo` (pod
-/// `sample`: `pvc-volume` on PVC `sample-pvc` bound to PV `pv-sample`, and `emptydir-volume`)
+/// `sample`: `pvc-volume` on PVC `sample-pvc` bound to PV `pv-foo-sample`, and `emptydir-volume`)
 /// and `bar` (pod `web`: `www`) into `location`, with fake volume directories and restic's
 /// cache under `work_dir`. Repositories are created if missing, so a second backup into the
 /// same location adds snapshots to the same repositories, as Velero did.
@@ -764,18 +764,29 @@ fn fixture_resources(volumes: &[FixtureVolume]) -> anyhow::Result<BackupResource
             .collect();
         let mounts: Vec<Value> = pod_volumes
             .iter()
-            .map(|v| json!({"name": v.volume, "mountPath": format!("/{}", v.volume)}))
+            // The same mount points as the seeded example cluster's pod.
+            .map(|v| {
+                let mount_path = match v.volume.as_str() {
+                    "pvc-volume" => "/data".to_string(),
+                    "emptydir-volume" => "/cache".to_string(),
+                    other => format!("/{other}"),
+                };
+                json!({"name": v.volume, "mountPath": mount_path})
+            })
             .collect();
         resources.insert_object(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": pod, "namespace": namespace, "uid": pod_volumes[0].pod_uid,
                 "labels": {"app": pod},
-                "annotations": {"backup.velero.io/backup-volumes": annotation.join(",")}
+                "annotations": {"backup.velero.io/backup-volumes": annotation.join(",")},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": format!("{pod}-5d8f7b9c4d"), "uid": fake_uid(&format!("rs/{namespace}/{pod}")),
+                    "controller": true, "blockOwnerDeletion": true}]
             },
             "spec": {
                 "nodeName": NODE,
-                "containers": [{"name": pod, "image": "busybox:1.36",
+                "containers": [{"name": "app", "image": "busybox",
                                 "command": ["sleep", "infinity"], "volumeMounts": mounts}],
                 "volumes": spec_volumes,
                 "restartPolicy": "Always",

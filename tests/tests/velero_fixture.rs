@@ -176,13 +176,20 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
             .get(resources::PERSISTENT_VOLUMES, None, pv_name)
             .expect("the PVC's PV is in the tarball");
         assert_eq!(pv["spec"]["claimRef"]["name"], "sample-pvc");
+        assert_eq!(
+            sample["spec"]["containers"][0]["volumeMounts"],
+            serde_json::json!([
+                {"name": "pvc-volume", "mountPath": "/data"},
+                {"name": "emptydir-volume", "mountPath": "/cache"}
+            ])
+        );
         assert_eq!(resources.of_resource(resources::NAMESPACES).count(), 2);
         let list = format::read_resource_list(&*store, &fixture.backup_name)
             .await
             .unwrap()
             .expect("Velero wrote the resource list");
         assert_eq!(list["v1/Pod"], ["bar/web", "foo/sample"]);
-        assert_eq!(list["v1/PersistentVolume"], ["pv-sample"]);
+        assert_eq!(list["v1/PersistentVolume"], ["pv-foo-sample"]);
 
         let logs = files.logs.as_deref().unwrap();
         assert!(logs.contains(&format!("backup=velero/{}", fixture.backup_name)));
