@@ -516,33 +516,34 @@ async fn backup_and_restore_journey_through_the_cli() {
     );
 }
 
-/// `backup cancel` while another `stowage backup create --wait` follows the backup: the
-/// waiting command ends non-zero with the phase, and the volume shows Cancelled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_ends_a_waited_backup_cancelled() {
+/// A stack whose restic waits a minute before every backup, so a backup is still running when
+/// the test acts, with the example's emptyDir seeded; the wrapper's dir lives as long as it.
+async fn stack_with_slow_backups() -> (Stack, tempfile::TempDir) {
     let wrapper_dir = tempfile::tempdir().unwrap();
-    // restic waits a minute before every backup, so the backup is still running when cancelled.
     let restic = slow_restic(wrapper_dir.path(), 60);
     let stack = Stack::start(StackOptions {
         agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
         ..StackOptions::default()
     })
     .await;
-    let server = stack.orchestrator.url.clone();
     let kube = stack.kube_client().await;
     let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
     let volume = stack.kubelets["node-a"]
         .pod(&example.pod_uid())
         .empty_dir("emptydir-volume");
     std::fs::write(volume.join("data.txt"), b"slow").unwrap();
+    (stack, wrapper_dir)
+}
 
-    let waiting = std::process::Command::new(binary("stowage"))
+/// Starts `stowage backup create NAME --include-namespaces foo --wait` in the background.
+fn start_waiting_backup(server: &str, name: &str) -> Child {
+    std::process::Command::new(binary("stowage"))
         .args([
             "--server",
-            &server,
+            server,
             "backup",
             "create",
-            "slow",
+            name,
             "--include-namespaces",
             "foo",
             "--wait",
@@ -552,12 +553,15 @@ async fn cancel_ends_a_waited_backup_cancelled() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starting stowage backup create --wait");
+        .expect("starting stowage backup create --wait")
+}
 
-    // Cancel once the volume is with the agent.
+/// Polls `stowage backup get NAME -o json` until a volume is with the agent.
+async fn wait_until_running(stack: &Stack, name: &str) {
+    let server = &stack.orchestrator.url;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let output = stowage(&server, &["backup", "get", "slow", "-o", "json"]);
+        let output = stowage(server, &["backup", "get", name, "-o", "json"]);
         if output.status.success() {
             let backup: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             let running = backup["status"]["volumes"]
@@ -568,16 +572,26 @@ async fn cancel_ends_a_waited_backup_cancelled() {
                         .any(|v| v["phase"] == "InProgress" || v["phase"] == "Queued")
                 });
             if running {
-                break;
+                return;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "backup slow never had a running volume:\n{}",
+            "backup {name} never had a running volume:\n{}",
             stack.orchestrator.process.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `backup cancel` while another `stowage backup create --wait` follows the backup: the
+/// waiting command ends non-zero with the phase, and the volume shows Cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_waited_backup_cancelled() {
+    let (stack, _wrapper) = stack_with_slow_backups().await;
+    let server = stack.orchestrator.url.clone();
+    let waiting = start_waiting_backup(&server, "slow");
+    wait_until_running(&stack, "slow").await;
     let cancelled = stowage(&server, &["backup", "cancel", "slow"]);
     assert!(cancelled.status.success(), "{}", stderr(&cancelled));
     assert!(
@@ -693,4 +707,30 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
         let cells = row(&text, &path);
         assert_eq!(cells[3], &expected.snapshot_id[..8], "{text}");
     }
+}
+
+/// Ctrl-C while waiting stops the CLI, not the backup: exit 130, a sentence saying how to
+/// follow it, and the backup still running in the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupting_wait_leaves_the_backup_running() {
+    let (stack, _wrapper) = stack_with_slow_backups().await;
+    let server = stack.orchestrator.url.clone();
+    let waiting = start_waiting_backup(&server, "interrupted");
+    wait_until_running(&stack, "interrupted").await;
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &waiting.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(sent.success());
+    let output = finish(waiting, Duration::from_secs(30)).await;
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("the backup goes on. Follow it with `stowage backup describe interrupted`"),
+        "{}",
+        stderr(&output)
+    );
+    let backup = stowage(&server, &["backup", "get", "interrupted", "-o", "json"]);
+    let backup: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    assert_eq!(backup["status"]["phase"], "InProgress", "{backup}");
 }
