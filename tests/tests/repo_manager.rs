@@ -939,3 +939,71 @@ async fn scheduler_runs_check_when_it_is_due() {
     let prune = get(&mut client, "cron").await.prune.unwrap();
     assert!(prune.last_started.is_none(), "prune is not due for a week");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_maintenance_request_does_not_block_later_backups() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "quit").await);
+    let backup = client
+        .acquire_lease(AcquireLeaseRequest {
+            namespace: "quit".into(),
+            mode: LeaseMode::Shared as i32,
+            holder: "backup/one".into(),
+            ttl: None,
+            wait_timeout: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The caller gives up while the prune waits for the backup's lease.
+    let mut request = tonic::Request::new(RunMaintenanceRequest {
+        namespace: "quit".into(),
+        kind: MaintenanceKind::Prune as i32,
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let status = client.run_maintenance(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status}"
+    );
+    client
+        .release_lease(ReleaseLeaseRequest {
+            lease_id: backup.lease_id,
+        })
+        .await
+        .unwrap();
+
+    // Nothing is left waiting or holding: the next backup gets its lease, and a prune runs.
+    let next = client
+        .acquire_lease(AcquireLeaseRequest {
+            namespace: "quit".into(),
+            mode: LeaseMode::Shared as i32,
+            holder: "backup/two".into(),
+            ttl: None,
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("a shared lease after the abandoned prune")
+        .into_inner();
+    client
+        .release_lease(ReleaseLeaseRequest {
+            lease_id: next.lease_id,
+        })
+        .await
+        .unwrap();
+    let prune = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "quit".into(),
+            kind: MaintenanceKind::Prune as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(prune.succeeded, "{}", prune.message);
+}

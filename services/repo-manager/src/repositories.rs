@@ -65,6 +65,18 @@ pub struct Manager {
     shutdown: CancellationToken,
 }
 
+/// Releases a lease when dropped, whether the task finished or was abandoned.
+struct ReleaseOnDrop<'a> {
+    leases: &'a LeaseManager,
+    id: String,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.leases.release(&self.id);
+    }
+}
+
 pub fn validate_namespace(namespace: &str) -> Result<(), RepoError> {
     if stowage_storage_location::is_dns1123_label(namespace) {
         Ok(())
@@ -354,15 +366,17 @@ impl Manager {
                 namespace,
                 LeaseMode::Exclusive,
                 holder,
-                // Held by this process only, released below; the TTL only matters if the
-                // release is skipped by a panic.
+                // Held by this process only and released by the guard below, also when the
+                // caller goes away mid-task (the RPC future is dropped); the TTL is a backstop.
                 Duration::from_secs(24 * 3600),
                 self.settings.maintenance_wait,
             )
             .await?;
-        let result = task().await;
-        self.leases.release(&lease.id);
-        result
+        let _release = ReleaseOnDrop {
+            leases: &self.leases,
+            id: lease.id,
+        };
+        task().await
     }
 
     /// Runs check or prune now: takes the exclusive lease (waiting for backups to finish),
