@@ -630,15 +630,10 @@ async fn create_restore(
         })
         .await
         .map_err(|status| match status.code() {
-            // The restore has no name yet when the server generates it; a NotFound here is
-            // about the backup it reads from.
-            tonic::Code::NotFound if requested.is_empty() => CliError::NotFound {
+            // A restore being created cannot be missing; NotFound is about its backup.
+            tonic::Code::NotFound => CliError::NotFound {
                 kind: "backup",
                 name: create.from_backup.clone(),
-            },
-            tonic::Code::NotFound => CliError::Server {
-                action: format!("creating restore \"{requested}\""),
-                message: status.message().to_string(),
             },
             _ => session.fail(status, &call),
         })?

@@ -187,6 +187,13 @@ async fn unknown_backup_is_one_sentence_naming_it() {
         &["backup", "logs", "no-such-backup"],
         &["backup", "delete", "no-such-backup"],
         &["restore", "create", "--from-backup", "no-such-backup"],
+        &[
+            "restore",
+            "create",
+            "named",
+            "--from-backup",
+            "no-such-backup",
+        ],
     ] {
         let output = stowage(&server.url, command);
         let sentence = one_sentence_failure(&output);
