@@ -17,7 +17,7 @@ use stowage_e2e::{
 };
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
+    Backup, BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
     CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
     GetCoverageRequest, ListBackupsRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
     VolumePhase, WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
@@ -967,4 +967,104 @@ async fn one_volume_at_a_time_runs_per_node_when_so_bounded() {
     assert_eq!(last.phase, BackupPhase::Completed as i32, "{last:#?}");
     assert_eq!(last.volumes_completed, 2);
     assert_eq!(most_running, 1, "both volumes of node-a ran at once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_backups_are_deleted() {
+    let stack = Stack::start(StackOptions {
+        orchestrator_args: vec!["--housekeeping-interval-seconds".into(), "1".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"short-lived").unwrap();
+    let mut client = stack.client().await;
+    let backup = backup_to_end(
+        &mut client,
+        "ephemeral",
+        BackupSpec {
+            ttl: Some(stowage_proto::prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            ..foo_spec()
+        },
+    )
+    .await;
+    assert_eq!(backup.status.unwrap().phase, BackupPhase::Completed as i32);
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let found = client
+                .get_backup(GetBackupRequest {
+                    name: "ephemeral".into(),
+                })
+                .await;
+            if matches!(&found, Err(status) if status.code() == tonic::Code::NotFound) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the expired backup is still listed");
+    let left = files_under(&stack.storage.join("backups/ephemeral"));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn velero_backups_written_later_are_listed_and_kept() {
+    let stack = Stack::start(StackOptions {
+        orchestrator_args: vec!["--housekeeping-interval-seconds".into(), "1".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    stowage_e2e::velero_fixture::generate(
+        &stowage_e2e::velero_fixture::FixtureLocation::Local {
+            root: stack.storage.clone(),
+        },
+        work.path(),
+        "velero-nightly",
+        stowage_e2e::velero_fixture::VeleroEra::FsBackupRestic,
+    )
+    .await
+    .unwrap();
+    let mut client = stack.client().await;
+    let listed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let backups = client
+                .list_backups(ListBackupsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .backups;
+            if let Some(backup) = backups.into_iter().find(|b| b.name == "velero-nightly") {
+                return backup;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the Velero backup is listed");
+    assert_eq!(listed.origin, BackupOrigin::Velero as i32);
+    let status = listed.status.unwrap();
+    assert!(!status.volumes.is_empty(), "{status:#?}");
+    assert!(status.volumes.iter().all(|v| !v.snapshot_id.is_empty()));
+    let refused = client
+        .delete_backup(DeleteBackupRequest {
+            name: "velero-nightly".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        stack
+            .storage
+            .join("backups/velero-nightly/velero-backup.json")
+            .exists()
+    );
 }

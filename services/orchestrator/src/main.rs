@@ -102,6 +102,13 @@ struct Config {
         default_value = "ghcr.io/stowage/stowage-restore-helper"
     )]
     restore_helper_image: String,
+    /// Seconds between looks for expired backups and for backups new in the object store.
+    #[arg(
+        long,
+        env = "STOWAGE_HOUSEKEEPING_INTERVAL_SECONDS",
+        default_value_t = 60
+    )]
+    housekeeping_interval_seconds: u64,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
 }
@@ -181,7 +188,10 @@ async fn main() -> anyhow::Result<()> {
     recovery::load(&deps)
         .await
         .context("reading the backups in the storage location")?;
-    tasks.spawn(recovery::expire_backups(deps.clone()));
+    tasks.spawn(recovery::housekeeping(
+        deps.clone(),
+        Duration::from_secs(config.housekeeping_interval_seconds.max(1)),
+    ));
 
     let api = api::OrchestratorApi::new(deps);
     let router = stowage_grpc::router_for::<OrchestratorServer<api::OrchestratorApi>>()

@@ -76,13 +76,43 @@ pub async fn load(deps: &Deps) -> Result<()> {
     Ok(())
 }
 
-/// Deletes backups past their expiration, once a minute, until shutdown.
-pub async fn expire_backups(deps: Deps) {
+/// Every `interval` until shutdown: picks up backups that appeared in the object store (written
+/// by Velero or another cluster) and deletes the expired ones.
+pub async fn housekeeping(deps: Deps, interval: Duration) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(interval) => {}
             () = deps.shutdown.cancelled() => return,
         }
+        sync_from_store(&deps).await;
+        expire(&deps).await;
+    }
+}
+
+/// Adds backups found in the store that the index does not know; known ones are left alone
+/// (the index is ahead of the store while a backup runs or is being deleted).
+async fn sync_from_store(deps: &Deps) {
+    let Some(store) = &deps.store else {
+        return;
+    };
+    match store.load_backups().await {
+        Ok(backups) => {
+            for (backup, logs) in backups {
+                if deps.index.backup(&backup.name).is_none() {
+                    tracing::info!(backup = %backup.name, "backup found in the object store");
+                    let name = backup.name.clone();
+                    deps.index
+                        .insert_backup(&name, Entry::new(backup, logs, CancellationToken::new()));
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "listing the backups in the object store"),
+    }
+}
+
+/// Deletes the backups past their expiration: snapshots first, then files.
+async fn expire(deps: &Deps) {
+    {
         let now = chrono::Utc::now().timestamp();
         for entry in deps.index.backups() {
             let backup = entry.get();
