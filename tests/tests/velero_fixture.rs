@@ -118,6 +118,10 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
                 pvb.spec.repo_identifier,
                 location.restic_repository(&volume.namespace)
             );
+            assert_eq!(
+                format::layout::namespace_of_repo_identifier(&pvb.spec.repo_identifier),
+                Some(volume.namespace.as_str())
+            );
             assert_eq!(pvb.status.path, volume.dir.display().to_string());
             let progress = pvb.status.progress.as_ref().unwrap();
             let data_bytes: usize = volume.files.values().map(Vec::len).sum();
@@ -412,6 +416,17 @@ async fn velero_fixture_on_s3_reads_back_and_reports_broken_copies() {
     assert_eq!(
         location.restic_repository("foo"),
         format!("s3:{}/velero-bucket/cluster-a/restic/foo", server.endpoint)
+    );
+    assert_eq!(
+        location.restic_repository("foo"),
+        format::layout::velero_repo_identifier(
+            format::layout::VeleroBackend::S3 {
+                endpoint: &server.endpoint
+            },
+            "velero-bucket",
+            "cluster-a",
+            "foo"
+        )
     );
     let fixture = velero_fixture::generate(
         &location,

@@ -64,6 +64,56 @@ pub fn restic_repository_url(base: &str, namespace: &str) -> String {
     )
 }
 
+/// The object-store kind behind a Velero backup storage location, as far as the restic
+/// repository URL goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VeleroBackend<'a> {
+    /// AWS or S3-compatible: `endpoint` is the location's `s3Url` (e.g. `http://minio:9000`)
+    /// or, on AWS, `s3-<region>.amazonaws.com`.
+    S3 {
+        endpoint: &'a str,
+    },
+    Azure,
+    Gcp,
+}
+
+/// The `repoIdentifier` Velero gave namespace `namespace`'s restic repository in a location
+/// with `bucket` and `prefix` (the restic-era rule, for locations without `resticRepoPrefix`):
+/// `s3:<endpoint>/<bucket>[/<prefix>]/restic/<ns>`, `azure:<container>:/[<prefix>/]restic/<ns>`,
+/// `gs:<bucket>:/[<prefix>/]restic/<ns>`.
+pub fn velero_repo_identifier(
+    backend: VeleroBackend<'_>,
+    bucket: &str,
+    prefix: &str,
+    namespace: &str,
+) -> String {
+    let prefix = prefix.trim_matches('/');
+    let restic_dir = if prefix.is_empty() {
+        RESTIC_DIR.to_string()
+    } else {
+        format!("{prefix}/{RESTIC_DIR}")
+    };
+    match backend {
+        VeleroBackend::S3 { endpoint } => format!(
+            "s3:{}/{bucket}/{restic_dir}/{namespace}",
+            endpoint.trim_end_matches('/')
+        ),
+        VeleroBackend::Azure => format!("azure:{bucket}:/{restic_dir}/{namespace}"),
+        VeleroBackend::Gcp => format!("gs:{bucket}:/{restic_dir}/{namespace}"),
+    }
+}
+
+/// The namespace a restic repository URL belongs to under this layout (its last segment after
+/// `/restic/`), whatever endpoint it names: a Velero PodVolumeBackup's `repoIdentifier` may
+/// name an in-cluster endpoint that is not reachable from where stowage runs, so the
+/// repository is found again by namespace under stowage's own view of the location.
+pub fn namespace_of_repo_identifier(identifier: &str) -> Option<&str> {
+    let marker = format!("/{RESTIC_DIR}/");
+    let start = identifier.rfind(&marker)? + marker.len();
+    let namespace = identifier[start..].trim_end_matches('/');
+    (!namespace.is_empty() && !namespace.contains('/')).then_some(namespace)
+}
+
 /// If `key` is `backups/<name>/velero-backup.json`, the backup name.
 pub fn backup_name_from_record_key(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(BACKUPS_DIR)?.strip_prefix('/')?;
@@ -135,6 +185,55 @@ mod tests {
             restic_repository_url("s3:http://127.0.0.1:9000/bucket/pre", "bar"),
             "s3:http://127.0.0.1:9000/bucket/pre/restic/bar"
         );
+    }
+
+    #[test]
+    fn velero_repo_identifiers_follow_the_restic_era_rule() {
+        let aws = VeleroBackend::S3 {
+            endpoint: "s3-eu-west-1.amazonaws.com",
+        };
+        assert_eq!(
+            velero_repo_identifier(aws, "backups-bucket", "", "foo"),
+            "s3:s3-eu-west-1.amazonaws.com/backups-bucket/restic/foo"
+        );
+        let minio = VeleroBackend::S3 {
+            endpoint: "http://minio.velero.svc:9000/",
+        };
+        assert_eq!(
+            velero_repo_identifier(minio, "velero", "/cluster-a/", "bar"),
+            "s3:http://minio.velero.svc:9000/velero/cluster-a/restic/bar"
+        );
+        assert_eq!(
+            velero_repo_identifier(VeleroBackend::Azure, "container", "pre", "foo"),
+            "azure:container:/pre/restic/foo"
+        );
+        assert_eq!(
+            velero_repo_identifier(VeleroBackend::Gcp, "bucket", "", "foo"),
+            "gs:bucket:/restic/foo"
+        );
+    }
+
+    #[test]
+    fn namespaces_come_back_out_of_repo_identifiers() {
+        for (identifier, namespace) in [
+            (
+                "s3:http://minio.velero.svc:9000/velero/cluster-a/restic/bar",
+                Some("bar"),
+            ),
+            ("s3:s3-eu-west-1.amazonaws.com/b/restic/foo/", Some("foo")),
+            ("azure:container:/pre/restic/foo", Some("foo")),
+            ("gs:bucket:/restic/kube-system", Some("kube-system")),
+            ("/data/location/restic/foo", Some("foo")),
+            ("/data/restic/", None),
+            ("s3:host/bucket/other/foo", None),
+            ("/data/restic/foo/extra", None),
+        ] {
+            assert_eq!(
+                namespace_of_repo_identifier(identifier),
+                namespace,
+                "{identifier}"
+            );
+        }
     }
 
     #[test]
