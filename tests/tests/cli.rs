@@ -485,6 +485,64 @@ async fn backup_and_restore_journey_through_the_cli() {
         assert_eq!(&cells[1..4], ["foo", "node-a", "Completed"], "{text}");
     }
 
+    // A copy into another namespace, `--namespace-mappings foo:bar`.
+    let copying = std::process::Command::new(binary("stowage"))
+        .args([
+            "--server",
+            &server,
+            "restore",
+            "create",
+            "copy",
+            "--from-backup",
+            "demo",
+            "--namespace-mappings",
+            "foo:bar",
+            "--wait",
+        ])
+        .env_remove("STOWAGE_SERVER")
+        .env_remove("STOWAGE_OUTPUT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stowage restore create --namespace-mappings");
+    let copy = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
+    let bar_claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "bar");
+    let copy_pv = "pv-bar-sample";
+    bar_claims
+        .patch(
+            "sample-pvc",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"volumeName": copy_pv}})),
+        )
+        .await
+        .unwrap();
+    // Plays kubelet: the new pod's volume directories exist before its init container runs.
+    let copy_dir = kubelet.pod(&copy.metadata.uid.clone().unwrap());
+    let copy_pvc_dir = copy_dir.pv("kubernetes.io~local-volume", copy_pv);
+    let copy_empty_dir = copy_dir.empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "bar", "sample", "node-a", "restore-wait").await;
+    let copied = finish(copying, Duration::from_secs(120)).await;
+    assert!(
+        copied.status.success(),
+        "stderr: {}\nstdout: {}\n{}",
+        stderr(&copied),
+        stdout(&copied),
+        stdout(&stowage(
+            &server,
+            &["restore", "describe", "copy", "--details"]
+        ))
+    );
+    assert_eq!(manifest(&copy_pvc_dir, false), pvc_before);
+    assert_eq!(manifest(&copy_empty_dir, false), empty_before);
+    let describe = stowage(&server, &["restore", "describe", "copy", "--details"]);
+    let text = stdout(&describe);
+    assert!(text.contains("Namespace mappings:  foo:bar"), "{text}");
+    assert_eq!(
+        row(&text, "bar/sample/pvc-volume")[1..4],
+        ["foo", "node-a", "Completed"],
+        "{text}"
+    );
+
     // The backup's log lines: `<RFC 3339 time> <LEVEL> <message>`.
     let logs = stowage(&server, &["backup", "logs", "demo"]);
     assert!(logs.status.success(), "{}", stderr(&logs));
