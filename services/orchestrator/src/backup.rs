@@ -35,6 +35,9 @@ use crate::{
     state::{BackupEntry, Entry, now},
 };
 
+/// How often a running volume's progress is copied into its PodVolumeBackup mirror.
+const MIRROR_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Why volumes still running at shutdown failed.
 const SHUT_DOWN: &str = "the orchestrator shut down";
 
@@ -566,6 +569,7 @@ impl VolumeJob {
                 .await
                 .map_err(|status| format!("agent on node {node}: {}", status.message()))?
                 .into_inner();
+            let mut last_mirrored = Instant::now();
             loop {
                 match stream.message().await {
                     Ok(Some(event)) => match event.event {
@@ -573,10 +577,16 @@ impl VolumeJob {
                             self.update(|v| v.phase = VolumePhase::Queued as i32);
                         }
                         Some(backup_volume_event::Event::Progress(progress)) => {
-                            self.update(|v| {
+                            let backup = self.update(|v| {
                                 v.phase = VolumePhase::InProgress as i32;
                                 v.progress = Some(progress);
                             });
+                            // The mirror shows progress too, but the API server is not
+                            // written to on every restic status line.
+                            if last_mirrored.elapsed() >= MIRROR_PROGRESS_EVERY {
+                                last_mirrored = Instant::now();
+                                mirror_volume(&self.deps, &backup, &self.volume()).await;
+                            }
                         }
                         Some(backup_volume_event::Event::Result(result)) => {
                             let span = tracing::Span::current();
