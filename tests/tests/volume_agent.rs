@@ -224,6 +224,13 @@ impl Setup {
             .unwrap_or_default()
     }
 
+    /// Lock files in the (local) repository: restic removes its own when stopped gently.
+    fn repository_locks(&self) -> usize {
+        std::fs::read_dir(Path::new(&self.repository).join("locks"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
     fn assert_password_not_in_log(&self) {
         let log = self.agent.process.log();
         assert!(!log.is_empty(), "the agent logged nothing");
@@ -773,6 +780,11 @@ async fn cancel_mid_backup_kills_restic_and_queued_work_waits() {
         setup.snapshots().is_empty(),
         "the cancelled backup left no snapshot"
     );
+    assert_eq!(
+        setup.repository_locks(),
+        0,
+        "restic removed its lock when stopped"
+    );
 
     // Nothing half-done trips the next run: the small volume backs up fine now.
     let (_, result) = setup
@@ -942,7 +954,13 @@ async fn caller_hang_up_and_agent_shutdown_kill_restic() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
-    // SIGTERM to the agent kills the restic it runs before it exits.
+    assert_eq!(
+        setup.repository_locks(),
+        0,
+        "restic removed its lock on hang-up"
+    );
+
+    // SIGTERM to the agent stops the restic it runs before it exits.
     let _stream = backup_until_running(&setup, "shutdown", bulk).await;
     let children = restic_children(agent_pid);
     assert_eq!(children.len(), 1, "{children:?}");
@@ -959,6 +977,11 @@ async fn caller_hang_up_and_agent_shutdown_kill_restic() {
         setup.agent.process.log()
     );
     assert!(!alive(restic_pid), "restic {restic_pid} outlived the agent");
+    assert_eq!(
+        setup.repository_locks(),
+        0,
+        "restic removed its lock on shutdown"
+    );
     assert!(
         setup.snapshots().is_empty(),
         "no snapshot from stopped backups"

@@ -1,7 +1,8 @@
 //! The runner every restic command goes through: builds the argv (never a shell), hands the
 //! repository and password to restic through the environment and a 0600 password file in a
-//! per-run scratch directory, streams stdout line by line, keeps stderr for the error, and kills
-//! the whole process group when the caller cancels or drops the future.
+//! per-run scratch directory, streams stdout line by line, keeps stderr for the error, and on
+//! cancel interrupts the process group (restic then removes its lock) and kills it after a
+//! grace period; a dropped future kills it at once.
 
 use std::{
     collections::BTreeMap,
@@ -11,6 +12,7 @@ use std::{
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Stdio,
+    time::Duration,
 };
 
 use serde::de::DeserializeOwned;
@@ -36,7 +38,11 @@ const SCRUBBED_ENV: &[&str] = &[
 pub struct Restic {
     binary: PathBuf,
     scratch_dir: PathBuf,
+    stop_grace: Duration,
 }
+
+/// How long a cancelled restic gets to remove its lock after SIGINT before it is killed.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything needed to open one repository. `Debug` never shows the password or the values
 /// of `env` (they carry object-store credentials).
@@ -137,7 +143,14 @@ impl Restic {
         Restic {
             binary: binary.into(),
             scratch_dir: scratch_dir.into(),
+            stop_grace: DEFAULT_STOP_GRACE,
         }
+    }
+
+    /// Time between SIGINT and SIGKILL when a run is cancelled.
+    pub fn with_stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
     }
 
     pub fn binary(&self) -> &Path {
@@ -276,7 +289,8 @@ impl Restic {
         let stderr = child.stderr.take();
 
         let mut kept_stdout = String::new();
-        let outcome = {
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let (stdout_result, stderr_text, status) = {
             let read_stdout = async {
                 if let Some(stdout) = stdout {
                     let mut lines = BufReader::new(stdout).lines();
@@ -290,29 +304,38 @@ impl Restic {
                 }
                 Ok::<(), std::io::Error>(())
             };
+            // Pipes are read to the end even while stopping: restic writes to stderr as it
+            // cleans up, and a Go program writing to a closed pipe dies of SIGPIPE before
+            // removing its lock.
             let run = async {
                 let (stdout_result, stderr_text) = tokio::join!(read_stdout, read_capped(stderr));
                 let status = child.wait().await;
                 (stdout_result, stderr_text, status)
             };
+            let stop = async {
+                cancel.cancelled().await;
+                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                // SIGINT first: restic then removes its repository lock and exits, so the
+                // next run (or prune) does not find a stale lock.
+                group.signal(libc::SIGINT);
+                tokio::time::sleep(self.stop_grace).await;
+                tracing::warn!(grace = ?self.stop_grace, "restic ignored SIGINT, killing it");
+                group.signal(libc::SIGKILL);
+                std::future::pending::<()>().await
+            };
             tokio::select! {
-                biased;
-                _ = cancel.cancelled() => None,
-                finished = run => Some(finished),
+                finished = run => finished,
+                () = stop => unreachable!("stopping never finishes on its own"),
             }
         };
-
-        let Some((stdout_result, stderr_text, status)) = outcome else {
-            group.kill();
-            // Reap the leader so no zombie is left behind; the kill closed its pipes.
-            let _ = child.wait().await;
-            group.disarm();
-            tracing::info!("restic cancelled, process group killed");
+        // The leader is reaped now, so its pid may be reused: never signal the group again.
+        group.disarm();
+        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("restic stopped on cancel");
             return Err(ResticError::Cancelled {
                 command: command.name.clone(),
             });
-        };
-        group.disarm();
+        }
         drop(run_dir);
         let status = status.map_err(|source| ResticError::Io {
             command: command.name.clone(),
@@ -434,13 +457,13 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> String {
 struct ProcessGroupGuard(Option<i32>);
 
 impl ProcessGroupGuard {
-    fn kill(&mut self) {
+    fn signal(&self, signal: libc::c_int) {
         if let Some(pgid) = self.0
             && pgid > 0
         {
             // SAFETY: kill(2) with a negative pid signals the group; no memory is involved.
             unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
+                libc::kill(-pgid, signal);
             }
         }
     }
@@ -452,7 +475,8 @@ impl ProcessGroupGuard {
 
 impl Drop for ProcessGroupGuard {
     fn drop(&mut self) {
-        self.kill();
+        // Dropped mid-run (the caller's future went away): no time for SIGINT's cleanup.
+        self.signal(libc::SIGKILL);
     }
 }
 
@@ -516,6 +540,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cancel_lets_restic_clean_up_on_sigint_first() {
+        let scratch = tempfile::tempdir().unwrap();
+        let script = scratch.path().join("tidy");
+        let ready = scratch.path().join("ready");
+        let cleaned = scratch.path().join("cleaned");
+        // A stand-in that, like restic, removes its lock when interrupted.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntrap 'kill $child; echo lock removed > {cleaned}; exit 130' INT\nsleep 30 >/dev/null 2>&1 &\nchild=$!\necho > {ready}\nwait\n",
+                cleaned = cleaned.display(),
+                ready = ready.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let restic = Restic::new(&script, scratch.path().join("scratch"))
+            .with_stop_grace(std::time::Duration::from_secs(60));
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                while !ready.exists() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        let error = restic
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("backup"),
+                &cancel,
+            )
+            .await
+            .unwrap_err();
+        canceller.await.unwrap();
+        assert!(error.is_cancelled(), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&cleaned).unwrap_or_default(),
+            "lock removed\n",
+            "SIGINT reached the process before any kill"
+        );
+    }
+
+    #[tokio::test]
     async fn cancel_kills_the_process_group() {
         let scratch = tempfile::tempdir().unwrap();
         let script = scratch.path().join("slow");
@@ -530,7 +601,9 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let restic = Restic::new(&script, scratch.path().join("scratch"));
+        // sh dies of SIGINT but its background sleep ignores it: only the kill stops it.
+        let restic = Restic::new(&script, scratch.path().join("scratch"))
+            .with_stop_grace(std::time::Duration::from_millis(200));
         let cancel = CancellationToken::new();
         let canceller = {
             let cancel = cancel.clone();

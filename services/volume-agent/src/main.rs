@@ -44,6 +44,10 @@ struct Config {
     /// The restic binary to run.
     #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
     restic_binary: PathBuf,
+    /// Seconds a cancelled restic gets after SIGINT to remove its repository lock before it
+    /// is killed.
+    #[arg(long, env = "STOWAGE_RESTIC_STOP_GRACE_SECONDS", default_value_t = 5)]
+    restic_stop_grace_seconds: u64,
     /// How long running operations get to stop (their restic is killed) on shutdown.
     #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -58,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     stowage_grpc::cancel_on_signal(shutdown.clone());
 
-    let restic = Restic::new(&config.restic_binary, &config.scratch_dir);
+    let restic = Restic::new(&config.restic_binary, &config.scratch_dir)
+        .with_stop_grace(Duration::from_secs(config.restic_stop_grace_seconds));
     // The agent still serves without restic (GetAgentInfo shows it); every job then fails
     // with a clear FailedPrecondition.
     let restic_version = match jobs::restic_version(&restic).await {
