@@ -762,6 +762,17 @@ async fn forget_backup_removes_its_snapshots_and_rotate_key_replaces_the_key() {
         .forgotten_snapshot_ids;
     forgotten.sort();
     assert_eq!(forgotten, monday);
+    // A namespace that never had a repository has nothing to forget, and gets none.
+    let nothing = client
+        .forget_backup(ForgetBackupRequest {
+            namespace: "never-used".into(),
+            backup_name: "monday".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nothing.forgotten_snapshot_ids.is_empty());
+    assert!(!scene.storage().join("restic/never-used").exists());
     assert_eq!(restic.snapshot_ids(None), tuesday, "only tuesday is left");
 
     let rotated = client

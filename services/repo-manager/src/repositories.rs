@@ -466,7 +466,9 @@ impl Manager {
         }
     }
 
-    /// Forgets every snapshot tagged `backup=<backup_name>`, then prunes.
+    /// Forgets every snapshot tagged `backup=<backup_name>`, then prunes. A namespace that
+    /// never had a repository has nothing to forget (an empty answer, not an error), so
+    /// deleting a backup does not depend on which namespaces it found volumes in.
     #[tracing::instrument(skip(self))]
     pub async fn forget_backup(
         &self,
@@ -478,6 +480,16 @@ impl Manager {
             return Err(RepoError::InvalidArgument(format!(
                 "backup name `{backup_name}` is empty or contains `,`"
             )));
+        }
+        if self.get(namespace).is_err() {
+            // Not known to this process: nothing to forget when the namespace never had a
+            // repository, else open it first (a new repo-manager on an existing location).
+            if self.keys.load(namespace).await?.is_none()
+                && !self.state.restic_repository_exists(namespace).await?
+            {
+                return Ok(Vec::new());
+            }
+            self.ensure(namespace).await?;
         }
         let repository = self.ready_repository(namespace).await?;
         let cancel = self.shutdown.child_token();
