@@ -780,6 +780,35 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
 async fn interrupting_wait_leaves_the_backup_running() {
     let (stack, _wrapper) = stack_with_slow_backups().await;
     let server = stack.orchestrator.url.clone();
+
+    // Only `emptydir-volume` is annotated: coverage names the other and why.
+    let coverage = stowage(&server, &["coverage", "--namespaces", "foo"]);
+    assert!(coverage.status.success(), "{}", stderr(&coverage));
+    let text = stdout(&coverage);
+    assert!(
+        text.starts_with("1 of 2 pod volumes would be backed up (opt-in mode"),
+        "{text}"
+    );
+    assert_eq!(
+        row(&text, "foo")[..4],
+        ["foo", "sample", "pvc-volume", "NotAnnotated"],
+        "{text}"
+    );
+    let opt_out = stowage(
+        &server,
+        &[
+            "coverage",
+            "--namespaces",
+            "foo",
+            "--default-volumes-to-fs-backup",
+            "-o",
+            "json",
+        ],
+    );
+    let opt_out: serde_json::Value = serde_json::from_slice(&opt_out.stdout).unwrap();
+    assert_eq!(opt_out["volumesCovered"], 2, "{opt_out}");
+    assert_eq!(opt_out["defaultVolumesToFsBackup"], true, "{opt_out}");
+
     let waiting = start_waiting_backup(&server, "interrupted");
     wait_until_running(&stack, "interrupted").await;
     let sent = std::process::Command::new("kill")
