@@ -150,6 +150,7 @@ pub async fn read_stowage_info(
 
 /// Reads every file of backup `name` (logs included); the first file that is present but
 /// does not parse fails the read with an error naming it.
+#[tracing::instrument(level = "debug", skip(store), fields(backup = %name))]
 pub async fn read_backup(store: &dyn ObjectStore, name: &str) -> Result<BackupFiles> {
     layout::validate_backup_name(name)?;
     let backup = read_backup_record(store, name).await?;
@@ -169,6 +170,7 @@ pub async fn read_backup(store: &dyn ObjectStore, name: &str) -> Result<BackupFi
 /// Every reason backup `name` cannot be restored as far as its files go (each file is tried,
 /// not only up to the first failure). Empty when all files parse and the record, tarball and
 /// PodVolumeBackup list are present.
+#[tracing::instrument(level = "debug", skip(store), fields(backup = %name))]
 pub async fn check_backup(store: &dyn ObjectStore, name: &str) -> Vec<FormatError> {
     let mut problems = Vec::new();
     if let Err(error) = read_backup_record(store, name).await {
@@ -294,6 +296,7 @@ pub async fn ensure_writable(store: &dyn ObjectStore, name: &str) -> Result<()> 
 ///
 /// Refuses to overwrite a backup Velero wrote (one with a record but no stowage file): those
 /// are read-only to stowage.
+#[tracing::instrument(level = "debug", skip_all, fields(backup = %files.name()))]
 pub async fn write_backup(store: &dyn ObjectStore, files: &BackupFiles) -> Result<()> {
     let name = files.name();
     layout::validate_backup_name(name)?;
@@ -348,6 +351,7 @@ pub struct BackupListing {
 /// Lists the backups of a location: every `backups/<name>/` directory, reading its
 /// `velero-backup.json` (and stowage file). Only a failure to list the location at all is an
 /// error; a backup whose record is missing or does not parse is reported in `failures`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_backups(store: &dyn ObjectStore) -> Result<BackupListing> {
     let prefix = Path::from(layout::BACKUPS_DIR);
     let listing = store
