@@ -65,7 +65,6 @@ async fn drive<T, W, F>(
             return Err(AgentError::Cancelled(id.clone()));
         };
         tracing::debug!("operation started");
-        let work = std::pin::pin!(work);
         work.await.map_err(|error| match error {
             AgentError::Restic(restic) if restic.is_cancelled() => {
                 AgentError::Cancelled(id.clone())
@@ -89,6 +88,10 @@ async fn drive<T, W, F>(
     };
     let item = match outcome {
         Ok(value) => Ok(result(value)),
+        Err(AgentError::Cancelled(_)) => {
+            tracing::info!("operation cancelled");
+            Err(Status::from(AgentError::Cancelled(id)))
+        }
         Err(error) => {
             tracing::warn!(%error, "operation failed");
             Err(Status::from(error))
