@@ -107,16 +107,16 @@ pub fn from_status(status: &tonic::Status, call: &Call, server: &str) -> CliErro
             call: call.rpc,
             message,
         },
-        // tonic reports a failed connection as Unavailable with the transport error as source.
-        Code::Unavailable if status.source().is_some() || message.contains("transport") => {
-            CliError::Unreachable {
-                server: server.to_string(),
-                cause: status
-                    .source()
-                    .map(root_cause)
-                    .unwrap_or_else(|| message.clone()),
-            }
-        }
+        // tonic reports a failed connection of this client as Unavailable with the transport
+        // error as source; an Unavailable sent by the server (a peer of it is down) has none
+        // and is the server's sentence.
+        Code::Unavailable if status.source().is_some() => CliError::Unreachable {
+            server: server.to_string(),
+            cause: status
+                .source()
+                .map(root_cause)
+                .unwrap_or_else(|| message.clone()),
+        },
         _ => CliError::Server {
             action: call.action.clone(),
             message: if message.is_empty() {
@@ -158,6 +158,20 @@ mod tests {
         let list = Call::new("ListBackups", "backups", "", "listing");
         let error = from_status(&tonic::Status::internal(""), &list, "http://x");
         assert_eq!(error.to_string(), "listing backups failed: Internal");
+    }
+
+    #[test]
+    fn unavailable_from_the_server_is_its_sentence_not_unreachable() {
+        let call = Call::new("ListRepositories", "repositories", "", "listing");
+        let error = from_status(
+            &tonic::Status::unavailable("repo-manager: tcp connect error"),
+            &call,
+            "http://x",
+        );
+        assert_eq!(
+            error.to_string(),
+            "listing repositories failed: repo-manager: tcp connect error"
+        );
     }
 
     #[test]
