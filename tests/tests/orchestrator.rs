@@ -174,6 +174,28 @@ async fn annotated_volumes_back_up_and_restore_identically() {
         );
     }
 
+    // Velero's troubleshooting command works against the mirrors.
+    let kubectl = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&stack.kube.kubeconfig)
+        .args([
+            "get",
+            "podvolumebackups",
+            "-n",
+            "stowage",
+            "-l",
+            "velero.io/backup-name=nightly",
+            "-o",
+            "yaml",
+        ])
+        .output()
+        .expect("running kubectl");
+    let yaml = String::from_utf8_lossy(&kubectl.stdout);
+    assert!(kubectl.status.success(), "{kubectl:?}");
+    for volume in &status.volumes {
+        assert!(yaml.contains(&volume.snapshot_id), "{yaml}");
+    }
+
     // The PodVolumeBackups are mirrored, as `kubectl get podvolumebackups -l …` shows them.
     let mirrors = pod_volume_backups(&kube)
         .list(&ListParams::default().labels("velero.io/backup-name=nightly"))
@@ -1054,6 +1076,7 @@ async fn velero_backups_written_later_are_listed_and_kept() {
     let status = listed.status.unwrap();
     assert!(!status.volumes.is_empty(), "{status:#?}");
     assert!(status.volumes.iter().all(|v| !v.snapshot_id.is_empty()));
+    assert_eq!(listed.unrestorable_reason, "", "the fixture is complete");
     let refused = client
         .delete_backup(DeleteBackupRequest {
             name: "velero-nightly".into(),

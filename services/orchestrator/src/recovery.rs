@@ -95,7 +95,8 @@ async fn sync_from_store(deps: &Deps) {
     let Some(store) = &deps.store else {
         return;
     };
-    match store.load_backups().await {
+    let known = |name: &str| deps.index.backup(name).is_some();
+    match store.load_backups_except(known).await {
         Ok(backups) => {
             for (backup, logs) in backups {
                 if deps.index.backup(&backup.name).is_none() {

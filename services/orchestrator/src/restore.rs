@@ -53,6 +53,13 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
         .get();
     let phase =
         BackupPhase::try_from(backup.status.clone().unwrap_or_default().phase).unwrap_or_default();
+    if !backup.unrestorable_reason.is_empty() {
+        return Err(Error::BackupNotRestorable {
+            name: backup.name,
+            phase: phase.as_str_name().to_string(),
+            reason: backup.unrestorable_reason,
+        });
+    }
     if !matches!(phase, BackupPhase::Completed | BackupPhase::PartiallyFailed) {
         return Err(Error::BackupNotRestorable {
             name: backup.name,

@@ -269,10 +269,23 @@ impl Store {
 
     /// Every backup in the location, with its log lines.
     pub async fn load_backups(&self) -> Result<Vec<(Backup, Vec<LogLine>)>> {
+        self.load_backups_except(|_| false).await
+    }
+
+    /// Every backup in the location but those `known` says are known, with its log lines (only
+    /// the records of the known ones are read).
+    pub async fn load_backups_except(
+        &self,
+        known: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(Backup, Vec<LogLine>)>> {
         let store = self.store.as_ref();
         let listing = vf::store::list_backups(store).await.map_err(store_error)?;
         let mut backups = Vec::new();
-        for listed in listing.backups {
+        for listed in listing
+            .backups
+            .into_iter()
+            .filter(|listed| !known(&listed.name))
+        {
             let mut backup = from_records(&listed.backup, listed.stowage.as_ref());
             if listed.stowage.is_none() {
                 // Velero's restic-era backup: its volumes are in the PodVolumeBackups file.
@@ -283,6 +296,16 @@ impl Store {
                         recount(status);
                     }
                     Err(error) => backup.unrestorable_reason = error.to_string(),
+                }
+                // A Velero backup with a missing or unreadable file is listed with why it
+                // cannot be restored, instead of failing halfway through a restore.
+                if backup.unrestorable_reason.is_empty() {
+                    let problems = vf::store::check_backup(store, &listed.name).await;
+                    backup.unrestorable_reason = problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
                 }
             }
             let logs = match vf::store::read_logs(store, &listed.name).await {
