@@ -428,17 +428,49 @@ async fn s3_ensure_is_concurrent_safe_keys_are_per_namespace_and_state_survives_
     let before = get(&mut client, "team-a").await;
     drop(client);
 
-    // A new process finds repositories and schedule state in the bucket.
+    assert_no_secret_leak(
+        &service,
+        &[
+            &access_a.password,
+            stowage_e2e::s3::SECRET_ACCESS_KEY,
+            MASTER_KEY,
+        ],
+    );
+
+    // A new process finds repositories and schedule state in the bucket; this one reads its
+    // S3 credentials from a mounted credentials file instead of the environment.
     service.process.stop(Duration::from_secs(10));
-    let service = scene.start(args, s3.env()).await;
+    let credentials = scene.path("aws").join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            stowage_e2e::s3::ACCESS_KEY_ID,
+            stowage_e2e::s3::SECRET_ACCESS_KEY
+        ),
+    )
+    .unwrap();
+    let file_env = BTreeMap::from([(
+        "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+        credentials.display().to_string(),
+    )]);
+    let service = scene.start(args, file_env).await;
     let mut client = connect(&service).await;
     let after = get(&mut client, "team-a").await;
     assert_eq!(after, before, "state kept across the restart");
     assert!(after.check.unwrap().last_succeeded);
+    let access_again = access(&mut client, "team-a").await;
+    assert_eq!(access_again.password, access_a.password);
     assert_eq!(
-        access(&mut client, "team-a").await.password,
-        access_a.password
+        access_again
+            .env
+            .get("AWS_SECRET_ACCESS_KEY")
+            .map(String::as_str),
+        Some(stowage_e2e::s3::SECRET_ACCESS_KEY),
+        "credentials from the file are handed to restic"
     );
+    assert_eq!(ResticAs::new(&access_again).snapshot_ids(None).len(), 1);
+    assert_ready(&ensure(&mut client, "team-a").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
