@@ -402,6 +402,12 @@ async fn backup_and_restore_journey_through_the_cli() {
         "{repository}"
     );
 
+    let missing = stowage(&server, &["repo", "get", "nobody-here"]);
+    assert_eq!(
+        one_sentence_failure(&missing),
+        "Error: repository of namespace \"nobody-here\" not found"
+    );
+
     // Disaster: the pod, its claim and its data are gone.
     std::fs::remove_dir_all(&pod_dir.dir).unwrap();
     let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
