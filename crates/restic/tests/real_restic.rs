@@ -1,0 +1,203 @@
+//! The wrapper against the real `restic` binary and a repository in a temp dir: backup with
+//! progress, tag filters and parents, stats, restore, and restic's failures classified.
+
+use std::{io::Write as _, path::Path, process::Stdio};
+
+use stowage_restic::{
+    BackupOptions, Repository, Restic, ResticCommand, ResticError, RestoreOptions, SnapshotFilter,
+};
+use tokio_util::sync::CancellationToken;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    restic: Restic,
+    repository: Repository,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let restic = Restic::new("restic", dir.path().join("scratch"));
+    let repository = Repository::new(
+        dir.path().join("repo").display().to_string(),
+        "correct horse battery staple",
+    );
+    restic
+        .init(&repository, &CancellationToken::new())
+        .await
+        .expect("restic init");
+    Fixture {
+        dir,
+        restic,
+        repository,
+    }
+}
+
+fn write_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), "alpha").unwrap();
+    std::fs::write(dir.join("sub/b.txt"), "beta").unwrap();
+}
+
+#[tokio::test]
+async fn backup_snapshots_stats_and_restore_round_trip() {
+    let f = fixture().await;
+    let cancel = CancellationToken::new();
+    let data = f.dir.path().join("data");
+    write_tree(&data);
+    let options = BackupOptions {
+        working_dir: data.clone(),
+        host: Some("node-a".into()),
+        tags: vec!["identity=x/1".into(), "ns=shop".into()],
+        ..Default::default()
+    };
+    let mut statuses = 0;
+    let first = f
+        .restic
+        .backup(&f.repository, &options, &cancel, |_| statuses += 1)
+        .await
+        .expect("first backup");
+    assert_eq!(first.files_new, 2);
+    assert!(statuses >= 1, "restic printed status lines");
+
+    let found = f
+        .restic
+        .latest_snapshot(
+            &f.repository,
+            &SnapshotFilter {
+                tags: vec!["identity=x/1".into(), "ns=shop".into()],
+                ..Default::default()
+            },
+            &cancel,
+        )
+        .await
+        .unwrap()
+        .expect("the snapshot is found by its tags");
+    assert_eq!(found.short_id, first.snapshot_id);
+    assert_eq!(found.hostname, "node-a");
+    assert_eq!(found.tag_value("ns"), Some("shop"));
+    let none = f
+        .restic
+        .latest_snapshot(
+            &f.repository,
+            &SnapshotFilter {
+                tags: vec!["identity=x/1".into(), "ns=other".into()],
+                ..Default::default()
+            },
+            &cancel,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_none(), "all tags must match");
+
+    std::fs::write(data.join("a.txt"), "alpha, changed").unwrap();
+    let second = f
+        .restic
+        .backup(
+            &f.repository,
+            &BackupOptions {
+                parent: Some(found.id.clone()),
+                ..options.clone()
+            },
+            &cancel,
+            |_| {},
+        )
+        .await
+        .expect("second backup");
+    assert_eq!((second.files_changed, second.files_unmodified), (1, 1));
+
+    let stats = f
+        .restic
+        .stats(&f.repository, &second.snapshot_id, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(stats.total_size, "alpha, changed".len() as u64 + 4);
+
+    let target = f.dir.path().join("restored");
+    f.restic
+        .restore(
+            &f.repository,
+            &RestoreOptions {
+                snapshot: second.snapshot_id.clone(),
+                target: target.clone(),
+                ..Default::default()
+            },
+            &cancel,
+        )
+        .await
+        .expect("restore");
+    // Backed up as `.` from inside the dir: the files are at the snapshot root.
+    assert_eq!(
+        std::fs::read_to_string(target.join("a.txt")).unwrap(),
+        "alpha, changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_missing_repository_are_classified() {
+    let f = fixture().await;
+    let cancel = CancellationToken::new();
+    let wrong = Repository::new(f.repository.url.clone(), "not it");
+    let error = f
+        .restic
+        .snapshots(&wrong, &SnapshotFilter::default(), &cancel)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ResticError::WrongPassword { .. }),
+        "{error}"
+    );
+    assert!(!error.to_string().contains("not it"));
+
+    let missing = Repository::new(f.dir.path().join("nothing").display().to_string(), "pw");
+    let error = f
+        .restic
+        .snapshots(&missing, &SnapshotFilter::default(), &cancel)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ResticError::RepositoryMissing { .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn exclusive_command_against_a_held_lock_is_retryable() {
+    let f = fixture().await;
+    // A backup reading stdin holds its (shared) lock until stdin closes.
+    let password_file = f.dir.path().join("pw");
+    std::fs::write(&password_file, f.repository.password()).unwrap();
+    let mut holder = std::process::Command::new("restic")
+        .args(["backup", "--stdin", "--stdin-filename", "held", "--repo"])
+        .arg(&f.repository.url)
+        .arg("--password-file")
+        .arg(&password_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let locks = Path::new(&f.repository.url).join("locks");
+    while std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(holder.try_wait().unwrap().is_none(), "lock holder exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let error = f
+        .restic
+        .run(
+            &f.repository,
+            &ResticCommand::new("prune"),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"done").unwrap();
+    drop(stdin);
+    assert!(holder.wait().unwrap().success());
+    assert!(error.is_retryable(), "{error}");
+    assert!(matches!(error, ResticError::Locked { .. }));
+}
