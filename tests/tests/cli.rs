@@ -16,7 +16,7 @@ use stowage_e2e::{
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, slow_restic},
     start_service,
-    velero_fixture::{self, FixtureLocation, VeleroEra},
+    velero_fixture::{self, Corruption, FixtureLocation, VeleroEra},
 };
 
 /// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
@@ -709,6 +709,9 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
     )
     .await
     .expect("writing the Velero fixture");
+    let broken = velero_fixture::write_corrupted_copy(&fixture, Corruption::TarballNotTar)
+        .await
+        .expect("writing a copy with a broken resources tarball");
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let server = start_service(
@@ -762,6 +765,34 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
     let cells = row(&text, "velero-nightly");
     assert_eq!(cells[1], "Completed");
     assert_eq!(cells[6], "Velero", "{text}");
+
+    // The copy with a broken tarball is listed with why it cannot be restored, and a restore
+    // of it is refused with that reason.
+    let json = stowage(&server.url, &["backup", "get", &broken.name, "-o", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let unrestorable: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let reason = unrestorable["unrestorableReason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!reason.is_empty(), "{unrestorable}");
+    let describe = stowage(&server.url, &["backup", "describe", &broken.name]);
+    assert!(
+        stdout(&describe).contains(&format!("Unrestorable: {reason}")),
+        "{}",
+        stdout(&describe)
+    );
+    let refused = stowage(
+        &server.url,
+        &["restore", "create", "--from-backup", &broken.name],
+    );
+    let sentence = one_sentence_failure(&refused);
+    assert!(
+        sentence.starts_with(&format!(
+            "Error: creating a restore from backup \"{}\" failed: ",
+            broken.name
+        )),
+        "{sentence}"
+    );
 
     let describe = stowage(
         &server.url,
