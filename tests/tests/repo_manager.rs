@@ -1050,3 +1050,57 @@ async fn abandoned_maintenance_request_does_not_block_later_backups() {
         .into_inner();
     assert!(prune.succeeded, "{}", prune.message);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velero_repository_is_adopted_with_its_static_password_then_rotated() {
+    let scene = Scene::new();
+    // A repository as Velero's restic integration left it: `restic/<ns>`, static password.
+    let legacy = RepositoryAccess {
+        url: scene.storage().join("restic/legacy").display().to_string(),
+        password: "static-passw0rd".into(),
+        env: Default::default(),
+    };
+    let velero = ResticAs::new(&legacy);
+    velero.ok(&["init"]);
+    let data = scene.path("data");
+    std::fs::write(data.join("old.txt"), b"from velero").unwrap();
+    velero.backup_dir(&data, "backup=velero-era");
+    let snapshots = velero.snapshot_ids(None);
+
+    let mut refusing = scene
+        .start(
+            scene.local_args(&["--adopt-velero-repositories", "false"]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&refusing).await;
+    let refused = ensure(&mut client, "legacy").await;
+    assert_eq!(refused.phase, RepositoryPhase::Failed as i32);
+    assert!(
+        refused.message.contains("no password"),
+        "{}",
+        refused.message
+    );
+    drop(client);
+    refusing.process.stop(Duration::from_secs(10));
+
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "legacy").await);
+    let adopted = access(&mut client, "legacy").await;
+    assert_eq!(adopted.password, "static-passw0rd");
+
+    client
+        .rotate_key(RotateKeyRequest {
+            namespace: "legacy".into(),
+        })
+        .await
+        .unwrap();
+    let own = access(&mut client, "legacy").await;
+    assert_ne!(own.password, "static-passw0rd");
+    assert_eq!(ResticAs::new(&own).snapshot_ids(None), snapshots);
+    assert!(
+        !velero.run(&["cat", "config", "--no-lock"]).status.success(),
+        "Velero's static key was removed"
+    );
+}

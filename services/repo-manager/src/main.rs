@@ -83,6 +83,14 @@ struct Config {
     /// restic locks younger than this are never removed, even when their holder is gone.
     #[arg(long, env = "STOWAGE_STALE_LOCK_AGE", default_value = "5m", value_parser = parse_duration)]
     stale_lock_age: Duration,
+    /// Take over repositories Velero created (no stowage key, Velero's static password).
+    #[arg(
+        long,
+        env = "STOWAGE_ADOPT_VELERO_REPOSITORIES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    adopt_velero_repositories: bool,
     /// Lifetime of a lease whose request gives no TTL.
     #[arg(long, env = "STOWAGE_LEASE_TTL", default_value = "10m", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -181,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
                 stale_lock_age: chrono::Duration::from_std(config.stale_lock_age)
                     .context("stale lock age is too large")?,
                 schedules: config.schedules(),
+                adopt_velero_repositories: config.adopt_velero_repositories,
             },
             mirror,
             shutdown.clone(),

@@ -31,7 +31,13 @@ pub struct ManagerSettings {
     /// restic locks younger than this are never considered stale.
     pub stale_lock_age: chrono::Duration,
     pub schedules: Schedules,
+    /// Open existing repositories that have no stored key with Velero's static password.
+    pub adopt_velero_repositories: bool,
 }
+
+/// The password Velero's restic integration gives every repository (`static-passw0rd` in
+/// Velero's `pkg/repository/keys`).
+const VELERO_STATIC_PASSWORD: &str = "static-passw0rd";
 
 /// What one maintenance run ended with.
 #[derive(Debug, Clone)]
@@ -256,6 +262,11 @@ impl Manager {
             Some(passwords) => self.open(namespace, passwords, &cancel).await.map(drop),
             None => {
                 if self.state.restic_repository_exists(namespace).await? {
+                    if self.settings.adopt_velero_repositories
+                        && self.adopt_velero_repository(namespace, &cancel).await?
+                    {
+                        return Ok(());
+                    }
                     // Never init over data we cannot read: the key is lost, not the repository.
                     return Err(RepoError::NotReady {
                         namespace: namespace.to_string(),
@@ -281,6 +292,38 @@ impl Manager {
                 self.restic.init(&repository, &cancel).await?;
                 Ok(())
             }
+        }
+    }
+
+    /// A repository Velero created (same layout, Velero's static password): keep using it
+    /// with that password, stored like our own keys. `RotateKey` then gives it a key of its
+    /// own (which Velero, if it still runs against the location, can no longer use).
+    async fn adopt_velero_repository(
+        &self,
+        namespace: &str,
+        cancel: &CancellationToken,
+    ) -> Result<bool, RepoError> {
+        let repository = self.restic_repository(namespace, VELERO_STATIC_PASSWORD)?;
+        match self.restic.cat_config(&repository, cancel).await {
+            Ok(_) => {
+                self.keys
+                    .save(
+                        namespace,
+                        &Passwords {
+                            current: VELERO_STATIC_PASSWORD.to_string(),
+                            pending: None,
+                        },
+                    )
+                    .await?;
+                tracing::warn!(
+                    namespace,
+                    "adopted a Velero restic repository that uses Velero's static password; \
+                     call RotateKey to give it a key of its own"
+                );
+                Ok(true)
+            }
+            Err(ResticError::WrongPassword { .. }) => Ok(false),
+            Err(error) => Err(error.into()),
         }
     }
 
