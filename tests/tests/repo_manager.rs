@@ -1104,3 +1104,73 @@ async fn velero_repository_is_adopted_with_its_static_password_then_rotated() {
         "Velero's static key was removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewal_extends_it_and_release_reports_whether_it_was_held() {
+    let scene = Scene::new();
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&service).await;
+    let seconds = |s: i64| {
+        Some(prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    let lease = client
+        .acquire_lease(AcquireLeaseRequest {
+            namespace: "renew".into(),
+            mode: LeaseMode::Exclusive as i32,
+            holder: "maintenance/test".into(),
+            ttl: seconds(60),
+            wait_timeout: seconds(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lease.mode, LeaseMode::Exclusive as i32);
+    assert_eq!(lease.holder, "maintenance/test");
+    let renewed = client
+        .renew_lease(stowage_proto::v1::RenewLeaseRequest {
+            lease_id: lease.lease_id.clone(),
+            ttl: seconds(3600),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        renewed.expires.unwrap().seconds > lease.expires.unwrap().seconds + 3000,
+        "renewal moved the expiry an hour out"
+    );
+    let released = |client: &mut Client, id: String| {
+        let mut client = client.clone();
+        async move {
+            client
+                .release_lease(ReleaseLeaseRequest { lease_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .released
+        }
+    };
+    assert!(released(&mut client, lease.lease_id.clone()).await);
+    assert!(!released(&mut client, lease.lease_id.clone()).await);
+    let status = client
+        .renew_lease(stowage_proto::v1::RenewLeaseRequest {
+            lease_id: lease.lease_id,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let bad_mode = client
+        .acquire_lease(AcquireLeaseRequest {
+            namespace: "renew".into(),
+            mode: LeaseMode::Unspecified as i32,
+            holder: "x".into(),
+            ttl: None,
+            wait_timeout: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_mode.code(), Code::InvalidArgument);
+}
