@@ -497,6 +497,13 @@ async fn cancel_stops_the_running_volume() {
     let (stack, _wrapper) = stack_with_slow_backups().await;
     let mut client = stack.client().await;
     start_and_wait_in_progress(&mut client, "cancelled", foo_spec()).await;
+    let refused = client
+        .delete_backup(DeleteBackupRequest {
+            name: "cancelled".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
     client
         .cancel_backup(CancelBackupRequest {
             name: "cancelled".into(),

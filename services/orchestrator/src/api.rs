@@ -68,25 +68,23 @@ impl OrchestratorApi {
         let backup = entry.get();
         let status = backup.status.clone().unwrap_or_default();
         if backup.origin == BackupOrigin::Velero as i32 {
-            return Err(Error::BackupNotRestorable {
-                name: name.to_string(),
-                phase: "read-only".to_string(),
-                reason: "backups written by Velero are not deleted by stowage".to_string(),
-            });
+            return Err(Error::Precondition(format!(
+                "backup `{name}` was written by Velero; stowage does not delete it"
+            )));
         }
-        if !backup_is_final(status.phase) {
-            return Err(Error::BackupNotRestorable {
-                name: name.to_string(),
-                phase: BackupPhase::try_from(status.phase)
+        // A failed deletion leaves the phase DELETING, so it may be retried.
+        if !backup_is_final(status.phase) && status.phase != BackupPhase::Deleting as i32 {
+            return Err(Error::Precondition(format!(
+                "backup `{name}` is {}; cancel it before deleting it",
+                BackupPhase::try_from(status.phase)
                     .unwrap_or_default()
                     .as_str_name()
-                    .to_string(),
-                reason: "cancel it before deleting it".to_string(),
-            });
+            )));
         }
         entry.update(|b| {
             b.status.get_or_insert_with(Default::default).phase = BackupPhase::Deleting as i32
         });
+        entry.log("info", format!("deleting backup {name}"));
         let mut namespaces: Vec<String> = status
             .volumes
             .iter()
@@ -109,11 +107,20 @@ impl OrchestratorApi {
                 .map_err(Error::rpc(
                     "repo-manager",
                     format!("forgetting snapshots in {namespace}"),
-                ))?;
-            forgotten.extend(response.into_inner().forgotten_snapshot_ids);
+                ));
+            match response {
+                Ok(response) => forgotten.extend(response.into_inner().forgotten_snapshot_ids),
+                Err(error) => {
+                    entry.log("error", format!("deleting backup {name}: {error}"));
+                    return Err(error);
+                }
+            }
         }
-        if let Some(store) = &self.deps.store {
-            store.delete_backup(name).await?;
+        if let Some(store) = &self.deps.store
+            && let Err(error) = store.delete_backup(name).await
+        {
+            entry.log("error", format!("deleting backup {name}: {error}"));
+            return Err(error);
         }
         if let Some(cluster) = &self.deps.cluster
             && let Err(error) = mirror::delete_labelled(

@@ -517,6 +517,9 @@ impl VolumeJob {
     }
 
     async fn execute(&self) -> Outcome {
+        if self.entry.cancel.is_cancelled() {
+            return Outcome::Cancelled;
+        }
         let repository = match &self.repository {
             Ok(repository) => repository.clone(),
             Err(message) => return Outcome::Failed(message.clone()),

@@ -25,6 +25,8 @@ pub enum Error {
         phase: String,
         reason: String,
     },
+    #[error("{0}")]
+    Precondition(String),
     #[error("no agent on node {0}")]
     NoAgent(String),
     #[error("no Kubernetes API is configured; {0} needs one")]
@@ -73,7 +75,9 @@ impl Error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::BackupNotFound(_) | Error::RestoreNotFound(_) => Code::NotFound,
             Error::BackupExists(_) | Error::RestoreExists(_) => Code::AlreadyExists,
-            Error::BackupNotRestorable { .. } | Error::NoCluster(_) => Code::FailedPrecondition,
+            Error::BackupNotRestorable { .. } | Error::NoCluster(_) | Error::Precondition(_) => {
+                Code::FailedPrecondition
+            }
             Error::NoAgent(_) => Code::Unavailable,
             Error::Kube { .. } | Error::Store(_) => Code::Unavailable,
             Error::Rpc { status, .. } => status.code(),

@@ -33,11 +33,10 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     let spec = request.spec.unwrap_or_default();
     validate_name("backup name", &spec.backup_name)?;
     let name = if request.name.is_empty() {
-        format!(
-            "{}-{}",
-            spec.backup_name,
-            chrono::Utc::now().format("%Y%m%d%H%M%S")
-        )
+        // `<backup>-<timestamp>`, the backup part shortened to keep the name a label value.
+        let prefix: String = spec.backup_name.chars().take(63 - 15).collect();
+        let prefix = prefix.trim_end_matches(['-', '.']);
+        format!("{prefix}-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"))
     } else {
         request.name
     };
