@@ -259,9 +259,8 @@ async fn run(
         mark_init_container_running(&kube, NAMESPACE, POD, NODE, RESTORE_HELPER).await;
         Ok::<_, Stop>(dirs)
     };
-    let (restored, played) = tokio::join!(restore, play_kubelet);
-    restored?;
-    let (new_pvc_dir, new_empty_dir) = played?;
+    // try_join: a restore that fails at once must not leave the demo waiting for its pod.
+    let ((), (new_pvc_dir, new_empty_dir)) = tokio::try_join!(restore, play_kubelet)?;
     // The restore helper saw its done files and exited; the pod's containers start.
     patch_pod(
         &kube,
