@@ -661,13 +661,19 @@ async fn bad_uids_and_path_traversal_are_refused_without_touching_anything() {
     assert!(setup.snapshots().is_empty(), "nothing backed up");
 }
 
+/// Agent settings that make a 16 MiB backup last about 16 s whatever the CPU, so a cancel
+/// always lands while restic runs.
+fn upload_limit() -> BTreeMap<String, String> {
+    BTreeMap::from([("STOWAGE_UPLOAD_LIMIT_KIB".to_string(), "1024".to_string())])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_backup_kills_restic_and_queued_work_waits() {
-    let setup = Setup::new(1).await;
+    let setup = Setup::start(1, false, upload_limit()).await;
     let big_uid = new_pod_uid();
     let big = setup.kubelet.pod(&big_uid).empty_dir("bulk");
-    // Large and incompressible so restic is still busy when the cancel arrives.
-    write_random_file(&big.join("bulk.bin"), 160 << 20, 42);
+    // Incompressible and uploaded at 1 MiB/s: restic is still busy when the cancel arrives.
+    write_random_file(&big.join("bulk.bin"), 16 << 20, 42);
     let small_uid = new_pod_uid();
     write_sample_tree(&setup.kubelet.pod(&small_uid).empty_dir("cache"), "small");
 
@@ -702,7 +708,10 @@ async fn cancel_mid_backup_kills_restic_and_queued_work_waits() {
         "restic runs as the agent's child"
     );
     let ps = ps_output();
-    assert!(ps.contains("restic"), "ps shows restic running");
+    assert!(
+        ps.contains("--limit-upload 1024"),
+        "ps shows restic running with the agent's upload limit"
+    );
     assert!(
         !ps.contains(&setup.password),
         "the password appears in ps output"
@@ -933,10 +942,10 @@ async fn backup_until_running(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_hang_up_and_agent_shutdown_kill_restic() {
-    let mut setup = Setup::new(2).await;
+    let mut setup = Setup::start(2, false, upload_limit()).await;
     let uid = new_pod_uid();
     let big = setup.kubelet.pod(&uid).empty_dir("bulk");
-    write_random_file(&big.join("bulk.bin"), 160 << 20, 43);
+    write_random_file(&big.join("bulk.bin"), 16 << 20, 43);
     let bulk = volume(&uid, "bulk-0", "bulk", VolumeSource::EmptyDir, "");
     let agent_pid = setup.agent.process.pid();
 

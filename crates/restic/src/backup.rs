@@ -25,6 +25,8 @@ pub struct BackupOptions {
     /// `--parent`: the snapshot to compare against, so unchanged files are not read.
     pub parent: Option<String>,
     pub excludes: Vec<String>,
+    /// `--limit-upload` in KiB/s, so backups leave bandwidth to the node's workloads.
+    pub limit_upload_kib: Option<u64>,
 }
 
 /// A `message_type: status` line.
@@ -169,6 +171,9 @@ pub fn backup_command(options: &BackupOptions) -> Result<ResticCommand, ResticEr
     if let Some(parent) = &options.parent {
         command = command.arg("--parent").arg(parent);
     }
+    if let Some(limit) = options.limit_upload_kib.filter(|limit| *limit > 0) {
+        command = command.arg("--limit-upload").arg(limit.to_string());
+    }
     for exclude in &options.excludes {
         command = command.arg("--exclude").arg(exclude);
     }
@@ -228,6 +233,7 @@ mod tests {
             host: Some("node-1".into()),
             tags: vec!["ns=a".into(), "pod=b".into()],
             parent: Some("abcd".into()),
+            limit_upload_kib: Some(512),
             ..Default::default()
         })
         .unwrap();
@@ -239,8 +245,19 @@ mod tests {
         assert_eq!(
             args,
             [
-                "--json", "--host", "node-1", "--tag", "ns=a", "--tag", "pod=b", "--parent",
-                "abcd", "--", "."
+                "--json",
+                "--host",
+                "node-1",
+                "--tag",
+                "ns=a",
+                "--tag",
+                "pod=b",
+                "--parent",
+                "abcd",
+                "--limit-upload",
+                "512",
+                "--",
+                "."
             ]
         );
     }

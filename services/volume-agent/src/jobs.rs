@@ -34,6 +34,8 @@ pub struct AgentContext {
     pub node_name: String,
     /// `--host` given to `restic backup`.
     pub snapshot_host: String,
+    /// `--limit-upload` (KiB/s) of every backup; `None` for no limit.
+    pub limit_upload_kib: Option<u64>,
 }
 
 /// A backup whose input has been checked and whose volume has been found.
@@ -225,6 +227,7 @@ pub async fn backup(
         tags: plan.tags.clone(),
         parent: parent_id.clone(),
         excludes: Vec::new(),
+        limit_upload_kib: context.limit_upload_kib,
     };
     let summary = context
         .restic

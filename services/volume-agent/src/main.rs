@@ -48,6 +48,9 @@ struct Config {
     /// is killed.
     #[arg(long, env = "STOWAGE_RESTIC_STOP_GRACE_SECONDS", default_value_t = 5)]
     restic_stop_grace_seconds: u64,
+    /// Upload bandwidth of each backup in KiB/s (restic `--limit-upload`); 0 = unlimited.
+    #[arg(long, env = "STOWAGE_UPLOAD_LIMIT_KIB", default_value_t = 0)]
+    upload_limit_kib: u64,
     /// How long running operations get to stop (their restic is killed) on shutdown.
     #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| config.node_name.clone()),
+        limit_upload_kib: (config.upload_limit_kib > 0).then_some(config.upload_limit_kib),
     };
     let operations = operations::Operations::new(config.max_concurrent, shutdown.clone());
     let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
