@@ -293,16 +293,23 @@ async fn run(
         println!("trace id of backup {BACKUP}: {trace_id}");
         match collector {
             Some(collector) => {
-                // Services export spans in batches; give them a moment to arrive.
-                tokio::time::sleep(Duration::from_secs(6)).await;
-                let mut by_service: BTreeMap<String, usize> = BTreeMap::new();
-                for span in collector
-                    .spans()
-                    .iter()
-                    .filter(|span| span.trace_id == trace_id)
-                {
-                    *by_service.entry(span.service_name.clone()).or_default() += 1;
-                }
+                // Services export spans in batches (every few seconds): wait until all three
+                // have sent theirs, or give up after a while and show what came.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+                let by_service = loop {
+                    let mut by_service: BTreeMap<String, usize> = BTreeMap::new();
+                    for span in collector
+                        .spans()
+                        .iter()
+                        .filter(|span| span.trace_id == trace_id)
+                    {
+                        *by_service.entry(span.service_name.clone()).or_default() += 1;
+                    }
+                    if by_service.len() >= 3 || tokio::time::Instant::now() > deadline {
+                        break by_service;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                };
                 for (service, count) in &by_service {
                     println!("  {count:>4} spans from {service}");
                 }
