@@ -1174,3 +1174,72 @@ async fn lease_renewal_extends_it_and_release_reports_whether_it_was_held() {
         .unwrap_err();
     assert_eq!(bad_mode.code(), Code::InvalidArgument);
 }
+
+/// `base64 -w0` of `data` (coreutils), for writing a key file the way the service does.
+fn base64(data: &[u8]) -> String {
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running base64");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_key_rotation_is_finished_by_the_next_ensure() {
+    let scene = Scene::new();
+    // No master key: the bucket copy is stored unsealed (and the service says so).
+    let no_master_key = BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]);
+    let mut service = scene
+        .start(scene.local_args(&[]), no_master_key.clone())
+        .await;
+    assert!(service.process.log().contains("no master key configured"));
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "turn").await);
+    let old = access(&mut client, "turn").await;
+    drop(client);
+    service.process.stop(Duration::from_secs(10));
+
+    // A rotation that got as far as restic (new key added, old key removed) and died before
+    // the new password became current: only the pending password opens the repository.
+    let new_password = "the-pending-password-of-an-interrupted-rotation";
+    let restic = ResticAs::new(&old);
+    let old_key: Vec<serde_json::Value> =
+        serde_json::from_str(&restic.ok(&["key", "list", "--json"])).unwrap();
+    let new_password_file = scene.path("pending").join("password");
+    std::fs::write(&new_password_file, new_password).unwrap();
+    restic.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        &new_password_file.display().to_string(),
+    ]);
+    let with_new = ResticAs::with_password(&old, new_password);
+    with_new.ok(&["key", "remove", old_key[0]["id"].as_str().unwrap()]);
+    let passwords = serde_json::json!({"current": old.password, "pending": new_password});
+    let key_file = scene.storage().join("stowage/keys/turn.json");
+    std::fs::write(
+        &key_file,
+        serde_json::json!({
+            "version": 1,
+            "namespace": "turn",
+            "encryption": "none",
+            "nonce": "",
+            "data": base64(passwords.to_string().as_bytes()),
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    let service = scene.start(scene.local_args(&[]), no_master_key).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "turn").await);
+    assert_eq!(access(&mut client, "turn").await.password, new_password);
+    let stored = std::fs::read_to_string(&key_file).unwrap();
+    assert!(!stored.contains(&base64(passwords.to_string().as_bytes())));
+    // Opens with the new password on the next call without any pending one left.
+    assert_ready(&ensure(&mut client, "turn").await);
+}
