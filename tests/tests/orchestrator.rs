@@ -1098,3 +1098,38 @@ async fn velero_backups_written_later_are_listed_and_kept() {
             .exists()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_over_an_existing_pod_fails_its_volumes_with_why() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"still here").unwrap();
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "kept", foo_spec()).await;
+    assert_eq!(backup.status.unwrap().phase, BackupPhase::Completed as i32);
+    let restore = client
+        .create_restore(CreateRestoreRequest {
+            name: "over".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "kept".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner();
+    let restore = wait_restore(&mut client, &restore.name).await;
+    let status = restore.status.unwrap();
+    assert_eq!(status.phase, RestorePhase::Failed as i32, "{status:#?}");
+    assert!(status.pods_created.is_empty());
+    assert_eq!(status.volumes.len(), 1);
+    assert!(
+        status.volumes[0].error_message.contains("already exists"),
+        "{}",
+        status.volumes[0].error_message
+    );
+}

@@ -260,12 +260,26 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
             .filter_map(|v| v.volume.as_ref().map(|r| r.volume_name.clone()))
             .collect();
         let pod = restorable_pod(manifest, &namespace, &helper, &names)?;
-        cluster.create_pod(&namespace, &pod).await?;
-        entry.log("info", format!("created pod {namespace}/{pod_name}"));
+        // A pod that cannot be created fails its own volumes; the other pods still restore.
+        let failure = match cluster.create_pod(&namespace, &pod).await {
+            Ok(_) => {
+                entry.log("info", format!("created pod {namespace}/{pod_name}"));
+                None
+            }
+            Err(Error::Kube { source, .. }) if crate::kube::is_conflict(&source) => Some(format!(
+                "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
+            )),
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(message) = &failure {
+            entry.log("error", message.clone());
+        }
         let indexes = entry
             .update(|restore| {
                 let status = restore.status.get_or_insert_with(Default::default);
-                status.pods_created.push(format!("{namespace}/{pod_name}"));
+                if failure.is_none() {
+                    status.pods_created.push(format!("{namespace}/{pod_name}"));
+                }
                 for (volume, reference) in volumes.iter().zip(&references) {
                     status.volumes.push(PodVolumeRestore {
                         volume: Some(PodVolumeRef {
@@ -277,7 +291,12 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
                             pv_name: String::new(),
                             pvc_name: reference.pvc_name.clone(),
                         }),
-                        phase: VolumePhase::Pending as i32,
+                        phase: if failure.is_some() {
+                            VolumePhase::Failed
+                        } else {
+                            VolumePhase::Pending
+                        } as i32,
+                        error_message: failure.clone().unwrap_or_default(),
                         snapshot_id: volume.snapshot_id.clone(),
                         source_namespace: source_namespace.clone(),
                         ..Default::default()
@@ -289,11 +308,13 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
             .unwrap_or_default()
             .volumes
             .len();
-        pods.push(PodPlan {
-            namespace,
-            name: pod_name,
-            volumes: (indexes - volumes.len()..indexes).collect(),
-        });
+        if failure.is_none() {
+            pods.push(PodPlan {
+                namespace,
+                name: pod_name,
+                volumes: (indexes - volumes.len()..indexes).collect(),
+            });
+        }
     }
 
     let mut tasks = JoinSet::new();
