@@ -817,12 +817,13 @@ async fn cancel_mid_backup_kills_restic_and_queued_work_waits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_backups_into_one_repository_both_succeed() {
-    let setup = Setup::new(2).await;
+    // Upload-limited so both are certainly running at the same time.
+    let setup = Setup::start(2, false, upload_limit()).await;
     let mut requests = Vec::new();
     for (index, name) in ["alpha", "beta"].iter().enumerate() {
         let uid = new_pod_uid();
         let dir = setup.kubelet.pod(&uid).empty_dir("data");
-        write_random_file(&dir.join("payload.bin"), 24 << 20, index as u64 + 7);
+        write_random_file(&dir.join("payload.bin"), 4 << 20, index as u64 + 7);
         write_sample_tree(&dir, name);
         requests.push(setup.backup_request(
             name,
@@ -832,7 +833,26 @@ async fn concurrent_backups_into_one_repository_both_succeed() {
     }
     let beta = requests.pop().unwrap();
     let alpha = requests.pop().unwrap();
-    let (alpha, beta) = tokio::join!(setup.backup(alpha), setup.backup(beta));
+    let overlap = async {
+        let mut client = setup.client.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = client
+                .get_agent_info(GetAgentInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if info.running_operations == 2 {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (alpha, beta, overlapped) = tokio::join!(setup.backup(alpha), setup.backup(beta), overlap);
+    assert!(overlapped, "both backups ran at once");
     let (alpha_events, alpha) = alpha.expect("alpha backup");
     let (beta_events, beta) = beta.expect("beta backup");
     for events in [&alpha_events, &beta_events] {
