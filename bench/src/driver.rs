@@ -1,0 +1,1214 @@
+//! The benchmark driver: generates data, starts the e2e stack (`stowage_e2e::stack`, the same
+//! launcher the tests and the demo use), measures stowage against its baseline in the same run,
+//! and writes the table into `BENCHMARKS.md` between two markers, keeping the hand-written
+//! notes around it. It is compiled twice: by `bench/examples/stowage-bench.rs` (the real run,
+//! behind `bench/run`) and by `tests/tests/bench_smoke.rs` (a tiny size in CI, so it cannot
+//! rot); so it uses only crates both have, and checks behaviour, never timings.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use stowage_e2e::{
+    ServiceProcess,
+    kube::{create, mark_init_container_running, mark_pod_running, seed_example, wait_for_pod},
+    kubelet::manifest,
+    stack::{Stack, StackOptions},
+    start_service,
+};
+use stowage_grpc::TracedChannel;
+use stowage_proto::v1::{
+    Backup, BackupPhase, BackupSpec, CreateBackupRequest, CreateRestoreRequest,
+    EnsureRepositoryRequest, PodVolumeBackup, RepositoryPhase, Restore, RestorePhase, RestoreSpec,
+    WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
+    repo_manager_client::RepoManagerClient,
+};
+
+type Client = OrchestratorClient<TracedChannel>;
+
+const NODE: &str = "node-a";
+const BEGIN: &str = "<!-- bench:begin (written by bench/run; edit outside the markers) -->";
+const END: &str = "<!-- bench:end -->";
+/// The restore-helper init container the orchestrator puts first in recreated pods.
+const RESTORE_HELPER: &str = "restore-wait";
+/// A benchmark waits this long for one backup or restore before it gives up.
+const OPERATION_LIMIT: Duration = Duration::from_secs(3600);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What to run, and how big.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes of generated data per data set (benchmarks 1, 2 and 5; split over 8 volumes in 3).
+    pub size: u64,
+    /// Agent concurrency levels of benchmark 3.
+    pub concurrency: Vec<usize>,
+    /// Annotated pod volumes of benchmark 4 (two per pod).
+    pub scale_volumes: usize,
+    /// Nodes those pods are spread over.
+    pub scale_nodes: usize,
+    /// Instant-agent processes the nodes share.
+    pub scale_agent_processes: usize,
+    /// Where the table goes (an existing file keeps what is outside the markers).
+    pub out: PathBuf,
+    /// Directory for the data and bare restic repositories (a temp dir when `None`).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// The CI smoke size: every benchmark runs, on a few MiB and a few dozen volumes.
+    pub fn tiny(out: PathBuf) -> Options {
+        Options {
+            size: 4 << 20,
+            concurrency: vec![2],
+            scale_volumes: 40,
+            scale_nodes: 4,
+            scale_agent_processes: 1,
+            out,
+            work_dir: None,
+        }
+    }
+}
+
+/// What a run found; the smoke test checks its behaviour, the markdown shows its numbers.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub data: DataSet,
+    pub limit: Limit,
+    pub wrap: Wrap,
+    pub incremental: Incremental,
+    pub parallel: Vec<Parallel>,
+    pub scale: Scale,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct DataSet {
+    /// Relative paths of the regular files, sorted; large files first.
+    pub files: Vec<PathBuf>,
+    pub large_files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Limit {
+    pub cat: Duration,
+    pub sha256sum: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct Wrap {
+    pub bare_backup: Duration,
+    pub stowage_backup: Duration,
+    /// restic's own run inside the agent, as the agent timed it.
+    pub stowage_backup_restic: Duration,
+    pub bare_restore: Duration,
+    /// From CreateRestore to Completed, including the emulated pod start.
+    pub stowage_restore: Duration,
+    /// From the recreated pod's restore helper running to Completed: what a cluster would wait.
+    pub stowage_restore_after_pod_ready: Duration,
+    pub restored_identically: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Incremental {
+    pub files_changed: usize,
+    pub bytes_changed: u64,
+    pub first: Duration,
+    pub second: Duration,
+    /// Bytes the agent and its restic read (`rchar`), per backup.
+    pub first_read: u64,
+    pub second_read: u64,
+    pub second_parent_is_first: bool,
+    pub second_files_unmodified: u64,
+    pub bare_first: Duration,
+    pub bare_second_no_parent: Duration,
+    pub bare_first_read: u64,
+    pub bare_second_read: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Parallel {
+    pub concurrency: usize,
+    pub volumes: usize,
+    pub bytes: u64,
+    pub wall: Duration,
+    pub completed: u32,
+    pub most_running: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Scale {
+    pub volumes: usize,
+    pub nodes: usize,
+    pub seed: Duration,
+    pub backup: Duration,
+    pub completed: u32,
+    pub orchestrator_peak_rss_kib: u64,
+    pub orchestrator_cpu: Duration,
+    pub emulator_cpu: Duration,
+    pub agent_cpu: Duration,
+}
+
+/// Runs every benchmark and writes the table to `options.out`.
+pub async fn run(options: &Options) -> Result<Report> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let temp = tempfile::tempdir().context("a temp dir")?;
+    let work = match &options.work_dir {
+        Some(dir) => tempfile::tempdir_in(dir).context("a work dir")?,
+        None => tempfile::tempdir_in(temp.path())?,
+    };
+    let work = work.path().to_path_buf();
+    let mut report = Report::default();
+
+    let source = work.join("data");
+    step(
+        "generating data",
+        &format!("{} MiB", options.size / (1 << 20)),
+    );
+    report.data = generate(&source, options.size, 1)?;
+    report.limit = limit(&source).await?;
+    step("limit", &format!("{:?}", report.limit));
+
+    {
+        let stack = Stack::start(StackOptions::default()).await;
+        report.wrap = wrap(&stack, &source, &work).await?;
+        step("wrap", &format!("{:?}", report.wrap));
+        report.incremental = incremental(&stack, &source, &report.data, &work).await?;
+        step("incremental", &format!("{:?}", report.incremental));
+    }
+
+    let per_volume = (options.size / 8).max(64 << 10);
+    let templates: Vec<PathBuf> = (0..8).map(|v| work.join(format!("par-{v}"))).collect();
+    for (v, dir) in templates.iter().enumerate() {
+        generate(dir, per_volume, 100 + v as u64)?;
+    }
+    for &concurrency in &options.concurrency {
+        let result = parallel(concurrency, &templates, per_volume * 8).await?;
+        step("parallel", &format!("{result:?}"));
+        report.parallel.push(result);
+    }
+    for dir in &templates {
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    report.scale = scale(options).await?;
+    step("scale", &format!("{:?}", report.scale));
+
+    let table = markdown(options, &report)?;
+    write_between_markers(&options.out, &table)?;
+    drop(temp);
+    Ok(report)
+}
+
+fn step(name: &str, detail: &str) {
+    eprintln!("[bench] {name}: {detail}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Data
+
+/// xorshift64: incompressible, non-repeating bytes restic cannot deduplicate.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buffer: &mut [u8]) {
+        for word in buffer.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            word.copy_from_slice(&self.0.to_le_bytes()[..word.len()]);
+        }
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        let mut word = [0u8; 8];
+        self.fill(&mut word);
+        u64::from_le_bytes(word) % n.max(1)
+    }
+}
+
+fn write_noise(path: &Path, size: u64, noise: &mut Noise) -> Result<()> {
+    let mut file = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut chunk = vec![0u8; (size as usize).min(1 << 20)];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        noise.fill(&mut chunk[..n]);
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// `size` bytes under `dir`: 70% in four large files, 30% in small files of 1–64 KiB, 100 to
+/// a directory, like a volume holding a database next to many small documents.
+fn generate(dir: &Path, size: u64, seed: u64) -> Result<DataSet> {
+    std::fs::create_dir_all(dir)?;
+    let mut noise = Noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut data = DataSet::default();
+    let large = size * 7 / 10 / 4;
+    for i in 0..4 {
+        let relative = PathBuf::from(format!("large-{i}.bin"));
+        write_noise(&dir.join(&relative), large, &mut noise)?;
+        data.files.push(relative);
+        data.bytes += large;
+    }
+    data.large_files = 4;
+    let mut index = 0;
+    while data.bytes < size {
+        let file_size = (1024 + noise.below(63 * 1024)).min(size - data.bytes);
+        let relative = PathBuf::from(format!("small/{:04}/file-{index:06}.dat", index / 100));
+        if index % 100 == 0 {
+            std::fs::create_dir_all(dir.join(relative.parent().unwrap_or(Path::new("."))))?;
+        }
+        write_noise(&dir.join(&relative), file_size, &mut noise)?;
+        data.files.push(relative);
+        data.bytes += file_size;
+        index += 1;
+    }
+    Ok(data)
+}
+
+/// Hard-links the tree `from` into `to` (same data and inodes, no copy).
+async fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    let status = tokio::process::Command::new("cp")
+        .arg("-al")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .await?;
+    ensure!(
+        status.success(),
+        "cp -al {} {}",
+        from.display(),
+        to.display()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Measuring
+
+async fn shell(script: &str, dir: &Path) -> Result<Duration> {
+    let started = Instant::now();
+    let output = tokio::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .await?;
+    let elapsed = started.elapsed();
+    ensure!(
+        output.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(elapsed)
+}
+
+/// 5: how fast this machine reads and hashes the same data, one process each.
+async fn limit(dir: &Path) -> Result<Limit> {
+    // A first pass so every later reader finds the data in the page cache, as they all do.
+    shell("find . -type f -print0 | xargs -0 cat > /dev/null", dir).await?;
+    Ok(Limit {
+        cat: shell("find . -type f -print0 | xargs -0 cat > /dev/null", dir).await?,
+        sha256sum: shell(
+            "find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+            dir,
+        )
+        .await?,
+    })
+}
+
+/// `rchar` of `pid`: bytes it read through read(2) and friends, including its reaped children
+/// (the kernel adds a child's I/O counters to its parent's on wait).
+fn read_bytes(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    field(&io, "rchar:").context("rchar in /proc/<pid>/io")
+}
+
+fn field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// User + system CPU time of `pid` (its own threads, and children it reaped).
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces, closed by the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ensure!(fields.len() == 4, "reading /proc/{pid}/stat");
+    // utime, stime, cutime, cstime in clock ticks (100 per second on Linux).
+    Ok(Duration::from_millis(fields.iter().sum::<u64>() * 10))
+}
+
+/// Peak resident set (VmHWM) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    field(&status, "VmHWM:").context("VmHWM in /proc/<pid>/status")
+}
+
+// ---------------------------------------------------------------------------------------
+// Bare restic, the baseline
+
+struct BareRepo {
+    path: PathBuf,
+    cache: PathBuf,
+}
+
+impl BareRepo {
+    async fn init(path: PathBuf) -> Result<BareRepo> {
+        let repo = BareRepo {
+            cache: path.with_extension("cache"),
+            path,
+        };
+        repo.restic(&["init"], Path::new(".")).await?;
+        Ok(repo)
+    }
+
+    async fn restic(&self, args: &[&str], dir: &Path) -> Result<String> {
+        let output = tokio::process::Command::new("restic")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .env("RESTIC_REPOSITORY", &self.path)
+            .env("RESTIC_PASSWORD", "bench")
+            .current_dir(dir)
+            .output()
+            .await?;
+        ensure!(
+            output.status.success(),
+            "restic {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `restic backup` of `dir` the way the agent runs it (`.` from inside the volume), with
+    /// no `--parent`; returns the snapshot id, the wall time and the bytes read.
+    async fn backup(&self, dir: &Path) -> Result<(String, Duration, u64)> {
+        let read_before = read_bytes(std::process::id())?;
+        let started = Instant::now();
+        let out = self
+            .restic(&["backup", "--json", "--host", NODE, "--", "."], dir)
+            .await?;
+        let elapsed = started.elapsed();
+        let read = read_bytes(std::process::id())? - read_before;
+        let summary: serde_json::Value = out
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .context("restic backup printed no summary")?;
+        let id = summary["snapshot_id"]
+            .as_str()
+            .context("summary without snapshot_id")?;
+        Ok((id.to_string(), elapsed, read))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// stowage through its API
+
+async fn ensure_repository(stack: &Stack, namespace: &str) -> Result<()> {
+    let mut client = RepoManagerClient::new(stowage_grpc::connect(&stack.repo_manager.url).await?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let repository = client
+            .ensure_repository(EnsureRepositoryRequest {
+                namespace: namespace.to_string(),
+            })
+            .await?
+            .into_inner();
+        match RepositoryPhase::try_from(repository.phase) {
+            Ok(RepositoryPhase::Ready) => return Ok(()),
+            Ok(RepositoryPhase::Failed) => bail!("repository {namespace}: {}", repository.message),
+            _ if Instant::now() > deadline => bail!("repository {namespace} not ready"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn spec(namespace: &str) -> BackupSpec {
+    BackupSpec {
+        included_namespaces: vec![namespace.to_string()],
+        ..Default::default()
+    }
+}
+
+/// Creates backup `name` and follows it to its end; the backup as it ended, the wall time,
+/// and the most volumes running or queued at once.
+async fn backup(
+    client: &mut Client,
+    name: &str,
+    spec: BackupSpec,
+) -> Result<(Backup, Duration, usize)> {
+    let started = Instant::now();
+    client
+        .create_backup(CreateBackupRequest {
+            name: name.to_string(),
+            spec: Some(spec),
+        })
+        .await?;
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    let mut most_running = 0;
+    tokio::time::timeout(OPERATION_LIMIT, async {
+        while let Some(event) = stream.message().await? {
+            if let Some(status) = event.backup.as_ref().and_then(|b| b.status.as_ref()) {
+                let running = status
+                    .volumes
+                    .iter()
+                    .filter(|v| {
+                        v.phase == stowage_proto::v1::VolumePhase::InProgress as i32
+                            || v.phase == stowage_proto::v1::VolumePhase::Queued as i32
+                    })
+                    .count();
+                most_running = most_running.max(running);
+            }
+            last = event.backup;
+        }
+        Ok::<_, tonic::Status>(())
+    })
+    .await
+    .with_context(|| format!("backup {name} did not end"))??;
+    let elapsed = started.elapsed();
+    let backup = last.context("no backup event")?;
+    let status = backup.status.clone().unwrap_or_default();
+    ensure!(
+        status.phase == BackupPhase::Completed as i32,
+        "backup {name} ended {:?}: {} {:?}",
+        BackupPhase::try_from(status.phase),
+        status.failure_reason,
+        status
+            .volumes
+            .iter()
+            .map(|v| v.error_message.clone())
+            .find(|m| !m.is_empty())
+    );
+    Ok((backup, elapsed, most_running))
+}
+
+async fn wait_restore(client: &mut Client, name: &str) -> Result<Restore> {
+    let mut stream = client
+        .watch_restore(WatchRestoreRequest { name: name.into() })
+        .await?
+        .into_inner();
+    let mut last = None;
+    tokio::time::timeout(OPERATION_LIMIT, async {
+        while let Some(event) = stream.message().await? {
+            last = event.restore;
+        }
+        Ok::<_, tonic::Status>(())
+    })
+    .await
+    .with_context(|| format!("restore {name} did not end"))??;
+    let restore = last.context("no restore event")?;
+    let status = restore.status.clone().unwrap_or_default();
+    ensure!(
+        status.phase == RestorePhase::Completed as i32,
+        "restore {name} ended {:?}: {}",
+        RestorePhase::try_from(status.phase),
+        status.failure_reason
+    );
+    Ok(restore)
+}
+
+fn only_volume(backup: &Backup) -> Result<PodVolumeBackup> {
+    let volumes = backup.status.clone().unwrap_or_default().volumes;
+    ensure!(
+        volumes.len() == 1,
+        "expected one volume, got {}",
+        volumes.len()
+    );
+    Ok(volumes[0].clone())
+}
+
+fn restic_seconds(volume: &PodVolumeBackup) -> Duration {
+    Duration::from_secs_f64(
+        volume
+            .progress
+            .map(|p| p.seconds_elapsed)
+            .unwrap_or_default()
+            .max(0.0),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Wrap overhead
+
+async fn wrap(stack: &Stack, source: &Path, work: &Path) -> Result<Wrap> {
+    let namespace = "wrap";
+    let kube = stack.kube_client().await;
+    let kubelet = &stack.kubelets[NODE];
+    let example = seed_example(&kube, namespace, NODE, Some("pvc-volume")).await;
+    let volume_dir = kubelet
+        .pod(&example.pod_uid())
+        .pv("kubernetes.io~local-volume", &example.pv_name());
+    link_tree(source, &volume_dir).await?;
+    let before = manifest(&volume_dir, false);
+
+    let bare = BareRepo::init(work.join("bare-wrap")).await?;
+    let (bare_snapshot, bare_backup, _) = bare.backup(&volume_dir).await?;
+    ensure_repository(stack, namespace).await?;
+    let mut client = stack.client().await;
+    let (backup_done, stowage_backup, _) = backup(&mut client, "wrap", spec(namespace)).await?;
+    let volume = only_volume(&backup_done)?;
+
+    let bare_target = work.join("bare-wrap-restored");
+    std::fs::create_dir_all(&bare_target)?;
+    let started = Instant::now();
+    bare.restic(&["restore", &bare_snapshot, "--target", "."], &bare_target)
+        .await?;
+    let bare_restore = started.elapsed();
+    std::fs::remove_dir_all(&bare_target).ok();
+
+    // Disaster: the pod, its claim and its data go; a restore recreates them (the driver
+    // plays scheduler and kubelet, as the demo does).
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
+    pods.delete("sample", &DeleteParams::default()).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), namespace);
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await?;
+    std::fs::remove_dir_all(&volume_dir).ok();
+    let started = Instant::now();
+    client
+        .create_restore(CreateRestoreRequest {
+            name: "wrap-restore".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "wrap".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let play_kubelet = async {
+        let pod = wait_for_pod(&kube, namespace, "sample", Duration::from_secs(120)).await;
+        let new_pv = "pv-wrap-sample-restored";
+        claims
+            .patch(
+                "sample-pvc",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"volumeName": new_pv}})),
+            )
+            .await?;
+        let dir = kubelet
+            .pod(&pod.metadata.uid.clone().unwrap_or_default())
+            .pv("kubernetes.io~local-volume", new_pv);
+        mark_init_container_running(&kube, namespace, "sample", NODE, RESTORE_HELPER).await;
+        Ok::<_, anyhow::Error>((dir, Instant::now()))
+    };
+    let (restored, played) = tokio::join!(wait_restore(&mut client, "wrap-restore"), play_kubelet);
+    let ended = Instant::now();
+    let stowage_restore = ended - started;
+    restored?;
+    let (restored_dir, ready) = played?;
+    let stowage_restore_after_pod_ready = ended.saturating_duration_since(ready);
+    let restored_identically = manifest(&restored_dir, false) == before;
+    ensure!(
+        restored_identically,
+        "the restored volume differs from the backed-up one"
+    );
+    Ok(Wrap {
+        bare_backup,
+        stowage_backup,
+        stowage_backup_restic: restic_seconds(&volume),
+        bare_restore,
+        stowage_restore,
+        stowage_restore_after_pod_ready,
+        restored_identically,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Incremental after pod recreate
+
+async fn incremental(
+    stack: &Stack,
+    source: &Path,
+    data: &DataSet,
+    work: &Path,
+) -> Result<Incremental> {
+    let namespace = "incr";
+    let kube = stack.kube_client().await;
+    let kubelet = &stack.kubelets[NODE];
+    let agent_pid = stack.agents[NODE].process.pid();
+    let example = seed_example(&kube, namespace, NODE, Some("pvc-volume")).await;
+    let plugin = "kubernetes.io~local-volume";
+    let old_dir = kubelet
+        .pod(&example.pod_uid())
+        .pv(plugin, &example.pv_name());
+    link_tree(source, &old_dir).await?;
+    ensure_repository(stack, namespace).await?;
+    let mut client = stack.client().await;
+
+    let read_before = read_bytes(agent_pid)?;
+    let (first_backup, first, _) = backup(&mut client, "incr-1", spec(namespace)).await?;
+    let first_read = read_bytes(agent_pid)? - read_before;
+    let bare = BareRepo::init(work.join("bare-incr")).await?;
+    let (_, bare_first, bare_first_read) = bare.backup(&old_dir).await?;
+
+    // The workload replaces the pod: new name's uid, same claim; the node mounts the same
+    // volume (same inodes) under the new pod's directory.
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), namespace);
+    pods.delete("sample", &DeleteParams::default()).await?;
+    let mut pod = serde_json::to_value(&example.pod)?;
+    if let Some(metadata) = pod["metadata"].as_object_mut() {
+        for field in ["uid", "resourceVersion", "creationTimestamp"] {
+            metadata.remove(field);
+        }
+    }
+    let recreated: Pod = create(&kube, Some(namespace), pod).await;
+    mark_pod_running(&kube, namespace, "sample", NODE).await;
+    let new_uid = recreated.metadata.uid.clone().unwrap_or_default();
+    ensure!(
+        new_uid != example.pod_uid(),
+        "the recreated pod kept its uid"
+    );
+    let new_dir = kubelet.pod(&new_uid).pv(plugin, &example.pv_name());
+    std::fs::remove_dir(&new_dir)?;
+    std::fs::rename(&old_dir, &new_dir)?;
+
+    // 1% of the files get new contents (written aside and renamed over, as editors and
+    // databases do, so the hard-linked source stays as it was).
+    let mut noise = Noise(0xC0FFEE);
+    let mut files_changed = 0;
+    let mut bytes_changed = 0;
+    for (i, relative) in data.files.iter().enumerate() {
+        if i % 100 != 50 % data.files.len().max(1) {
+            continue;
+        }
+        let path = new_dir.join(relative);
+        let size = std::fs::metadata(&path)?.len();
+        let aside = path.with_extension("new");
+        write_noise(&aside, size, &mut noise)?;
+        std::fs::rename(&aside, &path)?;
+        files_changed += 1;
+        bytes_changed += size;
+    }
+
+    let read_before = read_bytes(agent_pid)?;
+    let (second_backup, second, _) = backup(&mut client, "incr-2", spec(namespace)).await?;
+    let second_read = read_bytes(agent_pid)? - read_before;
+    let (_, bare_second_no_parent, bare_second_read) = bare.backup(&new_dir).await?;
+    let first_volume = only_volume(&first_backup)?;
+    let second_volume = only_volume(&second_backup)?;
+    Ok(Incremental {
+        files_changed,
+        bytes_changed,
+        first,
+        second,
+        first_read,
+        second_read,
+        second_parent_is_first: !first_volume.snapshot_id.is_empty()
+            && second_volume.parent_snapshot_id == first_volume.snapshot_id,
+        second_files_unmodified: second_volume.files_unmodified,
+        bare_first,
+        bare_second_no_parent,
+        bare_first_read,
+        bare_second_read,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Parallel volumes
+
+async fn parallel(concurrency: usize, templates: &[PathBuf], bytes: u64) -> Result<Parallel> {
+    let stack = Stack::start(StackOptions {
+        agent_args: vec!["--max-concurrent".into(), concurrency.to_string()],
+        orchestrator_args: vec!["--max-parallel-per-node".into(), concurrency.to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let namespace = "par";
+    let kube = stack.kube_client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, namespace).await;
+    let names: Vec<String> = (0..templates.len()).map(|v| format!("v{v}")).collect();
+    let pod = pod_with_empty_dirs(&kube, namespace, "par", NODE, &names).await?;
+    let pod_dir = stack.kubelets[NODE].pod(&pod);
+    for (name, template) in names.iter().zip(templates) {
+        link_tree(template, &pod_dir.empty_dir(name)).await?;
+    }
+    ensure_repository(&stack, namespace).await?;
+    let mut client = stack.client().await;
+    let (done, wall, most_running) = backup(&mut client, "par", spec(namespace)).await?;
+    Ok(Parallel {
+        concurrency,
+        volumes: templates.len(),
+        bytes,
+        wall,
+        completed: done.status.unwrap_or_default().volumes_completed,
+        most_running,
+    })
+}
+
+/// Creates running pod `namespace/name` on `node` with annotated emptyDir volumes `volumes`;
+/// returns its uid.
+async fn pod_with_empty_dirs(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    volumes: &[String],
+) -> Result<String> {
+    let pod: Pod = create(
+        kube,
+        Some(namespace),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "annotations": {"backup.velero.io/backup-volumes": volumes.join(",")},
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{
+                    "name": "app", "image": "busybox",
+                    "volumeMounts": volumes.iter()
+                        .map(|v| json!({"name": v, "mountPath": format!("/{v}")}))
+                        .collect::<Vec<_>>(),
+                }],
+                "volumes": volumes.iter()
+                    .map(|v| json!({"name": v, "emptyDir": {}}))
+                    .collect::<Vec<_>>(),
+            },
+        }),
+    )
+    .await;
+    mark_pod_running(kube, namespace, name, node).await;
+    pod.metadata.uid.context("the emulator gave the pod no uid")
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Orchestration at scale, against the instant agent (a benchmark double)
+
+async fn scale(options: &Options) -> Result<Scale> {
+    let logs = tempfile::tempdir()?;
+    let mut agents: Vec<ServiceProcess> = Vec::new();
+    for _ in 0..options.scale_agent_processes.max(1) {
+        agents.push(
+            start_service(
+                "stowage-bench-instant-agent",
+                "stowage.v1.VolumeAgent",
+                &[],
+                &BTreeMap::new(),
+                logs.path(),
+            )
+            .await,
+        );
+    }
+    let nodes: Vec<String> = (0..options.scale_nodes.max(1))
+        .map(|n| format!("node-{n:03}"))
+        .collect();
+    let mut orchestrator_args = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        orchestrator_args.push("--agent".to_string());
+        orchestrator_args.push(format!("{node}={}", agents[n % agents.len()].url));
+    }
+    let stack = Stack::start(StackOptions {
+        agent_nodes: Vec::new(),
+        orchestrator_args,
+        ..StackOptions::default()
+    })
+    .await;
+    let namespace = "scale";
+    let kube = stack.kube_client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, namespace).await;
+    let pods = options.scale_volumes.div_ceil(2);
+    let volumes = ["a".to_string(), "b".to_string()];
+    let seeding = Instant::now();
+    futures::stream::iter(0..pods)
+        .map(|p| {
+            let kube = kube.clone();
+            let node = nodes[p % nodes.len()].clone();
+            let volumes = volumes.clone();
+            async move {
+                pod_with_empty_dirs(&kube, namespace, &format!("pod-{p:05}"), &node, &volumes).await
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let seed = seeding.elapsed();
+    ensure_repository(&stack, namespace).await?;
+
+    let orchestrator = stack.orchestrator.process.pid();
+    let emulator = stack.kube.process.pid();
+    let cpu = |pids: &[u32]| -> Result<Duration> {
+        pids.iter()
+            .map(|&pid| cpu_time(pid))
+            .sum::<Result<Duration>>()
+    };
+    let agent_pids: Vec<u32> = agents.iter().map(|a| a.process.pid()).collect();
+    let before = (cpu(&[orchestrator])?, cpu(&[emulator])?, cpu(&agent_pids)?);
+    let mut client = stack.client().await;
+    let (done, backup_time, _) = backup(&mut client, "scale", spec(namespace)).await?;
+    let after = (cpu(&[orchestrator])?, cpu(&[emulator])?, cpu(&agent_pids)?);
+    Ok(Scale {
+        volumes: pods * 2,
+        nodes: nodes.len(),
+        seed,
+        backup: backup_time,
+        completed: done.status.unwrap_or_default().volumes_completed,
+        orchestrator_peak_rss_kib: peak_rss_kib(orchestrator)?,
+        orchestrator_cpu: after.0.saturating_sub(before.0),
+        emulator_cpu: after.1.saturating_sub(before.1),
+        agent_cpu: after.2.saturating_sub(before.2),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The table
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .current_dir(stowage_e2e::workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| field(&info, "MemTotal:"))
+        .map(|kib| format!("{:.1} GiB", kib as f64 / MIB))
+        .unwrap_or_else(|| "unknown".to_string());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores (nproc), {memory} RAM, {cpu}")
+}
+
+fn secs(duration: Duration) -> String {
+    format!("{:.2} s", duration.as_secs_f64())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+fn rate(bytes: u64, duration: Duration) -> String {
+    format!(
+        "{:.0} MiB/s",
+        bytes as f64 / MIB / duration.as_secs_f64().max(1e-9)
+    )
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    a / b.max(1e-9)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "**met**" } else { "**not met**" }
+}
+
+fn markdown(options: &Options, report: &Report) -> Result<String> {
+    let mut md = String::new();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let data = &report.data;
+    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    writeln!(md, "Run of {date} (`bench/run --size {}`).\n", options.size)?;
+    writeln!(md, "- Machine: {}", machine())?;
+    writeln!(
+        md,
+        "- Versions: {}; {}; stowage {} ({profile} build)",
+        command_line("restic", &["version"]),
+        command_line("rustc", &["--version"]),
+        command_line("git", &["rev-parse", "--short", "HEAD"]),
+    )?;
+    writeln!(
+        md,
+        "- Data: {} in {} files ({} large files of {} each, the rest 1–64 KiB), random bytes; \
+         every reader finds it in the page cache (warm), local-directory storage location.",
+        mib(data.bytes),
+        data.files.len(),
+        data.large_files,
+        mib(data.bytes * 7 / 10 / 4)
+    )?;
+    writeln!(
+        md,
+        "- One run of each measurement, side by side with its baseline.\n"
+    )?;
+
+    writeln!(
+        md,
+        "| # | Measure | stowage | Baseline | Ratio | Target | Result |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    let w = &report.wrap;
+    let backup_ratio = ratio(w.stowage_backup.as_secs_f64(), w.bare_backup.as_secs_f64());
+    writeln!(
+        md,
+        "| 1 | Backup of one volume (orchestrator → agent → restic) | {} ({}) | bare `restic backup`, fresh repo: {} ({}) | {backup_ratio:.3} | ≤ 1.05 | {} |",
+        secs(w.stowage_backup),
+        rate(data.bytes, w.stowage_backup),
+        secs(w.bare_backup),
+        rate(data.bytes, w.bare_backup),
+        verdict(backup_ratio <= 1.05)
+    )?;
+    let restore_ratio = ratio(
+        w.stowage_restore_after_pod_ready.as_secs_f64(),
+        w.bare_restore.as_secs_f64(),
+    );
+    writeln!(
+        md,
+        "| 1 | Restore of one volume, from the restore helper running to Completed (files verified: {}) | {} | bare `restic restore`: {} | {restore_ratio:.3} | ≤ 1.05 | {} |",
+        if w.restored_identically {
+            "identical"
+        } else {
+            "DIFFER"
+        },
+        secs(w.stowage_restore_after_pod_ready),
+        secs(w.bare_restore),
+        verdict(restore_ratio <= 1.05)
+    )?;
+    writeln!(
+        md,
+        "| 1 | Restore, CreateRestore to Completed (includes the emulated pod creation and start) | {} | {} | {:.3} | — | for information |",
+        secs(w.stowage_restore),
+        secs(w.bare_restore),
+        ratio(
+            w.stowage_restore.as_secs_f64(),
+            w.bare_restore.as_secs_f64()
+        )
+    )?;
+    let i = &report.incremental;
+    let time_ratio = ratio(i.second.as_secs_f64(), i.first.as_secs_f64());
+    let read_ratio = ratio(i.second_read as f64, i.first_read as f64);
+    writeln!(
+        md,
+        "| 2 | Backup after pod recreate (new name and uid, same PVC), {} files ({}) changed: time | {} | first backup: {} | {time_ratio:.3} | ≤ 0.10 | {} |",
+        i.files_changed,
+        mib(i.bytes_changed),
+        secs(i.second),
+        secs(i.first),
+        verdict(time_ratio <= 0.10)
+    )?;
+    writeln!(
+        md,
+        "| 2 | … bytes read by the agent and its restic (`rchar`); parent = first snapshot: {}, {} files unmodified | {} | first backup: {} | {read_ratio:.3} | ≤ 0.10 | {} |",
+        if i.second_parent_is_first {
+            "yes"
+        } else {
+            "NO"
+        },
+        i.second_files_unmodified,
+        mib(i.second_read),
+        mib(i.first_read),
+        verdict(read_ratio <= 0.10)
+    )?;
+    writeln!(
+        md,
+        "| 2 | Velero's pod-name association: bare restic on the new path, no `--parent`: time | {} | its first backup: {} | {:.3} | — | for comparison |",
+        secs(i.bare_second_no_parent),
+        secs(i.bare_first),
+        ratio(
+            i.bare_second_no_parent.as_secs_f64(),
+            i.bare_first.as_secs_f64()
+        )
+    )?;
+    writeln!(
+        md,
+        "| 2 | … bytes read (`rchar`) | {} | its first backup: {} | {:.3} | — | for comparison |",
+        mib(i.bare_second_read),
+        mib(i.bare_first_read),
+        ratio(i.bare_second_read as f64, i.bare_first_read as f64)
+    )?;
+    writeln!(
+        md,
+        "| 2 | stowage's second backup against Velero's | {} | {} | {:.3} | — | for comparison |",
+        secs(i.second),
+        secs(i.bare_second_no_parent),
+        ratio(
+            i.second.as_secs_f64(),
+            i.bare_second_no_parent.as_secs_f64()
+        )
+    )?;
+    let serial = report.parallel.iter().find(|p| p.concurrency == 1);
+    for p in &report.parallel {
+        let speedup = serial
+            .map(|s| {
+                format!(
+                    "{:.2}× of concurrency 1",
+                    ratio(s.wall.as_secs_f64(), p.wall.as_secs_f64())
+                )
+            })
+            .unwrap_or_else(|| "—".to_string());
+        writeln!(
+            md,
+            "| 3 | {} volumes ({} in all, {} completed) on one node, agent concurrency {}: wall time, throughput (at most {} running at once) | {}, {} | concurrency 1 | {speedup} | — | measured |",
+            p.volumes,
+            mib(p.bytes),
+            p.completed,
+            p.concurrency,
+            p.most_running,
+            secs(p.wall),
+            rate(p.bytes, p.wall),
+        )?;
+    }
+    let s = &report.scale;
+    let rss_mb = s.orchestrator_peak_rss_kib as f64 * 1024.0 / 1e6;
+    writeln!(
+        md,
+        "| 4 | {} annotated pod volumes on {} nodes, instant agents (benchmark double): CreateBackup to Completed ({} completed) | {} | — | — | < 5 s | {} |",
+        s.volumes,
+        s.nodes,
+        s.completed,
+        secs(s.backup),
+        verdict(s.backup < Duration::from_secs(5))
+    )?;
+    writeln!(
+        md,
+        "| 4 | … orchestrator peak RSS (VmHWM) | {rss_mb:.1} MB | — | — | < 150 MB | {} |",
+        verdict(rss_mb < 150.0)
+    )?;
+    writeln!(
+        md,
+        "| 4 | … BackupVolume RPCs per second | {:.0}/s | — | — | — | measured |",
+        s.completed as f64 / s.backup.as_secs_f64().max(1e-9)
+    )?;
+    writeln!(
+        md,
+        "| 4 | … CPU time during the backup: orchestrator / Kubernetes API emulator / instant agents | {} / {} / {} | — | — | — | measured |",
+        secs(s.orchestrator_cpu),
+        secs(s.emulator_cpu),
+        secs(s.agent_cpu)
+    )?;
+    writeln!(
+        md,
+        "| 5 | The limit: `cat > /dev/null` | {} | — | — | — | measured |",
+        rate(data.bytes, report.limit.cat)
+    )?;
+    writeln!(
+        md,
+        "| 5 | The limit: `sha256sum` | {} | — | — | — | measured |",
+        rate(data.bytes, report.limit.sha256sum)
+    )?;
+    writeln!(
+        md,
+        "| 5 | Backup throughput against `sha256sum` (stowage / bare restic) | {:.2} | {:.2} | — | — | measured |",
+        ratio(
+            report.limit.sha256sum.as_secs_f64(),
+            w.stowage_backup.as_secs_f64()
+        ),
+        ratio(
+            report.limit.sha256sum.as_secs_f64(),
+            w.bare_backup.as_secs_f64()
+        ),
+    )?;
+
+    writeln!(md, "\nWhere the time goes (measured in this run):\n")?;
+    writeln!(
+        md,
+        "- Backup of one volume: {} in all, of which restic ran {} inside the agent; the other {} are stowage's (discovery, repository and lease calls, PodVolumeBackup mirrors, the agent's parent lookup, gRPC).",
+        secs(w.stowage_backup),
+        secs(w.stowage_backup_restic),
+        secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic))
+    )?;
+    writeln!(
+        md,
+        "- Orchestration at scale: the backup took {} wall; the orchestrator used {} of CPU, the Python Kubernetes API emulator {}, the instant agents {}. {}",
+        secs(s.backup),
+        secs(s.orchestrator_cpu),
+        secs(s.emulator_cpu),
+        secs(s.agent_cpu),
+        if s.emulator_cpu > s.orchestrator_cpu {
+            "The emulator, not stowage, is the bottleneck here: the orchestrator's own share is its CPU time."
+        } else {
+            "The orchestrator's own work dominates."
+        }
+    )?;
+    writeln!(
+        md,
+        "- Seeding the {} pods into the emulator took {} (not counted).",
+        s.volumes.div_ceil(2),
+        secs(s.seed)
+    )?;
+    Ok(md)
+}
+
+/// Puts `table` between the markers of `path`, keeping everything outside them.
+fn write_between_markers(path: &Path, table: &str) -> Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{table}{END}");
+    let text = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(begin), Some(end)) if begin < end => format!(
+            "{}{block}{}",
+            &existing[..begin],
+            &existing[end + END.len()..]
+        ),
+        _ if existing.trim().is_empty() => format!("# Benchmarks\n\n{block}\n"),
+        _ => format!("{}\n{block}\n", existing.trim_end()),
+    };
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_keep_the_notes_around_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("B.md");
+        std::fs::write(&path, format!("# T\nintro\n{BEGIN}\nold\n{END}\nnotes\n")).unwrap();
+        write_between_markers(&path, "new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# T\nintro\n{BEGIN}\nnew\n{END}\nnotes\n")
+        );
+    }
+
+    #[test]
+    fn generated_data_has_the_asked_size_and_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = generate(dir.path(), 1 << 20, 7).unwrap();
+        assert_eq!(data.bytes, 1 << 20);
+        assert_eq!(data.large_files, 4);
+        assert!(data.files.len() > 10, "{}", data.files.len());
+        let on_disk: u64 = data
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().len())
+            .sum();
+        assert_eq!(on_disk, data.bytes);
+    }
+}
