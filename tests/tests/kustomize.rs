@@ -1071,18 +1071,28 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
         assert!(!has(&repo_manager, "", "pods", "create"));
 
         let orchestrator = grants(&rendered, ORCHESTRATOR);
-        for (resource, verb) in [
-            ("pods", "list"),
-            ("pods", "create"),
-            ("persistentvolumeclaims", "create"),
-            ("persistentvolumes", "get"),
-            ("namespaces", "create"),
-            ("configmaps", "get"),
+        for (group, resource, verb) in [
+            ("", "pods", "list"),
+            ("", "pods", "create"),
+            ("", "persistentvolumeclaims", "get"),
+            ("", "persistentvolumeclaims", "create"),
+            ("", "namespaces", "create"),
+            ("", "configmaps", "list"),
+            ("apps", "replicasets", "get"),
         ] {
             assert!(
-                has(&orchestrator, "", resource, verb),
+                has(&orchestrator, group, resource, verb),
                 "orchestrator {verb} {resource}"
             );
+        }
+        // Backups must not be able to destroy what they protect.
+        for resource in ["pods", "persistentvolumeclaims", "namespaces"] {
+            for verb in ["delete", "deletecollection", "update", "patch"] {
+                assert!(
+                    !has(&orchestrator, "", resource, verb),
+                    "orchestrator may {verb} {resource}"
+                );
+            }
         }
         for resource in ["podvolumebackups", "podvolumerestores"] {
             assert!(has(&orchestrator, "velero.io", resource, "create"));
