@@ -19,8 +19,9 @@ use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
     Backup, BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
     CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
-    GetCoverageRequest, ListBackupsRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
-    VolumePhase, WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
+    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase,
+    RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest, WatchRestoreRequest,
+    orchestrator_client::OrchestratorClient,
 };
 
 type Client = OrchestratorClient<TracedChannel>;
@@ -680,11 +681,12 @@ async fn deleting_a_backup_forgets_its_snapshots_and_files() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn namespace_mapping_restores_into_the_new_namespace() {
-    let stack = Stack::start(StackOptions::default()).await;
+    let mut stack = Stack::start(StackOptions::default()).await;
     let kube = stack.kube_client().await;
     let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
-    let kubelet = &stack.kubelets["node-a"];
-    let volume = kubelet.pod(&example.pod_uid()).empty_dir("emptydir-volume");
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
     write_sample_tree(&volume, "emptydir");
     let before = manifest(&volume, false);
     let mut client = stack.client().await;
@@ -704,7 +706,7 @@ async fn namespace_mapping_restores_into_the_new_namespace() {
         .into_inner();
     assert!(restore.name.starts_with("mapped-"), "{}", restore.name);
     let pod = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
-    let restored = kubelet
+    let restored = stack.kubelets["node-a"]
         .pod(pod.metadata.uid.as_deref().unwrap())
         .empty_dir("emptydir-volume");
     mark_init_container_running(&kube, "bar", "sample", "node-a", "restore-wait").await;
@@ -714,6 +716,23 @@ async fn namespace_mapping_restores_into_the_new_namespace() {
     assert_eq!(status.volumes[0].source_namespace, "foo");
     assert_eq!(status.volumes[0].volume.as_ref().unwrap().namespace, "bar");
     assert_eq!(manifest(&restored, false), before);
+
+    // A restarted orchestrator still answers for the restore, from its mirrors.
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    let restores = client
+        .list_restores(ListRestoresRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .restores;
+    assert_eq!(restores.len(), 1);
+    assert_eq!(restores[0].name, restore.name);
+    assert_eq!(restores[0].uid, restore.uid);
+    assert_eq!(restores[0].spec.as_ref().unwrap().backup_name, "mapped");
+    let status = restores[0].status.clone().unwrap();
+    assert_eq!(status.phase, RestorePhase::Completed as i32, "{status:#?}");
+    assert_eq!(status.volumes[0].source_namespace, "foo");
 }
 
 #[tokio::test(flavor = "multi_thread")]

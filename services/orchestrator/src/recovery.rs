@@ -3,9 +3,17 @@
 //! when the previous orchestrator died has its unfinished volumes failed with "orchestrator
 //! restarted", and expired backups are deleted.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
-use stowage_proto::v1::{BackupPhase, ForgetBackupRequest, VolumePhase};
+use ::kube::api::DynamicObject;
+use serde_json::Value;
+use stowage_proto::{
+    prost_types,
+    v1::{
+        BackupPhase, ForgetBackupRequest, PodVolumeRef, PodVolumeRestore, Progress, Restore,
+        RestorePhase, RestoreSpec, RestoreStatus, VolumePhase,
+    },
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -13,6 +21,7 @@ use crate::{
     deps::Deps,
     error::Result,
     kube::mirror::{self, MirrorKind},
+    restore,
     state::{Entry, now},
 };
 
@@ -72,8 +81,120 @@ pub async fn load(deps: &Deps) -> Result<()> {
             }
             Err(error) => tracing::warn!(%error, "failing unfinished PodVolumeRestores"),
         }
+        match mirror::list(cluster, MirrorKind::PodVolumeRestore).await {
+            Ok(objects) => {
+                for restore in restores_from_mirrors(&objects) {
+                    let name = restore.name.clone();
+                    let entry = Entry::new(restore, Vec::new(), CancellationToken::new());
+                    deps.index.insert_restore(&name, entry);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
+        }
     }
     Ok(())
+}
+
+fn timestamp(value: &Value) -> Option<prost_types::Timestamp> {
+    let time = chrono::DateTime::parse_from_rfc3339(value.as_str()?).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: 0,
+    })
+}
+
+/// Rebuilds the restores a previous orchestrator ran from their PodVolumeRestore mirrors (the
+/// only place restores are kept), so ListRestores/GetRestore still answer after a restart.
+pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
+    let mut restores: BTreeMap<String, Restore> = BTreeMap::new();
+    for object in objects {
+        let labels = object.metadata.labels.clone().unwrap_or_default();
+        let Some(name) = labels.get("velero.io/restore-name") else {
+            continue;
+        };
+        let restore = restores.entry(name.clone()).or_insert_with(|| Restore {
+            name: name.clone(),
+            uid: labels
+                .get("velero.io/restore-uid")
+                .cloned()
+                .unwrap_or_default(),
+            spec: Some(RestoreSpec {
+                backup_name: labels
+                    .get("velero.io/backup-name")
+                    .cloned()
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+            status: Some(RestoreStatus::default()),
+        });
+        let data = &object.data;
+        let text = |pointer: &str| {
+            data.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let number = |pointer: &str| data.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        let phase = match text("/status/phase").as_str() {
+            "Completed" => VolumePhase::Completed,
+            "InProgress" => VolumePhase::InProgress,
+            "New" | "" => VolumePhase::Pending,
+            _ => VolumePhase::Failed,
+        };
+        let status = restore.status.get_or_insert_with(Default::default);
+        let pod = format!("{}/{}", text("/spec/pod/namespace"), text("/spec/pod/name"));
+        if !status.pods_created.contains(&pod) {
+            status.pods_created.push(pod);
+        }
+        status.volumes.push(PodVolumeRestore {
+            volume: Some(PodVolumeRef {
+                namespace: text("/spec/pod/namespace"),
+                pod_name: text("/spec/pod/name"),
+                pod_uid: text("/spec/pod/uid"),
+                volume_name: text("/spec/volume"),
+                ..Default::default()
+            }),
+            phase: phase as i32,
+            snapshot_id: text("/spec/snapshotID"),
+            progress: Some(Progress {
+                bytes_done: number("/status/progress/bytesDone"),
+                bytes_total: number("/status/progress/totalBytes"),
+                ..Default::default()
+            }),
+            started: data.pointer("/status/startTimestamp").and_then(timestamp),
+            finished: data
+                .pointer("/status/completionTimestamp")
+                .and_then(timestamp),
+            error_message: text("/status/message"),
+            source_namespace: text("/spec/sourceNamespace"),
+            ..Default::default()
+        });
+    }
+    restores
+        .into_values()
+        .map(|mut restore| {
+            let status = restore.status.get_or_insert_with(Default::default);
+            restore::recount(status);
+            status.phase = if status.volumes_failed == 0 {
+                RestorePhase::Completed
+            } else if status.volumes_completed == 0 {
+                RestorePhase::Failed
+            } else {
+                RestorePhase::PartiallyFailed
+            } as i32;
+            status.started = status
+                .volumes
+                .iter()
+                .filter_map(|v| v.started)
+                .min_by_key(|t| t.seconds);
+            status.finished = status
+                .volumes
+                .iter()
+                .filter_map(|v| v.finished)
+                .max_by_key(|t| t.seconds);
+            restore
+        })
+        .collect()
 }
 
 /// Every `interval` until shutdown: picks up backups that appeared in the object store (written
@@ -161,5 +282,49 @@ async fn expire(deps: &Deps) {
                 deps.index.remove_backup(&backup.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mirror(restore: &str, volume: &str, phase: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "velero.io/v1", "kind": "PodVolumeRestore",
+            "metadata": {"name": format!("{restore}-{volume}"), "labels": {
+                "velero.io/restore-name": restore, "velero.io/restore-uid": "uid-1",
+                "velero.io/backup-name": "nightly",
+            }},
+            "spec": {"pod": {"namespace": "bar", "name": "sample", "uid": "p1"}, "volume": volume,
+                     "snapshotID": "abc", "sourceNamespace": "foo"},
+            "status": {"phase": phase, "message": if phase == "Failed" { RESTARTED } else { "" },
+                       "completionTimestamp": "2026-01-01T00:00:00Z"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn restores_are_rebuilt_from_their_mirrors() {
+        let restores = restores_from_mirrors(&[
+            mirror("r1", "data", "Completed"),
+            mirror("r1", "cache", "Failed"),
+            mirror("r2", "data", "Completed"),
+        ]);
+        assert_eq!(restores.len(), 2);
+        let r1 = &restores[0];
+        assert_eq!((r1.name.as_str(), r1.uid.as_str()), ("r1", "uid-1"));
+        assert_eq!(r1.spec.as_ref().unwrap().backup_name, "nightly");
+        let status = r1.status.as_ref().unwrap();
+        assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
+        assert_eq!(status.pods_created, vec!["bar/sample".to_string()]);
+        assert_eq!(status.volumes[1].error_message, RESTARTED);
+        assert_eq!(status.volumes[0].source_namespace, "foo");
+        assert!(status.finished.is_some());
+        assert_eq!(
+            restores[1].status.as_ref().unwrap().phase,
+            RestorePhase::Completed as i32
+        );
     }
 }

@@ -91,7 +91,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     Ok(restore)
 }
 
-fn recount(status: &mut RestoreStatus) {
+pub fn recount(status: &mut RestoreStatus) {
     status.volumes_total = status.volumes.len() as u32;
     status.volumes_completed = status
         .volumes
@@ -748,8 +748,11 @@ async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) 
         _ => "New",
     };
     let progress = volume.progress.unwrap_or_default();
-    let labels =
-        json!({"velero.io/restore-name": restore.name, "velero.io/restore-uid": restore.uid});
+    let labels = json!({
+        "velero.io/restore-name": restore.name,
+        "velero.io/restore-uid": restore.uid,
+        "velero.io/backup-name": restore.spec.clone().unwrap_or_default().backup_name,
+    });
     let spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,

@@ -109,6 +109,21 @@ pub async fn delete_labelled(
     Ok(())
 }
 
+/// Every mirror object of `kind`.
+pub async fn list(cluster: &Cluster, kind: MirrorKind) -> Result<Vec<DynamicObject>> {
+    let resource = kind.resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client().clone(),
+        cluster.stowage_namespace(),
+        &resource,
+    );
+    Ok(api
+        .list(&::kube::api::ListParams::default())
+        .await
+        .map_err(Error::kube(format!("listing {kind:?} objects")))?
+        .items)
+}
+
 /// Marks every mirror object of `kind` still `New` or `InProgress` as `Failed` with `message`:
 /// after a restart nobody will finish them. Returns how many were marked.
 pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str) -> Result<usize> {
