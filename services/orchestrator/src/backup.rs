@@ -880,21 +880,23 @@ async fn owner_identity(
             .labels
             .as_ref()
             .and_then(|labels| labels.get("pod-template-hash"));
-        let deployment = match hash {
-            Some(hash) => owner
-                .name
-                .strip_suffix(&format!("-{hash}"))
-                .map(str::to_string),
-            None => owner
-                .name
-                .rsplit_once('-')
-                .map(|(name, _)| name.to_string()),
-        };
+        let deployment = deployment_of_replica_set(&owner.name, hash.map(String::as_str));
         if let Some(deployment) = deployment {
             return Ok(format!("Deployment/{deployment}/{volume}"));
         }
     }
     Ok(format!("{}/{}/{volume}", owner.kind, owner.name))
+}
+
+/// The Deployment a ReplicaSet belongs to, from its name `<deployment>-<pod-template-hash>`,
+/// for when the ReplicaSet itself cannot be read.
+fn deployment_of_replica_set(replica_set: &str, pod_template_hash: Option<&str>) -> Option<String> {
+    match pod_template_hash {
+        Some(hash) => replica_set.strip_suffix(&format!("-{hash}")),
+        None => replica_set.rsplit_once('-').map(|(name, _)| name),
+    }
+    .filter(|name| !name.is_empty())
+    .map(str::to_string)
 }
 
 /// Cancels a running backup; its volumes end CANCELLED when their agents stop.
@@ -978,6 +980,21 @@ mod tests {
         );
         let progress = status.progress.unwrap();
         assert_eq!((progress.bytes_done, progress.bytes_total), (6, 12));
+    }
+
+    #[test]
+    fn replica_sets_name_their_deployment() {
+        assert_eq!(
+            deployment_of_replica_set("web-api-5d8f7b9c4d", Some("5d8f7b9c4d")).as_deref(),
+            Some("web-api")
+        );
+        assert_eq!(
+            deployment_of_replica_set("web-api-5d8f7b9c4d", None).as_deref(),
+            Some("web-api")
+        );
+        // A hash label that does not match the name is not guessed around.
+        assert_eq!(deployment_of_replica_set("web-api-5d8f", Some("77")), None);
+        assert_eq!(deployment_of_replica_set("standalone", None), None);
     }
 
     #[test]
