@@ -1,33 +1,29 @@
 //! Runs each command: builds the request, calls the orchestrator, prints the answer in the
 //! chosen format. Every failure becomes a [`CliError`] sentence.
 
-use std::{collections::HashMap, io::Write, process::ExitCode, time::Duration};
+use std::{collections::HashMap, io::Write, process::ExitCode};
 
 use serde::Serialize;
 use stowage_grpc::{GrpcError, TracedChannel};
-use stowage_proto::v1::{self, BackupPhase, RestorePhase, orchestrator_client::OrchestratorClient};
-use tokio_util::sync::CancellationToken;
+use stowage_proto::v1::{self, orchestrator_client::OrchestratorClient};
 
 use crate::{
     BackupCommand, BackupCreate, Cli, Command, Format, RepoCommand, RestoreCommand, RestoreCreate,
     error::{Call, CliError, from_status, root_cause},
-    parse, render,
+    follow, parse, render,
     view::{self, BackupView, RestoreView},
-    watch::{Display, Snapshot},
 };
 
 type Client = OrchestratorClient<TracedChannel>;
 
-/// How often `--wait` asks for the state when the server cannot stream it.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-struct Session {
-    client: Client,
-    server: String,
+/// The connection to the orchestrator, and its address for error sentences.
+pub struct Session {
+    pub client: Client,
+    pub server: String,
 }
 
 impl Session {
-    fn fail(&self, status: tonic::Status, call: &Call) -> CliError {
+    pub fn fail(&self, status: tonic::Status, call: &Call) -> CliError {
         from_status(&status, call, &self.server)
     }
 }
@@ -121,7 +117,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
-async fn get_backup(session: &mut Session, name: &str) -> Result<v1::Backup, CliError> {
+pub async fn get_backup(session: &mut Session, name: &str) -> Result<v1::Backup, CliError> {
     let call = Call::new("GetBackup", "backup", name, "getting");
     session
         .client
@@ -272,7 +268,7 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
              Waiting for the backup to complete. You may safely press ctrl-c to stop waiting - your backup will continue in the background.\n"
         ))?;
     }
-    let Some(finished) = wait_for_backup(session, created, output.is_some()).await? else {
+    let Some(finished) = follow::follow_backup(session, created, output.is_some()).await? else {
         return Ok(interrupted("backup", &name));
     };
     let view = BackupView::from(&finished);
@@ -318,148 +314,7 @@ fn interrupted(kind: &str, name: &str) -> ExitCode {
     ExitCode::from(130)
 }
 
-fn backup_snapshot(backup: &v1::Backup) -> Snapshot {
-    let status = backup.status.clone().unwrap_or_default();
-    let progress = status.progress.unwrap_or_default();
-    Snapshot {
-        kind: "backup",
-        name: backup.name.clone(),
-        phase: view::backup_phase(status.phase),
-        volumes_total: status.volumes_total,
-        volumes_completed: status.volumes_completed,
-        volumes_failed: status.volumes_failed,
-        bytes_done: progress.bytes_done,
-        bytes_total: progress.bytes_total,
-    }
-}
-
-fn backup_ended(backup: &v1::Backup) -> bool {
-    let phase = backup.status.as_ref().map(|status| status.phase);
-    matches!(
-        phase.and_then(|phase| BackupPhase::try_from(phase).ok()),
-        Some(
-            BackupPhase::Completed
-                | BackupPhase::PartiallyFailed
-                | BackupPhase::Failed
-                | BackupPhase::Cancelled
-                | BackupPhase::Deleting
-        )
-    )
-}
-
-fn restore_snapshot(restore: &v1::Restore) -> Snapshot {
-    let status = restore.status.clone().unwrap_or_default();
-    let progress = status.progress.unwrap_or_default();
-    Snapshot {
-        kind: "restore",
-        name: restore.name.clone(),
-        phase: view::restore_phase(status.phase),
-        volumes_total: status.volumes_total,
-        volumes_completed: status.volumes_completed,
-        volumes_failed: status.volumes_failed,
-        bytes_done: progress.bytes_done,
-        bytes_total: progress.bytes_total,
-    }
-}
-
-fn restore_ended(restore: &v1::Restore) -> bool {
-    let phase = restore.status.as_ref().map(|status| status.phase);
-    matches!(
-        phase.and_then(|phase| RestorePhase::try_from(phase).ok()),
-        Some(RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed)
-    )
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM, so waiting stops cleanly (the bar is left as
-/// drawn and the user is told the operation continues).
-fn interrupt_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    stowage_grpc::cancel_on_signal(token.clone());
-    token
-}
-
-/// Follows a backup through WatchBackup until it ends; falls back to polling GetBackup when
-/// the server cannot stream, and re-reads the state when a stream ends early. `None` when
-/// the user interrupted.
-async fn wait_for_backup(
-    session: &mut Session,
-    created: v1::Backup,
-    progress_to_stderr: bool,
-) -> Result<Option<v1::Backup>, CliError> {
-    let name = created.name.clone();
-    let token = interrupt_token();
-    let mut display = Display::new(progress_to_stderr);
-    display.show(&backup_snapshot(&created));
-    let mut latest = created;
-    let mut streaming = true;
-    let result = loop {
-        if backup_ended(&latest) {
-            break Ok(Some(latest));
-        }
-        if streaming {
-            let call = Call::new("WatchBackup", "backup", &name, "watching");
-            let opened = tokio::select! {
-                _ = token.cancelled() => break Ok(None),
-                opened = session.client.watch_backup(v1::WatchBackupRequest { name: name.clone() }) => opened,
-            };
-            match opened {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        let message = tokio::select! {
-                            _ = token.cancelled() => None,
-                            message = stream.message() => Some(message),
-                        };
-                        match message {
-                            None => break,
-                            Some(Ok(Some(event))) => {
-                                if let Some(backup) = event.backup {
-                                    display.show(&backup_snapshot(&backup));
-                                    latest = backup;
-                                    if backup_ended(&latest) {
-                                        break;
-                                    }
-                                }
-                            }
-                            Some(Ok(None)) => break,
-                            Some(Err(status)) => {
-                                display.abandon();
-                                return Err(session.fail(status, &call));
-                            }
-                        }
-                    }
-                    if token.is_cancelled() {
-                        break Ok(None);
-                    }
-                }
-                Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
-                Err(status) => {
-                    display.abandon();
-                    return Err(session.fail(status, &call));
-                }
-            }
-        } else {
-            tokio::select! {
-                _ = token.cancelled() => break Ok(None),
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            }
-        }
-        if backup_ended(&latest) {
-            continue;
-        }
-        // The stream ended early (or we poll): ask for the state once before going on.
-        latest = get_backup(session, &name).await?;
-        display.show(&backup_snapshot(&latest));
-    };
-    match &result {
-        Ok(Some(_)) => display.finish(),
-        _ => display.abandon(),
-    }
-    token.cancel();
-    result
-}
-
-async fn get_restore(session: &mut Session, name: &str) -> Result<v1::Restore, CliError> {
+pub async fn get_restore(session: &mut Session, name: &str) -> Result<v1::Restore, CliError> {
     let call = Call::new("GetRestore", "restore", name, "getting");
     session
         .client
@@ -469,84 +324,6 @@ async fn get_restore(session: &mut Session, name: &str) -> Result<v1::Restore, C
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| session.fail(status, &call))
-}
-
-/// [`wait_for_backup`] for restores.
-async fn wait_for_restore(
-    session: &mut Session,
-    created: v1::Restore,
-    progress_to_stderr: bool,
-) -> Result<Option<v1::Restore>, CliError> {
-    let name = created.name.clone();
-    let token = interrupt_token();
-    let mut display = Display::new(progress_to_stderr);
-    display.show(&restore_snapshot(&created));
-    let mut latest = created;
-    let mut streaming = true;
-    let result = loop {
-        if restore_ended(&latest) {
-            break Ok(Some(latest));
-        }
-        if streaming {
-            let call = Call::new("WatchRestore", "restore", &name, "watching");
-            let opened = tokio::select! {
-                _ = token.cancelled() => break Ok(None),
-                opened = session.client.watch_restore(v1::WatchRestoreRequest { name: name.clone() }) => opened,
-            };
-            match opened {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        let message = tokio::select! {
-                            _ = token.cancelled() => None,
-                            message = stream.message() => Some(message),
-                        };
-                        match message {
-                            None => break,
-                            Some(Ok(Some(event))) => {
-                                if let Some(restore) = event.restore {
-                                    display.show(&restore_snapshot(&restore));
-                                    latest = restore;
-                                    if restore_ended(&latest) {
-                                        break;
-                                    }
-                                }
-                            }
-                            Some(Ok(None)) => break,
-                            Some(Err(status)) => {
-                                display.abandon();
-                                return Err(session.fail(status, &call));
-                            }
-                        }
-                    }
-                    if token.is_cancelled() {
-                        break Ok(None);
-                    }
-                }
-                Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
-                Err(status) => {
-                    display.abandon();
-                    return Err(session.fail(status, &call));
-                }
-            }
-        } else {
-            tokio::select! {
-                _ = token.cancelled() => break Ok(None),
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            }
-        }
-        if restore_ended(&latest) {
-            continue;
-        }
-        latest = get_restore(session, &name).await?;
-        display.show(&restore_snapshot(&latest));
-    };
-    match &result {
-        Ok(Some(_)) => display.finish(),
-        _ => display.abandon(),
-    }
-    token.cancel();
-    result
 }
 
 async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitCode, CliError> {
@@ -656,7 +433,7 @@ async fn create_restore(
              Waiting for the restore to complete. You may safely press ctrl-c to stop waiting - your restore will continue in the background.\n"
         ))?;
     }
-    let Some(finished) = wait_for_restore(session, created, output.is_some()).await? else {
+    let Some(finished) = follow::follow_restore(session, created, output.is_some()).await? else {
         return Ok(interrupted("restore", &name));
     };
     let view = RestoreView::from(&finished);

@@ -4,6 +4,7 @@
 
 mod commands;
 mod error;
+mod follow;
 mod parse;
 mod render;
 mod table;

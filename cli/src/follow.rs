@@ -1,0 +1,357 @@
+//! `--wait`: following a backup or restore until it ends. One loop serves both: it reads the
+//! Watch stream, falls back to polling Get when the server cannot stream, re-reads the state
+//! when a stream ends early, and stops on Ctrl-C/SIGTERM (the operation goes on in the server).
+
+use std::time::Duration;
+
+use stowage_proto::v1::{self, BackupPhase, RestorePhase};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    commands::Session,
+    error::{Call, CliError},
+    view,
+    watch::{Display, Snapshot},
+};
+
+/// How long to wait before asking again when the server cannot stream, or a stream ended
+/// before the operation did.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The operation being followed, as last seen.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    Backup(v1::Backup),
+    Restore(v1::Restore),
+}
+
+impl Followed {
+    fn kind(&self) -> &'static str {
+        match self {
+            Followed::Backup(_) => "backup",
+            Followed::Restore(_) => "restore",
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Followed::Backup(backup) => &backup.name,
+            Followed::Restore(restore) => &restore.name,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let (phase, status) = match self {
+            Followed::Backup(backup) => {
+                let status = backup.status.clone().unwrap_or_default();
+                (
+                    view::backup_phase(status.phase),
+                    (
+                        status.volumes_total,
+                        status.volumes_completed,
+                        status.volumes_failed,
+                        status.progress.unwrap_or_default(),
+                    ),
+                )
+            }
+            Followed::Restore(restore) => {
+                let status = restore.status.clone().unwrap_or_default();
+                (
+                    view::restore_phase(status.phase),
+                    (
+                        status.volumes_total,
+                        status.volumes_completed,
+                        status.volumes_failed,
+                        status.progress.unwrap_or_default(),
+                    ),
+                )
+            }
+        };
+        let (volumes_total, volumes_completed, volumes_failed, progress) = status;
+        Snapshot {
+            kind: self.kind(),
+            name: self.name().to_string(),
+            phase,
+            volumes_total,
+            volumes_completed,
+            volumes_failed,
+            bytes_done: progress.bytes_done,
+            bytes_total: progress.bytes_total,
+        }
+    }
+
+    /// Whether the operation reached a phase it does not leave.
+    pub fn ended(&self) -> bool {
+        match self {
+            Followed::Backup(backup) => matches!(
+                backup
+                    .status
+                    .as_ref()
+                    .and_then(|status| BackupPhase::try_from(status.phase).ok()),
+                Some(
+                    BackupPhase::Completed
+                        | BackupPhase::PartiallyFailed
+                        | BackupPhase::Failed
+                        | BackupPhase::Cancelled
+                        | BackupPhase::Deleting
+                )
+            ),
+            Followed::Restore(restore) => matches!(
+                restore
+                    .status
+                    .as_ref()
+                    .and_then(|status| RestorePhase::try_from(status.phase).ok()),
+                Some(
+                    RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed
+                )
+            ),
+        }
+    }
+}
+
+/// A Watch stream of either kind.
+enum Events {
+    Backup(tonic::Streaming<v1::BackupEvent>),
+    Restore(tonic::Streaming<v1::RestoreEvent>),
+}
+
+impl Events {
+    /// The next state; `Ok(None)` when the stream ended.
+    async fn next(&mut self) -> Result<Option<Option<Followed>>, tonic::Status> {
+        Ok(match self {
+            Events::Backup(stream) => stream
+                .message()
+                .await?
+                .map(|event| event.backup.map(Followed::Backup)),
+            Events::Restore(stream) => stream
+                .message()
+                .await?
+                .map(|event| event.restore.map(Followed::Restore)),
+        })
+    }
+}
+
+fn watch_call(followed: &Followed) -> Call {
+    match followed {
+        Followed::Backup(_) => Call::new("WatchBackup", "backup", followed.name(), "watching"),
+        Followed::Restore(_) => Call::new("WatchRestore", "restore", followed.name(), "watching"),
+    }
+}
+
+async fn open(session: &mut Session, followed: &Followed) -> Result<Events, tonic::Status> {
+    let name = followed.name().to_string();
+    Ok(match followed {
+        Followed::Backup(_) => Events::Backup(
+            session
+                .client
+                .watch_backup(v1::WatchBackupRequest { name })
+                .await?
+                .into_inner(),
+        ),
+        Followed::Restore(_) => Events::Restore(
+            session
+                .client
+                .watch_restore(v1::WatchRestoreRequest { name })
+                .await?
+                .into_inner(),
+        ),
+    })
+}
+
+async fn refresh(session: &mut Session, followed: &Followed) -> Result<Followed, CliError> {
+    Ok(match followed {
+        Followed::Backup(_) => {
+            Followed::Backup(crate::commands::get_backup(session, followed.name()).await?)
+        }
+        Followed::Restore(_) => {
+            Followed::Restore(crate::commands::get_restore(session, followed.name()).await?)
+        }
+    })
+}
+
+/// [`follow`] for a backup; `None` when the user interrupted.
+pub async fn follow_backup(
+    session: &mut Session,
+    created: v1::Backup,
+    progress_to_stderr: bool,
+) -> Result<Option<v1::Backup>, CliError> {
+    // The loop only replaces the state with one of the same kind.
+    Ok(
+        match follow(session, Followed::Backup(created), progress_to_stderr).await? {
+            Some(Followed::Backup(backup)) => Some(backup),
+            Some(Followed::Restore(_)) | None => None,
+        },
+    )
+}
+
+/// [`follow`] for a restore; `None` when the user interrupted.
+pub async fn follow_restore(
+    session: &mut Session,
+    created: v1::Restore,
+    progress_to_stderr: bool,
+) -> Result<Option<v1::Restore>, CliError> {
+    Ok(
+        match follow(session, Followed::Restore(created), progress_to_stderr).await? {
+            Some(Followed::Restore(restore)) => Some(restore),
+            Some(Followed::Backup(_)) | None => None,
+        },
+    )
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn interrupt_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    stowage_grpc::cancel_on_signal(token.clone());
+    token
+}
+
+/// Follows `created` until it ends, showing progress on stdout (stderr when stdout carries
+/// `-o json|yaml`). `None` when the user interrupted.
+async fn follow(
+    session: &mut Session,
+    created: Followed,
+    progress_to_stderr: bool,
+) -> Result<Option<Followed>, CliError> {
+    let token = interrupt_token();
+    let mut display = Display::new(progress_to_stderr);
+    let result = follow_with(session, created, &mut display, &token).await;
+    match &result {
+        Ok(Some(_)) => display.finish(),
+        _ => display.abandon(),
+    }
+    // Stops the signal task.
+    token.cancel();
+    result
+}
+
+async fn follow_with(
+    session: &mut Session,
+    created: Followed,
+    display: &mut Display,
+    token: &CancellationToken,
+) -> Result<Option<Followed>, CliError> {
+    display.show(&created.snapshot());
+    let mut latest = created;
+    let mut streaming = true;
+    loop {
+        if latest.ended() {
+            return Ok(Some(latest));
+        }
+        if streaming {
+            let call = watch_call(&latest);
+            let opened = tokio::select! {
+                _ = token.cancelled() => return Ok(None),
+                opened = open(session, &latest) => opened,
+            };
+            match opened {
+                Ok(mut events) => loop {
+                    let next = tokio::select! {
+                        _ = token.cancelled() => return Ok(None),
+                        next = events.next() => next,
+                    };
+                    match next {
+                        Ok(Some(Some(state))) => {
+                            display.show(&state.snapshot());
+                            latest = state;
+                            if latest.ended() {
+                                return Ok(Some(latest));
+                            }
+                        }
+                        // An event without a body says nothing; keep reading.
+                        Ok(Some(None)) => {}
+                        Ok(None) => break,
+                        Err(status) => return Err(session.fail(status, &call)),
+                    }
+                },
+                Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
+                Err(status) => return Err(session.fail(status, &call)),
+            }
+        }
+        // Polling, or the stream ended before the operation did: ask again after a pause.
+        tokio::select! {
+            _ = token.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+        latest = refresh(session, &latest).await?;
+        display.show(&latest.snapshot());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backup(phase: BackupPhase) -> Followed {
+        Followed::Backup(v1::Backup {
+            name: "b".into(),
+            status: Some(v1::BackupStatus {
+                phase: phase as i32,
+                volumes_total: 2,
+                volumes_completed: 1,
+                progress: Some(v1::Progress {
+                    bytes_done: 5,
+                    bytes_total: 10,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn backups_end_in_terminal_phases_only() {
+        for phase in [BackupPhase::New, BackupPhase::InProgress] {
+            assert!(!backup(phase).ended(), "{phase:?}");
+        }
+        for phase in [
+            BackupPhase::Completed,
+            BackupPhase::PartiallyFailed,
+            BackupPhase::Failed,
+            BackupPhase::Cancelled,
+            BackupPhase::Deleting,
+        ] {
+            assert!(backup(phase).ended(), "{phase:?}");
+        }
+        let unknown = Followed::Backup(v1::Backup {
+            status: Some(v1::BackupStatus {
+                phase: 99,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(!unknown.ended());
+    }
+
+    #[test]
+    fn restores_end_in_terminal_phases_only() {
+        let restore = |phase: RestorePhase| {
+            Followed::Restore(v1::Restore {
+                status: Some(v1::RestoreStatus {
+                    phase: phase as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        assert!(!restore(RestorePhase::InProgress).ended());
+        assert!(restore(RestorePhase::PartiallyFailed).ended());
+        assert!(restore(RestorePhase::Completed).ended());
+    }
+
+    #[test]
+    fn snapshots_carry_phase_counts_and_bytes() {
+        let snapshot = backup(BackupPhase::InProgress).snapshot();
+        assert_eq!(snapshot.kind, "backup");
+        assert_eq!(snapshot.phase, "InProgress");
+        assert_eq!(
+            (
+                snapshot.volumes_total,
+                snapshot.volumes_completed,
+                snapshot.bytes_done,
+                snapshot.bytes_total
+            ),
+            (2, 1, 5, 10)
+        );
+    }
+}
