@@ -156,6 +156,19 @@ impl Stack {
     /// configuration.
     pub async fn restart_orchestrator(&mut self) {
         self.orchestrator.process.kill();
+        self.start_orchestrator_again().await;
+    }
+
+    /// Stops the orchestrator with SIGTERM (as Kubernetes does on a rollout), waits for it to
+    /// exit, and starts a new one with the same configuration.
+    pub async fn restart_orchestrator_gracefully(&mut self) {
+        self.orchestrator
+            .process
+            .stop(std::time::Duration::from_secs(30));
+        self.start_orchestrator_again().await;
+    }
+
+    async fn start_orchestrator_again(&mut self) {
         self.orchestrator = start_orchestrator(
             &self.options,
             &self.repo_manager,

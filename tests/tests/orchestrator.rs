@@ -1152,3 +1152,26 @@ async fn restoring_over_an_existing_pod_fails_its_volumes_with_why() {
         status.volumes[0].error_message
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_backup_records_the_running_volumes_failed() {
+    let (mut stack, _wrapper) = stack_with_slow_backups().await;
+    let mut client = stack.client().await;
+    start_and_wait_in_progress(&mut client, "rollout", foo_spec()).await;
+    drop(client);
+    stack.restart_orchestrator_gracefully().await;
+    let mut client = stack.client().await;
+    let backup = client
+        .get_backup(GetBackupRequest {
+            name: "rollout".into(),
+        })
+        .await
+        .expect("the backup survives the rollout")
+        .into_inner();
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(
+        status.volumes[0].error_message, "the orchestrator shut down",
+        "{status:#?}"
+    );
+}
