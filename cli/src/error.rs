@@ -35,6 +35,15 @@ pub enum CliError {
         phase: String,
         reason: String,
     },
+    #[error(
+        "lost the connection to the stowage server at {server} while waiting ({cause}); the {kind} may still be running: see `stowage {kind} describe {name}`"
+    )]
+    ConnectionLost {
+        server: String,
+        kind: &'static str,
+        name: String,
+        cause: String,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("writing the output: {0}")]

@@ -2,14 +2,14 @@
 //! Watch stream, falls back to polling Get when the server cannot stream, re-reads the state
 //! when a stream ends early, and stops on Ctrl-C/SIGTERM (the operation goes on in the server).
 
-use std::time::Duration;
+use std::{error::Error as _, time::Duration};
 
 use stowage_proto::v1::{self, BackupPhase, RestorePhase};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     commands::Session,
-    error::{Call, CliError},
+    error::{Call, CliError, root_cause},
     view,
     watch::{Display, Snapshot},
 };
@@ -260,6 +260,16 @@ async fn follow_with(
                         // An event without a body says nothing; keep reading.
                         Ok(Some(None)) => {}
                         Ok(None) => break,
+                        // A transport failure of this client (the server went away): the
+                        // operation itself is not known to have failed.
+                        Err(status) if status.source().is_some() => {
+                            return Err(CliError::ConnectionLost {
+                                server: session.server.clone(),
+                                kind: latest.kind(),
+                                name: latest.name().to_string(),
+                                cause: root_cause(&status),
+                            });
+                        }
                         Err(status) => return Err(session.fail(status, &call)),
                     }
                 },

@@ -865,3 +865,26 @@ async fn interrupting_wait_leaves_the_backup_running() {
     let backup: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
     assert_eq!(backup["status"]["phase"], "InProgress", "{backup}");
 }
+
+/// The orchestrator going away while `--wait` follows a backup: non-zero, one sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lost_while_waiting_is_one_sentence() {
+    let (mut stack, _wrapper) = stack_with_slow_backups().await;
+    let server = stack.orchestrator.url.clone();
+    let waiting = start_waiting_backup(&server, "orphaned");
+    wait_until_running(&stack, "orphaned").await;
+    stack.orchestrator.process.kill();
+    let output = finish(waiting, Duration::from_secs(30)).await;
+    let sentence = one_sentence_failure(&output);
+    assert!(
+        sentence.starts_with(&format!(
+            "Error: lost the connection to the stowage server at {server} while waiting ("
+        )),
+        "{sentence}"
+    );
+    assert!(
+        sentence
+            .ends_with("the backup may still be running: see `stowage backup describe orphaned`"),
+        "{sentence}"
+    );
+}
