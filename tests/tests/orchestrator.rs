@@ -333,6 +333,9 @@ async fn annotated_volumes_back_up_and_restore_identically() {
         .output()
         .unwrap();
     assert!(helper.status.success(), "{helper:?}");
+    // A clean run leaves nothing to warn about (a failed mirror write would be a warning).
+    let log = stack.orchestrator.process.log();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
     patch_pod(
         &kube,
         "foo",
