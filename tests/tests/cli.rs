@@ -888,3 +888,44 @@ async fn server_lost_while_waiting_is_one_sentence() {
         "{sentence}"
     );
 }
+
+/// On a terminal `--wait` draws a spinner/bar (not the plain lines), and the summary after it
+/// starts on its own line. The terminal is a pseudo-terminal from util-linux `script`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_on_a_terminal_draws_a_progress_display() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = orchestrator(dir.path()).await;
+    let command = format!(
+        "{} --server {} backup create on-tty --wait",
+        binary("stowage").display(),
+        server.url
+    );
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("STOWAGE_SERVER")
+        .env_remove("STOWAGE_OUTPUT")
+        .output()
+        .expect("running stowage under `script` (util-linux)");
+    // The backup fails at once (no Kubernetes API), so the exit code is non-zero.
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("backup on-tty: Failed 0/0 volumes"),
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("backup on-tty: Failed, 0/0 volumes done"),
+        "plain lines on a terminal: {text:?}"
+    );
+    // Lines as the terminal shows them: the last redraw of each line wins.
+    let shown: Vec<&str> = text
+        .split("\r\n")
+        .map(|line| line.rsplit(['\r']).next().unwrap_or(line))
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|line| line.starts_with("Backup completed with status: Failed.")),
+        "{shown:?}"
+    );
+}
