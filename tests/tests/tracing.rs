@@ -109,4 +109,34 @@ async fn one_backup_call_is_one_trace_across_all_services() {
             server_span.parent_span_id
         );
     }
+
+    // The orchestrator's span of the volume carries what an operator searches by.
+    let spans = collector
+        .wait_for(Duration::from_secs(30), |spans| {
+            spans.iter().any(|span| {
+                span.trace_id == trace_id
+                    && span.service_name == "stowage-orchestrator"
+                    && span.name == "backup_volume"
+            })
+        })
+        .await;
+    let volume_span = spans
+        .iter()
+        .find(|span| span.trace_id == trace_id && span.name == "backup_volume")
+        .expect("the orchestrator's backup_volume span");
+    for (key, value) in [
+        ("backup", "traced"),
+        ("namespace", "foo"),
+        ("pod", "sample"),
+        ("volume", "emptydir-volume"),
+        ("node", "node-a"),
+    ] {
+        assert_eq!(volume_span.attribute(key), Some(value), "{key}");
+    }
+    let snapshot = volume_span.attribute("snapshot_id").unwrap_or_default();
+    assert!(
+        !snapshot.is_empty() && snapshot.chars().all(|c| c.is_ascii_hexdigit()),
+        "snapshot id {snapshot:?}"
+    );
+    assert!(volume_span.attribute("bytes").is_some());
 }
