@@ -549,6 +549,28 @@ async fn backup_and_restore_journey_through_the_cli() {
         "{text}"
     );
 
+    let restores = stowage(&server, &["restore", "get"]);
+    assert!(restores.status.success(), "{}", stderr(&restores));
+    let text = stdout(&restores);
+    for name in ["demo-restore", "copy"] {
+        assert_eq!(
+            row(&text, name)[1..4],
+            ["demo", "Completed", "2/2"],
+            "{text}"
+        );
+    }
+    let restore_logs = stowage(&server, &["restore", "logs", "copy", "-o", "json"]);
+    assert!(restore_logs.status.success(), "{}", stderr(&restore_logs));
+    let lines: serde_json::Value = serde_json::from_slice(&restore_logs.stdout).unwrap();
+    assert!(
+        lines
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("bar/sample")))),
+        "{lines}"
+    );
+
     // The backup's log lines: `<RFC 3339 time> <LEVEL> <message>`.
     let logs = stowage(&server, &["backup", "logs", "demo"]);
     assert!(logs.status.success(), "{}", stderr(&logs));
