@@ -1,23 +1,32 @@
 //! The parts every stowage gRPC server and client share, so a service's `main` only names its
 //! own API: a router that already serves `grpc.health.v1` and server reflection and opens a
 //! span per request, serving until a cancellation token fires, SIGTERM/SIGINT handling, and
-//! client channels that propagate the trace context.
+//! client channels that propagate the trace context. Every server also counts its requests
+//! (`stowage-metrics`) and admits callers by the policy of [`security`] (mTLS identities,
+//! bearer tokens), which is open in plaintext mode.
+
+pub mod security;
 
 use std::{net::SocketAddr, time::Duration};
 
+use security::AuthLayer;
+pub use security::{SecurityError, ServerSecurity, TlsArgs};
+use stowage_metrics::grpc::GrpcMetricsLayer;
 use stowage_telemetry::propagation::{InjectTraceContext, ServerTraceLayer};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
-    transport::{Channel, Endpoint, Server, server::Router},
+    transport::{Channel, ClientTlsConfig, Endpoint, Server, server::Router},
 };
 use tower::layer::util::{Identity, Stack};
 
 /// A client channel that sends the caller's trace context with every request.
 pub type TracedChannel = InjectTraceContext<Channel>;
 
-/// A server router whose every request runs in a `grpc.server` span.
-pub type TracedRouter = Router<Stack<ServerTraceLayer, Identity>>;
+/// A server router whose every request runs in a `grpc.server` span, is counted in the
+/// process's metrics, and is admitted by the caller policy (outermost first).
+pub type TracedRouter =
+    Router<Stack<AuthLayer, Stack<GrpcMetricsLayer, Stack<ServerTraceLayer, Identity>>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -43,11 +52,22 @@ pub enum GrpcError {
     },
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error("configuring TLS: {0}")]
+    Tls(tonic::transport::Error),
 }
 
-/// A router serving health (with `S` reported SERVING) and reflection for the stowage.v1
-/// contracts; add the service itself with `add_service`.
+/// A plaintext router serving health (with `S` reported SERVING) and reflection for the
+/// stowage.v1 contracts, admitting every caller; add the service itself with `add_service`.
 pub async fn router_for<S: NamedService>() -> Result<TracedRouter, GrpcError> {
+    secured_router_for::<S>(&ServerSecurity::plaintext()).await
+}
+
+/// [`router_for`] with the TLS and caller policy of `security` (from [`TlsArgs::server`]).
+pub async fn secured_router_for<S: NamedService>(
+    security: &ServerSecurity,
+) -> Result<TracedRouter, GrpcError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<S>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -59,8 +79,14 @@ pub async fn router_for<S: NamedService>() -> Result<TracedRouter, GrpcError> {
         .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    Ok(Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = &security.tls {
+        server = server.tls_config(tls.clone()).map_err(GrpcError::Tls)?;
+    }
+    Ok(server
         .layer(ServerTraceLayer)
+        .layer(GrpcMetricsLayer::global())
+        .layer(AuthLayer::new(security.policy.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
@@ -113,29 +139,57 @@ pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()>
     })
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, GrpcError> {
-    Endpoint::from_shared(address.to_string())
-        .map(|endpoint| {
-            endpoint
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_keepalive(Some(Duration::from_secs(30)))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-        })
-        .map_err(|source| GrpcError::InvalidEndpoint {
-            endpoint: address.to_string(),
-            source,
-        })
+fn endpoint(address: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, GrpcError> {
+    let invalid = |source| GrpcError::InvalidEndpoint {
+        endpoint: address.to_string(),
+        source,
+    };
+    // Peers are configured (and discovered) as http:// URLs; with TLS on, the same address is
+    // dialled with TLS, so no URL anywhere has to change when a cluster turns mTLS on.
+    let uri = match (&tls, address.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => address.to_string(),
+    };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(invalid)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    match tls {
+        Some(tls) => endpoint.tls_config(tls).map_err(invalid),
+        None => Ok(endpoint),
+    }
 }
 
 /// A channel that connects on first use and reconnects after failures; for peers that may
-/// start later than the caller.
+/// start later than the caller. Uses the client TLS installed by
+/// [`TlsArgs::install_client_tls`], if any.
 pub fn connect_lazy(address: &str) -> Result<TracedChannel, GrpcError> {
-    Ok(InjectTraceContext::new(endpoint(address)?.connect_lazy()))
+    connect_lazy_with(address, security::installed_client_tls())
 }
 
-/// A channel connected now; fails fast when the peer is not there.
+/// [`connect_lazy`] with explicit client TLS (`None` = plaintext).
+pub fn connect_lazy_with(
+    address: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<TracedChannel, GrpcError> {
+    Ok(InjectTraceContext::new(
+        endpoint(address, tls)?.connect_lazy(),
+    ))
+}
+
+/// A channel connected now; fails fast when the peer is not there. Uses the installed
+/// client TLS, if any.
 pub async fn connect(address: &str) -> Result<TracedChannel, GrpcError> {
-    let channel = endpoint(address)?
+    connect_with(address, security::installed_client_tls()).await
+}
+
+/// [`connect`] with explicit client TLS (`None` = plaintext).
+pub async fn connect_with(
+    address: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<TracedChannel, GrpcError> {
+    let channel = endpoint(address, tls)?
         .connect()
         .await
         .map_err(|source| GrpcError::Connect {

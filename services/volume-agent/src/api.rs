@@ -3,6 +3,7 @@
 
 use std::{pin::Pin, time::Duration};
 
+use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
     AgentInfo, BackupVolumeEvent, BackupVolumeRequest, CancelOperationRequest,
     CancelOperationResponse, GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest,
@@ -44,16 +45,21 @@ impl AgentApi {
 
 /// Runs `work` once a slot is free, sending `queued` if it has to wait, and the result or the
 /// error as the last item. A caller that hangs up cancels the work, so no restic outlives it.
+/// The ending is counted in the agent's metrics (`bytes` records what a success moved).
 async fn drive<T, W, F>(
     handle: OperationHandle,
+    kind: OperationKind,
     tx: mpsc::Sender<Result<T, Status>>,
     queued: impl FnOnce(u32) -> T,
+    bytes: impl FnOnce(&stowage_metrics::agent::AgentMetrics, &W),
     result: impl FnOnce(W) -> T,
     work: F,
 ) where
     F: Future<Output = Result<W, AgentError>>,
 {
     let id = handle.id().to_string();
+    let accepted = std::time::Instant::now();
+    let metrics = handle.metrics().clone();
     let outcome = async {
         let queued_tx = tx.clone();
         let Some(_slot) = handle
@@ -86,6 +92,15 @@ async fn drive<T, W, F>(
             }
         }
     };
+    let phase = match &outcome {
+        Ok(_) => FinalPhase::Completed,
+        Err(AgentError::Cancelled(_)) => FinalPhase::Cancelled,
+        Err(_) => FinalPhase::Failed,
+    };
+    metrics.operation_ended(kind, phase, accepted.elapsed().as_secs_f64());
+    if let Ok(value) = &outcome {
+        bytes(&metrics, value);
+    }
     let item = match outcome {
         Ok(value) => Ok(result(value)),
         Err(AgentError::Cancelled(_)) => {
@@ -139,10 +154,12 @@ impl VolumeAgent for AgentApi {
         let progress_tx = tx.clone();
         let task = drive(
             handle,
+            OperationKind::backup,
             tx,
             |position| BackupVolumeEvent {
                 event: Some(backup_volume_event::Event::Queued(Queued { position })),
             },
+            |metrics, result| metrics.backed_up(result.bytes_total, result.bytes_added),
             |result| BackupVolumeEvent {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
@@ -190,10 +207,12 @@ impl VolumeAgent for AgentApi {
         let progress_tx = tx.clone();
         let task = drive(
             handle,
+            OperationKind::restore,
             tx,
             |position| RestoreVolumeEvent {
                 event: Some(restore_volume_event::Event::Queued(Queued { position })),
             },
+            |metrics, result| metrics.restored(result.bytes_restored),
             |result| RestoreVolumeEvent {
                 event: Some(restore_volume_event::Event::Result(result)),
             },

@@ -56,7 +56,15 @@ struct Config {
     shutdown_grace_seconds: u64,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
+    #[command(flatten)]
+    metrics: stowage_metrics::MetricsArgs,
+    #[command(flatten)]
+    tls: stowage_grpc::TlsArgs,
 }
+
+/// Who may call the agent when mTLS is on and --tls-allowed-clients is not given: the two
+/// services that drive it. Anyone else reaching the node could otherwise read any volume.
+const DEFAULT_ALLOWED_CLIENTS: &[&str] = &["stowage-orchestrator", "stowage-repo-manager"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -64,6 +72,13 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = config.log.init("stowage-volume-agent")?;
     let shutdown = CancellationToken::new();
     stowage_grpc::cancel_on_signal(shutdown.clone());
+    // Read the certificates before anything starts, so a bad mount fails the pod at once.
+    let security = config
+        .tls
+        .server_allowing(DEFAULT_ALLOWED_CLIENTS)
+        .context("TLS settings")?;
+    let metrics = stowage_metrics::agent::AgentMetrics::register(&mut stowage_metrics::registry());
+    let metrics_server = config.metrics.start(shutdown.clone()).await;
 
     let restic = Restic::new(&config.restic_binary, &config.scratch_dir)
         .with_stop_grace(Duration::from_secs(config.restic_stop_grace_seconds));
@@ -87,9 +102,9 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| config.node_name.clone()),
         limit_upload_kib: (config.upload_limit_kib > 0).then_some(config.upload_limit_kib),
     };
-    let operations = operations::Operations::new(config.max_concurrent, shutdown.clone());
+    let operations = operations::Operations::new(config.max_concurrent, shutdown.clone(), metrics);
     let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
-    let router = stowage_grpc::router_for::<VolumeAgentServer<api::AgentApi>>()
+    let router = stowage_grpc::secured_router_for::<VolumeAgentServer<api::AgentApi>>(&security)
         .await?
         .add_service(VolumeAgentServer::new(agent));
     tracing::info!(
@@ -97,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
         pods_root = %config.pods_root.display(),
         restic = %restic_version,
         max_concurrent = operations.max_concurrent(),
+        tls = security.is_tls(),
+        metrics = %config.metrics.metrics_listen,
         "volume agent starting"
     );
     let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
@@ -113,6 +130,9 @@ async fn main() -> anyhow::Result<()> {
     .is_err()
     {
         tracing::warn!("operations did not stop in time");
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
     }
     telemetry.shutdown();
     served

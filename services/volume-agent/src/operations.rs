@@ -1,12 +1,14 @@
 //! The agent's operation table: which backups and restores are queued or running, the slot
 //! limit that makes the rest wait, and the per-operation cancellation token that
-//! CancelOperation and agent shutdown fire.
+//! CancelOperation and agent shutdown fire. It publishes the running/queued counts as gauges
+//! whenever they change.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
+use stowage_metrics::agent::AgentMetrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -27,6 +29,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Entry>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    metrics: AgentMetrics,
 }
 
 struct Entry {
@@ -37,7 +40,7 @@ struct Entry {
 impl Operations {
     /// At most `max_concurrent` operations run at once (at least one). Every operation's
     /// token is a child of `shutdown`.
-    pub fn new(max_concurrent: u32, shutdown: CancellationToken) -> Self {
+    pub fn new(max_concurrent: u32, shutdown: CancellationToken, metrics: AgentMetrics) -> Self {
         let max_concurrent = max_concurrent.max(1);
         Operations {
             inner: Arc::new(Inner {
@@ -46,6 +49,7 @@ impl Operations {
                 entries: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
+                metrics,
             }),
         }
     }
@@ -73,6 +77,7 @@ impl Operations {
                 running: false,
             },
         );
+        self.publish(&entries);
         Ok(OperationHandle {
             id: id.to_string(),
             operations: self.clone(),
@@ -93,9 +98,18 @@ impl Operations {
 
     /// (running, queued)
     pub fn counts(&self) -> (u32, u32) {
-        let entries = self.lock();
-        let running = entries.values().filter(|e| e.running).count() as u32;
-        (running, entries.len() as u32 - running)
+        counts(&self.lock())
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.inner.metrics
+    }
+
+    /// Called with the lock held after every change, so the gauges never show a state the
+    /// table was not in.
+    fn publish(&self, entries: &HashMap<String, Entry>) {
+        let (running, queued) = counts(entries);
+        self.inner.metrics.set_queue(running, queued);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -105,6 +119,11 @@ impl Operations {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn counts(entries: &HashMap<String, Entry>) -> (u32, u32) {
+    let running = entries.values().filter(|e| e.running).count() as u32;
+    (running, entries.len() as u32 - running)
 }
 
 /// One registered operation; dropping it removes the entry and frees its slot.
@@ -117,6 +136,10 @@ pub struct OperationHandle {
 impl OperationHandle {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        self.operations.metrics()
     }
 
     /// Waits for a free slot. `on_queued(position)` is called once if it has to wait
@@ -135,16 +158,20 @@ impl OperationHandle {
                 }
             }
         };
-        if let Some(entry) = self.operations.lock().get_mut(&self.id) {
+        let mut entries = self.operations.lock();
+        if let Some(entry) = entries.get_mut(&self.id) {
             entry.running = true;
         }
+        self.operations.publish(&entries);
         Some(permit)
     }
 }
 
 impl Drop for OperationHandle {
     fn drop(&mut self) {
-        self.operations.lock().remove(&self.id);
+        let mut entries = self.operations.lock();
+        entries.remove(&self.id);
+        self.operations.publish(&entries);
     }
 }
 
@@ -152,9 +179,16 @@ impl Drop for OperationHandle {
 mod tests {
     use super::*;
 
+    fn metrics() -> (stowage_metrics::Registry, AgentMetrics) {
+        let mut registry = stowage_metrics::Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        (registry, metrics)
+    }
+
     #[tokio::test]
     async fn third_operation_queues_and_cancel_releases_it() {
-        let operations = Operations::new(2, CancellationToken::new());
+        let (registry, metrics) = metrics();
+        let operations = Operations::new(2, CancellationToken::new(), metrics);
         let a = operations.register("a").unwrap();
         let b = operations.register("b").unwrap();
         let c = operations.register("c").unwrap();
@@ -162,6 +196,12 @@ mod tests {
         let _pa = a.start(|_| panic!("a must not queue")).await.unwrap();
         let _pb = b.start(|_| panic!("b must not queue")).await.unwrap();
         assert_eq!(operations.counts(), (2, 1));
+        let text = stowage_metrics::encode(&registry);
+        assert!(
+            text.contains("stowage_agent_operations_running 2")
+                && text.contains("stowage_agent_operations_queued 1"),
+            "{text}"
+        );
         let mut queued_at = None;
         let cancel = operations.clone();
         let waiter = c.start(|position| {
@@ -172,11 +212,13 @@ mod tests {
         assert_eq!(queued_at, Some(1));
         drop(c);
         assert!(!operations.cancel("c"), "entry removed with its handle");
+        let text = stowage_metrics::encode(&registry);
+        assert!(text.contains("stowage_agent_operations_queued 0"), "{text}");
     }
 
     #[tokio::test]
     async fn finished_operation_frees_its_slot() {
-        let operations = Operations::new(1, CancellationToken::new());
+        let operations = Operations::new(1, CancellationToken::new(), metrics().1);
         let a = operations.register("a").unwrap();
         let permit = a.start(|_| {}).await.unwrap();
         drop(permit);
