@@ -26,11 +26,17 @@ async fn reflected_services(url: &str) -> Vec<String> {
         .await
         .unwrap()
         .into_inner();
-    let response = responses.next().await.expect("one reflection response").unwrap();
+    let response = responses
+        .next()
+        .await
+        .expect("one reflection response")
+        .unwrap();
     match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|service| service.name).collect()
-        }
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
         other => panic!("unexpected reflection response {other:?}"),
     }
 }
