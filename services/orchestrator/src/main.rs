@@ -185,9 +185,11 @@ async fn main() -> anyhow::Result<()> {
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
-    recovery::load(&deps)
-        .await
-        .context("reading the backups in the storage location")?;
+    // An unreachable store must not keep the API down: housekeeping picks the backups up
+    // once it answers.
+    if let Err(error) = recovery::load(&deps).await {
+        tracing::warn!(%error, "reading the backups in the storage location");
+    }
     tasks.spawn(recovery::housekeeping(
         deps.clone(),
         Duration::from_secs(config.housekeeping_interval_seconds.max(1)),

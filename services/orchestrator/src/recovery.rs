@@ -28,50 +28,6 @@ use crate::{
 pub const RESTARTED: &str = "orchestrator restarted";
 
 pub async fn load(deps: &Deps) -> Result<()> {
-    let Some(store) = &deps.store else {
-        return Ok(());
-    };
-    for (backup, logs) in store.load_backups().await? {
-        let name = backup.name.clone();
-        let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase));
-        let entry = Entry::new(backup, logs, CancellationToken::new());
-        if unfinished {
-            entry.update(|backup| {
-                let status = backup.status.get_or_insert_with(Default::default);
-                for volume in &mut status.volumes {
-                    let phase = VolumePhase::try_from(volume.phase).unwrap_or_default();
-                    if !matches!(
-                        phase,
-                        VolumePhase::Completed | VolumePhase::Failed | VolumePhase::Cancelled
-                    ) {
-                        volume.phase = VolumePhase::Failed as i32;
-                        volume.error_message = RESTARTED.to_string();
-                        volume.finished = Some(now());
-                    }
-                }
-                recount(status);
-                status.phase = if status.volumes_completed == 0 {
-                    BackupPhase::Failed
-                } else {
-                    BackupPhase::PartiallyFailed
-                } as i32;
-                status.failure_reason = RESTARTED.to_string();
-                status.finished = Some(now());
-            });
-            entry.log(
-                "error",
-                format!(
-                    "backup {name} was running when the {RESTARTED}; its unfinished volumes failed"
-                ),
-            );
-            persist(deps, &entry, None).await;
-            let backup = entry.get();
-            for volume in &backup.status.clone().unwrap_or_default().volumes {
-                mirror_volume(deps, &backup, volume).await;
-            }
-        }
-        deps.index.insert_backup(&name, entry);
-    }
     // Restores live in memory; their mirrors must not stay InProgress forever either.
     if let Some(cluster) = &deps.cluster {
         match mirror::fail_unfinished(cluster, MirrorKind::PodVolumeRestore, RESTARTED).await {
@@ -92,7 +48,63 @@ pub async fn load(deps: &Deps) -> Result<()> {
             Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
         }
     }
+    if let Some(store) = &deps.store {
+        for (backup, logs) in store.load_backups().await? {
+            adopt(deps, backup, logs).await;
+        }
+    }
     Ok(())
+}
+
+/// Puts a backup read from the store into the index. No task of this process runs it, so if it
+/// is unfinished (its orchestrator died), its unfinished volumes fail "orchestrator restarted"
+/// and that is written back.
+async fn adopt(
+    deps: &Deps,
+    backup: stowage_proto::v1::Backup,
+    logs: Vec<stowage_proto::v1::LogLine>,
+) {
+    let name = backup.name.clone();
+    // Velero's backups are read-only to stowage, whatever their phase.
+    let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase))
+        && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+    let entry = Entry::new(backup, logs, CancellationToken::new());
+    if unfinished {
+        entry.update(|backup| {
+            let status = backup.status.get_or_insert_with(Default::default);
+            for volume in &mut status.volumes {
+                let phase = VolumePhase::try_from(volume.phase).unwrap_or_default();
+                if !matches!(
+                    phase,
+                    VolumePhase::Completed | VolumePhase::Failed | VolumePhase::Cancelled
+                ) {
+                    volume.phase = VolumePhase::Failed as i32;
+                    volume.error_message = RESTARTED.to_string();
+                    volume.finished = Some(now());
+                }
+            }
+            recount(status);
+            status.phase = if status.volumes_completed == 0 {
+                BackupPhase::Failed
+            } else {
+                BackupPhase::PartiallyFailed
+            } as i32;
+            status.failure_reason = RESTARTED.to_string();
+            status.finished = Some(now());
+        });
+        entry.log(
+            "error",
+            format!(
+                "backup {name} was running when the {RESTARTED}; its unfinished volumes failed"
+            ),
+        );
+        persist(deps, &entry, None).await;
+        let backup = entry.get();
+        for volume in &backup.status.clone().unwrap_or_default().volumes {
+            mirror_volume(deps, &backup, volume).await;
+        }
+    }
+    deps.index.insert_backup(&name, entry);
 }
 
 fn timestamp(value: &Value) -> Option<prost_types::Timestamp> {
@@ -222,9 +234,7 @@ async fn sync_from_store(deps: &Deps) {
             for (backup, logs) in backups {
                 if deps.index.backup(&backup.name).is_none() {
                     tracing::info!(backup = %backup.name, "backup found in the object store");
-                    let name = backup.name.clone();
-                    deps.index
-                        .insert_backup(&name, Entry::new(backup, logs, CancellationToken::new()));
+                    adopt(deps, backup, logs).await;
                 }
             }
         }
