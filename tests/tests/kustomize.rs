@@ -550,10 +550,21 @@ fn only_the_orchestrator_may_call_the_agents_and_the_repo_manager() {
                 assert!(!rules.is_empty(), "{name}: an ingress rule");
                 for rule in rules {
                     let peers = array(&rule["from"]);
-                    assert!(
-                        !peers.is_empty(),
-                        "{name}: a rule without `from` admits everyone"
-                    );
+                    if peers.is_empty() {
+                        // Open to every caller: only the Prometheus scrape port may be.
+                        let ports = array(&rule["ports"]);
+                        assert!(
+                            !ports.is_empty() && ports.iter().all(|port| port["port"] == "metrics"),
+                            "{name}: a rule without `from` opens more than metrics: {rule}"
+                        );
+                        assert!(
+                            array(&containers(workload)[0]["ports"])
+                                .iter()
+                                .any(|port| port["name"] == "metrics"),
+                            "{name}: no metrics port to open"
+                        );
+                        continue;
+                    }
                     for peer in peers {
                         assert!(
                             peer.get("ipBlock").is_none()
@@ -562,7 +573,10 @@ fn only_the_orchestrator_may_call_the_agents_and_the_repo_manager() {
                             "{name}: peer other than the orchestrator: {peer}"
                         );
                     }
-                    let grpc_port = &array(&containers(workload)[0]["ports"])[0];
+                    let grpc_port = array(&containers(workload)[0]["ports"])
+                        .iter()
+                        .find(|port| port["name"] == "grpc")
+                        .expect("a grpc port");
                     for port in array(&rule["ports"]) {
                         assert!(
                             port["port"] == grpc_port["name"]
