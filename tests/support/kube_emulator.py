@@ -178,7 +178,12 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 meta.pop("uid", None)
                 meta.pop("creationTimestamp", None)
                 meta["resourceVersion"] = str(next(self._versions))
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            # kmock keeps every request and matches each new one by scanning that history, so
+            # a long run slows down quadratically; an API server needs none once answered.
+            self._requests[:] = [kept for kept in self._requests if kept is not request]
 
     async def _render_error(self, exc):
         # Clients branch on the machine-readable reason (`get_opt` treats only `NotFound` as
