@@ -3,9 +3,11 @@
 //! answer the gRPC health service. Each peer the tests need (restic repositories, the
 //! S3-compatible server, the Kubernetes API emulator, the OTLP collector) has its own module.
 
+pub mod agent;
 pub mod kube;
 pub mod kubelet;
 pub mod otlp;
+pub mod pki;
 pub mod s3;
 pub mod stack;
 pub mod velero_fixture;

@@ -1,0 +1,178 @@
+//! `/metrics` of the real binaries, scraped over HTTP after real backups and restores: the
+//! agent's operation counts by phase, durations, bytes, in-flight/queued gauges, and the gRPC
+//! request counts by method and status code. Names as documented in docs/metrics.md.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use stowage_e2e::agent::{AgentFixture, run_backup, run_restore, sample};
+use stowage_proto::v1::{CancelOperationRequest, PodVolumeRef};
+use tonic::Code;
+
+const OPERATIONS: &str = "stowage_agent_pod_volume_operations_total";
+
+fn grpc(method: &str, code: &str) -> String {
+    format!(
+        r#"stowage_grpc_server_requests_total{{grpc_service="stowage.v1.VolumeAgent",grpc_method="{method}",grpc_code="{code}"}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_metrics_count_backups_restores_bytes_and_grpc_calls() {
+    let fixture = AgentFixture::start(&[], &BTreeMap::new(), None).await;
+    let before = fixture.scrape().await;
+    assert_eq!(
+        sample(&before, "stowage_agent_operations_running"),
+        Some(0.0),
+        "gauges are exposed before any operation:\n{before}"
+    );
+    assert_eq!(
+        sample(&before, "stowage_agent_backup_bytes_total"),
+        Some(0.0)
+    );
+
+    let volume = fixture.pod_with_data("db-0", 300_000);
+    let mut client = fixture.client(None).await.expect("connecting");
+    let backup = run_backup(&mut client, fixture.backup_request("op-1", volume.clone()))
+        .await
+        .expect("backup");
+    let mut bad = volume.clone();
+    bad.pod_uid = "../etc".into();
+    let refused = run_backup(&mut client, fixture.backup_request("op-2", bad))
+        .await
+        .expect_err("a bad pod uid is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let target_uid = stowage_e2e::kubelet::new_pod_uid();
+    fixture.kubelet.pod(&target_uid).empty_dir("data");
+    let target = PodVolumeRef {
+        pod_uid: target_uid,
+        pod_name: "db-0-restored".into(),
+        ..volume.clone()
+    };
+    let restored = run_restore(
+        &mut client,
+        fixture.restore_request("op-3", target, &backup.snapshot_id),
+    )
+    .await
+    .expect("restore");
+
+    let text = fixture.scrape().await;
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    };
+    expect(
+        &format!(r#"{OPERATIONS}{{operation="backup",phase="Completed"}}"#),
+        1.0,
+    );
+    expect(
+        &format!(r#"{OPERATIONS}{{operation="restore",phase="Completed"}}"#),
+        1.0,
+    );
+    expect(
+        r#"stowage_agent_pod_volume_operation_duration_seconds_count{operation="backup",phase="Completed"}"#,
+        1.0,
+    );
+    // A request refused before it was accepted is not an operation.
+    assert!(
+        !text.contains(r#"operation="backup",phase="Failed""#),
+        "{text}"
+    );
+    assert!(backup.bytes_total >= 300_000, "{backup:?}");
+    expect(
+        "stowage_agent_backup_bytes_total",
+        backup.bytes_total as f64,
+    );
+    expect(
+        "stowage_agent_backup_added_bytes_total",
+        backup.bytes_added as f64,
+    );
+    expect(
+        "stowage_agent_restore_bytes_total",
+        restored.bytes_restored as f64,
+    );
+    expect("stowage_agent_operations_running", 0.0);
+    expect("stowage_agent_operations_queued", 0.0);
+    expect(&grpc("BackupVolume", "OK"), 1.0);
+    expect(&grpc("BackupVolume", "InvalidArgument"), 1.0);
+    expect(&grpc("RestoreVolume", "OK"), 1.0);
+    assert!(
+        text.contains(
+            r#"stowage_grpc_server_request_duration_seconds_count{grpc_service="stowage.v1.VolumeAgent",grpc_method="BackupVolume",grpc_code="OK"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+/// Polls the agent's metrics until `series` has `value`.
+async fn wait_for_sample(fixture: &AgentFixture, series: &str, value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fixture.scrape().await;
+        if sample(&text, series) == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never became {value}; last scrape:\n{text}\nagent log:\n{}",
+            fixture.agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_gauges_show_running_and_queued_operations_and_cancelled_ones_are_counted() {
+    // One slot and a slow upload, so the first backup runs long enough for the second to queue.
+    let args: Vec<String> = ["--max-concurrent", "1", "--upload-limit-kib", "256"]
+        .map(String::from)
+        .to_vec();
+    let fixture = AgentFixture::start(&args, &BTreeMap::new(), None).await;
+    let first = fixture.pod_with_data("db-0", 8 << 20);
+    let second = fixture.pod_with_data("db-1", 1000);
+    let client = fixture.client(None).await.expect("connecting");
+
+    let mut first_client = client.clone();
+    let first_request = fixture.backup_request("slow", first);
+    let first_run = tokio::spawn(async move { run_backup(&mut first_client, first_request).await });
+    wait_for_sample(&fixture, "stowage_agent_operations_running", 1.0).await;
+    let mut second_client = client.clone();
+    let second_request = fixture.backup_request("waiting", second);
+    let second_run =
+        tokio::spawn(async move { run_backup(&mut second_client, second_request).await });
+    wait_for_sample(&fixture, "stowage_agent_operations_queued", 1.0).await;
+
+    for id in ["waiting", "slow"] {
+        let cancelled = client
+            .clone()
+            .cancel_operation(CancelOperationRequest {
+                operation_id: id.into(),
+            })
+            .await
+            .expect("cancel")
+            .into_inner()
+            .cancelled;
+        assert!(cancelled, "{id} was known to the agent");
+    }
+    for run in [first_run, second_run] {
+        let status = run
+            .await
+            .expect("backup task")
+            .expect_err("cancelled backups fail");
+        assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    }
+    wait_for_sample(
+        &fixture,
+        &format!(r#"{OPERATIONS}{{operation="backup",phase="Cancelled"}}"#),
+        2.0,
+    )
+    .await;
+    let text = fixture.scrape().await;
+    assert_eq!(sample(&text, "stowage_agent_operations_running"), Some(0.0));
+    assert_eq!(sample(&text, "stowage_agent_operations_queued"), Some(0.0));
+    assert_eq!(sample(&text, "stowage_agent_backup_bytes_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, &grpc("BackupVolume", "Cancelled")),
+        Some(2.0),
+        "{text}"
+    );
+}
