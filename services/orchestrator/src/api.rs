@@ -379,3 +379,55 @@ impl Orchestrator for OrchestratorApi {
         Ok(Response::new(self.coverage(request.into_inner()).await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn phase_of(backup: &Backup) -> i32 {
+        backup.status.as_ref().map_or(0, |s| s.phase)
+    }
+
+    #[tokio::test]
+    async fn watch_streams_changes_and_ends_with_the_final_state() {
+        let (sender, receiver) = watch::channel(Backup::default());
+        let mut stream = watch_until(
+            receiver,
+            |b: &Backup| backup_is_final(phase_of(b)),
+            |backup| BackupEvent {
+                backup: Some(backup),
+            },
+        );
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(phase_of(first.backup.as_ref().unwrap()), 0);
+        for phase in [BackupPhase::InProgress, BackupPhase::Completed] {
+            sender.send_modify(|b| {
+                b.status.get_or_insert_with(Default::default).phase = phase as i32
+            });
+            let event = stream.next().await.unwrap().unwrap();
+            assert_eq!(phase_of(event.backup.as_ref().unwrap()), phase as i32);
+        }
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends after the final state"
+        );
+    }
+
+    #[test]
+    fn errors_map_to_their_grpc_codes() {
+        let status: Status = Error::BackupNotFound("x".into()).into();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert_eq!(status.message(), "backup `x` not found");
+        let status: Status = Error::NoAgent("node-b".into()).into();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let status: Status = Error::Rpc {
+            service: "repo-manager",
+            action: "forgetting".into(),
+            status: Status::not_found("no repository"),
+        }
+        .into();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(status.message().contains("no repository"));
+    }
+}
