@@ -13,12 +13,14 @@ Prints `listening on http://HOST:PORT` once it accepts connections.
 
 import argparse
 import asyncio
+import copy
 import datetime
 import itertools
 import signal
 import sys
 import uuid
 
+import aiohttp.web
 import attrs
 import kmock
 from kmock._internal import enums, parsing
@@ -155,7 +157,51 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 info.subresources = {"status"}
             KINDS[key.rsplit("/", 1)[1]] = (key.rsplit("/", 1)[0], kind)
 
+    async def _replace(self, request):
+        """PUT: kmock only merges (PATCH); the API server replaces the whole object (or only its
+        status for `/status`), keeping uid and creationTimestamp, and refuses a stale
+        resourceVersion with 409 Conflict."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            current = copy.deepcopy(self._objects[key].raw)
+            body = request.data if isinstance(request.data, dict) else {}
+            sent_version = (body.get("metadata") or {}).get("resourceVersion")
+            current_meta = current.get("metadata") or {}
+            if sent_version and sent_version != current_meta.get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message="the object has been modified; please apply your changes to the latest version and try again",
+                )
+            if request.subresource == "status":
+                replaced = current
+                replaced["status"] = body.get("status", {})
+            else:
+                replaced = copy.deepcopy(body)
+                if "status" not in replaced and "status" in current:
+                    replaced["status"] = current["status"]
+            meta = replaced.setdefault("metadata", {})
+            for field in ("uid", "creationTimestamp", "namespace", "name"):
+                if field in current_meta:
+                    meta[field] = current_meta[field]
+            meta["resourceVersion"] = str(next(self._versions))
+            replaced.setdefault("apiVersion", current.get("apiVersion"))
+            replaced.setdefault("kind", current.get("kind"))
+            self._objects[key].delete()
+            self._objects[key].create(replaced)
+            raw = self._objects[key].raw
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+        return aiohttp.web.json_response(raw)
+
     async def _handle(self, request):
+        if (
+            request.resource is not None
+            and request.name is not None
+            and str(request.method.value).upper() == "PUT"
+        ):
+            return await self._replace(request)
         # Fill in what the API server assigns before kmock stores the object.
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
@@ -188,7 +234,8 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
     async def _render_error(self, exc):
         # Clients branch on the machine-readable reason (`get_opt` treats only `NotFound` as
         # absent); kmock's reasons are prose, so map them to the API server's.
-        if isinstance(exc, kmock.KubernetesError) and exc.status in STATUS_REASONS:
+        prose = isinstance(exc, kmock.KubernetesError) and " " in (exc.reason or " ")
+        if prose and exc.status in STATUS_REASONS:
             exc = attrs.evolve(exc, reason=STATUS_REASONS[exc.status])
         return await super()._render_error(exc)
 
