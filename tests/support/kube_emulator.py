@@ -201,7 +201,10 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             and request.name is not None
             and str(request.method.value).upper() == "PUT"
         ):
-            return await self._replace(request)
+            try:
+                return await self._replace(request)
+            finally:
+                self._forget(request)
         # Fill in what the API server assigns before kmock stores the object.
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
@@ -227,9 +230,12 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
         try:
             return await super()._handle(request)
         finally:
-            # kmock keeps every request and matches each new one by scanning that history, so
-            # a long run slows down quadratically; an API server needs none once answered.
-            self._requests[:] = [kept for kept in self._requests if kept is not request]
+            self._forget(request)
+
+    def _forget(self, request):
+        # kmock keeps every request and matches each new one by scanning that history, so
+        # a long run slows down quadratically; an API server needs none once answered.
+        self._requests[:] = [kept for kept in self._requests if kept is not request]
 
     async def _render_error(self, exc):
         # Clients branch on the machine-readable reason (`get_opt` treats only `NotFound` as
