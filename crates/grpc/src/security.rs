@@ -144,6 +144,7 @@ impl TlsArgs {
         &self,
         default_clients: &[&str],
     ) -> Result<ServerSecurity, SecurityError> {
+        install_crypto_provider();
         let files = self.files()?;
         let tokens = self.tokens()?;
         let names: Vec<&str> = if self.tls_allowed_clients.is_empty() {
@@ -181,6 +182,7 @@ impl TlsArgs {
 
     /// The TLS settings of this process's outgoing channels; `None` for plaintext.
     pub fn client(&self) -> Result<Option<ClientTlsConfig>, SecurityError> {
+        install_crypto_provider();
         Ok(self.files()?.map(|files| {
             let config = ClientTlsConfig::new()
                 .identity(Identity::from_pem(files.cert, files.key))
@@ -201,6 +203,13 @@ impl TlsArgs {
             .set(client)
             .map_err(|_| SecurityError::ClientTlsInstalled)
     }
+}
+
+/// tonic's TLS server takes rustls' process-wide provider, which rustls cannot pick when the
+/// workspace links both ring and aws-lc-rs; stowage uses ring, as tonic's client does.
+fn install_crypto_provider() {
+    // Err means one is installed already (a binary chose first), which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 static CLIENT_TLS: OnceLock<Option<ClientTlsConfig>> = OnceLock::new();

@@ -242,6 +242,7 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<CancelOperationResponse>, Status> {
+        crate::names::operation_id(&request.get_ref().operation_id).map_err(Status::from)?;
         let cancelled = self.operations.cancel(&request.get_ref().operation_id);
         tracing::info!(cancelled, "cancel requested");
         Ok(Response::new(CancelOperationResponse { cancelled }))

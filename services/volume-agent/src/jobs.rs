@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::AgentError,
+    names,
     volume_path::{self, ResolvedVolume},
 };
 
@@ -59,8 +60,9 @@ pub struct RestorePlan {
 pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentError> {
     let access =
         access.ok_or_else(|| AgentError::InvalidRequest("repository is missing".into()))?;
-    if access.url.is_empty() {
-        return Err(AgentError::InvalidRequest("repository url is empty".into()));
+    names::repository_url(&access.url)?;
+    for key in access.env.keys() {
+        names::repository_env_key(key)?;
     }
     if access.password.is_empty() {
         return Err(AgentError::InvalidRequest(
@@ -70,14 +72,6 @@ pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentE
     let mut repository = Repository::new(access.url, access.password);
     repository.env = access.env.into_iter().collect();
     Ok(repository)
-}
-
-fn require(field: &str, value: &str) -> Result<(), AgentError> {
-    if value.is_empty() {
-        Err(AgentError::InvalidRequest(format!("{field} is empty")))
-    } else {
-        Ok(())
-    }
 }
 
 /// The identity the orchestrator sent, or one built from the pod when it sent none (then a
@@ -140,13 +134,19 @@ pub fn plan_backup(
     context: &AgentContext,
     request: BackupVolumeRequest,
 ) -> Result<BackupPlan, AgentError> {
-    require("operation_id", &request.operation_id)?;
+    names::operation_id(&request.operation_id)?;
     let volume = request
         .volume
         .clone()
         .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
-    require("namespace", &volume.namespace)?;
-    require("pod_name", &volume.pod_name)?;
+    // Both become snapshot tags and, on restore, the names of objects in the cluster.
+    names::dns_label("namespace", &volume.namespace)?;
+    names::dns_subdomain("pod_name", &volume.pod_name)?;
+    if !request.backup_name.is_empty() {
+        names::dns_subdomain("backup_name", &request.backup_name)?;
+    }
+    // Path fields first, so a bad uid or volume name is reported as such, not as a bad tag.
+    volume_path::validate(&volume)?;
     let identity = stable_identity(&request, &volume);
     let tags = snapshot_tags(&request, &volume, &identity)?;
     let repository = repository(request.repository)?;
@@ -163,18 +163,19 @@ pub fn plan_restore(
     context: &AgentContext,
     request: RestoreVolumeRequest,
 ) -> Result<RestorePlan, AgentError> {
-    require("operation_id", &request.operation_id)?;
-    require("snapshot_id", &request.snapshot_id)?;
-    if request.snapshot_id.starts_with('-') || request.snapshot_id.contains(['/', '\0']) {
-        return Err(AgentError::InvalidRequest(format!(
-            "`{}` is not a snapshot id",
-            request.snapshot_id.escape_debug()
-        )));
-    }
+    names::operation_id(&request.operation_id)?;
+    // The id becomes a restic argument; hex only, so it can never read as an option.
+    names::snapshot_id(&request.snapshot_id)?;
     volume_path::validate_component("restore uid", &request.restore_uid)?;
     let volume = request
         .volume
         .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
+    if !volume.namespace.is_empty() {
+        names::dns_label("namespace", &volume.namespace)?;
+    }
+    if !volume.pod_name.is_empty() {
+        names::dns_subdomain("pod_name", &volume.pod_name)?;
+    }
     let repository = repository(request.repository)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
     Ok(RestorePlan {

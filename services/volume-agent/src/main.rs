@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod jobs;
+mod names;
 mod operations;
 mod volume_path;
 

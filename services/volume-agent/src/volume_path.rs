@@ -384,4 +384,67 @@ mod tests {
         .unwrap_err();
         assert!(matches!(error, VolumePathError::InvalidName { .. }));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Names built from the characters that matter to paths, so `..`, `/` and NUL come up
+        /// often rather than once in a billion cases.
+        fn hostile_name() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec!["a", "b", ".", "..", "/", "\\", "\0", "~", "-", "data"]),
+                0..6,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        fn source() -> impl Strategy<Value = VolumeSource> {
+            prop::sample::select(vec![
+                VolumeSource::EmptyDir,
+                VolumeSource::PersistentVolumeClaim,
+                VolumeSource::Unspecified,
+                VolumeSource::Other,
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Whatever the request names, a resolved volume is a directory inside its own pod
+            /// dir, and a name that is not a plain component never resolves at all.
+            #[test]
+            fn resolution_never_leaves_the_pod(
+                name in hostile_name(),
+                pv in hostile_name(),
+                uid in prop::sample::select(vec![UID.to_string(), format!("{UID}/.."), "..".to_string(), format!("../{UID}")]),
+                source in source(),
+            ) {
+                let root = tempfile::tempdir().unwrap();
+                let volumes = root.path().join(UID).join("volumes");
+                // Real volumes to find, and an escape hatch a bad name might reach.
+                mkdir(&volumes.join(EMPTY_DIR_PLUGIN).join("data"));
+                mkdir(&volumes.join("kubernetes.io~nfs").join("data"));
+                mkdir(&root.path().join("secret"));
+                let mut request = volume(source, &name, &pv);
+                request.pod_uid = uid;
+                if let Ok(resolved) = resolve(root.path(), &request) {
+                    let pod_dir = root.path().join(UID).canonicalize().unwrap();
+                    prop_assert!(resolved.path.starts_with(&pod_dir), "{:?}", resolved.path);
+                    prop_assert!(resolved.path.is_dir());
+                    prop_assert!(validate_component("volume name", &name).is_ok());
+                }
+            }
+
+            #[test]
+            fn accepted_components_are_one_directory_level(name in "\\PC{0,40}|[./a\\\\]{0,6}") {
+                if validate_component("volume name", &name).is_ok() {
+                    let base = Path::new("/pods/uid/volumes/plugin");
+                    let joined = base.join(&name);
+                    prop_assert_eq!(joined.parent(), Some(base));
+                    prop_assert_eq!(joined.components().count(), base.components().count() + 1);
+                }
+            }
+        }
+    }
 }

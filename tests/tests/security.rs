@@ -1,0 +1,821 @@
+//! Security at the edges of the real binaries: mutual TLS and caller identities, bearer tokens,
+//! a table of malformed requests each refused with the right code and a message naming the
+//! field (and nothing changed on disk or in the repository), and secrets kept out of logs and
+//! exported spans.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use stowage_e2e::{
+    agent::{AgentFixture, run_backup, run_restore},
+    kubelet::new_pod_uid,
+    otlp::OtlpCollector,
+    pki::TestCa,
+};
+use stowage_proto::v1::{
+    BackupVolumeRequest, CancelOperationRequest, GetAgentInfoRequest, PodVolumeRef,
+    RestoreVolumeRequest, VolumeSource, volume_agent_client::VolumeAgentClient,
+};
+use tonic::{Code, Status};
+
+// ---------------------------------------------------------------------------------------------
+// mTLS and caller identities
+
+struct TlsAgent {
+    ca: TestCa,
+    fixture: AgentFixture,
+}
+
+/// An agent serving mTLS with its own certificate, admitting the default identities
+/// (orchestrator, repo-manager), plus `extra_args`.
+async fn tls_agent(extra_args: &[String]) -> TlsAgent {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let ca = TestCa::new(&pki, "stowage");
+    let server = ca.issue("stowage-volume-agent");
+    let orchestrator = ca.issue("stowage-orchestrator");
+    let mut args = server.server_args(&ca);
+    args.extend_from_slice(extra_args);
+    let fixture = AgentFixture::start_in(
+        dir,
+        &args,
+        &BTreeMap::new(),
+        Some(ca.client_tls(Some(&orchestrator))),
+    )
+    .await;
+    TlsAgent { ca, fixture }
+}
+
+async fn agent_info(
+    fixture: &AgentFixture,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<String, String> {
+    let mut client = fixture
+        .client(tls)
+        .await
+        .map_err(|error| error.to_string())?;
+    client
+        .get_agent_info(GetAgentInfoRequest {})
+        .await
+        .map(|response| response.into_inner().node_name)
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_over_mtls_serves_the_orchestrator_and_repo_manager_identities() {
+    let agent = tls_agent(&[]).await;
+    for identity in ["stowage-orchestrator", "stowage-repo-manager"] {
+        let cert = agent.ca.issue(identity);
+        assert_eq!(
+            agent_info(&agent.fixture, Some(agent.ca.client_tls(Some(&cert)))).await,
+            Ok("node-1".to_string()),
+            "{identity}"
+        );
+    }
+    // A whole backup over mTLS, streaming included.
+    let cert = agent.ca.issue("stowage-orchestrator");
+    let mut client = agent
+        .fixture
+        .client(Some(agent.ca.client_tls(Some(&cert))))
+        .await
+        .expect("connecting with TLS");
+    let volume = agent.fixture.pod_with_data("db-0", 10_000);
+    let result = run_backup(
+        &mut client,
+        agent.fixture.backup_request("tls-backup", volume),
+    )
+    .await
+    .expect("backup over mTLS");
+    assert!(!result.snapshot_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_over_mtls_refuses_other_identities_missing_certificates_and_plaintext() {
+    let agent = tls_agent(&[]).await;
+    // Signed by the right CA, but not a caller the agent serves.
+    let stranger = agent.ca.issue("stowage-cli");
+    let refused = agent_info(&agent.fixture, Some(agent.ca.client_tls(Some(&stranger)))).await;
+    let message = refused.expect_err("a stranger identity is refused");
+    assert!(message.starts_with("PermissionDenied"), "{message}");
+    assert!(message.contains("stowage-orchestrator"), "{message}");
+
+    // The right name, from a CA the agent does not trust.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other_ca = TestCa::new(other_dir.path(), "rogue");
+    let impostor = other_ca.issue("stowage-orchestrator");
+    let tls = agent
+        .ca
+        .client_tls(None)
+        .identity(tonic::transport::Identity::from_pem(
+            &impostor.cert_pem,
+            &impostor.key_pem,
+        ));
+    assert!(
+        agent_info(&agent.fixture, Some(tls)).await.is_err(),
+        "a certificate from another CA is refused"
+    );
+
+    // No client certificate at all: the TLS handshake fails.
+    assert!(
+        agent_info(&agent.fixture, Some(agent.ca.client_tls(None)))
+            .await
+            .is_err(),
+        "a caller without a certificate is refused"
+    );
+
+    // Plaintext against a TLS port.
+    assert!(
+        agent_info(&agent.fixture, None).await.is_err(),
+        "a plaintext caller is refused"
+    );
+    assert!(
+        agent
+            .fixture
+            .fingerprint()
+            .keys()
+            .all(|path| !path.contains("snapshots/")),
+        "nothing was backed up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_admit_external_callers_without_a_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = format!("token-{}", new_pod_uid());
+    let token_file = dir.path().join("tokens");
+    std::fs::write(&token_file, format!("# callers\n{token}\n")).expect("writing tokens");
+    let agent = tls_agent(&["--auth-token-file".into(), token_file.display().to_string()]).await;
+    let call = |authorization: Option<String>| {
+        let tls = agent.ca.client_tls(None);
+        let fixture = &agent.fixture;
+        async move {
+            let mut client = fixture.client(Some(tls)).await.expect("connecting");
+            let mut request = tonic::Request::new(GetAgentInfoRequest {});
+            if let Some(value) = authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.parse().expect("header value"));
+            }
+            client.get_agent_info(request).await.map(|_| ())
+        }
+    };
+    call(Some(format!("Bearer {token}")))
+        .await
+        .expect("a known token is admitted");
+    for wrong in [
+        None,
+        Some("Bearer not-the-token".to_string()),
+        Some(token.clone()),
+    ] {
+        let status = call(wrong.clone()).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{wrong:?}: {status:?}"
+        );
+        assert!(!status.message().contains(&token), "{status:?}");
+    }
+    // The health service stays open for probes.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        stowage_grpc::connect_with(&agent.fixture.url, Some(agent.ca.client_tls(None)))
+            .await
+            .expect("connecting"),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health without credentials");
+    assert!(
+        !agent.fixture.agent.log().contains(&token),
+        "token in the log"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed requests
+
+enum Call {
+    Backup(BackupVolumeRequest),
+    Restore(RestoreVolumeRequest),
+    Cancel(CancelOperationRequest),
+}
+
+struct Row {
+    name: &'static str,
+    call: Call,
+    code: Code,
+    /// What the message must name: the field, or the offending value.
+    mentions: String,
+}
+
+async fn send(
+    client: &mut VolumeAgentClient<stowage_grpc::TracedChannel>,
+    call: Call,
+) -> Result<(), Status> {
+    match call {
+        Call::Backup(request) => run_backup(client, request).await.map(|_| ()),
+        Call::Restore(request) => run_restore(client, request).await.map(|_| ()),
+        Call::Cancel(request) => client.cancel_operation(request).await.map(|_| ()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_agent_requests_are_refused_naming_the_field_and_change_nothing() {
+    let fixture = AgentFixture::start(&[], &BTreeMap::new(), None).await;
+    let volume = fixture.pod_with_data("db-0", 4096);
+    let pod = fixture.kubelet.pod(&volume.pod_uid);
+    let plugin_dir = pod.dir.join("volumes/kubernetes.io~empty-dir");
+    let outside = fixture.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside dir");
+    std::os::unix::fs::symlink(&outside, plugin_dir.join("evil")).expect("symlink");
+    std::fs::write(plugin_dir.join("afile"), b"not a directory").expect("file volume");
+    let absent_uid = new_pod_uid();
+
+    let backup = |edit: &dyn Fn(&mut BackupVolumeRequest)| {
+        let mut request = fixture.backup_request("bad-backup", volume.clone());
+        edit(&mut request);
+        Call::Backup(request)
+    };
+    let on_volume = |edit: &dyn Fn(&mut PodVolumeRef)| {
+        backup(&|request| {
+            if let Some(volume) = request.volume.as_mut() {
+                edit(volume)
+            }
+        })
+    };
+    let restore = |edit: &dyn Fn(&mut RestoreVolumeRequest)| {
+        let mut request = fixture.restore_request("bad-restore", volume.clone(), "1a2b3c4d");
+        edit(&mut request);
+        Call::Restore(request)
+    };
+    let cancel = |id: &str| {
+        Call::Cancel(CancelOperationRequest {
+            operation_id: id.into(),
+        })
+    };
+    use Code::{FailedPrecondition as Precondition, InvalidArgument as Invalid, NotFound};
+    let row = |name, call, code, mentions: &str| Row {
+        name,
+        call,
+        code,
+        mentions: mentions.to_string(),
+    };
+    let rows = vec![
+        // BackupVolume: the operation and the volume reference
+        row(
+            "empty operation id",
+            backup(&|r| r.operation_id.clear()),
+            Invalid,
+            "operation_id",
+        ),
+        row(
+            "operation id with a line break",
+            backup(&|r| r.operation_id = "a\nb".into()),
+            Invalid,
+            "operation_id",
+        ),
+        row(
+            "overlong operation id",
+            backup(&|r| r.operation_id = "x".repeat(300)),
+            Invalid,
+            "operation_id",
+        ),
+        row(
+            "missing volume",
+            backup(&|r| r.volume = None),
+            Invalid,
+            "volume",
+        ),
+        row(
+            "empty namespace",
+            on_volume(&|v| v.namespace.clear()),
+            Invalid,
+            "namespace",
+        ),
+        row(
+            "upper-case namespace",
+            on_volume(&|v| v.namespace = "Shop".into()),
+            Invalid,
+            "namespace",
+        ),
+        row(
+            "namespace with a path",
+            on_volume(&|v| v.namespace = "shop/../kube-system".into()),
+            Invalid,
+            "namespace",
+        ),
+        row(
+            "overlong namespace",
+            on_volume(&|v| v.namespace = "n".repeat(64)),
+            Invalid,
+            "namespace",
+        ),
+        row(
+            "empty pod name",
+            on_volume(&|v| v.pod_name.clear()),
+            Invalid,
+            "pod_name",
+        ),
+        row(
+            "pod name with a space",
+            on_volume(&|v| v.pod_name = "db 0".into()),
+            Invalid,
+            "pod_name",
+        ),
+        row(
+            "pod name with a comma",
+            on_volume(&|v| v.pod_name = "db,0".into()),
+            Invalid,
+            "pod_name",
+        ),
+        row(
+            "empty pod uid",
+            on_volume(&|v| v.pod_uid.clear()),
+            Invalid,
+            "pod uid",
+        ),
+        row(
+            "pod uid climbing out",
+            on_volume(&|v| v.pod_uid = "../etc".into()),
+            Invalid,
+            "pod uid",
+        ),
+        row(
+            "pod uid with a suffix",
+            on_volume(&|v| v.pod_uid.push_str("/..")),
+            Invalid,
+            "pod uid",
+        ),
+        row(
+            "pod uid with NUL",
+            on_volume(&|v| v.pod_uid.replace_range(0..1, "\0")),
+            Invalid,
+            "pod uid",
+        ),
+        row(
+            "pod not on this node",
+            on_volume(&|v| v.pod_uid = absent_uid.clone()),
+            NotFound,
+            &absent_uid,
+        ),
+        row(
+            "empty volume name",
+            on_volume(&|v| v.volume_name.clear()),
+            Invalid,
+            "volume name",
+        ),
+        row(
+            "volume name ..",
+            on_volume(&|v| v.volume_name = "..".into()),
+            Invalid,
+            "volume name",
+        ),
+        row(
+            "volume name with a slash",
+            on_volume(&|v| v.volume_name = "a/b".into()),
+            Invalid,
+            "volume name",
+        ),
+        row(
+            "volume name with NUL",
+            on_volume(&|v| v.volume_name = "data\0".into()),
+            Invalid,
+            "volume name",
+        ),
+        row(
+            "volume not in the pod",
+            on_volume(&|v| v.volume_name = "missing".into()),
+            NotFound,
+            "`missing`",
+        ),
+        row(
+            "volume symlinked out of the pod",
+            on_volume(&|v| v.volume_name = "evil".into()),
+            Invalid,
+            "outside pod directory",
+        ),
+        row(
+            "volume that is a file",
+            on_volume(&|v| v.volume_name = "afile".into()),
+            Precondition,
+            "afile",
+        ),
+        row(
+            "hostPath volume",
+            on_volume(&|v| v.source = VolumeSource::HostPath as i32),
+            Invalid,
+            "hostPath",
+        ),
+        row(
+            "block volume",
+            on_volume(&|v| v.source = VolumeSource::Block as i32),
+            Invalid,
+            "block",
+        ),
+        row(
+            "PV name climbing out",
+            on_volume(&|v| {
+                v.source = VolumeSource::PersistentVolumeClaim as i32;
+                v.pv_name = "../../etc".into();
+            }),
+            Invalid,
+            "PV name",
+        ),
+        row(
+            "claim without a PV name",
+            on_volume(&|v| {
+                v.source = VolumeSource::PersistentVolumeClaim as i32;
+                v.pv_name.clear();
+            }),
+            Invalid,
+            "PV name",
+        ),
+        // BackupVolume: the repository
+        row(
+            "missing repository",
+            backup(&|r| r.repository = None),
+            Invalid,
+            "repository",
+        ),
+        row(
+            "empty repository url",
+            backup(&|r| r.repository.as_mut().unwrap().url.clear()),
+            Invalid,
+            "repository url",
+        ),
+        row(
+            "repository url with a line break",
+            backup(&|r| r.repository.as_mut().unwrap().url.push_str("\nx")),
+            Invalid,
+            "repository url",
+        ),
+        row(
+            "repository url as an option",
+            backup(&|r| r.repository.as_mut().unwrap().url = "--insecure-tls".into()),
+            Invalid,
+            "repository url",
+        ),
+        row(
+            "empty password",
+            backup(&|r| r.repository.as_mut().unwrap().password.clear()),
+            Invalid,
+            "password",
+        ),
+        row(
+            "password command in the environment",
+            backup(&|r| {
+                r.repository
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("RESTIC_PASSWORD_COMMAND".into(), "touch /tmp/pwned".into());
+            }),
+            Invalid,
+            "RESTIC_PASSWORD_COMMAND",
+        ),
+        row(
+            "preloaded library in the environment",
+            backup(&|r| {
+                r.repository
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+            }),
+            Invalid,
+            "LD_PRELOAD",
+        ),
+        row(
+            "cache dir in the environment",
+            backup(&|r| {
+                r.repository
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("RESTIC_CACHE_DIR".into(), "/".into());
+            }),
+            Invalid,
+            "RESTIC_CACHE_DIR",
+        ),
+        // BackupVolume: what becomes snapshot tags
+        row(
+            "backup name with a comma",
+            backup(&|r| r.backup_name = "a,b".into()),
+            Invalid,
+            "backup_name",
+        ),
+        row(
+            "upper-case backup name",
+            backup(&|r| r.backup_name = "Nightly".into()),
+            Invalid,
+            "backup_name",
+        ),
+        row(
+            "tag value with a comma",
+            backup(&|r| {
+                r.extra_tags.insert("team".into(), "red,blue".into());
+            }),
+            Invalid,
+            "team=red,blue",
+        ),
+        row(
+            "tag key with =",
+            backup(&|r| {
+                r.extra_tags.insert("a=b".into(), "c".into());
+            }),
+            Invalid,
+            "a=b=c",
+        ),
+        row(
+            "stable identity with a comma",
+            backup(&|r| r.stable_identity = "pvc/a,b".into()),
+            Invalid,
+            "stable-identity",
+        ),
+        // RestoreVolume
+        row(
+            "restore: empty operation id",
+            restore(&|r| r.operation_id.clear()),
+            Invalid,
+            "operation_id",
+        ),
+        row(
+            "restore: empty snapshot id",
+            restore(&|r| r.snapshot_id.clear()),
+            Invalid,
+            "snapshot_id",
+        ),
+        row(
+            "restore: snapshot id as an option",
+            restore(&|r| r.snapshot_id = "--help".into()),
+            Invalid,
+            "snapshot_id",
+        ),
+        row(
+            "restore: snapshot id `latest`",
+            restore(&|r| r.snapshot_id = "latest".into()),
+            Invalid,
+            "snapshot_id",
+        ),
+        row(
+            "restore: snapshot id with a path",
+            restore(&|r| r.snapshot_id = "1a2b3c4d/../x".into()),
+            Invalid,
+            "snapshot_id",
+        ),
+        row(
+            "restore: snapshot id with NUL",
+            restore(&|r| r.snapshot_id = "1a2b3c4d\0".into()),
+            Invalid,
+            "snapshot_id",
+        ),
+        row(
+            "restore: empty restore uid",
+            restore(&|r| r.restore_uid.clear()),
+            Invalid,
+            "restore uid",
+        ),
+        row(
+            "restore: restore uid climbing out",
+            restore(&|r| r.restore_uid = "../x".into()),
+            Invalid,
+            "restore uid",
+        ),
+        row(
+            "restore: missing volume",
+            restore(&|r| r.volume = None),
+            Invalid,
+            "volume",
+        ),
+        row(
+            "restore: bad pod uid",
+            restore(&|r| r.volume.as_mut().unwrap().pod_uid = "..".into()),
+            Invalid,
+            "pod uid",
+        ),
+        row(
+            "restore: pod not on this node",
+            restore(&|r| r.volume.as_mut().unwrap().pod_uid = absent_uid.clone()),
+            NotFound,
+            &absent_uid,
+        ),
+        row(
+            "restore: volume name ..",
+            restore(&|r| r.volume.as_mut().unwrap().volume_name = "..".into()),
+            Invalid,
+            "volume name",
+        ),
+        row(
+            "restore: volume not in the pod",
+            restore(&|r| r.volume.as_mut().unwrap().volume_name = "missing".into()),
+            NotFound,
+            "`missing`",
+        ),
+        row(
+            "restore: into a file",
+            restore(&|r| r.volume.as_mut().unwrap().volume_name = "afile".into()),
+            Precondition,
+            "afile",
+        ),
+        row(
+            "restore: bad namespace",
+            restore(&|r| r.volume.as_mut().unwrap().namespace = "a_b".into()),
+            Invalid,
+            "namespace",
+        ),
+        row(
+            "restore: missing repository",
+            restore(&|r| r.repository = None),
+            Invalid,
+            "repository",
+        ),
+        row(
+            "restore: empty password",
+            restore(&|r| r.repository.as_mut().unwrap().password.clear()),
+            Invalid,
+            "password",
+        ),
+        row(
+            "restore: PATH in the environment",
+            restore(&|r| {
+                r.repository
+                    .as_mut()
+                    .unwrap()
+                    .env
+                    .insert("PATH".into(), "/tmp".into());
+            }),
+            Invalid,
+            "PATH",
+        ),
+        // CancelOperation
+        row(
+            "cancel: empty operation id",
+            cancel(""),
+            Invalid,
+            "operation_id",
+        ),
+        row(
+            "cancel: operation id with a control character",
+            cancel("a\u{7}"),
+            Invalid,
+            "operation_id",
+        ),
+    ];
+    assert!(rows.len() >= 40, "{} rows", rows.len());
+
+    let before = fixture.fingerprint();
+    let mut client = fixture.client(None).await.expect("connecting");
+    let mut failures = Vec::new();
+    for Row {
+        name,
+        call,
+        code,
+        mentions,
+    } in rows
+    {
+        match send(&mut client, call).await {
+            Ok(()) => failures.push(format!("{name}: accepted")),
+            Err(status) if status.code() != code => failures.push(format!(
+                "{name}: {:?} instead of {code:?} ({})",
+                status.code(),
+                status.message()
+            )),
+            Err(status) if !status.message().contains(&mentions) => failures.push(format!(
+                "{name}: message does not name `{}`: {}",
+                mentions.escape_debug(),
+                status.message()
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        before,
+        fixture.fingerprint(),
+        "the pods tree or the repository changed"
+    );
+    assert!(
+        std::fs::read_dir(&outside)
+            .expect("outside dir")
+            .next()
+            .is_none(),
+        "something was written through the symlink"
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_tokens_and_keys_stay_out_of_logs_and_spans() {
+    let collector = OtlpCollector::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new(&dir.path().join("pki"), "stowage");
+    let server = ca.issue("stowage-volume-agent");
+    let orchestrator = ca.issue("stowage-orchestrator");
+    let token = format!("token-{}", new_pod_uid());
+    let token_file = dir.path().join("tokens");
+    std::fs::write(&token_file, &token).expect("writing tokens");
+    let mut args = server.server_args(&ca);
+    args.extend([
+        "--auth-token-file".to_string(),
+        token_file.display().to_string(),
+    ]);
+    let envs = BTreeMap::from([
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            collector.endpoint.clone(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
+        // The most verbose logging is the hardest case.
+        ("STOWAGE_LOG_LEVEL".to_string(), "debug".to_string()),
+    ]);
+    let mut fixture =
+        AgentFixture::start_in(dir, &args, &envs, Some(ca.client_tls(Some(&orchestrator)))).await;
+    let aws_secret = format!("aws-{}", new_pod_uid());
+    let mut client = fixture
+        .client(Some(ca.client_tls(Some(&orchestrator))))
+        .await
+        .expect("connecting");
+
+    let volume = fixture.pod_with_data("db-0", 20_000);
+    let mut request = fixture.backup_request("secret-backup", volume.clone());
+    request
+        .repository
+        .as_mut()
+        .unwrap()
+        .env
+        .insert("AWS_SECRET_ACCESS_KEY".into(), aws_secret.clone());
+    let backup = run_backup(&mut client, request).await.expect("backup");
+    // Failures are where secrets leak into messages: a wrong password, a refused request.
+    let mut wrong = fixture.backup_request("wrong-password", volume.clone());
+    let wrong_password = format!("wrong-{}", new_pod_uid());
+    wrong.repository.as_mut().unwrap().password = wrong_password.clone();
+    let status = run_backup(&mut client, wrong)
+        .await
+        .expect_err("wrong password");
+    assert!(!status.message().contains(&wrong_password), "{status:?}");
+    let mut refused = fixture.restore_request("refused", volume.clone(), "latest");
+    refused.repository.as_mut().unwrap().password = fixture.password.clone();
+    let status = run_restore(&mut client, refused)
+        .await
+        .expect_err("refused");
+    assert!(!status.message().contains(&fixture.password), "{status:?}");
+    let mut with_token = tonic::Request::new(GetAgentInfoRequest {});
+    with_token.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    client
+        .get_agent_info(with_token)
+        .await
+        .expect("token accepted");
+
+    collector
+        .wait_for(Duration::from_secs(30), |spans| {
+            spans.iter().any(|span| {
+                span.name == "backup_volume"
+                    && span.attribute("snapshot_id") == Some(backup.snapshot_id.as_str())
+            })
+        })
+        .await;
+    // Stopping flushes every span still buffered.
+    fixture.agent.stop(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let key_body: Vec<&str> = server
+        .key_pem
+        .lines()
+        .chain(orchestrator.key_pem.lines())
+        .filter(|line| !line.starts_with("-----") && line.len() > 16)
+        .collect();
+    let mut secrets = vec![
+        fixture.password.clone(),
+        wrong_password,
+        token.clone(),
+        aws_secret,
+    ];
+    secrets.extend(key_body.iter().map(|line| line.to_string()));
+    let log = fixture.agent.log();
+    assert!(
+        log.contains("backup done"),
+        "the log is the agent's:\n{log}"
+    );
+    let spans = collector.spans();
+    assert!(spans.len() > 3, "spans arrived: {}", spans.len());
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret is in the agent log"
+        );
+        for span in &spans {
+            for (key, value) in &span.attributes {
+                assert!(
+                    !value.contains(secret.as_str()),
+                    "a secret is in attribute {key} of span {}",
+                    span.name
+                );
+            }
+        }
+    }
+}
