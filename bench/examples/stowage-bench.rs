@@ -37,6 +37,13 @@ struct Config {
     /// Directory for generated data and bare restic repositories (default: the system temp dir).
     #[arg(long, env = "STOWAGE_BENCH_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// Volumes of the parallel-volumes benchmark (the data is split over them).
+    #[arg(long, env = "STOWAGE_BENCH_PARALLEL_VOLUMES", default_value_t = 8)]
+    parallel_volumes: usize,
+    /// Record `perf` profiles of the agent (one-volume backup) and the orchestrator (backup at
+    /// scale) into this directory.
+    #[arg(long, env = "STOWAGE_BENCH_PERF_DIR")]
+    perf_dir: Option<PathBuf>,
 }
 
 /// `1GiB`, `512MiB`, `4M`, `100k` or plain bytes.
@@ -70,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
         scale_agent_processes: config.scale_agent_processes,
         out: config.out,
         work_dir: config.work_dir,
+        parallel_volumes: config.parallel_volumes,
+        perf_dir: config.perf_dir,
     };
     let report = driver::run(&options).await?;
     eprintln!("[bench] wrote {}", options.out.display());

@@ -47,7 +47,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// What to run, and how big.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Bytes of generated data per data set (benchmarks 1, 2 and 5; split over 8 volumes in 3).
+    /// Bytes of generated data per data set (benchmarks 1, 2 and 5; split over the volumes of 3).
     pub size: u64,
     /// Agent concurrency levels of benchmark 3.
     pub concurrency: Vec<usize>,
@@ -61,6 +61,11 @@ pub struct Options {
     pub out: PathBuf,
     /// Directory for the data and bare restic repositories (a temp dir when `None`).
     pub work_dir: Option<PathBuf>,
+    /// Volumes of benchmark 3.
+    pub parallel_volumes: usize,
+    /// When set, `perf record` samples the agent during benchmark 1's backup and the
+    /// orchestrator during benchmark 4's, into this directory.
+    pub perf_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -74,6 +79,8 @@ impl Options {
             scale_agent_processes: 1,
             out,
             work_dir: None,
+            parallel_volumes: 2,
+            perf_dir: None,
         }
     }
 }
@@ -179,19 +186,22 @@ pub async fn run(options: &Options) -> Result<Report> {
 
     {
         let stack = Stack::start(StackOptions::default()).await;
-        report.wrap = wrap(&stack, &source, &work).await?;
+        report.wrap = wrap(&stack, &source, &work, options.perf_dir.as_deref()).await?;
         step("wrap", &format!("{:?}", report.wrap));
         report.incremental = incremental(&stack, &source, &report.data, &work).await?;
         step("incremental", &format!("{:?}", report.incremental));
     }
 
-    let per_volume = (options.size / 8).max(64 << 10);
-    let templates: Vec<PathBuf> = (0..8).map(|v| work.join(format!("par-{v}"))).collect();
+    let volumes = options.parallel_volumes.max(1);
+    let per_volume = (options.size / volumes as u64).max(64 << 10);
+    let templates: Vec<PathBuf> = (0..volumes)
+        .map(|v| work.join(format!("par-{v}")))
+        .collect();
     for (v, dir) in templates.iter().enumerate() {
         generate(dir, per_volume, 100 + v as u64)?;
     }
     for &concurrency in &options.concurrency {
-        let result = parallel(concurrency, &templates, per_volume * 8).await?;
+        let result = parallel(concurrency, &templates, per_volume * volumes as u64).await?;
         step("parallel", &format!("{result:?}"));
         report.parallel.push(result);
     }
@@ -366,6 +376,46 @@ fn cpu_time(pid: u32) -> Result<Duration> {
 fn peak_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     field(&status, "VmHWM:").context("VmHWM in /proc/<pid>/status")
+}
+
+/// `perf record` attached to one process while a benchmark runs (nothing without a directory).
+struct Perf(Option<tokio::process::Child>);
+
+impl Perf {
+    async fn start(dir: Option<&Path>, name: &str, pid: u32) -> Result<Perf> {
+        let Some(dir) = dir else {
+            return Ok(Perf(None));
+        };
+        std::fs::create_dir_all(dir)?;
+        // cpu-clock: virtual machines often have no hardware counters.
+        let child = tokio::process::Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(dir.join(format!("{name}.data")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting perf record")?;
+        // perf needs a moment to attach before the work starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Perf(Some(child)))
+    }
+
+    async fn stop(self) -> Result<()> {
+        if let Some(mut child) = self.0 {
+            if let Some(pid) = child.id() {
+                // SIGINT makes perf write its data file and exit.
+                tokio::process::Command::new("kill")
+                    .args(["-INT", &pid.to_string()])
+                    .status()
+                    .await?;
+            }
+            child.wait().await?;
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -559,7 +609,7 @@ fn restic_seconds(volume: &PodVolumeBackup) -> Duration {
 // ---------------------------------------------------------------------------------------
 // 1. Wrap overhead
 
-async fn wrap(stack: &Stack, source: &Path, work: &Path) -> Result<Wrap> {
+async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>) -> Result<Wrap> {
     let namespace = "wrap";
     let kube = stack.kube_client().await;
     let kubelet = &stack.kubelets[NODE];
@@ -574,7 +624,9 @@ async fn wrap(stack: &Stack, source: &Path, work: &Path) -> Result<Wrap> {
     let (bare_snapshot, bare_backup, _) = bare.backup(&volume_dir).await?;
     ensure_repository(stack, namespace).await?;
     let mut client = stack.client().await;
+    let perf = Perf::start(perf_dir, "agent-backup", stack.agents[NODE].process.pid()).await?;
     let (backup_done, stowage_backup, _) = backup(&mut client, "wrap", spec(namespace)).await?;
+    perf.stop().await?;
     let volume = only_volume(&backup_done)?;
 
     let bare_target = work.join("bare-wrap-restored");
@@ -864,7 +916,14 @@ async fn scale(options: &Options) -> Result<Scale> {
     let agent_pids: Vec<u32> = agents.iter().map(|a| a.process.pid()).collect();
     let before = (cpu(&[orchestrator])?, cpu(&[emulator])?, cpu(&agent_pids)?);
     let mut client = stack.client().await;
+    let perf = Perf::start(
+        options.perf_dir.as_deref(),
+        "orchestrator-scale",
+        orchestrator,
+    )
+    .await?;
     let (done, backup_time, _) = backup(&mut client, "scale", spec(namespace)).await?;
+    perf.stop().await?;
     let after = (cpu(&[orchestrator])?, cpu(&[emulator])?, cpu(&agent_pids)?);
     Ok(Scale {
         volumes: pods * 2,
