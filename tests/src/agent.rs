@@ -187,21 +187,8 @@ impl AgentFixture {
 
     /// Files under the pods root and the repository with their sizes and content hashes.
     pub fn fingerprint(&self) -> BTreeMap<String, (u64, u64)> {
-        let mut files = BTreeMap::new();
-        for (label, root) in [
-            ("pods", self.kubelet.pods_root().to_path_buf()),
-            ("repository", self.repository.clone()),
-        ] {
-            walk(&root, &mut |path, data| {
-                let relative = path.strip_prefix(&root).unwrap_or(path);
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                data.hash(&mut hasher);
-                files.insert(
-                    format!("{label}/{}", relative.display()),
-                    (data.len() as u64, hasher.finish()),
-                );
-            });
-        }
+        let mut files = fingerprint_dir(self.kubelet.pods_root(), "pods");
+        files.extend(fingerprint_dir(&self.repository, "repository"));
         files
     }
 
@@ -209,6 +196,22 @@ impl AgentFixture {
     pub async fn scrape(&self) -> String {
         scrape(&self.metrics_addr).await
     }
+}
+
+/// Every file under `root` (as `<label>/<relative path>`) with its size and content hash, to
+/// tell whether anything under it changed.
+pub fn fingerprint_dir(root: &Path, label: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut files = BTreeMap::new();
+    walk(root, &mut |path, data| {
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut hasher);
+        files.insert(
+            format!("{label}/{}", relative.display()),
+            (data.len() as u64, hasher.finish()),
+        );
+    });
+    files
 }
 
 fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, &[u8])) {

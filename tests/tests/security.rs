@@ -819,3 +819,716 @@ async fn passwords_tokens_and_keys_stay_out_of_logs_and_spans() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Malformed requests to the orchestrator and the repo-manager
+
+type Answer = std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+struct ServiceRow {
+    name: String,
+    call: Answer,
+    code: Code,
+    /// The message must name one of these (the field, or the offending value).
+    mentions: Vec<String>,
+}
+
+fn answer<T: Send + 'static>(
+    future: impl Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
+) -> Answer {
+    Box::pin(async move { future.await.map(|_| ()) })
+}
+
+/// What a stack holds that a refused request must not change: the bucket's files and what the
+/// APIs list.
+async fn stack_state(
+    stack: &stowage_e2e::stack::Stack,
+    orchestrator: &mut stowage_proto::v1::orchestrator_client::OrchestratorClient<
+        stowage_grpc::TracedChannel,
+    >,
+    repo_manager: &mut stowage_proto::v1::repo_manager_client::RepoManagerClient<
+        stowage_grpc::TracedChannel,
+    >,
+) -> (BTreeMap<String, (u64, u64)>, Vec<String>) {
+    use stowage_proto::v1::{ListBackupsRequest, ListRepositoriesRequest, ListRestoresRequest};
+    let mut listed = Vec::new();
+    let backups = orchestrator
+        .list_backups(ListBackupsRequest {})
+        .await
+        .expect("listing backups")
+        .into_inner();
+    listed.extend(backups.backups.iter().map(|b| format!("backup {}", b.name)));
+    let restores = orchestrator
+        .list_restores(ListRestoresRequest {})
+        .await
+        .expect("listing restores")
+        .into_inner();
+    listed.extend(
+        restores
+            .restores
+            .iter()
+            .map(|r| format!("restore {}", r.name)),
+    );
+    let repositories = repo_manager
+        .list_repositories(ListRepositoriesRequest {})
+        .await
+        .expect("listing repositories")
+        .into_inner();
+    listed.extend(
+        repositories
+            .repositories
+            .iter()
+            .map(|r| format!("repository {}", r.namespace)),
+    );
+    (
+        stowage_e2e::agent::fingerprint_dir(&stack.storage, "bucket"),
+        listed,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the_field() {
+    use stowage_proto::v1::{
+        AcquireLeaseRequest, BackupSpec, CancelBackupRequest, CreateBackupRequest,
+        CreateRestoreRequest, DeleteBackupRequest, EnsureRepositoryRequest, ForgetBackupRequest,
+        GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest, GetRepositoryAccessRequest,
+        GetRepositoryRequest, GetRestoreRequest, LeaseMode, MaintenanceKind, ReleaseLeaseRequest,
+        RenewLeaseRequest, RestoreSpec, RotateKeyRequest, RunMaintenanceRequest,
+        WatchBackupRequest, repo_manager_client::RepoManagerClient,
+    };
+    let stack = stowage_e2e::stack::Stack::start(Default::default()).await;
+    let orchestrator = stack.client().await;
+    let repo_manager = RepoManagerClient::new(
+        stowage_grpc::connect(&stack.repo_manager.url)
+            .await
+            .expect("connecting to the repo-manager"),
+    );
+    // One repository, so refusals are not just "nothing exists".
+    repo_manager
+        .clone()
+        .ensure_repository(EnsureRepositoryRequest {
+            namespace: "shop".into(),
+        })
+        .await
+        .expect("a repository for shop");
+    let before = stack_state(&stack, &mut orchestrator.clone(), &mut repo_manager.clone()).await;
+
+    let spec = || BackupSpec {
+        included_namespaces: vec!["shop".into()],
+        ..Default::default()
+    };
+    let mut rows: Vec<ServiceRow> = Vec::new();
+    let mut row = |name: &str, call: Answer, code: Code, mentions: &[&str]| {
+        rows.push(ServiceRow {
+            name: name.to_string(),
+            call,
+            code,
+            mentions: mentions.iter().map(|m| m.to_string()).collect(),
+        })
+    };
+    use Code::{InvalidArgument as Invalid, NotFound};
+    let o = || orchestrator.clone();
+    let r = || repo_manager.clone();
+
+    // Orchestrator
+    for (label, bad) in [
+        ("upper case", "Nightly"),
+        ("underscore", "a_b"),
+        ("slash", "a/b"),
+        ("dot-dot", ".."),
+        ("overlong", &"n".repeat(254)),
+    ] {
+        let request = CreateBackupRequest {
+            name: bad.to_string(),
+            spec: Some(spec()),
+        };
+        row(
+            &format!("CreateBackup: name with {label}"),
+            answer({
+                let mut c = o();
+                async move { c.create_backup(request).await }
+            }),
+            Invalid,
+            &["name", bad],
+        );
+    }
+    for (label, edit) in [
+        (
+            "included namespace with a path",
+            Box::new(|s: &mut BackupSpec| s.included_namespaces = vec!["../kube-system".into()])
+                as Box<dyn Fn(&mut BackupSpec)>,
+        ),
+        (
+            "upper-case excluded namespace",
+            Box::new(|s: &mut BackupSpec| s.excluded_namespaces = vec!["Shop".into()]),
+        ),
+        (
+            "label selector key with a space",
+            Box::new(|s: &mut BackupSpec| {
+                s.label_selector.insert("app name".into(), "db".into());
+            }),
+        ),
+        (
+            "negative ttl",
+            Box::new(|s: &mut BackupSpec| {
+                let mut ttl = prost_duration();
+                ttl.seconds = -60;
+                s.ttl = Some(ttl);
+            }),
+        ),
+        (
+            "negative timeout",
+            Box::new(|s: &mut BackupSpec| {
+                let mut timeout = prost_duration();
+                timeout.seconds = -1;
+                s.timeout = Some(timeout);
+            }),
+        ),
+    ] {
+        let mut backup_spec = spec();
+        edit(&mut backup_spec);
+        let request = CreateBackupRequest {
+            name: format!("nightly-{}", label.replace(' ', "-")),
+            spec: Some(backup_spec),
+        };
+        let mentions: &[&str] = match label {
+            "included namespace with a path" => &["included_namespaces", "../kube-system"],
+            "upper-case excluded namespace" => &["excluded_namespaces", "Shop"],
+            "label selector key with a space" => &["label", "app name"],
+            "negative ttl" => &["ttl"],
+            _ => &["timeout"],
+        };
+        row(
+            &format!("CreateBackup: {label}"),
+            answer({
+                let mut c = o();
+                async move { c.create_backup(request).await }
+            }),
+            Invalid,
+            mentions,
+        );
+    }
+    row(
+        "GetBackup: empty name",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_backup(GetBackupRequest {
+                    name: String::new(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["name"],
+    );
+    row(
+        "GetBackup: name with a path",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_backup(GetBackupRequest {
+                    name: "../etc".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["name", "../etc"],
+    );
+    row(
+        "GetBackup: unknown",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_backup(GetBackupRequest {
+                    name: "no-such-backup".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-backup"],
+    );
+    row(
+        "WatchBackup: unknown",
+        answer({
+            let mut c = o();
+            async move {
+                let mut stream = c
+                    .watch_backup(WatchBackupRequest {
+                        name: "no-such-backup".into(),
+                    })
+                    .await?
+                    .into_inner();
+                stream.message().await.map(tonic::Response::new)
+            }
+        }),
+        NotFound,
+        &["no-such-backup"],
+    );
+    row(
+        "CancelBackup: unknown",
+        answer({
+            let mut c = o();
+            async move {
+                c.cancel_backup(CancelBackupRequest {
+                    name: "no-such-backup".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-backup"],
+    );
+    row(
+        "DeleteBackup: name with a path",
+        answer({
+            let mut c = o();
+            async move {
+                c.delete_backup(DeleteBackupRequest {
+                    name: "a/../b".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["name", "a/../b"],
+    );
+    row(
+        "GetBackupLogs: unknown",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_backup_logs(GetBackupLogsRequest {
+                    name: "no-such-backup".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-backup"],
+    );
+    row(
+        "CreateRestore: no backup name",
+        answer({
+            let mut c = o();
+            async move {
+                c.create_restore(CreateRestoreRequest {
+                    name: String::new(),
+                    spec: Some(RestoreSpec::default()),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["backup_name", "backup name"],
+    );
+    row(
+        "CreateRestore: unknown backup",
+        answer({
+            let mut c = o();
+            async move {
+                c.create_restore(CreateRestoreRequest {
+                    name: String::new(),
+                    spec: Some(RestoreSpec {
+                        backup_name: "no-such-backup".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-backup"],
+    );
+    row(
+        "CreateRestore: bad restore name",
+        answer({
+            let mut c = o();
+            async move {
+                c.create_restore(CreateRestoreRequest {
+                    name: "Restore_1".into(),
+                    spec: Some(RestoreSpec {
+                        backup_name: "no-such-backup".into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["name", "Restore_1"],
+    );
+    row(
+        "CreateRestore: namespace mapping to a bad name",
+        answer({
+            let mut c = o();
+            async move {
+                c.create_restore(CreateRestoreRequest {
+                    name: String::new(),
+                    spec: Some(RestoreSpec {
+                        backup_name: "no-such-backup".into(),
+                        namespace_mapping: [("shop".to_string(), "Shop_2".to_string())].into(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace_mapping", "Shop_2"],
+    );
+    row(
+        "GetRestore: unknown",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_restore(GetRestoreRequest {
+                    name: "no-such-restore".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-restore"],
+    );
+    row(
+        "MaintainRepository: namespace with a path",
+        answer({
+            let mut c = o();
+            async move {
+                c.maintain_repository(RunMaintenanceRequest {
+                    namespace: "../shop".into(),
+                    kind: MaintenanceKind::Check as i32,
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace", "../shop"],
+    );
+    row(
+        "GetCoverage: namespace with a path",
+        answer({
+            let mut c = o();
+            async move {
+                c.get_coverage(GetCoverageRequest {
+                    namespaces: vec!["a/b".into()],
+                    default_volumes_to_fs_backup: false,
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace", "a/b"],
+    );
+
+    // Repo-manager
+    for (label, bad) in [
+        ("empty", ""),
+        ("upper case", "Shop"),
+        ("a path", "../shop"),
+        ("a slash", "a/b"),
+        ("NUL", "shop\0"),
+        ("overlong", &"n".repeat(64)),
+    ] {
+        let namespace = bad.to_string();
+        row(
+            &format!("EnsureRepository: namespace {label}"),
+            answer({
+                let mut c = r();
+                async move {
+                    c.ensure_repository(EnsureRepositoryRequest { namespace })
+                        .await
+                }
+            }),
+            Invalid,
+            &["namespace"],
+        );
+    }
+    row(
+        "GetRepository: unknown",
+        answer({
+            let mut c = r();
+            async move {
+                c.get_repository(GetRepositoryRequest {
+                    namespace: "no-such-ns".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-ns"],
+    );
+    row(
+        "GetRepository: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.get_repository(GetRepositoryRequest {
+                    namespace: "a_b".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "RunMaintenance: no kind",
+        answer({
+            let mut c = r();
+            async move {
+                c.run_maintenance(RunMaintenanceRequest {
+                    namespace: "shop".into(),
+                    kind: MaintenanceKind::Unspecified as i32,
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["kind"],
+    );
+    row(
+        "RunMaintenance: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.run_maintenance(RunMaintenanceRequest {
+                    namespace: "../x".into(),
+                    kind: MaintenanceKind::Check as i32,
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "GetRepositoryAccess: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.get_repository_access(GetRepositoryAccessRequest {
+                    namespace: "../x".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "AcquireLease: no mode",
+        answer({
+            let mut c = r();
+            async move {
+                c.acquire_lease(AcquireLeaseRequest {
+                    namespace: "shop".into(),
+                    mode: LeaseMode::Unspecified as i32,
+                    holder: "test".into(),
+                    ..Default::default()
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["mode"],
+    );
+    row(
+        "AcquireLease: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.acquire_lease(AcquireLeaseRequest {
+                    namespace: "Shop".into(),
+                    mode: LeaseMode::Shared as i32,
+                    holder: "test".into(),
+                    ..Default::default()
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "RenewLease: empty id",
+        answer({
+            let mut c = r();
+            async move {
+                c.renew_lease(RenewLeaseRequest {
+                    lease_id: String::new(),
+                    ttl: None,
+                })
+                .await
+            }
+        }),
+        // No lease has the empty id; NotFound naming the lease is as clear as InvalidArgument.
+        NotFound,
+        &["lease"],
+    );
+    row(
+        "RenewLease: unknown",
+        answer({
+            let mut c = r();
+            async move {
+                c.renew_lease(RenewLeaseRequest {
+                    lease_id: "no-such-lease".into(),
+                    ttl: None,
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-lease"],
+    );
+    row(
+        "ReleaseLease: empty id",
+        answer({
+            let mut c = r();
+            async move {
+                c.release_lease(ReleaseLeaseRequest {
+                    lease_id: String::new(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["lease_id", "lease id"],
+    );
+    row(
+        "ForgetBackup: backup name with a path",
+        answer({
+            let mut c = r();
+            async move {
+                c.forget_backup(ForgetBackupRequest {
+                    namespace: "shop".into(),
+                    backup_name: "../nightly".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["backup_name", "backup name", "../nightly"],
+    );
+    row(
+        "ForgetBackup: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.forget_backup(ForgetBackupRequest {
+                    namespace: "a/b".into(),
+                    backup_name: "nightly".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "RotateKey: bad namespace",
+        answer({
+            let mut c = r();
+            async move {
+                c.rotate_key(RotateKeyRequest {
+                    namespace: "../x".into(),
+                })
+                .await
+            }
+        }),
+        Invalid,
+        &["namespace"],
+    );
+    row(
+        "RotateKey: unknown",
+        answer({
+            let mut c = r();
+            async move {
+                c.rotate_key(RotateKeyRequest {
+                    namespace: "no-such-ns".into(),
+                })
+                .await
+            }
+        }),
+        NotFound,
+        &["no-such-ns"],
+    );
+
+    let count = rows.len();
+    let (gaps, rows): (Vec<ServiceRow>, Vec<ServiceRow>) = rows
+        .into_iter()
+        .partition(|row| KNOWN_GAPS.contains(&row.name.as_str()));
+    let mut failures = Vec::new();
+    for row in rows {
+        if let Some(failure) = check(row).await {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let after = stack_state(&stack, &mut orchestrator.clone(), &mut repo_manager.clone()).await;
+    assert_eq!(before.1, after.1, "what the APIs list changed");
+    assert_eq!(before.0, after.0, "the bucket changed");
+    // Last, since an accepted gap may change state.
+    for row in gaps {
+        let name = row.name.clone();
+        assert!(
+            check(row).await.is_some(),
+            "`{name}` is refused properly now: remove it from KNOWN_GAPS"
+        );
+    }
+}
+
+/// Rows the orchestrator and repo-manager do not yet answer as the issue asks (issue 8); they
+/// are run last and must still fail, so fixing one makes this list shrink.
+const KNOWN_GAPS: &[&str] = &[
+    // The orchestrator takes these backups.
+    "CreateBackup: label selector key with a space",
+    "CreateBackup: negative ttl",
+    "CreateBackup: negative timeout",
+    // The namespace reaches the Kubernetes API unchecked: Unavailable, not InvalidArgument.
+    "GetCoverage: namespace with a path",
+    // The repo-manager answers `released: false` / forgets nothing instead of refusing.
+    "ReleaseLease: empty id",
+    "ForgetBackup: backup name with a path",
+];
+
+/// `None` when the row was refused with its code and a message naming the field.
+async fn check(row: ServiceRow) -> Option<String> {
+    let ServiceRow {
+        name,
+        call,
+        code,
+        mentions,
+    } = row;
+    match call.await {
+        Ok(()) => Some(format!("{name}: accepted")),
+        Err(status) if status.code() != code => Some(format!(
+            "{name}: {:?} instead of {code:?} ({})",
+            status.code(),
+            status.message()
+        )),
+        Err(status)
+            if !mentions
+                .iter()
+                .any(|m| status.message().contains(m.as_str())) =>
+        {
+            Some(format!(
+                "{name}: message names none of {mentions:?}: {}",
+                status.message()
+            ))
+        }
+        Err(_) => None,
+    }
+}
+
+fn prost_duration() -> stowage_proto::prost_types::Duration {
+    Default::default()
+}
