@@ -464,6 +464,57 @@ mod tests {
         assert!(policy.admits(service, None, None).is_err());
     }
 
+    fn certificate(identity: &str) -> CertificateDer<'static> {
+        rcgen::generate_simple_self_signed(vec![identity.to_string()])
+            .unwrap()
+            .cert
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn certificate_identities_are_matched_against_the_allow_list() {
+        let policy = AuthPolicy {
+            tls: true,
+            allowed: ["stowage-orchestrator", "stowage-repo-manager"]
+                .map(|name| ServerName::try_from(name.to_string()).unwrap())
+                .to_vec(),
+            tokens: Vec::new(),
+        };
+        let agent = "stowage.v1.VolumeAgent";
+        for caller in ["stowage-orchestrator", "stowage-repo-manager"] {
+            assert_eq!(
+                policy.admits(agent, None, Some(&[certificate(caller)])),
+                Ok(()),
+                "{caller}"
+            );
+        }
+        let refusal = policy
+            .admits(
+                agent,
+                None,
+                Some(&[certificate("stowage-orchestrator.evil")]),
+            )
+            .unwrap_err();
+        match refusal {
+            Refusal::PermissionDenied(message) => {
+                assert!(
+                    message.contains("stowage-orchestrator, stowage-repo-manager"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let open = AuthPolicy {
+            allowed: Vec::new(),
+            ..policy
+        };
+        assert_eq!(
+            open.admits(agent, None, Some(&[certificate("anyone")])),
+            Ok(())
+        );
+    }
+
     #[test]
     fn partial_tls_flags_name_what_is_missing() {
         let args = TlsArgs {
