@@ -1052,7 +1052,7 @@ async fn abandoned_maintenance_request_does_not_block_later_backups() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn velero_repository_is_adopted_with_its_static_password_then_rotated() {
+async fn velero_repository_is_adopted_with_a_key_of_its_own_beside_velero_s() {
     let scene = Scene::new();
     // A repository as Velero's restic integration left it: `restic/<ns>`, static password.
     let legacy = RepositoryAccess {
@@ -1087,8 +1087,11 @@ async fn velero_repository_is_adopted_with_its_static_password_then_rotated() {
     let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
     let mut client = connect(&service).await;
     assert_ready(&ensure(&mut client, "legacy").await);
+    // Adoption adds a key of stowage's own and keeps Velero's.
     let adopted = access(&mut client, "legacy").await;
-    assert_eq!(adopted.password, "static-passw0rd");
+    assert_ne!(adopted.password, "static-passw0rd");
+    assert_eq!(ResticAs::new(&adopted).snapshot_ids(None), snapshots);
+    assert!(velero.run(&["cat", "config", "--no-lock"]).status.success());
 
     client
         .rotate_key(RotateKeyRequest {
@@ -1099,9 +1102,18 @@ async fn velero_repository_is_adopted_with_its_static_password_then_rotated() {
     let own = access(&mut client, "legacy").await;
     assert_ne!(own.password, "static-passw0rd");
     assert_eq!(ResticAs::new(&own).snapshot_ids(None), snapshots);
+    assert_ne!(own.password, adopted.password);
+    // Rotation replaces stowage's key only; Velero's stays.
     assert!(
-        !velero.run(&["cat", "config", "--no-lock"]).status.success(),
+        velero.run(&["cat", "config", "--no-lock"]).status.success(),
         "Velero's static key was removed"
+    );
+    assert!(
+        !ResticAs::new(&adopted)
+            .run(&["cat", "config", "--no-lock"])
+            .status
+            .success(),
+        "stowage's first key was not removed"
     );
 }
 

@@ -411,6 +411,18 @@ pub async fn list_backup_keys(store: &dyn ObjectStore, name: &str) -> Result<Vec
     Ok(keys)
 }
 
+/// Whether `restic/<namespace>` holds a restic repository (its `config` object exists). Only
+/// looks: nothing under `restic/` is ever written by this crate. A restore checks this before
+/// asking for the repository, so a missing one is reported instead of initialised afresh.
+pub async fn restic_repository_exists(store: &dyn ObjectStore, namespace: &str) -> Result<bool> {
+    let key = format!("{}/config", layout::restic_repository_key(namespace));
+    match store.head(&Path::from(key.as_str())).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(error) => Err(FormatError::from_store(&key, error)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +531,21 @@ mod tests {
             failures[1],
             "no-record: backups/no-record/velero-backup.json: not found"
         );
+    }
+
+    #[tokio::test]
+    async fn restic_repository_is_found_by_its_config_object() {
+        let store = InMemory::new();
+        assert!(!restic_repository_exists(&store, "foo").await.unwrap());
+        store
+            .put(
+                &Path::from("restic/foo/config"),
+                PutPayload::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        assert!(restic_repository_exists(&store, "foo").await.unwrap());
+        assert!(!restic_repository_exists(&store, "fo").await.unwrap());
     }
 
     #[tokio::test]

@@ -49,11 +49,68 @@ pub async fn load(deps: &Deps) -> Result<()> {
         }
     }
     if let Some(store) = &deps.store {
+        let mut checked = BTreeMap::new();
         for (backup, logs) in store.load_backups().await? {
+            let backup = check_velero_repositories(deps, backup, &mut checked).await;
             adopt(deps, backup, logs).await;
         }
     }
     Ok(())
+}
+
+/// A readable Velero backup gets the reason its repositories cannot be opened (missing, wrong
+/// password) as its `unrestorable_reason`, so it is listed with it. `checked` keeps each
+/// namespace's answer for one listing. When the check cannot run, the backup is listed as it
+/// is; `CreateRestore` checks again.
+async fn check_velero_repositories(
+    deps: &Deps,
+    mut backup: stowage_proto::v1::Backup,
+    checked: &mut BTreeMap<String, Option<String>>,
+) -> stowage_proto::v1::Backup {
+    if backup.origin != stowage_proto::v1::BackupOrigin::Velero as i32
+        || !backup.unrestorable_reason.is_empty()
+    {
+        return backup;
+    }
+    let mut problems = Vec::new();
+    for volume in backup.status.iter().flat_map(|status| &status.volumes) {
+        let Some(namespace) = volume.volume.as_ref().map(|r| r.namespace.clone()) else {
+            continue;
+        };
+        if checked.contains_key(&namespace) {
+            continue;
+        }
+        let mut one = backup.clone();
+        if let Some(status) = one.status.as_mut() {
+            status
+                .volumes
+                .retain(|v| v.volume.as_ref().is_some_and(|r| r.namespace == namespace));
+        }
+        match restore::velero_repository_problem(deps, &one).await {
+            Ok(problem) => {
+                checked.insert(namespace, problem);
+            }
+            Err(error) => tracing::warn!(
+                backup = %backup.name, %namespace, %error,
+                "could not check the repository of a Velero backup; a restore checks again"
+            ),
+        }
+    }
+    let mut namespaces: Vec<&String> = backup
+        .status
+        .iter()
+        .flat_map(|status| &status.volumes)
+        .filter_map(|volume| volume.volume.as_ref().map(|r| &r.namespace))
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    for namespace in namespaces {
+        if let Some(Some(problem)) = checked.get(namespace) {
+            problems.push(problem.clone());
+        }
+    }
+    backup.unrestorable_reason = problems.join("; ");
+    backup
 }
 
 /// Puts a backup read from the store into the index. No task of this process runs it, so if it
@@ -231,8 +288,10 @@ async fn sync_from_store(deps: &Deps) {
     let known = |name: &str| deps.index.backup(name).is_some();
     match store.load_backups_except(known).await {
         Ok(backups) => {
+            let mut checked = BTreeMap::new();
             for (backup, logs) in backups {
                 if deps.index.backup(&backup.name).is_none() {
+                    let backup = check_velero_repositories(deps, backup, &mut checked).await;
                     tracing::info!(backup = %backup.name, "backup found in the object store");
                     adopt(deps, backup, logs).await;
                 }

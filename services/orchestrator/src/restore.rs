@@ -8,10 +8,12 @@ use std::{collections::BTreeMap, sync::Arc};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
 use stowage_proto::v1::{
-    Backup, BackupPhase, CreateRestoreRequest, GetRepositoryAccessRequest, PodVolumeBackup,
-    PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase, RestoreStatus,
-    RestoreVolumeRequest, VolumePhase, VolumeSource, restore_volume_event,
+    Backup, BackupOrigin, BackupPhase, CreateRestoreRequest, EnsureRepositoryRequest,
+    GetRepositoryAccessRequest, PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Progress,
+    RepositoryPhase, Restore, RestorePhase, RestoreStatus, RestoreVolumeRequest, VolumePhase,
+    VolumeSource, restore_volume_event,
 };
+use stowage_velero_format::layout as vf_layout;
 use tokio::{task::JoinSet, time::Instant};
 use tracing::{Instrument, field};
 
@@ -69,6 +71,17 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     if deps.cluster.is_none() {
         return Err(Error::NoCluster("a restore"));
     }
+    // Checked again now (not only when listed): a repository may have gone since, and a restore
+    // must never reach the repo-manager for one that is missing (it would initialise it).
+    if backup.origin == BackupOrigin::Velero as i32
+        && let Some(reason) = velero_repository_problem(deps, &backup).await?
+    {
+        return Err(Error::BackupNotRestorable {
+            name: backup.name,
+            phase: phase.as_str_name().to_string(),
+            reason,
+        });
+    }
     let restore = Restore {
         name: name.clone(),
         uid: uuid::Uuid::new_v4().to_string(),
@@ -89,6 +102,60 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     deps.tasks
         .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
     Ok(restore)
+}
+
+/// The namespaces whose repositories a restore of `backup` reads.
+fn backup_namespaces(backup: &Backup) -> Vec<String> {
+    let mut namespaces: Vec<String> = backup
+        .status
+        .iter()
+        .flat_map(|status| &status.volumes)
+        .filter_map(|volume| volume.volume.as_ref().map(|r| r.namespace.clone()))
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
+/// Why the restic repositories of a Velero backup cannot be opened, if one cannot: missing
+/// from the location, or opened neither by a stowage key nor by Velero's password. A repository
+/// that exists is handed to the repo-manager, which adopts it (adding stowage's own key beside
+/// Velero's); a missing one never is, as the repo-manager would initialise an empty one. An
+/// error means the check itself could not run (store or repo-manager unreachable).
+pub async fn velero_repository_problem(deps: &Deps, backup: &Backup) -> Result<Option<String>> {
+    let store = deps
+        .store
+        .as_ref()
+        .ok_or_else(|| Error::Store("no storage location is configured".to_string()))?;
+    let mut problems = Vec::new();
+    for namespace in backup_namespaces(backup) {
+        let key = vf_layout::restic_repository_key(&namespace);
+        if !store.repository_exists(&namespace).await? {
+            problems.push(format!(
+                "restic repository {key} not found in the storage location"
+            ));
+            continue;
+        }
+        let repository = deps
+            .repo_manager
+            .clone()
+            .ensure_repository(EnsureRepositoryRequest {
+                namespace: namespace.clone(),
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("opening repository {key}"),
+            ))?
+            .into_inner();
+        if repository.phase != RepositoryPhase::Ready as i32 {
+            problems.push(format!(
+                "restic repository {key} cannot be opened: {}",
+                repository.message
+            ));
+        }
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }
 
 pub fn recount(status: &mut RestoreStatus) {

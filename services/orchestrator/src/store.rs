@@ -314,10 +314,27 @@ impl Store {
             };
             backups.push((backup, logs));
         }
-        for failure in listing.failures {
+        for failure in listing
+            .failures
+            .into_iter()
+            .filter(|failure| !known(&failure.name))
+        {
             tracing::warn!(backup = %failure.name, error = %failure.error, "unreadable backup");
+            // A directory without its record is a backup still being written (stowage writes
+            // the record last) or a leftover; a record that does not parse is listed, so an
+            // operator sees the backup and why it cannot be restored.
+            if !matches!(failure.error, vf::FormatError::NotFound { .. }) {
+                backups.push((unreadable_backup(&failure), Vec::new()));
+            }
         }
         Ok(backups)
+    }
+
+    /// Whether `restic/<namespace>` holds a restic repository (only looks, never creates).
+    pub async fn repository_exists(&self, namespace: &str) -> Result<bool> {
+        vf::store::restic_repository_exists(self.store.as_ref(), namespace)
+            .await
+            .map_err(store_error)
     }
 
     /// The manifests (pods, PVCs) a restore recreates.
@@ -477,6 +494,32 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         status: Some(status),
         origin: origin as i32,
         unrestorable_reason: String::new(),
+    }
+}
+
+/// A backup whose record (or stowage file) does not parse: only its name and why are known.
+/// It counts as Velero's unless its stowage file is what is broken, so stowage never deletes
+/// or rewrites it on a guess.
+fn unreadable_backup(failure: &vf::ListFailure) -> Backup {
+    let stowage_file = vf::layout::stowage_info_key(&failure.name);
+    // A stowage backup reads as Failed (a final phase), so the restart recovery never takes it
+    // for an unfinished one and rewrites its files; Velero's phase is simply not known.
+    let (origin, phase) = if failure.error.key() == Some(stowage_file.as_str()) {
+        (BackupOrigin::Stowage, BackupPhase::Failed)
+    } else {
+        (BackupOrigin::Velero, BackupPhase::Unspecified)
+    };
+    Backup {
+        name: failure.name.clone(),
+        uid: String::new(),
+        spec: Some(BackupSpec::default()),
+        status: Some(BackupStatus {
+            phase: phase as i32,
+            failure_reason: failure.error.to_string(),
+            ..Default::default()
+        }),
+        origin: origin as i32,
+        unrestorable_reason: failure.error.to_string(),
     }
 }
 
@@ -649,5 +692,34 @@ mod tests {
 
         store.delete_backup("nightly").await.unwrap();
         assert!(store.load_backups().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_record_is_listed_as_velero_s_with_why() {
+        let failure = vf::ListFailure {
+            name: "nightly".into(),
+            error: vf::FormatError::NotFound {
+                key: "backups/nightly/velero-backup.json".into(),
+            },
+        };
+        let backup = unreadable_backup(&failure);
+        assert_eq!(backup.origin, BackupOrigin::Velero as i32);
+        assert_eq!(
+            backup.unrestorable_reason,
+            "backups/nightly/velero-backup.json: not found"
+        );
+        let failure = vf::ListFailure {
+            name: "nightly".into(),
+            error: vf::FormatError::NotFound {
+                key: vf::layout::stowage_info_key("nightly"),
+            },
+        };
+        let backup = unreadable_backup(&failure);
+        assert_eq!(backup.origin, BackupOrigin::Stowage as i32);
+        assert_eq!(
+            backup.status.unwrap().phase,
+            BackupPhase::Failed as i32,
+            "a final phase: restart recovery leaves it alone"
+        );
     }
 }

@@ -268,11 +268,17 @@ impl Manager {
                         return Ok(());
                     }
                     // Never init over data we cannot read: the key is lost, not the repository.
+                    let message = if self.settings.adopt_velero_repositories {
+                        "a restic repository exists but no password for it was found: no \
+                         stowage key, and Velero's repository password does not open it (wrong \
+                         password; restore the Secret or the bucket key copy)"
+                    } else {
+                        "a restic repository exists but no password for it was found \
+                         (restore the Secret or the bucket key copy)"
+                    };
                     return Err(RepoError::NotReady {
                         namespace: namespace.to_string(),
-                        message: "a restic repository exists but no password for it was found \
-                                  (restore the Secret or the bucket key copy)"
-                            .into(),
+                        message: message.into(),
                     });
                 }
                 let password = generate_password()?;
@@ -295,9 +301,11 @@ impl Manager {
         }
     }
 
-    /// A repository Velero created (same layout, Velero's static password): keep using it
-    /// with that password, stored like our own keys. `RotateKey` then gives it a key of its
-    /// own (which Velero, if it still runs against the location, can no longer use).
+    /// A repository Velero created (same layout, Velero's static password): stowage adds a
+    /// random key of its own beside Velero's (`restic key add`) and uses only that from then
+    /// on. Velero's key is never removed, so a location Velero still reads (or a restore of an
+    /// old backup with Velero's own tooling) keeps working; both keys open the same repository,
+    /// so Velero's snapshots stay restorable and stowage's backups deduplicate against them.
     async fn adopt_velero_repository(
         &self,
         namespace: &str,
@@ -306,19 +314,33 @@ impl Manager {
         let repository = self.restic_repository(namespace, VELERO_STATIC_PASSWORD)?;
         match self.restic.cat_config(&repository, cancel).await {
             Ok(_) => {
+                let own = generate_password()?;
+                // Stored as pending before restic knows it (as in a rotation): a crash in
+                // between leaves restic holding no key we lack, and the repository still opens
+                // with Velero's key, as before the adoption.
                 self.keys
                     .save(
                         namespace,
                         &Passwords {
                             current: VELERO_STATIC_PASSWORD.to_string(),
+                            pending: Some(own.clone()),
+                        },
+                    )
+                    .await?;
+                self.restic.add_key(&repository, &own, cancel).await?;
+                self.keys
+                    .save(
+                        namespace,
+                        &Passwords {
+                            current: own,
                             pending: None,
                         },
                     )
                     .await?;
                 tracing::warn!(
                     namespace,
-                    "adopted a Velero restic repository that uses Velero's static password; \
-                     call RotateKey to give it a key of its own"
+                    "adopted a Velero restic repository: added a key of stowage's own beside \
+                     Velero's static one, which stays"
                 );
                 Ok(true)
             }
