@@ -7,6 +7,9 @@
 pub mod agent;
 pub mod endpoint;
 pub mod grpc;
+pub mod orchestrator;
+pub mod repo_manager;
+pub mod state;
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
