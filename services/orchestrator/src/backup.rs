@@ -458,22 +458,39 @@ enum Outcome {
 }
 
 impl VolumeJob {
-    fn update(&self, change: impl FnOnce(&mut PodVolumeBackup)) -> Backup {
-        self.entry.update(|backup| {
+    /// Applies `change` to this job's volume, recounts the backup, and returns the volume.
+    /// Only the volume is cloned, never the whole backup: that made large backups quadratic.
+    fn update(&self, change: impl FnOnce(&mut PodVolumeBackup)) -> PodVolumeBackup {
+        let mut updated = PodVolumeBackup::default();
+        self.entry.modify(|backup| {
             let status = backup.status.get_or_insert_with(Default::default);
             if let Some(volume) = status.volumes.get_mut(self.index) {
                 change(volume);
+                updated = volume.clone();
             }
             recount(status);
-        })
+        });
+        updated
     }
 
     fn volume(&self) -> PodVolumeBackup {
         self.entry
-            .get()
-            .status
-            .and_then(|s| s.volumes.get(self.index).cloned())
+            .read(|backup| {
+                backup
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.volumes.get(self.index).cloned())
+            })
             .unwrap_or_default()
+    }
+
+    /// The backup's name and uid, all a mirror or a request needs of it.
+    fn header(&self) -> Backup {
+        self.entry.read(|backup| Backup {
+            name: backup.name.clone(),
+            uid: backup.uid.clone(),
+            ..Default::default()
+        })
     }
 
     async fn run(self) {
@@ -483,7 +500,7 @@ impl VolumeJob {
             }
             outcome => outcome,
         };
-        let backup = self.update(|volume| {
+        let volume = self.update(|volume| {
             volume.finished = Some(now());
             match &outcome {
                 Outcome::Completed => volume.phase = VolumePhase::Completed as i32,
@@ -497,7 +514,6 @@ impl VolumeJob {
                 }
             }
         });
-        let volume = self.volume();
         let reference = volume.volume.clone().unwrap_or_default();
         let what = format!(
             "{}/{} volume {}",
@@ -513,7 +529,7 @@ impl VolumeJob {
             }
             Outcome::Cancelled => self.entry.log("warning", format!("{what} cancelled")),
         }
-        mirror_volume(&self.deps, &backup, &volume).await;
+        mirror_volume(&self.deps, &self.header(), &volume).await;
     }
 
     async fn execute(&self) -> Outcome {
@@ -544,7 +560,7 @@ impl VolumeJob {
             Ok(agent) => agent,
             Err(error) => return Outcome::Failed(error.to_string()),
         };
-        let backup = self.entry.get();
+        let backup = self.header();
         let operation_id = format!("{}-{}", backup.uid, self.index);
         let request = BackupVolumeRequest {
             operation_id: operation_id.clone(),
@@ -565,7 +581,7 @@ impl VolumeJob {
             volume.started = Some(now());
             volume.repository = repository_url;
         });
-        mirror_volume(&self.deps, &started, &self.volume()).await;
+        mirror_volume(&self.deps, &backup, &started).await;
         let call = async {
             let mut stream = agent
                 .backup_volume(request)
@@ -580,7 +596,7 @@ impl VolumeJob {
                             self.update(|v| v.phase = VolumePhase::Queued as i32);
                         }
                         Some(backup_volume_event::Event::Progress(progress)) => {
-                            let backup = self.update(|v| {
+                            let volume = self.update(|v| {
                                 v.phase = VolumePhase::InProgress as i32;
                                 v.progress = Some(progress);
                             });
@@ -588,7 +604,7 @@ impl VolumeJob {
                             // written to on every restic status line.
                             if last_mirrored.elapsed() >= MIRROR_PROGRESS_EVERY {
                                 last_mirrored = Instant::now();
-                                mirror_volume(&self.deps, &backup, &self.volume()).await;
+                                mirror_volume(&self.deps, &backup, &volume).await;
                             }
                         }
                         Some(backup_volume_event::Event::Result(result)) => {

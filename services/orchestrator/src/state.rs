@@ -48,6 +48,17 @@ impl<T: Clone> Entry<T> {
         self.get()
     }
 
+    /// Reads part of the state without cloning the rest: a backup holds every volume, and a
+    /// clone per volume event made large backups quadratic.
+    pub fn read<R>(&self, read: impl FnOnce(&T) -> R) -> R {
+        read(&self.state.borrow())
+    }
+
+    /// Applies `change` and wakes every watcher, without cloning the new state.
+    pub fn modify(&self, change: impl FnOnce(&mut T)) {
+        self.state.send_modify(change);
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<T> {
         self.state.subscribe()
     }
