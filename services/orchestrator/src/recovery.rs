@@ -73,39 +73,19 @@ async fn check_velero_repositories(
         return backup;
     }
     let mut problems = Vec::new();
-    for volume in backup.status.iter().flat_map(|status| &status.volumes) {
-        let Some(namespace) = volume.volume.as_ref().map(|r| r.namespace.clone()) else {
-            continue;
-        };
-        if checked.contains_key(&namespace) {
-            continue;
-        }
-        let mut one = backup.clone();
-        if let Some(status) = one.status.as_mut() {
-            status
-                .volumes
-                .retain(|v| v.volume.as_ref().is_some_and(|r| r.namespace == namespace));
-        }
-        match restore::velero_repository_problem(deps, &one).await {
-            Ok(problem) => {
-                checked.insert(namespace, problem);
+    for namespace in restore::backup_namespaces(&backup) {
+        if !checked.contains_key(&namespace) {
+            match restore::velero_namespace_problem(deps, &namespace).await {
+                Ok(problem) => {
+                    checked.insert(namespace.clone(), problem);
+                }
+                Err(error) => tracing::warn!(
+                    backup = %backup.name, %namespace, %error,
+                    "could not check the repository of a Velero backup; a restore checks again"
+                ),
             }
-            Err(error) => tracing::warn!(
-                backup = %backup.name, %namespace, %error,
-                "could not check the repository of a Velero backup; a restore checks again"
-            ),
         }
-    }
-    let mut namespaces: Vec<&String> = backup
-        .status
-        .iter()
-        .flat_map(|status| &status.volumes)
-        .filter_map(|volume| volume.volume.as_ref().map(|r| &r.namespace))
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    for namespace in namespaces {
-        if let Some(Some(problem)) = checked.get(namespace) {
+        if let Some(Some(problem)) = checked.get(&namespace) {
             problems.push(problem.clone());
         }
     }

@@ -105,7 +105,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
 }
 
 /// The namespaces whose repositories a restore of `backup` reads.
-fn backup_namespaces(backup: &Backup) -> Vec<String> {
+pub fn backup_namespaces(backup: &Backup) -> Vec<String> {
     let mut namespaces: Vec<String> = backup
         .status
         .iter()
@@ -117,45 +117,51 @@ fn backup_namespaces(backup: &Backup) -> Vec<String> {
     namespaces
 }
 
-/// Why the restic repositories of a Velero backup cannot be opened, if one cannot: missing
-/// from the location, or opened neither by a stowage key nor by Velero's password. A repository
-/// that exists is handed to the repo-manager, which adopts it (adding stowage's own key beside
+/// Why the restic repositories of a Velero backup cannot be opened, if one cannot.
+pub async fn velero_repository_problem(deps: &Deps, backup: &Backup) -> Result<Option<String>> {
+    let mut problems = Vec::new();
+    for namespace in backup_namespaces(backup) {
+        problems.extend(velero_namespace_problem(deps, &namespace).await?);
+    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+}
+
+/// Why the restic repository of `namespace` in a Velero location cannot be opened: missing
+/// from the location, or opened neither by a stowage key nor by Velero's password. One that
+/// exists is handed to the repo-manager, which adopts it (adding stowage's own key beside
 /// Velero's); a missing one never is, as the repo-manager would initialise an empty one. An
 /// error means the check itself could not run (store or repo-manager unreachable).
-pub async fn velero_repository_problem(deps: &Deps, backup: &Backup) -> Result<Option<String>> {
+pub async fn velero_namespace_problem(deps: &Deps, namespace: &str) -> Result<Option<String>> {
     let store = deps
         .store
         .as_ref()
         .ok_or_else(|| Error::Store("no storage location is configured".to_string()))?;
-    let mut problems = Vec::new();
-    for namespace in backup_namespaces(backup) {
-        let key = vf_layout::restic_repository_key(&namespace);
-        if !store.repository_exists(&namespace).await? {
-            problems.push(format!(
-                "restic repository {key} not found in the storage location"
-            ));
-            continue;
-        }
-        let repository = deps
-            .repo_manager
-            .clone()
-            .ensure_repository(EnsureRepositoryRequest {
-                namespace: namespace.clone(),
-            })
-            .await
-            .map_err(Error::rpc(
-                "repo-manager",
-                format!("opening repository {key}"),
-            ))?
-            .into_inner();
-        if repository.phase != RepositoryPhase::Ready as i32 {
-            problems.push(format!(
+    let key = vf_layout::restic_repository_key(namespace);
+    if !store.repository_exists(namespace).await? {
+        return Ok(Some(format!(
+            "restic repository {key} not found in the storage location"
+        )));
+    }
+    let repository = deps
+        .repo_manager
+        .clone()
+        .ensure_repository(EnsureRepositoryRequest {
+            namespace: namespace.to_string(),
+        })
+        .await
+        .map_err(Error::rpc(
+            "repo-manager",
+            format!("opening repository {key}"),
+        ))?
+        .into_inner();
+    Ok(
+        (repository.phase != RepositoryPhase::Ready as i32).then(|| {
+            format!(
                 "restic repository {key} cannot be opened: {}",
                 repository.message
-            ));
-        }
-    }
-    Ok((!problems.is_empty()).then(|| problems.join("; ")))
+            )
+        }),
+    )
 }
 
 pub fn recount(status: &mut RestoreStatus) {
@@ -885,6 +891,26 @@ mod tests {
             volume_in_manifest(&manifest, "gone"),
             (VolumeSource::Other, None)
         );
+    }
+
+    #[test]
+    fn a_backup_reads_each_namespace_s_repository_once() {
+        let volume = |namespace: &str| PodVolumeBackup {
+            volume: Some(PodVolumeRef {
+                namespace: namespace.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let backup = Backup {
+            status: Some(stowage_proto::v1::BackupStatus {
+                volumes: vec![volume("foo"), volume("bar"), volume("foo")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(backup_namespaces(&backup), vec!["bar", "foo"]);
+        assert!(backup_namespaces(&Backup::default()).is_empty());
     }
 
     #[test]
