@@ -33,6 +33,7 @@ use crate::{
     },
     selection::{VolumeKind, select_volumes},
     state::{BackupEntry, Entry, now},
+    tally::tally,
 };
 
 /// How often a running volume's progress is copied into its PodVolumeBackup mirror.
@@ -222,28 +223,16 @@ fn final_phase(status: &BackupStatus, cancelled: bool, failed: bool) -> BackupPh
 
 /// Recomputes the counters and the summed progress from the volumes.
 pub fn recount(status: &mut BackupStatus) {
-    status.volumes_total = status.volumes.len() as u32;
-    status.volumes_completed = status
-        .volumes
-        .iter()
-        .filter(|v| v.phase == VolumePhase::Completed as i32)
-        .count() as u32;
-    status.volumes_failed = status
-        .volumes
-        .iter()
-        .filter(|v| {
-            v.phase == VolumePhase::Failed as i32 || v.phase == VolumePhase::Cancelled as i32
-        })
-        .count() as u32;
-    let mut total = Progress::default();
-    for progress in status.volumes.iter().filter_map(|v| v.progress.as_ref()) {
-        total.bytes_done += progress.bytes_done;
-        total.bytes_total += progress.bytes_total;
-        total.files_done += progress.files_done;
-        total.files_total += progress.files_total;
-        total.seconds_elapsed = total.seconds_elapsed.max(progress.seconds_elapsed);
-    }
-    status.progress = Some(total);
+    let counted = tally(
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase, volume.progress.as_ref())),
+    );
+    status.volumes_total = counted.total;
+    status.volumes_completed = counted.completed;
+    status.volumes_failed = counted.failed;
+    status.progress = Some(counted.progress);
 }
 
 async fn execute(deps: &Deps, entry: &Arc<BackupEntry>, timeout: Duration) -> Result<()> {

@@ -12,6 +12,7 @@ mod restore;
 mod selection;
 mod state;
 mod store;
+mod tally;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -26,6 +26,7 @@ use crate::{
         mirror::{self, MirrorKind},
     },
     state::{Entry, RestoreEntry, now},
+    tally::tally,
 };
 
 /// Name of the init container that waits for the volumes' done files.
@@ -165,27 +166,16 @@ pub async fn velero_namespace_problem(deps: &Deps, namespace: &str) -> Result<Op
 }
 
 pub fn recount(status: &mut RestoreStatus) {
-    status.volumes_total = status.volumes.len() as u32;
-    status.volumes_completed = status
-        .volumes
-        .iter()
-        .filter(|v| v.phase == VolumePhase::Completed as i32)
-        .count() as u32;
-    status.volumes_failed = status
-        .volumes
-        .iter()
-        .filter(|v| {
-            v.phase == VolumePhase::Failed as i32 || v.phase == VolumePhase::Cancelled as i32
-        })
-        .count() as u32;
-    let mut total = Progress::default();
-    for progress in status.volumes.iter().filter_map(|v| v.progress.as_ref()) {
-        total.bytes_done += progress.bytes_done;
-        total.bytes_total += progress.bytes_total;
-        total.files_done += progress.files_done;
-        total.files_total += progress.files_total;
-    }
-    status.progress = Some(total);
+    let counted = tally(
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase, volume.progress.as_ref())),
+    );
+    status.volumes_total = counted.total;
+    status.volumes_completed = counted.completed;
+    status.volumes_failed = counted.failed;
+    status.progress = Some(counted.progress);
 }
 
 async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {

@@ -1,0 +1,75 @@
+//! Counting a backup's or a restore's volumes by outcome and summing their progress: both
+//! statuses report the same totals, so they are computed in one place.
+
+use stowage_proto::v1::{Progress, VolumePhase};
+
+/// Volume counts and summed progress of one backup or restore.
+#[derive(Debug, Default, PartialEq)]
+pub struct VolumeTally {
+    pub total: u32,
+    pub completed: u32,
+    /// Failed or cancelled: the volumes that did not end with data.
+    pub failed: u32,
+    /// Bytes and files summed; elapsed time is the longest volume's, as they run in parallel.
+    pub progress: Progress,
+}
+
+/// Tallies volumes given as `(phase, progress)`.
+pub fn tally<'a>(volumes: impl IntoIterator<Item = (i32, Option<&'a Progress>)>) -> VolumeTally {
+    let mut tally = VolumeTally::default();
+    for (phase, progress) in volumes {
+        tally.total += 1;
+        if phase == VolumePhase::Completed as i32 {
+            tally.completed += 1;
+        } else if phase == VolumePhase::Failed as i32 || phase == VolumePhase::Cancelled as i32 {
+            tally.failed += 1;
+        }
+        if let Some(progress) = progress {
+            tally.progress.bytes_done += progress.bytes_done;
+            tally.progress.bytes_total += progress.bytes_total;
+            tally.progress.files_done += progress.files_done;
+            tally.progress.files_total += progress.files_total;
+            tally.progress.seconds_elapsed =
+                tally.progress.seconds_elapsed.max(progress.seconds_elapsed);
+        }
+    }
+    tally
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(bytes: u64, seconds: f64) -> Progress {
+        Progress {
+            bytes_done: bytes,
+            bytes_total: bytes * 2,
+            files_done: 1,
+            files_total: 2,
+            seconds_elapsed: seconds,
+        }
+    }
+
+    #[test]
+    fn cancelled_counts_as_failed_and_running_as_neither() {
+        let (a, b) = (progress(10, 3.0), progress(5, 7.5));
+        let counted = tally([
+            (VolumePhase::Completed as i32, Some(&a)),
+            (VolumePhase::Cancelled as i32, None),
+            (VolumePhase::Failed as i32, None),
+            (VolumePhase::InProgress as i32, Some(&b)),
+        ]);
+        assert_eq!(counted.total, 4);
+        assert_eq!(counted.completed, 1);
+        assert_eq!(counted.failed, 2);
+        assert_eq!(counted.progress.bytes_done, 15);
+        assert_eq!(counted.progress.bytes_total, 30);
+        assert_eq!(counted.progress.files_total, 4);
+        assert_eq!(counted.progress.seconds_elapsed, 7.5);
+    }
+
+    #[test]
+    fn no_volumes_tally_to_zero() {
+        assert_eq!(tally([]), VolumeTally::default());
+    }
+}
