@@ -10,7 +10,8 @@ use stowage_proto::v1::{self, orchestrator_client::OrchestratorClient};
 use crate::{
     BackupCommand, BackupCreate, Cli, Command, Format, RepoCommand, RestoreCommand, RestoreCreate,
     error::{Call, CliError, from_status, root_cause},
-    follow, parse, render,
+    follow::{self, Followed},
+    parse, render,
     view::{self, BackupView, RestoreView},
 };
 
@@ -251,49 +252,107 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         .await
         .map_err(|status| session.fail(status, &call))?
         .into_inner();
-    let output = structured(create.output);
-    if !create.wait {
+    after_create(session, created, name, create.wait, create.output).await
+}
+
+/// What the create-and-wait flow needs to know of a backup or a restore.
+trait Operation: Into<Followed> + TryFrom<Followed> {
+    /// The word in sentences and in commands (`stowage backup describe`).
+    const KIND: &'static str;
+    /// [`Self::KIND`] at the start of a sentence.
+    const SENTENCE_KIND: &'static str;
+    /// What `-o json|yaml` prints.
+    type View: Serialize + for<'a> From<&'a Self>;
+    fn phase(view: &Self::View) -> &str;
+    fn trace_id(view: &Self::View) -> &str;
+    fn failure_reason(view: &Self::View) -> &str;
+}
+
+impl Operation for v1::Backup {
+    const KIND: &'static str = "backup";
+    const SENTENCE_KIND: &'static str = "Backup";
+    type View = BackupView;
+    fn phase(view: &BackupView) -> &str {
+        &view.status.phase
+    }
+    fn trace_id(view: &BackupView) -> &str {
+        &view.status.trace_id
+    }
+    fn failure_reason(view: &BackupView) -> &str {
+        &view.status.failure_reason
+    }
+}
+
+impl Operation for v1::Restore {
+    const KIND: &'static str = "restore";
+    const SENTENCE_KIND: &'static str = "Restore";
+    type View = RestoreView;
+    fn phase(view: &RestoreView) -> &str {
+        &view.status.phase
+    }
+    fn trace_id(view: &RestoreView) -> &str {
+        &view.status.trace_id
+    }
+    fn failure_reason(view: &RestoreView) -> &str {
+        &view.status.failure_reason
+    }
+}
+
+/// After a create: says the request was submitted (or prints the created object), and with
+/// `--wait` follows it to its end, prints the outcome and fails unless it ended Completed.
+async fn after_create<T: Operation>(
+    session: &mut Session,
+    created: T,
+    name: String,
+    wait: bool,
+    output: Option<Format>,
+) -> Result<ExitCode, CliError> {
+    let (kind, sentence_kind) = (T::KIND, T::SENTENCE_KIND);
+    let output = structured(output);
+    if !wait {
         match output {
-            Some(format) => print_structured(&BackupView::from(&created), format)?,
+            Some(format) => print_structured(&T::View::from(&created), format)?,
             None => print_text(&format!(
-                "Backup request \"{name}\" submitted successfully.\n\
-                 Run `stowage backup describe {name}` or `stowage backup logs {name}` for more details.\n"
+                "{sentence_kind} request \"{name}\" submitted successfully.\n\
+                 Run `stowage {kind} describe {name}` or `stowage {kind} logs {name}` for more details.\n"
             ))?,
         }
         return Ok(ExitCode::SUCCESS);
     }
     if output.is_none() {
         print_text(&format!(
-            "Backup request \"{name}\" submitted successfully.\n\
-             Waiting for the backup to complete. You may safely press ctrl-c to stop waiting - your backup will continue in the background.\n"
+            "{sentence_kind} request \"{name}\" submitted successfully.\n\
+             Waiting for the {kind} to complete. You may safely press ctrl-c to stop waiting - your {kind} will continue in the background.\n"
         ))?;
     }
-    let Some(finished) = follow::follow_backup(session, created, output.is_some()).await? else {
-        return Ok(interrupted("backup", &name));
+    let Some(finished) = follow::follow(session, created, output.is_some()).await? else {
+        return Ok(interrupted(kind, &name));
     };
-    let view = BackupView::from(&finished);
+    let view = T::View::from(&finished);
+    let phase = T::phase(&view);
     match output {
         Some(format) => print_structured(&view, format)?,
         None => {
-            let mut text = format!("Backup completed with status: {}.", view.status.phase);
+            let mut text = format!("{sentence_kind} completed with status: {phase}.");
             text.push_str(&format!(
-                " You may check for more information using `stowage backup describe {name} --details` and `stowage backup logs {name}`.\n"
+                " You may check for more information using `stowage {kind} describe {name} --details` and `stowage {kind} logs {name}`.\n"
             ));
-            if !view.status.trace_id.is_empty() {
-                text.push_str(&format!("Trace ID: {}\n", view.status.trace_id));
+            let trace_id = T::trace_id(&view);
+            if !trace_id.is_empty() {
+                text.push_str(&format!("Trace ID: {trace_id}\n"));
             }
             print_text(&text)?;
         }
     }
-    if view.status.phase == "Completed" {
+    if phase == "Completed" {
         Ok(ExitCode::SUCCESS)
     } else {
         Err(CliError::EndedUnsuccessfully {
-            kind: "backup",
-            command: "backup",
+            kind,
+            command: kind,
             name,
-            phase: view.status.phase.clone(),
-            reason: reason_suffix(&view.status.failure_reason),
+            phase: phase.to_string(),
+            reason: reason_suffix(T::failure_reason(&view)),
         })
     }
 }
@@ -416,51 +475,7 @@ async fn create_restore(
         })?
         .into_inner();
     let name = created.name.clone();
-    let output = structured(create.output);
-    if !create.wait {
-        match output {
-            Some(format) => print_structured(&RestoreView::from(&created), format)?,
-            None => print_text(&format!(
-                "Restore request \"{name}\" submitted successfully.\n\
-                 Run `stowage restore describe {name}` or `stowage restore logs {name}` for more details.\n"
-            ))?,
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if output.is_none() {
-        print_text(&format!(
-            "Restore request \"{name}\" submitted successfully.\n\
-             Waiting for the restore to complete. You may safely press ctrl-c to stop waiting - your restore will continue in the background.\n"
-        ))?;
-    }
-    let Some(finished) = follow::follow_restore(session, created, output.is_some()).await? else {
-        return Ok(interrupted("restore", &name));
-    };
-    let view = RestoreView::from(&finished);
-    match output {
-        Some(format) => print_structured(&view, format)?,
-        None => {
-            let mut text = format!("Restore completed with status: {}.", view.status.phase);
-            text.push_str(&format!(
-                " You may check for more information using `stowage restore describe {name} --details` and `stowage restore logs {name}`.\n"
-            ));
-            if !view.status.trace_id.is_empty() {
-                text.push_str(&format!("Trace ID: {}\n", view.status.trace_id));
-            }
-            print_text(&text)?;
-        }
-    }
-    if view.status.phase == "Completed" {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(CliError::EndedUnsuccessfully {
-            kind: "restore",
-            command: "restore",
-            name,
-            phase: view.status.phase.clone(),
-            reason: reason_suffix(&view.status.failure_reason),
-        })
-    }
+    after_create(session, created, name, create.wait, create.output).await
 }
 
 async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, CliError> {

@@ -169,33 +169,38 @@ async fn refresh(session: &mut Session, followed: &Followed) -> Result<Followed,
     })
 }
 
-/// [`follow`] for a backup; `None` when the user interrupted.
-pub async fn follow_backup(
-    session: &mut Session,
-    created: v1::Backup,
-    progress_to_stderr: bool,
-) -> Result<Option<v1::Backup>, CliError> {
-    // The loop only replaces the state with one of the same kind.
-    Ok(
-        match follow(session, Followed::Backup(created), progress_to_stderr).await? {
-            Some(Followed::Backup(backup)) => Some(backup),
-            Some(Followed::Restore(_)) | None => None,
-        },
-    )
+impl From<v1::Backup> for Followed {
+    fn from(backup: v1::Backup) -> Self {
+        Followed::Backup(backup)
+    }
 }
 
-/// [`follow`] for a restore; `None` when the user interrupted.
-pub async fn follow_restore(
-    session: &mut Session,
-    created: v1::Restore,
-    progress_to_stderr: bool,
-) -> Result<Option<v1::Restore>, CliError> {
-    Ok(
-        match follow(session, Followed::Restore(created), progress_to_stderr).await? {
-            Some(Followed::Restore(restore)) => Some(restore),
-            Some(Followed::Backup(_)) | None => None,
-        },
-    )
+impl From<v1::Restore> for Followed {
+    fn from(restore: v1::Restore) -> Self {
+        Followed::Restore(restore)
+    }
+}
+
+impl TryFrom<Followed> for v1::Backup {
+    type Error = Followed;
+
+    fn try_from(followed: Followed) -> Result<Self, Followed> {
+        match followed {
+            Followed::Backup(backup) => Ok(backup),
+            other => Err(other),
+        }
+    }
+}
+
+impl TryFrom<Followed> for v1::Restore {
+    type Error = Followed;
+
+    fn try_from(followed: Followed) -> Result<Self, Followed> {
+        match followed {
+            Followed::Restore(restore) => Ok(restore),
+            other => Err(other),
+        }
+    }
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.
@@ -205,23 +210,28 @@ fn interrupt_token() -> CancellationToken {
     token
 }
 
-/// Follows `created` until it ends, showing progress on stdout (stderr when stdout carries
-/// `-o json|yaml`). `None` when the user interrupted.
-async fn follow(
+/// Follows `created` (a backup or a restore) until it ends, showing progress on stdout
+/// (stderr when stdout carries `-o json|yaml`). `None` when the user interrupted.
+pub async fn follow<T>(
     session: &mut Session,
-    created: Followed,
+    created: T,
     progress_to_stderr: bool,
-) -> Result<Option<Followed>, CliError> {
+) -> Result<Option<T>, CliError>
+where
+    T: Into<Followed> + TryFrom<Followed>,
+{
     let token = interrupt_token();
     let mut display = Display::new(progress_to_stderr);
-    let result = follow_with(session, created, &mut display, &token).await;
+    let result = follow_with(session, created.into(), &mut display, &token).await;
     match &result {
         Ok(Some(_)) => display.finish(),
         _ => display.abandon(),
     }
     // Stops the signal task.
     token.cancel();
-    result
+    // The loop only replaces the state with one of the same kind, so the conversion back
+    // cannot fail.
+    Ok(result?.and_then(|finished| T::try_from(finished).ok()))
 }
 
 async fn follow_with(

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use crate::{
     table::{expires_in, human_bytes, human_seconds, list_or_none, render_table},
     view::{
-        BackupView, CoverageView, LogLineView, MaintenanceView, RepositoryView, RestoreView,
-        SkippedVolumeView,
+        BackupView, CoverageView, LogLineView, MaintenanceView, ProgressView, RepositoryView,
+        RestoreView, SkippedVolumeView,
     },
 };
 
@@ -45,6 +45,35 @@ fn volume_duration(started: &Option<String>, finished: &Option<String>, elapsed:
 /// restic's 8-character short id, which every restic command accepts.
 fn short_id(id: &str) -> String {
     id.chars().take(8).collect()
+}
+
+/// The `Volumes:` and `Progress:` lines of a `describe`.
+fn volume_totals(
+    out: &mut String,
+    total: u32,
+    completed: u32,
+    failed: u32,
+    progress: &ProgressView,
+) {
+    let _ = writeln!(
+        out,
+        "Volumes:      {total} total, {completed} completed, {failed} failed"
+    );
+    let _ = writeln!(
+        out,
+        "Progress:     {} of {}, {} of {} files",
+        human_bytes(progress.bytes_done),
+        human_bytes(progress.bytes_total),
+        progress.files_done,
+        progress.files_total
+    );
+}
+
+/// A `describe --details` table, indented under its heading.
+fn indented_table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    for line in render_table(headers, rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
 }
 
 pub fn backup_table(backups: &[BackupView], now: DateTime<Utc>) -> String {
@@ -149,18 +178,12 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "Volumes:      {} total, {} completed, {} failed",
-        status.volumes_total, status.volumes_completed, status.volumes_failed
-    );
-    let _ = writeln!(
-        out,
-        "Progress:     {} of {}, {} of {} files",
-        human_bytes(status.progress.bytes_done),
-        human_bytes(status.progress.bytes_total),
-        status.progress.files_done,
-        status.progress.files_total
+    volume_totals(
+        &mut out,
+        status.volumes_total,
+        status.volumes_completed,
+        status.volumes_failed,
+        &status.progress,
     );
     out.push('\n');
     if details {
@@ -185,7 +208,8 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
                 ]
             })
             .collect();
-        let table = render_table(
+        indented_table(
+            &mut out,
             &[
                 "NAMESPACE/POD/VOLUME",
                 "NODE",
@@ -197,9 +221,6 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
             ],
             &rows,
         );
-        for line in table.lines() {
-            let _ = writeln!(out, "  {line}");
-        }
     } else {
         let _ = writeln!(
             out,
@@ -289,18 +310,12 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
     }
     let _ = writeln!(out, "Pods created: {}", list_or_none(&status.pods_created));
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "Volumes:      {} total, {} completed, {} failed",
-        status.volumes_total, status.volumes_completed, status.volumes_failed
-    );
-    let _ = writeln!(
-        out,
-        "Progress:     {} of {}, {} of {} files",
-        human_bytes(status.progress.bytes_done),
-        human_bytes(status.progress.bytes_total),
-        status.progress.files_done,
-        status.progress.files_total
+    volume_totals(
+        &mut out,
+        status.volumes_total,
+        status.volumes_completed,
+        status.volumes_failed,
+        &status.progress,
     );
     if details {
         out.push('\n');
@@ -325,7 +340,8 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
                 ]
             })
             .collect();
-        let table = render_table(
+        indented_table(
+            &mut out,
             &[
                 "NAMESPACE/POD/VOLUME",
                 "FROM",
@@ -338,9 +354,6 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
             ],
             &rows,
         );
-        for line in table.lines() {
-            let _ = writeln!(out, "  {line}");
-        }
     }
     out
 }
