@@ -1118,6 +1118,56 @@ async fn velero_repository_is_adopted_with_a_key_of_its_own_beside_velero_s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velero_repository_with_a_replaced_password_opens_only_with_that_password() {
+    const VELERO_PASSWORD: &str = "operator-chosen-velero-password";
+    let scene = Scene::new();
+    let legacy = RepositoryAccess {
+        url: scene.storage().join("restic/legacy").display().to_string(),
+        password: VELERO_PASSWORD.into(),
+        env: Default::default(),
+    };
+    let velero = ResticAs::new(&legacy);
+    velero.ok(&["init"]);
+    let data = scene.path("data");
+    std::fs::write(data.join("old.txt"), b"from velero").unwrap();
+    velero.backup_dir(&data, "backup=velero-era");
+    let snapshots = velero.snapshot_ids(None);
+
+    // Velero's default password does not open it: reported, and the repository left alone.
+    let mut defaulted = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
+    let mut client = connect(&defaulted).await;
+    let refused = ensure(&mut client, "legacy").await;
+    assert_eq!(refused.phase, RepositoryPhase::Failed as i32);
+    assert!(
+        refused.message.contains("wrong password"),
+        "{}",
+        refused.message
+    );
+    drop(client);
+    defaulted.process.stop(Duration::from_secs(10));
+    assert_eq!(velero.snapshot_ids(None), snapshots);
+
+    let password_file = scene.path("velero-credentials").join("repository-password");
+    std::fs::write(&password_file, format!("{VELERO_PASSWORD}\n")).unwrap();
+    let service = scene
+        .start(
+            scene.local_args(&[
+                "--velero-repository-password-file",
+                password_file.to_str().unwrap(),
+            ]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "legacy").await);
+    let adopted = access(&mut client, "legacy").await;
+    assert_ne!(adopted.password, VELERO_PASSWORD);
+    assert_eq!(ResticAs::new(&adopted).snapshot_ids(None), snapshots);
+    assert!(velero.run(&["cat", "config", "--no-lock"]).status.success());
+    assert_no_secret_leak(&service, &[VELERO_PASSWORD]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_renewal_extends_it_and_release_reports_whether_it_was_held() {
     let scene = Scene::new();
     let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;

@@ -91,6 +91,11 @@ struct Config {
         action = clap::ArgAction::Set
     )]
     adopt_velero_repositories: bool,
+    /// File holding the password of Velero's repositories, for operators who replaced
+    /// Velero's default (the `repository-password` key of its `velero-repo-credentials` or
+    /// `velero-restic-credentials` Secret, mounted as a file). Unset: Velero's default.
+    #[arg(long, env = "STOWAGE_VELERO_REPOSITORY_PASSWORD_FILE")]
+    velero_repository_password_file: Option<PathBuf>,
     /// Lifetime of a lease whose request gives no TTL.
     #[arg(long, env = "STOWAGE_LEASE_TTL", default_value = "10m", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -190,6 +195,9 @@ async fn main() -> anyhow::Result<()> {
                     .context("stale lock age is too large")?,
                 schedules: config.schedules(),
                 adopt_velero_repositories: config.adopt_velero_repositories,
+                velero_repository_password: velero_repository_password(
+                    config.velero_repository_password_file.as_deref(),
+                )?,
             },
             mirror,
             shutdown.clone(),
@@ -222,4 +230,24 @@ async fn main() -> anyhow::Result<()> {
     signals.abort();
     telemetry.shutdown();
     served
+}
+
+/// Velero's repository password: the file's first line, or Velero's default.
+fn velero_repository_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let Some(file) = file else {
+        return Ok(repositories::VELERO_STATIC_PASSWORD.to_string());
+    };
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "reading the Velero repository password file {}",
+            file.display()
+        )
+    })?;
+    let password = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(
+        !password.is_empty(),
+        "the Velero repository password file {} is empty",
+        file.display()
+    );
+    Ok(password.to_string())
 }

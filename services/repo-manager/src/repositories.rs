@@ -31,13 +31,16 @@ pub struct ManagerSettings {
     /// restic locks younger than this are never considered stale.
     pub stale_lock_age: chrono::Duration,
     pub schedules: Schedules,
-    /// Open existing repositories that have no stored key with Velero's static password.
+    /// Open existing repositories that have no stored key with Velero's repository password.
     pub adopt_velero_repositories: bool,
+    /// The password Velero's repositories open with: [`VELERO_STATIC_PASSWORD`] unless the
+    /// operator replaced the `repository-password` key of Velero's credentials Secret.
+    pub velero_repository_password: String,
 }
 
-/// The password Velero's restic integration gives every repository (`static-passw0rd` in
-/// Velero's `pkg/repository/keys`).
-const VELERO_STATIC_PASSWORD: &str = "static-passw0rd";
+/// The password Velero's restic integration gives every repository unless the operator
+/// replaced it (`static-passw0rd` in Velero's `pkg/repository/keys`).
+pub const VELERO_STATIC_PASSWORD: &str = "static-passw0rd";
 
 /// What one maintenance run ended with.
 #[derive(Debug, Clone)]
@@ -311,7 +314,8 @@ impl Manager {
         namespace: &str,
         cancel: &CancellationToken,
     ) -> Result<bool, RepoError> {
-        let repository = self.restic_repository(namespace, VELERO_STATIC_PASSWORD)?;
+        let velero_password = self.settings.velero_repository_password.as_str();
+        let repository = self.restic_repository(namespace, velero_password)?;
         match self.restic.cat_config(&repository, cancel).await {
             Ok(_) => {
                 let own = generate_password()?;
@@ -322,7 +326,7 @@ impl Manager {
                     .save(
                         namespace,
                         &Passwords {
-                            current: VELERO_STATIC_PASSWORD.to_string(),
+                            current: velero_password.to_string(),
                             pending: Some(own.clone()),
                         },
                     )
