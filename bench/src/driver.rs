@@ -133,6 +133,8 @@ pub struct Incremental {
     /// Bytes the agent and its restic read (`rchar`), per backup.
     pub first_read: u64,
     pub second_read: u64,
+    /// restic's own run inside the agent for the second backup.
+    pub second_restic: Duration,
     pub second_parent_is_first: bool,
     pub second_files_unmodified: u64,
     pub bare_first: Duration,
@@ -774,6 +776,7 @@ async fn incremental(
         second,
         first_read,
         second_read,
+        second_restic: restic_seconds(&second_volume),
         second_parent_is_first: !first_volume.snapshot_id.is_empty()
             && second_volume.parent_snapshot_id == first_volume.snapshot_id,
         second_files_unmodified: second_volume.files_unmodified,
@@ -972,6 +975,17 @@ fn machine() -> String {
     format!("{cores} cores (nproc), {memory} RAM, {cpu}")
 }
 
+/// `1GiB`, `256MiB` or plain bytes, as `--size` takes them.
+fn size_flag(bytes: u64) -> String {
+    if bytes > 0 && bytes.is_multiple_of(1 << 30) {
+        format!("{}GiB", bytes >> 30)
+    } else if bytes > 0 && bytes.is_multiple_of(1 << 20) {
+        format!("{}MiB", bytes >> 20)
+    } else {
+        bytes.to_string()
+    }
+}
+
 fn secs(duration: Duration) -> String {
     format!("{:.2} s", duration.as_secs_f64())
 }
@@ -1004,7 +1018,19 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     };
     let data = &report.data;
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    writeln!(md, "Run of {date} (`bench/run --size {}`).\n", options.size)?;
+    writeln!(
+        md,
+        "Run of {date}: `bench/run --size {} --concurrency {} --scale-volumes {} --scale-nodes {}`.\n",
+        size_flag(options.size),
+        options
+            .concurrency
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        options.scale_volumes,
+        options.scale_nodes
+    )?;
     writeln!(md, "- Machine: {}", machine())?;
     writeln!(
         md,
@@ -1201,6 +1227,12 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         secs(w.stowage_backup),
         secs(w.stowage_backup_restic),
         secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic))
+    )?;
+    writeln!(
+        md,
+        "- Backup after pod recreate: {} in all, of which restic ran {} inside the agent (with the first snapshot as parent it reads only the changed files, but still starts, loads the repository index and writes a snapshot: a fixed cost that does not shrink with the data).",
+        secs(i.second),
+        secs(i.second_restic)
     )?;
     writeln!(
         md,
