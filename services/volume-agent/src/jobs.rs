@@ -279,11 +279,13 @@ pub async fn restore(
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
-    let stats = context
+    // `restic stats` only gives progress its total, so it runs beside the restore rather than
+    // before it: each restic command costs a fixed start (key derivation, index load).
+    let stats_run = context
         .restic
-        .stats(&plan.repository, &plan.snapshot_id, cancel)
-        .await?;
-    span.record("bytes", stats.total_size);
+        .stats(&plan.repository, &plan.snapshot_id, cancel);
+    tokio::pin!(stats_run);
+    let mut stats = None;
     let target = plan.path.path.clone();
     let command = stowage_restic::restore::restore_command(&RestoreOptions {
         snapshot: plan.snapshot_id.clone(),
@@ -299,7 +301,13 @@ pub async fn restore(
     loop {
         tokio::select! {
             result = &mut run => { result?; break; }
-            _ = ticker.tick() => {
+            result = &mut stats_run, if stats.is_none() => {
+                let found = result?;
+                span.record("bytes", found.total_size);
+                stats = Some(found);
+            }
+            _ = ticker.tick(), if stats.is_some() => {
+                let Some(stats) = &stats else { continue };
                 let dir = target.clone();
                 let (bytes, files) = tokio::task::spawn_blocking(move || tree_size(&dir))
                     .await
@@ -314,6 +322,14 @@ pub async fn restore(
             }
         }
     }
+    let stats = match stats {
+        Some(stats) => stats,
+        None => {
+            let found = stats_run.await?;
+            span.record("bytes", found.total_size);
+            found
+        }
+    };
     on_progress(Progress {
         bytes_done: stats.total_size,
         bytes_total: stats.total_size,
