@@ -168,6 +168,41 @@ impl Stack {
         self.start_orchestrator_again().await;
     }
 
+    /// Starts the agent of `node` again on its old port (after a test killed it), with the same
+    /// configuration, so the orchestrator's `--agent` URL reaches the new process.
+    pub async fn start_agent_again(&mut self, node: &str) {
+        let port = self.agents[node].port;
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--node-name".to_string(),
+            node.to_string(),
+            "--pods-root".to_string(),
+            self.kubelets[node].pods_root().display().to_string(),
+            "--scratch-dir".to_string(),
+            scratch(self.dir.path(), &format!("agent-{node}")),
+        ];
+        args.extend(self.options.agent_args.iter().cloned());
+        let logs = self.logs();
+        let mut process = crate::TestProcess::start(
+            &format!("stowage-volume-agent-{node}-again"),
+            crate::binary("stowage-volume-agent"),
+            &args,
+            &self.options.env,
+            &logs,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        crate::wait_for_health(
+            &url,
+            "stowage.v1.VolumeAgent",
+            &mut process,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        self.agents
+            .insert(node.to_string(), ServiceProcess { process, url, port });
+    }
+
     async fn start_orchestrator_again(&mut self) {
         self.orchestrator = start_orchestrator(
             &self.options,

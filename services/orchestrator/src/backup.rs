@@ -26,7 +26,7 @@ use tracing::{Instrument, field};
 
 use crate::{
     deps::Deps,
-    error::{Error, Result, validate_name},
+    error::{Error, Result, agent_failure, validate_name},
     kube::{
         Cluster,
         mirror::{self, MirrorKind},
@@ -575,7 +575,7 @@ impl VolumeJob {
             let mut stream = agent
                 .backup_volume(request)
                 .await
-                .map_err(|status| format!("agent on node {node}: {}", status.message()))?
+                .map_err(|status| agent_failure(&node, &status))?
                 .into_inner();
             let mut last_mirrored = Instant::now();
             loop {
@@ -625,7 +625,7 @@ impl VolumeJob {
                         ));
                     }
                     Err(status) => {
-                        return Err(format!("agent on node {node}: {}", status.message()));
+                        return Err(agent_failure(&node, &status));
                     }
                 }
             }

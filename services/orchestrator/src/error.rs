@@ -86,6 +86,20 @@ impl Error {
     }
 }
 
+/// Why a call to the agent of `node` failed, for a volume's error message. A status made on
+/// this side from a transport error (it has a source; one the agent sent has none) means the
+/// connection broke: the agent was killed, restarted or its node went away.
+pub fn agent_failure(node: &str, status: &tonic::Status) -> String {
+    if std::error::Error::source(status).is_some() {
+        format!(
+            "lost the connection to the agent on node {node} ({}): was the agent killed or restarted?",
+            status.message()
+        )
+    } else {
+        format!("agent on node {node}: {}", status.message())
+    }
+}
+
 /// Checks a backup or restore name: a DNS-1123 subdomain (lowercase alphanumerics, `-` and
 /// `.`, starting and ending alphanumeric, at most 253 characters), because it becomes a
 /// Kubernetes label value prefix and a directory in the bucket.
@@ -121,6 +135,21 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_told_apart_from_the_agent_s_own_error() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let message = agent_failure("node-a", &broken);
+        assert!(
+            message.starts_with("lost the connection to the agent on node node-a"),
+            "{message}"
+        );
+        let refused = tonic::Status::failed_precondition("restic binary missing");
+        assert_eq!(
+            agent_failure("node-a", &refused),
+            "agent on node node-a: restic binary missing"
+        );
+    }
 
     #[test]
     fn dns_names_are_accepted() {

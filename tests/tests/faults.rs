@@ -1,0 +1,390 @@
+//! Failures a backup system meets in production, with real processes: a volume agent killed
+//! mid-backup, the repo-manager killed during a prune, the object store going away, restic
+//! missing, a repository key changed behind stowage's back, a full scratch dir. Each test
+//! checks what the user sees (a failed volume with a reason naming the cause, within a bounded
+//! time) and that the next backup succeeds once the cause is gone. The orchestrator's own crash
+//! and SIGTERM are covered in `orchestrator.rs`; docs/failures.md describes every case.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use stowage_e2e::{
+    kube::seed_example,
+    kubelet::write_sample_tree,
+    stack::{Stack, StackOptions, slow_restic},
+};
+use stowage_grpc::TracedChannel;
+use stowage_proto::v1::{
+    Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, GetRepositoryAccessRequest,
+    RepositoryAccess, VolumePhase, WatchBackupRequest, orchestrator_client::OrchestratorClient,
+    repo_manager_client::RepoManagerClient,
+};
+
+type Client = OrchestratorClient<TracedChannel>;
+
+/// Longest a failed volume may take to be reported; far below any backup timeout.
+const BOUNDED: Duration = Duration::from_secs(60);
+
+fn foo_spec() -> BackupSpec {
+    BackupSpec {
+        included_namespaces: vec!["foo".into()],
+        ..Default::default()
+    }
+}
+
+/// Starts backup `name` and returns its last state once it ended, or panics after `BOUNDED`.
+async fn backup_to_end(client: &mut Client, name: &str) -> BackupStatus {
+    client
+        .create_backup(CreateBackupRequest {
+            name: name.to_string(),
+            spec: Some(foo_spec()),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_backup(client, name).await.status.unwrap_or_default()
+}
+
+async fn wait_backup(client: &mut Client, name: &str) -> Backup {
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(BOUNDED, async {
+        while let Some(event) = stream.message().await.expect("a backup event") {
+            last = event.backup;
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "backup {name} did not end within {BOUNDED:?}: {last:#?}"
+    );
+    last.expect("at least one backup event")
+}
+
+/// Waits until a volume of backup `name` is running on its agent.
+async fn wait_in_progress(client: &mut Client, name: &str) {
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let started = tokio::time::timeout(BOUNDED, async {
+        while let Some(event) = stream.message().await.expect("a backup event") {
+            let status = event.backup.unwrap_or_default().status.unwrap_or_default();
+            if status
+                .volumes
+                .iter()
+                .any(|v| v.phase == VolumePhase::InProgress as i32)
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        started,
+        Ok(true),
+        "backup {name} never had a running volume"
+    );
+}
+
+/// A stack on node-a with the example pod's emptyDir volume holding a small tree.
+async fn stack_with_example(options: StackOptions) -> Stack {
+    let stack = Stack::start(options).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    write_sample_tree(&volume, "faults");
+    stack
+}
+
+fn assert_completed(status: &BackupStatus, stack: &Stack) {
+    assert_eq!(
+        status.phase,
+        BackupPhase::Completed as i32,
+        "{status:#?}\norchestrator log:\n{}",
+        stack.orchestrator.process.log()
+    );
+}
+
+/// The one volume of a failed backup; its message must name every one of `causes`.
+fn assert_volume_failed_naming(status: &BackupStatus, causes: &[&str]) -> String {
+    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
+    assert_eq!(status.volumes.len(), 1, "{status:#?}");
+    let volume = &status.volumes[0];
+    assert_eq!(volume.phase, VolumePhase::Failed as i32, "{volume:#?}");
+    for cause in causes {
+        assert!(
+            volume.error_message.contains(cause),
+            "the reason does not name {cause:?}: {}",
+            volume.error_message
+        );
+    }
+    eprintln!("the volume failed: {}", volume.error_message);
+    volume.error_message.clone()
+}
+
+/// The namespace repository's URL, password and environment, from the repo-manager.
+async fn repository_access(stack: &Stack, namespace: &str) -> RepositoryAccess {
+    let mut repo_manager = RepoManagerClient::new(
+        stowage_grpc::connect(&stack.repo_manager.url)
+            .await
+            .expect("connecting to the repo-manager"),
+    );
+    repo_manager
+        .get_repository_access(GetRepositoryAccessRequest {
+            namespace: namespace.into(),
+        })
+        .await
+        .expect("GetRepositoryAccess")
+        .into_inner()
+}
+
+/// restic run by the test against a stowage repository, with its own password file and cache.
+struct ResticAs {
+    url: String,
+    env: BTreeMap<String, String>,
+    password_file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl ResticAs {
+    fn new(access: &RepositoryAccess) -> ResticAs {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let password_file = dir.path().join("password");
+        write_private(&password_file, &access.password);
+        ResticAs {
+            url: access.url.clone(),
+            env: access.env.clone().into_iter().collect(),
+            password_file,
+            dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("restic")
+            .args(args)
+            .env("RESTIC_REPOSITORY", &self.url)
+            .env("RESTIC_PASSWORD_FILE", &self.password_file)
+            .env("RESTIC_CACHE_DIR", self.dir.path().join("cache"))
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running restic")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "restic {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .expect("writing a password file");
+}
+
+/// Processes (by pid) whose command line mentions `marker`: what a SIGKILLed agent leaves
+/// running (restic runs in its own process group, so it outlives its agent outside a pod).
+fn processes_mentioning(marker: &str) -> Vec<u32> {
+    let own = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != own)
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILLs each of `pids` (processes this test started), as the end of a pod would.
+fn kill_pids(pids: &[u32]) {
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_fails_its_volume_naming_the_node_and_a_restarted_agent_serves_the_next_backup()
+ {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper_dir.path(), 30);
+    let mut stack = stack_with_example(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    client
+        .create_backup(CreateBackupRequest {
+            name: "orphaned".into(),
+            spec: Some(foo_spec()),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_in_progress(&mut client, "orphaned").await;
+    // The volume is InProgress before the agent has the request; wait for its restic.
+    let marker = wrapper_dir.path().display().to_string();
+    wait_until("the agent runs restic", || {
+        !processes_mentioning(&marker).is_empty()
+    });
+
+    stack.agents.get_mut("node-a").unwrap().process.kill();
+    // In a pod the agent's restic dies with the container; here it has to be ended by hand.
+    kill_pids(&processes_mentioning(
+        &wrapper_dir.path().display().to_string(),
+    ));
+    let status = wait_backup(&mut client, "orphaned")
+        .await
+        .status
+        .unwrap_or_default();
+    let reason = assert_volume_failed_naming(&status, &["lost the connection", "node-a"]);
+    assert!(
+        !reason.contains("timed out"),
+        "failed by the timeout, not by the agent's death: {reason}"
+    );
+
+    // The restarted agent's restic no longer waits.
+    std::fs::write(&restic, "#!/bin/sh\nexec restic \"$@\"\n").unwrap();
+    stack.start_agent_again("node-a").await;
+    let status = backup_to_end(&mut client, "after-restart").await;
+    assert_completed(&status, &stack);
+
+    let restic = ResticAs::new(&repository_access(&stack, "foo").await);
+    let check = restic.ok(&["check"]);
+    assert!(check.contains("no errors were found"), "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_restic_binary_fails_the_volume_naming_the_binary() {
+    let stack = stack_with_example(StackOptions {
+        agent_args: vec!["--restic-binary".into(), "/nonexistent/restic".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    let status = backup_to_end(&mut client, "no-restic").await;
+    assert_volume_failed_naming(&status, &["node-a", "/nonexistent/restic", "not found"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repository_key_changed_behind_stowage_fails_with_wrong_password() {
+    let stack = stack_with_example(StackOptions::default()).await;
+    let mut client = stack.client().await;
+    let status = backup_to_end(&mut client, "before-the-change").await;
+    assert_completed(&status, &stack);
+
+    // Someone with the password adds a key of their own and removes stowage's.
+    let restic = ResticAs::new(&repository_access(&stack, "foo").await);
+    let theirs = restic.dir.path().join("their-password");
+    write_private(&theirs, "somebody-else's-password");
+    let keys = restic.ok(&["key", "list", "--json"]);
+    let keys: Vec<serde_json::Value> = serde_json::from_str(&keys).expect("restic key list");
+    let ours = keys
+        .iter()
+        .find(|key| key["current"] == true)
+        .and_then(|key| key["id"].as_str())
+        .expect("the key in use")
+        .to_string();
+    restic.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        &theirs.display().to_string(),
+    ]);
+    let output = Command::new("restic")
+        .args(["key", "remove", &ours])
+        .env("RESTIC_REPOSITORY", &restic.url)
+        .env("RESTIC_PASSWORD_FILE", &theirs)
+        .env("RESTIC_CACHE_DIR", restic.dir.path().join("cache"))
+        .envs(&restic.env)
+        .output()
+        .expect("running restic key remove");
+    assert!(output.status.success(), "{output:?}");
+
+    let status = backup_to_end(&mut client, "after-the-change").await;
+    assert_volume_failed_naming(&status, &["wrong password"]);
+}
+
+/// A tmpfs mounted over a directory for the test, unmounted when dropped.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mounts a tmpfs of `size` over `dir` and fills it; `None` when mounting is not allowed
+    /// (not root).
+    fn full_tmpfs(dir: &Path, size: &str) -> Option<Mounted> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false);
+        if !mounted {
+            return None;
+        }
+        let mounted = Mounted(dir.to_path_buf());
+        // Fill it up; the write ends with "no space left on device".
+        let mut filler = std::fs::File::create(dir.join("filler")).expect("a filler file");
+        let block = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        Some(mounted)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_scratch_dir_fails_the_volume_naming_no_space() {
+    let stack = stack_with_example(StackOptions::default()).await;
+    let scratch = stack.dir.path().join("scratch").join("agent-node-a");
+    let Some(_full) = Mounted::full_tmpfs(&scratch, "1m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let mut client = stack.client().await;
+    let status = backup_to_end(&mut client, "no-space").await;
+    assert_volume_failed_naming(&status, &["node-a", "scratch", "No space left on device"]);
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUNDED;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {BOUNDED:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
