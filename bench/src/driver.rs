@@ -114,7 +114,7 @@ pub struct Limit {
 pub struct Wrap {
     pub bare_backup: Duration,
     pub stowage_backup: Duration,
-    /// restic's own run inside the agent, as the agent timed it.
+    /// The agent's restic commands (parent lookup and backup), as the agent timed them.
     pub stowage_backup_restic: Duration,
     pub bare_restore: Duration,
     /// From CreateRestore to Completed, including the emulated pod start.
@@ -133,7 +133,7 @@ pub struct Incremental {
     /// Bytes the agent and its restic read (`rchar`), per backup.
     pub first_read: u64,
     pub second_read: u64,
-    /// restic's own run inside the agent for the second backup.
+    /// The agent's restic commands (parent lookup and backup) for the second backup.
     pub second_restic: Duration,
     pub second_parent_is_first: bool,
     pub second_files_unmodified: u64,
@@ -1223,14 +1223,14 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     writeln!(md, "\nWhere the time goes (measured in this run):\n")?;
     writeln!(
         md,
-        "- Backup of one volume: {} in all, of which restic ran {} inside the agent; the other {} are stowage's (discovery, repository and lease calls, PodVolumeBackup mirrors, the agent's parent lookup, gRPC).",
+        "- Backup of one volume: {} in all, of which the agent's restic commands (`restic snapshots` to find the parent, then `restic backup`) took {}; the other {} are the orchestrator's and the agent's own (discovery, repository and lease calls, PodVolumeBackup mirrors, the backup record, gRPC).",
         secs(w.stowage_backup),
         secs(w.stowage_backup_restic),
         secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic))
     )?;
     writeln!(
         md,
-        "- Backup after pod recreate: {} in all, of which restic ran {} inside the agent (with the first snapshot as parent it reads only the changed files, but still starts, loads the repository index and writes a snapshot: a fixed cost that does not shrink with the data).",
+        "- Backup after pod recreate: {} in all, of which the agent's restic commands (parent lookup and backup) took {} (with the first snapshot as parent it reads only the changed files, but still starts, loads the repository index and writes a snapshot: a fixed cost that does not shrink with the data).",
         secs(i.second),
         secs(i.second_restic)
     )?;
