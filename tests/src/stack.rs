@@ -203,6 +203,38 @@ impl Stack {
             .insert(node.to_string(), ServiceProcess { process, url, port });
     }
 
+    /// Starts the repo-manager again on its old port (after a test killed it), with the same
+    /// configuration and storage, so the orchestrator reaches the new process.
+    pub async fn start_repo_manager_again(&mut self) {
+        let port = self.repo_manager.port;
+        let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        args.extend(storage_args(&self.storage, self.s3.as_ref()));
+        args.extend([
+            "--scratch-dir".to_string(),
+            scratch(self.dir.path(), "repo-manager"),
+        ]);
+        let mut env = self.options.env.clone();
+        env.insert("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string());
+        env.extend(self.s3.as_ref().map(S3Server::env).unwrap_or_default());
+        let logs = self.logs();
+        let mut process = crate::TestProcess::start(
+            "stowage-repo-manager-again",
+            crate::binary("stowage-repo-manager"),
+            &args,
+            &env,
+            &logs,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        crate::wait_for_health(
+            &url,
+            "stowage.v1.RepoManager",
+            &mut process,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        self.repo_manager = ServiceProcess { process, url, port };
+    }
+
     async fn start_orchestrator_again(&mut self) {
         self.orchestrator = start_orchestrator(
             &self.options,

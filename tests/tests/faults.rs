@@ -21,8 +21,8 @@ use stowage_e2e::{
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
     Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, GetRepositoryAccessRequest,
-    RepositoryAccess, VolumePhase, WatchBackupRequest, orchestrator_client::OrchestratorClient,
-    repo_manager_client::RepoManagerClient,
+    MaintenanceKind, RepositoryAccess, RunMaintenanceRequest, VolumePhase, WatchBackupRequest,
+    orchestrator_client::OrchestratorClient, repo_manager_client::RepoManagerClient,
 };
 
 type Client = OrchestratorClient<TracedChannel>;
@@ -194,6 +194,14 @@ impl ResticAs {
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
+
+    fn locks(&self) -> Vec<String> {
+        self.ok(&["list", "locks", "--no-lock"])
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -207,8 +215,9 @@ fn write_private(path: &Path, text: &str) {
         .expect("writing a password file");
 }
 
-/// Processes (by pid) whose command line mentions `marker`: what a SIGKILLed agent leaves
-/// running (restic runs in its own process group, so it outlives its agent outside a pod).
+/// Processes (by pid) whose command line or environment mentions `marker` (a test's own temp
+/// dir): what a SIGKILLed service leaves running (restic runs in its own process group, so
+/// outside a pod it outlives the service that started it).
 fn processes_mentioning(marker: &str) -> Vec<u32> {
     let own = std::process::id();
     std::fs::read_dir("/proc")
@@ -217,9 +226,10 @@ fn processes_mentioning(marker: &str) -> Vec<u32> {
                 .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|pid| *pid != own)
                 .filter(|pid| {
-                    std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
-                        .unwrap_or(false)
+                    ["cmdline", "environ"].iter().any(|file| {
+                        std::fs::read(format!("/proc/{pid}/{file}"))
+                            .is_ok_and(|text| String::from_utf8_lossy(&text).contains(marker))
+                    })
                 })
                 .collect()
         })
@@ -261,10 +271,10 @@ async fn killed_agent_fails_its_volume_naming_the_node_and_a_restarted_agent_ser
     });
 
     stack.agents.get_mut("node-a").unwrap().process.kill();
-    // In a pod the agent's restic dies with the container; here it has to be ended by hand.
-    kill_pids(&processes_mentioning(
-        &wrapper_dir.path().display().to_string(),
-    ));
+    // In a pod the agent's restic dies with the container; here it has to be ended by hand
+    // (the wrapper, its sleep and restic all have the agent's scratch dir as their cache).
+    let scratch = stack.dir.path().join("scratch").join("agent-node-a");
+    kill_pids(&processes_mentioning(&scratch.display().to_string()));
     let status = wait_backup(&mut client, "orphaned")
         .await
         .status
@@ -379,6 +389,90 @@ async fn full_scratch_dir_fails_the_volume_naming_no_space() {
     let mut client = stack.client().await;
     let status = backup_to_end(&mut client, "no-space").await;
     assert_volume_failed_naming(&status, &["node-a", "scratch", "No space left on device"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock() {
+    // The repo-manager's restic reads at 1 KiB/s while pruning, so the prune holds restic's
+    // exclusive lock long enough to be interrupted; the agent's restic is the plain one.
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = wrapper_dir.path().join("slow-prune-restic");
+    std::fs::write(
+        &restic,
+        "#!/bin/sh\ncase \" $* \" in *\" prune \"*) exec restic --limit-download 1 \"$@\";; esac\nexec restic \"$@\"\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&restic, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut stack = stack_with_example(StackOptions {
+        env: BTreeMap::from([
+            (
+                "STOWAGE_RESTIC_BINARY".to_string(),
+                restic.display().to_string(),
+            ),
+            ("STOWAGE_STALE_LOCK_AGE".to_string(), "1s".to_string()),
+        ]),
+        agent_args: vec!["--restic-binary".into(), "restic".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    let status = backup_to_end(&mut client, "before-prune").await;
+    assert_completed(&status, &stack);
+    let repository = ResticAs::new(&repository_access(&stack, "foo").await);
+
+    let mut repo_manager = RepoManagerClient::new(
+        stowage_grpc::connect(&stack.repo_manager.url)
+            .await
+            .expect("connecting to the repo-manager"),
+    );
+    let prune = tokio::spawn(async move {
+        repo_manager
+            .run_maintenance(RunMaintenanceRequest {
+                namespace: "foo".into(),
+                kind: MaintenanceKind::Prune as i32,
+            })
+            .await
+    });
+    // The repo-manager's restic has the repo-manager's scratch dir as its cache.
+    let marker = stack
+        .dir
+        .path()
+        .join("scratch")
+        .join("repo-manager")
+        .display()
+        .to_string();
+    wait_until("the prune holds restic's lock", || {
+        processes_mentioning(&marker).iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("prune"))
+        }) && !repository.locks().is_empty()
+    });
+    stack.repo_manager.process.kill();
+    // In a pod its restic dies with it; here it is ended by hand, leaving its lock behind.
+    kill_pids(&processes_mentioning(&marker));
+    let answer = prune.await.expect("the prune task");
+    assert!(answer.is_err(), "the killed prune answered {answer:?}");
+    assert_eq!(
+        repository.locks().len(),
+        1,
+        "a killed prune leaves restic's exclusive lock"
+    );
+    // Past the stale-lock age, so only the dead holder makes it stale.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    stack.start_repo_manager_again().await;
+    let status = backup_to_end(&mut client, "after-prune").await;
+    assert_completed(&status, &stack);
+    assert!(
+        repository.locks().is_empty(),
+        "restic locks left: {:?}",
+        repository.locks()
+    );
+    let check = repository.ok(&["check"]);
+    assert!(check.contains("no errors were found"), "{check}");
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

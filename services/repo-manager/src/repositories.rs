@@ -252,11 +252,20 @@ impl Manager {
         if phase != Phase::Ready {
             tracing::warn!(namespace, %message, "repository is not ready");
         }
-        self.store_record(namespace, |record| {
-            record.phase = phase;
-            record.message = message;
-        })
-        .await
+        let record = self
+            .store_record(namespace, |record| {
+                record.phase = phase;
+                record.message = message;
+            })
+            .await?;
+        // Every backup and restore ensures its repository first: a lock left by a restic that
+        // died (a prune whose repo-manager was killed) would otherwise make it fail at once.
+        if phase == Phase::Ready {
+            let repository = self.ready_repository(namespace).await?;
+            self.clear_stale_locks(namespace, &repository, &self.shutdown.child_token())
+                .await;
+        }
+        Ok(record)
     }
 
     async fn open_or_init(&self, namespace: &str) -> Result<(), RepoError> {
