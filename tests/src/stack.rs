@@ -235,6 +235,37 @@ impl Stack {
         self.repo_manager = ServiceProcess { process, url, port };
     }
 
+    /// Starts `moto_server` again on the S3 server's old port (after a test killed it) and
+    /// creates the bucket again: moto keeps objects in memory, so the bucket comes back empty.
+    pub fn start_s3_again(&mut self) {
+        let s3 = self.s3.as_mut().expect("a stack with s3: true");
+        let logs = self.dir.path().join("logs");
+        s3.process = crate::TestProcess::start(
+            "moto-server-again",
+            "moto_server",
+            &[
+                "-H".to_string(),
+                "127.0.0.1".to_string(),
+                "-p".to_string(),
+                s3.port.to_string(),
+            ],
+            &BTreeMap::new(),
+            &logs,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", s3.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not listen on port {} again; log:\n{}",
+                s3.port,
+                s3.process.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let bucket = s3.bucket.clone();
+        s3.create_bucket(&bucket);
+    }
+
     async fn start_orchestrator_again(&mut self) {
         self.orchestrator = start_orchestrator(
             &self.options,

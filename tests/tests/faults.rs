@@ -475,6 +475,52 @@ async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock(
     assert!(check.contains("no errors were found"), "{check}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_later_backup_succeeds()
+ {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper_dir.path(), 3);
+    let mut stack = stack_with_example(StackOptions {
+        s3: true,
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    client
+        .create_backup(CreateBackupRequest {
+            name: "outage".into(),
+            spec: Some(foo_spec()),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_in_progress(&mut client, "outage").await;
+    let marker = wrapper_dir.path().display().to_string();
+    wait_until("the agent runs restic", || {
+        !processes_mentioning(&marker).is_empty()
+    });
+    // The object store goes away while restic waits to start its backup.
+    stack.s3.as_mut().unwrap().process.kill();
+    let killed = Instant::now();
+    let status = wait_backup(&mut client, "outage")
+        .await
+        .status
+        .unwrap_or_default();
+    eprintln!(
+        "the backup ended {:?} after the S3 server went away",
+        killed.elapsed()
+    );
+    assert_volume_failed_naming(
+        &status,
+        &["node-a", "cannot be reached", "connection refused"],
+    );
+
+    stack.start_s3_again();
+    std::fs::write(&restic, "#!/bin/sh\nexec restic \"$@\"\n").unwrap();
+    let status = backup_to_end(&mut client, "after-outage").await;
+    assert_completed(&status, &stack);
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + BOUNDED;
     while !done() {

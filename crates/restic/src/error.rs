@@ -36,6 +36,12 @@ pub enum ResticError {
         repository: String,
         stderr: String,
     },
+    #[error("restic {command}: the storage of repository {repository} cannot be reached: {stderr}")]
+    StorageUnreachable {
+        command: String,
+        repository: String,
+        stderr: String,
+    },
     #[error("restic {command}: repository {repository} is locked: {stderr}")]
     Locked {
         command: String,
@@ -86,6 +92,7 @@ impl ResticError {
     pub fn stderr(&self) -> Option<&str> {
         match self {
             ResticError::RepositoryMissing { stderr, .. }
+            | ResticError::StorageUnreachable { stderr, .. }
             | ResticError::Locked { stderr, .. }
             | ResticError::Killed { stderr, .. }
             | ResticError::Failed { stderr, .. } => Some(stderr),
@@ -93,6 +100,16 @@ impl ResticError {
         }
     }
 }
+
+/// Go's words for a storage server that cannot be reached (refused, unresolvable, silent).
+const UNREACHABLE: &[&str] = &[
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "connection reset by peer",
+    "network is unreachable",
+    "no route to host",
+];
 
 /// Turns a non-zero exit into the matching error. restic exits 1 for every fatal error, so the
 /// kind is told by the message it prints (stable wording across restic 0.9 – 0.17).
@@ -109,6 +126,15 @@ pub(crate) fn classify_exit(
         return ResticError::WrongPassword {
             command,
             repository,
+        };
+    }
+    // Checked before "no repository": restic asks "Is there a repository …?" after any failure
+    // to read the config, including a storage server that is down.
+    if UNREACHABLE.iter().any(|words| stderr.contains(words)) {
+        return ResticError::StorageUnreachable {
+            command,
+            repository,
+            stderr: stderr.trim().to_string(),
         };
     }
     if stderr.contains("Is there a repository at the following location?") {
@@ -168,6 +194,17 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn unreachable_storage_is_not_a_missing_repository() {
+        let stderr = "Fatal: unable to open config file: Stat: Get \"http://127.0.0.1:1/bucket/?location=\": dial tcp 127.0.0.1:1: connect: connection refused\nIs there a repository at the following location?\ns3:http://127.0.0.1:1/bucket/x\n";
+        let error = classify_exit("snapshots", "s3:x", Some(1), None, stderr.into());
+        assert!(
+            matches!(&error, ResticError::StorageUnreachable { stderr, .. } if stderr.contains("connection refused")),
+            "{error}"
+        );
+        assert!(error.to_string().contains("cannot be reached"), "{error}");
     }
 
     #[test]
