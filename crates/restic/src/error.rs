@@ -75,22 +75,61 @@ pub enum ResticError {
         command: String,
         source: std::io::Error,
     },
+    /// A command was run `attempts` times (see [`crate::RetryPolicy`]) and failed every time.
+    #[error("gave up after {attempts} attempts: {last}")]
+    GaveUp {
+        attempts: u32,
+        last: Box<ResticError>,
+    },
 }
 
 impl ResticError {
-    /// Worth trying again later without changing anything (another process holds the lock).
+    /// Worth trying again later without changing anything: another process holds the lock, or
+    /// the storage could not be reached (a restarting object store, a network blip).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ResticError::Locked { .. })
+        matches!(
+            self.last(),
+            ResticError::Locked { .. } | ResticError::StorageUnreachable { .. }
+        )
     }
 
     /// The error ended because someone asked for it to stop.
     pub fn is_cancelled(&self) -> bool {
-        matches!(self, ResticError::Cancelled { .. })
+        matches!(self.last(), ResticError::Cancelled { .. })
+    }
+
+    /// The failure itself: for [`ResticError::GaveUp`] the error of the last attempt, for any
+    /// other error the error.
+    pub fn last(&self) -> &ResticError {
+        match self {
+            ResticError::GaveUp { last, .. } => last.last(),
+            other => other,
+        }
+    }
+
+    /// The restic command that failed (`backup`, `snapshots`, …).
+    pub fn command(&self) -> &str {
+        match self {
+            ResticError::BinaryMissing { .. } | ResticError::Scratch { .. } => "",
+            ResticError::Spawn { command, .. }
+            | ResticError::InvalidArgument { command, .. }
+            | ResticError::WrongPassword { command, .. }
+            | ResticError::RepositoryMissing { command, .. }
+            | ResticError::StorageUnreachable { command, .. }
+            | ResticError::Locked { command, .. }
+            | ResticError::Cancelled { command }
+            | ResticError::Killed { command, .. }
+            | ResticError::Failed { command, .. }
+            | ResticError::Output { command, .. }
+            | ResticError::MissingOutput { command, .. }
+            | ResticError::Io { command, .. } => command,
+            ResticError::GaveUp { last, .. } => last.command(),
+        }
     }
 
     /// restic's own words, when it said something.
     pub fn stderr(&self) -> Option<&str> {
-        match self {
+        match self.last() {
             ResticError::RepositoryMissing { stderr, .. }
             | ResticError::StorageUnreachable { stderr, .. }
             | ResticError::Locked { stderr, .. }
@@ -182,6 +221,7 @@ mod tests {
             matches!(error, ResticError::WrongPassword { .. }),
             "{error}"
         );
+        assert!(!error.is_retryable(), "{error}");
     }
 
     #[test]
@@ -205,6 +245,7 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("cannot be reached"), "{error}");
+        assert!(error.is_retryable(), "a storage outage may pass: {error}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod locks;
 pub mod maintenance;
 pub mod restore;
+pub mod retry;
 pub mod snapshots;
 
 pub use backup::{BackupOptions, BackupStatus, BackupSummary};
@@ -20,4 +21,5 @@ pub use keys::Key;
 pub use locks::{Lock, LockInfo};
 pub use maintenance::{CheckData, RepositoryConfig};
 pub use restore::RestoreOptions;
+pub use retry::{Attempts, Retry, RetryPolicy};
 pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};
