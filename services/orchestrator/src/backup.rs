@@ -584,6 +584,9 @@ impl VolumeJob {
                         Some(backup_volume_event::Event::Queued(_)) => {
                             self.update(|v| v.phase = VolumePhase::Queued as i32);
                         }
+                        Some(backup_volume_event::Event::Retrying(retrying)) => {
+                            log_retry(&node, &retrying);
+                        }
                         Some(backup_volume_event::Event::Progress(progress)) => {
                             let volume = self.update(|v| {
                                 v.phase = VolumePhase::InProgress as i32;
@@ -700,6 +703,20 @@ pub async fn mirror_volume(deps: &Deps, backup: &Backup, volume: &PodVolumeBacku
     {
         tracing::warn!(%error, "mirroring PodVolumeBackup {name}");
     }
+}
+
+/// The agent runs a restic command again after a transient failure; the volume stays in
+/// progress, the log says why it takes longer.
+pub fn log_retry(node: &str, retrying: &stowage_proto::v1::Retrying) {
+    tracing::warn!(
+        node,
+        command = %retrying.command,
+        failed_attempt = retrying.failed_attempt,
+        max_attempts = retrying.max_attempts,
+        delay_seconds = retrying.delay_seconds,
+        reason = %retrying.reason,
+        "the agent retries restic"
+    );
 }
 
 pub fn rfc3339(timestamp: &prost_types::Timestamp) -> String {

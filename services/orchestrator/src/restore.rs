@@ -717,6 +717,9 @@ async fn restore_volume(
                 Some(restore_volume_event::Event::Queued(_)) => {
                     update_volume(entry, index, |v| v.phase = VolumePhase::Queued as i32);
                 }
+                Some(restore_volume_event::Event::Retrying(retrying)) => {
+                    crate::backup::log_retry(node, &retrying);
+                }
                 Some(restore_volume_event::Event::Progress(progress)) => {
                     update_volume(entry, index, |v| {
                         v.phase = VolumePhase::InProgress as i32;

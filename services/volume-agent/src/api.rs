@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use crate::{
     error::AgentError,
-    jobs::{self, AgentContext},
+    jobs::{self, AgentContext, JobEvent},
     operations::{OperationHandle, Operations},
 };
 
@@ -164,10 +164,16 @@ impl VolumeAgent for AgentApi {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
             async move {
-                jobs::backup(&context, &plan, &cancel, |progress| {
-                    let _ = progress_tx.try_send(Ok(BackupVolumeEvent {
-                        event: Some(backup_volume_event::Event::Progress(progress)),
-                    }));
+                jobs::backup(&context, &plan, &cancel, |event| {
+                    let event = match event {
+                        JobEvent::Progress(progress) => {
+                            backup_volume_event::Event::Progress(progress)
+                        }
+                        JobEvent::Retrying(retrying) => {
+                            backup_volume_event::Event::Retrying(retrying)
+                        }
+                    };
+                    let _ = progress_tx.try_send(Ok(BackupVolumeEvent { event: Some(event) }));
                 })
                 .await
             },
@@ -222,10 +228,16 @@ impl VolumeAgent for AgentApi {
                     &plan,
                     &cancel,
                     RESTORE_PROGRESS_INTERVAL,
-                    |progress| {
-                        let _ = progress_tx.try_send(Ok(RestoreVolumeEvent {
-                            event: Some(restore_volume_event::Event::Progress(progress)),
-                        }));
+                    |event| {
+                        let event = match event {
+                            JobEvent::Progress(progress) => {
+                                restore_volume_event::Event::Progress(progress)
+                            }
+                            JobEvent::Retrying(retrying) => {
+                                restore_volume_event::Event::Retrying(retrying)
+                            }
+                        };
+                        let _ = progress_tx.try_send(Ok(RestoreVolumeEvent { event: Some(event) }));
                     },
                 )
                 .await

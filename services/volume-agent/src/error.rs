@@ -41,12 +41,15 @@ impl AgentError {
             },
             AgentError::Operation(OperationError::AlreadyExists(_)) => Code::AlreadyExists,
             AgentError::Cancelled(_) => Code::Cancelled,
-            AgentError::Restic(error) => match error {
+            // After retries the code is the one of the last attempt's failure.
+            AgentError::Restic(error) => match error.last() {
                 ResticError::InvalidArgument { .. } => Code::InvalidArgument,
                 ResticError::WrongPassword { .. } => Code::PermissionDenied,
                 ResticError::RepositoryMissing { .. } => Code::FailedPrecondition,
-                // Another process holds the lock: try again later.
-                ResticError::Locked { .. } => Code::Unavailable,
+                // Another process holds the lock, or the storage is down: try again later.
+                ResticError::Locked { .. } | ResticError::StorageUnreachable { .. } => {
+                    Code::Unavailable
+                }
                 ResticError::Cancelled { .. } => Code::Cancelled,
                 ResticError::BinaryMissing { .. } | ResticError::Scratch { .. } => {
                     Code::FailedPrecondition
@@ -80,5 +83,34 @@ mod tests {
         })
         .into();
         assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn giving_up_keeps_the_code_of_the_last_failure_and_names_the_attempts() {
+        let status: Status = AgentError::from(ResticError::GaveUp {
+            attempts: 4,
+            last: Box::new(ResticError::StorageUnreachable {
+                command: "backup".into(),
+                repository: "s3:http://127.0.0.1:9/b".into(),
+                stderr: "connection refused".into(),
+            }),
+        })
+        .into();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("4 attempts")
+                && status.message().contains("cannot be reached"),
+            "{}",
+            status.message()
+        );
+        let status: Status = AgentError::from(ResticError::GaveUp {
+            attempts: 2,
+            last: Box::new(ResticError::WrongPassword {
+                command: "backup".into(),
+                repository: "/r".into(),
+            }),
+        })
+        .into();
+        assert_eq!(status.code(), Code::PermissionDenied);
     }
 }

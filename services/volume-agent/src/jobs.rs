@@ -9,10 +9,11 @@ use std::{
 
 use stowage_proto::v1::{
     BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress, RepositoryAccess,
-    RestoreVolumeRequest, RestoreVolumeResult, VolumeSource,
+    RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
 };
 use stowage_restic::{
-    BackupOptions, BackupStatus, Repository, Restic, RestoreOptions, SnapshotFilter,
+    BackupOptions, BackupStatus, Repository, Restic, ResticError, RestoreOptions, Retry,
+    RetryPolicy, SnapshotFilter,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,35 @@ pub struct AgentContext {
     pub snapshot_host: String,
     /// `--limit-upload` (KiB/s) of every backup; `None` for no limit.
     pub limit_upload_kib: Option<u64>,
+    /// How a restic command that failed for a transient reason is run again.
+    pub retry: RetryPolicy,
+}
+
+/// What a running job tells its caller before the result.
+#[derive(Debug)]
+pub enum JobEvent {
+    Progress(Progress),
+    Retrying(Retrying),
+}
+
+/// Logs a retry and passes it on, so both the operator reading the agent's log and the caller
+/// watching the stream learn why the volume takes longer.
+fn report_retry(on_event: &impl Fn(JobEvent), retry: &Retry) {
+    tracing::warn!(
+        command = retry.error.command(),
+        failed_attempt = retry.failed_attempt,
+        max_attempts = retry.max_attempts,
+        delay_ms = retry.delay.as_millis() as u64,
+        error = %retry.error,
+        "restic failed for a reason that may pass, retrying"
+    );
+    on_event(JobEvent::Retrying(Retrying {
+        command: retry.error.command().to_string(),
+        failed_attempt: retry.failed_attempt,
+        max_attempts: retry.max_attempts,
+        delay_seconds: retry.delay.as_secs_f64(),
+        reason: retry.error.to_string(),
+    }));
 }
 
 /// A backup whose input has been checked and whose volume has been found.
@@ -196,27 +226,36 @@ fn progress(status: &BackupStatus) -> Progress {
     }
 }
 
-/// Runs the backup; `on_progress` gets every restic status line.
+/// Runs the backup; `on_event` gets every restic status line and every retry. Each restic
+/// command is retried on its own under the context's policy.
 pub async fn backup(
     context: &AgentContext,
     plan: &BackupPlan,
     cancel: &CancellationToken,
-    mut on_progress: impl FnMut(Progress) + Send,
+    on_event: impl Fn(JobEvent) + Sync,
 ) -> Result<BackupVolumeResult, AgentError> {
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
-    let parent = context
-        .restic
-        .latest_snapshot(
-            &plan.repository,
-            &SnapshotFilter {
-                tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
-                ..Default::default()
-            },
-            cancel,
-        )
-        .await?;
+    let filter = SnapshotFilter {
+        tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
+        ..Default::default()
+    };
+    let mut attempts = context.retry.attempts(cancel);
+    let parent = loop {
+        match context
+            .restic
+            .latest_snapshot(&plan.repository, &filter, cancel)
+            .await
+        {
+            Ok(found) => break found,
+            Err(error) => {
+                attempts
+                    .retry_after(error, |retry| report_retry(&on_event, retry))
+                    .await?
+            }
+        }
+    };
     let parent_id = parent.map(|snapshot| snapshot.short_id);
     if let Some(parent) = &parent_id {
         span.record("parent_snapshot_id", parent.as_str());
@@ -230,16 +269,27 @@ pub async fn backup(
         excludes: Vec::new(),
         limit_upload_kib: context.limit_upload_kib,
     };
-    let summary = context
-        .restic
-        .backup(&plan.repository, &options, cancel, |status| {
-            // The span keeps the latest progress, so a trace of a cancelled or failed
-            // backup shows how far it got.
-            span.record("bytes_done", status.bytes_done);
-            span.record("files_done", status.files_done);
-            on_progress(progress(status))
-        })
-        .await?;
+    let mut attempts = context.retry.attempts(cancel);
+    let summary = loop {
+        let run = context
+            .restic
+            .backup(&plan.repository, &options, cancel, |status| {
+                // The span keeps the latest progress, so a trace of a cancelled or failed
+                // backup shows how far it got.
+                span.record("bytes_done", status.bytes_done);
+                span.record("files_done", status.files_done);
+                on_event(JobEvent::Progress(progress(status)))
+            })
+            .await;
+        match run {
+            Ok(summary) => break summary,
+            Err(error) => {
+                attempts
+                    .retry_after(error, |retry| report_retry(&on_event, retry))
+                    .await?
+            }
+        }
+    };
     span.record("snapshot_id", summary.snapshot_id.as_str());
     span.record("bytes", summary.total_bytes_processed);
     span.record("bytes_added", summary.data_added);
@@ -274,16 +324,30 @@ pub async fn restore(
     plan: &RestorePlan,
     cancel: &CancellationToken,
     interval: Duration,
-    mut on_progress: impl FnMut(Progress) + Send,
+    on_event: impl Fn(JobEvent) + Sync,
 ) -> Result<RestoreVolumeResult, AgentError> {
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
     // `restic stats` only gives progress its total, so it runs beside the restore rather than
     // before it: each restic command costs a fixed start (key derivation, index load).
-    let stats_run = context
-        .restic
-        .stats(&plan.repository, &plan.snapshot_id, cancel);
+    let stats_run = async {
+        let mut attempts = context.retry.attempts(cancel);
+        loop {
+            match context
+                .restic
+                .stats(&plan.repository, &plan.snapshot_id, cancel)
+                .await
+            {
+                Ok(found) => break Ok::<_, ResticError>(found),
+                Err(error) => {
+                    attempts
+                        .retry_after(error, |retry| report_retry(&on_event, retry))
+                        .await?
+                }
+            }
+        }
+    };
     tokio::pin!(stats_run);
     let mut stats = None;
     let target = plan.path.path.clone();
@@ -293,8 +357,20 @@ pub async fn restore(
         ..Default::default()
     })?
     .current_dir(&target);
-    let restic = context.restic.clone();
-    let run = restic.run(&plan.repository, &command, cancel);
+    // restic restore overwrites what an earlier attempt left, so a retry starts over cleanly.
+    let run = async {
+        let mut attempts = context.retry.attempts(cancel);
+        loop {
+            match context.restic.run(&plan.repository, &command, cancel).await {
+                Ok(output) => break Ok::<_, ResticError>(output),
+                Err(error) => {
+                    attempts
+                        .retry_after(error, |retry| report_retry(&on_event, retry))
+                        .await?
+                }
+            }
+        }
+    };
     tokio::pin!(run);
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
@@ -312,13 +388,13 @@ pub async fn restore(
                 let (bytes, files) = tokio::task::spawn_blocking(move || tree_size(&dir))
                     .await
                     .unwrap_or((0, 0));
-                on_progress(Progress {
+                on_event(JobEvent::Progress(Progress {
                     bytes_done: bytes.min(stats.total_size),
                     bytes_total: stats.total_size,
                     files_done: files.min(stats.total_file_count),
                     files_total: stats.total_file_count,
                     seconds_elapsed: clock.elapsed().as_secs_f64(),
-                });
+                }));
             }
         }
     }
@@ -330,13 +406,13 @@ pub async fn restore(
             found
         }
     };
-    on_progress(Progress {
+    on_event(JobEvent::Progress(Progress {
         bytes_done: stats.total_size,
         bytes_total: stats.total_size,
         files_done: stats.total_file_count,
         files_total: stats.total_file_count,
         seconds_elapsed: clock.elapsed().as_secs_f64(),
-    });
+    }));
     write_marker(&target, &plan.restore_uid)?;
     tracing::info!(snapshot_id = %plan.snapshot_id, bytes = stats.total_size, "restore done");
     Ok(RestoreVolumeResult {

@@ -13,7 +13,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use stowage_proto::v1::volume_agent_server::VolumeAgentServer;
-use stowage_restic::Restic;
+use stowage_restic::{Restic, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -52,6 +52,14 @@ struct Config {
     /// Upload bandwidth of each backup in KiB/s (restic `--limit-upload`); 0 = unlimited.
     #[arg(long, env = "STOWAGE_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     upload_limit_kib: u64,
+    /// Times a restic command that failed for a reason that may pass (the storage could not be
+    /// reached, the repository was locked) is run again before its volume fails; 0 = never.
+    #[arg(long, env = "STOWAGE_RESTIC_RETRIES", default_value_t = 3)]
+    restic_retries: u32,
+    /// Milliseconds before the first retry; each later wait is twice as long (at most 5
+    /// minutes). A cancel ends the wait at once.
+    #[arg(long, env = "STOWAGE_RESTIC_RETRY_DELAY_MS", default_value_t = 2000)]
+    restic_retry_delay_ms: u64,
     /// How long running operations get to stop (their restic is killed) on shutdown.
     #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -102,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| config.node_name.clone()),
         limit_upload_kib: (config.upload_limit_kib > 0).then_some(config.upload_limit_kib),
+        retry: RetryPolicy::new(
+            config.restic_retries,
+            Duration::from_millis(config.restic_retry_delay_ms),
+        ),
     };
     let operations = operations::Operations::new(config.max_concurrent, shutdown.clone(), metrics);
     let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
@@ -113,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         pods_root = %config.pods_root.display(),
         restic = %restic_version,
         max_concurrent = operations.max_concurrent(),
+        restic_retries = config.restic_retries,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
         "volume agent starting"
