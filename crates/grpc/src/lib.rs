@@ -165,7 +165,7 @@ fn endpoint(address: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, Grp
 /// start later than the caller. Uses the client TLS installed by
 /// [`TlsArgs::install_client_tls`], if any.
 pub fn connect_lazy(address: &str) -> Result<TracedChannel, GrpcError> {
-    connect_lazy_with(address, security::installed_client_tls())
+    connect_lazy_with(address, security::installed_client_tls(address))
 }
 
 /// [`connect_lazy`] with explicit client TLS (`None` = plaintext).
@@ -181,7 +181,7 @@ pub fn connect_lazy_with(
 /// A channel connected now; fails fast when the peer is not there. Uses the installed
 /// client TLS, if any.
 pub async fn connect(address: &str) -> Result<TracedChannel, GrpcError> {
-    connect_with(address, security::installed_client_tls()).await
+    connect_with(address, security::installed_client_tls(address)).await
 }
 
 /// [`connect`] with explicit client TLS (`None` = plaintext).

@@ -180,29 +180,60 @@ impl TlsArgs {
         })
     }
 
-    /// The TLS settings of this process's outgoing channels; `None` for plaintext.
+    /// The TLS settings of this process's outgoing channels, verifying every server under
+    /// --tls-server-name when it is set; `None` for plaintext.
     pub fn client(&self) -> Result<Option<ClientTlsConfig>, SecurityError> {
+        Ok(self.client_tls()?.map(|tls| tls.by_ip))
+    }
+
+    fn client_tls(&self) -> Result<Option<ClientTls>, SecurityError> {
         install_crypto_provider();
         Ok(self.files()?.map(|files| {
-            let config = ClientTlsConfig::new()
+            let by_name = ClientTlsConfig::new()
                 .identity(Identity::from_pem(files.cert, files.key))
                 .ca_certificate(Certificate::from_pem(files.ca));
-            match &self.tls_server_name {
-                Some(name) => config.domain_name(name.clone()),
-                None => config,
-            }
+            let by_ip = match &self.tls_server_name {
+                Some(name) => by_name.clone().domain_name(name.clone()),
+                None => by_name.clone(),
+            };
+            ClientTls { by_name, by_ip }
         }))
     }
 
     /// Makes [`crate::connect`] and [`crate::connect_lazy`] use this process's client TLS, so
-    /// code that opens channels deep inside a service needs no TLS plumbing. Call once in
-    /// `main`, before any channel is opened.
+    /// code that opens channels deep inside a service needs no TLS plumbing. Servers addressed
+    /// by IP are verified under --tls-server-name, the others under the host of their URL.
+    /// Call once in `main`, before any channel is opened.
     pub fn install_client_tls(&self) -> Result<(), SecurityError> {
-        let client = self.client()?;
+        let client = self.client_tls()?;
         CLIENT_TLS
             .set(client)
             .map_err(|_| SecurityError::ClientTlsInstalled)
     }
+}
+
+/// Client TLS for the two ways a server is addressed. A server reached by IP (an agent at its
+/// pod IP) has no name to check, so it is checked under --tls-server-name; one reached by a
+/// DNS name (the repo-manager's Service) is checked under that name, so another service's
+/// certificate cannot stand in for it.
+#[derive(Clone)]
+struct ClientTls {
+    by_name: ClientTlsConfig,
+    by_ip: ClientTlsConfig,
+}
+
+/// Whether the host of `address` (a URL or `host:port`) is an IP address.
+fn addressed_by_ip(address: &str) -> bool {
+    let host = match address.parse::<http::Uri>() {
+        Ok(uri) => uri.host().map(str::to_string),
+        Err(_) => None,
+    };
+    host.is_some_and(|host| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    })
 }
 
 /// tonic's TLS server takes rustls' process-wide provider, which rustls cannot pick when the
@@ -212,11 +243,16 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-static CLIENT_TLS: OnceLock<Option<ClientTlsConfig>> = OnceLock::new();
+static CLIENT_TLS: OnceLock<Option<ClientTls>> = OnceLock::new();
 
-/// The client TLS installed by [`TlsArgs::install_client_tls`], if any.
-pub fn installed_client_tls() -> Option<ClientTlsConfig> {
-    CLIENT_TLS.get().cloned().flatten()
+/// The client TLS installed by [`TlsArgs::install_client_tls`] for dialling `address`, if any.
+pub fn installed_client_tls(address: &str) -> Option<ClientTlsConfig> {
+    let tls = CLIENT_TLS.get()?.as_ref()?;
+    Some(if addressed_by_ip(address) {
+        tls.by_ip.clone()
+    } else {
+        tls.by_name.clone()
+    })
 }
 
 /// What [`crate::secured_router_for`] needs: the server TLS config and the admission policy.
@@ -538,6 +574,24 @@ mod tests {
         };
         let error = args.server().unwrap_err().to_string();
         assert!(error.contains("`not a name`"), "{error}");
+    }
+
+    #[test]
+    fn only_servers_addressed_by_ip_need_the_configured_server_name() {
+        for address in [
+            "http://10.42.0.7:8082",
+            "https://[fd00::7]:8082",
+            "127.0.0.1:8082",
+        ] {
+            assert!(addressed_by_ip(address), "{address}");
+        }
+        for address in [
+            "http://stowage-repo-manager.stowage.svc:8081",
+            "https://localhost:8081",
+            "not a url",
+        ] {
+            assert!(!addressed_by_ip(address), "{address}");
+        }
     }
 
     #[test]
