@@ -112,6 +112,10 @@ struct Config {
     housekeeping_interval_seconds: u64,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
+    #[command(flatten)]
+    metrics: stowage_metrics::MetricsArgs,
+    #[command(flatten)]
+    tls: stowage_grpc::TlsArgs,
 }
 
 #[tokio::main]
@@ -122,6 +126,22 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = config.log.init("stowage-orchestrator")?;
     let shutdown = CancellationToken::new();
     stowage_grpc::cancel_on_signal(shutdown.clone());
+    // Read the certificates before anything starts, so a bad mount fails the pod at once.
+    // External API callers (schedulers, the CLI) are not known by name: any certificate the
+    // CA signed, or a bearer token, is admitted.
+    let security = config.tls.server().context("TLS settings")?;
+    // Before the first channel: the repo-manager and agent clients pick it up.
+    config
+        .tls
+        .install_client_tls()
+        .context("client TLS settings")?;
+    let index = Arc::new(state::Index::default());
+    let gauges = index.clone();
+    stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
+        let (backups, restores) = gauges.phases();
+        stowage_metrics::orchestrator::families(&backups, &restores)
+    });
+    let metrics_server = config.metrics.start(shutdown.clone()).await;
 
     let repo_manager = RepoManagerClient::new(stowage_grpc::connect_lazy(&config.repo_manager)?);
     let cluster = if config.no_kubernetes {
@@ -169,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         agents,
         cluster,
         store,
-        index: Arc::new(state::Index::default()),
+        index,
         limits: deps::Limits {
             max_parallel_volumes: config.max_parallel_volumes,
             max_parallel_per_node: config.max_parallel_per_node,
@@ -197,9 +217,16 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let api = api::OrchestratorApi::new(deps);
-    let router = stowage_grpc::router_for::<OrchestratorServer<api::OrchestratorApi>>()
-        .await?
-        .add_service(OrchestratorServer::new(api));
+    let router =
+        stowage_grpc::secured_router_for::<OrchestratorServer<api::OrchestratorApi>>(&security)
+            .await?
+            .add_service(OrchestratorServer::new(api));
+    tracing::info!(
+        repo_manager = %config.repo_manager,
+        tls = security.is_tls(),
+        metrics = %config.metrics.metrics_listen,
+        "orchestrator starting"
+    );
     let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
         .await
         .context("orchestrator gRPC server");
@@ -207,6 +234,9 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     telemetry.shutdown();
     served
 }

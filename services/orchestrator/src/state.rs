@@ -9,7 +9,9 @@ use std::{
 
 use stowage_proto::{
     prost_types::Timestamp,
-    v1::{Backup, LogLine, Restore},
+    v1::{
+        Backup, BackupStatus, LogLine, PodVolumeBackup, PodVolumeRestore, Restore, RestoreStatus,
+    },
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -147,6 +149,54 @@ impl Index {
         true
     }
 
+    /// Every backup and restore reduced to its phase and its volumes' phases, for the
+    /// metrics gauges: a scrape must not clone every volume's paths and messages.
+    pub fn phases(&self) -> (Vec<Backup>, Vec<Restore>) {
+        let backups = self
+            .backups()
+            .iter()
+            .map(|entry| {
+                entry.read(|backup| Backup {
+                    status: backup.status.as_ref().map(|status| BackupStatus {
+                        phase: status.phase,
+                        volumes: status
+                            .volumes
+                            .iter()
+                            .map(|volume| PodVolumeBackup {
+                                phase: volume.phase,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let restores = self
+            .restores()
+            .iter()
+            .map(|entry| {
+                entry.read(|restore| Restore {
+                    status: restore.status.as_ref().map(|status| RestoreStatus {
+                        phase: status.phase,
+                        volumes: status
+                            .volumes
+                            .iter()
+                            .map(|volume| PodVolumeRestore {
+                                phase: volume.phase,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        (backups, restores)
+    }
+
     pub fn restores(&self) -> Vec<Arc<RestoreEntry>> {
         self.restores
             .read()
@@ -180,5 +230,34 @@ mod tests {
         assert_eq!(watcher.borrow().uid, "u1");
         entry.log("info", "hello");
         assert_eq!(entry.logs()[0].message, "hello");
+    }
+
+    #[test]
+    fn phases_keep_only_what_the_gauges_count() {
+        use stowage_proto::v1::{BackupPhase, VolumePhase};
+        let index = Index::default();
+        let backup = Backup {
+            name: "nightly".into(),
+            status: Some(BackupStatus {
+                phase: BackupPhase::Completed as i32,
+                volumes: vec![PodVolumeBackup {
+                    phase: VolumePhase::Completed as i32,
+                    error_message: "slow".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        index.insert_backup(
+            "nightly",
+            Entry::new(backup, Vec::new(), CancellationToken::new()),
+        );
+        let (backups, restores) = index.phases();
+        assert!(restores.is_empty());
+        let status = backups[0].status.as_ref().unwrap();
+        assert_eq!(status.phase, BackupPhase::Completed as i32);
+        assert_eq!(status.volumes[0].phase, VolumePhase::Completed as i32);
+        assert!(backups[0].name.is_empty() && status.volumes[0].error_message.is_empty());
     }
 }
