@@ -104,7 +104,15 @@ struct Config {
     lease_wait: Duration,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
+    #[command(flatten)]
+    metrics: stowage_metrics::MetricsArgs,
+    #[command(flatten)]
+    tls: stowage_grpc::TlsArgs,
 }
+
+/// Who may call the repo-manager when mTLS is on and --tls-allowed-clients is not given: it
+/// hands out repository passwords, and only the orchestrator asks for them.
+const DEFAULT_ALLOWED_CLIENTS: &[&str] = &["stowage-orchestrator"];
 
 impl Config {
     fn master_key(&self) -> anyhow::Result<Option<keys::MasterKey>> {
@@ -148,6 +156,12 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = config.log.init("stowage-repo-manager")?;
     let shutdown = CancellationToken::new();
     let signals = stowage_grpc::cancel_on_signal(shutdown.clone());
+    // Read the certificates before anything starts, so a bad mount fails the pod at once.
+    // The repo-manager calls no other stowage service, so it needs no client TLS.
+    let security = config
+        .tls
+        .server_allowing(DEFAULT_ALLOWED_CLIENTS)
+        .context("TLS settings")?;
 
     let location = StorageLocation::from_env(
         &config.storage_url,
@@ -205,27 +219,42 @@ async fn main() -> anyhow::Result<()> {
         .await?,
     );
 
+    let gauges = manager.clone();
+    stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
+        stowage_metrics::repo_manager::families(&gauges.metric_states())
+    });
+    let metrics_server = config.metrics.start(shutdown.clone()).await;
+
     let scheduler = tokio::spawn(scheduler::run(
         manager.clone(),
         config.scheduler_tick,
         shutdown.clone(),
     ));
-    let router = stowage_grpc::router_for::<RepoManagerServer<api::RepoManagerApi>>()
-        .await?
-        .add_service(RepoManagerServer::new(api::RepoManagerApi::new(
-            manager,
-            api::LeaseDefaults {
-                ttl: config.lease_ttl,
-                wait: config.lease_wait,
-            },
-        )));
-    tracing::info!(storage = %config.storage_url, "repo manager starting");
+    let router =
+        stowage_grpc::secured_router_for::<RepoManagerServer<api::RepoManagerApi>>(&security)
+            .await?
+            .add_service(RepoManagerServer::new(api::RepoManagerApi::new(
+                manager,
+                api::LeaseDefaults {
+                    ttl: config.lease_ttl,
+                    wait: config.lease_wait,
+                },
+            )));
+    tracing::info!(
+        storage = %config.storage_url,
+        tls = security.is_tls(),
+        metrics = %config.metrics.metrics_listen,
+        "repo manager starting"
+    );
     let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
         .await
         .context("repo manager gRPC server");
     shutdown.cancel();
     if let Err(error) = scheduler.await {
         tracing::error!(%error, "maintenance scheduler panicked");
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
     }
     signals.abort();
     telemetry.shutdown();

@@ -228,6 +228,14 @@ impl Manager {
         self.records().values().cloned().collect()
     }
 
+    /// Each repository's phase and last check and prune, as the metrics gauges read them.
+    pub fn metric_states(&self) -> Vec<stowage_metrics::repo_manager::RepositoryState> {
+        self.records()
+            .values()
+            .map(RepositoryRecord::metric_state)
+            .collect()
+    }
+
     /// Makes sure the namespace's repository exists and opens with its key.
     #[tracing::instrument(skip(self))]
     pub async fn ensure(&self, namespace: &str) -> Result<RepositoryRecord, RepoError> {

@@ -11,7 +11,12 @@ use stowage_storage_location::object_store::{
     self, ObjectStore, ObjectStoreExt as _, PutPayload, path::Path,
 };
 
-use crate::{error::RepoError, schedule::MaintenanceRecord};
+use stowage_metrics::repo_manager::{MaintenanceState, RepositoryState};
+
+use crate::{
+    error::RepoError,
+    schedule::{MaintenanceKind, MaintenanceRecord},
+};
 
 pub const STATE_PREFIX: &str = "stowage/repositories";
 
@@ -36,6 +41,38 @@ pub struct RepositoryRecord {
     pub check: MaintenanceRecord,
     #[serde(default)]
     pub prune: MaintenanceRecord,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::NotReady => "NotReady",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl RepositoryRecord {
+    /// The record as the metrics gauges read it.
+    pub fn metric_state(&self) -> RepositoryState {
+        let run = |kind: MaintenanceKind, record: &MaintenanceRecord| MaintenanceState {
+            kind: kind.name(),
+            finished_unix: record
+                .last_finished
+                .map(|finished| finished.timestamp_millis() as f64 / 1000.0),
+            duration_seconds: record.last_duration_seconds,
+            succeeded: record.last_succeeded,
+        };
+        RepositoryState {
+            namespace: self.namespace.clone(),
+            phase: self.phase.name().to_string(),
+            maintenance: vec![
+                run(MaintenanceKind::Check, &self.check),
+                run(MaintenanceKind::Prune, &self.prune),
+            ],
+        }
+    }
 }
 
 /// Reads and writes repository records in the object store.
@@ -162,6 +199,18 @@ mod tests {
         other.namespace = "b".into();
         store.save(&other).await.unwrap();
         let loaded = store.load_all().await.unwrap();
-        assert_eq!(loaded, vec![other, record]);
+        assert_eq!(loaded, vec![other, record.clone()]);
+
+        let state = record.metric_state();
+        assert_eq!(
+            (state.namespace.as_str(), state.phase.as_str()),
+            ("team-a", "Ready")
+        );
+        let check = &state.maintenance[0];
+        assert_eq!(check.kind, "check");
+        assert_eq!(check.finished_unix, Some(1_767_312_003.0));
+        assert_eq!(check.duration_seconds, 3.0);
+        assert!(check.succeeded);
+        assert_eq!(state.maintenance[1].finished_unix, None, "prune never ran");
     }
 }
