@@ -59,6 +59,11 @@ pub fn free_port() -> u16 {
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped, with its stdout and
 /// stderr in `log_path`.
+///
+/// Dropping blocks the thread while the process drains its connections; a gRPC server waits
+/// for its clients' connections to close, so tests holding clients should run on a
+/// multi-threaded runtime (`#[tokio::test(flavor = "multi_thread")]`), or the drop waits
+/// for the SIGKILL deadline.
 pub struct TestProcess {
     pub name: String,
     pub child: Child,

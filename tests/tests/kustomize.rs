@@ -260,7 +260,7 @@ fn all_platforms() -> Vec<Rendered> {
     PLATFORMS.iter().map(|(dir, _)| render(dir)).collect()
 }
 
-const ALL_COMPONENTS: [&str; 2] = ["components/jaeger", "components/s3"];
+const ALL_COMPONENTS: [&str; 3] = ["components/jaeger", "components/s3", "components/mtls"];
 
 /// Every combination we ship: each platform alone and with every component.
 fn all_renderings() -> Vec<Rendered> {
@@ -806,6 +806,89 @@ fn jaeger_component_receives_otlp_from_every_service() {
         base.config_map_data("stowage-telemetry")["OTEL_EXPORTER_OTLP_ENDPOINT"],
         ""
     );
+}
+
+/// The cert-manager Certificate whose Secret a workload mounts as `tls`.
+fn certificate_of<'a>(rendered: &'a Rendered, workload: &Value) -> &'a Value {
+    let secret = &volume(workload, "tls")["secret"]["secretName"];
+    rendered
+        .of_kind("Certificate")
+        .find(|certificate| &certificate["spec"]["secretName"] == secret)
+        .unwrap_or_else(|| panic!("no Certificate writes Secret {secret}"))
+}
+
+fn dns_names(certificate: &Value) -> Vec<&str> {
+    array(&certificate["spec"]["dnsNames"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[test]
+fn mtls_component_gives_each_service_its_identity_and_keeps_probes_working() {
+    for (dir, _) in PLATFORMS {
+        let rendered = render_with_components(dir, &["components/mtls"]);
+        let mut issuers = BTreeSet::new();
+        for workload in rendered.workloads() {
+            let name = workload["metadata"]["name"].as_str().unwrap();
+            let container = &containers(workload)[0];
+            let certificate = certificate_of(&rendered, workload);
+            assert!(
+                dns_names(certificate).contains(&name),
+                "{dir}: {name}'s certificate names it: {:?}",
+                dns_names(certificate)
+            );
+            let usages = array(&certificate["spec"]["usages"]);
+            for usage in ["server auth", "client auth"] {
+                assert!(usages.iter().any(|u| u == usage), "{name}: {usage}");
+            }
+            issuers.insert(certificate["spec"]["issuerRef"]["name"].to_string());
+
+            let mount = volume_mount(container, "tls")["mountPath"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            for (variable, file) in [
+                ("STOWAGE_TLS_CERT", "tls.crt"),
+                ("STOWAGE_TLS_KEY", "tls.key"),
+                ("STOWAGE_TLS_CA", "ca.crt"),
+            ] {
+                assert_eq!(
+                    env_value(container, variable).map(|v| &v["value"]),
+                    Some(&Value::from(format!("{mount}/{file}"))),
+                    "{dir}: {name} {variable}"
+                );
+            }
+            // The kubelet's gRPC probe cannot speak TLS.
+            for probe in ["readinessProbe", "livenessProbe"] {
+                assert!(
+                    container[probe].get("grpc").is_none(),
+                    "{dir}: {name} {probe} would fail against TLS"
+                );
+                assert_eq!(container[probe]["tcpSocket"]["port"], "grpc");
+            }
+        }
+        assert_eq!(issuers.len(), 1, "{dir}: one CA signs every service");
+
+        // Callers verify the servers they dial under STOWAGE_TLS_SERVER_NAME (agents are
+        // dialled by IP): every server they call must carry that name.
+        let orchestrator = rendered.get("Deployment", ORCHESTRATOR);
+        let server_name = env_value(&containers(orchestrator)[0], "STOWAGE_TLS_SERVER_NAME")
+            .expect("the orchestrator dials agents by IP")["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for called in [
+            rendered.get("DaemonSet", AGENT),
+            rendered.get("Deployment", REPO_MANAGER),
+        ] {
+            assert!(
+                dns_names(certificate_of(&rendered, called)).contains(&server_name.as_str()),
+                "{dir}: {} is verified as {server_name}",
+                called["metadata"]["name"]
+            );
+        }
+    }
 }
 
 #[test]

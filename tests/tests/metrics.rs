@@ -176,3 +176,139 @@ async fn agent_gauges_show_running_and_queued_operations_and_cancelled_ones_are_
         "{text}"
     );
 }
+
+/// The whole stack after one backup and one repository check: each service's `/metrics`
+/// shows its part (orchestrator state, repositories and their maintenance, agent operations)
+/// and its own gRPC requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_serves_metrics_after_a_backup() {
+    use stowage_e2e::{
+        agent::scrape,
+        free_port,
+        kube::seed_example,
+        kubelet::write_sample_tree,
+        stack::{Stack, StackOptions},
+    };
+    use stowage_proto::v1::{
+        BackupPhase, BackupSpec, CreateBackupRequest, MaintenanceKind, RunMaintenanceRequest,
+        WatchBackupRequest,
+    };
+
+    let orchestrator_metrics = format!("127.0.0.1:{}", free_port());
+    let agent_metrics = format!("127.0.0.1:{}", free_port());
+    let repo_manager_metrics = format!("127.0.0.1:{}", free_port());
+    let stack = Stack::start(StackOptions {
+        orchestrator_args: vec!["--metrics-listen".into(), orchestrator_metrics.clone()],
+        agent_args: vec!["--metrics-listen".into(), agent_metrics.clone()],
+        // Flags win over the environment, so only the repo-manager takes this one.
+        env: BTreeMap::from([(
+            "STOWAGE_METRICS_LISTEN".to_string(),
+            repo_manager_metrics.clone(),
+        )]),
+        ..Default::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let pod = stack.kubelets["node-a"].pod(&example.pod_uid());
+    write_sample_tree(
+        &pod.pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    write_sample_tree(&pod.empty_dir("emptydir-volume"), "emptydir");
+
+    let mut client = stack.client().await;
+    client
+        .create_backup(CreateBackupRequest {
+            name: "nightly".into(),
+            spec: Some(BackupSpec {
+                included_namespaces: vec!["foo".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateBackup");
+    let mut events = client
+        .watch_backup(WatchBackupRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = events.message().await.expect("a backup event") {
+            last = event.backup;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "the backup did not end: {last:?}");
+    let phase = last.and_then(|b| b.status).map(|s| s.phase);
+    assert_eq!(phase, Some(BackupPhase::Completed as i32));
+    let check = client
+        .maintain_repository(RunMaintenanceRequest {
+            namespace: "foo".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .expect("a repository check")
+        .into_inner();
+    assert!(check.succeeded, "{check:?}");
+
+    let orchestrator = scrape(&orchestrator_metrics).await;
+    for (series, value) in [
+        (r#"stowage_orchestrator_backups{phase="Completed"}"#, 1.0),
+        (r#"stowage_orchestrator_backups{phase="InProgress"}"#, 0.0),
+        (
+            r#"stowage_orchestrator_pod_volume_backups{phase="Completed"}"#,
+            2.0,
+        ),
+        (
+            r#"stowage_grpc_server_requests_total{grpc_service="stowage.v1.Orchestrator",grpc_method="CreateBackup",grpc_code="OK"}"#,
+            1.0,
+        ),
+        (
+            r#"stowage_grpc_server_requests_total{grpc_service="stowage.v1.Orchestrator",grpc_method="WatchBackup",grpc_code="OK"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&orchestrator, series),
+            Some(value),
+            "{series} in\n{orchestrator}"
+        );
+    }
+
+    let repo_manager = scrape(&repo_manager_metrics).await;
+    for (series, value) in [
+        (r#"stowage_repositories{phase="Ready"}"#, 1.0),
+        (
+            r#"stowage_repository_maintenance_last_succeeded{namespace="foo",kind="check"}"#,
+            1.0,
+        ),
+        (
+            r#"stowage_grpc_server_requests_total{grpc_service="stowage.v1.RepoManager",grpc_method="RunMaintenance",grpc_code="OK"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&repo_manager, series),
+            Some(value),
+            "{series} in\n{repo_manager}"
+        );
+    }
+    assert!(
+        repo_manager.contains(r#"grpc_method="EnsureRepository",grpc_code="OK""#),
+        "{repo_manager}"
+    );
+
+    let agent = scrape(&agent_metrics).await;
+    assert_eq!(
+        sample(
+            &agent,
+            &format!(r#"{OPERATIONS}{{operation="backup",phase="Completed"}}"#)
+        ),
+        Some(2.0),
+        "{agent}"
+    );
+}

@@ -1532,3 +1532,43 @@ async fn check(row: ServiceRow) -> Option<String> {
 fn prost_duration() -> stowage_proto::prost_types::Duration {
     Default::default()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orchestrator_api_with_bearer_tokens_refuses_unauthenticated_callers() {
+    use stowage_proto::v1::ListBackupsRequest;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = format!("token-{}", new_pod_uid());
+    let token_file = dir.path().join("tokens");
+    std::fs::write(&token_file, format!("{token}\n")).expect("writing tokens");
+    let stack = stowage_e2e::stack::Stack::start(stowage_e2e::stack::StackOptions {
+        orchestrator_args: vec!["--auth-token-file".into(), token_file.display().to_string()],
+        ..Default::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    let list = |authorization: Option<&str>| {
+        let mut request = tonic::Request::new(ListBackupsRequest {});
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("header value"));
+        }
+        request
+    };
+    client
+        .list_backups(list(Some(&format!("Bearer {token}"))))
+        .await
+        .expect("a caller with the token is served");
+    for wrong in [None, Some("Bearer guess")] {
+        let status = client.list_backups(list(wrong)).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{wrong:?}: {status:?}"
+        );
+    }
+    assert!(
+        !stack.orchestrator.process.log().contains(&token),
+        "the token is in the orchestrator log"
+    );
+}
