@@ -72,6 +72,11 @@ pub struct TestProcess {
 
 impl TestProcess {
     /// Starts `program` with `args` and `envs`; output goes to `<log_dir>/<name>.log`.
+    ///
+    /// Metrics are off unless `envs` or `args` ask for them: every stowage binary would
+    /// otherwise bind the default `0.0.0.0:9090`, and all but the first process on the machine
+    /// would log an error (tests check that clean runs log none). A test that scrapes gives
+    /// `--metrics-listen` or `STOWAGE_METRICS_LISTEN` a free port.
     pub fn start(
         name: &str,
         program: impl Into<OsString>,
@@ -84,6 +89,7 @@ impl TestProcess {
         let program = program.into();
         let child = Command::new(&program)
             .args(args)
+            .env("STOWAGE_METRICS_LISTEN", "off")
             .envs(envs)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning the log file handle"))
