@@ -1572,3 +1572,173 @@ async fn orchestrator_api_with_bearer_tokens_refuses_unauthenticated_callers() {
         "the token is in the orchestrator log"
     );
 }
+
+/// The whole stack over mutual TLS, as the mtls component deploys it: a caller with a
+/// certificate from the CA backs up through the orchestrator, which reaches the repo-manager by
+/// name (verified under that name) and the agent by IP (verified under `--tls-server-name`).
+/// The repo-manager admits only the orchestrator's identity; the orchestrator admits any
+/// certificate the CA signed and no caller without one.
+#[tokio::test(flavor = "multi_thread")]
+async fn orchestrator_drives_the_repo_manager_and_agents_over_mtls() {
+    use stowage_e2e::{
+        TestProcess, agent::wait_until_serving, binary, free_port, kube::KubeEmulator,
+        kube::seed_example, kubelet::FakeKubelet, kubelet::write_sample_tree,
+    };
+    use stowage_proto::v1::{
+        BackupPhase, BackupSpec, CreateBackupRequest, ListBackupsRequest, ListRepositoriesRequest,
+        WatchBackupRequest, orchestrator_client::OrchestratorClient,
+        repo_manager_client::RepoManagerClient,
+    };
+
+    // Declared first, so it is removed after the processes below have stopped.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let ca = TestCa::new(&dir.path().join("pki"), "stowage");
+    let orchestrator_cert = ca.issue("stowage-orchestrator");
+    let as_orchestrator = ca.client_tls(Some(&orchestrator_cert));
+    let kube = KubeEmulator::start(&logs).await;
+    let kube_client = kube.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube_client, "stowage").await;
+
+    let start = async |name: &str, args: Vec<String>, env: BTreeMap<String, String>| {
+        let port = free_port();
+        let mut all = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        all.extend(args);
+        all.extend(ca.issue(name).server_args(&ca));
+        let mut process = TestProcess::start(name, binary(name), &all, &env, &logs);
+        wait_until_serving(
+            &format!("http://127.0.0.1:{port}"),
+            Some(as_orchestrator.clone()),
+            &mut process,
+            Duration::from_secs(30),
+        )
+        .await;
+        (process, port)
+    };
+    let storage = format!("file://{}", path("bucket"));
+    let (_repo_manager, repo_manager_port) = start(
+        "stowage-repo-manager",
+        vec![
+            "--storage-url".into(),
+            storage.clone(),
+            "--scratch-dir".into(),
+            path("scratch-repo-manager"),
+        ],
+        BTreeMap::from([("STOWAGE_MASTER_KEY".into(), "master-key-for-mtls".into())]),
+    )
+    .await;
+    let kubelet = FakeKubelet::new(dir.path().join("nodes/node-a/pods"));
+    let (_agent, agent_port) = start(
+        "stowage-volume-agent",
+        vec![
+            "--node-name".into(),
+            "node-a".into(),
+            "--pods-root".into(),
+            kubelet.pods_root().display().to_string(),
+            "--scratch-dir".into(),
+            path("scratch-agent"),
+        ],
+        BTreeMap::new(),
+    )
+    .await;
+    let (orchestrator, orchestrator_port) = start(
+        "stowage-orchestrator",
+        vec![
+            // By name: verified as `localhost`, which only the repo-manager's certificate
+            // (of the two servers) is asked to carry here.
+            "--repo-manager".into(),
+            format!("http://localhost:{repo_manager_port}"),
+            "--agent".into(),
+            format!("node-a=http://127.0.0.1:{agent_port}"),
+            "--tls-server-name".into(),
+            "stowage-volume-agent".into(),
+            "--storage-url".into(),
+            storage,
+            "--poll-interval-ms".into(),
+            "100".into(),
+        ],
+        kube.env(),
+    )
+    .await;
+
+    let example = seed_example(&kube_client, "foo", "node-a", Some("pvc-volume")).await;
+    write_sample_tree(
+        &kubelet
+            .pod(&example.pod_uid())
+            .pv("kubernetes.io~local-volume", &example.pv_name()),
+        "pvc",
+    );
+    let caller = ca.issue("stowage-cli");
+    let orchestrator_url = format!("http://127.0.0.1:{orchestrator_port}");
+    let mut client = OrchestratorClient::new(
+        stowage_grpc::connect_with(&orchestrator_url, Some(ca.client_tls(Some(&caller))))
+            .await
+            .expect("a caller with a certificate from the CA connects"),
+    );
+    client
+        .create_backup(CreateBackupRequest {
+            name: "over-mtls".into(),
+            spec: Some(BackupSpec {
+                included_namespaces: vec!["foo".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateBackup");
+    let mut events = client
+        .watch_backup(WatchBackupRequest {
+            name: "over-mtls".into(),
+        })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = events.message().await.expect("a backup event") {
+            last = event.backup;
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "the backup did not end: {last:?}");
+    let status = last.and_then(|backup| backup.status).expect("a status");
+    assert_eq!(
+        status.phase,
+        BackupPhase::Completed as i32,
+        "{status:?}\norchestrator log:\n{}",
+        orchestrator.log()
+    );
+    assert_eq!(status.volumes.len(), 1, "{status:?}");
+
+    // The repo-manager hands out repository passwords: a CA-signed stranger is refused.
+    let mut stranger = RepoManagerClient::new(
+        stowage_grpc::connect_with(
+            &format!("http://127.0.0.1:{repo_manager_port}"),
+            Some(ca.client_tls(Some(&caller))),
+        )
+        .await
+        .expect("the TLS handshake succeeds"),
+    );
+    let refused = stranger
+        .list_repositories(ListRepositoriesRequest::default())
+        .await
+        .expect_err("the repo-manager serves only the orchestrator");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // Without a certificate (and with no bearer tokens configured) the orchestrator's
+    // handshake fails, so no call gets through.
+    let anonymous =
+        match stowage_grpc::connect_with(&orchestrator_url, Some(ca.client_tls(None))).await {
+            Ok(channel) => Some(
+                OrchestratorClient::new(channel)
+                    .list_backups(ListBackupsRequest {})
+                    .await,
+            ),
+            Err(_) => None,
+        };
+    assert!(
+        !matches!(anonymous, Some(Ok(_))),
+        "a caller without a certificate is served"
+    );
+}
