@@ -1,12 +1,17 @@
 //! An S3-compatible server for tests: `moto_server` (PyPI `moto[server]`) on a free loopback
 //! port, run from a temp dir, with a bucket created for the test and static credentials that
-//! both stowage and restic are given.
+//! both stowage and restic are given; optionally behind an [`S3Gate`] a test can shut.
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::TcpStream,
+    net::{Shutdown, TcpListener, TcpStream},
     path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -19,10 +24,13 @@ pub const REGION: &str = "us-east-1";
 /// A running `moto_server` with one bucket.
 pub struct S3Server {
     pub process: TestProcess,
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>`, or the gate's address when the server is behind one.
     pub endpoint: String,
+    /// moto's own port.
     pub port: u16,
     pub bucket: String,
+    /// The relay every client goes through, after [`S3Server::behind_gate`].
+    pub gate: Option<S3Gate>,
 }
 
 /// One HTTP/1.1 request without a body; returns the status code.
@@ -79,9 +87,19 @@ impl S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
             bucket: bucket.to_string(),
+            gate: None,
         };
         server.create_bucket(bucket);
         server
+    }
+
+    /// Puts an open [`S3Gate`] in front of the server: [`S3Server::endpoint`] (and so
+    /// [`S3Server::storage_args`]) then leads through it.
+    pub fn behind_gate(mut self) -> S3Server {
+        let gate = S3Gate::open_in_front_of(self.port);
+        self.endpoint = format!("http://127.0.0.1:{}", gate.port);
+        self.gate = Some(gate);
+        self
     }
 
     /// Creates another bucket (moto accepts unsigned requests).
@@ -124,5 +142,121 @@ impl S3Server {
             REGION.to_string(),
             "--s3-path-style".to_string(),
         ]
+    }
+}
+
+/// A TCP relay in front of the S3 server that a test can shut and open again. Shut, its port
+/// refuses connections and the relayed ones are cut, as when the server stops; the server keeps
+/// running, so its objects are all there when the gate opens again (moto keeps them in memory:
+/// a restarted moto starts empty).
+pub struct S3Gate {
+    pub port: u16,
+    upstream: u16,
+    accepting: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    relayed: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl S3Gate {
+    fn open_in_front_of(upstream: u16) -> S3Gate {
+        let mut gate = S3Gate {
+            port: crate::free_port(),
+            upstream,
+            accepting: None,
+            relayed: Arc::default(),
+        };
+        gate.open();
+        gate
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.accepting.is_some()
+    }
+
+    /// Listens on the gate's port again and relays every new connection to the server.
+    pub fn open(&mut self) {
+        if self.is_open() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(listener) => break listener,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the S3 gate cannot listen on port {} again: {error}",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        // Polled, so that shutting the gate can stop the loop and close the port.
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepting = {
+            let stop = stop.clone();
+            let relayed = self.relayed.clone();
+            let upstream = self.upstream;
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => relay(client, upstream, &relayed),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        self.accepting = Some((stop, accepting));
+    }
+
+    /// Closes the gate's port (new connections are refused) and cuts every relayed connection.
+    pub fn shut(&mut self) {
+        if let Some((stop, accepting)) = self.accepting.take() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = accepting.join();
+        }
+        let mut relayed = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        for stream in relayed.drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for S3Gate {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// Copies bytes both ways between `client` and a new connection to `upstream`, keeping both
+/// sockets in `relayed` so [`S3Gate::shut`] can cut them.
+fn relay(client: TcpStream, upstream: u16, relayed: &Mutex<Vec<TcpStream>>) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let _ = client.set_nonblocking(false);
+    let (Ok(client_in), Ok(server_in), Ok(client_kept), Ok(server_kept)) = (
+        client.try_clone(),
+        server.try_clone(),
+        client.try_clone(),
+        server.try_clone(),
+    ) else {
+        return;
+    };
+    relayed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend([client_kept, server_kept]);
+    for (mut from, mut to) in [(client_in, server), (server_in, client)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        });
     }
 }

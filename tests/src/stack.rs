@@ -30,6 +30,9 @@ pub struct StackOptions {
     pub static_agents: bool,
     /// Use an S3-compatible server (moto) as the storage location instead of a directory.
     pub s3: bool,
+    /// With `s3`: every service reaches the server through an [`crate::s3::S3Gate`], so a test
+    /// can take the storage away and give it back with its objects.
+    pub s3_gate: bool,
     /// Extra environment for every service (e.g. OTLP settings).
     pub env: BTreeMap<String, String>,
 }
@@ -42,6 +45,7 @@ impl Default for StackOptions {
             agent_args: Vec::new(),
             static_agents: true,
             s3: false,
+            s3_gate: false,
             env: BTreeMap::new(),
         }
     }
@@ -70,7 +74,14 @@ impl Stack {
         let storage = dir.path().join("bucket");
         std::fs::create_dir_all(&storage).expect("creating the storage dir");
         let kube = KubeEmulator::start(&logs).await;
-        let s3 = options.s3.then(|| S3Server::start(&logs, "stowage-e2e"));
+        let s3 = options.s3.then(|| {
+            let s3 = S3Server::start(&logs, "stowage-e2e");
+            if options.s3_gate {
+                s3.behind_gate()
+            } else {
+                s3
+            }
+        });
         crate::kube::ensure_namespace(&kube.client().await, "stowage").await;
 
         let mut env = options.env.clone();

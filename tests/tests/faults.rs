@@ -1,6 +1,7 @@
 //! Failures a backup system meets in production, with real processes: a volume agent killed
-//! mid-backup, the repo-manager killed during a prune, the object store going away, restic
-//! missing, a repository key changed behind stowage's back, a full scratch dir. Each test
+//! mid-backup, the repo-manager killed during a prune, the object store going away for good or
+//! for less than the agent's retries, restic missing, a repository key changed behind
+//! stowage's back, a full scratch dir. Each test
 //! checks what the user sees (a failed volume with a reason naming the cause, within a bounded
 //! time) and that the next backup succeeds once the cause is gone. The orchestrator's own crash
 //! and SIGTERM are covered in `orchestrator.rs`; docs/failures.md describes every case.
@@ -16,6 +17,7 @@ use std::{
 use stowage_e2e::{
     kube::seed_example,
     kubelet::write_sample_tree,
+    s3::S3Gate,
     stack::{Stack, StackOptions, slow_restic},
 };
 use stowage_grpc::TracedChannel;
@@ -475,6 +477,22 @@ async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock(
     assert!(check.contains("no errors were found"), "{check}");
 }
 
+/// Agent flags for `retries` quick retries (after 0.2 s, 0.4 s, …), so a storage outage that
+/// outlasts them fails the volume within the test's bounds.
+fn quick_retries(restic: &Path, retries: u32) -> Vec<String> {
+    vec![
+        "--restic-binary".into(),
+        restic.display().to_string(),
+        "--restic-retries".into(),
+        retries.to_string(),
+        "--restic-retry-delay-ms".into(),
+        "200".into(),
+    ]
+}
+
+/// What the agent logs before each retry.
+const RETRYING: &str = "restic failed for a reason that may pass, retrying";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_later_backup_succeeds()
  {
@@ -482,7 +500,9 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
     let restic = slow_restic(wrapper_dir.path(), 3);
     let mut stack = stack_with_example(StackOptions {
         s3: true,
-        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        // restic itself tries for some seconds before it gives up on the storage, so one
+        // retry keeps the test short.
+        agent_args: quick_retries(&restic, 1),
         ..StackOptions::default()
     })
     .await;
@@ -499,7 +519,8 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
     wait_until("the agent runs restic", || {
         !processes_mentioning(&marker).is_empty()
     });
-    // The object store goes away while restic waits to start its backup.
+    // The object store goes away while restic waits to start its backup, and stays away
+    // through every retry.
     stack.s3.as_mut().unwrap().process.kill();
     let killed = Instant::now();
     let status = wait_backup(&mut client, "outage")
@@ -512,13 +533,96 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
     );
     assert_volume_failed_naming(
         &status,
-        &["node-a", "cannot be reached", "connection refused"],
+        &[
+            "node-a",
+            "gave up after 2 attempts",
+            "cannot be reached",
+            "connection refused",
+        ],
     );
+    let log = stack.agents["node-a"].process.log();
+    assert_eq!(log.matches(RETRYING).count(), 1, "agent log:\n{log}");
 
     stack.start_s3_again();
     std::fs::write(&restic, "#!/bin/sh\nexec restic \"$@\"\n").unwrap();
     let status = backup_to_end(&mut client, "after-outage").await;
     assert_completed(&status, &stack);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_completes() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper_dir.path(), 3);
+    let mut stack = stack_with_example(StackOptions {
+        s3: true,
+        s3_gate: true,
+        agent_args: quick_retries(&restic, 4),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut client = stack.client().await;
+    let first = backup_to_end(&mut client, "before-blip").await;
+    assert_completed(&first, &stack);
+    client
+        .create_backup(CreateBackupRequest {
+            name: "blip".into(),
+            spec: Some(foo_spec()),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_in_progress(&mut client, "blip").await;
+    let marker = wrapper_dir.path().display().to_string();
+    // Only the wrapper of `restic backup` waits; cutting a `restic snapshots` already talking
+    // to the storage would fail it with a broken transfer, not an unreachable storage.
+    wait_until("the agent waits to run restic backup", || {
+        processes_mentioning(&marker).iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("backup"))
+        })
+    });
+    // The storage goes away while restic waits to start, and comes back, with every object,
+    // once the agent has said it will retry: its next attempt finds it again.
+    gate(&mut stack).shut();
+    wait_until("the agent retries", || {
+        stack.agents["node-a"].process.log().contains(RETRYING)
+    });
+    gate(&mut stack).open();
+    let status = wait_backup(&mut client, "blip")
+        .await
+        .status
+        .unwrap_or_default();
+    assert_completed(&status, &stack);
+    let volume = &status.volumes[0];
+    assert_eq!(
+        volume.parent_snapshot_id, first.volumes[0].snapshot_id,
+        "the retried backup is incremental on the one before the outage"
+    );
+
+    let agent_log = stack.agents["node-a"].process.log();
+    let retry = agent_log
+        .lines()
+        .find(|line| line.contains(RETRYING))
+        .expect("a retry in the agent log");
+    assert!(
+        retry.contains("cannot be reached") && retry.contains("connection refused"),
+        "the retry names its reason: {retry}"
+    );
+    let orchestrator_log = stack.orchestrator.process.log();
+    assert!(
+        orchestrator_log.contains("the agent retries restic"),
+        "the retry reached the orchestrator through the event stream:\n{orchestrator_log}"
+    );
+    let repository = ResticAs::new(&repository_access(&stack, "foo").await);
+    let check = repository.ok(&["check"]);
+    assert!(check.contains("no errors were found"), "{check}");
+}
+
+fn gate(stack: &mut Stack) -> &mut S3Gate {
+    stack
+        .s3
+        .as_mut()
+        .and_then(|s3| s3.gate.as_mut())
+        .expect("a stack with s3_gate: true")
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
