@@ -44,6 +44,9 @@ struct Config {
     /// scale) into this directory.
     #[arg(long, env = "STOWAGE_BENCH_PERF_DIR")]
     perf_dir: Option<PathBuf>,
+    /// Rounds of the wrap-overhead and limit benchmarks; the table shows their medians.
+    #[arg(long, env = "STOWAGE_BENCH_ROUNDS", default_value_t = 3)]
+    rounds: usize,
 }
 
 /// `1GiB`, `512MiB`, `4M`, `100k` or plain bytes.
@@ -79,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         work_dir: config.work_dir,
         parallel_volumes: config.parallel_volumes,
         perf_dir: config.perf_dir,
+        rounds: config.rounds,
     };
     let report = driver::run(&options).await?;
     eprintln!("[bench] wrote {}", options.out.display());

@@ -66,6 +66,10 @@ pub struct Options {
     /// When set, `perf record` samples the agent during benchmark 1's backup and the
     /// orchestrator during benchmark 4's, into this directory.
     pub perf_dir: Option<PathBuf>,
+    /// Rounds of benchmarks 1 and 5, each with its own pod, namespace and fresh repositories;
+    /// the table shows their medians and every round's ratio, so one noisy round (other work
+    /// on the machine) does not decide a target.
+    pub rounds: usize,
 }
 
 impl Options {
@@ -81,6 +85,7 @@ impl Options {
             work_dir: None,
             parallel_volumes: 2,
             perf_dir: None,
+            rounds: 1,
         }
     }
 }
@@ -89,8 +94,12 @@ impl Options {
 #[derive(Debug, Default)]
 pub struct Report {
     pub data: DataSet,
+    /// The median of `limit_rounds`.
     pub limit: Limit,
+    pub limit_rounds: Vec<Limit>,
+    /// Every duration the median of `wrap_rounds`'s; identical only if every round was.
     pub wrap: Wrap,
+    pub wrap_rounds: Vec<Wrap>,
     pub incremental: Incremental,
     pub parallel: Vec<Parallel>,
     pub scale: Scale,
@@ -104,16 +113,20 @@ pub struct DataSet {
     pub bytes: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Limit {
     pub cat: Duration,
     pub sha256sum: Duration,
+    pub other: OtherLoad,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Wrap {
     pub bare_backup: Duration,
     pub stowage_backup: Duration,
+    /// Other work on the machine while each backup ran (see [`OtherLoad`]).
+    pub bare_backup_other: OtherLoad,
+    pub stowage_backup_other: OtherLoad,
     /// The agent's restic commands (parent lookup and backup), as the agent timed them.
     pub stowage_backup_restic: Duration,
     pub bare_restore: Duration,
@@ -121,6 +134,8 @@ pub struct Wrap {
     pub stowage_restore: Duration,
     /// From the recreated pod's restore helper running to Completed: what a cluster would wait.
     pub stowage_restore_after_pod_ready: Duration,
+    pub bare_restore_other: OtherLoad,
+    pub stowage_restore_other: OtherLoad,
     pub restored_identically: bool,
 }
 
@@ -141,6 +156,8 @@ pub struct Incremental {
     pub bare_second_no_parent: Duration,
     pub bare_first_read: u64,
     pub bare_second_read: u64,
+    /// Other work on the machine during the four backups.
+    pub other: OtherLoad,
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +168,7 @@ pub struct Parallel {
     pub wall: Duration,
     pub completed: u32,
     pub most_running: usize,
+    pub other: OtherLoad,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +182,7 @@ pub struct Scale {
     pub orchestrator_cpu: Duration,
     pub emulator_cpu: Duration,
     pub agent_cpu: Duration,
+    pub other: OtherLoad,
 }
 
 /// Runs every benchmark and writes the table to `options.out`.
@@ -183,13 +202,38 @@ pub async fn run(options: &Options) -> Result<Report> {
         &format!("{} MiB", options.size / (1 << 20)),
     );
     report.data = generate(&source, options.size, 1)?;
-    report.limit = limit(&source).await?;
-    step("limit", &format!("{:?}", report.limit));
+    let rounds = options.rounds.max(1);
+    for round in 0..rounds {
+        let limit = limit(&source).await?;
+        step(
+            &format!("limit, round {}", round + 1),
+            &format!("{limit:?}"),
+        );
+        report.limit_rounds.push(limit);
+    }
+    report.limit = Limit {
+        cat: median_duration(report.limit_rounds.iter().map(|l| l.cat)),
+        sha256sum: median_duration(report.limit_rounds.iter().map(|l| l.sha256sum)),
+        other: report
+            .limit_rounds
+            .iter()
+            .map(|l| l.other)
+            .fold(OtherLoad::default(), OtherLoad::and),
+    };
 
     {
         let stack = Stack::start(StackOptions::default()).await;
-        report.wrap = wrap(&stack, &source, &work, options.perf_dir.as_deref()).await?;
-        step("wrap", &format!("{:?}", report.wrap));
+        for round in 0..rounds {
+            // perf only once: it would slow the rounds it samples.
+            let perf_dir = options.perf_dir.as_deref().filter(|_| round == 0);
+            let result = wrap(&stack, round, &source, &work, perf_dir).await?;
+            step(
+                &format!("wrap, round {}", round + 1),
+                &format!("{result:?}"),
+            );
+            report.wrap_rounds.push(result);
+        }
+        report.wrap = median_wrap(&report.wrap_rounds);
         report.incremental = incremental(&stack, &source, &report.data, &work).await?;
         step("incremental", &format!("{:?}", report.incremental));
     }
@@ -222,6 +266,45 @@ pub async fn run(options: &Options) -> Result<Report> {
 
 fn step(name: &str, detail: &str) {
     eprintln!("[bench] {name}: {detail}");
+}
+
+/// The middle value (the mean of the two middle ones for an even count; zero for none).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn median_duration(values: impl IntoIterator<Item = Duration>) -> Duration {
+    Duration::from_secs_f64(median(values.into_iter().map(|d| d.as_secs_f64())))
+}
+
+/// Each duration the median over the rounds; other load summed over them.
+fn median_wrap(rounds: &[Wrap]) -> Wrap {
+    let of = |f: fn(&Wrap) -> Duration| median_duration(rounds.iter().map(f));
+    let load = |f: fn(&Wrap) -> OtherLoad| {
+        rounds
+            .iter()
+            .map(f)
+            .fold(OtherLoad::default(), OtherLoad::and)
+    };
+    Wrap {
+        bare_backup: of(|w| w.bare_backup),
+        stowage_backup: of(|w| w.stowage_backup),
+        bare_backup_other: load(|w| w.bare_backup_other),
+        stowage_backup_other: load(|w| w.stowage_backup_other),
+        stowage_backup_restic: of(|w| w.stowage_backup_restic),
+        bare_restore: of(|w| w.bare_restore),
+        stowage_restore: of(|w| w.stowage_restore),
+        stowage_restore_after_pod_ready: of(|w| w.stowage_restore_after_pod_ready),
+        bare_restore_other: load(|w| w.bare_restore_other),
+        stowage_restore_other: load(|w| w.stowage_restore_other),
+        restored_identically: !rounds.is_empty() && rounds.iter().all(|w| w.restored_identically),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -334,13 +417,17 @@ async fn shell(script: &str, dir: &Path) -> Result<Duration> {
 async fn limit(dir: &Path) -> Result<Limit> {
     // A first pass so every later reader finds the data in the page cache, as they all do.
     shell("find . -type f -print0 | xargs -0 cat > /dev/null", dir).await?;
+    let meter = LoadMeter::start();
+    let cat = shell("find . -type f -print0 | xargs -0 cat > /dev/null", dir).await?;
+    let sha256sum = shell(
+        "find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+        dir,
+    )
+    .await?;
     Ok(Limit {
-        cat: shell("find . -type f -print0 | xargs -0 cat > /dev/null", dir).await?,
-        sha256sum: shell(
-            "find . -type f -print0 | xargs -0 sha256sum > /dev/null",
-            dir,
-        )
-        .await?,
+        cat,
+        sha256sum,
+        other: meter.stop(),
     })
 }
 
@@ -372,6 +459,113 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     ensure!(fields.len() == 4, "reading /proc/{pid}/stat");
     // utime, stime, cutime, cstime in clock ticks (100 per second on Linux).
     Ok(Duration::from_millis(fields.iter().sum::<u64>() * 10))
+}
+
+/// CPU time that other processes on the machine used while a measurement ran: the machine's
+/// busy time (`/proc/stat`) minus this run's own (the driver, the services it started, and the
+/// restic processes they reaped). On a shared machine this says how contended a number is.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OtherLoad {
+    pub cpu: Duration,
+    pub wall: Duration,
+}
+
+impl OtherLoad {
+    /// Cores busy with other work, on average.
+    pub fn cores(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn and(self, other: OtherLoad) -> OtherLoad {
+        OtherLoad {
+            cpu: self.cpu + other.cpu,
+            wall: self.wall + other.wall,
+        }
+    }
+}
+
+/// Starts measuring [`OtherLoad`]; `stop` ends it. Reads nothing but `/proc`, and reports no
+/// load where `/proc` cannot be read.
+struct LoadMeter {
+    started: Instant,
+    machine: u64,
+    own: u64,
+}
+
+/// Clock ticks per second of `/proc/stat` and `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const TICKS: u64 = 100;
+
+impl LoadMeter {
+    fn start() -> LoadMeter {
+        LoadMeter {
+            started: Instant::now(),
+            machine: machine_busy_ticks().unwrap_or(0),
+            own: own_ticks(),
+        }
+    }
+
+    fn stop(self) -> OtherLoad {
+        let wall = self.started.elapsed();
+        let machine = machine_busy_ticks()
+            .unwrap_or(0)
+            .saturating_sub(self.machine);
+        let own = own_ticks().saturating_sub(self.own);
+        OtherLoad {
+            cpu: Duration::from_millis(machine.saturating_sub(own) * 1000 / TICKS),
+            wall,
+        }
+    }
+}
+
+/// user + nice + system + irq + softirq of the `cpu` line of `/proc/stat` (guest time is
+/// already in user; idle, iowait and steal are not work done here).
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Some(at(0) + at(1) + at(2) + at(5) + at(6))
+}
+
+/// Parent pid and utime + stime + cutime + cstime of `pid`, from `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces, closed by the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let ticks = fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some((ppid, ticks))
+}
+
+/// This process's CPU ticks and those of its live children (the services), each with the
+/// children it reaped (restic under the agent; bare restic, cat, sha256sum under the driver).
+fn own_ticks() -> u64 {
+    let me = std::process::id();
+    let mut ticks = process_ticks(&me.to_string()).map_or(0, |(_, t)| t);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if let Some((_, t)) = process_ticks(pid).filter(|(ppid, _)| *ppid == me) {
+                ticks += t;
+            }
+        }
+    }
+    ticks
 }
 
 /// Peak resident set (VmHWM) of `pid` in KiB.
@@ -611,8 +805,16 @@ fn restic_seconds(volume: &PodVolumeBackup) -> Duration {
 // ---------------------------------------------------------------------------------------
 // 1. Wrap overhead
 
-async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>) -> Result<Wrap> {
-    let namespace = "wrap";
+/// One round: its own namespace, pod, claim and repositories (stowage's and bare restic's
+/// both fresh), so rounds measure the same thing.
+async fn wrap(
+    stack: &Stack,
+    round: usize,
+    source: &Path,
+    work: &Path,
+    perf_dir: Option<&Path>,
+) -> Result<Wrap> {
+    let namespace = &format!("wrap-{round}");
     let kube = stack.kube_client().await;
     let kubelet = &stack.kubelets[NODE];
     let example = seed_example(&kube, namespace, NODE, Some("pvc-volume")).await;
@@ -622,22 +824,29 @@ async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>
     link_tree(source, &volume_dir).await?;
     let before = manifest(&volume_dir, false);
 
-    let bare = BareRepo::init(work.join("bare-wrap")).await?;
+    let bare = BareRepo::init(work.join(format!("bare-{namespace}"))).await?;
+    let meter = LoadMeter::start();
     let (bare_snapshot, bare_backup, _) = bare.backup(&volume_dir).await?;
+    let bare_backup_other = meter.stop();
     ensure_repository(stack, namespace).await?;
     let mut client = stack.client().await;
     let perf = Perf::start(perf_dir, "agent-backup", stack.agents[NODE].process.pid()).await?;
-    let (backup_done, stowage_backup, _) = backup(&mut client, "wrap", spec(namespace)).await?;
+    let meter = LoadMeter::start();
+    let (backup_done, stowage_backup, _) = backup(&mut client, namespace, spec(namespace)).await?;
+    let stowage_backup_other = meter.stop();
     perf.stop().await?;
     let volume = only_volume(&backup_done)?;
 
-    let bare_target = work.join("bare-wrap-restored");
+    let bare_target = work.join(format!("bare-{namespace}-restored"));
     std::fs::create_dir_all(&bare_target)?;
+    let meter = LoadMeter::start();
     let started = Instant::now();
     bare.restic(&["restore", &bare_snapshot, "--target", "."], &bare_target)
         .await?;
     let bare_restore = started.elapsed();
+    let bare_restore_other = meter.stop();
     std::fs::remove_dir_all(&bare_target).ok();
+    std::fs::remove_dir_all(&bare.path).ok();
 
     // Disaster: the pod, its claim and its data go; a restore recreates them (the driver
     // plays scheduler and kubelet, as the demo does).
@@ -648,19 +857,21 @@ async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>
         .delete("sample-pvc", &DeleteParams::default())
         .await?;
     std::fs::remove_dir_all(&volume_dir).ok();
+    let restore_name = format!("{namespace}-restore");
+    let meter = LoadMeter::start();
     let started = Instant::now();
     client
         .create_restore(CreateRestoreRequest {
-            name: "wrap-restore".into(),
+            name: restore_name.clone(),
             spec: Some(RestoreSpec {
-                backup_name: "wrap".into(),
+                backup_name: namespace.to_string(),
                 ..Default::default()
             }),
         })
         .await?;
     let play_kubelet = async {
         let pod = wait_for_pod(&kube, namespace, "sample", Duration::from_secs(120)).await;
-        let new_pv = "pv-wrap-sample-restored";
+        let new_pv = &format!("pv-{namespace}-sample-restored");
         claims
             .patch(
                 "sample-pvc",
@@ -674,8 +885,9 @@ async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>
         mark_init_container_running(&kube, namespace, "sample", NODE, RESTORE_HELPER).await;
         Ok::<_, anyhow::Error>((dir, Instant::now()))
     };
-    let (restored, played) = tokio::join!(wait_restore(&mut client, "wrap-restore"), play_kubelet);
+    let (restored, played) = tokio::join!(wait_restore(&mut client, &restore_name), play_kubelet);
     let ended = Instant::now();
+    let stowage_restore_other = meter.stop();
     let stowage_restore = ended - started;
     restored?;
     let (restored_dir, ready) = played?;
@@ -685,13 +897,19 @@ async fn wrap(stack: &Stack, source: &Path, work: &Path, perf_dir: Option<&Path>
         restored_identically,
         "the restored volume differs from the backed-up one"
     );
+    // The restored copy is real data (not links to the source); later rounds need the room.
+    std::fs::remove_dir_all(&restored_dir).ok();
     Ok(Wrap {
         bare_backup,
         stowage_backup,
+        bare_backup_other,
+        stowage_backup_other,
         stowage_backup_restic: restic_seconds(&volume),
         bare_restore,
         stowage_restore,
         stowage_restore_after_pod_ready,
+        bare_restore_other,
+        stowage_restore_other,
         restored_identically,
     })
 }
@@ -719,10 +937,14 @@ async fn incremental(
     let mut client = stack.client().await;
 
     let read_before = read_bytes(agent_pid)?;
+    let meter = LoadMeter::start();
     let (first_backup, first, _) = backup(&mut client, "incr-1", spec(namespace)).await?;
+    let mut other = meter.stop();
     let first_read = read_bytes(agent_pid)? - read_before;
     let bare = BareRepo::init(work.join("bare-incr")).await?;
+    let meter = LoadMeter::start();
     let (_, bare_first, bare_first_read) = bare.backup(&old_dir).await?;
+    other = other.and(meter.stop());
 
     // The workload replaces the pod: new name's uid, same claim; the node mounts the same
     // volume (same inodes) under the new pod's directory.
@@ -764,9 +986,13 @@ async fn incremental(
     }
 
     let read_before = read_bytes(agent_pid)?;
+    let meter = LoadMeter::start();
     let (second_backup, second, _) = backup(&mut client, "incr-2", spec(namespace)).await?;
+    other = other.and(meter.stop());
     let second_read = read_bytes(agent_pid)? - read_before;
+    let meter = LoadMeter::start();
     let (_, bare_second_no_parent, bare_second_read) = bare.backup(&new_dir).await?;
+    other = other.and(meter.stop());
     let first_volume = only_volume(&first_backup)?;
     let second_volume = only_volume(&second_backup)?;
     Ok(Incremental {
@@ -784,6 +1010,7 @@ async fn incremental(
         bare_second_no_parent,
         bare_first_read,
         bare_second_read,
+        other,
     })
 }
 
@@ -808,7 +1035,9 @@ async fn parallel(concurrency: usize, templates: &[PathBuf], bytes: u64) -> Resu
     }
     ensure_repository(&stack, namespace).await?;
     let mut client = stack.client().await;
+    let meter = LoadMeter::start();
     let (done, wall, most_running) = backup(&mut client, "par", spec(namespace)).await?;
+    let other = meter.stop();
     Ok(Parallel {
         concurrency,
         volumes: templates.len(),
@@ -816,6 +1045,7 @@ async fn parallel(concurrency: usize, templates: &[PathBuf], bytes: u64) -> Resu
         wall,
         completed: done.status.unwrap_or_default().volumes_completed,
         most_running,
+        other,
     })
 }
 
@@ -925,7 +1155,9 @@ async fn scale(options: &Options) -> Result<Scale> {
         orchestrator,
     )
     .await?;
+    let meter = LoadMeter::start();
     let (done, backup_time, _) = backup(&mut client, "scale", spec(namespace)).await?;
+    let other = meter.stop();
     perf.stop().await?;
     let after = (cpu(&[orchestrator])?, cpu(&[emulator])?, cpu(&agent_pids)?);
     Ok(Scale {
@@ -938,6 +1170,7 @@ async fn scale(options: &Options) -> Result<Scale> {
         orchestrator_cpu: after.0.saturating_sub(before.0),
         emulator_cpu: after.1.saturating_sub(before.1),
         agent_cpu: after.2.saturating_sub(before.2),
+        other,
     })
 }
 
@@ -1009,6 +1242,26 @@ fn verdict(met: bool) -> &'static str {
     if met { "**met**" } else { "**not met**" }
 }
 
+fn round_backup_ratio(w: &Wrap) -> f64 {
+    ratio(w.stowage_backup.as_secs_f64(), w.bare_backup.as_secs_f64())
+}
+
+fn round_restore_ratio(w: &Wrap) -> f64 {
+    ratio(
+        w.stowage_restore_after_pod_ready.as_secs_f64(),
+        w.bare_restore.as_secs_f64(),
+    )
+}
+
+/// ` (rounds: 1.02, 0.99, 1.07)`, or nothing for a single round.
+fn each_round(ratios: &[f64]) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let list: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    format!(" (rounds: {})", list.join(", "))
+}
+
 fn markdown(options: &Options, report: &Report) -> Result<String> {
     let mut md = String::new();
     let profile = if cfg!(debug_assertions) {
@@ -1020,8 +1273,9 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     writeln!(
         md,
-        "Run of {date}: `bench/run --size {} --concurrency {} --scale-volumes {} --scale-nodes {}`.\n",
+        "Run of {date}: `bench/run --size {} --rounds {} --concurrency {} --scale-volumes {} --scale-nodes {}`.\n",
         size_flag(options.size),
+        options.rounds.max(1),
         options
             .concurrency
             .iter()
@@ -1034,10 +1288,26 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     writeln!(md, "- Machine: {}", machine())?;
     writeln!(
         md,
-        "- Versions: {}; {}; stowage {} ({profile} build)",
+        "- Versions: {}; {}; stowage {}{} ({profile} build)",
         command_line("restic", &["version"]),
         command_line("rustc", &["--version"]),
         command_line("git", &["rev-parse", "--short", "HEAD"]),
+        if command_line(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":!*.md"
+            ]
+        )
+        .is_empty()
+        {
+            ""
+        } else {
+            " with uncommitted changes"
+        },
     )?;
     writeln!(
         md,
@@ -1048,9 +1318,35 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         data.large_files,
         mib(data.bytes * 7 / 10 / 4)
     )?;
+    let rounds = report.wrap_rounds.len();
     writeln!(
         md,
-        "- One run of each measurement, side by side with its baseline.\n"
+        "- Benchmarks 1 and 5: {rounds} round(s), each with its own pod, namespace and fresh \
+         repositories; the table shows medians (for ratios, the median of the rounds' ratios, \
+         stowage and its baseline paired within a round) and every round's ratio; the rounds \
+         are listed below the table. Benchmarks 2, 3 and 4: one run each, side by side with \
+         the baseline."
+    )?;
+    writeln!(
+        md,
+        "- Other work on the machine (CPU time of processes outside this run while a \
+         measurement ran, in cores busy on average; the machine has {} cores): limit {:.2}, \
+         wrap backups {:.2} (stowage) / {:.2} (bare), wrap restores {:.2} / {:.2}, incremental \
+         {:.2}, parallel {}, scale {:.2}.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        report.limit.other.cores(),
+        report.wrap.stowage_backup_other.cores(),
+        report.wrap.bare_backup_other.cores(),
+        report.wrap.stowage_restore_other.cores(),
+        report.wrap.bare_restore_other.cores(),
+        report.incremental.other.cores(),
+        report
+            .parallel
+            .iter()
+            .map(|p| format!("{:.2}", p.other.cores()))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        report.scale.other.cores(),
     )?;
 
     writeln!(
@@ -1059,23 +1355,23 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
     let w = &report.wrap;
-    let backup_ratio = ratio(w.stowage_backup.as_secs_f64(), w.bare_backup.as_secs_f64());
+    let backup_ratios: Vec<f64> = report.wrap_rounds.iter().map(round_backup_ratio).collect();
+    let backup_ratio = median(backup_ratios.iter().copied());
     writeln!(
         md,
-        "| 1 | Backup of one volume (orchestrator → agent → restic) | {} ({}) | bare `restic backup`, fresh repo: {} ({}) | {backup_ratio:.3} | ≤ 1.05 | {} |",
+        "| 1 | Backup of one volume (orchestrator → agent → restic) | {} ({}) | bare `restic backup`, fresh repo: {} ({}) | {backup_ratio:.3}{} | ≤ 1.05 | {} |",
         secs(w.stowage_backup),
         rate(data.bytes, w.stowage_backup),
         secs(w.bare_backup),
         rate(data.bytes, w.bare_backup),
+        each_round(&backup_ratios),
         verdict(backup_ratio <= 1.05)
     )?;
-    let restore_ratio = ratio(
-        w.stowage_restore_after_pod_ready.as_secs_f64(),
-        w.bare_restore.as_secs_f64(),
-    );
+    let restore_ratios: Vec<f64> = report.wrap_rounds.iter().map(round_restore_ratio).collect();
+    let restore_ratio = median(restore_ratios.iter().copied());
     writeln!(
         md,
-        "| 1 | Restore of one volume, from the restore helper running to Completed (files verified: {}) | {} | bare `restic restore`: {} | {restore_ratio:.3} | ≤ 1.05 | {} |",
+        "| 1 | Restore of one volume, from the restore helper running to Completed (files verified: {}) | {} | bare `restic restore`: {} | {restore_ratio:.3}{} | ≤ 1.05 | {} |",
         if w.restored_identically {
             "identical"
         } else {
@@ -1083,6 +1379,7 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         },
         secs(w.stowage_restore_after_pod_ready),
         secs(w.bare_restore),
+        each_round(&restore_ratios),
         verdict(restore_ratio <= 1.05)
     )?;
     writeln!(
@@ -1090,10 +1387,10 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         "| 1 | Restore, CreateRestore to Completed (includes the emulated pod creation and start) | {} | {} | {:.3} | — | for information |",
         secs(w.stowage_restore),
         secs(w.bare_restore),
-        ratio(
+        median(report.wrap_rounds.iter().map(|w| ratio(
             w.stowage_restore.as_secs_f64(),
             w.bare_restore.as_secs_f64()
-        )
+        )))
     )?;
     let i = &report.incremental;
     let time_ratio = ratio(i.second.as_secs_f64(), i.first.as_secs_f64());
@@ -1220,12 +1517,42 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         ),
     )?;
 
+    if report.wrap_rounds.len() > 1 {
+        writeln!(
+            md,
+            "\nBenchmark 1 round by round (other work: cores busy outside this run, stowage / bare):\n"
+        )?;
+        writeln!(
+            md,
+            "| Round | stowage backup | bare backup | Ratio | Other work | stowage restore | bare restore | Ratio | Other work |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+        for (n, r) in report.wrap_rounds.iter().enumerate() {
+            writeln!(
+                md,
+                "| {} | {} | {} | {:.3} | {:.2} / {:.2} | {} | {} | {:.3} | {:.2} / {:.2} |",
+                n + 1,
+                secs(r.stowage_backup),
+                secs(r.bare_backup),
+                round_backup_ratio(r),
+                r.stowage_backup_other.cores(),
+                r.bare_backup_other.cores(),
+                secs(r.stowage_restore_after_pod_ready),
+                secs(r.bare_restore),
+                round_restore_ratio(r),
+                r.stowage_restore_other.cores(),
+                r.bare_restore_other.cores(),
+            )?;
+        }
+    }
+
     writeln!(md, "\nWhere the time goes (measured in this run):\n")?;
     writeln!(
         md,
-        "- Backup of one volume: {} in all, of which the agent's restic commands (`restic snapshots` to find the parent, then `restic backup`) took {}; the other {} are the orchestrator's and the agent's own (discovery, repository and lease calls, PodVolumeBackup mirrors, the backup record, gRPC).",
+        "- Backup of one volume (medians over the rounds): {} in all, of which the agent's restic commands (`restic snapshots` to find the parent, then `restic backup`) took {}, against bare `restic backup`'s {}; the other {} are the orchestrator's and the agent's own (discovery, repository and lease calls, PodVolumeBackup mirrors, the backup record, gRPC).",
         secs(w.stowage_backup),
         secs(w.stowage_backup_restic),
+        secs(w.bare_backup),
         secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic))
     )?;
     writeln!(
@@ -1286,6 +1613,31 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             format!("# T\nintro\n{BEGIN}\nnew\n{END}\nnotes\n")
         );
+    }
+
+    #[test]
+    fn median_is_the_middle_value_or_the_mean_of_the_two_middle_ones() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median([7.0]), 7.0);
+        assert_eq!(median([]), 0.0);
+    }
+
+    #[test]
+    fn process_ticks_reads_the_parent_and_cpu_of_this_process() {
+        // Burn a little CPU so the counters have something to show.
+        let mut x = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        assert_ne!(x, 1);
+        let (ppid, ticks) = process_ticks(&std::process::id().to_string()).unwrap();
+        assert_eq!(ppid, std::os::unix::process::parent_id());
+        assert!(ticks > 0);
+        assert!(machine_busy_ticks().unwrap() >= ticks);
+        let load = LoadMeter::start().stop();
+        assert!(load.cores() >= 0.0);
     }
 
     #[test]
