@@ -88,16 +88,38 @@ impl Error {
 
 /// Why a call to the agent of `node` failed, for a volume's error message. A status made on
 /// this side from a transport error (it has a source; one the agent sent has none) means the
-/// connection broke: the agent was killed, restarted or its node went away.
+/// connection broke or never came up: a refused certificate is told apart from a killed
+/// agent, since the fixes differ.
 pub fn agent_failure(node: &str, status: &tonic::Status) -> String {
-    if std::error::Error::source(status).is_some() {
+    let Some(source) = std::error::Error::source(status) else {
+        return format!("agent on node {node}: {}", status.message());
+    };
+    let causes = cause_chain(source);
+    if causes.to_ascii_lowercase().contains("certificate") {
         format!(
-            "lost the connection to the agent on node {node} ({}): was the agent killed or restarted?",
-            status.message()
+            "no TLS connection to the agent on node {node} ({causes}): check that the agent's \
+             certificate is signed by the CA in --tls-ca and carries the name in --tls-server-name"
         )
     } else {
-        format!("agent on node {node}: {}", status.message())
+        format!(
+            "lost the connection to the agent on node {node} ({causes}): was the agent killed or restarted?"
+        )
     }
+}
+
+/// `error` and its sources, outermost first, without repeating a message a wrapper already
+/// includes.
+fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ")
 }
 
 /// Checks a backup or restore name: a DNS-1123 subdomain (lowercase alphanumerics, `-` and
@@ -149,6 +171,36 @@ mod tests {
             agent_failure("node-a", &refused),
             "agent on node node-a: restic binary missing"
         );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn a_refused_certificate_is_not_reported_as_a_killed_agent() {
+        let tls = tonic::Status::from_error(Box::new(Wrapped(
+            "transport error",
+            std::io::Error::other("invalid peer certificate: NotValidForName"),
+        )));
+        let message = agent_failure("node-a", &tls);
+        assert!(
+            message.starts_with("no TLS connection to the agent on node node-a"),
+            "{message}"
+        );
+        assert!(message.contains("NotValidForName"), "{message}");
+        assert!(!message.contains("killed"), "{message}");
     }
 
     #[test]
