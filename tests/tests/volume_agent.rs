@@ -1,7 +1,7 @@
 //! The volume agent against the real restic binary and a local repository: backup and restore
 //! of a fake kubelet tree, incremental backup of a recreated pod, refusal of bad paths,
-//! cancel, concurrency, S3, spans, and keeping the repository password out of `ps`, logs and
-//! spans.
+//! cancel, concurrency, S3 (and retries while it is away), spans, and keeping the repository
+//! password out of `ps`, logs and spans.
 
 use std::{
     collections::BTreeMap,
@@ -55,7 +55,8 @@ impl Setup {
         let (s3, repository, repository_env) = if on_s3 {
             let logs = dir.path().join("s3-logs");
             std::fs::create_dir_all(&logs).expect("log dir");
-            let s3 = S3Server::start(&logs, "stowage-agent");
+            // Behind a gate, so a test can take the storage away and give it back.
+            let s3 = S3Server::start(&logs, "stowage-agent").behind_gate();
             let url = format!("s3:{}/{}/backups/restic/shop", s3.endpoint, s3.bucket);
             let env = s3.env();
             (Some(s3), url, env)
@@ -1069,6 +1070,93 @@ async fn backup_and_restore_through_s3_with_credentials_from_the_request() {
     }
     let status = setup.backup(anonymous).await.expect_err("no credentials");
     assert_ne!(status.code(), Code::Ok);
+    setup.assert_password_not_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams_each_retry() {
+    // Set through the environment, as the DaemonSet would.
+    let env = BTreeMap::from([
+        ("STOWAGE_RESTIC_RETRIES".to_string(), "5".to_string()),
+        (
+            "STOWAGE_RESTIC_RETRY_DELAY_MS".to_string(),
+            "300".to_string(),
+        ),
+    ]);
+    let mut setup = Setup::start(1, true, env).await;
+    let old_uid = new_pod_uid();
+    let source = setup.kubelet.pod(&old_uid).csi_pv("pvc-blip");
+    write_sample_tree(&source, "blip");
+    let data = volume(
+        &old_uid,
+        "db-0",
+        "data",
+        VolumeSource::PersistentVolumeClaim,
+        "pvc-blip",
+    );
+    let (_, backup) = setup
+        .backup(setup.backup_request("blip-backup", data.clone(), "pvc-uid/blip"))
+        .await
+        .expect("backup to S3");
+
+    let gate = setup.s3.as_mut().and_then(|s3| s3.gate.as_mut()).unwrap();
+    gate.shut();
+    let new_uid = new_pod_uid();
+    let target = setup.kubelet.pod(&new_uid).csi_pv("pvc-blip");
+    let mut restored = data;
+    restored.pod_uid = new_uid;
+    let mut stream = setup
+        .client
+        .clone()
+        .restore_volume(RestoreVolumeRequest {
+            operation_id: "blip-restore".into(),
+            volume: Some(restored),
+            repository: Some(setup.access()),
+            snapshot_id: backup.snapshot_id.clone(),
+            restore_uid: "r-blip".into(),
+            restore_name: "restore-1".into(),
+        })
+        .await
+        .expect("RestoreVolume")
+        .into_inner();
+    let mut retries = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(event) = stream.message().await.expect("a restore event") {
+            match event.event {
+                Some(restore_volume_event::Event::Retrying(retrying)) => {
+                    // The storage comes back once the agent has said it will try again.
+                    if let Some(gate) = setup.s3.as_mut().and_then(|s3| s3.gate.as_mut()) {
+                        gate.open();
+                    }
+                    retries.push(retrying);
+                }
+                Some(restore_volume_event::Event::Result(result)) => return result,
+                _ => {}
+            }
+        }
+        panic!("the restore stream ended without a result");
+    })
+    .await
+    .expect("the restore ends within two minutes");
+    assert_eq!(result.snapshot_id, backup.snapshot_id);
+    assert_eq!(manifest(&target, true), manifest(&source, true));
+    assert!(target.join(".velero/r-blip").is_file());
+    let first = retries.first().expect("at least one retry was streamed");
+    assert!(
+        ["stats", "restore"].contains(&first.command.as_str()),
+        "{first:?}"
+    );
+    assert_eq!(
+        (first.failed_attempt, first.max_attempts),
+        (1, 6),
+        "{first:?}"
+    );
+    assert!((first.delay_seconds - 0.3).abs() < 1e-9, "{first:?}");
+    assert!(
+        first.reason.contains("cannot be reached"),
+        "the retry says why: {}",
+        first.reason
+    );
     setup.assert_password_not_in_log();
 }
 
