@@ -10,7 +10,7 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -105,12 +105,23 @@ pub struct Report {
     pub scale: Scale,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct DataSet {
     /// Relative paths of the regular files, sorted; large files first.
     pub files: Vec<PathBuf>,
     pub large_files: usize,
     pub bytes: u64,
+}
+
+/// The file count, not the ten thousand paths, so the report prints on a screen.
+impl std::fmt::Debug for DataSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSet")
+            .field("files", &self.files.len())
+            .field("large_files", &self.large_files)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -129,6 +140,15 @@ pub struct Wrap {
     pub stowage_backup_other: OtherLoad,
     /// The agent's restic commands (parent lookup and backup), as the agent timed them.
     pub stowage_backup_restic: Duration,
+    /// The stowage backup split by the orchestrator's timestamps: from CreateBackup until the
+    /// agent is called (discovery, repository, lease, first mirrors), the agent's call, and
+    /// from its result until the driver sees Completed (last mirrors, the backup record, watch).
+    pub stowage_backup_split: BackupSplit,
+    /// `restic cat config` and `restic list locks` on the bare repository: the two commands
+    /// the repo-manager's EnsureRepository runs before every backup, timed here as a baseline
+    /// for the time before the agent is called.
+    pub restic_cat_config: Duration,
+    pub restic_list_locks: Duration,
     pub bare_restore: Duration,
     /// From CreateRestore to Completed, including the emulated pod start.
     pub stowage_restore: Duration,
@@ -137,6 +157,36 @@ pub struct Wrap {
     pub bare_restore_other: OtherLoad,
     pub stowage_restore_other: OtherLoad,
     pub restored_identically: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BackupSplit {
+    pub before_agent: Duration,
+    pub agent: Duration,
+    pub after_agent: Duration,
+}
+
+impl BackupSplit {
+    /// From the one volume's `started` and `finished` (set by the orchestrator around its call
+    /// to the agent) and the driver's clock around the backup; same machine, same clock.
+    fn of(volume: &PodVolumeBackup, created: SystemTime, ended: SystemTime) -> BackupSplit {
+        let at = |t: &Option<stowage_proto::prost_types::Timestamp>| {
+            t.as_ref().and_then(|t| {
+                let nanos = u32::try_from(t.nanos).ok()?;
+                let seconds = u64::try_from(t.seconds).ok()?;
+                Some(SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos))
+            })
+        };
+        let between = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
+        match (at(&volume.started), at(&volume.finished)) {
+            (Some(started), Some(finished)) => BackupSplit {
+                before_agent: between(created, started),
+                agent: between(started, finished),
+                after_agent: between(finished, ended),
+            },
+            _ => BackupSplit::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -298,6 +348,13 @@ fn median_wrap(rounds: &[Wrap]) -> Wrap {
         bare_backup_other: load(|w| w.bare_backup_other),
         stowage_backup_other: load(|w| w.stowage_backup_other),
         stowage_backup_restic: of(|w| w.stowage_backup_restic),
+        stowage_backup_split: BackupSplit {
+            before_agent: of(|w| w.stowage_backup_split.before_agent),
+            agent: of(|w| w.stowage_backup_split.agent),
+            after_agent: of(|w| w.stowage_backup_split.after_agent),
+        },
+        restic_cat_config: of(|w| w.restic_cat_config),
+        restic_list_locks: of(|w| w.restic_list_locks),
         bare_restore: of(|w| w.bare_restore),
         stowage_restore: of(|w| w.stowage_restore),
         stowage_restore_after_pod_ready: of(|w| w.stowage_restore_after_pod_ready),
@@ -828,11 +885,19 @@ async fn wrap(
     let meter = LoadMeter::start();
     let (bare_snapshot, bare_backup, _) = bare.backup(&volume_dir).await?;
     let bare_backup_other = meter.stop();
+    let started = Instant::now();
+    bare.restic(&["cat", "config"], Path::new(".")).await?;
+    let restic_cat_config = started.elapsed();
+    let started = Instant::now();
+    bare.restic(&["list", "locks"], Path::new(".")).await?;
+    let restic_list_locks = started.elapsed();
     ensure_repository(stack, namespace).await?;
     let mut client = stack.client().await;
     let perf = Perf::start(perf_dir, "agent-backup", stack.agents[NODE].process.pid()).await?;
     let meter = LoadMeter::start();
+    let backup_created = SystemTime::now();
     let (backup_done, stowage_backup, _) = backup(&mut client, namespace, spec(namespace)).await?;
+    let backup_ended = SystemTime::now();
     let stowage_backup_other = meter.stop();
     perf.stop().await?;
     let volume = only_volume(&backup_done)?;
@@ -905,6 +970,9 @@ async fn wrap(
         bare_backup_other,
         stowage_backup_other,
         stowage_backup_restic: restic_seconds(&volume),
+        stowage_backup_split: BackupSplit::of(&volume, backup_created, backup_ended),
+        restic_cat_config,
+        restic_list_locks,
         bare_restore,
         stowage_restore,
         stowage_restore_after_pod_ready,
@@ -1549,11 +1617,16 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
     writeln!(md, "\nWhere the time goes (measured in this run):\n")?;
     writeln!(
         md,
-        "- Backup of one volume (medians over the rounds): {} in all, of which the agent's restic commands (`restic snapshots` to find the parent, then `restic backup`) took {}, against bare `restic backup`'s {}; the other {} are the orchestrator's and the agent's own (discovery, repository and lease calls, PodVolumeBackup mirrors, the backup record, gRPC).",
+        "- Backup of one volume (medians over the rounds): {} in all, of which the agent's restic commands (`restic snapshots` to find the parent, then `restic backup`) took {}, against bare `restic backup`'s {}; the other {} are the orchestrator's and the agent's own. By the orchestrator's timestamps: {} from CreateBackup until the agent was called (discovery, repository and lease calls, the first PodVolumeBackup mirror; the repo-manager's EnsureRepository runs `restic cat config` and `restic list locks`, which take {} and {} on the bare repository), {} in the agent's call (its restic commands and the rest of the agent), {} from the agent's result until the driver saw Completed (the last mirrors, the backup record in the object store, the watch).",
         secs(w.stowage_backup),
         secs(w.stowage_backup_restic),
         secs(w.bare_backup),
-        secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic))
+        secs(w.stowage_backup.saturating_sub(w.stowage_backup_restic)),
+        secs(w.stowage_backup_split.before_agent),
+        secs(w.restic_cat_config),
+        secs(w.restic_list_locks),
+        secs(w.stowage_backup_split.agent),
+        secs(w.stowage_backup_split.after_agent),
     )?;
     writeln!(
         md,
