@@ -29,7 +29,7 @@ use crate::{
     error::{Error, Result, agent_failure, validate_name},
     kube::{
         Cluster,
-        mirror::{self, MirrorKind},
+        mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
     selection::{VolumeKind, select_volumes},
     state::{BackupEntry, Entry, now},
@@ -122,7 +122,10 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
     entry.log("info", format!("backup {name} started"));
     let timeout = to_duration(entry.get().spec.and_then(|s| s.timeout).as_ref())
         .unwrap_or(deps.limits.default_timeout);
-    let outcome = execute(&deps, &entry, timeout).await;
+    let mirrors = MirrorWriter::start(deps.cluster.as_ref(), MirrorKind::PodVolumeBackup);
+    let outcome = execute(&deps, &entry, &mirrors.queue(), timeout).await;
+    // Every volume's mirror shows its end before the backup does.
+    mirrors.finish().await;
     // A shutdown cancels every backup's token too, but nobody asked to cancel these: their
     // unfinished volumes fail, as after a crash.
     let shutting_down = deps.shutdown.is_cancelled();
@@ -235,7 +238,12 @@ pub fn recount(status: &mut BackupStatus) {
     status.progress = Some(counted.progress);
 }
 
-async fn execute(deps: &Deps, entry: &Arc<BackupEntry>, timeout: Duration) -> Result<()> {
+async fn execute(
+    deps: &Deps,
+    entry: &Arc<BackupEntry>,
+    mirrors: &MirrorQueue,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let backup = entry.update(|backup| {
         backup.status.get_or_insert_with(Default::default).phase = BackupPhase::InProgress as i32;
@@ -268,8 +276,8 @@ async fn execute(deps: &Deps, entry: &Arc<BackupEntry>, timeout: Duration) -> Re
     // Written before any agent runs, so a restarted orchestrator knows which volumes were
     // unfinished.
     persist(deps, entry, Some(&plan.resources)).await;
-    for volume in &backup.status.clone().unwrap_or_default().volumes {
-        mirror_volume(deps, &backup, volume).await;
+    for volume in backup.status.iter().flat_map(|status| &status.volumes) {
+        mirrors.submit(volume_mirror(&backup, volume));
     }
 
     // One repository and one shared lease per namespace.
@@ -332,6 +340,7 @@ async fn execute(deps: &Deps, entry: &Arc<BackupEntry>, timeout: Duration) -> Re
         let job = VolumeJob {
             deps: deps.clone(),
             entry: entry.clone(),
+            mirrors: mirrors.clone(),
             index,
             repository,
             deadline,
@@ -432,6 +441,7 @@ async fn prepare_repository(
 struct VolumeJob {
     deps: Deps,
     entry: Arc<BackupEntry>,
+    mirrors: MirrorQueue,
     index: usize,
     repository: Result<RepositoryAccess, String>,
     deadline: Instant,
@@ -518,7 +528,7 @@ impl VolumeJob {
             }
             Outcome::Cancelled => self.entry.log("warning", format!("{what} cancelled")),
         }
-        mirror_volume(&self.deps, &self.header(), &volume).await;
+        self.mirrors.submit(volume_mirror(&self.header(), &volume));
     }
 
     async fn execute(&self) -> Outcome {
@@ -570,7 +580,7 @@ impl VolumeJob {
             volume.started = Some(now());
             volume.repository = repository_url;
         });
-        mirror_volume(&self.deps, &backup, &started).await;
+        self.mirrors.submit(volume_mirror(&backup, &started));
         let call = async {
             let mut stream = agent
                 .backup_volume(request)
@@ -596,7 +606,7 @@ impl VolumeJob {
                             // written to on every restic status line.
                             if last_mirrored.elapsed() >= MIRROR_PROGRESS_EVERY {
                                 last_mirrored = Instant::now();
-                                mirror_volume(&self.deps, &backup, &volume).await;
+                                self.mirrors.submit(volume_mirror(&backup, &volume));
                             }
                         }
                         Some(backup_volume_event::Event::Result(result)) => {
@@ -653,11 +663,8 @@ impl VolumeJob {
     }
 }
 
-/// The PodVolumeBackup mirror of `volume` (best effort).
-pub async fn mirror_volume(deps: &Deps, backup: &Backup, volume: &PodVolumeBackup) {
-    let Some(cluster) = &deps.cluster else {
-        return;
-    };
+/// The PodVolumeBackup mirror of `volume`, as `kubectl get podvolumebackups` should show it.
+pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
     let reference = volume.volume.clone().unwrap_or_default();
     let name = mirror::object_name(&backup.name, &reference.pod_uid, &reference.volume_name);
     let phase = match VolumePhase::try_from(volume.phase).unwrap_or_default() {
@@ -691,17 +698,11 @@ pub async fn mirror_volume(deps: &Deps, backup: &Backup, volume: &PodVolumeBacku
         "startTimestamp": volume.started.as_ref().map(rfc3339),
         "completionTimestamp": volume.finished.as_ref().map(rfc3339),
     });
-    if let Err(error) = mirror::upsert(
-        cluster,
-        MirrorKind::PodVolumeBackup,
-        &name,
+    Mirror {
+        name,
         labels,
         spec,
         status,
-    )
-    .await
-    {
-        tracing::warn!(%error, "mirroring PodVolumeBackup {name}");
     }
 }
 

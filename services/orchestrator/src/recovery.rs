@@ -17,7 +17,7 @@ use stowage_proto::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backup::{backup_is_final, mirror_volume, persist, recount},
+    backup::{backup_is_final, persist, recount, volume_mirror},
     deps::Deps,
     error::Result,
     kube::mirror::{self, MirrorKind},
@@ -137,8 +137,16 @@ async fn adopt(
         );
         persist(deps, &entry, None).await;
         let backup = entry.get();
-        for volume in &backup.status.clone().unwrap_or_default().volumes {
-            mirror_volume(deps, &backup, volume).await;
+        if let Some(cluster) = &deps.cluster {
+            // Objects the previous orchestrator wrote: patched first.
+            for volume in backup.status.iter().flat_map(|status| &status.volumes) {
+                let mirror = volume_mirror(&backup, volume);
+                if let Err(error) =
+                    mirror::patch_or_create(cluster, MirrorKind::PodVolumeBackup, &mirror).await
+                {
+                    tracing::warn!(%error, "mirroring PodVolumeBackup {}", mirror.name);
+                }
+            }
         }
     }
     deps.index.insert_backup(&name, entry);

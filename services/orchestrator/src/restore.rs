@@ -23,7 +23,7 @@ use crate::{
     error::{Error, Result, validate_name},
     kube::{
         Cluster,
-        mirror::{self, MirrorKind},
+        mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
     state::{Entry, RestoreEntry, now},
     tally::tally,
@@ -183,7 +183,11 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         "info",
         format!("restore from backup {} started", backup.name),
     );
-    let outcome = execute(&deps, &entry, &backup).await;
+    let mirrors = MirrorWriter::start(deps.cluster.as_ref(), MirrorKind::PodVolumeRestore);
+    let outcome = execute(&deps, &entry, &mirrors.queue(), &backup).await;
+    // Every volume's mirror shows its end before the restore does (a restarted orchestrator
+    // rebuilds past restores from them).
+    mirrors.finish().await;
     let restore = entry.update(|restore| {
         let status = restore.status.get_or_insert_with(Default::default);
         if let Err(error) = &outcome {
@@ -239,7 +243,12 @@ struct PodPlan {
     volumes: Vec<usize>,
 }
 
-async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Result<()> {
+async fn execute(
+    deps: &Deps,
+    entry: &Arc<RestoreEntry>,
+    mirrors: &MirrorQueue,
+    backup: &Backup,
+) -> Result<()> {
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
     let store = deps
         .store
@@ -337,40 +346,38 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
         if let Some(message) = &failure {
             entry.log("error", message.clone());
         }
-        let indexes = entry
-            .update(|restore| {
-                let status = restore.status.get_or_insert_with(Default::default);
-                if failure.is_none() {
-                    status.pods_created.push(format!("{namespace}/{pod_name}"));
-                }
-                for (volume, reference) in volumes.iter().zip(&references) {
-                    status.volumes.push(PodVolumeRestore {
-                        volume: Some(PodVolumeRef {
-                            namespace: namespace.clone(),
-                            pod_name: pod_name.clone(),
-                            pod_uid: String::new(),
-                            volume_name: reference.volume_name.clone(),
-                            source: reference.source,
-                            pv_name: String::new(),
-                            pvc_name: reference.pvc_name.clone(),
-                        }),
-                        phase: if failure.is_some() {
-                            VolumePhase::Failed
-                        } else {
-                            VolumePhase::Pending
-                        } as i32,
-                        error_message: failure.clone().unwrap_or_default(),
-                        snapshot_id: volume.snapshot_id.clone(),
-                        source_namespace: source_namespace.clone(),
-                        ..Default::default()
-                    });
-                }
-                recount(status);
-            })
-            .status
-            .unwrap_or_default()
-            .volumes
-            .len();
+        // Only the count is read back: a clone of the whole restore per pod was quadratic.
+        let mut indexes = 0;
+        entry.modify(|restore| {
+            let status = restore.status.get_or_insert_with(Default::default);
+            if failure.is_none() {
+                status.pods_created.push(format!("{namespace}/{pod_name}"));
+            }
+            for (volume, reference) in volumes.iter().zip(&references) {
+                status.volumes.push(PodVolumeRestore {
+                    volume: Some(PodVolumeRef {
+                        namespace: namespace.clone(),
+                        pod_name: pod_name.clone(),
+                        pod_uid: String::new(),
+                        volume_name: reference.volume_name.clone(),
+                        source: reference.source,
+                        pv_name: String::new(),
+                        pvc_name: reference.pvc_name.clone(),
+                    }),
+                    phase: if failure.is_some() {
+                        VolumePhase::Failed
+                    } else {
+                        VolumePhase::Pending
+                    } as i32,
+                    error_message: failure.clone().unwrap_or_default(),
+                    snapshot_id: volume.snapshot_id.clone(),
+                    source_namespace: source_namespace.clone(),
+                    ..Default::default()
+                });
+            }
+            recount(status);
+            indexes = status.volumes.len();
+        });
         if failure.is_none() {
             pods.push(PodPlan {
                 namespace,
@@ -384,8 +391,10 @@ async fn execute(deps: &Deps, entry: &Arc<RestoreEntry>, backup: &Backup) -> Res
     for pod in pods {
         let deps = deps.clone();
         let entry = entry.clone();
+        let mirrors = mirrors.clone();
         let span = tracing::info_span!("restore_pod", namespace = %pod.namespace, pod = %pod.name);
-        tasks.spawn(async move { restore_pod(&deps, &entry, pod).await }.instrument(span));
+        tasks
+            .spawn(async move { restore_pod(&deps, &entry, &mirrors, pod).await }.instrument(span));
     }
     while let Some(joined) = tasks.join_next().await {
         if let Err(error) = joined {
@@ -584,13 +593,13 @@ fn helper_started(pod: &Pod) -> Option<String> {
     (helper_running || status.phase.as_deref() == Some("Running")).then_some(node)
 }
 
-async fn restore_pod(deps: &Deps, entry: &Arc<RestoreEntry>, plan: PodPlan) {
+async fn restore_pod(deps: &Deps, entry: &Arc<RestoreEntry>, mirrors: &MirrorQueue, plan: PodPlan) {
     let fail_all = |message: String| {
         entry.log(
             "error",
             format!("pod {}/{}: {message}", plan.namespace, plan.name),
         );
-        entry.update(|restore| {
+        entry.modify(|restore| {
             let status = restore.status.get_or_insert_with(Default::default);
             for &index in &plan.volumes {
                 if let Some(volume) = status.volumes.get_mut(index) {
@@ -636,27 +645,21 @@ async fn restore_pod(deps: &Deps, entry: &Arc<RestoreEntry>, plan: PodPlan) {
         ),
     );
     for &index in &plan.volumes {
-        restore_volume(deps, entry, cluster, index, &pod_uid, &node).await;
+        restore_volume(deps, entry, mirrors, cluster, index, &pod_uid, &node).await;
     }
 }
 
 async fn restore_volume(
     deps: &Deps,
     entry: &Arc<RestoreEntry>,
+    mirrors: &MirrorQueue,
     cluster: &Cluster,
     index: usize,
     pod_uid: &str,
     node: &str,
 ) {
-    let restore = entry.get();
-    let Some(volume) = restore
-        .status
-        .clone()
-        .unwrap_or_default()
-        .volumes
-        .get(index)
-        .cloned()
-    else {
+    let restore = header(entry);
+    let Some(volume) = volume_of(entry, index) else {
         return;
     };
     let mut reference = volume.volume.clone().unwrap_or_default();
@@ -685,7 +688,7 @@ async fn restore_volume(
             v.phase = VolumePhase::InProgress as i32;
             v.started = Some(now());
         });
-        mirror_restore_volume(deps, entry, index).await;
+        mirror_restore_volume(entry, mirrors, &restore, index);
         let access = deps
             .repo_manager
             .clone()
@@ -773,11 +776,13 @@ async fn restore_volume(
             });
         }
     }
-    mirror_restore_volume(deps, entry, index).await;
+    mirror_restore_volume(entry, mirrors, &restore, index);
 }
 
+/// Applies `change` to volume `index` and recounts, cloning nothing: a clone of the whole
+/// restore per volume event made large restores quadratic.
 fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut PodVolumeRestore)) {
-    entry.update(|restore| {
+    entry.modify(|restore| {
         let status = restore.status.get_or_insert_with(Default::default);
         if let Some(volume) = status.volumes.get_mut(index) {
             change(volume);
@@ -786,21 +791,45 @@ fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut Po
     });
 }
 
-async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) {
-    let Some(cluster) = &deps.cluster else {
-        return;
-    };
-    let restore = entry.get();
-    let Some(volume) = restore
-        .status
-        .clone()
-        .unwrap_or_default()
-        .volumes
-        .get(index)
-        .cloned()
-    else {
-        return;
-    };
+/// The restore's name, uid and backup name, all a request or a mirror needs of it.
+fn header(entry: &RestoreEntry) -> Restore {
+    entry.read(|restore| Restore {
+        name: restore.name.clone(),
+        uid: restore.uid.clone(),
+        spec: Some(stowage_proto::v1::RestoreSpec {
+            backup_name: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.backup_name.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
+    entry.read(|restore| {
+        restore
+            .status
+            .as_ref()
+            .and_then(|status| status.volumes.get(index).cloned())
+    })
+}
+
+fn mirror_restore_volume(
+    entry: &RestoreEntry,
+    mirrors: &MirrorQueue,
+    restore: &Restore,
+    index: usize,
+) {
+    if let Some(volume) = volume_of(entry, index) {
+        mirrors.submit(volume_mirror(restore, &volume));
+    }
+}
+
+/// The PodVolumeRestore mirror of `volume`, as `kubectl get podvolumerestores` should show it.
+fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
     let reference = volume.volume.clone().unwrap_or_default();
     let name = mirror::object_name(
         &restore.name,
@@ -814,10 +843,15 @@ async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) 
         _ => "New",
     };
     let progress = volume.progress.unwrap_or_default();
+    let backup_name = restore
+        .spec
+        .as_ref()
+        .map(|spec| spec.backup_name.as_str())
+        .unwrap_or_default();
     let labels = json!({
         "velero.io/restore-name": restore.name,
         "velero.io/restore-uid": restore.uid,
-        "velero.io/backup-name": restore.spec.clone().unwrap_or_default().backup_name,
+        "velero.io/backup-name": backup_name,
     });
     let spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
@@ -833,17 +867,11 @@ async fn mirror_restore_volume(deps: &Deps, entry: &RestoreEntry, index: usize) 
         "startTimestamp": volume.started.as_ref().map(rfc3339),
         "completionTimestamp": volume.finished.as_ref().map(rfc3339),
     });
-    if let Err(error) = mirror::upsert(
-        cluster,
-        MirrorKind::PodVolumeRestore,
-        &name,
+    Mirror {
+        name,
         labels,
         spec,
         status,
-    )
-    .await
-    {
-        tracing::warn!(%error, "mirroring PodVolumeRestore {name}");
     }
 }
 

@@ -2,15 +2,21 @@
 //! `PodVolumeRestore` object in the stowage namespace, so that
 //! `kubectl get podvolumebackups -l velero.io/backup-name=NAME -o yaml` works as in Velero's
 //! troubleshooting guide. The object store stays the source of truth: a failed mirror write is
-//! logged, never fails the volume.
+//! logged, never fails the volume. A runner hands its mirrors to a [`MirrorWriter`], which
+//! writes them beside the agent calls and skips states superseded before they were sent.
+
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use ::kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
 };
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Value, json};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::Instrument;
 
-use super::{Cluster, is_not_found};
+use super::{Cluster, is_conflict, is_not_found};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy)]
@@ -43,40 +49,228 @@ pub fn object_name(owner: &str, pod_uid: &str, volume: &str) -> String {
     format!("{}-{suffix}", prefix.trim_end_matches(['-', '.']))
 }
 
-/// Creates the mirror object `name` with `labels`, `spec` and `status`, or merge-patches
-/// `status` (and labels) into it when it exists.
-pub async fn upsert(
-    cluster: &Cluster,
-    kind: MirrorKind,
-    name: &str,
-    labels: Value,
-    spec: Value,
-    status: Value,
-) -> Result<()> {
-    let resource = kind.resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(
+/// One mirror object as it should be now. Every write sends all of it: the spec gains the
+/// repository once the volume starts, so a patch carries the spec too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub name: String,
+    pub labels: Value,
+    pub spec: Value,
+    pub status: Value,
+}
+
+fn api(cluster: &Cluster, kind: MirrorKind) -> Api<DynamicObject> {
+    Api::namespaced_with(
         cluster.client().clone(),
         cluster.stowage_namespace(),
-        &resource,
-    );
-    let patch = json!({"metadata": {"labels": labels}, "status": status});
-    match Cluster::merge_patch(&api, name, &patch).await {
-        Ok(_) => return Ok(()),
-        Err(error) if is_not_found(&error) => {}
-        Err(error) => return Err(Error::kube(format!("updating {kind:?} {name}"))(error)),
+        &kind.resource(),
+    )
+}
+
+/// Merge-patches `mirror` into its object, or creates the object
+/// when there is none: for an object that probably exists (a restarted orchestrator's).
+pub async fn patch_or_create(cluster: &Cluster, kind: MirrorKind, mirror: &Mirror) -> Result<()> {
+    let api = api(cluster, kind);
+    match patch(&api, kind, mirror).await {
+        Err(Error::Kube { source, .. }) if is_not_found(&source) => {
+            create(&api, cluster.stowage_namespace(), kind, mirror).await
+        }
+        other => other,
     }
+}
+
+/// Creates the object of `mirror`, or merge-patches it into the object already there: for an object that probably does not exist yet (a new backup's), which
+/// costs one write instead of a patch answered 404 and then the create.
+pub async fn create_or_patch(cluster: &Cluster, kind: MirrorKind, mirror: &Mirror) -> Result<()> {
+    let api = api(cluster, kind);
+    match create(&api, cluster.stowage_namespace(), kind, mirror).await {
+        Err(Error::Kube { source, .. }) if is_conflict(&source) => patch(&api, kind, mirror).await,
+        other => other,
+    }
+}
+
+async fn patch(api: &Api<DynamicObject>, kind: MirrorKind, mirror: &Mirror) -> Result<()> {
+    let name = &mirror.name;
+    // No status subresource on the CRDs (deploy/kustomize/base/crds): status is patched on
+    // the object itself, and a create may carry it.
+    let patch = json!({
+        "metadata": {"labels": mirror.labels},
+        "spec": mirror.spec,
+        "status": mirror.status,
+    });
+    Cluster::merge_patch(api, name, &patch)
+        .await
+        .map_err(Error::kube(format!("updating {kind:?} {name}")))?;
+    Ok(())
+}
+
+async fn create(
+    api: &Api<DynamicObject>,
+    namespace: &str,
+    kind: MirrorKind,
+    mirror: &Mirror,
+) -> Result<()> {
+    let name = &mirror.name;
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "velero.io/v1",
-        "kind": resource.kind,
-        "metadata": {"name": name, "namespace": cluster.stowage_namespace(), "labels": labels},
-        "spec": spec,
-        "status": status,
+        "kind": kind.resource().kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": mirror.labels},
+        "spec": mirror.spec,
+        "status": mirror.status,
     }))
     .map_err(|error| Error::Failed(format!("{kind:?} manifest: {error}")))?;
     api.create(&PostParams::default(), &object)
         .await
         .map_err(Error::kube(format!("creating {kind:?} {name}")))?;
     Ok(())
+}
+
+/// Mirror writes of one backup or restore in flight at once: enough to hide the API server's
+/// latency, few enough not to flood it with a large backup's objects.
+const WRITES_IN_FLIGHT: usize = 8;
+
+enum Command {
+    Write(Mirror),
+    Finish,
+}
+
+/// Where a backup's or restore's runner hands its mirrors, without waiting for the API server:
+/// a volume's agent call never waits for its mirror.
+#[derive(Clone)]
+pub struct MirrorQueue {
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl MirrorQueue {
+    /// Queues `mirror` as the state its object should get. A state still waiting when a newer
+    /// one of the same object arrives is never sent: a fast volume's New, InProgress and
+    /// Completed cost one write, not three.
+    pub fn submit(&self, mirror: Mirror) {
+        if let Some(commands) = &self.commands {
+            // Sent after `finish` only by a job that outlived its runner: nothing to mirror.
+            let _ = commands.send(Command::Write(mirror));
+        }
+    }
+}
+
+/// Writes the mirrors of one backup or restore in the background, at most
+/// [`WRITES_IN_FLIGHT`] at once and one at a time per object, always ending with the last
+/// state queued for each object.
+pub struct MirrorWriter {
+    queue: MirrorQueue,
+    task: Option<JoinHandle<()>>,
+}
+
+impl MirrorWriter {
+    /// A writer for objects of `kind`; without a cluster, one that drops every mirror.
+    pub fn start(cluster: Option<&Cluster>, kind: MirrorKind) -> MirrorWriter {
+        let Some(cluster) = cluster.cloned() else {
+            return MirrorWriter {
+                queue: MirrorQueue { commands: None },
+                task: None,
+            };
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let write = move |mirror: Mirror, first: bool| {
+            let cluster = cluster.clone();
+            async move {
+                // The first write of an object in this process creates it; an object already
+                // there (a backup name used before) is patched instead, and a later write that
+                // finds the object gone creates it again.
+                let written = if first {
+                    create_or_patch(&cluster, kind, &mirror).await
+                } else {
+                    patch_or_create(&cluster, kind, &mirror).await
+                };
+                if let Err(error) = written {
+                    tracing::warn!(%error, "mirroring {kind:?} {}", mirror.name);
+                }
+            }
+        };
+        let task = tokio::spawn(
+            write_mirrors(receiver, WRITES_IN_FLIGHT, write).instrument(tracing::Span::current()),
+        );
+        MirrorWriter {
+            queue: MirrorQueue {
+                commands: Some(sender),
+            },
+            task: Some(task),
+        }
+    }
+
+    pub fn queue(&self) -> MirrorQueue {
+        self.queue.clone()
+    }
+
+    /// Writes what is still queued and returns once every object shows its last state, so a
+    /// backup reported ended has mirrors that say so too.
+    pub async fn finish(self) {
+        if let Some(commands) = &self.queue.commands {
+            let _ = commands.send(Command::Finish);
+        }
+        if let Some(task) = self.task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the mirror writer ended abnormally");
+        }
+    }
+}
+
+/// The writer's loop: keeps the newest state of each object not yet sent, starts the writes of
+/// objects in the order they were first queued, and ends after `Finish` once nothing waits.
+async fn write_mirrors<W, F>(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    max_in_flight: usize,
+    write: W,
+) where
+    W: Fn(Mirror, bool) -> F,
+    F: Future<Output = ()>,
+{
+    let mut waiting: HashMap<String, Mirror> = HashMap::new();
+    // Names with a waiting state and no write in flight, oldest first.
+    let mut ready: VecDeque<String> = VecDeque::new();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut written: HashSet<String> = HashSet::new();
+    let mut writes = FuturesUnordered::new();
+    let mut finishing = false;
+    loop {
+        while writes.len() < max_in_flight.max(1)
+            && let Some(name) = ready.pop_front()
+        {
+            let Some(mirror) = waiting.remove(&name) else {
+                continue;
+            };
+            let first = !written.contains(&name);
+            in_flight.insert(name.clone());
+            let write = write(mirror, first);
+            writes.push(async move {
+                write.await;
+                name
+            });
+        }
+        if finishing && writes.is_empty() && ready.is_empty() {
+            return;
+        }
+        tokio::select! {
+            command = commands.recv(), if !finishing => match command {
+                Some(Command::Write(mirror)) => {
+                    let name = mirror.name.clone();
+                    let already_waiting = waiting.insert(name.clone(), mirror).is_some();
+                    if !already_waiting && !in_flight.contains(&name) {
+                        ready.push_back(name);
+                    }
+                }
+                Some(Command::Finish) | None => finishing = true,
+            },
+            Some(name) = writes.next(), if !writes.is_empty() => {
+                in_flight.remove(&name);
+                if waiting.contains_key(&name) {
+                    ready.push_back(name.clone());
+                }
+                written.insert(name);
+            }
+        }
+    }
 }
 
 /// Deletes every mirror object labelled `label=value` (a deleted backup's PodVolumeBackups).
@@ -86,12 +280,7 @@ pub async fn delete_labelled(
     label: &str,
     value: &str,
 ) -> Result<()> {
-    let resource = kind.resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client().clone(),
-        cluster.stowage_namespace(),
-        &resource,
-    );
+    let api = api(cluster, kind);
     let list = api
         .list(&::kube::api::ListParams::default().labels(&format!("{label}={value}")))
         .await
@@ -111,12 +300,7 @@ pub async fn delete_labelled(
 
 /// Every mirror object of `kind`.
 pub async fn list(cluster: &Cluster, kind: MirrorKind) -> Result<Vec<DynamicObject>> {
-    let resource = kind.resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client().clone(),
-        cluster.stowage_namespace(),
-        &resource,
-    );
+    let api = api(cluster, kind);
     Ok(api
         .list(&::kube::api::ListParams::default())
         .await
@@ -127,12 +311,7 @@ pub async fn list(cluster: &Cluster, kind: MirrorKind) -> Result<Vec<DynamicObje
 /// Marks every mirror object of `kind` still `New` or `InProgress` as `Failed` with `message`:
 /// after a restart nobody will finish them. Returns how many were marked.
 pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str) -> Result<usize> {
-    let resource = kind.resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client().clone(),
-        cluster.stowage_namespace(),
-        &resource,
-    );
+    let api = api(cluster, kind);
     let list = api
         .list(&::kube::api::ListParams::default())
         .await
@@ -157,6 +336,82 @@ pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn numbered(name: &str, n: i64) -> Command {
+        Command::Write(Mirror {
+            name: name.to_string(),
+            labels: json!({}),
+            spec: json!({}),
+            status: json!({"n": n}),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn superseded_states_are_skipped_and_each_object_ends_with_its_last() {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        for command in [
+            numbered("a", 1),
+            numbered("b", 1),
+            numbered("a", 2),
+            numbered("a", 3),
+            numbered("c", 1),
+            numbered("b", 2),
+            Command::Finish,
+        ] {
+            sender.send(command).unwrap();
+        }
+        let writes = std::sync::Mutex::new(Vec::new());
+        write_mirrors(receiver, 1, |mirror: Mirror, first: bool| {
+            writes
+                .lock()
+                .unwrap()
+                .push((mirror.name, mirror.status["n"].as_i64().unwrap(), first));
+            tokio::time::sleep(std::time::Duration::from_millis(10))
+        })
+        .await;
+        assert_eq!(
+            writes.into_inner().unwrap(),
+            vec![
+                // Queued while a's first write was in flight: a's 2 and b's 1 never go out.
+                ("a".to_string(), 1, true),
+                ("b".to_string(), 2, true),
+                ("c".to_string(), 1, true),
+                ("a".to_string(), 3, false),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_stay_within_the_bound_and_one_per_object() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let running_per_object = std::sync::Mutex::new(HashSet::new());
+        let driver = write_mirrors(receiver, 3, |mirror: Mirror, _first: bool| {
+            let (running, most, per_object) = (&running, &most, &running_per_object);
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                assert!(per_object.lock().unwrap().insert(mirror.name.clone()));
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                per_object.lock().unwrap().remove(&mirror.name);
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+        let feeder = async {
+            for round in 0..5 {
+                for object in 0..10 {
+                    sender.send(numbered(&format!("o{object}"), round)).unwrap();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            sender.send(Command::Finish).unwrap();
+        };
+        tokio::join!(driver, feeder);
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        assert_eq!(running.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn object_names_are_stable_distinct_and_short() {
