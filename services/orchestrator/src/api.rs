@@ -2,7 +2,7 @@
 //! backup/restore/coverage logic, map the result. Domain errors become gRPC statuses in the one
 //! `From<Error> for Status` below.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use stowage_proto::v1::{
     Backup, BackupEvent, BackupOrigin, BackupPhase, CancelBackupRequest, CreateBackupRequest,
@@ -14,7 +14,7 @@ use stowage_proto::v1::{
     RunMaintenanceRequest, SkippedVolume, WatchBackupRequest, WatchRestoreRequest,
     orchestrator_server::Orchestrator,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -176,28 +176,57 @@ impl OrchestratorApi {
     }
 }
 
-/// Streams every state of `receiver` until (and including) the first final one.
+/// While a backup or restore runs, its watchers get at most one state per this interval:
+/// every volume event changes the state, and each state sent is the whole backup (about 1 MB
+/// at 2,000 volumes), so sending each one cost more than running the backup.
+const WATCH_EVENTS_EVERY: Duration = Duration::from_millis(150);
+
+/// Streams the states of `receiver` until (and including) the first final one: the current
+/// state at once, then the newest state at most every `every`, a final state as soon as it is
+/// there. States replaced within the interval are never sent.
 fn watch_until<T, E>(
     receiver: watch::Receiver<T>,
     is_final: fn(&T) -> bool,
     wrap: fn(T) -> E,
+    every: Duration,
 ) -> EventStream<E>
 where
     T: Clone + Send + Sync + 'static,
     E: Send + 'static,
 {
+    struct Watching<T> {
+        rx: watch::Receiver<T>,
+        /// When the previous state was sent; `None` before the first.
+        sent: Option<Instant>,
+        done: bool,
+    }
     let stream = futures::stream::unfold(
-        (receiver, true, false),
-        move |(mut rx, first, done)| async move {
-            if done {
+        Watching {
+            rx: receiver,
+            sent: None,
+            done: false,
+        },
+        move |mut watching| async move {
+            if watching.done {
                 return None;
             }
-            if !first && rx.changed().await.is_err() {
-                return None;
+            if let Some(sent) = watching.sent {
+                if watching.rx.changed().await.is_err() {
+                    return None;
+                }
+                let due = sent + every;
+                // Wait out the interval, but not past a final state.
+                while !is_final(&watching.rx.borrow()) {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => break,
+                        changed = watching.rx.changed() => if changed.is_err() { break },
+                    }
+                }
             }
-            let value = rx.borrow_and_update().clone();
-            let finished = is_final(&value);
-            Some((Ok(wrap(value)), (rx, false, finished)))
+            let value = watching.rx.borrow_and_update().clone();
+            watching.done = is_final(&value);
+            watching.sent = Some(Instant::now());
+            Some((Ok(wrap(value)), watching))
         },
     );
     Box::pin(stream)
@@ -249,6 +278,7 @@ impl Orchestrator for OrchestratorApi {
             |backup| BackupEvent {
                 backup: Some(backup),
             },
+            WATCH_EVENTS_EVERY,
         )))
     }
 
@@ -332,6 +362,7 @@ impl Orchestrator for OrchestratorApi {
             |restore| RestoreEvent {
                 restore: Some(restore),
             },
+            WATCH_EVENTS_EVERY,
         )))
     }
 
@@ -389,22 +420,29 @@ mod tests {
         backup.status.as_ref().map_or(0, |s| s.phase)
     }
 
-    #[tokio::test]
-    async fn watch_streams_changes_and_ends_with_the_final_state() {
-        let (sender, receiver) = watch::channel(Backup::default());
-        let mut stream = watch_until(
+    fn backup_events(receiver: watch::Receiver<Backup>) -> EventStream<BackupEvent> {
+        watch_until(
             receiver,
             |b: &Backup| backup_is_final(phase_of(b)),
             |backup| BackupEvent {
                 backup: Some(backup),
             },
-        );
+            WATCH_EVENTS_EVERY,
+        )
+    }
+
+    fn set_phase(sender: &watch::Sender<Backup>, phase: BackupPhase) {
+        sender.send_modify(|b| b.status.get_or_insert_with(Default::default).phase = phase as i32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_streams_changes_and_ends_with_the_final_state() {
+        let (sender, receiver) = watch::channel(Backup::default());
+        let mut stream = backup_events(receiver);
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(phase_of(first.backup.as_ref().unwrap()), 0);
         for phase in [BackupPhase::InProgress, BackupPhase::Completed] {
-            sender.send_modify(|b| {
-                b.status.get_or_insert_with(Default::default).phase = phase as i32
-            });
+            set_phase(&sender, phase);
             let event = stream.next().await.unwrap().unwrap();
             assert_eq!(phase_of(event.backup.as_ref().unwrap()), phase as i32);
         }
@@ -412,6 +450,37 @@ mod tests {
             stream.next().await.is_none(),
             "the stream ends after the final state"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_coalesces_a_burst_and_sends_the_final_state_at_once() {
+        let (sender, receiver) = watch::channel(Backup::default());
+        let mut stream = backup_events(receiver);
+        let started = Instant::now();
+        stream.next().await.unwrap().unwrap();
+        // A burst of volume events within one interval is one event, the newest state.
+        for n in 0..100 {
+            sender.send_modify(|b| b.uid = format!("{n}"));
+        }
+        let event = stream.next().await.unwrap().unwrap();
+        assert_eq!(event.backup.unwrap().uid, "99");
+        assert!(started.elapsed() >= WATCH_EVENTS_EVERY);
+        // The final state does not wait for the interval.
+        set_phase(&sender, BackupPhase::InProgress);
+        let sent = Instant::now();
+        let watcher = tokio::spawn(async move {
+            let event = stream.next().await.unwrap().unwrap();
+            (event, Instant::now(), stream.next().await.is_none())
+        });
+        tokio::time::sleep(WATCH_EVENTS_EVERY / 10).await;
+        set_phase(&sender, BackupPhase::Completed);
+        let (event, at, ended) = watcher.await.unwrap();
+        assert_eq!(
+            phase_of(event.backup.as_ref().unwrap()),
+            BackupPhase::Completed as i32
+        );
+        assert!(at - sent < WATCH_EVENTS_EVERY, "{:?}", at - sent);
+        assert!(ended, "the final state is the last event");
     }
 
     #[test]
