@@ -44,6 +44,9 @@ struct Config {
     /// scale) into this directory.
     #[arg(long, env = "STOWAGE_BENCH_PERF_DIR")]
     perf_dir: Option<PathBuf>,
+    /// Copy every stack's service logs into this directory (one directory per stack).
+    #[arg(long, env = "STOWAGE_BENCH_LOGS_DIR")]
+    logs_dir: Option<PathBuf>,
     /// Rounds of the wrap-overhead and limit benchmarks; the table shows their medians.
     #[arg(long, env = "STOWAGE_BENCH_ROUNDS", default_value_t = 3)]
     rounds: usize,
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         work_dir: config.work_dir,
         parallel_volumes: config.parallel_volumes,
         perf_dir: config.perf_dir,
+        logs_dir: config.logs_dir,
         rounds: config.rounds,
     };
     let report = driver::run(&options).await?;

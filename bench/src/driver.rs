@@ -66,6 +66,9 @@ pub struct Options {
     /// When set, `perf record` samples the agent during benchmark 1's backup and the
     /// orchestrator during benchmark 4's, into this directory.
     pub perf_dir: Option<PathBuf>,
+    /// When set, every stack's service logs are copied here (one directory per stack) when the
+    /// stack is done with, also after a failure.
+    pub logs_dir: Option<PathBuf>,
     /// Rounds of benchmarks 1 and 5, each with its own pod, namespace and fresh repositories;
     /// the table shows their medians and every round's ratio, so one noisy round (other work
     /// on the machine) does not decide a target.
@@ -85,6 +88,7 @@ impl Options {
             work_dir: None,
             parallel_volumes: 2,
             perf_dir: None,
+            logs_dir: None,
             rounds: 1,
         }
     }
@@ -273,6 +277,11 @@ pub async fn run(options: &Options) -> Result<Report> {
 
     {
         let stack = Stack::start(StackOptions::default()).await;
+        let _logs = KeepLogs::new(
+            options.logs_dir.as_deref(),
+            stack.logs(),
+            "wrap-incremental",
+        );
         for round in 0..rounds {
             // perf only once: it would slow the rounds it samples.
             let perf_dir = options.perf_dir.as_deref().filter(|_| round == 0);
@@ -297,7 +306,13 @@ pub async fn run(options: &Options) -> Result<Report> {
         generate(dir, per_volume, 100 + v as u64)?;
     }
     for &concurrency in &options.concurrency {
-        let result = parallel(concurrency, &templates, per_volume * volumes as u64).await?;
+        let result = parallel(
+            concurrency,
+            &templates,
+            per_volume * volumes as u64,
+            options.logs_dir.as_deref(),
+        )
+        .await?;
         step("parallel", &format!("{result:?}"));
         report.parallel.push(result);
     }
@@ -668,6 +683,37 @@ impl Perf {
             child.wait().await?;
         }
         Ok(())
+    }
+}
+
+/// Copies a stack's service logs into `--logs-dir` when dropped, so they outlive the stack's
+/// temp dir, also when a benchmark fails. Declared after the stack, it drops first.
+struct KeepLogs(Option<(PathBuf, PathBuf)>);
+
+impl KeepLogs {
+    fn new(dir: Option<&Path>, logs: PathBuf, name: &str) -> KeepLogs {
+        KeepLogs(dir.map(|dir| (logs, dir.join(name))))
+    }
+}
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        let Some((from, to)) = &self.0 else { return };
+        let copied = std::fs::create_dir_all(to).is_ok()
+            && std::process::Command::new("cp")
+                .arg("-r")
+                .arg(format!("{}/.", from.display()))
+                .arg(to)
+                .status()
+                .is_ok_and(|status| status.success());
+        if copied {
+            step("logs", &to.display().to_string());
+        } else {
+            step(
+                "logs",
+                &format!("could not copy {} to {}", from.display(), to.display()),
+            );
+        }
     }
 }
 
@@ -1085,13 +1131,19 @@ async fn incremental(
 // ---------------------------------------------------------------------------------------
 // 3. Parallel volumes
 
-async fn parallel(concurrency: usize, templates: &[PathBuf], bytes: u64) -> Result<Parallel> {
+async fn parallel(
+    concurrency: usize,
+    templates: &[PathBuf],
+    bytes: u64,
+    logs_dir: Option<&Path>,
+) -> Result<Parallel> {
     let stack = Stack::start(StackOptions {
         agent_args: vec!["--max-concurrent".into(), concurrency.to_string()],
         orchestrator_args: vec!["--max-parallel-per-node".into(), concurrency.to_string()],
         ..StackOptions::default()
     })
     .await;
+    let _logs = KeepLogs::new(logs_dir, stack.logs(), &format!("parallel-{concurrency}"));
     let namespace = "par";
     let kube = stack.kube_client().await;
     stowage_e2e::kube::ensure_namespace(&kube, namespace).await;
@@ -1159,6 +1211,11 @@ async fn pod_with_empty_dirs(
 
 async fn scale(options: &Options) -> Result<Scale> {
     let logs = tempfile::tempdir()?;
+    let _agent_logs = KeepLogs::new(
+        options.logs_dir.as_deref(),
+        logs.path().to_path_buf(),
+        "scale-instant-agents",
+    );
     let mut agents: Vec<ServiceProcess> = Vec::new();
     for _ in 0..options.scale_agent_processes.max(1) {
         agents.push(
@@ -1186,6 +1243,7 @@ async fn scale(options: &Options) -> Result<Scale> {
         ..StackOptions::default()
     })
     .await;
+    let _logs = KeepLogs::new(options.logs_dir.as_deref(), stack.logs(), "scale");
     let namespace = "scale";
     let kube = stack.kube_client().await;
     stowage_e2e::kube::ensure_namespace(&kube, namespace).await;
