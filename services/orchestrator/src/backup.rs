@@ -276,8 +276,12 @@ async fn execute(
     // Written before any agent runs, so a restarted orchestrator knows which volumes were
     // unfinished.
     persist(deps, entry, Some(&plan.resources)).await;
+    // A volume still waiting for its turn is mirrored as New once it has waited as long as a
+    // mirror may lag its volume anyway (progress is mirrored no more often): most volumes
+    // start sooner, and their objects are created once, already running, instead of created
+    // New and patched moments later.
     for volume in backup.status.iter().flat_map(|status| &status.volumes) {
-        mirrors.submit(volume_mirror(&backup, volume));
+        mirrors.submit_after(volume_mirror(&backup, volume), MIRROR_PROGRESS_EVERY);
     }
 
     // One repository and one shared lease per namespace.

@@ -5,7 +5,11 @@
 //! logged, never fails the volume. A runner hands its mirrors to a [`MirrorWriter`], which
 //! writes them beside the agent calls and skips states superseded before they were sent.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    time::Duration,
+};
 
 use ::kube::{
     Api,
@@ -13,7 +17,11 @@ use ::kube::{
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Value, json};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::mpsc,
+    task::JoinHandle,
+    time::{Instant, sleep_until},
+};
 use tracing::Instrument;
 
 use super::{Cluster, is_conflict, is_not_found};
@@ -130,7 +138,8 @@ async fn create(
 const WRITES_IN_FLIGHT: usize = 8;
 
 enum Command {
-    Write(Mirror),
+    /// A state and when it may be written at the earliest.
+    Write(Mirror, Instant),
     Finish,
 }
 
@@ -142,13 +151,19 @@ pub struct MirrorQueue {
 }
 
 impl MirrorQueue {
-    /// Queues `mirror` as the state its object should get. A state still waiting when a newer
-    /// one of the same object arrives is never sent: a fast volume's New, InProgress and
-    /// Completed cost one write, not three.
+    /// Queues `mirror` as the state its object should get, written as soon as a write slot is
+    /// free. A state still waiting when a newer one of the same object arrives is never sent:
+    /// a fast volume's InProgress and Completed cost one write, not two.
     pub fn submit(&self, mirror: Mirror) {
+        self.submit_after(mirror, Duration::ZERO);
+    }
+
+    /// Queues `mirror` to be written no sooner than `hold` from now, unless a newer state of
+    /// the object comes first (then that one is written, as soon as it may be).
+    pub fn submit_after(&self, mirror: Mirror, hold: Duration) {
         if let Some(commands) = &self.commands {
             // Sent after `finish` only by a job that outlived its runner: nothing to mirror.
-            let _ = commands.send(Command::Write(mirror));
+            let _ = commands.send(Command::Write(mirror, Instant::now() + hold));
         }
     }
 }
@@ -217,7 +232,8 @@ impl MirrorWriter {
 }
 
 /// The writer's loop: keeps the newest state of each object not yet sent, starts the writes of
-/// objects in the order they were first queued, and ends after `Finish` once nothing waits.
+/// objects whose states may go out in the order they became ready, and ends after `Finish`
+/// (which makes every held state ready) once nothing waits.
 async fn write_mirrors<W, F>(
     mut commands: mpsc::UnboundedReceiver<Command>,
     max_in_flight: usize,
@@ -226,18 +242,34 @@ async fn write_mirrors<W, F>(
     W: Fn(Mirror, bool) -> F,
     F: Future<Output = ()>,
 {
-    let mut waiting: HashMap<String, Mirror> = HashMap::new();
-    // Names with a waiting state and no write in flight, oldest first.
+    // The newest unsent state of each object and when it may be written.
+    let mut waiting: HashMap<String, (Mirror, Instant)> = HashMap::new();
+    // Objects whose waiting state may be written now, oldest first. An entry whose state was
+    // written meanwhile, or whose object has a write in flight, is skipped: the write's end
+    // queues the object again if a newer state waits.
     let mut ready: VecDeque<String> = VecDeque::new();
+    // Objects whose waiting state is held, earliest first (entries may be stale, as above).
+    let mut held: BinaryHeap<Reverse<(Instant, String)>> = BinaryHeap::new();
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut written: HashSet<String> = HashSet::new();
     let mut writes = FuturesUnordered::new();
     let mut finishing = false;
     loop {
+        let now = Instant::now();
+        while let Some(Reverse((due, _))) = held.peek()
+            && (finishing || *due <= now)
+        {
+            if let Some(Reverse((_, name))) = held.pop() {
+                ready.push_back(name);
+            }
+        }
         while writes.len() < max_in_flight.max(1)
             && let Some(name) = ready.pop_front()
         {
-            let Some(mirror) = waiting.remove(&name) else {
+            if in_flight.contains(&name) {
+                continue;
+            }
+            let Some((mirror, _)) = waiting.remove(&name) else {
                 continue;
             };
             let first = !written.contains(&name);
@@ -248,28 +280,47 @@ async fn write_mirrors<W, F>(
                 name
             });
         }
-        if finishing && writes.is_empty() && ready.is_empty() {
+        if finishing && writes.is_empty() && ready.is_empty() && held.is_empty() {
             return;
         }
+        let next_due = held.peek().map(|Reverse((due, _))| *due);
         tokio::select! {
             command = commands.recv(), if !finishing => match command {
-                Some(Command::Write(mirror)) => {
+                Some(Command::Write(mirror, due)) => {
                     let name = mirror.name.clone();
-                    let already_waiting = waiting.insert(name.clone(), mirror).is_some();
-                    if !already_waiting && !in_flight.contains(&name) {
-                        ready.push_back(name);
+                    let previous = waiting.get(&name).map(|(_, due)| *due);
+                    // A newer state never waits longer than the one it replaces; the object
+                    // is queued again only if it may go out sooner.
+                    let due = previous.map_or(due, |previous| due.min(previous));
+                    waiting.insert(name.clone(), (mirror, due));
+                    if !in_flight.contains(&name) && previous.is_none_or(|previous| due < previous) {
+                        queue(&mut ready, &mut held, name, due);
                     }
                 }
                 Some(Command::Finish) | None => finishing = true,
             },
             Some(name) = writes.next(), if !writes.is_empty() => {
                 in_flight.remove(&name);
-                if waiting.contains_key(&name) {
-                    ready.push_back(name.clone());
+                if let Some((_, due)) = waiting.get(&name) {
+                    queue(&mut ready, &mut held, name.clone(), *due);
                 }
                 written.insert(name);
             }
+            () = sleep_until(next_due.unwrap_or(now)), if next_due.is_some() => {}
         }
+    }
+}
+
+fn queue(
+    ready: &mut VecDeque<String>,
+    held: &mut BinaryHeap<Reverse<(Instant, String)>>,
+    name: String,
+    due: Instant,
+) {
+    if due <= Instant::now() {
+        ready.push_back(name);
+    } else {
+        held.push(Reverse((due, name)));
     }
 }
 
@@ -337,13 +388,17 @@ pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str)
 mod tests {
     use super::*;
 
-    fn numbered(name: &str, n: i64) -> Command {
-        Command::Write(Mirror {
+    fn mirror(name: &str, n: i64) -> Mirror {
+        Mirror {
             name: name.to_string(),
             labels: json!({}),
             spec: json!({}),
             status: json!({"n": n}),
-        })
+        }
+    }
+
+    fn numbered(name: &str, n: i64) -> Command {
+        Command::Write(mirror(name, n), Instant::now())
     }
 
     #[tokio::test(start_paused = true)]
@@ -411,6 +466,49 @@ mod tests {
         tokio::join!(driver, feeder);
         assert_eq!(most.load(Ordering::SeqCst), 3);
         assert_eq!(running.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_states_wait_unless_superseded_and_finish_sends_them_at_once() {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queue = MirrorQueue {
+            commands: Some(sender),
+        };
+        let start = Instant::now();
+        let hold = Duration::from_secs(5);
+        let writes = std::sync::Mutex::new(Vec::new());
+        let driver = write_mirrors(receiver, 8, |mirror: Mirror, _first: bool| {
+            writes.lock().unwrap().push((
+                mirror.name,
+                mirror.status["n"].as_i64().unwrap(),
+                (Instant::now() - start).as_secs(),
+            ));
+            std::future::ready(())
+        });
+        let feeder = async {
+            queue.submit_after(mirror("a", 1), hold);
+            queue.submit_after(mirror("b", 1), hold);
+            queue.submit_after(mirror("c", 1), Duration::from_secs(60));
+            // a starts: its held state is replaced and goes out at once.
+            queue.submit(mirror("a", 2));
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            // c is still held when the run ends: the end sends it.
+            queue
+                .commands
+                .as_ref()
+                .unwrap()
+                .send(Command::Finish)
+                .unwrap();
+        };
+        tokio::join!(driver, feeder);
+        assert_eq!(
+            writes.into_inner().unwrap(),
+            vec![
+                ("a".to_string(), 2, 0),
+                ("b".to_string(), 1, 5),
+                ("c".to_string(), 1, 6),
+            ]
+        );
     }
 
     #[test]
