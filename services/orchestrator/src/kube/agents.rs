@@ -1,10 +1,15 @@
 //! Finding the volume agent of a node: the static `--agent NODE=URL` list first, then the agent
 //! DaemonSet's running pods (by label) on that node, reached at their pod IP. A node with no
 //! agent is an error naming the node, returned at once rather than waited on.
+//!
+//! One listing of the agent pods serves every lookup for a few seconds: a backup of thousands
+//! of volumes would otherwise list them once per volume. A node missing from the listing
+//! re-lists sooner, so an agent that just (re)started is found without waiting out the cache.
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use ::kube::{Api, api::ListParams};
@@ -49,6 +54,32 @@ pub fn parse_static_agents(
         .collect()
 }
 
+/// How long one listing of the agent pods answers lookups. An agent pod restarted with a new IP
+/// within this window fails the volumes sent to its old IP, like an agent killed mid-backup.
+const LISTING_FRESH_FOR: Duration = Duration::from_secs(5);
+/// How soon a lookup for a node missing from the listing may list again, so the volumes of a
+/// node with no agent do not each list the pods.
+const MISSING_NODE_RELIST_AFTER: Duration = Duration::from_secs(1);
+
+/// The running agent pods' IPs by node, as listed at `fetched_at`.
+#[derive(Debug)]
+struct AgentListing {
+    fetched_at: Instant,
+    ip_by_node: BTreeMap<String, String>,
+}
+
+impl AgentListing {
+    /// The listing's answer for `node` at `now`, or None when it is too old to give one.
+    fn lookup(&self, node: &str, now: Instant) -> Option<Option<&str>> {
+        let age = now.saturating_duration_since(self.fetched_at);
+        match self.ip_by_node.get(node) {
+            Some(ip) if age < LISTING_FRESH_FOR => Some(Some(ip)),
+            None if age < MISSING_NODE_RELIST_AFTER => Some(None),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Agents {
     static_agents: BTreeMap<String, AgentClient>,
@@ -56,6 +87,9 @@ pub struct Agents {
     /// Label selector of the agent DaemonSet's pods.
     selector: String,
     port: u16,
+    /// The last listing of agent pods. An async lock, so lookups arriving together wait for
+    /// one listing instead of each sending their own.
+    listing: Arc<tokio::sync::Mutex<Option<AgentListing>>>,
     /// Clients for discovered agents by URL, so each pod IP gets one connection.
     discovered: Arc<Mutex<BTreeMap<String, AgentClient>>>,
 }
@@ -72,6 +106,7 @@ impl Agents {
             cluster,
             selector,
             port,
+            listing: Arc::default(),
             discovered: Arc::default(),
         }
     }
@@ -84,18 +119,23 @@ impl Agents {
         let Some(cluster) = &self.cluster else {
             return Err(Error::NoAgent(node.to_string()));
         };
-        let api: Api<Pod> = Api::namespaced(cluster.client().clone(), cluster.stowage_namespace());
-        let pods = api
-            .list(&ListParams::default().labels(&self.selector))
-            .await
-            .map_err(Error::kube("listing volume agent pods"))?;
-        let ip = pods
-            .items
-            .iter()
-            .filter(|pod| pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
-            .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .find_map(|pod| pod.status.as_ref().and_then(|s| s.pod_ip.clone()))
-            .ok_or_else(|| Error::NoAgent(node.to_string()))?;
+        let ip = {
+            let mut listing = self.listing.lock().await;
+            let cached = listing
+                .as_ref()
+                .and_then(|listing| listing.lookup(node, Instant::now()))
+                .map(|ip| ip.map(str::to_string));
+            match cached {
+                Some(ip) => ip,
+                None => {
+                    let fresh = self.list_agent_pods(cluster).await?;
+                    let ip = fresh.ip_by_node.get(node).cloned();
+                    *listing = Some(fresh);
+                    ip
+                }
+            }
+        }
+        .ok_or_else(|| Error::NoAgent(node.to_string()))?;
         let url = format!("http://{ip}:{}", self.port);
         let mut discovered = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = discovered.get(&url) {
@@ -106,6 +146,30 @@ impl Agents {
         let client = VolumeAgentClient::new(channel);
         discovered.insert(url, client.clone());
         Ok(client)
+    }
+
+    async fn list_agent_pods(&self, cluster: &Cluster) -> Result<AgentListing> {
+        let api: Api<Pod> = Api::namespaced(cluster.client().clone(), cluster.stowage_namespace());
+        let pods = api
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .map_err(Error::kube("listing volume agent pods"))?;
+        let mut ip_by_node = BTreeMap::new();
+        for pod in pods.items {
+            let (Some(spec), Some(status)) = (pod.spec, pod.status) else {
+                continue;
+            };
+            if let (Some(node), Some("Running"), Some(ip)) =
+                (spec.node_name, status.phase.as_deref(), status.pod_ip)
+            {
+                // During a rollout a node briefly has two running agents; either serves.
+                ip_by_node.entry(node).or_insert(ip);
+            }
+        }
+        Ok(AgentListing {
+            fetched_at: Instant::now(),
+            ip_by_node,
+        })
     }
 }
 
@@ -125,5 +189,29 @@ mod tests {
         assert!(agents.for_node("node-a").await.is_ok());
         let error = agents.for_node("node-b").await.err().unwrap();
         assert_eq!(error.to_string(), "no agent on node node-b");
+    }
+
+    #[test]
+    fn a_listing_answers_for_a_while_and_a_missing_node_relists_sooner() {
+        let fetched_at = Instant::now();
+        let listing = AgentListing {
+            fetched_at,
+            ip_by_node: BTreeMap::from([("node-a".to_string(), "10.0.0.1".to_string())]),
+        };
+        let at = |elapsed: Duration| fetched_at + elapsed;
+        assert_eq!(
+            listing.lookup("node-a", at(Duration::ZERO)),
+            Some(Some("10.0.0.1"))
+        );
+        assert_eq!(
+            listing.lookup("node-a", at(LISTING_FRESH_FOR - Duration::from_millis(1))),
+            Some(Some("10.0.0.1"))
+        );
+        assert_eq!(listing.lookup("node-a", at(LISTING_FRESH_FOR)), None);
+        assert_eq!(listing.lookup("node-b", at(Duration::ZERO)), Some(None));
+        assert_eq!(
+            listing.lookup("node-b", at(MISSING_NODE_RELIST_AFTER)),
+            None
+        );
     }
 }
