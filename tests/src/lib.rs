@@ -4,6 +4,7 @@
 //! S3-compatible server, the Kubernetes API emulator, the OTLP collector) has its own module.
 
 pub mod agent;
+pub mod api;
 pub mod kube;
 pub mod kubelet;
 pub mod otlp;

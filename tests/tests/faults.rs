@@ -15,19 +15,17 @@ use std::{
 };
 
 use stowage_e2e::{
+    api::{self, Client},
     kube::seed_example,
     kubelet::write_sample_tree,
     s3::S3Gate,
     stack::{Stack, StackOptions, slow_restic},
 };
-use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
     Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, GetRepositoryAccessRequest,
     MaintenanceKind, RepositoryAccess, RunMaintenanceRequest, VolumePhase, WatchBackupRequest,
-    orchestrator_client::OrchestratorClient, repo_manager_client::RepoManagerClient,
+    repo_manager_client::RepoManagerClient,
 };
-
-type Client = OrchestratorClient<TracedChannel>;
 
 /// Longest a failed volume may take to be reported; far below any backup timeout.
 const BOUNDED: Duration = Duration::from_secs(60);
@@ -52,23 +50,7 @@ async fn backup_to_end(client: &mut Client, name: &str) -> BackupStatus {
 }
 
 async fn wait_backup(client: &mut Client, name: &str) -> Backup {
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(BOUNDED, async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            last = event.backup;
-        }
-    })
-    .await;
-    assert!(
-        watched.is_ok(),
-        "backup {name} did not end within {BOUNDED:?}: {last:#?}"
-    );
-    last.expect("at least one backup event")
+    api::wait_backup_within(client, name, BOUNDED).await
 }
 
 /// Waits until a volume of backup `name` is running on its agent.

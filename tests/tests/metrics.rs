@@ -189,10 +189,7 @@ async fn every_service_serves_metrics_after_a_backup() {
         kubelet::write_sample_tree,
         stack::{Stack, StackOptions},
     };
-    use stowage_proto::v1::{
-        BackupPhase, BackupSpec, CreateBackupRequest, MaintenanceKind, RunMaintenanceRequest,
-        WatchBackupRequest,
-    };
+    use stowage_proto::v1::{BackupPhase, MaintenanceKind, RunMaintenanceRequest};
 
     let orchestrator_metrics = format!("127.0.0.1:{}", free_port());
     let agent_metrics = format!("127.0.0.1:{}", free_port());
@@ -218,32 +215,13 @@ async fn every_service_serves_metrics_after_a_backup() {
     write_sample_tree(&pod.empty_dir("emptydir-volume"), "emptydir");
 
     let mut client = stack.client().await;
-    client
-        .create_backup(CreateBackupRequest {
-            name: "nightly".into(),
-            spec: Some(BackupSpec {
-                included_namespaces: vec!["foo".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateBackup");
-    let mut events = client
-        .watch_backup(WatchBackupRequest {
-            name: "nightly".into(),
-        })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = events.message().await.expect("a backup event") {
-            last = event.backup;
-        }
-    })
+    let last = stowage_e2e::api::backup_to_end(
+        &mut client,
+        "nightly",
+        stowage_e2e::api::namespace_spec("foo"),
+    )
     .await;
-    assert!(watched.is_ok(), "the backup did not end: {last:?}");
-    let phase = last.and_then(|b| b.status).map(|s| s.phase);
+    let phase = last.status.as_ref().map(|s| s.phase);
     assert_eq!(phase, Some(BackupPhase::Completed as i32));
     let check = client
         .maintain_repository(RunMaintenanceRequest {

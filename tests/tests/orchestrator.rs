@@ -10,66 +10,18 @@ use kube::{
 };
 use serde_json::json;
 use stowage_e2e::{
+    api::{Client, backup_to_end, wait_backup, wait_restore},
     binary,
     kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, slow_restic},
 };
-use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
+    BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
     CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
-    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase,
-    RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_client::OrchestratorClient,
+    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, RestorePhase, RestoreSpec,
+    SkipReason, VolumePhase, WatchBackupRequest,
 };
-
-type Client = OrchestratorClient<TracedChannel>;
-
-async fn backup_to_end(client: &mut Client, name: &str, spec: BackupSpec) -> Backup {
-    client
-        .create_backup(CreateBackupRequest {
-            name: name.to_string(),
-            spec: Some(spec),
-        })
-        .await
-        .expect("CreateBackup");
-    wait_backup(client, name).await
-}
-
-async fn wait_backup(client: &mut Client, name: &str) -> Backup {
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            last = event.backup;
-        }
-    })
-    .await;
-    assert!(watched.is_ok(), "backup {name} did not end: {last:?}");
-    last.expect("at least one backup event")
-}
-
-async fn wait_restore(client: &mut Client, name: &str) -> Restore {
-    let mut stream = client
-        .watch_restore(WatchRestoreRequest { name: name.into() })
-        .await
-        .expect("WatchRestore")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = stream.message().await.expect("a restore event") {
-            last = event.restore;
-        }
-    })
-    .await;
-    assert!(watched.is_ok(), "restore {name} did not end: {last:?}");
-    last.expect("at least one restore event")
-}
 
 fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk_with_plural(

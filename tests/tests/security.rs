@@ -1585,9 +1585,8 @@ async fn orchestrator_drives_the_repo_manager_and_agents_over_mtls() {
         kube::seed_example, kubelet::FakeKubelet, kubelet::write_sample_tree,
     };
     use stowage_proto::v1::{
-        BackupPhase, BackupSpec, CreateBackupRequest, ListBackupsRequest, ListRepositoriesRequest,
-        WatchBackupRequest, orchestrator_client::OrchestratorClient,
-        repo_manager_client::RepoManagerClient,
+        BackupPhase, ListBackupsRequest, ListRepositoriesRequest,
+        orchestrator_client::OrchestratorClient, repo_manager_client::RepoManagerClient,
     };
 
     // Declared first, so it is removed after the processes below have stopped.
@@ -1677,32 +1676,13 @@ async fn orchestrator_drives_the_repo_manager_and_agents_over_mtls() {
             .await
             .expect("a caller with a certificate from the CA connects"),
     );
-    client
-        .create_backup(CreateBackupRequest {
-            name: "over-mtls".into(),
-            spec: Some(BackupSpec {
-                included_namespaces: vec!["foo".into()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateBackup");
-    let mut events = client
-        .watch_backup(WatchBackupRequest {
-            name: "over-mtls".into(),
-        })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = events.message().await.expect("a backup event") {
-            last = event.backup;
-        }
-    })
+    let last = stowage_e2e::api::backup_to_end(
+        &mut client,
+        "over-mtls",
+        stowage_e2e::api::namespace_spec("foo"),
+    )
     .await;
-    assert!(watched.is_ok(), "the backup did not end: {last:?}");
-    let status = last.and_then(|backup| backup.status).expect("a status");
+    let status = last.status.expect("a status");
     assert_eq!(
         status.phase,
         BackupPhase::Completed as i32,

@@ -13,6 +13,7 @@ use kube::{
 };
 use serde_json::json;
 use stowage_e2e::{
+    api::{self, Client, wait_restore},
     kube::{mark_init_container_running, mark_pod_running, wait_for_pod},
     kubelet::manifest,
     stack::{Stack, StackOptions},
@@ -20,15 +21,11 @@ use stowage_e2e::{
         self, CorruptedBackup, FixtureLocation, STATIC_PASSWORD, VeleroEra, VeleroFixture,
     },
 };
-use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupOrigin, BackupPhase, BackupSpec, CreateBackupRequest, CreateRestoreRequest,
-    GetBackupRequest, GetRepositoryAccessRequest, ListBackupsRequest, Restore, RestorePhase,
-    RestoreSpec, VolumePhase, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_client::OrchestratorClient, repo_manager_client::RepoManagerClient,
+    Backup, BackupOrigin, BackupPhase, CreateRestoreRequest, GetBackupRequest,
+    GetRepositoryAccessRequest, ListBackupsRequest, Restore, RestorePhase, RestoreSpec,
+    VolumePhase, repo_manager_client::RepoManagerClient,
 };
-
-type Client = OrchestratorClient<TracedChannel>;
 
 const BACKUP: &str = "velero-nightly";
 /// The nodes of the fresh cluster: `foo/sample` is scheduled on the first, `bar/web` on the
@@ -69,48 +66,8 @@ where
     (stack, fixture, work)
 }
 
-async fn wait_restore(client: &mut Client, name: &str) -> Restore {
-    let mut stream = client
-        .watch_restore(WatchRestoreRequest { name: name.into() })
-        .await
-        .expect("WatchRestore")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = stream.message().await.expect("a restore event") {
-            last = event.restore;
-        }
-    })
-    .await;
-    assert!(watched.is_ok(), "restore {name} did not end: {last:?}");
-    last.expect("at least one restore event")
-}
-
 async fn backup_to_end(client: &mut Client, name: &str, namespace: &str) -> Backup {
-    client
-        .create_backup(CreateBackupRequest {
-            name: name.to_string(),
-            spec: Some(BackupSpec {
-                included_namespaces: vec![namespace.to_string()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateBackup");
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let mut last = None;
-    let watched = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            last = event.backup;
-        }
-    })
-    .await;
-    assert!(watched.is_ok(), "backup {name} did not end: {last:?}");
-    last.expect("at least one backup event")
+    api::backup_to_end(client, name, api::namespace_spec(namespace)).await
 }
 
 async fn list_backups(client: &mut Client) -> BTreeMap<String, Backup> {

@@ -1,0 +1,84 @@
+//! Driving the orchestrator's API the way a scheduler does: start a backup or restore, then
+//! follow its watch stream to the end.
+
+use std::time::Duration;
+
+use stowage_grpc::TracedChannel;
+use stowage_proto::v1::{
+    Backup, BackupSpec, CreateBackupRequest, Restore, WatchBackupRequest, WatchRestoreRequest,
+    orchestrator_client::OrchestratorClient,
+};
+
+pub type Client = OrchestratorClient<TracedChannel>;
+
+/// How long a test waits for a backup or restore of a few small volumes to end.
+pub const ENDS_WITHIN: Duration = Duration::from_secs(120);
+
+/// The spec of a backup of `namespace` alone.
+pub fn namespace_spec(namespace: &str) -> BackupSpec {
+    BackupSpec {
+        included_namespaces: vec![namespace.to_string()],
+        ..Default::default()
+    }
+}
+
+/// Starts backup `name` and returns its last state once it ended.
+pub async fn backup_to_end(client: &mut Client, name: &str, spec: BackupSpec) -> Backup {
+    client
+        .create_backup(CreateBackupRequest {
+            name: name.to_string(),
+            spec: Some(spec),
+        })
+        .await
+        .expect("CreateBackup");
+    wait_backup(client, name).await
+}
+
+/// Follows backup `name` until it ends, and returns its last state; panics after
+/// [`ENDS_WITHIN`] with the last state seen.
+pub async fn wait_backup(client: &mut Client, name: &str) -> Backup {
+    wait_backup_within(client, name, ENDS_WITHIN).await
+}
+
+/// [`wait_backup`], for a test whose point is that the backup ends within `within`.
+pub async fn wait_backup_within(client: &mut Client, name: &str, within: Duration) -> Backup {
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(within, async {
+        while let Some(event) = stream.message().await.expect("a backup event") {
+            last = event.backup;
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "backup {name} did not end within {within:?}: {last:#?}"
+    );
+    last.expect("at least one backup event")
+}
+
+/// Follows restore `name` until it ends, and returns its last state; panics after
+/// [`ENDS_WITHIN`] with the last state seen.
+pub async fn wait_restore(client: &mut Client, name: &str) -> Restore {
+    let mut stream = client
+        .watch_restore(WatchRestoreRequest { name: name.into() })
+        .await
+        .expect("WatchRestore")
+        .into_inner();
+    let mut last = None;
+    let watched = tokio::time::timeout(ENDS_WITHIN, async {
+        while let Some(event) = stream.message().await.expect("a restore event") {
+            last = event.restore;
+        }
+    })
+    .await;
+    assert!(
+        watched.is_ok(),
+        "restore {name} did not end within {ENDS_WITHIN:?}: {last:#?}"
+    );
+    last.expect("at least one restore event")
+}
