@@ -10,6 +10,7 @@ mod repositories;
 mod schedule;
 mod scheduler;
 mod state;
+mod verification;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -102,6 +103,11 @@ struct Config {
     /// How long a lease request without `wait_timeout` waits for a conflicting holder.
     #[arg(long, env = "STOWAGE_LEASE_WAIT", default_value = "60s", value_parser = parse_duration)]
     lease_wait: Duration,
+    /// How long a repository this repo-manager opened and cleared of stale locks answers
+    /// EnsureRepository without running restic; 0 verifies on every call. Kept in memory
+    /// only, so a restarted repo-manager verifies each repository on its first call.
+    #[arg(long, env = "STOWAGE_REPOSITORY_VERIFY_INTERVAL", default_value = "300s", value_parser = parse_duration)]
+    repository_verify_interval: Duration,
     #[command(flatten)]
     log: stowage_telemetry::LogArgs,
     #[command(flatten)]
@@ -212,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 velero_repository_password: velero_repository_password(
                     config.velero_repository_password_file.as_deref(),
                 )?,
+                verify_interval: config.repository_verify_interval,
             },
             mirror,
             shutdown.clone(),

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,7 @@ use crate::{
     mirror::RepositoryMirror,
     schedule::{MaintenanceKind, Schedules},
     state::{Phase, RepositoryRecord, StateStore},
+    verification::{InvalidateOnDrop, Verifications},
 };
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct ManagerSettings {
     /// The password Velero's repositories open with: [`VELERO_STATIC_PASSWORD`] unless the
     /// operator replaced the `repository-password` key of Velero's credentials Secret.
     pub velero_repository_password: String,
+    /// How long a repository this process verified answers EnsureRepository without restic;
+    /// zero verifies on every call.
+    pub verify_interval: Duration,
 }
 
 /// The password Velero's restic integration gives every repository unless the operator
@@ -69,6 +73,7 @@ pub struct Manager {
     /// One async lock per namespace: init, open and key changes of a namespace never overlap.
     namespace_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     settings: ManagerSettings,
+    verifications: Verifications,
     /// `ResticRepository` objects in Kubernetes, when an API is configured.
     mirror: Option<RepositoryMirror>,
     shutdown: CancellationToken,
@@ -127,6 +132,7 @@ impl Manager {
             leases: LeaseManager::default(),
             records: Mutex::new(records),
             namespace_locks: Mutex::new(HashMap::new()),
+            verifications: Verifications::new(settings.verify_interval),
             settings,
             mirror,
             shutdown,
@@ -242,9 +248,21 @@ impl Manager {
         validate_namespace(namespace)?;
         let lock = self.namespace_lock(namespace);
         let _guard = lock.lock().await;
+        if self.verifications.is_fresh(namespace, Instant::now())
+            && let Ok(record) = self.get(namespace)
+            && record.phase == Phase::Ready
+        {
+            tracing::debug!(
+                namespace,
+                "repository verified recently by this process: ready without running restic"
+            );
+            return Ok(record);
+        }
+        let ticket = self.verifications.begin(namespace, Instant::now());
         let (phase, message) = match self.open_or_init(namespace).await {
             Ok(()) => (Phase::Ready, String::new()),
             Err(RepoError::Restic(error)) if error.is_cancelled() => {
+                self.verifications.invalidate(namespace);
                 return Err(RepoError::Cancelled);
             }
             Err(RepoError::Restic(error @ ResticError::WrongPassword { .. })) => {
@@ -255,9 +273,13 @@ impl Manager {
                 (Phase::Failed, error.to_string())
             }
             Err(error @ RepoError::NotReady { .. }) => (Phase::Failed, error.to_string()),
-            Err(error) => return Err(error),
+            Err(error) => {
+                self.verifications.invalidate(namespace);
+                return Err(error);
+            }
         };
         if phase != Phase::Ready {
+            self.verifications.invalidate(namespace);
             tracing::warn!(namespace, %message, "repository is not ready");
         }
         let record = self
@@ -270,8 +292,13 @@ impl Manager {
         // died (a prune whose repo-manager was killed) would otherwise make it fail at once.
         if phase == Phase::Ready {
             let repository = self.ready_repository(namespace).await?;
-            self.clear_stale_locks(namespace, &repository, &self.shutdown.child_token())
-                .await;
+            // Locks that could not be inspected may still be there: verify again next time.
+            if self
+                .clear_stale_locks(namespace, &repository, &self.shutdown.child_token())
+                .await
+            {
+                self.verifications.succeeded(namespace, ticket);
+            }
         }
         Ok(record)
     }
@@ -476,6 +503,7 @@ impl Manager {
         let repository = self.ready_repository(namespace).await?;
         let cancel = self.shutdown.child_token();
         let started = Utc::now();
+        let invalidate = InvalidateOnDrop::new(&self.verifications, namespace);
         let result = self
             .exclusively(
                 namespace,
@@ -496,6 +524,13 @@ impl Manager {
                 },
             )
             .await;
+        // A restic that failed or was cancelled may have left its lock behind, or failed
+        // because the key or the repository is gone: only success keeps the verification.
+        if result.is_ok() {
+            invalidate.disarm();
+        } else {
+            drop(invalidate);
+        }
         if let Err(RepoError::Restic(error)) = &result
             && error.is_cancelled()
         {
@@ -532,23 +567,28 @@ impl Manager {
     }
 
     /// Removes restic locks whose holder is gone; failures only log (restic then reports
-    /// the lock itself).
+    /// the lock itself). Whether the locks could be inspected.
     async fn clear_stale_locks(
         &self,
         namespace: &str,
         repository: &stowage_restic::Repository,
         cancel: &CancellationToken,
-    ) {
+    ) -> bool {
         match self
             .restic
             .remove_stale_locks(repository, self.settings.stale_lock_age, cancel)
             .await
         {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(namespace, locks = ?removed, "removed stale restic locks")
+            Ok(removed) => {
+                if !removed.is_empty() {
+                    tracing::info!(namespace, locks = ?removed, "removed stale restic locks");
+                }
+                true
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(namespace, %error, "cannot inspect restic locks"),
+            Err(error) => {
+                tracing::warn!(namespace, %error, "cannot inspect restic locks");
+                false
+            }
         }
     }
 
@@ -579,6 +619,9 @@ impl Manager {
         }
         let repository = self.ready_repository(namespace).await?;
         let cancel = self.shutdown.child_token();
+        // Forget and prune take restic's exclusive lock; one that failed, or whose caller went
+        // away, may have left it.
+        let _invalidate = InvalidateOnDrop::new(&self.verifications, namespace);
         self.exclusively(namespace, &format!("forget/{backup_name}"), async || {
             self.clear_stale_locks(namespace, &repository, &cancel)
                 .await;
@@ -608,6 +651,8 @@ impl Manager {
         self.exclusively(namespace, "rotate-key", async || {
             let lock = self.namespace_lock(namespace);
             let _guard = lock.lock().await;
+            // Under the namespace lock, so no ensure can vouch for the old key in between.
+            self.verifications.invalidate(namespace);
             let current = repository.password().to_string();
             let new = generate_password()?;
             // The new password is stored (as pending) before restic knows it, so no crash can
