@@ -1305,3 +1305,180 @@ async fn interrupted_key_rotation_is_finished_by_the_next_ensure() {
     // Opens with the new password on the next call without any pending one left.
     assert_ready(&ensure(&mut client, "turn").await);
 }
+
+/// A restic that appends each invocation's arguments (never a password: the repo-manager
+/// passes it in a file) to `runs`, and fails `restic check` while the file `fail-check`
+/// exists beside it.
+struct CountingRestic {
+    binary: PathBuf,
+    runs: PathBuf,
+    fail_check: PathBuf,
+}
+
+impl CountingRestic {
+    fn new(dir: &Path) -> CountingRestic {
+        use std::os::unix::fs::PermissionsExt;
+        let binary = dir.join("counting-restic");
+        let runs = dir.join("runs");
+        let fail_check = dir.join("fail-check");
+        std::fs::write(
+            &binary,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{runs}'\n\
+                 if [ -e '{fail}' ]; then case \" $* \" in *\" check \"*) \
+                 echo 'check failed on purpose' >&2; exit 1;; esac; fi\n\
+                 exec restic \"$@\"\n",
+                runs = runs.display(),
+                fail = fail_check.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CountingRestic {
+            binary,
+            runs,
+            fail_check,
+        }
+    }
+
+    fn count(&self) -> usize {
+        std::fs::read_to_string(&self.runs)
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn path(&self) -> String {
+        self.binary.display().to_string()
+    }
+}
+
+/// How many restic commands one EnsureRepository ran.
+async fn restic_runs_of_ensure(
+    client: &mut Client,
+    restic: &CountingRestic,
+    namespace: &str,
+) -> usize {
+    let before = restic.count();
+    assert_ready(&ensure(client, namespace).await);
+    restic.count() - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recently_verified_repository_is_ensured_without_restic_until_something_invalidates_it() {
+    let scene = Scene::new();
+    let restic = CountingRestic::new(&scene.path("bin"));
+    let mut service = scene
+        .start(
+            scene.local_args(&["--restic-binary", &restic.path()]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "quick").await,
+        0,
+        "verified moments ago by this process"
+    );
+    assert!(
+        service
+            .process
+            .log()
+            .contains("ready without running restic"),
+        "the fast path logs at debug"
+    );
+    // Another namespace has its own verification.
+    assert!(restic_runs_of_ensure(&mut client, &restic, "other").await > 0);
+
+    // A failed check may have left its restic lock: the next ensure verifies again.
+    std::fs::write(&restic.fail_check, b"").unwrap();
+    let failed = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "quick".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!failed.succeeded, "the wrapper fails check");
+    std::fs::remove_file(&restic.fail_check).unwrap();
+    assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "quick").await,
+        0
+    );
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "other").await,
+        0,
+        "maintenance of one namespace leaves the other's verification"
+    );
+
+    // A check that succeeds vouches for the same key and leaves no lock.
+    let passed = client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: "quick".into(),
+            kind: MaintenanceKind::Check as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(passed.succeeded, "check failed: {}", passed.message);
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "quick").await,
+        0
+    );
+
+    // A new key: the next ensure opens the repository with it.
+    let old = access(&mut client, "quick").await;
+    assert_ready(
+        &client
+            .rotate_key(RotateKeyRequest {
+                namespace: "quick".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_ne!(access(&mut client, "quick").await.password, old.password);
+    assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "quick").await,
+        0
+    );
+
+    // Forget takes restic's exclusive lock and prunes: verified again afterwards.
+    client
+        .forget_backup(ForgetBackupRequest {
+            namespace: "quick".into(),
+            backup_name: "nothing-to-forget".into(),
+        })
+        .await
+        .unwrap();
+    assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    drop(client);
+    service.process.stop(Duration::from_secs(10));
+
+    // The verification lives in memory: a restarted repo-manager verifies first.
+    let service = scene
+        .start(
+            scene.local_args(&[
+                "--restic-binary",
+                &restic.path(),
+                "--repository-verify-interval",
+                "0",
+            ]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    // Interval 0: every ensure runs restic.
+    for _ in 0..2 {
+        assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    }
+    assert!(
+        !service
+            .process
+            .log()
+            .contains("ready without running restic")
+    );
+}
