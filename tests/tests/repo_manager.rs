@@ -1455,6 +1455,16 @@ async fn recently_verified_repository_is_ensured_without_restic_until_something_
         .await
         .unwrap();
     assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+
+    // A repository gone from the location behind the repo-manager's back is noticed by the
+    // next ensure, which initialises it again under the stored key.
+    std::fs::remove_dir_all(scene.storage().join("restic/quick")).unwrap();
+    assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
+    assert!(scene.storage().join("restic/quick/config").exists());
+    assert_eq!(
+        restic_runs_of_ensure(&mut client, &restic, "quick").await,
+        0
+    );
     drop(client);
     service.process.stop(Duration::from_secs(10));
 

@@ -248,9 +248,16 @@ impl Manager {
         validate_namespace(namespace)?;
         let lock = self.namespace_lock(namespace);
         let _guard = lock.lock().await;
+        // The one object-store request of the fast path: a location wiped or replaced behind
+        // this process (an S3 server that came back empty) must be found, and initialised
+        // again, by the ensure before the next backup, not by the backup's restic.
         if self.verifications.is_fresh(namespace, Instant::now())
             && let Ok(record) = self.get(namespace)
             && record.phase == Phase::Ready
+            && matches!(
+                self.state.restic_repository_exists(namespace).await,
+                Ok(true)
+            )
         {
             tracing::debug!(
                 namespace,
@@ -439,11 +446,11 @@ impl Manager {
     /// URL, password and environment of the namespace's repository.
     pub async fn access(&self, namespace: &str) -> Result<Access, RepoError> {
         validate_namespace(namespace)?;
-        let passwords = self
-            .keys
-            .load(namespace)
-            .await?
-            .ok_or_else(|| RepoError::RepositoryNotFound(namespace.to_string()))?;
+        let Some(passwords) = self.keys.load(namespace).await? else {
+            // The key went away behind this process: the next ensure must not vouch for it.
+            self.verifications.invalidate(namespace);
+            return Err(RepoError::RepositoryNotFound(namespace.to_string()));
+        };
         Ok(Access {
             url: self.url(namespace)?,
             password: passwords.current,
