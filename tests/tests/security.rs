@@ -1458,9 +1458,6 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
     );
 
     let count = rows.len();
-    let (gaps, rows): (Vec<ServiceRow>, Vec<ServiceRow>) = rows
-        .into_iter()
-        .partition(|row| KNOWN_GAPS.contains(&row.name.as_str()));
     let mut failures = Vec::new();
     for row in rows {
         if let Some(failure) = check(row).await {
@@ -1476,29 +1473,7 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
     let after = stack_state(&stack, &mut orchestrator.clone(), &mut repo_manager.clone()).await;
     assert_eq!(before.1, after.1, "what the APIs list changed");
     assert_eq!(before.0, after.0, "the bucket changed");
-    // Last, since an accepted gap may change state.
-    for row in gaps {
-        let name = row.name.clone();
-        assert!(
-            check(row).await.is_some(),
-            "`{name}` is refused properly now: remove it from KNOWN_GAPS"
-        );
-    }
 }
-
-/// Rows the orchestrator and repo-manager do not yet answer as the issue asks (issue 8); they
-/// are run last and must still fail, so fixing one makes this list shrink.
-const KNOWN_GAPS: &[&str] = &[
-    // The orchestrator takes these backups.
-    "CreateBackup: label selector key with a space",
-    "CreateBackup: negative ttl",
-    "CreateBackup: negative timeout",
-    // The namespace reaches the Kubernetes API unchecked: Unavailable, not InvalidArgument.
-    "GetCoverage: namespace with a path",
-    // The repo-manager answers `released: false` / forgets nothing instead of refusing.
-    "ReleaseLease: empty id",
-    "ForgetBackup: backup name with a path",
-];
 
 /// `None` when the row was refused with its code and a message naming the field.
 async fn check(row: ServiceRow) -> Option<String> {

@@ -426,6 +426,13 @@ pub fn is_dns1123_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
+/// A backup or restore name: dot-separated DNS-1123 labels, at most 63 characters in all (it
+/// is also a label value, `velero.io/backup-name`). It names `backups/<name>/` in the bucket,
+/// so nothing else may reach a key.
+pub fn is_backup_name(name: &str) -> bool {
+    name.len() <= 63 && name.split('.').all(is_dns1123_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +619,20 @@ mod tests {
             &"x".repeat(64),
         ] {
             assert!(!is_dns1123_label(bad), "{bad}");
+        }
+        for good in ["nightly", "backup-2024.01.01", "a"] {
+            assert!(is_backup_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../nightly",
+            "a/b",
+            "a..b",
+            ".a",
+            "Nightly",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_backup_name(bad), "{bad}");
         }
         let location = parse("/tmp/x", S3Options::default());
         assert!(matches!(

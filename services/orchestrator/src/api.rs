@@ -140,6 +140,9 @@ impl OrchestratorApi {
     }
 
     async fn coverage(&self, request: GetCoverageRequest) -> Result<GetCoverageResponse> {
+        for namespace in &request.namespaces {
+            validate_name("namespace", namespace)?;
+        }
         let cluster = self
             .deps
             .cluster

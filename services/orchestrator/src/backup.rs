@@ -26,7 +26,9 @@ use tracing::{Instrument, field};
 
 use crate::{
     deps::Deps,
-    error::{Error, Result, agent_failure, validate_name},
+    error::{
+        Error, Result, agent_failure, validate_duration, validate_label_selector, validate_name,
+    },
     kube::{
         Cluster,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
@@ -78,6 +80,9 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
             validate_name("namespace", namespace)?;
         }
     }
+    validate_label_selector(&spec.label_selector)?;
+    validate_duration("ttl", spec.ttl.as_ref())?;
+    validate_duration("timeout", spec.timeout.as_ref())?;
     let uid = uuid::Uuid::new_v4().to_string();
     let backup = Backup {
         name: request.name.clone(),

@@ -1,6 +1,7 @@
 //! The orchestrator's domain errors. Each variant names the failure and the input that caused
 //! it; `api.rs` maps them to gRPC status codes in one place.
 
+use stowage_proto::prost_types;
 use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +155,82 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks a label selector's `key=value` pairs as Kubernetes label keys and values, so a bad
+/// selector is refused when the backup is created rather than by the API server mid-backup.
+pub fn validate_label_selector(selector: &std::collections::HashMap<String, String>) -> Result<()> {
+    for (key, value) in selector {
+        let invalid = |reason: String| Error::InvalidArgument {
+            what: "label selector",
+            value: format!("{key}={value}"),
+            reason,
+        };
+        let (prefix, name) = match key.rsplit_once('/') {
+            Some((prefix, name)) => (Some(prefix), name),
+            None => (None, key.as_str()),
+        };
+        if let Some(prefix) = prefix {
+            let dns_label = |part: &str| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            };
+            if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(dns_label) {
+                return Err(invalid(format!(
+                    "key prefix `{prefix}` must be a DNS subdomain"
+                )));
+            }
+        }
+        if name.is_empty() {
+            return Err(invalid("key must have a name".into()));
+        }
+        check_label_part(name).map_err(|reason| invalid(format!("key {reason}")))?;
+        if !value.is_empty() {
+            check_label_part(value).map_err(|reason| invalid(format!("value {reason}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// A label name or value: at most 63 characters, letters, digits, `-`, `_` and `.`, starting
+/// and ending with a letter or digit.
+fn check_label_part(part: &str) -> std::result::Result<(), &'static str> {
+    if part.len() > 63 {
+        return Err("must be at most 63 characters");
+    }
+    if !part
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("must consist of letters, digits, `-`, `_` and `.`");
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alnum(part.chars().next()) || !alnum(part.chars().last()) {
+        return Err("must start and end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Checks that a duration given in a request is not negative; `what` names the field.
+pub fn validate_duration(
+    what: &'static str,
+    duration: Option<&prost_types::Duration>,
+) -> Result<()> {
+    match duration {
+        Some(duration) if duration.seconds < 0 || duration.nanos < 0 => {
+            Err(Error::InvalidArgument {
+                what,
+                value: format!("{}s", duration.seconds),
+                reason: "must not be negative".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +278,52 @@ mod tests {
         );
         assert!(message.contains("NotValidForName"), "{message}");
         assert!(!message.contains("killed"), "{message}");
+    }
+
+    #[test]
+    fn label_selectors_are_checked_as_kubernetes_labels() {
+        let selector = |key: &str, value: &str| {
+            std::collections::HashMap::from([(key.to_string(), value.to_string())])
+        };
+        for (key, value) in [
+            ("app", "db"),
+            ("app.kubernetes.io/name", "postgres-14"),
+            ("tier", ""),
+            ("A_b.c", "X.y_z"),
+        ] {
+            assert!(
+                validate_label_selector(&selector(key, value)).is_ok(),
+                "{key}={value}"
+            );
+        }
+        for (key, value) in [
+            ("app name", "db"),
+            ("", "db"),
+            ("app", "d b"),
+            ("app", "-db"),
+            ("/app", "db"),
+            ("Example.com/app", "db"),
+            ("app", &"v".repeat(64)),
+        ] {
+            let error = validate_label_selector(&selector(key, value)).unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{key}={value}");
+            assert!(error.to_string().contains("label selector"), "{error}");
+        }
+    }
+
+    #[test]
+    fn negative_durations_are_refused_naming_the_field() {
+        let negative = prost_types::Duration {
+            seconds: -60,
+            nanos: 0,
+        };
+        let error = validate_duration("ttl", Some(&negative)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid ttl `-60s`: must not be negative"
+        );
+        assert!(validate_duration("ttl", None).is_ok());
+        assert!(validate_duration("ttl", Some(&prost_types::Duration::default())).is_ok());
     }
 
     #[test]

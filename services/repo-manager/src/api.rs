@@ -235,7 +235,11 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<ReleaseLeaseRequest>,
     ) -> Result<Response<ReleaseLeaseResponse>, Status> {
-        let released = self.manager.leases.release(&request.get_ref().lease_id);
+        let lease_id = &request.get_ref().lease_id;
+        if lease_id.is_empty() {
+            return Err(Status::invalid_argument("lease_id must not be empty"));
+        }
+        let released = self.manager.leases.release(lease_id);
         Ok(Response::new(ReleaseLeaseResponse { released }))
     }
 

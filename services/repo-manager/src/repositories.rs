@@ -609,9 +609,11 @@ impl Manager {
         backup_name: &str,
     ) -> Result<Vec<String>, RepoError> {
         validate_namespace(namespace)?;
-        if backup_name.is_empty() || backup_name.contains(',') {
+        // The name becomes a restic `--tag backup=<name>` filter, where `,` would separate tags.
+        if !stowage_storage_location::is_backup_name(backup_name) {
             return Err(RepoError::InvalidArgument(format!(
-                "backup name `{backup_name}` is empty or contains `,`"
+                "backup name `{backup_name}`: must be lowercase letters, digits, `-` and `.`, \
+                 at most 63 characters"
             )));
         }
         if self.get(namespace).is_err() {
