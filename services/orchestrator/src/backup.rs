@@ -35,7 +35,7 @@ use crate::{
     },
     selection::{VolumeKind, select_volumes},
     state::{BackupEntry, Entry, now},
-    tally::tally,
+    tally::{ending, tally},
 };
 
 /// How often a running volume's progress is copied into its PodVolumeBackup mirror.
@@ -218,14 +218,8 @@ pub async fn persist(deps: &Deps, entry: &BackupEntry, resources: Option<&[Value
 fn final_phase(status: &BackupStatus, cancelled: bool, failed: bool) -> BackupPhase {
     if cancelled {
         BackupPhase::Cancelled
-    } else if failed && status.volumes_completed == 0 {
-        BackupPhase::Failed
-    } else if status.volumes_failed == 0 && !failed {
-        BackupPhase::Completed
-    } else if status.volumes_completed == 0 {
-        BackupPhase::Failed
     } else {
-        BackupPhase::PartiallyFailed
+        ending(status.volumes_completed, status.volumes_failed, failed).into()
     }
 }
 

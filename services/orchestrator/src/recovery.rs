@@ -23,6 +23,7 @@ use crate::{
     kube::mirror::{self, MirrorKind},
     restore,
     state::{Entry, now},
+    tally::ending,
 };
 
 pub const RESTARTED: &str = "orchestrator restarted";
@@ -121,11 +122,12 @@ async fn adopt(
                 }
             }
             recount(status);
-            status.phase = if status.volumes_completed == 0 {
-                BackupPhase::Failed
-            } else {
-                BackupPhase::PartiallyFailed
-            } as i32;
+            // The restart failed the run: never Completed.
+            status.phase = BackupPhase::from(ending(
+                status.volumes_completed,
+                status.volumes_failed,
+                true,
+            )) as i32;
             status.failure_reason = RESTARTED.to_string();
             status.finished = Some(now());
         });
@@ -232,13 +234,11 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
         .map(|mut restore| {
             let status = restore.status.get_or_insert_with(Default::default);
             restore::recount(status);
-            status.phase = if status.volumes_failed == 0 {
-                RestorePhase::Completed
-            } else if status.volumes_completed == 0 {
-                RestorePhase::Failed
-            } else {
-                RestorePhase::PartiallyFailed
-            } as i32;
+            status.phase = RestorePhase::from(ending(
+                status.volumes_completed,
+                status.volumes_failed,
+                false,
+            )) as i32;
             status.started = status
                 .volumes
                 .iter()

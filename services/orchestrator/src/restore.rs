@@ -26,7 +26,7 @@ use crate::{
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
     state::{Entry, RestoreEntry, now},
-    tally::tally,
+    tally::{ending, tally},
 };
 
 /// Name of the init container that waits for the volumes' done files.
@@ -206,15 +206,11 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
             }
         }
         recount(status);
-        status.phase = if outcome.is_err() && status.volumes_completed == 0 {
-            RestorePhase::Failed
-        } else if status.volumes_failed == 0 && outcome.is_ok() {
-            RestorePhase::Completed
-        } else if status.volumes_completed == 0 {
-            RestorePhase::Failed
-        } else {
-            RestorePhase::PartiallyFailed
-        } as i32;
+        status.phase = RestorePhase::from(ending(
+            status.volumes_completed,
+            status.volumes_failed,
+            outcome.is_err(),
+        )) as i32;
         status.finished = Some(now());
     });
     let status = restore.status.unwrap_or_default();

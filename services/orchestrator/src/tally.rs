@@ -1,7 +1,7 @@
 //! Counting a backup's or a restore's volumes by outcome and summing their progress: both
 //! statuses report the same totals, so they are computed in one place.
 
-use stowage_proto::v1::{Progress, VolumePhase};
+use stowage_proto::v1::{BackupPhase, Progress, RestorePhase, VolumePhase};
 
 /// Volume counts and summed progress of one backup or restore.
 #[derive(Debug, Default, PartialEq)]
@@ -34,6 +34,47 @@ pub fn tally<'a>(volumes: impl IntoIterator<Item = (i32, Option<&'a Progress>)>)
         }
     }
     tally
+}
+
+/// How a finished backup or restore ended, short of being cancelled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ending {
+    Completed,
+    PartiallyFailed,
+    Failed,
+}
+
+/// The ending of a run whose volumes counted `completed` and `failed`; `run_failed` when the
+/// run itself failed (discovery, repository, timeout, a restart), which rules out Completed.
+/// Nothing restored or backed up is a failure, whatever else went wrong.
+pub fn ending(completed: u32, failed: u32, run_failed: bool) -> Ending {
+    if completed == 0 && (run_failed || failed > 0) {
+        Ending::Failed
+    } else if failed == 0 && !run_failed {
+        Ending::Completed
+    } else {
+        Ending::PartiallyFailed
+    }
+}
+
+impl From<Ending> for BackupPhase {
+    fn from(ending: Ending) -> BackupPhase {
+        match ending {
+            Ending::Completed => BackupPhase::Completed,
+            Ending::PartiallyFailed => BackupPhase::PartiallyFailed,
+            Ending::Failed => BackupPhase::Failed,
+        }
+    }
+}
+
+impl From<Ending> for RestorePhase {
+    fn from(ending: Ending) -> RestorePhase {
+        match ending {
+            Ending::Completed => RestorePhase::Completed,
+            Ending::PartiallyFailed => RestorePhase::PartiallyFailed,
+            Ending::Failed => RestorePhase::Failed,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,5 +112,20 @@ mod tests {
     #[test]
     fn no_volumes_tally_to_zero() {
         assert_eq!(tally([]), VolumeTally::default());
+    }
+
+    #[test]
+    fn a_failed_run_is_never_completed_and_nothing_done_is_failed() {
+        assert_eq!(
+            ending(0, 0, false),
+            Ending::Completed,
+            "no volumes, no error"
+        );
+        assert_eq!(ending(2, 0, false), Ending::Completed);
+        assert_eq!(ending(1, 1, false), Ending::PartiallyFailed);
+        assert_eq!(ending(0, 2, false), Ending::Failed);
+        assert_eq!(ending(0, 0, true), Ending::Failed);
+        assert_eq!(ending(2, 0, true), Ending::PartiallyFailed);
+        assert_eq!(ending(1, 1, true), Ending::PartiallyFailed);
     }
 }
