@@ -18,10 +18,10 @@ use ring::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use stowage_storage_location::object_store::{
-    self, ObjectStore, ObjectStoreExt as _, PutPayload, path::Path,
+    ObjectStore, ObjectStoreExt as _, PutPayload, path::Path,
 };
 
-use crate::error::RepoError;
+use crate::{error::RepoError, state::read_optional};
 
 pub const KEYS_PREFIX: &str = "stowage/keys";
 const SECRET_PASSWORD_KEY: &str = "repository-password";
@@ -316,16 +316,9 @@ impl KeyStore {
             return Ok(Some(passwords));
         }
         let path = key_path(namespace);
-        let bytes = match self.store.get(&path).await {
-            Ok(result) => result.bytes().await,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => Err(error),
-        }
-        .map_err(|source| RepoError::Store {
-            operation: "read",
-            path: path.to_string(),
-            source,
-        })?;
+        let Some(bytes) = read_optional(&*self.store, &path).await? else {
+            return Ok(None);
+        };
         let passwords = open_file(self.master.as_ref(), namespace, &bytes)?;
         if let Some(secrets) = &self.secrets {
             tracing::info!(
@@ -366,7 +359,7 @@ impl KeyStore {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
+    use stowage_storage_location::object_store::memory::InMemory;
 
     use super::*;
 

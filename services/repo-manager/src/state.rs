@@ -20,6 +20,24 @@ use crate::{
 
 pub const STATE_PREFIX: &str = "stowage/repositories";
 
+/// The object at `path`, or None when there is none: the repo-manager's own files (records,
+/// key copies) are absent until first written.
+pub async fn read_optional(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<Option<bytes::Bytes>, RepoError> {
+    match store.get(path).await {
+        Ok(result) => result.bytes().await.map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+    .map_err(|source| RepoError::Store {
+        operation: "read",
+        path: path.to_string(),
+        source,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     NotReady,
@@ -137,16 +155,9 @@ impl StateStore {
     }
 
     async fn read(&self, path: &Path) -> Result<Option<RepositoryRecord>, RepoError> {
-        let bytes = match self.store.get(path).await {
-            Ok(result) => result.bytes().await,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(error) => Err(error),
-        }
-        .map_err(|source| RepoError::Store {
-            operation: "read",
-            path: path.to_string(),
-            source,
-        })?;
+        let Some(bytes) = read_optional(&*self.store, path).await? else {
+            return Ok(None);
+        };
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|error| RepoError::Corrupt {
