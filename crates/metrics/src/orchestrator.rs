@@ -1,9 +1,17 @@
 //! The orchestrator's state gauges: backups and restores it knows by phase, and their pod
 //! volumes by phase, read from its in-memory index at scrape time.
 
-use stowage_proto::v1::{Backup, BackupPhase, Restore, RestorePhase, VolumePhase};
+use stowage_proto::v1::{BackupPhase, RestorePhase, VolumePhase};
 
 use crate::state::{GaugeFamily, Sample, phase_label};
+
+/// A backup's or restore's phase and its volumes' phases: all the gauges need, so a scrape
+/// copies no volume paths or messages.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunPhases {
+    pub phase: i32,
+    pub volume_phases: Vec<i32>,
+}
 
 fn by_phase<P: Copy>(
     all: &[P],
@@ -52,19 +60,24 @@ fn volume_phases() -> Vec<VolumePhase> {
 }
 
 /// The families for `backups` and `restores` as the orchestrator holds them now.
-pub fn families(backups: &[Backup], restores: &[Restore]) -> Vec<GaugeFamily> {
+pub fn families(backups: &[RunPhases], restores: &[RunPhases]) -> Vec<GaugeFamily> {
     let backup_phase = |p: BackupPhase| phase_label(p.as_str_name(), "BACKUP_PHASE_");
     let restore_phase = |p: RestorePhase| phase_label(p.as_str_name(), "RESTORE_PHASE_");
     let volume_phase = |p: VolumePhase| phase_label(p.as_str_name(), "VOLUME_PHASE_");
     let volume_phases = volume_phases();
-    let status_phase = |backup: &Backup| backup.status.as_ref().map_or(0, |s| s.phase);
+    let run_phases = |runs: &[RunPhases]| runs.iter().map(|run| run.phase).collect::<Vec<_>>();
+    let volume_phases_of = |runs: &[RunPhases]| {
+        runs.iter()
+            .flat_map(|run| run.volume_phases.iter().copied())
+            .collect::<Vec<_>>()
+    };
     vec![
         GaugeFamily {
             name: "stowage_orchestrator_backups",
             help: "Backups the orchestrator knows, by phase",
             samples: by_phase(
                 BACKUP_PHASES,
-                backups.iter().map(status_phase),
+                run_phases(backups).into_iter(),
                 backup_phase,
                 |v| BackupPhase::try_from(v).ok(),
             ),
@@ -74,9 +87,7 @@ pub fn families(backups: &[Backup], restores: &[Restore]) -> Vec<GaugeFamily> {
             help: "Restores the orchestrator knows, by phase",
             samples: by_phase(
                 RESTORE_PHASES,
-                restores
-                    .iter()
-                    .map(|restore| restore.status.as_ref().map_or(0, |s| s.phase)),
+                run_phases(restores).into_iter(),
                 restore_phase,
                 |v| RestorePhase::try_from(v).ok(),
             ),
@@ -86,10 +97,7 @@ pub fn families(backups: &[Backup], restores: &[Restore]) -> Vec<GaugeFamily> {
             help: "Pod-volume backups of the known backups, by phase",
             samples: by_phase(
                 &volume_phases,
-                backups
-                    .iter()
-                    .filter_map(|backup| backup.status.as_ref())
-                    .flat_map(|status| status.volumes.iter().map(|volume| volume.phase)),
+                volume_phases_of(backups).into_iter(),
                 volume_phase,
                 |v| VolumePhase::try_from(v).ok(),
             ),
@@ -99,10 +107,7 @@ pub fn families(backups: &[Backup], restores: &[Restore]) -> Vec<GaugeFamily> {
             help: "Pod-volume restores of the known restores, by phase",
             samples: by_phase(
                 &volume_phases,
-                restores
-                    .iter()
-                    .filter_map(|restore| restore.status.as_ref())
-                    .flat_map(|status| status.volumes.iter().map(|volume| volume.phase)),
+                volume_phases_of(restores).into_iter(),
                 volume_phase,
                 |v| VolumePhase::try_from(v).ok(),
             ),
@@ -113,22 +118,11 @@ pub fn families(backups: &[Backup], restores: &[Restore]) -> Vec<GaugeFamily> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stowage_proto::v1::{BackupStatus, PodVolumeBackup};
 
-    fn backup(phase: BackupPhase, volumes: &[VolumePhase]) -> Backup {
-        Backup {
-            status: Some(BackupStatus {
-                phase: phase as i32,
-                volumes: volumes
-                    .iter()
-                    .map(|p| PodVolumeBackup {
-                        phase: *p as i32,
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
+    fn backup(phase: BackupPhase, volumes: &[VolumePhase]) -> RunPhases {
+        RunPhases {
+            phase: phase as i32,
+            volume_phases: volumes.iter().map(|p| *p as i32).collect(),
         }
     }
 

@@ -7,11 +7,10 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
+use stowage_metrics::orchestrator::RunPhases;
 use stowage_proto::{
     prost_types::Timestamp,
-    v1::{
-        Backup, BackupStatus, LogLine, PodVolumeBackup, PodVolumeRestore, Restore, RestoreStatus,
-    },
+    v1::{Backup, LogLine, Restore},
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -151,25 +150,19 @@ impl Index {
 
     /// Every backup and restore reduced to its phase and its volumes' phases, for the
     /// metrics gauges: a scrape must not clone every volume's paths and messages.
-    pub fn phases(&self) -> (Vec<Backup>, Vec<Restore>) {
+    pub fn phases(&self) -> (Vec<RunPhases>, Vec<RunPhases>) {
         let backups = self
             .backups()
             .iter()
             .map(|entry| {
-                entry.read(|backup| Backup {
-                    status: backup.status.as_ref().map(|status| BackupStatus {
-                        phase: status.phase,
-                        volumes: status
-                            .volumes
-                            .iter()
-                            .map(|volume| PodVolumeBackup {
-                                phase: volume.phase,
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+                entry.read(|backup| {
+                    backup
+                        .status
+                        .as_ref()
+                        .map_or_else(RunPhases::default, |status| RunPhases {
+                            phase: status.phase,
+                            volume_phases: status.volumes.iter().map(|v| v.phase).collect(),
+                        })
                 })
             })
             .collect();
@@ -177,20 +170,14 @@ impl Index {
             .restores()
             .iter()
             .map(|entry| {
-                entry.read(|restore| Restore {
-                    status: restore.status.as_ref().map(|status| RestoreStatus {
-                        phase: status.phase,
-                        volumes: status
-                            .volumes
-                            .iter()
-                            .map(|volume| PodVolumeRestore {
-                                phase: volume.phase,
-                                ..Default::default()
-                            })
-                            .collect(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+                entry.read(|restore| {
+                    restore
+                        .status
+                        .as_ref()
+                        .map_or_else(RunPhases::default, |status| RunPhases {
+                            phase: status.phase,
+                            volume_phases: status.volumes.iter().map(|v| v.phase).collect(),
+                        })
                 })
             })
             .collect();
@@ -210,6 +197,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stowage_proto::v1::{BackupStatus, PodVolumeBackup};
 
     #[tokio::test]
     async fn watchers_see_updates_and_names_are_unique() {
@@ -255,9 +243,12 @@ mod tests {
         );
         let (backups, restores) = index.phases();
         assert!(restores.is_empty());
-        let status = backups[0].status.as_ref().unwrap();
-        assert_eq!(status.phase, BackupPhase::Completed as i32);
-        assert_eq!(status.volumes[0].phase, VolumePhase::Completed as i32);
-        assert!(backups[0].name.is_empty() && status.volumes[0].error_message.is_empty());
+        assert_eq!(
+            backups,
+            [RunPhases {
+                phase: BackupPhase::Completed as i32,
+                volume_phases: vec![VolumePhase::Completed as i32],
+            }]
+        );
     }
 }
