@@ -368,3 +368,23 @@ pub fn slow_restic(dir: &Path, seconds: u32) -> PathBuf {
         .expect("making the restic wrapper executable");
     path
 }
+
+/// A stack whose agent's restic waits 60 s before each backup, so a backup is still running
+/// when the test acts, with the example's emptyDir seeded; the wrapper's dir lives as long as
+/// it.
+pub async fn stack_with_slow_backups() -> (Stack, tempfile::TempDir) {
+    let wrapper_dir = tempfile::tempdir().expect("a temp dir for the restic wrapper");
+    let restic = slow_restic(wrapper_dir.path(), 60);
+    let stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = crate::kube::seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    std::fs::write(volume.join("data.txt"), b"slow").expect("seeding the emptyDir");
+    (stack, wrapper_dir)
+}

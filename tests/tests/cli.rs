@@ -14,7 +14,7 @@ use stowage_e2e::{
     ServiceProcess, binary, free_port,
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
-    stack::{Stack, StackOptions, slow_restic},
+    stack::{Stack, StackOptions, stack_with_slow_backups},
     start_service,
     velero_fixture::{self, Corruption, FixtureLocation, VeleroEra},
 };
@@ -607,25 +607,6 @@ async fn backup_and_restore_journey_through_the_cli() {
         one_sentence_failure(&gone),
         "Error: backup \"demo\" not found"
     );
-}
-
-/// A stack whose restic waits a minute before every backup, so a backup is still running when
-/// the test acts, with the example's emptyDir seeded; the wrapper's dir lives as long as it.
-async fn stack_with_slow_backups() -> (Stack, tempfile::TempDir) {
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let restic = slow_restic(wrapper_dir.path(), 60);
-    let stack = Stack::start(StackOptions {
-        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
-        ..StackOptions::default()
-    })
-    .await;
-    let kube = stack.kube_client().await;
-    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
-    let volume = stack.kubelets["node-a"]
-        .pod(&example.pod_uid())
-        .empty_dir("emptydir-volume");
-    std::fs::write(volume.join("data.txt"), b"slow").unwrap();
-    (stack, wrapper_dir)
 }
 
 /// Starts `stowage backup create NAME --include-namespaces foo --wait` in the background.

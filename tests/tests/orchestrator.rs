@@ -14,7 +14,7 @@ use stowage_e2e::{
     binary,
     kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
-    stack::{Stack, StackOptions, slow_restic},
+    stack::{Stack, StackOptions, slow_restic, stack_with_slow_backups},
 };
 use stowage_proto::v1::{
     BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
@@ -395,24 +395,6 @@ async fn volumes_on_a_node_without_agent_fail_and_unsupported_types_are_skipped(
     assert_eq!(reason("logs"), Some(SkipReason::UnsupportedType));
     assert_eq!(reason("token"), Some(SkipReason::UnsupportedType));
     assert_eq!(reason("unlisted"), Some(SkipReason::NotAnnotated));
-}
-
-/// A stack whose agent's restic waits 60 s before each backup, with the example seeded.
-async fn stack_with_slow_backups() -> (Stack, tempfile::TempDir) {
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let restic = slow_restic(wrapper_dir.path(), 60);
-    let stack = Stack::start(StackOptions {
-        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
-        ..StackOptions::default()
-    })
-    .await;
-    let kube = stack.kube_client().await;
-    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
-    let volume = stack.kubelets["node-a"]
-        .pod(&example.pod_uid())
-        .empty_dir("emptydir-volume");
-    std::fs::write(volume.join("data.txt"), b"slow").unwrap();
-    (stack, wrapper_dir)
 }
 
 /// Starts backup `name` and waits until its volume is with the agent.
