@@ -72,10 +72,18 @@ async fn orchestrator_answers_health_and_reflection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repo_manager_answers_health_and_reflection() {
     let storage = tempfile::tempdir().unwrap();
+    // Without Kubernetes the repo-manager starts only with a master key.
+    let master_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(master_key.path(), "master-key-for-the-health-test").unwrap();
     assert_serves(
         "stowage-repo-manager",
         "stowage.v1.RepoManager",
-        vec!["--storage-url".into(), storage.path().display().to_string()],
+        vec![
+            "--storage-url".into(),
+            storage.path().display().to_string(),
+            "--master-key-file".into(),
+            master_key.path().display().to_string(),
+        ],
     )
     .await;
 }

@@ -1177,6 +1177,17 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             "the repo-manager works in its own namespace only: {repo_manager:?}"
         );
         assert!(!has(&repo_manager, "", "pods", "create"));
+        // Whether the pod holding a restic lock still exists (a gone pod's lock is stale).
+        assert!(
+            has(&repo_manager, "", "pods", "get"),
+            "repo-manager gets pods"
+        );
+        for verb in ["list", "delete", "update", "patch"] {
+            assert!(
+                !has(&repo_manager, "", "pods", verb),
+                "repo-manager may {verb} pods"
+            );
+        }
 
         let orchestrator = grants(&rendered, ORCHESTRATOR);
         for (group, resource, verb) in [
