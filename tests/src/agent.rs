@@ -154,6 +154,7 @@ impl AgentFixture {
             source: VolumeSource::EmptyDir as i32,
             pv_name: String::new(),
             pvc_name: String::new(),
+            pvc_uid: String::new(),
         }
     }
 

@@ -1112,3 +1112,212 @@ async fn sigterm_mid_backup_records_the_running_volumes_failed() {
         "{status:#?}"
     );
 }
+
+/// Every leaf of `value` as a path (`metadata.labels.velero.io/pvc-uid`, `spec.pod.uid`…): map
+/// keys are part of the path, so a missing label, annotation or tag is a missing path.
+fn leaf_paths(
+    value: &serde_json::Value,
+    prefix: &str,
+    paths: &mut std::collections::BTreeSet<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, paths);
+            }
+        }
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                leaf_paths(item, &format!("{prefix}[]"), paths);
+            }
+        }
+        _ => {
+            paths.insert(prefix.to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_volume_backups_file_holds_every_field_velero_writes() {
+    use std::collections::BTreeSet;
+
+    use stowage_e2e::velero_fixture::{self, FixtureLocation, VeleroEra};
+    use stowage_velero_format::{self as format, PodVolumeBackupPhase, pod_volume_backup as pvb};
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let pod_dir = stack.kubelets["node-a"].pod(&example.pod_uid());
+    let pvc_dir = pod_dir.pv("kubernetes.io~local-volume", &example.pv_name());
+    let empty_dir = pod_dir.empty_dir("emptydir-volume");
+    write_sample_tree(&pvc_dir, "pvc");
+    write_sample_tree(&empty_dir, "emptydir");
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "nightly", foo_spec()).await;
+    let status = backup.status.clone().unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+
+    // Parsed back from the bucket, as Velero (and stowage) read it.
+    let written = std::fs::read(
+        stack
+            .storage
+            .join("backups/nightly/nightly-podvolumebackups.json.gz"),
+    )
+    .expect("the backup's PodVolumeBackups file");
+    let key = "backups/nightly/nightly-podvolumebackups.json.gz";
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_slice(&format::codec::gunzip(&written, key).unwrap()).unwrap();
+    let parsed: Vec<format::PodVolumeBackup> =
+        format::codec::decode_json_gz(&written, key, "PodVolumeBackup list").unwrap();
+    assert_eq!(parsed.len(), 2);
+
+    // A Velero-written file of the same shape of pod: a PVC volume and an emptyDir volume.
+    let fixture_dir = tempfile::tempdir().unwrap();
+    let fixture = velero_fixture::generate(
+        &FixtureLocation::Local {
+            root: fixture_dir.path().join("location"),
+        },
+        &fixture_dir.path().join("work"),
+        "velero-nightly",
+        VeleroEra::FsBackupRestic,
+    )
+    .await
+    .unwrap();
+    let velero_written = std::fs::read(
+        fixture_dir
+            .path()
+            .join("location")
+            .join(format::layout::pod_volume_backups_key(&fixture.backup_name)),
+    )
+    .unwrap();
+    let velero_raw: Vec<serde_json::Value> =
+        serde_json::from_slice(&format::codec::gunzip(&velero_written, "velero-nightly").unwrap())
+            .unwrap();
+
+    for volume_name in ["pvc-volume", "emptydir-volume"] {
+        let index = parsed
+            .iter()
+            .position(|p| p.spec.volume == volume_name)
+            .unwrap_or_else(|| panic!("no PodVolumeBackup of {volume_name}"));
+        let (ours, ours_raw) = (&parsed[index], &raw[index]);
+        let velero_raw = velero_raw
+            .iter()
+            .find(|p| p["spec"]["pod"]["namespace"] == "foo" && p["spec"]["volume"] == volume_name)
+            .unwrap();
+        let velero: format::PodVolumeBackup = serde_json::from_value(velero_raw.clone()).unwrap();
+        let volume = status
+            .volumes
+            .iter()
+            .find(|v| v.volume.as_ref().unwrap().volume_name == volume_name)
+            .unwrap();
+
+        // Every field Velero wrote is there (labels, annotations and tags by key).
+        let (mut ours_paths, mut velero_paths) = (BTreeSet::new(), BTreeSet::new());
+        leaf_paths(ours_raw, "", &mut ours_paths);
+        leaf_paths(velero_raw, "", &mut velero_paths);
+        let missing: Vec<_> = velero_paths.difference(&ours_paths).collect();
+        assert!(
+            missing.is_empty(),
+            "{volume_name}: fields Velero writes and stowage does not: {missing:?}\n{ours_raw:#}"
+        );
+
+        // Field by field, against Velero's record of the same kind of volume.
+        assert_eq!(ours.api_version, velero.api_version);
+        assert_eq!(ours.kind, velero.kind);
+        assert_eq!(
+            ours.metadata.namespace.as_deref(),
+            Some("stowage"),
+            "the server's namespace, as Velero's is `velero`"
+        );
+        assert!(
+            ours.metadata
+                .uid
+                .as_deref()
+                .is_some_and(|uid| uid.len() == 36)
+        );
+        assert_eq!(ours_raw["metadata"]["generateName"], "nightly-");
+        assert_eq!(velero_raw["metadata"]["generateName"], "velero-nightly-");
+        assert!(ours.metadata.name.starts_with("nightly-"));
+        let owner = &ours_raw["metadata"]["ownerReferences"][0];
+        let velero_owner = &velero_raw["metadata"]["ownerReferences"][0];
+        for field in ["apiVersion", "kind", "controller"] {
+            assert_eq!(
+                owner[field], velero_owner[field],
+                "ownerReferences[0].{field}"
+            );
+        }
+        assert_eq!(owner["name"], "nightly");
+        assert_eq!(owner["uid"], backup.uid.as_str());
+        let label_keys =
+            |p: &format::PodVolumeBackup| p.metadata.labels.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(label_keys(ours), label_keys(&velero));
+        assert_eq!(ours.metadata.labels[pvb::BACKUP_NAME_LABEL], "nightly");
+        assert_eq!(ours.metadata.labels[pvb::BACKUP_UID_LABEL], backup.uid);
+        let annotation_keys = |p: &format::PodVolumeBackup| {
+            p.metadata.annotations.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(annotation_keys(ours), annotation_keys(&velero));
+        let tag_keys =
+            |p: &format::PodVolumeBackup| p.spec.tags.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(tag_keys(ours), tag_keys(&velero));
+        assert_eq!(ours.spec.tags[pvb::tags::BACKUP], "nightly");
+        assert_eq!(ours.spec.tags[pvb::tags::BACKUP_UID], backup.uid);
+        assert_eq!(ours.spec.tags[pvb::tags::NAMESPACE], "foo");
+        assert_eq!(ours.spec.tags[pvb::tags::POD], "sample");
+        assert_eq!(ours.spec.tags[pvb::tags::POD_UID], example.pod_uid());
+        assert_eq!(ours.spec.tags[pvb::tags::VOLUME], volume_name);
+        assert_eq!(ours.spec.node, "node-a");
+        assert_eq!(ours.spec.pod.kind, velero.spec.pod.kind);
+        assert_eq!(
+            (
+                ours.spec.pod.namespace.as_str(),
+                ours.spec.pod.name.as_str(),
+                ours.spec.pod.uid.clone()
+            ),
+            ("foo", "sample", example.pod_uid())
+        );
+        assert_eq!(
+            ours.spec.backup_storage_location,
+            velero.spec.backup_storage_location
+        );
+        assert_eq!(ours.spec.repo_identifier, volume.repository);
+        assert_eq!(ours.spec.uploader_type, velero.spec.uploader_type);
+        assert_eq!(ours.status.phase, Some(PodVolumeBackupPhase::Completed));
+        assert_eq!(ours.status.phase, velero.status.phase);
+        assert_eq!(ours.snapshot_id(), Some(volume.snapshot_id.as_str()));
+        assert!(
+            ours.status.start_timestamp.is_some()
+                && ours.status.start_timestamp <= ours.status.completion_timestamp
+        );
+        let progress = ours.status.progress.clone().unwrap();
+        assert_eq!(progress.total_bytes, volume.progress.unwrap().bytes_total);
+        assert!(progress.total_bytes > 0 && progress.bytes_done == progress.total_bytes);
+        // status.path: the directory on the node restic read, as the agent resolved it.
+        let dir = if volume_name == "pvc-volume" {
+            &pvc_dir
+        } else {
+            &empty_dir
+        };
+        assert_eq!(
+            std::fs::canonicalize(&ours.status.path).unwrap(),
+            std::fs::canonicalize(dir).unwrap(),
+            "{volume_name}: status.path"
+        );
+        if volume_name == "pvc-volume" {
+            let pvc_uid = example.pvc.metadata.uid.clone().unwrap();
+            assert_eq!(ours.metadata.labels[pvb::PVC_UID_LABEL], pvc_uid);
+            assert_eq!(ours.spec.tags[pvb::tags::PVC_UID], pvc_uid);
+            assert_eq!(
+                ours.metadata.annotations[pvb::PVC_NAME_ANNOTATION],
+                "sample-pvc"
+            );
+        } else {
+            assert!(!ours.metadata.labels.contains_key(pvb::PVC_UID_LABEL));
+        }
+    }
+}

@@ -267,6 +267,7 @@ fn volume(
         } else {
             format!("{name}-{pod_name}")
         },
+        pvc_uid: String::new(),
     }
 }
 

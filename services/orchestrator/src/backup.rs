@@ -623,6 +623,7 @@ impl VolumeJob {
                                 v.files_new = result.files_new;
                                 v.files_changed = result.files_changed;
                                 v.files_unmodified = result.files_unmodified;
+                                v.path = result.path.clone();
                                 v.progress = Some(Progress {
                                     bytes_done: result.bytes_total,
                                     bytes_total: result.bytes_total,
@@ -820,6 +821,7 @@ async fn plan_pod(
                 reference.source = VolumeSource::PersistentVolumeClaim as i32;
                 reference.pv_name = pv_name;
                 reference.pvc_name = claim_name.clone();
+                reference.pvc_uid = pvc.metadata.uid.clone().unwrap_or_default();
                 let mut manifest = serde_json::to_value(pvc)
                     .map_err(|error| Error::Failed(format!("PVC manifest: {error}")))?;
                 strip_server_fields(&mut manifest);

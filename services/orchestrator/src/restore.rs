@@ -359,6 +359,7 @@ async fn execute(
                         source: reference.source,
                         pv_name: String::new(),
                         pvc_name: reference.pvc_name.clone(),
+                        pvc_uid: reference.pvc_uid.clone(),
                     }),
                     phase: if failure.is_some() {
                         VolumePhase::Failed

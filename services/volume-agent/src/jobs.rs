@@ -490,6 +490,7 @@ mod tests {
                 source: VolumeSource::PersistentVolumeClaim as i32,
                 pv_name: "pvc-123".into(),
                 pvc_name: "data-db-0".into(),
+                pvc_uid: String::new(),
             }),
             repository: None,
             backup_name: "nightly".into(),
