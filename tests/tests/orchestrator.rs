@@ -1310,6 +1310,19 @@ async fn pod_volume_backups_file_holds_every_field_velero_writes() {
         );
         if volume_name == "pvc-volume" {
             let pvc_uid = example.pvc.metadata.uid.clone().unwrap();
+            // The cluster's mirror of the volume carries the same marks.
+            let mirrors = pod_volume_backups(&kube)
+                .list(&ListParams::default().labels(&format!("{}={pvc_uid}", pvb::PVC_UID_LABEL)))
+                .await
+                .unwrap();
+            assert_eq!(
+                mirrors.items.len(),
+                1,
+                "one mirror labelled with the PVC's uid"
+            );
+            let mirror = &mirrors.items[0].data;
+            assert_eq!(mirror["spec"]["tags"]["pvc-uid"], pvc_uid.as_str());
+            assert_eq!(mirror["status"]["path"], ours.status.path.as_str());
             assert_eq!(ours.metadata.labels[pvb::PVC_UID_LABEL], pvc_uid);
             assert_eq!(ours.spec.tags[pvb::tags::PVC_UID], pvc_uid);
             assert_eq!(

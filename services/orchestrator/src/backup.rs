@@ -679,14 +679,15 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
         _ => "New",
     };
     let progress = volume.progress.unwrap_or_default();
-    let labels = json!({
+    let mut labels = json!({
         "velero.io/backup-name": backup.name,
         "velero.io/backup-uid": backup.uid,
     });
-    let spec = json!({
+    let mut spec = json!({
         "node": volume.node,
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,
+        "backupStorageLocation": stowage_velero_format::pod_volume_backup::DEFAULT_STORAGE_LOCATION,
         "repoIdentifier": volume.repository,
         "uploaderType": "restic",
         "tags": {
@@ -694,7 +695,13 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
             "pod": reference.pod_name, "pod-uid": reference.pod_uid, "volume": reference.volume_name,
         },
     });
+    // As Velero marks a PVC's volume: `kubectl get podvolumebackups -l velero.io/pvc-uid=…`.
+    if !reference.pvc_uid.is_empty() {
+        labels["velero.io/pvc-uid"] = json!(reference.pvc_uid);
+        spec["tags"]["pvc-uid"] = json!(reference.pvc_uid);
+    }
     let status = json!({
+        "path": volume.path,
         "phase": phase,
         "snapshotID": volume.snapshot_id,
         "message": volume.error_message,
