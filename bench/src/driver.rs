@@ -1855,13 +1855,14 @@ fn engine_rows(md: &mut String, report: &Report) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| 9 | Agent peak RSS (VmHWM, restic excluded) backing up {} volumes ({} in all, {} completed in {}) with {} operations allowed at once; at most {} restic backups ran at once (sampled every 20 ms; the agent's VmRSS then: {}) | {} | — | — | < {AGENT_BUSY_TARGET_MB} MB | {} |",
+        "| 9 | Agent peak RSS (VmHWM, restic excluded) backing up {} volumes ({} in all, {} completed in {}) with {} operations allowed at once; at most {} restic backups ran at once (sampled every {} ms; the agent's VmRSS then: {}) | {} | — | — | < {AGENT_BUSY_TARGET_MB} MB | {} |",
         f.volumes,
         mib(f.bytes),
         f.completed,
         secs(f.backup),
         engine::FOOTPRINT_OPERATIONS,
         f.most_in_flight,
+        engine::SAMPLE_EVERY.as_millis(),
         mb(f.sampled_in_flight_kib),
         mb(f.peak_kib),
         busy_verdict(f),
@@ -2353,6 +2354,35 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         commands(&i.second_restic_runs),
         secs(i.second_restic)
     )?;
+    if let Some(round) = report.large_file.rounds.first() {
+        let restic: f64 = round.stowage_restic.iter().map(|r| r.seconds).sum();
+        writeln!(
+            md,
+            "- Large-file change (first round): stowage's backup took {}, of which the agent's restic commands ({}) took {:.2} s by GNU time; bare restic with `--parent` took {}. restic reads a changed file whole, in one thread, parent or not: stowage read {}, bare restic {}, Velero's way {}.",
+            secs(round.stowage),
+            commands(&round.stowage_restic),
+            restic,
+            secs(round.bare_parent),
+            mib(round.stowage_read),
+            mib(round.bare_parent_read),
+            mib(round.velero_read),
+        )?;
+    }
+    if let Some(round) = report.small_files.rounds.first() {
+        let seconds = |runs: &[ResticRun]| runs.iter().map(|r| r.seconds).sum::<f64>();
+        writeln!(
+            md,
+            "- Many small files (first round): stowage's backup took {}, of which the agent's restic commands ({}) took {:.2} s, against bare restic's {}; its restore took {} from the restore helper running, of which the agent's restic commands ({}) took {:.2} s, against bare restic's {}.",
+            secs(round.stowage_backup),
+            commands(&round.agent_backup_restic),
+            seconds(&round.agent_backup_restic),
+            secs(round.bare_backup),
+            secs(round.stowage_restore_after_pod_ready),
+            commands(&round.agent_restore_restic),
+            seconds(&round.agent_restore_restic),
+            secs(round.bare_restore),
+        )?;
+    }
     writeln!(
         md,
         "- Orchestration at scale: the backup took {} wall; the orchestrator used {} of CPU, the Python Kubernetes API emulator {}, the instant agents {}. {}",

@@ -12,6 +12,9 @@ pub const OLD_RESTIC_PACKAGE: &str = "restic=0.14.0-1+b5";
 pub const SMALL_FILE_BYTES: u64 = 100;
 /// Operations in flight in benchmark 9 (the target's number).
 pub const FOOTPRINT_OPERATIONS: usize = 4;
+/// How often benchmark 9 looks at the agent's restic children: often enough for backups that
+/// last seconds, seldom enough that scanning `/proc` does not compete with them.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Bytes changed in the middle of benchmark 7's file.
 pub const LARGE_FILE_CHANGE: u64 = 1 << 20;
 
@@ -463,7 +466,7 @@ struct Samples {
     rss_at_most_kib: u64,
 }
 
-/// Samples the agent every 20 ms until dropped: how many restic backups run under it, and its
+/// Samples the agent every [`SAMPLE_EVERY`] until dropped: how many restic backups run under it, and its
 /// VmRSS while the most of them ran.
 async fn sample_agent(pid: u32, samples: &mut Samples) -> Infallible {
     loop {
@@ -475,7 +478,7 @@ async fn sample_agent(pid: u32, samples: &mut Samples) -> Infallible {
         } else if in_flight == samples.most_in_flight {
             samples.rss_at_most_kib = samples.rss_at_most_kib.max(rss);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }
 
