@@ -2358,7 +2358,7 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         let restic: f64 = round.stowage_restic.iter().map(|r| r.seconds).sum();
         writeln!(
             md,
-            "- Large-file change (first round): stowage's backup took {}, of which the agent's restic commands ({}) took {:.2} s by GNU time; bare restic with `--parent` took {}. restic reads a changed file whole, in one thread, parent or not: stowage read {}, bare restic {}, Velero's way {}.",
+            "- Large-file change (first round): stowage's backup took {}; the agent ran {} ({:.2} s of wall time summed over them, by GNU time); bare restic with `--parent` took {}. restic reads a changed file whole, in one thread, parent or not: stowage read {}, bare restic {}, Velero's way {}.",
             secs(round.stowage),
             commands(&round.stowage_restic),
             restic,
@@ -2372,7 +2372,7 @@ fn markdown(options: &Options, report: &Report) -> Result<String> {
         let seconds = |runs: &[ResticRun]| runs.iter().map(|r| r.seconds).sum::<f64>();
         writeln!(
             md,
-            "- Many small files (first round): stowage's backup took {}, of which the agent's restic commands ({}) took {:.2} s, against bare restic's {}; its restore took {} from the restore helper running, of which the agent's restic commands ({}) took {:.2} s, against bare restic's {}.",
+            "- Many small files (first round): stowage's backup took {}; the agent ran {} ({:.2} s of wall time summed over them, by GNU time), against bare restic's {}. Its restore took {} from the restore helper running; the agent ran {} ({:.2} s summed: commands that run side by side count twice), against bare restic's {}.",
             secs(round.stowage_backup),
             commands(&round.agent_backup_restic),
             seconds(&round.agent_backup_restic),
