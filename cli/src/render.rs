@@ -587,7 +587,8 @@ pub fn log_lines(lines: &[LogLineView]) -> String {
 mod tests {
     use super::*;
     use crate::view::{
-        BackupSpecView, BackupStatusView, PodVolumeBackupView, ProgressView, VolumeRefView,
+        BackupSpecView, BackupStatusView, PodVolumeBackupView, PodVolumeRestoreView, ProgressView,
+        RestoreSpecView, RestoreStatusView, VolumeRefView,
     };
 
     fn volume(name: &str, phase: &str, error: &str) -> PodVolumeBackupView {
@@ -781,6 +782,112 @@ mod tests {
         assert!(
             text.contains("foo         sample   host     UnsupportedType"),
             "{text}"
+        );
+    }
+
+    fn restore() -> RestoreView {
+        let restored = |name: &str, phase: &str| PodVolumeRestoreView {
+            volume: volume(name, phase, "").volume,
+            source_namespace: "foo".into(),
+            node: "node-1".into(),
+            phase: phase.into(),
+            snapshot_id: "0123456789abcdef".into(),
+            progress: ProgressView::default(),
+            started: None,
+            finished: None,
+            error_message: String::new(),
+        };
+        RestoreView {
+            name: "demo-restore".into(),
+            uid: "r-1".into(),
+            spec: RestoreSpecView {
+                backup_name: "demo".into(),
+                namespace_mapping: Default::default(),
+                included_namespaces: vec![],
+            },
+            status: RestoreStatusView {
+                phase: "PartiallyFailed".into(),
+                started: Some("2026-11-24T10:00:00Z".into()),
+                finished: Some("2026-11-24T10:01:30Z".into()),
+                volumes_total: 2,
+                volumes_completed: 1,
+                volumes_failed: 1,
+                progress: ProgressView::default(),
+                failure_reason: String::new(),
+                pods_created: vec!["foo/sample".into()],
+                trace_id: String::new(),
+                volumes: vec![restored("data", "Completed"), restored("cache", "Failed")],
+            },
+        }
+    }
+
+    #[test]
+    fn restore_describe_without_details_groups_volumes_by_phase_as_backups_do() {
+        let text = describe_restore(&restore(), false);
+        assert!(
+            text.contains(
+                "Pod volume restores:  (run `stowage restore describe demo-restore --details` for the table)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  Completed:  foo/sample/data\n"), "{text}");
+        assert!(text.contains("  Failed:  foo/sample/cache\n"), "{text}");
+        assert!(text.contains("Duration:     1m30s\n"), "{text}");
+        assert!(!text.contains("SNAPSHOT"), "{text}");
+        let details = describe_restore(&restore(), true);
+        assert!(details.contains("SNAPSHOT"), "{details}");
+        assert!(!details.contains("--details` for the table"), "{details}");
+    }
+
+    #[test]
+    fn contexts_list_marks_the_current_one_and_its_security() {
+        use crate::config::{Config, Context};
+        let config = Config {
+            current_context: Some("prod".into()),
+            contexts: vec![
+                Context {
+                    name: "dev".into(),
+                    server: Some("http://127.0.0.1:8080".into()),
+                    ..Default::default()
+                },
+                Context {
+                    name: "prod".into(),
+                    server: Some("https://127.0.0.1:9443".into()),
+                    cacert: Some("/etc/stowage/ca.pem".into()),
+                    cert: Some("/etc/stowage/cli.crt".into()),
+                    key: Some("/etc/stowage/cli.key".into()),
+                    ..Default::default()
+                },
+            ],
+        };
+        let table = contexts_table(&config);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            [
+                "dev",
+                "http://127.0.0.1:8080",
+                "plaintext",
+                "<none>",
+                "<none>",
+                "<none>"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "*",
+                "prod",
+                "https://127.0.0.1:9443",
+                "mTLS",
+                "/etc/stowage/ca.pem",
+                "/etc/stowage/cli.crt",
+                "<none>"
+            ]
         );
     }
 }
