@@ -154,6 +154,21 @@ impl Config {
             path: path.to_path_buf(),
             source,
         };
+        // A symlinked config is written where it points; anything but a regular file (say
+        // STOWAGE_CONFIG=/dev/null, "no config") is never replaced.
+        let target = match std::fs::canonicalize(path) {
+            Ok(target) => {
+                if !target.is_file() {
+                    return Err(write_error(std::io::Error::other(
+                        "it is not a regular file, so it is not replaced",
+                    )));
+                }
+                target
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+            Err(error) => return Err(write_error(error)),
+        };
+        let path = target.as_path();
         let text = serde_yaml::to_string(self).map_err(|error| ConfigError::Write {
             path: path.to_path_buf(),
             source: std::io::Error::other(error),
@@ -379,6 +394,38 @@ mod tests {
         assert_eq!(selected.cacert.as_deref(), Some(ca.as_path()));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("current-context: prod"), "{text}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn what_is_not_a_regular_file_is_never_replaced_and_a_symlink_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            current_context: Some("a".into()),
+            contexts: vec![Context {
+                name: "a".into(),
+                ..Default::default()
+            }],
+        };
+        let error = config.save(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        assert!(Path::new("/dev/null").exists());
+        assert_eq!(
+            Config::load(Path::new("/dev/null")).unwrap(),
+            Config::default()
+        );
+        let real = dir.path().join("real-config");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        config.save(&link).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(Config::load(&real).unwrap(), config);
     }
 
     #[test]
