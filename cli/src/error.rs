@@ -8,7 +8,7 @@ use tonic::Code;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "cannot reach the stowage server at {server} ({cause}); is the orchestrator running, and are --server / STOWAGE_SERVER right?"
+        "cannot reach the stowage server at {server} ({cause}); is the orchestrator running, and is the address right (--server, STOWAGE_SERVER or the context's server)?"
     )]
     Unreachable { server: String, cause: String },
     #[error(
