@@ -183,7 +183,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         "info",
         format!(
             "backup {name} ended {}: {} volumes, {} completed, {} failed",
-            phase.as_str_name(),
+            crate::tally::backup_phase_word(phase as i32),
             status.volumes_total,
             status.volumes_completed,
             status.volumes_failed

@@ -20,7 +20,7 @@ use tracing::{Instrument, field};
 use crate::{
     backup::{rfc3339, strip_server_fields},
     deps::{Deps, RestoreHelperDefaults},
-    error::{Error, Result, validate_name},
+    error::{Error, Result, agent_failure, validate_name},
     kube::{
         Cluster,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
@@ -58,14 +58,14 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     if !backup.unrestorable_reason.is_empty() {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason: backup.unrestorable_reason,
         });
     }
     if !matches!(phase, BackupPhase::Completed | BackupPhase::PartiallyFailed) {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason: "only completed or partially failed backups can be restored".to_string(),
         });
     }
@@ -79,7 +79,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason,
         });
     }
@@ -221,9 +221,7 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         "info",
         format!(
             "restore ended {}: {} volumes, {} completed, {} failed",
-            RestorePhase::try_from(status.phase)
-                .unwrap_or_default()
-                .as_str_name(),
+            crate::tally::restore_phase_word(status.phase),
             status.volumes_total,
             status.volumes_completed,
             status.volumes_failed
@@ -706,11 +704,11 @@ async fn restore_volume(
                 restore_name: restore.name.clone(),
             })
             .await
-            .map_err(Error::rpc("volume agent", format!("restore on node {node}")))?
+            .map_err(|status| Error::Failed(agent_failure(node, &status)))?
             .into_inner();
         loop {
             let event = tokio::select! {
-                event = stream.message() => event.map_err(Error::rpc("volume agent", format!("restore on node {node}")))?,
+                event = stream.message() => event.map_err(|status| Error::Failed(agent_failure(node, &status)))?,
                 () = entry.cancel.cancelled() => return Err(Error::Failed("the restore was cancelled".to_string())),
             };
             match event.and_then(|e| e.event) {

@@ -635,6 +635,23 @@ fn from_velero_pvb(pvb: &vf::PodVolumeBackup) -> PodVolumeBackup {
         repository: pvb.spec.repo_identifier.clone(),
         error_message: pvb.status.message.clone(),
         path: pvb.status.path.clone(),
+        // Velero records bytes (not files) and when the volume started and ended.
+        progress: pvb.status.progress.as_ref().map(|progress| Progress {
+            bytes_done: progress.bytes_done,
+            bytes_total: progress.total_bytes,
+            seconds_elapsed: match (
+                &pvb.status.start_timestamp,
+                &pvb.status.completion_timestamp,
+            ) {
+                (Some(start), Some(end)) if end >= start => {
+                    (*end - *start).num_milliseconds() as f64 / 1000.0
+                }
+                _ => 0.0,
+            },
+            ..Default::default()
+        }),
+        started: pvb.status.start_timestamp.as_ref().map(to_timestamp),
+        finished: pvb.status.completion_timestamp.as_ref().map(to_timestamp),
         ..Default::default()
     }
 }
@@ -687,6 +704,43 @@ fn parse_logs(text: &str) -> Vec<LogLine> {
 mod tests {
     use super::*;
     use stowage_storage_location::object_store::memory::InMemory;
+
+    /// A Velero PodVolumeBackup's bytes and timestamps reach the volume, so `describe` shows
+    /// its size and duration instead of `0 B of 0 B`.
+    #[test]
+    fn a_velero_volume_keeps_its_progress_and_times() {
+        let start = DateTime::parse_from_rfc3339("2024-05-01T02:00:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut pvb = vf::PodVolumeBackup::new("nightly-abcde", "velero");
+        pvb.spec.pod.namespace = "shop".into();
+        pvb.spec.pod.name = "db-0".into();
+        pvb.spec.volume = "data".into();
+        pvb.status.phase = Some(vf::PodVolumeBackupPhase::Completed);
+        pvb.status.snapshot_id = "0123abcd".into();
+        pvb.status.start_timestamp = Some(start);
+        pvb.status.completion_timestamp = Some(start + chrono::Duration::seconds(4));
+        pvb.status.progress = Some(vf::PodVolumeOperationProgress {
+            total_bytes: 4096,
+            bytes_done: 4096,
+            extra: Default::default(),
+        });
+        let volume = from_velero_pvb(&pvb);
+        let progress = volume.progress.expect("progress");
+        assert_eq!((progress.bytes_done, progress.bytes_total), (4096, 4096));
+        assert_eq!(progress.seconds_elapsed, 4.0);
+        assert_eq!(volume.started, Some(to_timestamp(&start)));
+        assert_eq!(
+            volume.finished.map(|at| at.seconds),
+            Some(start.timestamp() + 4)
+        );
+        let mut status = BackupStatus {
+            volumes: vec![volume],
+            ..Default::default()
+        };
+        recount(&mut status);
+        assert_eq!(status.progress.unwrap_or_default().bytes_total, 4096);
+    }
 
     fn sample() -> Backup {
         let mut status = BackupStatus {
