@@ -100,7 +100,7 @@ struct Config {
     #[arg(
         long,
         env = "STOWAGE_RESTORE_HELPER_IMAGE",
-        default_value = "ghcr.io/stowage/stowage-restore-helper"
+        default_value_t = stowage_images::Image::RestoreHelper.repository()
     )]
     restore_helper_image: String,
     /// Seconds between looks for expired backups and for backups new in the object store.
@@ -201,7 +201,6 @@ async fn main() -> anyhow::Result<()> {
         },
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),
-            version_tag: format!("v{}", env!("CARGO_PKG_VERSION")),
         },
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
