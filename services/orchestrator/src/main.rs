@@ -139,7 +139,11 @@ async fn main() -> anyhow::Result<()> {
     let gauges = index.clone();
     stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
         let (backups, restores) = gauges.phases();
-        stowage_metrics::orchestrator::families(&backups, &restores)
+        let mut families = stowage_metrics::orchestrator::families(&backups, &restores);
+        families.extend(stowage_metrics::orchestrator::volume_families(
+            &gauges.volume_backup_attempts(),
+        ));
+        families
     });
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
