@@ -2,7 +2,7 @@
 //! and the components with `kubectl kustomize`, and checks the parsed manifests: each
 //! platform's kubelet pods path reaches the agent's hostPath, mount and flag alike; privileged
 //! only where the platform needs it; the OpenShift SCC binding and namespace annotation; the
-//! gRPC health probes; the Velero CRDs; RBAC; that every setting a
+//! gRPC health probes; the Velero CRDs; RBAC; the monitoring component; that every setting a
 //! container is given is a flag its binary accepts (checked against the real binary's
 //! `--help`); and that every image a cluster is told to pull, the restore helper's as the
 //! orchestrator derives it, is one the documented image builds produce.
@@ -262,7 +262,12 @@ fn all_platforms() -> Vec<Rendered> {
     PLATFORMS.iter().map(|(dir, _)| render(dir)).collect()
 }
 
-const ALL_COMPONENTS: [&str; 3] = ["components/jaeger", "components/s3", "components/mtls"];
+const ALL_COMPONENTS: [&str; 4] = [
+    "components/jaeger",
+    "components/s3",
+    "components/mtls",
+    "components/monitoring",
+];
 
 /// Every combination we ship: each platform alone and with every component.
 fn all_renderings() -> Vec<Rendered> {
@@ -1241,6 +1246,81 @@ fn restore_helper_config_is_the_one_velero_users_know() {
         stowage_images::Image::RestoreHelper.reference(),
         "set by the base's images:"
     );
+}
+
+#[test]
+fn monitoring_component_scrapes_every_service_and_ships_its_rules_and_dashboard() {
+    for (dir, _) in PLATFORMS {
+        let rendered = render_with_components(dir, &["components/monitoring"]);
+        // The PodMonitor selects the pods of all three services, on their metrics port.
+        let monitor = rendered.get("PodMonitor", "stowage");
+        assert_eq!(monitor["metadata"]["namespace"], NAMESPACE);
+        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(
+            endpoint["honorLabels"], true,
+            "the per-volume series keep their own namespace and pod labels"
+        );
+        let names: BTreeSet<&str> =
+            array(&monitor["spec"]["selector"]["matchExpressions"][0]["values"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+        for workload in rendered.workloads() {
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let name = labels["app.kubernetes.io/name"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                names.contains(name),
+                "{}: the PodMonitor does not select {name}",
+                rendered.name
+            );
+            let serves_metrics = containers(workload).iter().any(|container| {
+                array(&container["ports"])
+                    .iter()
+                    .any(|port| port["name"] == endpoint["port"])
+            });
+            assert!(
+                serves_metrics,
+                "{}: {name} has no port {}",
+                rendered.name, endpoint["port"]
+            );
+        }
+        let rule = rendered.get("PrometheusRule", "stowage");
+        assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+        let alerts: BTreeSet<&str> = array(&rule["spec"]["groups"])
+            .iter()
+            .flat_map(|group| array(&group["rules"]))
+            .filter_map(|rule| rule["alert"].as_str())
+            .collect();
+        for alert in [
+            "StowageVolumeBackupFailed",
+            "StowageVolumeBackupMissing",
+            "StowageRepositoryCheckFailed",
+            "StowageAgentDown",
+            "StowageRepositoryCheckOverdue",
+            "StowageRepositoryPruneOverdue",
+        ] {
+            assert!(
+                alerts.contains(alert),
+                "{}: no alert {alert}",
+                rendered.name
+            );
+        }
+        // The dashboard reaches Grafana's sidecar unchanged, under its fixed name.
+        let dashboard = rendered.get("ConfigMap", "stowage-grafana-dashboard");
+        assert_eq!(dashboard["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+        let json: Value = serde_json::from_str(
+            dashboard["data"]["stowage.json"]
+                .as_str()
+                .expect("the dashboard JSON"),
+        )
+        .expect("the dashboard is JSON");
+        assert_eq!(json["uid"], "stowage");
+        assert!(!array(&json["panels"]).is_empty());
+    }
 }
 
 /// Names of the image stages and the binaries the Dockerfile copies.
