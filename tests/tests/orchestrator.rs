@@ -225,9 +225,10 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     assert_eq!(
         init[0].image.as_deref(),
         Some(concat!(
-            "registry.example/restore-helper:v",
+            "registry.example/restore-helper:",
             env!("CARGO_PKG_VERSION")
-        ))
+        )),
+        "an untagged ConfigMap image gets the release's tag, as the images are built"
     );
     let resources = init[0].resources.clone().unwrap();
     assert!(!resources.limits.unwrap_or_default().contains_key("cpu"));

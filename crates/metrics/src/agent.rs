@@ -1,5 +1,6 @@
-//! The volume agent's metric families: its operation queue, pod-volume operations by kind and
-//! final phase with their duration, and the bytes it backed up and restored.
+//! The volume agent's metric families: the node it serves, its operation queue, pod-volume
+//! operations by kind and final phase with their duration, and the bytes it backed up and
+//! restored.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -26,6 +27,27 @@ pub enum FinalPhase {
 pub struct OperationLabels {
     pub operation: OperationKind,
     pub phase: FinalPhase,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+/// `stowage_agent_info{node="…"} 1`: the node this agent serves, so an alert can tell the
+/// nodes whose volumes stowage backs up from the nodes with an agent answering scrapes (the
+/// series goes stale when the agent does).
+pub fn register_node(registry: &mut Registry, node: &str) {
+    let info: Family<NodeLabels, Gauge> = Family::default();
+    info.get_or_create(&NodeLabels {
+        node: node.to_string(),
+    })
+    .set(1);
+    registry.register(
+        "stowage_agent_info",
+        "1, labelled with the node this volume agent serves",
+        info,
+    );
 }
 
 /// Handles to the agent's families; clones record into the same series.
@@ -142,5 +164,16 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_agent_names_its_node() {
+        let mut registry = Registry::default();
+        register_node(&mut registry, "node-a");
+        let text = crate::encode(&registry);
+        assert!(
+            text.contains(r#"stowage_agent_info{node="node-a"} 1"#),
+            "{text}"
+        );
     }
 }

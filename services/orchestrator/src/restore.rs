@@ -504,16 +504,6 @@ fn restorable_pod(
         .map_err(|error| Error::Failed(format!("pod manifest: {error}")))
 }
 
-/// `image` with the orchestrator's version as its tag when it has neither tag nor digest.
-pub fn with_default_tag(image: &str, version_tag: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') {
-        image.to_string()
-    } else {
-        format!("{image}:{version_tag}")
-    }
-}
-
 /// The restore-helper container from the ConfigMap (image, requests, limits; `"0"` leaves
 /// one unbounded), with defaults 100m CPU and 128Mi memory.
 pub fn helper_spec(
@@ -521,11 +511,11 @@ pub fn helper_spec(
     defaults: &RestoreHelperDefaults,
     restore_uid: &str,
 ) -> Value {
-    let image = config
-        .get("image")
-        .filter(|image| !image.is_empty())
-        .map(|image| with_default_tag(image, &defaults.version_tag))
-        .unwrap_or_else(|| with_default_tag(&defaults.image, &defaults.version_tag));
+    // The same rule the kustomize test applies to the shipped ConfigMap.
+    let image = stowage_images::restore_helper_image(
+        config.get("image").map(String::as_str),
+        &defaults.image,
+    );
     let quantity = |key: &str, default: &str| -> Option<String> {
         let value = config.get(key).map(String::as_str).unwrap_or(default);
         (value != "0" && !value.is_empty()).then(|| value.to_string())
@@ -876,8 +866,7 @@ mod tests {
 
     fn defaults() -> RestoreHelperDefaults {
         RestoreHelperDefaults {
-            image: "ghcr.io/stowage/restore-helper".into(),
-            version_tag: "v0.1.0".into(),
+            image: "ghcr.io/stowage/stowage-restore-helper".into(),
         }
     }
 
@@ -930,23 +919,12 @@ mod tests {
     }
 
     #[test]
-    fn untagged_images_get_the_version_tag() {
-        assert_eq!(with_default_tag("repo/helper", "v1"), "repo/helper:v1");
-        assert_eq!(with_default_tag("repo/helper:2", "v1"), "repo/helper:2");
-        assert_eq!(
-            with_default_tag("host:5000/helper", "v1"),
-            "host:5000/helper:v1"
-        );
-        assert_eq!(
-            with_default_tag("helper@sha256:ab", "v1"),
-            "helper@sha256:ab"
-        );
-    }
-
-    #[test]
     fn helper_resources_come_from_the_config_map_with_zero_unbounded() {
         let spec = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
-        assert_eq!(spec["image"], "ghcr.io/stowage/restore-helper:v0.1.0");
+        assert_eq!(
+            spec["image"],
+            "ghcr.io/stowage/stowage-restore-helper:0.1.0"
+        );
         assert_eq!(spec["args"], json!(["uid-1"]));
         assert_eq!(spec["resources"]["requests"]["cpu"], "100m");
         assert_eq!(spec["resources"]["limits"]["memory"], "128Mi");
@@ -956,7 +934,7 @@ mod tests {
             ("memRequest".to_string(), "64Mi".to_string()),
         ]);
         let spec = helper_spec(&config, &defaults(), "uid-1");
-        assert_eq!(spec["image"], "my/helper:v0.1.0");
+        assert_eq!(spec["image"], "my/helper:0.1.0");
         assert!(spec["resources"]["limits"].get("cpu").is_none());
         assert_eq!(spec["resources"]["requests"]["memory"], "64Mi");
     }

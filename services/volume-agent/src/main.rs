@@ -87,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         .server_allowing(DEFAULT_ALLOWED_CLIENTS)
         .context("TLS settings")?;
     let metrics = stowage_metrics::agent::AgentMetrics::register(&mut stowage_metrics::registry());
+    stowage_metrics::agent::register_node(&mut stowage_metrics::registry(), &config.node_name);
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
     let restic = Restic::new(&config.restic_binary, &config.scratch_dir)
