@@ -225,7 +225,8 @@ impl Restic {
         &self.scratch_dir
     }
 
-    /// `restic version`, e.g. `restic 0.14.0 compiled with go1.19.8 on linux/amd64`.
+    /// `restic version`, e.g. `restic 0.18.0 compiled with go1.24.4 on linux/amd64`; see
+    /// [`Restic::supported_version`] for the check the services make at start.
     pub async fn version(&self, cancel: &CancellationToken) -> Result<String, ResticError> {
         let output = self
             .execute(None, &ResticCommand::new("version"), cancel, |line| {
@@ -434,6 +435,15 @@ impl Restic {
         };
         // The leader is reaped now, so its pid may be reused: never signal the group again.
         group.disarm();
+        let span = tracing::Span::current();
+        // Counted for cancelled runs too: a restic stopped for growing too large is the one
+        // whose peak an operator wants to see.
+        if let Ok((_, peak_rss_bytes)) = &status {
+            span.record("restic.peak_rss_bytes", *peak_rss_bytes);
+            if let Some(peak) = &self.peak_rss {
+                peak.record(*peak_rss_bytes);
+            }
+        }
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!("restic stopped on cancel");
             return Err(ResticError::Cancelled {
@@ -441,12 +451,7 @@ impl Restic {
             });
         }
         drop(run_dir);
-        let (status, peak_rss_bytes) = status.map_err(io_error)?;
-        let span = tracing::Span::current();
-        span.record("restic.peak_rss_bytes", peak_rss_bytes);
-        if let Some(peak) = &self.peak_rss {
-            peak.record(peak_rss_bytes);
-        }
+        let (status, _) = status.map_err(io_error)?;
         stdout_result.map_err(io_error)?;
         if let Some(code) = status.code() {
             span.record("restic.exit_code", code);
