@@ -95,6 +95,20 @@ async fn agent_metrics_count_backups_restores_bytes_and_grpc_calls() {
     );
     expect("stowage_agent_operations_running", 0.0);
     expect("stowage_agent_operations_queued", 0.0);
+    // Each operation's restic peak memory, as its result reports it.
+    assert!(backup.restic_peak_rss_bytes > 0, "{backup:?}");
+    expect(
+        r#"stowage_agent_restic_peak_rss_bytes_count{operation="backup"}"#,
+        1.0,
+    );
+    expect(
+        r#"stowage_agent_restic_peak_rss_bytes_sum{operation="backup"}"#,
+        backup.restic_peak_rss_bytes as f64,
+    );
+    expect(
+        r#"stowage_agent_restic_peak_rss_bytes_sum{operation="restore"}"#,
+        restored.restic_peak_rss_bytes as f64,
+    );
     expect(&grpc("BackupVolume", "OK"), 1.0);
     expect(&grpc("BackupVolume", "InvalidArgument"), 1.0);
     expect(&grpc("RestoreVolume", "OK"), 1.0);

@@ -1830,3 +1830,107 @@ async fn recently_verified_repository_is_ensured_without_restic_until_something_
             .contains("ready without running restic")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_refuses_a_restic_older_than_0_17_naming_both_versions() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scene = Scene::new();
+    let stub = scene.path("bin").join("old-restic");
+    // Stands in for Debian 12's restic, whatever it is asked.
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\necho 'restic 0.14.0 compiled with go1.19.8 on linux/amd64'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", stowage_e2e::free_port()),
+    ];
+    args.extend(scene.local_args(&["--restic-binary", &stub.display().to_string()]));
+    let mut process = stowage_e2e::TestProcess::start(
+        "stowage-repo-manager",
+        stowage_e2e::binary("stowage-repo-manager"),
+        &args,
+        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string())]),
+        &scene.path("logs"),
+    );
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repo-manager kept running with restic 0.14; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = process.log();
+    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    assert!(
+        log.contains("restic 0.14.0 is too old") && log.contains("needs restic 0.17.0 or newer"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restic_runs_without_the_master_key_or_any_stowage_setting_in_its_environment() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scene = Scene::new();
+    let recordings = scene.path("environments");
+    let wrapper = scene.path("bin").join("restic");
+    // Records the environment restic is started with (what /proc/<pid>/environ shows for the
+    // whole run: exec keeps the pid and the environment), then becomes the real restic.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}/'$$\nexec restic \"$@\"\n",
+            recordings.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let service = scene
+        .start(
+            scene.local_args(&["--restic-binary", &wrapper.display().to_string()]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "environ").await);
+    let password = access(&mut client, "environ").await.password;
+
+    let mut runs = 0;
+    let mut against_the_repository = 0;
+    for entry in std::fs::read_dir(&recordings).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let variables: Vec<&str> = text.split('\0').filter(|v| !v.is_empty()).collect();
+        runs += 1;
+        assert!(
+            variables.iter().any(|v| v.starts_with("PATH=")),
+            "{variables:?}"
+        );
+        if variables
+            .iter()
+            .any(|v| v.starts_with("RESTIC_REPOSITORY="))
+        {
+            against_the_repository += 1;
+        }
+        for variable in &variables {
+            assert!(
+                !variable.starts_with("STOWAGE_")
+                    && !variable.contains(MASTER_KEY)
+                    && !variable.contains(&password),
+                "`{variable}` reached restic: {variables:?}"
+            );
+        }
+    }
+    assert!(
+        runs >= 2 && against_the_repository >= 1,
+        "version and the repository's commands were recorded ({runs} runs)"
+    );
+}

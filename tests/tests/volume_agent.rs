@@ -1252,3 +1252,172 @@ async fn backup_and_restic_spans_carry_what_operators_search_by_and_never_the_pa
     }
     setup.assert_password_not_in_log();
 }
+
+/// Writes an executable shell script.
+fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("writing a script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the script executable");
+}
+
+/// The environments recorded by an environment-recording restic wrapper, one per run.
+fn recorded_environments(dir: &Path) -> Vec<BTreeMap<String, String>> {
+    std::fs::read_dir(dir)
+        .expect("the recordings directory")
+        .map(|entry| {
+            let bytes = std::fs::read(entry.expect("a recording").path()).expect("a recording");
+            bytes
+                .split(|byte| *byte == 0)
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let text = String::from_utf8_lossy(pair);
+                    let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+                    (name.to_string(), value.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_restic_older_than_0_17_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stub = dir.path().join("old-restic");
+    // Stands in for Debian 12's restic, whatever it is asked.
+    write_script(
+        &stub,
+        "#!/bin/sh\necho 'restic 0.14.0 compiled with go1.19.8 on linux/amd64'\n",
+    );
+    let kubelet = FakeKubelet::new(dir.path().join("pods"));
+    let args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", stowage_e2e::free_port()),
+        "--node-name".into(),
+        "node-1".into(),
+        "--pods-root".into(),
+        kubelet.pods_root().display().to_string(),
+        "--scratch-dir".into(),
+        dir.path().join("scratch").display().to_string(),
+        "--restic-binary".into(),
+        stub.display().to_string(),
+    ];
+    let mut agent = stowage_e2e::TestProcess::start(
+        "stowage-volume-agent",
+        stowage_e2e::binary("stowage-volume-agent"),
+        &args,
+        &BTreeMap::new(),
+        dir.path(),
+    );
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().expect("polling the agent") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent kept running with restic 0.14; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = agent.log();
+    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    assert!(
+        log.contains("restic 0.14.0 is too old")
+            && log.contains("needs restic 0.17.0 or newer")
+            && log.contains(&stub.display().to_string()),
+        "the message names the version found, the version needed and the binary:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restic_runs_under_the_memory_limit_without_stowage_settings_and_reports_its_peak_memory() {
+    let wrapper_dir = tempfile::tempdir().expect("temp dir");
+    let recordings = wrapper_dir.path().join("environments");
+    std::fs::create_dir_all(&recordings).unwrap();
+    let real = Command::new("sh")
+        .args(["-c", "command -v restic"])
+        .output()
+        .expect("finding restic");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "restic is not installed");
+    // The agent runs `restic` from PATH: this one records the environment it was started
+    // with (as /proc/<pid>/environ keeps it) and becomes the real restic, same pid.
+    write_script(
+        &wrapper_dir.path().join("restic"),
+        &format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}/'$$\nexec '{real}' \"$@\"\n",
+            recordings.display()
+        ),
+    );
+    let secret = format!("stowage-secret-{}", new_pod_uid());
+    let env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            format!(
+                "{}:{}",
+                wrapper_dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+        (
+            "STOWAGE_RESTIC_MEMORY_LIMIT".to_string(),
+            "300MiB".to_string(),
+        ),
+        // Not a setting the agent reads: a secret of its environment restic must not see.
+        ("STOWAGE_EXAMPLE_TOKEN".to_string(), secret.clone()),
+    ]);
+    let setup = Setup::start(1, false, env).await;
+    let uid = new_pod_uid();
+    let source = setup.kubelet.pod(&uid).empty_dir("data");
+    write_random_file(&source.join("blob"), 4 << 20, 3);
+    let data = volume(&uid, "app-0", "data", VolumeSource::EmptyDir, "");
+    let (_, backup) = setup
+        .backup(setup.backup_request("rss-backup", data, "pod/shop/app-0/data"))
+        .await
+        .expect("backup");
+    // restic is a Go program of some ten MiB before it reads anything.
+    assert!(
+        backup.restic_peak_rss_bytes > 4 << 20 && backup.restic_peak_rss_bytes < 300 << 20,
+        "{backup:?}"
+    );
+    let target_uid = new_pod_uid();
+    setup.kubelet.pod(&target_uid).empty_dir("data");
+    let target = volume(&target_uid, "app-0", "data", VolumeSource::EmptyDir, "");
+    let (_, restore) = setup
+        .restore("rss-restore", target, &backup.snapshot_id, "r-rss")
+        .await
+        .expect("restore");
+    assert!(
+        restore.restic_peak_rss_bytes > 4 << 20 && restore.restic_peak_rss_bytes < 300 << 20,
+        "{restore:?}"
+    );
+
+    let environments = recorded_environments(&recordings);
+    // `version` at start, then the backup's and the restore's commands.
+    assert!(environments.len() >= 3, "{environments:?}");
+    for environment in &environments {
+        assert_eq!(
+            environment.get("GOMEMLIMIT").map(String::as_str),
+            Some("314572800"),
+            "{environment:?}"
+        );
+        assert!(environment.contains_key("PATH"), "{environment:?}");
+        for (name, value) in environment {
+            assert!(
+                !name.starts_with("STOWAGE_")
+                    && !value.contains(&secret)
+                    && !value.contains(&setup.password),
+                "{name} reached restic: {environment:?}"
+            );
+        }
+    }
+    assert!(
+        environments
+            .iter()
+            .any(|environment| environment.get("RESTIC_REPOSITORY") == Some(&setup.repository)),
+        "the runs against the repository were recorded: {environments:?}"
+    );
+}

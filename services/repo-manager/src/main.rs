@@ -42,7 +42,7 @@ struct Config {
     /// Path-style S3 requests (most S3-compatible servers need them).
     #[arg(long, env = "STOWAGE_S3_PATH_STYLE", default_value_t = false)]
     s3_path_style: bool,
-    /// The restic binary.
+    /// The restic binary (0.17 or newer; the repo-manager refuses to start with an older one).
     #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
     restic_binary: PathBuf,
     /// Private directory for restic's cache and per-run password files.
@@ -241,6 +241,20 @@ async fn main() -> anyhow::Result<()> {
         None => (None, None),
     };
     let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
+    // A restic too old to classify its failures by exit code stops the repo-manager here,
+    // naming the version found and the one needed. A missing one is logged: every repository
+    // call then fails naming the binary.
+    let restic_version = match restic.supported_version(&shutdown).await {
+        Ok((line, _)) => line,
+        Err(error @ stowage_restic::ResticError::BinaryMissing { .. }) => {
+            tracing::error!(%error, "restic is not usable");
+            String::new()
+        }
+        Err(error) => {
+            tracing::error!(%error, "refusing to start with this restic");
+            return Err(anyhow::Error::new(error).context("checking the restic binary"));
+        }
+    };
     let manager = Arc::new(
         repositories::Manager::load(
             location,
@@ -287,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
             )));
     tracing::info!(
         storage = %config.storage_url,
+        restic = %restic_version,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
         "repo manager starting"

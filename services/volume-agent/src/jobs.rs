@@ -313,6 +313,8 @@ pub async fn backup(
         started: Some(started.into()),
         finished: Some(SystemTime::now().into()),
         path: plan.path.path.display().to_string(),
+        // Measured by the caller, around every restic run of the job.
+        restic_peak_rss_bytes: 0,
     })
 }
 
@@ -423,6 +425,8 @@ pub async fn restore(
         started: Some(started.into()),
         finished: Some(SystemTime::now().into()),
         path: target.display().to_string(),
+        // Measured by the caller, around every restic run of the job.
+        restic_peak_rss_bytes: 0,
     })
 }
 
@@ -468,11 +472,6 @@ fn tree_size(dir: &Path) -> (u64, u64) {
         }
     }
     (bytes, count)
-}
-
-/// `restic version`, for GetAgentInfo.
-pub async fn restic_version(restic: &Restic) -> Result<String, AgentError> {
-    Ok(restic.version(&CancellationToken::new()).await?)
 }
 
 #[cfg(test)]
