@@ -144,6 +144,7 @@ impl Setup {
             backup_uid: "7d3c1e2a-0000-4000-8000-000000000001".into(),
             stable_identity: identity.into(),
             extra_tags: Default::default(),
+            parent_snapshot_id: String::new(),
         }
     }
 
