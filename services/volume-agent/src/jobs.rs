@@ -624,8 +624,8 @@ mod tests {
     const LATEST: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
     /// A stand-in restic that appends each run's arguments to `runs`, answers `snapshots` with
-    /// the file `snapshots.json` beside it, and fails `backup --parent GONE` the way restic
-    /// 0.18 does for a forgotten snapshot.
+    /// the file `snapshots.json` beside it, and fails `backup --parent GONE` (given, as every
+    /// full id, one digit short) the way restic 0.18 does for a forgotten snapshot.
     struct FakeRestic {
         dir: tempfile::TempDir,
     }
@@ -645,14 +645,14 @@ echo "$*" >> '{root}/runs'
 case "$1" in
   snapshots) cat '{root}/snapshots.json' ;;
   backup)
-    case " $* " in *" --parent {GONE} "*)
-      echo '{{"message_type":"exit_error","code":1,"message":"failed to load snapshot {short}: The specified key does not exist."}}' >&2
+    case " $* " in *" --parent {gone} "*)
+      echo '{{"message_type":"exit_error","code":1,"message":"no matching ID found for prefix \"{gone}\""}}' >&2
       exit 1;;
     esac
     echo '{{"message_type":"summary","files_new":1,"total_bytes_processed":5,"snapshot_id":"0badc0de0badc0de"}}' ;;
 esac
 "#,
-                    short = &GONE[..8],
+                    gone = &GONE[..63],
                 ),
             )
             .unwrap();
@@ -707,7 +707,8 @@ esac
         )
     }
 
-    /// The command and its `--parent`, if any, of each run.
+    /// The command and the snapshot its `--parent` names, if any, of each run (restic gets a
+    /// full id one digit short; see `stowage_restic::backup::parent_argument`).
     fn commands(runs: &[String]) -> Vec<(String, Option<String>)> {
         runs.iter()
             .map(|run| {
@@ -715,7 +716,13 @@ esac
                 let parent = words
                     .iter()
                     .position(|w| *w == "--parent")
-                    .map(|i| words[i + 1].to_string());
+                    .map(|i| words[i + 1].to_string())
+                    .map(|given| {
+                        [GONE, KNOWN, LATEST]
+                            .into_iter()
+                            .find(|id| id.len() == given.len() + 1 && id.starts_with(&given))
+                            .map_or(given, str::to_string)
+                    });
                 (words[0].to_string(), parent)
             })
             .collect()
