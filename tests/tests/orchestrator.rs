@@ -921,12 +921,13 @@ async fn parent_lookup_lines(client: &mut Client, backup: &str) -> Vec<(String, 
 /// The orchestrator names each volume's parent from its own records, so every backup after the
 /// first runs one restic process (`backup --parent`). When that parent was forgotten behind
 /// stowage's back, the agent looks the parent up, the backup completes on top of the snapshot
-/// that remains, and the backup's log says why.
+/// that remains, and the backup's log says why. A restarted orchestrator still knows the parent
+/// from the backups in the storage location.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_known_parent_takes_one_restic_process_and_a_forgotten_one_falls_back() {
     let wrapper_dir = tempfile::tempdir().unwrap();
     let restic = CountingRestic::new(wrapper_dir.path());
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         agent_args: vec!["--restic-binary".into(), restic.path()],
         ..StackOptions::default()
     })
@@ -998,6 +999,23 @@ async fn a_known_parent_takes_one_restic_process_and_a_forgotten_one_falls_back(
         "{lines:?}"
     );
     assert_eq!(repository.snapshot_ids().len(), 2);
+
+    // A new orchestrator reads its records back from the storage location.
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    restic.take();
+    let fourth = backup_to_end(&mut client, "fourth", foo_spec()).await;
+    let fourth = fourth.status.unwrap();
+    assert_eq!(fourth.phase, BackupPhase::Completed as i32, "{fourth:#?}");
+    assert_eq!(
+        restic.take(),
+        ["backup"],
+        "the records in the bucket name the parent"
+    );
+    assert_eq!(
+        fourth.volumes[0].parent_snapshot_id,
+        third.volumes[0].snapshot_id
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
