@@ -14,6 +14,7 @@ use stowage_e2e::{
     binary,
     kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
+    restic::{CountingRestic, RepositoryRestic, repository_access},
     stack::{Stack, StackOptions, slow_restic, stack_with_slow_backups},
 };
 use stowage_proto::v1::{
@@ -900,6 +901,122 @@ async fn backup_of_recreated_pod_is_incremental() {
             "{name} was not backed up on top of the first backup"
         );
     }
+}
+
+/// The backup's log lines that mention the agent looking the parent up.
+async fn parent_lookup_lines(client: &mut Client, backup: &str) -> Vec<(String, String)> {
+    client
+        .get_backup_logs(GetBackupLogsRequest {
+            name: backup.into(),
+        })
+        .await
+        .expect("GetBackupLogs")
+        .into_inner()
+        .lines
+        .into_iter()
+        .filter(|line| line.message.contains("looked the parent snapshot up"))
+        .map(|line| (line.level, line.message))
+        .collect()
+}
+
+/// The orchestrator names each volume's parent from its own records, so every backup after the
+/// first runs one restic process (`backup --parent`). When that parent was forgotten behind
+/// stowage's back, the agent looks the parent up, the backup completes on top of the snapshot
+/// that remains, and the backup's log says why. A restarted orchestrator still knows the parent
+/// from the backups in the storage location.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_parent_takes_one_restic_process_and_a_forgotten_one_falls_back() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = CountingRestic::new(wrapper_dir.path());
+    let mut stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.path()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume_dir = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    write_sample_tree(&volume_dir, "emptydir");
+    let mut client = stack.client().await;
+    // Whatever the agent ran while starting is not part of any backup.
+    restic.take();
+
+    // No record names a parent yet: the agent looks one up (finds none) and says so.
+    let first = backup_to_end(&mut client, "first", foo_spec()).await;
+    let first = first.status.unwrap();
+    assert_eq!(first.phase, BackupPhase::Completed as i32, "{first:#?}");
+    assert_eq!(restic.take(), ["snapshots", "backup"]);
+    let first_snapshot = first.volumes[0].snapshot_id.clone();
+    assert_eq!(first.volumes[0].parent_snapshot_id, "");
+    let lines = parent_lookup_lines(&mut client, "first").await;
+    assert!(
+        lines.len() == 1 && lines[0].0 == "info" && lines[0].1.contains("no parent"),
+        "{lines:?}"
+    );
+
+    // The first backup is the parent, from the orchestrator's records: one restic process.
+    std::fs::write(
+        volume_dir.join("second.txt"),
+        b"written before the second backup",
+    )
+    .unwrap();
+    let second = backup_to_end(&mut client, "second", foo_spec()).await;
+    let second = second.status.unwrap();
+    assert_eq!(second.phase, BackupPhase::Completed as i32, "{second:#?}");
+    assert_eq!(restic.take(), ["backup"], "a known parent needs no lookup");
+    assert_eq!(second.volumes[0].parent_snapshot_id, first_snapshot);
+    assert!(second.volumes[0].files_unmodified > 0, "{second:#?}");
+    assert_eq!(second.volumes[0].files_new, 1, "{second:#?}");
+    assert!(parent_lookup_lines(&mut client, "second").await.is_empty());
+    let second_snapshot = second.volumes[0].snapshot_id.clone();
+
+    // Somebody forgets the second snapshot behind stowage's back; its records still name it.
+    let repository = RepositoryRestic::new(&repository_access(&stack, "foo").await);
+    repository.ok(&["forget", &second_snapshot]);
+    let left = repository.snapshot_ids();
+    assert_eq!(left, [first_snapshot.as_str()], "the forget did not take");
+
+    let third = backup_to_end(&mut client, "third", foo_spec()).await;
+    let third = third.status.unwrap();
+    assert_eq!(third.phase, BackupPhase::Completed as i32, "{third:#?}");
+    assert_eq!(
+        restic.take(),
+        ["backup", "snapshots", "backup"],
+        "the forgotten parent is refused by restic, then looked up"
+    );
+    assert_eq!(
+        third.volumes[0].parent_snapshot_id, first_snapshot,
+        "incremental from the snapshot that remains"
+    );
+    assert!(third.volumes[0].files_unmodified > 0, "{third:#?}");
+    let lines = parent_lookup_lines(&mut client, "third").await;
+    assert!(
+        lines.len() == 1
+            && lines[0].0 == "warning"
+            && lines[0].1.contains(&second_snapshot)
+            && lines[0].1.contains("does not exist"),
+        "{lines:?}"
+    );
+    assert_eq!(repository.snapshot_ids().len(), 2);
+
+    // A new orchestrator reads its records back from the storage location.
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    restic.take();
+    let fourth = backup_to_end(&mut client, "fourth", foo_spec()).await;
+    let fourth = fourth.status.unwrap();
+    assert_eq!(fourth.phase, BackupPhase::Completed as i32, "{fourth:#?}");
+    assert_eq!(
+        restic.take(),
+        ["backup"],
+        "the records in the bucket name the parent"
+    );
+    assert_eq!(
+        fourth.volumes[0].parent_snapshot_id,
+        third.volumes[0].snapshot_id
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

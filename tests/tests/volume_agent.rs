@@ -144,6 +144,7 @@ impl Setup {
             backup_uid: "7d3c1e2a-0000-4000-8000-000000000001".into(),
             stable_identity: identity.into(),
             extra_tags: Default::default(),
+            parent_snapshot_id: String::new(),
         }
     }
 
@@ -1420,4 +1421,63 @@ async fn restic_runs_under_the_memory_limit_without_stowage_settings_and_reports
             .any(|environment| environment.get("RESTIC_REPOSITORY") == Some(&setup.repository)),
         "the runs against the repository were recorded: {environments:?}"
     );
+}
+
+/// The agent backs up on top of the parent the request names, even when a later snapshot of the
+/// identity exists, and falls back to restic's latest for the identity, saying why, when the
+/// named one is not in the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_parent_is_used_and_a_missing_one_falls_back_to_the_latest() {
+    let setup = Setup::new(2).await;
+    let uid = new_pod_uid();
+    let data = setup.kubelet.pod(&uid).empty_dir("cache");
+    for index in 0..4 {
+        write_random_file(&data.join(format!("file-{index}.bin")), 16 * 1024, index);
+    }
+    let identity = "StatefulSet/web/cache";
+    let request = |operation: &str, parent: &str| {
+        let mut request = setup.backup_request(
+            operation,
+            volume(&uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            identity,
+        );
+        request.parent_snapshot_id = parent.into();
+        request
+    };
+    let (_, first) = setup.backup(request("first", "")).await.expect("first");
+    assert!(
+        first.parent_fallback_reason.contains("no parent"),
+        "{first:?}"
+    );
+    let (_, second) = setup.backup(request("second", "")).await.expect("second");
+    assert_eq!(second.parent_snapshot_id, first.snapshot_id);
+
+    // Named explicitly, the older snapshot is the parent, not restic's latest.
+    let (_, named) = setup
+        .backup(request("named", &first.snapshot_id))
+        .await
+        .expect("backup on the named parent");
+    assert_eq!(named.parent_snapshot_id, first.snapshot_id);
+    assert_eq!(named.parent_fallback_reason, "", "{named:?}");
+    assert_eq!(named.files_unmodified, 4, "{named:?}");
+
+    // A well-formed id the repository never held: restic refuses it, the latest is used.
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let (_, fell_back) = setup
+        .backup(request("fell-back", unknown))
+        .await
+        .expect("backup after the fallback");
+    assert_eq!(fell_back.parent_snapshot_id, named.snapshot_id);
+    assert_eq!(fell_back.files_unmodified, 4, "{fell_back:?}");
+    assert!(
+        fell_back.parent_fallback_reason.contains(unknown)
+            && fell_back.parent_fallback_reason.contains("does not exist"),
+        "{fell_back:?}"
+    );
+    let log = setup.agent.process.log();
+    assert!(
+        log.contains("the given parent snapshot is gone"),
+        "the agent logs the fallback:\n{log}"
+    );
+    assert_eq!(setup.snapshots().len(), 4);
 }

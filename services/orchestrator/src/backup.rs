@@ -33,6 +33,7 @@ use crate::{
         Cluster,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
+    parents::Parents,
     selection::{VolumeKind, select_volumes},
     state::{BackupEntry, Entry, now},
     tally::{ending, tally},
@@ -317,6 +318,9 @@ async fn execute(
         }
     }
 
+    // Each volume's parent from the records of every other backup, read once for the run; a
+    // backup that completes meanwhile is not waited for (the agent can still look it up).
+    let parents = Parents::from_index(&deps.index, &backup.name);
     let overall = Arc::new(Semaphore::new(deps.limits.max_parallel_volumes.max(1)));
     let mut per_node: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
     let mut tasks = JoinSet::new();
@@ -330,6 +334,11 @@ async fn execute(
             .get(&volume_ref.namespace)
             .cloned()
             .unwrap_or_else(|| Err("no repository".to_string()));
+        let parent = repository.as_ref().ok().and_then(|access| {
+            parents
+                .of(&access.url, &planned.volume.stable_identity)
+                .map(str::to_string)
+        });
         let span = tracing::info_span!(
             "backup_volume",
             backup = %backup.name,
@@ -346,6 +355,7 @@ async fn execute(
             mirrors: mirrors.clone(),
             index,
             repository,
+            parent,
             deadline,
             timeout,
             overall: overall.clone(),
@@ -447,6 +457,8 @@ struct VolumeJob {
     mirrors: MirrorQueue,
     index: usize,
     repository: Result<RepositoryAccess, String>,
+    /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
+    parent: Option<String>,
     deadline: Instant,
     timeout: Duration,
     overall: Arc<Semaphore>,
@@ -493,6 +505,28 @@ impl VolumeJob {
             uid: backup.uid.clone(),
             ..Default::default()
         })
+    }
+
+    /// The agent ran `restic snapshots` to find the parent: expected when no record named one
+    /// (a first backup), a warning when the one sent was gone (forgotten behind our back).
+    fn log_parent_fallback(&self, volume: &PodVolumeBackup, reason: &str) {
+        if reason.is_empty() {
+            return;
+        }
+        let reference = volume.volume.clone().unwrap_or_default();
+        let level = if self.parent.is_some() {
+            "warning"
+        } else {
+            "info"
+        };
+        self.entry.log(
+            level,
+            format!(
+                "{}/{} volume {}: the agent looked the parent snapshot up with restic \
+                 snapshots: {reason}",
+                reference.namespace, reference.pod_name, reference.volume_name
+            ),
+        );
     }
 
     async fn run(self) {
@@ -572,6 +606,7 @@ impl VolumeJob {
             backup_uid: backup.uid.clone(),
             stable_identity: volume.stable_identity.clone(),
             extra_tags: Default::default(),
+            parent_snapshot_id: self.parent.clone().unwrap_or_default(),
         };
         let repository_url = request
             .repository
@@ -616,6 +651,7 @@ impl VolumeJob {
                             let span = tracing::Span::current();
                             span.record("snapshot_id", result.snapshot_id.as_str());
                             span.record("bytes", result.bytes_total);
+                            self.log_parent_fallback(&volume, &result.parent_fallback_reason);
                             self.update(|v| {
                                 v.snapshot_id = result.snapshot_id.clone();
                                 v.parent_snapshot_id = result.parent_snapshot_id.clone();

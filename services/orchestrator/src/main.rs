@@ -7,6 +7,7 @@ mod backup;
 mod deps;
 mod error;
 mod kube;
+mod parents;
 mod recovery;
 mod restore;
 mod selection;

@@ -6,6 +6,7 @@ mod error;
 mod jobs;
 mod names;
 mod operations;
+mod parent;
 mod volume_path;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
