@@ -271,6 +271,13 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     assert_eq!(restore_mirrors.items.len(), 2);
     for mirror in &restore_mirrors.items {
         assert_eq!(mirror.data["status"]["phase"], "Completed", "{mirror:?}");
+        // Required by the CRD (the emulator, as an API server, refuses a mirror without it).
+        assert!(
+            mirror.data["spec"]["repoIdentifier"]
+                .as_str()
+                .is_some_and(|url| url.ends_with("/restic/foo")),
+            "{mirror:?}"
+        );
     }
 
     // The restore helper, run as the init container would, finds its done files and exits 0.
