@@ -1183,6 +1183,7 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             ("", "pods", "list"),
             ("", "pods", "create"),
             ("", "persistentvolumeclaims", "get"),
+            ("", "persistentvolumeclaims", "list"),
             ("", "persistentvolumeclaims", "create"),
             ("", "namespaces", "create"),
             ("", "configmaps", "list"),
