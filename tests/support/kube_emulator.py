@@ -220,6 +220,8 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             _, kind = KINDS.get(resource.plural, (None, resource.plural))
             name = (obj.get("metadata") or {}).get("name") or ""
             status = kube_validation.invalid_status(kind, resource.group, name, errors)
+            # In the emulator's log, where a test that fails for a lost write finds why.
+            print(f"422 {status['message']}", flush=True)
             raise kmock.KubernetesError(
                 status=422,
                 reason=status["reason"],
