@@ -498,25 +498,55 @@ pub fn coverage_text(coverage: &CoverageView) -> String {
             " (opt-in mode, backup.velero.io/backup-volumes)"
         }
     );
-    if coverage.uncovered.is_empty() {
+    if !coverage.uncovered.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = coverage
+            .uncovered
+            .iter()
+            .map(|volume| {
+                vec![
+                    volume.namespace.clone(),
+                    volume.pod.clone(),
+                    volume.volume.clone(),
+                    volume.reason.clone(),
+                    volume.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&render_table(
+            &["NAMESPACE", "POD", "VOLUME", "REASON", "DETAIL"],
+            &rows,
+        ));
+    }
+    if coverage.claims.is_empty() {
         return out;
     }
-    out.push('\n');
-    let rows: Vec<Vec<String>> = coverage
-        .uncovered
+    // Every claim, mounted or not: what the pod volumes above cannot show.
+    let backed_up = coverage
+        .claims
         .iter()
-        .map(|volume| {
+        .filter(|claim| claim.state == "BackedUp")
+        .count();
+    out.push_str(&format!(
+        "\n{backed_up} of {} persistent volume claims would be backed up.\n\n",
+        coverage.claims.len()
+    ));
+    let rows: Vec<Vec<String>> = coverage
+        .claims
+        .iter()
+        .map(|claim| {
             vec![
-                volume.namespace.clone(),
-                volume.pod.clone(),
-                volume.volume.clone(),
-                volume.reason.clone(),
-                volume.detail.clone(),
+                claim.namespace.clone(),
+                claim.claim.clone(),
+                claim.state.clone(),
+                claim.pod.clone(),
+                claim.volume.clone(),
+                claim.detail.clone(),
             ]
         })
         .collect();
     out.push_str(&render_table(
-        &["NAMESPACE", "POD", "VOLUME", "REASON", "DETAIL"],
+        &["NAMESPACE", "CLAIM", "STATE", "POD", "VOLUME", "DETAIL"],
         &rows,
     ));
     out
@@ -776,6 +806,7 @@ mod tests {
             volumes_covered: 2,
             default_volumes_to_fs_backup: false,
             uncovered: backup().status.skipped,
+            claims: vec![],
         };
         let text = coverage_text(&coverage);
         assert!(text.starts_with("2 of 3 pod volumes would be backed up"));
@@ -887,6 +918,56 @@ mod tests {
                 "/etc/stowage/ca.pem",
                 "/etc/stowage/cli.crt",
                 "<none>"
+            ]
+        );
+    }
+
+    #[test]
+    fn coverage_lists_every_claim_with_its_state() {
+        use crate::view::ClaimView;
+        use stowage_proto::v1;
+        let claim = |name: &str, covered: bool, pod: &str, reason: v1::SkipReason| {
+            ClaimView::from(&v1::ClaimCoverage {
+                namespace: "foo".into(),
+                claim: name.into(),
+                covered,
+                pod: pod.into(),
+                volume: if pod.is_empty() { "" } else { "data" }.into(),
+                reason: reason as i32,
+                detail: String::new(),
+            })
+        };
+        let coverage = CoverageView {
+            volumes_total: 2,
+            volumes_covered: 1,
+            default_volumes_to_fs_backup: false,
+            uncovered: vec![],
+            claims: vec![
+                claim("web", true, "sample", v1::SkipReason::Unspecified),
+                claim("db", false, "db-0", v1::SkipReason::NotAnnotated),
+                claim("orphan", false, "", v1::SkipReason::NotMounted),
+                claim("pending", false, "", v1::SkipReason::PvcNotBound),
+                claim("raw", false, "vm", v1::SkipReason::BlockMode),
+            ],
+        };
+        let text = coverage_text(&coverage);
+        assert!(
+            text.contains("1 of 5 persistent volume claims would be backed up."),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("NAMESPACE"))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                "NAMESPACE   CLAIM     STATE          POD      VOLUME   DETAIL",
+                "foo         web       BackedUp       sample   data     <none>",
+                "foo         db        NotAnnotated   db-0     data     <none>",
+                "foo         orphan    NotMounted     <none>   <none>   <none>",
+                "foo         pending   PvcNotBound    <none>   <none>   <none>",
+                "foo         raw       BlockMode      vm       data     <none>",
             ]
         );
     }

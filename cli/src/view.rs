@@ -628,6 +628,7 @@ pub struct CoverageView {
     #[serde(skip_serializing_if = "is_false")]
     pub default_volumes_to_fs_backup: bool,
     pub uncovered: Vec<SkippedVolumeView>,
+    pub claims: Vec<ClaimView>,
 }
 
 impl CoverageView {
@@ -637,6 +638,37 @@ impl CoverageView {
             volumes_covered: response.volumes_covered,
             default_volumes_to_fs_backup: opt_out,
             uncovered: response.uncovered.iter().map(Into::into).collect(),
+            claims: response.claims.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// One PersistentVolumeClaim in coverage: `BackedUp` (by `pod`'s annotation) or the reason
+/// no backup takes it (NotAnnotated, Excluded, NotMounted, PvcNotBound, BlockMode, …).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimView {
+    pub namespace: String,
+    pub claim: String,
+    pub state: String,
+    pub pod: String,
+    pub volume: String,
+    pub detail: String,
+}
+
+impl From<&v1::ClaimCoverage> for ClaimView {
+    fn from(claim: &v1::ClaimCoverage) -> Self {
+        ClaimView {
+            namespace: claim.namespace.clone(),
+            claim: claim.claim.clone(),
+            state: if claim.covered {
+                "BackedUp".to_string()
+            } else {
+                skip_reason(claim.reason)
+            },
+            pod: claim.pod.clone(),
+            volume: claim.volume.clone(),
+            detail: claim.detail.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Kubernetes API for tests: starts `tests/support/kube_emulator.py` (kmock's emulator with
-//! uids, resourceVersions and selectors added) on a free port, writes a kubeconfig for it, seeds
-//! objects, and plays kubelet: marks pods scheduled and running and sets init-container states.
+//! uids, resourceVersions, selectors, and an API server's validation of stowage's CRDs and core
+//! objects added) on a free port, writes a kubeconfig for it, seeds objects, and plays kubelet:
+//! marks pods scheduled and running and sets init-container states.
 
 use std::{
     collections::BTreeMap,

@@ -3,11 +3,15 @@
 
 kmock's KubernetesEmulator stores objects and serves create/get/list/watch/patch/delete over
 real HTTP, but leaves gaps a Kubernetes client trips over: no metadata.uid, no increasing
-resourceVersion, no creationTimestamp, label and field selectors ignored, and discovery that
-lists nothing until resources are declared. This subclass closes those gaps, so the services
-under test talk to it exactly as they would to a kube-apiserver.
+resourceVersion, no creationTimestamp, label and field selectors ignored, discovery that
+lists nothing until resources are declared, and no validation at all. This subclass closes
+those gaps, so the services under test talk to it exactly as they would to a kube-apiserver:
+it serves the CustomResourceDefinitions it is given (stowage's shipped ones by default) and
+refuses, with the API server's 422 Invalid Status, a custom resource its CRD's schema rejects
+and a core object the API server's own validation rejects (kube_validation.py), on create,
+replace and patch alike.
 
-Usage: kube_emulator.py --port N [--host 127.0.0.1]
+Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...]
 Prints `listening on http://HOST:PORT` once it accepts connections.
 """
 
@@ -16,6 +20,7 @@ import asyncio
 import copy
 import datetime
 import itertools
+import pathlib
 import signal
 import sys
 import uuid
@@ -23,7 +28,10 @@ import uuid
 import aiohttp.web
 import attrs
 import kmock
-from kmock._internal import enums, parsing
+import yaml
+from kmock._internal import dicts, enums, parsing
+
+import kube_validation
 
 _kmock_parse_path = parsing.parse_path
 
@@ -64,7 +72,11 @@ RESOURCES = [
     ("velero.io/v1/podvolumebackups", "PodVolumeBackup", True),
     ("velero.io/v1/podvolumerestores", "PodVolumeRestore", True),
     ("velero.io/v1/resticrepositories", "ResticRepository", True),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
 ]
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+# The CRDs the emulator serves unless told otherwise: the ones stowage ships.
+DEFAULT_CRDS = pathlib.Path(__file__).resolve().parents[2] / "deploy/kustomize/base/crds"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
 KINDS = {}
 STATUS_REASONS = {404: "NotFound", 409: "AlreadyExists"}
@@ -144,18 +156,79 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the server-side behaviour clients rely on."""
 
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)
+    crd_dirs: list = attrs.field(factory=lambda: [DEFAULT_CRDS])
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for key, kind, namespaced in RESOURCES:
-            info = self.resources[key]
-            info.kind = kind
-            info.namespaced = namespaced
-            info.singular = kind.lower()
-            info.verbs = set(VERBS)
+            self._declare(key, kind, namespaced)
             if key in ("v1/pods",):
-                info.subresources = {"status"}
-            KINDS[key.rsplit("/", 1)[1]] = (key.rsplit("/", 1)[0], kind)
+                self.resources[key].subresources = {"status"}
+        for directory in self.crd_dirs:
+            for path in sorted(pathlib.Path(directory).glob("*.yaml")):
+                for crd in yaml.safe_load_all(path.read_text()):
+                    if crd and crd.get("kind") == "CustomResourceDefinition":
+                        self._install_crd(crd)
+
+    def _declare(self, key: str, kind: str, namespaced: bool) -> None:
+        info = self.resources[key]
+        info.kind = kind
+        info.namespaced = namespaced
+        info.singular = kind.lower()
+        info.verbs = set(VERBS)
+        KINDS[key.rsplit("/", 1)[1]] = (key.rsplit("/", 1)[0], kind)
+
+    def _install_crd(self, crd: dict) -> None:
+        """Stores `crd` as if applied, and serves its resource."""
+        crd = copy.deepcopy(crd)
+        meta = crd.setdefault("metadata", {})
+        meta.update(
+            uid=str(uuid.uuid4()),
+            creationTimestamp=_now(),
+            resourceVersion=str(next(self._versions)),
+        )
+        self._objects[CRDS, None, meta["name"]] = crd
+        self._serve_crd(crd)
+
+    def _serve_crd(self, crd: dict) -> None:
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        for version in spec.get("versions") or []:
+            if version.get("served", True) and names.get("plural") and names.get("kind"):
+                self._declare(
+                    f"{spec.get('group')}/{version['name']}/{names['plural']}",
+                    names["kind"],
+                    spec.get("scope") == "Namespaced",
+                )
+
+    def _schema(self, resource):
+        """The schema of `resource`'s served CRD, or None for a resource no CRD defines."""
+        if not resource.group or resource.group == "apiextensions.k8s.io":
+            return None
+        key = (CRDS, None, f"{resource.plural}.{resource.group}")
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return kube_validation.crd_schema(self._objects[key].raw, resource.version)
+
+    def _admit(self, resource, obj: dict) -> dict:
+        """`obj` as the API server would store it (pruned to its CRD's schema); raises the
+        API server's 422 Invalid Status when it would refuse it."""
+        admitted, errors = kube_validation.admit(
+            resource.plural, resource.group, obj, self._schema(resource)
+        )
+        if errors:
+            _, kind = KINDS.get(resource.plural, (None, resource.plural))
+            name = (obj.get("metadata") or {}).get("name") or ""
+            status = kube_validation.invalid_status(kind, resource.group, name, errors)
+            # In the emulator's log, where a test that fails for a lost write finds why.
+            print(f"422 {status['message']}", flush=True)
+            raise kmock.KubernetesError(
+                status=422,
+                reason=status["reason"],
+                message=status["message"],
+                details=status["details"],
+            )
+        return admitted
 
     async def _replace(self, request):
         """PUT: kmock only merges (PATCH); the API server replaces the whole object (or only its
@@ -189,20 +262,72 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = str(next(self._versions))
             replaced.setdefault("apiVersion", current.get("apiVersion"))
             replaced.setdefault("kind", current.get("kind"))
+            replaced = self._admit(request.resource, replaced)
             self._objects[key].delete()
             self._objects[key].create(replaced)
             raw = self._objects[key].raw
             await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
 
-    async def _handle(self, request):
-        if (
-            request.resource is not None
-            and request.name is not None
-            and str(request.method.value).upper() == "PUT"
-        ):
+    async def _patch(self, request):
+        """PATCH (merge or JSON patch): kmock stores whatever the patch makes; the API server
+        validates the patched object first (and takes only its status for `/status`)."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            current = copy.deepcopy(self._objects[key].raw)
+            current_meta = current.get("metadata") or {}
+            patch = request.data if request.data is not None else {}
+            sent_version = (
+                (patch.get("metadata") or {}).get("resourceVersion")
+                if isinstance(patch, dict)
+                else None
+            )
+            if sent_version and sent_version != current_meta.get("resourceVersion"):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message="the object has been modified; please apply your changes to the latest version and try again",
+                )
             try:
-                return await self._replace(request)
+                patched = copy.deepcopy(dict(dicts.patch_dict(current, patch)))
+            except (TypeError, ValueError) as error:
+                raise kmock.KubernetesError(
+                    status=400, reason="BadRequest", message=f"invalid patch: {error}"
+                )
+            if request.subresource == "status":
+                status = patched.get("status")
+                patched = current
+                if status is None:
+                    patched.pop("status", None)
+                else:
+                    patched["status"] = status
+            meta = patched.setdefault("metadata", {})
+            # uid, creationTimestamp, name and namespace are immutable.
+            for field in ("uid", "creationTimestamp", "namespace", "name"):
+                if field in current_meta:
+                    meta[field] = current_meta[field]
+            meta["resourceVersion"] = str(next(self._versions))
+            patched = self._admit(request.resource, patched)
+            self._objects[key].delete()
+            self._objects[key].create(patched)
+            raw = self._objects[key].raw
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                # The last finalizer removed from an object being deleted: it goes.
+                self._objects[key].delete()
+                await self._buses[request.resource].put({"type": "DELETED", "object": raw})
+            else:
+                await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+        return aiohttp.web.json_response(raw)
+
+    async def _handle(self, request):
+        method = str(request.method.value).upper()
+        if request.resource is not None and request.name is not None and method in ("PUT", "PATCH"):
+            try:
+                if method == "PUT":
+                    return await self._replace(request)
+                return await self._patch(request)
             finally:
                 self._forget(request)
         # Fill in what the API server assigns before kmock stores the object.
@@ -222,15 +347,25 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 if kind and not request.data.get("kind"):
                     request.data["kind"] = kind
                 meta["resourceVersion"] = str(next(self._versions))
-            elif request.action == enums.action.UPDATE:
-                # uid and creationTimestamp are immutable; a merge patch must not change them.
-                meta.pop("uid", None)
-                meta.pop("creationTimestamp", None)
-                meta["resourceVersion"] = str(next(self._versions))
+                try:
+                    admitted = self._admit(request.resource, request.data)
+                except kmock.KubernetesError:
+                    self._forget(request)
+                    raise
+                if admitted is not request.data:  # pruned: store what is left
+                    request.data.clear()
+                    request.data.update(admitted)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         finally:
             self._forget(request)
+        if (
+            request.resource == CRDS
+            and request.action == enums.action.CREATE
+            and response.status < 300
+        ):
+            self._serve_crd(request.data)
+        return response
 
     def _forget(self, request):
         # kmock keeps every request and matches each new one by scanning that history, so
@@ -277,8 +412,8 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             yield event
 
 
-async def _serve(host: str, port: int) -> None:
-    emulator = StowageKubeEmulator()
+async def _serve(host: str, port: int, crd_dirs: list) -> None:
+    emulator = StowageKubeEmulator(crd_dirs=crd_dirs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -292,9 +427,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--crds",
+        action="append",
+        metavar="DIR",
+        help=f"serve the CustomResourceDefinitions in DIR/*.yaml (default: {DEFAULT_CRDS})",
+    )
     args = parser.parse_args()
     try:
-        asyncio.run(_serve(args.host, args.port))
+        asyncio.run(_serve(args.host, args.port, args.crds or [DEFAULT_CRDS]))
     except KeyboardInterrupt:
         sys.exit(0)
 

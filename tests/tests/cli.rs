@@ -353,6 +353,14 @@ async fn backup_and_restore_journey_through_the_cli() {
     assert_eq!(coverage["volumesTotal"], 2, "{coverage}");
     assert_eq!(coverage["volumesCovered"], 2, "{coverage}");
     assert_eq!(coverage["uncovered"], serde_json::json!([]), "{coverage}");
+    assert_eq!(
+        coverage["claims"],
+        serde_json::json!([{
+            "namespace": "foo", "claim": "sample-pvc", "state": "BackedUp",
+            "pod": "sample", "volume": "pvc-volume", "detail": "",
+        }]),
+        "{coverage}"
+    );
 
     let created = stowage(
         &server,
@@ -949,6 +957,21 @@ async fn interrupting_wait_leaves_the_backup_running() {
     assert_eq!(
         row(&text, "foo")[..4],
         ["foo", "sample", "pvc-volume", "NotAnnotated"],
+        "{text}"
+    );
+    // The claim of that volume is listed too, with the pod that mounts it without backing it up.
+    assert!(
+        text.contains("0 of 1 persistent volume claims would be backed up."),
+        "{text}"
+    );
+    let claim = text
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.get(1) == Some(&"sample-pvc"))
+        .unwrap_or_else(|| panic!("no claim row in:\n{text}"));
+    assert_eq!(
+        claim[..5],
+        ["foo", "sample-pvc", "NotAnnotated", "sample", "pvc-volume"],
         "{text}"
     );
     let opt_out = stowage(

@@ -142,3 +142,401 @@ async fn emulator_answers_like_an_api_server() {
         vec!["configmap/a", "configmap/c"]
     );
 }
+
+/// Sends `body` as `method path` and returns the HTTP status and the JSON answer, whatever the
+/// status: the refusals' bodies are what these tests check.
+async fn send(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", content_type)
+        .body(kube::client::Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let response = client.send(request).await.expect("the emulator answers");
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("reading the answer")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&bytes)));
+    (status, json)
+}
+
+const RESTORES: &str = "/apis/velero.io/v1/namespaces/stowage/podvolumerestores";
+
+fn volume_restore(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "velero.io/v1", "kind": "PodVolumeRestore",
+        "metadata": {"name": name, "namespace": "stowage"},
+        "spec": spec,
+        "status": {"phase": "New", "startTimestamp": null},
+    })
+}
+
+/// The causes of a 422 as (field, reason, message) triples.
+fn causes(answer: &serde_json::Value) -> Vec<(String, String, String)> {
+    answer["details"]["causes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no causes in {answer}"))
+        .iter()
+        .map(|cause| {
+            (
+                cause["field"].as_str().unwrap().to_string(),
+                cause["reason"].as_str().unwrap().to_string(),
+                cause["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_refuses_custom_resources_their_crd_schema_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "stowage").await;
+    let merge = "application/merge-patch+json";
+    let plain = "application/json";
+
+    // The shipped PodVolumeRestore CRD requires spec.repoIdentifier: the API server's very body.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        RESTORES,
+        plain,
+        &volume_restore(
+            "r1",
+            json!({"pod": {"namespace": "foo", "name": "sample"}, "volume": "data", "snapshotID": "abc"}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "PodVolumeRestore.velero.io \"r1\" is invalid: spec.repoIdentifier: Required value",
+            "reason": "Invalid",
+            "details": {
+                "name": "r1", "group": "velero.io", "kind": "PodVolumeRestore",
+                "causes": [{"reason": "FieldValueRequired", "message": "Required value", "field": "spec.repoIdentifier"}],
+            },
+            "code": 422,
+        })
+    );
+
+    // A wrong type, named with the type it has.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        RESTORES,
+        plain,
+        &volume_restore(
+            "r1",
+            json!({"pod": {"name": "sample"}, "volume": 7, "repoIdentifier": "s3:x", "snapshotID": "abc"}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        causes(&answer),
+        vec![(
+            "spec.volume".to_string(),
+            "FieldValueTypeInvalid".to_string(),
+            "Invalid value: \"integer\": spec.volume in body must be of type string: \"integer\""
+                .to_string()
+        )]
+    );
+    assert_eq!(
+        answer["message"],
+        "PodVolumeRestore.velero.io \"r1\" is invalid: spec.volume: Invalid value: \"integer\": spec.volume in body must be of type string: \"integer\""
+    );
+
+    // A valid object passes; a field the schema does not name is pruned, not refused; a null
+    // where the schema allows one stays.
+    let (code, stored) = send(
+        &client,
+        "POST",
+        RESTORES,
+        plain,
+        &volume_restore(
+            "r1",
+            json!({"pod": {"name": "sample", "color": "red"}, "volume": "data",
+                   "repoIdentifier": "s3:x", "snapshotID": "abc", "unknown": 1}),
+        ),
+    )
+    .await;
+    assert!(code < 300, "{stored}");
+    assert_eq!(
+        stored["spec"],
+        json!({"pod": {"name": "sample"}, "volume": "data", "repoIdentifier": "s3:x", "snapshotID": "abc"})
+    );
+    assert_eq!(
+        stored["status"],
+        json!({"phase": "New", "startTimestamp": null})
+    );
+
+    // A patch is judged by the object it makes: removing a required field is refused, and the
+    // object stays as it was.
+    let path = format!("{RESTORES}/r1");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &path,
+        merge,
+        &json!({"spec": {"repoIdentifier": null}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        causes(&answer),
+        vec![(
+            "spec.repoIdentifier".to_string(),
+            "FieldValueRequired".to_string(),
+            "Required value".to_string()
+        )]
+    );
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &path,
+        merge,
+        &json!({"status": {"progress": {"totalBytes": "many"}}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(causes(&answer)[0].0, "status.progress.totalBytes");
+    let (code, patched) = send(
+        &client,
+        "PATCH",
+        &path,
+        merge,
+        &json!({"status": {"phase": "Completed", "extra": true}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{patched}");
+    assert_eq!(patched["spec"]["repoIdentifier"], "s3:x");
+    assert_eq!(
+        patched["status"],
+        json!({"phase": "Completed", "startTimestamp": null})
+    );
+
+    // So is a replace (PUT).
+    let mut replacement = patched.clone();
+    replacement["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("snapshotID");
+    let (code, answer) = send(&client, "PUT", &path, plain, &replacement).await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "PodVolumeRestore.velero.io \"r1\" is invalid: spec.snapshotID: Required value"
+    );
+
+    // A CRD created through the API is served and enforced: enums, nested arrays of objects,
+    // and x-kubernetes-preserve-unknown-fields keeping what pruning would drop.
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com", "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {"spec": {
+                    "type": "object", "required": ["size"],
+                    "properties": {
+                        "size": {"type": "integer"},
+                        "color": {"type": "string", "enum": ["red", "blue"]},
+                        "parts": {"type": "array", "items": {
+                            "type": "object", "required": ["name"],
+                            "properties": {"name": {"type": "string"}},
+                        }},
+                        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    },
+                }},
+            }}}],
+        },
+    });
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        plain,
+        &crd,
+    )
+    .await;
+    assert!(code < 300, "{answer}");
+    let widgets = "/apis/example.com/v1/namespaces/stowage/widgets";
+    let widget = |spec: serde_json::Value| {
+        json!({"apiVersion": "example.com/v1", "kind": "Widget",
+               "metadata": {"name": "w", "namespace": "stowage"}, "spec": spec})
+    };
+    let (code, answer) = send(
+        &client,
+        "POST",
+        widgets,
+        plain,
+        &widget(json!({"size": 1, "color": "green", "parts": [{"name": "a"}, {}]})),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        causes(&answer),
+        vec![
+            (
+                "spec.color".to_string(),
+                "FieldValueNotSupported".to_string(),
+                "Unsupported value: \"green\": supported values: \"red\", \"blue\"".to_string()
+            ),
+            (
+                "spec.parts[1].name".to_string(),
+                "FieldValueRequired".to_string(),
+                "Required value".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        answer["message"],
+        "Widget.example.com \"w\" is invalid: [spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\", spec.parts[1].name: Required value]"
+    );
+    let (code, stored) = send(
+        &client,
+        "POST",
+        widgets,
+        plain,
+        &widget(json!({"size": 1, "color": "red", "dropped": 1,
+                       "free": {"anything": {"kept": [1, 2]}}})),
+    )
+    .await;
+    assert!(code < 300, "{stored}");
+    assert_eq!(
+        stored["spec"],
+        json!({"size": 1, "color": "red", "free": {"anything": {"kept": [1, 2]}}})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_refuses_core_objects_the_api_server_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    let plain = "application/json";
+    let pods = "/api/v1/namespaces/foo/pods";
+    let claims = "/api/v1/namespaces/foo/persistentvolumeclaims";
+
+    // A pod without containers, a container without an image, a name no DNS accepts.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        pods,
+        plain,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "empty"}, "spec": {}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "Pod \"empty\" is invalid: spec.containers: Required value"
+    );
+    assert!(
+        answer["details"].get("group").is_none(),
+        "the core group has no name: {answer}"
+    );
+    let (code, answer) = send(
+        &client,
+        "POST",
+        pods,
+        plain,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "Sample_1"},
+                "spec": {"containers": [{"name": "app"}]}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    let fields: Vec<_> = causes(&answer).into_iter().map(|c| (c.0, c.1)).collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("metadata.name".to_string(), "FieldValueInvalid".to_string()),
+            (
+                "spec.containers[0].image".to_string(),
+                "FieldValueRequired".to_string()
+            ),
+        ]
+    );
+    assert!(
+        causes(&answer)[0]
+            .2
+            .starts_with("Invalid value: \"Sample_1\": a lowercase RFC 1123 subdomain"),
+        "{answer}"
+    );
+
+    // A claim without access modes or a size; an unknown volume mode.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        claims,
+        plain,
+        &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "PersistentVolumeClaim \"data\" is invalid: [spec.accessModes: Required value: at least 1 access mode is required, spec.resources[storage]: Required value]"
+    );
+    let claim = |mode: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": mode,
+                        "resources": {"requests": {"storage": "1Gi"}}}})
+    };
+    let (code, answer) = send(&client, "POST", claims, plain, &claim("Raw")).await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        causes(&answer),
+        vec![(
+            "spec.volumeMode".to_string(),
+            "FieldValueNotSupported".to_string(),
+            "Unsupported value: \"Raw\": supported values: \"Block\", \"Filesystem\"".to_string()
+        )]
+    );
+
+    // Valid ones pass, and a patch that breaks one is refused.
+    let (code, answer) = send(&client, "POST", claims, plain, &claim("Block")).await;
+    assert!(code < 300, "{answer}");
+    let (code, answer) = send(
+        &client,
+        "POST",
+        pods,
+        plain,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sample"},
+                "spec": {"containers": [{"name": "app", "image": "busybox"}]}}),
+    )
+    .await;
+    assert!(code < 300, "{answer}");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{pods}/sample"),
+        "application/merge-patch+json",
+        &json!({"spec": {"containers": [{"name": "app"}]}}),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "Pod \"sample\" is invalid: spec.containers[0].image: Required value"
+    );
+}

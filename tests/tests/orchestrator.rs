@@ -12,7 +12,10 @@ use serde_json::json;
 use stowage_e2e::{
     api::{Client, backup_to_end, wait_backup, wait_restore},
     binary,
-    kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
+    kube::{
+        create, mark_init_container_running, mark_pod_running, patch_pod, seed_example,
+        wait_for_pod,
+    },
     kubelet::{manifest, write_sample_tree},
     restic::{CountingRestic, RepositoryRestic, repository_access},
     stack::{Stack, StackOptions, slow_restic, stack_with_slow_backups},
@@ -273,6 +276,13 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     assert_eq!(restore_mirrors.items.len(), 2);
     for mirror in &restore_mirrors.items {
         assert_eq!(mirror.data["status"]["phase"], "Completed", "{mirror:?}");
+        // Required by the CRD (the emulator, as an API server, refuses a mirror without it).
+        assert!(
+            mirror.data["spec"]["repoIdentifier"]
+                .as_str()
+                .is_some_and(|url| url.ends_with("/restic/foo")),
+            "{mirror:?}"
+        );
     }
 
     // The restore helper, run as the init container would, finds its done files and exits 0.
@@ -753,6 +763,131 @@ async fn coverage_reports_the_volumes_no_backup_takes() {
         .into_inner();
     assert_eq!((opt_out.volumes_covered, opt_out.volumes_total), (2, 2));
     assert!(opt_out.uncovered.is_empty());
+}
+
+/// Every claim of the namespace has a state in coverage, mounted or not; a block-mode claim is
+/// neither covered nor a failed volume in a backup, but skipped with its reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn coverage_lists_every_claim_and_backups_skip_block_mode_claims() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume")).await;
+    let claim = |name: &str, extra: serde_json::Value| {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": name, "namespace": "foo"}, "spec": spec})
+    };
+    let _: PersistentVolumeClaim = create(
+        &kube,
+        Some("foo"),
+        claim("orphan", json!({"volumeName": "pv-orphan"})),
+    )
+    .await;
+    let _: PersistentVolumeClaim = create(&kube, Some("foo"), claim("pending", json!({}))).await;
+    let _: PersistentVolumeClaim = create(
+        &kube,
+        Some("foo"),
+        claim(
+            "raw",
+            json!({"volumeMode": "Block", "volumeName": "pv-raw"}),
+        ),
+    )
+    .await;
+    // A running pod that annotates its block device for backup.
+    let _: Pod = create(
+        &kube,
+        Some("foo"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "vm", "namespace": "foo",
+                         "annotations": {"backup.velero.io/backup-volumes": "disk"}},
+            "spec": {
+                "containers": [{"name": "vm", "image": "qemu",
+                                "volumeDevices": [{"name": "disk", "devicePath": "/dev/xvda"}]}],
+                "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": "raw"}}],
+            },
+        }),
+    )
+    .await;
+    mark_pod_running(&kube, "foo", "vm", "node-a").await;
+
+    let mut client = stack.client().await;
+    let coverage = client
+        .get_coverage(GetCoverageRequest {
+            namespaces: vec!["foo".into()],
+            default_volumes_to_fs_backup: false,
+        })
+        .await
+        .expect("GetCoverage")
+        .into_inner();
+    assert_eq!(
+        (coverage.volumes_covered, coverage.volumes_total),
+        (1, 3),
+        "{coverage:#?}"
+    );
+    let claims: Vec<_> = coverage
+        .claims
+        .iter()
+        .map(|claim| {
+            (
+                claim.namespace.as_str(),
+                claim.claim.as_str(),
+                claim.covered,
+                claim.pod.as_str(),
+                claim.volume.as_str(),
+                SkipReason::try_from(claim.reason).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        claims,
+        vec![
+            ("foo", "orphan", false, "", "", SkipReason::NotMounted),
+            ("foo", "pending", false, "", "", SkipReason::PvcNotBound),
+            ("foo", "raw", false, "vm", "disk", SkipReason::BlockMode),
+            (
+                "foo",
+                "sample-pvc",
+                true,
+                "sample",
+                "pvc-volume",
+                SkipReason::Unspecified
+            ),
+        ]
+    );
+    let disk = coverage
+        .uncovered
+        .iter()
+        .find(|skip| skip.pod == "vm")
+        .expect("the block device is uncovered");
+    assert_eq!(
+        (disk.volume.as_str(), disk.reason),
+        ("disk", SkipReason::BlockMode as i32)
+    );
+
+    // The backup takes the file-system claim and skips the block device with its reason.
+    let pvc_dir = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .pv("kubernetes.io~local-volume", &example.pv_name());
+    write_sample_tree(&pvc_dir, "pvc");
+    let backup = backup_to_end(&mut client, "with-block", foo_spec()).await;
+    let status = backup.status.unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+    assert_eq!(status.volumes.len(), 1, "{status:#?}");
+    let skipped = status
+        .skipped
+        .iter()
+        .find(|skip| skip.pod == "vm")
+        .unwrap_or_else(|| panic!("the block device is not skipped: {status:#?}"));
+    assert_eq!(
+        (skipped.volume.as_str(), skipped.reason),
+        ("disk", SkipReason::BlockMode as i32),
+        "{}",
+        skipped.detail
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use stowage_proto::v1::{
     GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest,
     ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse, ListRestoresRequest,
     ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent, RestorePhase,
-    RunMaintenanceRequest, SkippedVolume, WatchBackupRequest, WatchRestoreRequest,
+    RunMaintenanceRequest, WatchBackupRequest, WatchRestoreRequest,
     orchestrator_server::Orchestrator,
 };
 use tokio::{sync::watch, time::Instant};
@@ -20,11 +20,11 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     backup::{self, backup_is_final},
+    coverage::namespace_coverage,
     deps::Deps,
     error::{Error, Result, validate_name},
     kube::mirror::{self, MirrorKind},
     restore,
-    selection::select_volumes,
 };
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -153,25 +153,18 @@ impl OrchestratorApi {
         };
         let mut response = GetCoverageResponse::default();
         for namespace in namespaces {
-            for pod in cluster.pods(&namespace, &Default::default()).await? {
-                let selection = select_volumes(&pod, request.default_volumes_to_fs_backup);
-                let pod_name = pod.metadata.name.clone().unwrap_or_default();
-                response.volumes_covered += selection.selected.len() as u32;
-                response.volumes_total += pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.volumes.as_ref())
-                    .map_or(0, |v| v.len() as u32);
-                response
-                    .uncovered
-                    .extend(selection.skipped.into_iter().map(|skip| SkippedVolume {
-                        namespace: namespace.clone(),
-                        pod: pod_name.clone(),
-                        volume: skip.volume,
-                        reason: skip.reason as i32,
-                        detail: skip.detail,
-                    }));
-            }
+            let pods = cluster.pods(&namespace, &Default::default()).await?;
+            let claims = cluster.pvcs(&namespace).await?;
+            let coverage = namespace_coverage(
+                &namespace,
+                &pods,
+                &claims,
+                request.default_volumes_to_fs_backup,
+            );
+            response.volumes_covered += coverage.volumes_covered;
+            response.volumes_total += coverage.volumes_total;
+            response.uncovered.extend(coverage.uncovered);
+            response.claims.extend(coverage.claims);
         }
         Ok(response)
     }

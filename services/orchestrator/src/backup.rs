@@ -34,7 +34,7 @@ use crate::{
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
     parents::Parents,
-    selection::{VolumeKind, select_volumes},
+    selection::{VolumeKind, claim_skip, select_volumes},
     state::{BackupEntry, Entry, now},
     tally::{ending, tally},
 };
@@ -844,22 +844,32 @@ async fn plan_pod(
         let stable_identity = match &selected.kind {
             VolumeKind::PersistentVolumeClaim { claim_name } => {
                 let pvc = cluster.pvc(namespace, claim_name).await?;
-                let bound = pvc.as_ref().and_then(|pvc| {
-                    pvc.spec
+                // A block-mode or unbound claim has no files on the node to read.
+                let usable = match claim_skip(claim_name, pvc.as_ref()) {
+                    Some(skip) => Err(skip),
+                    None => pvc
                         .as_ref()
-                        .and_then(|s| s.volume_name.clone())
-                        .filter(|pv| !pv.is_empty())
-                        .map(|pv| (pvc, pv))
-                });
-                let Some((pvc, pv_name)) = bound else {
-                    plan.skipped.push(SkippedVolume {
-                        namespace: namespace.to_string(),
-                        pod: pod_name.clone(),
-                        volume: selected.name.clone(),
-                        reason: stowage_proto::v1::SkipReason::PvcNotBound as i32,
-                        detail: format!("PVC {claim_name} is not bound to a persistent volume"),
-                    });
-                    continue;
+                        .and_then(|pvc| {
+                            let pv = pvc.spec.as_ref()?.volume_name.clone()?;
+                            Some((pvc, pv))
+                        })
+                        .ok_or((
+                            stowage_proto::v1::SkipReason::PvcNotBound,
+                            format!("PVC {claim_name} is not bound to a persistent volume"),
+                        )),
+                };
+                let (pvc, pv_name) = match usable {
+                    Ok(usable) => usable,
+                    Err((reason, detail)) => {
+                        plan.skipped.push(SkippedVolume {
+                            namespace: namespace.to_string(),
+                            pod: pod_name.clone(),
+                            volume: selected.name.clone(),
+                            reason: reason as i32,
+                            detail,
+                        });
+                        continue;
+                    }
                 };
                 reference.source = VolumeSource::PersistentVolumeClaim as i32;
                 reference.pv_name = pv_name;

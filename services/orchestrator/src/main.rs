@@ -4,6 +4,7 @@
 
 mod api;
 mod backup;
+mod coverage;
 mod deps;
 mod error;
 mod kube;

@@ -226,6 +226,7 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
                 .and_then(timestamp),
             error_message: text("/status/message"),
             source_namespace: text("/spec/sourceNamespace"),
+            repository: text("/spec/repoIdentifier"),
             ..Default::default()
         });
     }
@@ -355,7 +356,8 @@ mod tests {
                 "velero.io/backup-name": "nightly",
             }},
             "spec": {"pod": {"namespace": "bar", "name": "sample", "uid": "p1"}, "volume": volume,
-                     "snapshotID": "abc", "sourceNamespace": "foo"},
+                     "snapshotID": "abc", "sourceNamespace": "foo",
+                     "repoIdentifier": "s3:http://s3/bucket/restic/foo"},
             "status": {"phase": phase, "message": if phase == "Failed" { RESTARTED } else { "" },
                        "completionTimestamp": "2026-01-01T00:00:00Z"},
         }))
@@ -377,6 +379,10 @@ mod tests {
         assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
         assert_eq!(status.pods_created, vec!["bar/sample".to_string()]);
         assert_eq!(status.volumes[1].error_message, RESTARTED);
+        assert_eq!(
+            status.volumes[0].repository,
+            "s3:http://s3/bucket/restic/foo"
+        );
         assert_eq!(status.volumes[0].source_namespace, "foo");
         assert!(status.finished.is_some());
         assert_eq!(

@@ -367,6 +367,7 @@ async fn execute(
                     error_message: failure.clone().unwrap_or_default(),
                     snapshot_id: volume.snapshot_id.clone(),
                     source_namespace: source_namespace.clone(),
+                    repository: volume.repository.clone(),
                     ..Default::default()
                 });
             }
@@ -814,7 +815,7 @@ fn mirror_restore_volume(
 }
 
 /// The PodVolumeRestore mirror of `volume`, as `kubectl get podvolumerestores` should show it.
-fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
+pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
     let reference = volume.volume.clone().unwrap_or_default();
     let name = mirror::object_name(
         &restore.name,
@@ -841,6 +842,7 @@ fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
     let spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,
+        "repoIdentifier": volume.repository,
         "snapshotID": volume.snapshot_id,
         "sourceNamespace": volume.source_namespace,
         "uploaderType": "restic",

@@ -1,9 +1,10 @@
 //! Which pod volumes a backup takes: the `backup.velero.io/backup-volumes` (opt-in) and
 //! `backup.velero.io/backup-volumes-excludes` (opt-out) annotations, the volume types restic
-//! cannot back up, and pods that are not running. Pure functions over the pod spec; every
-//! volume left out gets a reason, which both backups and the coverage call report.
+//! cannot back up (raw block devices among them), pods that are not running, and claims that
+//! cannot be read as files (block mode, not bound). Pure functions over the pod spec and the
+//! claim; every volume left out gets a reason, which both backups and the coverage call report.
 
-use k8s_openapi::api::core::v1::{Pod, Volume};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Volume};
 use stowage_proto::v1::SkipReason;
 
 pub const BACKUP_VOLUMES: &str = "backup.velero.io/backup-volumes";
@@ -69,6 +70,54 @@ fn unsupported_detail(kind: &str) -> String {
     }
 }
 
+/// Volumes some container of `pod` uses as a raw block device (`volumeDevices`) rather than
+/// a mounted file system: there are no files on the node for restic to read.
+fn block_devices(pod: &Pod) -> Vec<String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|container| container.volume_devices.iter().flatten())
+        .map(|device| device.name.clone())
+        .collect()
+}
+
+/// Why a backup cannot take claim `claim_name`, if it cannot: a raw block device (volumeMode
+/// Block: no file system to read), not bound to a persistent volume (nothing mounted yet), or
+/// no claim of that name (`claim` is None).
+pub fn claim_skip(
+    claim_name: &str,
+    claim: Option<&PersistentVolumeClaim>,
+) -> Option<(SkipReason, String)> {
+    let Some(claim) = claim else {
+        return Some((
+            SkipReason::PvcNotBound,
+            format!("PVC {claim_name} does not exist"),
+        ));
+    };
+    let spec = claim.spec.as_ref();
+    if spec.and_then(|spec| spec.volume_mode.as_deref()) == Some("Block") {
+        return Some((
+            SkipReason::BlockMode,
+            format!(
+                "PVC {claim_name} is a raw block device (volumeMode Block); restic backs up files"
+            ),
+        ));
+    }
+    let bound = spec
+        .and_then(|spec| spec.volume_name.as_deref())
+        .is_some_and(|volume| !volume.is_empty());
+    if !bound {
+        return Some((
+            SkipReason::PvcNotBound,
+            format!("PVC {claim_name} is not bound to a persistent volume"),
+        ));
+    }
+    None
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectedVolume {
     pub name: String,
@@ -119,6 +168,7 @@ pub fn select_volumes(pod: &Pod, default_volumes_to_fs_backup: bool) -> Selectio
             .map_or("", String::as_str),
     );
     let running = pod_is_running(pod);
+    let block = block_devices(pod);
     let mut selection = Selection::default();
 
     for volume in volumes {
@@ -147,6 +197,13 @@ pub fn select_volumes(pod: &Pod, default_volumes_to_fs_backup: bool) -> Selectio
             selection.skipped.push(skip(
                 SkipReason::UnsupportedType,
                 unsupported_detail(type_name),
+            ));
+            continue;
+        }
+        if block.contains(&volume.name) {
+            selection.skipped.push(skip(
+                SkipReason::BlockMode,
+                "used as a raw block device (volumeDevices); restic backs up files".to_string(),
             ));
             continue;
         }
@@ -304,6 +361,58 @@ mod tests {
         assert_eq!(
             reason_of(&selection, "pvc-volume"),
             Some(SkipReason::PodNotRunning)
+        );
+    }
+
+    #[test]
+    fn raw_block_devices_are_skipped_as_block_mode() {
+        let mut pod = pod(
+            json!({BACKUP_VOLUMES: "pvc-volume,emptydir-volume"}),
+            "Running",
+        );
+        pod.spec.as_mut().unwrap().containers[0].volume_devices = Some(vec![
+            serde_json::from_value(json!({"name": "pvc-volume", "devicePath": "/dev/xvda"}))
+                .unwrap(),
+        ]);
+        let selection = select_volumes(&pod, false);
+        assert_eq!(names(&selection), vec!["emptydir-volume"]);
+        assert_eq!(
+            reason_of(&selection, "pvc-volume"),
+            Some(SkipReason::BlockMode)
+        );
+    }
+
+    fn claim(spec: serde_json::Value) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": "data"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn claims_in_block_mode_unbound_or_missing_cannot_be_backed_up() {
+        let block = claim(json!({"volumeMode": "Block", "volumeName": "pv-1"}));
+        let (reason, detail) = claim_skip("data", Some(&block)).unwrap();
+        assert_eq!(reason, SkipReason::BlockMode);
+        assert!(detail.contains("volumeMode Block"), "{detail}");
+        assert_eq!(
+            claim_skip("data", Some(&claim(json!({"volumeMode": "Filesystem"}))))
+                .map(|skip| skip.0),
+            Some(SkipReason::PvcNotBound)
+        );
+        assert_eq!(
+            claim_skip("data", None).map(|skip| skip.0),
+            Some(SkipReason::PvcNotBound)
+        );
+        assert_eq!(
+            claim_skip("data", Some(&claim(json!({"volumeName": "pv-1"})))),
+            None
+        );
+        assert_eq!(
+            claim_skip(
+                "data",
+                Some(&claim(
+                    json!({"volumeMode": "Filesystem", "volumeName": "pv-1"})
+                ))
+            ),
+            None
         );
     }
 

@@ -388,6 +388,50 @@ pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str)
 mod tests {
     use super::*;
 
+    /// The `spec` fields the shipped CRD requires: an API server answers 422 to a mirror that
+    /// lacks one, and the mirror is lost (a failed mirror write is only logged).
+    fn required_spec_fields(crd: &str) -> Vec<String> {
+        let crd: Value = serde_yaml::from_str(crd).expect("the CRD is YAML");
+        crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/required")
+            .and_then(Value::as_array)
+            .expect("the CRD requires spec fields")
+            .iter()
+            .map(|field| field.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn mirrors_carry_every_spec_field_their_crd_requires() {
+        use stowage_proto::v1::{Backup, PodVolumeBackup, PodVolumeRestore, Restore};
+        let crds = [
+            (
+                include_str!(
+                    "../../../../deploy/kustomize/base/crds/podvolumebackups.velero.io.yaml"
+                ),
+                crate::backup::volume_mirror(&Backup::default(), &PodVolumeBackup::default()),
+            ),
+            (
+                include_str!(
+                    "../../../../deploy/kustomize/base/crds/podvolumerestores.velero.io.yaml"
+                ),
+                crate::restore::volume_mirror(&Restore::default(), &PodVolumeRestore::default()),
+            ),
+        ];
+        for (crd, mirror) in crds {
+            for field in required_spec_fields(crd) {
+                assert!(
+                    mirror
+                        .spec
+                        .get(&field)
+                        .is_some_and(|value| !value.is_null()),
+                    "mirror {} lacks spec.{field}: {}",
+                    mirror.name,
+                    mirror.spec
+                );
+            }
+        }
+    }
+
     fn mirror(name: &str, n: i64) -> Mirror {
         Mirror {
             name: name.to_string(),

@@ -98,6 +98,16 @@ impl Cluster {
             .map_err(Error::kube(format!("reading pod {namespace}/{name}")))
     }
 
+    /// Every PersistentVolumeClaim of `namespace`.
+    pub async fn pvcs(&self, namespace: &str) -> Result<Vec<PersistentVolumeClaim>> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube(format!("listing PVCs in {namespace}")))?
+            .items)
+    }
+
     pub async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
         let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
         api.get_opt(name)
