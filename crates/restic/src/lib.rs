@@ -14,12 +14,12 @@ pub mod restore;
 pub mod retry;
 pub mod snapshots;
 
-pub use backup::{BackupOptions, BackupStatus, BackupSummary};
+pub use backup::{BackupOptions, BackupProgress, BackupStatus, BackupSummary};
 pub use command::{Output, Repository, Restic, ResticCommand};
 pub use error::ResticError;
 pub use keys::Key;
 pub use locks::{Lock, LockInfo};
 pub use maintenance::{CheckData, RepositoryConfig};
-pub use restore::RestoreOptions;
+pub use restore::{RestoreOptions, RestoreStatus};
 pub use retry::{Attempts, Retry, RetryPolicy};
 pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};
