@@ -47,9 +47,21 @@ struct Config {
     /// Copy every stack's service logs into this directory (one directory per stack).
     #[arg(long, env = "STOWAGE_BENCH_LOGS_DIR")]
     logs_dir: Option<PathBuf>,
-    /// Rounds of the wrap-overhead and limit benchmarks; the table shows their medians.
+    /// Rounds of the wrap-overhead, limit, restic-versions and small-files benchmarks, and
+    /// changes of the large file; the table shows their medians.
     #[arg(long, env = "STOWAGE_BENCH_ROUNDS", default_value_t = 3)]
     rounds: usize,
+    /// Bytes of the large-file benchmark's one file (1 MiB of it changes).
+    #[arg(long, env = "STOWAGE_BENCH_LARGE_FILE_SIZE", default_value = "4GiB", value_parser = parse_size)]
+    large_file_size: u64,
+    /// Files of 100 bytes in the many-small-files benchmark.
+    #[arg(long, env = "STOWAGE_BENCH_SMALL_FILES", default_value_t = 200_000)]
+    small_files: usize,
+    /// A restic 0.14 binary for the restic-versions baseline; by default the run fetches
+    /// Debian's package (`apt-get download restic=0.14.0-1+b5`) into its scratch directory and
+    /// unpacks it there (nothing is installed).
+    #[arg(long, env = "STOWAGE_BENCH_OLD_RESTIC")]
+    old_restic: Option<PathBuf>,
 }
 
 /// `1GiB`, `512MiB`, `4M`, `100k` or plain bytes.
@@ -87,6 +99,12 @@ async fn main() -> anyhow::Result<()> {
         perf_dir: config.perf_dir,
         logs_dir: config.logs_dir,
         rounds: config.rounds,
+        large_file_size: config.large_file_size,
+        small_files: config.small_files,
+        old_restic: config.old_restic.map_or(
+            driver::engine::OldRestic::Download,
+            driver::engine::OldRestic::Binary,
+        ),
     };
     let report = driver::run(&options).await?;
     eprintln!("[bench] wrote {}", options.out.display());

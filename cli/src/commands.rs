@@ -4,55 +4,47 @@
 use std::{collections::HashMap, io::Write, process::ExitCode};
 
 use serde::Serialize;
-use stowage_grpc::{GrpcError, TracedChannel};
-use stowage_proto::v1::{self, orchestrator_client::OrchestratorClient};
+use stowage_proto::v1;
 
 use crate::{
-    BackupCommand, BackupCreate, Cli, Command, Format, RepoCommand, RestoreCommand, RestoreCreate,
-    error::{Call, CliError, from_status, root_cause},
+    BackupCommand, BackupCreate, Cli, Command, ConfigCommand, Format, RepoCommand, RestoreCommand,
+    RestoreCreate, Typed,
+    config::{Config, ContextUpdate, DEFAULT_CONTEXT},
+    connection::{self, Client, ConnectionArgs},
+    error::{Call, CliError, from_status},
     follow::{self, Followed},
     parse, render,
     view::{self, BackupView, RestoreView},
 };
 
-type Client = OrchestratorClient<TracedChannel>;
-
-/// The connection to the orchestrator, and its address for error sentences.
+/// The connection to the orchestrator, its address for error sentences, and whether it is TLS
+/// (which changes what a failed connection hints at).
 pub struct Session {
     pub client: Client,
     pub server: String,
+    pub tls: bool,
 }
 
 impl Session {
     pub fn fail(&self, status: tonic::Status, call: &Call) -> CliError {
-        from_status(&status, call, &self.server)
+        match from_status(&status, call, &self.server) {
+            // A TLS handshake refused by the server shows only on the first call.
+            CliError::Unreachable { server, cause } => {
+                connection::unreachable(&server, self.tls, cause)
+            }
+            other => other,
+        }
     }
 }
 
-async fn connect(server: &str) -> Result<Session, CliError> {
-    // Without a scheme tonic reports only "invalid URL"; name the expected form instead.
-    if !(server.starts_with("http://") || server.starts_with("https://")) {
-        return Err(CliError::BadServer {
-            server: server.to_string(),
-        });
-    }
-    match stowage_grpc::connect(server).await {
-        Ok(channel) => Ok(Session {
-            client: OrchestratorClient::new(channel),
-            server: server.to_string(),
-        }),
-        Err(GrpcError::InvalidEndpoint { .. }) => Err(CliError::BadServer {
-            server: server.to_string(),
-        }),
-        Err(GrpcError::Connect { source, .. }) => Err(CliError::Unreachable {
-            server: server.to_string(),
-            cause: root_cause(&source),
-        }),
-        Err(other) => Err(CliError::Unreachable {
-            server: server.to_string(),
-            cause: other.to_string(),
-        }),
-    }
+async fn connect(args: &ConnectionArgs) -> Result<Session, CliError> {
+    let settings = connection::settings(args)?;
+    let client = connection::connect(&settings).await?;
+    Ok(Session {
+        client,
+        server: settings.server.clone(),
+        tls: settings.tls(),
+    })
 }
 
 fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliError> {
@@ -87,17 +79,20 @@ fn structured(format: Option<Format>) -> Option<Format> {
     format.filter(|format| *format != Format::Table)
 }
 
-pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let mut session = connect(&cli.server).await?;
+pub async fn run(cli: Cli, typed: Typed) -> Result<ExitCode, CliError> {
     match cli.command {
-        Command::Backup(command) => backup(&mut session, command).await,
-        Command::Restore(command) => restore(&mut session, command).await,
-        Command::Repo(command) => repo(&mut session, command).await,
+        // These need no server, so they run without connecting.
+        Command::Config(command) => config(&cli.connection, typed, command),
+        Command::Completion { shell } => completion(shell),
+        Command::Backup(command) => backup(&mut connect(&cli.connection).await?, command).await,
+        Command::Restore(command) => restore(&mut connect(&cli.connection).await?, command).await,
+        Command::Repo(command) => repo(&mut connect(&cli.connection).await?, command).await,
         Command::Coverage {
             namespaces,
             default_volumes_to_fs_backup,
             output,
         } => {
+            let mut session = connect(&cli.connection).await?;
             let call = Call::new("GetCoverage", "coverage", "", "getting");
             let response = session
                 .client
@@ -116,6 +111,98 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `stowage completion SHELL`: the script clap_complete writes from this CLI's definition.
+fn completion(shell: clap_complete::Shell) -> Result<ExitCode, CliError> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "stowage",
+        &mut script,
+    );
+    print_text(&String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stowage config …`: reads the config file, changes it, writes it back whole.
+fn config(
+    args: &ConnectionArgs,
+    typed: Typed,
+    command: ConfigCommand,
+) -> Result<ExitCode, CliError> {
+    let failed = |error: crate::config::ConfigError| CliError::Config(error.to_string());
+    let path = args.config_path().map_err(failed)?;
+    let mut config = Config::load(&path).map_err(failed)?;
+    // What the command line (not the environment) gives is what a context saves.
+    let update = |server: Option<String>| ContextUpdate {
+        server,
+        cacert: args.cacert.clone().filter(|_| typed.cacert),
+        tls_server_name: args
+            .tls_server_name
+            .clone()
+            .filter(|_| typed.tls_server_name),
+        cert: args.cert.clone().filter(|_| typed.cert),
+        key: args.key.clone().filter(|_| typed.key),
+        token_file: args.token_file.clone().filter(|_| typed.token_file),
+    };
+    let typed_server = args.server.clone().filter(|_| typed.server);
+    let message = match command {
+        ConfigCommand::SetServer { url } => {
+            let name = args
+                .context
+                .clone()
+                .or_else(|| config.current_context.clone())
+                .unwrap_or_else(|| DEFAULT_CONTEXT.to_string());
+            config
+                .set_context(&name, update(Some(url.clone())))
+                .map_err(failed)?;
+            if config.current_context.is_none() {
+                config.current_context = Some(name.clone());
+            }
+            config.save(&path).map_err(failed)?;
+            format!("Server of context \"{name}\" set to {url}.\n")
+        }
+        ConfigCommand::SetContext { name } => {
+            let existed = config.context(&name).is_some();
+            config
+                .set_context(&name, update(typed_server))
+                .map_err(failed)?;
+            config.save(&path).map_err(failed)?;
+            format!(
+                "Context \"{name}\" {}.\n",
+                if existed { "modified" } else { "created" }
+            )
+        }
+        ConfigCommand::UseContext { name } => {
+            config.use_context(&name, &path).map_err(failed)?;
+            config.save(&path).map_err(failed)?;
+            format!("Switched to context \"{name}\".\n")
+        }
+        ConfigCommand::DeleteContext { name } => {
+            config.delete_context(&name, &path).map_err(failed)?;
+            config.save(&path).map_err(failed)?;
+            format!("Deleted context \"{name}\".\n")
+        }
+        ConfigCommand::CurrentContext => match &config.current_context {
+            Some(name) => format!("{name}\n"),
+            None => {
+                return Err(failed(crate::config::ConfigError::NoCurrentContext {
+                    path,
+                }));
+            }
+        },
+        ConfigCommand::GetContexts { output } => match output.format {
+            Format::Table => render::contexts_table(&config),
+            format => {
+                print_structured(&config, format)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+    };
+    print_text(&message)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn get_backup(session: &mut Session, name: &str) -> Result<v1::Backup, CliError> {
@@ -542,26 +629,24 @@ async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, C
                 .map_err(|status| session.fail(status, &call))?
                 .into_inner();
             let view = view::MaintenanceResultView::from(&result);
-            match output.format {
-                Format::Table => print_text(&format!(
-                    "{word} of the repository of namespace \"{namespace}\" {} in {}.\n",
-                    if view.succeeded {
-                        "succeeded"
-                    } else {
-                        "failed"
-                    },
-                    crate::table::human_seconds(view.duration_seconds)
-                ))?,
-                format => print_structured(&view, format)?,
+            let structured_output = structured(Some(output.format));
+            match structured_output {
+                None => {
+                    if let Some(sentence) = render::maintenance_result(&view, word, &namespace) {
+                        print_text(&sentence)?;
+                    }
+                }
+                Some(format) => print_structured(&view, format)?,
             }
             if view.succeeded {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Err(CliError::Server {
-                    action: format!("{word} of the repository of namespace \"{namespace}\""),
-                    message: view.message,
-                })
+                return Ok(ExitCode::SUCCESS);
             }
+            Err(crate::error::maintenance_failed(
+                &view,
+                word,
+                &namespace,
+                structured_output.is_some(),
+            ))
         }
     }
 }

@@ -8,9 +8,32 @@ use tonic::Code;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(
-        "cannot reach the stowage server at {server} ({cause}); is the orchestrator running, and are --server / STOWAGE_SERVER right?"
+        "cannot reach the stowage server at {server} ({cause}); is the orchestrator running, and is the address right (--server, STOWAGE_SERVER or the context's server)?"
     )]
     Unreachable { server: String, cause: String },
+    #[error(
+        "cannot reach the stowage server at {server} ({cause}); if it serves TLS, give --cacert (and --cert/--key or --token-file), or use a context that has them"
+    )]
+    MaybeTls { server: String, cause: String },
+    #[error(
+        "the TLS connection to the stowage server at {server} failed ({cause}); check --cacert (the CA that signed the server's certificate) and --cert/--key"
+    )]
+    TlsFailed { server: String, cause: String },
+    #[error("the stowage server at {server} refused the call: {message}; {hint}")]
+    Refused {
+        server: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("reading {what} {path} ({flag}): {cause}")]
+    CredentialFile {
+        what: &'static str,
+        flag: &'static str,
+        path: String,
+        cause: String,
+    },
+    #[error("{0}")]
+    Config(String),
     #[error("`{server}` is not a server address: write it like http://127.0.0.1:8080")]
     BadServer { server: String },
     #[error("{kind} \"{name}\" not found")]
@@ -25,6 +48,15 @@ pub enum CliError {
     },
     #[error("{action} failed: {message}")]
     Server { action: String, message: String },
+    #[error(
+        "{task} of the repository of namespace \"{namespace}\" failed after {duration}: {message}"
+    )]
+    MaintenanceFailed {
+        task: &'static str,
+        namespace: String,
+        duration: String,
+        message: String,
+    },
     #[error(
         "{kind} \"{name}\" ended {phase}{reason}; run `stowage {command} describe {name} --details`"
     )]
@@ -103,6 +135,17 @@ pub fn from_status(status: &tonic::Status, call: &Call, server: &str) -> CliErro
         .trim_end_matches('.')
         .to_string();
     match status.code() {
+        // A status with a source was made by this client's tonic from a transport or HTTP/2
+        // error (Unavailable when the connection failed; Unknown, Cancelled or Internal when TLS
+        // or the protocol broke it afterwards, e.g. a refused client certificate or plaintext
+        // at a TLS port); a status the server sent has none and is the server's sentence.
+        _ if status.source().is_some() => CliError::Unreachable {
+            server: server.to_string(),
+            cause: status
+                .source()
+                .map(root_cause)
+                .unwrap_or_else(|| message.clone()),
+        },
         Code::NotFound if !call.name.is_empty() => CliError::NotFound {
             kind: call.kind,
             name: call.name.clone(),
@@ -111,20 +154,21 @@ pub fn from_status(status: &tonic::Status, call: &Call, server: &str) -> CliErro
             kind: call.kind,
             name: call.name.clone(),
         },
+        Code::Unauthenticated => CliError::Refused {
+            server: server.to_string(),
+            message,
+            hint: "give a client certificate (--cert/--key with --cacert) or a bearer token \
+                   (--token-file), or use a context that has them (`stowage config get-contexts`)",
+        },
+        Code::PermissionDenied => CliError::Refused {
+            server: server.to_string(),
+            message,
+            hint: "present a certificate with an identity the server allows",
+        },
         Code::Unimplemented => CliError::Unimplemented {
             server: server.to_string(),
             call: call.rpc,
             message,
-        },
-        // tonic reports a failed connection of this client as Unavailable with the transport
-        // error as source; an Unavailable sent by the server (a peer of it is down) has none
-        // and is the server's sentence.
-        Code::Unavailable if status.source().is_some() => CliError::Unreachable {
-            server: server.to_string(),
-            cause: status
-                .source()
-                .map(root_cause)
-                .unwrap_or_else(|| message.clone()),
         },
         _ => CliError::Server {
             action: call.action.clone(),
@@ -137,9 +181,70 @@ pub fn from_status(status: &tonic::Status, call: &Call, server: &str) -> CliErro
     }
 }
 
+/// The sentence of a failed `repo maintain`, saying restic's message once: on one line, or,
+/// when the result was printed as json/yaml, where in it to read the message.
+pub fn maintenance_failed(
+    result: &crate::view::MaintenanceResultView,
+    task: &'static str,
+    namespace: &str,
+    printed: bool,
+) -> CliError {
+    let message = crate::render::one_line(&result.message);
+    CliError::MaintenanceFailed {
+        task,
+        namespace: namespace.to_string(),
+        duration: crate::table::human_seconds(result.duration_seconds),
+        message: if printed {
+            "restic's message is the result's `message`".to_string()
+        } else if message.is_empty() {
+            "restic gave no message".to_string()
+        } else {
+            message
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_maintenance_says_restic_s_message_once_on_one_line() {
+        let result = crate::view::MaintenanceResultView {
+            namespace: "foo".into(),
+            kind: "Check".into(),
+            succeeded: false,
+            message: "restic check failed with exit code 1: using temporary cache\n\
+                      error: load <data/4f5a>: file does not exist\n\n\
+                      Fatal: repository contains errors\n"
+                .into(),
+            duration_seconds: 1.3,
+            finished: None,
+        };
+        // Nothing on stdout in table mode: the error is the one place it is said.
+        assert_eq!(
+            crate::render::maintenance_result(&result, "check", "foo"),
+            None
+        );
+        let text = maintenance_failed(&result, "check", "foo", false).to_string();
+        assert_eq!(
+            text,
+            "check of the repository of namespace \"foo\" failed after 1.3s: restic check failed \
+             with exit code 1: using temporary cache; error: load <data/4f5a>: file does not \
+             exist; Fatal: repository contains errors"
+        );
+        assert!(!text.contains('\n'));
+        let printed = maintenance_failed(&result, "check", "foo", true).to_string();
+        assert!(!printed.contains("Fatal"), "{printed}");
+        let ok = crate::view::MaintenanceResultView {
+            succeeded: true,
+            ..result
+        };
+        assert_eq!(
+            crate::render::maintenance_result(&ok, "prune", "foo").as_deref(),
+            Some("prune of the repository of namespace \"foo\" succeeded in 1.3s.\n")
+        );
+    }
 
     #[test]
     fn not_found_names_the_object() {

@@ -3,6 +3,8 @@
 //! command over the stowage.v1 Orchestrator gRPC API.
 
 mod commands;
+mod config;
+mod connection;
 mod error;
 mod follow;
 mod parse;
@@ -13,11 +15,12 @@ mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-/// Only the flags a user sets once per shell or per cluster (`--server`, `-o`) are also read
-/// from the environment; per-command arguments (names, selectors, `--wait`) are not, because
-/// a stray `STOWAGE_FROM_BACKUP` in the environment would silently change what a command does.
+/// Only the flags a user sets once per shell or per cluster (`--server` and the credentials,
+/// `-o`) are also read from the environment; per-command arguments (names, selectors, `--wait`)
+/// are not, because a stray `STOWAGE_FROM_BACKUP` in the environment would silently change
+/// what a command does.
 #[derive(Debug, Parser)]
 #[command(
     name = "stowage",
@@ -27,14 +30,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   Talks gRPC to the stowage orchestrator; see docs/cli.md."
 )]
 pub struct Cli {
-    /// gRPC address of the stowage orchestrator.
-    #[arg(
-        long,
-        global = true,
-        env = "STOWAGE_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    server: String,
+    #[command(flatten)]
+    connection: connection::ConnectionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +58,82 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Servers and their credentials, saved as named contexts in the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script: `source <(stowage completion bash)`.
+    Completion {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The config file's commands. The connection flags given on their command line (`--server`,
+/// `--cacert`, `--tls-server-name`, `--cert`, `--key`, `--token-file`; not the environment) are
+/// what they save.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Set the server of the current context (or of --context); creates and selects a context
+    /// named `default` when there is none.
+    SetServer {
+        /// The orchestrator's address, e.g. https://stowage.example.com:8080.
+        url: String,
+    },
+    /// Create a context or change the settings given: `stowage config set-context prod
+    /// --server https://… --cacert ca.pem --token-file token`.
+    SetContext {
+        /// The context's name.
+        name: String,
+    },
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// List the contexts; the current one is marked `*`.
+    GetContexts {
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print the current context's name.
+    CurrentContext,
+    /// Remove a context.
+    DeleteContext { name: String },
+}
+
+/// Which connection flags were typed on the command line (not taken from the environment),
+/// read from clap's matches: `config set-…` saves only those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Typed {
+    pub server: bool,
+    pub cacert: bool,
+    pub tls_server_name: bool,
+    pub cert: bool,
+    pub key: bool,
+    pub token_file: bool,
+}
+
+impl Typed {
+    fn from_matches(matches: &clap::ArgMatches) -> Typed {
+        // Global flags may be typed before or after a subcommand: look at every level.
+        let typed = |id: &str| {
+            let mut level = Some(matches);
+            while let Some(current) = level {
+                if current.try_get_raw(id).ok().flatten().is_some()
+                    && current.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+                {
+                    return true;
+                }
+                level = current.subcommand().map(|(_, sub)| sub);
+            }
+            false
+        };
+        Typed {
+            server: typed("server"),
+            cacert: typed("cacert"),
+            tls_server_name: typed("tls_server_name"),
+            cert: typed("cert"),
+            key: typed("key"),
+            token_file: typed("token_file"),
+        }
+    }
 }
 
 /// Output format of lists, `describe` and `--wait` results.
@@ -219,7 +292,12 @@ enum RepoCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let typed = Typed::from_matches(&matches);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -230,7 +308,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    match runtime.block_on(commands::run(cli, typed)) {
         Ok(code) => code,
         Err(error) => {
             // One sentence, no chain: every CliError already says what failed and why.
@@ -243,7 +321,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_configuration_is_consistent() {
@@ -301,5 +378,55 @@ mod tests {
                 .is_err()
         );
         assert!(Cli::try_parse_from(["stowage", "repo", "maintain", "foo", "--prune"]).is_ok());
+    }
+
+    #[test]
+    fn config_commands_know_which_flags_were_typed() {
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "stowage",
+                "config",
+                "set-context",
+                "prod",
+                "--server",
+                "https://stowage:8080",
+                "--cacert",
+                "ca.pem",
+            ])
+            .unwrap();
+        assert_eq!(
+            Typed::from_matches(&matches),
+            Typed {
+                server: true,
+                cacert: true,
+                ..Typed::default()
+            }
+        );
+        // Before the subcommand counts too.
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "stowage",
+                "--token-file",
+                "t",
+                "config",
+                "set-server",
+                "http://x:1",
+            ])
+            .unwrap();
+        let typed = Typed::from_matches(&matches);
+        assert!(typed.token_file && !typed.server, "{typed:?}");
+    }
+
+    #[test]
+    fn completion_takes_a_shell_name() {
+        let cli = Cli::try_parse_from(["stowage", "completion", "zsh"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Completion {
+                shell: clap_complete::Shell::Zsh
+            }
+        ));
+        let error = Cli::try_parse_from(["stowage", "completion", "tcsh"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
     }
 }

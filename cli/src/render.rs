@@ -6,10 +6,11 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use crate::{
+    config::Config,
     table::{expires_in, human_bytes, human_seconds, list_or_none, render_table},
     view::{
-        BackupView, CoverageView, LogLineView, MaintenanceView, ProgressView, RepositoryView,
-        RestoreView, SkippedVolumeView, TotalsKnown,
+        BackupView, CoverageView, LogLineView, MaintenanceResultView, MaintenanceView,
+        ProgressView, RepositoryView, RestoreView, SkippedVolumeView, TotalsKnown,
     },
 };
 
@@ -89,6 +90,49 @@ fn run_ended(phase: &str) -> bool {
         phase,
         "Completed" | "PartiallyFailed" | "Failed" | "Cancelled"
     )
+}
+
+/// The volume summary of a `describe` without `--details`: the volumes' paths grouped by
+/// phase, and how to get the table.
+fn volumes_by_phase<'a>(
+    out: &mut String,
+    heading: &str,
+    command: &str,
+    name: &str,
+    volumes: impl Iterator<Item = (&'a str, String)>,
+) {
+    let _ = writeln!(
+        out,
+        "{heading}:  (run `stowage {command} describe {name} --details` for the table)"
+    );
+    let volumes: Vec<(&str, String)> = volumes.collect();
+    let mut phases: Vec<&str> = volumes.iter().map(|(phase, _)| *phase).collect();
+    phases.sort_unstable();
+    phases.dedup();
+    if phases.is_empty() {
+        let _ = writeln!(out, "  <none>");
+    }
+    for phase in phases {
+        let names: Vec<&str> = volumes
+            .iter()
+            .filter(|(of, _)| *of == phase)
+            .map(|(_, path)| path.as_str())
+            .collect();
+        let _ = writeln!(out, "  {phase}:  {}", names.join(", "));
+    }
+}
+
+/// `Duration:` of a run that has both ends.
+fn run_duration(out: &mut String, started: &Option<String>, finished: &Option<String>) {
+    if let (Some(start), Some(end)) = (parse_time(started), parse_time(finished))
+        && end >= start
+    {
+        let _ = writeln!(
+            out,
+            "Duration:     {}",
+            human_seconds((end - start).num_milliseconds() as f64 / 1000.0)
+        );
+    }
 }
 
 /// A `describe --details` table, indented under its heading.
@@ -195,6 +239,7 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
     out.push('\n');
     let _ = writeln!(out, "Started:      {}", or_none(&status.started));
     let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
+    run_duration(&mut out, &status.started, &status.finished);
     let _ = writeln!(out, "Expiration:   {}", or_none(&status.expiration));
     if !status.trace_id.is_empty() {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
@@ -264,26 +309,16 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
             &rows,
         );
     } else {
-        let _ = writeln!(
-            out,
-            "Pod volume backups:  (run `stowage backup describe {} --details` for the table)",
-            backup.name
-        );
-        let mut phases: Vec<&str> = status.volumes.iter().map(|v| v.phase.as_str()).collect();
-        phases.sort_unstable();
-        phases.dedup();
-        if phases.is_empty() {
-            let _ = writeln!(out, "  <none>");
-        }
-        for phase in phases {
-            let names: Vec<String> = status
+        volumes_by_phase(
+            &mut out,
+            "Pod volume backups",
+            "backup",
+            &backup.name,
+            status
                 .volumes
                 .iter()
-                .filter(|volume| volume.phase == phase)
-                .map(|volume| volume.volume.path())
-                .collect();
-            let _ = writeln!(out, "  {phase}:  {}", names.join(", "));
-        }
+                .map(|volume| (volume.phase.as_str(), volume.volume.path())),
+        );
     }
     if !status.skipped.is_empty() {
         out.push('\n');
@@ -347,6 +382,7 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
     out.push('\n');
     let _ = writeln!(out, "Started:      {}", or_none(&status.started));
     let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
+    run_duration(&mut out, &status.started, &status.finished);
     if !status.trace_id.is_empty() {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
@@ -404,16 +440,30 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
             ],
             &rows,
         );
+    } else {
+        out.push('\n');
+        volumes_by_phase(
+            &mut out,
+            "Pod volume restores",
+            "restore",
+            &restore.name,
+            status
+                .volumes
+                .iter()
+                .map(|volume| (volume.phase.as_str(), volume.volume.path())),
+        );
     }
     out
 }
 
-/// `2026-…Z`, with ` (failed)` when the last run failed; empty when it never ran.
+/// `2026-…Z`, with ` (failed)` when the last run failed; `never run` or `running` when no run
+/// has finished.
 fn last_run(status: &MaintenanceView) -> String {
-    match &status.last_finished {
-        None => String::new(),
-        Some(at) if status.last_succeeded => at.clone(),
-        Some(at) => format!("{at} (failed)"),
+    match (&status.last_finished, status.last_result.as_str()) {
+        (Some(at), "Succeeded") => at.clone(),
+        (Some(at), _) => format!("{at} (failed)"),
+        (None, "Running") => "running".to_string(),
+        (None, _) => "never run".to_string(),
     }
 }
 
@@ -431,6 +481,33 @@ fn next_maintenance(repository: &RepositoryView) -> String {
         "{} ({kind})",
         at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
+}
+
+/// Restic's message on one line: its lines trimmed, empty and repeated ones dropped, joined
+/// with `; `, so a failure reads as one sentence.
+pub fn one_line(text: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    lines.join("; ")
+}
+
+/// What `repo maintain` prints for its result in table mode: a sentence on success; on failure
+/// nothing here, as the error sentence says it all, once.
+pub fn maintenance_result(
+    result: &MaintenanceResultView,
+    task: &str,
+    namespace: &str,
+) -> Option<String> {
+    result.succeeded.then(|| {
+        format!(
+            "{task} of the repository of namespace \"{namespace}\" succeeded in {}.\n",
+            human_seconds(result.duration_seconds)
+        )
+    })
 }
 
 pub fn repository_table(repositories: &[RepositoryView]) -> String {
@@ -495,6 +572,53 @@ pub fn coverage_text(coverage: &CoverageView) -> String {
     out
 }
 
+/// `config get-contexts`: one row per context, `*` marking the current one. Paths are shown,
+/// never what the files hold.
+pub fn contexts_table(config: &Config) -> String {
+    let path = |path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| path.display().to_string())
+            .unwrap_or_default()
+    };
+    let rows: Vec<Vec<String>> = config
+        .contexts
+        .iter()
+        .map(|context| {
+            let current = config.current_context.as_deref() == Some(context.name.as_str());
+            let server = context.server.clone().unwrap_or_default();
+            let tls = if context.cert.is_some() {
+                "mTLS"
+            } else if context.cacert.is_some() || server.starts_with("https://") {
+                "TLS"
+            } else {
+                "plaintext"
+            };
+            vec![
+                // A blank (not `<none>`) for the others, as kubectl prints it.
+                if current { "*" } else { " " }.to_string(),
+                context.name.clone(),
+                server,
+                tls.to_string(),
+                path(&context.cacert),
+                path(&context.cert),
+                path(&context.token_file),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "CURRENT",
+            "NAME",
+            "SERVER",
+            "TLS",
+            "CACERT",
+            "CERT",
+            "TOKEN-FILE",
+        ],
+        &rows,
+    )
+}
+
 pub fn log_lines(lines: &[LogLineView]) -> String {
     let mut out = String::new();
     for line in lines {
@@ -513,7 +637,8 @@ pub fn log_lines(lines: &[LogLineView]) -> String {
 mod tests {
     use super::*;
     use crate::view::{
-        BackupSpecView, BackupStatusView, PodVolumeBackupView, ProgressView, VolumeRefView,
+        BackupSpecView, BackupStatusView, PodVolumeBackupView, PodVolumeRestoreView, ProgressView,
+        RestoreSpecView, RestoreStatusView, VolumeRefView,
     };
 
     fn volume(name: &str, phase: &str, error: &str) -> PodVolumeBackupView {
@@ -714,19 +839,21 @@ mod tests {
             created: None,
             secret_name: "stowage-repo-foo".into(),
             check: MaintenanceView {
+                last_result: "Failed".into(),
                 last_started: None,
                 last_finished: Some("2026-11-24T09:00:00Z".into()),
                 last_duration_seconds: 1.0,
-                last_succeeded: false,
+                last_succeeded: Some(false),
                 last_error: "boom".into(),
                 next_run: Some("2026-11-25T09:00:00Z".into()),
                 interval: Some("24h".into()),
             },
             prune: MaintenanceView {
+                last_result: "NeverRun".into(),
                 last_started: None,
                 last_finished: None,
                 last_duration_seconds: 0.0,
-                last_succeeded: false,
+                last_succeeded: None,
                 last_error: String::new(),
                 next_run: Some("2026-11-24T12:00:00Z".into()),
                 interval: Some("168h".into()),
@@ -736,6 +863,8 @@ mod tests {
         let row = table.lines().nth(1).unwrap();
         assert!(row.contains("2026-11-24T09:00:00Z (failed)"), "{row}");
         assert!(row.contains("2026-11-24T12:00:00Z (prune)"), "{row}");
+        // The prune that never ran says so instead of an empty cell.
+        assert!(row.contains("never run"), "{row}");
         repository.prune.next_run = None;
         assert_eq!(
             next_maintenance(&repository),
@@ -756,6 +885,112 @@ mod tests {
         assert!(
             text.contains("foo         sample   host     UnsupportedType"),
             "{text}"
+        );
+    }
+
+    fn restore() -> RestoreView {
+        let restored = |name: &str, phase: &str| PodVolumeRestoreView {
+            volume: volume(name, phase, "").volume,
+            source_namespace: "foo".into(),
+            node: "node-1".into(),
+            phase: phase.into(),
+            snapshot_id: "0123456789abcdef".into(),
+            progress: ProgressView::default(),
+            started: None,
+            finished: None,
+            error_message: String::new(),
+        };
+        RestoreView {
+            name: "demo-restore".into(),
+            uid: "r-1".into(),
+            spec: RestoreSpecView {
+                backup_name: "demo".into(),
+                namespace_mapping: Default::default(),
+                included_namespaces: vec![],
+            },
+            status: RestoreStatusView {
+                phase: "PartiallyFailed".into(),
+                started: Some("2026-11-24T10:00:00Z".into()),
+                finished: Some("2026-11-24T10:01:30Z".into()),
+                volumes_total: 2,
+                volumes_completed: 1,
+                volumes_failed: 1,
+                progress: ProgressView::default(),
+                failure_reason: String::new(),
+                pods_created: vec!["foo/sample".into()],
+                trace_id: String::new(),
+                volumes: vec![restored("data", "Completed"), restored("cache", "Failed")],
+            },
+        }
+    }
+
+    #[test]
+    fn restore_describe_without_details_groups_volumes_by_phase_as_backups_do() {
+        let text = describe_restore(&restore(), false);
+        assert!(
+            text.contains(
+                "Pod volume restores:  (run `stowage restore describe demo-restore --details` for the table)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  Completed:  foo/sample/data\n"), "{text}");
+        assert!(text.contains("  Failed:  foo/sample/cache\n"), "{text}");
+        assert!(text.contains("Duration:     1m30s\n"), "{text}");
+        assert!(!text.contains("SNAPSHOT"), "{text}");
+        let details = describe_restore(&restore(), true);
+        assert!(details.contains("SNAPSHOT"), "{details}");
+        assert!(!details.contains("--details` for the table"), "{details}");
+    }
+
+    #[test]
+    fn contexts_list_marks_the_current_one_and_its_security() {
+        use crate::config::{Config, Context};
+        let config = Config {
+            current_context: Some("prod".into()),
+            contexts: vec![
+                Context {
+                    name: "dev".into(),
+                    server: Some("http://127.0.0.1:8080".into()),
+                    ..Default::default()
+                },
+                Context {
+                    name: "prod".into(),
+                    server: Some("https://127.0.0.1:9443".into()),
+                    cacert: Some("/etc/stowage/ca.pem".into()),
+                    cert: Some("/etc/stowage/cli.crt".into()),
+                    key: Some("/etc/stowage/cli.key".into()),
+                    ..Default::default()
+                },
+            ],
+        };
+        let table = contexts_table(&config);
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            [
+                "dev",
+                "http://127.0.0.1:8080",
+                "plaintext",
+                "<none>",
+                "<none>",
+                "<none>"
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "*",
+                "prod",
+                "https://127.0.0.1:9443",
+                "mTLS",
+                "/etc/stowage/ca.pem",
+                "/etc/stowage/cli.crt",
+                "<none>"
+            ]
         );
     }
 }

@@ -64,6 +64,101 @@ pub fn maintenance_kind(value: i32) -> String {
     word_of!(v1::MaintenanceKind, value, "MAINTENANCE_KIND_")
 }
 
+/// A log message with any proto phase name (`BACKUP_PHASE_COMPLETED`) as its word
+/// (`Completed`): log lines kept with older backups spelled phases so.
+pub fn readable_message(message: &str) -> String {
+    const PREFIXES: [&str; 3] = ["BACKUP_PHASE_", "RESTORE_PHASE_", "VOLUME_PHASE_"];
+    if !PREFIXES.iter().any(|prefix| message.contains(prefix)) {
+        return message.to_string();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while !rest.is_empty() {
+        // Tokens are runs of uppercase letters, digits and `_`; everything else is copied.
+        let start = rest
+            .find(|c: char| c.is_ascii_uppercase())
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(rest.len());
+        let token = &rest[..end];
+        match PREFIXES.iter().find(|prefix| token.starts_with(**prefix)) {
+            Some(prefix) if token.len() > prefix.len() => out.push_str(&enum_word(token, prefix)),
+            _ => out.push_str(token),
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// An error text with tonic's status formatting (`status: Unavailable, message: "…",
+/// details: [], metadata: MetadataMap { … }`) reduced to `Unavailable: …`, wherever in the text
+/// it is; older orchestrators stored volume errors so.
+pub fn readable_error(text: &str) -> String {
+    const HEAD: &str = "status: ";
+    const MESSAGE: &str = ", message: \"";
+    let Some(at) = text.find(HEAD) else {
+        return text.to_string();
+    };
+    let after = &text[at + HEAD.len()..];
+    let Some(code_end) = after.find(MESSAGE) else {
+        return text.to_string();
+    };
+    let code = &after[..code_end];
+    if code.is_empty() || !code.chars().all(|c| c.is_ascii_alphabetic()) {
+        return text.to_string();
+    }
+    // The message is Rust-Debug quoted: read up to the closing quote, undoing escapes.
+    let mut message = String::new();
+    let mut chars = after[code_end + MESSAGE.len()..].char_indices();
+    let mut closed = None;
+    while let Some((index, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, 'n')) => message.push(' '),
+                Some((_, 't')) => message.push(' '),
+                Some((_, other)) => message.push(other),
+                None => break,
+            },
+            '"' => {
+                closed = Some(code_end + MESSAGE.len() + index + 1);
+                break;
+            }
+            other => message.push(other),
+        }
+    }
+    let Some(closed) = closed else {
+        return text.to_string();
+    };
+    // Drop `, details: […], metadata: MetadataMap { … }` up to the end of the status.
+    let tail = &after[closed..];
+    let tail = match tail.find("MetadataMap {") {
+        Some(start) => {
+            let from = &tail[start..];
+            let mut depth = 0usize;
+            let mut end = from.len();
+            for (index, c) in from.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            end = index + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            &from[end..]
+        }
+        None => tail,
+    };
+    format!("{}{code}: {}{}", &text[..at], message.trim(), tail)
+}
+
 /// A protobuf timestamp as a UTC instant; `None` for unset or out-of-range values.
 pub fn instant(timestamp: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     let timestamp = timestamp.as_ref()?;
@@ -261,7 +356,7 @@ impl From<&v1::PodVolumeBackup> for PodVolumeBackupView {
             files_unmodified: volume.files_unmodified,
             started: rfc3339(&volume.started),
             finished: rfc3339(&volume.finished),
-            error_message: volume.error_message.clone(),
+            error_message: readable_error(&volume.error_message),
         }
     }
 }
@@ -317,7 +412,7 @@ impl From<&Option<v1::BackupStatus>> for BackupStatusView {
             volumes_completed: status.volumes_completed,
             volumes_failed: status.volumes_failed,
             progress: (&status.progress).into(),
-            failure_reason: status.failure_reason,
+            failure_reason: readable_error(&status.failure_reason),
             trace_id: status.trace_id,
             volumes: status.volumes.iter().map(Into::into).collect(),
             skipped: status.skipped.iter().map(Into::into).collect(),
@@ -400,7 +495,7 @@ impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
             progress: (&volume.progress).into(),
             started: rfc3339(&volume.started),
             finished: rfc3339(&volume.finished),
-            error_message: volume.error_message.clone(),
+            error_message: readable_error(&volume.error_message),
         }
     }
 }
@@ -432,7 +527,7 @@ impl From<&Option<v1::RestoreStatus>> for RestoreStatusView {
             volumes_completed: status.volumes_completed,
             volumes_failed: status.volumes_failed,
             progress: (&status.progress).into(),
-            failure_reason: status.failure_reason,
+            failure_reason: readable_error(&status.failure_reason),
             pods_created: status.pods_created,
             trace_id: status.trace_id,
             volumes: status.volumes.iter().map(Into::into).collect(),
@@ -468,10 +563,13 @@ pub struct RestoreListView {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceView {
+    /// `NeverRun`, `Running` (started, not finished), `Succeeded` or `Failed`.
+    pub last_result: String,
     pub last_started: Option<String>,
     pub last_finished: Option<String>,
     pub last_duration_seconds: f64,
-    pub last_succeeded: bool,
+    /// `null` until a run has finished: a task that never ran neither failed nor succeeded.
+    pub last_succeeded: Option<bool>,
     pub last_error: String,
     pub next_run: Option<String>,
     /// `null` when the task is not scheduled.
@@ -481,11 +579,20 @@ pub struct MaintenanceView {
 impl From<&Option<v1::MaintenanceStatus>> for MaintenanceView {
     fn from(status: &Option<v1::MaintenanceStatus>) -> Self {
         let status = status.clone().unwrap_or_default();
+        let finished = rfc3339(&status.last_finished);
+        let started = rfc3339(&status.last_started);
+        let last_result = match (&started, &finished) {
+            (_, Some(_)) if status.last_succeeded => "Succeeded",
+            (_, Some(_)) => "Failed",
+            (Some(_), None) => "Running",
+            (None, None) => "NeverRun",
+        };
         MaintenanceView {
-            last_started: rfc3339(&status.last_started),
-            last_finished: rfc3339(&status.last_finished),
+            last_result: last_result.to_string(),
+            last_succeeded: finished.is_some().then_some(status.last_succeeded),
+            last_started: started,
+            last_finished: finished,
             last_duration_seconds: status.last_duration_seconds,
-            last_succeeded: status.last_succeeded,
             last_error: status.last_error,
             next_run: rfc3339(&status.next_run),
             interval: (status.interval_seconds > 0)
@@ -584,7 +691,7 @@ impl From<&v1::LogLine> for LogLineView {
         LogLineView {
             time: rfc3339(&line.time),
             level: line.level.clone(),
-            message: line.message.clone(),
+            message: readable_error(&readable_message(&line.message)),
         }
     }
 }
@@ -680,5 +787,80 @@ mod tests {
         assert_eq!(volume["phase"], "Completed");
         assert_eq!(volume["snapshotId"], "abc");
         assert!(json.get("unrestorableReason").is_none());
+    }
+
+    #[test]
+    fn log_messages_read_phases_as_words() {
+        assert_eq!(
+            readable_message("backup demo ended BACKUP_PHASE_COMPLETED: 2 volumes, 2 completed"),
+            "backup demo ended Completed: 2 volumes, 2 completed"
+        );
+        assert_eq!(
+            readable_message("restore ended RESTORE_PHASE_PARTIALLY_FAILED."),
+            "restore ended PartiallyFailed."
+        );
+        let plain = "found 2 volumes to back up, 0 skipped (DNS ok)";
+        assert_eq!(readable_message(plain), plain);
+        let line = LogLineView::from(&v1::LogLine {
+            time: None,
+            level: "info".into(),
+            message: "backup x ended BACKUP_PHASE_FAILED: 1 volumes".into(),
+        });
+        assert_eq!(line.message, "backup x ended Failed: 1 volumes");
+    }
+
+    #[test]
+    fn grpc_status_formatting_reads_as_code_and_message() {
+        let raw = "volume agent: restore on node node-a: status: Unavailable, message: \"error trying to connect: tcp connect error: Connection refused (os error 111)\", details: [], metadata: MetadataMap { headers: {\"content-type\": \"application/grpc\"} }";
+        assert_eq!(
+            readable_error(raw),
+            "volume agent: restore on node node-a: Unavailable: error trying to connect: tcp connect error: Connection refused (os error 111)"
+        );
+        let quoted = "status: Internal, message: \"restic said \\\"no\\\"\\nbye\", details: [], metadata: MetadataMap { headers: {} } (retried)";
+        assert_eq!(
+            readable_error(quoted),
+            "Internal: restic said \"no\" bye (retried)"
+        );
+        let plain = "agent on node node-a: restic binary missing";
+        assert_eq!(readable_error(plain), plain);
+        let volume = PodVolumeRestoreView::from(&v1::PodVolumeRestore {
+            error_message: raw.into(),
+            ..Default::default()
+        });
+        assert!(
+            !volume.error_message.contains("MetadataMap"),
+            "{}",
+            volume.error_message
+        );
+    }
+
+    #[test]
+    fn maintenance_that_never_ran_is_not_a_failure() {
+        let never = MaintenanceView::from(&Some(v1::MaintenanceStatus {
+            interval_seconds: 86_400,
+            ..Default::default()
+        }));
+        assert_eq!(never.last_result, "NeverRun");
+        assert_eq!(never.last_succeeded, None);
+        let yaml = serde_yaml::to_string(&never).unwrap();
+        assert!(yaml.contains("lastSucceeded: null"), "{yaml}");
+        assert!(!yaml.contains("lastSucceeded: false"), "{yaml}");
+        let at = Some(prost_types::Timestamp {
+            seconds: 1_795_030_347,
+            nanos: 0,
+        });
+        let failed = MaintenanceView::from(&Some(v1::MaintenanceStatus {
+            last_started: at,
+            last_finished: at,
+            last_error: "restic check failed".into(),
+            ..Default::default()
+        }));
+        assert_eq!(failed.last_result, "Failed");
+        assert_eq!(failed.last_succeeded, Some(false));
+        let running = MaintenanceView::from(&Some(v1::MaintenanceStatus {
+            last_started: at,
+            ..Default::default()
+        }));
+        assert_eq!(running.last_result, "Running");
     }
 }

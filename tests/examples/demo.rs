@@ -55,6 +55,8 @@ async fn stowage(server: &str, args: &[&str], stop: &CancellationToken) -> Step<
     let mut child = tokio::process::Command::new(binary("stowage"))
         .args(args)
         .env("STOWAGE_SERVER", server)
+        // The demo's stack is plaintext: a context the user saved must not add its TLS.
+        .env("STOWAGE_CONFIG", "/dev/null")
         .env_remove("STOWAGE_OUTPUT")
         .kill_on_drop(true)
         .spawn()
@@ -75,6 +77,7 @@ async fn stowage_json(server: &str, args: &[&str]) -> Step<serde_json::Value> {
         .args(args)
         .args(["-o", "json"])
         .env("STOWAGE_SERVER", server)
+        .env("STOWAGE_CONFIG", "/dev/null")
         .output()
         .await
         .map_err(|error| failed(format!("running stowage: {error}")))?;

@@ -154,6 +154,7 @@ impl AgentFixture {
             source: VolumeSource::EmptyDir as i32,
             pv_name: String::new(),
             pvc_name: String::new(),
+            pvc_uid: String::new(),
         }
     }
 
@@ -166,6 +167,7 @@ impl AgentFixture {
             backup_uid: "7d3c1e2a-0000-4000-8000-000000000001".into(),
             stable_identity: String::new(),
             extra_tags: Default::default(),
+            parent_snapshot_id: String::new(),
         }
     }
 

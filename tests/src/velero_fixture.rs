@@ -539,10 +539,16 @@ pub async fn generate(
             format::pod_volume_backup::BACKUP_UID_LABEL.into(),
             backup_uid.clone(),
         );
-        if let Some((_, pvc_uid, _)) = &volume.claim {
+        // Velero's `newPodVolumeBackup` marks a PVC's volume with its uid (label) and name
+        // (annotation, which its restore looks for).
+        if let Some((pvc, pvc_uid, _)) = &volume.claim {
             pvb.metadata.labels.insert(
                 format::pod_volume_backup::PVC_UID_LABEL.into(),
                 pvc_uid.clone(),
+            );
+            pvb.metadata.annotations.insert(
+                format::pod_volume_backup::PVC_NAME_ANNOTATION.into(),
+                pvc.clone(),
             );
         }
         pvb.spec.node = NODE.into();

@@ -20,16 +20,36 @@ use stowage_e2e::{
 };
 
 /// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
-/// so a developer's `STOWAGE_SERVER` cannot leak into the test.
+/// so a developer's `STOWAGE_SERVER` or saved context cannot leak into the test.
 fn stowage(server: &str, args: &[&str]) -> Output {
-    std::process::Command::new(binary("stowage"))
+    isolated(std::process::Command::new(binary("stowage")))
         .arg("--server")
         .arg(server)
         .args(args)
-        .env_remove("STOWAGE_SERVER")
-        .env_remove("STOWAGE_OUTPUT")
         .output()
         .expect("running the stowage binary")
+}
+
+/// `command` without the CLI's environment variables and with a config file that does not
+/// exist, so only what a test gives reaches the CLI.
+fn isolated(mut command: std::process::Command) -> std::process::Command {
+    for variable in [
+        "STOWAGE_SERVER",
+        "STOWAGE_OUTPUT",
+        "STOWAGE_CACERT",
+        "STOWAGE_TLS_SERVER_NAME",
+        "STOWAGE_CERT",
+        "STOWAGE_KEY",
+        "STOWAGE_TOKEN_FILE",
+        "STOWAGE_CONTEXT",
+    ] {
+        command.env_remove(variable);
+    }
+    command.env(
+        "STOWAGE_CONFIG",
+        std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
+    );
+    command
 }
 
 fn stdout(output: &Output) -> String {
@@ -111,7 +131,7 @@ fn bad_ttl_is_a_usage_error_naming_the_flag() {
 #[test]
 fn server_address_comes_from_the_environment() {
     let server = format!("http://127.0.0.1:{}", free_port());
-    let output = std::process::Command::new(binary("stowage"))
+    let output = isolated(std::process::Command::new(binary("stowage")))
         .args(["backup", "get"])
         .env("STOWAGE_SERVER", &server)
         .output()
@@ -442,6 +462,18 @@ async fn backup_and_restore_journey_through_the_cli() {
     let repository: serde_json::Value = serde_json::from_slice(&repository.stdout).unwrap();
     assert_eq!(repository["namespace"], "foo");
     assert_eq!(repository["phase"], "Ready", "{repository}");
+    // No check has run yet: that is neither a success nor a failure.
+    assert_eq!(
+        repository["check"]["lastResult"], "NeverRun",
+        "{repository}"
+    );
+    assert_eq!(
+        repository["check"]["lastSucceeded"],
+        serde_json::Value::Null,
+        "{repository}"
+    );
+    let table = stdout(&stowage(&server, &["repo", "get", "foo"]));
+    assert_eq!(row(&table, "foo")[2..4], ["never", "run"], "{table}");
     assert!(
         repository["url"].as_str().unwrap().ends_with("restic/foo"),
         "{repository}"
@@ -465,7 +497,7 @@ async fn backup_and_restore_journey_through_the_cli() {
         .await
         .unwrap();
 
-    let restoring = std::process::Command::new(binary("stowage"))
+    let restoring = isolated(std::process::Command::new(binary("stowage")))
         .args([
             "--server",
             &server,
@@ -526,6 +558,16 @@ async fn backup_and_restore_journey_through_the_cli() {
         serde_json::json!(["foo/sample"])
     );
 
+    // Without --details the volumes are listed by phase, as for a backup.
+    let summary = stdout(&stowage(&server, &["restore", "describe", "demo-restore"]));
+    assert!(summary.contains("Pod volume restores:"), "{summary}");
+    let completed = summary
+        .lines()
+        .find(|line| line.trim_start().starts_with("Completed:"))
+        .unwrap_or_else(|| panic!("no Completed volumes line:\n{summary}"));
+    for volume in ["foo/sample/pvc-volume", "foo/sample/emptydir-volume"] {
+        assert!(completed.contains(volume), "{summary}");
+    }
     let describe = stowage(
         &server,
         &["restore", "describe", "demo-restore", "--details"],
@@ -540,7 +582,7 @@ async fn backup_and_restore_journey_through_the_cli() {
     assert_eq!(progress_line(&text), backup_progress, "{text}");
 
     // A copy into another namespace, `--namespace-mappings foo:bar`.
-    let copying = std::process::Command::new(binary("stowage"))
+    let copying = isolated(std::process::Command::new(binary("stowage")))
         .args([
             "--server",
             &server,
@@ -611,6 +653,18 @@ async fn backup_and_restore_journey_through_the_cli() {
     assert!(restore_logs.status.success(), "{}", stderr(&restore_logs));
     let lines: serde_json::Value = serde_json::from_slice(&restore_logs.stdout).unwrap();
     assert!(
+        !lines.to_string().contains("RESTORE_PHASE_"),
+        "raw phase names in the restore log: {lines}"
+    );
+    assert!(
+        lines
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("restore ended Completed:")))),
+        "{lines}"
+    );
+    assert!(
         lines
             .as_array()
             .is_some_and(|lines| lines.iter().any(|line| line["message"]
@@ -624,6 +678,11 @@ async fn backup_and_restore_journey_through_the_cli() {
     assert!(logs.status.success(), "{}", stderr(&logs));
     let text = stdout(&logs);
     assert!(!text.is_empty(), "the backup kept no log lines");
+    assert!(
+        text.contains("backup demo ended Completed: 2 volumes"),
+        "{text}"
+    );
+    assert!(!text.contains("BACKUP_PHASE_"), "raw phase names: {text}");
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
         let time = parts.next().unwrap();
@@ -643,6 +702,33 @@ async fn backup_and_restore_journey_through_the_cli() {
         "{}",
         stdout(&check)
     );
+    let repository = stowage(&server, &["repo", "get", "foo", "-o", "json"]);
+    let repository: serde_json::Value = serde_json::from_slice(&repository.stdout).unwrap();
+    assert_eq!(
+        repository["check"]["lastResult"], "Succeeded",
+        "{repository}"
+    );
+    assert_eq!(repository["check"]["lastSucceeded"], true, "{repository}");
+
+    // A pack file missing from the repository: the check fails, and restic's message is said
+    // once, on one line, with nothing on stdout. The pack is put back before the backup is
+    // deleted below.
+    let pack = first_file(&stack.storage.join("restic/foo/data"));
+    let aside = stack.storage.join("pack-set-aside");
+    std::fs::rename(&pack, &aside).unwrap();
+    let failed = stowage(&server, &["repo", "maintain", "foo", "--check"]);
+    std::fs::rename(&aside, &pack).unwrap();
+    let sentence = one_sentence_failure(&failed);
+    assert!(
+        sentence.starts_with("Error: check of the repository of namespace \"foo\" failed after "),
+        "{sentence}"
+    );
+    assert!(sentence.contains("restic check"), "{sentence}");
+    assert!(stdout(&failed).is_empty(), "{}", stdout(&failed));
+    let repository = stowage(&server, &["repo", "get", "foo", "-o", "json"]);
+    let repository: serde_json::Value = serde_json::from_slice(&repository.stdout).unwrap();
+    assert_eq!(repository["check"]["lastResult"], "Failed", "{repository}");
+    assert_eq!(repository["check"]["lastSucceeded"], false, "{repository}");
 
     let deleted = stowage(&server, &["backup", "delete", "demo"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
@@ -657,9 +743,31 @@ async fn backup_and_restore_journey_through_the_cli() {
     );
 }
 
+/// The first regular file under `dir` (depth first, in name order; restic's local backend
+/// makes all 256 `data/` subdirectories, most of them empty).
+fn first_file(dir: &std::path::Path) -> std::path::PathBuf {
+    fn find(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        entries.sort();
+        entries.into_iter().find_map(|entry| {
+            if entry.is_file() {
+                Some(entry)
+            } else if entry.is_dir() {
+                find(&entry)
+            } else {
+                None
+            }
+        })
+    }
+    find(dir).unwrap_or_else(|| panic!("no file under {}", dir.display()))
+}
+
 /// Starts `stowage backup create NAME --include-namespaces foo --wait` in the background.
 fn start_waiting_backup(server: &str, name: &str) -> Child {
-    std::process::Command::new(binary("stowage"))
+    isolated(std::process::Command::new(binary("stowage")))
         .args([
             "--server",
             server,
@@ -852,6 +960,13 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
     assert!(describe.status.success(), "{}", stderr(&describe));
     let text = stdout(&describe);
     assert!(text.contains("Origin:       Velero"), "{text}");
+    // Velero's records carry the bytes and the times: no `0 B of 0 B`, and durations.
+    let progress = text
+        .lines()
+        .find(|line| line.starts_with("Progress:"))
+        .unwrap_or_else(|| panic!("no Progress line:\n{text}"));
+    assert!(!progress.contains("0 B of 0 B"), "{text}");
+    assert!(text.contains("Duration:     1m0s"), "{text}");
     for expected in &fixture.volumes {
         let path = format!(
             "{}/{}/{}",
@@ -859,6 +974,8 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
         );
         let cells = row(&text, &path);
         assert_eq!(cells[3], &expected.snapshot_id[..8], "{text}");
+        // SIZE is two cells (`1.5 KiB`); the fixture's volumes each took 4 s.
+        assert_eq!(cells[6], "4.0s", "{text}");
     }
 }
 
@@ -951,7 +1068,7 @@ async fn wait_on_a_terminal_draws_a_progress_display() {
         binary("stowage").display(),
         server.url
     );
-    let output = std::process::Command::new("script")
+    let output = isolated(std::process::Command::new("script"))
         .args(["-qec", &command, "/dev/null"])
         .env_remove("STOWAGE_SERVER")
         .env_remove("STOWAGE_OUTPUT")
@@ -979,4 +1096,51 @@ async fn wait_on_a_terminal_draws_a_progress_display() {
             .any(|line| line.starts_with("Backup completed with status: Failed.")),
         "{shown:?}"
     );
+}
+
+/// `stowage completion SHELL` prints a script that names the subcommands, and the bash one is
+/// valid bash; an unknown shell is a usage error.
+#[test]
+fn completion_scripts_name_the_subcommands_and_bash_parses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let output = isolated(std::process::Command::new(binary("stowage")))
+            .args(["completion", shell])
+            .output()
+            .expect("running stowage completion");
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        let script = stdout(&output);
+        for word in [
+            "backup",
+            "restore",
+            "repo",
+            "coverage",
+            "config",
+            "set-context",
+            "completion",
+            "--token-file",
+        ] {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+        if shell == "bash" {
+            let file = dir.path().join("stowage.bash");
+            std::fs::write(&file, &script).unwrap();
+            let checked = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .expect("running bash -n (bash must be installed)");
+            assert!(
+                checked.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&checked.stderr)
+            );
+        }
+    }
+    let output = isolated(std::process::Command::new(binary("stowage")))
+        .args(["completion", "tcsh"])
+        .output()
+        .expect("running stowage completion");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("tcsh"), "{}", stderr(&output));
 }

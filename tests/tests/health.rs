@@ -1,30 +1,41 @@
-//! Every binary answers the gRPC health service for its own service and lists its services
-//! over server reflection, as `grpcurl list` would ask.
+//! Every binary answers the gRPC health service for its own service and lists over server
+//! reflection (v1 and v1alpha, as `grpcurl list` asks) the services it serves: its own API,
+//! health and reflection, and no other process's API.
 
 use std::collections::BTreeMap;
 
 use stowage_e2e::start_service;
 use tokio_stream::StreamExt;
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-};
+use tonic::transport::Channel;
 
-async fn reflected_services(url: &str) -> Vec<String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
+/// The stowage APIs; each process serves exactly one.
+const STOWAGE_SERVICES: [&str; 3] = [
+    "stowage.v1.Orchestrator",
+    "stowage.v1.RepoManager",
+    "stowage.v1.VolumeAgent",
+];
+
+/// What every process serves beside its own API.
+const COMMON: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// `grpcurl list` over reflection v1.
+async fn reflected_services_v1(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses = client
+    let mut responses = ServerReflectionClient::new(channel)
         .server_reflection_info(tokio_stream::iter([request]))
         .await
-        .unwrap()
+        .expect("reflection v1 is served")
         .into_inner();
     let response = responses
         .next()
@@ -37,7 +48,37 @@ async fn reflected_services(url: &str) -> Vec<String> {
             .into_iter()
             .map(|service| service.name)
             .collect(),
-        other => panic!("unexpected reflection response {other:?}"),
+        other => panic!("unexpected reflection v1 response {other:?}"),
+    }
+}
+
+/// The same question over reflection v1alpha, which grpcurl and older tools ask.
+async fn reflected_services_v1alpha(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1alpha is served")
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .expect("one reflection response")
+        .unwrap();
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected reflection v1alpha response {other:?}"),
     }
 }
 
@@ -50,12 +91,34 @@ async fn assert_serves(binary: &str, service: &str, args: Vec<String>) {
         overall,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    let services = reflected_services(&running.url).await;
-    for expected in [service, "grpc.health.v1.Health"] {
-        assert!(
-            services.iter().any(|name| name == expected),
-            "{binary} reflection lists {services:?}, missing {expected}"
+    let channel = tonic::transport::Endpoint::from_shared(running.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = COMMON
+        .iter()
+        .chain([&service])
+        .map(|name| name.to_string())
+        .collect();
+    expected.sort();
+    for (version, mut listed) in [
+        ("v1", reflected_services_v1(channel.clone()).await),
+        ("v1alpha", reflected_services_v1alpha(channel).await),
+    ] {
+        listed.sort();
+        // Exactly its own API, health and reflection: another process's API would answer
+        // Unimplemented here.
+        assert_eq!(
+            listed, expected,
+            "{binary} reflection {version} lists {listed:?}"
         );
+        for other in STOWAGE_SERVICES.iter().filter(|other| **other != service) {
+            assert!(
+                !listed.iter().any(|name| name == other),
+                "{binary} reflection {version} offers {other}, which it does not serve"
+            );
+        }
     }
 }
 
@@ -72,10 +135,18 @@ async fn orchestrator_answers_health_and_reflection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repo_manager_answers_health_and_reflection() {
     let storage = tempfile::tempdir().unwrap();
+    // Without Kubernetes the repo-manager starts only with a master key.
+    let master_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(master_key.path(), "master-key-for-the-health-test").unwrap();
     assert_serves(
         "stowage-repo-manager",
         "stowage.v1.RepoManager",
-        vec!["--storage-url".into(), storage.path().display().to_string()],
+        vec![
+            "--storage-url".into(),
+            storage.path().display().to_string(),
+            "--master-key-file".into(),
+            master_key.path().display().to_string(),
+        ],
     )
     .await;
 }

@@ -2,8 +2,10 @@
 //! and the components with `kubectl kustomize`, and checks the parsed manifests: each
 //! platform's kubelet pods path reaches the agent's hostPath, mount and flag alike; privileged
 //! only where the platform needs it; the OpenShift SCC binding and namespace annotation; the
-//! gRPC health probes; the Velero CRDs; RBAC; and that every setting a container is given is a
-//! flag its binary accepts (checked against the real binary's `--help`).
+//! gRPC health probes; the Velero CRDs; RBAC; the monitoring component; that every setting a
+//! container is given is a flag its binary accepts (checked against the real binary's
+//! `--help`); and that every image a cluster is told to pull, the restore helper's as the
+//! orchestrator derives it, is one the documented image builds produce.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -260,7 +262,12 @@ fn all_platforms() -> Vec<Rendered> {
     PLATFORMS.iter().map(|(dir, _)| render(dir)).collect()
 }
 
-const ALL_COMPONENTS: [&str; 3] = ["components/jaeger", "components/s3", "components/mtls"];
+const ALL_COMPONENTS: [&str; 4] = [
+    "components/jaeger",
+    "components/s3",
+    "components/mtls",
+    "components/monitoring",
+];
 
 /// Every combination we ship: each platform alone and with every component.
 fn all_renderings() -> Vec<Rendered> {
@@ -1177,6 +1184,17 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             "the repo-manager works in its own namespace only: {repo_manager:?}"
         );
         assert!(!has(&repo_manager, "", "pods", "create"));
+        // Whether the pod holding a restic lock still exists (a gone pod's lock is stale).
+        assert!(
+            has(&repo_manager, "", "pods", "get"),
+            "repo-manager gets pods"
+        );
+        for verb in ["list", "delete", "update", "patch"] {
+            assert!(
+                !has(&repo_manager, "", "pods", verb),
+                "repo-manager may {verb} pods"
+            );
+        }
 
         let orchestrator = grants(&rendered, ORCHESTRATOR);
         for (group, resource, verb) in [
@@ -1234,14 +1252,86 @@ fn restore_helper_config_is_the_one_velero_users_know() {
         keys,
         BTreeSet::from(["image", "cpuRequest", "memRequest", "cpuLimit", "memLimit"])
     );
-    assert!(
-        data["image"]
-            .as_str()
-            .unwrap()
-            .ends_with("stowage-restore-helper"),
-        "{}",
-        data["image"]
+    assert_eq!(
+        data["image"],
+        stowage_images::Image::RestoreHelper.reference(),
+        "set by the base's images:"
     );
+}
+
+#[test]
+fn monitoring_component_scrapes_every_service_and_ships_its_rules_and_dashboard() {
+    for (dir, _) in PLATFORMS {
+        let rendered = render_with_components(dir, &["components/monitoring"]);
+        // The PodMonitor selects the pods of all three services, on their metrics port.
+        let monitor = rendered.get("PodMonitor", "stowage");
+        assert_eq!(monitor["metadata"]["namespace"], NAMESPACE);
+        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(
+            endpoint["honorLabels"], true,
+            "the per-volume series keep their own namespace and pod labels"
+        );
+        let names: BTreeSet<&str> =
+            array(&monitor["spec"]["selector"]["matchExpressions"][0]["values"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+        for workload in rendered.workloads() {
+            let labels = &workload["spec"]["template"]["metadata"]["labels"];
+            let name = labels["app.kubernetes.io/name"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                names.contains(name),
+                "{}: the PodMonitor does not select {name}",
+                rendered.name
+            );
+            let serves_metrics = containers(workload).iter().any(|container| {
+                array(&container["ports"])
+                    .iter()
+                    .any(|port| port["name"] == endpoint["port"])
+            });
+            assert!(
+                serves_metrics,
+                "{}: {name} has no port {}",
+                rendered.name, endpoint["port"]
+            );
+        }
+        let rule = rendered.get("PrometheusRule", "stowage");
+        assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+        let alerts: BTreeSet<&str> = array(&rule["spec"]["groups"])
+            .iter()
+            .flat_map(|group| array(&group["rules"]))
+            .filter_map(|rule| rule["alert"].as_str())
+            .collect();
+        for alert in [
+            "StowageVolumeBackupFailed",
+            "StowageVolumeBackupMissing",
+            "StowageRepositoryCheckFailed",
+            "StowageAgentDown",
+            "StowageRepositoryCheckOverdue",
+            "StowageRepositoryPruneOverdue",
+        ] {
+            assert!(
+                alerts.contains(alert),
+                "{}: no alert {alert}",
+                rendered.name
+            );
+        }
+        // The dashboard reaches Grafana's sidecar unchanged, under its fixed name.
+        let dashboard = rendered.get("ConfigMap", "stowage-grafana-dashboard");
+        assert_eq!(dashboard["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+        let json: Value = serde_json::from_str(
+            dashboard["data"]["stowage.json"]
+                .as_str()
+                .expect("the dashboard JSON"),
+        )
+        .expect("the dashboard is JSON");
+        assert_eq!(json["uid"], "stowage");
+        assert!(!array(&json["panels"]).is_empty());
+    }
 }
 
 /// Names of the image stages and the binaries the Dockerfile copies.
@@ -1299,6 +1389,130 @@ fn images_are_built_from_the_workspace_binaries() {
             "the Dockerfile does not build {image}"
         );
     }
+}
+
+/// Every documented image build, `docker build … --target <stage> -t <image> .`, in the
+/// Dockerfile's header and the install docs: (where, stage, image).
+fn documented_builds() -> Vec<(String, String, String)> {
+    let mut builds = Vec::new();
+    for file in [
+        "deploy/images/Dockerfile",
+        "deploy/README.md",
+        "docs/install.md",
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(file))
+            .unwrap_or_else(|error| panic!("reading {file}: {error}"));
+        for line in text.lines().filter(|line| line.contains("docker build ")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |flag: &str| {
+                words
+                    .iter()
+                    .position(|word| *word == flag)
+                    .and_then(|at| words.get(at + 1))
+                    .map(|word| word.to_string())
+                    .unwrap_or_else(|| panic!("{file}: `{line}` has no {flag}"))
+            };
+            builds.push((file.to_string(), after("--target"), after("-t")));
+        }
+    }
+    builds
+}
+
+/// The orchestrator's `--restore-helper-image` default, as its `--help` prints it.
+fn orchestrator_default_helper_image() -> String {
+    let text = help(ORCHESTRATOR);
+    let flag = text
+        .find("--restore-helper-image")
+        .expect("the orchestrator has --restore-helper-image");
+    let rest = &text[flag..];
+    let start = rest.find("[default: ").expect("a default helper image") + "[default: ".len();
+    let end = rest[start..].find(']').expect("closing bracket");
+    rest[start..start + end].to_string()
+}
+
+#[test]
+fn the_restore_helper_image_the_orchestrator_sets_is_one_the_dockerfile_builds() {
+    use stowage_images::{Image, restore_helper_image};
+    let (stages, _) = dockerfile();
+    let builds = documented_builds();
+    // Each documented build names a stage and tags it as crates/images names its image.
+    for (file, target, image) in &builds {
+        assert!(
+            stages.contains(target),
+            "{file}: no Dockerfile stage {target}: {stages:?}"
+        );
+        let named = Image::ALL
+            .into_iter()
+            .find(|known| known.target() == target)
+            .unwrap_or_else(|| panic!("{file}: stage {target} is no image of crates/images"));
+        assert_eq!(*image, named.reference(), "{file}: build of {target}");
+    }
+    let produced: BTreeSet<&str> = builds.iter().map(|(_, _, image)| image.as_str()).collect();
+    for image in Image::ALL {
+        assert!(
+            produced.contains(image.reference().as_str()),
+            "no documented build of {}: {produced:?}",
+            image.reference()
+        );
+    }
+    let default_image = orchestrator_default_helper_image();
+    assert!(
+        produced.contains(restore_helper_image(None, &default_image).as_str()),
+        "with no image in the ConfigMap the orchestrator sets {}, which no build produces: {produced:?}",
+        restore_helper_image(None, &default_image)
+    );
+    for rendered in all_platforms() {
+        let config = rendered.config_map_data("restic-restore-action-config");
+        // What the orchestrator gives a recreated pod's init container with this ConfigMap.
+        let helper = restore_helper_image(config.get("image").map(String::as_str), &default_image);
+        assert!(
+            produced.contains(helper.as_str()),
+            "{}: the orchestrator would set the helper image {helper}, which no build produces: {produced:?}",
+            rendered.name
+        );
+        for workload in rendered.workloads() {
+            for container in containers(workload) {
+                let image = container["image"]
+                    .as_str()
+                    .expect("containers have an image");
+                assert!(
+                    produced.contains(image),
+                    "{}: {} runs {image}, which no build produces: {produced:?}",
+                    rendered.name,
+                    workload["metadata"]["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_users_images_entry_moves_the_restore_helper_with_the_other_images() {
+    // One `images:` entry in a kustomization on top of the base changes where the helper is
+    // pulled from, as it does for the services' containers.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().canonicalize().expect("temp dir path");
+    let base = kustomize_dir().join("base").canonicalize().expect("base");
+    std::fs::write(
+        root.join("kustomization.yaml"),
+        format!(
+            "resources:\n  - {}\nimages:\n  - name: ghcr.io/stowage/stowage-restore-helper\n    newName: registry.example/stowage-restore-helper\n",
+            relative_path(&root, &base).display()
+        ),
+    )
+    .expect("writing kustomization");
+    let rendered = Rendered {
+        name: "base with images:".into(),
+        objects: kustomize(&root),
+    };
+    let config = rendered.config_map_data("restic-restore-action-config");
+    assert_eq!(
+        config["image"],
+        format!(
+            "registry.example/stowage-restore-helper:{}",
+            stowage_images::VERSION
+        )
+    );
 }
 
 /// What `<binary> --help` prints, cached.

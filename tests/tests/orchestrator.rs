@@ -14,6 +14,7 @@ use stowage_e2e::{
     binary,
     kube::{mark_init_container_running, patch_pod, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
+    restic::{CountingRestic, RepositoryRestic, repository_access},
     stack::{Stack, StackOptions, slow_restic, stack_with_slow_backups},
 };
 use stowage_proto::v1::{
@@ -225,9 +226,10 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     assert_eq!(
         init[0].image.as_deref(),
         Some(concat!(
-            "registry.example/restore-helper:v",
+            "registry.example/restore-helper:",
             env!("CARGO_PKG_VERSION")
-        ))
+        )),
+        "an untagged ConfigMap image gets the release's tag, as the images are built"
     );
     let resources = init[0].resources.clone().unwrap();
     assert!(!resources.limits.unwrap_or_default().contains_key("cpu"));
@@ -901,6 +903,122 @@ async fn backup_of_recreated_pod_is_incremental() {
     }
 }
 
+/// The backup's log lines that mention the agent looking the parent up.
+async fn parent_lookup_lines(client: &mut Client, backup: &str) -> Vec<(String, String)> {
+    client
+        .get_backup_logs(GetBackupLogsRequest {
+            name: backup.into(),
+        })
+        .await
+        .expect("GetBackupLogs")
+        .into_inner()
+        .lines
+        .into_iter()
+        .filter(|line| line.message.contains("looked the parent snapshot up"))
+        .map(|line| (line.level, line.message))
+        .collect()
+}
+
+/// The orchestrator names each volume's parent from its own records, so every backup after the
+/// first runs one restic process (`backup --parent`). When that parent was forgotten behind
+/// stowage's back, the agent looks the parent up, the backup completes on top of the snapshot
+/// that remains, and the backup's log says why. A restarted orchestrator still knows the parent
+/// from the backups in the storage location.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_parent_takes_one_restic_process_and_a_forgotten_one_falls_back() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let restic = CountingRestic::new(wrapper_dir.path());
+    let mut stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.path()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume_dir = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    write_sample_tree(&volume_dir, "emptydir");
+    let mut client = stack.client().await;
+    // Whatever the agent ran while starting is not part of any backup.
+    restic.take();
+
+    // No record names a parent yet: the agent looks one up (finds none) and says so.
+    let first = backup_to_end(&mut client, "first", foo_spec()).await;
+    let first = first.status.unwrap();
+    assert_eq!(first.phase, BackupPhase::Completed as i32, "{first:#?}");
+    assert_eq!(restic.take(), ["snapshots", "backup"]);
+    let first_snapshot = first.volumes[0].snapshot_id.clone();
+    assert_eq!(first.volumes[0].parent_snapshot_id, "");
+    let lines = parent_lookup_lines(&mut client, "first").await;
+    assert!(
+        lines.len() == 1 && lines[0].0 == "info" && lines[0].1.contains("no parent"),
+        "{lines:?}"
+    );
+
+    // The first backup is the parent, from the orchestrator's records: one restic process.
+    std::fs::write(
+        volume_dir.join("second.txt"),
+        b"written before the second backup",
+    )
+    .unwrap();
+    let second = backup_to_end(&mut client, "second", foo_spec()).await;
+    let second = second.status.unwrap();
+    assert_eq!(second.phase, BackupPhase::Completed as i32, "{second:#?}");
+    assert_eq!(restic.take(), ["backup"], "a known parent needs no lookup");
+    assert_eq!(second.volumes[0].parent_snapshot_id, first_snapshot);
+    assert!(second.volumes[0].files_unmodified > 0, "{second:#?}");
+    assert_eq!(second.volumes[0].files_new, 1, "{second:#?}");
+    assert!(parent_lookup_lines(&mut client, "second").await.is_empty());
+    let second_snapshot = second.volumes[0].snapshot_id.clone();
+
+    // Somebody forgets the second snapshot behind stowage's back; its records still name it.
+    let repository = RepositoryRestic::new(&repository_access(&stack, "foo").await);
+    repository.ok(&["forget", &second_snapshot]);
+    let left = repository.snapshot_ids();
+    assert_eq!(left, [first_snapshot.as_str()], "the forget did not take");
+
+    let third = backup_to_end(&mut client, "third", foo_spec()).await;
+    let third = third.status.unwrap();
+    assert_eq!(third.phase, BackupPhase::Completed as i32, "{third:#?}");
+    assert_eq!(
+        restic.take(),
+        ["backup", "snapshots", "backup"],
+        "the forgotten parent is refused by restic, then looked up"
+    );
+    assert_eq!(
+        third.volumes[0].parent_snapshot_id, first_snapshot,
+        "incremental from the snapshot that remains"
+    );
+    assert!(third.volumes[0].files_unmodified > 0, "{third:#?}");
+    let lines = parent_lookup_lines(&mut client, "third").await;
+    assert!(
+        lines.len() == 1
+            && lines[0].0 == "warning"
+            && lines[0].1.contains(&second_snapshot)
+            && lines[0].1.contains("does not exist"),
+        "{lines:?}"
+    );
+    assert_eq!(repository.snapshot_ids().len(), 2);
+
+    // A new orchestrator reads its records back from the storage location.
+    stack.restart_orchestrator().await;
+    let mut client = stack.client().await;
+    restic.take();
+    let fourth = backup_to_end(&mut client, "fourth", foo_spec()).await;
+    let fourth = fourth.status.unwrap();
+    assert_eq!(fourth.phase, BackupPhase::Completed as i32, "{fourth:#?}");
+    assert_eq!(
+        restic.take(),
+        ["backup"],
+        "the records in the bucket name the parent"
+    );
+    assert_eq!(
+        fourth.volumes[0].parent_snapshot_id,
+        third.volumes[0].snapshot_id
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_volume_at_a_time_runs_per_node_when_so_bounded() {
     let wrapper_dir = tempfile::tempdir().unwrap();
@@ -1111,4 +1229,226 @@ async fn sigterm_mid_backup_records_the_running_volumes_failed() {
         status.volumes[0].error_message, "the orchestrator shut down",
         "{status:#?}"
     );
+}
+
+/// Every leaf of `value` as a path (`metadata.labels.velero.io/pvc-uid`, `spec.pod.uid`…): map
+/// keys are part of the path, so a missing label, annotation or tag is a missing path.
+fn leaf_paths(
+    value: &serde_json::Value,
+    prefix: &str,
+    paths: &mut std::collections::BTreeSet<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, paths);
+            }
+        }
+        serde_json::Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                leaf_paths(item, &format!("{prefix}[]"), paths);
+            }
+        }
+        _ => {
+            paths.insert(prefix.to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_volume_backups_file_holds_every_field_velero_writes() {
+    use std::collections::BTreeSet;
+
+    use stowage_e2e::velero_fixture::{self, FixtureLocation, VeleroEra};
+    use stowage_velero_format::{self as format, PodVolumeBackupPhase, pod_volume_backup as pvb};
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("pvc-volume,emptydir-volume")).await;
+    let pod_dir = stack.kubelets["node-a"].pod(&example.pod_uid());
+    let pvc_dir = pod_dir.pv("kubernetes.io~local-volume", &example.pv_name());
+    let empty_dir = pod_dir.empty_dir("emptydir-volume");
+    write_sample_tree(&pvc_dir, "pvc");
+    write_sample_tree(&empty_dir, "emptydir");
+    let mut client = stack.client().await;
+    let backup = backup_to_end(&mut client, "nightly", foo_spec()).await;
+    let status = backup.status.clone().unwrap();
+    assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+
+    // Parsed back from the bucket, as Velero (and stowage) read it.
+    let written = std::fs::read(
+        stack
+            .storage
+            .join("backups/nightly/nightly-podvolumebackups.json.gz"),
+    )
+    .expect("the backup's PodVolumeBackups file");
+    let key = "backups/nightly/nightly-podvolumebackups.json.gz";
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_slice(&format::codec::gunzip(&written, key).unwrap()).unwrap();
+    let parsed: Vec<format::PodVolumeBackup> =
+        format::codec::decode_json_gz(&written, key, "PodVolumeBackup list").unwrap();
+    assert_eq!(parsed.len(), 2);
+
+    // A Velero-written file of the same shape of pod: a PVC volume and an emptyDir volume.
+    let fixture_dir = tempfile::tempdir().unwrap();
+    let fixture = velero_fixture::generate(
+        &FixtureLocation::Local {
+            root: fixture_dir.path().join("location"),
+        },
+        &fixture_dir.path().join("work"),
+        "velero-nightly",
+        VeleroEra::FsBackupRestic,
+    )
+    .await
+    .unwrap();
+    let velero_written = std::fs::read(
+        fixture_dir
+            .path()
+            .join("location")
+            .join(format::layout::pod_volume_backups_key(&fixture.backup_name)),
+    )
+    .unwrap();
+    let velero_raw: Vec<serde_json::Value> =
+        serde_json::from_slice(&format::codec::gunzip(&velero_written, "velero-nightly").unwrap())
+            .unwrap();
+
+    for volume_name in ["pvc-volume", "emptydir-volume"] {
+        let index = parsed
+            .iter()
+            .position(|p| p.spec.volume == volume_name)
+            .unwrap_or_else(|| panic!("no PodVolumeBackup of {volume_name}"));
+        let (ours, ours_raw) = (&parsed[index], &raw[index]);
+        let velero_raw = velero_raw
+            .iter()
+            .find(|p| p["spec"]["pod"]["namespace"] == "foo" && p["spec"]["volume"] == volume_name)
+            .unwrap();
+        let velero: format::PodVolumeBackup = serde_json::from_value(velero_raw.clone()).unwrap();
+        let volume = status
+            .volumes
+            .iter()
+            .find(|v| v.volume.as_ref().unwrap().volume_name == volume_name)
+            .unwrap();
+
+        // Every field Velero wrote is there (labels, annotations and tags by key).
+        let (mut ours_paths, mut velero_paths) = (BTreeSet::new(), BTreeSet::new());
+        leaf_paths(ours_raw, "", &mut ours_paths);
+        leaf_paths(velero_raw, "", &mut velero_paths);
+        let missing: Vec<_> = velero_paths.difference(&ours_paths).collect();
+        assert!(
+            missing.is_empty(),
+            "{volume_name}: fields Velero writes and stowage does not: {missing:?}\n{ours_raw:#}"
+        );
+
+        // Field by field, against Velero's record of the same kind of volume.
+        assert_eq!(ours.api_version, velero.api_version);
+        assert_eq!(ours.kind, velero.kind);
+        assert_eq!(
+            ours.metadata.namespace.as_deref(),
+            Some("stowage"),
+            "the server's namespace, as Velero's is `velero`"
+        );
+        assert!(
+            ours.metadata
+                .uid
+                .as_deref()
+                .is_some_and(|uid| uid.len() == 36)
+        );
+        assert_eq!(ours_raw["metadata"]["generateName"], "nightly-");
+        assert_eq!(velero_raw["metadata"]["generateName"], "velero-nightly-");
+        assert!(ours.metadata.name.starts_with("nightly-"));
+        let owner = &ours_raw["metadata"]["ownerReferences"][0];
+        let velero_owner = &velero_raw["metadata"]["ownerReferences"][0];
+        for field in ["apiVersion", "kind", "controller"] {
+            assert_eq!(
+                owner[field], velero_owner[field],
+                "ownerReferences[0].{field}"
+            );
+        }
+        assert_eq!(owner["name"], "nightly");
+        assert_eq!(owner["uid"], backup.uid.as_str());
+        let label_keys =
+            |p: &format::PodVolumeBackup| p.metadata.labels.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(label_keys(ours), label_keys(&velero));
+        assert_eq!(ours.metadata.labels[pvb::BACKUP_NAME_LABEL], "nightly");
+        assert_eq!(ours.metadata.labels[pvb::BACKUP_UID_LABEL], backup.uid);
+        let annotation_keys = |p: &format::PodVolumeBackup| {
+            p.metadata.annotations.keys().cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(annotation_keys(ours), annotation_keys(&velero));
+        let tag_keys =
+            |p: &format::PodVolumeBackup| p.spec.tags.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(tag_keys(ours), tag_keys(&velero));
+        assert_eq!(ours.spec.tags[pvb::tags::BACKUP], "nightly");
+        assert_eq!(ours.spec.tags[pvb::tags::BACKUP_UID], backup.uid);
+        assert_eq!(ours.spec.tags[pvb::tags::NAMESPACE], "foo");
+        assert_eq!(ours.spec.tags[pvb::tags::POD], "sample");
+        assert_eq!(ours.spec.tags[pvb::tags::POD_UID], example.pod_uid());
+        assert_eq!(ours.spec.tags[pvb::tags::VOLUME], volume_name);
+        assert_eq!(ours.spec.node, "node-a");
+        assert_eq!(ours.spec.pod.kind, velero.spec.pod.kind);
+        assert_eq!(
+            (
+                ours.spec.pod.namespace.as_str(),
+                ours.spec.pod.name.as_str(),
+                ours.spec.pod.uid.clone()
+            ),
+            ("foo", "sample", example.pod_uid())
+        );
+        assert_eq!(
+            ours.spec.backup_storage_location,
+            velero.spec.backup_storage_location
+        );
+        assert_eq!(ours.spec.repo_identifier, volume.repository);
+        assert_eq!(ours.spec.uploader_type, velero.spec.uploader_type);
+        assert_eq!(ours.status.phase, Some(PodVolumeBackupPhase::Completed));
+        assert_eq!(ours.status.phase, velero.status.phase);
+        assert_eq!(ours.snapshot_id(), Some(volume.snapshot_id.as_str()));
+        assert!(
+            ours.status.start_timestamp.is_some()
+                && ours.status.start_timestamp <= ours.status.completion_timestamp
+        );
+        let progress = ours.status.progress.clone().unwrap();
+        assert_eq!(progress.total_bytes, volume.progress.unwrap().bytes_total);
+        assert!(progress.total_bytes > 0 && progress.bytes_done == progress.total_bytes);
+        // status.path: the directory on the node restic read, as the agent resolved it.
+        let dir = if volume_name == "pvc-volume" {
+            &pvc_dir
+        } else {
+            &empty_dir
+        };
+        assert_eq!(
+            std::fs::canonicalize(&ours.status.path).unwrap(),
+            std::fs::canonicalize(dir).unwrap(),
+            "{volume_name}: status.path"
+        );
+        if volume_name == "pvc-volume" {
+            let pvc_uid = example.pvc.metadata.uid.clone().unwrap();
+            // The cluster's mirror of the volume carries the same marks.
+            let mirrors = pod_volume_backups(&kube)
+                .list(&ListParams::default().labels(&format!("{}={pvc_uid}", pvb::PVC_UID_LABEL)))
+                .await
+                .unwrap();
+            assert_eq!(
+                mirrors.items.len(),
+                1,
+                "one mirror labelled with the PVC's uid"
+            );
+            let mirror = &mirrors.items[0].data;
+            assert_eq!(mirror["spec"]["tags"]["pvc-uid"], pvc_uid.as_str());
+            assert_eq!(mirror["status"]["path"], ours.status.path.as_str());
+            assert_eq!(ours.metadata.labels[pvb::PVC_UID_LABEL], pvc_uid);
+            assert_eq!(ours.spec.tags[pvb::tags::PVC_UID], pvc_uid);
+            assert_eq!(
+                ours.metadata.annotations[pvb::PVC_NAME_ANNOTATION],
+                "sample-pvc"
+            );
+        } else {
+            assert!(!ours.metadata.labels.contains_key(pvb::PVC_UID_LABEL));
+        }
+    }
 }

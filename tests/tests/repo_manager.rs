@@ -635,6 +635,145 @@ async fn stale_lock_of_killed_restic_is_cleared_and_live_lock_is_kept() {
     );
 }
 
+/// `restic backup --stdin` run as host `hostname` (in a UTS namespace of its own, as restic in
+/// a pod writes the pod's name into its lock), SIGKILLed once its lock is written: the lock it
+/// leaves is fresh, and restic's own rule would keep it for 30 minutes.
+fn kill_restic_running_as_host(restic: &ResticAs, hostname: &str) {
+    let probe = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--uts", "hostname", "probe"])
+        .output()
+        .expect("running unshare (util-linux) to give restic another host name");
+    assert!(
+        probe.status.success(),
+        "unshare cannot give restic another host name: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let before = restic.locks().len();
+    let mut child = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--uts", "sh", "-c"])
+        .arg(r#"hostname "$0" && exec "$@""#)
+        .arg(hostname)
+        .arg("restic")
+        .args([
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "held",
+            "--tag",
+            "backup=held",
+            "--quiet",
+        ])
+        .env("RESTIC_REPOSITORY", &restic.url)
+        .env("RESTIC_PASSWORD_FILE", &restic.password_file)
+        .env("RESTIC_CACHE_DIR", &restic.cache)
+        .envs(&restic.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting restic backup under another host name");
+    wait_for_locks(restic, before + 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The host names in the repository's locks.
+fn lock_hosts(restic: &ResticAs) -> Vec<String> {
+    restic
+        .locks()
+        .iter()
+        .map(|id| {
+            let holder: serde_json::Value =
+                serde_json::from_str(&restic.ok(&["cat", "lock", id, "--no-lock"])).unwrap();
+            holder["hostname"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_of_a_stowage_pod_that_no_longer_exists_is_cleared_before_prune_and_a_live_one_is_kept()
+ {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::Api;
+
+    let scene = Scene::new();
+    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
+    let kube = emulator.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    // An agent pod that exists (and runs); `stowage-volume-agent-gone1` does not.
+    let live = "stowage-volume-agent-live1";
+    let _: Pod = stowage_e2e::kube::create(
+        &kube,
+        Some("stowage"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": live, "namespace": "stowage",
+                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
+            },
+            "spec": {"containers": [{"name": "agent", "image": "stowage-volume-agent"}]},
+        }),
+    )
+    .await;
+    stowage_e2e::kube::mark_pod_running(&kube, "stowage", live, "node-a").await;
+    let mut env = emulator.env();
+    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
+    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    // The default stale-lock age (5m) and restic's 30 minutes: no age rule removes a lock
+    // written seconds ago.
+    let service = scene.start(scene.local_args(&[]), env).await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "podlocks").await);
+    let restic = ResticAs::new(&access(&mut client, "podlocks").await);
+    let prune = async |client: &mut Client| {
+        client
+            .run_maintenance(RunMaintenanceRequest {
+                namespace: "podlocks".into(),
+                kind: MaintenanceKind::Prune as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    // A restic of an agent pod that is gone (killed mid-backup, the pod replaced).
+    kill_restic_running_as_host(&restic, "stowage-volume-agent-gone1");
+    assert_eq!(lock_hosts(&restic), ["stowage-volume-agent-gone1"]);
+    let pruned = prune(&mut client).await;
+    assert!(
+        pruned.succeeded,
+        "prune after clearing the gone pod's lock: {}; log:\n{}",
+        pruned.message,
+        service.process.log()
+    );
+    assert!(restic.locks().is_empty(), "the gone pod's lock is removed");
+    assert!(
+        service
+            .process
+            .log()
+            .contains("removing the restic lock of a stowage pod that no longer exists")
+    );
+
+    // The same from a pod that exists: its restic may still run, the lock stays, and prune
+    // fails on it as restic reports it.
+    kill_restic_running_as_host(&restic, live);
+    let refused = prune(&mut client).await;
+    assert!(!refused.succeeded, "prune ran past a live pod's lock");
+    assert!(
+        refused.message.contains("lock"),
+        "prune names the lock: {}",
+        refused.message
+    );
+    assert_eq!(lock_hosts(&restic), [live], "the live pod's lock is kept");
+
+    // Once that pod is gone, its lock goes at the next maintenance.
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "stowage");
+    pods.delete(live, &Default::default()).await.unwrap();
+    let pruned = prune(&mut client).await;
+    assert!(pruned.succeeded, "{}", pruned.message);
+    assert!(restic.locks().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_schedule_state_and_namespace_overrides_apply() {
     let scene = Scene::new();
@@ -1253,12 +1392,7 @@ fn base64(data: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_key_rotation_is_finished_by_the_next_ensure() {
     let scene = Scene::new();
-    // No master key: the bucket copy is stored unsealed (and the service says so).
-    let no_master_key = BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]);
-    let mut service = scene
-        .start(scene.local_args(&[]), no_master_key.clone())
-        .await;
-    assert!(service.process.log().contains("no master key configured"));
+    let mut service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
     let mut client = connect(&service).await;
     assert_ready(&ensure(&mut client, "turn").await);
     let old = access(&mut client, "turn").await;
@@ -1281,6 +1415,8 @@ async fn interrupted_key_rotation_is_finished_by_the_next_ensure() {
     ]);
     let with_new = ResticAs::with_password(&old, new_password);
     with_new.ok(&["key", "remove", old_key[0]["id"].as_str().unwrap()]);
+    // The bucket copy as versions that ran without a master key left it: unsealed
+    // (`encryption: none`). It is still read, and written again sealed.
     let passwords = serde_json::json!({"current": old.password, "pending": new_password});
     let key_file = scene.storage().join("stowage/keys/turn.json");
     std::fs::write(
@@ -1296,14 +1432,216 @@ async fn interrupted_key_rotation_is_finished_by_the_next_ensure() {
     )
     .unwrap();
 
-    let service = scene.start(scene.local_args(&[]), no_master_key).await;
+    let service = scene.start(scene.local_args(&[]), BTreeMap::new()).await;
     let mut client = connect(&service).await;
     assert_ready(&ensure(&mut client, "turn").await);
     assert_eq!(access(&mut client, "turn").await.password, new_password);
-    let stored = std::fs::read_to_string(&key_file).unwrap();
-    assert!(!stored.contains(&base64(passwords.to_string().as_bytes())));
+    assert_sealed(
+        &std::fs::read(&key_file).unwrap(),
+        &[&old.password, new_password],
+    );
+    assert!(
+        service.process.log().contains("sealed bucket copies"),
+        "the service says it sealed an unsealed copy"
+    );
     // Opens with the new password on the next call without any pending one left.
     assert_ready(&ensure(&mut client, "turn").await);
+}
+
+/// `copy` (a `stowage/keys/<ns>.json`) is sealed: AES-256-GCM with a nonce, and none of
+/// `passwords` in it, neither in the clear nor base64-encoded.
+fn assert_sealed(copy: &[u8], passwords: &[&str]) {
+    let text = String::from_utf8_lossy(copy);
+    let file: serde_json::Value = serde_json::from_slice(copy)
+        .unwrap_or_else(|error| panic!("key copy is not JSON ({error}): {text}"));
+    assert_eq!(file["encryption"], "AES-256-GCM", "{text}");
+    assert!(
+        !file["nonce"].as_str().unwrap_or_default().is_empty(),
+        "{text}"
+    );
+    let data = decode_base64(file["data"].as_str().unwrap_or_default());
+    for password in passwords {
+        assert!(
+            !text.contains(password),
+            "a password is in the clear: {text}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&data).contains(password),
+            "a password is only base64-encoded: {text}"
+        );
+    }
+}
+
+/// `base64 -d` of `text` (coreutils).
+fn decode_base64(text: &str) -> Vec<u8> {
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running base64");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "`{text}` is not base64");
+    output.stdout
+}
+
+/// Every `stowage/keys/*.json` in the bucket directory `storage`.
+fn key_copies(storage: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(storage.join("stowage/keys"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| {
+                    (
+                        entry.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(entry.path()).unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_with_kubernetes_and_no_master_key_creates_the_secret_and_seals_every_copy() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+
+    let scene = Scene::new();
+    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
+    let kube = emulator.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), "stowage");
+    assert!(
+        secrets
+            .get_opt("stowage-master-key")
+            .await
+            .unwrap()
+            .is_none(),
+        "no master key Secret before the first start"
+    );
+    let mut env = emulator.env();
+    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
+    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    // No master key given: neither STOWAGE_MASTER_KEY nor a file.
+    env.insert("STOWAGE_MASTER_KEY".into(), String::new());
+    let args = scene.local_args(&[]);
+
+    let mut first = scene.start(args.clone(), env.clone()).await;
+    let created = secrets
+        .get("stowage-master-key")
+        .await
+        .unwrap_or_else(|error| panic!("{error}; log:\n{}", first.process.log()));
+    let master = String::from_utf8(
+        created.data.clone().unwrap_or_default()["master-key"]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(master.len(), 64, "32 random bytes, hex-encoded");
+    assert!(master.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let mut client = connect(&first).await;
+    let mut passwords = Vec::new();
+    for namespace in ["sealed-a", "sealed-b"] {
+        assert_ready(&ensure(&mut client, namespace).await);
+        passwords.push(access(&mut client, namespace).await.password);
+    }
+    // A rotation writes the copy twice more (with the pending password, then the new one).
+    client
+        .rotate_key(RotateKeyRequest {
+            namespace: "sealed-a".into(),
+        })
+        .await
+        .unwrap();
+    let rotated = access(&mut client, "sealed-a").await.password;
+    passwords.push(rotated.clone());
+    let copies = key_copies(&scene.storage());
+    assert_eq!(
+        copies.keys().collect::<Vec<_>>(),
+        ["sealed-a.json", "sealed-b.json"]
+    );
+    let password_refs: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    for copy in copies.values() {
+        assert_sealed(copy, &password_refs);
+    }
+    let mut secrets_of_the_run = password_refs.clone();
+    secrets_of_the_run.push(&master);
+    assert_no_secret_leak(&first, &secrets_of_the_run);
+    drop(client);
+    first.process.stop(Duration::from_secs(10));
+
+    // A restart reads the Secret it created; it is neither replaced nor rewritten.
+    let mut second = scene.start(args, env).await;
+    let kept = secrets.get("stowage-master-key").await.unwrap();
+    assert_eq!(
+        kept.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    let mut client = connect(&second).await;
+    assert_eq!(access(&mut client, "sealed-a").await.password, rotated);
+    drop(client);
+    second.process.stop(Duration::from_secs(10));
+
+    // The copies are sealed with that Secret's key: a repo-manager without Kubernetes, given
+    // only the key (in a file), opens them from the bucket alone.
+    let key_file = scene.path("master").join("master-key");
+    std::fs::write(&key_file, &master).unwrap();
+    let from_file = scene
+        .start(
+            scene.local_args(&["--master-key-file", &key_file.display().to_string()]),
+            BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]),
+        )
+        .await;
+    let mut client = connect(&from_file).await;
+    assert_ready(&ensure(&mut client, "sealed-b").await);
+    assert_eq!(access(&mut client, "sealed-a").await.password, rotated);
+    assert_eq!(access(&mut client, "sealed-b").await.password, passwords[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_without_kubernetes_or_master_key_refuses_to_start_naming_the_flag() {
+    let scene = Scene::new();
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", stowage_e2e::free_port()),
+    ];
+    args.extend(scene.local_args(&[]));
+    let mut process = stowage_e2e::TestProcess::start(
+        "stowage-repo-manager",
+        stowage_e2e::binary("stowage-repo-manager"),
+        &args,
+        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]),
+        &scene.path("logs"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a repo-manager without a master key is still running; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = process.log();
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    assert!(
+        log.contains("no master key") && log.contains("--master-key-file"),
+        "the refusal names the flag; log:\n{log}"
+    );
+    assert!(
+        key_copies(&scene.storage()).is_empty(),
+        "nothing was written to the bucket"
+    );
 }
 
 /// A restic that appends each invocation's arguments (never a password: the repo-manager
@@ -1490,5 +1828,109 @@ async fn recently_verified_repository_is_ensured_without_restic_until_something_
             .process
             .log()
             .contains("ready without running restic")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_refuses_a_restic_older_than_0_17_naming_both_versions() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scene = Scene::new();
+    let stub = scene.path("bin").join("old-restic");
+    // Stands in for Debian 12's restic, whatever it is asked.
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\necho 'restic 0.14.0 compiled with go1.19.8 on linux/amd64'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", stowage_e2e::free_port()),
+    ];
+    args.extend(scene.local_args(&["--restic-binary", &stub.display().to_string()]));
+    let mut process = stowage_e2e::TestProcess::start(
+        "stowage-repo-manager",
+        stowage_e2e::binary("stowage-repo-manager"),
+        &args,
+        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string())]),
+        &scene.path("logs"),
+    );
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repo-manager kept running with restic 0.14; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = process.log();
+    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    assert!(
+        log.contains("restic 0.14.0 is too old") && log.contains("needs restic 0.17.0 or newer"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restic_runs_without_the_master_key_or_any_stowage_setting_in_its_environment() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scene = Scene::new();
+    let recordings = scene.path("environments");
+    let wrapper = scene.path("bin").join("restic");
+    // Records the environment restic is started with (what /proc/<pid>/environ shows for the
+    // whole run: exec keeps the pid and the environment), then becomes the real restic.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}/'$$\nexec restic \"$@\"\n",
+            recordings.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let service = scene
+        .start(
+            scene.local_args(&["--restic-binary", &wrapper.display().to_string()]),
+            BTreeMap::new(),
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "environ").await);
+    let password = access(&mut client, "environ").await.password;
+
+    let mut runs = 0;
+    let mut against_the_repository = 0;
+    for entry in std::fs::read_dir(&recordings).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let variables: Vec<&str> = text.split('\0').filter(|v| !v.is_empty()).collect();
+        runs += 1;
+        assert!(
+            variables.iter().any(|v| v.starts_with("PATH=")),
+            "{variables:?}"
+        );
+        if variables
+            .iter()
+            .any(|v| v.starts_with("RESTIC_REPOSITORY="))
+        {
+            against_the_repository += 1;
+        }
+        for variable in &variables {
+            assert!(
+                !variable.starts_with("STOWAGE_")
+                    && !variable.contains(MASTER_KEY)
+                    && !variable.contains(&password),
+                "`{variable}` reached restic: {variables:?}"
+            );
+        }
+    }
+    assert!(
+        runs >= 2 && against_the_repository >= 1,
+        "version and the repository's commands were recorded ({runs} runs)"
     );
 }

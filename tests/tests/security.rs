@@ -455,6 +455,18 @@ async fn malformed_agent_requests_are_refused_naming_the_field_and_change_nothin
             "repository url",
         ),
         row(
+            "parent snapshot id as an option",
+            backup(&|r| r.parent_snapshot_id = "--dry-run".into()),
+            Invalid,
+            "parent_snapshot_id",
+        ),
+        row(
+            "parent snapshot id `latest`",
+            backup(&|r| r.parent_snapshot_id = "latest".into()),
+            Invalid,
+            "parent_snapshot_id",
+        ),
+        row(
             "empty password",
             backup(&|r| r.repository.as_mut().unwrap().password.clear()),
             Invalid,

@@ -159,6 +159,7 @@ impl Setup {
             backup_uid: "7d3c1e2a-0000-4000-8000-000000000001".into(),
             stable_identity: identity.into(),
             extra_tags: Default::default(),
+            parent_snapshot_id: String::new(),
         }
     }
 
@@ -282,6 +283,7 @@ fn volume(
         } else {
             format!("{name}-{pod_name}")
         },
+        pvc_uid: String::new(),
     }
 }
 
@@ -411,7 +413,7 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
     assert_eq!(listed.len(), 3);
     let db = listed
         .iter()
-        .find(|s| s["short_id"] == snapshots[2].as_str())
+        .find(|s| s["id"] == snapshots[2].as_str())
         .expect("the CSI snapshot is listed");
     let tags: Vec<&str> = db["tags"]
         .as_array()
@@ -523,23 +525,29 @@ fn real_restic() -> PathBuf {
 }
 
 /// A restic wrapper in `dir` that appends each run's arguments as one line to `runs.log`
-/// there, then runs the real restic.
+/// there, then runs the real restic with its stderr copied to `stderr.log` as it comes.
 fn recording_restic(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let script = dir.join("recording-restic");
     let log = dir.join("runs.log");
+    let stderr = dir.join("stderr.log");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            "#!/bin/bash\necho \"$*\" >> '{}'\n'{}' \"$@\" 2> >(tee -a '{}' >&2)\n",
             log.display(),
-            real_restic().display()
+            real_restic().display(),
+            stderr.display()
         ),
     )
     .expect("writing the restic wrapper");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
         .expect("chmod the restic wrapper");
     script
+}
+
+fn restic_stderr(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
 }
 
 fn restic_runs(dir: &Path) -> Vec<String> {
@@ -1261,17 +1269,12 @@ async fn backup_and_restore_through_s3_with_credentials_from_the_request() {
     setup.assert_password_not_in_log();
 }
 
+/// restic 0.17+ retries a failed storage request itself (for up to 15 minutes) before it gives
+/// up, so an outage shorter than that is waited out inside the one restic process of the
+/// restore; the agent's own retries (a `Retrying` event) come only after restic has given up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams_each_retry() {
-    // Set through the environment, as the DaemonSet would.
-    let env = BTreeMap::from([
-        ("STOWAGE_RESTIC_RETRIES".to_string(), "5".to_string()),
-        (
-            "STOWAGE_RESTIC_RETRY_DELAY_MS".to_string(),
-            "300".to_string(),
-        ),
-    ]);
-    let mut setup = Setup::start(1, true, env).await;
+async fn restore_waits_out_a_storage_outage_inside_its_one_restic_process() {
+    let mut setup = Setup::start_with(1, true, BTreeMap::new(), recording_restic).await;
     let old_uid = new_pod_uid();
     let source = setup.kubelet.pod(&old_uid).csi_pv("pvc-blip");
     write_sample_tree(&source, "blip");
@@ -1289,6 +1292,7 @@ async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams
 
     let gate = setup.s3.as_mut().and_then(|s3| s3.gate.as_mut()).unwrap();
     gate.shut();
+    let runs_before = restic_runs(setup.dir.path()).len();
     let new_uid = new_pod_uid();
     let target = setup.kubelet.pod(&new_uid).csi_pv("pvc-blip");
     let mut restored = data;
@@ -1307,44 +1311,40 @@ async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams
         .await
         .expect("RestoreVolume")
         .into_inner();
-    let mut retries = Vec::new();
-    let result = tokio::time::timeout(Duration::from_secs(120), async {
+    // The storage comes back once restic has said it failed to reach it and will try again.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !restic_stderr(setup.dir.path()).contains("retrying after") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("restic reports a failed storage request within two minutes");
+    if let Some(gate) = setup.s3.as_mut().and_then(|s3| s3.gate.as_mut()) {
+        gate.open();
+    }
+    let mut events = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(300), async {
         while let Some(event) = stream.message().await.expect("a restore event") {
             match event.event {
-                Some(restore_volume_event::Event::Retrying(retrying)) => {
-                    // The storage comes back once the agent has said it will try again.
-                    if let Some(gate) = setup.s3.as_mut().and_then(|s3| s3.gate.as_mut()) {
-                        gate.open();
-                    }
-                    retries.push(retrying);
-                }
                 Some(restore_volume_event::Event::Result(result)) => return result,
-                _ => {}
+                other => events.push(other),
             }
         }
         panic!("the restore stream ended without a result");
     })
     .await
-    .expect("the restore ends within two minutes");
+    .expect("the restore ends once the storage is back");
     assert_eq!(result.snapshot_id, backup.snapshot_id);
     assert_eq!(manifest(&target, true), manifest(&source, true));
     assert!(target.join(".velero/r-blip").is_file());
-    let first = retries.first().expect("at least one retry was streamed");
     assert!(
-        ["stats", "restore"].contains(&first.command.as_str()),
-        "{first:?}"
+        !events
+            .iter()
+            .any(|event| matches!(event, Some(restore_volume_event::Event::Retrying(_)))),
+        "restic waited the outage out itself: {events:?}"
     );
-    assert_eq!(
-        (first.failed_attempt, first.max_attempts),
-        (1, 6),
-        "{first:?}"
-    );
-    assert!((first.delay_seconds - 0.3).abs() < 1e-9, "{first:?}");
-    assert!(
-        first.reason.contains("cannot be reached"),
-        "the retry says why: {}",
-        first.reason
-    );
+    let runs = restic_runs(setup.dir.path());
+    assert_eq!(runs.len() - runs_before, 1, "{runs:?}");
     setup.assert_password_not_in_log();
 }
 
@@ -1438,4 +1438,232 @@ async fn backup_and_restic_spans_carry_what_operators_search_by_and_never_the_pa
         }
     }
     setup.assert_password_not_in_log();
+}
+
+/// Writes an executable shell script.
+fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("writing a script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the script executable");
+}
+
+/// The environments recorded by an environment-recording restic wrapper, one per run.
+fn recorded_environments(dir: &Path) -> Vec<BTreeMap<String, String>> {
+    std::fs::read_dir(dir)
+        .expect("the recordings directory")
+        .map(|entry| {
+            let bytes = std::fs::read(entry.expect("a recording").path()).expect("a recording");
+            bytes
+                .split(|byte| *byte == 0)
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let text = String::from_utf8_lossy(pair);
+                    let (name, value) = text.split_once('=').unwrap_or((&text, ""));
+                    (name.to_string(), value.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_restic_older_than_0_17_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stub = dir.path().join("old-restic");
+    // Stands in for Debian 12's restic, whatever it is asked.
+    write_script(
+        &stub,
+        "#!/bin/sh\necho 'restic 0.14.0 compiled with go1.19.8 on linux/amd64'\n",
+    );
+    let kubelet = FakeKubelet::new(dir.path().join("pods"));
+    let args: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{}", stowage_e2e::free_port()),
+        "--node-name".into(),
+        "node-1".into(),
+        "--pods-root".into(),
+        kubelet.pods_root().display().to_string(),
+        "--scratch-dir".into(),
+        dir.path().join("scratch").display().to_string(),
+        "--restic-binary".into(),
+        stub.display().to_string(),
+    ];
+    let mut agent = stowage_e2e::TestProcess::start(
+        "stowage-volume-agent",
+        stowage_e2e::binary("stowage-volume-agent"),
+        &args,
+        &BTreeMap::new(),
+        dir.path(),
+    );
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().expect("polling the agent") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent kept running with restic 0.14; log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = agent.log();
+    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    assert!(
+        log.contains("restic 0.14.0 is too old")
+            && log.contains("needs restic 0.17.0 or newer")
+            && log.contains(&stub.display().to_string()),
+        "the message names the version found, the version needed and the binary:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restic_runs_under_the_memory_limit_without_stowage_settings_and_reports_its_peak_memory() {
+    let wrapper_dir = tempfile::tempdir().expect("temp dir");
+    let recordings = wrapper_dir.path().join("environments");
+    std::fs::create_dir_all(&recordings).unwrap();
+    let real = Command::new("sh")
+        .args(["-c", "command -v restic"])
+        .output()
+        .expect("finding restic");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "restic is not installed");
+    // The agent runs `restic` from PATH: this one records the environment it was started
+    // with (as /proc/<pid>/environ keeps it) and becomes the real restic, same pid.
+    write_script(
+        &wrapper_dir.path().join("restic"),
+        &format!(
+            "#!/bin/sh\ncat /proc/$$/environ > '{}/'$$\nexec '{real}' \"$@\"\n",
+            recordings.display()
+        ),
+    );
+    let secret = format!("stowage-secret-{}", new_pod_uid());
+    let env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            format!(
+                "{}:{}",
+                wrapper_dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        ),
+        (
+            "STOWAGE_RESTIC_MEMORY_LIMIT".to_string(),
+            "300MiB".to_string(),
+        ),
+        // Not a setting the agent reads: a secret of its environment restic must not see.
+        ("STOWAGE_EXAMPLE_TOKEN".to_string(), secret.clone()),
+    ]);
+    let setup = Setup::start(1, false, env).await;
+    let uid = new_pod_uid();
+    let source = setup.kubelet.pod(&uid).empty_dir("data");
+    write_random_file(&source.join("blob"), 4 << 20, 3);
+    let data = volume(&uid, "app-0", "data", VolumeSource::EmptyDir, "");
+    let (_, backup) = setup
+        .backup(setup.backup_request("rss-backup", data, "pod/shop/app-0/data"))
+        .await
+        .expect("backup");
+    // restic is a Go program of some ten MiB before it reads anything.
+    assert!(
+        backup.restic_peak_rss_bytes > 4 << 20 && backup.restic_peak_rss_bytes < 300 << 20,
+        "{backup:?}"
+    );
+    let target_uid = new_pod_uid();
+    setup.kubelet.pod(&target_uid).empty_dir("data");
+    let target = volume(&target_uid, "app-0", "data", VolumeSource::EmptyDir, "");
+    let (_, restore) = setup
+        .restore("rss-restore", target, &backup.snapshot_id, "r-rss")
+        .await
+        .expect("restore");
+    assert!(
+        restore.restic_peak_rss_bytes > 4 << 20 && restore.restic_peak_rss_bytes < 300 << 20,
+        "{restore:?}"
+    );
+
+    let environments = recorded_environments(&recordings);
+    // `version` at start, then the backup's and the restore's commands.
+    assert!(environments.len() >= 3, "{environments:?}");
+    for environment in &environments {
+        assert_eq!(
+            environment.get("GOMEMLIMIT").map(String::as_str),
+            Some("314572800"),
+            "{environment:?}"
+        );
+        assert!(environment.contains_key("PATH"), "{environment:?}");
+        for (name, value) in environment {
+            assert!(
+                !name.starts_with("STOWAGE_")
+                    && !value.contains(&secret)
+                    && !value.contains(&setup.password),
+                "{name} reached restic: {environment:?}"
+            );
+        }
+    }
+    assert!(
+        environments
+            .iter()
+            .any(|environment| environment.get("RESTIC_REPOSITORY") == Some(&setup.repository)),
+        "the runs against the repository were recorded: {environments:?}"
+    );
+}
+
+/// The agent backs up on top of the parent the request names, even when a later snapshot of the
+/// identity exists, and falls back to restic's latest for the identity, saying why, when the
+/// named one is not in the repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_parent_is_used_and_a_missing_one_falls_back_to_the_latest() {
+    let setup = Setup::new(2).await;
+    let uid = new_pod_uid();
+    let data = setup.kubelet.pod(&uid).empty_dir("cache");
+    for index in 0..4 {
+        write_random_file(&data.join(format!("file-{index}.bin")), 16 * 1024, index);
+    }
+    let identity = "StatefulSet/web/cache";
+    let request = |operation: &str, parent: &str| {
+        let mut request = setup.backup_request(
+            operation,
+            volume(&uid, "web-0", "cache", VolumeSource::EmptyDir, ""),
+            identity,
+        );
+        request.parent_snapshot_id = parent.into();
+        request
+    };
+    let (_, first) = setup.backup(request("first", "")).await.expect("first");
+    assert!(
+        first.parent_fallback_reason.contains("no parent"),
+        "{first:?}"
+    );
+    let (_, second) = setup.backup(request("second", "")).await.expect("second");
+    assert_eq!(second.parent_snapshot_id, first.snapshot_id);
+
+    // Named explicitly, the older snapshot is the parent, not restic's latest.
+    let (_, named) = setup
+        .backup(request("named", &first.snapshot_id))
+        .await
+        .expect("backup on the named parent");
+    assert_eq!(named.parent_snapshot_id, first.snapshot_id);
+    assert_eq!(named.parent_fallback_reason, "", "{named:?}");
+    assert_eq!(named.files_unmodified, 4, "{named:?}");
+
+    // A well-formed id the repository never held: restic refuses it, the latest is used.
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let (_, fell_back) = setup
+        .backup(request("fell-back", unknown))
+        .await
+        .expect("backup after the fallback");
+    assert_eq!(fell_back.parent_snapshot_id, named.snapshot_id);
+    assert_eq!(fell_back.files_unmodified, 4, "{fell_back:?}");
+    assert!(
+        fell_back.parent_fallback_reason.contains(unknown)
+            && fell_back.parent_fallback_reason.contains("does not exist"),
+        "{fell_back:?}"
+    );
+    let log = setup.agent.process.log();
+    assert!(
+        log.contains("the given parent snapshot is gone"),
+        "the agent logs the fallback:\n{log}"
+    );
+    assert_eq!(setup.snapshots().len(), 4);
 }

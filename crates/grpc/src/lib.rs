@@ -58,8 +58,9 @@ pub enum GrpcError {
     Tls(tonic::transport::Error),
 }
 
-/// A plaintext router serving health (with `S` reported SERVING) and reflection for the
-/// stowage.v1 contracts, admitting every caller; add the service itself with `add_service`.
+/// A plaintext router serving health (with `S` reported SERVING) and reflection (v1 and
+/// v1alpha) listing `S`, health and reflection only, admitting every caller; add the service
+/// itself with `add_service`.
 pub async fn router_for<S: NamedService>() -> Result<TracedRouter, GrpcError> {
     secured_router_for::<S>(&ServerSecurity::plaintext()).await
 }
@@ -70,15 +71,9 @@ pub async fn secured_router_for<S: NamedService>(
 ) -> Result<TracedRouter, GrpcError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<S>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl and older tools still ask the v1alpha reflection service.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection_v1 = reflection_for(S::NAME).build_v1()?;
+    let reflection_v1alpha = reflection_for(S::NAME).build_v1alpha()?;
     let mut server = Server::builder();
     if let Some(tls) = &security.tls {
         server = server.tls_config(tls.clone()).map_err(GrpcError::Tls)?;
@@ -90,6 +85,27 @@ pub async fn secured_router_for<S: NamedService>(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha))
+}
+
+/// The services every router serves beside its own: health and both reflection versions.
+pub const COMMON_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection describing what a process serving `service` answers, and nothing else. The
+/// descriptor sets hold every stowage.v1 contract (a service's messages may come from any
+/// file), but only the names given here are listed, so `grpcurl list` on an agent does not
+/// offer the orchestrator's API, which would answer Unimplemented.
+fn reflection_for(service: &str) -> tonic_reflection::server::Builder<'static> {
+    COMMON_SERVICES.iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(stowage_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service),
+        |builder, name| builder.with_service_name(*name),
+    )
 }
 
 /// Serves `router` on `addr` until `shutdown` is cancelled, then lets running calls finish.

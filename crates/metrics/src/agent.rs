@@ -1,5 +1,6 @@
-//! The volume agent's metric families: its operation queue, pod-volume operations by kind and
-//! final phase with their duration, and the bytes it backed up and restored.
+//! The volume agent's metric families: the node it serves, its operation queue, pod-volume
+//! operations by kind and final phase with their duration, the bytes it backed up and restored,
+//! and the peak memory of the restic processes it ran.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -28,6 +29,27 @@ pub struct OperationLabels {
     pub phase: FinalPhase,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+/// `stowage_agent_info{node="…"} 1`: the node this agent serves, so an alert can tell the
+/// nodes whose volumes stowage backs up from the nodes with an agent answering scrapes (the
+/// series goes stale when the agent does).
+pub fn register_node(registry: &mut Registry, node: &str) {
+    let info: Family<NodeLabels, Gauge> = Family::default();
+    info.get_or_create(&NodeLabels {
+        node: node.to_string(),
+    })
+    .set(1);
+    registry.register(
+        "stowage_agent_info",
+        "1, labelled with the node this volume agent serves",
+        info,
+    );
+}
+
 /// Handles to the agent's families; clones record into the same series.
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -38,6 +60,22 @@ pub struct AgentMetrics {
     backup_bytes: Counter,
     backup_added_bytes: Counter,
     restore_bytes: Counter,
+    restic_peak_rss: Family<OperationKindLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationKindLabel {
+    pub operation: OperationKind,
+}
+
+/// 16 MiB to 16 GiB, doubling: from restic on a small volume to one that needs a node's
+/// memory (the range where an operator sets `--restic-memory-limit`).
+fn peak_rss_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        16.0 * 1024.0 * 1024.0,
+        2.0,
+        11,
+    ))
 }
 
 fn duration_histogram() -> Histogram {
@@ -54,6 +92,7 @@ impl AgentMetrics {
             backup_bytes: Counter::default(),
             backup_added_bytes: Counter::default(),
             restore_bytes: Counter::default(),
+            restic_peak_rss: Family::new_with_constructor(peak_rss_histogram),
         };
         registry.register(
             "stowage_agent_operations_running",
@@ -90,7 +129,21 @@ impl AgentMetrics {
             "Bytes written into volumes by completed restores",
             metrics.restore_bytes.clone(),
         );
+        registry.register(
+            "stowage_agent_restic_peak_rss_bytes",
+            "Peak resident memory of the restic processes of one pod-volume operation (the largest of its runs), by operation",
+            metrics.restic_peak_rss.clone(),
+        );
         metrics
+    }
+
+    /// The peak RSS of one operation's restic; nothing when restic never ran (0).
+    pub fn restic_peak_rss(&self, operation: OperationKind, bytes: u64) {
+        if bytes > 0 {
+            self.restic_peak_rss
+                .get_or_create(&OperationKindLabel { operation })
+                .observe(bytes as f64);
+        }
     }
 
     /// One operation ended in `phase` after `seconds`.
@@ -128,6 +181,8 @@ mod tests {
         metrics.operation_ended(OperationKind::restore, FinalPhase::Failed, 0.2);
         metrics.backed_up(1000, 10);
         metrics.restored(300);
+        metrics.restic_peak_rss(OperationKind::backup, 100 * 1024 * 1024);
+        metrics.restic_peak_rss(OperationKind::restore, 0);
         metrics.set_queue(2, 3);
         let text = crate::encode(&registry);
         for line in [
@@ -139,8 +194,25 @@ mod tests {
             "stowage_agent_restore_bytes_total 300",
             "stowage_agent_operations_running 2",
             "stowage_agent_operations_queued 3",
+            r#"stowage_agent_restic_peak_rss_bytes_sum{operation="backup"} 104857600"#,
+            r#"stowage_agent_restic_peak_rss_bytes_count{operation="backup"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        assert!(
+            !text.contains(r#"stowage_agent_restic_peak_rss_bytes_count{operation="restore"}"#),
+            "an operation whose restic never ran records no peak:\n{text}"
+        );
+    }
+
+    #[test]
+    fn the_agent_names_its_node() {
+        let mut registry = Registry::default();
+        register_node(&mut registry, "node-a");
+        let text = crate::encode(&registry);
+        assert!(
+            text.contains(r#"stowage_agent_info{node="node-a"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -91,9 +91,7 @@ pub struct BackupSummary {
     pub total_files_processed: u64,
     pub total_bytes_processed: u64,
     pub total_duration: f64,
-    /// The snapshot's short id (8 hex digits), as restic 0.14 printed it and as Velero records
-    /// it; restic 0.17+ prints the full id, which [`parse_backup_line`] shortens, so records
-    /// and parent lookups (`restic snapshots`' `short_id`) keep one form.
+    /// restic 0.17+ prints the full id here (0.14 printed the short one).
     pub snapshot_id: String,
     /// restic's stderr when it exited 3: the snapshot was made but some files could not be
     /// read (they are missing from it). `None` for a complete snapshot.
@@ -127,19 +125,9 @@ pub fn parse_backup_line(line: &str) -> Option<BackupMessage> {
     let tagged: Tagged = serde_json::from_str(line).ok()?;
     match tagged.message_type.as_str() {
         "status" => serde_json::from_str(line).ok().map(BackupMessage::Status),
-        "summary" => serde_json::from_str(line)
-            .ok()
-            .map(|mut summary: BackupSummary| {
-                summary.snapshot_id = short_id(&summary.snapshot_id);
-                BackupMessage::Summary(summary)
-            }),
+        "summary" => serde_json::from_str(line).ok().map(BackupMessage::Summary),
         other => Some(BackupMessage::Other(other.to_string())),
     }
-}
-
-/// restic's short form of a snapshot id: its first 8 hex digits.
-fn short_id(id: &str) -> String {
-    id.chars().take(8).collect()
 }
 
 impl Restic {
@@ -212,7 +200,7 @@ pub fn backup_command(options: &BackupOptions) -> Result<ResticCommand, ResticEr
         command = command.arg("--tag").arg(tag);
     }
     if let Some(parent) = &options.parent {
-        command = command.arg("--parent").arg(parent);
+        command = command.arg("--parent").arg(parent_argument(parent));
     }
     if let Some(limit) = options.limit_upload_kib.filter(|limit| *limit > 0) {
         command = command.arg("--limit-upload").arg(limit.to_string());
@@ -228,6 +216,59 @@ pub fn backup_command(options: &BackupOptions) -> Result<ResticCommand, ResticEr
         command = command.args(options.paths.iter().map(|p| p.as_os_str().to_owned()));
     }
     Ok(command)
+}
+
+/// Digits of a full restic id; restic loads an id of this length without listing.
+const FULL_ID_LEN: usize = 64;
+
+/// How `parent` is given to `--parent`: a full id one digit short. restic loads a full id
+/// straight from its local cache, which still holds a snapshot another process forgot (restic
+/// 0.18 then backs up on top of a snapshot that is gone, whose data a prune may remove); any
+/// shorter prefix makes restic list the repository's snapshots, so a forgotten parent is
+/// refused instead. 63 digits stay unambiguous.
+pub fn parent_argument(parent: &str) -> &str {
+    if parent.len() == FULL_ID_LEN {
+        parent.get(..FULL_ID_LEN - 1).unwrap_or(parent)
+    } else {
+        parent
+    }
+}
+
+/// Whether `error` is restic saying that `parent`, given as `--parent`, does not exist in the
+/// repository (forgotten or pruned since the caller recorded it), rather than any other failure.
+/// restic 0.18 says so in one of two ways, as plain text or inside its `--json` `exit_error`
+/// line: an id shorter than restic's full length (as [`parent_argument`] gives it) is looked up
+/// by prefix (`no matching ID found for prefix "<id>"`); a full id is loaded directly
+/// (`failed to load snapshot <8 hex>: <the backend's not-found words>`). A storage that cannot be reached is never this: that is a
+/// retryable failure of its own.
+pub fn is_missing_parent(error: &ResticError, parent: &str) -> bool {
+    if parent.is_empty() || error.is_retryable() || error.is_cancelled() {
+        return false;
+    }
+    let Some(stderr) = error.stderr() else {
+        return false;
+    };
+    // restic's JSON output escapes the quotes around the prefix; plain text does not.
+    let unescaped = stderr.replace("\\\"", "\"");
+    let prefix = parent_argument(parent);
+    if unescaped.contains(&format!("no matching ID found for prefix \"{prefix}\"")) {
+        return true;
+    }
+    let short = parent.get(..8).unwrap_or(parent);
+    let load_failed = format!("failed to load snapshot {short}: ");
+    unescaped.lines().any(|line| {
+        line.split_once(&load_failed).is_some_and(|(_, cause)| {
+            // The local, S3 (and S3-compatible) and REST backends' words for a missing file.
+            [
+                "no such file or directory",
+                "does not exist",
+                "NoSuchKey",
+                "not found",
+            ]
+            .iter()
+            .any(|words| cause.contains(words))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -267,7 +308,7 @@ mod tests {
                 assert_eq!(summary.data_added_packed, 314611154);
                 assert_eq!(summary.data_added, 314604600);
                 assert_eq!(summary.total_files_processed, 53);
-                assert_eq!(summary.snapshot_id, "4f5e8616", "0.18's full id, shortened");
+                assert_eq!(summary.snapshot_id.len(), 64, "0.18 prints the full id");
             }
             other => panic!("{other:?}"),
         }
@@ -407,6 +448,24 @@ mod tests {
     }
 
     #[test]
+    fn a_full_parent_id_is_given_as_a_prefix_so_restic_checks_it_exists() {
+        let full = "d8ab32ffeaf87a2edbf959469dee2558921f7ba423b91d22ae5e8be10c7709a7";
+        assert_eq!(parent_argument(full), &full[..63]);
+        assert_eq!(parent_argument("d8ab32ff"), "d8ab32ff");
+        let command = backup_command(&BackupOptions {
+            parent: Some(full.into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let args: Vec<_> = command
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args, ["--json", "--parent", &full[..63], "--", "."]);
+    }
+
+    #[test]
     fn tag_with_comma_is_refused() {
         let error = backup_command(&BackupOptions {
             tags: vec!["a=b,c".into()],
@@ -414,5 +473,58 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(error, ResticError::InvalidArgument { .. }));
+    }
+
+    fn failed(stderr: &str) -> ResticError {
+        ResticError::Failed {
+            command: "backup".into(),
+            code: 1,
+            stderr: stderr.into(),
+        }
+    }
+
+    /// restic 0.18.0's own words, as the local and S3 backends print them with `--json`.
+    #[test]
+    fn a_forgotten_parent_is_recognised_in_restic_0_18_words() {
+        let full = "d8ab32ffeaf87a2edbf959469dee2558921f7ba423b91d22ae5e8be10c7709a7";
+        let s3 = "Load(<snapshot/d8ab32ffea>, 0, 0) failed: The specified key does not exist.\n\
+                  {\"message_type\":\"exit_error\",\"code\":1,\"message\":\"failed to load snapshot d8ab32ff: The specified key does not exist.\"}";
+        assert!(is_missing_parent(&failed(s3), full));
+        let local = "{\"message_type\":\"exit_error\",\"code\":1,\"message\":\"failed to load snapshot d8ab32ff: open /r/snapshots/d8ab32ff: no such file or directory\"}";
+        assert!(is_missing_parent(&failed(local), full));
+        let prefix = r#"{"message_type":"exit_error","code":1,"message":"no matching ID found for prefix \"d8ab32ff\""}"#;
+        assert!(is_missing_parent(&failed(prefix), "d8ab32ff"));
+        // A full id is given one digit short; restic names that prefix.
+        let given = format!(
+            r#"{{"message_type":"exit_error","code":1,"message":"no matching ID found for prefix \"{}\""}}"#,
+            parent_argument(full)
+        );
+        assert!(is_missing_parent(&failed(&given), full));
+        assert!(is_missing_parent(
+            &failed("no matching ID found for prefix \"d8ab32ff\""),
+            "d8ab32ff"
+        ));
+    }
+
+    #[test]
+    fn other_failures_are_not_a_missing_parent() {
+        let full = "d8ab32ffeaf87a2edbf959469dee2558921f7ba423b91d22ae5e8be10c7709a7";
+        // Another snapshot's id, another cause, an unreachable storage, a lock.
+        let other = "failed to load snapshot 0badc0de: open x: no such file or directory";
+        assert!(!is_missing_parent(&failed(other), full));
+        let corrupt = "failed to load snapshot d8ab32ff: ciphertext verification failed";
+        assert!(!is_missing_parent(&failed(corrupt), full));
+        assert!(!is_missing_parent(
+            &failed("no matching ID found for prefix \"d8ab32ff\""),
+            "0badc0de"
+        ));
+        let unreachable = ResticError::StorageUnreachable {
+            command: "backup".into(),
+            repository: "s3:x".into(),
+            stderr: "failed to load snapshot d8ab32ff: not found; connection refused".into(),
+        };
+        assert!(!is_missing_parent(&unreachable, full));
+        assert!(!is_missing_parent(&failed("Fatal: boom"), full));
+        assert!(!is_missing_parent(&failed(other), ""));
     }
 }

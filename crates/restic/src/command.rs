@@ -1,17 +1,23 @@
-//! The runner every restic command goes through: builds the argv (never a shell), hands the
-//! repository and password to restic through the environment and a 0600 password file in a
-//! per-run scratch directory, streams stdout line by line, keeps stderr for the error, and on
-//! cancel interrupts the process group (restic then removes its lock) and kills it after a
-//! grace period; a dropped future kills it at once.
+//! The runner every restic command goes through: builds the argv (never a shell), starts restic
+//! with an allow-listed environment (see [`crate::environment`]) and hands it the repository
+//! and password through that environment and a 0600 password file in a per-run scratch
+//! directory, streams stdout line by line, keeps stderr for the error, and on cancel interrupts
+//! the process group (restic then removes its lock) and kills it after a grace period; a
+//! dropped future kills it at once. The child is reaped with wait4(2), which also gives its
+//! peak resident memory.
 
 use std::{
     collections::BTreeMap,
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fmt,
     io::Write as _,
     os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,26 +25,44 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ResticError, STDERR_LIMIT, classify_exit};
+use crate::{
+    environment::{restic_environment, settable_for_restic},
+    error::{ResticError, STDERR_LIMIT, classify_exit},
+};
 
-/// Environment variables restic would read a password or repository from; removed from the
-/// inherited environment so only what the [`Repository`] says reaches restic.
-const SCRUBBED_ENV: &[&str] = &[
-    "RESTIC_PASSWORD",
-    "RESTIC_PASSWORD_COMMAND",
-    "RESTIC_PASSWORD_FILE",
-    "RESTIC_REPOSITORY",
-    "RESTIC_REPOSITORY_FILE",
-    "RESTIC_KEY_HINT",
-];
-
-/// How to run restic on this machine: which binary, and the private directory where per-run
-/// password files and the shared restic cache live.
+/// How to run restic on this machine: which binary, the private directory where per-run
+/// password files and the shared restic cache live, and settings every run gets.
 #[derive(Clone, Debug)]
 pub struct Restic {
     binary: PathBuf,
     scratch_dir: PathBuf,
     stop_grace: Duration,
+    /// Set for every run, e.g. `GOMEMLIMIT`; values are not secret.
+    env: BTreeMap<String, String>,
+    /// `--retry-lock` of every command that opens a repository.
+    retry_lock: Option<Duration>,
+    /// Where each run's peak RSS is recorded, when someone asked (see [`PeakRss`]).
+    peak_rss: Option<PeakRss>,
+}
+
+/// The highest peak resident set size of the restic runs made through the [`Restic`] it was
+/// given to ([`Restic::measuring`]): how much memory one operation's restic needed.
+#[derive(Clone, Debug, Default)]
+pub struct PeakRss(Arc<AtomicU64>);
+
+impl PeakRss {
+    pub fn new() -> Self {
+        PeakRss::default()
+    }
+
+    /// The largest peak of the runs finished so far, in bytes; 0 before the first.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, bytes: u64) {
+        self.0.fetch_max(bytes, Ordering::Relaxed);
+    }
 }
 
 /// How long a cancelled restic gets to remove its lock after SIGINT before it is killed.
@@ -144,6 +168,46 @@ impl Restic {
             binary: binary.into(),
             scratch_dir: scratch_dir.into(),
             stop_grace: DEFAULT_STOP_GRACE,
+            env: BTreeMap::new(),
+            retry_lock: None,
+            peak_rss: None,
+        }
+    }
+
+    /// Sets environment variable `key` for every run (e.g. `GOMEMLIMIT`); it wins over the
+    /// service's own environment. `STOWAGE_*` names are refused: they are never restic's.
+    pub fn with_env(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, ResticError> {
+        let key = key.into();
+        if !settable_for_restic(OsStr::new(&key)) {
+            return Err(ResticError::InvalidArgument {
+                command: String::new(),
+                reason: format!("`{key}` cannot be set for restic"),
+            });
+        }
+        self.env.insert(key, value.into());
+        Ok(self)
+    }
+
+    /// restic waits up to `wait` for a lock another process holds (`--retry-lock`) before it
+    /// fails with [`ResticError::Locked`]; `None` or zero fails at once.
+    pub fn with_retry_lock(mut self, wait: Option<Duration>) -> Self {
+        self.retry_lock = wait.filter(|wait| !wait.is_zero());
+        self
+    }
+
+    pub fn retry_lock(&self) -> Option<Duration> {
+        self.retry_lock
+    }
+
+    /// This runner, recording every run's peak RSS into `peak` as well.
+    pub fn measuring(&self, peak: &PeakRss) -> Restic {
+        Restic {
+            peak_rss: Some(peak.clone()),
+            ..self.clone()
         }
     }
 
@@ -161,7 +225,8 @@ impl Restic {
         &self.scratch_dir
     }
 
-    /// `restic version`, e.g. `restic 0.14.0 compiled with go1.19.8 on linux/amd64`.
+    /// `restic version`, e.g. `restic 0.18.0 compiled with go1.24.4 on linux/amd64`; see
+    /// [`Restic::supported_version`] for the check the services make at start.
     pub async fn version(&self, cancel: &CancellationToken) -> Result<String, ResticError> {
         let output = self
             .execute(None, &ResticCommand::new("version"), cancel, |line| {
@@ -224,6 +289,7 @@ impl Restic {
             restic.command = %command.name,
             restic.repository = repository.map(|r| r.url.as_str()).unwrap_or(""),
             restic.exit_code = tracing::field::Empty,
+            restic.peak_rss_bytes = tracing::field::Empty,
         )
     )]
     async fn execute_inner(
@@ -240,7 +306,10 @@ impl Restic {
             });
         }
         let run_dir = self.prepare_run_dir()?;
-        let mut process = tokio::process::Command::new(&self.binary);
+        // std's Command, not tokio's: the child is reaped by wait4 below (for its rusage), and
+        // tokio would reap it a second time, possibly a reused pid.
+        use std::os::unix::process::CommandExt as _;
+        let mut process = std::process::Command::new(&self.binary);
         process
             .arg(&command.name)
             .args(&command.args)
@@ -249,25 +318,35 @@ impl Restic {
             .stderr(Stdio::piped())
             // Its own process group, so a cancel reaches anything restic starts (rclone, ssh).
             .process_group(0)
-            .kill_on_drop(true)
-            .env("RESTIC_CACHE_DIR", self.scratch_dir.join("cache"))
-            // With --json restic prints 60 status lines a second by default; 2 is plenty.
-            .env("RESTIC_PROGRESS_FPS", "2");
-        for name in SCRUBBED_ENV {
-            process.env_remove(name);
+            // Only what restic needs from the service's environment; never its secrets.
+            .env_clear()
+            .envs(restic_environment(std::env::vars_os()));
+        for (key, value) in &self.env {
+            process.env(key, value);
         }
         if let Some(dir) = &command.current_dir {
             process.current_dir(dir);
         }
         if let Some(repository) = repository {
             for (key, value) in &repository.env {
-                process.env(key, value);
+                if settable_for_restic(OsStr::new(key)) {
+                    process.env(key, value);
+                } else {
+                    tracing::warn!(variable = %key, "not passing a stowage setting to restic");
+                }
             }
             let password_file = write_password_file(run_dir.path(), repository.password())?;
             process
                 .env("RESTIC_REPOSITORY", &repository.url)
                 .env("RESTIC_PASSWORD_FILE", password_file);
+            if let Some(wait) = self.retry_lock {
+                process.arg(format!("--retry-lock={}s", wait.as_secs().max(1)));
+            }
         }
+        process
+            .env("RESTIC_CACHE_DIR", self.scratch_dir.join("cache"))
+            // With --json restic prints 60 status lines a second by default; 2 is plenty.
+            .env("RESTIC_PROGRESS_FPS", "2");
         tracing::debug!(args = ?command.args, "running restic");
 
         let mut child = process.spawn().map_err(|source| {
@@ -284,9 +363,30 @@ impl Restic {
                 }
             }
         })?;
-        let mut group = ProcessGroupGuard(child.id().map(|pid| pid as i32));
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let pid = child.id() as i32;
+        let io_error = |source| ResticError::Io {
+            command: command.name.clone(),
+            source,
+        };
+        let mut group = ProcessGroupGuard {
+            pgid: Some(pid),
+            reaped: Arc::new(Mutex::new(false)),
+            reaping: std::sync::atomic::AtomicBool::new(false),
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .map(tokio::process::ChildStdout::from_std)
+            .transpose()
+            .map_err(io_error)?;
+        let stderr = child
+            .stderr
+            .take()
+            .map(tokio::process::ChildStderr::from_std)
+            .transpose()
+            .map_err(io_error)?;
+        // Dropping std's Child neither waits nor kills; the group guard owns the pid now.
+        drop(child);
 
         let mut kept_stdout = String::new();
         let cancelled = std::sync::atomic::AtomicBool::new(false);
@@ -309,7 +409,12 @@ impl Restic {
             // removing its lock.
             let run = async {
                 let (stdout_result, stderr_text) = tokio::join!(read_stdout, read_capped(stderr));
-                let status = child.wait().await;
+                // Reaped only once the pipes are closed: until then the leader's pid names the
+                // group a cancel must still kill (restic's children may hold the pipes).
+                let status = match group.reap().await {
+                    Ok(reaped) => reaped,
+                    Err(join) => Err(std::io::Error::other(join)),
+                };
                 (stdout_result, stderr_text, status)
             };
             let stop = async {
@@ -330,6 +435,15 @@ impl Restic {
         };
         // The leader is reaped now, so its pid may be reused: never signal the group again.
         group.disarm();
+        let span = tracing::Span::current();
+        // Counted for cancelled runs too: a restic stopped for growing too large is the one
+        // whose peak an operator wants to see.
+        if let Ok((_, peak_rss_bytes)) = &status {
+            span.record("restic.peak_rss_bytes", *peak_rss_bytes);
+            if let Some(peak) = &self.peak_rss {
+                peak.record(*peak_rss_bytes);
+            }
+        }
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!("restic stopped on cancel");
             return Err(ResticError::Cancelled {
@@ -337,15 +451,8 @@ impl Restic {
             });
         }
         drop(run_dir);
-        let status = status.map_err(|source| ResticError::Io {
-            command: command.name.clone(),
-            source,
-        })?;
-        stdout_result.map_err(|source| ResticError::Io {
-            command: command.name.clone(),
-            source,
-        })?;
-        let span = tracing::Span::current();
+        let (status, _) = status.map_err(io_error)?;
+        stdout_result.map_err(io_error)?;
         if let Some(code) = status.code() {
             span.record("restic.exit_code", code);
         }
@@ -452,15 +559,86 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> String {
     text
 }
 
+/// Waits for `pid` to exit and reaps it; returns its exit status and peak resident set size
+/// in bytes. Sets `reaped` under its lock as the pid is released, so the group guard never
+/// signals a pid (and group id) the kernel may already have handed to another process.
+fn reap(pid: i32, reaped: &Mutex<bool>) -> std::io::Result<(ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt as _;
+    // First wait without reaping (WNOWAIT): the zombie keeps the pid taken meanwhile.
+    loop {
+        // SAFETY: siginfo_t is plain data, zeroed is a valid value; waitid only writes it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) on our own child with a valid out pointer.
+        let result = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if result == 0 {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    let mut reaped = reaped
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zeroed is a valid value; wait4 only writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4(2) on our own child, which has exited, with valid out pointers.
+        let result = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if result == pid {
+            break;
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    *reaped = true;
+    // Linux reports ru_maxrss in KiB.
+    let peak_rss_bytes = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+    Ok((ExitStatus::from_raw(status), peak_rss_bytes))
+}
+
 /// Kills the process group when the run is abandoned (future dropped or cancelled), so no
-/// restic keeps running after its caller is gone.
-struct ProcessGroupGuard(Option<i32>);
+/// restic keeps running after its caller is gone, and makes sure the leader is reaped.
+struct ProcessGroupGuard {
+    pgid: Option<i32>,
+    /// Set by [`reap`] once the leader's pid is released.
+    reaped: Arc<Mutex<bool>>,
+    /// A reaper thread has been started for the leader.
+    reaping: std::sync::atomic::AtomicBool,
+}
 
 impl ProcessGroupGuard {
+    /// Waits for the leader in a blocking thread and reaps it. The thread keeps going when the
+    /// caller's future is dropped (the guard kills the group then), so no zombie is left.
+    fn reap(&self) -> tokio::task::JoinHandle<std::io::Result<(ExitStatus, u64)>> {
+        let pid = self.pgid.unwrap_or(0);
+        let reaped = self.reaped.clone();
+        self.reaping.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || reap(pid, &reaped))
+    }
+
     fn signal(&self, signal: libc::c_int) {
-        if let Some(pgid) = self.0
-            && pgid > 0
-        {
+        let Some(pgid) = self.pgid.filter(|pgid| *pgid > 0) else {
+            return;
+        };
+        // Held while signalling, so the leader cannot be reaped (and its id reused) between
+        // the check and the kill.
+        let reaped = self
+            .reaped
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*reaped {
             // SAFETY: kill(2) with a negative pid signals the group; no memory is involved.
             unsafe {
                 libc::kill(-pgid, signal);
@@ -469,7 +647,7 @@ impl ProcessGroupGuard {
     }
 
     fn disarm(&mut self) {
-        self.0 = None;
+        self.pgid = None;
     }
 }
 
@@ -477,6 +655,13 @@ impl Drop for ProcessGroupGuard {
     fn drop(&mut self) {
         // Dropped mid-run (the caller's future went away): no time for SIGINT's cleanup.
         self.signal(libc::SIGKILL);
+        if let Some(pid) = self.pgid
+            && !self.reaping.load(Ordering::Relaxed)
+        {
+            // Nobody waits for it yet; a plain thread, as a drop may happen outside a runtime.
+            let reaped = self.reaped.clone();
+            std::thread::spawn(move || reap(pid, &reaped));
+        }
     }
 }
 
@@ -526,6 +711,100 @@ mod tests {
         assert!(!Path::new(password_file).exists(), "removed after the run");
         assert!(output.stdout.contains("RESTIC_REPOSITORY=/repo"));
         assert!(!output.stdout.contains("=pw\n"));
+    }
+
+    #[tokio::test]
+    async fn restic_gets_an_allow_listed_environment_and_the_runner_settings() {
+        // cargo runs tests with CARGO_* set: variables restic has no use for.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let scratch = tempfile::tempdir().unwrap();
+        let restic = Restic::new("/usr/bin/env", scratch.path())
+            .with_env("GOMEMLIMIT", "536870912")
+            .unwrap();
+        let output = restic
+            .run(
+                &Repository::new("/repo", "pw")
+                    .with_env("AWS_ACCESS_KEY_ID", "key")
+                    .with_env("STOWAGE_MASTER_KEY", "leak"),
+                &ResticCommand::new("--"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        let names: Vec<&str> = output
+            .stdout
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        assert!(names.contains(&"PATH"), "{names:?}");
+        assert!(output.stdout.contains("GOMEMLIMIT=536870912\n"));
+        assert!(output.stdout.contains("AWS_ACCESS_KEY_ID=key\n"));
+        assert!(
+            names
+                .iter()
+                .all(|name| crate::environment::inherited_by_restic(name)
+                    || ["RESTIC_REPOSITORY", "RESTIC_PASSWORD_FILE"].contains(name)),
+            "{names:?}"
+        );
+        assert!(!output.stdout.contains("CARGO_"), "{}", output.stdout);
+        assert!(!output.stdout.contains("leak"), "{}", output.stdout);
+        // `env` reads a trailing `NAME=value` argument as a variable and prints it back.
+        let output = Restic::new("/usr/bin/env", scratch.path())
+            .with_retry_lock(Some(Duration::from_secs(90)))
+            .run(
+                &Repository::new("/repo", "pw"),
+                &ResticCommand::new("--"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            output.stdout.contains("--retry-lock=90s\n"),
+            "{}",
+            output.stdout
+        );
+        assert!(
+            Restic::new("restic", scratch.path())
+                .with_env("STOWAGE_MASTER_KEY", "x")
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn peak_rss_of_the_child_is_measured() {
+        let scratch = tempfile::tempdir().unwrap();
+        let script = scratch.path().join("hungry");
+        // A stand-in that touches 64 MiB before it exits.
+        std::fs::write(
+            &script,
+            "#!/bin/sh\nexec python3 -c 'b = bytearray(64 << 20)'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let peak = PeakRss::new();
+        let restic = Restic::new(&script, scratch.path().join("scratch")).measuring(&peak);
+        assert_eq!(peak.bytes(), 0);
+        restic
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("backup"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(peak.bytes() >= 64 << 20, "peak {}", peak.bytes());
+        assert!(peak.bytes() < 1 << 30, "peak {}", peak.bytes());
+        // A smaller run later does not lower the peak.
+        let small = Restic::new("/bin/true", scratch.path().join("scratch")).measuring(&peak);
+        small
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("x"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert!(peak.bytes() >= 64 << 20);
     }
 
     #[tokio::test]

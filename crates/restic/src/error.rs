@@ -1,5 +1,6 @@
-//! What can go wrong when running restic, classified from its exit status and stderr so callers
-//! can react (retry on a lock, report a wrong password, tell a missing repository apart) without
+//! What can go wrong when running restic, classified from its exit status (and, for a storage
+//! server that cannot be reached, which has no exit code of its own, from stderr) so callers can
+//! react (retry on a lock, report a wrong password, tell a missing repository apart) without
 //! matching on strings themselves.
 
 use std::path::PathBuf;
@@ -26,6 +27,17 @@ pub enum ResticError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "restic {found} is too old: stowage needs restic {needed} or newer (`restic version` \
+         printed `{output}`)"
+    )]
+    UnsupportedVersion {
+        found: String,
+        needed: String,
+        output: String,
+    },
+    #[error("cannot tell which restic this is: `restic version` printed `{output}`")]
+    UnrecognisedVersion { output: String },
     #[error("invalid restic {command} arguments: {reason}")]
     InvalidArgument { command: String, reason: String },
     #[error("restic {command}: wrong password or no key found for repository {repository}")]
@@ -111,6 +123,9 @@ impl ResticError {
     pub fn command(&self) -> &str {
         match self {
             ResticError::BinaryMissing { .. } | ResticError::Scratch { .. } => "",
+            ResticError::UnsupportedVersion { .. } | ResticError::UnrecognisedVersion { .. } => {
+                "version"
+            }
             ResticError::Spawn { command, .. }
             | ResticError::InvalidArgument { command, .. }
             | ResticError::WrongPassword { command, .. }
@@ -150,8 +165,16 @@ const UNREACHABLE: &[&str] = &[
     "no route to host",
 ];
 
-/// Turns a non-zero exit into the matching error. restic exits 1 for every fatal error, so the
-/// kind is told by the message it prints (stable wording across restic 0.9 – 0.17).
+/// restic's exit code for "there is no repository at this location" (restic ≥ 0.17).
+pub const EXIT_NO_REPOSITORY: i32 = 10;
+/// restic's exit code for "the repository is already locked" (restic ≥ 0.17).
+pub const EXIT_LOCKED: i32 = 11;
+/// restic's exit code for "wrong password or no key found" (restic ≥ 0.17).
+pub const EXIT_WRONG_PASSWORD: i32 = 12;
+
+/// Turns a non-zero exit into the matching error. restic ≥ 0.17 names a missing repository,
+/// a held lock and a wrong password by exit code; a storage server that cannot be reached is
+/// a plain fatal error (exit 1), told by Go's network error words.
 pub(crate) fn classify_exit(
     command: &str,
     repository: &str,
@@ -161,45 +184,47 @@ pub(crate) fn classify_exit(
 ) -> ResticError {
     let command = command.to_string();
     let repository = repository.to_string();
-    if stderr.contains("wrong password or no key found") {
-        return ResticError::WrongPassword {
-            command,
-            repository,
-        };
+    let stderr = stderr.trim().to_string();
+    match code {
+        Some(EXIT_WRONG_PASSWORD) => {
+            return ResticError::WrongPassword {
+                command,
+                repository,
+            };
+        }
+        Some(EXIT_NO_REPOSITORY) => {
+            return ResticError::RepositoryMissing {
+                command,
+                repository,
+                stderr,
+            };
+        }
+        Some(EXIT_LOCKED) => {
+            return ResticError::Locked {
+                command,
+                repository,
+                stderr,
+            };
+        }
+        _ => {}
     }
-    // Checked before "no repository": restic asks "Is there a repository …?" after any failure
-    // to read the config, including a storage server that is down.
-    if UNREACHABLE.iter().any(|words| stderr.contains(words)) {
+    if code == Some(1) && UNREACHABLE.iter().any(|words| stderr.contains(words)) {
         return ResticError::StorageUnreachable {
             command,
             repository,
-            stderr: stderr.trim().to_string(),
-        };
-    }
-    if stderr.contains("Is there a repository at the following location?") {
-        return ResticError::RepositoryMissing {
-            command,
-            repository,
-            stderr: stderr.trim().to_string(),
-        };
-    }
-    if stderr.contains("repository is already locked") {
-        return ResticError::Locked {
-            command,
-            repository,
-            stderr: stderr.trim().to_string(),
+            stderr,
         };
     }
     match (code, signal) {
         (Some(code), _) => ResticError::Failed {
             command,
             code,
-            stderr: stderr.trim().to_string(),
+            stderr,
         },
         (None, signal) => ResticError::Killed {
             command,
             signal: signal.unwrap_or(0),
-            stderr: stderr.trim().to_string(),
+            stderr,
         },
     }
 }
@@ -213,7 +238,7 @@ mod tests {
         let error = classify_exit(
             "snapshots",
             "/r",
-            Some(1),
+            Some(12),
             None,
             "Fatal: wrong password or no key found\n".into(),
         );
@@ -226,8 +251,8 @@ mod tests {
 
     #[test]
     fn missing_repository_is_recognised_and_keeps_stderr() {
-        let stderr = "Fatal: unable to open config file: stat nope/config: no such file or directory\nIs there a repository at the following location?\nnope\n";
-        let error = classify_exit("snapshots", "nope", Some(1), None, stderr.into());
+        let stderr = "Fatal: repository does not exist: unable to open config file: stat nope/config: no such file or directory\nIs there a repository at the following location?\nnope\n";
+        let error = classify_exit("snapshots", "nope", Some(10), None, stderr.into());
         match error {
             ResticError::RepositoryMissing { stderr, .. } => {
                 assert!(stderr.contains("stat nope/config"))
@@ -251,8 +276,38 @@ mod tests {
     #[test]
     fn lock_is_retryable() {
         let stderr = "unable to create lock in backend: repository is already locked by PID 12 on host by root (UID 0, GID 0)\nlock was created at 2026-01-01 (1s ago)\n";
-        let error = classify_exit("backup", "/r", Some(1), None, stderr.into());
+        let error = classify_exit("backup", "/r", Some(11), None, stderr.into());
+        assert!(matches!(error, ResticError::Locked { .. }), "{error}");
         assert!(error.is_retryable(), "{error}");
+    }
+
+    #[test]
+    fn exit_codes_decide_not_the_words() {
+        // The words of a failure restic did not classify do not make it one it did.
+        let error = classify_exit(
+            "backup",
+            "/r",
+            Some(1),
+            None,
+            "Fatal: wrong password or no key found; Is there a repository at the following location?; repository is already locked".into(),
+        );
+        assert!(
+            matches!(error, ResticError::Failed { code: 1, .. }),
+            "{error}"
+        );
+        // And a code says what it says whatever restic printed beside it.
+        let error = classify_exit("check", "/r", Some(11), None, String::new());
+        assert!(matches!(error, ResticError::Locked { .. }), "{error}");
+        let error = classify_exit("cat", "/r", Some(10), None, String::new());
+        assert!(
+            matches!(error, ResticError::RepositoryMissing { .. }),
+            "{error}"
+        );
+        let error = classify_exit("cat", "/r", Some(12), None, String::new());
+        assert!(
+            matches!(error, ResticError::WrongPassword { .. }),
+            "{error}"
+        );
     }
 
     #[test]

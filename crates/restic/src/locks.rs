@@ -162,14 +162,26 @@ impl Restic {
         min_age: chrono::Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<String>, ResticError> {
+        let locks = self.locks(repository, cancel).await?;
+        self.remove_stale_locks_among(repository, &locks, min_age, cancel)
+            .await
+    }
+
+    /// [`Restic::remove_stale_locks`] over locks the caller already listed (and may have
+    /// judged by rules of its own first).
+    pub async fn remove_stale_locks_among(
+        &self,
+        repository: &Repository,
+        locks: &[Lock],
+        min_age: chrono::Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, ResticError> {
         let host = hostname();
         let now = Utc::now();
-        let stale: Vec<String> = self
-            .locks(repository, cancel)
-            .await?
-            .into_iter()
+        let stale: Vec<String> = locks
+            .iter()
             .filter(|lock| lock.info.is_stale(now, min_age, &host, process_alive))
-            .map(|lock| lock.id)
+            .map(|lock| lock.id.clone())
             .collect();
         if !stale.is_empty() {
             tracing::info!(locks = ?stale, "removing stale restic locks");

@@ -30,13 +30,15 @@ pub enum CheckData {
 }
 
 impl Restic {
-    /// `restic init` with the repository's password (the first key of the repository).
+    /// `restic init` with the repository's password (the first key of the repository), as
+    /// repository format 2: compressed (restic's `auto` compression, its default for format 2
+    /// repositories) and readable by restic 0.14 and newer.
     pub async fn init(
         &self,
         repository: &Repository,
         cancel: &CancellationToken,
     ) -> Result<(), ResticError> {
-        self.run(repository, &ResticCommand::new("init"), cancel)
+        self.run(repository, &init_command(), cancel)
             .await
             .map(drop)
     }
@@ -116,6 +118,14 @@ impl Restic {
     }
 }
 
+/// The repository format new repositories get: 2 stores compressed data. Said explicitly so a
+/// later restic changing its default does not change what stowage creates.
+pub const REPOSITORY_VERSION: u32 = 2;
+
+fn init_command() -> ResticCommand {
+    ResticCommand::new("init").arg(format!("--repository-version={REPOSITORY_VERSION}"))
+}
+
 fn check_command(data: CheckData) -> Result<ResticCommand, ResticError> {
     let command = ResticCommand::new("check");
     Ok(match data {
@@ -157,6 +167,11 @@ mod tests {
             .iter()
             .map(|arg| arg.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn init_creates_format_2() {
+        assert_eq!(args(&init_command()), ["--repository-version=2"]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Running a restic command again when it failed for a reason that passes by itself (the
 //! storage could not be reached, another process held the repository lock), waiting twice as
 //! long before each new attempt. Every other failure ends at once: a wrong password or a bad
-//! argument is the same on the next run.
+//! argument is the same on the next run. A runner that lets restic wait for locks itself
+//! (`--retry-lock`, [`crate::Restic::with_retry_lock`]) uses a policy that retries only storage
+//! outages ([`RetryPolicy::without_lock_retries`]): restic already waited for the lock.
 
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ pub struct RetryPolicy {
     pub first_delay: Duration,
     /// No wait is longer than this, however many retries are allowed.
     pub max_delay: Duration,
+    /// Whether a held lock ([`ResticError::Locked`]) is retried; false when restic waited for
+    /// it already (`--retry-lock`).
+    pub retry_locked: bool,
 }
 
 /// The longest wait between two attempts unless a policy says otherwise.
@@ -31,6 +36,7 @@ impl Default for RetryPolicy {
             retries: 3,
             first_delay: Duration::from_secs(2),
             max_delay: DEFAULT_MAX_DELAY,
+            retry_locked: true,
         }
     }
 }
@@ -41,6 +47,7 @@ impl RetryPolicy {
         retries: 0,
         first_delay: Duration::ZERO,
         max_delay: Duration::ZERO,
+        retry_locked: false,
     };
 
     pub fn new(retries: u32, first_delay: Duration) -> Self {
@@ -49,6 +56,23 @@ impl RetryPolicy {
             first_delay,
             ..RetryPolicy::default()
         }
+    }
+
+    /// This policy for a runner whose restic waits for locks itself: a held lock after that
+    /// wait fails at once, only storage outages are retried.
+    pub fn without_lock_retries(self) -> Self {
+        RetryPolicy {
+            retry_locked: false,
+            ..self
+        }
+    }
+
+    /// Whether `error` is one this policy runs the command again for.
+    pub fn retries(&self, error: &ResticError) -> bool {
+        if matches!(error.last(), ResticError::Locked { .. }) {
+            return self.retry_locked;
+        }
+        error.is_retryable()
     }
 
     /// The first run and every retry.
@@ -121,7 +145,10 @@ impl Attempts<'_> {
     ) -> Result<(), ResticError> {
         self.failed += 1;
         let attempts = self.failed;
-        if error.is_cancelled() || !error.is_retryable() || attempts >= self.policy.max_attempts() {
+        if error.is_cancelled()
+            || !self.policy.retries(&error)
+            || attempts >= self.policy.max_attempts()
+        {
             if attempts == 1 || error.is_cancelled() {
                 return Err(error);
             }
@@ -212,6 +239,7 @@ mod tests {
             retries: 40,
             first_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
+            retry_locked: true,
         };
         let waits: Vec<_> = (1..=7).map(|retry| policy.delay(retry).as_secs()).collect();
         assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60]);
@@ -294,6 +322,26 @@ mod tests {
             "{error:?}"
         );
         assert!(!error.is_retryable());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_restic_waited_for_is_not_retried_but_an_outage_is() {
+        let policy = RetryPolicy::new(3, Duration::from_secs(2)).without_lock_retries();
+        let cancel = CancellationToken::new();
+        let (result, runs, waits) = run(policy, &cancel, vec![Err(locked())]).await;
+        assert!(
+            matches!(result, Err(ResticError::Locked { .. })),
+            "{result:?}"
+        );
+        assert_eq!((runs, waits.len()), (1, 0));
+        let (result, runs, waits) = run(
+            policy,
+            &cancel,
+            vec![Err(unreachable()), Err(unreachable())],
+        )
+        .await;
+        assert_eq!(result.unwrap(), "done");
+        assert_eq!((runs, waits.len()), (3, 2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! The wrapper against the real `restic` binary and a repository in a temp dir: backup with
-//! progress, tag filters and parents, stats, restore, and restic's failures classified.
+//! progress, tag filters and parents, stats, restore, restic's failures classified by exit
+//! code, a held lock waited out with `--retry-lock`, and new repositories in format 2.
 
 use std::{io::Write as _, path::Path, process::Stdio};
 
@@ -76,7 +77,8 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
         .await
         .unwrap()
         .expect("the snapshot is found by its tags");
-    assert_eq!(found.short_id, first.snapshot_id);
+    // restic 0.17+ prints the snapshot's full id in the backup summary.
+    assert_eq!(found.id, first.snapshot_id);
     assert_eq!(found.hostname, "node-a");
     assert_eq!(found.tag_value("ns"), Some("shop"));
     let none = f
@@ -178,8 +180,27 @@ async fn wrong_password_and_missing_repository_are_classified() {
 #[tokio::test]
 async fn exclusive_command_against_a_held_lock_is_retryable() {
     let f = fixture().await;
-    // A backup reading stdin holds its (shared) lock until stdin closes.
-    let password_file = f.dir.path().join("pw");
+    let mut holder = hold_lock(&f);
+    let error = f
+        .restic
+        .run(
+            &f.repository,
+            &ResticCommand::new("prune"),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"done").unwrap();
+    drop(stdin);
+    assert!(holder.wait().unwrap().success());
+    assert!(error.is_retryable(), "{error}");
+    assert!(matches!(error, ResticError::Locked { .. }));
+}
+
+/// A backup reading stdin holds its (shared) lock until its stdin is closed.
+fn hold_lock(f: &Fixture) -> std::process::Child {
+    let password_file = f.dir.path().join("holder-pw");
     std::fs::write(&password_file, f.repository.password()).unwrap();
     let mut holder = std::process::Command::new("restic")
         .args(["backup", "--stdin", "--stdin-filename", "held", "--repo"])
@@ -196,19 +217,54 @@ async fn exclusive_command_against_a_held_lock_is_retryable() {
         assert!(holder.try_wait().unwrap().is_none(), "lock holder exited");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let error = f
+    holder
+}
+
+#[tokio::test]
+async fn restic_waits_out_a_held_lock_itself_with_retry_lock() {
+    let f = fixture().await;
+    let mut holder = hold_lock(&f);
+    let restic = f
         .restic
-        .run(
-            &f.repository,
-            &ResticCommand::new("prune"),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+        .clone()
+        .with_retry_lock(Some(std::time::Duration::from_secs(120)));
+    let prune = {
+        let repository = f.repository.clone();
+        tokio::spawn(async move {
+            restic
+                .run(
+                    &repository,
+                    &ResticCommand::new("prune"),
+                    &CancellationToken::new(),
+                )
+                .await
+        })
+    };
+    // Meanwhile the prune is refused the lock and keeps trying (restic says so), so the holder
+    // finishing is what lets it run; without --retry-lock it fails with exit code 11.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let mut stdin = holder.stdin.take().unwrap();
     stdin.write_all(b"done").unwrap();
     drop(stdin);
     assert!(holder.wait().unwrap().success());
-    assert!(error.is_retryable(), "{error}");
-    assert!(matches!(error, ResticError::Locked { .. }));
+    let output = prune
+        .await
+        .unwrap()
+        .expect("prune ran once the lock was released");
+    let said = format!("{}{}", output.stdout, output.stderr);
+    assert!(
+        said.contains("repo already locked, waiting up to"),
+        "restic waited for the lock: {said}"
+    );
+}
+
+#[tokio::test]
+async fn repository_written_by_this_wrapper_is_format_2() {
+    let f = fixture().await;
+    let config = f
+        .restic
+        .cat_config(&f.repository, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(config.version, 2);
 }

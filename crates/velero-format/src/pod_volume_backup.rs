@@ -16,6 +16,12 @@ pub const BACKUP_NAME_LABEL: &str = "velero.io/backup-name";
 pub const BACKUP_UID_LABEL: &str = "velero.io/backup-uid";
 /// The label carrying the PVC's uid, for PVC-backed volumes.
 pub const PVC_UID_LABEL: &str = "velero.io/pvc-uid";
+/// The annotation naming the PVC, for PVC-backed volumes (Velero's restore looks for it to tell
+/// whether a PVC has a pod volume backup).
+pub const PVC_NAME_ANNOTATION: &str = "velero.io/pvc-name";
+/// `spec.backupStorageLocation`: the name of Velero's default BackupStorageLocation, the one
+/// location stowage writes to.
+pub const DEFAULT_STORAGE_LOCATION: &str = "default";
 /// `spec.uploaderType` of restic-era backups (absent before Velero 1.10 meant restic too).
 pub const UPLOADER_RESTIC: &str = "restic";
 
@@ -200,8 +206,19 @@ pub struct PodVolumeBackupStatus {
     pub completion_timestamp: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<PodVolumeOperationProgress>,
+    /// Bytes the backup added to the repository (Velero 1.15+; absent when zero, as Go's
+    /// `omitempty` writes it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incremental_bytes: u64,
+    /// When the node's uploader took the volume on (Velero 1.16+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_timestamp: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn empty_phase_as_none<'de, D>(deserializer: D) -> Result<Option<PodVolumeBackupPhase>, D::Error>

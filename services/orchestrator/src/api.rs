@@ -76,9 +76,7 @@ impl OrchestratorApi {
         if !backup_is_final(status.phase) && status.phase != BackupPhase::Deleting as i32 {
             return Err(Error::Precondition(format!(
                 "backup `{name}` is {}; cancel it before deleting it",
-                BackupPhase::try_from(status.phase)
-                    .unwrap_or_default()
-                    .as_str_name()
+                crate::tally::backup_phase_word(status.phase)
             )));
         }
         entry.update(|b| {

@@ -33,6 +33,7 @@ use crate::{
         Cluster,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
+    parents::Parents,
     selection::{VolumeKind, select_volumes},
     state::{BackupEntry, Entry, now},
     tally::{ending, tally},
@@ -183,7 +184,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         "info",
         format!(
             "backup {name} ended {}: {} volumes, {} completed, {} failed",
-            phase.as_str_name(),
+            crate::tally::backup_phase_word(phase as i32),
             status.volumes_total,
             status.volumes_completed,
             status.volumes_failed
@@ -317,6 +318,9 @@ async fn execute(
         }
     }
 
+    // Each volume's parent from the records of every other backup, read once for the run; a
+    // backup that completes meanwhile is not waited for (the agent can still look it up).
+    let parents = Parents::from_index(&deps.index, &backup.name);
     let overall = Arc::new(Semaphore::new(deps.limits.max_parallel_volumes.max(1)));
     let mut per_node: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
     let mut tasks = JoinSet::new();
@@ -330,6 +334,11 @@ async fn execute(
             .get(&volume_ref.namespace)
             .cloned()
             .unwrap_or_else(|| Err("no repository".to_string()));
+        let parent = repository.as_ref().ok().and_then(|access| {
+            parents
+                .of(&access.url, &planned.volume.stable_identity)
+                .map(str::to_string)
+        });
         let span = tracing::info_span!(
             "backup_volume",
             backup = %backup.name,
@@ -346,6 +355,7 @@ async fn execute(
             mirrors: mirrors.clone(),
             index,
             repository,
+            parent,
             deadline,
             timeout,
             overall: overall.clone(),
@@ -447,6 +457,8 @@ struct VolumeJob {
     mirrors: MirrorQueue,
     index: usize,
     repository: Result<RepositoryAccess, String>,
+    /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
+    parent: Option<String>,
     deadline: Instant,
     timeout: Duration,
     overall: Arc<Semaphore>,
@@ -493,6 +505,28 @@ impl VolumeJob {
             uid: backup.uid.clone(),
             ..Default::default()
         })
+    }
+
+    /// The agent ran `restic snapshots` to find the parent: expected when no record named one
+    /// (a first backup), a warning when the one sent was gone (forgotten behind our back).
+    fn log_parent_fallback(&self, volume: &PodVolumeBackup, reason: &str) {
+        if reason.is_empty() {
+            return;
+        }
+        let reference = volume.volume.clone().unwrap_or_default();
+        let level = if self.parent.is_some() {
+            "warning"
+        } else {
+            "info"
+        };
+        self.entry.log(
+            level,
+            format!(
+                "{}/{} volume {}: the agent looked the parent snapshot up with restic \
+                 snapshots: {reason}",
+                reference.namespace, reference.pod_name, reference.volume_name
+            ),
+        );
     }
 
     async fn run(self) {
@@ -572,6 +606,7 @@ impl VolumeJob {
             backup_uid: backup.uid.clone(),
             stable_identity: volume.stable_identity.clone(),
             extra_tags: Default::default(),
+            parent_snapshot_id: self.parent.clone().unwrap_or_default(),
         };
         let repository_url = request
             .repository
@@ -616,6 +651,7 @@ impl VolumeJob {
                             let span = tracing::Span::current();
                             span.record("snapshot_id", result.snapshot_id.as_str());
                             span.record("bytes", result.bytes_total);
+                            self.log_parent_fallback(&volume, &result.parent_fallback_reason);
                             self.update(|v| {
                                 v.snapshot_id = result.snapshot_id.clone();
                                 v.parent_snapshot_id = result.parent_snapshot_id.clone();
@@ -624,6 +660,7 @@ impl VolumeJob {
                                 v.files_new = result.files_new;
                                 v.files_changed = result.files_changed;
                                 v.files_unmodified = result.files_unmodified;
+                                v.path = result.path.clone();
                                 v.progress = Some(Progress {
                                     bytes_done: result.bytes_total,
                                     bytes_total: result.bytes_total,
@@ -679,14 +716,15 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
         _ => "New",
     };
     let progress = volume.progress.unwrap_or_default();
-    let labels = json!({
+    let mut labels = json!({
         "velero.io/backup-name": backup.name,
         "velero.io/backup-uid": backup.uid,
     });
-    let spec = json!({
+    let mut spec = json!({
         "node": volume.node,
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,
+        "backupStorageLocation": stowage_velero_format::pod_volume_backup::DEFAULT_STORAGE_LOCATION,
         "repoIdentifier": volume.repository,
         "uploaderType": "restic",
         "tags": {
@@ -694,7 +732,13 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
             "pod": reference.pod_name, "pod-uid": reference.pod_uid, "volume": reference.volume_name,
         },
     });
+    // As Velero marks a PVC's volume: `kubectl get podvolumebackups -l velero.io/pvc-uid=…`.
+    if !reference.pvc_uid.is_empty() {
+        labels["velero.io/pvc-uid"] = json!(reference.pvc_uid);
+        spec["tags"]["pvc-uid"] = json!(reference.pvc_uid);
+    }
     let status = json!({
+        "path": volume.path,
         "phase": phase,
         "snapshotID": volume.snapshot_id,
         "message": volume.error_message,
@@ -821,6 +865,7 @@ async fn plan_pod(
                 reference.source = VolumeSource::PersistentVolumeClaim as i32;
                 reference.pv_name = pv_name;
                 reference.pvc_name = claim_name.clone();
+                reference.pvc_uid = pvc.metadata.uid.clone().unwrap_or_default();
                 let mut manifest = serde_json::to_value(pvc)
                     .map_err(|error| Error::Failed(format!("PVC manifest: {error}")))?;
                 strip_server_fields(&mut manifest);

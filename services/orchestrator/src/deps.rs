@@ -45,10 +45,9 @@ pub struct Deps {
     pub shutdown: CancellationToken,
 }
 
-/// The restore helper's image when no ConfigMap names one.
+/// The restore helper's image when no ConfigMap names one (`--restore-helper-image`); an
+/// untagged image gets this release's tag (`stowage_images::VERSION`).
 #[derive(Debug, Clone)]
 pub struct RestoreHelperDefaults {
     pub image: String,
-    /// The orchestrator's version, the tag an untagged ConfigMap image gets.
-    pub version_tag: String,
 }

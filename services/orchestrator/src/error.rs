@@ -38,7 +38,7 @@ pub enum Error {
         #[source]
         source: ::kube::Error,
     },
-    #[error("{service}: {action}: {status}")]
+    #[error("{service}: {action}: {}", status_text(status))]
     Rpc {
         service: &'static str,
         action: String,
@@ -85,6 +85,25 @@ impl Error {
             Error::Failed(_) => Code::Internal,
         }
     }
+}
+
+/// A gRPC status as a person reads it, its code and message (`Unavailable: no route to host`)
+/// and the transport error behind it if any; tonic's own Display adds `details: [],
+/// metadata: MetadataMap {…}`, which ends up in volume errors and logs.
+pub fn status_text(status: &tonic::Status) -> String {
+    let message = status.message().trim();
+    let mut text = if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {message}", status.code())
+    };
+    if let Some(source) = std::error::Error::source(status) {
+        let causes = cause_chain(source);
+        if !text.contains(&causes) {
+            text.push_str(&format!(" ({causes})"));
+        }
+    }
+    text
 }
 
 /// Why a call to the agent of `node` failed, for a volume's error message. A status made on
@@ -234,6 +253,25 @@ pub fn validate_duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_call_reads_as_its_code_and_message() {
+        let error = Error::Rpc {
+            service: "repo-manager",
+            action: "repository access".into(),
+            status: tonic::Status::unavailable("repo-manager is restarting"),
+        };
+        assert_eq!(
+            error.to_string(),
+            "repo-manager: repository access: Unavailable: repo-manager is restarting"
+        );
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let text = status_text(&broken);
+        assert!(text.contains("connection reset"), "{text}");
+        for raw in ["status:", "details:", "metadata", "MetadataMap"] {
+            assert!(!text.contains(raw), "{text}");
+        }
+    }
 
     #[test]
     fn a_broken_connection_is_told_apart_from_the_agent_s_own_error() {

@@ -7,6 +7,7 @@ mod backup;
 mod deps;
 mod error;
 mod kube;
+mod parents;
 mod recovery;
 mod restore;
 mod selection;
@@ -100,7 +101,7 @@ struct Config {
     #[arg(
         long,
         env = "STOWAGE_RESTORE_HELPER_IMAGE",
-        default_value = "ghcr.io/stowage/stowage-restore-helper"
+        default_value_t = stowage_images::Image::RestoreHelper.repository()
     )]
     restore_helper_image: String,
     /// Seconds between looks for expired backups and for backups new in the object store.
@@ -139,7 +140,11 @@ async fn main() -> anyhow::Result<()> {
     let gauges = index.clone();
     stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
         let (backups, restores) = gauges.phases();
-        stowage_metrics::orchestrator::families(&backups, &restores)
+        let mut families = stowage_metrics::orchestrator::families(&backups, &restores);
+        families.extend(stowage_metrics::orchestrator::volume_families(
+            &gauges.volume_backup_attempts(),
+        ));
+        families
     });
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
@@ -201,7 +206,6 @@ async fn main() -> anyhow::Result<()> {
         },
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),
-            version_tag: format!("v{}", env!("CARGO_PKG_VERSION")),
         },
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),

@@ -20,7 +20,7 @@ use tracing::{Instrument, field};
 use crate::{
     backup::{rfc3339, strip_server_fields},
     deps::{Deps, RestoreHelperDefaults},
-    error::{Error, Result, validate_name},
+    error::{Error, Result, agent_failure, validate_name},
     kube::{
         Cluster,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
@@ -58,14 +58,14 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     if !backup.unrestorable_reason.is_empty() {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason: backup.unrestorable_reason,
         });
     }
     if !matches!(phase, BackupPhase::Completed | BackupPhase::PartiallyFailed) {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason: "only completed or partially failed backups can be restored".to_string(),
         });
     }
@@ -79,7 +79,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     {
         return Err(Error::BackupNotRestorable {
             name: backup.name,
-            phase: phase.as_str_name().to_string(),
+            phase: crate::tally::backup_phase_word(phase as i32),
             reason,
         });
     }
@@ -221,9 +221,7 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         "info",
         format!(
             "restore ended {}: {} volumes, {} completed, {} failed",
-            RestorePhase::try_from(status.phase)
-                .unwrap_or_default()
-                .as_str_name(),
+            crate::tally::restore_phase_word(status.phase),
             status.volumes_total,
             status.volumes_completed,
             status.volumes_failed
@@ -359,6 +357,7 @@ async fn execute(
                         source: reference.source,
                         pv_name: String::new(),
                         pvc_name: reference.pvc_name.clone(),
+                        pvc_uid: reference.pvc_uid.clone(),
                     }),
                     phase: if failure.is_some() {
                         VolumePhase::Failed
@@ -505,16 +504,6 @@ fn restorable_pod(
         .map_err(|error| Error::Failed(format!("pod manifest: {error}")))
 }
 
-/// `image` with the orchestrator's version as its tag when it has neither tag nor digest.
-pub fn with_default_tag(image: &str, version_tag: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') {
-        image.to_string()
-    } else {
-        format!("{image}:{version_tag}")
-    }
-}
-
 /// The restore-helper container from the ConfigMap (image, requests, limits; `"0"` leaves
 /// one unbounded), with defaults 100m CPU and 128Mi memory.
 pub fn helper_spec(
@@ -522,11 +511,11 @@ pub fn helper_spec(
     defaults: &RestoreHelperDefaults,
     restore_uid: &str,
 ) -> Value {
-    let image = config
-        .get("image")
-        .filter(|image| !image.is_empty())
-        .map(|image| with_default_tag(image, &defaults.version_tag))
-        .unwrap_or_else(|| with_default_tag(&defaults.image, &defaults.version_tag));
+    // The same rule the kustomize test applies to the shipped ConfigMap.
+    let image = stowage_images::restore_helper_image(
+        config.get("image").map(String::as_str),
+        &defaults.image,
+    );
     let quantity = |key: &str, default: &str| -> Option<String> {
         let value = config.get(key).map(String::as_str).unwrap_or(default);
         (value != "0" && !value.is_empty()).then(|| value.to_string())
@@ -705,11 +694,11 @@ async fn restore_volume(
                 restore_name: restore.name.clone(),
             })
             .await
-            .map_err(Error::rpc("volume agent", format!("restore on node {node}")))?
+            .map_err(|status| Error::Failed(agent_failure(node, &status)))?
             .into_inner();
         loop {
             let event = tokio::select! {
-                event = stream.message() => event.map_err(Error::rpc("volume agent", format!("restore on node {node}")))?,
+                event = stream.message() => event.map_err(|status| Error::Failed(agent_failure(node, &status)))?,
                 () = entry.cancel.cancelled() => return Err(Error::Failed("the restore was cancelled".to_string())),
             };
             match event.and_then(|e| e.event) {
@@ -877,8 +866,7 @@ mod tests {
 
     fn defaults() -> RestoreHelperDefaults {
         RestoreHelperDefaults {
-            image: "ghcr.io/stowage/restore-helper".into(),
-            version_tag: "v0.1.0".into(),
+            image: "ghcr.io/stowage/stowage-restore-helper".into(),
         }
     }
 
@@ -931,23 +919,12 @@ mod tests {
     }
 
     #[test]
-    fn untagged_images_get_the_version_tag() {
-        assert_eq!(with_default_tag("repo/helper", "v1"), "repo/helper:v1");
-        assert_eq!(with_default_tag("repo/helper:2", "v1"), "repo/helper:2");
-        assert_eq!(
-            with_default_tag("host:5000/helper", "v1"),
-            "host:5000/helper:v1"
-        );
-        assert_eq!(
-            with_default_tag("helper@sha256:ab", "v1"),
-            "helper@sha256:ab"
-        );
-    }
-
-    #[test]
     fn helper_resources_come_from_the_config_map_with_zero_unbounded() {
         let spec = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
-        assert_eq!(spec["image"], "ghcr.io/stowage/restore-helper:v0.1.0");
+        assert_eq!(
+            spec["image"],
+            "ghcr.io/stowage/stowage-restore-helper:0.1.0"
+        );
         assert_eq!(spec["args"], json!(["uid-1"]));
         assert_eq!(spec["resources"]["requests"]["cpu"], "100m");
         assert_eq!(spec["resources"]["limits"]["memory"], "128Mi");
@@ -957,7 +934,7 @@ mod tests {
             ("memRequest".to_string(), "64Mi".to_string()),
         ]);
         let spec = helper_spec(&config, &defaults(), "uid-1");
-        assert_eq!(spec["image"], "my/helper:v0.1.0");
+        assert_eq!(spec["image"], "my/helper:0.1.0");
         assert!(spec["resources"]["limits"].get("cpu").is_none());
         assert_eq!(spec["resources"]["requests"]["memory"], "64Mi");
     }

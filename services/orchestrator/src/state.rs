@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use stowage_metrics::orchestrator::RunPhases;
+use stowage_metrics::orchestrator::{RunPhases, VolumeBackupAttempt};
 use stowage_proto::{
     prost_types::Timestamp,
     v1::{Backup, LogLine, Restore},
@@ -184,6 +184,35 @@ impl Index {
         (backups, restores)
     }
 
+    /// Every ended pod volume of every known backup, reduced to what the per-volume gauges
+    /// read (which volume, where, how it ended and when).
+    pub fn volume_backup_attempts(&self) -> Vec<VolumeBackupAttempt> {
+        let mut attempts = Vec::new();
+        for entry in self.backups() {
+            entry.read(|backup| {
+                let volumes = backup.status.iter().flat_map(|status| &status.volumes);
+                for volume in volumes {
+                    let Some(finished) = &volume.finished else {
+                        continue;
+                    };
+                    let reference = volume.volume.clone().unwrap_or_default();
+                    attempts.push(VolumeBackupAttempt {
+                        namespace: reference.namespace,
+                        identity: volume.stable_identity.clone(),
+                        pod: reference.pod_name,
+                        volume: reference.volume_name,
+                        node: volume.node.clone(),
+                        phase: volume.phase,
+                        finished_unix: Some(
+                            finished.seconds as f64 + f64::from(finished.nanos) / 1e9,
+                        ),
+                    });
+                }
+            });
+        }
+        attempts
+    }
+
     pub fn restores(&self) -> Vec<Arc<RestoreEntry>> {
         self.restores
             .read()
@@ -248,6 +277,59 @@ mod tests {
             [RunPhases {
                 phase: BackupPhase::Completed as i32,
                 volume_phases: vec![VolumePhase::Completed as i32],
+            }]
+        );
+    }
+
+    #[test]
+    fn volume_attempts_are_the_ended_volumes_with_their_identity_and_end() {
+        use stowage_proto::v1::{PodVolumeRef, VolumePhase};
+        let index = Index::default();
+        let volume = |pod: &str, phase: VolumePhase, finished: Option<Timestamp>| PodVolumeBackup {
+            volume: Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod_name: pod.into(),
+                volume_name: "data".into(),
+                ..Default::default()
+            }),
+            node: "node-a".into(),
+            stable_identity: format!("pvc-uid/{pod}"),
+            phase: phase as i32,
+            finished,
+            ..Default::default()
+        };
+        let backup = Backup {
+            name: "nightly".into(),
+            status: Some(BackupStatus {
+                volumes: vec![
+                    volume(
+                        "db-0",
+                        VolumePhase::Completed,
+                        Some(Timestamp {
+                            seconds: 100,
+                            nanos: 500_000_000,
+                        }),
+                    ),
+                    volume("db-1", VolumePhase::InProgress, None),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        index.insert_backup(
+            "nightly",
+            Entry::new(backup, Vec::new(), CancellationToken::new()),
+        );
+        assert_eq!(
+            index.volume_backup_attempts(),
+            [VolumeBackupAttempt {
+                namespace: "shop".into(),
+                identity: "pvc-uid/db-0".into(),
+                pod: "db-0".into(),
+                volume: "data".into(),
+                node: "node-a".into(),
+                phase: VolumePhase::Completed as i32,
+                finished_unix: Some(100.5),
             }]
         );
     }

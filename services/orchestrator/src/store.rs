@@ -191,6 +191,13 @@ impl Store {
                 "filesUnmodified".to_string(),
                 json!(volume.files_unmodified),
             );
+            // Kept so a backup read back (after a restart) writes its PodVolumeBackups whole.
+            if !reference.pvc_uid.is_empty() {
+                record_extra.insert("pvcUid".to_string(), json!(reference.pvc_uid));
+            }
+            if !volume.path.is_empty() {
+                record_extra.insert("path".to_string(), json!(volume.path));
+            }
             info.volumes.push(vf::stowage::VolumeRecord {
                 namespace: reference.namespace.clone(),
                 pod: reference.pod_name.clone(),
@@ -215,45 +222,7 @@ impl Store {
                 extra: record_extra,
             });
 
-            let mut pvb = vf::PodVolumeBackup::new(
-                mirror::object_name(&backup.name, &reference.pod_uid, &reference.volume_name),
-                &self.server_namespace,
-            );
-            pvb.metadata.labels = BTreeMap::from([
-                ("velero.io/backup-name".to_string(), backup.name.clone()),
-                ("velero.io/backup-uid".to_string(), backup.uid.clone()),
-            ]);
-            pvb.spec.node = volume.node.clone();
-            pvb.spec.pod = vf::pod_volume_backup::PodReference {
-                kind: "Pod".to_string(),
-                namespace: reference.namespace.clone(),
-                name: reference.pod_name.clone(),
-                uid: reference.pod_uid.clone(),
-                ..Default::default()
-            };
-            pvb.spec.volume = reference.volume_name.clone();
-            pvb.spec.repo_identifier = volume.repository.clone();
-            pvb.spec.uploader_type = Some("restic".to_string());
-            pvb.spec.tags = BTreeMap::from([
-                ("backup".to_string(), backup.name.clone()),
-                ("backup-uid".to_string(), backup.uid.clone()),
-                ("ns".to_string(), reference.namespace.clone()),
-                ("pod".to_string(), reference.pod_name.clone()),
-                ("pod-uid".to_string(), reference.pod_uid.clone()),
-                ("volume".to_string(), reference.volume_name.clone()),
-            ]);
-            pvb.status.phase = Some(vf::pod_volume_backup::PodVolumeBackupPhase::from(
-                volume_phase_name(volume.phase).to_string(),
-            ));
-            pvb.status.snapshot_id = volume.snapshot_id.clone();
-            pvb.status.message = volume.error_message.clone();
-            pvb.status.start_timestamp = volume.started.as_ref().and_then(to_chrono);
-            pvb.status.completion_timestamp = volume.finished.as_ref().and_then(to_chrono);
-            pvb.status.progress = Some(vf::pod_volume_backup::PodVolumeOperationProgress {
-                total_bytes: progress.bytes_total,
-                bytes_done: progress.bytes_done,
-                ..Default::default()
-            });
+            let pvb = velero_pod_volume_backup(backup, volume, &self.server_namespace);
             pod_volume_backups.push(pvb);
         }
         for skipped in &status.skipped {
@@ -420,6 +389,14 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
             .iter()
             .map(|record| {
                 let number = |key: &str| record.extra.get(key).and_then(Value::as_u64).unwrap_or(0);
+                let text = |key: &str| {
+                    record
+                        .extra
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 let source = record
                     .extra
                     .get("source")
@@ -439,6 +416,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                         source: source as i32,
                         pv_name: record.pv.clone().unwrap_or_default(),
                         pvc_name: record.pvc.clone().unwrap_or_default(),
+                        pvc_uid: text("pvcUid"),
                     }),
                     node: record.node.clone(),
                     phase: volume_phase_from(&record.phase) as i32,
@@ -464,6 +442,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                     started: record.started.as_ref().map(to_timestamp),
                     finished: record.finished.as_ref().map(to_timestamp),
                     error_message: record.message.clone(),
+                    path: text("path"),
                 }
             })
             .collect();
@@ -525,6 +504,118 @@ fn unreadable_backup(failure: &vf::ListFailure) -> Backup {
     }
 }
 
+/// Velero's PodVolumeBackup for one volume of `backup`, every field Velero's `newPodVolumeBackup`
+/// and its controller write (`pkg/podvolume/backupper.go`, `PodVolumeBackupStatus`): the
+/// backup's name and uid labels, for a PVC its uid label, `velero.io/pvc-name` annotation and
+/// `pvc-uid` tag, the owner reference to the Backup, the storage location, and the status with
+/// the path restic read. The object name is the mirror's, so the file and the cluster agree.
+fn velero_pod_volume_backup(
+    backup: &Backup,
+    volume: &PodVolumeBackup,
+    server_namespace: &str,
+) -> vf::PodVolumeBackup {
+    use vf::pod_volume_backup::{self as pvb_format, tags};
+    let reference = volume.volume.clone().unwrap_or_default();
+    let progress = volume.progress.unwrap_or_default();
+    let name = mirror::object_name(&backup.name, &reference.pod_uid, &reference.volume_name);
+    let mut pvb = vf::PodVolumeBackup::new(name.clone(), server_namespace);
+    pvb.metadata.uid = Some(derived_uid(&backup.uid, &name));
+    pvb.metadata.creation_timestamp = backup
+        .status
+        .as_ref()
+        .and_then(|status| status.started.as_ref())
+        .and_then(to_chrono);
+    pvb.metadata
+        .extra
+        .insert("generateName".into(), json!(format!("{}-", backup.name)));
+    pvb.metadata.extra.insert(
+        "ownerReferences".into(),
+        json!([{
+            "apiVersion": vf::backup::API_VERSION, "kind": "Backup",
+            "name": backup.name, "uid": backup.uid, "controller": true,
+        }]),
+    );
+    pvb.metadata.labels = BTreeMap::from([
+        (
+            pvb_format::BACKUP_NAME_LABEL.to_string(),
+            backup.name.clone(),
+        ),
+        (pvb_format::BACKUP_UID_LABEL.to_string(), backup.uid.clone()),
+    ]);
+    pvb.spec.tags = BTreeMap::from([
+        (tags::BACKUP.to_string(), backup.name.clone()),
+        (tags::BACKUP_UID.to_string(), backup.uid.clone()),
+        (tags::NAMESPACE.to_string(), reference.namespace.clone()),
+        (tags::POD.to_string(), reference.pod_name.clone()),
+        (tags::POD_UID.to_string(), reference.pod_uid.clone()),
+        (tags::VOLUME.to_string(), reference.volume_name.clone()),
+    ]);
+    if !reference.pvc_name.is_empty() {
+        pvb.metadata.annotations.insert(
+            pvb_format::PVC_NAME_ANNOTATION.to_string(),
+            reference.pvc_name.clone(),
+        );
+    }
+    if !reference.pvc_uid.is_empty() {
+        pvb.metadata.labels.insert(
+            pvb_format::PVC_UID_LABEL.to_string(),
+            reference.pvc_uid.clone(),
+        );
+        pvb.spec
+            .tags
+            .insert(tags::PVC_UID.to_string(), reference.pvc_uid.clone());
+    }
+    pvb.spec.node = volume.node.clone();
+    pvb.spec.pod = vf::pod_volume_backup::PodReference {
+        kind: "Pod".to_string(),
+        namespace: reference.namespace.clone(),
+        name: reference.pod_name.clone(),
+        uid: reference.pod_uid.clone(),
+        ..Default::default()
+    };
+    pvb.spec.volume = reference.volume_name.clone();
+    pvb.spec.backup_storage_location = pvb_format::DEFAULT_STORAGE_LOCATION.to_string();
+    pvb.spec.repo_identifier = volume.repository.clone();
+    pvb.spec.uploader_type = Some(pvb_format::UPLOADER_RESTIC.to_string());
+    pvb.status.phase = Some(pvb_format::PodVolumeBackupPhase::from(
+        volume_phase_name(volume.phase).to_string(),
+    ));
+    pvb.status.path = volume.path.clone();
+    pvb.status.snapshot_id = volume.snapshot_id.clone();
+    pvb.status.message = volume.error_message.clone();
+    pvb.status.start_timestamp = volume.started.as_ref().and_then(to_chrono);
+    // The agent takes a volume on when it starts it: stowage has no separate acceptance.
+    pvb.status.accepted_timestamp = pvb.status.start_timestamp;
+    pvb.status.completion_timestamp = volume.finished.as_ref().and_then(to_chrono);
+    pvb.status.progress = Some(pvb_format::PodVolumeOperationProgress {
+        total_bytes: progress.bytes_total,
+        bytes_done: progress.bytes_done,
+        ..Default::default()
+    });
+    pvb.status.incremental_bytes = volume.bytes_added;
+    pvb
+}
+
+/// A uid for an object only the file holds (the API server gives the mirror its own):
+/// derived from the backup's uid and the object's name, so writing the file again gives the
+/// same one. FNV-1a, as for the mirror's names, twice for 128 bits, shaped as a v4 UUID.
+fn derived_uid(backup_uid: &str, name: &str) -> String {
+    let fnv = |seed: u64| {
+        let mut hash = seed;
+        for byte in backup_uid.bytes().chain([0]).chain(name.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_be_bytes());
+    bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
 fn from_velero_pvb(pvb: &vf::PodVolumeBackup) -> PodVolumeBackup {
     PodVolumeBackup {
         volume: Some(PodVolumeRef {
@@ -532,6 +623,12 @@ fn from_velero_pvb(pvb: &vf::PodVolumeBackup) -> PodVolumeBackup {
             pod_name: pvb.spec.pod.name.clone(),
             pod_uid: pvb.spec.pod.uid.clone(),
             volume_name: pvb.spec.volume.clone(),
+            pvc_uid: pvb
+                .metadata
+                .labels
+                .get(vf::pod_volume_backup::PVC_UID_LABEL)
+                .cloned()
+                .unwrap_or_default(),
             ..Default::default()
         }),
         node: pvb.spec.node.clone(),
@@ -539,6 +636,24 @@ fn from_velero_pvb(pvb: &vf::PodVolumeBackup) -> PodVolumeBackup {
         snapshot_id: pvb.status.snapshot_id.clone(),
         repository: pvb.spec.repo_identifier.clone(),
         error_message: pvb.status.message.clone(),
+        path: pvb.status.path.clone(),
+        // Velero records bytes (not files) and when the volume started and ended.
+        progress: pvb.status.progress.as_ref().map(|progress| Progress {
+            bytes_done: progress.bytes_done,
+            bytes_total: progress.total_bytes,
+            seconds_elapsed: match (
+                &pvb.status.start_timestamp,
+                &pvb.status.completion_timestamp,
+            ) {
+                (Some(start), Some(end)) if end >= start => {
+                    (*end - *start).num_milliseconds() as f64 / 1000.0
+                }
+                _ => 0.0,
+            },
+            ..Default::default()
+        }),
+        started: pvb.status.start_timestamp.as_ref().map(to_timestamp),
+        finished: pvb.status.completion_timestamp.as_ref().map(to_timestamp),
         ..Default::default()
     }
 }
@@ -592,6 +707,43 @@ mod tests {
     use super::*;
     use stowage_storage_location::object_store::memory::InMemory;
 
+    /// A Velero PodVolumeBackup's bytes and timestamps reach the volume, so `describe` shows
+    /// its size and duration instead of `0 B of 0 B`.
+    #[test]
+    fn a_velero_volume_keeps_its_progress_and_times() {
+        let start = DateTime::parse_from_rfc3339("2024-05-01T02:00:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut pvb = vf::PodVolumeBackup::new("nightly-abcde", "velero");
+        pvb.spec.pod.namespace = "shop".into();
+        pvb.spec.pod.name = "db-0".into();
+        pvb.spec.volume = "data".into();
+        pvb.status.phase = Some(vf::PodVolumeBackupPhase::Completed);
+        pvb.status.snapshot_id = "0123abcd".into();
+        pvb.status.start_timestamp = Some(start);
+        pvb.status.completion_timestamp = Some(start + chrono::Duration::seconds(4));
+        pvb.status.progress = Some(vf::PodVolumeOperationProgress {
+            total_bytes: 4096,
+            bytes_done: 4096,
+            extra: Default::default(),
+        });
+        let volume = from_velero_pvb(&pvb);
+        let progress = volume.progress.expect("progress");
+        assert_eq!((progress.bytes_done, progress.bytes_total), (4096, 4096));
+        assert_eq!(progress.seconds_elapsed, 4.0);
+        assert_eq!(volume.started, Some(to_timestamp(&start)));
+        assert_eq!(
+            volume.finished.map(|at| at.seconds),
+            Some(start.timestamp() + 4)
+        );
+        let mut status = BackupStatus {
+            volumes: vec![volume],
+            ..Default::default()
+        };
+        recount(&mut status);
+        assert_eq!(status.progress.unwrap_or_default().bytes_total, 4096);
+    }
+
     fn sample() -> Backup {
         let mut status = BackupStatus {
             phase: BackupPhase::PartiallyFailed as i32,
@@ -610,8 +762,11 @@ mod tests {
                         source: VolumeSource::PersistentVolumeClaim as i32,
                         pv_name: "pv-1".into(),
                         pvc_name: "sample-pvc".into(),
+                        pvc_uid: "p1".into(),
                     }),
                     node: "node-a".into(),
+                    path: "/var/lib/kubelet/pods/uid-1/volumes/kubernetes.io~local-volume/pv-1"
+                        .into(),
                     phase: VolumePhase::Completed as i32,
                     snapshot_id: "0123abcd".into(),
                     stable_identity: "pvc-uid/p1".into(),
@@ -687,6 +842,7 @@ mod tests {
         assert_eq!(status.volumes[0].snapshot_id, "0123abcd");
         assert_eq!(status.volumes[0].repository, "/loc/restic/foo");
         assert_eq!(status.volumes[0].bytes_added, 7);
+        assert_eq!(status.volumes[0].path, original.volumes[0].path);
         assert_eq!(status.volumes[1].error_message, "no agent on node node-b");
         assert_eq!(status.skipped, original.skipped);
         assert_eq!(loaded_logs[0].message, "backup nightly started");
@@ -694,6 +850,55 @@ mod tests {
 
         store.delete_backup("nightly").await.unwrap();
         assert!(store.load_backups().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pod_volume_backups_carry_velero_s_pvc_fields_and_path_and_are_rewritten_the_same() {
+        use vf::pod_volume_backup as pvb;
+        let bucket = Arc::new(InMemory::new());
+        let store = Store::new(bucket.clone(), "stowage".into());
+        let backup = sample();
+        store.save_backup(&backup, &[], None).await.unwrap();
+        let written = vf::store::read_pod_volume_backups(&*bucket, "nightly")
+            .await
+            .unwrap();
+        let (pvc, empty) = (&written[0], &written[1]);
+        assert_eq!(pvc.metadata.labels[pvb::PVC_UID_LABEL], "p1");
+        assert_eq!(
+            pvc.metadata.annotations[pvb::PVC_NAME_ANNOTATION],
+            "sample-pvc"
+        );
+        assert_eq!(pvc.spec.tags[pvb::tags::PVC_UID], "p1");
+        assert_eq!(
+            pvc.status.path,
+            "/var/lib/kubelet/pods/uid-1/volumes/kubernetes.io~local-volume/pv-1"
+        );
+        assert_eq!(pvc.spec.backup_storage_location, "default");
+        assert_eq!(pvc.status.incremental_bytes, 7);
+        assert_eq!(pvc.metadata.extra["generateName"], "nightly-");
+        assert_eq!(pvc.metadata.extra["ownerReferences"][0]["kind"], "Backup");
+        assert!(!empty.metadata.labels.contains_key(pvb::PVC_UID_LABEL));
+        assert!(empty.metadata.annotations.is_empty());
+        assert!(!empty.spec.tags.contains_key(pvb::tags::PVC_UID));
+        assert_ne!(pvc.metadata.uid, empty.metadata.uid);
+
+        // Read back (as after a restart) and written again: the same metadata (uids
+        // included), tags and path.
+        let (loaded, _) = store.load_backups().await.unwrap().remove(0);
+        store.save_backup(&loaded, &[], None).await.unwrap();
+        let rewritten = vf::store::read_pod_volume_backups(&*bucket, "nightly")
+            .await
+            .unwrap();
+        assert_eq!(rewritten.len(), written.len());
+        for (again, first) in rewritten.iter().zip(&written) {
+            assert_eq!(again.metadata, first.metadata);
+            assert_eq!(again.spec.tags, first.spec.tags);
+            assert_eq!(again.status.path, first.status.path);
+            assert_eq!(
+                again.status.incremental_bytes,
+                first.status.incremental_bytes
+            );
+        }
     }
 
     #[test]

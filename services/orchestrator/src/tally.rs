@@ -1,6 +1,7 @@
 //! Counting a backup's or a restore's volumes by outcome and summing their progress: both
 //! statuses report the same totals, so they are computed in one place.
 
+use stowage_metrics::state::phase_label;
 use stowage_proto::v1::{BackupPhase, Progress, RestorePhase, VolumePhase};
 
 /// Volume counts and summed progress of one backup or restore.
@@ -77,9 +78,39 @@ impl From<Ending> for RestorePhase {
     }
 }
 
+/// A backup's phase as people read it (`PartiallyFailed`, not `BACKUP_PHASE_PARTIALLY_FAILED`),
+/// for log lines and error messages: the word the CLI prints and the metrics label.
+pub fn backup_phase_word(phase: i32) -> String {
+    let phase = BackupPhase::try_from(phase).unwrap_or_default();
+    phase_label(phase.as_str_name(), "BACKUP_PHASE_")
+}
+
+/// [`backup_phase_word`] for a restore's phase.
+pub fn restore_phase_word(phase: i32) -> String {
+    let phase = RestorePhase::try_from(phase).unwrap_or_default();
+    phase_label(phase.as_str_name(), "RESTORE_PHASE_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_read_as_words_in_logs() {
+        assert_eq!(
+            backup_phase_word(BackupPhase::PartiallyFailed as i32),
+            "PartiallyFailed"
+        );
+        assert_eq!(
+            backup_phase_word(BackupPhase::Completed as i32),
+            "Completed"
+        );
+        assert_eq!(
+            restore_phase_word(RestorePhase::InProgress as i32),
+            "InProgress"
+        );
+        assert_eq!(restore_phase_word(RestorePhase::Failed as i32), "Failed");
+    }
 
     fn progress(bytes: u64, seconds: f64) -> Progress {
         Progress {

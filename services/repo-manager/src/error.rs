@@ -34,8 +34,11 @@ pub enum RepoError {
     Corrupt { path: String, reason: String },
     #[error("the master key cannot open the stored password of namespace `{0}`")]
     MasterKeyMismatch(String),
-    #[error("stored password of namespace `{0}` is encrypted but no master key is configured")]
-    MasterKeyMissing(String),
+    #[error(
+        "refusing to write the password of namespace `{0}` to the bucket unsealed: bucket \
+         copies are only ever written sealed with the master key"
+    )]
+    UnsealedKeyCopy(String),
     #[error("Kubernetes Secret {name}: {source}")]
     Kubernetes { name: String, source: kube::Error },
     #[error("random number generator failed")]
@@ -56,9 +59,9 @@ impl From<RepoError> for Status {
             RepoError::RepositoryNotFound(_) | RepoError::LeaseNotFound(_) => {
                 Status::not_found(message)
             }
-            RepoError::NotReady { .. }
-            | RepoError::MasterKeyMismatch(_)
-            | RepoError::MasterKeyMissing(_) => Status::failed_precondition(message),
+            RepoError::NotReady { .. } | RepoError::MasterKeyMismatch(_) => {
+                Status::failed_precondition(message)
+            }
             RepoError::LeaseTimeout { .. }
             | RepoError::Store { .. }
             | RepoError::Kubernetes { .. }
@@ -68,9 +71,10 @@ impl From<RepoError> for Status {
                 Status::failed_precondition(message)
             }
             RepoError::Restic(restic) if restic.is_cancelled() => Status::cancelled(message),
-            RepoError::Corrupt { .. } | RepoError::Random | RepoError::Restic(_) => {
-                Status::internal(message)
-            }
+            RepoError::Corrupt { .. }
+            | RepoError::UnsealedKeyCopy(_)
+            | RepoError::Random
+            | RepoError::Restic(_) => Status::internal(message),
         }
     }
 }

@@ -4,7 +4,8 @@
 //! the namespace as associated data so a sealed password cannot be moved to another
 //! namespace). The bucket copy is how a fresh cluster regains access after a disaster: point a
 //! new repo-manager with the same master key at the same location and the Secrets are
-//! recreated from it on first use.
+//! recreated from it on first use. A copy is only ever written sealed; unsealed copies that
+//! earlier versions wrote without a master key are read, and written again sealed.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
@@ -20,6 +21,8 @@ use sha2::{Digest as _, Sha256};
 use stowage_storage_location::object_store::{
     ObjectStore, ObjectStoreExt as _, PutPayload, path::Path,
 };
+
+use futures::TryStreamExt as _;
 
 use crate::{error::RepoError, state::read_optional};
 
@@ -108,7 +111,8 @@ impl MasterKey {
 struct SealedFile {
     version: u32,
     namespace: String,
-    /// `AES-256-GCM`, or `none` when no master key was configured.
+    /// `AES-256-GCM`; `none` in copies earlier versions wrote without a master key, which are
+    /// still read but never written.
     encryption: String,
     #[serde(default)]
     nonce: String,
@@ -120,7 +124,7 @@ const AES_256_GCM_NAME: &str = "AES-256-GCM";
 const PLAIN_NAME: &str = "none";
 
 fn seal_file(
-    master: Option<&MasterKey>,
+    master: &MasterKey,
     namespace: &str,
     passwords: &Passwords,
 ) -> Result<Vec<u8>, RepoError> {
@@ -128,24 +132,13 @@ fn seal_file(
         path: key_path(namespace).to_string(),
         reason: error.to_string(),
     })?;
-    let file = match master {
-        Some(master) => {
-            let (nonce, sealed) = master.seal(namespace, &plaintext)?;
-            SealedFile {
-                version: 1,
-                namespace: namespace.to_string(),
-                encryption: AES_256_GCM_NAME.into(),
-                nonce: BASE64.encode(nonce),
-                data: BASE64.encode(sealed),
-            }
-        }
-        None => SealedFile {
-            version: 1,
-            namespace: namespace.to_string(),
-            encryption: PLAIN_NAME.into(),
-            nonce: String::new(),
-            data: BASE64.encode(plaintext),
-        },
+    let (nonce, sealed) = master.seal(namespace, &plaintext)?;
+    let file = SealedFile {
+        version: 1,
+        namespace: namespace.to_string(),
+        encryption: AES_256_GCM_NAME.into(),
+        nonce: BASE64.encode(nonce),
+        data: BASE64.encode(sealed),
     };
     serde_json::to_vec_pretty(&file).map_err(|error| RepoError::Corrupt {
         path: key_path(namespace).to_string(),
@@ -153,11 +146,33 @@ fn seal_file(
     })
 }
 
-fn open_file(
-    master: Option<&MasterKey>,
-    namespace: &str,
-    bytes: &[u8],
-) -> Result<Passwords, RepoError> {
+/// The last guard before a copy reaches the bucket: it must say AES-256-GCM, carry a nonce
+/// of the right length, and its data must not be the passwords' JSON in the clear.
+fn refuse_unsealed(namespace: &str, body: &[u8], passwords: &Passwords) -> Result<(), RepoError> {
+    let unsealed = || RepoError::UnsealedKeyCopy(namespace.to_string());
+    let file: SealedFile = serde_json::from_slice(body).map_err(|_| unsealed())?;
+    let nonce = BASE64.decode(&file.nonce).map_err(|_| unsealed())?;
+    let data = BASE64.decode(&file.data).map_err(|_| unsealed())?;
+    let plaintext = serde_json::to_vec(passwords).map_err(|_| unsealed())?;
+    if file.encryption != AES_256_GCM_NAME
+        || nonce.len() != NONCE_LEN
+        || data
+            .windows(plaintext.len().max(1))
+            .any(|window| window == plaintext.as_slice())
+    {
+        return Err(unsealed());
+    }
+    Ok(())
+}
+
+/// A bucket copy opened: the passwords, and whether the copy was an unsealed one from before
+/// a master key was required (to be written again sealed).
+struct Opened {
+    passwords: Passwords,
+    was_unsealed: bool,
+}
+
+fn open_file(master: &MasterKey, namespace: &str, bytes: &[u8]) -> Result<Opened, RepoError> {
     let corrupt = |reason: String| RepoError::Corrupt {
         path: key_path(namespace).to_string(),
         reason,
@@ -173,18 +188,22 @@ fn open_file(
     let data = BASE64
         .decode(&file.data)
         .map_err(|error| corrupt(error.to_string()))?;
-    let plaintext = match file.encryption.as_str() {
+    let (plaintext, was_unsealed) = match file.encryption.as_str() {
         AES_256_GCM_NAME => {
-            let master = master.ok_or_else(|| RepoError::MasterKeyMissing(namespace.into()))?;
             let nonce = BASE64
                 .decode(&file.nonce)
                 .map_err(|error| corrupt(error.to_string()))?;
-            master.open(namespace, &nonce, &data)?
+            (master.open(namespace, &nonce, &data)?, false)
         }
-        PLAIN_NAME => data,
+        PLAIN_NAME => (data, true),
         other => return Err(corrupt(format!("unknown encryption `{other}`"))),
     };
-    serde_json::from_slice(&plaintext).map_err(|error| corrupt(error.to_string()))
+    let passwords =
+        serde_json::from_slice(&plaintext).map_err(|error| corrupt(error.to_string()))?;
+    Ok(Opened {
+        passwords,
+        was_unsealed,
+    })
 }
 
 fn key_path(namespace: &str) -> Path {
@@ -286,18 +305,18 @@ impl SecretStore {
 }
 
 /// Loads and saves namespace passwords: the Secret first when there is one, the bucket copy
-/// always.
+/// always, sealed with the master key (which is therefore not optional).
 #[derive(Clone)]
 pub struct KeyStore {
     store: Arc<dyn ObjectStore>,
-    master: Option<MasterKey>,
+    master: MasterKey,
     secrets: Option<SecretStore>,
 }
 
 impl KeyStore {
     pub fn new(
         store: Arc<dyn ObjectStore>,
-        master: Option<MasterKey>,
+        master: MasterKey,
         secrets: Option<SecretStore>,
     ) -> Self {
         KeyStore {
@@ -308,7 +327,8 @@ impl KeyStore {
     }
 
     /// The namespace's passwords, or `None` when it has none yet. A bucket copy found while
-    /// the Secret is missing (a fresh cluster) is written back to the Secret.
+    /// the Secret is missing (a fresh cluster) is written back to the Secret; an unsealed copy
+    /// from an earlier version is written again sealed.
     pub async fn load(&self, namespace: &str) -> Result<Option<Passwords>, RepoError> {
         if let Some(secrets) = &self.secrets
             && let Some(passwords) = secrets.load(namespace).await?
@@ -319,21 +339,33 @@ impl KeyStore {
         let Some(bytes) = read_optional(&*self.store, &path).await? else {
             return Ok(None);
         };
-        let passwords = open_file(self.master.as_ref(), namespace, &bytes)?;
+        let opened = open_file(&self.master, namespace, &bytes)?;
+        if opened.was_unsealed {
+            self.write_sealed(namespace, &opened.passwords).await?;
+        }
         if let Some(secrets) = &self.secrets {
             tracing::info!(
                 namespace,
                 "recreating the password Secret from the bucket copy"
             );
-            secrets.save(namespace, &passwords).await?;
+            secrets.save(namespace, &opened.passwords).await?;
         }
-        Ok(Some(passwords))
+        Ok(Some(opened.passwords))
     }
 
     /// Saves the bucket copy first (it is the one that survives the cluster), then the Secret.
     pub async fn save(&self, namespace: &str, passwords: &Passwords) -> Result<(), RepoError> {
+        self.write_sealed(namespace, passwords).await?;
+        if let Some(secrets) = &self.secrets {
+            secrets.save(namespace, passwords).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_sealed(&self, namespace: &str, passwords: &Passwords) -> Result<(), RepoError> {
         let path = key_path(namespace);
-        let body = seal_file(self.master.as_ref(), namespace, passwords)?;
+        let body = seal_file(&self.master, namespace, passwords)?;
+        refuse_unsealed(namespace, &body, passwords)?;
         self.store
             .put(&path, PutPayload::from(body))
             .await
@@ -342,10 +374,64 @@ impl KeyStore {
                 path: path.to_string(),
                 source,
             })?;
-        if let Some(secrets) = &self.secrets {
-            secrets.save(namespace, passwords).await?;
-        }
         Ok(())
+    }
+
+    /// Seals every bucket copy an earlier version wrote unsealed (when it ran without a master
+    /// key), so they do not wait for their namespace's next backup. Returns the namespaces
+    /// sealed; a copy that cannot be read or written is logged and left for the next load of
+    /// its namespace, which seals it too.
+    pub async fn seal_unsealed_copies(&self) -> Result<Vec<String>, RepoError> {
+        let prefix = Path::from(KEYS_PREFIX);
+        let listed: Vec<_> =
+            self.store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .map_err(|source| RepoError::Store {
+                    operation: "list",
+                    path: prefix.to_string(),
+                    source,
+                })?;
+        let mut sealed = Vec::new();
+        for object in listed {
+            let Some(namespace) = object
+                .location
+                .filename()
+                .and_then(|name| name.strip_suffix(".json"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let resealed = async {
+                let Some(bytes) = read_optional(&*self.store, &object.location).await? else {
+                    return Ok(false);
+                };
+                let opened = open_file(&self.master, &namespace, &bytes)?;
+                if opened.was_unsealed {
+                    self.write_sealed(&namespace, &opened.passwords).await?;
+                }
+                Ok::<_, RepoError>(opened.was_unsealed)
+            };
+            match resealed.await {
+                Ok(true) => sealed.push(namespace),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    namespace,
+                    %error,
+                    "cannot check whether the bucket copy of the password is sealed"
+                ),
+            }
+        }
+        if !sealed.is_empty() {
+            tracing::warn!(
+                namespaces = ?sealed,
+                "sealed bucket copies of repository passwords that an earlier version stored \
+                 unencrypted; copies of them made before now (bucket versioning, replicas, \
+                 backups of the bucket) still hold the passwords in the clear"
+            );
+        }
+        Ok(sealed)
     }
 
     pub fn secret_name(&self, namespace: &str) -> String {
@@ -358,7 +444,7 @@ impl KeyStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use stowage_storage_location::object_store::memory::InMemory;
 
     use super::*;
@@ -368,6 +454,33 @@ mod tests {
             current: current.into(),
             pending: None,
         }
+    }
+
+    /// A bucket copy of `password` sealed with `master`, for tests of other modules.
+    pub(crate) fn seal_with(master: &MasterKey, namespace: &str, password: &str) -> Vec<u8> {
+        seal_file(master, namespace, &passwords(password)).unwrap()
+    }
+
+    /// Whether `master` opens `sealed`.
+    pub(crate) fn opens_with(master: &MasterKey, namespace: &str, sealed: &[u8]) -> bool {
+        open_file(master, namespace, sealed).is_ok()
+    }
+
+    /// A copy as versions without a required master key wrote it (`encryption: none`).
+    fn legacy_unsealed(namespace: &str, passwords: &Passwords) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "version": 1,
+            "namespace": namespace,
+            "encryption": "none",
+            "nonce": "",
+            "data": BASE64.encode(serde_json::to_vec(passwords).unwrap()),
+        }))
+        .unwrap()
+    }
+
+    fn encryption_of(bytes: &[u8]) -> String {
+        let file: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        file["encryption"].as_str().unwrap().to_string()
     }
 
     #[test]
@@ -381,37 +494,57 @@ mod tests {
     #[test]
     fn sealed_copy_hides_the_password_and_opens_with_the_master_key() {
         let master = MasterKey::from_secret_text("correct horse");
-        let sealed = seal_file(Some(&master), "team-a", &passwords("p4ssw0rd-xyz")).unwrap();
+        let sealed = seal_file(&master, "team-a", &passwords("p4ssw0rd-xyz")).unwrap();
         assert!(!String::from_utf8_lossy(&sealed).contains("p4ssw0rd-xyz"));
-        let opened = open_file(Some(&master), "team-a", &sealed).unwrap();
-        assert_eq!(opened.current, "p4ssw0rd-xyz");
+        assert_eq!(encryption_of(&sealed), "AES-256-GCM");
+        let opened = open_file(&master, "team-a", &sealed).unwrap();
+        assert_eq!(opened.passwords.current, "p4ssw0rd-xyz");
+        assert!(!opened.was_unsealed);
     }
 
     #[test]
     fn wrong_master_key_or_moved_file_does_not_open() {
         let master = MasterKey::from_secret_text("correct horse");
-        let sealed = seal_file(Some(&master), "team-a", &passwords("pw")).unwrap();
+        let sealed = seal_file(&master, "team-a", &passwords("pw")).unwrap();
         let other = MasterKey::from_secret_text("battery staple");
         assert!(matches!(
-            open_file(Some(&other), "team-a", &sealed),
+            open_file(&other, "team-a", &sealed),
             Err(RepoError::MasterKeyMismatch(_))
-        ));
-        assert!(matches!(
-            open_file(None, "team-a", &sealed),
-            Err(RepoError::MasterKeyMissing(_))
         ));
         // Copied under another namespace's name: the namespace is bound into the seal.
         let mut file: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
         file["namespace"] = "team-b".into();
         let moved = serde_json::to_vec(&file).unwrap();
-        assert!(open_file(Some(&master), "team-b", &moved).is_err());
+        assert!(open_file(&master, "team-b", &moved).is_err());
+    }
+
+    #[test]
+    fn an_unsealed_copy_is_refused_by_the_write_guard() {
+        let master = MasterKey::from_secret_text("m");
+        let saved = passwords("the-password-in-the-clear");
+        let plain = legacy_unsealed("ns", &saved);
+        assert!(matches!(
+            refuse_unsealed("ns", &plain, &saved),
+            Err(RepoError::UnsealedKeyCopy(namespace)) if namespace == "ns"
+        ));
+        // Claiming AES-256-GCM with the data still in the clear is refused too.
+        let mut lying: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        lying["encryption"] = AES_256_GCM_NAME.into();
+        lying["nonce"] = BASE64.encode([0u8; NONCE_LEN]).into();
+        let lying = serde_json::to_vec(&lying).unwrap();
+        assert!(matches!(
+            refuse_unsealed("ns", &lying, &saved),
+            Err(RepoError::UnsealedKeyCopy(_))
+        ));
+        let sealed = seal_file(&master, "ns", &saved).unwrap();
+        refuse_unsealed("ns", &sealed, &saved).unwrap();
     }
 
     #[tokio::test]
     async fn bucket_store_round_trips_and_keeps_pending_password() {
         let store = KeyStore::new(
             Arc::new(InMemory::new()),
-            Some(MasterKey::from_secret_text("m")),
+            MasterKey::from_secret_text("m"),
             None,
         );
         assert!(store.load("ns").await.unwrap().is_none());
@@ -423,5 +556,46 @@ mod tests {
         assert_eq!(store.load("ns").await.unwrap(), Some(saved));
         assert!(store.load("other").await.unwrap().is_none());
         assert!(!format!("{:?}", store.load("ns").await.unwrap()).contains("old"));
+    }
+
+    #[tokio::test]
+    async fn unsealed_copies_of_earlier_versions_are_read_and_written_again_sealed() {
+        let bucket = Arc::new(InMemory::new());
+        let master = MasterKey::from_secret_text("m");
+        let store = KeyStore::new(bucket.clone(), master.clone(), None);
+        let legacy = Passwords {
+            current: "written-before-a-master-key-was-required".into(),
+            pending: None,
+        };
+        for namespace in ["loaded", "swept"] {
+            bucket
+                .put(
+                    &key_path(namespace),
+                    PutPayload::from(legacy_unsealed(namespace, &legacy)),
+                )
+                .await
+                .unwrap();
+        }
+        let stored = async |namespace: &str| {
+            read_optional(&*bucket, &key_path(namespace))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+
+        // Read on first use of the namespace, and sealed in the same step.
+        assert_eq!(store.load("loaded").await.unwrap(), Some(legacy.clone()));
+        let after = stored("loaded").await;
+        assert_eq!(encryption_of(&after), "AES-256-GCM");
+        assert!(!String::from_utf8_lossy(&after).contains(&legacy.current));
+        assert!(opens_with(&master, "loaded", &after));
+
+        // The start-up sweep seals the rest; a sealed copy is left as it is.
+        let untouched = stored("loaded").await;
+        assert_eq!(store.seal_unsealed_copies().await.unwrap(), vec!["swept"]);
+        assert_eq!(encryption_of(&stored("swept").await), "AES-256-GCM");
+        assert_eq!(stored("loaded").await, untouched);
+        assert_eq!(store.load("swept").await.unwrap(), Some(legacy));
+        assert!(store.seal_unsealed_copies().await.unwrap().is_empty());
     }
 }

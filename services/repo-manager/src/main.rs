@@ -5,6 +5,8 @@ mod api;
 mod error;
 mod keys;
 mod leases;
+mod lock_holders;
+mod master_key;
 mod mirror;
 mod repositories;
 mod schedule;
@@ -40,7 +42,7 @@ struct Config {
     /// Path-style S3 requests (most S3-compatible servers need them).
     #[arg(long, env = "STOWAGE_S3_PATH_STYLE", default_value_t = false)]
     s3_path_style: bool,
-    /// The restic binary.
+    /// The restic binary (0.17 or newer; the repo-manager refuses to start with an older one).
     #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
     restic_binary: PathBuf,
     /// Private directory for restic's cache and per-run password files.
@@ -50,11 +52,14 @@ struct Config {
         default_value = "/tmp/stowage-repo-manager"
     )]
     scratch_dir: PathBuf,
-    /// Master key sealing the bucket copies of repository passwords. Prefer the env var or
-    /// the file: a flag value is visible in `ps`.
+    /// Master key sealing the bucket copies of repository passwords. Prefer the file or the
+    /// env var: a flag value is visible in `ps`.
     #[arg(long, env = "STOWAGE_MASTER_KEY", hide_env_values = true)]
     master_key: Option<String>,
-    /// File holding the master key (e.g. a mounted Secret).
+    /// File holding the master key (e.g. a mounted Secret). Without a master key given here
+    /// or in STOWAGE_MASTER_KEY, a repo-manager with --kubernetes keeps one in Secret
+    /// `stowage-master-key` (creating it on first start); one without Kubernetes does not
+    /// start.
     #[arg(long, env = "STOWAGE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// Keep passwords in Kubernetes Secrets (the kubeconfig or in-cluster config is used).
@@ -81,7 +86,19 @@ struct Config {
     /// How long maintenance waits for backups to release their leases before giving up.
     #[arg(long, env = "STOWAGE_MAINTENANCE_WAIT", default_value = "30m", value_parser = parse_duration)]
     maintenance_wait: Duration,
-    /// restic locks younger than this are never removed, even when their holder is gone.
+    /// Workloads in --stowage-namespace whose pods run restic. With --kubernetes, a restic lock
+    /// whose host name is a pod of one of them (`<name>-<hash>-<5>` or `<name>-<5>`) that the
+    /// API server no longer has (or that has ended) is removed at once, before maintenance,
+    /// instead of after restic's 30 minutes. Comma-separated.
+    #[arg(
+        long,
+        env = "STOWAGE_LOCK_HOLDER_WORKLOADS",
+        value_delimiter = ',',
+        default_value = "stowage-repo-manager,stowage-volume-agent"
+    )]
+    lock_holder_workloads: Vec<String>,
+    /// restic locks younger than this are never removed by restic's rule, even when their
+    /// holder is gone (a gone stowage pod's lock is removed whatever its age).
     #[arg(long, env = "STOWAGE_STALE_LOCK_AGE", default_value = "5m", value_parser = parse_duration)]
     stale_lock_age: Duration,
     /// Take over repositories Velero created (no stowage key, Velero's static password).
@@ -121,7 +138,8 @@ struct Config {
 const DEFAULT_ALLOWED_CLIENTS: &[&str] = &["stowage-orchestrator"];
 
 impl Config {
-    fn master_key(&self) -> anyhow::Result<Option<keys::MasterKey>> {
+    /// The master key given to the process, if any.
+    fn given_master_key(&self) -> anyhow::Result<Option<keys::MasterKey>> {
         if let Some(path) = &self.master_key_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the master key file {}", path.display()))?;
@@ -178,31 +196,65 @@ async fn main() -> anyhow::Result<()> {
         },
     )?;
     let store = location.object_store()?;
-    let master = config.master_key()?;
-    if master.is_none() {
-        tracing::warn!(
-            "no master key configured (STOWAGE_MASTER_KEY / STOWAGE_MASTER_KEY_FILE): the \
-             bucket copies of repository passwords are stored unencrypted"
-        );
-    }
-    let (secrets, mirror) = if config.kubernetes {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API")?;
-        (
+    let client = if config.kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+        )
+    } else {
+        None
+    };
+    // Never without a master key: every bucket copy of a password is written sealed.
+    let master = match (config.given_master_key()?, &client) {
+        (Some(master), _) => master,
+        (None, Some(client)) => master_key::from_secret_or_create(
+            &master_key::KubeMasterKeySecret::new(client.clone(), &config.stowage_namespace),
+        )
+        .await
+        .context("the master key sealing repository passwords")?,
+        (None, None) => anyhow::bail!(
+            "no master key: the repo-manager seals every repository password it stores in the \
+             bucket with one, and without Kubernetes access (--kubernetes) it cannot keep one \
+             in the Secret `{}`; give --master-key-file (STOWAGE_MASTER_KEY_FILE) with the \
+             key, or STOWAGE_MASTER_KEY",
+            master_key::MASTER_KEY_SECRET
+        ),
+    };
+    let (secrets, cluster) = match client {
+        Some(client) => (
             Some(keys::SecretStore {
                 client: client.clone(),
                 namespace: config.stowage_namespace.clone(),
             }),
-            Some(mirror::RepositoryMirror::new(
-                client,
-                &config.stowage_namespace,
-            )),
-        )
-    } else {
-        (None, None)
+            Some(repositories::Cluster {
+                mirror: mirror::RepositoryMirror::new(client.clone(), &config.stowage_namespace),
+                lock_holders: lock_holders::LockHolders::new(
+                    Box::new(lock_holders::KubePods::new(
+                        client,
+                        &config.stowage_namespace,
+                    )),
+                    config.lock_holder_workloads.clone(),
+                ),
+            }),
+        ),
+        None => (None, None),
     };
     let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
+    // A restic too old to classify its failures by exit code stops the repo-manager here,
+    // naming the version found and the one needed. A missing one is logged: every repository
+    // call then fails naming the binary.
+    let restic_version = match restic.supported_version(&shutdown).await {
+        Ok((line, _)) => line,
+        Err(error @ stowage_restic::ResticError::BinaryMissing { .. }) => {
+            tracing::error!(%error, "restic is not usable");
+            String::new()
+        }
+        Err(error) => {
+            tracing::error!(%error, "refusing to start with this restic");
+            return Err(anyhow::Error::new(error).context("checking the restic binary"));
+        }
+    };
     let manager = Arc::new(
         repositories::Manager::load(
             location,
@@ -220,7 +272,7 @@ async fn main() -> anyhow::Result<()> {
                 )?,
                 verify_interval: config.repository_verify_interval,
             },
-            mirror,
+            cluster,
             shutdown.clone(),
         )
         .await?,
@@ -249,6 +301,7 @@ async fn main() -> anyhow::Result<()> {
             )));
     tracing::info!(
         storage = %config.storage_url,
+        restic = %restic_version,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
         "repo manager starting"

@@ -18,6 +18,7 @@ use crate::{
     error::RepoError,
     keys::{KeyStore, Passwords, generate_password},
     leases::{LeaseManager, LeaseMode},
+    lock_holders::LockHolders,
     mirror::RepositoryMirror,
     schedule::{MaintenanceKind, Schedules},
     state::{Phase, RepositoryRecord, StateStore},
@@ -76,7 +77,17 @@ pub struct Manager {
     verifications: Verifications,
     /// `ResticRepository` objects in Kubernetes, when an API is configured.
     mirror: Option<RepositoryMirror>,
+    /// Judges locks of stowage pods that are gone, when an API is configured.
+    lock_holders: Option<LockHolders>,
     shutdown: CancellationToken,
+}
+
+/// What the manager does through the Kubernetes API, when one is configured.
+pub struct Cluster {
+    /// Mirrors each repository as a `ResticRepository`.
+    pub mirror: RepositoryMirror,
+    /// Judges restic locks of stowage pods that are gone.
+    pub lock_holders: LockHolders,
 }
 
 /// Releases a lease when dropped, whether the task finished or was abandoned.
@@ -111,9 +122,13 @@ impl Manager {
         state: StateStore,
         keys: KeyStore,
         settings: ManagerSettings,
-        mirror: Option<RepositoryMirror>,
+        cluster: Option<Cluster>,
         shutdown: CancellationToken,
     ) -> Result<Manager, RepoError> {
+        let (mirror, lock_holders) = match cluster {
+            Some(cluster) => (Some(cluster.mirror), Some(cluster.lock_holders)),
+            None => (None, None),
+        };
         let records = state
             .load_all()
             .await?
@@ -124,6 +139,11 @@ impl Manager {
             repositories = records.len(),
             "loaded repository state from the storage location"
         );
+        // Copies an earlier version wrote unsealed (it ran without a master key) are sealed
+        // now rather than on their namespace's next use; a failure leaves that to the next use.
+        if let Err(error) = keys.seal_unsealed_copies().await {
+            tracing::warn!(%error, "cannot look for unsealed bucket copies of passwords");
+        }
         let manager = Manager {
             location,
             restic,
@@ -135,6 +155,7 @@ impl Manager {
             verifications: Verifications::new(settings.verify_interval),
             settings,
             mirror,
+            lock_holders,
             shutdown,
         };
         for record in manager.list() {
@@ -276,9 +297,7 @@ impl Manager {
                 (Phase::Failed, restic_message(&error))
             }
             Err(RepoError::Restic(error)) => (Phase::NotReady, restic_message(&error)),
-            Err(error @ (RepoError::MasterKeyMismatch(_) | RepoError::MasterKeyMissing(_))) => {
-                (Phase::Failed, error.to_string())
-            }
+            Err(error @ RepoError::MasterKeyMismatch(_)) => (Phase::Failed, error.to_string()),
             Err(error @ RepoError::NotReady { .. }) => (Phase::Failed, error.to_string()),
             Err(error) => {
                 self.verifications.invalidate(namespace);
@@ -573,19 +592,50 @@ impl Manager {
         })
     }
 
-    /// Removes restic locks whose holder is gone; failures only log (restic then reports
-    /// the lock itself). Whether the locks could be inspected.
+    /// Removes restic locks whose holder is gone: those of stowage pods the API server no
+    /// longer has at once (each lock file deleted by its id: `restic unlock` would keep them
+    /// for 30 minutes), then those restic's own rule calls stale (`restic unlock`). Failures
+    /// only log (restic then reports the lock itself). Whether the locks could be inspected.
     async fn clear_stale_locks(
         &self,
         namespace: &str,
         repository: &stowage_restic::Repository,
         cancel: &CancellationToken,
     ) -> bool {
-        match self
-            .restic
-            .remove_stale_locks(repository, self.settings.stale_lock_age, cancel)
-            .await
-        {
+        let cleared = async {
+            let locks = self.restic.locks(repository, cancel).await?;
+            let mut removed = Vec::new();
+            if let Some(holders) = &self.lock_holders {
+                let this_host = stowage_restic::locks::hostname();
+                for id in holders.locks_of_gone_pods(&locks, &this_host).await {
+                    let lock = locks.iter().find(|lock| lock.id == id);
+                    tracing::info!(
+                        namespace,
+                        lock = %id,
+                        pod = lock.map(|lock| lock.info.hostname.as_str()).unwrap_or_default(),
+                        "removing the restic lock of a stowage pod that no longer exists"
+                    );
+                    self.state.remove_restic_lock(namespace, &id).await?;
+                    removed.push(id);
+                }
+            }
+            let rest: Vec<_> = locks
+                .into_iter()
+                .filter(|lock| !removed.contains(&lock.id))
+                .collect();
+            removed.extend(
+                self.restic
+                    .remove_stale_locks_among(
+                        repository,
+                        &rest,
+                        self.settings.stale_lock_age,
+                        cancel,
+                    )
+                    .await?,
+            );
+            Ok::<_, RepoError>(removed)
+        };
+        match cleared.await {
             Ok(removed) => {
                 if !removed.is_empty() {
                     tracing::info!(namespace, locks = ?removed, "removed stale restic locks");
@@ -593,7 +643,7 @@ impl Manager {
                 true
             }
             Err(error) => {
-                tracing::warn!(namespace, %error, "cannot inspect restic locks");
+                tracing::warn!(namespace, %error, "cannot inspect or remove restic locks");
                 false
             }
         }

@@ -167,6 +167,26 @@ impl StateStore {
     }
 
     /// Whether restic's repository for `namespace` exists (its `config` object is there).
+    /// Deletes lock file `id` of the namespace's restic repository (`restic/<ns>/locks/<id>`),
+    /// one restic's `unlock` would not remove yet. Already gone is fine.
+    pub async fn remove_restic_lock(&self, namespace: &str, id: &str) -> Result<(), RepoError> {
+        // Ids come from `restic list locks`: hex, never a path.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RepoError::InvalidArgument(format!(
+                "`{id}` is not a restic lock id"
+            )));
+        }
+        let path = Path::from(format!("restic/{namespace}/locks/{id}"));
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(RepoError::Store {
+                operation: "delete",
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
     pub async fn restic_repository_exists(&self, namespace: &str) -> Result<bool, RepoError> {
         let path = Path::from(format!("restic/{namespace}/config"));
         match self.store.head(&path).await {

@@ -5,10 +5,12 @@ use std::pin::Pin;
 
 use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
-    AgentInfo, BackupVolumeEvent, BackupVolumeRequest, CancelOperationRequest,
+    AgentInfo, BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest,
     CancelOperationResponse, GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest,
-    backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
+    RestoreVolumeResult, backup_volume_event, restore_volume_event,
+    volume_agent_server::VolumeAgent,
 };
+use stowage_restic::PeakRss;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -38,6 +40,15 @@ impl AgentApi {
             operations,
             restic_version,
         }
+    }
+}
+
+/// `context` with a runner that also records the peak RSS of each of its restic runs into
+/// `peak`, so a job's result and metrics can say how much memory its restic needed.
+fn measured(context: &AgentContext, peak: &PeakRss) -> AgentContext {
+    AgentContext {
+        restic: context.restic.measuring(peak),
+        ..context.clone()
     }
 }
 
@@ -148,7 +159,9 @@ impl VolumeAgent for AgentApi {
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), identity = %plan.identity, "backup accepted");
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let context = self.context.clone();
+        let peak = PeakRss::new();
+        let context = measured(&self.context, &peak);
+        let metrics = handle.metrics().clone();
         let cancel = handle.cancel.clone();
         let progress_tx = tx.clone();
         let task = drive(
@@ -163,7 +176,7 @@ impl VolumeAgent for AgentApi {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
             async move {
-                jobs::backup(&context, &plan, &cancel, |event| {
+                let result = jobs::backup(&context, &plan, &cancel, |event| {
                     let event = match event {
                         JobEvent::Progress(progress) => {
                             backup_volume_event::Event::Progress(progress)
@@ -174,7 +187,12 @@ impl VolumeAgent for AgentApi {
                     };
                     let _ = progress_tx.try_send(Ok(BackupVolumeEvent { event: Some(event) }));
                 })
-                .await
+                .await;
+                metrics.restic_peak_rss(OperationKind::backup, peak.bytes());
+                result.map(|result| BackupVolumeResult {
+                    restic_peak_rss_bytes: peak.bytes(),
+                    ..result
+                })
             },
         );
         self.operations
@@ -207,7 +225,9 @@ impl VolumeAgent for AgentApi {
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let context = self.context.clone();
+        let peak = PeakRss::new();
+        let context = measured(&self.context, &peak);
+        let metrics = handle.metrics().clone();
         let cancel = handle.cancel.clone();
         let progress_tx = tx.clone();
         let task = drive(
@@ -222,7 +242,7 @@ impl VolumeAgent for AgentApi {
                 event: Some(restore_volume_event::Event::Result(result)),
             },
             async move {
-                jobs::restore(&context, &plan, &cancel, |event| {
+                let result = jobs::restore(&context, &plan, &cancel, |event| {
                     let event = match event {
                         JobEvent::Progress(progress) => {
                             restore_volume_event::Event::Progress(progress)
@@ -233,7 +253,12 @@ impl VolumeAgent for AgentApi {
                     };
                     let _ = progress_tx.try_send(Ok(RestoreVolumeEvent { event: Some(event) }));
                 })
-                .await
+                .await;
+                metrics.restic_peak_rss(OperationKind::restore, peak.bytes());
+                result.map(|result| RestoreVolumeResult {
+                    restic_peak_rss_bytes: peak.bytes(),
+                    ..result
+                })
             },
         );
         self.operations

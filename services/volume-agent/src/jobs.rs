@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     error::AgentError,
     names,
+    parent::{Next, ParentChoice},
     volume_path::{self, ResolvedVolume},
 };
 
@@ -76,6 +77,8 @@ pub struct BackupPlan {
     pub repository: Repository,
     pub identity: String,
     pub tags: Vec<String>,
+    /// The request's `parent_snapshot_id`; `None` when it named none.
+    pub parent: Option<String>,
 }
 
 /// A restore whose input has been checked and whose target volume has been found.
@@ -177,6 +180,11 @@ pub fn plan_backup(
     }
     // Path fields first, so a bad uid or volume name is reported as such, not as a bad tag.
     volume_path::validate(&volume)?;
+    // The id becomes a restic argument; hex only, so it can never read as an option.
+    let parent = Some(request.parent_snapshot_id.clone()).filter(|id| !id.is_empty());
+    if let Some(parent) = &parent {
+        names::snapshot_id_field("parent_snapshot_id", parent)?;
+    }
     let identity = stable_identity(&request, &volume);
     let tags = snapshot_tags(&request, &volume, &identity)?;
     let repository = repository(request.repository)?;
@@ -186,6 +194,7 @@ pub fn plan_backup(
         repository,
         identity,
         tags,
+        parent,
     })
 }
 
@@ -249,8 +258,39 @@ fn restore_progress(status: &RestoreStatus, seconds_elapsed: f64) -> Progress {
     }
 }
 
-/// Runs the backup; `on_event` gets every restic status line and every retry. Each restic
-/// command is retried on its own under the context's policy.
+/// The identity's latest snapshot by `restic snapshots` (its full id), retried under the
+/// context's policy.
+async fn look_up_parent(
+    context: &AgentContext,
+    plan: &BackupPlan,
+    cancel: &CancellationToken,
+    on_event: &(impl Fn(JobEvent) + Sync),
+) -> Result<Option<String>, AgentError> {
+    let filter = SnapshotFilter {
+        tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
+        ..Default::default()
+    };
+    let mut attempts = context.retry.attempts(cancel);
+    let found = loop {
+        match context
+            .restic
+            .latest_snapshot(&plan.repository, &filter, cancel)
+            .await
+        {
+            Ok(found) => break found,
+            Err(error) => {
+                attempts
+                    .retry_after(error, |retry| report_retry(on_event, retry))
+                    .await?
+            }
+        }
+    };
+    Ok(found.map(|snapshot| snapshot.id))
+}
+
+/// Runs the backup; `on_event` gets every restic status line and every retry. The parent is
+/// the request's when it named one (one restic process); see [`crate::parent`] for when it is
+/// looked up instead. Each restic command is retried on its own under the context's policy.
 pub async fn backup(
     context: &AgentContext,
     plan: &BackupPlan,
@@ -260,40 +300,31 @@ pub async fn backup(
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
-    let filter = SnapshotFilter {
-        tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
-        ..Default::default()
-    };
-    let mut attempts = context.retry.attempts(cancel);
-    let parent = loop {
-        match context
-            .restic
-            .latest_snapshot(&plan.repository, &filter, cancel)
-            .await
-        {
-            Ok(found) => break found,
-            Err(error) => {
-                attempts
-                    .retry_after(error, |retry| report_retry(&on_event, retry))
-                    .await?
-            }
-        }
-    };
-    let parent_id = parent.map(|snapshot| snapshot.short_id);
-    if let Some(parent) = &parent_id {
-        span.record("parent_snapshot_id", parent.as_str());
+    let mut choice = ParentChoice::given(plan.parent.clone());
+    if choice.needs_lookup() {
+        let found = look_up_parent(context, plan, cancel, &on_event).await?;
+        tracing::info!(
+            parent = found.as_deref().unwrap_or("none"),
+            identity = %plan.identity,
+            "no parent snapshot given; looked it up with restic snapshots"
+        );
+        choice.looked_up(found);
     }
-    let options = BackupOptions {
+    let mut options = BackupOptions {
         working_dir: plan.path.path.clone(),
         paths: Vec::new(),
         host: Some(context.snapshot_host.clone()),
         tags: plan.tags.clone(),
-        parent: parent_id.clone(),
+        parent: None,
         excludes: Vec::new(),
         limit_upload_kib: context.limit_upload_kib,
     };
     let mut attempts = context.retry.attempts(cancel);
     let summary = loop {
+        options.parent = choice.parent().map(str::to_string);
+        if let Some(parent) = &options.parent {
+            span.record("parent_snapshot_id", parent.as_str());
+        }
         // A new attempt scans again.
         let mut totals = BackupProgress::default();
         let run = context
@@ -307,15 +338,40 @@ pub async fn backup(
                 on_event(JobEvent::Progress(backup_progress(status, totals_final)))
             })
             .await;
-        match run {
+        let error = match run {
             Ok(summary) => break summary,
-            Err(error) => {
+            Err(error) => error,
+        };
+        match choice.after_failure(&error) {
+            Next::LookUp => {
+                let reason = choice
+                    .fallback()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::warn!(
+                    %reason,
+                    identity = %plan.identity,
+                    "the given parent snapshot is gone; looking the parent up with restic snapshots"
+                );
+                let found = look_up_parent(context, plan, cancel, &on_event).await?;
+                tracing::info!(
+                    parent = found.as_deref().unwrap_or("none"),
+                    "parent looked up"
+                );
+                choice.looked_up(found);
+            }
+            Next::WithoutParent => tracing::warn!(
+                parent = options.parent.as_deref().unwrap_or_default(),
+                "the looked-up parent snapshot is gone too; backing up without a parent"
+            ),
+            Next::Fail => {
                 attempts
                     .retry_after(error, |retry| report_retry(&on_event, retry))
                     .await?
             }
         }
     };
+    let parent_id = choice.parent().map(str::to_string);
     span.record("snapshot_id", summary.snapshot_id.as_str());
     span.record("bytes", summary.total_bytes_processed);
     span.record("bytes_added", summary.data_added);
@@ -342,6 +398,12 @@ pub async fn backup(
         started: Some(started.into()),
         finished: Some(SystemTime::now().into()),
         path: plan.path.path.display().to_string(),
+        // Measured by the caller, around every restic run of the job.
+        restic_peak_rss_bytes: 0,
+        parent_fallback_reason: choice
+            .fallback()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     })
 }
 
@@ -420,6 +482,8 @@ pub async fn restore(
         started: Some(started.into()),
         finished: Some(SystemTime::now().into()),
         path: target.display().to_string(),
+        // Measured by the caller, around every restic run of the job.
+        restic_peak_rss_bytes: 0,
     })
 }
 
@@ -463,11 +527,6 @@ fn count_regular_files(dir: &Path) -> u64 {
     count
 }
 
-/// `restic version`, for GetAgentInfo.
-pub async fn restic_version(restic: &Restic) -> Result<String, AgentError> {
-    Ok(restic.version(&CancellationToken::new()).await?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,12 +542,14 @@ mod tests {
                 source: VolumeSource::PersistentVolumeClaim as i32,
                 pv_name: "pvc-123".into(),
                 pvc_name: "data-db-0".into(),
+                pvc_uid: String::new(),
             }),
             repository: None,
             backup_name: "nightly".into(),
             backup_uid: "b-uid".into(),
             stable_identity: "pvc-uid/abc".into(),
             extra_tags: [("team".to_string(), "red".to_string())].into(),
+            parent_snapshot_id: String::new(),
         }
     }
 
@@ -605,5 +666,201 @@ mod tests {
         );
         assert_eq!((progress.files_done, progress.files_total), (0, 0));
         assert_eq!(progress.seconds_elapsed, 2.0);
+    }
+
+    const GONE: &str = "d8ab32ffeaf87a2edbf959469dee2558921f7ba423b91d22ae5e8be10c7709a7";
+    const KNOWN: &str = "1234abcd1234abcd1234abcd1234abcd1234abcd1234abcd1234abcd1234abcd";
+    const LATEST: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+    /// A stand-in restic that appends each run's arguments to `runs`, answers `snapshots` with
+    /// the file `snapshots.json` beside it, and fails `backup --parent GONE` (given, as every
+    /// full id, one digit short) the way restic 0.18 does for a forgotten snapshot.
+    struct FakeRestic {
+        dir: tempfile::TempDir,
+    }
+
+    impl FakeRestic {
+        fn new(snapshots: &str) -> FakeRestic {
+            use std::os::unix::fs::PermissionsExt as _;
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().display().to_string();
+            std::fs::write(dir.path().join("snapshots.json"), snapshots).unwrap();
+            let script = dir.path().join("restic");
+            std::fs::write(
+                &script,
+                format!(
+                    r#"#!/bin/sh
+echo "$*" >> '{root}/runs'
+case "$1" in
+  snapshots) cat '{root}/snapshots.json' ;;
+  backup)
+    case " $* " in *" --parent {gone} "*)
+      echo '{{"message_type":"exit_error","code":1,"message":"no matching ID found for prefix \"{gone}\""}}' >&2
+      exit 1;;
+    esac
+    echo '{{"message_type":"summary","files_new":1,"total_bytes_processed":5,"snapshot_id":"0badc0de0badc0de"}}' ;;
+esac
+"#,
+                    gone = &GONE[..63],
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            FakeRestic { dir }
+        }
+
+        fn context(&self) -> AgentContext {
+            AgentContext {
+                restic: Restic::new(
+                    self.dir.path().join("restic"),
+                    self.dir.path().join("scratch"),
+                ),
+                pods_root: self.dir.path().into(),
+                node_name: "node-a".into(),
+                snapshot_host: "node-a".into(),
+                limit_upload_kib: None,
+                retry: RetryPolicy::NEVER,
+            }
+        }
+
+        /// Each restic run's arguments, in order.
+        fn runs(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("runs"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+
+        async fn backup(&self, parent: Option<&str>) -> BackupVolumeResult {
+            let plan = BackupPlan {
+                path: ResolvedVolume {
+                    path: self.dir.path().into(),
+                    plugin: "kubernetes.io~empty-dir".into(),
+                },
+                repository: Repository::new("/r", "p"),
+                identity: "pvc-uid/abc".into(),
+                tags: vec!["stable-identity=pvc-uid/abc".into()],
+                parent: parent.map(str::to_string),
+            };
+            backup(&self.context(), &plan, &CancellationToken::new(), |_| {})
+                .await
+                .unwrap()
+        }
+    }
+
+    fn snapshot_list(id: &str) -> String {
+        format!(
+            r#"[{{"time":"2026-11-24T19:32:57Z","tags":["stable-identity=pvc-uid/abc"],"id":"{id}","short_id":"{}"}}]"#,
+            &id[..8]
+        )
+    }
+
+    /// The command and the snapshot its `--parent` names, if any, of each run (restic gets a
+    /// full id one digit short; see `stowage_restic::backup::parent_argument`).
+    fn commands(runs: &[String]) -> Vec<(String, Option<String>)> {
+        runs.iter()
+            .map(|run| {
+                let words: Vec<&str> = run.split_whitespace().collect();
+                let parent = words
+                    .iter()
+                    .position(|w| *w == "--parent")
+                    .map(|i| words[i + 1].to_string())
+                    .map(|given| {
+                        [GONE, KNOWN, LATEST]
+                            .into_iter()
+                            .find(|id| id.len() == given.len() + 1 && id.starts_with(&given))
+                            .map_or(given, str::to_string)
+                    });
+                (words[0].to_string(), parent)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_given_parent_makes_the_backup_one_restic_run() {
+        let restic = FakeRestic::new(&snapshot_list(LATEST));
+        let result = restic.backup(Some(KNOWN)).await;
+        assert_eq!(
+            commands(&restic.runs()),
+            [("backup".to_string(), Some(KNOWN.to_string()))]
+        );
+        assert_eq!(result.parent_snapshot_id, KNOWN);
+        assert_eq!(result.parent_fallback_reason, "");
+    }
+
+    #[tokio::test]
+    async fn without_a_given_parent_it_is_looked_up_and_the_result_says_why() {
+        let restic = FakeRestic::new(&snapshot_list(LATEST));
+        let result = restic.backup(None).await;
+        assert_eq!(
+            commands(&restic.runs()),
+            [
+                ("snapshots".to_string(), None),
+                ("backup".to_string(), Some(LATEST.to_string()))
+            ]
+        );
+        assert_eq!(result.parent_snapshot_id, LATEST);
+        assert!(
+            result.parent_fallback_reason.contains("no parent"),
+            "{}",
+            result.parent_fallback_reason
+        );
+        // A first backup: nothing to find, one backup without a parent.
+        let first = FakeRestic::new("null");
+        let result = first.backup(None).await;
+        assert_eq!(
+            commands(&first.runs()),
+            [
+                ("snapshots".to_string(), None),
+                ("backup".to_string(), None)
+            ]
+        );
+        assert_eq!(result.parent_snapshot_id, "");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_parent_falls_back_to_the_lookup_naming_it() {
+        let restic = FakeRestic::new(&snapshot_list(LATEST));
+        let result = restic.backup(Some(GONE)).await;
+        assert_eq!(
+            commands(&restic.runs()),
+            [
+                ("backup".to_string(), Some(GONE.to_string())),
+                ("snapshots".to_string(), None),
+                ("backup".to_string(), Some(LATEST.to_string()))
+            ]
+        );
+        assert_eq!(result.parent_snapshot_id, LATEST);
+        assert_eq!(result.snapshot_id, "0badc0de0badc0de");
+        let reason = &result.parent_fallback_reason;
+        assert!(
+            reason.contains(GONE) && reason.contains("does not exist"),
+            "{reason}"
+        );
+        // The lookup finds the forgotten one again (restic's index lags the forget): no loop,
+        // a backup without a parent.
+        let stale = FakeRestic::new(&snapshot_list(GONE));
+        let result = stale.backup(Some(GONE)).await;
+        assert_eq!(
+            commands(&stale.runs()),
+            [
+                ("backup".to_string(), Some(GONE.to_string())),
+                ("snapshots".to_string(), None),
+                ("backup".to_string(), Some(GONE.to_string())),
+                ("backup".to_string(), None)
+            ]
+        );
+        assert_eq!(result.parent_snapshot_id, "");
+    }
+
+    #[test]
+    fn a_parent_that_is_not_a_snapshot_id_is_refused_naming_the_field() {
+        let restic = FakeRestic::new("null");
+        let mut request = request();
+        request.parent_snapshot_id = "--dry-run".into();
+        let error = plan_backup(&restic.context(), request).unwrap_err();
+        assert!(matches!(error, AgentError::InvalidRequest(_)), "{error}");
+        assert!(error.to_string().contains("parent_snapshot_id"), "{error}");
     }
 }

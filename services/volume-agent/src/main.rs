@@ -6,6 +6,7 @@ mod error;
 mod jobs;
 mod names;
 mod operations;
+mod parent;
 mod volume_path;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -13,7 +14,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use stowage_proto::v1::volume_agent_server::VolumeAgentServer;
-use stowage_restic::{Restic, RetryPolicy};
+use stowage_restic::{Restic, ResticError, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -42,9 +43,19 @@ struct Config {
     /// Operations run at once; further ones queue.
     #[arg(long, env = "STOWAGE_MAX_CONCURRENT", default_value_t = 2)]
     max_concurrent: u32,
-    /// The restic binary to run.
+    /// The restic binary to run (0.17 or newer; the agent refuses to start with an older one).
     #[arg(long, env = "STOWAGE_RESTIC_BINARY", default_value = "restic")]
     restic_binary: PathBuf,
+    /// Soft memory limit of each restic process (its GOMEMLIMIT): `512MiB`, `2GiB`, or bytes.
+    /// Up to --max-concurrent restic processes run at once, each under this limit, beside the
+    /// agent itself; keep their sum under the container's memory limit. Unset: no limit.
+    #[arg(long, env = "STOWAGE_RESTIC_MEMORY_LIMIT", value_parser = stowage_restic::environment::parse_memory_size)]
+    restic_memory_limit: Option<u64>,
+    /// Seconds restic itself waits for a repository lock another process holds (restic
+    /// `--retry-lock`) before the volume fails; 0 = restic does not wait and a held lock is
+    /// retried like a storage outage (--restic-retries).
+    #[arg(long, env = "STOWAGE_RESTIC_RETRY_LOCK_SECONDS", default_value_t = 60)]
+    restic_retry_lock_seconds: u64,
     /// Seconds a cancelled restic gets after SIGINT to remove its repository lock before it
     /// is killed.
     #[arg(long, env = "STOWAGE_RESTIC_STOP_GRACE_SECONDS", default_value_t = 5)]
@@ -53,7 +64,8 @@ struct Config {
     #[arg(long, env = "STOWAGE_UPLOAD_LIMIT_KIB", default_value_t = 0)]
     upload_limit_kib: u64,
     /// Times a restic command that failed for a reason that may pass (the storage could not be
-    /// reached, the repository was locked) is run again before its volume fails; 0 = never.
+    /// reached; the repository was locked, when --restic-retry-lock-seconds is 0) is run again
+    /// before its volume fails; 0 = never.
     #[arg(long, env = "STOWAGE_RESTIC_RETRIES", default_value_t = 3)]
     restic_retries: u32,
     /// Milliseconds before the first retry; each later wait is twice as long (at most 5
@@ -87,19 +99,38 @@ async fn main() -> anyhow::Result<()> {
         .server_allowing(DEFAULT_ALLOWED_CLIENTS)
         .context("TLS settings")?;
     let metrics = stowage_metrics::agent::AgentMetrics::register(&mut stowage_metrics::registry());
+    stowage_metrics::agent::register_node(&mut stowage_metrics::registry(), &config.node_name);
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
-    let restic = Restic::new(&config.restic_binary, &config.scratch_dir)
-        .with_stop_grace(Duration::from_secs(config.restic_stop_grace_seconds));
-    // The agent still serves without restic (GetAgentInfo shows it); every job then fails
-    // with a clear FailedPrecondition.
-    let restic_version = match jobs::restic_version(&restic).await {
-        Ok(version) => version,
-        Err(error) => {
+    let retry_lock = Duration::from_secs(config.restic_retry_lock_seconds);
+    let mut restic = Restic::new(&config.restic_binary, &config.scratch_dir)
+        .with_stop_grace(Duration::from_secs(config.restic_stop_grace_seconds))
+        .with_retry_lock(Some(retry_lock));
+    if let Some(limit) = config.restic_memory_limit {
+        restic = restic.with_env("GOMEMLIMIT", limit.to_string())?;
+    }
+    // A restic too old to classify its failures by exit code stops the agent here, naming the
+    // version found and the one needed. A missing restic does not: the agent still serves
+    // (GetAgentInfo shows it) and every job fails with a clear FailedPrecondition.
+    let restic_version = match restic.supported_version(&CancellationToken::new()).await {
+        Ok((line, _)) => line,
+        Err(error @ ResticError::BinaryMissing { .. }) => {
             tracing::error!(%error, "restic is not usable");
             String::new()
         }
+        Err(error) => {
+            tracing::error!(%error, "refusing to start with this restic");
+            return Err(anyhow::Error::new(error).context("checking the restic binary"));
+        }
     };
+    let mut retry = RetryPolicy::new(
+        config.restic_retries,
+        Duration::from_millis(config.restic_retry_delay_ms),
+    );
+    if restic.retry_lock().is_some() {
+        // restic waited for the lock already; running it again would wait once more.
+        retry = retry.without_lock_retries();
+    }
     let context = jobs::AgentContext {
         restic,
         pods_root: config.pods_root.clone(),
@@ -110,10 +141,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| config.node_name.clone()),
         limit_upload_kib: (config.upload_limit_kib > 0).then_some(config.upload_limit_kib),
-        retry: RetryPolicy::new(
-            config.restic_retries,
-            Duration::from_millis(config.restic_retry_delay_ms),
-        ),
+        retry,
     };
     let operations = operations::Operations::new(config.max_concurrent, shutdown.clone(), metrics);
     let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
@@ -126,6 +154,8 @@ async fn main() -> anyhow::Result<()> {
         restic = %restic_version,
         max_concurrent = operations.max_concurrent(),
         restic_retries = config.restic_retries,
+        restic_retry_lock_seconds = config.restic_retry_lock_seconds,
+        restic_memory_limit = config.restic_memory_limit,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
         "volume agent starting"

@@ -72,14 +72,19 @@ pub fn dns_subdomain(field: &str, value: &str) -> Result<(), AgentError> {
 
 /// restic snapshot ids are hex: the 8-digit short form up to the full 64 digits.
 pub fn snapshot_id(value: &str) -> Result<(), AgentError> {
+    snapshot_id_field("snapshot_id", value)
+}
+
+/// [`snapshot_id`] for a request field of another name (`parent_snapshot_id`).
+pub fn snapshot_id_field(field: &str, value: &str) -> Result<(), AgentError> {
     if value.is_empty() {
-        return Err(AgentError::InvalidRequest("snapshot_id is empty".into()));
+        return Err(AgentError::InvalidRequest(format!("{field} is empty")));
     }
     if (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
         Err(invalid(
-            "snapshot_id",
+            field,
             value,
             "is not a restic snapshot id (8 to 64 hex digits)",
         ))

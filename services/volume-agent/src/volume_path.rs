@@ -259,6 +259,7 @@ mod tests {
             source: source as i32,
             pv_name: pv.into(),
             pvc_name: String::new(),
+            pvc_uid: String::new(),
         }
     }
 
