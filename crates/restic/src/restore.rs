@@ -146,8 +146,11 @@ pub fn restore_command(options: &RestoreOptions) -> Result<ResticCommand, Restic
             reason: format!("`{}` is not a snapshot id", options.snapshot),
         });
     }
+    // The id cannot read as a flag (checked above); no `--` before it, since the runner may
+    // append options of its own (`--retry-lock`) after ours.
     let mut command = ResticCommand::new("restore")
         .json()
+        .arg(&options.snapshot)
         .arg("--sparse")
         .arg("--target")
         .arg(&options.target);
@@ -160,8 +163,7 @@ pub fn restore_command(options: &RestoreOptions) -> Result<ResticCommand, Restic
     if options.verify {
         command = command.arg("--verify");
     }
-    // `--` so the snapshot id is never read as a flag, whatever the checks above let through.
-    Ok(command.arg("--").arg(&options.snapshot))
+    Ok(command)
 }
 
 #[cfg(test)]
@@ -193,7 +195,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             args(&command),
-            ["--json", "--sparse", "--target", "/x", "--", "abcd1234"]
+            ["--json", "abcd1234", "--sparse", "--target", "/x"]
         );
     }
 
