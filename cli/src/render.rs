@@ -260,16 +260,20 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         &status.progress,
         known,
     );
-    let stored: u64 = status
-        .volumes
-        .iter()
-        .map(|volume| volume.bytes_stored)
-        .sum();
-    let _ = writeln!(
-        out,
-        "Stored:       {} (what the backup added to the location, after compression)",
-        human_bytes(stored)
-    );
+    // Velero's records do not say what a backup stored; stowage's carry restic's figure.
+    let velero = backup.origin == "Velero";
+    if !velero {
+        let stored: u64 = status
+            .volumes
+            .iter()
+            .map(|volume| volume.bytes_stored)
+            .sum();
+        let _ = writeln!(
+            out,
+            "Stored:       {} (what the backup added to the location, after compression)",
+            human_bytes(stored)
+        );
+    }
     out.push('\n');
     if details {
         let _ = writeln!(out, "Pod volume backups:");
@@ -284,7 +288,11 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
                     volume.phase.clone(),
                     short_id(&volume.snapshot_id),
                     human_bytes(size),
-                    human_bytes(volume.bytes_stored),
+                    if velero {
+                        "-".to_string()
+                    } else {
+                        human_bytes(volume.bytes_stored)
+                    },
                     volume_duration(
                         &volume.started,
                         &volume.finished,
