@@ -41,9 +41,14 @@ impl Followed {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let (phase, status) = match self {
+        let (phase, status, volumes) = match self {
             Followed::Backup(backup) => {
                 let status = backup.status.clone().unwrap_or_default();
+                let volumes: Vec<(String, view::ProgressView)> = status
+                    .volumes
+                    .iter()
+                    .map(|v| (view::volume_phase(v.phase), (&v.progress).into()))
+                    .collect();
                 (
                     view::backup_phase(status.phase),
                     (
@@ -52,10 +57,16 @@ impl Followed {
                         status.volumes_failed,
                         status.progress.unwrap_or_default(),
                     ),
+                    volumes,
                 )
             }
             Followed::Restore(restore) => {
                 let status = restore.status.clone().unwrap_or_default();
+                let volumes: Vec<(String, view::ProgressView)> = status
+                    .volumes
+                    .iter()
+                    .map(|v| (view::volume_phase(v.phase), (&v.progress).into()))
+                    .collect();
                 (
                     view::restore_phase(status.phase),
                     (
@@ -64,10 +75,17 @@ impl Followed {
                         status.volumes_failed,
                         status.progress.unwrap_or_default(),
                     ),
+                    volumes,
                 )
             }
         };
         let (volumes_total, volumes_completed, volumes_failed, progress) = status;
+        let known = view::TotalsKnown::of(
+            self.ended(),
+            volumes
+                .iter()
+                .map(|(phase, progress)| (phase.as_str(), progress)),
+        );
         Snapshot {
             kind: self.kind(),
             name: self.name().to_string(),
@@ -77,6 +95,7 @@ impl Followed {
             volumes_failed,
             bytes_done: progress.bytes_done,
             bytes_total: progress.bytes_total,
+            bytes_total_known: known.bytes,
         }
     }
 
@@ -373,5 +392,36 @@ mod tests {
             ),
             (2, 1, 5, 10)
         );
+        assert!(snapshot.bytes_total_known);
+    }
+
+    #[test]
+    fn a_total_restic_is_still_counting_is_not_known() {
+        let mut followed = backup(BackupPhase::InProgress);
+        let Followed::Backup(backup) = &mut followed else {
+            unreachable!()
+        };
+        let status = backup.status.as_mut().unwrap();
+        let volume = |phase: v1::VolumePhase, done: u64, total: u64| v1::PodVolumeBackup {
+            phase: phase as i32,
+            progress: Some(v1::Progress {
+                bytes_done: done,
+                bytes_total: total,
+                files_total: total,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        status.volumes = vec![
+            volume(v1::VolumePhase::Completed, 5, 5),
+            volume(v1::VolumePhase::InProgress, 0, 0),
+        ];
+        assert!(!followed.snapshot().bytes_total_known);
+        let Followed::Backup(backup) = &mut followed else {
+            unreachable!()
+        };
+        let status = backup.status.as_mut().unwrap();
+        status.volumes[1] = volume(v1::VolumePhase::InProgress, 0, 5);
+        assert!(followed.snapshot().bytes_total_known);
     }
 }

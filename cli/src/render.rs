@@ -10,7 +10,7 @@ use crate::{
     table::{expires_in, human_bytes, human_seconds, list_or_none, render_table},
     view::{
         BackupView, CoverageView, LogLineView, MaintenanceResultView, MaintenanceView,
-        ProgressView, RepositoryView, RestoreView, SkippedVolumeView,
+        ProgressView, RepositoryView, RestoreView, SkippedVolumeView, TotalsKnown,
     },
 };
 
@@ -48,26 +48,48 @@ fn short_id(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
-/// The `Volumes:` and `Progress:` lines of a `describe`.
+/// The `Volumes:` and `Progress:` lines of a `describe`. A total that is not final yet is not
+/// shown as one: `1.0 MiB so far` rather than `1.0 MiB of 1.2 MiB` when more will be counted.
 fn volume_totals(
     out: &mut String,
     total: u32,
     completed: u32,
     failed: u32,
     progress: &ProgressView,
+    known: TotalsKnown,
 ) {
     let _ = writeln!(
         out,
         "Volumes:      {total} total, {completed} completed, {failed} failed"
     );
-    let _ = writeln!(
-        out,
-        "Progress:     {} of {}, {} of {} files",
-        human_bytes(progress.bytes_done),
-        human_bytes(progress.bytes_total),
-        progress.files_done,
-        progress.files_total
-    );
+    let _ = writeln!(out, "Progress:     {}", progress_text(progress, known));
+}
+
+/// `1.0 MiB of 2.0 MiB, 3 of 10 files`, with `so far` for what is still being counted.
+pub fn progress_text(progress: &ProgressView, known: TotalsKnown) -> String {
+    let bytes = if known.bytes {
+        format!(
+            "{} of {}",
+            human_bytes(progress.bytes_done),
+            human_bytes(progress.bytes_total)
+        )
+    } else {
+        format!("{} so far", human_bytes(progress.bytes_done))
+    };
+    let files = if known.files {
+        format!("{} of {} files", progress.files_done, progress.files_total)
+    } else {
+        format!("{} files so far", progress.files_done)
+    };
+    format!("{bytes}, {files}")
+}
+
+/// Whether a backup or restore in `phase` is over (its totals are final).
+fn run_ended(phase: &str) -> bool {
+    matches!(
+        phase,
+        "Completed" | "PartiallyFailed" | "Failed" | "Cancelled"
+    )
 }
 
 /// The volume summary of a `describe` without `--details`: the volumes' paths grouped by
@@ -223,13 +245,35 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
     out.push('\n');
+    let known = TotalsKnown::of(
+        run_ended(&status.phase),
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase.as_str(), &volume.progress)),
+    );
     volume_totals(
         &mut out,
         status.volumes_total,
         status.volumes_completed,
         status.volumes_failed,
         &status.progress,
+        known,
     );
+    // Velero's records do not say what a backup stored; stowage's carry restic's figure.
+    let velero = backup.origin == "Velero";
+    if !velero {
+        let stored: u64 = status
+            .volumes
+            .iter()
+            .map(|volume| volume.bytes_stored)
+            .sum();
+        let _ = writeln!(
+            out,
+            "Stored:       {} (what the backup added to the location, after compression)",
+            human_bytes(stored)
+        );
+    }
     out.push('\n');
     if details {
         let _ = writeln!(out, "Pod volume backups:");
@@ -244,6 +288,11 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
                     volume.phase.clone(),
                     short_id(&volume.snapshot_id),
                     human_bytes(size),
+                    if velero {
+                        "-".to_string()
+                    } else {
+                        human_bytes(volume.bytes_stored)
+                    },
                     volume_duration(
                         &volume.started,
                         &volume.finished,
@@ -261,6 +310,7 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
                 "PHASE",
                 "SNAPSHOT",
                 "SIZE",
+                "STORED",
                 "DURATION",
                 "ERROR",
             ],
@@ -346,12 +396,20 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
     }
     let _ = writeln!(out, "Pods created: {}", list_or_none(&status.pods_created));
     out.push('\n');
+    let known = TotalsKnown::of(
+        run_ended(&status.phase),
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase.as_str(), &volume.progress)),
+    );
     volume_totals(
         &mut out,
         status.volumes_total,
         status.volumes_completed,
         status.volumes_failed,
         &status.progress,
+        known,
     );
     if details {
         out.push('\n');
@@ -644,6 +702,7 @@ mod tests {
                 ..Default::default()
             },
             bytes_added: 0,
+            bytes_stored: 1536,
             files_new: 0,
             files_changed: 0,
             files_unmodified: 0,
@@ -737,6 +796,8 @@ mod tests {
                 "01234567",
                 "2.0",
                 "KiB",
+                "1.5",
+                "KiB",
                 "3m20s",
                 "restic:",
                 "disk",
@@ -746,6 +807,56 @@ mod tests {
         assert!(
             text.contains("foo/sample/host: UnsupportedType (hostPath volumes hold node data)")
         );
+    }
+
+    #[test]
+    fn describe_shows_what_the_location_stores() {
+        let text = describe_backup(&backup(), false);
+        assert!(
+            text.contains("Stored:       3.0 KiB (what the backup added to the location"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn progress_still_being_counted_is_not_shown_as_a_total() {
+        let mut backup = backup();
+        backup.status.phase = "InProgress".into();
+        backup.status.progress = ProgressView {
+            bytes_done: 1024,
+            bytes_total: 2048,
+            files_done: 1,
+            files_total: 4,
+            ..Default::default()
+        };
+        // One volume is done; the other runs and restic is still scanning it.
+        backup.status.volumes[1].phase = "InProgress".into();
+        backup.status.volumes[1].progress = ProgressView {
+            bytes_done: 1024,
+            ..Default::default()
+        };
+        let text = describe_backup(&backup, false);
+        assert!(
+            text.contains("Progress:     1.0 KiB so far, 1 files so far\n"),
+            "{text}"
+        );
+        // Once the scan has counted the tree, the sum is the total.
+        backup.status.volumes[1].progress.bytes_total = 2048;
+        backup.status.volumes[1].progress.files_total = 2;
+        let text = describe_backup(&backup, false);
+        assert!(
+            text.contains("Progress:     1.0 KiB of 2.0 KiB, 1 of 4 files\n"),
+            "{text}"
+        );
+        // A volume still waiting to run adds to the total only when it runs.
+        backup.status.volumes[1].phase = "Queued".into();
+        backup.status.volumes[1].progress = ProgressView::default();
+        let text = describe_backup(&backup, false);
+        assert!(text.contains("1.0 KiB so far"), "{text}");
+        // An ended run's totals are final whatever its volumes say.
+        backup.status.phase = "Cancelled".into();
+        let text = describe_backup(&backup, false);
+        assert!(text.contains("1.0 KiB of 2.0 KiB"), "{text}");
     }
 
     #[test]

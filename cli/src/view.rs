@@ -205,6 +205,41 @@ pub struct ProgressView {
     pub seconds_elapsed: f64,
 }
 
+/// Which of a run's summed totals are final. The agents send a volume's total as 0 while
+/// restic is still counting (a backup's scan, a restore's walk of the snapshot; a restore's
+/// files until it ends), and a volume still waiting adds its size only once it runs: until
+/// every volume has ended or sent its total, the sum is only a lower bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TotalsKnown {
+    pub bytes: bool,
+    pub files: bool,
+}
+
+impl TotalsKnown {
+    /// From each volume's phase word and progress; `run_ended` when the backup or restore is
+    /// over, which makes every total final.
+    pub fn of<'a>(
+        run_ended: bool,
+        volumes: impl IntoIterator<Item = (&'a str, &'a ProgressView)>,
+    ) -> TotalsKnown {
+        let mut known = TotalsKnown {
+            bytes: true,
+            files: true,
+        };
+        if run_ended {
+            return known;
+        }
+        for (phase, progress) in volumes {
+            if matches!(phase, "Completed" | "Failed" | "Cancelled") {
+                continue;
+            }
+            known.bytes &= progress.bytes_total > 0;
+            known.files &= progress.files_total > 0;
+        }
+        known
+    }
+}
+
 impl From<&Option<v1::Progress>> for ProgressView {
     fn from(progress: &Option<v1::Progress>) -> Self {
         let progress = progress.unwrap_or_default();
@@ -293,6 +328,8 @@ pub struct PodVolumeBackupView {
     pub repository: String,
     pub progress: ProgressView,
     pub bytes_added: u64,
+    /// What the location stores for this volume's backup, after compression.
+    pub bytes_stored: u64,
     pub files_new: u64,
     pub files_changed: u64,
     pub files_unmodified: u64,
@@ -313,6 +350,7 @@ impl From<&v1::PodVolumeBackup> for PodVolumeBackupView {
             repository: volume.repository.clone(),
             progress: (&volume.progress).into(),
             bytes_added: volume.bytes_added,
+            bytes_stored: volume.bytes_stored,
             files_new: volume.files_new,
             files_changed: volume.files_changed,
             files_unmodified: volume.files_unmodified,

@@ -18,6 +18,9 @@ pub struct Snapshot {
     pub volumes_failed: u32,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// Whether `bytes_total` is final; until then it is only what restic has counted so far
+    /// (see [`crate::view::TotalsKnown`]) and is not shown.
+    pub bytes_total_known: bool,
 }
 
 /// One line per state, for non-terminal output:
@@ -32,7 +35,11 @@ pub fn plain_line(snapshot: &Snapshot) -> String {
         snapshot.volumes_total,
         snapshot.volumes_failed
     );
-    if snapshot.bytes_total > 0 || snapshot.bytes_done > 0 {
+    if !snapshot.bytes_total_known {
+        if snapshot.bytes_done > 0 {
+            line.push_str(&format!(", {} so far", human_bytes(snapshot.bytes_done)));
+        }
+    } else if snapshot.bytes_total > 0 || snapshot.bytes_done > 0 {
         line.push_str(&format!(
             ", {} of {}",
             human_bytes(snapshot.bytes_done),
@@ -46,8 +53,9 @@ pub fn plain_line(snapshot: &Snapshot) -> String {
 pub enum Display {
     Bar {
         bar: ProgressBar,
-        /// Whether the byte bar is shown yet: until restic has counted the bytes, a full or
-        /// empty bar would say something false, so only a spinner shows.
+        /// Whether the byte bar is shown yet: until restic has counted the bytes (every
+        /// volume's total is known), a full or empty bar would say something false, so only a
+        /// spinner shows, with the bytes done so far.
         counting: bool,
         to_stderr: bool,
     },
@@ -91,14 +99,20 @@ impl Display {
     pub fn show(&mut self, snapshot: &Snapshot) {
         match self {
             Display::Bar { bar, counting, .. } => {
-                if !*counting && snapshot.bytes_total > 0 {
-                    bar.set_style(bar_style());
-                    *counting = true;
+                let known = snapshot.bytes_total_known && snapshot.bytes_total > 0;
+                if known != *counting {
+                    bar.set_style(if known { bar_style() } else { spinner_style() });
+                    *counting = known;
                 }
                 bar.set_length(snapshot.bytes_total.max(snapshot.bytes_done));
                 bar.set_position(snapshot.bytes_done);
+                let so_far = if !known && snapshot.bytes_done > 0 {
+                    format!(", {} so far", human_bytes(snapshot.bytes_done))
+                } else {
+                    String::new()
+                };
                 bar.set_message(format!(
-                    "{} {}: {} {}/{} volumes",
+                    "{} {}: {} {}/{} volumes{so_far}",
                     snapshot.kind,
                     snapshot.name,
                     snapshot.phase,
@@ -174,10 +188,17 @@ mod tests {
             volumes_failed: 0,
             bytes_done: 1024 * 1024,
             bytes_total: 2 * 1024 * 1024,
+            bytes_total_known: true,
         };
         assert_eq!(
             plain_line(&snapshot),
             "backup demo: InProgress, 1/2 volumes done, 0 failed, 1.0 MiB of 2.0 MiB"
+        );
+        // restic's running count is not printed as the total.
+        snapshot.bytes_total_known = false;
+        assert_eq!(
+            plain_line(&snapshot),
+            "backup demo: InProgress, 1/2 volumes done, 0 failed, 1.0 MiB so far"
         );
         snapshot.bytes_done = 0;
         snapshot.bytes_total = 0;

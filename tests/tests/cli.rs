@@ -329,6 +329,34 @@ fn row<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no row {key} in:\n{text}"))
 }
 
+/// The `Progress:` line of a `describe`, without its label.
+fn progress_line(text: &str) -> String {
+    text.lines()
+        .find_map(|line| line.strip_prefix("Progress:"))
+        .unwrap_or_else(|| panic!("no Progress line in {text}"))
+        .trim()
+        .to_string()
+}
+
+/// Every plain `--wait` line starting with `prefix` that shows a total (`X of Y`) shows the
+/// final one: restic's running count while it still scans is shown as `X so far`, never as
+/// a total.
+fn assert_totals_only_final(text: &str, prefix: &str) {
+    let totals: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(" failed, ").map(|(_, bytes)| bytes))
+        .filter_map(|bytes| bytes.split_once(" of ").map(|(_, total)| total))
+        .collect();
+    let last = totals
+        .last()
+        .unwrap_or_else(|| panic!("no line with a total: {text}"));
+    assert!(
+        totals.iter().all(|total| total == last),
+        "a line showed a total other than the final {last}: {text}"
+    );
+}
+
 /// The user's journey of the demo, through the CLI only: coverage, `backup create --wait`,
 /// `describe --details`, `-o json`, the repository, then the pod and its data lost and
 /// `restore create --wait` while the test plays scheduler and kubelet for the new pod.
@@ -390,6 +418,7 @@ async fn backup_and_restore_journey_through_the_cli() {
             .any(|line| line.starts_with("backup demo: Completed, 2/2 volumes done, 0 failed")),
         "{text}"
     );
+    assert_totals_only_final(&text, "backup demo: ");
 
     let json = stowage(&server, &["backup", "get", "demo", "-o", "json"]);
     assert!(json.status.success(), "{}", stderr(&json));
@@ -399,10 +428,26 @@ async fn backup_and_restore_journey_through_the_cli() {
     let volumes = backup["status"]["volumes"].as_array().unwrap();
     assert_eq!(volumes.len(), 2);
 
+    for volume in volumes {
+        assert!(
+            volume["bytesStored"].as_u64().unwrap_or(0) > 0,
+            "what the location stores for it: {volume}"
+        );
+    }
+
     let describe = stowage(&server, &["backup", "describe", "demo", "--details"]);
     assert!(describe.status.success(), "{}", stderr(&describe));
     let text = stdout(&describe);
     assert!(text.contains("Phase:        Completed"), "{text}");
+    // Two volumes of 4 regular files each (the sample tree's directories and symlink are not
+    // files), all done.
+    let backup_progress = progress_line(&text);
+    assert!(backup_progress.ends_with(", 8 of 8 files"), "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("Stored: ") && !line.contains(" 0 B ")),
+        "{text}"
+    );
     for volume in volumes {
         let path = format!(
             "{}/{}/{}",
@@ -507,6 +552,7 @@ async fn backup_and_restore_journey_through_the_cli() {
         text.contains("Restore completed with status: Completed."),
         "{text}"
     );
+    assert_totals_only_final(&text, "restore demo-restore: ");
     assert_eq!(manifest(&new_pvc_dir, false), pvc_before);
     assert_eq!(manifest(&new_empty_dir, false), empty_before);
 
@@ -540,6 +586,8 @@ async fn backup_and_restore_journey_through_the_cli() {
         let cells = row(&text, volume);
         assert_eq!(&cells[1..4], ["foo", "node-a", "Completed"], "{text}");
     }
+    // The same data counted the same way: bytes and regular files as the backup counted them.
+    assert_eq!(progress_line(&text), backup_progress, "{text}");
 
     // A copy into another namespace, `--namespace-mappings foo:bar`.
     let copying = isolated(std::process::Command::new(binary("stowage")))
@@ -934,8 +982,10 @@ async fn velero_backups_in_the_bucket_are_listed_with_their_volumes() {
         );
         let cells = row(&text, &path);
         assert_eq!(cells[3], &expected.snapshot_id[..8], "{text}");
-        // SIZE is two cells (`1.5 KiB`); the fixture's volumes each took 4 s.
-        assert_eq!(cells[6], "4.0s", "{text}");
+        // SIZE is two cells (`1.5 KiB`), STORED is `-` (Velero does not record it); the
+        // fixture's volumes each took 4 s.
+        assert_eq!(cells[6], "-", "{text}");
+        assert_eq!(cells[7], "4.0s", "{text}");
     }
 }
 

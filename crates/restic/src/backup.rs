@@ -44,6 +44,32 @@ pub struct BackupStatus {
     pub current_files: Vec<String>,
 }
 
+impl BackupStatus {
+    /// Whether this line says restic's scanner has finished. restic scans the tree while it
+    /// backs up, so `total_files` and `total_bytes` grow until the scan ends; only then does
+    /// it estimate `seconds_remaining`, which it omits while it is 0. A line without it may
+    /// still come after the scan (less than a second left), so see [`BackupProgress`].
+    pub fn scan_finished(&self) -> bool {
+        self.seconds_remaining > 0
+    }
+}
+
+/// Follows a backup's status lines and says when their totals are final, so a caller never
+/// shows the scanner's running count as the size of the backup.
+#[derive(Clone, Debug, Default)]
+pub struct BackupProgress {
+    scan_finished: bool,
+}
+
+impl BackupProgress {
+    /// Records `status`; true when its totals are final (the scan was seen to finish on this
+    /// line or an earlier one).
+    pub fn totals_final(&mut self, status: &BackupStatus) -> bool {
+        self.scan_finished |= status.scan_finished();
+        self.scan_finished
+    }
+}
+
 /// The final `message_type: summary` line.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
@@ -57,10 +83,15 @@ pub struct BackupSummary {
     pub data_blobs: i64,
     pub tree_blobs: i64,
     pub data_added: u64,
+    /// What the snapshot added to the repository after compression (restic 0.17 and later;
+    /// 0 from older versions): what the location stores for this backup.
+    pub data_added_packed: u64,
+    /// Regular files only, like the status lines' `total_files`: restic does not count
+    /// directories or symlinks here.
     pub total_files_processed: u64,
     pub total_bytes_processed: u64,
     pub total_duration: f64,
-    /// restic 0.14 prints the short id here.
+    /// restic 0.17+ prints the full id here (0.14 printed the short one).
     pub snapshot_id: String,
     /// restic's stderr when it exited 3: the snapshot was made but some files could not be
     /// read (they are missing from it). `None` for a complete snapshot.
@@ -267,6 +298,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn summary_of_restic_0_18_carries_what_the_repository_stored() {
+        let summary = r#"{"message_type":"summary","files_new":51,"files_changed":0,"files_unmodified":2,"dirs_new":0,"dirs_changed":1,"dirs_unmodified":0,"data_blobs":244,"tree_blobs":2,"data_added":314604600,"data_added_packed":314611154,"total_files_processed":53,"total_bytes_processed":314572955,"total_duration":4.108838784,"backup_start":"2026-12-01T21:43:04.716297286Z","backup_end":"2026-12-01T21:43:08.82513607Z","snapshot_id":"4f5e8616cfdc6f33f1b36608e6e8ef088f8bc7dbda835023bb6de162d10109bf"}"#;
+        match parse_backup_line(summary) {
+            Some(BackupMessage::Summary(summary)) => {
+                assert_eq!(summary.data_added_packed, 314611154);
+                assert_eq!(summary.data_added, 314604600);
+                assert_eq!(summary.total_files_processed, 53);
+                assert_eq!(summary.snapshot_id.len(), 64, "0.18 prints the full id");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn status(line: &str) -> BackupStatus {
+        match parse_backup_line(line) {
+            Some(BackupMessage::Status(status)) => status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn totals_are_final_only_once_restic_has_finished_scanning() {
+        let mut progress = BackupProgress::default();
+        // Lines of restic 0.18 backing up 53 files: while scanning there is no estimate of
+        // the time left, and the totals are what the scanner has counted so far.
+        let scanning = status(
+            r#"{"message_type":"status","percent_done":0,"total_files":12,"total_bytes":23}"#,
+        );
+        assert!(!progress.totals_final(&scanning));
+        let scanned = status(
+            r#"{"message_type":"status","seconds_remaining":3,"percent_done":0.018,"total_files":53,"files_done":52,"total_bytes":314572955,"bytes_done":5750882,"current_files":["/big"]}"#,
+        );
+        assert!(progress.totals_final(&scanned));
+        // The last second has no estimate either; the scan stays finished.
+        let last = status(
+            r#"{"message_type":"status","seconds_elapsed":3,"percent_done":1,"total_files":53,"files_done":53,"total_bytes":314572955,"bytes_done":314572955}"#,
+        );
+        assert!(progress.totals_final(&last));
+        assert!(!BackupProgress::default().totals_final(&last));
     }
 
     #[test]

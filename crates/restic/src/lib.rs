@@ -18,13 +18,13 @@ pub mod retry;
 pub mod snapshots;
 pub mod version;
 
-pub use backup::{BackupOptions, BackupStatus, BackupSummary};
+pub use backup::{BackupOptions, BackupProgress, BackupStatus, BackupSummary};
 pub use command::{Output, PeakRss, Repository, Restic, ResticCommand};
 pub use error::ResticError;
 pub use keys::Key;
 pub use locks::{Lock, LockInfo};
 pub use maintenance::{CheckData, RepositoryConfig};
-pub use restore::RestoreOptions;
+pub use restore::{RestoreOptions, RestoreStatus};
 pub use retry::{Attempts, Retry, RetryPolicy};
 pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};
 pub use version::{MINIMUM_VERSION, ResticVersion};

@@ -51,14 +51,18 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
         tags: vec!["identity=x/1".into(), "ns=shop".into()],
         ..Default::default()
     };
-    let mut statuses = 0;
+    // restic 0.17+ prints status lines only on its progress ticks, so a backup this small may
+    // print none; their parsing is tested on restic's own lines in `backup.rs`.
     let first = f
         .restic
-        .backup(&f.repository, &options, &cancel, |_| statuses += 1)
+        .backup(&f.repository, &options, &cancel, |_| {})
         .await
         .expect("first backup");
     assert_eq!(first.files_new, 2);
-    assert!(statuses >= 1, "restic printed status lines");
+    assert!(
+        first.data_added_packed > 0,
+        "restic 0.17+ reports what the repository stores: {first:?}"
+    );
 
     let found = f
         .restic
@@ -73,7 +77,8 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
         .await
         .unwrap()
         .expect("the snapshot is found by its tags");
-    assert_eq!(found.short_id, first.snapshot_id);
+    // restic 0.17+ prints the snapshot's full id in the backup summary.
+    assert_eq!(found.id, first.snapshot_id);
     assert_eq!(found.hostname, "node-a");
     assert_eq!(found.tag_value("ns"), Some("shop"));
     let none = f
@@ -114,7 +119,8 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
     assert_eq!(stats.total_size, "alpha, changed".len() as u64 + 4);
 
     let target = f.dir.path().join("restored");
-    f.restic
+    let summary = f
+        .restic
         .restore(
             &f.repository,
             &RestoreOptions {
@@ -123,9 +129,15 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
                 ..Default::default()
             },
             &cancel,
+            |_| {},
         )
         .await
         .expect("restore");
+    // restic's own totals, from its summary line: the two files' bytes; its file count takes
+    // in the directory `sub` as well.
+    assert_eq!(summary.bytes_total(), stats.total_size);
+    assert_eq!(summary.bytes_done(), stats.total_size);
+    assert_eq!(summary.files_restored, 3, "{summary:?}");
     // Backed up as `.` from inside the dir: the files are at the snapshot root.
     assert_eq!(
         std::fs::read_to_string(target.join("a.txt")).unwrap(),

@@ -656,6 +656,7 @@ impl VolumeJob {
                                 v.snapshot_id = result.snapshot_id.clone();
                                 v.parent_snapshot_id = result.parent_snapshot_id.clone();
                                 v.bytes_added = result.bytes_added;
+                                v.bytes_stored = result.bytes_stored;
                                 v.files_new = result.files_new;
                                 v.files_changed = result.files_changed;
                                 v.files_unmodified = result.files_unmodified;

@@ -184,6 +184,7 @@ impl Store {
             let mut record_extra = BTreeMap::new();
             record_extra.insert("source".to_string(), json!(source.as_str_name()));
             record_extra.insert("bytesAdded".to_string(), json!(volume.bytes_added));
+            record_extra.insert("bytesStored".to_string(), json!(volume.bytes_stored));
             record_extra.insert("filesNew".to_string(), json!(volume.files_new));
             record_extra.insert("filesChanged".to_string(), json!(volume.files_changed));
             record_extra.insert(
@@ -434,6 +435,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                         seconds_elapsed: 0.0,
                     }),
                     bytes_added: number("bytesAdded"),
+                    bytes_stored: number("bytesStored"),
                     files_new: number("filesNew"),
                     files_changed: number("filesChanged"),
                     files_unmodified: number("filesUnmodified"),

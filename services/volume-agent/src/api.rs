@@ -1,7 +1,7 @@
 //! The tonic handlers of the VolumeAgent service: check the request, plan the job, run it as a
 //! tracked task that streams events, and map errors to status codes (in `error.rs`).
 
-use std::{pin::Pin, time::Duration};
+use std::pin::Pin;
 
 use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
@@ -24,8 +24,6 @@ use crate::{
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// How often restore progress is sampled from the volume.
-const RESTORE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Events buffered per stream; progress beyond this is dropped, never the result.
 const EVENT_BUFFER: usize = 32;
 
@@ -144,6 +142,7 @@ impl VolumeAgent for AgentApi {
         snapshot_id = tracing::field::Empty,
         bytes = tracing::field::Empty,
         bytes_added = tracing::field::Empty,
+        bytes_stored = tracing::field::Empty,
         bytes_done = tracing::field::Empty,
         files_done = tracing::field::Empty,
     ))]
@@ -243,23 +242,17 @@ impl VolumeAgent for AgentApi {
                 event: Some(restore_volume_event::Event::Result(result)),
             },
             async move {
-                let result = jobs::restore(
-                    &context,
-                    &plan,
-                    &cancel,
-                    RESTORE_PROGRESS_INTERVAL,
-                    |event| {
-                        let event = match event {
-                            JobEvent::Progress(progress) => {
-                                restore_volume_event::Event::Progress(progress)
-                            }
-                            JobEvent::Retrying(retrying) => {
-                                restore_volume_event::Event::Retrying(retrying)
-                            }
-                        };
-                        let _ = progress_tx.try_send(Ok(RestoreVolumeEvent { event: Some(event) }));
-                    },
-                )
+                let result = jobs::restore(&context, &plan, &cancel, |event| {
+                    let event = match event {
+                        JobEvent::Progress(progress) => {
+                            restore_volume_event::Event::Progress(progress)
+                        }
+                        JobEvent::Retrying(retrying) => {
+                            restore_volume_event::Event::Retrying(retrying)
+                        }
+                    };
+                    let _ = progress_tx.try_send(Ok(RestoreVolumeEvent { event: Some(event) }));
+                })
                 .await;
                 metrics.restic_peak_rss(OperationKind::restore, peak.bytes());
                 result.map(|result| RestoreVolumeResult {

@@ -22,6 +22,11 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("counting the files restored under {}: {reason}", path.display())]
+    CountingFiles {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl AgentError {
@@ -56,7 +61,7 @@ impl AgentError {
                 }
                 _ => Code::Internal,
             },
-            AgentError::Marker { .. } => Code::Internal,
+            AgentError::Marker { .. } | AgentError::CountingFiles { .. } => Code::Internal,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use stowage_proto::v1::{
@@ -12,8 +12,8 @@ use stowage_proto::v1::{
     RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
 };
 use stowage_restic::{
-    BackupOptions, BackupStatus, Repository, Restic, ResticError, RestoreOptions, Retry,
-    RetryPolicy, SnapshotFilter,
+    BackupOptions, BackupProgress, BackupStatus, Repository, Restic, RestoreOptions, RestoreStatus,
+    Retry, RetryPolicy, SnapshotFilter,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -225,13 +225,36 @@ pub fn plan_restore(
     })
 }
 
-fn progress(status: &BackupStatus) -> Progress {
+/// Progress of a backup from one restic status line. The totals are restic's only once its
+/// scanner has finished (`totals_final`); before that they are the scanner's running count,
+/// so they are sent as 0, unknown, rather than as a size the backup will outgrow.
+fn backup_progress(status: &BackupStatus, totals_final: bool) -> Progress {
+    let total = |value: u64| if totals_final { value } else { 0 };
     Progress {
         bytes_done: status.bytes_done,
-        bytes_total: status.total_bytes,
+        bytes_total: total(status.total_bytes),
         files_done: status.files_done,
-        files_total: status.total_files,
+        files_total: total(status.total_files),
         seconds_elapsed: status.seconds_elapsed as f64,
+    }
+}
+
+/// Progress of a restore from one restic status line, in the units a backup reports: bytes of
+/// file contents (restored or found already in place), totals only once restic has finished
+/// walking the snapshot. Files are not counted while the restore runs: restic counts
+/// directories and symlinks as files, a backup counts regular files only, so the restore's
+/// count of regular files comes with its result.
+fn restore_progress(status: &RestoreStatus, seconds_elapsed: f64) -> Progress {
+    Progress {
+        bytes_done: status.bytes_done(),
+        bytes_total: if status.totals_final() {
+            status.bytes_total()
+        } else {
+            0
+        },
+        files_done: 0,
+        files_total: 0,
+        seconds_elapsed,
     }
 }
 
@@ -302,6 +325,8 @@ pub async fn backup(
         if let Some(parent) = &options.parent {
             span.record("parent_snapshot_id", parent.as_str());
         }
+        // A new attempt scans again.
+        let mut totals = BackupProgress::default();
         let run = context
             .restic
             .backup(&plan.repository, &options, cancel, |status| {
@@ -309,7 +334,8 @@ pub async fn backup(
                 // backup shows how far it got.
                 span.record("bytes_done", status.bytes_done);
                 span.record("files_done", status.files_done);
-                on_event(JobEvent::Progress(progress(status)))
+                let totals_final = totals.totals_final(status);
+                on_event(JobEvent::Progress(backup_progress(status, totals_final)))
             })
             .await;
         let error = match run {
@@ -349,8 +375,10 @@ pub async fn backup(
     span.record("snapshot_id", summary.snapshot_id.as_str());
     span.record("bytes", summary.total_bytes_processed);
     span.record("bytes_added", summary.data_added);
+    span.record("bytes_stored", summary.data_added_packed);
     tracing::info!(
         snapshot_id = %summary.snapshot_id,
+        bytes_stored = summary.data_added_packed,
         files_new = summary.files_new,
         files_changed = summary.files_changed,
         files_unmodified = summary.files_unmodified,
@@ -361,6 +389,7 @@ pub async fn backup(
         parent_snapshot_id: parent_id.unwrap_or_default(),
         bytes_total: summary.total_bytes_processed,
         bytes_added: summary.data_added,
+        bytes_stored: summary.data_added_packed,
         files_new: summary.files_new,
         files_changed: summary.files_changed,
         files_unmodified: summary.files_unmodified,
@@ -378,40 +407,18 @@ pub async fn backup(
     })
 }
 
-/// Runs the restore, then writes `<volume>/.velero/<restore_uid>`. restic 0.14 reports no
-/// restore progress, so progress is the size of what is in the volume against the snapshot's
-/// size, sampled every `interval`.
+/// Runs the restore (one `restic restore --json --sparse`; progress comes from its status
+/// lines), counts the regular files now in the volume, then writes
+/// `<volume>/.velero/<restore_uid>`.
 pub async fn restore(
     context: &AgentContext,
     plan: &RestorePlan,
     cancel: &CancellationToken,
-    interval: Duration,
     on_event: impl Fn(JobEvent) + Sync,
 ) -> Result<RestoreVolumeResult, AgentError> {
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
-    // `restic stats` only gives progress its total, so it runs beside the restore rather than
-    // before it: each restic command costs a fixed start (key derivation, index load).
-    let stats_run = async {
-        let mut attempts = context.retry.attempts(cancel);
-        loop {
-            match context
-                .restic
-                .stats(&plan.repository, &plan.snapshot_id, cancel)
-                .await
-            {
-                Ok(found) => break Ok::<_, ResticError>(found),
-                Err(error) => {
-                    attempts
-                        .retry_after(error, |retry| report_retry(&on_event, retry))
-                        .await?
-                }
-            }
-        }
-    };
-    tokio::pin!(stats_run);
-    let mut stats = None;
     let target = plan.path.path.clone();
     let command = stowage_restic::restore::restore_command(&RestoreOptions {
         snapshot: plan.snapshot_id.clone(),
@@ -419,68 +426,58 @@ pub async fn restore(
         ..Default::default()
     })?
     .current_dir(&target);
-    // restic restore overwrites what an earlier attempt left, so a retry starts over cleanly.
-    let run = async {
-        let mut attempts = context.retry.attempts(cancel);
-        loop {
-            match context.restic.run(&plan.repository, &command, cancel).await {
-                Ok(output) => break Ok::<_, ResticError>(output),
-                Err(error) => {
-                    attempts
-                        .retry_after(error, |retry| report_retry(&on_event, retry))
-                        .await?
-                }
+    // A retry restores over what the failed attempt left: restic skips the files already in
+    // place (same size and mtime, counted as skipped) and rewrites the rest.
+    let mut attempts = context.retry.attempts(cancel);
+    let summary = loop {
+        let run = context
+            .restic
+            .run_restore(&plan.repository, &command, cancel, |status| {
+                on_event(JobEvent::Progress(restore_progress(
+                    status,
+                    clock.elapsed().as_secs_f64(),
+                )))
+            })
+            .await;
+        match run {
+            Ok(summary) => break summary,
+            Err(error) => {
+                attempts
+                    .retry_after(error, |retry| report_retry(&on_event, retry))
+                    .await?
             }
         }
     };
-    tokio::pin!(run);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            result = &mut run => { result?; break; }
-            result = &mut stats_run, if stats.is_none() => {
-                let found = result?;
-                span.record("bytes", found.total_size);
-                stats = Some(found);
-            }
-            _ = ticker.tick(), if stats.is_some() => {
-                let Some(stats) = &stats else { continue };
-                let dir = target.clone();
-                let (bytes, files) = tokio::task::spawn_blocking(move || tree_size(&dir))
-                    .await
-                    .unwrap_or((0, 0));
-                on_event(JobEvent::Progress(Progress {
-                    bytes_done: bytes.min(stats.total_size),
-                    bytes_total: stats.total_size,
-                    files_done: files.min(stats.total_file_count),
-                    files_total: stats.total_file_count,
-                    seconds_elapsed: clock.elapsed().as_secs_f64(),
-                }));
-            }
-        }
-    }
-    let stats = match stats {
-        Some(stats) => stats,
-        None => {
-            let found = stats_run.await?;
-            span.record("bytes", found.total_size);
-            found
-        }
-    };
+    let bytes = summary.bytes_done();
+    span.record("bytes", bytes);
+    // Regular files, as a backup counts them; restic's own count takes in directories and
+    // symlinks. Counted before the marker is written, so it is not one of them.
+    let dir = target.clone();
+    let files = tokio::task::spawn_blocking(move || count_regular_files(&dir))
+        .await
+        .map_err(|error| AgentError::CountingFiles {
+            path: target.clone(),
+            reason: error.to_string(),
+        })?;
     on_event(JobEvent::Progress(Progress {
-        bytes_done: stats.total_size,
-        bytes_total: stats.total_size,
-        files_done: stats.total_file_count,
-        files_total: stats.total_file_count,
+        bytes_done: bytes,
+        bytes_total: bytes,
+        files_done: files,
+        files_total: files,
         seconds_elapsed: clock.elapsed().as_secs_f64(),
     }));
     write_marker(&target, &plan.restore_uid)?;
-    tracing::info!(snapshot_id = %plan.snapshot_id, bytes = stats.total_size, "restore done");
+    tracing::info!(
+        snapshot_id = %plan.snapshot_id,
+        bytes,
+        bytes_skipped = summary.bytes_skipped,
+        files,
+        "restore done"
+    );
     Ok(RestoreVolumeResult {
         snapshot_id: plan.snapshot_id.clone(),
-        bytes_restored: stats.total_size,
-        files_restored: stats.total_file_count,
+        bytes_restored: bytes,
+        files_restored: files,
         duration_seconds: clock.elapsed().as_secs_f64(),
         started: Some(started.into()),
         finished: Some(SystemTime::now().into()),
@@ -507,10 +504,9 @@ pub fn write_marker(volume_dir: &Path, restore_uid: &str) -> Result<PathBuf, Age
     Ok(path)
 }
 
-/// Bytes of regular files and number of entries under `dir`, not following symlinks,
-/// skipping the marker dir.
-fn tree_size(dir: &Path) -> (u64, u64) {
-    let mut bytes = 0;
+/// Regular files under `dir`, not following symlinks: what a backup of the same tree counts
+/// as its files. Entries that cannot be read are not counted.
+fn count_regular_files(dir: &Path) -> u64 {
     let mut count = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -518,20 +514,17 @@ fn tree_size(dir: &Path) -> (u64, u64) {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if entry.file_name() == MARKER_DIR {
+            let Ok(kind) = entry.file_type() else {
                 continue;
-            }
-            // Counted like `restic stats`: files, directories and symlinks are all entries.
-            count += 1;
-            if meta.is_dir() {
+            };
+            if kind.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() {
-                bytes += meta.len();
+            } else if kind.is_file() {
+                count += 1;
             }
         }
     }
-    (bytes, count)
+    count
 }
 
 #[cfg(test)]
@@ -610,13 +603,69 @@ mod tests {
     }
 
     #[test]
-    fn tree_size_skips_the_marker_dir() {
+    fn only_regular_files_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"12345").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
         std::fs::write(dir.path().join("sub/b"), b"123").unwrap();
-        write_marker(dir.path(), "r").unwrap();
-        assert_eq!(tree_size(dir.path()), (8, 3));
+        std::os::unix::fs::symlink("a", dir.path().join("link")).unwrap();
+        // A symlink to a directory is not followed.
+        std::os::unix::fs::symlink("sub", dir.path().join("sublink")).unwrap();
+        assert_eq!(count_regular_files(dir.path()), 2);
+    }
+
+    fn backup_status(line: &str) -> BackupStatus {
+        match stowage_restic::backup::parse_backup_line(line) {
+            Some(stowage_restic::backup::BackupMessage::Status(status)) => status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn backup_progress_has_no_total_while_restic_is_still_scanning() {
+        // restic 0.18's first line for a 23-byte tree whose scan had not finished.
+        let early = backup_status(
+            r#"{"message_type":"status","percent_done":0,"total_files":1,"total_bytes":23}"#,
+        );
+        let mut totals = BackupProgress::default();
+        let progress = backup_progress(&early, totals.totals_final(&early));
+        assert_eq!((progress.bytes_done, progress.bytes_total), (0, 0));
+        assert_eq!(progress.files_total, 0);
+        let scanned = backup_status(
+            r#"{"message_type":"status","seconds_elapsed":1,"seconds_remaining":4,"percent_done":0.2,"total_files":10,"files_done":2,"total_bytes":5000,"bytes_done":1000}"#,
+        );
+        let progress = backup_progress(&scanned, totals.totals_final(&scanned));
+        assert_eq!((progress.bytes_done, progress.bytes_total), (1000, 5000));
+        assert_eq!((progress.files_done, progress.files_total), (2, 10));
+    }
+
+    fn restore_status(line: &str) -> RestoreStatus {
+        match stowage_restic::restore::parse_restore_line(line) {
+            Some(stowage_restic::restore::RestoreMessage::Status(status)) => status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn restore_progress_counts_bytes_and_leaves_restics_file_count_out() {
+        // restic 0.18 still walking the snapshot: one file found already in place.
+        let walking = restore_status(
+            r#"{"message_type":"status","percent_done":0,"files_skipped":1,"bytes_skipped":6}"#,
+        );
+        let progress = restore_progress(&walking, 1.0);
+        assert_eq!((progress.bytes_done, progress.bytes_total), (6, 0));
+        // Writing contents: 55 "files" are 53 regular files, a directory and a symlink.
+        let writing = restore_status(
+            r#"{"message_type":"status","percent_done":0.06,"total_files":55,"files_restored":52,"total_bytes":314572955,"bytes_restored":19418129}"#,
+        );
+        let progress = restore_progress(&writing, 2.0);
+        assert_eq!(
+            (progress.bytes_done, progress.bytes_total),
+            (19418129, 314572955)
+        );
+        assert_eq!((progress.files_done, progress.files_total), (0, 0));
+        assert_eq!(progress.seconds_elapsed, 2.0);
     }
 
     const GONE: &str = "d8ab32ffeaf87a2edbf959469dee2558921f7ba423b91d22ae5e8be10c7709a7";
