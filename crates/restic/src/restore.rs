@@ -1,5 +1,7 @@
-//! `restic restore <snapshot> --target <dir>`. restic 0.14 prints no progress while restoring,
-//! so callers that want progress watch the target themselves against [`crate::SnapshotStats`].
+//! `restic restore --json <snapshot> --target <dir>`. restic 0.17+ prints `--json` status lines
+//! while restoring; the runner reads them as progress that ends a storage outage (see
+//! [`crate::outage`]). Callers that want progress of their own watch the target against
+//! [`crate::SnapshotStats`].
 
 use std::path::PathBuf;
 
@@ -42,6 +44,7 @@ pub fn restore_command(options: &RestoreOptions) -> Result<ResticCommand, Restic
         });
     }
     let mut command = ResticCommand::new("restore")
+        .json()
         .arg(&options.snapshot)
         .arg("--target")
         .arg(&options.target);
@@ -76,6 +79,6 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(command.arguments().len(), 3);
+        assert_eq!(command.arguments().len(), 4);
     }
 }
