@@ -59,8 +59,8 @@ pub enum ResticError {
     /// was stopped; see [`crate::outage`].
     #[error(
         "restic {command}: the storage of repository {repository} cannot be reached: restic \
-         retried for {}s without progress and was stopped; its last retry: {reason}",
-        waited.as_secs()
+         retried for {:.1}s without progress and was stopped; its last retry: {reason}",
+        waited.as_secs_f64()
     )]
     StorageOutage {
         command: String,

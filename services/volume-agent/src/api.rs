@@ -177,7 +177,7 @@ impl VolumeAgent for AgentApi {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
             async move {
-                let result = jobs::backup(&context, &plan, &cancel, |event| {
+                let result = jobs::backup(&context, &plan, &cancel, move |event| {
                     let event = match event {
                         JobEvent::Progress(progress) => {
                             backup_volume_event::Event::Progress(progress)
@@ -248,7 +248,7 @@ impl VolumeAgent for AgentApi {
                     &plan,
                     &cancel,
                     RESTORE_PROGRESS_INTERVAL,
-                    |event| {
+                    move |event| {
                         let event = match event {
                             JobEvent::Progress(progress) => {
                                 restore_volume_event::Event::Progress(progress)
