@@ -391,7 +391,8 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
     assert_eq!(listed.len(), 3);
     let db = listed
         .iter()
-        .find(|s| s["short_id"] == snapshots[2].as_str())
+        // restic 0.18's backup summary names the full id.
+        .find(|s| s["id"] == snapshots[2].as_str())
         .expect("the CSI snapshot is listed");
     let tags: Vec<&str> = db["tags"]
         .as_array()
