@@ -459,8 +459,8 @@ async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock(
     assert!(check.contains("no errors were found"), "{check}");
 }
 
-/// Agent flags for `retries` quick retries (after 0.2 s, 0.4 s, …), so a storage outage that
-/// outlasts them fails the volume within the test's bounds.
+/// Agent flags for `retries` quick retries (after 0.2 s, 0.4 s, …) of a restic command that
+/// failed for a reason that may pass.
 fn quick_retries(restic: &Path, retries: u32) -> Vec<String> {
     vec![
         "--restic-binary".into(),
@@ -472,8 +472,23 @@ fn quick_retries(restic: &Path, retries: u32) -> Vec<String> {
     ]
 }
 
-/// What the agent logs before each retry.
+/// What the agent logs before it runs a failed restic command again.
 const RETRYING: &str = "restic failed for a reason that may pass, retrying";
+/// What the agent logs for each retry restic 0.17+ makes itself while it keeps running.
+const RESTIC_RETRYING: &str = "restic could not reach the storage, it retries";
+
+/// The seconds an outage error says restic retried for (`… retried for 10.2s without …`).
+fn retried_for(message: &str) -> f64 {
+    let (_, after) = message
+        .split_once("retried for ")
+        .unwrap_or_else(|| panic!("the error names the wait: {message}"));
+    let (seconds, _) = after
+        .split_once("s without progress")
+        .unwrap_or_else(|| panic!("the error names the wait: {message}"));
+    seconds
+        .parse()
+        .unwrap_or_else(|_| panic!("`{seconds}` is no number of seconds: {message}"))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_later_backup_succeeds()
@@ -482,9 +497,14 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
     let restic = slow_restic(wrapper_dir.path(), 3);
     let mut stack = stack_with_example(StackOptions {
         s3: true,
-        // restic itself tries for some seconds before it gives up on the storage, so one
-        // retry keeps the test short.
+        // restic 0.18 retries a failed storage request itself for up to 15 minutes; the agent
+        // stops it after 10 s without progress. The agent's own retry is allowed, to show an
+        // outage restic waited out is not run again.
         agent_args: quick_retries(&restic, 1),
+        env: BTreeMap::from([(
+            "STOWAGE_STORAGE_OUTAGE_TIMEOUT".to_string(),
+            "10s".to_string(),
+        )]),
         ..StackOptions::default()
     })
     .await;
@@ -502,7 +522,7 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
         !processes_mentioning(&marker).is_empty()
     });
     // The object store goes away while restic waits to start its backup, and stays away
-    // through every retry.
+    // past the outage timeout.
     stack.s3.as_mut().unwrap().process.kill();
     let killed = Instant::now();
     let status = wait_backup(&mut client, "outage")
@@ -513,17 +533,31 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
         "the backup ended {:?} after the S3 server went away",
         killed.elapsed()
     );
-    assert_volume_failed_naming(
+    let message = assert_volume_failed_naming(
         &status,
         &[
             "node-a",
-            "gave up after 2 attempts",
             "cannot be reached",
+            "without progress",
             "connection refused",
         ],
     );
+    let waited = retried_for(&message);
+    assert!(
+        waited >= 10.0,
+        "stopped only after the outage timeout: {message}"
+    );
+    assert!(!message.contains("gave up after"), "{message}");
     let log = stack.agents["node-a"].process.log();
-    assert_eq!(log.matches(RETRYING).count(), 1, "agent log:\n{log}");
+    assert!(
+        log.matches(RESTIC_RETRYING).count() >= 1,
+        "restic's retries are in the agent log:\n{log}"
+    );
+    assert_eq!(
+        log.matches(RETRYING).count(),
+        0,
+        "the agent does not run again what restic waited out:\n{log}"
+    );
 
     stack.start_s3_again();
     std::fs::write(&restic, "#!/bin/sh\nexec restic \"$@\"\n").unwrap();
@@ -539,6 +573,11 @@ async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_c
         s3: true,
         s3_gate: true,
         agent_args: quick_retries(&restic, 4),
+        // Far longer than the outage: restic's own retries wait it out.
+        env: BTreeMap::from([(
+            "STOWAGE_STORAGE_OUTAGE_TIMEOUT".to_string(),
+            "5m".to_string(),
+        )]),
         ..StackOptions::default()
     })
     .await;
@@ -563,10 +602,13 @@ async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_c
         })
     });
     // The storage goes away while restic waits to start, and comes back, with every object,
-    // once the agent has said it will retry: its next attempt finds it again.
+    // once restic has said it will retry: its next attempt finds it again.
     gate(&mut stack).shut();
-    wait_until("the agent retries", || {
-        stack.agents["node-a"].process.log().contains(RETRYING)
+    wait_until("restic retries", || {
+        stack.agents["node-a"]
+            .process
+            .log()
+            .contains(RESTIC_RETRYING)
     });
     gate(&mut stack).open();
     let status = wait_backup(&mut client, "blip")
@@ -583,10 +625,10 @@ async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_c
     let agent_log = stack.agents["node-a"].process.log();
     let retry = agent_log
         .lines()
-        .find(|line| line.contains(RETRYING))
+        .find(|line| line.contains(RESTIC_RETRYING))
         .expect("a retry in the agent log");
     assert!(
-        retry.contains("cannot be reached") && retry.contains("connection refused"),
+        retry.contains("connection refused"),
         "the retry names its reason: {retry}"
     );
     let orchestrator_log = stack.orchestrator.process.log();

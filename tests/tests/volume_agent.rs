@@ -413,6 +413,7 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
     assert_eq!(listed.len(), 3);
     let db = listed
         .iter()
+        // restic 0.18's backup summary names the full id.
         .find(|s| s["id"] == snapshots[2].as_str())
         .expect("the CSI snapshot is listed");
     let tags: Vec<&str> = db["tags"]
@@ -1269,12 +1270,18 @@ async fn backup_and_restore_through_s3_with_credentials_from_the_request() {
     setup.assert_password_not_in_log();
 }
 
-/// restic 0.17+ retries a failed storage request itself (for up to 15 minutes) before it gives
-/// up, so an outage shorter than that is waited out inside the one restic process of the
-/// restore; the agent's own retries (a `Retrying` event) come only after restic has given up.
+/// restic 0.17+ retries a failed storage request itself (for up to 15 minutes), so an outage
+/// shorter than the agent's storage outage timeout is waited out inside the one restic process
+/// of the restore, and the agent streams each of restic's retries as a `Retrying` event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restore_waits_out_a_storage_outage_inside_its_one_restic_process() {
-    let mut setup = Setup::start_with(1, true, BTreeMap::new(), recording_restic).await;
+async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams_each_retry() {
+    // Set through the environment, as the DaemonSet would: far longer than the outage, so
+    // restic's own retries wait it out.
+    let env = BTreeMap::from([(
+        "STOWAGE_STORAGE_OUTAGE_TIMEOUT".to_string(),
+        "5m".to_string(),
+    )]);
+    let mut setup = Setup::start_with(1, true, env, recording_restic).await;
     let old_uid = new_pod_uid();
     let source = setup.kubelet.pod(&old_uid).csi_pv("pvc-blip");
     write_sample_tree(&source, "blip");
@@ -1337,11 +1344,27 @@ async fn restore_waits_out_a_storage_outage_inside_its_one_restic_process() {
     assert_eq!(result.snapshot_id, backup.snapshot_id);
     assert_eq!(manifest(&target, true), manifest(&source, true));
     assert!(target.join(".velero/r-blip").is_file());
+    let retries: Vec<&stowage_proto::v1::Retrying> = events
+        .iter()
+        .filter_map(|event| match event {
+            Some(restore_volume_event::Event::Retrying(retrying)) => Some(retrying),
+            _ => None,
+        })
+        .collect();
+    let first = retries.first().expect("at least one retry was streamed");
+    assert!(first.command == "restore", "{first:?}");
+    // restic 0.18 retries the failed request itself; the agent numbers those retries and
+    // restic sets no number of attempts.
+    assert_eq!(
+        (first.failed_attempt, first.max_attempts),
+        (1, 0),
+        "{first:?}"
+    );
+    assert!(first.delay_seconds > 0.0, "{first:?}");
     assert!(
-        !events
-            .iter()
-            .any(|event| matches!(event, Some(restore_volume_event::Event::Retrying(_)))),
-        "restic waited the outage out itself: {events:?}"
+        first.reason.contains("returned error") && first.reason.contains("127.0.0.1"),
+        "the retry says why, in restic's words: {}",
+        first.reason
     );
     let runs = restic_runs(setup.dir.path());
     assert_eq!(runs.len() - runs_before, 1, "{runs:?}");

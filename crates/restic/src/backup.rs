@@ -131,8 +131,10 @@ pub fn parse_backup_line(line: &str) -> Option<BackupMessage> {
 }
 
 impl Restic {
-    /// Runs `restic backup --json`, calling `on_status` for every status line, and returns the
-    /// summary.
+    /// Runs `restic backup --json`, calling `on_status` for every status line and, when a
+    /// snapshot was made, once more with the final counts of the summary (restic 0.18 prints no
+    /// status line for a backup that finishes within its first progress interval), and returns
+    /// the summary.
     pub async fn backup(
         &self,
         repository: &Repository,
@@ -157,6 +159,18 @@ impl Restic {
                 },
             )
             .await;
+        if let Some(summary) = &summary
+            && matches!(
+                &outcome,
+                Ok(_)
+                    | Err(ResticError::Failed {
+                        code: EXIT_INCOMPLETE,
+                        ..
+                    })
+            )
+        {
+            on_status(&final_status(summary));
+        }
         match (outcome, summary) {
             (Ok(_), Some(summary)) => Ok(summary),
             // A snapshot exists, without the files restic could not read: the caller decides
@@ -179,6 +193,21 @@ impl Restic {
                 reason: "restic exited 0 without a summary line".into(),
             }),
         }
+    }
+}
+
+/// The progress of a finished backup, from its summary: everything processed is done.
+pub fn final_status(summary: &BackupSummary) -> BackupStatus {
+    BackupStatus {
+        seconds_elapsed: summary.total_duration as u64,
+        seconds_remaining: 0,
+        percent_done: 1.0,
+        total_files: summary.total_files_processed,
+        files_done: summary.total_files_processed,
+        total_bytes: summary.total_bytes_processed,
+        bytes_done: summary.total_bytes_processed,
+        error_count: 0,
+        current_files: Vec::new(),
     }
 }
 
@@ -432,7 +461,11 @@ mod tests {
         let (result, seen) = run(&restic).await;
         let summary = result.unwrap();
         assert_eq!(summary.snapshot_id, "0badc0de");
-        assert_eq!(seen, vec![5]);
+        assert_eq!(
+            seen,
+            vec![5, 0],
+            "the status line, then the summary's counts"
+        );
         assert!(summary.unreadable.unwrap().contains("permission denied"));
     }
 

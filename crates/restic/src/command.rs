@@ -22,12 +22,13 @@ use std::{
 };
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     environment::{restic_environment, settable_for_restic},
     error::{ResticError, STDERR_LIMIT, classify_exit},
+    outage::{OutageClock, StorageRetry, parse_retry_line, status_progress},
 };
 
 /// How to run restic on this machine: which binary, the private directory where per-run
@@ -43,6 +44,21 @@ pub struct Restic {
     retry_lock: Option<Duration>,
     /// Where each run's peak RSS is recorded, when someone asked (see [`PeakRss`]).
     peak_rss: Option<PeakRss>,
+    /// How long restic may retry storage requests without progress before it is stopped.
+    storage_outage_timeout: Option<Duration>,
+    /// Told of every retry restic announces, when someone asked.
+    retry_observer: Option<RetryObserver>,
+}
+
+/// Told of each storage retry restic announces on stderr while it runs
+/// ([`Restic::reporting_retries`]).
+#[derive(Clone)]
+pub struct RetryObserver(Arc<dyn Fn(&StorageRetry) + Send + Sync>);
+
+impl fmt::Debug for RetryObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryObserver")
+    }
 }
 
 /// The highest peak resident set size of the restic runs made through the [`Restic`] it was
@@ -171,6 +187,32 @@ impl Restic {
             env: BTreeMap::new(),
             retry_lock: None,
             peak_rss: None,
+            storage_outage_timeout: None,
+            retry_observer: None,
+        }
+    }
+
+    /// Stops a run whose restic has been retrying storage requests for longer than `timeout`
+    /// with no progress in between (see [`crate::outage`]); it then fails with
+    /// [`ResticError::StorageOutage`]. `None` leaves restic to its own limit (15 minutes per
+    /// request in restic 0.18).
+    pub fn with_storage_outage_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.storage_outage_timeout = timeout;
+        self
+    }
+
+    pub fn storage_outage_timeout(&self) -> Option<Duration> {
+        self.storage_outage_timeout
+    }
+
+    /// This runner, also calling `observer` with every storage retry restic announces.
+    pub fn reporting_retries(
+        &self,
+        observer: impl Fn(&StorageRetry) + Send + Sync + 'static,
+    ) -> Restic {
+        Restic {
+            retry_observer: Some(RetryObserver(Arc::new(observer))),
+            ..self.clone()
         }
     }
 
@@ -390,11 +432,18 @@ impl Restic {
 
         let mut kept_stdout = String::new();
         let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let outage_ended_run = std::sync::atomic::AtomicBool::new(false);
+        let (clock, mut clock_changes) = tokio::sync::watch::channel(OutageClock::new());
         let (stdout_result, stderr_text, status) = {
             let read_stdout = async {
                 if let Some(stdout) = stdout {
                     let mut lines = BufReader::new(stdout).lines();
                     while let Some(line) = lines.next_line().await? {
+                        if let Some((bytes, files)) = status_progress(&line)
+                            && clock.send_if_modified(|clock| clock.progressed(bytes, files))
+                        {
+                            tracing::info!(bytes, files, "restic makes progress again");
+                        }
                         on_line(&line);
                         if keep_stdout {
                             kept_stdout.push_str(&line);
@@ -408,7 +457,23 @@ impl Restic {
             // cleans up, and a Go program writing to a closed pipe dies of SIGPIPE before
             // removing its lock.
             let run = async {
-                let (stdout_result, stderr_text) = tokio::join!(read_stdout, read_capped(stderr));
+                let on_stderr_line = |line: &str| {
+                    let Some(retry) = parse_retry_line(&command.name, line) else {
+                        return;
+                    };
+                    tracing::warn!(
+                        operation = %retry.operation,
+                        delay_ms = retry.delay.as_millis() as u64,
+                        reason = %retry.reason,
+                        "restic could not reach the storage, it retries"
+                    );
+                    if let Some(observer) = &self.retry_observer {
+                        (observer.0)(&retry);
+                    }
+                    clock.send_modify(|clock| clock.retried(tokio::time::Instant::now(), retry));
+                };
+                let (stdout_result, stderr_text) =
+                    tokio::join!(read_stdout, read_capped(stderr, on_stderr_line));
                 // Reaped only once the pipes are closed: until then the leader's pid names the
                 // group a cancel must still kill (restic's children may hold the pipes).
                 let status = match group.reap().await {
@@ -417,9 +482,40 @@ impl Restic {
                 };
                 (stdout_result, stderr_text, status)
             };
+            let outage = async {
+                let Some(timeout) = self.storage_outage_timeout else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    let deadline = clock_changes.borrow_and_update().deadline(timeout);
+                    tokio::select! {
+                        changed = clock_changes.changed() => {
+                            if changed.is_err() {
+                                return std::future::pending().await;
+                            }
+                        }
+                        () = async {
+                            match deadline {
+                                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                                None => std::future::pending().await,
+                            }
+                        } => return,
+                    }
+                }
+            };
             let stop = async {
-                cancel.cancelled().await;
-                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    () = cancel.cancelled() => {
+                        cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    () = outage => {
+                        outage_ended_run.store(true, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            timeout = ?self.storage_outage_timeout,
+                            "restic retried the storage for longer than the outage timeout, stopping it"
+                        );
+                    }
+                }
                 // SIGINT first: restic then removes its repository lock and exits, so the
                 // next run (or prune) does not find a stale lock.
                 group.signal(libc::SIGINT);
@@ -449,6 +545,20 @@ impl Restic {
             return Err(ResticError::Cancelled {
                 command: command.name.clone(),
             });
+        }
+        if outage_ended_run.load(std::sync::atomic::Ordering::Relaxed) {
+            let clock = clock.borrow();
+            let error = ResticError::StorageOutage {
+                command: command.name.clone(),
+                repository: repository.map(|r| r.url.as_str()).unwrap_or("").to_string(),
+                waited: clock.lasted(tokio::time::Instant::now()),
+                reason: clock
+                    .last_retry()
+                    .map(|retry| retry.reason.clone())
+                    .unwrap_or_default(),
+            };
+            tracing::warn!(%error, "restic stopped after a storage outage");
+            return Err(error);
         }
         drop(run_dir);
         let (status, _) = status.map_err(io_error)?;
@@ -534,20 +644,27 @@ fn write_password_file(dir: &Path, password: &str) -> Result<PathBuf, ResticErro
     Ok(path)
 }
 
-/// Reads a stream to its end, keeping only the first [`STDERR_LIMIT`] bytes.
-async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut stream) = stream else {
+/// Reads a stream to its end line by line, calling `on_line` with each line and keeping only
+/// the first [`STDERR_LIMIT`] bytes.
+async fn read_capped(
+    stream: Option<impl AsyncRead + Unpin>,
+    mut on_line: impl FnMut(&str),
+) -> String {
+    let Some(stream) = stream else {
         return String::new();
     };
+    let mut stream = BufReader::new(stream);
     let mut kept = Vec::new();
-    let mut buffer = [0u8; 8192];
+    let mut line = Vec::new();
     let mut truncated = false;
     loop {
-        match stream.read(&mut buffer).await {
+        line.clear();
+        match stream.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                on_line(String::from_utf8_lossy(&line).trim_end());
                 let room = STDERR_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buffer[..n.min(room)]);
+                kept.extend_from_slice(&line[..n.min(room)]);
                 truncated |= n > room;
             }
         }
@@ -805,6 +922,98 @@ mod tests {
             .await
             .unwrap();
         assert!(peak.bytes() >= 64 << 20);
+    }
+
+    /// A stand-in for restic 0.18 while its storage is down: it announces a retry on stderr,
+    /// as restic does, and keeps waiting.
+    fn retrying_restic(dir: &Path) -> PathBuf {
+        let script = dir.join("retrying");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho '{\"message_type\":\"status\",\"bytes_done\":5,\"files_done\":1}'\necho 'Save(<data/1a2b3c4d5e>) returned error, retrying after 1.5s: dial tcp 127.0.0.1:9: connect: connection refused' >&2\nsleep 120\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[tokio::test]
+    async fn restic_retrying_past_the_outage_timeout_is_stopped_as_a_storage_error() {
+        let scratch = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let restic = Restic::new(retrying_restic(scratch.path()), scratch.path().join("s"))
+            .with_stop_grace(Duration::from_secs(60))
+            .with_storage_outage_timeout(Some(Duration::from_millis(300)))
+            .reporting_retries({
+                let seen = seen.clone();
+                move |retry| seen.lock().unwrap().push(retry.clone())
+            });
+        let error = restic
+            .run(
+                &Repository::new("s3:http://127.0.0.1:9/b/r", "p"),
+                &ResticCommand::new("backup"),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        match &error {
+            ResticError::StorageOutage {
+                command,
+                repository,
+                waited,
+                reason,
+            } => {
+                assert_eq!(command, "backup");
+                assert_eq!(repository, "s3:http://127.0.0.1:9/b/r");
+                assert!(*waited >= Duration::from_millis(300), "{waited:?}");
+                assert!(reason.ends_with("connection refused"), "{reason}");
+            }
+            other => panic!("expected a storage outage, got {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(
+            message.contains("cannot be reached") && message.contains("connection refused"),
+            "{message}"
+        );
+        assert!(error.is_retryable(), "a later run may succeed");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].operation, "Save(<data/1a2b3c4d5e>)");
+        assert_eq!(seen[0].delay, Duration::from_millis(1500));
+    }
+
+    #[tokio::test]
+    async fn without_an_outage_timeout_restic_retries_until_cancelled() {
+        let scratch = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(0));
+        let restic = Restic::new(retrying_restic(scratch.path()), scratch.path().join("s"))
+            .with_stop_grace(Duration::from_secs(60))
+            .reporting_retries({
+                let seen = seen.clone();
+                move |_| *seen.lock().unwrap() += 1
+            });
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Cancelled only once the retry was seen: the run was still going then.
+                while *seen.lock().unwrap() == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        let error = restic
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("backup"),
+                &cancel,
+            )
+            .await
+            .unwrap_err();
+        canceller.await.unwrap();
+        assert!(error.is_cancelled(), "{error:?}");
     }
 
     #[tokio::test]

@@ -54,6 +54,20 @@ pub enum ResticError {
         repository: String,
         stderr: String,
     },
+    /// restic kept retrying storage requests (restic 0.17+ does so by itself for up to 15
+    /// minutes) for longer than the runner's outage timeout with no progress in between, and
+    /// was stopped; see [`crate::outage`].
+    #[error(
+        "restic {command}: the storage of repository {repository} cannot be reached: restic \
+         retried for {:.1}s without progress and was stopped; its last retry: {reason}",
+        waited.as_secs_f64()
+    )]
+    StorageOutage {
+        command: String,
+        repository: String,
+        waited: std::time::Duration,
+        reason: String,
+    },
     #[error("restic {command}: repository {repository} is locked: {stderr}")]
     Locked {
         command: String,
@@ -101,7 +115,9 @@ impl ResticError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.last(),
-            ResticError::Locked { .. } | ResticError::StorageUnreachable { .. }
+            ResticError::Locked { .. }
+                | ResticError::StorageUnreachable { .. }
+                | ResticError::StorageOutage { .. }
         )
     }
 
@@ -131,6 +147,7 @@ impl ResticError {
             | ResticError::WrongPassword { command, .. }
             | ResticError::RepositoryMissing { command, .. }
             | ResticError::StorageUnreachable { command, .. }
+            | ResticError::StorageOutage { command, .. }
             | ResticError::Locked { command, .. }
             | ResticError::Cancelled { command }
             | ResticError::Killed { command, .. }
@@ -147,6 +164,7 @@ impl ResticError {
         match self.last() {
             ResticError::RepositoryMissing { stderr, .. }
             | ResticError::StorageUnreachable { stderr, .. }
+            | ResticError::StorageOutage { reason: stderr, .. }
             | ResticError::Locked { stderr, .. }
             | ResticError::Killed { stderr, .. }
             | ResticError::Failed { stderr, .. } => Some(stderr),

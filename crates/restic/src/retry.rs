@@ -69,6 +69,11 @@ impl RetryPolicy {
 
     /// Whether `error` is one this policy runs the command again for.
     pub fn retries(&self, error: &ResticError) -> bool {
+        // restic retried that outage itself for the whole outage timeout already; running it
+        // again would only wait as long once more.
+        if matches!(error.last(), ResticError::StorageOutage { .. }) {
+            return false;
+        }
         if matches!(error.last(), ResticError::Locked { .. }) {
             return self.retry_locked;
         }

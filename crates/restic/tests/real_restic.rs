@@ -51,14 +51,29 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
         tags: vec!["identity=x/1".into(), "ns=shop".into()],
         ..Default::default()
     };
-    // restic 0.17+ prints status lines only on its progress ticks, so a backup this small may
-    // print none; their parsing is tested on restic's own lines in `backup.rs`.
+    let mut statuses = Vec::new();
     let first = f
         .restic
-        .backup(&f.repository, &options, &cancel, |_| {})
+        .backup(&f.repository, &options, &cancel, |status| {
+            statuses.push(status.clone())
+        })
         .await
         .expect("first backup");
     assert_eq!(first.files_new, 2);
+    // restic 0.18 prints no status line for a backup this small; the last progress reported
+    // is the summary's: both files and their 9 bytes done.
+    let last = statuses.last().expect("progress was reported");
+    assert_eq!(
+        (
+            last.files_done,
+            last.total_files,
+            last.bytes_done,
+            last.total_bytes
+        ),
+        (2, 2, 9, 9),
+        "{statuses:?}"
+    );
+    assert_eq!(last.percent_done, 1.0);
     assert!(
         first.data_added_packed > 0,
         "restic 0.17+ reports what the repository stores: {first:?}"
@@ -77,8 +92,9 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
         .await
         .unwrap()
         .expect("the snapshot is found by its tags");
-    // restic 0.17+ prints the snapshot's full id in the backup summary.
+    // restic 0.18's summary names the full id.
     assert_eq!(found.id, first.snapshot_id);
+    assert!(first.snapshot_id.starts_with(&found.short_id));
     assert_eq!(found.hostname, "node-a");
     assert_eq!(found.tag_value("ns"), Some("shop"));
     let none = f

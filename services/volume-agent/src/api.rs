@@ -176,7 +176,7 @@ impl VolumeAgent for AgentApi {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
             async move {
-                let result = jobs::backup(&context, &plan, &cancel, |event| {
+                let result = jobs::backup(&context, &plan, &cancel, move |event| {
                     let event = match event {
                         JobEvent::Progress(progress) => {
                             backup_volume_event::Event::Progress(progress)
@@ -242,7 +242,7 @@ impl VolumeAgent for AgentApi {
                 event: Some(restore_volume_event::Event::Result(result)),
             },
             async move {
-                let result = jobs::restore(&context, &plan, &cancel, |event| {
+                let result = jobs::restore(&context, &plan, &cancel, move |event| {
                     let event = match event {
                         JobEvent::Progress(progress) => {
                             restore_volume_event::Event::Progress(progress)

@@ -52,9 +52,9 @@ impl AgentError {
                 ResticError::WrongPassword { .. } => Code::PermissionDenied,
                 ResticError::RepositoryMissing { .. } => Code::FailedPrecondition,
                 // Another process holds the lock, or the storage is down: try again later.
-                ResticError::Locked { .. } | ResticError::StorageUnreachable { .. } => {
-                    Code::Unavailable
-                }
+                ResticError::Locked { .. }
+                | ResticError::StorageUnreachable { .. }
+                | ResticError::StorageOutage { .. } => Code::Unavailable,
                 ResticError::Cancelled { .. } => Code::Cancelled,
                 ResticError::BinaryMissing { .. } | ResticError::Scratch { .. } => {
                     Code::FailedPrecondition

@@ -4,6 +4,10 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Instant, SystemTime},
 };
 
@@ -13,7 +17,7 @@ use stowage_proto::v1::{
 };
 use stowage_restic::{
     BackupOptions, BackupProgress, BackupStatus, Repository, Restic, RestoreOptions, RestoreStatus,
-    Retry, RetryPolicy, SnapshotFilter,
+    Retry, RetryPolicy, SnapshotFilter, StorageRetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +72,37 @@ fn report_retry(on_event: &impl Fn(JobEvent), retry: &Retry) {
         delay_seconds: retry.delay.as_secs_f64(),
         reason: retry.error.to_string(),
     }));
+}
+
+/// The `Retrying` event of a storage retry restic 0.17+ makes by itself while it runs (it
+/// retries a failed storage request without exiting), numbered `attempt` by the job. restic
+/// sets no number of attempts, so `max_attempts` is 0; the agent's storage outage timeout
+/// bounds the outage instead.
+fn restic_retry_event(retry: &StorageRetry, attempt: u32) -> Retrying {
+    Retrying {
+        command: retry.command.clone(),
+        failed_attempt: attempt,
+        max_attempts: 0,
+        delay_seconds: retry.delay.as_secs_f64(),
+        reason: format!("{} returned error: {}", retry.operation, retry.reason),
+    }
+}
+
+/// `context` with a runner that passes every storage retry restic announces on to `on_event`
+/// as a `Retrying` event, counted across the job's restic runs. The runner logs each retry as
+/// a warning itself.
+fn reporting_restic_retries(
+    context: &AgentContext,
+    on_event: Arc<impl Fn(JobEvent) + Send + Sync + 'static>,
+) -> AgentContext {
+    let attempts = AtomicU32::new(0);
+    AgentContext {
+        restic: context.restic.reporting_retries(move |retry| {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            on_event(JobEvent::Retrying(restic_retry_event(retry, attempt)));
+        }),
+        ..context.clone()
+    }
 }
 
 /// A backup whose input has been checked and whose volume has been found.
@@ -295,14 +330,17 @@ pub async fn backup(
     context: &AgentContext,
     plan: &BackupPlan,
     cancel: &CancellationToken,
-    on_event: impl Fn(JobEvent) + Sync,
+    on_event: impl Fn(JobEvent) + Send + Sync + 'static,
 ) -> Result<BackupVolumeResult, AgentError> {
+    let on_event = Arc::new(on_event);
+    let context = &reporting_restic_retries(context, on_event.clone());
+    let on_event = &*on_event;
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
     let mut choice = ParentChoice::given(plan.parent.clone());
     if choice.needs_lookup() {
-        let found = look_up_parent(context, plan, cancel, &on_event).await?;
+        let found = look_up_parent(context, plan, cancel, on_event).await?;
         tracing::info!(
             parent = found.as_deref().unwrap_or("none"),
             identity = %plan.identity,
@@ -353,7 +391,7 @@ pub async fn backup(
                     identity = %plan.identity,
                     "the given parent snapshot is gone; looking the parent up with restic snapshots"
                 );
-                let found = look_up_parent(context, plan, cancel, &on_event).await?;
+                let found = look_up_parent(context, plan, cancel, on_event).await?;
                 tracing::info!(
                     parent = found.as_deref().unwrap_or("none"),
                     "parent looked up"
@@ -366,7 +404,7 @@ pub async fn backup(
             ),
             Next::Fail => {
                 attempts
-                    .retry_after(error, |retry| report_retry(&on_event, retry))
+                    .retry_after(error, |retry| report_retry(on_event, retry))
                     .await?
             }
         }
@@ -414,8 +452,11 @@ pub async fn restore(
     context: &AgentContext,
     plan: &RestorePlan,
     cancel: &CancellationToken,
-    on_event: impl Fn(JobEvent) + Sync,
+    on_event: impl Fn(JobEvent) + Send + Sync + 'static,
 ) -> Result<RestoreVolumeResult, AgentError> {
+    let on_event = Arc::new(on_event);
+    let context = &reporting_restic_retries(context, on_event.clone());
+    let on_event = &*on_event;
     let started = SystemTime::now();
     let clock = Instant::now();
     let span = tracing::Span::current();
@@ -443,7 +484,7 @@ pub async fn restore(
             Ok(summary) => break summary,
             Err(error) => {
                 attempts
-                    .retry_after(error, |retry| report_retry(&on_event, retry))
+                    .retry_after(error, |retry| report_retry(on_event, retry))
                     .await?
             }
         }
@@ -530,6 +571,7 @@ fn count_regular_files(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn request() -> BackupVolumeRequest {
         BackupVolumeRequest {
@@ -698,6 +740,8 @@ case "$1" in
       echo '{{"message_type":"exit_error","code":1,"message":"no matching ID found for prefix \"{gone}\""}}' >&2
       exit 1;;
     esac
+    if [ -f '{root}/retries' ]; then cat '{root}/retries' >&2; fi
+    if [ -f '{root}/stuck' ]; then sleep 60; fi
     echo '{{"message_type":"summary","files_new":1,"total_bytes_processed":5,"snapshot_id":"0badc0de0badc0de"}}' ;;
 esac
 "#,
@@ -852,6 +896,98 @@ esac
             ]
         );
         assert_eq!(result.parent_snapshot_id, "");
+    }
+
+    const REFUSED: &str = "Save(<data/1a2b3c4d5e>) returned error, retrying after 1.5s: dial tcp 127.0.0.1:9: connect: connection refused";
+
+    fn plan(dir: &Path) -> BackupPlan {
+        BackupPlan {
+            path: ResolvedVolume {
+                path: dir.into(),
+                plugin: "kubernetes.io~empty-dir".into(),
+            },
+            repository: Repository::new("s3:http://127.0.0.1:9/b/r", "p"),
+            identity: "pvc-uid/abc".into(),
+            tags: vec!["stable-identity=pvc-uid/abc".into()],
+            parent: Some(KNOWN.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_retry_restic_makes_itself_is_streamed_numbered_by_the_job() {
+        let restic = FakeRestic::new("null");
+        std::fs::write(
+            restic.dir.path().join("retries"),
+            format!(
+                "{REFUSED}\nsome other warning\n{}\n",
+                REFUSED.replace("1.5s", "3s")
+            ),
+        )
+        .unwrap();
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let result = backup(
+            &restic.context(),
+            &plan(restic.dir.path()),
+            &CancellationToken::new(),
+            move |event| {
+                if let JobEvent::Retrying(retrying) = event {
+                    seen.lock().unwrap().push(retrying);
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(result.snapshot_id, "0badc0de0badc0de");
+        let events = events.lock().unwrap();
+        let numbered: Vec<_> = events
+            .iter()
+            .map(|retrying| (retrying.failed_attempt, retrying.delay_seconds))
+            .collect();
+        assert_eq!(numbered, [(1, 1.5), (2, 3.0)], "{events:?}");
+        for retrying in events.iter() {
+            assert_eq!(retrying.command, "backup");
+            assert_eq!(retrying.max_attempts, 0, "restic decides how often");
+            assert!(
+                retrying
+                    .reason
+                    .starts_with("Save(<data/1a2b3c4d5e>) returned error")
+                    && retrying.reason.ends_with("connection refused"),
+                "{}",
+                retrying.reason
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outage_longer_than_the_timeout_fails_the_backup_as_unavailable() {
+        let restic = FakeRestic::new("null");
+        std::fs::write(restic.dir.path().join("retries"), format!("{REFUSED}\n")).unwrap();
+        std::fs::write(restic.dir.path().join("stuck"), "").unwrap();
+        let mut context = restic.context();
+        context.restic = context
+            .restic
+            .with_stop_grace(Duration::from_secs(30))
+            .with_storage_outage_timeout(Some(Duration::from_millis(200)));
+        // The agent's own retries do not run an outage restic waited out once more.
+        context.retry = RetryPolicy::new(3, Duration::from_millis(1));
+        let error = backup(
+            &context,
+            &plan(restic.dir.path()),
+            &CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable, "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("cannot be reached")
+                && message.contains("without progress")
+                && message.contains("connection refused"),
+            "{message}"
+        );
+        assert_eq!(restic.runs().len(), 1, "{:?}", restic.runs());
     }
 
     #[test]

@@ -72,6 +72,17 @@ struct Config {
     /// minutes). A cancel ends the wait at once.
     #[arg(long, env = "STOWAGE_RESTIC_RETRY_DELAY_MS", default_value_t = 2000)]
     restic_retry_delay_ms: u64,
+    /// How long restic may keep retrying storage requests with no progress in between before
+    /// the agent stops it and fails the volume as a storage error: `90s`, `5m`, `1h`, or
+    /// seconds. restic 0.17+ retries a failed request by itself for up to 15 minutes, so an
+    /// outage does not reach --restic-retries before that. `0` leaves it to restic.
+    #[arg(
+        long,
+        env = "STOWAGE_STORAGE_OUTAGE_TIMEOUT",
+        default_value = "5m",
+        value_parser = parse_duration
+    )]
+    storage_outage_timeout: Duration,
     /// How long running operations get to stop (their restic is killed) on shutdown.
     #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -81,6 +92,29 @@ struct Config {
     metrics: stowage_metrics::MetricsArgs,
     #[command(flatten)]
     tls: stowage_grpc::TlsArgs,
+}
+
+/// Parses `90s`, `5m`, `1h` (or a plain number of seconds), as the repo manager's duration
+/// flags do.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration `{text}` is too large"))
 }
 
 /// Who may call the agent when mTLS is on and --tls-allowed-clients is not given: the two
@@ -105,7 +139,10 @@ async fn main() -> anyhow::Result<()> {
     let retry_lock = Duration::from_secs(config.restic_retry_lock_seconds);
     let mut restic = Restic::new(&config.restic_binary, &config.scratch_dir)
         .with_stop_grace(Duration::from_secs(config.restic_stop_grace_seconds))
-        .with_retry_lock(Some(retry_lock));
+        .with_retry_lock(Some(retry_lock))
+        .with_storage_outage_timeout(
+            Some(config.storage_outage_timeout).filter(|timeout| !timeout.is_zero()),
+        );
     if let Some(limit) = config.restic_memory_limit {
         restic = restic.with_env("GOMEMLIMIT", limit.to_string())?;
     }
@@ -155,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
         max_concurrent = operations.max_concurrent(),
         restic_retries = config.restic_retries,
         restic_retry_lock_seconds = config.restic_retry_lock_seconds,
+        storage_outage_timeout_seconds = config.storage_outage_timeout.as_secs(),
         restic_memory_limit = config.restic_memory_limit,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
@@ -180,4 +218,37 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry.shutdown();
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_name_the_input() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        let error = parse_duration("5 minutes").unwrap_err();
+        assert!(error.contains("5 minutes"), "{error}");
+        assert!(parse_duration("m").unwrap_err().contains("`m`"));
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn the_outage_timeout_defaults_to_five_minutes_and_takes_the_duration_syntax() {
+        let config = Config::try_parse_from(["agent", "--node-name", "n"]).unwrap();
+        assert_eq!(config.storage_outage_timeout, Duration::from_secs(300));
+        let config = Config::try_parse_from([
+            "agent",
+            "--node-name",
+            "n",
+            "--storage-outage-timeout",
+            "10s",
+        ])
+        .unwrap();
+        assert_eq!(config.storage_outage_timeout, Duration::from_secs(10));
+    }
 }
