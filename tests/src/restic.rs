@@ -73,10 +73,11 @@ pub async fn repository_access(stack: &Stack, namespace: &str) -> RepositoryAcce
 /// restic run by the test against a stowage repository, with its own password file (0600) and
 /// cache.
 pub struct RepositoryRestic {
-    url: String,
-    env: BTreeMap<String, String>,
-    password_file: PathBuf,
-    dir: tempfile::TempDir,
+    pub url: String,
+    pub env: BTreeMap<String, String>,
+    pub password_file: PathBuf,
+    /// Holds the password file and restic's cache; a test may put files of its own beside them.
+    pub dir: tempfile::TempDir,
 }
 
 impl RepositoryRestic {
@@ -121,6 +122,15 @@ impl RepositoryRestic {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The ids of the repository's locks (`restic list locks`).
+    pub fn locks(&self) -> Vec<String> {
+        self.ok(&["list", "locks", "--no-lock"])
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// The full ids of the repository's snapshots.

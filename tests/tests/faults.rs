@@ -10,7 +10,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,13 +18,13 @@ use stowage_e2e::{
     api::{self, Client},
     kube::seed_example,
     kubelet::write_sample_tree,
+    restic::{RepositoryRestic, repository_access},
     s3::S3Gate,
     stack::{Stack, StackOptions, slow_restic},
 };
 use stowage_proto::v1::{
-    Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, GetRepositoryAccessRequest,
-    MaintenanceKind, RepositoryAccess, RunMaintenanceRequest, VolumePhase, WatchBackupRequest,
-    repo_manager_client::RepoManagerClient,
+    Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, MaintenanceKind,
+    RunMaintenanceRequest, VolumePhase, WatchBackupRequest, repo_manager_client::RepoManagerClient,
 };
 
 /// Longest a failed volume may take to be reported; far below any backup timeout.
@@ -119,86 +119,6 @@ fn assert_volume_failed_naming(status: &BackupStatus, causes: &[&str]) -> String
     volume.error_message.clone()
 }
 
-/// The namespace repository's URL, password and environment, from the repo-manager.
-async fn repository_access(stack: &Stack, namespace: &str) -> RepositoryAccess {
-    let mut repo_manager = RepoManagerClient::new(
-        stowage_grpc::connect(&stack.repo_manager.url)
-            .await
-            .expect("connecting to the repo-manager"),
-    );
-    repo_manager
-        .get_repository_access(GetRepositoryAccessRequest {
-            namespace: namespace.into(),
-        })
-        .await
-        .expect("GetRepositoryAccess")
-        .into_inner()
-}
-
-/// restic run by the test against a stowage repository, with its own password file and cache.
-struct ResticAs {
-    url: String,
-    env: BTreeMap<String, String>,
-    password_file: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl ResticAs {
-    fn new(access: &RepositoryAccess) -> ResticAs {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let password_file = dir.path().join("password");
-        write_private(&password_file, &access.password);
-        ResticAs {
-            url: access.url.clone(),
-            env: access.env.clone().into_iter().collect(),
-            password_file,
-            dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("restic")
-            .args(args)
-            .env("RESTIC_REPOSITORY", &self.url)
-            .env("RESTIC_PASSWORD_FILE", &self.password_file)
-            .env("RESTIC_CACHE_DIR", self.dir.path().join("cache"))
-            .envs(&self.env)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running restic")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "restic {args:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn locks(&self) -> Vec<String> {
-        self.ok(&["list", "locks", "--no-lock"])
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .expect("writing a password file");
-}
-
 /// Processes (by pid) whose command line or environment mentions `marker` (a test's own temp
 /// dir): what a SIGKILLed service leaves running (restic runs in its own process group, so
 /// outside a pod it outlives the service that started it).
@@ -275,7 +195,7 @@ async fn killed_agent_fails_its_volume_naming_the_node_and_a_restarted_agent_ser
     let status = backup_to_end(&mut client, "after-restart").await;
     assert_completed(&status, &stack);
 
-    let restic = ResticAs::new(&repository_access(&stack, "foo").await);
+    let restic = RepositoryRestic::new(&repository_access(&stack, "foo").await);
     let check = restic.ok(&["check"]);
     assert!(check.contains("no errors were found"), "{check}");
 }
@@ -300,7 +220,7 @@ async fn repository_key_changed_behind_stowage_fails_with_wrong_password() {
     assert_completed(&status, &stack);
 
     // Someone with the password adds a key of their own and removes stowage's.
-    let restic = ResticAs::new(&repository_access(&stack, "foo").await);
+    let restic = RepositoryRestic::new(&repository_access(&stack, "foo").await);
     let theirs = restic.dir.path().join("their-password");
     write_private(&theirs, "somebody-else's-password");
     let keys = restic.ok(&["key", "list", "--json"]);
@@ -405,7 +325,7 @@ async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock(
     let mut client = stack.client().await;
     let status = backup_to_end(&mut client, "before-prune").await;
     assert_completed(&status, &stack);
-    let repository = ResticAs::new(&repository_access(&stack, "foo").await);
+    let repository = RepositoryRestic::new(&repository_access(&stack, "foo").await);
 
     let mut repo_manager = RepoManagerClient::new(
         stowage_grpc::connect(&stack.repo_manager.url)
@@ -636,7 +556,7 @@ async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_c
         orchestrator_log.contains("the agent retries restic"),
         "the retry reached the orchestrator through the event stream:\n{orchestrator_log}"
     );
-    let repository = ResticAs::new(&repository_access(&stack, "foo").await);
+    let repository = RepositoryRestic::new(&repository_access(&stack, "foo").await);
     let check = repository.ok(&["check"]);
     assert!(check.contains("no errors were found"), "{check}");
 }
@@ -655,4 +575,15 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what} within {BOUNDED:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .expect("writing a password file");
 }
