@@ -14,9 +14,10 @@ use clap::Parser;
 use stowage_proto::{
     prost_types,
     v1::{
-        AgentInfo, BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult,
-        CancelOperationRequest, CancelOperationResponse, GetAgentInfoRequest, RestoreVolumeEvent,
-        RestoreVolumeRequest, RestoreVolumeResult, backup_volume_event, restore_volume_event,
+        AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
+        BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
+        GetAgentInfoRequest, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
+        backup_volume_event, restore_volume_event,
         volume_agent_server::{VolumeAgent, VolumeAgentServer},
     },
 };
@@ -117,6 +118,14 @@ impl VolumeAgent for InstantAgent {
     ) -> Result<Response<CancelOperationResponse>, Status> {
         // Nothing ever runs long enough to be cancelled.
         Ok(Response::new(CancelOperationResponse { cancelled: false }))
+    }
+
+    async fn abandon_restore(
+        &self,
+        _request: Request<AbandonRestoreRequest>,
+    ) -> Result<Response<AbandonRestoreResponse>, Status> {
+        // It writes into no volume, so there is no restore helper to tell.
+        Ok(Response::new(AbandonRestoreResponse { written: false }))
     }
 
     async fn get_agent_info(

@@ -5,13 +5,13 @@
 use std::{pin::Pin, time::Duration};
 
 use stowage_proto::v1::{
-    Backup, BackupEvent, BackupOrigin, BackupPhase, CancelBackupRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, ForgetBackupRequest,
-    GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest, GetCoverageResponse,
-    GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest,
-    ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse, ListRestoresRequest,
-    ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent, RestorePhase,
-    RunMaintenanceRequest, WatchBackupRequest, WatchRestoreRequest,
+    Backup, BackupEvent, BackupOrigin, BackupPhase, CancelBackupRequest, CancelRestoreRequest,
+    CreateBackupRequest, CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse,
+    ForgetBackupRequest, GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest,
+    GetCoverageResponse, GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest,
+    ListBackupsRequest, ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse,
+    ListRestoresRequest, ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent,
+    RestorePhase, RunMaintenanceRequest, WatchBackupRequest, WatchRestoreRequest,
     orchestrator_server::Orchestrator,
 };
 use tokio::{sync::watch, time::Instant};
@@ -369,6 +369,17 @@ impl Orchestrator for OrchestratorApi {
         Ok(Response::new(GetLogsResponse {
             lines: entry.logs(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(restore = %request.get_ref().name))]
+    async fn cancel_restore(
+        &self,
+        request: Request<CancelRestoreRequest>,
+    ) -> Result<Response<Restore>, Status> {
+        Err(Status::unimplemented(format!(
+            "restore {} cannot be cancelled yet",
+            request.get_ref().name
+        )))
     }
 
     #[tracing::instrument(skip_all)]

@@ -5,10 +5,10 @@ use std::pin::Pin;
 
 use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
-    AgentInfo, BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest,
-    CancelOperationResponse, GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest,
-    RestoreVolumeResult, backup_volume_event, restore_volume_event,
-    volume_agent_server::VolumeAgent,
+    AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
+    BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
+    GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
+    backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
 };
 use stowage_restic::PeakRss;
 use tokio::sync::mpsc;
@@ -292,6 +292,14 @@ impl VolumeAgent for AgentApi {
             queued_operations: queued,
             pods_root: self.context.pods_root.display().to_string(),
             restic_version: self.restic_version.clone(),
+            ..Default::default()
         }))
+    }
+
+    async fn abandon_restore(
+        &self,
+        _request: Request<AbandonRestoreRequest>,
+    ) -> Result<Response<AbandonRestoreResponse>, Status> {
+        Err(Status::unimplemented("AbandonRestore is not served yet"))
     }
 }
