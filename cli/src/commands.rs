@@ -329,6 +329,7 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
         ttl: create.ttl.map(view::proto_duration),
         timeout: create.timeout.map(view::proto_duration),
+        ..Default::default()
     };
     let created = session
         .client

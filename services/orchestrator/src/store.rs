@@ -360,6 +360,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         default_volumes_to_fs_backup: record.default_volumes_to_fs_backup(),
         ttl,
         timeout: None,
+        ..Default::default()
     };
     let mut origin = BackupOrigin::Velero;
     if let Some(info) = info {
