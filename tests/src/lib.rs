@@ -9,6 +9,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod otlp;
 pub mod pki;
+pub mod processes;
 pub mod restic;
 pub mod s3;
 pub mod stack;

@@ -145,3 +145,14 @@ impl RepositoryRestic {
             .collect()
     }
 }
+
+/// Writes an executable `/bin/sh` script named `name` into `dir` whose body is `script` (the
+/// lines after the `#!/bin/sh` line), for a service's `--restic-binary`: a test's way to slow
+/// restic down, stop its output or log when it runs, while the real `restic` does the work.
+pub fn restic_wrapper(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}")).expect("writing the restic wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("making the restic wrapper executable");
+    path
+}

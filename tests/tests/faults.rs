@@ -18,6 +18,7 @@ use stowage_e2e::{
     api::{self, Client},
     kube::seed_example,
     kubelet::write_sample_tree,
+    processes,
     restic::{RepositoryRestic, repository_access},
     s3::S3Gate,
     stack::{Stack, StackOptions, slow_restic},
@@ -119,36 +120,6 @@ fn assert_volume_failed_naming(status: &BackupStatus, causes: &[&str]) -> String
     volume.error_message.clone()
 }
 
-/// Processes (by pid) whose command line or environment mentions `marker` (a test's own temp
-/// dir): what a SIGKILLed service leaves running (restic runs in its own process group, so
-/// outside a pod it outlives the service that started it).
-fn processes_mentioning(marker: &str) -> Vec<u32> {
-    let own = std::process::id();
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| *pid != own)
-                .filter(|pid| {
-                    ["cmdline", "environ"].iter().any(|file| {
-                        std::fs::read(format!("/proc/{pid}/{file}"))
-                            .is_ok_and(|text| String::from_utf8_lossy(&text).contains(marker))
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// SIGKILLs each of `pids` (processes this test started), as the end of a pod would.
-fn kill_pids(pids: &[u32]) {
-    for pid in pids {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_agent_fails_its_volume_naming_the_node_and_a_restarted_agent_serves_the_next_backup()
  {
@@ -171,14 +142,14 @@ async fn killed_agent_fails_its_volume_naming_the_node_and_a_restarted_agent_ser
     // The volume is InProgress before the agent has the request; wait for its restic.
     let marker = wrapper_dir.path().display().to_string();
     wait_until("the agent runs restic", || {
-        !processes_mentioning(&marker).is_empty()
+        !processes::mentioning(&marker).is_empty()
     });
 
     stack.agents.get_mut("node-a").unwrap().process.kill();
     // In a pod the agent's restic dies with the container; here it has to be ended by hand
     // (the wrapper, its sleep and restic all have the agent's scratch dir as their cache).
     let scratch = stack.dir.path().join("scratch").join("agent-node-a");
-    kill_pids(&processes_mentioning(&scratch.display().to_string()));
+    processes::kill(&processes::mentioning(&scratch.display().to_string()));
     let status = wait_backup(&mut client, "orphaned")
         .await
         .status
@@ -349,14 +320,14 @@ async fn repo_manager_killed_during_prune_recovers_its_lease_and_the_stale_lock(
         .display()
         .to_string();
     wait_until("the prune holds restic's lock", || {
-        processes_mentioning(&marker).iter().any(|pid| {
+        processes::mentioning(&marker).iter().any(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("prune"))
         }) && !repository.locks().is_empty()
     });
     stack.repo_manager.process.kill();
     // In a pod its restic dies with it; here it is ended by hand, leaving its lock behind.
-    kill_pids(&processes_mentioning(&marker));
+    processes::kill(&processes::mentioning(&marker));
     let answer = prune.await.expect("the prune task");
     assert!(answer.is_err(), "the killed prune answered {answer:?}");
     assert_eq!(
@@ -439,7 +410,7 @@ async fn s3_server_gone_mid_backup_fails_the_volume_with_a_storage_error_and_a_l
     wait_in_progress(&mut client, "outage").await;
     let marker = wrapper_dir.path().display().to_string();
     wait_until("the agent runs restic", || {
-        !processes_mentioning(&marker).is_empty()
+        !processes::mentioning(&marker).is_empty()
     });
     // The object store goes away while restic waits to start its backup, and stays away
     // past the outage timeout.
@@ -516,7 +487,7 @@ async fn s3_server_away_for_less_than_the_retries_is_waited_out_and_the_volume_c
     // Only the wrapper of `restic backup` waits; cutting a `restic snapshots` already talking
     // to the storage would fail it with a broken transfer, not an unreachable storage.
     wait_until("the agent waits to run restic backup", || {
-        processes_mentioning(&marker).iter().any(|pid| {
+        processes::mentioning(&marker).iter().any(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("backup"))
         })
