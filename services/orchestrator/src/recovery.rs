@@ -10,53 +10,179 @@ use serde_json::Value;
 use stowage_proto::{
     prost_types,
     v1::{
-        BackupPhase, ForgetBackupRequest, PodVolumeRef, PodVolumeRestore, Progress, Restore,
-        RestorePhase, RestoreSpec, RestoreStatus, VolumePhase,
+        BackupPhase, LogLine, PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase,
+        RestoreSpec, RestoreStatus, VolumePhase,
     },
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backup::{backup_is_final, persist, recount, volume_mirror},
+    backup::{backup_is_final, expiration, is_terminal, persist, recount, volume_mirror},
     deps::Deps,
     error::Result,
-    kube::mirror::{self, MirrorKind},
-    restore,
-    state::{Entry, now},
+    kube::mirror::MirrorKind,
+    lifecycle, restore,
+    restore::restore_is_final,
+    state::{Entry, RestoreEntry, now},
     tally::ending,
 };
 
 pub const RESTARTED: &str = "orchestrator restarted";
 
 pub async fn load(deps: &Deps) -> Result<()> {
-    // Restores live in memory; their mirrors must not stay InProgress forever either.
+    recover_restores(deps).await;
+    if let Some(store) = &deps.store {
+        let mut checked = BTreeMap::new();
+        for (backup, logs) in store.list_backups_except(&Default::default()).await? {
+            let backup = check_velero_repositories(deps, backup, &mut checked).await;
+            adopt(deps, backup, logs).await;
+        }
+    }
+    Ok(())
+}
+
+/// The restores a previous orchestrator ran, from their records in the storage location and,
+/// for those without one, from their PodVolumeRestore mirrors. One that was running ends its
+/// unfinished volumes Failed "orchestrator restarted", and the restore helpers of their pods
+/// are told, so the pods do not wait out the helper's timeout.
+async fn recover_restores(deps: &Deps) {
+    let mut restores: BTreeMap<String, (Restore, Vec<LogLine>)> = BTreeMap::new();
+    if let Some(store) = &deps.store {
+        match store.list_restores().await {
+            Ok(listed) => {
+                for restore in listed {
+                    let logs = match store.restore_logs(&restore.name).await {
+                        Ok(logs) => logs,
+                        Err(error) => {
+                            tracing::warn!(restore = %restore.name, %error, "reading a restore's logs");
+                            Vec::new()
+                        }
+                    };
+                    restores.insert(restore.name.clone(), (restore, logs));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading past restores from the storage location"),
+        }
+    }
     if let Some(cluster) = &deps.cluster {
-        match mirror::fail_unfinished(cluster, MirrorKind::PodVolumeRestore, RESTARTED).await {
+        match cluster.list_mirrors(MirrorKind::PodVolumeRestore).await {
+            Ok(objects) => {
+                for restore in restores_from_mirrors(&objects) {
+                    restores
+                        .entry(restore.name.clone())
+                        .or_insert((restore, Vec::new()));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
+        }
+    }
+    for (name, (restore, logs)) in restores {
+        let unfinished = restore.status.as_ref().is_none_or(|status| {
+            !restore_is_final(status.phase) || status.volumes.iter().any(|v| !is_terminal(v.phase))
+        });
+        let entry = Entry::new(restore, logs, CancellationToken::new());
+        if unfinished {
+            end_unfinished_restore(deps, &entry).await;
+        }
+        deps.index.insert_restore(&name, entry);
+    }
+    // A mirror no restore above accounted for (its labels lost) must not stay InProgress
+    // either: nobody will finish it.
+    if let Some(cluster) = &deps.cluster {
+        match cluster
+            .fail_unfinished_mirrors(MirrorKind::PodVolumeRestore, RESTARTED)
+            .await
+        {
             Ok(0) => {}
             Ok(marked) => {
                 tracing::warn!(marked, "unfinished PodVolumeRestores failed: {RESTARTED}")
             }
             Err(error) => tracing::warn!(%error, "failing unfinished PodVolumeRestores"),
         }
-        match mirror::list(cluster, MirrorKind::PodVolumeRestore).await {
-            Ok(objects) => {
-                for restore in restores_from_mirrors(&objects) {
-                    let name = restore.name.clone();
-                    let entry = Entry::new(restore, Vec::new(), CancellationToken::new());
-                    deps.index.insert_restore(&name, entry);
+    }
+}
+
+/// Ends a restore no task of this process runs: its unfinished volumes fail, their pods'
+/// helpers get the failure marker, and the mirrors and the record say so.
+async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
+    let mut ended = Vec::new();
+    entry.modify(|restore| {
+        let status = restore.status.get_or_insert_with(Default::default);
+        for (index, volume) in status.volumes.iter_mut().enumerate() {
+            if !is_terminal(volume.phase) {
+                volume.phase = VolumePhase::Failed as i32;
+                volume.error_message = RESTARTED.to_string();
+                volume.finished = Some(now());
+                ended.push(index);
+            }
+        }
+        restore::recount(status);
+        // The restart failed the run: never Completed.
+        status.phase = RestorePhase::from(ending(
+            status.volumes_completed,
+            status.volumes_failed,
+            true,
+        )) as i32;
+        status.failure_reason = RESTARTED.to_string();
+        status.finished = Some(now());
+    });
+    let name = entry.read(|restore| restore.name.clone());
+    entry.log(
+        "error",
+        format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
+    );
+    // A volume whose pod was not yet seen running has no node in the record: the pod may run
+    // by now, its helper waiting.
+    if let Some(cluster) = &deps.cluster {
+        for &index in &ended {
+            let Some(volume) = entry.read(|r| r.status.as_ref()?.volumes.get(index).cloned())
+            else {
+                continue;
+            };
+            let reference = volume.volume.clone().unwrap_or_default();
+            if !volume.node.is_empty() && !reference.pod_uid.is_empty() {
+                continue;
+            }
+            let pod = match cluster.pod(&reference.namespace, &reference.pod_name).await {
+                Ok(Some(pod)) => pod,
+                Ok(None) => continue,
+                Err(error) => {
+                    entry.log("warning", error.to_string());
+                    continue;
+                }
+            };
+            let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
+            let uid = pod.metadata.uid.unwrap_or_default();
+            entry.modify(|restore| {
+                if let Some(volume) = restore
+                    .status
+                    .as_mut()
+                    .and_then(|status| status.volumes.get_mut(index))
+                {
+                    volume.node = node;
+                    if let Some(reference) = volume.volume.as_mut() {
+                        reference.pod_uid = uid;
+                    }
+                }
+            });
+        }
+    }
+    let current = entry.get();
+    restore::abandon_unrestored(deps, entry, &current).await;
+    if let Some(cluster) = &deps.cluster {
+        for &index in &ended {
+            if let Some(volume) = current.status.as_ref().and_then(|s| s.volumes.get(index)) {
+                let mirror = restore::volume_mirror(&current, volume);
+                if let Err(error) = cluster
+                    .apply_mirror(MirrorKind::PodVolumeRestore, &mirror)
+                    .await
+                {
+                    tracing::warn!(%error, "mirroring PodVolumeRestore {}", mirror.name);
                 }
             }
-            Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
         }
     }
-    if let Some(store) = &deps.store {
-        let mut checked = BTreeMap::new();
-        for (backup, logs) in store.load_backups().await? {
-            let backup = check_velero_repositories(deps, backup, &mut checked).await;
-            adopt(deps, backup, logs).await;
-        }
-    }
-    Ok(())
+    restore::persist(deps, entry, &entry.get()).await;
 }
 
 /// A readable Velero backup gets the reason its repositories cannot be opened (missing, wrong
@@ -106,6 +232,7 @@ async fn adopt(
     // Velero's backups are read-only to stowage, whatever their phase.
     let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase))
         && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+    let expires = expiration(deps, &backup);
     let entry = Entry::new(backup, logs, CancellationToken::new());
     if unfinished {
         entry.update(|backup| {
@@ -130,6 +257,10 @@ async fn adopt(
             )) as i32;
             status.failure_reason = RESTARTED.to_string();
             status.finished = Some(now());
+            // Ended like any other run, so it expires like any other.
+            if status.expiration.is_none() {
+                status.expiration = Some(expires);
+            }
         });
         entry.log(
             "error",
@@ -143,8 +274,9 @@ async fn adopt(
             // Objects the previous orchestrator wrote: patched first.
             for volume in backup.status.iter().flat_map(|status| &status.volumes) {
                 let mirror = volume_mirror(&backup, volume);
-                if let Err(error) =
-                    mirror::patch_or_create(cluster, MirrorKind::PodVolumeBackup, &mirror).await
+                if let Err(error) = cluster
+                    .apply_mirror(MirrorKind::PodVolumeBackup, &mirror)
+                    .await
                 {
                     tracing::warn!(%error, "mirroring PodVolumeBackup {}", mirror.name);
                 }
@@ -235,11 +367,17 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
         .map(|mut restore| {
             let status = restore.status.get_or_insert_with(Default::default);
             restore::recount(status);
-            status.phase = RestorePhase::from(ending(
-                status.volumes_completed,
-                status.volumes_failed,
-                false,
-            )) as i32;
+            // Volumes still running when their orchestrator went leave the restore running,
+            // for recovery to end.
+            status.phase = if status.volumes.iter().all(|v| is_terminal(v.phase)) {
+                RestorePhase::from(ending(
+                    status.volumes_completed,
+                    status.volumes_failed,
+                    false,
+                )) as i32
+            } else {
+                RestorePhase::InProgress as i32
+            };
             status.started = status
                 .volumes
                 .iter()
@@ -274,8 +412,13 @@ async fn sync_from_store(deps: &Deps) {
     let Some(store) = &deps.store else {
         return;
     };
-    let known = |name: &str| deps.index.backup(name).is_some();
-    match store.load_backups_except(known).await {
+    let known = deps
+        .index
+        .backups()
+        .iter()
+        .map(|entry| entry.read(|backup| backup.name.clone()))
+        .collect();
+    match store.list_backups_except(&known).await {
         Ok(backups) => {
             let mut checked = BTreeMap::new();
             for (backup, logs) in backups {
@@ -290,55 +433,26 @@ async fn sync_from_store(deps: &Deps) {
     }
 }
 
-/// Deletes the backups past their expiration: snapshots first, then files.
+/// Deletes the backups past their expiration, the way DeleteBackup does.
 async fn expire(deps: &Deps) {
-    {
-        let now = chrono::Utc::now().timestamp();
-        for entry in deps.index.backups() {
-            let backup = entry.get();
+    let now = chrono::Utc::now().timestamp();
+    for entry in deps.index.backups() {
+        let (name, expired) = entry.read(|backup| {
             let status = backup.status.clone().unwrap_or_default();
             let expired = status
                 .expiration
                 .as_ref()
-                .is_some_and(|e| e.seconds > 0 && e.seconds < now);
-            if !expired
-                || !backup_is_final(status.phase)
-                || backup.origin != stowage_proto::v1::BackupOrigin::Stowage as i32
-            {
-                continue;
-            }
-            tracing::info!(backup = %backup.name, "backup expired");
-            let mut namespaces: Vec<String> = status
-                .volumes
-                .iter()
-                .filter_map(|v| v.volume.as_ref().map(|r| r.namespace.clone()))
-                .collect();
-            namespaces.sort();
-            namespaces.dedup();
-            let mut forgotten = true;
-            for namespace in namespaces {
-                let result = deps
-                    .repo_manager
-                    .clone()
-                    .forget_backup(ForgetBackupRequest {
-                        namespace,
-                        backup_name: backup.name.clone(),
-                    })
-                    .await;
-                if let Err(status) = result {
-                    tracing::warn!(backup = %backup.name, error = %status.message(), "forgetting an expired backup");
-                    forgotten = false;
-                }
-            }
-            if forgotten {
-                if let Some(store) = &deps.store
-                    && let Err(error) = store.delete_backup(&backup.name).await
-                {
-                    tracing::warn!(backup = %backup.name, %error, "deleting an expired backup");
-                    continue;
-                }
-                deps.index.remove_backup(&backup.name);
-            }
+                .is_some_and(|e| e.seconds > 0 && e.seconds < now)
+                && backup_is_final(status.phase)
+                && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+            (backup.name.clone(), expired)
+        });
+        if !expired {
+            continue;
+        }
+        tracing::info!(backup = %name, "backup expired");
+        if let Err(error) = lifecycle::delete_backup(deps, &entry).await {
+            tracing::warn!(backup = %name, %error, "deleting an expired backup");
         }
     }
 }
