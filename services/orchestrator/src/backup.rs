@@ -983,3 +983,337 @@ mod tests {
         assert_eq!(manifest, json!({"metadata": {"name": "a"}}));
     }
 }
+
+/// The backup runner and the run engine against in-memory fakes of the four ports, in paused
+/// time: limits, leases, timeouts, cancel, panics and deletion.
+#[cfg(test)]
+mod runs {
+    use std::time::Duration;
+
+    use stowage_proto::v1::{BackupSpec, CreateBackupRequest, VolumePhase};
+
+    use super::*;
+    use crate::testing::{Script, World, limits, pod};
+
+    async fn start(world: &World, spec: BackupSpec) -> Arc<BackupEntry> {
+        create(
+            &world.deps,
+            CreateBackupRequest {
+                name: "nightly".into(),
+                spec: Some(spec),
+            },
+        )
+        .await
+        .expect("the backup starts");
+        world.deps.index.backup("nightly").expect("indexed")
+    }
+
+    fn shop(world: &World, pods_per_node: usize) {
+        for node in ["node-a", "node-b"] {
+            for n in 0..pods_per_node {
+                world
+                    .cluster
+                    .add_pod(pod("shop", &format!("{node}-db-{n}"), node, &["data"]));
+            }
+        }
+    }
+
+    fn spec() -> BackupSpec {
+        BackupSpec {
+            included_namespaces: vec!["shop".into()],
+            ..Default::default()
+        }
+    }
+
+    fn phases(entry: &BackupEntry) -> Vec<(String, i32, String)> {
+        entry
+            .get()
+            .status
+            .unwrap_or_default()
+            .volumes
+            .iter()
+            .map(|v| {
+                (
+                    v.volume.clone().unwrap_or_default().pod_name,
+                    v.phase,
+                    v.error_message.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn phase(entry: &BackupEntry) -> BackupPhase {
+        BackupPhase::try_from(entry.get().status.unwrap_or_default().phase).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_node_limit_run_at_once_on_a_node() {
+        let world = World::new(limits());
+        shop(&world, 4);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 3,
+                every: Duration::from_secs(2),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+        let most = world.agents.most_at_once.lock().unwrap().clone();
+        assert_eq!(most.get("node-a"), Some(&2), "{most:?}");
+        assert_eq!(most.get("node-b"), Some(&2), "{most:?}");
+        assert_eq!(world.agents.started.lock().unwrap().len(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overall_limit_holds_across_nodes() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_volumes: 3,
+            max_parallel_per_node: 4,
+            ..limits()
+        });
+        shop(&world, 4);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 2,
+                every: Duration::from_secs(5),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        assert_eq!(*world.agents.most_overall.lock().unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_short_renewed_while_held_and_released_at_the_end() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        // 100 s of work under a 60 s lease: renewed every 20 s.
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(10),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        let calls = world.repo_manager.calls();
+        assert!(
+            calls.contains(&"acquire shop backup/nightly/shop lease-1".to_string()),
+            "{calls:?}"
+        );
+        assert_eq!(
+            world.repo_manager.ttls.lock().unwrap().clone(),
+            [Duration::from_secs(60)]
+        );
+        let renewals = world.repo_manager.count("renew lease-1");
+        assert!((4..=6).contains(&renewals), "{calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("release lease-1"));
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_volume_fails_naming_its_last_progress_and_a_slow_one_finishes() {
+        let world = World::new(limits());
+        world
+            .cluster
+            .add_pod(pod("shop", "db", "node-a", &["stuck", "slow"]));
+        world.agents.script("stuck", Script::StallAfterFirst);
+        // Far slower than the stall timeout as a whole, but moving every 5 minutes.
+        world.agents.script(
+            "slow",
+            Script::Complete {
+                steps: 12,
+                every: Duration::from_secs(300),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        let volumes = entry.get().status.unwrap().volumes;
+        let stuck = &volumes[0];
+        assert_eq!(stuck.phase, VolumePhase::Failed as i32);
+        assert_eq!(
+            stuck.error_message,
+            "stalled: no progress for 10m0s (last: 40 B of 100 B)"
+        );
+        assert_eq!(volumes[1].phase, VolumePhase::Completed as i32);
+        assert_eq!(phase(&entry), BackupPhase::PartiallyFailed);
+        let uid = entry.get().uid;
+        assert_eq!(
+            world.agents.cancelled.lock().unwrap().clone(),
+            [format!("{uid}-0")],
+            "restic of the stalled volume is killed, the slow one's is not"
+        );
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_volume_queued_in_its_agent_is_not_stalled() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        world
+            .agents
+            .script("data", Script::QueuedFor(Duration::from_secs(3600)));
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_timeout_fails_running_volumes_and_kills_restic() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(
+            &world,
+            BackupSpec {
+                timeout: Some(prost_types::Duration {
+                    seconds: 100,
+                    nanos: 0,
+                }),
+                ..spec()
+            },
+        )
+        .await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Failed);
+        for (_, volume_phase, message) in phases(&entry) {
+            assert_eq!(volume_phase, VolumePhase::Failed as i32);
+            assert_eq!(message, "timed out after 1m40s");
+        }
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 2);
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_backup_stops_its_volumes_and_releases_its_leases() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_per_node: 1,
+            ..limits()
+        });
+        shop(&world, 2);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        cancel(&entry);
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Cancelled);
+        for (_, volume_phase, message) in phases(&entry) {
+            assert_eq!(volume_phase, VolumePhase::Cancelled as i32);
+            assert_eq!(message, "the backup was cancelled");
+        }
+        // Two were running (one per node), two waited for a slot and never reached an agent.
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 2);
+        assert_eq!(world.agents.started.lock().unwrap().len(), 2);
+        assert!(world.repo_manager.held().is_empty());
+        assert_eq!(
+            world.repo_manager.calls().last().map(String::as_str),
+            Some("release lease-1")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_volume_fails_alone_and_the_leases_are_released() {
+        let world = World::new(limits());
+        world
+            .cluster
+            .add_pod(pod("shop", "db", "node-a", &["data", "broken"]));
+        world.agents.script("broken", Script::Panic);
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        let volumes = phases(&entry);
+        assert_eq!(volumes[0].1, VolumePhase::Completed as i32);
+        assert_eq!(volumes[1].1, VolumePhase::Failed as i32);
+        assert!(
+            volumes[1]
+                .2
+                .starts_with("the volume's task panicked: the fake agent was told to panic"),
+            "{volumes:?}"
+        );
+        assert_eq!(phase(&entry), BackupPhase::PartiallyFailed);
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_runner_ends_the_backup_failed_and_watchers_see_it() {
+        let world = World::new(limits());
+        *world.cluster.panic_on_namespace.lock().unwrap() = Some("shop".into());
+        let entry = start(&world, spec()).await;
+        let mut watcher = entry.subscribe();
+        let ended = watcher
+            .wait_for(|backup| backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase)))
+            .await
+            .expect("the watcher sees the end")
+            .clone();
+        let status = ended.status.unwrap();
+        assert_eq!(status.phase, BackupPhase::Failed as i32);
+        assert_eq!(
+            status.failure_reason,
+            "the backup runner panicked: listing pods in shop went wrong"
+        );
+        assert!(status.expiration.is_some());
+        world.settle().await;
+        let stored = world.store.backups.lock().unwrap()["nightly"].0.clone();
+        assert_eq!(stored.status.unwrap().phase, BackupPhase::Failed as i32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleting_a_backup_forgets_its_snapshots_and_removes_its_files_and_mirrors() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        assert!(
+            !world
+                .cluster
+                .last_mirrors(MirrorKind::PodVolumeBackup)
+                .is_empty()
+        );
+        let forgotten = crate::lifecycle::delete_backup(&world.deps, &entry)
+            .await
+            .unwrap();
+        assert_eq!(forgotten, ["snap-shop"]);
+        assert!(
+            world
+                .repo_manager
+                .calls()
+                .contains(&"forget shop nightly".to_string())
+        );
+        assert!(world.store.backups.lock().unwrap().is_empty());
+        assert!(
+            world
+                .cluster
+                .last_mirrors(MirrorKind::PodVolumeBackup)
+                .is_empty()
+        );
+        assert!(world.deps.index.backup("nightly").is_none());
+    }
+}

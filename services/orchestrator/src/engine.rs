@@ -215,13 +215,16 @@ async fn drive<W: VolumeWork>(
             }
         ))
     };
+    // Biased, stop first: a volume cancelled while it waits must not start because its slot
+    // came free in the same instant.
     let node = tokio::select! {
+        biased;
+        () = control.cancel.cancelled() => return stopped(&control),
+        () = tokio::time::sleep_until(control.deadline) => return before_start(),
         node = work.prepare(index) => match node {
             Ok(node) => node,
             Err(error) => return VolumeOutcome::Failed(error.to_string()),
         },
-        () = control.cancel.cancelled() => return stopped(&control),
-        () = tokio::time::sleep_until(control.deadline) => return before_start(),
     };
     // Both slots, overall first: a node's slot is not held while waiting for a global one.
     let node_slots = nodes.of(&node);
@@ -231,9 +234,10 @@ async fn drive<W: VolumeWork>(
         (overall, node)
     };
     let _permits = tokio::select! {
-        permits = permits => permits,
+        biased;
         () = control.cancel.cancelled() => return stopped(&control),
         () = tokio::time::sleep_until(control.deadline) => return before_start(),
+        permits = permits => permits,
     };
     let (sender, mut beats) = watch::channel(Beat::default());
     let reporter = Reporter { beat: sender };

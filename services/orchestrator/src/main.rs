@@ -20,6 +20,8 @@ mod selection;
 mod state;
 mod store;
 mod tally;
+#[cfg(test)]
+mod testing;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -505,3 +505,221 @@ mod tests {
         );
     }
 }
+
+/// Recovery after a restart, against in-memory fakes: nothing that was running stays running.
+#[cfg(test)]
+mod restart {
+    use stowage_proto::v1::{Backup, BackupOrigin, BackupStatus, PodVolumeBackup, Restore};
+
+    use super::*;
+    use crate::{
+        ports::ClusterPort,
+        testing::{World, limits, pod},
+    };
+
+    fn volume(pod: &str, name: &str) -> PodVolumeRef {
+        PodVolumeRef {
+            namespace: "shop".into(),
+            pod_name: pod.into(),
+            volume_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backup_running_at_restart_ends_failed_and_expires_like_any_other() {
+        let world = World::new(limits());
+        let backup = Backup {
+            name: "nightly".into(),
+            uid: "u1".into(),
+            origin: BackupOrigin::Stowage as i32,
+            status: Some(BackupStatus {
+                phase: BackupPhase::InProgress as i32,
+                volumes: vec![
+                    PodVolumeBackup {
+                        volume: Some(volume("db", "data")),
+                        phase: VolumePhase::Completed as i32,
+                        snapshot_id: "s1".into(),
+                        ..Default::default()
+                    },
+                    PodVolumeBackup {
+                        volume: Some(volume("db", "logs")),
+                        phase: VolumePhase::InProgress as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        world
+            .store
+            .backups
+            .lock()
+            .unwrap()
+            .insert("nightly".into(), (backup, Vec::new()));
+        load(&world.deps).await.unwrap();
+        let recovered = world.deps.index.backup("nightly").unwrap().get();
+        let status = recovered.status.unwrap();
+        assert_eq!(status.phase, BackupPhase::PartiallyFailed as i32);
+        assert_eq!(status.failure_reason, RESTARTED);
+        assert_eq!(status.volumes[1].phase, VolumePhase::Failed as i32);
+        assert_eq!(status.volumes[1].error_message, RESTARTED);
+        let expiration = status.expiration.expect("an ended backup expires");
+        let from_now = expiration.seconds - chrono::Utc::now().timestamp();
+        assert!(
+            (30 * 86_400 - 60..=30 * 86_400).contains(&from_now),
+            "the default TTL of 30 days, from now: {from_now} s"
+        );
+        let stored = world.store.backups.lock().unwrap()["nightly"].0.clone();
+        assert_eq!(
+            stored.status.unwrap().phase,
+            BackupPhase::PartiallyFailed as i32
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_running_at_restart_ends_failed_and_its_waiting_helpers_are_told() {
+        let world = World::new(limits());
+        // The second volume's pod was still waiting for its turn: no node in the record, but
+        // the pod runs by now, its helper waiting.
+        let mut waiting_pod = pod("shop", "db-1", "node-b", &["data"]);
+        waiting_pod.metadata.uid = Some("new-db-1".into());
+        world.cluster.add_pod(waiting_pod);
+        let restore = Restore {
+            name: "back".into(),
+            uid: "restore-uid".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            status: Some(RestoreStatus {
+                phase: RestorePhase::InProgress as i32,
+                volumes: vec![
+                    PodVolumeRestore {
+                        volume: Some(PodVolumeRef {
+                            pod_uid: "new-db-0".into(),
+                            ..volume("db-0", "data")
+                        }),
+                        node: "node-a".into(),
+                        phase: VolumePhase::InProgress as i32,
+                        ..Default::default()
+                    },
+                    PodVolumeRestore {
+                        volume: Some(volume("db-1", "data")),
+                        phase: VolumePhase::Pending as i32,
+                        ..Default::default()
+                    },
+                    PodVolumeRestore {
+                        volume: Some(volume("db-2", "data")),
+                        node: "node-a".into(),
+                        phase: VolumePhase::Completed as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+        };
+        world
+            .store
+            .restores
+            .lock()
+            .unwrap()
+            .insert("back".into(), (restore, Vec::new()));
+        load(&world.deps).await.unwrap();
+        let recovered = world.deps.index.restore("back").unwrap().get();
+        let status = recovered.status.unwrap();
+        assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
+        assert_eq!(status.failure_reason, RESTARTED);
+        for volume in &status.volumes[..2] {
+            assert_eq!(volume.phase, VolumePhase::Failed as i32);
+            assert_eq!(volume.error_message, RESTARTED);
+        }
+        let told: Vec<(String, String, String)> = world
+            .agents
+            .abandoned
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|request| {
+                let volume = request.volume.clone().unwrap();
+                (volume.pod_name, volume.pod_uid, request.reason.clone())
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("db-0".into(), "new-db-0".into(), RESTARTED.into()),
+                ("db-1".into(), "new-db-1".into(), RESTARTED.into()),
+            ]
+        );
+        let stored = world.store.restores.lock().unwrap()["back"].clone();
+        assert_eq!(
+            stored.0.status.unwrap().phase,
+            RestorePhase::PartiallyFailed as i32
+        );
+        let mirrors = world.cluster.last_mirrors(MirrorKind::PodVolumeRestore);
+        assert_eq!(mirrors.len(), 2);
+        assert!(
+            mirrors
+                .values()
+                .all(|mirror| mirror.status["phase"] == "Failed")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_known_only_from_its_mirrors_is_ended_too() {
+        let world = World::new(limits());
+        let mut running = pod("shop", "db-0", "node-a", &["data"]);
+        running.metadata.uid = Some("new-db-0".into());
+        world.cluster.add_pod(running);
+        let restore = Restore {
+            name: "back".into(),
+            uid: "restore-uid".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let volume = PodVolumeRestore {
+            volume: Some(PodVolumeRef {
+                pod_uid: "new-db-0".into(),
+                ..volume("db-0", "data")
+            }),
+            phase: VolumePhase::InProgress as i32,
+            ..Default::default()
+        };
+        world
+            .cluster
+            .apply_mirror(
+                MirrorKind::PodVolumeRestore,
+                &restore::volume_mirror(&restore, &volume),
+            )
+            .await
+            .unwrap();
+        load(&world.deps).await.unwrap();
+        let status = world
+            .deps
+            .index
+            .restore("back")
+            .unwrap()
+            .get()
+            .status
+            .unwrap();
+        assert_eq!(status.phase, RestorePhase::Failed as i32);
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("data".into(), RESTARTED.into())]
+        );
+        assert_eq!(
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .as_ref()
+                .unwrap()
+                .phase,
+            RestorePhase::Failed as i32
+        );
+    }
+}

@@ -1147,3 +1147,243 @@ mod tests {
         assert_eq!(mounts[0].mount_path, "/restores/data");
     }
 }
+
+/// The restore runner on the run engine against in-memory fakes of the four ports, in paused
+/// time: limits, leases, cancel with AbandonRestore, and the record written as it goes.
+#[cfg(test)]
+mod runs {
+    use std::time::Duration;
+
+    use stowage_proto::v1::{BackupStatus, CreateRestoreRequest, RestoreSpec};
+
+    use super::*;
+    use crate::testing::{Script, World, limits, pod};
+
+    /// A Completed backup `nightly` of namespace `shop`: each pod with its volumes, each
+    /// recreated pod scheduled on `node`.
+    fn backup_of(world: &World, pods: &[(&str, &str, &[&str])]) {
+        let mut volumes = Vec::new();
+        let mut resources = Vec::new();
+        for (name, node, names) in pods {
+            let manifest = pod("shop", name, node, names);
+            let mut manifest = serde_json::to_value(&manifest).unwrap();
+            strip_server_fields(&mut manifest);
+            resources.push(manifest);
+            world
+                .cluster
+                .schedule
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), node.to_string());
+            for volume in *names {
+                volumes.push(PodVolumeBackup {
+                    volume: Some(PodVolumeRef {
+                        namespace: "shop".into(),
+                        pod_name: name.to_string(),
+                        volume_name: volume.to_string(),
+                        ..Default::default()
+                    }),
+                    node: node.to_string(),
+                    phase: VolumePhase::Completed as i32,
+                    snapshot_id: format!("snap-{name}-{volume}"),
+                    ..Default::default()
+                });
+            }
+        }
+        let backup = Backup {
+            name: "nightly".into(),
+            uid: "backup-uid".into(),
+            status: Some(BackupStatus {
+                phase: BackupPhase::Completed as i32,
+                volumes,
+                ..Default::default()
+            }),
+            origin: BackupOrigin::Stowage as i32,
+            ..Default::default()
+        };
+        world.deps.index.insert_backup(
+            "nightly",
+            Entry::new(
+                backup,
+                Vec::new(),
+                tokio_util::sync::CancellationToken::new(),
+            ),
+        );
+        world
+            .store
+            .resources
+            .lock()
+            .unwrap()
+            .insert("nightly".into(), resources);
+    }
+
+    async fn start(world: &World) -> Arc<RestoreEntry> {
+        create(
+            &world.deps,
+            CreateRestoreRequest {
+                name: "back".into(),
+                spec: Some(RestoreSpec {
+                    backup_name: "nightly".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .expect("the restore starts");
+        world.deps.index.restore("back").expect("indexed")
+    }
+
+    fn phase(entry: &RestoreEntry) -> RestorePhase {
+        RestorePhase::try_from(entry.get().status.unwrap_or_default().phase).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_keeps_the_node_limit_and_holds_a_shared_lease_while_it_reads() {
+        let world = World::new(limits());
+        backup_of(
+            &world,
+            &[
+                ("db-0", "node-a", &["data", "logs"]),
+                ("db-1", "node-a", &["data", "logs"]),
+                ("db-2", "node-b", &["data"]),
+            ],
+        );
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 4,
+                every: Duration::from_secs(30),
+            },
+        );
+        world.agents.script(
+            "logs",
+            Script::Complete {
+                steps: 4,
+                every: Duration::from_secs(30),
+            },
+        );
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Completed);
+        let most = world.agents.most_at_once.lock().unwrap().clone();
+        assert_eq!(most.get("node-a"), Some(&2), "{most:?}");
+        assert_eq!(most.get("node-b"), Some(&1), "{most:?}");
+        let calls = world.repo_manager.calls();
+        assert_eq!(
+            calls[..2],
+            ["ensure shop", "acquire shop restore/back/shop lease-1"],
+            "{calls:?}"
+        );
+        // 2 minutes of restic on node-a's four volumes, two at a time: renewed meanwhile.
+        assert!(world.repo_manager.count("renew lease-1") >= 4, "{calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("release lease-1"));
+        assert!(world.repo_manager.held().is_empty());
+        let stored = world.store.restores.lock().unwrap()["back"].clone();
+        assert_eq!(
+            stored.0.status.unwrap().phase,
+            RestorePhase::Completed as i32
+        );
+        assert!(
+            stored
+                .1
+                .iter()
+                .any(|line| line.message.contains("restore ended Completed")),
+            "the record carries the log"
+        );
+        assert!(world.agents.abandoned.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_restore_kills_restic_and_tells_every_waiting_helper() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_per_node: 1,
+            ..limits()
+        });
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs", "cache"])]);
+        for volume in ["data", "logs", "cache"] {
+            world.agents.script(
+                volume,
+                Script::Complete {
+                    steps: 10,
+                    every: Duration::from_secs(60),
+                },
+            );
+        }
+        let entry = start(&world).await;
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        let answer = cancel(&entry);
+        assert_eq!(
+            answer.status.unwrap().phase,
+            RestorePhase::InProgress as i32,
+            "the answer is the restore as the cancel was recorded"
+        );
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Cancelled);
+        let status = entry.get().status.unwrap();
+        for volume in &status.volumes {
+            assert_eq!(volume.phase, VolumePhase::Cancelled as i32);
+            assert_eq!(volume.error_message, "the restore was cancelled");
+        }
+        // One ran and had its restic killed; the other two never reached the agent.
+        assert_eq!(world.agents.started.lock().unwrap().len(), 1);
+        assert_eq!(
+            world.agents.cancelled.lock().unwrap().clone(),
+            [format!("{}-0", entry.get().uid)]
+        );
+        let abandoned = world.agents.abandoned_volumes();
+        assert_eq!(abandoned.len(), 3, "{abandoned:?}");
+        assert!(
+            abandoned
+                .iter()
+                .all(|(_, reason)| reason == "the restore was cancelled")
+        );
+        let request = world.agents.abandoned.lock().unwrap()[0].clone();
+        assert_eq!(request.restore_uid, entry.get().uid);
+        assert_eq!(request.volume.unwrap().pod_uid, "new-uid-shop-db-0");
+        assert!(world.repo_manager.held().is_empty());
+        assert_eq!(
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .as_ref()
+                .unwrap()
+                .phase,
+            RestorePhase::Cancelled as i32
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_restore_volume_is_abandoned_with_its_reason() {
+        let world = World::new(limits());
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs"])]);
+        world
+            .agents
+            .script("logs", Script::Fail("restic exploded".into()));
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::PartiallyFailed);
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("logs".to_string(), "restic exploded".to_string())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_volume_that_stalls_fails_by_the_stall_timeout() {
+        let world = World::new(crate::deps::Limits {
+            stall_timeout: Duration::from_secs(120),
+            ..limits()
+        });
+        backup_of(&world, &[("db-0", "node-a", &["data"])]);
+        world.agents.script("data", Script::StallAfterFirst);
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Failed);
+        let volume = entry.get().status.unwrap().volumes[0].clone();
+        assert_eq!(
+            volume.error_message,
+            "stalled: no progress for 2m0s (last: 40 B of 100 B)"
+        );
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 1);
+    }
+}
