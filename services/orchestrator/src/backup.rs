@@ -13,8 +13,8 @@ use stowage_proto::{
     prost_types,
     v1::{
         Backup, BackupOrigin, BackupPhase, BackupStatus, BackupVolumeRequest, CreateBackupRequest,
-        PodVolumeBackup, PodVolumeRef, Progress, RepositoryAccess, SkippedVolume, VolumePhase,
-        VolumeSource, backup_volume_event,
+        PodVolumeBackup, PodVolumeRef, Progress, SkippedVolume, VolumePhase, VolumeSource,
+        backup_volume_event,
     },
 };
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use crate::{
     kube::mirror::{self, Mirror, MirrorKind},
     parents::Parents,
     ports::{ClusterPort, MirrorSession},
-    repositories::{self, Leases},
+    repositories::{self, Leases, Prepared},
     selection::{VolumeKind, claim_skip, select_volumes},
     state::{BackupEntry, Entry, now},
     tally::{ending, tally},
@@ -324,13 +324,13 @@ async fn execute(
     let readiness = deps.limits.readiness();
     let repositories = tokio::select! {
         prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
-        () = control.cancel.cancelled() => namespaces.iter().map(|n| (n.clone(), Err("the backup was cancelled".to_string()))).collect(),
-        () = tokio::time::sleep_until(control.deadline) => namespaces.iter().map(|n| (n.clone(), Err(Error::TimedOut { after: control.timeout }.to_string()))).collect(),
-    };
-    for prepared in repositories.values() {
-        if let Err(message) = prepared {
-            entry.log("error", message.clone());
+        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, "the backup was cancelled"),
+        () = tokio::time::sleep_until(control.deadline) => {
+            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
         }
+    };
+    for problem in repositories.problems() {
+        entry.log("error", problem.to_string());
     }
 
     // Each volume's parent from the records of every other backup, read once for the run; a
@@ -345,26 +345,21 @@ async fn execute(
             uid: backup.uid.clone(),
             ..Default::default()
         },
-        repositories: Vec::new(),
         parents: Vec::new(),
+        repositories,
     };
     for planned in &plan.volumes {
         let namespace = planned
             .volume
             .volume
             .as_ref()
-            .map(|r| r.namespace.clone())
+            .map(|r| r.namespace.as_str())
             .unwrap_or_default();
-        let repository = repositories
-            .get(&namespace)
-            .cloned()
-            .unwrap_or_else(|| Err("no repository".to_string()));
-        let parent = repository.as_ref().ok().and_then(|access| {
+        let parent = work.repositories.access(namespace).ok().and_then(|access| {
             parents
                 .of(&access.url, &planned.volume.stable_identity)
                 .map(str::to_string)
         });
-        work.repositories.push(repository);
         work.parents.push(parent);
     }
     engine::run_volumes(
@@ -377,6 +372,14 @@ async fn execute(
     Ok(())
 }
 
+fn namespace_of(volume: &PodVolumeBackup) -> String {
+    volume
+        .volume
+        .as_ref()
+        .map(|r| r.namespace.clone())
+        .unwrap_or_default()
+}
+
 /// The backup's volumes as the run engine drives them.
 struct BackupWork {
     deps: Deps,
@@ -384,8 +387,8 @@ struct BackupWork {
     mirrors: Arc<dyn MirrorSession>,
     /// The backup's name and uid, all a mirror or a request needs of it.
     header: Backup,
-    /// Each volume's repository, or why it cannot be used.
-    repositories: Vec<std::result::Result<RepositoryAccess, String>>,
+    /// Each namespace's repository, or why it cannot be used.
+    repositories: Prepared,
     /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
     parents: Vec<Option<String>>,
 }
@@ -462,19 +465,14 @@ impl VolumeWork for BackupWork {
     }
 
     async fn prepare(&self, index: usize) -> Result<String> {
-        match self.repositories.get(index) {
-            Some(Ok(_)) => Ok(self.volume(index).node),
-            Some(Err(message)) => Err(Error::Failed(message.clone())),
-            None => Err(Error::Failed("no repository".to_string())),
-        }
+        let volume = self.volume(index);
+        self.repositories.access(&namespace_of(&volume))?;
+        Ok(volume.node)
     }
 
     async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
-        let repository = match self.repositories.get(index) {
-            Some(Ok(repository)) => repository.clone(),
-            _ => return Err(Error::Failed("no repository".to_string())),
-        };
         let volume = self.volume(index);
+        let repository = self.repositories.access(&namespace_of(&volume))?;
         let backup = &self.header;
         let request = BackupVolumeRequest {
             operation_id: self.operation_id(index),

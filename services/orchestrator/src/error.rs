@@ -46,6 +46,8 @@ pub enum Error {
     },
     #[error("object store: {0}")]
     Store(String),
+    #[error(transparent)]
+    Repository(#[from] crate::repositories::Unusable),
     /// A Kubernetes object that should not exist yet does.
     #[error("{0}")]
     Conflict(String),
@@ -95,6 +97,7 @@ impl Error {
             }
             Error::NoAgent(_) => Code::Unavailable,
             Error::Conflict(_) => Code::AlreadyExists,
+            Error::Repository(_) => Code::FailedPrecondition,
             Error::Agent { status, .. } => status.code(),
             Error::TimedOut { .. } | Error::Stalled { .. } => Code::DeadlineExceeded,
             Error::Kube { .. } | Error::Store(_) => Code::Unavailable,

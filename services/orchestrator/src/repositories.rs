@@ -155,6 +155,56 @@ pub struct Readiness {
     pub poll_interval: Duration,
 }
 
+/// Why a namespace's repository cannot be used by a run; its volumes fail with it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("repository of namespace {namespace}: {reason}")]
+pub struct Unusable {
+    pub namespace: String,
+    pub reason: String,
+}
+
+/// Each namespace's repository access, or why it cannot be used.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared(BTreeMap<String, std::result::Result<RepositoryAccess, Unusable>>);
+
+impl Prepared {
+    /// Every namespace unusable for the same reason (the run was stopped while preparing).
+    pub fn unusable(namespaces: &[String], reason: &str) -> Prepared {
+        Prepared(
+            namespaces
+                .iter()
+                .map(|namespace| {
+                    let unusable = Unusable {
+                        namespace: namespace.clone(),
+                        reason: reason.to_string(),
+                    };
+                    (namespace.clone(), Err(unusable))
+                })
+                .collect(),
+        )
+    }
+
+    /// The access to `namespace`'s repository.
+    pub fn access(&self, namespace: &str) -> Result<RepositoryAccess> {
+        match self.0.get(namespace) {
+            Some(Ok(access)) => Ok(access.clone()),
+            Some(Err(unusable)) => Err(unusable.clone().into()),
+            None => Err(Unusable {
+                namespace: namespace.to_string(),
+                reason: "not prepared for this run".to_string(),
+            }
+            .into()),
+        }
+    }
+
+    /// Why each unusable repository is.
+    pub fn problems(&self) -> impl Iterator<Item = &Unusable> {
+        self.0
+            .values()
+            .filter_map(|prepared| prepared.as_ref().err())
+    }
+}
+
 /// Ensures each namespace's repository, reads its access and takes a shared lease on it for
 /// `holder_prefix/<namespace>`. A namespace whose repository cannot be used maps to the
 /// reason, so its volumes fail with it while the others run.
@@ -164,16 +214,19 @@ pub async fn prepare(
     namespaces: &[String],
     holder_prefix: &str,
     readiness: &Readiness,
-) -> BTreeMap<String, std::result::Result<RepositoryAccess, String>> {
+) -> Prepared {
     let mut prepared = BTreeMap::new();
     for namespace in namespaces {
         let access = prepare_one(repo_manager, leases, namespace, holder_prefix, readiness).await;
         prepared.insert(
             namespace.clone(),
-            access.map_err(|error| format!("repository of namespace {namespace}: {error}")),
+            access.map_err(|error| Unusable {
+                namespace: namespace.clone(),
+                reason: error.to_string(),
+            }),
         );
     }
-    prepared
+    Prepared(prepared)
 }
 
 async fn prepare_one(

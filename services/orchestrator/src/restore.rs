@@ -27,7 +27,7 @@ use crate::{
     error::{Error, Result, validate_name},
     kube::mirror::{self, Mirror, MirrorKind},
     ports::{ClusterPort, MirrorSession},
-    repositories::{self, Leases},
+    repositories::{self, Leases, Prepared},
     state::{Entry, RestoreEntry, now},
     tally::{ending, tally},
 };
@@ -531,13 +531,13 @@ async fn execute(
     let readiness = deps.limits.readiness();
     let repositories = tokio::select! {
         prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
-        () = control.cancel.cancelled() => namespaces.iter().map(|n| (n.clone(), Err(CANCELLED.to_string()))).collect(),
-        () = tokio::time::sleep_until(control.deadline) => namespaces.iter().map(|n| (n.clone(), Err(Error::TimedOut { after: control.timeout }.to_string()))).collect(),
-    };
-    for prepared in repositories.values() {
-        if let Err(message) = prepared {
-            entry.log("error", message.clone());
+        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, CANCELLED),
+        () = tokio::time::sleep_until(control.deadline) => {
+            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
         }
+    };
+    for problem in repositories.problems() {
+        entry.log("error", problem.to_string());
     }
     let work = RestoreWork {
         deps: deps.clone(),
@@ -576,7 +576,7 @@ struct RestoreWork {
     mirrors: Arc<dyn MirrorSession>,
     header: Restore,
     /// The repository of each source namespace, or why it cannot be used.
-    repositories: BTreeMap<String, std::result::Result<RepositoryAccess, String>>,
+    repositories: Prepared,
 }
 
 impl RestoreWork {
@@ -586,14 +586,7 @@ impl RestoreWork {
     }
 
     fn repository(&self, volume: &PodVolumeRestore) -> Result<RepositoryAccess> {
-        match self.repositories.get(&volume.source_namespace) {
-            Some(Ok(access)) => Ok(access.clone()),
-            Some(Err(message)) => Err(Error::Failed(message.clone())),
-            None => Err(Error::Failed(format!(
-                "no repository for namespace {}",
-                volume.source_namespace
-            ))),
-        }
+        self.repositories.access(&volume.source_namespace)
     }
 
     fn operation_id(&self, index: usize) -> String {
