@@ -33,6 +33,9 @@ use crate::{
     tally::{ending, tally},
 };
 
+/// At most how often a running backup's record is written as its volumes end.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
+
 /// How often a running volume's progress is copied into its PodVolumeBackup mirror.
 const MIRROR_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -133,12 +136,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
     entry.log("info", format!("backup {name} started"));
     let timeout = to_duration(entry.get().spec.and_then(|s| s.timeout).as_ref())
         .unwrap_or(deps.limits.default_timeout);
-    let control = RunControl {
-        cancel: entry.cancel.clone(),
-        shutdown: deps.shutdown.clone(),
-        deadline: Instant::now() + timeout,
-        timeout,
-    };
+    let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
     let mirrors = deps.mirrors(MirrorKind::PodVolumeBackup);
     let warn_entry = entry.clone();
     let leases = Leases::new(
@@ -146,15 +144,18 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         deps.limits.lease_ttl,
         Arc::new(move |message| warn_entry.log("warning", message)),
     );
-    let outcome = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            Err(Error::Failed(format!(
-                "the backup runner panicked: {}",
-                panic_message(panic.as_ref())
-            )))
-        });
+    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control)).catch_unwind();
+    let (deps_ref, entry_ref) = (&deps, &entry);
+    let outcome = engine::while_writing(body, &control.volume_ended, RECORD_EVERY, move || {
+        persist(deps_ref, entry_ref, None)
+    })
+    .await
+    .unwrap_or_else(|panic| {
+        Err(Error::Failed(format!(
+            "the backup runner panicked: {}",
+            panic_message(panic.as_ref())
+        )))
+    });
     leases.release_all().await;
     // Every volume's mirror shows its end before the backup does.
     mirrors.finish().await;

@@ -12,7 +12,7 @@ use std::{
 
 use stowage_proto::v1::Progress;
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{Notify, Semaphore, watch},
     task::JoinSet,
     time::Instant,
 };
@@ -42,9 +42,22 @@ pub struct RunControl {
     pub deadline: Instant,
     /// The timeout the deadline came from, for messages.
     pub timeout: Duration,
+    /// Woken each time a volume ends, so the run's record is written as it progresses.
+    pub volume_ended: Arc<Notify>,
 }
 
 impl RunControl {
+    /// The control of a run stopped by `cancel` (a child of `shutdown`) or after `timeout`.
+    pub fn new(cancel: CancellationToken, shutdown: CancellationToken, timeout: Duration) -> Self {
+        RunControl {
+            cancel,
+            shutdown,
+            deadline: Instant::now() + timeout,
+            timeout,
+            volume_ended: Arc::default(),
+        }
+    }
+
     /// Whether the run was cancelled by someone asking, not by the orchestrator shutting down.
     pub fn cancel_requested(&self) -> bool {
         self.cancel.is_cancelled() && !self.shutdown.is_cancelled()
@@ -174,8 +187,46 @@ pub async fn run_volumes<W: VolumeWork>(
         };
         if let Some(index) = by_task.remove(&id) {
             work.finish(index, outcome);
+            control.volume_ended.notify_one();
         }
     }
+}
+
+/// Runs `body` and meanwhile writes the run's record through `write` once volumes have ended,
+/// at most once per `every` (volumes ending together are one write), so an orchestrator
+/// restarted mid-run finds the volumes that ended as they ended. Returns `body`'s output once
+/// a write in flight has finished too.
+pub async fn while_writing<T, F, Fut>(
+    body: impl Future<Output = T>,
+    volume_ended: &Notify,
+    every: Duration,
+    write: F,
+) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let done = CancellationToken::new();
+    let writer = async {
+        loop {
+            tokio::select! {
+                () = volume_ended.notified() => {}
+                () = done.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = done.cancelled() => return,
+            }
+            write().await;
+        }
+    };
+    let body = async {
+        let output = body.await;
+        done.cancel();
+        output
+    };
+    let (output, ()) = tokio::join!(body, writer);
+    output
 }
 
 /// The text of a panic's payload.

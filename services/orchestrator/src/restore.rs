@@ -35,6 +35,9 @@ use crate::{
 /// Name of the init container that waits for the volumes' done files.
 pub const RESTORE_HELPER: &str = "restore-wait";
 
+/// At most how often a running restore's record is written as its volumes end.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
+
 /// Why the volumes of a cancelled restore did not end restored.
 const CANCELLED: &str = "the restore was cancelled";
 
@@ -233,12 +236,7 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         format!("restore from backup {} started", backup.name),
     );
     let timeout = deps.limits.default_timeout;
-    let control = RunControl {
-        cancel: entry.cancel.clone(),
-        shutdown: deps.shutdown.clone(),
-        deadline: Instant::now() + timeout,
-        timeout,
-    };
+    let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
     let mirrors = deps.mirrors(MirrorKind::PodVolumeRestore);
     let warn_entry = entry.clone();
     let leases = Leases::new(
@@ -246,15 +244,22 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         deps.limits.lease_ttl,
         Arc::new(move |message| warn_entry.log("warning", message)),
     );
-    let outcome = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control, &backup))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            Err(Error::Failed(format!(
-                "the restore runner panicked: {}",
-                panic_message(panic.as_ref())
-            )))
-        });
+    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control, &backup))
+        .catch_unwind();
+    let (deps_ref, entry_ref) = (&deps, &entry);
+    let outcome = engine::while_writing(
+        body,
+        &control.volume_ended,
+        RECORD_EVERY,
+        move || async move { persist(deps_ref, entry_ref, &entry_ref.get()).await },
+    )
+    .await
+    .unwrap_or_else(|panic| {
+        Err(Error::Failed(format!(
+            "the restore runner panicked: {}",
+            panic_message(panic.as_ref())
+        )))
+    });
     leases.release_all().await;
     let cancelled = control.cancel_requested();
     let outcome = match outcome {
@@ -1342,6 +1347,53 @@ mod runs {
                 .unwrap()
                 .phase,
             RestorePhase::Cancelled as i32
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_record_is_written_as_volumes_end() {
+        let world = World::new(limits());
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs"])]);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 1,
+                every: Duration::from_secs(5),
+            },
+        );
+        world.agents.script(
+            "logs",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(&world).await;
+        let stored_phases = || {
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .clone()
+                .unwrap()
+                .volumes
+                .iter()
+                .map(|v| v.phase)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            stored_phases(),
+            [
+                VolumePhase::Completed as i32,
+                VolumePhase::InProgress as i32
+            ],
+            "a restart now finds the first volume restored"
+        );
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Completed);
+        assert_eq!(
+            stored_phases(),
+            [VolumePhase::Completed as i32, VolumePhase::Completed as i32]
         );
     }
 
