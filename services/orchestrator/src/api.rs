@@ -222,10 +222,6 @@ impl Orchestrator for OrchestratorApi {
         request: Request<CancelBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
         let entry = self.backup_entry(&request.get_ref().name)?;
-        let current = entry.get();
-        if backup_is_final(current.status.as_ref().map_or(0, |s| s.phase)) {
-            return Ok(Response::new(current));
-        }
         Ok(Response::new(backup::cancel(&entry)))
     }
 

@@ -876,10 +876,13 @@ fn deployment_of_replica_set(replica_set: &str, pod_template_hash: Option<&str>)
     .map(str::to_string)
 }
 
-/// Cancels a running backup; its volumes end CANCELLED when their agents stop.
+/// Cancels a running backup; its volumes end CANCELLED when their agents stop. An ended
+/// backup is returned as it is.
 pub fn cancel(entry: &Entry<Backup>) -> Backup {
-    entry.log("warning", "cancel requested");
-    entry.cancel.cancel();
+    if !backup_is_final(entry.read(|b| b.status.as_ref().map_or(0, |s| s.phase))) {
+        entry.log("warning", "cancel requested");
+        entry.cancel.cancel();
+    }
     entry.get()
 }
 
