@@ -5,14 +5,13 @@
 use std::{pin::Pin, time::Duration};
 
 use stowage_proto::v1::{
-    Backup, BackupEvent, BackupOrigin, BackupPhase, CancelBackupRequest, CancelRestoreRequest,
-    CreateBackupRequest, CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse,
-    ForgetBackupRequest, GetBackupLogsRequest, GetBackupRequest, GetCoverageRequest,
-    GetCoverageResponse, GetLogsResponse, GetRestoreLogsRequest, GetRestoreRequest,
-    ListBackupsRequest, ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse,
-    ListRestoresRequest, ListRestoresResponse, MaintenanceResult, Restore, RestoreEvent,
-    RestorePhase, RunMaintenanceRequest, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_server::Orchestrator,
+    Backup, BackupEvent, CancelBackupRequest, CancelRestoreRequest, CreateBackupRequest,
+    CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, GetBackupLogsRequest,
+    GetBackupRequest, GetCoverageRequest, GetCoverageResponse, GetLogsResponse,
+    GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest, ListBackupsResponse,
+    ListRepositoriesRequest, ListRepositoriesResponse, ListRestoresRequest, ListRestoresResponse,
+    MaintenanceResult, Restore, RestoreEvent, RunMaintenanceRequest, WatchBackupRequest,
+    WatchRestoreRequest, orchestrator_server::Orchestrator,
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_stream::Stream;
@@ -23,8 +22,8 @@ use crate::{
     coverage::namespace_coverage,
     deps::Deps,
     error::{Error, Result, validate_name},
-    kube::mirror::{self, MirrorKind},
-    restore,
+    lifecycle,
+    restore::{self, restore_is_final},
 };
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -35,6 +34,14 @@ impl From<Error> for Status {
             Error::Rpc { status, .. } => Status::new(status.code(), error.to_string()),
             _ => Status::new(error.code(), error.to_string()),
         }
+    }
+}
+
+/// The repo-manager's own answer to a call the API only forwards, as it gave it.
+fn forwarded(error: Error) -> Status {
+    match error {
+        Error::Rpc { status, .. } => status,
+        other => other.into(),
     }
 }
 
@@ -55,85 +62,18 @@ impl OrchestratorApi {
             .ok_or_else(|| Error::BackupNotFound(name.to_string()))
     }
 
-    fn restore_entry(&self, name: &str) -> Result<std::sync::Arc<crate::state::RestoreEntry>> {
+    async fn restore_entry(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<crate::state::RestoreEntry>> {
         validate_name("restore name", name)?;
-        self.deps
-            .index
-            .restore(name)
-            .ok_or_else(|| Error::RestoreNotFound(name.to_string()))
+        restore::find(&self.deps, name).await
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteBackupResponse> {
         let entry = self.backup_entry(name)?;
-        let backup = entry.get();
-        let status = backup.status.clone().unwrap_or_default();
-        if backup.origin == BackupOrigin::Velero as i32 {
-            return Err(Error::Precondition(format!(
-                "backup `{name}` was written by Velero; stowage does not delete it"
-            )));
-        }
-        // A failed deletion leaves the phase DELETING, so it may be retried.
-        if !backup_is_final(status.phase) && status.phase != BackupPhase::Deleting as i32 {
-            return Err(Error::Precondition(format!(
-                "backup `{name}` is {}; cancel it before deleting it",
-                crate::tally::backup_phase_word(status.phase)
-            )));
-        }
-        entry.update(|b| {
-            b.status.get_or_insert_with(Default::default).phase = BackupPhase::Deleting as i32
-        });
-        entry.log("info", format!("deleting backup {name}"));
-        let mut namespaces: Vec<String> = status
-            .volumes
-            .iter()
-            .filter(|v| !v.snapshot_id.is_empty())
-            .filter_map(|v| v.volume.as_ref().map(|r| r.namespace.clone()))
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
-        let mut forgotten = Vec::new();
-        for namespace in namespaces {
-            let response = self
-                .deps
-                .repo_manager
-                .clone()
-                .forget_backup(ForgetBackupRequest {
-                    namespace: namespace.clone(),
-                    backup_name: name.to_string(),
-                })
-                .await
-                .map_err(Error::rpc(
-                    "repo-manager",
-                    format!("forgetting snapshots in {namespace}"),
-                ));
-            match response {
-                Ok(response) => forgotten.extend(response.into_inner().forgotten_snapshot_ids),
-                Err(error) => {
-                    entry.log("error", format!("deleting backup {name}: {error}"));
-                    return Err(error);
-                }
-            }
-        }
-        if let Some(store) = &self.deps.store
-            && let Err(error) = store.delete_backup(name).await
-        {
-            entry.log("error", format!("deleting backup {name}: {error}"));
-            return Err(error);
-        }
-        if let Some(cluster) = &self.deps.cluster
-            && let Err(error) = mirror::delete_labelled(
-                cluster,
-                MirrorKind::PodVolumeBackup,
-                "velero.io/backup-name",
-                name,
-            )
-            .await
-        {
-            tracing::warn!(%error, "deleting the PodVolumeBackup mirrors of {name}");
-        }
-        self.deps.index.remove_backup(name);
         Ok(DeleteBackupResponse {
-            forgotten_snapshot_ids: forgotten,
+            forgotten_snapshot_ids: lifecycle::delete_backup(&self.deps, &entry).await?,
         })
     }
 
@@ -282,10 +222,6 @@ impl Orchestrator for OrchestratorApi {
         request: Request<CancelBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
         let entry = self.backup_entry(&request.get_ref().name)?;
-        let current = entry.get();
-        if backup_is_final(current.status.as_ref().map_or(0, |s| s.phase)) {
-            return Ok(Response::new(current));
-        }
         Ok(Response::new(backup::cancel(&entry)))
     }
 
@@ -324,7 +260,7 @@ impl Orchestrator for OrchestratorApi {
         request: Request<GetRestoreRequest>,
     ) -> Result<Response<Restore>, Status> {
         Ok(Response::new(
-            self.restore_entry(&request.get_ref().name)?.get(),
+            self.restore_entry(&request.get_ref().name).await?.get(),
         ))
     }
 
@@ -342,17 +278,10 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<WatchRestoreRequest>,
     ) -> Result<Response<Self::WatchRestoreStream>, Status> {
-        let entry = self.restore_entry(&request.get_ref().name)?;
+        let entry = self.restore_entry(&request.get_ref().name).await?;
         Ok(Response::new(watch_until(
             entry.subscribe(),
-            |r: &Restore| {
-                matches!(
-                    RestorePhase::try_from(r.status.as_ref().map_or(0, |s| s.phase)),
-                    Ok(RestorePhase::Completed
-                        | RestorePhase::PartiallyFailed
-                        | RestorePhase::Failed)
-                )
-            },
+            |r: &Restore| restore_is_final(r.status.as_ref().map_or(0, |s| s.phase)),
             |restore| RestoreEvent {
                 restore: Some(restore),
             },
@@ -365,7 +294,7 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<GetRestoreLogsRequest>,
     ) -> Result<Response<GetLogsResponse>, Status> {
-        let entry = self.restore_entry(&request.get_ref().name)?;
+        let entry = self.restore_entry(&request.get_ref().name).await?;
         Ok(Response::new(GetLogsResponse {
             lines: entry.logs(),
         }))
@@ -376,10 +305,8 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<CancelRestoreRequest>,
     ) -> Result<Response<Restore>, Status> {
-        Err(Status::unimplemented(format!(
-            "restore {} cannot be cancelled yet",
-            request.get_ref().name
-        )))
+        let entry = self.restore_entry(&request.get_ref().name).await?;
+        Ok(Response::new(restore::cancel(&entry)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -387,11 +314,13 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<ListRepositoriesRequest>,
     ) -> Result<Response<ListRepositoriesResponse>, Status> {
-        self.deps
-            .repo_manager
-            .clone()
-            .list_repositories(request.into_inner())
-            .await
+        Ok(Response::new(
+            self.deps
+                .repo_manager
+                .list_repositories(request.into_inner())
+                .await
+                .map_err(forwarded)?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
@@ -400,11 +329,13 @@ impl Orchestrator for OrchestratorApi {
         request: Request<RunMaintenanceRequest>,
     ) -> Result<Response<MaintenanceResult>, Status> {
         validate_name("namespace", &request.get_ref().namespace)?;
-        self.deps
-            .repo_manager
-            .clone()
-            .run_maintenance(request.into_inner())
-            .await
+        Ok(Response::new(
+            self.deps
+                .repo_manager
+                .run_maintenance(request.into_inner())
+                .await
+                .map_err(forwarded)?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]
@@ -419,6 +350,7 @@ impl Orchestrator for OrchestratorApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stowage_proto::v1::BackupPhase;
     use tokio_stream::StreamExt;
 
     fn phase_of(backup: &Backup) -> i32 {

@@ -1,49 +1,43 @@
 //! The backup runner: finds the pods' selected volumes, makes sure each namespace's repository
-//! is ready and leased, runs BackupVolume on each volume's node agent with bounded concurrency
-//! (overall and per node), streams progress into the backup's status, and ends every volume
-//! Completed, Failed or Cancelled before writing the backup's files to the object store.
+//! is ready and leased, and hands the volumes to the run engine, which runs BackupVolume on
+//! each volume's node agent within the limits. Progress streams into the backup's status;
+//! every volume ends Completed, Failed or Cancelled before the backup's files are written to
+//! the object store.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use stowage_proto::{
     prost_types,
     v1::{
-        AcquireLeaseRequest, Backup, BackupOrigin, BackupPhase, BackupStatus, BackupVolumeRequest,
-        CancelOperationRequest, CreateBackupRequest, EnsureRepositoryRequest,
-        GetRepositoryAccessRequest, LeaseMode, PodVolumeBackup, PodVolumeRef, Progress,
-        ReleaseLeaseRequest, RepositoryAccess, RepositoryPhase, SkippedVolume, VolumePhase,
-        VolumeSource, backup_volume_event,
+        Backup, BackupOrigin, BackupPhase, BackupStatus, BackupVolumeRequest, CreateBackupRequest,
+        PodVolumeBackup, PodVolumeRef, Progress, SkippedVolume, VolumePhase, VolumeSource,
+        backup_volume_event,
     },
 };
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::{
     deps::Deps,
-    error::{
-        Error, Result, agent_failure, validate_duration, validate_label_selector, validate_name,
-    },
-    kube::{
-        Cluster,
-        mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
-    },
+    engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
+    error::{Error, Result, validate_duration, validate_label_selector, validate_name},
+    kube::mirror::{self, Mirror, MirrorKind},
     parents::Parents,
+    ports::{ClusterPort, MirrorSession},
+    repositories::{self, Leases, Prepared},
     selection::{VolumeKind, claim_skip, select_volumes},
     state::{BackupEntry, Entry, now},
     tally::{ending, tally},
 };
 
+/// At most how often a running backup's record is written as its volumes end.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
+
 /// How often a running volume's progress is copied into its PodVolumeBackup mirror.
 const MIRROR_PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// Why volumes still running at shutdown failed.
-const SHUT_DOWN: &str = "the orchestrator shut down";
 
 pub fn to_duration(duration: Option<&prost_types::Duration>) -> Option<Duration> {
     duration
@@ -51,7 +45,7 @@ pub fn to_duration(duration: Option<&prost_types::Duration>) -> Option<Duration>
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
-fn is_terminal(phase: i32) -> bool {
+pub fn is_terminal(phase: i32) -> bool {
     matches!(
         VolumePhase::try_from(phase),
         Ok(VolumePhase::Completed | VolumePhase::Failed | VolumePhase::Cancelled)
@@ -123,28 +117,59 @@ struct Plan {
     resources: Vec<Value>,
 }
 
+/// The expiration of a backup that ends now: its spec's TTL or the default.
+pub fn expiration(deps: &Deps, backup: &Backup) -> prost_types::Timestamp {
+    let ttl = to_duration(backup.spec.as_ref().and_then(|s| s.ttl.as_ref()))
+        .unwrap_or(deps.limits.default_ttl);
+    let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: expires.timestamp(),
+        nanos: 0,
+    }
+}
+
+/// Runs one backup to its end. Whatever happens inside (an error, a panic, a cancel), the
+/// leases are released, the mirrors written, the final state stored and then shown to
+/// watchers.
 async fn run(deps: Deps, entry: Arc<BackupEntry>) {
     let name = entry.get().name;
     entry.log("info", format!("backup {name} started"));
     let timeout = to_duration(entry.get().spec.and_then(|s| s.timeout).as_ref())
         .unwrap_or(deps.limits.default_timeout);
-    let mirrors = MirrorWriter::start(deps.cluster.as_ref(), MirrorKind::PodVolumeBackup);
-    let outcome = execute(&deps, &entry, &mirrors.queue(), timeout).await;
+    let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
+    let mirrors = deps.mirrors(MirrorKind::PodVolumeBackup);
+    let warn_entry = entry.clone();
+    let leases = Leases::new(
+        deps.repo_manager.clone(),
+        deps.limits.lease_ttl,
+        Arc::new(move |message| warn_entry.log("warning", message)),
+    );
+    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control)).catch_unwind();
+    let (deps_ref, entry_ref) = (&deps, &entry);
+    let outcome = engine::while_writing(body, &control.volume_ended, RECORD_EVERY, move || {
+        persist(deps_ref, entry_ref, None)
+    })
+    .await
+    .unwrap_or_else(|panic| {
+        Err(Error::Failed(format!(
+            "the backup runner panicked: {}",
+            panic_message(panic.as_ref())
+        )))
+    });
+    leases.release_all().await;
     // Every volume's mirror shows its end before the backup does.
     mirrors.finish().await;
     // A shutdown cancels every backup's token too, but nobody asked to cancel these: their
     // unfinished volumes fail, as after a crash.
-    let shutting_down = deps.shutdown.is_cancelled();
-    let cancelled = entry.cancel.is_cancelled() && !shutting_down;
+    let cancelled = control.cancel_requested();
     let outcome = match outcome {
-        Ok(()) if shutting_down => Err(Error::Failed(SHUT_DOWN.to_string())),
+        Ok(()) if deps.shutdown.is_cancelled() => Err(Error::Failed(SHUT_DOWN.to_string())),
         other => other,
     };
-    let ttl = to_duration(entry.get().spec.and_then(|s| s.ttl).as_ref())
-        .unwrap_or(deps.limits.default_ttl);
     // The final state is written to the object store before watchers see it, so a backup
     // reported ended is one a restarted orchestrator also finds ended.
     let mut backup = entry.get();
+    let expires = expiration(&deps, &backup);
     {
         let status = backup.status.get_or_insert_with(Default::default);
         if let Err(error) = &outcome {
@@ -169,11 +194,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         recount(status);
         status.phase = final_phase(status, cancelled, outcome.is_err()) as i32;
         status.finished = Some(now());
-        let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-        status.expiration = Some(prost_types::Timestamp {
-            seconds: expires.timestamp(),
-            nanos: 0,
-        });
+        status.expiration = Some(expires);
     }
     let status = backup.status.clone().unwrap_or_default();
     let phase = BackupPhase::try_from(status.phase).unwrap_or_default();
@@ -191,7 +212,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         ),
     );
     if let Some(store) = &deps.store
-        && let Err(error) = store.save_backup(&backup, &entry.logs(), None).await
+        && let Err(error) = store.put_backup(&backup, &entry.logs(), None).await
     {
         entry.log(
             "error",
@@ -206,7 +227,7 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
 pub async fn persist(deps: &Deps, entry: &BackupEntry, resources: Option<&[Value]>) {
     if let Some(store) = &deps.store
         && let Err(error) = store
-            .save_backup(&entry.get(), &entry.logs(), resources)
+            .put_backup(&entry.get(), &entry.logs(), resources)
             .await
     {
         entry.log(
@@ -238,18 +259,32 @@ pub fn recount(status: &mut BackupStatus) {
     status.progress = Some(counted.progress);
 }
 
+/// The namespaces of `volumes`, each once, sorted.
+pub fn namespaces_of<'a>(
+    references: impl IntoIterator<Item = Option<&'a PodVolumeRef>>,
+) -> Vec<String> {
+    let mut namespaces: Vec<String> = references
+        .into_iter()
+        .flatten()
+        .map(|reference| reference.namespace.clone())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    namespaces
+}
+
 async fn execute(
     deps: &Deps,
     entry: &Arc<BackupEntry>,
-    mirrors: &MirrorQueue,
-    timeout: Duration,
+    mirrors: &Arc<dyn MirrorSession>,
+    leases: &Leases,
+    control: &RunControl,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
     let backup = entry.update(|backup| {
         backup.status.get_or_insert_with(Default::default).phase = BackupPhase::InProgress as i32;
     });
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a backup"))?;
-    let plan = discover(cluster, &backup).await?;
+    let plan = discover(cluster.as_ref(), &backup).await?;
     entry.log(
         "info",
         format!(
@@ -285,200 +320,88 @@ async fn execute(
     }
 
     // One repository and one shared lease per namespace.
-    let namespaces: Vec<String> = {
-        let mut namespaces: Vec<String> = plan
-            .volumes
-            .iter()
-            .filter_map(|p| p.volume.volume.as_ref().map(|v| v.namespace.clone()))
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
-        namespaces
-    };
-    let mut repositories: HashMap<String, Result<RepositoryAccess, String>> = HashMap::new();
-    let mut leases = Vec::new();
-    for namespace in &namespaces {
-        let access = tokio::select! {
-            access = prepare_repository(deps, entry, &backup, namespace, timeout) => access,
-            () = entry.cancel.cancelled() => Err("the backup was cancelled".to_string()),
-            () = tokio::time::sleep_until(deadline) => Err(format!("timed out after {timeout:?}")),
-        };
-        match access {
-            Ok((access, lease)) => {
-                leases.extend(lease);
-                repositories.insert(namespace.clone(), Ok(access));
-            }
-            Err(message) => {
-                entry.log(
-                    "error",
-                    format!("repository of namespace {namespace}: {message}"),
-                );
-                repositories.insert(namespace.clone(), Err(message));
-            }
+    let namespaces = namespaces_of(plan.volumes.iter().map(|p| p.volume.volume.as_ref()));
+    let holder = format!("backup/{}", backup.name);
+    let readiness = deps.limits.readiness();
+    let repositories = tokio::select! {
+        prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
+        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, "the backup was cancelled"),
+        () = tokio::time::sleep_until(control.deadline) => {
+            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
         }
+    };
+    for problem in repositories.problems() {
+        entry.log("error", problem.to_string());
     }
 
     // Each volume's parent from the records of every other backup, read once for the run; a
     // backup that completes meanwhile is not waited for (the agent can still look it up).
     let parents = Parents::from_index(&deps.index, &backup.name);
-    let overall = Arc::new(Semaphore::new(deps.limits.max_parallel_volumes.max(1)));
-    let mut per_node: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
-    let mut tasks = JoinSet::new();
-    for (index, planned) in plan.volumes.iter().enumerate() {
-        let volume_ref = planned.volume.volume.clone().unwrap_or_default();
-        let node_limit = per_node
-            .entry(planned.volume.node.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(deps.limits.max_parallel_per_node.max(1))))
-            .clone();
-        let repository = repositories
-            .get(&volume_ref.namespace)
-            .cloned()
-            .unwrap_or_else(|| Err("no repository".to_string()));
-        let parent = repository.as_ref().ok().and_then(|access| {
+    let mut work = BackupWork {
+        deps: deps.clone(),
+        entry: entry.clone(),
+        mirrors: mirrors.clone(),
+        header: Backup {
+            name: backup.name.clone(),
+            uid: backup.uid.clone(),
+            ..Default::default()
+        },
+        parents: Vec::new(),
+        repositories,
+    };
+    for planned in &plan.volumes {
+        let namespace = planned
+            .volume
+            .volume
+            .as_ref()
+            .map(|r| r.namespace.as_str())
+            .unwrap_or_default();
+        let parent = work.repositories.access(namespace).ok().and_then(|access| {
             parents
                 .of(&access.url, &planned.volume.stable_identity)
                 .map(str::to_string)
         });
-        let span = tracing::info_span!(
-            "backup_volume",
-            backup = %backup.name,
-            namespace = %volume_ref.namespace,
-            pod = %volume_ref.pod_name,
-            volume = %volume_ref.volume_name,
-            node = %planned.volume.node,
-            snapshot_id = field::Empty,
-            bytes = field::Empty,
-        );
-        let job = VolumeJob {
-            deps: deps.clone(),
-            entry: entry.clone(),
-            mirrors: mirrors.clone(),
-            index,
-            repository,
-            parent,
-            deadline,
-            timeout,
-            overall: overall.clone(),
-            node_limit,
-        };
-        tasks.spawn(job.run().instrument(span));
+        work.parents.push(parent);
     }
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(error) = joined {
-            entry.log("error", format!("a volume task ended abnormally: {error}"));
-        }
-    }
-    for lease_id in leases {
-        let released = deps
-            .repo_manager
-            .clone()
-            .release_lease(ReleaseLeaseRequest { lease_id })
-            .await;
-        if let Err(status) = released {
-            entry.log(
-                "warning",
-                format!("releasing a repository lease: {}", status.message()),
-            );
-        }
-    }
+    engine::run_volumes(
+        Arc::new(work),
+        (0..plan.volumes.len()).collect(),
+        &deps.limits.run_limits(),
+        control,
+    )
+    .await;
     Ok(())
 }
 
-/// EnsureRepository (bounded wait for READY), GetRepositoryAccess and a SHARED lease.
-async fn prepare_repository(
-    deps: &Deps,
-    entry: &BackupEntry,
-    backup: &Backup,
-    namespace: &str,
-    timeout: Duration,
-) -> Result<(RepositoryAccess, Option<String>), String> {
-    let mut repo_manager = deps.repo_manager.clone();
-    let deadline = Instant::now() + deps.limits.repository_ready_timeout;
-    loop {
-        let repository = repo_manager
-            .ensure_repository(EnsureRepositoryRequest {
-                namespace: namespace.to_string(),
-            })
-            .await
-            .map_err(|status| format!("repo-manager: {}", status.message()))?
-            .into_inner();
-        match RepositoryPhase::try_from(repository.phase) {
-            Ok(RepositoryPhase::Ready) => break,
-            Ok(RepositoryPhase::Failed) => {
-                return Err(format!("repository failed: {}", repository.message));
-            }
-            _ if Instant::now() >= deadline => {
-                return Err(format!(
-                    "repository not ready after {:?}: {}",
-                    deps.limits.repository_ready_timeout, repository.message
-                ));
-            }
-            _ => tokio::time::sleep(deps.limits.poll_interval).await,
-        }
-    }
-    let access = repo_manager
-        .get_repository_access(GetRepositoryAccessRequest {
-            namespace: namespace.to_string(),
-        })
-        .await
-        .map_err(|status| format!("repository access: {}", status.message()))?
-        .into_inner();
-    let lease = repo_manager
-        .acquire_lease(AcquireLeaseRequest {
-            namespace: namespace.to_string(),
-            mode: LeaseMode::Shared as i32,
-            holder: format!("backup/{}/{namespace}", backup.name),
-            // The lease lives as long as the backup may run, so it needs no renewal.
-            ttl: Some(prost_types::Duration {
-                seconds: (timeout.as_secs() + 300) as i64,
-                nanos: 0,
-            }),
-            wait_timeout: Some(prost_types::Duration {
-                seconds: deps.limits.repository_ready_timeout.as_secs() as i64,
-                nanos: 0,
-            }),
-        })
-        .await;
-    let lease_id = match lease {
-        Ok(lease) => Some(lease.into_inner().lease_id),
-        // A repo-manager without leases still serves backups; prune safety is its concern.
-        Err(status) if status.code() == tonic::Code::Unimplemented => {
-            entry.log("warning", "the repo-manager does not support leases");
-            None
-        }
-        Err(status) => return Err(format!("repository lease: {}", status.message())),
-    };
-    Ok((access, lease_id))
+fn namespace_of(volume: &PodVolumeBackup) -> String {
+    volume
+        .volume
+        .as_ref()
+        .map(|r| r.namespace.clone())
+        .unwrap_or_default()
 }
 
-struct VolumeJob {
+/// The backup's volumes as the run engine drives them.
+struct BackupWork {
     deps: Deps,
     entry: Arc<BackupEntry>,
-    mirrors: MirrorQueue,
-    index: usize,
-    repository: Result<RepositoryAccess, String>,
+    mirrors: Arc<dyn MirrorSession>,
+    /// The backup's name and uid, all a mirror or a request needs of it.
+    header: Backup,
+    /// Each namespace's repository, or why it cannot be used.
+    repositories: Prepared,
     /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
-    parent: Option<String>,
-    deadline: Instant,
-    timeout: Duration,
-    overall: Arc<Semaphore>,
-    node_limit: Arc<Semaphore>,
+    parents: Vec<Option<String>>,
 }
 
-enum Outcome {
-    Completed,
-    Failed(String),
-    Cancelled,
-}
-
-impl VolumeJob {
-    /// Applies `change` to this job's volume, recounts the backup, and returns the volume.
+impl BackupWork {
+    /// Applies `change` to volume `index`, recounts the backup, and returns the volume.
     /// Only the volume is cloned, never the whole backup: that made large backups quadratic.
-    fn update(&self, change: impl FnOnce(&mut PodVolumeBackup)) -> PodVolumeBackup {
+    fn update(&self, index: usize, change: impl FnOnce(&mut PodVolumeBackup)) -> PodVolumeBackup {
         let mut updated = PodVolumeBackup::default();
         self.entry.modify(|backup| {
             let status = backup.status.get_or_insert_with(Default::default);
-            if let Some(volume) = status.volumes.get_mut(self.index) {
+            if let Some(volume) = status.volumes.get_mut(index) {
                 change(volume);
                 updated = volume.clone();
             }
@@ -487,34 +410,29 @@ impl VolumeJob {
         updated
     }
 
-    fn volume(&self) -> PodVolumeBackup {
+    fn volume(&self, index: usize) -> PodVolumeBackup {
         self.entry
             .read(|backup| {
                 backup
                     .status
                     .as_ref()
-                    .and_then(|s| s.volumes.get(self.index).cloned())
+                    .and_then(|s| s.volumes.get(index).cloned())
             })
             .unwrap_or_default()
     }
 
-    /// The backup's name and uid, all a mirror or a request needs of it.
-    fn header(&self) -> Backup {
-        self.entry.read(|backup| Backup {
-            name: backup.name.clone(),
-            uid: backup.uid.clone(),
-            ..Default::default()
-        })
+    fn operation_id(&self, index: usize) -> String {
+        format!("{}-{index}", self.header.uid)
     }
 
     /// The agent ran `restic snapshots` to find the parent: expected when no record named one
     /// (a first backup), a warning when the one sent was gone (forgotten behind our back).
-    fn log_parent_fallback(&self, volume: &PodVolumeBackup, reason: &str) {
+    fn log_parent_fallback(&self, index: usize, volume: &PodVolumeBackup, reason: &str) {
         if reason.is_empty() {
             return;
         }
         let reference = volume.volume.clone().unwrap_or_default();
-        let level = if self.parent.is_some() {
+        let level = if self.parents.get(index).is_some_and(Option::is_some) {
             "warning"
         } else {
             "info"
@@ -528,23 +446,135 @@ impl VolumeJob {
             ),
         );
     }
+}
 
-    async fn run(self) {
-        let outcome = match self.execute().await {
-            Outcome::Cancelled if self.deps.shutdown.is_cancelled() => {
-                Outcome::Failed(SHUT_DOWN.to_string())
-            }
-            outcome => outcome,
+#[tonic::async_trait]
+impl VolumeWork for BackupWork {
+    fn span(&self, index: usize) -> tracing::Span {
+        let volume = self.volume(index);
+        let reference = volume.volume.clone().unwrap_or_default();
+        tracing::info_span!(
+            "backup_volume",
+            backup = %self.header.name,
+            namespace = %reference.namespace,
+            pod = %reference.pod_name,
+            volume = %reference.volume_name,
+            node = %volume.node,
+            snapshot_id = field::Empty,
+            bytes = field::Empty,
+        )
+    }
+
+    async fn prepare(&self, index: usize) -> Result<String> {
+        let volume = self.volume(index);
+        self.repositories.access(&namespace_of(&volume))?;
+        Ok(volume.node)
+    }
+
+    async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
+        let volume = self.volume(index);
+        let repository = self.repositories.access(&namespace_of(&volume))?;
+        let backup = &self.header;
+        let request = BackupVolumeRequest {
+            operation_id: self.operation_id(index),
+            volume: volume.volume.clone(),
+            repository: Some(repository.clone()),
+            backup_name: backup.name.clone(),
+            backup_uid: backup.uid.clone(),
+            stable_identity: volume.stable_identity.clone(),
+            extra_tags: Default::default(),
+            parent_snapshot_id: self
+                .parents
+                .get(index)
+                .cloned()
+                .flatten()
+                .unwrap_or_default(),
         };
-        let volume = self.update(|volume| {
+        let started = self.update(index, |volume| {
+            volume.phase = VolumePhase::InProgress as i32;
+            volume.started = Some(now());
+            volume.repository = repository.url.clone();
+        });
+        self.mirrors.submit(volume_mirror(backup, &started));
+        let mut stream = self.deps.agents.backup_volume(node, request).await?;
+        let mut last_mirrored = Instant::now();
+        loop {
+            let Some(event) = stream.next().await else {
+                return Err(Error::Failed(format!(
+                    "agent on node {node} ended the stream without a result"
+                )));
+            };
+            match event?.event {
+                Some(backup_volume_event::Event::Queued(_)) => {
+                    reporter.queued();
+                    self.update(index, |v| v.phase = VolumePhase::Queued as i32);
+                }
+                Some(backup_volume_event::Event::Retrying(retrying)) => {
+                    log_retry(node, &retrying);
+                }
+                Some(backup_volume_event::Event::Progress(progress)) => {
+                    reporter.progress(&progress);
+                    let volume = self.update(index, |v| {
+                        v.phase = VolumePhase::InProgress as i32;
+                        v.progress = Some(progress);
+                    });
+                    // The mirror shows progress too, but the API server is not written to on
+                    // every restic status line.
+                    if last_mirrored.elapsed() >= MIRROR_PROGRESS_EVERY {
+                        last_mirrored = Instant::now();
+                        self.mirrors.submit(volume_mirror(backup, &volume));
+                    }
+                }
+                Some(backup_volume_event::Event::Result(result)) => {
+                    let span = tracing::Span::current();
+                    span.record("snapshot_id", result.snapshot_id.as_str());
+                    span.record("bytes", result.bytes_total);
+                    self.log_parent_fallback(index, &volume, &result.parent_fallback_reason);
+                    self.update(index, |v| {
+                        v.snapshot_id = result.snapshot_id.clone();
+                        v.parent_snapshot_id = result.parent_snapshot_id.clone();
+                        v.bytes_added = result.bytes_added;
+                        v.bytes_stored = result.bytes_stored;
+                        v.files_new = result.files_new;
+                        v.files_changed = result.files_changed;
+                        v.files_unmodified = result.files_unmodified;
+                        v.path = result.path.clone();
+                        v.progress = Some(Progress {
+                            bytes_done: result.bytes_total,
+                            bytes_total: result.bytes_total,
+                            files_done: result.files_total,
+                            files_total: result.files_total,
+                            seconds_elapsed: result.duration_seconds,
+                        });
+                    });
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn stop(&self, index: usize, node: &str) {
+        if let Err(error) = self
+            .deps
+            .agents
+            .cancel_operation(node, &self.operation_id(index))
+            .await
+        {
+            tracing::warn!(%error, "cancelling the agent's operation");
+        }
+    }
+
+    fn finish(&self, index: usize, outcome: VolumeOutcome) {
+        let volume = self.update(index, |volume| {
             volume.finished = Some(now());
             match &outcome {
-                Outcome::Completed => volume.phase = VolumePhase::Completed as i32,
-                Outcome::Failed(message) => {
+                VolumeOutcome::Completed => volume.phase = VolumePhase::Completed as i32,
+                VolumeOutcome::Failed(message) => {
                     volume.phase = VolumePhase::Failed as i32;
                     volume.error_message = message.clone();
                 }
-                Outcome::Cancelled => {
+                VolumeOutcome::Cancelled => {
                     volume.phase = VolumePhase::Cancelled as i32;
                     volume.error_message = "the backup was cancelled".to_string();
                 }
@@ -556,151 +586,16 @@ impl VolumeJob {
             reference.namespace, reference.pod_name, reference.volume_name
         );
         match &outcome {
-            Outcome::Completed => self.entry.log(
+            VolumeOutcome::Completed => self.entry.log(
                 "info",
                 format!("{what} completed: snapshot {}", volume.snapshot_id),
             ),
-            Outcome::Failed(message) => {
+            VolumeOutcome::Failed(message) => {
                 self.entry.log("error", format!("{what} failed: {message}"))
             }
-            Outcome::Cancelled => self.entry.log("warning", format!("{what} cancelled")),
+            VolumeOutcome::Cancelled => self.entry.log("warning", format!("{what} cancelled")),
         }
-        self.mirrors.submit(volume_mirror(&self.header(), &volume));
-    }
-
-    async fn execute(&self) -> Outcome {
-        if self.entry.cancel.is_cancelled() {
-            return Outcome::Cancelled;
-        }
-        let repository = match &self.repository {
-            Ok(repository) => repository.clone(),
-            Err(message) => return Outcome::Failed(message.clone()),
-        };
-        let cancel = self.entry.cancel.clone();
-        // Both slots, overall first: a node's slot is not held while waiting for a global one.
-        let permits = async {
-            let overall = self.overall.clone().acquire_owned().await;
-            let node = self.node_limit.clone().acquire_owned().await;
-            (overall, node)
-        };
-        let _permits = tokio::select! {
-            permits = permits => permits,
-            () = cancel.cancelled() => return Outcome::Cancelled,
-            () = tokio::time::sleep_until(self.deadline) => {
-                return Outcome::Failed(format!("timed out after {:?} before it started", self.timeout));
-            }
-        };
-        let volume = self.volume();
-        let node = volume.node.clone();
-        let mut agent = match self.deps.agents.for_node(&node).await {
-            Ok(agent) => agent,
-            Err(error) => return Outcome::Failed(error.to_string()),
-        };
-        let backup = self.header();
-        let operation_id = format!("{}-{}", backup.uid, self.index);
-        let request = BackupVolumeRequest {
-            operation_id: operation_id.clone(),
-            volume: volume.volume.clone(),
-            repository: Some(repository),
-            backup_name: backup.name.clone(),
-            backup_uid: backup.uid.clone(),
-            stable_identity: volume.stable_identity.clone(),
-            extra_tags: Default::default(),
-            parent_snapshot_id: self.parent.clone().unwrap_or_default(),
-        };
-        let repository_url = request
-            .repository
-            .as_ref()
-            .map(|r| r.url.clone())
-            .unwrap_or_default();
-        let started = self.update(|volume| {
-            volume.phase = VolumePhase::InProgress as i32;
-            volume.started = Some(now());
-            volume.repository = repository_url;
-        });
-        self.mirrors.submit(volume_mirror(&backup, &started));
-        let call = async {
-            let mut stream = agent
-                .backup_volume(request)
-                .await
-                .map_err(|status| agent_failure(&node, &status))?
-                .into_inner();
-            let mut last_mirrored = Instant::now();
-            loop {
-                match stream.message().await {
-                    Ok(Some(event)) => match event.event {
-                        Some(backup_volume_event::Event::Queued(_)) => {
-                            self.update(|v| v.phase = VolumePhase::Queued as i32);
-                        }
-                        Some(backup_volume_event::Event::Retrying(retrying)) => {
-                            log_retry(&node, &retrying);
-                        }
-                        Some(backup_volume_event::Event::Progress(progress)) => {
-                            let volume = self.update(|v| {
-                                v.phase = VolumePhase::InProgress as i32;
-                                v.progress = Some(progress);
-                            });
-                            // The mirror shows progress too, but the API server is not
-                            // written to on every restic status line.
-                            if last_mirrored.elapsed() >= MIRROR_PROGRESS_EVERY {
-                                last_mirrored = Instant::now();
-                                self.mirrors.submit(volume_mirror(&backup, &volume));
-                            }
-                        }
-                        Some(backup_volume_event::Event::Result(result)) => {
-                            let span = tracing::Span::current();
-                            span.record("snapshot_id", result.snapshot_id.as_str());
-                            span.record("bytes", result.bytes_total);
-                            self.log_parent_fallback(&volume, &result.parent_fallback_reason);
-                            self.update(|v| {
-                                v.snapshot_id = result.snapshot_id.clone();
-                                v.parent_snapshot_id = result.parent_snapshot_id.clone();
-                                v.bytes_added = result.bytes_added;
-                                v.bytes_stored = result.bytes_stored;
-                                v.files_new = result.files_new;
-                                v.files_changed = result.files_changed;
-                                v.files_unmodified = result.files_unmodified;
-                                v.path = result.path.clone();
-                                v.progress = Some(Progress {
-                                    bytes_done: result.bytes_total,
-                                    bytes_total: result.bytes_total,
-                                    files_done: result.files_total,
-                                    files_total: result.files_total,
-                                    seconds_elapsed: result.duration_seconds,
-                                });
-                            });
-                            return Ok(());
-                        }
-                        None => {}
-                    },
-                    Ok(None) => {
-                        return Err(format!(
-                            "agent on node {node} ended the stream without a result"
-                        ));
-                    }
-                    Err(status) => {
-                        return Err(agent_failure(&node, &status));
-                    }
-                }
-            }
-        };
-        let outcome = tokio::select! {
-            result = call => match result {
-                Ok(()) => Outcome::Completed,
-                Err(message) => Outcome::Failed(message),
-            },
-            () = cancel.cancelled() => Outcome::Cancelled,
-            () = tokio::time::sleep_until(self.deadline) => {
-                Outcome::Failed(format!("timed out after {:?}", self.timeout))
-            }
-        };
-        if !matches!(outcome, Outcome::Completed) {
-            // The stream is dropped; tell the agent to kill restic too.
-            let _ = agent
-                .cancel_operation(CancelOperationRequest { operation_id })
-                .await;
-        }
-        outcome
+        self.mirrors.submit(volume_mirror(&self.header, &volume));
     }
 }
 
@@ -775,7 +670,7 @@ pub fn rfc3339(timestamp: &prost_types::Timestamp) -> String {
 }
 
 /// Lists the pods the backup covers and decides on each of their volumes.
-async fn discover(cluster: &Cluster, backup: &Backup) -> Result<Plan> {
+async fn discover(cluster: &dyn ClusterPort, backup: &Backup) -> Result<Plan> {
     let spec = backup.spec.clone().unwrap_or_default();
     let namespaces = if spec.included_namespaces.is_empty()
         || spec.included_namespaces.iter().any(|n| n == "*")
@@ -810,7 +705,7 @@ async fn discover(cluster: &Cluster, backup: &Backup) -> Result<Plan> {
 }
 
 async fn plan_pod(
-    cluster: &Cluster,
+    cluster: &dyn ClusterPort,
     namespace: &str,
     pod: &Pod,
     opt_out: bool,
@@ -937,7 +832,7 @@ pub fn strip_server_fields(manifest: &mut Value) {
 /// `<owner-kind>/<owner-name>/<volume>` for volumes that live and die with the pod: the
 /// controller that recreates the pod names it, so a recreated pod finds its parent snapshot.
 async fn owner_identity(
-    cluster: &Cluster,
+    cluster: &dyn ClusterPort,
     namespace: &str,
     pod: &Pod,
     volume: &str,
@@ -981,10 +876,13 @@ fn deployment_of_replica_set(replica_set: &str, pod_template_hash: Option<&str>)
     .map(str::to_string)
 }
 
-/// Cancels a running backup; its volumes end CANCELLED when their agents stop.
+/// Cancels a running backup; its volumes end CANCELLED when their agents stop. An ended
+/// backup is returned as it is.
 pub fn cancel(entry: &Entry<Backup>) -> Backup {
-    entry.log("warning", "cancel requested");
-    entry.cancel.cancel();
+    if !backup_is_final(entry.read(|b| b.status.as_ref().map_or(0, |s| s.phase))) {
+        entry.log("warning", "cancel requested");
+        entry.cancel.cancel();
+    }
     entry.get()
 }
 
@@ -1085,5 +983,339 @@ mod tests {
             json!({"metadata": {"name": "a", "uid": "u", "resourceVersion": "1"}, "status": {}});
         strip_server_fields(&mut manifest);
         assert_eq!(manifest, json!({"metadata": {"name": "a"}}));
+    }
+}
+
+/// The backup runner and the run engine against in-memory fakes of the four ports, in paused
+/// time: limits, leases, timeouts, cancel, panics and deletion.
+#[cfg(test)]
+mod runs {
+    use std::time::Duration;
+
+    use stowage_proto::v1::{BackupSpec, CreateBackupRequest, VolumePhase};
+
+    use super::*;
+    use crate::testing::{Script, World, limits, pod};
+
+    async fn start(world: &World, spec: BackupSpec) -> Arc<BackupEntry> {
+        create(
+            &world.deps,
+            CreateBackupRequest {
+                name: "nightly".into(),
+                spec: Some(spec),
+            },
+        )
+        .await
+        .expect("the backup starts");
+        world.deps.index.backup("nightly").expect("indexed")
+    }
+
+    fn shop(world: &World, pods_per_node: usize) {
+        for node in ["node-a", "node-b"] {
+            for n in 0..pods_per_node {
+                world
+                    .cluster
+                    .add_pod(pod("shop", &format!("{node}-db-{n}"), node, &["data"]));
+            }
+        }
+    }
+
+    fn spec() -> BackupSpec {
+        BackupSpec {
+            included_namespaces: vec!["shop".into()],
+            ..Default::default()
+        }
+    }
+
+    fn phases(entry: &BackupEntry) -> Vec<(String, i32, String)> {
+        entry
+            .get()
+            .status
+            .unwrap_or_default()
+            .volumes
+            .iter()
+            .map(|v| {
+                (
+                    v.volume.clone().unwrap_or_default().pod_name,
+                    v.phase,
+                    v.error_message.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn phase(entry: &BackupEntry) -> BackupPhase {
+        BackupPhase::try_from(entry.get().status.unwrap_or_default().phase).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_the_node_limit_run_at_once_on_a_node() {
+        let world = World::new(limits());
+        shop(&world, 4);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 3,
+                every: Duration::from_secs(2),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+        let most = world.agents.most_at_once.lock().unwrap().clone();
+        assert_eq!(most.get("node-a"), Some(&2), "{most:?}");
+        assert_eq!(most.get("node-b"), Some(&2), "{most:?}");
+        assert_eq!(world.agents.started.lock().unwrap().len(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_overall_limit_holds_across_nodes() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_volumes: 3,
+            max_parallel_per_node: 4,
+            ..limits()
+        });
+        shop(&world, 4);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 2,
+                every: Duration::from_secs(5),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        assert_eq!(*world.agents.most_overall.lock().unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_are_short_renewed_while_held_and_released_at_the_end() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        // 100 s of work under a 60 s lease: renewed every 20 s.
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(10),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        let calls = world.repo_manager.calls();
+        assert!(
+            calls.contains(&"acquire shop backup/nightly/shop lease-1".to_string()),
+            "{calls:?}"
+        );
+        assert_eq!(
+            world.repo_manager.ttls.lock().unwrap().clone(),
+            [Duration::from_secs(60)]
+        );
+        let renewals = world.repo_manager.count("renew lease-1");
+        assert!((4..=6).contains(&renewals), "{calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("release lease-1"));
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_volume_fails_naming_its_last_progress_and_a_slow_one_finishes() {
+        let world = World::new(limits());
+        world
+            .cluster
+            .add_pod(pod("shop", "db", "node-a", &["stuck", "slow"]));
+        world.agents.script("stuck", Script::StallAfterFirst);
+        // Far slower than the stall timeout as a whole, but moving every 5 minutes.
+        world.agents.script(
+            "slow",
+            Script::Complete {
+                steps: 12,
+                every: Duration::from_secs(300),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        let volumes = entry.get().status.unwrap().volumes;
+        let stuck = &volumes[0];
+        assert_eq!(stuck.phase, VolumePhase::Failed as i32);
+        assert_eq!(
+            stuck.error_message,
+            "stalled: no progress for 10m0s (last: 40 B of 100 B)"
+        );
+        assert_eq!(volumes[1].phase, VolumePhase::Completed as i32);
+        assert_eq!(phase(&entry), BackupPhase::PartiallyFailed);
+        let uid = entry.get().uid;
+        assert_eq!(
+            world.agents.cancelled.lock().unwrap().clone(),
+            [format!("{uid}-0")],
+            "restic of the stalled volume is killed, the slow one's is not"
+        );
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_volume_queued_in_its_agent_is_not_stalled() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        world
+            .agents
+            .script("data", Script::QueuedFor(Duration::from_secs(3600)));
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_timeout_fails_running_volumes_and_kills_restic() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(
+            &world,
+            BackupSpec {
+                timeout: Some(prost_types::Duration {
+                    seconds: 100,
+                    nanos: 0,
+                }),
+                ..spec()
+            },
+        )
+        .await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Failed);
+        for (_, volume_phase, message) in phases(&entry) {
+            assert_eq!(volume_phase, VolumePhase::Failed as i32);
+            assert_eq!(message, "timed out after 1m40s");
+        }
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 2);
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_backup_stops_its_volumes_and_releases_its_leases() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_per_node: 1,
+            ..limits()
+        });
+        shop(&world, 2);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        cancel(&entry);
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Cancelled);
+        for (_, volume_phase, message) in phases(&entry) {
+            assert_eq!(volume_phase, VolumePhase::Cancelled as i32);
+            assert_eq!(message, "the backup was cancelled");
+        }
+        // Two were running (one per node), two waited for a slot and never reached an agent.
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 2);
+        assert_eq!(world.agents.started.lock().unwrap().len(), 2);
+        assert!(world.repo_manager.held().is_empty());
+        assert_eq!(
+            world.repo_manager.calls().last().map(String::as_str),
+            Some("release lease-1")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_volume_fails_alone_and_the_leases_are_released() {
+        let world = World::new(limits());
+        world
+            .cluster
+            .add_pod(pod("shop", "db", "node-a", &["data", "broken"]));
+        world.agents.script("broken", Script::Panic);
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        let volumes = phases(&entry);
+        assert_eq!(volumes[0].1, VolumePhase::Completed as i32);
+        assert_eq!(volumes[1].1, VolumePhase::Failed as i32);
+        assert!(
+            volumes[1]
+                .2
+                .starts_with("the volume's task panicked: the fake agent was told to panic"),
+            "{volumes:?}"
+        );
+        assert_eq!(phase(&entry), BackupPhase::PartiallyFailed);
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_runner_ends_the_backup_failed_and_watchers_see_it() {
+        let world = World::new(limits());
+        *world.cluster.panic_on_namespace.lock().unwrap() = Some("shop".into());
+        let entry = start(&world, spec()).await;
+        let mut watcher = entry.subscribe();
+        let ended = watcher
+            .wait_for(|backup| backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase)))
+            .await
+            .expect("the watcher sees the end")
+            .clone();
+        let status = ended.status.unwrap();
+        assert_eq!(status.phase, BackupPhase::Failed as i32);
+        assert_eq!(
+            status.failure_reason,
+            "the backup runner panicked: listing pods in shop went wrong"
+        );
+        assert!(status.expiration.is_some());
+        world.settle().await;
+        let stored = world.store.backups.lock().unwrap()["nightly"].0.clone();
+        assert_eq!(stored.status.unwrap().phase, BackupPhase::Failed as i32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleting_a_backup_forgets_its_snapshots_and_removes_its_files_and_mirrors() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        assert!(
+            !world
+                .cluster
+                .last_mirrors(MirrorKind::PodVolumeBackup)
+                .is_empty()
+        );
+        let forgotten = crate::lifecycle::delete_backup(&world.deps, &entry)
+            .await
+            .unwrap();
+        assert_eq!(forgotten, ["snap-shop"]);
+        assert!(
+            world
+                .repo_manager
+                .calls()
+                .contains(&"forget shop nightly".to_string())
+        );
+        assert!(world.store.backups.lock().unwrap().is_empty());
+        assert!(
+            world
+                .cluster
+                .last_mirrors(MirrorKind::PodVolumeBackup)
+                .is_empty()
+        );
+        assert!(world.deps.index.backup("nightly").is_none());
     }
 }

@@ -46,6 +46,22 @@ pub enum Error {
     },
     #[error("object store: {0}")]
     Store(String),
+    #[error(transparent)]
+    Repository(#[from] crate::repositories::Unusable),
+    /// A Kubernetes object that should not exist yet does.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{}", agent_failure(node, status))]
+    Agent { node: String, status: tonic::Status },
+    /// A run or volume reached its wall-clock timeout.
+    #[error("timed out after {}", crate::engine::go_duration(*after))]
+    TimedOut { after: std::time::Duration },
+    /// restic reported no new bytes or files for `idle`; `last` is what it reported last.
+    #[error("stalled: no progress for {} (last: {last})", crate::engine::go_duration(*idle))]
+    Stalled {
+        idle: std::time::Duration,
+        last: String,
+    },
     #[error("{0}")]
     Failed(String),
 }
@@ -80,6 +96,10 @@ impl Error {
                 Code::FailedPrecondition
             }
             Error::NoAgent(_) => Code::Unavailable,
+            Error::Conflict(_) => Code::AlreadyExists,
+            Error::Repository(_) => Code::FailedPrecondition,
+            Error::Agent { status, .. } => status.code(),
+            Error::TimedOut { .. } | Error::Stalled { .. } => Code::DeadlineExceeded,
             Error::Kube { .. } | Error::Store(_) => Code::Unavailable,
             Error::Rpc { status, .. } => status.code(),
             Error::Failed(_) => Code::Internal,

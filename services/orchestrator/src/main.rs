@@ -2,19 +2,26 @@
 //! volumes, ensures repositories through the repo-manager, drives the node agents, and keeps
 //! backup records in the object store. `main` only wires the parts together.
 
+mod adapters;
 mod api;
 mod backup;
 mod coverage;
 mod deps;
+mod engine;
 mod error;
 mod kube;
+mod lifecycle;
 mod parents;
+mod ports;
 mod recovery;
+mod repositories;
 mod restore;
 mod selection;
 mod state;
 mod store;
 mod tally;
+#[cfg(test)]
+mod testing;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -78,7 +85,15 @@ struct Config {
     /// Volumes backed up or restored at once on one node.
     #[arg(long, env = "STOWAGE_MAX_PARALLEL_PER_NODE", default_value_t = 2)]
     max_parallel_per_node: usize,
-    /// Default per-backup timeout in seconds (Velero's restic timeout: 4 h).
+    /// A running volume whose restic reports no new bytes or files for this many seconds is
+    /// cancelled and fails as stalled; a slow volume that still moves is never stopped by it.
+    #[arg(long, env = "STOWAGE_STALL_TIMEOUT_SECONDS", default_value_t = 600)]
+    stall_timeout_seconds: u64,
+    /// TTL of the repository leases backups and restores hold, in seconds; they are renewed
+    /// every third of it, so the leases of a killed orchestrator lapse after about this long.
+    #[arg(long, env = "STOWAGE_LEASE_TTL_SECONDS", default_value_t = 60)]
+    lease_ttl_seconds: u64,
+    /// Default per-backup and per-restore timeout in seconds (Velero's restic timeout: 4 h).
     #[arg(long, env = "STOWAGE_BACKUP_TIMEOUT_SECONDS", default_value_t = 4 * 3600)]
     backup_timeout_seconds: u64,
     /// Default backup TTL in seconds (30 days, like Velero).
@@ -149,7 +164,9 @@ async fn main() -> anyhow::Result<()> {
     });
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
-    let repo_manager = RepoManagerClient::new(stowage_grpc::connect_lazy(&config.repo_manager)?);
+    let repo_manager = adapters::RepoManager::new(RepoManagerClient::new(
+        stowage_grpc::connect_lazy(&config.repo_manager)?,
+    ));
     let cluster = if config.no_kubernetes {
         None
     } else {
@@ -182,7 +199,10 @@ async fn main() -> anyhow::Result<()> {
             let object_store = location
                 .object_store()
                 .with_context(|| format!("opening storage location {url}"))?;
-            Some(store::Store::new(object_store, config.namespace.clone()))
+            Some(
+                Arc::new(store::Store::new(object_store, config.namespace.clone()))
+                    as Arc<dyn ports::RecordStore>,
+            )
         }
         None => {
             tracing::warn!("no storage location: backups are kept in memory only");
@@ -191,9 +211,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let tasks = TaskTracker::new();
     let deps = deps::Deps {
-        repo_manager,
-        agents,
-        cluster,
+        repo_manager: Arc::new(repo_manager),
+        agents: Arc::new(agents),
+        cluster: cluster.map(|cluster| Arc::new(cluster) as Arc<dyn ports::ClusterPort>),
         store,
         index,
         limits: deps::Limits {
@@ -204,6 +224,8 @@ async fn main() -> anyhow::Result<()> {
             repository_ready_timeout: Duration::from_secs(config.repository_ready_timeout_seconds),
             pod_start_timeout: Duration::from_secs(config.pod_start_timeout_seconds),
             poll_interval: Duration::from_millis(config.poll_interval_ms),
+            stall_timeout: Duration::from_secs(config.stall_timeout_seconds.max(1)),
+            lease_ttl: Duration::from_secs(config.lease_ttl_seconds.max(1)),
         },
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),

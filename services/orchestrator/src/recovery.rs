@@ -10,53 +10,179 @@ use serde_json::Value;
 use stowage_proto::{
     prost_types,
     v1::{
-        BackupPhase, ForgetBackupRequest, PodVolumeRef, PodVolumeRestore, Progress, Restore,
-        RestorePhase, RestoreSpec, RestoreStatus, VolumePhase,
+        BackupPhase, LogLine, PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase,
+        RestoreSpec, RestoreStatus, VolumePhase,
     },
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backup::{backup_is_final, persist, recount, volume_mirror},
+    backup::{backup_is_final, expiration, is_terminal, persist, recount, volume_mirror},
     deps::Deps,
     error::Result,
-    kube::mirror::{self, MirrorKind},
-    restore,
-    state::{Entry, now},
+    kube::mirror::MirrorKind,
+    lifecycle, restore,
+    restore::restore_is_final,
+    state::{Entry, RestoreEntry, now},
     tally::ending,
 };
 
 pub const RESTARTED: &str = "orchestrator restarted";
 
 pub async fn load(deps: &Deps) -> Result<()> {
-    // Restores live in memory; their mirrors must not stay InProgress forever either.
+    recover_restores(deps).await;
+    if let Some(store) = &deps.store {
+        let mut checked = BTreeMap::new();
+        for (backup, logs) in store.list_backups_except(&Default::default()).await? {
+            let backup = check_velero_repositories(deps, backup, &mut checked).await;
+            adopt(deps, backup, logs).await;
+        }
+    }
+    Ok(())
+}
+
+/// The restores a previous orchestrator ran, from their records in the storage location and,
+/// for those without one, from their PodVolumeRestore mirrors. One that was running ends its
+/// unfinished volumes Failed "orchestrator restarted", and the restore helpers of their pods
+/// are told, so the pods do not wait out the helper's timeout.
+async fn recover_restores(deps: &Deps) {
+    let mut restores: BTreeMap<String, (Restore, Vec<LogLine>)> = BTreeMap::new();
+    if let Some(store) = &deps.store {
+        match store.list_restores().await {
+            Ok(listed) => {
+                for restore in listed {
+                    let logs = match store.restore_logs(&restore.name).await {
+                        Ok(logs) => logs,
+                        Err(error) => {
+                            tracing::warn!(restore = %restore.name, %error, "reading a restore's logs");
+                            Vec::new()
+                        }
+                    };
+                    restores.insert(restore.name.clone(), (restore, logs));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading past restores from the storage location"),
+        }
+    }
     if let Some(cluster) = &deps.cluster {
-        match mirror::fail_unfinished(cluster, MirrorKind::PodVolumeRestore, RESTARTED).await {
+        match cluster.list_mirrors(MirrorKind::PodVolumeRestore).await {
+            Ok(objects) => {
+                for restore in restores_from_mirrors(&objects) {
+                    restores
+                        .entry(restore.name.clone())
+                        .or_insert((restore, Vec::new()));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
+        }
+    }
+    for (name, (restore, logs)) in restores {
+        let unfinished = restore.status.as_ref().is_none_or(|status| {
+            !restore_is_final(status.phase) || status.volumes.iter().any(|v| !is_terminal(v.phase))
+        });
+        let entry = Entry::new(restore, logs, CancellationToken::new());
+        if unfinished {
+            end_unfinished_restore(deps, &entry).await;
+        }
+        deps.index.insert_restore(&name, entry);
+    }
+    // A mirror no restore above accounted for (its labels lost) must not stay InProgress
+    // either: nobody will finish it.
+    if let Some(cluster) = &deps.cluster {
+        match cluster
+            .fail_unfinished_mirrors(MirrorKind::PodVolumeRestore, RESTARTED)
+            .await
+        {
             Ok(0) => {}
             Ok(marked) => {
                 tracing::warn!(marked, "unfinished PodVolumeRestores failed: {RESTARTED}")
             }
             Err(error) => tracing::warn!(%error, "failing unfinished PodVolumeRestores"),
         }
-        match mirror::list(cluster, MirrorKind::PodVolumeRestore).await {
-            Ok(objects) => {
-                for restore in restores_from_mirrors(&objects) {
-                    let name = restore.name.clone();
-                    let entry = Entry::new(restore, Vec::new(), CancellationToken::new());
-                    deps.index.insert_restore(&name, entry);
+    }
+}
+
+/// Ends a restore no task of this process runs: its unfinished volumes fail, their pods'
+/// helpers get the failure marker, and the mirrors and the record say so.
+async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
+    let mut ended = Vec::new();
+    entry.modify(|restore| {
+        let status = restore.status.get_or_insert_with(Default::default);
+        for (index, volume) in status.volumes.iter_mut().enumerate() {
+            if !is_terminal(volume.phase) {
+                volume.phase = VolumePhase::Failed as i32;
+                volume.error_message = RESTARTED.to_string();
+                volume.finished = Some(now());
+                ended.push(index);
+            }
+        }
+        restore::recount(status);
+        // The restart failed the run: never Completed.
+        status.phase = RestorePhase::from(ending(
+            status.volumes_completed,
+            status.volumes_failed,
+            true,
+        )) as i32;
+        status.failure_reason = RESTARTED.to_string();
+        status.finished = Some(now());
+    });
+    let name = entry.read(|restore| restore.name.clone());
+    entry.log(
+        "error",
+        format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
+    );
+    // A volume whose pod was not yet seen running has no node in the record: the pod may run
+    // by now, its helper waiting.
+    if let Some(cluster) = &deps.cluster {
+        for &index in &ended {
+            let Some(volume) = entry.read(|r| r.status.as_ref()?.volumes.get(index).cloned())
+            else {
+                continue;
+            };
+            let reference = volume.volume.clone().unwrap_or_default();
+            if !volume.node.is_empty() && !reference.pod_uid.is_empty() {
+                continue;
+            }
+            let pod = match cluster.pod(&reference.namespace, &reference.pod_name).await {
+                Ok(Some(pod)) => pod,
+                Ok(None) => continue,
+                Err(error) => {
+                    entry.log("warning", error.to_string());
+                    continue;
+                }
+            };
+            let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
+            let uid = pod.metadata.uid.unwrap_or_default();
+            entry.modify(|restore| {
+                if let Some(volume) = restore
+                    .status
+                    .as_mut()
+                    .and_then(|status| status.volumes.get_mut(index))
+                {
+                    volume.node = node;
+                    if let Some(reference) = volume.volume.as_mut() {
+                        reference.pod_uid = uid;
+                    }
+                }
+            });
+        }
+    }
+    let current = entry.get();
+    restore::abandon_unrestored(deps, entry, &current).await;
+    if let Some(cluster) = &deps.cluster {
+        for &index in &ended {
+            if let Some(volume) = current.status.as_ref().and_then(|s| s.volumes.get(index)) {
+                let mirror = restore::volume_mirror(&current, volume);
+                if let Err(error) = cluster
+                    .apply_mirror(MirrorKind::PodVolumeRestore, &mirror)
+                    .await
+                {
+                    tracing::warn!(%error, "mirroring PodVolumeRestore {}", mirror.name);
                 }
             }
-            Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
         }
     }
-    if let Some(store) = &deps.store {
-        let mut checked = BTreeMap::new();
-        for (backup, logs) in store.load_backups().await? {
-            let backup = check_velero_repositories(deps, backup, &mut checked).await;
-            adopt(deps, backup, logs).await;
-        }
-    }
-    Ok(())
+    restore::persist(deps, entry, &entry.get()).await;
 }
 
 /// A readable Velero backup gets the reason its repositories cannot be opened (missing, wrong
@@ -106,6 +232,7 @@ async fn adopt(
     // Velero's backups are read-only to stowage, whatever their phase.
     let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase))
         && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+    let expires = expiration(deps, &backup);
     let entry = Entry::new(backup, logs, CancellationToken::new());
     if unfinished {
         entry.update(|backup| {
@@ -130,6 +257,10 @@ async fn adopt(
             )) as i32;
             status.failure_reason = RESTARTED.to_string();
             status.finished = Some(now());
+            // Ended like any other run, so it expires like any other.
+            if status.expiration.is_none() {
+                status.expiration = Some(expires);
+            }
         });
         entry.log(
             "error",
@@ -143,8 +274,9 @@ async fn adopt(
             // Objects the previous orchestrator wrote: patched first.
             for volume in backup.status.iter().flat_map(|status| &status.volumes) {
                 let mirror = volume_mirror(&backup, volume);
-                if let Err(error) =
-                    mirror::patch_or_create(cluster, MirrorKind::PodVolumeBackup, &mirror).await
+                if let Err(error) = cluster
+                    .apply_mirror(MirrorKind::PodVolumeBackup, &mirror)
+                    .await
                 {
                     tracing::warn!(%error, "mirroring PodVolumeBackup {}", mirror.name);
                 }
@@ -235,11 +367,17 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
         .map(|mut restore| {
             let status = restore.status.get_or_insert_with(Default::default);
             restore::recount(status);
-            status.phase = RestorePhase::from(ending(
-                status.volumes_completed,
-                status.volumes_failed,
-                false,
-            )) as i32;
+            // Volumes still running when their orchestrator went leave the restore running,
+            // for recovery to end.
+            status.phase = if status.volumes.iter().all(|v| is_terminal(v.phase)) {
+                RestorePhase::from(ending(
+                    status.volumes_completed,
+                    status.volumes_failed,
+                    false,
+                )) as i32
+            } else {
+                RestorePhase::InProgress as i32
+            };
             status.started = status
                 .volumes
                 .iter()
@@ -274,8 +412,13 @@ async fn sync_from_store(deps: &Deps) {
     let Some(store) = &deps.store else {
         return;
     };
-    let known = |name: &str| deps.index.backup(name).is_some();
-    match store.load_backups_except(known).await {
+    let known = deps
+        .index
+        .backups()
+        .iter()
+        .map(|entry| entry.read(|backup| backup.name.clone()))
+        .collect();
+    match store.list_backups_except(&known).await {
         Ok(backups) => {
             let mut checked = BTreeMap::new();
             for (backup, logs) in backups {
@@ -290,55 +433,26 @@ async fn sync_from_store(deps: &Deps) {
     }
 }
 
-/// Deletes the backups past their expiration: snapshots first, then files.
+/// Deletes the backups past their expiration, the way DeleteBackup does.
 async fn expire(deps: &Deps) {
-    {
-        let now = chrono::Utc::now().timestamp();
-        for entry in deps.index.backups() {
-            let backup = entry.get();
+    let now = chrono::Utc::now().timestamp();
+    for entry in deps.index.backups() {
+        let (name, expired) = entry.read(|backup| {
             let status = backup.status.clone().unwrap_or_default();
             let expired = status
                 .expiration
                 .as_ref()
-                .is_some_and(|e| e.seconds > 0 && e.seconds < now);
-            if !expired
-                || !backup_is_final(status.phase)
-                || backup.origin != stowage_proto::v1::BackupOrigin::Stowage as i32
-            {
-                continue;
-            }
-            tracing::info!(backup = %backup.name, "backup expired");
-            let mut namespaces: Vec<String> = status
-                .volumes
-                .iter()
-                .filter_map(|v| v.volume.as_ref().map(|r| r.namespace.clone()))
-                .collect();
-            namespaces.sort();
-            namespaces.dedup();
-            let mut forgotten = true;
-            for namespace in namespaces {
-                let result = deps
-                    .repo_manager
-                    .clone()
-                    .forget_backup(ForgetBackupRequest {
-                        namespace,
-                        backup_name: backup.name.clone(),
-                    })
-                    .await;
-                if let Err(status) = result {
-                    tracing::warn!(backup = %backup.name, error = %status.message(), "forgetting an expired backup");
-                    forgotten = false;
-                }
-            }
-            if forgotten {
-                if let Some(store) = &deps.store
-                    && let Err(error) = store.delete_backup(&backup.name).await
-                {
-                    tracing::warn!(backup = %backup.name, %error, "deleting an expired backup");
-                    continue;
-                }
-                deps.index.remove_backup(&backup.name);
-            }
+                .is_some_and(|e| e.seconds > 0 && e.seconds < now)
+                && backup_is_final(status.phase)
+                && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+            (backup.name.clone(), expired)
+        });
+        if !expired {
+            continue;
+        }
+        tracing::info!(backup = %name, "backup expired");
+        if let Err(error) = lifecycle::delete_backup(deps, &entry).await {
+            tracing::warn!(backup = %name, %error, "deleting an expired backup");
         }
     }
 }
@@ -388,6 +502,224 @@ mod tests {
         assert_eq!(
             restores[1].status.as_ref().unwrap().phase,
             RestorePhase::Completed as i32
+        );
+    }
+}
+
+/// Recovery after a restart, against in-memory fakes: nothing that was running stays running.
+#[cfg(test)]
+mod restart {
+    use stowage_proto::v1::{Backup, BackupOrigin, BackupStatus, PodVolumeBackup, Restore};
+
+    use super::*;
+    use crate::{
+        ports::ClusterPort,
+        testing::{World, limits, pod},
+    };
+
+    fn volume(pod: &str, name: &str) -> PodVolumeRef {
+        PodVolumeRef {
+            namespace: "shop".into(),
+            pod_name: pod.into(),
+            volume_name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backup_running_at_restart_ends_failed_and_expires_like_any_other() {
+        let world = World::new(limits());
+        let backup = Backup {
+            name: "nightly".into(),
+            uid: "u1".into(),
+            origin: BackupOrigin::Stowage as i32,
+            status: Some(BackupStatus {
+                phase: BackupPhase::InProgress as i32,
+                volumes: vec![
+                    PodVolumeBackup {
+                        volume: Some(volume("db", "data")),
+                        phase: VolumePhase::Completed as i32,
+                        snapshot_id: "s1".into(),
+                        ..Default::default()
+                    },
+                    PodVolumeBackup {
+                        volume: Some(volume("db", "logs")),
+                        phase: VolumePhase::InProgress as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        world
+            .store
+            .backups
+            .lock()
+            .unwrap()
+            .insert("nightly".into(), (backup, Vec::new()));
+        load(&world.deps).await.unwrap();
+        let recovered = world.deps.index.backup("nightly").unwrap().get();
+        let status = recovered.status.unwrap();
+        assert_eq!(status.phase, BackupPhase::PartiallyFailed as i32);
+        assert_eq!(status.failure_reason, RESTARTED);
+        assert_eq!(status.volumes[1].phase, VolumePhase::Failed as i32);
+        assert_eq!(status.volumes[1].error_message, RESTARTED);
+        let expiration = status.expiration.expect("an ended backup expires");
+        let from_now = expiration.seconds - chrono::Utc::now().timestamp();
+        assert!(
+            (30 * 86_400 - 60..=30 * 86_400).contains(&from_now),
+            "the default TTL of 30 days, from now: {from_now} s"
+        );
+        let stored = world.store.backups.lock().unwrap()["nightly"].0.clone();
+        assert_eq!(
+            stored.status.unwrap().phase,
+            BackupPhase::PartiallyFailed as i32
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_running_at_restart_ends_failed_and_its_waiting_helpers_are_told() {
+        let world = World::new(limits());
+        // The second volume's pod was still waiting for its turn: no node in the record, but
+        // the pod runs by now, its helper waiting.
+        let mut waiting_pod = pod("shop", "db-1", "node-b", &["data"]);
+        waiting_pod.metadata.uid = Some("new-db-1".into());
+        world.cluster.add_pod(waiting_pod);
+        let restore = Restore {
+            name: "back".into(),
+            uid: "restore-uid".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            status: Some(RestoreStatus {
+                phase: RestorePhase::InProgress as i32,
+                volumes: vec![
+                    PodVolumeRestore {
+                        volume: Some(PodVolumeRef {
+                            pod_uid: "new-db-0".into(),
+                            ..volume("db-0", "data")
+                        }),
+                        node: "node-a".into(),
+                        phase: VolumePhase::InProgress as i32,
+                        ..Default::default()
+                    },
+                    PodVolumeRestore {
+                        volume: Some(volume("db-1", "data")),
+                        phase: VolumePhase::Pending as i32,
+                        ..Default::default()
+                    },
+                    PodVolumeRestore {
+                        volume: Some(volume("db-2", "data")),
+                        node: "node-a".into(),
+                        phase: VolumePhase::Completed as i32,
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
+        };
+        world
+            .store
+            .restores
+            .lock()
+            .unwrap()
+            .insert("back".into(), (restore, Vec::new()));
+        load(&world.deps).await.unwrap();
+        let recovered = world.deps.index.restore("back").unwrap().get();
+        let status = recovered.status.unwrap();
+        assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
+        assert_eq!(status.failure_reason, RESTARTED);
+        for volume in &status.volumes[..2] {
+            assert_eq!(volume.phase, VolumePhase::Failed as i32);
+            assert_eq!(volume.error_message, RESTARTED);
+        }
+        let told: Vec<(String, String, String)> = world
+            .agents
+            .abandoned
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|request| {
+                let volume = request.volume.clone().unwrap();
+                (volume.pod_name, volume.pod_uid, request.reason.clone())
+            })
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("db-0".into(), "new-db-0".into(), RESTARTED.into()),
+                ("db-1".into(), "new-db-1".into(), RESTARTED.into()),
+            ]
+        );
+        let stored = world.store.restores.lock().unwrap()["back"].clone();
+        assert_eq!(
+            stored.0.status.unwrap().phase,
+            RestorePhase::PartiallyFailed as i32
+        );
+        let mirrors = world.cluster.last_mirrors(MirrorKind::PodVolumeRestore);
+        assert_eq!(mirrors.len(), 2);
+        assert!(
+            mirrors
+                .values()
+                .all(|mirror| mirror.status["phase"] == "Failed")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_known_only_from_its_mirrors_is_ended_too() {
+        let world = World::new(limits());
+        let mut running = pod("shop", "db-0", "node-a", &["data"]);
+        running.metadata.uid = Some("new-db-0".into());
+        world.cluster.add_pod(running);
+        let restore = Restore {
+            name: "back".into(),
+            uid: "restore-uid".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let volume = PodVolumeRestore {
+            volume: Some(PodVolumeRef {
+                pod_uid: "new-db-0".into(),
+                ..volume("db-0", "data")
+            }),
+            phase: VolumePhase::InProgress as i32,
+            ..Default::default()
+        };
+        world
+            .cluster
+            .apply_mirror(
+                MirrorKind::PodVolumeRestore,
+                &restore::volume_mirror(&restore, &volume),
+            )
+            .await
+            .unwrap();
+        load(&world.deps).await.unwrap();
+        let status = world
+            .deps
+            .index
+            .restore("back")
+            .unwrap()
+            .get()
+            .status
+            .unwrap();
+        assert_eq!(status.phase, RestorePhase::Failed as i32);
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("data".into(), RESTARTED.into())]
+        );
+        assert_eq!(
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .as_ref()
+                .unwrap()
+                .phase,
+            RestorePhase::Failed as i32
         );
     }
 }

@@ -1,36 +1,59 @@
 //! The restore runner: reads the backup's manifests, recreates namespace, PVCs and pods (each
-//! pod with the restore-helper init container first), waits until each pod is scheduled and
-//! its init container runs, then restores every volume on that node's agent, which writes the
-//! done file the helper waits for.
+//! pod with the restore-helper init container first), ensures and leases the repositories it
+//! reads, and hands the volumes to the run engine: each waits until its pod is scheduled with
+//! the helper running, then restores on that node's agent, which writes the done file the
+//! helper waits for. A volume that will never be restored gets its failure marker through
+//! AbandonRestore, so its pod's helper exits at once instead of waiting out its timeout.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
 use stowage_proto::v1::{
-    Backup, BackupOrigin, BackupPhase, CreateRestoreRequest, EnsureRepositoryRequest,
-    GetRepositoryAccessRequest, PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Progress,
-    RepositoryPhase, Restore, RestorePhase, RestoreStatus, RestoreVolumeRequest, VolumePhase,
-    VolumeSource, restore_volume_event,
+    AbandonRestoreRequest, Backup, BackupOrigin, BackupPhase, CreateRestoreRequest,
+    PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Progress, RepositoryAccess, RepositoryPhase,
+    Restore, RestorePhase, RestoreStatus, RestoreVolumeRequest, VolumePhase, VolumeSource,
+    restore_volume_event,
 };
 use stowage_velero_format::layout as vf_layout;
-use tokio::{task::JoinSet, time::Instant};
+use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::{
-    backup::{rfc3339, strip_server_fields},
+    backup::{is_terminal, rfc3339, strip_server_fields},
     deps::{Deps, RestoreHelperDefaults},
-    error::{Error, Result, agent_failure, validate_name},
-    kube::{
-        Cluster,
-        mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
-    },
+    engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
+    error::{Error, Result, validate_name},
+    kube::mirror::{self, Mirror, MirrorKind},
+    ports::{ClusterPort, MirrorSession},
+    repositories::{self, Leases, Prepared},
     state::{Entry, RestoreEntry, now},
     tally::{ending, tally},
 };
 
 /// Name of the init container that waits for the volumes' done files.
 pub const RESTORE_HELPER: &str = "restore-wait";
+
+/// At most how often a running restore's record is written as its volumes end.
+const RECORD_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the volumes of a cancelled restore did not end restored.
+const CANCELLED: &str = "the restore was cancelled";
+
+/// How long one AbandonRestore call may take: an unreachable agent must not hold up the end
+/// of the restore (its pod's helper then waits out its own timeout).
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn restore_is_final(phase: i32) -> bool {
+    matches!(
+        RestorePhase::try_from(phase),
+        Ok(RestorePhase::Completed
+            | RestorePhase::PartiallyFailed
+            | RestorePhase::Failed
+            | RestorePhase::Cancelled)
+    )
+}
 
 pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restore> {
     let spec = request.spec.unwrap_or_default();
@@ -105,17 +128,41 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     Ok(restore)
 }
 
+/// The restore named `name`: the index's, or one written to the storage location since this
+/// process listed it (by another orchestrator), then kept in the index.
+pub async fn find(deps: &Deps, name: &str) -> Result<Arc<RestoreEntry>> {
+    if let Some(entry) = deps.index.restore(name) {
+        return Ok(entry);
+    }
+    let not_found = || Error::RestoreNotFound(name.to_string());
+    let store = deps.store.as_ref().ok_or_else(not_found)?;
+    let restore = store.get_restore(name).await?.ok_or_else(not_found)?;
+    let logs = store.restore_logs(name).await?;
+    let entry = Entry::new(restore, logs, tokio_util::sync::CancellationToken::new());
+    deps.index.insert_restore(name, entry);
+    deps.index.restore(name).ok_or_else(not_found)
+}
+
+/// Cancels a running restore: volumes not started end Cancelled, running ones have their
+/// agent operation cancelled, and the pods' helpers are told through AbandonRestore once the
+/// runner has stopped them.
+pub fn cancel(entry: &RestoreEntry) -> Restore {
+    if !restore_is_final(entry.read(|r| r.status.as_ref().map_or(0, |s| s.phase))) {
+        entry.log("warning", "cancel requested");
+        entry.cancel.cancel();
+    }
+    entry.get()
+}
+
 /// The namespaces whose repositories a restore of `backup` reads.
 pub fn backup_namespaces(backup: &Backup) -> Vec<String> {
-    let mut namespaces: Vec<String> = backup
-        .status
-        .iter()
-        .flat_map(|status| &status.volumes)
-        .filter_map(|volume| volume.volume.as_ref().map(|r| r.namespace.clone()))
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    namespaces
+    crate::backup::namespaces_of(
+        backup
+            .status
+            .iter()
+            .flat_map(|status| &status.volumes)
+            .map(|volume| volume.volume.as_ref()),
+    )
 }
 
 /// Why the restic repositories of a Velero backup cannot be opened, if one cannot.
@@ -143,18 +190,7 @@ pub async fn velero_namespace_problem(deps: &Deps, namespace: &str) -> Result<Op
             "restic repository {key} not found in the storage location"
         )));
     }
-    let repository = deps
-        .repo_manager
-        .clone()
-        .ensure_repository(EnsureRepositoryRequest {
-            namespace: namespace.to_string(),
-        })
-        .await
-        .map_err(Error::rpc(
-            "repo-manager",
-            format!("opening repository {key}"),
-        ))?
-        .into_inner();
+    let repository = deps.repo_manager.ensure_repository(namespace).await?;
     Ok(
         (repository.phase != RepositoryPhase::Ready as i32).then(|| {
             format!(
@@ -178,42 +214,100 @@ pub fn recount(status: &mut RestoreStatus) {
     status.progress = Some(counted.progress);
 }
 
+/// Writes the restore's record and logs to the storage location; a failure is logged with the
+/// restore, whose in-memory state is still served.
+pub async fn persist(deps: &Deps, entry: &RestoreEntry, restore: &Restore) {
+    if let Some(store) = &deps.store
+        && let Err(error) = store.put_restore(restore, &entry.logs()).await
+    {
+        entry.log(
+            "error",
+            format!("writing the restore to the object store: {error}"),
+        );
+    }
+}
+
+/// Runs one restore to its end: whatever happens inside, the leases are released, the volumes
+/// that will not be restored are abandoned, the mirrors and the record written, and then the
+/// final state shown to watchers.
 async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
     entry.log(
         "info",
         format!("restore from backup {} started", backup.name),
     );
-    let mirrors = MirrorWriter::start(deps.cluster.as_ref(), MirrorKind::PodVolumeRestore);
-    let outcome = execute(&deps, &entry, &mirrors.queue(), &backup).await;
-    // Every volume's mirror shows its end before the restore does (a restarted orchestrator
-    // rebuilds past restores from them).
-    mirrors.finish().await;
-    let restore = entry.update(|restore| {
+    let timeout = deps.limits.default_timeout;
+    let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
+    let mirrors = deps.mirrors(MirrorKind::PodVolumeRestore);
+    let warn_entry = entry.clone();
+    let leases = Leases::new(
+        deps.repo_manager.clone(),
+        deps.limits.lease_ttl,
+        Arc::new(move |message| warn_entry.log("warning", message)),
+    );
+    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control, &backup))
+        .catch_unwind();
+    let (deps_ref, entry_ref) = (&deps, &entry);
+    let outcome = engine::while_writing(
+        body,
+        &control.volume_ended,
+        RECORD_EVERY,
+        move || async move { persist(deps_ref, entry_ref, &entry_ref.get()).await },
+    )
+    .await
+    .unwrap_or_else(|panic| {
+        Err(Error::Failed(format!(
+            "the restore runner panicked: {}",
+            panic_message(panic.as_ref())
+        )))
+    });
+    leases.release_all().await;
+    let cancelled = control.cancel_requested();
+    let outcome = match outcome {
+        Ok(()) if deps.shutdown.is_cancelled() => Err(Error::Failed(SHUT_DOWN.to_string())),
+        other => other,
+    };
+    let mut restore = entry.get();
+    let header = restore_header(&restore);
+    {
         let status = restore.status.get_or_insert_with(Default::default);
         if let Err(error) = &outcome {
             status.failure_reason = error.to_string();
         }
+        let reason = if cancelled {
+            CANCELLED.to_string()
+        } else if status.failure_reason.is_empty() {
+            "the restore ended before this volume ran".to_string()
+        } else {
+            status.failure_reason.clone()
+        };
         for volume in &mut status.volumes {
-            if volume.phase != VolumePhase::Completed as i32
-                && volume.phase != VolumePhase::Failed as i32
-            {
-                volume.phase = VolumePhase::Failed as i32;
-                volume.error_message = if status.failure_reason.is_empty() {
-                    "the restore ended before this volume ran".to_string()
+            if !is_terminal(volume.phase) {
+                volume.phase = if cancelled {
+                    VolumePhase::Cancelled
                 } else {
-                    status.failure_reason.clone()
-                };
+                    VolumePhase::Failed
+                } as i32;
+                volume.error_message = reason.clone();
+                volume.finished = Some(now());
+                mirrors.submit(volume_mirror(&header, volume));
             }
         }
         recount(status);
-        status.phase = RestorePhase::from(ending(
-            status.volumes_completed,
-            status.volumes_failed,
-            outcome.is_err(),
-        )) as i32;
+        status.phase = if cancelled {
+            RestorePhase::Cancelled as i32
+        } else {
+            RestorePhase::from(ending(
+                status.volumes_completed,
+                status.volumes_failed,
+                outcome.is_err(),
+            )) as i32
+        };
         status.finished = Some(now());
-    });
-    let status = restore.status.unwrap_or_default();
+    }
+    abandon_unrestored(&deps, &entry, &restore).await;
+    // Every volume's mirror shows its end before the restore does.
+    mirrors.finish().await;
+    let status = restore.status.clone().unwrap_or_default();
     if let Err(error) = &outcome {
         entry.log("error", format!("restore failed: {error}"));
     }
@@ -227,20 +321,61 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
             status.volumes_failed
         ),
     );
+    persist(&deps, &entry, &restore).await;
+    entry.update(|current| *current = restore);
 }
 
-/// One recreated pod and the volumes to restore into it.
-struct PodPlan {
-    namespace: String,
-    name: String,
-    /// Indexes into the restore's `status.volumes`.
-    volumes: Vec<usize>,
+/// Tells the agent of every volume that ended without its data, and whose pod runs on a known
+/// node, to write the failure marker, so the pod's restore helper exits now with the reason.
+pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &Restore) {
+    let volumes = restore.status.iter().flat_map(|status| &status.volumes);
+    for volume in volumes.filter(|v| v.phase != VolumePhase::Completed as i32) {
+        let reference = volume.volume.clone().unwrap_or_default();
+        if volume.node.is_empty() || reference.pod_uid.is_empty() {
+            continue;
+        }
+        let what = format!(
+            "{}/{} volume {}",
+            reference.namespace, reference.pod_name, reference.volume_name
+        );
+        let request = AbandonRestoreRequest {
+            volume: Some(reference),
+            restore_uid: restore.uid.clone(),
+            reason: volume.error_message.clone(),
+        };
+        let told = tokio::time::timeout(
+            ABANDON_TIMEOUT,
+            deps.agents.abandon_restore(&volume.node, request),
+        )
+        .await;
+        match told {
+            Ok(Ok(true)) => entry.log(
+                "info",
+                format!("{what}: told the restore helper the volume will not be restored"),
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => entry.log(
+                "warning",
+                format!("{what}: telling the restore helper failed: {error}"),
+            ),
+            Err(_) => entry.log(
+                "warning",
+                format!(
+                    "{what}: the agent on node {} did not answer AbandonRestore within {}",
+                    volume.node,
+                    engine::go_duration(ABANDON_TIMEOUT)
+                ),
+            ),
+        }
+    }
 }
 
 async fn execute(
     deps: &Deps,
     entry: &Arc<RestoreEntry>,
-    mirrors: &MirrorQueue,
+    mirrors: &Arc<dyn MirrorSession>,
+    leases: &Leases,
+    control: &RunControl,
     backup: &Backup,
 ) -> Result<()> {
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
@@ -252,7 +387,7 @@ async fn execute(
         restore.status.get_or_insert_with(Default::default).phase = RestorePhase::InProgress as i32;
     });
     let spec = restore.spec.clone().unwrap_or_default();
-    let resources = store.load_resources(&backup.name).await?;
+    let resources = store.backup_resources(&backup.name).await?;
     let backed_up: Vec<PodVolumeBackup> = backup
         .status
         .clone()
@@ -261,13 +396,16 @@ async fn execute(
         .into_iter()
         .filter(|v| v.phase == VolumePhase::Completed as i32 && !v.snapshot_id.is_empty())
         .collect();
-    let helper = helper_container(cluster, &deps.restore_helper, &restore.uid).await?;
+    let helper = helper_container(cluster.as_ref(), &deps.restore_helper, &restore.uid).await?;
 
-    let mut pods = Vec::new();
+    let mut pending = Vec::new();
     let pod_manifests = resources
         .iter()
         .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Pod"));
     for manifest in pod_manifests {
+        if control.cancel.is_cancelled() {
+            break;
+        }
         let source_namespace = text(manifest, "/metadata/namespace");
         let pod_name = text(manifest, "/metadata/name");
         if !spec.included_namespaces.is_empty()
@@ -328,11 +466,11 @@ async fn execute(
         let pod = restorable_pod(manifest, &namespace, &helper, &names)?;
         // A pod that cannot be created fails its own volumes; the other pods still restore.
         let failure = match cluster.create_pod(&namespace, &pod).await {
-            Ok(_) => {
+            Ok(()) => {
                 entry.log("info", format!("created pod {namespace}/{pod_name}"));
                 None
             }
-            Err(Error::Kube { source, .. }) if crate::kube::is_conflict(&source) => Some(format!(
+            Err(Error::Conflict(_)) => Some(format!(
                 "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
             )),
             Err(error) => Some(error.to_string()),
@@ -375,29 +513,271 @@ async fn execute(
             indexes = status.volumes.len();
         });
         if failure.is_none() {
-            pods.push(PodPlan {
-                namespace,
-                name: pod_name,
-                volumes: (indexes - volumes.len()..indexes).collect(),
-            });
+            pending.extend(indexes - volumes.len()..indexes);
+        }
+    }
+    // Written before any agent runs, so a restarted orchestrator knows the restore and which
+    // volumes were unfinished.
+    persist(deps, entry, &entry.get()).await;
+
+    // One repository and one shared lease per namespace read, like a backup: a prune waits
+    // for the restore instead of locking restic out halfway.
+    let namespaces: Vec<String> = entry.read(|restore| {
+        let mut namespaces: Vec<String> = pending
+            .iter()
+            .filter_map(|&index| restore.status.as_ref()?.volumes.get(index))
+            .map(|volume| volume.source_namespace.clone())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        namespaces
+    });
+    let holder = format!("restore/{}", restore.name);
+    let readiness = deps.limits.readiness();
+    let repositories = tokio::select! {
+        prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
+        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, CANCELLED),
+        () = tokio::time::sleep_until(control.deadline) => {
+            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
+        }
+    };
+    for problem in repositories.problems() {
+        entry.log("error", problem.to_string());
+    }
+    let work = RestoreWork {
+        deps: deps.clone(),
+        cluster: cluster.clone(),
+        entry: entry.clone(),
+        mirrors: mirrors.clone(),
+        header: restore_header(&restore),
+        repositories,
+    };
+    engine::run_volumes(Arc::new(work), pending, &deps.limits.run_limits(), control).await;
+    Ok(())
+}
+
+/// The restore's name, uid and backup name, all a request or a mirror needs of it.
+fn restore_header(restore: &Restore) -> Restore {
+    Restore {
+        name: restore.name.clone(),
+        uid: restore.uid.clone(),
+        spec: Some(stowage_proto::v1::RestoreSpec {
+            backup_name: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.backup_name.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The restore's volumes as the run engine drives them.
+struct RestoreWork {
+    deps: Deps,
+    cluster: Arc<dyn ClusterPort>,
+    entry: Arc<RestoreEntry>,
+    mirrors: Arc<dyn MirrorSession>,
+    header: Restore,
+    /// The repository of each source namespace, or why it cannot be used.
+    repositories: Prepared,
+}
+
+impl RestoreWork {
+    fn volume(&self, index: usize) -> Result<PodVolumeRestore> {
+        volume_of(&self.entry, index)
+            .ok_or_else(|| Error::Failed(format!("the restore has no volume {index}")))
+    }
+
+    fn repository(&self, volume: &PodVolumeRestore) -> Result<RepositoryAccess> {
+        self.repositories.access(&volume.source_namespace)
+    }
+
+    fn operation_id(&self, index: usize) -> String {
+        format!("{}-{index}", self.header.uid)
+    }
+}
+
+#[tonic::async_trait]
+impl VolumeWork for RestoreWork {
+    fn span(&self, index: usize) -> tracing::Span {
+        let volume = volume_of(&self.entry, index).unwrap_or_default();
+        let reference = volume.volume.clone().unwrap_or_default();
+        tracing::info_span!(
+            "restore_volume",
+            restore = %self.header.name,
+            namespace = %reference.namespace,
+            pod = %reference.pod_name,
+            volume = %reference.volume_name,
+            node = field::Empty,
+            snapshot_id = %volume.snapshot_id,
+            bytes = field::Empty,
+        )
+    }
+
+    /// Waits for the recreated pod to be scheduled with its restore helper running.
+    async fn prepare(&self, index: usize) -> Result<String> {
+        let volume = self.volume(index)?;
+        self.repository(&volume)?;
+        let mut reference = volume.volume.clone().unwrap_or_default();
+        let deadline = Instant::now() + self.deps.limits.pod_start_timeout;
+        let (pod, node) = loop {
+            match self
+                .cluster
+                .pod(&reference.namespace, &reference.pod_name)
+                .await
+            {
+                Ok(Some(pod)) => {
+                    if let Some(node) = helper_started(&pod) {
+                        break (pod, node);
+                    }
+                }
+                Ok(None) => {
+                    return Err(Error::Failed("the recreated pod was deleted".to_string()));
+                }
+                Err(error) => self.entry.log("warning", error.to_string()),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Failed(format!(
+                    "the pod was not scheduled with its restore helper running within {}",
+                    engine::go_duration(self.deps.limits.pod_start_timeout)
+                )));
+            }
+            tokio::time::sleep(self.deps.limits.poll_interval).await;
+        };
+        tracing::Span::current().record("node", node.as_str());
+        reference.pod_uid = pod.metadata.uid.clone().unwrap_or_default();
+        // Known as soon as the pod is: a volume that fails from here on can be abandoned.
+        update_volume(&self.entry, index, |v| {
+            v.volume = Some(reference.clone());
+            v.node = node.clone();
+        });
+        if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
+            let pvc = self
+                .cluster
+                .pvc(&reference.namespace, &reference.pvc_name)
+                .await?;
+            reference.pv_name = pvc
+                .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
+                .filter(|pv| !pv.is_empty())
+                .ok_or_else(|| Error::Failed(format!("PVC {} is not bound", reference.pvc_name)))?;
+            update_volume(&self.entry, index, |v| v.volume = Some(reference.clone()));
+        }
+        self.entry.log(
+            "info",
+            format!(
+                "pod {}/{} runs its restore helper on node {node}",
+                reference.namespace, reference.pod_name
+            ),
+        );
+        Ok(node)
+    }
+
+    async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
+        let volume = self.volume(index)?;
+        let access = self.repository(&volume)?;
+        update_volume(&self.entry, index, |v| {
+            v.phase = VolumePhase::InProgress as i32;
+            v.started = Some(now());
+        });
+        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
+        let mut stream = self
+            .deps
+            .agents
+            .restore_volume(
+                node,
+                RestoreVolumeRequest {
+                    operation_id: self.operation_id(index),
+                    volume: volume.volume.clone(),
+                    repository: Some(access),
+                    snapshot_id: volume.snapshot_id.clone(),
+                    restore_uid: self.header.uid.clone(),
+                    restore_name: self.header.name.clone(),
+                },
+            )
+            .await?;
+        loop {
+            let Some(event) = stream.next().await else {
+                return Err(Error::Failed(format!(
+                    "agent on node {node} ended the stream without a result"
+                )));
+            };
+            match event?.event {
+                Some(restore_volume_event::Event::Queued(_)) => {
+                    reporter.queued();
+                    update_volume(&self.entry, index, |v| v.phase = VolumePhase::Queued as i32);
+                }
+                Some(restore_volume_event::Event::Retrying(retrying)) => {
+                    crate::backup::log_retry(node, &retrying);
+                }
+                Some(restore_volume_event::Event::Progress(progress)) => {
+                    reporter.progress(&progress);
+                    update_volume(&self.entry, index, |v| {
+                        v.phase = VolumePhase::InProgress as i32;
+                        v.progress = Some(progress);
+                    });
+                }
+                Some(restore_volume_event::Event::Result(result)) => {
+                    tracing::Span::current().record("bytes", result.bytes_restored);
+                    update_volume(&self.entry, index, |v| {
+                        v.progress = Some(Progress {
+                            bytes_done: result.bytes_restored,
+                            bytes_total: result.bytes_restored,
+                            files_done: result.files_restored,
+                            files_total: result.files_restored,
+                            seconds_elapsed: result.duration_seconds,
+                        });
+                    });
+                    return Ok(());
+                }
+                None => {}
+            }
         }
     }
 
-    let mut tasks = JoinSet::new();
-    for pod in pods {
-        let deps = deps.clone();
-        let entry = entry.clone();
-        let mirrors = mirrors.clone();
-        let span = tracing::info_span!("restore_pod", namespace = %pod.namespace, pod = %pod.name);
-        tasks
-            .spawn(async move { restore_pod(&deps, &entry, &mirrors, pod).await }.instrument(span));
-    }
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(error) = joined {
-            entry.log("error", format!("a pod task ended abnormally: {error}"));
+    async fn stop(&self, index: usize, node: &str) {
+        if let Err(error) = self
+            .deps
+            .agents
+            .cancel_operation(node, &self.operation_id(index))
+            .await
+        {
+            tracing::warn!(%error, "cancelling the agent's operation");
         }
     }
-    Ok(())
+
+    fn finish(&self, index: usize, outcome: VolumeOutcome) {
+        let volume = volume_of(&self.entry, index).unwrap_or_default();
+        let reference = volume.volume.clone().unwrap_or_default();
+        let what = format!(
+            "{}/{} volume {}",
+            reference.namespace, reference.pod_name, reference.volume_name
+        );
+        let (phase, message) = match &outcome {
+            VolumeOutcome::Completed => {
+                self.entry.log(
+                    "info",
+                    format!("{what} restored from snapshot {}", volume.snapshot_id),
+                );
+                (VolumePhase::Completed, String::new())
+            }
+            VolumeOutcome::Failed(message) => {
+                self.entry.log("error", format!("{what} failed: {message}"));
+                (VolumePhase::Failed, message.clone())
+            }
+            VolumeOutcome::Cancelled => {
+                self.entry.log("warning", format!("{what} cancelled"));
+                (VolumePhase::Cancelled, CANCELLED.to_string())
+            }
+        };
+        update_volume(&self.entry, index, |v| {
+            v.phase = phase as i32;
+            v.error_message = message;
+            v.finished = Some(now());
+        });
+        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
+    }
 }
 
 /// The kind of volume `name` in a pod manifest, and its claim name for a PVC.
@@ -548,7 +928,7 @@ pub fn helper_spec(
 }
 
 async fn helper_container(
-    cluster: &Cluster,
+    cluster: &dyn ClusterPort,
     defaults: &RestoreHelperDefaults,
     restore_uid: &str,
 ) -> Result<Value> {
@@ -579,192 +959,6 @@ fn helper_started(pod: &Pod) -> Option<String> {
     (helper_running || status.phase.as_deref() == Some("Running")).then_some(node)
 }
 
-async fn restore_pod(deps: &Deps, entry: &Arc<RestoreEntry>, mirrors: &MirrorQueue, plan: PodPlan) {
-    let fail_all = |message: String| {
-        entry.log(
-            "error",
-            format!("pod {}/{}: {message}", plan.namespace, plan.name),
-        );
-        entry.modify(|restore| {
-            let status = restore.status.get_or_insert_with(Default::default);
-            for &index in &plan.volumes {
-                if let Some(volume) = status.volumes.get_mut(index) {
-                    volume.phase = VolumePhase::Failed as i32;
-                    volume.error_message = message.clone();
-                    volume.finished = Some(now());
-                }
-            }
-            recount(status);
-        });
-    };
-    let Some(cluster) = deps.cluster.as_ref() else {
-        return;
-    };
-    let deadline = Instant::now() + deps.limits.pod_start_timeout;
-    let (pod, node) = loop {
-        match cluster.pod(&plan.namespace, &plan.name).await {
-            Ok(Some(pod)) => {
-                if let Some(node) = helper_started(&pod) {
-                    break (pod, node);
-                }
-            }
-            Ok(None) => return fail_all("the recreated pod was deleted".to_string()),
-            Err(error) => entry.log("warning", error.to_string()),
-        }
-        if Instant::now() >= deadline {
-            return fail_all(format!(
-                "the pod was not scheduled with its restore helper running within {:?}",
-                deps.limits.pod_start_timeout
-            ));
-        }
-        tokio::select! {
-            () = tokio::time::sleep(deps.limits.poll_interval) => {}
-            () = entry.cancel.cancelled() => return fail_all("the restore was cancelled".to_string()),
-        }
-    };
-    let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
-    entry.log(
-        "info",
-        format!(
-            "pod {}/{} runs its restore helper on node {node}",
-            plan.namespace, plan.name
-        ),
-    );
-    for &index in &plan.volumes {
-        restore_volume(deps, entry, mirrors, cluster, index, &pod_uid, &node).await;
-    }
-}
-
-async fn restore_volume(
-    deps: &Deps,
-    entry: &Arc<RestoreEntry>,
-    mirrors: &MirrorQueue,
-    cluster: &Cluster,
-    index: usize,
-    pod_uid: &str,
-    node: &str,
-) {
-    let restore = header(entry);
-    let Some(volume) = volume_of(entry, index) else {
-        return;
-    };
-    let mut reference = volume.volume.clone().unwrap_or_default();
-    reference.pod_uid = pod_uid.to_string();
-    let span = tracing::info_span!(
-        "restore_volume",
-        restore = %restore.name,
-        namespace = %reference.namespace,
-        pod = %reference.pod_name,
-        volume = %reference.volume_name,
-        node = %node,
-        snapshot_id = %volume.snapshot_id,
-        bytes = field::Empty,
-    );
-    let result = async {
-        if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
-            let pvc = cluster.pvc(&reference.namespace, &reference.pvc_name).await?;
-            reference.pv_name = pvc
-                .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
-                .filter(|pv| !pv.is_empty())
-                .ok_or_else(|| Error::Failed(format!("PVC {} is not bound", reference.pvc_name)))?;
-        }
-        update_volume(entry, index, |v| {
-            v.volume = Some(reference.clone());
-            v.node = node.to_string();
-            v.phase = VolumePhase::InProgress as i32;
-            v.started = Some(now());
-        });
-        mirror_restore_volume(entry, mirrors, &restore, index);
-        let access = deps
-            .repo_manager
-            .clone()
-            .get_repository_access(GetRepositoryAccessRequest {
-                namespace: volume.source_namespace.clone(),
-            })
-            .await
-            .map_err(Error::rpc("repo-manager", "repository access"))?
-            .into_inner();
-        let mut agent = deps.agents.for_node(node).await?;
-        let mut stream = agent
-            .restore_volume(RestoreVolumeRequest {
-                operation_id: format!("{}-{index}", restore.uid),
-                volume: Some(reference.clone()),
-                repository: Some(access),
-                snapshot_id: volume.snapshot_id.clone(),
-                restore_uid: restore.uid.clone(),
-                restore_name: restore.name.clone(),
-            })
-            .await
-            .map_err(|status| Error::Failed(agent_failure(node, &status)))?
-            .into_inner();
-        loop {
-            let event = tokio::select! {
-                event = stream.message() => event.map_err(|status| Error::Failed(agent_failure(node, &status)))?,
-                () = entry.cancel.cancelled() => return Err(Error::Failed("the restore was cancelled".to_string())),
-            };
-            match event.and_then(|e| e.event) {
-                Some(restore_volume_event::Event::Queued(_)) => {
-                    update_volume(entry, index, |v| v.phase = VolumePhase::Queued as i32);
-                }
-                Some(restore_volume_event::Event::Retrying(retrying)) => {
-                    crate::backup::log_retry(node, &retrying);
-                }
-                Some(restore_volume_event::Event::Progress(progress)) => {
-                    update_volume(entry, index, |v| {
-                        v.phase = VolumePhase::InProgress as i32;
-                        v.progress = Some(progress);
-                    });
-                }
-                Some(restore_volume_event::Event::Result(result)) => {
-                    tracing::Span::current().record("bytes", result.bytes_restored);
-                    update_volume(entry, index, |v| {
-                        v.progress = Some(Progress {
-                            bytes_done: result.bytes_restored,
-                            bytes_total: result.bytes_restored,
-                            files_done: result.files_restored,
-                            files_total: result.files_restored,
-                            seconds_elapsed: result.duration_seconds,
-                        });
-                    });
-                    return Ok(());
-                }
-                None => {
-                    return Err(Error::Failed(format!(
-                        "agent on node {node} ended the stream without a result"
-                    )));
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await;
-    let what = format!(
-        "{}/{} volume {}",
-        reference.namespace, reference.pod_name, reference.volume_name
-    );
-    match result {
-        Ok(()) => {
-            entry.log(
-                "info",
-                format!("{what} restored from snapshot {}", volume.snapshot_id),
-            );
-            update_volume(entry, index, |v| {
-                v.phase = VolumePhase::Completed as i32;
-                v.finished = Some(now());
-            });
-        }
-        Err(error) => {
-            entry.log("error", format!("{what} failed: {error}"));
-            update_volume(entry, index, |v| {
-                v.phase = VolumePhase::Failed as i32;
-                v.error_message = error.to_string();
-                v.finished = Some(now());
-            });
-        }
-    }
-    mirror_restore_volume(entry, mirrors, &restore, index);
-}
-
 /// Applies `change` to volume `index` and recounts, cloning nothing: a clone of the whole
 /// restore per volume event made large restores quadratic.
 fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut PodVolumeRestore)) {
@@ -775,23 +969,6 @@ fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut Po
         }
         recount(status);
     });
-}
-
-/// The restore's name, uid and backup name, all a request or a mirror needs of it.
-fn header(entry: &RestoreEntry) -> Restore {
-    entry.read(|restore| Restore {
-        name: restore.name.clone(),
-        uid: restore.uid.clone(),
-        spec: Some(stowage_proto::v1::RestoreSpec {
-            backup_name: restore
-                .spec
-                .as_ref()
-                .map(|spec| spec.backup_name.clone())
-                .unwrap_or_default(),
-            ..Default::default()
-        }),
-        status: None,
-    })
 }
 
 fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
@@ -805,7 +982,7 @@ fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
 
 fn mirror_restore_volume(
     entry: &RestoreEntry,
-    mirrors: &MirrorQueue,
+    mirrors: &dyn MirrorSession,
     restore: &Restore,
     index: usize,
 ) {
@@ -966,5 +1143,292 @@ mod tests {
         assert_eq!(init[1].name, "setup");
         let mounts = init[0].volume_mounts.clone().unwrap();
         assert_eq!(mounts[0].mount_path, "/restores/data");
+    }
+}
+
+/// The restore runner on the run engine against in-memory fakes of the four ports, in paused
+/// time: limits, leases, cancel with AbandonRestore, and the record written as it goes.
+#[cfg(test)]
+mod runs {
+    use std::time::Duration;
+
+    use stowage_proto::v1::{BackupStatus, CreateRestoreRequest, RestoreSpec};
+
+    use super::*;
+    use crate::testing::{Script, World, limits, pod};
+
+    /// A Completed backup `nightly` of namespace `shop`: each pod with its volumes, each
+    /// recreated pod scheduled on `node`.
+    fn backup_of(world: &World, pods: &[(&str, &str, &[&str])]) {
+        let mut volumes = Vec::new();
+        let mut resources = Vec::new();
+        for (name, node, names) in pods {
+            let manifest = pod("shop", name, node, names);
+            let mut manifest = serde_json::to_value(&manifest).unwrap();
+            strip_server_fields(&mut manifest);
+            resources.push(manifest);
+            world
+                .cluster
+                .schedule
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), node.to_string());
+            for volume in *names {
+                volumes.push(PodVolumeBackup {
+                    volume: Some(PodVolumeRef {
+                        namespace: "shop".into(),
+                        pod_name: name.to_string(),
+                        volume_name: volume.to_string(),
+                        ..Default::default()
+                    }),
+                    node: node.to_string(),
+                    phase: VolumePhase::Completed as i32,
+                    snapshot_id: format!("snap-{name}-{volume}"),
+                    ..Default::default()
+                });
+            }
+        }
+        let backup = Backup {
+            name: "nightly".into(),
+            uid: "backup-uid".into(),
+            status: Some(BackupStatus {
+                phase: BackupPhase::Completed as i32,
+                volumes,
+                ..Default::default()
+            }),
+            origin: BackupOrigin::Stowage as i32,
+            ..Default::default()
+        };
+        world.deps.index.insert_backup(
+            "nightly",
+            Entry::new(
+                backup,
+                Vec::new(),
+                tokio_util::sync::CancellationToken::new(),
+            ),
+        );
+        world
+            .store
+            .resources
+            .lock()
+            .unwrap()
+            .insert("nightly".into(), resources);
+    }
+
+    async fn start(world: &World) -> Arc<RestoreEntry> {
+        create(
+            &world.deps,
+            CreateRestoreRequest {
+                name: "back".into(),
+                spec: Some(RestoreSpec {
+                    backup_name: "nightly".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .expect("the restore starts");
+        world.deps.index.restore("back").expect("indexed")
+    }
+
+    fn phase(entry: &RestoreEntry) -> RestorePhase {
+        RestorePhase::try_from(entry.get().status.unwrap_or_default().phase).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_keeps_the_node_limit_and_holds_a_shared_lease_while_it_reads() {
+        let world = World::new(limits());
+        backup_of(
+            &world,
+            &[
+                ("db-0", "node-a", &["data", "logs"]),
+                ("db-1", "node-a", &["data", "logs"]),
+                ("db-2", "node-b", &["data"]),
+            ],
+        );
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 4,
+                every: Duration::from_secs(30),
+            },
+        );
+        world.agents.script(
+            "logs",
+            Script::Complete {
+                steps: 4,
+                every: Duration::from_secs(30),
+            },
+        );
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Completed);
+        let most = world.agents.most_at_once.lock().unwrap().clone();
+        assert_eq!(most.get("node-a"), Some(&2), "{most:?}");
+        assert_eq!(most.get("node-b"), Some(&1), "{most:?}");
+        let calls = world.repo_manager.calls();
+        assert_eq!(
+            calls[..2],
+            ["ensure shop", "acquire shop restore/back/shop lease-1"],
+            "{calls:?}"
+        );
+        // 2 minutes of restic on node-a's four volumes, two at a time: renewed meanwhile.
+        assert!(world.repo_manager.count("renew lease-1") >= 4, "{calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("release lease-1"));
+        assert!(world.repo_manager.held().is_empty());
+        let stored = world.store.restores.lock().unwrap()["back"].clone();
+        assert_eq!(
+            stored.0.status.unwrap().phase,
+            RestorePhase::Completed as i32
+        );
+        assert!(
+            stored
+                .1
+                .iter()
+                .any(|line| line.message.contains("restore ended Completed")),
+            "the record carries the log"
+        );
+        assert!(world.agents.abandoned.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_restore_kills_restic_and_tells_every_waiting_helper() {
+        let world = World::new(crate::deps::Limits {
+            max_parallel_per_node: 1,
+            ..limits()
+        });
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs", "cache"])]);
+        for volume in ["data", "logs", "cache"] {
+            world.agents.script(
+                volume,
+                Script::Complete {
+                    steps: 10,
+                    every: Duration::from_secs(60),
+                },
+            );
+        }
+        let entry = start(&world).await;
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        let answer = cancel(&entry);
+        assert_eq!(
+            answer.status.unwrap().phase,
+            RestorePhase::InProgress as i32,
+            "the answer is the restore as the cancel was recorded"
+        );
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Cancelled);
+        let status = entry.get().status.unwrap();
+        for volume in &status.volumes {
+            assert_eq!(volume.phase, VolumePhase::Cancelled as i32);
+            assert_eq!(volume.error_message, "the restore was cancelled");
+        }
+        // One ran and had its restic killed; the other two never reached the agent.
+        assert_eq!(world.agents.started.lock().unwrap().len(), 1);
+        assert_eq!(
+            world.agents.cancelled.lock().unwrap().clone(),
+            [format!("{}-0", entry.get().uid)]
+        );
+        let abandoned = world.agents.abandoned_volumes();
+        assert_eq!(abandoned.len(), 3, "{abandoned:?}");
+        assert!(
+            abandoned
+                .iter()
+                .all(|(_, reason)| reason == "the restore was cancelled")
+        );
+        let request = world.agents.abandoned.lock().unwrap()[0].clone();
+        assert_eq!(request.restore_uid, entry.get().uid);
+        assert_eq!(request.volume.unwrap().pod_uid, "new-uid-shop-db-0");
+        assert!(world.repo_manager.held().is_empty());
+        assert_eq!(
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .as_ref()
+                .unwrap()
+                .phase,
+            RestorePhase::Cancelled as i32
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_record_is_written_as_volumes_end() {
+        let world = World::new(limits());
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs"])]);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 1,
+                every: Duration::from_secs(5),
+            },
+        );
+        world.agents.script(
+            "logs",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(60),
+            },
+        );
+        let entry = start(&world).await;
+        let stored_phases = || {
+            world.store.restores.lock().unwrap()["back"]
+                .0
+                .status
+                .clone()
+                .unwrap()
+                .volumes
+                .iter()
+                .map(|v| v.phase)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            stored_phases(),
+            [
+                VolumePhase::Completed as i32,
+                VolumePhase::InProgress as i32
+            ],
+            "a restart now finds the first volume restored"
+        );
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Completed);
+        assert_eq!(
+            stored_phases(),
+            [VolumePhase::Completed as i32, VolumePhase::Completed as i32]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_restore_volume_is_abandoned_with_its_reason() {
+        let world = World::new(limits());
+        backup_of(&world, &[("db-0", "node-a", &["data", "logs"])]);
+        world
+            .agents
+            .script("logs", Script::Fail("restic exploded".into()));
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::PartiallyFailed);
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("logs".to_string(), "restic exploded".to_string())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_volume_that_stalls_fails_by_the_stall_timeout() {
+        let world = World::new(crate::deps::Limits {
+            stall_timeout: Duration::from_secs(120),
+            ..limits()
+        });
+        backup_of(&world, &[("db-0", "node-a", &["data"])]);
+        world.agents.script("data", Script::StallAfterFirst);
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Failed);
+        let volume = entry.get().status.unwrap().volumes[0].clone();
+        assert_eq!(
+            volume.error_message,
+            "stalled: no progress for 2m0s (last: 40 B of 100 B)"
+        );
+        assert_eq!(world.agents.cancelled.lock().unwrap().len(), 1);
     }
 }

@@ -1,0 +1,389 @@
+//! The real implementations of the core's ports: the Kubernetes API (`kube::Cluster` and the
+//! mirror writer), the repo-manager and agent gRPC clients, and the object store's `Store`.
+//! Each only forwards and turns transport errors into the core's typed errors.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+    time::Duration,
+};
+
+use ::kube::api::DynamicObject;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use serde_json::Value;
+use stowage_grpc::TracedChannel;
+use stowage_proto::{
+    prost_types,
+    v1::{
+        AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
+        CancelOperationRequest, EnsureRepositoryRequest, ForgetBackupRequest,
+        GetRepositoryAccessRequest, ListRepositoriesRequest, ListRepositoriesResponse, LogLine,
+        MaintenanceResult, ReleaseLeaseRequest, RenewLeaseRequest, Repository, RepositoryAccess,
+        Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
+        repo_manager_client::RepoManagerClient,
+    },
+};
+
+use crate::{
+    error::{Error, Result},
+    kube::{
+        Cluster,
+        agents::Agents,
+        is_conflict,
+        mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
+    },
+    ports::{AgentEvents, AgentsPort, ClusterPort, MirrorSession, RecordStore, RepoManagerPort},
+    store::Store,
+};
+
+/// The mirror writer of one run.
+struct KubeMirrors {
+    queue: MirrorQueue,
+    writer: Mutex<Option<MirrorWriter>>,
+}
+
+#[tonic::async_trait]
+impl MirrorSession for KubeMirrors {
+    fn submit(&self, mirror: Mirror) {
+        self.queue.submit(mirror);
+    }
+
+    fn submit_after(&self, mirror: Mirror, hold: Duration) {
+        self.queue.submit_after(mirror, hold);
+    }
+
+    async fn finish(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            writer.finish().await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterPort for Cluster {
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        Cluster::namespaces(self).await
+    }
+
+    async fn pods(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Pod>> {
+        Cluster::pods(self, namespace, labels).await
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>> {
+        Cluster::pod(self, namespace, name).await
+    }
+
+    async fn pvcs(&self, namespace: &str) -> Result<Vec<PersistentVolumeClaim>> {
+        Cluster::pvcs(self, namespace).await
+    }
+
+    async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        Cluster::pvc(self, namespace, name).await
+    }
+
+    async fn replica_set_owner(&self, namespace: &str, name: &str) -> Result<Option<String>> {
+        Cluster::replica_set_owner(self, namespace, name).await
+    }
+
+    async fn ensure_namespace(&self, name: &str) -> Result<()> {
+        Cluster::ensure_namespace(self, name).await
+    }
+
+    async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()> {
+        Cluster::create_pvc(self, namespace, pvc).await
+    }
+
+    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()> {
+        match Cluster::create_pod(self, namespace, pod).await {
+            Ok(_) => Ok(()),
+            Err(Error::Kube { source, .. }) if is_conflict(&source) => {
+                Err(Error::Conflict(format!(
+                    "pod {namespace}/{} already exists",
+                    pod.metadata.name.clone().unwrap_or_default()
+                )))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
+        Cluster::restore_helper_config(self).await
+    }
+
+    fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession> {
+        let writer = MirrorWriter::start(Some(self), kind);
+        Box::new(KubeMirrors {
+            queue: writer.queue(),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    async fn apply_mirror(&self, kind: MirrorKind, mirror: &Mirror) -> Result<()> {
+        mirror::patch_or_create(self, kind, mirror).await
+    }
+
+    async fn list_mirrors(&self, kind: MirrorKind) -> Result<Vec<DynamicObject>> {
+        mirror::list(self, kind).await
+    }
+
+    async fn fail_unfinished_mirrors(&self, kind: MirrorKind, message: &str) -> Result<usize> {
+        mirror::fail_unfinished(self, kind, message).await
+    }
+
+    async fn delete_mirrors(&self, kind: MirrorKind, label: &str, value: &str) -> Result<()> {
+        mirror::delete_labelled(self, kind, label, value).await
+    }
+}
+
+/// The repo-manager over gRPC.
+#[derive(Clone)]
+pub struct RepoManager {
+    client: RepoManagerClient<TracedChannel>,
+}
+
+impl RepoManager {
+    pub fn new(client: RepoManagerClient<TracedChannel>) -> RepoManager {
+        RepoManager { client }
+    }
+}
+
+fn proto_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: duration.as_secs() as i64,
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl RepoManagerPort for RepoManager {
+    async fn ensure_repository(&self, namespace: &str) -> Result<Repository> {
+        Ok(self
+            .client
+            .clone()
+            .ensure_repository(EnsureRepositoryRequest {
+                namespace: namespace.to_string(),
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("repository of namespace {namespace}"),
+            ))?
+            .into_inner())
+    }
+
+    async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess> {
+        Ok(self
+            .client
+            .clone()
+            .get_repository_access(GetRepositoryAccessRequest {
+                namespace: namespace.to_string(),
+            })
+            .await
+            .map_err(Error::rpc("repo-manager", "repository access"))?
+            .into_inner())
+    }
+
+    async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>> {
+        match self.client.clone().acquire_lease(request).await {
+            Ok(lease) => Ok(Some(lease.into_inner().lease_id)),
+            // A repo-manager without leases still serves runs; prune safety is its concern.
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(status) => Err(Error::rpc("repo-manager", "repository lease")(status)),
+        }
+    }
+
+    async fn renew_lease(&self, lease_id: &str, ttl: Duration) -> Result<()> {
+        self.client
+            .clone()
+            .renew_lease(RenewLeaseRequest {
+                lease_id: lease_id.to_string(),
+                ttl: Some(proto_duration(ttl)),
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("renewing lease {lease_id}"),
+            ))?;
+        Ok(())
+    }
+
+    async fn release_lease(&self, lease_id: &str) -> Result<bool> {
+        Ok(self
+            .client
+            .clone()
+            .release_lease(ReleaseLeaseRequest {
+                lease_id: lease_id.to_string(),
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("releasing lease {lease_id}"),
+            ))?
+            .into_inner()
+            .released)
+    }
+
+    async fn forget_backup(&self, namespace: &str, backup_name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .client
+            .clone()
+            .forget_backup(ForgetBackupRequest {
+                namespace: namespace.to_string(),
+                backup_name: backup_name.to_string(),
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("forgetting snapshots in {namespace}"),
+            ))?
+            .into_inner()
+            .forgotten_snapshot_ids)
+    }
+
+    async fn list_repositories(
+        &self,
+        request: ListRepositoriesRequest,
+    ) -> Result<ListRepositoriesResponse> {
+        Ok(self
+            .client
+            .clone()
+            .list_repositories(request)
+            .await
+            .map_err(Error::rpc("repo-manager", "listing repositories"))?
+            .into_inner())
+    }
+
+    async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult> {
+        let namespace = request.namespace.clone();
+        Ok(self
+            .client
+            .clone()
+            .run_maintenance(request)
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("maintenance of namespace {namespace}"),
+            ))?
+            .into_inner())
+    }
+}
+
+fn agent_error(node: &str) -> impl Fn(tonic::Status) -> Error + Send + Sync + use<> {
+    let node = node.to_string();
+    move |status| Error::Agent {
+        node: node.clone(),
+        status,
+    }
+}
+
+#[tonic::async_trait]
+impl AgentsPort for Agents {
+    async fn backup_volume(
+        &self,
+        node: &str,
+        request: BackupVolumeRequest,
+    ) -> Result<AgentEvents<BackupVolumeEvent>> {
+        let stream = self
+            .for_node(node)
+            .await?
+            .backup_volume(request)
+            .await
+            .map_err(agent_error(node))?
+            .into_inner();
+        let error = agent_error(node);
+        Ok(Box::pin(stream.map(move |item| item.map_err(&error))))
+    }
+
+    async fn restore_volume(
+        &self,
+        node: &str,
+        request: RestoreVolumeRequest,
+    ) -> Result<AgentEvents<RestoreVolumeEvent>> {
+        let stream = self
+            .for_node(node)
+            .await?
+            .restore_volume(request)
+            .await
+            .map_err(agent_error(node))?
+            .into_inner();
+        let error = agent_error(node);
+        Ok(Box::pin(stream.map(move |item| item.map_err(&error))))
+    }
+
+    async fn cancel_operation(&self, node: &str, operation_id: &str) -> Result<()> {
+        self.for_node(node)
+            .await?
+            .cancel_operation(CancelOperationRequest {
+                operation_id: operation_id.to_string(),
+            })
+            .await
+            .map_err(agent_error(node))?;
+        Ok(())
+    }
+
+    async fn abandon_restore(&self, node: &str, request: AbandonRestoreRequest) -> Result<bool> {
+        Ok(self
+            .for_node(node)
+            .await?
+            .abandon_restore(request)
+            .await
+            .map_err(agent_error(node))?
+            .into_inner()
+            .written)
+    }
+}
+
+#[tonic::async_trait]
+impl RecordStore for Store {
+    async fn put_backup(
+        &self,
+        backup: &Backup,
+        logs: &[LogLine],
+        resources: Option<&[Value]>,
+    ) -> Result<()> {
+        self.save_backup(backup, logs, resources).await
+    }
+
+    async fn list_backups_except(
+        &self,
+        known: &BTreeSet<String>,
+    ) -> Result<Vec<(Backup, Vec<LogLine>)>> {
+        if known.is_empty() {
+            return self.load_backups().await;
+        }
+        self.load_backups_except(|name| known.contains(name)).await
+    }
+
+    async fn backup_resources(&self, name: &str) -> Result<Vec<Value>> {
+        self.load_resources(name).await
+    }
+
+    async fn delete_backup(&self, name: &str) -> Result<()> {
+        Store::delete_backup(self, name).await
+    }
+
+    async fn repository_exists(&self, namespace: &str) -> Result<bool> {
+        Store::repository_exists(self, namespace).await
+    }
+
+    // Restores are not yet written to the storage location by `Store`; until they are, a
+    // restore's record lives in memory and in its PodVolumeRestore mirrors, and these answer
+    // as an empty location would.
+    async fn put_restore(&self, _restore: &Restore, _logs: &[LogLine]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn list_restores(&self) -> Result<Vec<Restore>> {
+        Ok(Vec::new())
+    }
+
+    async fn get_restore(&self, _name: &str) -> Result<Option<Restore>> {
+        Ok(None)
+    }
+
+    async fn restore_logs(&self, _name: &str) -> Result<Vec<LogLine>> {
+        Ok(Vec::new())
+    }
+}

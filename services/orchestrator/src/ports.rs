@@ -1,0 +1,144 @@
+//! The four narrow traits the orchestrator's core talks to: the cluster (pods, PVCs, mirrors),
+//! the repo-manager, the node agents and the record store. The runners, the run engine and
+//! recovery see only these; `adapters.rs` implements them over kube, the gRPC clients and the
+//! object store, and the unit tests over in-memory fakes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    pin::Pin,
+    time::Duration,
+};
+
+use ::kube::api::DynamicObject;
+use futures::Stream;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use serde_json::Value;
+use stowage_proto::v1::{
+    AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
+    ListRepositoriesRequest, ListRepositoriesResponse, LogLine, MaintenanceResult, Repository,
+    RepositoryAccess, Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
+};
+
+use crate::{
+    error::Result,
+    kube::mirror::{Mirror, MirrorKind},
+};
+
+/// Events of one agent operation, each an event or the error that ended the stream.
+pub type AgentEvents<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
+
+/// Where one backup's or restore's runner hands the states of its volumes' mirror objects,
+/// without waiting for the API server.
+#[tonic::async_trait]
+pub trait MirrorSession: Send + Sync {
+    /// Queues the state an object should get, written as soon as a write slot is free.
+    fn submit(&self, mirror: Mirror);
+    /// Queues a state to be written no sooner than `hold` from now, unless a newer one comes.
+    fn submit_after(&self, mirror: Mirror, hold: Duration);
+    /// Writes what is still queued; returns once every object shows its last state.
+    async fn finish(&self);
+}
+
+/// The mirrors of a run without a cluster: nothing to write them to.
+pub struct NoMirrors;
+
+#[tonic::async_trait]
+impl MirrorSession for NoMirrors {
+    fn submit(&self, _mirror: Mirror) {}
+    fn submit_after(&self, _mirror: Mirror, _hold: Duration) {}
+    async fn finish(&self) {}
+}
+
+/// The Kubernetes objects the core reads and writes.
+#[tonic::async_trait]
+pub trait ClusterPort: Send + Sync {
+    async fn namespaces(&self) -> Result<Vec<String>>;
+    /// Pods of `namespace` carrying every label in `labels`.
+    async fn pods(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Pod>>;
+    async fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>>;
+    async fn pvcs(&self, namespace: &str) -> Result<Vec<PersistentVolumeClaim>>;
+    async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>>;
+    /// The Deployment owning ReplicaSet `namespace/name`, if any.
+    async fn replica_set_owner(&self, namespace: &str, name: &str) -> Result<Option<String>>;
+    async fn ensure_namespace(&self, name: &str) -> Result<()>;
+    /// Creates the claim; one already there is left as it is.
+    async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()>;
+    /// Creates the pod; [`crate::error::Error::Conflict`] when one of that name exists.
+    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()>;
+    /// The restore-helper ConfigMap's data (empty when there is none).
+    async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
+    /// A mirror writer for one run's objects of `kind`.
+    fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession>;
+    /// Patches the mirror into its object, creating it when there is none.
+    async fn apply_mirror(&self, kind: MirrorKind, mirror: &Mirror) -> Result<()>;
+    async fn list_mirrors(&self, kind: MirrorKind) -> Result<Vec<DynamicObject>>;
+    /// Marks every mirror of `kind` still New or InProgress Failed with `message`; how many.
+    async fn fail_unfinished_mirrors(&self, kind: MirrorKind, message: &str) -> Result<usize>;
+    /// Deletes every mirror labelled `label=value`.
+    async fn delete_mirrors(&self, kind: MirrorKind, label: &str, value: &str) -> Result<()>;
+}
+
+/// The repo-manager: repositories, their access and the leases that keep maintenance away.
+#[tonic::async_trait]
+pub trait RepoManagerPort: Send + Sync {
+    async fn ensure_repository(&self, namespace: &str) -> Result<Repository>;
+    async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess>;
+    /// The lease's id; `None` from a repo-manager that has no leases.
+    async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>>;
+    async fn renew_lease(&self, lease_id: &str, ttl: Duration) -> Result<()>;
+    /// False when the lease had already expired or been released.
+    async fn release_lease(&self, lease_id: &str) -> Result<bool>;
+    /// Forgets the backup's snapshots in the namespace's repository; the forgotten ids.
+    async fn forget_backup(&self, namespace: &str, backup_name: &str) -> Result<Vec<String>>;
+    async fn list_repositories(
+        &self,
+        request: ListRepositoriesRequest,
+    ) -> Result<ListRepositoriesResponse>;
+    async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult>;
+}
+
+/// The volume agents, by the node they serve.
+#[tonic::async_trait]
+pub trait AgentsPort: Send + Sync {
+    async fn backup_volume(
+        &self,
+        node: &str,
+        request: BackupVolumeRequest,
+    ) -> Result<AgentEvents<BackupVolumeEvent>>;
+    async fn restore_volume(
+        &self,
+        node: &str,
+        request: RestoreVolumeRequest,
+    ) -> Result<AgentEvents<RestoreVolumeEvent>>;
+    /// Stops the operation; its restic is killed and reaped.
+    async fn cancel_operation(&self, node: &str, operation_id: &str) -> Result<()>;
+    /// Writes the failure marker in a pod volume whose restore will not happen; false when
+    /// the agent found no such volume.
+    async fn abandon_restore(&self, node: &str, request: AbandonRestoreRequest) -> Result<bool>;
+}
+
+/// The records of backups and restores in the storage location.
+#[tonic::async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Writes the backup's record and logs, and `resources` when given.
+    async fn put_backup(
+        &self,
+        backup: &Backup,
+        logs: &[LogLine],
+        resources: Option<&[Value]>,
+    ) -> Result<()>;
+    /// Every backup in the location but those named in `known`, with its log.
+    async fn list_backups_except(
+        &self,
+        known: &BTreeSet<String>,
+    ) -> Result<Vec<(Backup, Vec<LogLine>)>>;
+    /// The manifests (pods, PVCs) a restore of the backup recreates.
+    async fn backup_resources(&self, name: &str) -> Result<Vec<Value>>;
+    async fn delete_backup(&self, name: &str) -> Result<()>;
+    /// Whether the namespace's restic repository is in the location (only looks).
+    async fn repository_exists(&self, namespace: &str) -> Result<bool>;
+    async fn put_restore(&self, restore: &Restore, logs: &[LogLine]) -> Result<()>;
+    async fn list_restores(&self) -> Result<Vec<Restore>>;
+    async fn get_restore(&self, name: &str) -> Result<Option<Restore>>;
+    async fn restore_logs(&self, name: &str) -> Result<Vec<LogLine>>;
+}
