@@ -21,7 +21,7 @@ use crate::{
     backup::{self, backup_is_final},
     coverage::namespace_coverage,
     deps::Deps,
-    error::{Error, Result, validate_name},
+    error::{Error, Result, validate_name, validate_namespace},
     lifecycle,
     restore::{self, restore_is_final},
 };
@@ -79,7 +79,7 @@ impl OrchestratorApi {
 
     async fn coverage(&self, request: GetCoverageRequest) -> Result<GetCoverageResponse> {
         for namespace in &request.namespaces {
-            validate_name("namespace", namespace)?;
+            validate_namespace(namespace)?;
         }
         let cluster = self
             .deps
@@ -328,7 +328,7 @@ impl Orchestrator for OrchestratorApi {
         &self,
         request: Request<RunMaintenanceRequest>,
     ) -> Result<Response<MaintenanceResult>, Status> {
-        validate_name("namespace", &request.get_ref().namespace)?;
+        validate_namespace(&request.get_ref().namespace)?;
         Ok(Response::new(
             self.deps
                 .repo_manager

@@ -20,10 +20,19 @@ use stowage_proto::{
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
+use stowage_contract::{
+    self as contract,
+    identity::{StableIdentity, deployment_of_replica_set},
+    tags::{self, labels},
+};
+
 use crate::{
     deps::Deps,
     engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
-    error::{Error, Result, validate_duration, validate_label_selector, validate_name},
+    error::{
+        Error, Result, validate_duration, validate_label_selector, validate_name,
+        validate_namespace,
+    },
     kube::mirror::{self, Mirror, MirrorKind},
     parents::Parents,
     ports::{ClusterPort, MirrorSession},
@@ -72,7 +81,7 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
         .chain(&spec.excluded_namespaces)
     {
         if namespace != "*" {
-            validate_name("namespace", namespace)?;
+            validate_namespace(namespace)?;
         }
     }
     validate_label_selector(&spec.label_selector)?;
@@ -603,17 +612,11 @@ impl VolumeWork for BackupWork {
 pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
     let reference = volume.volume.clone().unwrap_or_default();
     let name = mirror::object_name(&backup.name, &reference.pod_uid, &reference.volume_name);
-    let phase = match VolumePhase::try_from(volume.phase).unwrap_or_default() {
-        VolumePhase::InProgress | VolumePhase::Queued => "InProgress",
-        VolumePhase::Completed => "Completed",
-        VolumePhase::Failed => "Failed",
-        VolumePhase::Cancelled => "Canceled",
-        _ => "New",
-    };
+    let phase = contract::phase::VolumePhase::of_proto(volume.phase).as_str();
     let progress = volume.progress.unwrap_or_default();
     let mut labels = json!({
-        "velero.io/backup-name": backup.name,
-        "velero.io/backup-uid": backup.uid,
+        labels::BACKUP_NAME: backup.name,
+        labels::BACKUP_UID: backup.uid,
     });
     let mut spec = json!({
         "node": volume.node,
@@ -623,14 +626,15 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
         "repoIdentifier": volume.repository,
         "uploaderType": "restic",
         "tags": {
-            "backup": backup.name, "backup-uid": backup.uid, "ns": reference.namespace,
-            "pod": reference.pod_name, "pod-uid": reference.pod_uid, "volume": reference.volume_name,
+            tags::BACKUP: backup.name, tags::BACKUP_UID: backup.uid, tags::NS: reference.namespace,
+            tags::POD: reference.pod_name, tags::POD_UID: reference.pod_uid,
+            tags::VOLUME: reference.volume_name,
         },
     });
     // As Velero marks a PVC's volume: `kubectl get podvolumebackups -l velero.io/pvc-uid=…`.
     if !reference.pvc_uid.is_empty() {
-        labels["velero.io/pvc-uid"] = json!(reference.pvc_uid);
-        spec["tags"]["pvc-uid"] = json!(reference.pvc_uid);
+        labels[labels::PVC_UID] = json!(reference.pvc_uid);
+        spec["tags"][tags::PVC_UID] = json!(reference.pvc_uid);
     }
     let status = json!({
         "path": volume.path,
@@ -777,7 +781,7 @@ async fn plan_pod(
                 if !plan.resources.contains(&manifest) {
                     plan.resources.push(manifest);
                 }
-                format!("pvc-uid/{}", pvc.metadata.uid.clone().unwrap_or_default())
+                StableIdentity::claim(pvc.metadata.uid.clone().unwrap_or_default()).to_string()
             }
             VolumeKind::EmptyDir => {
                 reference.source = VolumeSource::EmptyDir as i32;
@@ -846,34 +850,25 @@ async fn owner_identity(
         .into_iter()
         .find(|owner| owner.controller == Some(true));
     let Some(owner) = owner else {
-        return Ok(format!("Pod/{pod_name}/{volume}"));
+        return Ok(StableIdentity::pod(pod_name, volume).to_string());
     };
     if owner.kind == "ReplicaSet" {
         if let Some(deployment) = cluster.replica_set_owner(namespace, &owner.name).await? {
-            return Ok(format!("Deployment/{deployment}/{volume}"));
+            return Ok(StableIdentity::owned("Deployment", deployment, volume).to_string());
         }
+        // The ReplicaSet cannot be read: its name `<deployment>-<pod-template-hash>` says it.
         let hash = pod
             .metadata
             .labels
             .as_ref()
             .and_then(|labels| labels.get("pod-template-hash"));
-        let deployment = deployment_of_replica_set(&owner.name, hash.map(String::as_str));
+        let deployment = deployment_of_replica_set(&owner.name, hash.map(String::as_str))
+            .filter(|name| !name.is_empty());
         if let Some(deployment) = deployment {
-            return Ok(format!("Deployment/{deployment}/{volume}"));
+            return Ok(StableIdentity::owned("Deployment", deployment, volume).to_string());
         }
     }
-    Ok(format!("{}/{}/{volume}", owner.kind, owner.name))
-}
-
-/// The Deployment a ReplicaSet belongs to, from its name `<deployment>-<pod-template-hash>`,
-/// for when the ReplicaSet itself cannot be read.
-fn deployment_of_replica_set(replica_set: &str, pod_template_hash: Option<&str>) -> Option<String> {
-    match pod_template_hash {
-        Some(hash) => replica_set.strip_suffix(&format!("-{hash}")),
-        None => replica_set.rsplit_once('-').map(|(name, _)| name),
-    }
-    .filter(|name| !name.is_empty())
-    .map(str::to_string)
+    Ok(StableIdentity::owned(owner.kind, owner.name, volume).to_string())
 }
 
 /// Cancels a running backup; its volumes end CANCELLED when their agents stop. An ended
@@ -960,21 +955,6 @@ mod tests {
         );
         let progress = status.progress.unwrap();
         assert_eq!((progress.bytes_done, progress.bytes_total), (6, 12));
-    }
-
-    #[test]
-    fn replica_sets_name_their_deployment() {
-        assert_eq!(
-            deployment_of_replica_set("web-api-5d8f7b9c4d", Some("5d8f7b9c4d")).as_deref(),
-            Some("web-api")
-        );
-        assert_eq!(
-            deployment_of_replica_set("web-api-5d8f7b9c4d", None).as_deref(),
-            Some("web-api")
-        );
-        // A hash label that does not match the name is not guessed around.
-        assert_eq!(deployment_of_replica_set("web-api-5d8f", Some("77")), None);
-        assert_eq!(deployment_of_replica_set("standalone", None), None);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum Error {
     Store(String),
     #[error(transparent)]
     Repository(#[from] crate::repositories::Unusable),
+    /// A name or other input that breaks a rule every stowage process applies.
+    #[error(transparent)]
+    Contract(#[from] stowage_contract::ContractError),
     /// A Kubernetes object that should not exist yet does.
     #[error("{0}")]
     Conflict(String),
@@ -89,7 +92,7 @@ impl Error {
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::InvalidArgument { .. } | Error::Contract(_) => Code::InvalidArgument,
             Error::BackupNotFound(_) | Error::RestoreNotFound(_) => Code::NotFound,
             Error::BackupExists(_) | Error::RestoreExists(_) => Code::AlreadyExists,
             Error::BackupNotRestorable { .. } | Error::NoCluster(_) | Error::Precondition(_) => {
@@ -162,36 +165,24 @@ fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Checks a backup or restore name: a DNS-1123 subdomain (lowercase alphanumerics, `-` and
-/// `.`, starting and ending alphanumeric, at most 253 characters), because it becomes a
-/// Kubernetes label value prefix and a directory in the bucket.
+/// Checks a backup or restore name: a DNS-1123 subdomain (the contract's rule, which every
+/// stowage process applies), and at most 63 characters, because it also becomes a Kubernetes
+/// label value (`velero.io/backup-name`) that selects its objects.
 pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
-    let invalid = |reason: &str| Error::InvalidArgument {
-        what,
-        value: name.to_string(),
-        reason: reason.to_string(),
-    };
-    if name.is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    // Label values are at most 63 characters; names longer than that could not be selected by
-    // `velero.io/backup-name`.
-    if name.len() > 63 {
-        return Err(invalid("must be at most 63 characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-    {
-        return Err(invalid(
-            "must consist of lowercase letters, digits, `-` and `.`",
-        ));
-    }
-    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
-        return Err(invalid("must start and end with a letter or digit"));
+    stowage_contract::names::dns_subdomain(what, name)?;
+    if name.len() > stowage_contract::names::MAX_LABEL {
+        return Err(Error::InvalidArgument {
+            what,
+            value: name.to_string(),
+            reason: "must be at most 63 characters".to_string(),
+        });
     }
     Ok(())
+}
+
+/// Checks a namespace name as the API server and the repo-manager do: a DNS-1123 label, no dots.
+pub fn validate_namespace(name: &str) -> Result<()> {
+    Ok(stowage_contract::names::namespace("namespace", name)?)
 }
 
 /// Checks a label selector's `key=value` pairs as Kubernetes label keys and values, so a bad
@@ -382,6 +373,17 @@ mod tests {
         );
         assert!(validate_duration("ttl", None).is_ok());
         assert!(validate_duration("ttl", Some(&prost_types::Duration::default())).is_ok());
+    }
+
+    #[test]
+    fn namespaces_are_labels_as_the_repo_manager_requires() {
+        assert!(validate_namespace("shop-1").is_ok());
+        for bad in ["shop.eu", "Shop", "", "-shop"] {
+            let error = validate_namespace(bad).unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{bad}");
+        }
+        let error = validate_namespace("shop.eu").unwrap_err();
+        assert!(error.to_string().contains("shop.eu"), "{error}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! its snapshots are forgotten in each repository that holds one, its files deleted from the
 //! storage location, its PodVolumeBackup mirrors deleted, and it leaves the index.
 
+use stowage_contract::tags::labels;
 use stowage_proto::v1::{BackupOrigin, BackupPhase};
 
 use crate::{
@@ -62,7 +63,7 @@ async fn remove(
     }
     if let Some(cluster) = &deps.cluster
         && let Err(error) = cluster
-            .delete_mirrors(MirrorKind::PodVolumeBackup, "velero.io/backup-name", name)
+            .delete_mirrors(MirrorKind::PodVolumeBackup, labels::BACKUP_NAME, name)
             .await
     {
         // The backup is gone from the bucket and the repositories; a mirror left behind is

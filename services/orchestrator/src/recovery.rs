@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use ::kube::api::DynamicObject;
 use serde_json::Value;
+use stowage_contract::tags::labels as mirror_labels;
 use stowage_proto::{
     prost_types,
     v1::{
@@ -300,18 +301,18 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
     let mut restores: BTreeMap<String, Restore> = BTreeMap::new();
     for object in objects {
         let labels = object.metadata.labels.clone().unwrap_or_default();
-        let Some(name) = labels.get("velero.io/restore-name") else {
+        let Some(name) = labels.get(mirror_labels::RESTORE_NAME) else {
             continue;
         };
         let restore = restores.entry(name.clone()).or_insert_with(|| Restore {
             name: name.clone(),
             uid: labels
-                .get("velero.io/restore-uid")
+                .get(mirror_labels::RESTORE_UID)
                 .cloned()
                 .unwrap_or_default(),
             spec: Some(RestoreSpec {
                 backup_name: labels
-                    .get("velero.io/backup-name")
+                    .get(mirror_labels::BACKUP_NAME)
                     .cloned()
                     .unwrap_or_default(),
                 ..Default::default()
@@ -326,12 +327,10 @@ pub fn restores_from_mirrors(objects: &[DynamicObject]) -> Vec<Restore> {
                 .to_string()
         };
         let number = |pointer: &str| data.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
-        let phase = match text("/status/phase").as_str() {
-            "Completed" => VolumePhase::Completed,
-            "InProgress" => VolumePhase::InProgress,
-            "New" | "" => VolumePhase::Pending,
-            _ => VolumePhase::Failed,
-        };
+        let phase = VolumePhase::try_from(
+            stowage_contract::phase::VolumePhase::parse(&text("/status/phase")).to_proto(),
+        )
+        .unwrap_or_default();
         let status = restore.status.get_or_insert_with(Default::default);
         let pod = format!("{}/{}", text("/spec/pod/namespace"), text("/spec/pod/name"));
         if !status.pods_created.contains(&pod) {

@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, panic::AssertUnwindSafe, sync::Arc, time::Durat
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
+use stowage_contract::{self as contract, done_file, tags::labels};
 use stowage_proto::v1::{
     AbandonRestoreRequest, Backup, BackupOrigin, BackupPhase, CreateRestoreRequest,
     PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Progress, RepositoryAccess, RepositoryPhase,
@@ -24,7 +25,7 @@ use crate::{
     backup::{is_terminal, rfc3339, strip_server_fields},
     deps::{Deps, RestoreHelperDefaults},
     engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
-    error::{Error, Result, validate_name},
+    error::{Error, Result, validate_name, validate_namespace},
     kube::mirror::{self, Mirror, MirrorKind},
     ports::{ClusterPort, MirrorSession},
     repositories::{self, Leases, Prepared},
@@ -68,8 +69,8 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     };
     validate_name("restore name", &name)?;
     for (from, to) in &spec.namespace_mapping {
-        validate_name("namespace", from)?;
-        validate_name("namespace", to)?;
+        validate_namespace(from)?;
+        validate_namespace(to)?;
     }
     let backup = deps
         .index
@@ -862,7 +863,7 @@ fn restorable_pod(
     // The helper waits for `<mount>/.velero/<restore-uid>` in each of these.
     let paths: Vec<String> = volumes
         .iter()
-        .map(|volume| format!("/restores/{volume}"))
+        .map(|volume| done_file::restores_mount_path(volume))
         .collect();
     if let Some(env) = helper.get_mut("env").and_then(Value::as_array_mut) {
         env.push(json!({"name": "STOWAGE_RESTORE_VOLUME_PATHS", "value": paths.join(",")}));
@@ -870,7 +871,7 @@ fn restorable_pod(
     helper["volumeMounts"] = Value::Array(
         volumes
             .iter()
-            .map(|volume| json!({"name": volume, "mountPath": format!("/restores/{volume}")}))
+            .map(|volume| json!({"name": volume, "mountPath": done_file::restores_mount_path(volume)}))
             .collect(),
     );
     let mut init: Vec<Value> = spec
@@ -999,12 +1000,7 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         &format!("{}/{}", reference.namespace, reference.pod_name),
         &reference.volume_name,
     );
-    let phase = match VolumePhase::try_from(volume.phase).unwrap_or_default() {
-        VolumePhase::InProgress | VolumePhase::Queued => "InProgress",
-        VolumePhase::Completed => "Completed",
-        VolumePhase::Failed | VolumePhase::Cancelled => "Failed",
-        _ => "New",
-    };
+    let phase = contract::phase::VolumePhase::of_proto(volume.phase).as_str();
     let progress = volume.progress.unwrap_or_default();
     let backup_name = restore
         .spec
@@ -1012,9 +1008,9 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         .map(|spec| spec.backup_name.as_str())
         .unwrap_or_default();
     let labels = json!({
-        "velero.io/restore-name": restore.name,
-        "velero.io/restore-uid": restore.uid,
-        "velero.io/backup-name": backup_name,
+        labels::RESTORE_NAME: restore.name,
+        labels::RESTORE_UID: restore.uid,
+        labels::BACKUP_NAME: backup_name,
     });
     let spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
@@ -1116,6 +1112,28 @@ mod tests {
         assert_eq!(spec["image"], "my/helper:0.1.0");
         assert!(spec["resources"]["limits"].get("cpu").is_none());
         assert_eq!(spec["resources"]["requests"]["memory"], "64Mi");
+    }
+
+    #[test]
+    fn a_cancelled_volume_is_mirrored_canceled_under_velero_s_labels() {
+        let restore = Restore {
+            name: "back".into(),
+            uid: "uid-1".into(),
+            spec: Some(stowage_proto::v1::RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let volume = PodVolumeRestore {
+            phase: VolumePhase::Cancelled as i32,
+            ..Default::default()
+        };
+        let mirror = volume_mirror(&restore, &volume);
+        assert_eq!(mirror.status["phase"], "Canceled");
+        assert_eq!(mirror.labels["velero.io/restore-name"], "back");
+        assert_eq!(mirror.labels["velero.io/restore-uid"], "uid-1");
+        assert_eq!(mirror.labels["velero.io/backup-name"], "nightly");
     }
 
     #[test]
