@@ -10,42 +10,13 @@ use crate::{
     BackupCommand, BackupCreate, Cli, Command, ConfigCommand, Format, RepoCommand, RestoreCommand,
     RestoreCreate, Typed,
     config::{Config, ContextUpdate, DEFAULT_CONTEXT},
-    connection::{self, Client, ConnectionArgs},
-    error::{Call, CliError, from_status},
+    connection::ConnectionArgs,
+    error::{Call, CliError},
     follow::{self, Followed},
     parse, render,
+    session::{Session, connect, get_backup, get_restore},
     view::{self, BackupView, RestoreView},
 };
-
-/// The connection to the orchestrator, its address for error sentences, and whether it is TLS
-/// (which changes what a failed connection hints at).
-pub struct Session {
-    pub client: Client,
-    pub server: String,
-    pub tls: bool,
-}
-
-impl Session {
-    pub fn fail(&self, status: tonic::Status, call: &Call) -> CliError {
-        match from_status(&status, call, &self.server) {
-            // A TLS handshake refused by the server shows only on the first call.
-            CliError::Unreachable { server, cause } => {
-                connection::unreachable(&server, self.tls, cause)
-            }
-            other => other,
-        }
-    }
-}
-
-async fn connect(args: &ConnectionArgs) -> Result<Session, CliError> {
-    let settings = connection::settings(args)?;
-    let client = connection::connect(&settings).await?;
-    Ok(Session {
-        client,
-        server: settings.server.clone(),
-        tls: settings.tls(),
-    })
-}
 
 fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliError> {
     let text = match format {
@@ -203,18 +174,6 @@ fn config(
     };
     print_text(&message)?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn get_backup(session: &mut Session, name: &str) -> Result<v1::Backup, CliError> {
-    let call = Call::new("GetBackup", "backup", name, "getting");
-    session
-        .client
-        .get_backup(v1::GetBackupRequest {
-            name: name.to_string(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| session.fail(status, &call))
 }
 
 async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCode, CliError> {
@@ -461,18 +420,6 @@ fn interrupted(kind: &str, name: &str) -> ExitCode {
     ExitCode::from(130)
 }
 
-pub async fn get_restore(session: &mut Session, name: &str) -> Result<v1::Restore, CliError> {
-    let call = Call::new("GetRestore", "restore", name, "getting");
-    session
-        .client
-        .get_restore(v1::GetRestoreRequest {
-            name: name.to_string(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| session.fail(status, &call))
-}
-
 async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitCode, CliError> {
     match command {
         RestoreCommand::Create(create) => create_restore(session, create).await,
@@ -651,3 +598,4 @@ async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, C
         }
     }
 }
+

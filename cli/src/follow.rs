@@ -8,8 +8,8 @@ use stowage_proto::v1::{self, BackupPhase, RestorePhase};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    commands::Session,
     error::{Call, CliError, root_cause},
+    session::{self, Session},
     view,
     watch::{Display, Snapshot},
 };
@@ -180,10 +180,10 @@ async fn open(session: &mut Session, followed: &Followed) -> Result<Events, toni
 async fn refresh(session: &mut Session, followed: &Followed) -> Result<Followed, CliError> {
     Ok(match followed {
         Followed::Backup(_) => {
-            Followed::Backup(crate::commands::get_backup(session, followed.name()).await?)
+            Followed::Backup(session::get_backup(session, followed.name()).await?)
         }
         Followed::Restore(_) => {
-            Followed::Restore(crate::commands::get_restore(session, followed.name()).await?)
+            Followed::Restore(session::get_restore(session, followed.name()).await?)
         }
     })
 }

@@ -9,6 +9,7 @@ mod error;
 mod follow;
 mod parse;
 mod render;
+mod session;
 mod table;
 mod view;
 mod watch;
