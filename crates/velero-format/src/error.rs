@@ -2,7 +2,7 @@
 //! is about and what did not parse, because an operator reading "backup cannot be restored"
 //! needs to know which file in the bucket to look at.
 
-/// What went wrong reading or writing a backup's files.
+/// What went wrong reading or writing a backup's or a restore's files.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// A JSON document (plain or after gunzip) did not parse into the expected record.
@@ -54,6 +54,9 @@ pub enum FormatError {
     /// A backup name that Velero would not accept and that would not be a safe key prefix.
     #[error("invalid backup name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    /// A restore name that would not be a Kubernetes object name nor a safe key segment.
+    #[error("invalid restore name {name:?}: {reason}")]
+    InvalidRestoreName { name: String, reason: &'static str },
 }
 
 impl FormatError {
@@ -68,6 +71,7 @@ impl FormatError {
             | FormatError::Store { key, .. } => Some(key),
             FormatError::Invalid(_)
             | FormatError::InvalidName { .. }
+            | FormatError::InvalidRestoreName { .. }
             | FormatError::ReadOnly { .. } => None,
         }
     }

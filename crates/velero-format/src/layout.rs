@@ -9,6 +9,11 @@ pub const BACKUPS_DIR: &str = "backups";
 pub const RESTIC_DIR: &str = "restic";
 /// Every backup's Velero record.
 pub const BACKUP_RECORD_FILE: &str = "velero-backup.json";
+/// Top-level directory of the restores (Velero keeps each restore's logs and results there).
+pub const RESTORES_DIR: &str = "restores";
+/// Every stowage restore's record. Velero writes no record of a restore to the bucket (its
+/// Restore lives in the cluster), so this name is stowage's own.
+pub const RESTORE_RECORD_FILE: &str = "stowage-restore.json";
 
 /// `backups/<name>/`
 pub fn backup_dir(name: &str) -> String {
@@ -46,6 +51,27 @@ pub fn logs_key(name: &str) -> String {
 /// files mean; its absence marks a backup Velero wrote.
 pub fn stowage_info_key(name: &str) -> String {
     format!("{BACKUPS_DIR}/{name}/{name}-stowage.json")
+}
+
+/// `restores/<name>/`
+pub fn restore_dir(name: &str) -> String {
+    format!("{RESTORES_DIR}/{name}/")
+}
+
+/// `restores/<name>/stowage-restore.json`: the restore's spec, status and volumes.
+pub fn restore_record_key(name: &str) -> String {
+    format!("{RESTORES_DIR}/{name}/{RESTORE_RECORD_FILE}")
+}
+
+/// `restores/<name>/restore-<name>-logs.gz` (Velero's name).
+pub fn restore_logs_key(name: &str) -> String {
+    format!("{RESTORES_DIR}/{name}/restore-{name}-logs.gz")
+}
+
+/// `restores/<name>/restore-<name>-results.gz` (Velero's name and shape: gzipped
+/// `{"errors": {...}, "warnings": {...}}`).
+pub fn restore_results_key(name: &str) -> String {
+    format!("{RESTORES_DIR}/{name}/restore-{name}-results.gz")
 }
 
 /// `restic/<namespace>`: the key prefix of a namespace's restic repository.
@@ -124,33 +150,56 @@ pub fn backup_name_from_record_key(key: &str) -> Option<&str> {
 /// Checks `name` is a Kubernetes object name (DNS-1123 subdomain) as Velero requires, which
 /// also makes it a safe single key segment.
 pub fn validate_backup_name(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(FormatError::InvalidName {
+    match subdomain_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(FormatError::InvalidName {
             name: name.to_string(),
             reason,
-        })
-    };
+        }),
+    }
+}
+
+/// The same rule for a restore's name (the key segment under `restores/`).
+pub fn validate_restore_name(name: &str) -> Result<()> {
+    match subdomain_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(FormatError::InvalidRestoreName {
+            name: name.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// If `restores/<name>/stowage-restore.json`, the restore name.
+pub fn restore_name_from_record_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(RESTORES_DIR)?.strip_prefix('/')?;
+    let name = rest.strip_suffix(RESTORE_RECORD_FILE)?.strip_suffix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// Why `name` is not a DNS-1123 subdomain, if it is not.
+fn subdomain_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
-        return invalid("empty");
+        return Some("empty");
     }
     if name.len() > 253 {
-        return invalid("longer than 253 characters");
+        return Some("longer than 253 characters");
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     {
-        return invalid("only lowercase letters, digits, '-' and '.' are allowed");
+        return Some("only lowercase letters, digits, '-' and '.' are allowed");
     }
     let first = name.as_bytes()[0];
     let last = name.as_bytes()[name.len() - 1];
     if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-        return invalid("must start and end with a letter or digit");
+        return Some("must start and end with a letter or digit");
     }
     if name.split('.').any(str::is_empty) {
-        return invalid("empty label between dots");
+        return Some("empty label between dots");
     }
-    Ok(())
+    None
 }
 
 #[cfg(test)]
@@ -173,6 +222,17 @@ mod tests {
         assert_eq!(stowage_info_key("b1"), "backups/b1/b1-stowage.json");
         assert_eq!(restic_repository_key("foo"), "restic/foo");
         assert_eq!(backup_dir("b1"), "backups/b1/");
+    }
+
+    #[test]
+    fn restore_keys_follow_velero_layout() {
+        assert_eq!(restore_dir("r1"), "restores/r1/");
+        assert_eq!(restore_record_key("r1"), "restores/r1/stowage-restore.json");
+        assert_eq!(restore_logs_key("r1"), "restores/r1/restore-r1-logs.gz");
+        assert_eq!(
+            restore_results_key("r1"),
+            "restores/r1/restore-r1-results.gz"
+        );
     }
 
     #[test]
@@ -253,6 +313,30 @@ mod tests {
         );
         assert_eq!(
             backup_name_from_record_key("restic/velero-backup.json"),
+            None
+        );
+    }
+
+    #[test]
+    fn restore_names_follow_the_same_rule_and_are_named_as_restores() {
+        assert!(validate_restore_name("nightly-20260101").is_ok());
+        let error = validate_restore_name("../x").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid restore name \"../x\""),
+            "{error}"
+        );
+        assert_eq!(
+            restore_name_from_record_key("restores/r1/stowage-restore.json"),
+            Some("r1")
+        );
+        assert_eq!(
+            restore_name_from_record_key("restores/r1/restore-r1-logs.gz"),
+            None
+        );
+        assert_eq!(
+            restore_name_from_record_key("backups/r1/stowage-restore.json"),
             None
         );
     }

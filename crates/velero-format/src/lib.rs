@@ -3,7 +3,11 @@
 //! `PodVolumeBackup` records (unknown fields kept), the gzip/JSON/tar encodings, and async
 //! helpers that read and write a whole backup over an `object_store::ObjectStore`.
 //!
-//! Velero's files keep Velero's meaning; what stowage adds lives in `<name>-stowage.json`.
+//! Restores are kept under `restores/<name>/` as Velero keeps its restore logs and results
+//! there, with stowage's record of the restore beside them.
+//!
+//! Velero's files keep Velero's meaning; what stowage adds lives in `<name>-stowage.json` and
+//! `stowage-restore.json`.
 
 pub mod backup;
 pub mod codec;
@@ -13,6 +17,7 @@ pub mod logs;
 pub mod meta;
 pub mod pod_volume_backup;
 pub mod resources;
+pub mod restore;
 pub mod store;
 pub mod stowage;
 pub mod volumes;
@@ -26,12 +31,18 @@ pub use pod_volume_backup::{
     PodVolumeBackupStatus, PodVolumeOperationProgress,
 };
 pub use resources::{BackupResources, ResourceKey};
+pub use restore::{
+    ProgressRecord, RestoreResults, RestoreSpecRecord, RestoreStatusRecord, RestoreVolumeRecord,
+    ResultMessages, StowageRestoreRecord,
+};
 pub use store::{
-    BackupFiles, BackupListing, ListFailure, ListedBackup, check_backup, ensure_writable,
-    list_backup_keys, list_backups, read_backup, read_backup_record, read_logs,
-    read_pod_volume_backups, read_resource_list, read_resources, read_stowage_info, write_backup,
-    write_backup_record, write_logs, write_pod_volume_backups, write_resource_list,
-    write_resources, write_stowage_info,
+    BackupFiles, BackupListing, ListFailure, ListedBackup, RestoreListing, check_backup,
+    delete_restore, ensure_writable, list_backup_keys, list_backups, list_restore_keys,
+    list_restores, read_backup, read_backup_record, read_logs, read_pod_volume_backups,
+    read_resource_list, read_resources, read_restore_logs, read_restore_record,
+    read_restore_results, read_stowage_info, write_backup, write_backup_record, write_logs,
+    write_pod_volume_backups, write_resource_list, write_resources, write_restore,
+    write_stowage_info,
 };
 pub use stowage::{
     KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume, StowageBackupInfo,

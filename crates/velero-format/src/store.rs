@@ -1,7 +1,8 @@
-//! Reading and writing a whole backup's files over any `object_store::ObjectStore`. Keys are
-//! relative to the location root: wrap the store in `object_store::prefix::PrefixStore` when
-//! the location has a prefix. Listing tolerates broken backups: each one that cannot be read is
-//! reported with its reason instead of failing the whole list.
+//! Reading and writing a whole backup's (or restore's) files over any
+//! `object_store::ObjectStore`. Keys are relative to the location root: wrap the store in
+//! `object_store::prefix::PrefixStore` when the location has a prefix. Listing tolerates broken
+//! backups and restores: each one that cannot be read is reported with its reason instead of
+//! failing the whole list.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use crate::error::{FormatError, Result};
 use crate::layout;
 use crate::pod_volume_backup::PodVolumeBackup;
 use crate::resources::BackupResources;
+use crate::restore::{RestoreResults, StowageRestoreRecord};
 use crate::stowage::{Origin, StowageBackupInfo};
 
 /// How many backups `list_backups` reads at once.
@@ -423,6 +425,143 @@ pub async fn restic_repository_exists(store: &dyn ObjectStore, namespace: &str) 
     }
 }
 
+/// Reads `restores/<name>/stowage-restore.json`. A record whose `name` is not its directory's
+/// is refused, so a copied or hand-edited file cannot pass for another restore.
+pub async fn read_restore_record(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<StowageRestoreRecord> {
+    layout::validate_restore_name(name)?;
+    let key = layout::restore_record_key(name);
+    let record: StowageRestoreRecord =
+        decode_json(&get(store, &key).await?, &key, "restore record")?;
+    if record.name != name {
+        return Err(FormatError::Invalid(format!(
+            "{key}: the record names restore {:?}, not {name:?}",
+            record.name
+        )));
+    }
+    Ok(record)
+}
+
+/// Reads a restore's log text; `None` when absent.
+pub async fn read_restore_logs(store: &dyn ObjectStore, name: &str) -> Result<Option<String>> {
+    layout::validate_restore_name(name)?;
+    let key = layout::restore_logs_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| decode_logs(&data, &key))
+        .transpose()
+}
+
+/// Reads a restore's results (Velero's or stowage's); `None` when absent.
+pub async fn read_restore_results(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Option<RestoreResults>> {
+    layout::validate_restore_name(name)?;
+    let key = layout::restore_results_key(name);
+    get_optional(store, &key)
+        .await?
+        .map(|data| decode_json_gz(&data, &key, "restore results"))
+        .transpose()
+}
+
+/// Writes every file of restore `record.name`: its results (derived from the record, see
+/// [`RestoreResults::of_record`]), its logs, and its record last, so a listing never shows a
+/// restore whose other files are not there yet. Each file is one whole-object put: a reader
+/// sees the previous version or the new one, never a part.
+#[tracing::instrument(level = "debug", skip_all, fields(restore = %record.name))]
+pub async fn write_restore(
+    store: &dyn ObjectStore,
+    record: &StowageRestoreRecord,
+    logs: &str,
+) -> Result<()> {
+    let name = record.name.as_str();
+    layout::validate_restore_name(name)?;
+    let record_data = encode_json(record)?;
+    let results_data = encode_json_gz(&RestoreResults::of_record(record))?;
+    put(store, &layout::restore_results_key(name), results_data).await?;
+    put(store, &layout::restore_logs_key(name), encode_logs(logs)).await?;
+    put(store, &layout::restore_record_key(name), record_data).await
+}
+
+/// The result of listing a location's restores: readable records and unreadable ones.
+#[derive(Debug, Default)]
+pub struct RestoreListing {
+    pub restores: Vec<StowageRestoreRecord>,
+    /// Each `restores/<name>/` whose record is missing or does not parse, with why. A missing
+    /// record is a restore Velero ran (it writes only logs and results there), one still being
+    /// written, or what a partial delete left.
+    pub failures: Vec<ListFailure>,
+}
+
+/// Lists the restores of a location: every `restores/<name>/` directory, reading its record.
+/// Only a failure to list the location at all is an error.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn list_restores(store: &dyn ObjectStore) -> Result<RestoreListing> {
+    let prefix = Path::from(layout::RESTORES_DIR);
+    let listing = store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|error| FormatError::from_store(&format!("{}/", layout::RESTORES_DIR), error))?;
+    let names: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|path| path.filename().map(str::to_string))
+        .collect();
+    let results: Vec<(String, Result<StowageRestoreRecord>)> = futures::stream::iter(names)
+        .map(|name| async move {
+            let result = read_restore_record(store, &name).await;
+            (name, result)
+        })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = RestoreListing::default();
+    for (name, result) in results {
+        match result {
+            Ok(record) => out.restores.push(record),
+            Err(error) => out.failures.push(ListFailure { name, error }),
+        }
+    }
+    out.restores.sort_by(|a, b| a.name.cmp(&b.name));
+    out.failures.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Every object key under `restores/<name>/`.
+pub async fn list_restore_keys(store: &dyn ObjectStore, name: &str) -> Result<Vec<String>> {
+    layout::validate_restore_name(name)?;
+    let dir = layout::restore_dir(name);
+    let prefix = Path::from(dir.trim_end_matches('/'));
+    let mut keys: Vec<String> = store
+        .list(Some(&prefix))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .map_err(|error| FormatError::from_store(&dir, error))?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// Deletes every object under `restores/<name>/`, the record first: a delete stopped halfway
+/// leaves a directory without a record, which listings skip, never a record whose logs are
+/// gone. Deleting an absent restore is not an error.
+#[tracing::instrument(level = "debug", skip(store), fields(restore = %name))]
+pub async fn delete_restore(store: &dyn ObjectStore, name: &str) -> Result<()> {
+    let record_key = layout::restore_record_key(name);
+    let mut keys = list_restore_keys(store, name).await?;
+    keys.sort_by_key(|key| *key != record_key);
+    for key in keys {
+        match store.delete(&Path::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(FormatError::from_store(&key, error)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,5 +801,189 @@ mod tests {
     async fn invalid_names_are_refused_before_any_io() {
         let error = read_backup(&InMemory::new(), "../etc").await.unwrap_err();
         assert!(matches!(error, FormatError::InvalidName { .. }));
+    }
+
+    fn restore_record(name: &str) -> StowageRestoreRecord {
+        use crate::restore::RestoreVolumeRecord;
+        let mut record = StowageRestoreRecord::new(name);
+        record.uid = format!("uid-{name}");
+        record.spec.backup_name = "nightly".into();
+        record.status.phase = "PartiallyFailed".into();
+        record.status.volumes = vec![
+            RestoreVolumeRecord {
+                namespace: "foo".into(),
+                pod: "sample".into(),
+                volume: "data".into(),
+                phase: "Completed".into(),
+                ..Default::default()
+            },
+            RestoreVolumeRecord {
+                namespace: "foo".into(),
+                pod: "sample".into(),
+                volume: "cache".into(),
+                phase: "Failed".into(),
+                message: "no agent on node node-b".into(),
+                ..Default::default()
+            },
+        ];
+        record
+    }
+
+    #[tokio::test]
+    async fn local_directory_store_round_trips_a_restore_in_velero_s_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let record = restore_record("r1");
+        let logs = "2026-01-01T00:00:00.000Z info restore r1 started\n";
+        write_restore(&local, &record, logs).await.unwrap();
+        assert_eq!(
+            list_restore_keys(&local, "r1").await.unwrap(),
+            [
+                "restores/r1/restore-r1-logs.gz",
+                "restores/r1/restore-r1-results.gz",
+                "restores/r1/stowage-restore.json",
+            ]
+        );
+        assert_eq!(read_restore_record(&local, "r1").await.unwrap(), record);
+        assert_eq!(
+            read_restore_logs(&local, "r1").await.unwrap().as_deref(),
+            Some(logs)
+        );
+        // The results file is gzipped JSON in Velero's shape, read as Velero's decoder would.
+        let raw = std::fs::read(dir.path().join("restores/r1/restore-r1-results.gz")).unwrap();
+        let results: serde_json::Value =
+            decode_json_gz(&raw, "restore-r1-results.gz", "results").unwrap();
+        assert_eq!(
+            results,
+            json!({
+                "errors": {"namespaces": {"foo": ["pod volume sample/cache: restore failed: no agent on node node-b"]}},
+                "warnings": {},
+            })
+        );
+        assert_eq!(
+            read_restore_results(&local, "r1").await.unwrap().unwrap(),
+            RestoreResults::of_record(&record)
+        );
+
+        // Written again (a later state of the same restore): the files are replaced whole.
+        let mut later = record.clone();
+        later.status.phase = "Failed".into();
+        write_restore(&local, &later, "").await.unwrap();
+        assert_eq!(read_restore_record(&local, "r1").await.unwrap(), later);
+        assert_eq!(
+            read_restore_logs(&local, "r1").await.unwrap().as_deref(),
+            Some("")
+        );
+        assert!(read_restore_logs(&local, "absent").await.unwrap().is_none());
+        assert!(
+            read_restore_results(&local, "absent")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_listing_reports_garbage_beside_good_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        assert!(list_restores(&store).await.unwrap().restores.is_empty());
+        write_restore(&store, &restore_record("good"), "")
+            .await
+            .unwrap();
+        write_restore(&store, &restore_record("also-good"), "")
+            .await
+            .unwrap();
+        put(
+            &store,
+            "restores/bad-json/stowage-restore.json",
+            b"{\"name\": ".to_vec(),
+        )
+        .await
+        .unwrap();
+        let mut other = restore_record("other");
+        other.name = "other".into();
+        put(
+            &store,
+            "restores/renamed/stowage-restore.json",
+            encode_json(&other).unwrap(),
+        )
+        .await
+        .unwrap();
+        // What a Velero restore leaves: logs and results, no stowage record.
+        put(
+            &store,
+            "restores/velero-restore/restore-velero-restore-logs.gz",
+            encode_logs("x"),
+        )
+        .await
+        .unwrap();
+        // A backup is not a restore.
+        write_backup(&store, &stowage_backup("b1")).await.unwrap();
+
+        let listing = list_restores(&store).await.unwrap();
+        let names: Vec<&str> = listing.restores.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["also-good", "good"]);
+        let failures: Vec<String> = listing
+            .failures
+            .iter()
+            .map(|failure| format!("{}: {}", failure.name, failure.error))
+            .collect();
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(
+            failures[0].starts_with(
+                "bad-json: restores/bad-json/stowage-restore.json: not a valid restore record"
+            ),
+            "{failures:?}"
+        );
+        assert!(
+            failures[1].contains(
+                "restores/renamed/stowage-restore.json: the record names restore \"other\""
+            ),
+            "{failures:?}"
+        );
+        assert_eq!(
+            failures[2],
+            "velero-restore: restores/velero-restore/stowage-restore.json: not found"
+        );
+        assert!(matches!(
+            listing.failures[2].error,
+            FormatError::NotFound { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_restore_removes_its_directory_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        write_restore(&store, &restore_record("r1"), "log")
+            .await
+            .unwrap();
+        write_restore(&store, &restore_record("r10"), "log")
+            .await
+            .unwrap();
+        write_backup(&store, &stowage_backup("r1")).await.unwrap();
+        delete_restore(&store, "r1").await.unwrap();
+        assert!(list_restore_keys(&store, "r1").await.unwrap().is_empty());
+        assert!(matches!(
+            read_restore_record(&store, "r1").await.unwrap_err(),
+            FormatError::NotFound { .. }
+        ));
+        let names: Vec<String> = list_restores(&store)
+            .await
+            .unwrap()
+            .restores
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["r10"]);
+        assert_eq!(list_backup_keys(&store, "r1").await.unwrap().len(), 6);
+        // Absent already: nothing to do, no error.
+        delete_restore(&store, "r1").await.unwrap();
+        let error = delete_restore(&store, "../backups").await.unwrap_err();
+        assert!(
+            matches!(error, FormatError::InvalidRestoreName { .. }),
+            "{error}"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The backup files in the object store, read and written only through `stowage-velero-format`
-//! (layout and record formats) over the store `stowage-storage-location` opens. This module
-//! only translates between those records and the API's `Backup` message.
+//! The backup and restore files in the object store, read and written only through
+//! `stowage-velero-format` (layout and record formats) over the store
+//! `stowage-storage-location` opens. This module only translates between those records and the
+//! API's `Backup` and `Restore` messages.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -10,7 +11,8 @@ use stowage_proto::{
     prost_types,
     v1::{
         Backup, BackupOrigin, BackupPhase, BackupSpec, BackupStatus, LogLine, PodVolumeBackup,
-        PodVolumeRef, Progress, SkipReason, SkippedVolume, VolumePhase, VolumeSource,
+        PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase, RestoreSpec,
+        RestoreStatus, SkipReason, SkippedVolume, VolumePhase, VolumeSource,
     },
 };
 use stowage_storage_location::object_store::{ObjectStore, ObjectStoreExt, path::Path};
@@ -31,7 +33,14 @@ pub struct Store {
 }
 
 fn store_error(error: vf::FormatError) -> Error {
-    Error::Store(error.to_string())
+    match error {
+        vf::FormatError::InvalidRestoreName { name, reason } => Error::InvalidArgument {
+            what: "restore name",
+            value: name,
+            reason: reason.to_string(),
+        },
+        error => Error::Store(error.to_string()),
+    }
 }
 
 fn to_chrono(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
@@ -69,6 +78,28 @@ fn backup_phase_from(name: &str) -> BackupPhase {
         "Cancelled" => BackupPhase::Cancelled,
         "Deleting" => BackupPhase::Deleting,
         _ => BackupPhase::Failed,
+    }
+}
+
+fn restore_phase_name(phase: i32) -> &'static str {
+    match RestorePhase::try_from(phase).unwrap_or_default() {
+        RestorePhase::Unspecified | RestorePhase::New => "New",
+        RestorePhase::InProgress => "InProgress",
+        RestorePhase::Completed => "Completed",
+        RestorePhase::PartiallyFailed => "PartiallyFailed",
+        RestorePhase::Failed => "Failed",
+        RestorePhase::Cancelled => "Cancelled",
+    }
+}
+
+fn restore_phase_from(name: &str) -> RestorePhase {
+    match name {
+        "New" | "" => RestorePhase::New,
+        "InProgress" => RestorePhase::InProgress,
+        "Completed" => RestorePhase::Completed,
+        "PartiallyFailed" => RestorePhase::PartiallyFailed,
+        "Cancelled" | "Canceled" => RestorePhase::Cancelled,
+        _ => RestorePhase::Failed,
     }
 }
 
@@ -328,6 +359,228 @@ impl Store {
                 .map_err(|error| Error::Store(format!("deleting {key}: {error}")))?;
         }
         Ok(())
+    }
+}
+
+/// Restores in the bucket, under `restores/<name>/`.
+// The run engine's store adapter calls these (put on every state change, list and get after a
+// restart, delete with the restore); until it is wired in, only this module's tests do.
+#[allow(dead_code)]
+impl Store {
+    /// Writes restore `restore.name`'s files under `restores/<name>/`: its results (failed
+    /// volumes as errors under their namespace), its logs, and its record (spec, status and
+    /// every volume) last. Each is one whole-object put, so a reader finds the previous state
+    /// or the new one, never a part; call it again for each new state.
+    pub async fn put_restore(&self, restore: &Restore, logs: &[LogLine]) -> Result<()> {
+        vf::store::write_restore(
+            self.store.as_ref(),
+            &restore_record(restore),
+            &render_logs(logs),
+        )
+        .await
+        .map_err(store_error)
+    }
+
+    /// Every restore recorded in the location, by name. A directory whose record does not
+    /// parse is listed as a Failed restore whose failure reason says why; one without a record
+    /// (a restore Velero ran, or one being deleted) is not a stowage restore and is skipped.
+    pub async fn list_restores(&self) -> Result<Vec<Restore>> {
+        let listing = vf::store::list_restores(self.store.as_ref())
+            .await
+            .map_err(store_error)?;
+        let mut restores: Vec<Restore> = listing.restores.iter().map(from_restore_record).collect();
+        for failure in listing.failures {
+            if matches!(failure.error, vf::FormatError::NotFound { .. }) {
+                tracing::debug!(restore = %failure.name, "restore directory without a stowage record");
+                continue;
+            }
+            tracing::warn!(restore = %failure.name, error = %failure.error, "unreadable restore record");
+            restores.push(unreadable_restore(&failure));
+        }
+        restores.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(restores)
+    }
+
+    /// Restore `name` as the location records it; `None` when it has no record. A record that
+    /// does not parse comes back as a Failed restore naming why, as in [`Store::list_restores`].
+    pub async fn get_restore(&self, name: &str) -> Result<Option<Restore>> {
+        match vf::store::read_restore_record(self.store.as_ref(), name).await {
+            Ok(record) => Ok(Some(from_restore_record(&record))),
+            Err(vf::FormatError::NotFound { .. }) => Ok(None),
+            Err(error @ (vf::FormatError::Json { .. } | vf::FormatError::Invalid(_))) => {
+                Ok(Some(unreadable_restore(&vf::ListFailure {
+                    name: name.to_string(),
+                    error,
+                })))
+            }
+            Err(error) => Err(store_error(error)),
+        }
+    }
+
+    /// Restore `name`'s log lines; empty when it has none.
+    pub async fn restore_logs(&self, name: &str) -> Result<Vec<LogLine>> {
+        let text = vf::store::read_restore_logs(self.store.as_ref(), name)
+            .await
+            .map_err(store_error)?;
+        Ok(text.as_deref().map(parse_logs).unwrap_or_default())
+    }
+
+    /// Deletes every file under `restores/<name>/`, its record first (a delete stopped halfway
+    /// leaves no record behind, so the restore is no longer listed). Deleting a restore that
+    /// has no files is not an error.
+    pub async fn delete_restore(&self, name: &str) -> Result<()> {
+        vf::store::delete_restore(self.store.as_ref(), name)
+            .await
+            .map_err(store_error)
+    }
+}
+
+fn progress_record(progress: Option<&Progress>) -> vf::ProgressRecord {
+    let progress = progress.copied().unwrap_or_default();
+    vf::ProgressRecord {
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        files_done: progress.files_done,
+        files_total: progress.files_total,
+        seconds_elapsed: progress.seconds_elapsed,
+    }
+}
+
+fn from_progress_record(progress: &vf::ProgressRecord) -> Progress {
+    Progress {
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        files_done: progress.files_done,
+        files_total: progress.files_total,
+        seconds_elapsed: progress.seconds_elapsed,
+    }
+}
+
+/// The bucket's record of `restore`: every field of the API message, so a restore read back
+/// after a restart (or by another orchestrator) shows what the one that ran it showed.
+fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
+    let spec = restore.spec.clone().unwrap_or_default();
+    let status = restore.status.clone().unwrap_or_default();
+    let mut record = vf::StowageRestoreRecord::new(&restore.name);
+    record.uid = restore.uid.clone();
+    record.written_by = Some(env!("CARGO_PKG_VERSION").to_string());
+    record.spec = vf::RestoreSpecRecord {
+        backup_name: spec.backup_name,
+        namespace_mapping: spec.namespace_mapping.into_iter().collect(),
+        included_namespaces: spec.included_namespaces,
+        extra: Default::default(),
+    };
+    record.status = vf::RestoreStatusRecord {
+        phase: restore_phase_name(status.phase).to_string(),
+        started: status.started.as_ref().and_then(to_chrono),
+        finished: status.finished.as_ref().and_then(to_chrono),
+        volumes_total: status.volumes_total,
+        volumes_completed: status.volumes_completed,
+        volumes_failed: status.volumes_failed,
+        progress: progress_record(status.progress.as_ref()),
+        failure_reason: status.failure_reason,
+        pods_created: status.pods_created,
+        trace_id: status.trace_id,
+        volumes: status
+            .volumes
+            .iter()
+            .map(|volume| {
+                let reference = volume.volume.clone().unwrap_or_default();
+                let source = VolumeSource::try_from(reference.source).unwrap_or_default();
+                vf::RestoreVolumeRecord {
+                    namespace: reference.namespace,
+                    pod: reference.pod_name,
+                    pod_uid: reference.pod_uid,
+                    volume: reference.volume_name,
+                    source: if source == VolumeSource::Unspecified {
+                        String::new()
+                    } else {
+                        source.as_str_name().to_string()
+                    },
+                    pv_name: reference.pv_name,
+                    pvc_name: reference.pvc_name,
+                    pvc_uid: reference.pvc_uid,
+                    node: volume.node.clone(),
+                    phase: volume_phase_name(volume.phase).to_string(),
+                    snapshot_id: volume.snapshot_id.clone(),
+                    progress: progress_record(volume.progress.as_ref()),
+                    started: volume.started.as_ref().and_then(to_chrono),
+                    finished: volume.finished.as_ref().and_then(to_chrono),
+                    message: volume.error_message.clone(),
+                    source_namespace: volume.source_namespace.clone(),
+                    repository: volume.repository.clone(),
+                    extra: Default::default(),
+                }
+            })
+            .collect(),
+        extra: Default::default(),
+    };
+    record
+}
+
+fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
+    let status = &record.status;
+    Restore {
+        name: record.name.clone(),
+        uid: record.uid.clone(),
+        spec: Some(RestoreSpec {
+            backup_name: record.spec.backup_name.clone(),
+            namespace_mapping: record.spec.namespace_mapping.clone().into_iter().collect(),
+            included_namespaces: record.spec.included_namespaces.clone(),
+        }),
+        status: Some(RestoreStatus {
+            phase: restore_phase_from(&status.phase) as i32,
+            started: status.started.as_ref().map(to_timestamp),
+            finished: status.finished.as_ref().map(to_timestamp),
+            volumes: status
+                .volumes
+                .iter()
+                .map(|volume| PodVolumeRestore {
+                    volume: Some(PodVolumeRef {
+                        namespace: volume.namespace.clone(),
+                        pod_name: volume.pod.clone(),
+                        pod_uid: volume.pod_uid.clone(),
+                        volume_name: volume.volume.clone(),
+                        source: VolumeSource::from_str_name(&volume.source).unwrap_or_default()
+                            as i32,
+                        pv_name: volume.pv_name.clone(),
+                        pvc_name: volume.pvc_name.clone(),
+                        pvc_uid: volume.pvc_uid.clone(),
+                    }),
+                    node: volume.node.clone(),
+                    phase: volume_phase_from(&volume.phase) as i32,
+                    snapshot_id: volume.snapshot_id.clone(),
+                    progress: Some(from_progress_record(&volume.progress)),
+                    started: volume.started.as_ref().map(to_timestamp),
+                    finished: volume.finished.as_ref().map(to_timestamp),
+                    error_message: volume.message.clone(),
+                    source_namespace: volume.source_namespace.clone(),
+                    repository: volume.repository.clone(),
+                })
+                .collect(),
+            volumes_total: status.volumes_total,
+            volumes_completed: status.volumes_completed,
+            volumes_failed: status.volumes_failed,
+            progress: Some(from_progress_record(&status.progress)),
+            failure_reason: status.failure_reason.clone(),
+            pods_created: status.pods_created.clone(),
+            trace_id: status.trace_id.clone(),
+        }),
+    }
+}
+
+/// A restore whose record does not parse: only its name and why are known. It reads as
+/// Failed (a final phase), so restart recovery never takes it for a running restore.
+fn unreadable_restore(failure: &vf::ListFailure) -> Restore {
+    Restore {
+        name: failure.name.clone(),
+        uid: String::new(),
+        spec: Some(RestoreSpec::default()),
+        status: Some(RestoreStatus {
+            phase: RestorePhase::Failed as i32,
+            failure_reason: format!("unreadable restore record: {}", failure.error),
+            ..Default::default()
+        }),
     }
 }
 
@@ -929,5 +1182,262 @@ mod tests {
             BackupPhase::Failed as i32,
             "a final phase: restart recovery leaves it alone"
         );
+    }
+
+    fn sample_restore() -> Restore {
+        let at = |seconds| {
+            Some(prost_types::Timestamp {
+                seconds,
+                nanos: 500_000_000,
+            })
+        };
+        Restore {
+            name: "nightly-20260101".into(),
+            uid: "r-uid".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
+                included_namespaces: vec!["foo".into()],
+            }),
+            status: Some(RestoreStatus {
+                phase: RestorePhase::PartiallyFailed as i32,
+                started: at(1_700_000_000),
+                finished: at(1_700_000_060),
+                volumes: vec![
+                    PodVolumeRestore {
+                        volume: Some(PodVolumeRef {
+                            namespace: "bar".into(),
+                            pod_name: "sample".into(),
+                            pod_uid: "new-pod-uid".into(),
+                            volume_name: "pvc-volume".into(),
+                            source: VolumeSource::PersistentVolumeClaim as i32,
+                            pv_name: "pv-2".into(),
+                            pvc_name: "sample-pvc".into(),
+                            pvc_uid: "p2".into(),
+                        }),
+                        node: "node-a".into(),
+                        phase: VolumePhase::Completed as i32,
+                        snapshot_id: "0123abcd".into(),
+                        progress: Some(Progress {
+                            bytes_done: 4096,
+                            bytes_total: 4096,
+                            files_done: 2,
+                            files_total: 2,
+                            seconds_elapsed: 1.25,
+                        }),
+                        started: at(1_700_000_001),
+                        finished: at(1_700_000_003),
+                        error_message: String::new(),
+                        source_namespace: "foo".into(),
+                        repository: "/loc/restic/foo".into(),
+                    },
+                    PodVolumeRestore {
+                        volume: Some(PodVolumeRef {
+                            namespace: "bar".into(),
+                            pod_name: "sample".into(),
+                            pod_uid: "new-pod-uid".into(),
+                            volume_name: "emptydir-volume".into(),
+                            source: VolumeSource::EmptyDir as i32,
+                            ..Default::default()
+                        }),
+                        node: "node-b".into(),
+                        phase: VolumePhase::Failed as i32,
+                        snapshot_id: "4567cdef".into(),
+                        progress: Some(Progress::default()),
+                        error_message: "no agent on node node-b".into(),
+                        source_namespace: "foo".into(),
+                        repository: "/loc/restic/foo".into(),
+                        ..Default::default()
+                    },
+                ],
+                volumes_total: 2,
+                volumes_completed: 1,
+                volumes_failed: 1,
+                progress: Some(Progress {
+                    bytes_done: 4096,
+                    bytes_total: 4096,
+                    files_done: 2,
+                    files_total: 2,
+                    seconds_elapsed: 0.0,
+                }),
+                failure_reason: "1 of 2 volumes failed".into(),
+                pods_created: vec!["bar/sample".into()],
+                trace_id: "trace-1".into(),
+            }),
+        }
+    }
+
+    fn log_line(seconds: i64, level: &str, message: &str) -> LogLine {
+        LogLine {
+            time: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            level: level.into(),
+            message: message.into(),
+        }
+    }
+
+    fn local_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let local =
+            stowage_storage_location::object_store::local::LocalFileSystem::new_with_prefix(
+                dir.path(),
+            )
+            .unwrap();
+        (dir, Store::new(Arc::new(local), "stowage".into()))
+    }
+
+    #[tokio::test]
+    async fn a_put_restore_reads_back_the_same_with_its_logs() {
+        let (dir, store) = local_store();
+        let restore = sample_restore();
+        let logs = vec![
+            log_line(1_700_000_000, "info", "restore nightly-20260101 started"),
+            log_line(
+                1_700_000_060,
+                "error",
+                "volume bar/sample/emptydir-volume failed",
+            ),
+        ];
+        store.put_restore(&restore, &logs).await.unwrap();
+        for file in [
+            "stowage-restore.json",
+            "restore-nightly-20260101-logs.gz",
+            "restore-nightly-20260101-results.gz",
+        ] {
+            assert!(
+                dir.path()
+                    .join("restores/nightly-20260101")
+                    .join(file)
+                    .is_file(),
+                "{file}"
+            );
+        }
+        assert_eq!(
+            store.get_restore("nightly-20260101").await.unwrap(),
+            Some(restore.clone())
+        );
+        assert_eq!(store.list_restores().await.unwrap(), vec![restore.clone()]);
+        assert_eq!(store.restore_logs("nightly-20260101").await.unwrap(), logs);
+
+        // A later state replaces the earlier one whole; a cancelled restore stays cancelled.
+        let mut cancelled = restore.clone();
+        let status = cancelled.status.as_mut().unwrap();
+        status.phase = RestorePhase::Cancelled as i32;
+        status.volumes[1].phase = VolumePhase::Cancelled as i32;
+        store.put_restore(&cancelled, &logs[..1]).await.unwrap();
+        assert_eq!(
+            store.get_restore("nightly-20260101").await.unwrap(),
+            Some(cancelled)
+        );
+        assert_eq!(
+            store.restore_logs("nightly-20260101").await.unwrap(),
+            &logs[..1]
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_results_name_the_failed_volumes_under_their_namespace() {
+        let (_dir, store) = local_store();
+        store.put_restore(&sample_restore(), &[]).await.unwrap();
+        let results = vf::store::read_restore_results(store.store.as_ref(), "nightly-20260101")
+            .await
+            .unwrap()
+            .expect("results file");
+        assert_eq!(
+            results.errors.namespaces["bar"],
+            ["pod volume sample/emptydir-volume: restore failed: no agent on node node-b"]
+        );
+        assert_eq!(results.errors.len(), 1);
+        assert!(results.warnings.is_empty());
+    }
+
+    #[tokio::test]
+    async fn restore_listing_skips_foreign_directories_and_reports_broken_records() {
+        let (dir, store) = local_store();
+        assert!(store.list_restores().await.unwrap().is_empty());
+        store.put_restore(&sample_restore(), &[]).await.unwrap();
+        let broken = dir.path().join("restores/broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("stowage-restore.json"), b"{\"name\": 7").unwrap();
+        // A restore Velero ran: logs and results only.
+        let velero = dir.path().join("restores/velero-run");
+        std::fs::create_dir_all(&velero).unwrap();
+        std::fs::write(velero.join("restore-velero-run-logs.gz"), b"x").unwrap();
+        // A backup of the same name is not a restore.
+        store.save_backup(&sample(), &[], None).await.unwrap();
+
+        let listed = store.list_restores().await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["broken", "nightly-20260101"]);
+        let status = listed[0].status.clone().unwrap();
+        assert_eq!(status.phase, RestorePhase::Failed as i32);
+        assert!(
+            status.failure_reason.starts_with(
+                "unreadable restore record: restores/broken/stowage-restore.json: not a valid restore record"
+            ),
+            "{}",
+            status.failure_reason
+        );
+        assert_eq!(
+            store
+                .get_restore("broken")
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .unwrap()
+                .failure_reason,
+            status.failure_reason
+        );
+        assert_eq!(store.get_restore("velero-run").await.unwrap(), None);
+        assert_eq!(store.get_restore("absent").await.unwrap(), None);
+        assert!(store.restore_logs("absent").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_restore_is_gone_and_its_neighbours_stay() {
+        let (dir, store) = local_store();
+        let mut other = sample_restore();
+        other.name = "nightly-20260101-2".into();
+        store.put_restore(&sample_restore(), &[]).await.unwrap();
+        store.put_restore(&other, &[]).await.unwrap();
+        store.save_backup(&sample(), &[], None).await.unwrap();
+        store.delete_restore("nightly-20260101").await.unwrap();
+        assert!(
+            !dir.path()
+                .join("restores/nightly-20260101")
+                .join("stowage-restore.json")
+                .exists()
+        );
+        assert_eq!(store.get_restore("nightly-20260101").await.unwrap(), None);
+        assert_eq!(store.list_restores().await.unwrap(), vec![other]);
+        assert_eq!(store.load_backups().await.unwrap().len(), 1);
+        store.delete_restore("nightly-20260101").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restore_name_that_is_no_object_name_is_an_invalid_argument() {
+        let (_dir, store) = local_store();
+        for call in [
+            store.get_restore("../backups").await.map(|_| ()),
+            store.restore_logs("../backups").await.map(|_| ()),
+            store.delete_restore("../backups").await,
+        ] {
+            let error = call.unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::InvalidArgument {
+                        what: "restore name",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(error.to_string().contains("../backups"), "{error}");
+        }
+        let mut restore = sample_restore();
+        restore.name = "Bad_Name".into();
+        let error = store.put_restore(&restore, &[]).await.unwrap_err();
+        assert!(error.to_string().contains("Bad_Name"), "{error}");
     }
 }
