@@ -368,22 +368,19 @@ impl RecordStore for Store {
         Store::repository_exists(self, namespace).await
     }
 
-    // Restores are not yet written to the storage location by `Store`; until they are, a
-    // restore's record lives in memory and in its PodVolumeRestore mirrors, and these answer
-    // as an empty location would.
-    async fn put_restore(&self, _restore: &Restore, _logs: &[LogLine]) -> Result<()> {
-        Ok(())
+    async fn put_restore(&self, restore: &Restore, logs: &[LogLine]) -> Result<()> {
+        Store::put_restore(self, restore, logs).await
     }
 
     async fn list_restores(&self) -> Result<Vec<Restore>> {
-        Ok(Vec::new())
+        Store::list_restores(self).await
     }
 
-    async fn get_restore(&self, _name: &str) -> Result<Option<Restore>> {
-        Ok(None)
+    async fn get_restore(&self, name: &str) -> Result<Option<Restore>> {
+        Store::get_restore(self, name).await
     }
 
-    async fn restore_logs(&self, _name: &str) -> Result<Vec<LogLine>> {
-        Ok(Vec::new())
+    async fn restore_logs(&self, name: &str) -> Result<Vec<LogLine>> {
+        Store::restore_logs(self, name).await
     }
 }

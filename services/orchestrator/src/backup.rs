@@ -1105,6 +1105,38 @@ mod runs {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lease_the_repo_manager_forgot_is_taken_again_and_released_at_the_end() {
+        let world = World::new(limits());
+        shop(&world, 1);
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 10,
+                every: Duration::from_secs(10),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        world.repo_manager.forget_leases();
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Completed);
+        let calls = world.repo_manager.calls();
+        assert!(
+            calls.contains(&"acquire shop backup/nightly/shop lease-2".to_string()),
+            "{calls:?}"
+        );
+        assert!(world.repo_manager.count("renew lease-2") >= 1, "{calls:?}");
+        assert_eq!(calls.last().map(String::as_str), Some("release lease-2"));
+        assert!(world.repo_manager.held().is_empty());
+        assert!(
+            entry
+                .logs()
+                .iter()
+                .any(|line| line.message.contains("had lapsed; taken again"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_volume_fails_naming_its_last_progress_and_a_slow_one_finishes() {
         let world = World::new(limits());
         world

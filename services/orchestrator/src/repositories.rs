@@ -25,12 +25,31 @@ use crate::{
 /// Where a lease holder's complaints go (the run's log).
 pub type Warn = Arc<dyn Fn(String) + Send + Sync>;
 
+/// One lease a run holds: what it was asked for, and its id now.
+#[derive(Debug, Clone)]
+struct Held {
+    namespace: String,
+    holder: String,
+    id: String,
+}
+
+/// The SHARED lease request of `holder` on `namespace`'s repository.
+fn shared(namespace: &str, holder: &str, ttl: Duration, wait: Duration) -> AcquireLeaseRequest {
+    AcquireLeaseRequest {
+        namespace: namespace.to_string(),
+        mode: LeaseMode::Shared as i32,
+        holder: holder.to_string(),
+        ttl: Some(proto_duration(ttl)),
+        wait_timeout: Some(proto_duration(wait)),
+    }
+}
+
 /// The leases one run holds, renewed in the background until [`Leases::release_all`].
 pub struct Leases {
     repo_manager: Arc<dyn RepoManagerPort>,
     ttl: Duration,
-    /// `(namespace, lease id)` of every lease held.
-    held: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every lease held.
+    held: Arc<Mutex<Vec<Held>>>,
     stop: CancellationToken,
     renewer: Mutex<Option<JoinHandle<()>>>,
     warn: Warn,
@@ -58,20 +77,18 @@ impl Leases {
     ) -> Result<()> {
         let lease = self
             .repo_manager
-            .acquire_lease(AcquireLeaseRequest {
-                namespace: namespace.to_string(),
-                mode: LeaseMode::Shared as i32,
-                holder,
-                ttl: Some(proto_duration(self.ttl)),
-                wait_timeout: Some(proto_duration(wait)),
-            })
+            .acquire_lease(shared(namespace, &holder, self.ttl, wait))
             .await?;
         match lease {
             Some(id) => {
                 self.held
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((namespace.to_string(), id));
+                    .push(Held {
+                        namespace: namespace.to_string(),
+                        holder,
+                        id,
+                    });
                 self.start_renewing();
             }
             None => (self.warn)("the repo-manager does not support leases".to_string()),
@@ -97,11 +114,42 @@ impl Leases {
                     () = stop.cancelled() => return,
                 }
                 let leases = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                for (namespace, id) in leases {
-                    if let Err(error) = repo_manager.renew_lease(&id, ttl).await {
+                for lease in leases {
+                    let Err(error) = repo_manager.renew_lease(&lease.id, ttl).await else {
+                        continue;
+                    };
+                    if error.code() != tonic::Code::NotFound {
                         warn(format!(
-                            "renewing the lease on the repository of namespace {namespace}: {error}"
+                            "renewing the lease on the repository of namespace {}: {error}",
+                            lease.namespace
                         ));
+                        continue;
+                    }
+                    // The repo-manager no longer knows the lease (it restarted, or a renewal
+                    // came too late): take it again at once, without waiting for maintenance
+                    // that may have started meanwhile.
+                    let again = repo_manager
+                        .acquire_lease(shared(&lease.namespace, &lease.holder, ttl, Duration::ZERO))
+                        .await;
+                    match again {
+                        Ok(Some(id)) => {
+                            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(entry) = held.iter_mut().find(|h| h.id == lease.id) {
+                                entry.id = id;
+                            }
+                            drop(held);
+                            warn(format!(
+                                "the lease on the repository of namespace {} had lapsed; \
+                                 taken again",
+                                lease.namespace
+                            ));
+                        }
+                        Ok(None) => {}
+                        Err(again) => warn(format!(
+                            "the lease on the repository of namespace {} lapsed and could not \
+                             be taken again ({again}); restic goes on without it",
+                            lease.namespace
+                        )),
                     }
                 }
             }
@@ -123,10 +171,11 @@ impl Leases {
             (self.warn)(format!("the lease renewal task ended abnormally: {error}"));
         }
         let leases = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        for (namespace, id) in leases {
-            if let Err(error) = self.repo_manager.release_lease(&id).await {
+        for lease in leases {
+            if let Err(error) = self.repo_manager.release_lease(&lease.id).await {
                 (self.warn)(format!(
-                    "releasing the lease on the repository of namespace {namespace}: {error}"
+                    "releasing the lease on the repository of namespace {}: {error}",
+                    lease.namespace
                 ));
             }
         }

@@ -264,6 +264,11 @@ impl FakeRepoManager {
     pub fn held(&self) -> BTreeSet<String> {
         lock(&self.held).clone()
     }
+
+    /// Forgets every lease, as a restarted repo-manager has.
+    pub fn forget_leases(&self) {
+        lock(&self.held).clear();
+    }
 }
 
 #[tonic::async_trait]
@@ -302,7 +307,15 @@ impl RepoManagerPort for FakeRepoManager {
 
     async fn renew_lease(&self, lease_id: &str, _ttl: Duration) -> Result<()> {
         lock(&self.calls).push(format!("renew {lease_id}"));
-        Ok(())
+        if lock(&self.held).contains(lease_id) {
+            Ok(())
+        } else {
+            Err(Error::Rpc {
+                service: "repo-manager",
+                action: format!("renewing lease {lease_id}"),
+                status: tonic::Status::not_found(format!("lease {lease_id} not found")),
+            })
+        }
     }
 
     async fn release_lease(&self, lease_id: &str) -> Result<bool> {
