@@ -598,4 +598,3 @@ async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, C
         }
     }
 }
-
