@@ -472,32 +472,6 @@ async fn cancel_stops_the_running_volume() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn timeout_fails_the_volumes_still_running() {
-    let (stack, _wrapper) = stack_with_slow_backups().await;
-    let mut client = stack.client().await;
-    let backup = backup_to_end(
-        &mut client,
-        "hurried",
-        BackupSpec {
-            timeout: Some(stowage_proto::prost_types::Duration {
-                seconds: 3,
-                nanos: 0,
-            }),
-            ..foo_spec()
-        },
-    )
-    .await;
-    let status = backup.status.unwrap();
-    assert_eq!(status.phase, BackupPhase::Failed as i32, "{status:#?}");
-    assert_eq!(status.volumes[0].phase, VolumePhase::Failed as i32);
-    assert!(
-        status.volumes[0].error_message.contains("timed out"),
-        "{}",
-        status.volumes[0].error_message
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn restarted_orchestrator_fails_unfinished_volumes_and_lists_the_bucket() {
     let (mut stack, _wrapper) = stack_with_slow_backups().await;
     let mut client = stack.client().await;
