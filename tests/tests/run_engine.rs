@@ -313,6 +313,12 @@ async fn orchestrator_killed_mid_restore_shows_it_ended_from_the_bucket_and_the_
     );
     assert_eq!(status.volumes.len(), 1, "{status:#?}");
     let volume_status = &status.volumes[0];
+    eprintln!(
+        "after the crash the restore ended {:?}, its volume {:?} ({}); the helper exited {exit}",
+        RestorePhase::try_from(status.phase),
+        VolumePhase::try_from(volume_status.phase),
+        volume_status.error_message
+    );
     match RestorePhase::try_from(status.phase) {
         // Resumed: the volume was restored after all and the helper let the pod start.
         Ok(RestorePhase::Completed) => {
