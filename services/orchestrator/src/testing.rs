@@ -193,11 +193,10 @@ impl ClusterPort for FakeCluster {
     }
 
     async fn list_mirrors(&self, kind: MirrorKind) -> Result<Vec<DynamicObject>> {
-        let (api_kind, plural) = match kind {
-            MirrorKind::PodVolumeBackup => ("PodVolumeBackup", "podvolumebackups"),
-            MirrorKind::PodVolumeRestore => ("PodVolumeRestore", "podvolumerestores"),
+        let api_kind = match kind {
+            MirrorKind::PodVolumeBackup => "PodVolumeBackup",
+            MirrorKind::PodVolumeRestore => "PodVolumeRestore",
         };
-        let _ = plural;
         Ok(self
             .last_mirrors(kind)
             .into_values()
