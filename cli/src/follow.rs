@@ -8,8 +8,8 @@ use stowage_proto::v1::{self, BackupPhase, RestorePhase};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    commands::Session,
     error::{Call, CliError, root_cause},
+    session::{self, Session},
     view,
     watch::{Display, Snapshot},
 };
@@ -121,7 +121,10 @@ impl Followed {
                     .as_ref()
                     .and_then(|status| RestorePhase::try_from(status.phase).ok()),
                 Some(
-                    RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed
+                    RestorePhase::Completed
+                        | RestorePhase::PartiallyFailed
+                        | RestorePhase::Failed
+                        | RestorePhase::Cancelled
                 )
             ),
         }
@@ -180,10 +183,10 @@ async fn open(session: &mut Session, followed: &Followed) -> Result<Events, toni
 async fn refresh(session: &mut Session, followed: &Followed) -> Result<Followed, CliError> {
     Ok(match followed {
         Followed::Backup(_) => {
-            Followed::Backup(crate::commands::get_backup(session, followed.name()).await?)
+            Followed::Backup(session::get_backup(session, followed.name()).await?)
         }
         Followed::Restore(_) => {
-            Followed::Restore(crate::commands::get_restore(session, followed.name()).await?)
+            Followed::Restore(session::get_restore(session, followed.name()).await?)
         }
     })
 }
@@ -373,9 +376,17 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert!(!restore(RestorePhase::InProgress).ended());
-        assert!(restore(RestorePhase::PartiallyFailed).ended());
-        assert!(restore(RestorePhase::Completed).ended());
+        for phase in [RestorePhase::New, RestorePhase::InProgress] {
+            assert!(!restore(phase).ended(), "{phase:?}");
+        }
+        for phase in [
+            RestorePhase::Completed,
+            RestorePhase::PartiallyFailed,
+            RestorePhase::Failed,
+            RestorePhase::Cancelled,
+        ] {
+            assert!(restore(phase).ended(), "{phase:?}");
+        }
     }
 
     #[test]
