@@ -475,6 +475,41 @@ async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitC
                 .into_inner();
             print_logs(&response, output.format)
         }
+        RestoreCommand::Cancel { name } => {
+            let call = Call::new("CancelRestore", "restore", &name, "cancelling");
+            let restore = match session
+                .client
+                .cancel_restore(v1::CancelRestoreRequest { name: name.clone() })
+                .await
+            {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let failure = session.fail(status, &call);
+                    if matches!(failure, CliError::Unimplemented { .. }) {
+                        // A server that cannot cancel restores can still say whether the
+                        // restore exists: a mistyped name is reported as such, not as a
+                        // missing feature.
+                        let lookup = get_restore(session, &name).await;
+                        return Err(cancel_unsupported(failure, lookup));
+                    }
+                    return Err(failure);
+                }
+            };
+            let phase = view::restore_phase(restore.status.unwrap_or_default().phase);
+            print_text(&format!(
+                "Cancel of restore \"{name}\" requested; its phase is now {phase}.\n"
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The error of a `restore cancel` the server does not implement: "not found" when the
+/// restore does not exist either, else the unsupported call.
+fn cancel_unsupported(unsupported: CliError, lookup: Result<v1::Restore, CliError>) -> CliError {
+    match lookup {
+        Err(not_found @ CliError::NotFound { .. }) => not_found,
+        _ => unsupported,
     }
 }
 
@@ -596,5 +631,53 @@ async fn repo(session: &mut Session, command: RepoCommand) -> Result<ExitCode, C
                 structured_output.is_some(),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsupported() -> CliError {
+        crate::error::from_status(
+            &tonic::Status::unimplemented("CancelRestore is not implemented yet"),
+            &Call::new("CancelRestore", "restore", "nightly-1", "cancelling"),
+            "http://127.0.0.1:1",
+        )
+    }
+
+    #[test]
+    fn cancel_of_an_unknown_restore_on_a_server_without_cancel_names_the_restore() {
+        let lookup = Err(CliError::NotFound {
+            kind: "restore",
+            name: "nightly-1".into(),
+        });
+        assert_eq!(
+            cancel_unsupported(unsupported(), lookup).to_string(),
+            "restore \"nightly-1\" not found"
+        );
+    }
+
+    #[test]
+    fn cancel_of_a_known_restore_on_a_server_without_cancel_says_what_is_missing() {
+        let found = Ok(v1::Restore {
+            name: "nightly-1".into(),
+            ..Default::default()
+        });
+        let text = cancel_unsupported(unsupported(), found).to_string();
+        assert_eq!(
+            text,
+            "the server at http://127.0.0.1:1 does not support CancelRestore yet (CancelRestore is not implemented yet)"
+        );
+        // A lookup that failed otherwise does not hide the first answer.
+        let unreachable = Err(CliError::Unreachable {
+            server: "http://127.0.0.1:1".into(),
+            cause: "Connection refused".into(),
+        });
+        assert!(
+            cancel_unsupported(unsupported(), unreachable)
+                .to_string()
+                .contains("does not support CancelRestore")
+        );
     }
 }

@@ -121,7 +121,10 @@ impl Followed {
                     .as_ref()
                     .and_then(|status| RestorePhase::try_from(status.phase).ok()),
                 Some(
-                    RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed
+                    RestorePhase::Completed
+                        | RestorePhase::PartiallyFailed
+                        | RestorePhase::Failed
+                        | RestorePhase::Cancelled
                 )
             ),
         }
@@ -373,9 +376,17 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert!(!restore(RestorePhase::InProgress).ended());
-        assert!(restore(RestorePhase::PartiallyFailed).ended());
-        assert!(restore(RestorePhase::Completed).ended());
+        for phase in [RestorePhase::New, RestorePhase::InProgress] {
+            assert!(!restore(phase).ended(), "{phase:?}");
+        }
+        for phase in [
+            RestorePhase::Completed,
+            RestorePhase::PartiallyFailed,
+            RestorePhase::Failed,
+            RestorePhase::Cancelled,
+        ] {
+            assert!(restore(phase).ended(), "{phase:?}");
+        }
     }
 
     #[test]

@@ -245,6 +245,9 @@ enum RestoreCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Stop a running restore: volumes not yet started end Cancelled, running restic is
+    /// killed, and the recreated pods' restore helpers exit; it ends Cancelled.
+    Cancel { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +419,20 @@ mod tests {
             .unwrap();
         let typed = Typed::from_matches(&matches);
         assert!(typed.token_file && !typed.server, "{typed:?}");
+    }
+
+    #[test]
+    fn restore_cancel_takes_one_name() {
+        let cli = Cli::try_parse_from(["stowage", "restore", "cancel", "nightly-1"]).unwrap();
+        let Command::Restore(RestoreCommand::Cancel { name }) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(name, "nightly-1");
+        let error = Cli::try_parse_from(["stowage", "restore", "cancel"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -395,6 +395,15 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
     let _ = writeln!(out, "Pods created: {}", list_or_none(&status.pods_created));
+    let mut repositories: Vec<String> = status
+        .volumes
+        .iter()
+        .filter(|volume| !volume.repository.is_empty())
+        .map(|volume| volume.repository.clone())
+        .collect();
+    repositories.sort_unstable();
+    repositories.dedup();
+    let _ = writeln!(out, "Repositories: {}", list_or_none(&repositories));
     out.push('\n');
     let known = TotalsKnown::of(
         run_ended(&status.phase),
@@ -938,6 +947,7 @@ mod tests {
             started: None,
             finished: None,
             error_message: String::new(),
+            repository: "/loc/restic/foo".into(),
         };
         RestoreView {
             name: "demo-restore".into(),
@@ -979,6 +989,66 @@ mod tests {
         let details = describe_restore(&restore(), true);
         assert!(details.contains("SNAPSHOT"), "{details}");
         assert!(!details.contains("--details` for the table"), "{details}");
+    }
+
+    /// A restore read back from the bucket after it was cancelled: its phase, why, each
+    /// volume's phase and error, and the repository it read show in describe and get.
+    #[test]
+    fn a_cancelled_restore_shows_its_phase_reason_and_volumes() {
+        let mut cancelled = restore();
+        cancelled.status.phase = "Cancelled".into();
+        cancelled.status.failure_reason = "cancelled by request".into();
+        cancelled.status.volumes[1].phase = "Cancelled".into();
+        cancelled.status.volumes[1].error_message = "restore cancelled".into();
+        let text = describe_restore(&cancelled, false);
+        assert!(text.contains("Phase:        Cancelled\n"), "{text}");
+        assert!(
+            text.contains("Failure:      cancelled by request\n"),
+            "{text}"
+        );
+        assert!(text.contains("  Cancelled:  foo/sample/cache\n"), "{text}");
+        assert!(text.contains("Repositories: /loc/restic/foo\n"), "{text}");
+        let details = describe_restore(&cancelled, true);
+        assert!(details.contains("Cancelled"), "{details}");
+        assert!(details.contains("restore cancelled"), "{details}");
+        let table = restore_table(std::slice::from_ref(&cancelled));
+        assert!(table.contains("demo-restore"), "{table}");
+        assert!(table.contains("Cancelled"), "{table}");
+    }
+
+    /// A restore whose record in the bucket does not parse is served with only its name, the
+    /// Failed phase and why: get and describe show that much and nothing invented.
+    #[test]
+    fn an_unreadable_restore_record_shows_its_name_and_why() {
+        let view = RestoreView::from(&stowage_proto::v1::Restore {
+            name: "broken".into(),
+            spec: Some(Default::default()),
+            status: Some(stowage_proto::v1::RestoreStatus {
+                phase: stowage_proto::v1::RestorePhase::Failed as i32,
+                failure_reason: "unreadable restore record: restores/broken/stowage-restore.json: not a valid restore record: EOF".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let text = describe_restore(&view, false);
+        assert!(text.contains("Name:         broken\n"), "{text}");
+        assert!(text.contains("Phase:        Failed\n"), "{text}");
+        assert!(
+            text.contains(
+                "Failure:      unreadable restore record: restores/broken/stowage-restore.json"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Repositories: <none>\n"), "{text}");
+        let table = restore_table(std::slice::from_ref(&view));
+        assert!(
+            table
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .starts_with("broken"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -482,6 +482,8 @@ pub struct PodVolumeRestoreView {
     pub started: Option<String>,
     pub finished: Option<String>,
     pub error_message: String,
+    /// restic URL of the repository the snapshot was restored from.
+    pub repository: String,
 }
 
 impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
@@ -496,6 +498,7 @@ impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
             started: rfc3339(&volume.started),
             finished: rfc3339(&volume.finished),
             error_message: readable_error(&volume.error_message),
+            repository: volume.repository.clone(),
         }
     }
 }
@@ -819,6 +822,48 @@ mod tests {
         assert_eq!(volume["phase"], "Completed");
         assert_eq!(volume["snapshotId"], "abc");
         assert!(json.get("unrestorableReason").is_none());
+    }
+
+    #[test]
+    fn restore_json_has_the_documented_shape_and_a_cancelled_phase() {
+        let restore = v1::Restore {
+            name: "nightly-1".into(),
+            uid: "r-1".into(),
+            spec: Some(v1::RestoreSpec {
+                backup_name: "nightly".into(),
+                namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
+                included_namespaces: vec![],
+            }),
+            status: Some(v1::RestoreStatus {
+                phase: v1::RestorePhase::Cancelled as i32,
+                failure_reason: "cancelled by request".into(),
+                volumes: vec![v1::PodVolumeRestore {
+                    volume: Some(v1::PodVolumeRef {
+                        namespace: "bar".into(),
+                        pod_name: "sample".into(),
+                        volume_name: "data".into(),
+                        ..Default::default()
+                    }),
+                    phase: v1::VolumePhase::Cancelled as i32,
+                    source_namespace: "foo".into(),
+                    repository: "s3:http://127.0.0.1:9000/bucket/restic/foo".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        };
+        let json = serde_json::to_value(RestoreView::from(&restore)).unwrap();
+        assert_eq!(json["spec"]["backupName"], "nightly");
+        assert_eq!(json["spec"]["namespaceMapping"]["foo"], "bar");
+        assert_eq!(json["status"]["phase"], "Cancelled");
+        assert_eq!(json["status"]["failureReason"], "cancelled by request");
+        let volume = &json["status"]["volumes"][0];
+        assert_eq!(volume["phase"], "Cancelled");
+        assert_eq!(volume["sourceNamespace"], "foo");
+        assert_eq!(
+            volume["repository"],
+            "s3:http://127.0.0.1:9000/bucket/restic/foo"
+        );
     }
 
     #[test]

@@ -229,6 +229,32 @@ async fn unknown_backup_is_one_sentence_naming_it() {
     }
 }
 
+/// Every restore command about a restore that does not exist says so naming it, `cancel`
+/// included: a server that cannot cancel restores still answers whether the restore exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_restore_is_one_sentence_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = orchestrator(dir.path()).await;
+    for command in [
+        &["restore", "describe", "no-such-restore"][..],
+        &["restore", "get", "no-such-restore", "-o", "json"],
+        &["restore", "logs", "no-such-restore"],
+        &["restore", "cancel", "no-such-restore"],
+    ] {
+        let output = stowage(&server.url, command);
+        let sentence = one_sentence_failure(&output);
+        assert_eq!(
+            sentence, "Error: restore \"no-such-restore\" not found",
+            "{command:?}"
+        );
+        assert!(
+            stdout(&output).is_empty(),
+            "{command:?}: {}",
+            stdout(&output)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_list_parses_back_from_json_and_yaml() {
     let dir = tempfile::tempdir().unwrap();

@@ -132,44 +132,9 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
         "error",
         format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
     );
-    // A volume whose pod was not yet seen running has no node in the record: the pod may run
-    // by now, its helper waiting.
-    if let Some(cluster) = &deps.cluster {
-        for &index in &ended {
-            let Some(volume) = entry.read(|r| r.status.as_ref()?.volumes.get(index).cloned())
-            else {
-                continue;
-            };
-            let reference = volume.volume.clone().unwrap_or_default();
-            if !volume.node.is_empty() && !reference.pod_uid.is_empty() {
-                continue;
-            }
-            let pod = match cluster.pod(&reference.namespace, &reference.pod_name).await {
-                Ok(Some(pod)) => pod,
-                Ok(None) => continue,
-                Err(error) => {
-                    entry.log("warning", error.to_string());
-                    continue;
-                }
-            };
-            let node = pod.spec.and_then(|spec| spec.node_name).unwrap_or_default();
-            let uid = pod.metadata.uid.unwrap_or_default();
-            entry.modify(|restore| {
-                if let Some(volume) = restore
-                    .status
-                    .as_mut()
-                    .and_then(|status| status.volumes.get_mut(index))
-                {
-                    volume.node = node;
-                    if let Some(reference) = volume.volume.as_mut() {
-                        reference.pod_uid = uid;
-                    }
-                }
-            });
-        }
-    }
-    let current = entry.get();
-    restore::abandon_unrestored(deps, entry, &current).await;
+    let mut current = entry.get();
+    restore::abandon_unrestored(deps, entry, &mut current).await;
+    entry.update(|restore| *restore = current.clone());
     if let Some(cluster) = &deps.cluster {
         for &index in &ended {
             if let Some(volume) = current.status.as_ref().and_then(|s| s.volumes.get(index)) {

@@ -305,7 +305,7 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         };
         status.finished = Some(now());
     }
-    abandon_unrestored(&deps, &entry, &restore).await;
+    abandon_unrestored(&deps, &entry, &mut restore).await;
     // Every volume's mirror shows its end before the restore does.
     mirrors.finish().await;
     let status = restore.status.clone().unwrap_or_default();
@@ -326,9 +326,33 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
     entry.update(|current| *current = restore);
 }
 
-/// Tells the agent of every volume that ended without its data, and whose pod runs on a known
-/// node, to write the failure marker, so the pod's restore helper exits now with the reason.
-pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &Restore) {
+/// Tells the agent of every volume that ended without its data to write the failure marker,
+/// so the pod's restore helper exits now with the reason. A volume whose pod was not yet seen
+/// on a node (it waited for its turn, or its repository failed) has its pod looked up first:
+/// by now it may run, its helper waiting; `restore` gets the node and pod uid found.
+pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut Restore) {
+    if let Some(cluster) = &deps.cluster {
+        let volumes = restore
+            .status
+            .iter_mut()
+            .flat_map(|status| &mut status.volumes);
+        for volume in volumes.filter(|v| v.phase != VolumePhase::Completed as i32) {
+            let reference = volume.volume.get_or_insert_with(Default::default);
+            if !volume.node.is_empty() && !reference.pod_uid.is_empty() {
+                continue;
+            }
+            match cluster.pod(&reference.namespace, &reference.pod_name).await {
+                Ok(Some(pod)) => {
+                    if let Some(node) = pod.spec.and_then(|spec| spec.node_name) {
+                        volume.node = node;
+                        reference.pod_uid = pod.metadata.uid.unwrap_or_default();
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => entry.log("warning", error.to_string()),
+            }
+        }
+    }
     let volumes = restore.status.iter().flat_map(|status| &status.volumes);
     for volume in volumes.filter(|v| v.phase != VolumePhase::Completed as i32) {
         let reference = volume.volume.clone().unwrap_or_default();
@@ -620,7 +644,6 @@ impl VolumeWork for RestoreWork {
     /// Waits for the recreated pod to be scheduled with its restore helper running.
     async fn prepare(&self, index: usize) -> Result<String> {
         let volume = self.volume(index)?;
-        self.repository(&volume)?;
         let mut reference = volume.volume.clone().unwrap_or_default();
         let deadline = Instant::now() + self.deps.limits.pod_start_timeout;
         let (pod, node) = loop {
@@ -654,6 +677,9 @@ impl VolumeWork for RestoreWork {
             v.volume = Some(reference.clone());
             v.node = node.clone();
         });
+        // Checked once the pod is known, so a volume failed by its repository is abandoned
+        // and its helper does not wait.
+        self.repository(&volume)?;
         if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
             let pvc = self
                 .cluster
@@ -1413,6 +1439,28 @@ mod runs {
             stored_phases(),
             [VolumePhase::Completed as i32, VolumePhase::Completed as i32]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn volumes_of_an_unusable_repository_fail_and_their_helpers_are_told() {
+        let world = World::new(limits());
+        backup_of(&world, &[("db-0", "node-a", &["data"])]);
+        world
+            .repo_manager
+            .broken
+            .lock()
+            .unwrap()
+            .insert("shop".into());
+        let entry = start(&world).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), RestorePhase::Failed);
+        let reason = "repository of namespace shop: repository failed: wrong password";
+        assert_eq!(entry.get().status.unwrap().volumes[0].error_message, reason);
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("data".to_string(), reason.to_string())]
+        );
+        assert!(world.agents.started.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -193,11 +193,10 @@ impl ClusterPort for FakeCluster {
     }
 
     async fn list_mirrors(&self, kind: MirrorKind) -> Result<Vec<DynamicObject>> {
-        let (api_kind, plural) = match kind {
-            MirrorKind::PodVolumeBackup => ("PodVolumeBackup", "podvolumebackups"),
-            MirrorKind::PodVolumeRestore => ("PodVolumeRestore", "podvolumerestores"),
+        let api_kind = match kind {
+            MirrorKind::PodVolumeBackup => "PodVolumeBackup",
+            MirrorKind::PodVolumeRestore => "PodVolumeRestore",
         };
-        let _ = plural;
         Ok(self
             .last_mirrors(kind)
             .into_values()
@@ -246,6 +245,8 @@ pub struct FakeRepoManager {
     pub held: Mutex<BTreeSet<String>>,
     /// Each lease's TTL as asked for.
     pub ttls: Mutex<Vec<Duration>>,
+    /// Namespaces whose repository is Failed.
+    pub broken: Mutex<BTreeSet<String>>,
     next: Mutex<u32>,
 }
 
@@ -275,6 +276,14 @@ impl FakeRepoManager {
 impl RepoManagerPort for FakeRepoManager {
     async fn ensure_repository(&self, namespace: &str) -> Result<Repository> {
         lock(&self.calls).push(format!("ensure {namespace}"));
+        if lock(&self.broken).contains(namespace) {
+            return Ok(Repository {
+                namespace: namespace.to_string(),
+                phase: RepositoryPhase::Failed as i32,
+                message: "wrong password".into(),
+                ..Default::default()
+            });
+        }
         Ok(Repository {
             namespace: namespace.to_string(),
             phase: RepositoryPhase::Ready as i32,
