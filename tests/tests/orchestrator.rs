@@ -640,7 +640,8 @@ async fn namespace_mapping_restores_into_the_new_namespace() {
     assert_eq!(status.volumes[0].volume.as_ref().unwrap().namespace, "bar");
     assert_eq!(manifest(&restored, false), before);
 
-    // A restarted orchestrator still answers for the restore, from its mirrors.
+    // A restarted orchestrator still answers for the restore, from its record in the storage
+    // location.
     stack.restart_orchestrator().await;
     let mut client = stack.client().await;
     let restores = client
