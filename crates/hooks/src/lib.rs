@@ -1,0 +1,18 @@
+//! Velero's exec hooks for stowage: the pod annotations that declare them, read into typed
+//! hooks with Velero's defaults ([`annotations`]), and running one in a pod's container with a
+//! timeout and a cancellation token ([`exec`]) through the Kubernetes API's `pods/exec`
+//! ([`KubePodExec`]).
+
+pub mod annotations;
+pub mod exec;
+mod kube_exec;
+
+pub use annotations::{
+    AnnotationError, BackupHooks, ExecHook, HookPhase, InitContainerHook, OnError, backup_hooks,
+    restore_exec_hook, restore_init_hook,
+};
+pub use exec::{
+    Capture, DEFAULT_OUTPUT_LIMIT, ExecError, ExecTarget, HookResult, HookRun, Output, PodExec,
+    TargetError, run_hook, target,
+};
+pub use kube_exec::{KubePodExec, exit_code};
