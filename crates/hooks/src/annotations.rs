@@ -153,13 +153,9 @@ pub enum AnnotationError {
     #[error("annotation {annotation}: `{value}` is not an on-error mode; use Continue or Fail")]
     InvalidOnError { annotation: String, value: String },
     #[error(
-        "annotation {annotation}: `{value}` is not a duration ({reason}); write it as Go does, such as 30s, 2m or 1h30m"
+        "annotation {annotation}: `{value}` is not a duration; write it as Go does, such as 30s, 2m or 1h30m"
     )]
-    InvalidDuration {
-        annotation: String,
-        value: String,
-        reason: String,
-    },
+    InvalidDuration { annotation: String, value: String },
     #[error("annotation {annotation}: `{value}` is not true or false")]
     InvalidBool { annotation: String, value: String },
     #[error("annotation {annotation}: the pod already has a container named `{value}`")]
@@ -250,56 +246,15 @@ pub fn parse_command(annotation: &str, value: &str) -> Result<Vec<String>, Annot
     Ok(command)
 }
 
-/// A duration as Go's `time.ParseDuration` writes them (`30s`, `1m30s`, `1.5h`, `500ms`).
+/// A duration as Go's `time.ParseDuration` reads them (`30s`, `1m30s`, `1.5h`, `500ms`), as
+/// Velero reads its timeouts.
 pub fn parse_duration(annotation: &str, value: &str) -> Result<Duration, AnnotationError> {
-    let invalid = |reason: String| AnnotationError::InvalidDuration {
-        annotation: annotation.to_string(),
-        value: value.to_string(),
-        reason,
-    };
-    let text = value.trim();
-    if text.starts_with('-') {
-        return Err(invalid("negative".to_string()));
-    }
-    let text = text.strip_prefix('+').unwrap_or(text);
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err(invalid("empty".to_string()));
-    }
-    let mut total = 0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_len);
-        let number: f64 = number
-            .parse()
-            .map_err(|_| invalid(format!("expected a number at `{rest}`")))?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err(invalid(format!("missing unit after `{number}`"))),
-            other => {
-                return Err(invalid(format!(
-                    "unknown unit `{other}`; use ns, us, ms, s, m or h"
-                )));
-            }
-        };
-        total += number * seconds;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|error| invalid(error.to_string()))
+    stowage_velero_format::parse_go_duration(value).ok_or_else(|| {
+        AnnotationError::InvalidDuration {
+            annotation: annotation.to_string(),
+            value: value.to_string(),
+        }
+    })
 }
 
 fn parse_on_error(annotation: &str, value: &str) -> Result<OnError, AnnotationError> {

@@ -244,7 +244,10 @@ impl HookRun {
             HookResult::Succeeded => "succeeded".to_string(),
             HookResult::Exited(code) => format!("exited with code {code}"),
             HookResult::TimedOut(timeout) => {
-                format!("timed out after {}", humantime::format_duration(*timeout))
+                format!(
+                    "timed out after {}",
+                    stowage_velero_format::format_go_duration(*timeout)
+                )
             }
             HookResult::Cancelled => "was cancelled".to_string(),
             HookResult::Error(error) => format!("could not run: {error}"),

@@ -3,8 +3,8 @@
 //! - five-field cron (`0 2 * * *`, minute hour day-of-month month day-of-week, Vixie cron's
 //!   rules: a restricted day-of-month and day-of-week match either), through `croner`;
 //! - `@yearly`/`@annually`, `@monthly`, `@weekly`, `@daily`/`@midnight`, `@hourly`;
-//! - `@every <duration>` (`@every 6h`, `@every 1h30m`): a fixed period from the previous
-//!   firing, at least one second, as robfig/cron (Velero's and K8up's) does;
+//! - `@every <duration>` (`@every 6h`, `@every 1h30m`, Go's duration syntax): a fixed period
+//!   from the previous firing, at least one second, as robfig/cron (Velero's and K8up's) does;
 //! - `@hourly-random`, `@daily-random`, `@weekly-random`, `@monthly-random`,
 //!   `@yearly-random`/`@annually-random` (K8up's): a cron expression whose minute, hour,
 //!   day-of-month (1-27, so every month has it), month and weekday are chosen from a hash of
@@ -95,9 +95,9 @@ impl Schedule {
                     "@every needs a duration, such as @every 6h".to_string(),
                 ));
             }
-            let period = humantime::parse_duration(duration).map_err(|error| {
+            let period = stowage_velero_format::parse_go_duration(duration).ok_or_else(|| {
                 invalid(format!(
-                    "`{duration}` is not a duration ({error}); write e.g. 30m, 6h or 1h30m"
+                    "`{duration}` is not a duration; write it as Go does, such as 30m, 6h or 1h30m"
                 ))
             })?;
             // robfig/cron rounds a period down to whole seconds and refuses less than one.
@@ -157,7 +157,10 @@ impl Schedule {
     pub fn effective(&self) -> String {
         match &self.kind {
             Kind::Cron { effective, .. } => effective.clone(),
-            Kind::Every(period) => format!("@every {}", humantime::format_duration(*period)),
+            Kind::Every(period) => format!(
+                "@every {}",
+                stowage_velero_format::format_go_duration(*period)
+            ),
         }
     }
 
@@ -342,7 +345,7 @@ mod tests {
     #[test]
     fn every_is_a_period_from_the_previous_firing() {
         let every = parse("@every 6h");
-        assert_eq!(every.effective(), "@every 6h");
+        assert_eq!(every.effective(), "@every 6h0m0s");
         assert_eq!(
             every.next_after(at("2026-03-01T10:17:03Z")),
             Some(at("2026-03-01T16:17:03Z"))
