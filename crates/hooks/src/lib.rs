@@ -1,11 +1,13 @@
 //! Velero's exec hooks for stowage: the pod annotations that declare them, read into typed
-//! hooks with Velero's defaults ([`annotations`]), and running one in a pod's container with a
+//! hooks with Velero's defaults ([`annotations`]), running one in a pod's container with a
 //! timeout and a cancellation token ([`exec`]) through the Kubernetes API's `pods/exec`
-//! ([`KubePodExec`]).
+//! ([`KubePodExec`]), and a pod's pre and post hooks around the backup of its volumes
+//! ([`pod`]).
 
 pub mod annotations;
 pub mod exec;
 mod kube_exec;
+pub mod pod;
 
 pub use annotations::{
     AnnotationError, BackupHooks, ExecHook, HookPhase, InitContainerHook, OnError, backup_hooks,
@@ -16,3 +18,4 @@ pub use exec::{
     TargetError, run_hook, target,
 };
 pub use kube_exec::{KubePodExec, exit_code};
+pub use pod::{HookedBackup, around_pod_volumes, container_up};
