@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use stowage_e2e::kube::{KubeEmulator, create, ensure_namespace};
+use stowage_e2e::kube::{EXEC_DIR_ANNOTATION, KubeEmulator, create, ensure_namespace};
 use stowage_hooks::{
     DEFAULT_OUTPUT_LIMIT, HookResult, KubePodExec, OnError, backup_hooks, run_hook, target,
 };
@@ -28,7 +28,7 @@ async fn annotated_hooks_run_in_the_pod_through_pods_exec() {
             "metadata": {
                 "name": "db-0", "namespace": "shop",
                 "annotations": {
-                    "kube-emulator.stowage.dev/exec-dir": volume.display().to_string(),
+                    EXEC_DIR_ANNOTATION: volume.display().to_string(),
                     "pre.hook.backup.velero.io/command":
                         r#"["/bin/sh", "-c", "echo 'COPY orders' > dump.sql && echo dumped"]"#,
                     "pre.hook.backup.velero.io/container": "postgres",

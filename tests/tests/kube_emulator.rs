@@ -11,7 +11,7 @@ use kube::{
     api::{ListParams, PostParams, WatchEvent, WatchParams},
 };
 use serde_json::json;
-use stowage_e2e::kube::{KubeEmulator, create, ensure_namespace};
+use stowage_e2e::kube::{EXEC_DIR_ANNOTATION, KubeEmulator, create, ensure_namespace};
 
 fn config_map(name: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({
@@ -600,7 +600,7 @@ async fn emulator_serves_pods_exec_over_websocket() {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": "db", "namespace": "foo",
-                "annotations": {"kube-emulator.stowage.dev/exec-dir": volume.display().to_string()},
+                "annotations": {EXEC_DIR_ANNOTATION: volume.display().to_string()},
             },
             "spec": {"containers": [
                 {"name": "postgres", "image": "postgres"},
