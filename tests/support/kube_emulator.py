@@ -25,9 +25,10 @@ a shell) with its working directory
 - `EXEC_ROOT/<namespace>/<pod>` (created on first use), EXEC_ROOT being `--exec-root` or a
   temporary directory the emulator makes at start.
 The command inherits the emulator's environment plus POD_NAME, POD_NAMESPACE and
-CONTAINER_NAME. A client that hangs up kills the command (a container runtime may let it run
-on; tests want no stray processes). A command that cannot be started fails as runc's does:
-its error on stderr and exit code 126 (127 when the executable is not found).
+CONTAINER_NAME. A client that hangs up kills the command and what it started (a container
+runtime may let it run on; tests want no stray processes). A command that cannot be started
+fails as runc's does: its error on stderr and exit code 126 (127 when the executable is not
+found).
 
 Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...] [--exec-root DIR]
 Prints `listening on http://HOST:PORT` once it accepts connections.
@@ -173,6 +174,14 @@ def _status(code: int, reason: str, message: str, details=None) -> aiohttp.web.R
 
 def _flag(query, name: str) -> bool:
     return query.get(name, "").lower() in ("true", "1")
+
+
+def _kill_group(process) -> None:
+    """Kills `process` and everything in its process group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _exit_status(command: list, code: int) -> dict:
@@ -496,6 +505,9 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT if tty else asyncio.subprocess.PIPE,
+                # Its own process group, so a hang-up kills what the command started too
+                # (whose open pipes would otherwise keep the session waiting).
+                start_new_session=True,
             )
         except OSError as error:
             code = 127 if isinstance(error, FileNotFoundError) else 126
@@ -536,13 +548,13 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             await asyncio.wait({outputs, receiver}, return_when=asyncio.FIRST_COMPLETED)
             if not outputs.done() and ws.closed:
                 # Hung up before the command finished.
-                process.kill()
+                _kill_group(process)
             await outputs
             code = await process.wait()
             await send(STATUS, json.dumps(_exit_status(command, code)).encode())
         finally:
             if process.returncode is None:
-                process.kill()
+                _kill_group(process)
                 await process.wait()
             await ws.close()
             receiver.cancel()
