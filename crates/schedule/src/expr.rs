@@ -230,6 +230,16 @@ impl Schedule {
     }
 }
 
+/// The label a schedule's backups carry, its value the schedule's name (Velero's).
+pub const SCHEDULE_LABEL: &str = "velero.io/schedule-name";
+
+/// The name of the backup `schedule` starts for its firing at `scheduled`:
+/// `<schedule>-<UTC yyyymmddhhmmss>`, as Velero names a schedule's backups, so the names sort
+/// by time and a firing cannot make two.
+pub fn backup_name(schedule: &str, scheduled: DateTime<Utc>) -> String {
+    format!("{schedule}-{}", scheduled.format("%Y%m%d%H%M%S"))
+}
+
 /// The five-field expression of a nickname, or None if `text` is not one.
 fn nickname(text: &str, name: &str) -> Option<String> {
     let fixed = match text {
@@ -441,6 +451,17 @@ mod tests {
             })
             .collect();
         assert_eq!(weekdays.len(), 7, "{weekdays:?}");
+    }
+
+    #[test]
+    fn scheduled_backups_are_named_by_schedule_and_firing_time() {
+        assert_eq!(
+            backup_name("nightly", at("2026-03-01T02:00:00Z")),
+            "nightly-20260301020000"
+        );
+        let earlier = backup_name("nightly", at("2026-03-01T02:00:00Z"));
+        let later = backup_name("nightly", at("2026-03-01T02:00:20Z"));
+        assert!(earlier < later);
     }
 
     #[test]
