@@ -103,7 +103,7 @@ impl Drop for ReleaseOnDrop<'_> {
 }
 
 pub fn validate_namespace(namespace: &str) -> Result<(), RepoError> {
-    if stowage_storage_location::is_dns1123_label(namespace) {
+    if stowage_contract::names::is_namespace(namespace) {
         Ok(())
     } else {
         Err(RepoError::InvalidNamespace(namespace.to_string()))

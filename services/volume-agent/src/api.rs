@@ -54,7 +54,9 @@ fn measured(context: &AgentContext, peak: &PeakRss) -> AgentContext {
 
 /// Runs `work` once a slot is free, sending `queued` if it has to wait, and the result or the
 /// error as the last item. A caller that hangs up cancels the work, so no restic outlives it.
-/// The ending is counted in the agent's metrics (`bytes` records what a success moved).
+/// The ending is counted in the agent's metrics (`bytes` records what a success moved);
+/// `failed` learns of a failure or a cancellation, queued or running, before the caller does.
+#[allow(clippy::too_many_arguments)]
 async fn drive<T, W, F>(
     handle: OperationHandle,
     kind: OperationKind,
@@ -62,6 +64,7 @@ async fn drive<T, W, F>(
     queued: impl FnOnce(u32) -> T,
     bytes: impl FnOnce(&stowage_metrics::agent::AgentMetrics, &W),
     result: impl FnOnce(W) -> T,
+    failed: impl FnOnce(&AgentError),
     work: F,
 ) where
     F: Future<Output = Result<W, AgentError>>,
@@ -107,8 +110,9 @@ async fn drive<T, W, F>(
         Err(_) => FinalPhase::Failed,
     };
     metrics.operation_ended(kind, phase, accepted.elapsed().as_secs_f64());
-    if let Ok(value) = &outcome {
-        bytes(&metrics, value);
+    match &outcome {
+        Ok(value) => bytes(&metrics, value),
+        Err(error) => failed(error),
     }
     let item = match outcome {
         Ok(value) => Ok(result(value)),
@@ -175,6 +179,7 @@ impl VolumeAgent for AgentApi {
             |result| BackupVolumeEvent {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
+            |_| {},
             async move {
                 let result = jobs::backup(&context, &plan, &cancel, move |event| {
                     let event = match event {
@@ -224,6 +229,8 @@ impl VolumeAgent for AgentApi {
             .register(&operation_id)
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
+        let volume_dir = plan.path.path.clone();
+        let restore_uid = plan.restore_uid.clone();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
@@ -240,6 +247,18 @@ impl VolumeAgent for AgentApi {
             |metrics, result| metrics.restored(result.bytes_restored),
             |result| RestoreVolumeEvent {
                 event: Some(restore_volume_event::Event::Result(result)),
+            },
+            // The pod's restore helper waits for this volume: tell it now, not at its timeout.
+            move |error| {
+                let reason = match error {
+                    AgentError::Cancelled(_) => {
+                        format!("the restore of the volume was cancelled: {error}")
+                    }
+                    _ => format!("restoring the volume failed: {error}"),
+                };
+                if let Err(marker) = jobs::write_failure(&volume_dir, &restore_uid, &reason) {
+                    tracing::error!(%marker, "cannot tell the restore helper the volume failed");
+                }
             },
             async move {
                 let result = jobs::restore(&context, &plan, &cancel, move |event| {
@@ -296,10 +315,24 @@ impl VolumeAgent for AgentApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        namespace = request.get_ref().volume.as_ref().map(|v| v.namespace.as_str()).unwrap_or(""),
+        pod = request.get_ref().volume.as_ref().map(|v| v.pod_name.as_str()).unwrap_or(""),
+        volume = request.get_ref().volume.as_ref().map(|v| v.volume_name.as_str()).unwrap_or(""),
+        restore_uid = %request.get_ref().restore_uid,
+        node = %self.context.node_name,
+    ))]
     async fn abandon_restore(
         &self,
-        _request: Request<AbandonRestoreRequest>,
+        request: Request<AbandonRestoreRequest>,
     ) -> Result<Response<AbandonRestoreResponse>, Status> {
-        Err(Status::unimplemented("AbandonRestore is not served yet"))
+        let written =
+            jobs::abandon_restore(&self.context, request.get_ref()).map_err(Status::from)?;
+        if written.is_none() {
+            tracing::info!("the pod volume is not on this node; no failure marker written");
+        }
+        Ok(Response::new(AbandonRestoreResponse {
+            written: written.is_some(),
+        }))
     }
 }
