@@ -909,6 +909,15 @@ fn mtls_component_gives_each_service_its_identity_and_keeps_probes_working() {
                 called["metadata"]["name"]
             );
         }
+        // The repo-manager dials agents by IP as well (GetAgentInfo) and verifies them under
+        // the same name.
+        let repo_manager = rendered.get("Deployment", REPO_MANAGER);
+        assert_eq!(
+            env_value(&containers(repo_manager)[0], "STOWAGE_TLS_SERVER_NAME")
+                .map(|variable| &variable["value"]),
+            Some(&Value::from(server_name.clone())),
+            "{dir}: the repo-manager verifies the agents it dials by IP"
+        );
     }
 }
 
