@@ -355,17 +355,13 @@ impl LockHolders {
             .filter(|host| *host != this_host && self.is_stowage_pod_name(host))
             .collect();
         let mut gone = BTreeSet::new();
-        let mut agents = BTreeMap::new();
+        let mut present = Vec::new();
         for host in hosts {
             match self.pods.presence(host).await {
                 Ok(PodPresence::Gone) => {
                     gone.insert(host);
                 }
-                Ok(PodPresence::Present(pod)) => {
-                    if let Some(processes) = self.ask_agent(host, &pod).await {
-                        agents.insert(host, processes);
-                    }
-                }
+                Ok(PodPresence::Present(pod)) => present.push((host, pod)),
                 Err(error) => tracing::warn!(
                     pod = host,
                     %error,
@@ -374,6 +370,17 @@ impl LockHolders {
                 ),
             }
         }
+        // The agents at once: one that does not answer costs its timeout once, not per host.
+        let answers = futures::future::join_all(
+            present
+                .iter()
+                .map(|(host, pod)| async move { (*host, self.ask_agent(host, pod).await) }),
+        )
+        .await;
+        let agents: BTreeMap<&str, AgentProcesses> = answers
+            .into_iter()
+            .filter_map(|(host, answer)| Some((host, answer?)))
+            .collect();
         locks
             .iter()
             .filter_map(|lock| {
