@@ -1209,7 +1209,8 @@ async fn repository_errors_map_to_status_codes() {
         .backup(wrong_password)
         .await
         .expect_err("wrong password");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Not PermissionDenied, which stowage keeps for callers whose identity is refused.
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
 
     let mut missing = setup.backup_request("missing", cache.clone(), "test/cache");
     if let Some(access) = missing.repository.as_mut() {

@@ -353,46 +353,50 @@ pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut
             }
         }
     }
+    // All at once: one unreachable agent costs the whole restore ABANDON_TIMEOUT, not each
+    // of its volumes (recovery runs this before the API serves).
+    let restore: &Restore = restore;
     let volumes = restore.status.iter().flat_map(|status| &status.volumes);
-    for volume in volumes.filter(|v| v.phase != VolumePhase::Completed as i32) {
-        let reference = volume.volume.clone().unwrap_or_default();
-        if volume.node.is_empty() || reference.pod_uid.is_empty() {
-            continue;
-        }
-        let what = format!(
-            "{}/{} volume {}",
-            reference.namespace, reference.pod_name, reference.volume_name
-        );
-        let request = AbandonRestoreRequest {
-            volume: Some(reference),
-            restore_uid: restore.uid.clone(),
-            reason: volume.error_message.clone(),
-        };
-        let told = tokio::time::timeout(
-            ABANDON_TIMEOUT,
-            deps.agents.abandon_restore(&volume.node, request),
-        )
-        .await;
-        match told {
-            Ok(Ok(true)) => entry.log(
-                "info",
-                format!("{what}: told the restore helper the volume will not be restored"),
-            ),
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => entry.log(
-                "warning",
-                format!("{what}: telling the restore helper failed: {error}"),
-            ),
-            Err(_) => entry.log(
-                "warning",
-                format!(
-                    "{what}: the agent on node {} did not answer AbandonRestore within {}",
-                    volume.node,
-                    engine::go_duration(ABANDON_TIMEOUT)
+    let calls = volumes
+        .filter(|v| v.phase != VolumePhase::Completed as i32)
+        .filter(|v| !v.node.is_empty() && v.volume.as_ref().is_some_and(|r| !r.pod_uid.is_empty()))
+        .map(|volume| async move {
+            let reference = volume.volume.clone().unwrap_or_default();
+            let what = format!(
+                "{}/{} volume {}",
+                reference.namespace, reference.pod_name, reference.volume_name
+            );
+            let request = AbandonRestoreRequest {
+                volume: Some(reference),
+                restore_uid: restore.uid.clone(),
+                reason: volume.error_message.clone(),
+            };
+            let told = tokio::time::timeout(
+                ABANDON_TIMEOUT,
+                deps.agents.abandon_restore(&volume.node, request),
+            )
+            .await;
+            match told {
+                Ok(Ok(true)) => entry.log(
+                    "info",
+                    format!("{what}: told the restore helper the volume will not be restored"),
                 ),
-            ),
-        }
-    }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => entry.log(
+                    "warning",
+                    format!("{what}: telling the restore helper failed: {error}"),
+                ),
+                Err(_) => entry.log(
+                    "warning",
+                    format!(
+                        "{what}: the agent on node {} did not answer AbandonRestore within {}",
+                        volume.node,
+                        engine::go_duration(ABANDON_TIMEOUT)
+                    ),
+                ),
+            }
+        });
+    futures::future::join_all(calls).await;
 }
 
 async fn execute(

@@ -8,7 +8,7 @@ use stowage_proto::v1::{
     AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
     BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
     GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
-    backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
+    RunningRestic, backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
 };
 use stowage_restic::PeakRss;
 use tokio::sync::mpsc;
@@ -21,6 +21,23 @@ use crate::{
     jobs::{self, AgentContext, JobEvent},
     operations::{OperationHandle, Operations},
 };
+
+/// The restic processes alive on this host: named `restic` or as the configured binary's file
+/// (a wrapper script), with their start times, so a reused pid can be told from the lock's own
+/// restic. Reading `/proc` of the agent's own PID namespace takes a few directory reads.
+fn running_restic(binary: &std::path::Path) -> std::io::Result<Vec<RunningRestic>> {
+    let configured = binary.file_name().and_then(|name| name.to_str());
+    let mut names = vec!["restic"];
+    names.extend(configured);
+    Ok(stowage_restic::ProcessTable::host()
+        .running(&names)?
+        .into_iter()
+        .map(|process| RunningRestic {
+            pid: process.pid,
+            started: Some(process.started.into()),
+        })
+        .collect())
+}
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -303,6 +320,11 @@ impl VolumeAgent for AgentApi {
         _request: Request<GetAgentInfoRequest>,
     ) -> Result<Response<AgentInfo>, Status> {
         let (running, queued) = self.operations.counts();
+        // The repo-manager judges the restic locks of this pod by this list: a lock whose pid
+        // is not here belongs to a killed restic. A table that cannot be read is an error, not
+        // an empty list, which would call every lock of this pod dead.
+        let restic =
+            running_restic(self.context.restic.binary()).map_err(AgentError::ProcessTable)?;
         Ok(Response::new(AgentInfo {
             node_name: self.context.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -311,7 +333,8 @@ impl VolumeAgent for AgentApi {
             queued_operations: queued,
             pods_root: self.context.pods_root.display().to_string(),
             restic_version: self.restic_version.clone(),
-            ..Default::default()
+            host_name: stowage_restic::locks::hostname(),
+            running_restic: restic,
         }))
     }
 
