@@ -19,6 +19,11 @@ use serde_json::json;
 
 use crate::{TestProcess, free_port, workspace_root};
 
+/// The pod annotation naming the directory the emulator runs the pod's `pods/exec` commands
+/// in (a hook writes into it as into the container's filesystem); without it, commands run in
+/// a directory of their own per pod.
+pub const EXEC_DIR_ANNOTATION: &str = "kube-emulator.stowage.dev/exec-dir";
+
 /// A running emulator and the kubeconfig that points at it.
 pub struct KubeEmulator {
     pub process: TestProcess,

@@ -11,18 +11,43 @@ refuses, with the API server's 422 Invalid Status, a custom resource its CRD's s
 and a core object the API server's own validation rejects (kube_validation.py), on create,
 replace and patch alike.
 
-Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...]
+It also serves `pods/exec` over WebSocket, with the channel protocol kube-rs and kubectl speak
+(`v5.channel.k8s.io`, falling back to `v4.channel.k8s.io`): channel 0 is stdin, 1 stdout,
+2 stderr, 3 the status (a Status object: `Success`, or `Failure` with reason
+`NonZeroExitCode` and the exit code in `details.causes[{reason: ExitCode, message: "<n>"}]`),
+and on v5 a frame `[255, 0]` closes stdin. Refusals are the API server's Status bodies: 404
+for an unknown pod, 400 for an unknown container, for a pod with several containers and none
+named, for a completed pod, or for no command. There are no containers, so the test decides
+where the command runs: the command's argv is executed as is (`["/bin/sh", "-c", "..."]` for
+a shell) with its working directory
+- the pod's annotation `kube-emulator.stowage.dev/exec-dir` when set (so a hook can write into
+  the directory that is also the pod volume the agent backs up), or else
+- `EXEC_ROOT/<namespace>/<pod>` (created on first use), EXEC_ROOT being `--exec-root` or a
+  temporary directory the emulator makes at start.
+The command inherits the emulator's environment plus POD_NAME, POD_NAMESPACE and
+CONTAINER_NAME. A client that hangs up kills the command and what it started (a container
+runtime may let it run on; tests want no stray processes). A command that cannot be started
+fails as runc's does: its error on stderr and exit code 126 (127 when the executable is not
+found).
+
+Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...] [--exec-root DIR]
 Prints `listening on http://HOST:PORT` once it accepts connections.
 """
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import datetime
 import itertools
+import json
+import os
 import pathlib
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 
 import aiohttp.web
@@ -75,6 +100,12 @@ RESOURCES = [
     ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False),
 ]
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+PODS = kmock.resource("", "v1", "pods")
+EXEC_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/exec")
+EXEC_DIR_ANNOTATION = "kube-emulator.stowage.dev/exec-dir"
+# Subprotocols in the server's order of preference; the client's order decides among them.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
 # The CRDs the emulator serves unless told otherwise: the ones stowage ships.
 DEFAULT_CRDS = pathlib.Path(__file__).resolve().parents[2] / "deploy/kustomize/base/crds"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
@@ -125,6 +156,50 @@ def _parse_label_selector(text: str):
     return predicates
 
 
+def _status(code: int, reason: str, message: str, details=None) -> aiohttp.web.Response:
+    """An API server's error answer: a Status object with the HTTP status `code`."""
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return aiohttp.web.json_response(body, status=code)
+
+
+def _flag(query, name: str) -> bool:
+    return query.get(name, "").lower() in ("true", "1")
+
+
+def _kill_group(process) -> None:
+    """Kills `process` and everything in its process group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _exit_status(command: list, code: int) -> dict:
+    """The status channel's Status for a command that exited with `code`, as the kubelet
+    writes it."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    if code < 0:  # killed by a signal: the runtime reports 128 + the signal number
+        code = 128 - code
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command [{' '.join(command)}], exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
 def _field(obj, path: str):
     value = obj
     for part in path.split("."):
@@ -157,6 +232,9 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
 
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)
     crd_dirs: list = attrs.field(factory=lambda: [DEFAULT_CRDS])
+    exec_root: pathlib.Path = attrs.field(
+        factory=lambda: pathlib.Path(tempfile.mkdtemp(prefix="kube-emulator-exec-"))
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -321,6 +399,167 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
 
+    async def __call__(self, raw_request):
+        match = EXEC_PATH.fullmatch(raw_request.path)
+        if match:
+            return await self._exec(raw_request, match.group(1), match.group(2))
+        return await super().__call__(raw_request)
+
+    async def _exec(self, raw_request, namespace: str, name: str):
+        """`pods/exec`: validates as the API server does, upgrades to WebSocket and runs the
+        command where the test said (see the module docstring)."""
+        if raw_request.method not in ("GET", "POST"):
+            return _status(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+        key = (PODS, namespace, name)
+        if key not in self._objects or self._objects[key].deleted:
+            return _status(
+                404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"}
+            )
+        pod = copy.deepcopy(self._objects[key].raw)
+        query = raw_request.query
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return _status(
+                400,
+                "BadRequest",
+                f"cannot exec into a container in a completed pod; current phase is {phase}",
+            )
+        spec = pod.get("spec") or {}
+        containers = [c.get("name") for c in spec.get("containers") or []]
+        others = [
+            c.get("name")
+            for field in ("initContainers", "ephemeralContainers")
+            for c in spec.get(field) or []
+        ]
+        container = query.get("container", "")
+        if not container:
+            if len(containers) != 1:
+                return _status(
+                    400,
+                    "BadRequest",
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]",
+                )
+            container = containers[0]
+        elif container not in containers + others:
+            return _status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        command = query.getall("command", [])
+        if not command:
+            return _status(400, "BadRequest", "you must specify at least 1 command")
+        stdin, stdout, stderr, tty = (
+            _flag(query, flag) for flag in ("stdin", "stdout", "stderr", "tty")
+        )
+        if not (stdin or stdout or stderr):
+            return _status(
+                400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr"
+            )
+        if tty and stderr:
+            # The API server refuses stderr with a tty: a terminal has one output stream.
+            return _status(400, "BadRequest", "tty and stderr cannot both be true")
+        if raw_request.headers.get("Upgrade", "").lower() != "websocket":
+            return _status(400, "BadRequest", "Upgrade request required")
+        offered = [
+            p.strip()
+            for p in raw_request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        chosen = next((p for p in offered if p in EXEC_PROTOCOLS), None)
+        if chosen is None:
+            return _status(
+                400,
+                "BadRequest",
+                f"requested protocol(s) are not supported: {offered}; supports {list(EXEC_PROTOCOLS)}",
+            )
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        directory = annotations.get(EXEC_DIR_ANNOTATION)
+        if directory:
+            directory = pathlib.Path(directory)
+            if not directory.is_dir():
+                return _status(
+                    500,
+                    "InternalError",
+                    f"pod {namespace}/{name}: annotation {EXEC_DIR_ANNOTATION} names {directory}, which is not a directory",
+                )
+        else:
+            directory = self.exec_root / namespace / name
+            directory.mkdir(parents=True, exist_ok=True)
+
+        ws = aiohttp.web.WebSocketResponse(protocols=(chosen,), autoping=True)
+        await ws.prepare(raw_request)
+        send_lock = asyncio.Lock()
+
+        async def send(channel: int, data: bytes = b"") -> None:
+            async with send_lock:
+                if not ws.closed:
+                    await ws.send_bytes(bytes([channel]) + data)
+
+        # As the API server does: one frame with only the channel number per open channel.
+        for channel, is_open in ((STDIN, stdin), (STDOUT, stdout), (STDERR, stderr), (STATUS, True)):
+            if is_open:
+                await send(channel)
+        env = dict(os.environ, POD_NAME=name, POD_NAMESPACE=namespace, CONTAINER_NAME=container)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=directory,
+                env=env,
+                stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT if tty else asyncio.subprocess.PIPE,
+                # Its own process group, so a hang-up kills what the command started too
+                # (whose open pipes would otherwise keep the session waiting).
+                start_new_session=True,
+            )
+        except OSError as error:
+            code = 127 if isinstance(error, FileNotFoundError) else 126
+            reason = "executable file not found in $PATH" if code == 127 else str(error)
+            message = f'OCI runtime exec failed: exec failed: unable to start container process: exec: "{command[0]}": {reason}: unknown\r\n'
+            await send(STDOUT if tty or not stderr else STDERR, message.encode())
+            await send(STATUS, json.dumps(_exit_status(command, code)).encode())
+            await ws.close()
+            return ws
+        print(f"exec {namespace}/{name}/{container} in {directory}: {command}", flush=True)
+
+        async def pump(stream, channel: int, wanted: bool) -> None:
+            while chunk := await stream.read(32 * 1024):
+                if wanted:
+                    await send(channel, chunk)
+
+        async def receive() -> None:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY or not message.data:
+                    continue
+                data = message.data
+                if data[0] == STDIN and process.stdin is not None and len(data) > 1:
+                    process.stdin.write(data[1:])
+                    await process.stdin.drain()
+                elif data[0] == CLOSE and data[1:2] == bytes([STDIN]) and chosen.startswith("v5"):
+                    if process.stdin is not None:
+                        process.stdin.close()
+            # The client hung up (or closed the whole socket, v4's only way to end stdin).
+            if process.stdin is not None:
+                process.stdin.close()
+
+        receiver = asyncio.ensure_future(receive())
+        pumps = [pump(process.stdout, STDOUT, stdout or tty)]
+        if not tty:
+            pumps.append(pump(process.stderr, STDERR, stderr))
+        outputs = asyncio.ensure_future(asyncio.gather(*pumps))
+        try:
+            await asyncio.wait({outputs, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not outputs.done() and ws.closed:
+                # Hung up before the command finished.
+                _kill_group(process)
+            await outputs
+            code = await process.wait()
+            await send(STATUS, json.dumps(_exit_status(command, code)).encode())
+        finally:
+            if process.returncode is None:
+                _kill_group(process)
+                await process.wait()
+            await ws.close()
+            receiver.cancel()
+        return ws
+
     async def _handle(self, request):
         method = str(request.method.value).upper()
         if request.resource is not None and request.name is not None and method in ("PUT", "PATCH"):
@@ -412,12 +651,24 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             yield event
 
 
-async def _serve(host: str, port: int, crd_dirs: list) -> None:
-    emulator = StowageKubeEmulator(crd_dirs=crd_dirs)
+async def _serve(host: str, port: int, crd_dirs: list, exec_root) -> None:
+    options = {"exec_root": pathlib.Path(exec_root)} if exec_root else {}
+    emulator = StowageKubeEmulator(crd_dirs=crd_dirs, **options)
+    if not exec_root:
+        # The temporary directory is the emulator's own: it goes when the emulator does.
+        stack = contextlib.ExitStack()
+        stack.callback(shutil.rmtree, emulator.exec_root, ignore_errors=True)
+    else:
+        stack = contextlib.nullcontext()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    with stack:
+        await _run(emulator, host, port, stop)
+
+
+async def _run(emulator, host: str, port: int, stop: asyncio.Event) -> None:
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:
         print(f"listening on http://{server.host}:{server.port}", flush=True)
         await stop.wait()
@@ -433,9 +684,15 @@ def main() -> None:
         metavar="DIR",
         help=f"serve the CustomResourceDefinitions in DIR/*.yaml (default: {DEFAULT_CRDS})",
     )
+    parser.add_argument(
+        "--exec-root",
+        metavar="DIR",
+        help="pods/exec runs in DIR/<namespace>/<pod> unless the pod's annotation "
+        f"{EXEC_DIR_ANNOTATION} names a directory (default: a new temporary directory)",
+    )
     args = parser.parse_args()
     try:
-        asyncio.run(_serve(args.host, args.port, args.crds or [DEFAULT_CRDS]))
+        asyncio.run(_serve(args.host, args.port, args.crds or [DEFAULT_CRDS], args.exec_root))
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -11,7 +11,7 @@ use kube::{
     api::{ListParams, PostParams, WatchEvent, WatchParams},
 };
 use serde_json::json;
-use stowage_e2e::kube::{KubeEmulator, create, ensure_namespace};
+use stowage_e2e::kube::{EXEC_DIR_ANNOTATION, KubeEmulator, create, ensure_namespace};
 
 fn config_map(name: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({
@@ -539,4 +539,179 @@ async fn emulator_refuses_core_objects_the_api_server_rejects() {
         answer["message"],
         "Pod \"sample\" is invalid: spec.containers[0].image: Required value"
     );
+}
+
+/// What one exec returned: stdout, stderr and the status channel's Status.
+struct Exec {
+    stdout: String,
+    stderr: String,
+    status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+}
+
+async fn exec(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &str,
+    container: Option<&str>,
+    command: &[&str],
+) -> Result<Exec, kube::Error> {
+    use tokio::io::AsyncReadExt;
+    let mut params = kube::api::AttachParams::default().stdout(true).stderr(true);
+    if let Some(container) = container {
+        params = params.container(container);
+    }
+    let mut attached = pods.exec(pod, command.to_vec(), &params).await?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut out = attached.stdout().expect("stdout requested");
+    let mut err = attached.stderr().expect("stderr requested");
+    let status = attached.take_status().expect("a status future");
+    let (read_out, read_err) = futures::join!(
+        out.read_to_string(&mut stdout),
+        err.read_to_string(&mut stderr)
+    );
+    read_out.expect("reading stdout");
+    read_err.expect("reading stderr");
+    let status = status.await;
+    attached
+        .join()
+        .await
+        .expect("the exec session ends cleanly");
+    Ok(Exec {
+        stdout,
+        stderr,
+        status,
+    })
+}
+
+/// pods/exec over WebSocket with kube's own client: stdout and stderr channels, the exit code
+/// in the status channel's Status, the command run in the directory the pod's annotation
+/// names, and the API server's refusals as Status bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_serves_pods_exec_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let _: k8s_openapi::api::core::v1::Pod = create(
+        &client,
+        Some("foo"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "db", "namespace": "foo",
+                "annotations": {EXEC_DIR_ANNOTATION: volume.display().to_string()},
+            },
+            "spec": {"containers": [
+                {"name": "postgres", "image": "postgres"},
+                {"name": "metrics", "image": "exporter"},
+            ]},
+        }),
+    )
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "foo");
+
+    let failed = exec(
+        &pods,
+        "db",
+        Some("postgres"),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo dumped > dump.sql; echo to-stdout; echo to-stderr >&2; echo $CONTAINER_NAME; exit 3",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.stdout, "to-stdout\npostgres\n");
+    assert_eq!(failed.stderr, "to-stderr\n");
+    let status = failed.status.expect("a status on channel 3");
+    assert_eq!(status.status.as_deref(), Some("Failure"));
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+    let cause = &status.details.unwrap().causes.unwrap()[0];
+    assert_eq!(
+        (cause.reason.as_deref(), cause.message.as_deref()),
+        (Some("ExitCode"), Some("3"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("dump.sql")).unwrap(),
+        "dumped\n",
+        "the command ran in the annotated directory"
+    );
+
+    let succeeded = exec(&pods, "db", Some("metrics"), &["true"]).await.unwrap();
+    assert_eq!(
+        succeeded.status.and_then(|s| s.status).as_deref(),
+        Some("Success")
+    );
+
+    // A missing executable fails as a container runtime's does: exit code 127.
+    let missing = exec(&pods, "db", Some("postgres"), &["no-such-binary"])
+        .await
+        .unwrap();
+    assert!(
+        missing.stderr.contains("executable file not found"),
+        "{}",
+        missing.stderr
+    );
+    let cause = &missing.status.unwrap().details.unwrap().causes.unwrap()[0];
+    assert_eq!(cause.message.as_deref(), Some("127"));
+
+    let refusal = |result: Result<Exec, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason, status.message),
+        Err(other) => panic!("not an API refusal: {other:?}"),
+        Ok(_) => panic!("the exec was not refused"),
+    };
+    assert_eq!(
+        refusal(exec(&pods, "nope", Some("postgres"), &["true"]).await),
+        (
+            404,
+            "NotFound".to_string(),
+            "pods \"nope\" not found".to_string()
+        )
+    );
+    assert_eq!(
+        refusal(exec(&pods, "db", Some("redis"), &["true"]).await),
+        (
+            400,
+            "BadRequest".to_string(),
+            "container redis is not valid for pod db".to_string()
+        )
+    );
+    let (code, _, message) = refusal(exec(&pods, "db", None, &["true"]).await);
+    assert_eq!(code, 400);
+    assert_eq!(
+        message,
+        "a container name must be specified for pod db, choose one of: [postgres metrics]"
+    );
+
+    // A pod without the annotation runs in its own directory under the exec root.
+    let _: k8s_openapi::api::core::v1::Pod = create(
+        &client,
+        Some("foo"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "foo"},
+            "spec": {"containers": [{"name": "nginx", "image": "nginx"}]},
+        }),
+    )
+    .await;
+    let pwd = exec(&pods, "web", None, &["pwd"]).await.unwrap();
+    assert!(
+        pwd.stdout.trim_end().ends_with("/foo/web"),
+        "{}",
+        pwd.stdout
+    );
+
+    // A completed pod refuses exec.
+    stowage_e2e::kube::patch_pod(
+        &client,
+        "foo",
+        "web",
+        json!({"status": {"phase": "Succeeded"}}),
+    )
+    .await;
+    let (code, _, message) = refusal(exec(&pods, "web", None, &["true"]).await);
+    assert_eq!(code, 400);
+    assert!(message.contains("completed pod"), "{message}");
 }

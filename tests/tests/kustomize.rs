@@ -530,11 +530,23 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 }
 
 #[test]
-fn only_the_orchestrator_may_call_the_agents_and_the_repo_manager() {
+fn agents_and_the_repo_manager_admit_only_their_stowage_callers() {
     for rendered in all_platforms() {
-        let orchestrator_labels =
-            &rendered.get("Deployment", ORCHESTRATOR)["spec"]["template"]["metadata"]["labels"];
-        for (kind, name) in [("DaemonSet", AGENT), ("Deployment", REPO_MANAGER)] {
+        let labels = |name: &str| {
+            rendered.get("Deployment", name)["spec"]["template"]["metadata"]["labels"].clone()
+        };
+        let orchestrator_labels = labels(ORCHESTRATOR);
+        let repo_manager_labels = labels(REPO_MANAGER);
+        // The orchestrator calls both; the repo-manager calls the agents (GetAgentInfo, to
+        // judge the restic locks of their pods).
+        for (kind, name, callers) in [
+            (
+                "DaemonSet",
+                AGENT,
+                vec![&orchestrator_labels, &repo_manager_labels],
+            ),
+            ("Deployment", REPO_MANAGER, vec![&orchestrator_labels]),
+        ] {
             let workload = rendered.get(kind, name);
             let pod_labels = &workload["spec"]["template"]["metadata"]["labels"];
             let policies: Vec<&Value> = rendered
@@ -575,8 +587,10 @@ fn only_the_orchestrator_may_call_the_agents_and_the_repo_manager() {
                         assert!(
                             peer.get("ipBlock").is_none()
                                 && peer.get("namespaceSelector").is_none()
-                                && selects(&peer["podSelector"], orchestrator_labels),
-                            "{name}: peer other than the orchestrator: {peer}"
+                                && callers
+                                    .iter()
+                                    .any(|labels| selects(&peer["podSelector"], labels)),
+                            "{name}: peer other than its callers: {peer}"
                         );
                     }
                     let grpc_port = array(&containers(workload)[0]["ports"])
@@ -895,6 +909,15 @@ fn mtls_component_gives_each_service_its_identity_and_keeps_probes_working() {
                 called["metadata"]["name"]
             );
         }
+        // The repo-manager dials agents by IP as well (GetAgentInfo) and verifies them under
+        // the same name.
+        let repo_manager = rendered.get("Deployment", REPO_MANAGER);
+        assert_eq!(
+            env_value(&containers(repo_manager)[0], "STOWAGE_TLS_SERVER_NAME")
+                .map(|variable| &variable["value"]),
+            Some(&Value::from(server_name.clone())),
+            "{dir}: the repo-manager verifies the agents it dials by IP"
+        );
     }
 }
 

@@ -774,6 +774,278 @@ async fn lock_of_a_stowage_pod_that_no_longer_exists_is_cleared_before_prune_and
     assert!(restic.locks().is_empty());
 }
 
+/// A volume agent serving on a free loopback port, run as host `pod` (in a UTS namespace of its
+/// own, as an agent in its pod sees the pod's name; the restic processes it starts write that
+/// name into their locks), over a fake kubelet tree holding one pod volume of random data.
+struct AgentAsPod {
+    process: stowage_e2e::TestProcess,
+    url: String,
+    port: u16,
+    kubelet: stowage_e2e::kubelet::FakeKubelet,
+}
+
+impl AgentAsPod {
+    async fn start(scene: &Scene, pod: &str, extra: &[&str]) -> AgentAsPod {
+        let kubelet = stowage_e2e::kubelet::FakeKubelet::new(scene.path("pods"));
+        let port = stowage_e2e::free_port();
+        let mut args: Vec<String> = [
+            "--user",
+            "--map-root-user",
+            "--uts",
+            "sh",
+            "-c",
+            r#"hostname "$0" && exec "$@""#,
+            pod,
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        args.push(
+            stowage_e2e::binary("stowage-volume-agent")
+                .display()
+                .to_string(),
+        );
+        args.extend(
+            [
+                "--listen".to_string(),
+                format!("127.0.0.1:{port}"),
+                "--node-name".into(),
+                "node-a".into(),
+                "--pods-root".into(),
+                kubelet.pods_root().display().to_string(),
+                "--scratch-dir".into(),
+                scene.path("agent-scratch").display().to_string(),
+                "--restic-binary".into(),
+                "restic".into(),
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|arg| arg.to_string())),
+        );
+        let mut process = stowage_e2e::TestProcess::start(
+            "stowage-volume-agent",
+            "unshare",
+            &args,
+            &BTreeMap::new(),
+            &scene.path("logs"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        stowage_e2e::agent::wait_until_serving(&url, None, &mut process, Duration::from_secs(30))
+            .await;
+        AgentAsPod {
+            process,
+            url,
+            port,
+            kubelet,
+        }
+    }
+
+    async fn client(
+        &self,
+    ) -> stowage_proto::v1::volume_agent_client::VolumeAgentClient<stowage_grpc::TracedChannel>
+    {
+        stowage_proto::v1::volume_agent_client::VolumeAgentClient::new(
+            stowage_grpc::connect_with(&self.url, None)
+                .await
+                .expect("connecting to the agent"),
+        )
+    }
+
+    /// A backup of a new pod volume holding `bytes` random bytes into `access`.
+    fn backup_request(
+        &self,
+        operation: &str,
+        bytes: usize,
+        access: &RepositoryAccess,
+    ) -> stowage_proto::v1::BackupVolumeRequest {
+        let uid = stowage_e2e::kubelet::new_pod_uid();
+        let dir = self.kubelet.pod(&uid).empty_dir("data");
+        stowage_e2e::kubelet::write_random_file(&dir.join("blob"), bytes, 11);
+        stowage_proto::v1::BackupVolumeRequest {
+            operation_id: operation.into(),
+            volume: Some(stowage_proto::v1::PodVolumeRef {
+                namespace: "agentlocks".into(),
+                pod_name: format!("app-{operation}"),
+                pod_uid: uid,
+                volume_name: "data".into(),
+                source: stowage_proto::v1::VolumeSource::EmptyDir as i32,
+                pv_name: String::new(),
+                pvc_name: String::new(),
+                pvc_uid: String::new(),
+            }),
+            repository: Some(access.clone()),
+            backup_name: format!("backup-{operation}"),
+            backup_uid: "7d3c1e2a-0000-4000-8000-00000000000a".into(),
+            stable_identity: String::new(),
+            extra_tags: Default::default(),
+            parent_snapshot_id: String::new(),
+        }
+    }
+}
+
+/// Waits for the lock of a running `restic backup` (the agent may run other restic commands
+/// first, whose locks come and go): its id, pid and host name.
+fn wait_for_backup_lock(restic: &ResticAs) -> (String, u32, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for id in restic.locks() {
+            let output = restic.run(&["cat", "lock", &id, "--no-lock"]);
+            let Ok(holder) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+                continue;
+            };
+            let pid = holder["pid"].as_u64().unwrap_or_default() as u32;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|arg| arg == b"backup") {
+                let host = holder["hostname"].as_str().unwrap_or_default().to_string();
+                return (id, pid, host);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lock of a running restic backup; locks: {:?}",
+            restic.locks()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_of_an_agent_s_killed_restic_is_cleared_before_prune_and_a_running_one_s_is_kept() {
+    use k8s_openapi::api::core::v1::Pod;
+
+    let scene = Scene::new();
+    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
+    let kube = emulator.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    // The agent's pod stays there throughout: only its restic dies.
+    let pod = "stowage-volume-agent-kill1";
+    let _: Pod = stowage_e2e::kube::create(
+        &kube,
+        Some("stowage"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": pod, "namespace": "stowage",
+                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
+            },
+            "spec": {"containers": [{"name": "agent", "image": "stowage-volume-agent"}]},
+        }),
+    )
+    .await;
+    stowage_e2e::kube::mark_pod_running(&kube, "stowage", pod, "node-a").await;
+    stowage_e2e::kube::patch_pod(
+        &kube,
+        "stowage",
+        pod,
+        serde_json::json!({"status": {"podIP": "127.0.0.1"}}),
+    )
+    .await;
+    // Backups slow enough to be caught running: 4 MiB at 64 KiB/s.
+    let agent = AgentAsPod::start(&scene, pod, &["--upload-limit-kib", "64"]).await;
+    let mut env = emulator.env();
+    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
+    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    // The default stale-lock age (5m) and restic's 30 minutes: no age rule removes a lock
+    // written seconds ago.
+    let service = scene
+        .start(
+            scene.local_args(&["--agent-port", &agent.port.to_string()]),
+            env,
+        )
+        .await;
+    let mut client = connect(&service).await;
+    assert_ready(&ensure(&mut client, "agentlocks").await);
+    let access = access(&mut client, "agentlocks").await;
+    let restic = ResticAs::new(&access);
+    let prune = async |client: &mut Client| {
+        client
+            .run_maintenance(RunMaintenanceRequest {
+                namespace: "agentlocks".into(),
+                kind: MaintenanceKind::Prune as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+
+    // The agent's restic, SIGKILLed mid-backup: its lock stays, its pod and agent stay.
+    let mut agent_client = agent.client().await;
+    let killed_backup = tokio::spawn({
+        let mut agent_client = agent_client.clone();
+        let request = agent.backup_request("killed", 4 << 20, &access);
+        async move { stowage_e2e::agent::run_backup(&mut agent_client, request).await }
+    });
+    let (lock, pid, host) = wait_for_backup_lock(&restic);
+    assert_eq!(host, pod, "restic writes the pod's name into its lock");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "SIGKILL to the agent's restic {pid}");
+    let failed = killed_backup.await.unwrap();
+    assert!(
+        failed.is_err(),
+        "the backup of a killed restic fails: {failed:?}; agent log:\n{}",
+        agent.process.log()
+    );
+    assert_eq!(
+        restic.locks(),
+        std::slice::from_ref(&lock),
+        "the killed restic's lock stays"
+    );
+
+    let pruned = prune(&mut client).await;
+    assert!(
+        pruned.succeeded,
+        "prune after clearing the killed restic's lock: {}; log:\n{}",
+        pruned.message,
+        service.process.log()
+    );
+    assert!(
+        restic.locks().is_empty(),
+        "the killed restic's lock is removed"
+    );
+    let log = service.process.log();
+    let removal = log
+        .lines()
+        .find(|line| {
+            line.contains(
+                "removing the restic lock of a restic that no longer runs in its agent pod",
+            )
+        })
+        .unwrap_or_else(|| panic!("the removal is logged; log:\n{log}"));
+    for part in [
+        lock.as_str(),
+        pod,
+        &pid.to_string(),
+        "no restic with that pid",
+    ] {
+        assert!(
+            removal.contains(part),
+            "the removal names {part}: {removal}"
+        );
+    }
+
+    // A restic of the agent that still runs: its lock is kept, and prune fails naming it.
+    let running_backup = tokio::spawn({
+        let request = agent.backup_request("running", 4 << 20, &access);
+        async move { stowage_e2e::agent::run_backup(&mut agent_client, request).await }
+    });
+    let (lock, pid, _) = wait_for_backup_lock(&restic);
+    let refused = prune(&mut client).await;
+    assert!(!refused.succeeded, "prune ran past a running restic's lock");
+    assert!(
+        refused.message.contains("locked") && refused.message.contains(pod),
+        "prune names the lock's holder: {}",
+        refused.message
+    );
+    assert!(
+        restic.locks().contains(&lock),
+        "the running restic's lock (pid {pid}) is kept"
+    );
+    running_backup.abort();
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_schedule_state_and_namespace_overrides_apply() {
     let scene = Scene::new();

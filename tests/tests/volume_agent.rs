@@ -18,10 +18,10 @@ use stowage_e2e::{
     start_service,
 };
 use stowage_proto::v1::{
-    BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest,
-    GetAgentInfoRequest, PodVolumeRef, RepositoryAccess, RestoreVolumeEvent, RestoreVolumeRequest,
-    RestoreVolumeResult, VolumeSource, backup_volume_event, restore_volume_event,
-    volume_agent_client::VolumeAgentClient,
+    AbandonRestoreRequest, BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult,
+    CancelOperationRequest, GetAgentInfoRequest, PodVolumeRef, RepositoryAccess,
+    RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult, VolumeSource,
+    backup_volume_event, restore_volume_event, volume_agent_client::VolumeAgentClient,
 };
 use tempfile::TempDir;
 use tonic::{Code, Status, transport::Channel};
@@ -511,6 +511,132 @@ async fn backup_and_restore_round_trip_keeps_content_mode_links_and_mtime() {
         manifest(&targets[0], true),
         "source still equal to its restore"
     );
+    setup.assert_password_not_in_log();
+}
+
+/// The restore helper as the init container runs it, left waiting in the background.
+fn spawn_restore_helper(restore_uid: &str, paths: &[&Path]) -> std::process::Child {
+    Command::new(stowage_e2e::binary("stowage-restore-helper"))
+        .arg(restore_uid)
+        .args(paths)
+        // The bound of a broken test only: the helper must exit long before, on the marker.
+        .args(["--timeout", "600", "--poll-millis", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the restore helper")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_or_failed_restores_make_the_waiting_helper_exit_naming_the_reason() {
+    let setup = Setup::new(2).await;
+    let restore_uid = "5e1f7a2b-0000-4000-8000-00000000abcd";
+    let pod_uid = new_pod_uid();
+    let pod = setup.kubelet.pod(&pod_uid);
+    let data = pod.empty_dir("data");
+    let logs = pod.empty_dir("logs");
+
+    // The helper waits for both volumes: neither is restored yet.
+    let helper = spawn_restore_helper(restore_uid, &[&data, &logs]);
+    let reason = "snapshot 1a2b3c4d of volume logs is gone: forgotten by retention";
+    let answer = setup
+        .client
+        .clone()
+        .abandon_restore(AbandonRestoreRequest {
+            volume: Some(volume(
+                &pod_uid,
+                "web-0",
+                "logs",
+                VolumeSource::EmptyDir,
+                "",
+            )),
+            restore_uid: restore_uid.into(),
+            reason: reason.into(),
+        })
+        .await
+        .expect("AbandonRestore")
+        .into_inner();
+    assert!(answer.written, "the volume is on this node");
+    let marker = logs.join(".velero").join(format!("{restore_uid}.failed"));
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("the failure marker"),
+        format!("{reason}\n")
+    );
+    // The helper exits non-zero by itself (its timeout is ten minutes away), naming the
+    // volume and the reason.
+    let exited = tokio::task::spawn_blocking(move || helper.wait_with_output())
+        .await
+        .expect("waiting for the helper")
+        .expect("the helper's output");
+    let stderr = String::from_utf8_lossy(&exited.stderr);
+    assert_eq!(exited.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(reason), "{stderr}");
+    assert!(stderr.contains(&logs.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+
+    // A pod that is not on this node: nothing written, nothing refused.
+    let elsewhere = setup
+        .client
+        .clone()
+        .abandon_restore(AbandonRestoreRequest {
+            volume: Some(volume(
+                &new_pod_uid(),
+                "web-1",
+                "logs",
+                VolumeSource::EmptyDir,
+                "",
+            )),
+            restore_uid: restore_uid.into(),
+            reason: reason.into(),
+        })
+        .await
+        .expect("AbandonRestore of another node's pod")
+        .into_inner();
+    assert!(!elsewhere.written);
+    // A restore uid that is not one file name is refused, naming the field.
+    let refused = setup
+        .client
+        .clone()
+        .abandon_restore(AbandonRestoreRequest {
+            volume: Some(volume(
+                &pod_uid,
+                "web-0",
+                "logs",
+                VolumeSource::EmptyDir,
+                "",
+            )),
+            restore_uid: "../../etc".into(),
+            reason: reason.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("restore uid"), "{refused:?}");
+
+    // A RestoreVolume that fails (no such snapshot) leaves the marker too, with restic's
+    // reason, and a helper started afterwards exits at once.
+    let failed_uid = "5e1f7a2b-0000-4000-8000-00000000beef";
+    let error = setup
+        .restore(
+            "restore-missing-snapshot",
+            volume(&pod_uid, "web-0", "data", VolumeSource::EmptyDir, ""),
+            "deadbeefdeadbeef",
+            failed_uid,
+        )
+        .await
+        .expect_err("the snapshot does not exist");
+    let marker = data.join(".velero").join(format!("{failed_uid}.failed"));
+    let written = std::fs::read_to_string(&marker).expect("the failure marker of a failed restore");
+    assert!(
+        written.starts_with("restoring the volume failed: "),
+        "{written}"
+    );
+    assert!(written.contains("deadbeef"), "{written} / {error:?}");
+    assert!(!data.join(".velero").join(failed_uid).exists());
+    let late = run_restore_helper(failed_uid, &[&data], 600, false);
+    let stderr = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(late.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("restoring the volume failed"), "{stderr}");
     setup.assert_password_not_in_log();
 }
 
@@ -1083,7 +1209,8 @@ async fn repository_errors_map_to_status_codes() {
         .backup(wrong_password)
         .await
         .expect_err("wrong password");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // Not PermissionDenied, which stowage keeps for callers whose identity is refused.
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
 
     let mut missing = setup.backup_request("missing", cache.clone(), "test/cache");
     if let Some(access) = missing.repository.as_mut() {

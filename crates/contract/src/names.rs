@@ -1,6 +1,7 @@
 //! Rules for the names that become Kubernetes names, object-store keys and snapshot tags: a
 //! namespace is a DNS-1123 label (no dots, as the API server requires of namespaces), a backup or
-//! a restore is named as most objects are, a DNS-1123 subdomain. Every error names the field and
+//! a restore is named as most objects are, a DNS-1123 subdomain, but of at most 63 characters,
+//! as its name is also a label value (`velero.io/backup-name`). Every error names the field and
 //! the value, and says which part of the rule it breaks.
 
 use crate::{ContractError, error::shown};
@@ -88,14 +89,34 @@ pub fn is_namespace(value: &str) -> bool {
     namespace("namespace", value).is_ok()
 }
 
-/// A backup's name: a DNS-1123 subdomain, as Velero's Backup objects are named.
-pub fn backup_name(field: &str, value: &str) -> Result<(), ContractError> {
-    dns_subdomain(field, value)
+/// The name of a run (backup or restore): a subdomain that also fits a label value.
+fn run_name(field: &str, value: &str) -> Result<(), ContractError> {
+    dns_subdomain(field, value)?;
+    if value.len() > MAX_LABEL {
+        return Err(invalid(
+            field,
+            value,
+            SUBDOMAIN,
+            "is longer than 63 characters, the most a label value (`velero.io/backup-name`) holds",
+        ));
+    }
+    Ok(())
 }
 
-/// A restore's name: a DNS-1123 subdomain, as Velero's Restore objects are named.
+/// A backup's name: a DNS-1123 subdomain of at most 63 characters; it names
+/// `backups/<name>/` in the bucket and is the `velero.io/backup-name` label's value.
+pub fn backup_name(field: &str, value: &str) -> Result<(), ContractError> {
+    run_name(field, value)
+}
+
+/// A restore's name: as a backup's (`restores/<name>/`, `velero.io/restore-name`).
 pub fn restore_name(field: &str, value: &str) -> Result<(), ContractError> {
-    dns_subdomain(field, value)
+    run_name(field, value)
+}
+
+/// Whether `value` is a name a backup or a restore may have.
+pub fn is_run_name(value: &str) -> bool {
+    run_name("name", value).is_ok()
 }
 
 #[cfg(test)]
@@ -147,6 +168,14 @@ mod tests {
                 .to_string()
                 .contains("longer than 253")
         );
+        // A label value holds 63 characters: the name is one.
+        let dotted = format!("{}.{}", "a".repeat(40), "b".repeat(22));
+        assert!(is_run_name(&dotted), "{}", dotted.len());
+        let error = restore_name("restore name", &format!("{dotted}c"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("longer than 63"), "{error}");
+        assert!(dns_subdomain("pod_name", &format!("{dotted}c")).is_ok());
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! (`stowage-metrics`) and admits callers by the policy of [`security`] (mTLS identities,
 //! bearer tokens), which is open in plaintext mode.
 
+pub mod restic_status;
 pub mod security;
 
 use std::{net::SocketAddr, time::Duration};
 
+pub use restic_status::restic_code;
 use security::AuthLayer;
 pub use security::{SecurityError, ServerSecurity, TlsArgs};
 use stowage_metrics::grpc::GrpcMetricsLayer;

@@ -109,21 +109,150 @@ pub enum ResticError {
     },
 }
 
+/// What a failure means to whoever asked for the run, in the terms a service answers with:
+/// the agent and the repo-manager both turn it into a gRPC code through one function
+/// (`stowage_grpc::restic_code`), so the same restic failure gets the same code from both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The arguments were refused before restic ran.
+    BadInput,
+    /// Nothing will change by retrying until the setup does: a wrong password or key, no
+    /// repository at the URL, restic missing, too old or unusable.
+    Precondition,
+    /// Another process holds the lock or the storage cannot be reached: try again later.
+    Retryable,
+    /// Someone asked the run to stop.
+    Cancelled,
+    /// restic failed otherwise (its stderr says how), was killed, or said something unreadable.
+    Internal,
+}
+
 impl ResticError {
+    /// The class of the failure; for [`ResticError::GaveUp`] the one of the last attempt.
+    pub fn class(&self) -> FailureClass {
+        match self.last() {
+            ResticError::InvalidArgument { .. } => FailureClass::BadInput,
+            ResticError::WrongPassword { .. }
+            | ResticError::RepositoryMissing { .. }
+            | ResticError::BinaryMissing { .. }
+            | ResticError::Scratch { .. }
+            | ResticError::UnsupportedVersion { .. }
+            | ResticError::UnrecognisedVersion { .. } => FailureClass::Precondition,
+            ResticError::Locked { .. }
+            | ResticError::StorageUnreachable { .. }
+            | ResticError::StorageOutage { .. } => FailureClass::Retryable,
+            ResticError::Cancelled { .. } => FailureClass::Cancelled,
+            ResticError::Spawn { .. }
+            | ResticError::Killed { .. }
+            | ResticError::Failed { .. }
+            | ResticError::Output { .. }
+            | ResticError::MissingOutput { .. }
+            | ResticError::Io { .. }
+            | ResticError::GaveUp { .. } => FailureClass::Internal,
+        }
+    }
+
+    /// One error of each variant (and one given up after retries), for the tests of the
+    /// services that map these errors to their answers.
+    pub fn examples() -> Vec<ResticError> {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let command = || "backup".to_string();
+        let repository = || "s3:http://127.0.0.1:9/bucket/restic/shop".to_string();
+        let stderr = || "restic's words".to_string();
+        vec![
+            ResticError::BinaryMissing {
+                binary: "restic".into(),
+                source: io(),
+            },
+            ResticError::Spawn {
+                binary: "restic".into(),
+                command: command(),
+                source: io(),
+            },
+            ResticError::Scratch {
+                path: "/tmp/scratch".into(),
+                source: io(),
+            },
+            ResticError::UnsupportedVersion {
+                found: "0.16.0".into(),
+                needed: "0.17.0".into(),
+                output: "restic 0.16.0".into(),
+            },
+            ResticError::UnrecognisedVersion {
+                output: "what".into(),
+            },
+            ResticError::InvalidArgument {
+                command: command(),
+                reason: "bad".into(),
+            },
+            ResticError::WrongPassword {
+                command: command(),
+                repository: repository(),
+            },
+            ResticError::RepositoryMissing {
+                command: command(),
+                repository: repository(),
+                stderr: stderr(),
+            },
+            ResticError::StorageUnreachable {
+                command: command(),
+                repository: repository(),
+                stderr: stderr(),
+            },
+            ResticError::StorageOutage {
+                command: command(),
+                repository: repository(),
+                waited: std::time::Duration::from_secs(300),
+                reason: stderr(),
+            },
+            ResticError::Locked {
+                command: command(),
+                repository: repository(),
+                stderr: stderr(),
+            },
+            ResticError::Cancelled { command: command() },
+            ResticError::Killed {
+                command: command(),
+                signal: 9,
+                stderr: stderr(),
+            },
+            ResticError::Failed {
+                command: command(),
+                code: 3,
+                stderr: stderr(),
+            },
+            ResticError::Output {
+                command: command(),
+                output: "{".into(),
+                source: serde_json::from_str::<serde_json::Value>("{").unwrap_err(),
+            },
+            ResticError::MissingOutput {
+                command: command(),
+                reason: "no summary".into(),
+            },
+            ResticError::Io {
+                command: command(),
+                source: io(),
+            },
+            ResticError::GaveUp {
+                attempts: 4,
+                last: Box::new(ResticError::WrongPassword {
+                    command: command(),
+                    repository: repository(),
+                }),
+            },
+        ]
+    }
+
     /// Worth trying again later without changing anything: another process holds the lock, or
     /// the storage could not be reached (a restarting object store, a network blip).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.last(),
-            ResticError::Locked { .. }
-                | ResticError::StorageUnreachable { .. }
-                | ResticError::StorageOutage { .. }
-        )
+        self.class() == FailureClass::Retryable
     }
 
     /// The error ended because someone asked for it to stop.
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.last(), ResticError::Cancelled { .. })
+        self.class() == FailureClass::Cancelled
     }
 
     /// The failure itself: for [`ResticError::GaveUp`] the error of the last attempt, for any
@@ -326,6 +455,22 @@ mod tests {
             matches!(error, ResticError::WrongPassword { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn giving_up_is_classed_as_its_last_failure() {
+        let locked = classify_exit("prune", "/r", Some(11), None, String::new());
+        assert_eq!(locked.class(), FailureClass::Retryable);
+        let gave_up = ResticError::GaveUp {
+            attempts: 3,
+            last: Box::new(ResticError::GaveUp {
+                attempts: 1,
+                last: Box::new(classify_exit("backup", "/r", Some(12), None, String::new())),
+            }),
+        };
+        assert_eq!(gave_up.class(), FailureClass::Precondition);
+        let killed = classify_exit("backup", "/r", None, Some(9), String::new());
+        assert_eq!(killed.class(), FailureClass::Internal);
     }
 
     #[test]

@@ -74,11 +74,23 @@ pub fn process_alive(pid: i64) -> bool {
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// This machine's host name, as restic writes it into its locks.
+/// This machine's host name, as restic writes it into its locks: restic takes Go's
+/// `os.Hostname()`, which on Linux reads `/proc/sys/kernel/hostname` and falls back to
+/// `uname(2)` (in a pod both give the pod's name, from its UTS namespace).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        return name.trim_end_matches('\n').to_string();
+    }
+    // SAFETY: uname fills the zeroed struct; nodename is NUL-terminated by the kernel.
+    unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut name) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name.nodename.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 impl Restic {

@@ -414,23 +414,17 @@ fn join(parts: &[&str]) -> String {
 
 /// A Kubernetes namespace name: a DNS-1123 label (lowercase alphanumerics and `-`, starting
 /// and ending alphanumeric, at most 63 characters). Anything else could escape `restic/` in a
-/// path or URL, so it is checked before it names a repository.
+/// path or URL, so it is checked before it names a repository. The rule is the one every
+/// stowage process shares (`stowage_contract::names`).
 pub fn is_dns1123_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
+    stowage_contract::names::is_namespace(name)
 }
 
 /// A backup or restore name: dot-separated DNS-1123 labels, at most 63 characters in all (it
 /// is also a label value, `velero.io/backup-name`). It names `backups/<name>/` in the bucket,
 /// so nothing else may reach a key.
 pub fn is_backup_name(name: &str) -> bool {
-    name.len() <= 63 && name.split('.').all(is_dns1123_label)
+    stowage_contract::names::is_run_name(name)
 }
 
 #[cfg(test)]

@@ -110,7 +110,9 @@ pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
         rest = &rest[unit_len..];
         total += number * seconds_per_unit;
     }
-    Some(std::time::Duration::from_secs_f64(total))
+    // Too large for a Duration (`99999999999999999999h`) is not a duration, not a panic: the
+    // text can come from a user's annotation.
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 /// Formats a duration the way Go's `time.Duration.String()` does for whole seconds
@@ -150,6 +152,7 @@ mod tests {
         assert_eq!(parse_go_duration("10 days"), None);
         assert_eq!(parse_go_duration("h"), None);
         assert_eq!(parse_go_duration("-1h"), None);
+        assert_eq!(parse_go_duration("99999999999999999999999h"), None);
     }
 
     #[test]

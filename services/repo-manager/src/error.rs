@@ -66,15 +66,29 @@ impl From<RepoError> for Status {
             | RepoError::Store { .. }
             | RepoError::Kubernetes { .. }
             | RepoError::Cancelled => Status::unavailable(message),
-            RepoError::Restic(restic) if restic.is_retryable() => Status::unavailable(message),
-            RepoError::Restic(ResticError::WrongPassword { .. }) => {
-                Status::failed_precondition(message)
+            // The code every service running restic gives the failure (the agent too).
+            RepoError::Restic(restic) => Status::new(stowage_grpc::restic_code(restic), message),
+            RepoError::Corrupt { .. } | RepoError::UnsealedKeyCopy(_) | RepoError::Random => {
+                Status::internal(message)
             }
-            RepoError::Restic(restic) if restic.is_cancelled() => Status::cancelled(message),
-            RepoError::Corrupt { .. }
-            | RepoError::UnsealedKeyCopy(_)
-            | RepoError::Random
-            | RepoError::Restic(_) => Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's error mapping has the same test: both give each restic failure the code of
+    /// the one shared mapping.
+    #[test]
+    fn restic_failures_get_the_code_every_restic_running_service_gives_them() {
+        for error in ResticError::examples() {
+            let expected = stowage_grpc::restic_code(&error);
+            let message = error.to_string();
+            let status = Status::from(RepoError::from(error));
+            assert_eq!(status.code(), expected, "{message}");
+            assert_eq!(status.message(), message);
         }
     }
 }

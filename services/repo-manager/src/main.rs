@@ -97,6 +97,19 @@ struct Config {
         default_value = "stowage-repo-manager,stowage-volume-agent"
     )]
     lock_holder_workloads: Vec<String>,
+    /// Label selector (`key=value` pairs) of the volume agent DaemonSet's pods. With
+    /// --kubernetes, the agent of a present pod of this selector that holds a restic lock is
+    /// asked (GetAgentInfo at its pod IP and --agent-port) which restic processes run there;
+    /// the lock of a restic that no longer runs is removed at once.
+    #[arg(
+        long,
+        env = "STOWAGE_AGENT_SELECTOR",
+        default_value = "app.kubernetes.io/name=stowage-volume-agent"
+    )]
+    agent_selector: lock_holders::LabelSelector,
+    /// gRPC port of the volume agents (reached at their pod IP).
+    #[arg(long, env = "STOWAGE_AGENT_PORT", default_value_t = 8082)]
+    agent_port: u16,
     /// restic locks younger than this are never removed by restic's rule, even when their
     /// holder is gone (a gone stowage pod's lock is removed whatever its age).
     #[arg(long, env = "STOWAGE_STALE_LOCK_AGE", default_value = "5m", value_parser = parse_duration)]
@@ -132,6 +145,10 @@ struct Config {
     #[command(flatten)]
     tls: stowage_grpc::TlsArgs,
 }
+
+/// How long an agent asked about a restic lock's holder may take to answer; one that does not
+/// keeps its locks.
+const AGENT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who may call the repo-manager when mTLS is on and --tls-allowed-clients is not given: it
 /// hands out repository passwords, and only the orchestrator asks for them.
@@ -181,11 +198,15 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = stowage_grpc::cancel_on_signal(shutdown.clone());
     // Read the certificates before anything starts, so a bad mount fails the pod at once.
-    // The repo-manager calls no other stowage service, so it needs no client TLS.
     let security = config
         .tls
         .server_allowing(DEFAULT_ALLOWED_CLIENTS)
         .context("TLS settings")?;
+    // Before the first channel: the agents asked about restic locks are reached with it.
+    config
+        .tls
+        .install_client_tls()
+        .context("client TLS settings")?;
 
     let location = StorageLocation::from_env(
         &config.storage_url,
@@ -235,7 +256,14 @@ async fn main() -> anyhow::Result<()> {
                         &config.stowage_namespace,
                     )),
                     config.lock_holder_workloads.clone(),
-                ),
+                )
+                .with_agents(lock_holders::Agents {
+                    directory: Box::new(lock_holders::GrpcAgents {
+                        port: config.agent_port,
+                        timeout: AGENT_ANSWER_TIMEOUT,
+                    }),
+                    selector: config.agent_selector.clone(),
+                }),
             }),
         ),
         None => (None, None),

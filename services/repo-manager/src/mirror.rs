@@ -9,15 +9,18 @@ use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
-use serde_json::json;
+use stowage_contract::{
+    objects::{
+        self, DEFAULT_STORAGE_LOCATION, RepositoryPhase, ResticRepository, ResticRepositorySpec,
+        ResticRepositoryStatus,
+    },
+    tags::labels,
+};
 
 use crate::{
     error::RepoError,
     state::{Phase, RepositoryRecord},
 };
-
-/// The backup storage location name the mirrored objects carry (Velero's default).
-const STORAGE_LOCATION: &str = "default";
 
 #[derive(Clone)]
 pub struct RepositoryMirror {
@@ -26,60 +29,72 @@ pub struct RepositoryMirror {
 
 /// `<namespace>-default`: one object per namespace and location, found again after restarts.
 pub fn object_name(namespace: &str) -> String {
-    format!("{namespace}-{STORAGE_LOCATION}")
+    format!("{namespace}-{DEFAULT_STORAGE_LOCATION}")
 }
 
 /// Go's `time.Duration` text (`168h0m0s`), as Velero writes `maintenanceFrequency`.
 pub fn go_duration(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    format!(
-        "{}h{}m{}s",
-        seconds / 3600,
-        (seconds % 3600) / 60,
-        seconds % 60
-    )
+    objects::go_duration(duration)
 }
 
-fn phase(phase: Phase) -> &'static str {
+fn phase(phase: Phase) -> RepositoryPhase {
     match phase {
-        Phase::Ready => "Ready",
-        Phase::NotReady | Phase::Failed => "NotReady",
+        Phase::Ready => RepositoryPhase::Ready,
+        Phase::NotReady | Phase::Failed => RepositoryPhase::NotReady,
     }
+}
+
+fn time(
+    time: chrono::DateTime<chrono::Utc>,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    let timestamp =
+        k8s_openapi::jiff::Timestamp::new(time.timestamp(), time.timestamp_subsec_nanos() as i32)
+            .ok()?;
+    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        timestamp,
+    ))
 }
 
 /// The object for `record`: spec and status together (the CRD has no status subresource).
 pub fn object(record: &RepositoryRecord, maintenance_frequency: Duration) -> serde_json::Value {
-    json!({
-        "apiVersion": "velero.io/v1",
-        "kind": "ResticRepository",
-        "metadata": {
-            "name": object_name(&record.namespace),
-            "labels": {
-                "app.kubernetes.io/managed-by": "stowage",
-                "velero.io/volume-namespace": record.namespace,
-                "velero.io/storage-location": STORAGE_LOCATION,
-            },
+    let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(object_name(&record.namespace)),
+        labels: Some(
+            [
+                ("app.kubernetes.io/managed-by", "stowage"),
+                (labels::VOLUME_NAMESPACE, record.namespace.as_str()),
+                (labels::STORAGE_LOCATION, DEFAULT_STORAGE_LOCATION),
+            ]
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    let mut object = ResticRepository::new(
+        metadata,
+        ResticRepositorySpec {
+            backup_storage_location: DEFAULT_STORAGE_LOCATION.to_string(),
+            volume_namespace: record.namespace.clone(),
+            restic_identifier: record.url.clone(),
+            maintenance_frequency: go_duration(maintenance_frequency),
         },
-        "spec": {
-            "volumeNamespace": record.namespace,
-            "backupStorageLocation": STORAGE_LOCATION,
-            "resticIdentifier": record.url,
-            "maintenanceFrequency": go_duration(maintenance_frequency),
-        },
-        "status": {
-            "phase": phase(record.phase),
-            "message": record.message,
-            // Velero's "last maintenance" is the last prune.
-            "lastMaintenanceTime": record.prune.last_finished.map(|time| time.to_rfc3339()),
-        },
-    })
+    );
+    object.status = ResticRepositoryStatus {
+        phase: phase(record.phase),
+        message: record.message.clone(),
+        // Velero's "last maintenance" is the last prune.
+        last_maintenance_time: record.prune.last_finished.and_then(time),
+    };
+    // Plain structs of strings and maps: serializing them cannot fail.
+    serde_json::to_value(object).unwrap_or_default()
 }
 
 impl RepositoryMirror {
     pub fn new(client: kube::Client, stowage_namespace: &str) -> Self {
         let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("velero.io", "v1", "ResticRepository"),
-            "resticrepositories",
+            &GroupVersionKind::gvk(objects::GROUP, objects::VERSION, ResticRepository::KIND),
+            ResticRepository::PLURAL,
         );
         RepositoryMirror {
             api: Api::namespaced_with(client, stowage_namespace, &resource),
@@ -162,7 +177,7 @@ mod tests {
         assert_eq!(value["status"]["phase"], "Ready");
         assert_eq!(
             value["status"]["lastMaintenanceTime"],
-            "2026-01-02T00:01:00+00:00"
+            "2026-01-02T00:01:00Z"
         );
     }
 }

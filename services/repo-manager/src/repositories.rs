@@ -18,7 +18,7 @@ use crate::{
     error::RepoError,
     keys::{KeyStore, Passwords, generate_password},
     leases::{LeaseManager, LeaseMode},
-    lock_holders::LockHolders,
+    lock_holders::{LockHolders, StaleReason},
     mirror::RepositoryMirror,
     schedule::{MaintenanceKind, Schedules},
     state::{Phase, RepositoryRecord, StateStore},
@@ -103,7 +103,7 @@ impl Drop for ReleaseOnDrop<'_> {
 }
 
 pub fn validate_namespace(namespace: &str) -> Result<(), RepoError> {
-    if stowage_storage_location::is_dns1123_label(namespace) {
+    if stowage_contract::names::is_namespace(namespace) {
         Ok(())
     } else {
         Err(RepoError::InvalidNamespace(namespace.to_string()))
@@ -592,9 +592,10 @@ impl Manager {
         })
     }
 
-    /// Removes restic locks whose holder is gone: those of stowage pods the API server no
-    /// longer has at once (each lock file deleted by its id: `restic unlock` would keep them
-    /// for 30 minutes), then those restic's own rule calls stale (`restic unlock`). Failures
+    /// Removes restic locks whose holder is gone: at once those of stowage pods the API server
+    /// no longer has, and those of present agent pods whose agent runs no restic with the
+    /// lock's pid (each lock file deleted by its id: `restic unlock` would keep them for 30
+    /// minutes), then those restic's own rule calls stale (`restic unlock`). Failures
     /// only log (restic then reports the lock itself). Whether the locks could be inspected.
     async fn clear_stale_locks(
         &self,
@@ -607,16 +608,27 @@ impl Manager {
             let mut removed = Vec::new();
             if let Some(holders) = &self.lock_holders {
                 let this_host = stowage_restic::locks::hostname();
-                for id in holders.locks_of_gone_pods(&locks, &this_host).await {
-                    let lock = locks.iter().find(|lock| lock.id == id);
+                for stale in holders.stale_locks(&locks, &this_host).await {
+                    let message = match stale.reason {
+                        StaleReason::PodGone => {
+                            "removing the restic lock of a stowage pod that no longer exists"
+                        }
+                        StaleReason::ResticGone | StaleReason::PidReused { .. } => {
+                            "removing the restic lock of a restic that no longer runs in its agent pod"
+                        }
+                    };
                     tracing::info!(
                         namespace,
-                        lock = %id,
-                        pod = lock.map(|lock| lock.info.hostname.as_str()).unwrap_or_default(),
-                        "removing the restic lock of a stowage pod that no longer exists"
+                        lock = %stale.id,
+                        pod = %stale.holder,
+                        pid = stale.pid,
+                        why = %stale.reason,
+                        "{message}"
                     );
-                    self.state.remove_restic_lock(namespace, &id).await?;
-                    removed.push(id);
+                    // That lock file alone: `restic unlock --remove-all` would also remove
+                    // the locks of restics that still run.
+                    self.state.remove_restic_lock(namespace, &stale.id).await?;
+                    removed.push(stale.id);
                 }
             }
             let rest: Vec<_> = locks

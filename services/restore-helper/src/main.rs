@@ -1,7 +1,11 @@
 //! `stowage-restore-helper`: the init container added to restored pods. Like Velero's restore
 //! helper it takes the restore UID and the mount paths of the restored volumes, and waits until
 //! the volume agent has written `<mount>/.velero/<restore-uid>` into each; then the pod's own
-//! containers start on complete data. Plain blocking code: it does one thing and exits.
+//! containers start on complete data. When the agent writes the failure marker
+//! `<mount>/.velero/<restore-uid>.failed` into any of them instead (the volume's restore failed,
+//! was cancelled or abandoned), it exits 1 at once with the marker's reason in its log, so the
+//! pod fails now rather than at the timeout. The protocol is `stowage_contract::done_file`.
+//! Plain blocking code: it does one thing and exits.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,6 +14,7 @@ use std::{
 };
 
 use clap::Parser;
+use stowage_contract::done_file;
 
 #[derive(Debug, Parser)]
 #[command(name = "stowage-restore-helper", version, about)]
@@ -23,7 +28,7 @@ struct Config {
     mount_paths: Vec<PathBuf>,
     /// Where Velero mounts the restored volumes (`/restores/<volume>`); read only when no
     /// mount paths are given.
-    #[arg(long, env = "STOWAGE_RESTORES_DIR", default_value = "/restores")]
+    #[arg(long, env = "STOWAGE_RESTORES_DIR", default_value = done_file::RESTORES_DIR)]
     restores_dir: PathBuf,
     /// Give up after this many seconds (0 = wait forever).
     #[arg(long, env = "STOWAGE_RESTORE_TIMEOUT_SECONDS", default_value_t = 14400)]
@@ -38,8 +43,16 @@ struct Config {
 
 #[derive(Debug, thiserror::Error)]
 enum HelperError {
-    #[error("restore uid `{0}` is not a single path component")]
-    InvalidUid(String),
+    #[error(transparent)]
+    InvalidUid(stowage_contract::ContractError),
+    #[error("restore {uid} failed for the volume at {}: {reason}", volume.display())]
+    Failed {
+        uid: String,
+        volume: PathBuf,
+        reason: String,
+    },
+    #[error("reading the failure marker {}", .0)]
+    Marker(done_file::MarkerError),
     #[error("no mount paths given and {} cannot be read: {source}", dir.display())]
     RestoresDir {
         dir: PathBuf,
@@ -59,13 +72,25 @@ fn pending(markers: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn markers(uid: &str, mount_paths: &[PathBuf]) -> Result<Vec<PathBuf>, HelperError> {
-    if uid.is_empty() || uid.contains(['/', '\0']) || uid.contains("..") {
-        return Err(HelperError::InvalidUid(uid.to_string()));
-    }
+    done_file::validate_restore_uid(uid).map_err(HelperError::InvalidUid)?;
     Ok(mount_paths
         .iter()
-        .map(|mount| Path::new(mount).join(".velero").join(uid))
+        .map(|mount| done_file::done_file(mount, uid))
         .collect())
+}
+
+/// The first volume whose failure marker for `uid` exists, as the error to exit with.
+fn failed(uid: &str, mount_paths: &[PathBuf]) -> Result<(), HelperError> {
+    for mount in mount_paths {
+        if let Some(reason) = done_file::read_failure(mount, uid).map_err(HelperError::Marker)? {
+            return Err(HelperError::Failed {
+                uid: uid.to_string(),
+                volume: mount.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The directories directly under `dir`, sorted; Velero mounts one per restored volume there.
@@ -94,6 +119,8 @@ fn wait(config: &Config) -> Result<(), HelperError> {
     let timeout = (config.timeout > 0).then(|| Duration::from_secs(config.timeout));
     let mut last_log: Option<Instant> = None;
     loop {
+        // Before the done files: a volume that failed fails the pod even if others are done.
+        failed(&config.restore_uid, &mount_paths)?;
         let waiting = pending(&markers);
         if waiting.is_empty() {
             println!(
@@ -229,5 +256,51 @@ mod tests {
     fn uid_with_path_parts_is_refused() {
         assert!(markers("../x", &[PathBuf::from("/v")]).is_err());
         assert!(markers("a/b", &[PathBuf::from("/v")]).is_err());
+        let error = markers("x.failed", &[PathBuf::from("/v")]).unwrap_err();
+        assert!(error.to_string().contains("`x.failed`"), "{error}");
+    }
+
+    #[test]
+    fn a_failure_marker_ends_the_wait_at_once_with_its_reason() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        done_file::write_done(a.path(), "r-1").unwrap();
+        done_file::write_failure(b.path(), "r-1", "restic failed: Fatal: no space left").unwrap();
+        // Without the marker this would wait the whole hour.
+        let error = wait(&config("r-1", vec![a.path().into(), b.path().into()], 3600)).unwrap_err();
+        match &error {
+            HelperError::Failed { volume, reason, .. } => {
+                assert_eq!(volume, b.path());
+                assert_eq!(reason, "restic failed: Fatal: no space left");
+            }
+            other => panic!("{other}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains("restore r-1 failed"), "{message}");
+        assert!(message.contains("no space left"), "{message}");
+    }
+
+    #[test]
+    fn a_failure_marker_written_while_waiting_is_seen() {
+        let a = tempfile::tempdir().unwrap();
+        let dir = a.path().to_path_buf();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            done_file::write_failure(&dir, "r-4", "the restore was cancelled").unwrap();
+        });
+        let error = wait(&config("r-4", vec![a.path().into()], 3600)).unwrap_err();
+        writer.join().unwrap();
+        assert!(
+            matches!(&error, HelperError::Failed { reason, .. } if reason == "the restore was cancelled"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn another_restores_failure_marker_is_not_this_ones() {
+        let a = tempfile::tempdir().unwrap();
+        done_file::write_failure(a.path(), "r-old", "an earlier restore failed").unwrap();
+        done_file::write_done(a.path(), "r-5").unwrap();
+        wait(&config("r-5", vec![a.path().into()], 5)).unwrap();
     }
 }

@@ -8,7 +8,7 @@ use stowage_proto::v1::{
     AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
     BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
     GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
-    backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
+    RunningRestic, backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
 };
 use stowage_restic::PeakRss;
 use tokio::sync::mpsc;
@@ -21,6 +21,23 @@ use crate::{
     jobs::{self, AgentContext, JobEvent},
     operations::{OperationHandle, Operations},
 };
+
+/// The restic processes alive on this host: named `restic` or as the configured binary's file
+/// (a wrapper script), with their start times, so a reused pid can be told from the lock's own
+/// restic. Reading `/proc` of the agent's own PID namespace takes a few directory reads.
+fn running_restic(binary: &std::path::Path) -> std::io::Result<Vec<RunningRestic>> {
+    let configured = binary.file_name().and_then(|name| name.to_str());
+    let mut names = vec!["restic"];
+    names.extend(configured);
+    Ok(stowage_restic::ProcessTable::host()
+        .running(&names)?
+        .into_iter()
+        .map(|process| RunningRestic {
+            pid: process.pid,
+            started: Some(process.started.into()),
+        })
+        .collect())
+}
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -54,7 +71,9 @@ fn measured(context: &AgentContext, peak: &PeakRss) -> AgentContext {
 
 /// Runs `work` once a slot is free, sending `queued` if it has to wait, and the result or the
 /// error as the last item. A caller that hangs up cancels the work, so no restic outlives it.
-/// The ending is counted in the agent's metrics (`bytes` records what a success moved).
+/// The ending is counted in the agent's metrics (`bytes` records what a success moved);
+/// `failed` learns of a failure or a cancellation, queued or running, before the caller does.
+#[allow(clippy::too_many_arguments)]
 async fn drive<T, W, F>(
     handle: OperationHandle,
     kind: OperationKind,
@@ -62,6 +81,7 @@ async fn drive<T, W, F>(
     queued: impl FnOnce(u32) -> T,
     bytes: impl FnOnce(&stowage_metrics::agent::AgentMetrics, &W),
     result: impl FnOnce(W) -> T,
+    failed: impl FnOnce(&AgentError),
     work: F,
 ) where
     F: Future<Output = Result<W, AgentError>>,
@@ -107,8 +127,9 @@ async fn drive<T, W, F>(
         Err(_) => FinalPhase::Failed,
     };
     metrics.operation_ended(kind, phase, accepted.elapsed().as_secs_f64());
-    if let Ok(value) = &outcome {
-        bytes(&metrics, value);
+    match &outcome {
+        Ok(value) => bytes(&metrics, value),
+        Err(error) => failed(error),
     }
     let item = match outcome {
         Ok(value) => Ok(result(value)),
@@ -175,6 +196,7 @@ impl VolumeAgent for AgentApi {
             |result| BackupVolumeEvent {
                 event: Some(backup_volume_event::Event::Result(result)),
             },
+            |_| {},
             async move {
                 let result = jobs::backup(&context, &plan, &cancel, move |event| {
                     let event = match event {
@@ -224,6 +246,8 @@ impl VolumeAgent for AgentApi {
             .register(&operation_id)
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
+        let volume_dir = plan.path.path.clone();
+        let restore_uid = plan.restore_uid.clone();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
@@ -240,6 +264,18 @@ impl VolumeAgent for AgentApi {
             |metrics, result| metrics.restored(result.bytes_restored),
             |result| RestoreVolumeEvent {
                 event: Some(restore_volume_event::Event::Result(result)),
+            },
+            // The pod's restore helper waits for this volume: tell it now, not at its timeout.
+            move |error| {
+                let reason = match error {
+                    AgentError::Cancelled(_) => {
+                        format!("the restore of the volume was cancelled: {error}")
+                    }
+                    _ => format!("restoring the volume failed: {error}"),
+                };
+                if let Err(marker) = jobs::write_failure(&volume_dir, &restore_uid, &reason) {
+                    tracing::error!(%marker, "cannot tell the restore helper the volume failed");
+                }
             },
             async move {
                 let result = jobs::restore(&context, &plan, &cancel, move |event| {
@@ -284,6 +320,11 @@ impl VolumeAgent for AgentApi {
         _request: Request<GetAgentInfoRequest>,
     ) -> Result<Response<AgentInfo>, Status> {
         let (running, queued) = self.operations.counts();
+        // The repo-manager judges the restic locks of this pod by this list: a lock whose pid
+        // is not here belongs to a killed restic. A table that cannot be read is an error, not
+        // an empty list, which would call every lock of this pod dead.
+        let restic =
+            running_restic(self.context.restic.binary()).map_err(AgentError::ProcessTable)?;
         Ok(Response::new(AgentInfo {
             node_name: self.context.node_name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -292,14 +333,29 @@ impl VolumeAgent for AgentApi {
             queued_operations: queued,
             pods_root: self.context.pods_root.display().to_string(),
             restic_version: self.restic_version.clone(),
-            ..Default::default()
+            host_name: stowage_restic::locks::hostname(),
+            running_restic: restic,
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        namespace = request.get_ref().volume.as_ref().map(|v| v.namespace.as_str()).unwrap_or(""),
+        pod = request.get_ref().volume.as_ref().map(|v| v.pod_name.as_str()).unwrap_or(""),
+        volume = request.get_ref().volume.as_ref().map(|v| v.volume_name.as_str()).unwrap_or(""),
+        restore_uid = %request.get_ref().restore_uid,
+        node = %self.context.node_name,
+    ))]
     async fn abandon_restore(
         &self,
-        _request: Request<AbandonRestoreRequest>,
+        request: Request<AbandonRestoreRequest>,
     ) -> Result<Response<AbandonRestoreResponse>, Status> {
-        Err(Status::unimplemented("AbandonRestore is not served yet"))
+        let written =
+            jobs::abandon_restore(&self.context, request.get_ref()).map_err(Status::from)?;
+        if written.is_none() {
+            tracing::info!("the pod volume is not on this node; no failure marker written");
+        }
+        Ok(Response::new(AbandonRestoreResponse {
+            written: written.is_some(),
+        }))
     }
 }

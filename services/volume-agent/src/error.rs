@@ -22,6 +22,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("reading the process table /proc for the running restic processes: {0}")]
+    ProcessTable(std::io::Error),
     #[error("counting the files restored under {}: {reason}", path.display())]
     CountingFiles {
         path: std::path::PathBuf,
@@ -46,22 +48,12 @@ impl AgentError {
             },
             AgentError::Operation(OperationError::AlreadyExists(_)) => Code::AlreadyExists,
             AgentError::Cancelled(_) => Code::Cancelled,
-            // After retries the code is the one of the last attempt's failure.
-            AgentError::Restic(error) => match error.last() {
-                ResticError::InvalidArgument { .. } => Code::InvalidArgument,
-                ResticError::WrongPassword { .. } => Code::PermissionDenied,
-                ResticError::RepositoryMissing { .. } => Code::FailedPrecondition,
-                // Another process holds the lock, or the storage is down: try again later.
-                ResticError::Locked { .. }
-                | ResticError::StorageUnreachable { .. }
-                | ResticError::StorageOutage { .. } => Code::Unavailable,
-                ResticError::Cancelled { .. } => Code::Cancelled,
-                ResticError::BinaryMissing { .. } | ResticError::Scratch { .. } => {
-                    Code::FailedPrecondition
-                }
-                _ => Code::Internal,
-            },
-            AgentError::Marker { .. } | AgentError::CountingFiles { .. } => Code::Internal,
+            // The code every service running restic gives its failure (after retries, the
+            // last attempt's).
+            AgentError::Restic(error) => stowage_grpc::restic_code(error),
+            AgentError::Marker { .. }
+            | AgentError::CountingFiles { .. }
+            | AgentError::ProcessTable(_) => Code::Internal,
         }
     }
 }
@@ -116,6 +108,18 @@ mod tests {
             }),
         })
         .into();
-        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+    }
+
+    /// The repo-manager's error mapping has the same test: both give each restic failure the
+    /// code of the one shared mapping.
+    #[test]
+    fn restic_failures_get_the_code_every_restic_running_service_gives_them() {
+        for error in ResticError::examples() {
+            let expected = stowage_grpc::restic_code(&error);
+            let message = error.to_string();
+            let status: Status = AgentError::from(error).into();
+            assert_eq!(status.code(), expected, "{message}");
+        }
     }
 }

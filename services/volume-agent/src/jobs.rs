@@ -11,9 +11,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use stowage_contract::{done_file, identity::StableIdentity, tags};
 use stowage_proto::v1::{
-    BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress, RepositoryAccess,
-    RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
+    AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress,
+    RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
 };
 use stowage_restic::{
     BackupOptions, BackupProgress, BackupStatus, Repository, Restic, RestoreOptions, RestoreStatus,
@@ -25,13 +26,8 @@ use crate::{
     error::AgentError,
     names,
     parent::{Next, ParentChoice},
-    volume_path::{self, ResolvedVolume},
+    volume_path::{self, ResolvedVolume, VolumePathError},
 };
-
-/// Snapshot tag holding the volume's identity across pod recreation.
-pub const IDENTITY_TAG: &str = "stable-identity";
-/// The directory restores mark themselves done in, as Velero's restore helper expects.
-pub const MARKER_DIR: &str = ".velero";
 
 /// What every job needs from the agent.
 #[derive(Clone, Debug)]
@@ -142,21 +138,19 @@ pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentE
     Ok(repository)
 }
 
-/// The identity the orchestrator sent, or one built from the pod when it sent none (then a
-/// recreated pod with a new name starts a new chain, as in Velero).
+/// The identity the orchestrator sent, or, when it sent none, the shared rule's identity for a
+/// volume whose owner is not known: the claim's uid when the request gives one, else the pod's
+/// (then a recreated pod with a new name starts a new chain, as in Velero).
 pub fn stable_identity(request: &BackupVolumeRequest, volume: &PodVolumeRef) -> String {
     if !request.stable_identity.is_empty() {
         return request.stable_identity.clone();
     }
     let source = VolumeSource::try_from(volume.source).unwrap_or(VolumeSource::Unspecified);
-    if source == VolumeSource::PersistentVolumeClaim && !volume.pvc_name.is_empty() {
-        format!("pvc/{}/{}", volume.namespace, volume.pvc_name)
-    } else {
-        format!(
-            "pod/{}/{}/{}",
-            volume.namespace, volume.pod_name, volume.volume_name
-        )
-    }
+    let pvc_uid = match source {
+        VolumeSource::PersistentVolumeClaim => volume.pvc_uid.as_str(),
+        _ => "",
+    };
+    StableIdentity::without_owner(pvc_uid, &volume.pod_name, &volume.volume_name).to_string()
 }
 
 /// Our tags plus Velero's names for the same facts, so tools that read Velero's snapshots
@@ -166,36 +160,22 @@ pub fn snapshot_tags(
     volume: &PodVolumeRef,
     identity: &str,
 ) -> Result<Vec<String>, AgentError> {
-    let mut pairs: Vec<(String, String)> = vec![
-        ("backup".into(), request.backup_name.clone()),
-        ("backup-uid".into(), request.backup_uid.clone()),
-        ("ns".into(), volume.namespace.clone()),
-        ("namespace".into(), volume.namespace.clone()),
-        ("pod".into(), volume.pod_name.clone()),
-        ("pod-uid".into(), volume.pod_uid.clone()),
-        ("volume".into(), volume.volume_name.clone()),
-        ("pvc".into(), volume.pvc_name.clone()),
-        ("pv".into(), volume.pv_name.clone()),
-        (IDENTITY_TAG.into(), identity.to_string()),
+    let mut pairs: Vec<(&str, &str)> = vec![
+        (tags::BACKUP, &request.backup_name),
+        (tags::BACKUP_UID, &request.backup_uid),
+        (tags::NS, &volume.namespace),
+        (tags::NAMESPACE, &volume.namespace),
+        (tags::POD, &volume.pod_name),
+        (tags::POD_UID, &volume.pod_uid),
+        (tags::VOLUME, &volume.volume_name),
+        (tags::PVC, &volume.pvc_name),
+        (tags::PV, &volume.pv_name),
+        (tags::STABLE_IDENTITY, identity),
     ];
     let mut extra: Vec<_> = request.extra_tags.iter().collect();
     extra.sort();
-    pairs.extend(extra.into_iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut tags = Vec::with_capacity(pairs.len());
-    for (key, value) in pairs {
-        if value.is_empty() {
-            continue;
-        }
-        let tag = format!("{key}={value}");
-        if key.is_empty() || key.contains('=') || tag.contains(',') || tag.contains('\0') {
-            return Err(AgentError::InvalidRequest(format!(
-                "snapshot tag `{}` cannot be stored: keys need no `=`, values no `,`",
-                tag.escape_debug()
-            )));
-        }
-        tags.push(tag);
-    }
-    Ok(tags)
+    pairs.extend(extra.into_iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    tags::build(pairs).map_err(names::refused)
 }
 
 pub fn plan_backup(
@@ -240,16 +220,11 @@ pub fn plan_restore(
     names::operation_id(&request.operation_id)?;
     // The id becomes a restic argument; hex only, so it can never read as an option.
     names::snapshot_id(&request.snapshot_id)?;
-    volume_path::validate_component("restore uid", &request.restore_uid)?;
+    done_file::validate_restore_uid(&request.restore_uid).map_err(names::refused)?;
     let volume = request
         .volume
         .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
-    if !volume.namespace.is_empty() {
-        names::dns_label("namespace", &volume.namespace)?;
-    }
-    if !volume.pod_name.is_empty() {
-        names::dns_subdomain("pod_name", &volume.pod_name)?;
-    }
+    restored_pod_names(&volume)?;
     let repository = repository(request.repository)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
     Ok(RestorePlan {
@@ -258,6 +233,40 @@ pub fn plan_restore(
         snapshot_id: request.snapshot_id,
         restore_uid: request.restore_uid,
     })
+}
+
+/// The recreated pod's namespace and name only reach logs and spans; checked when given.
+fn restored_pod_names(volume: &PodVolumeRef) -> Result<(), AgentError> {
+    if !volume.namespace.is_empty() {
+        names::dns_label("namespace", &volume.namespace)?;
+    }
+    if !volume.pod_name.is_empty() {
+        names::dns_subdomain("pod_name", &volume.pod_name)?;
+    }
+    Ok(())
+}
+
+/// Writes the failure marker of `request` (`AbandonRestore`) into the pod volume's directory
+/// on this node. `Ok(false)` when the pod or the volume is not on this node: there is no helper
+/// here to tell.
+pub fn abandon_restore(
+    context: &AgentContext,
+    request: &AbandonRestoreRequest,
+) -> Result<Option<PathBuf>, AgentError> {
+    done_file::validate_restore_uid(&request.restore_uid).map_err(names::refused)?;
+    let volume = request
+        .volume
+        .as_ref()
+        .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
+    restored_pod_names(volume)?;
+    let path = match volume_path::resolve(&context.pods_root, volume) {
+        Ok(resolved) => resolved.path,
+        Err(VolumePathError::PodNotFound { .. } | VolumePathError::VolumeNotFound { .. }) => {
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    write_failure(&path, &request.restore_uid, &request.reason).map(Some)
 }
 
 /// Progress of a backup from one restic status line. The totals are restic's only once its
@@ -302,7 +311,7 @@ async fn look_up_parent(
     on_event: &(impl Fn(JobEvent) + Sync),
 ) -> Result<Option<String>, AgentError> {
     let filter = SnapshotFilter {
-        tags: vec![format!("{IDENTITY_TAG}={}", plan.identity)],
+        tags: vec![tags::identity_filter(&plan.identity).map_err(names::refused)?],
         ..Default::default()
     };
     let mut attempts = context.retry.attempts(cancel);
@@ -528,20 +537,27 @@ pub async fn restore(
     })
 }
 
+fn marker_error(error: done_file::MarkerError) -> AgentError {
+    AgentError::Marker {
+        path: error.path,
+        source: error.source,
+    }
+}
+
 /// `<volume>/.velero/<restore_uid>`, the file the restore helper waits for.
 pub fn write_marker(volume_dir: &Path, restore_uid: &str) -> Result<PathBuf, AgentError> {
-    let dir = volume_dir.join(MARKER_DIR);
-    let path = dir.join(restore_uid);
-    let marker_error = |source| AgentError::Marker {
-        path: path.clone(),
-        source,
-    };
-    // A snapshot could carry a `.velero` symlink; the marker must land in the volume.
-    if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
-        std::fs::remove_file(&dir).map_err(marker_error)?;
-    }
-    std::fs::create_dir_all(&dir).map_err(marker_error)?;
-    std::fs::File::create(&path).map_err(marker_error)?;
+    done_file::write_done(volume_dir, restore_uid).map_err(marker_error)
+}
+
+/// `<volume>/.velero/<restore_uid>.failed` holding `reason`: the restore helper waiting for
+/// this volume exits non-zero at once, logging the reason.
+pub fn write_failure(
+    volume_dir: &Path,
+    restore_uid: &str,
+    reason: &str,
+) -> Result<PathBuf, AgentError> {
+    let path = done_file::write_failure(volume_dir, restore_uid, reason).map_err(marker_error)?;
+    tracing::warn!(marker = %path.display(), reason, "restore helper told the volume failed");
     Ok(path)
 }
 
@@ -627,21 +643,107 @@ mod tests {
     }
 
     #[test]
-    fn identity_falls_back_to_the_claim() {
+    fn identity_falls_back_to_the_shared_rule() {
         let mut request = request();
         request.stable_identity.clear();
         let volume = request.volume.clone().unwrap();
-        assert_eq!(stable_identity(&request, &volume), "pvc/shop/data-db-0");
+        // Without the claim's uid the agent cannot name the claim as the orchestrator does.
+        assert_eq!(stable_identity(&request, &volume), "Pod/db-0/data");
+        let mut volume = volume;
+        volume.pvc_uid = "abc".into();
+        assert_eq!(stable_identity(&request, &volume), "pvc-uid/abc");
+        volume.source = VolumeSource::EmptyDir as i32;
+        assert_eq!(stable_identity(&request, &volume), "Pod/db-0/data");
     }
 
     #[test]
     fn marker_replaces_a_planted_symlink() {
         let volume = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path(), volume.path().join(MARKER_DIR)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), volume.path().join(done_file::MARKER_DIR))
+            .unwrap();
         let marker = write_marker(volume.path(), "r-1").unwrap();
         assert!(marker.starts_with(volume.path()) && marker.is_file());
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    fn abandon_request(pod_uid: &str, restore_uid: &str) -> AbandonRestoreRequest {
+        AbandonRestoreRequest {
+            volume: Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod_name: "db-0".into(),
+                pod_uid: pod_uid.into(),
+                volume_name: "data".into(),
+                source: VolumeSource::EmptyDir as i32,
+                ..Default::default()
+            }),
+            restore_uid: restore_uid.into(),
+            reason: "restic failed:\nFatal: wrong password".into(),
+        }
+    }
+
+    #[test]
+    fn abandon_writes_the_failure_marker_where_the_helper_looks() {
+        let pods = tempfile::tempdir().unwrap();
+        let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let volume = pods
+            .path()
+            .join(pod_uid)
+            .join("volumes")
+            .join(volume_path::EMPTY_DIR_PLUGIN)
+            .join("data");
+        std::fs::create_dir_all(&volume).unwrap();
+        let context = AgentContext {
+            restic: Restic::new(pods.path().join("restic"), pods.path().join("scratch")),
+            pods_root: pods.path().into(),
+            node_name: "node-a".into(),
+            snapshot_host: "node-a".into(),
+            limit_upload_kib: None,
+            retry: RetryPolicy::NEVER,
+        };
+        let written = abandon_restore(&context, &abandon_request(pod_uid, "r-1"))
+            .unwrap()
+            .expect("the volume is on this node");
+        assert_eq!(
+            written,
+            volume.canonicalize().unwrap().join(".velero/r-1.failed")
+        );
+        assert_eq!(
+            done_file::read_failure(&volume, "r-1").unwrap().as_deref(),
+            Some("restic failed: Fatal: wrong password")
+        );
+        assert!(!done_file::is_done(&volume, "r-1"));
+
+        // Another node's pod: nothing to tell here.
+        let elsewhere = "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(
+            abandon_restore(&context, &abandon_request(elsewhere, "r-1")).unwrap(),
+            None
+        );
+
+        for (request, field) in [
+            (abandon_request(pod_uid, "../r"), "restore uid"),
+            (abandon_request(pod_uid, ""), "restore uid"),
+            (
+                AbandonRestoreRequest {
+                    volume: None,
+                    ..abandon_request(pod_uid, "r-1")
+                },
+                "volume is missing",
+            ),
+            (
+                {
+                    let mut request = abandon_request(pod_uid, "r-1");
+                    request.volume.as_mut().unwrap().namespace = "a.b".into();
+                    request
+                },
+                "namespace `a.b`",
+            ),
+        ] {
+            let error = abandon_restore(&context, &request).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error}");
+            assert!(error.to_string().contains(field), "{field}: {error}");
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Checks of request fields that become Kubernetes names, restic snapshot ids and restic's
-//! environment, applied at the edge before anything runs. Path components are checked in
+//! environment, applied at the edge before anything runs. Kubernetes names follow the rules
+//! every stowage process shares (`stowage_contract::names`); path components are checked in
 //! `volume_path`.
+
+use stowage_contract::{ContractError, names as contract};
 
 use crate::error::AgentError;
 
@@ -16,58 +19,19 @@ fn invalid(field: &str, value: &str, reason: &str) -> AgentError {
     ))
 }
 
-fn label_problem(label: &str) -> Option<&'static str> {
-    if label.is_empty() {
-        Some("has an empty label")
-    } else if label.len() > 63 {
-        Some("has a label longer than 63 characters")
-    } else if !label
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("may only hold lower-case letters, digits and `-`")
-    } else if label.starts_with('-') || label.ends_with('-') {
-        Some("must start and end with a letter or digit")
-    } else {
-        None
-    }
+/// A contract rule broken by a request field, as the agent reports bad input.
+pub fn refused(error: ContractError) -> AgentError {
+    AgentError::InvalidRequest(error.to_string())
 }
 
 /// An RFC 1123 label, as namespaces are named.
 pub fn dns_label(field: &str, value: &str) -> Result<(), AgentError> {
-    if value.is_empty() {
-        return Err(AgentError::InvalidRequest(format!("{field} is empty")));
-    }
-    match label_problem(value) {
-        Some(reason) => Err(invalid(
-            field,
-            value,
-            &format!("is not a DNS-1123 label: it {reason}"),
-        )),
-        None => Ok(()),
-    }
+    contract::namespace(field, value).map_err(refused)
 }
 
 /// An RFC 1123 subdomain, as pods and most objects are named.
 pub fn dns_subdomain(field: &str, value: &str) -> Result<(), AgentError> {
-    if value.is_empty() {
-        return Err(AgentError::InvalidRequest(format!("{field} is empty")));
-    }
-    if value.len() > 253 {
-        return Err(invalid(
-            field,
-            value,
-            "is not a DNS-1123 subdomain: it is longer than 253 characters",
-        ));
-    }
-    match value.split('.').find_map(label_problem) {
-        Some(reason) => Err(invalid(
-            field,
-            value,
-            &format!("is not a DNS-1123 subdomain: it {reason}"),
-        )),
-        None => Ok(()),
-    }
+    contract::dns_subdomain(field, value).map_err(refused)
 }
 
 /// restic snapshot ids are hex: the 8-digit short form up to the full 64 digits.

@@ -17,6 +17,10 @@ use ::kube::{
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Value, json};
+use stowage_contract::{
+    objects::{self, PodVolumeBackup, PodVolumeRestore},
+    phase::VolumePhase,
+};
 use tokio::{
     sync::mpsc,
     task::JoinHandle,
@@ -36,10 +40,13 @@ pub enum MirrorKind {
 impl MirrorKind {
     fn resource(self) -> ApiResource {
         let (kind, plural) = match self {
-            MirrorKind::PodVolumeBackup => ("PodVolumeBackup", "podvolumebackups"),
-            MirrorKind::PodVolumeRestore => ("PodVolumeRestore", "podvolumerestores"),
+            MirrorKind::PodVolumeBackup => (PodVolumeBackup::KIND, PodVolumeBackup::PLURAL),
+            MirrorKind::PodVolumeRestore => (PodVolumeRestore::KIND, PodVolumeRestore::PLURAL),
         };
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("velero.io", "v1", kind), plural)
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(objects::GROUP, objects::VERSION, kind),
+            plural,
+        )
     }
 }
 
@@ -120,7 +127,7 @@ async fn create(
 ) -> Result<()> {
     let name = &mirror.name;
     let object: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "velero.io/v1",
+        "apiVersion": objects::API_VERSION,
         "kind": kind.resource().kind,
         "metadata": {"name": name, "namespace": namespace, "labels": mirror.labels},
         "spec": mirror.spec,
@@ -369,12 +376,12 @@ pub async fn fail_unfinished(cluster: &Cluster, kind: MirrorKind, message: &str)
         .map_err(Error::kube(format!("listing {kind:?} objects")))?;
     let mut marked = 0;
     for object in list.items {
-        let phase = object.data["status"]["phase"].as_str().unwrap_or_default();
+        let phase = VolumePhase::parse(object.data["status"]["phase"].as_str().unwrap_or_default());
         let Some(name) = object.metadata.name.clone() else {
             continue;
         };
-        if matches!(phase, "" | "New" | "InProgress") {
-            let patch = json!({"status": {"phase": "Failed", "message": message}});
+        if !phase.is_final() {
+            let patch = json!({"status": {"phase": VolumePhase::Failed, "message": message}});
             Cluster::merge_patch(&api, &name, &patch)
                 .await
                 .map_err(Error::kube(format!("failing {kind:?} {name}")))?;
