@@ -580,10 +580,21 @@ mod restart {
                         phase: VolumePhase::Completed as i32,
                         ..Default::default()
                     },
+                    // A pod that was already there: not the restore's, never written to.
+                    PodVolumeRestore {
+                        volume: Some(volume("db-3", "data")),
+                        phase: VolumePhase::Failed as i32,
+                        error_message: "pod shop/db-3 already exists".into(),
+                        ..Default::default()
+                    },
                 ],
+                pods_created: vec!["shop/db-0".into(), "shop/db-1".into(), "shop/db-2".into()],
                 ..Default::default()
             }),
         };
+        world
+            .cluster
+            .add_pod(pod("shop", "db-3", "node-a", &["data"]));
         world
             .store
             .restores

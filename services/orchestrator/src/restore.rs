@@ -331,14 +331,18 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
 /// on a node (it waited for its turn, or its repository failed) has its pod looked up first:
 /// by now it may run, its helper waiting; `restore` gets the node and pod uid found.
 pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut Restore) {
-    if let Some(cluster) = &deps.cluster {
-        let volumes = restore
-            .status
-            .iter_mut()
-            .flat_map(|status| &mut status.volumes);
+    if let Some(cluster) = &deps.cluster
+        && let Some(status) = restore.status.as_mut()
+    {
+        // Only pods this restore created: a pod that was already there (its volumes failed
+        // "already exists") is someone else's, and its volumes are not written to.
+        let created = status.pods_created.clone();
+        let volumes = status.volumes.iter_mut();
         for volume in volumes.filter(|v| v.phase != VolumePhase::Completed as i32) {
             let reference = volume.volume.get_or_insert_with(Default::default);
-            if !volume.node.is_empty() && !reference.pod_uid.is_empty() {
+            let pod = format!("{}/{}", reference.namespace, reference.pod_name);
+            let known = !volume.node.is_empty() && !reference.pod_uid.is_empty();
+            if known || !created.contains(&pod) {
                 continue;
             }
             match cluster.pod(&reference.namespace, &reference.pod_name).await {
