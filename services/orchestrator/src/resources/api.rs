@@ -87,6 +87,11 @@ pub enum ResourceError {
     Expired { what: String, message: String },
     #[error("listing {what}: {message}")]
     List { what: String, message: String },
+    /// The resource stopped being served after discovery (its CRD deleted: 404) or its
+    /// aggregated API is down (503): like a group discovery could not read, it is left out
+    /// and named in the backup's log.
+    #[error("listing {what}: not served now: {message}")]
+    Unavailable { what: String, message: String },
     #[error("reading {what}: {message}")]
     Get { what: String, message: String },
     #[error("object {what} from the API server: {reason}")]

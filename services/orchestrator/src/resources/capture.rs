@@ -16,6 +16,10 @@
 //!   match or an object in it was taken (Velero's namespace tracker);
 //! - the pods and claims of the backup's volumes (the runner's own manifests) replace the
 //!   listed copies, so the tarball and the PodVolumeBackups describe the same pods.
+//!
+//! A resource that stopped being served since discovery (404) or whose aggregated API is down
+//! (503) is left out with a warning, as a group discovery could not read is; any other failed
+//! list fails the capture, naming the resource and namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,6 +145,20 @@ impl<A: ResourceApi> Lister<'_, A> {
                 }
             }
         }
+    }
+}
+
+/// A list's objects, or none (and a warning) when the resource is not served now.
+fn or_warn(
+    listed: Result<Vec<Value>, ResourceError>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Value>, ResourceError> {
+    match listed {
+        Err(error @ ResourceError::Unavailable { .. }) => {
+            warnings.push(format!("{error}; it is not in the backup"));
+            Ok(Vec::new())
+        }
+        other => other,
     }
 }
 
@@ -284,22 +302,20 @@ pub async fn capture<A: ResourceApi>(
             continue;
         }
         let items = if every_namespace {
-            lister
-                .list_all(resource, None, &selector)
-                .await?
-                .into_iter()
-                .filter(|item| {
-                    namespace_of(item).is_some_and(|ns| namespaces.iter().any(|n| n == ns))
-                })
-                .collect()
+            or_warn(
+                lister.list_all(resource, None, &selector).await,
+                &mut captured.warnings,
+            )?
+            .into_iter()
+            .filter(|item| namespace_of(item).is_some_and(|ns| namespaces.iter().any(|n| n == ns)))
+            .collect()
         } else {
             let mut items = Vec::new();
             for namespace in &namespaces {
-                items.extend(
-                    lister
-                        .list_all(resource, Some(namespace), &selector)
-                        .await?,
-                );
+                items.extend(or_warn(
+                    lister.list_all(resource, Some(namespace), &selector).await,
+                    &mut captured.warnings,
+                )?);
             }
             items
         };
@@ -343,7 +359,11 @@ pub async fn capture<A: ResourceApi>(
             {
                 continue;
             }
-            for item in lister.list_all(resource, None, &selector).await? {
+            let items = or_warn(
+                lister.list_all(resource, None, &selector).await,
+                &mut captured.warnings,
+            )?;
+            for item in items {
                 if !left_out(&item) {
                     insert(&mut captured.resources, &group_resource, item)?;
                 }
@@ -793,9 +813,28 @@ mod tests {
 
         let mut api = cluster();
         api.failed_groups = vec!["metrics.k8s.io/v1beta1: 503".to_string()];
+        api.unavailable = vec!["widgets.example.com".to_string()];
         let captured = capture(&api, &spec(&["shop", "gone"]), &[]).await.unwrap();
         let warnings = captured.warnings.join("\n");
         assert!(warnings.contains("metrics.k8s.io/v1beta1"), "{warnings}");
         assert!(warnings.contains("namespace gone"), "{warnings}");
+        assert!(
+            warnings.contains("listing widgets.example.com"),
+            "{warnings}"
+        );
+        // The rest of the namespace is still taken.
+        assert!(
+            captured
+                .resources
+                .get("configmaps", Some("shop"), "settings")
+                .is_some()
+        );
+        assert_eq!(
+            captured
+                .resources
+                .of_resource("widgets.example.com")
+                .count(),
+            0
+        );
     }
 }

@@ -26,6 +26,8 @@ pub struct FakeApi {
     pub lists: Mutex<Vec<(String, Option<String>, bool)>>,
     /// Resources whose list fails.
     pub failing: Vec<String>,
+    /// Resources no longer served (their list answers 404).
+    pub unavailable: Vec<String>,
 }
 
 pub fn resource(group: &str, plural: &str, kind: &str, namespaced: bool) -> ApiResource {
@@ -159,6 +161,12 @@ impl ResourceApi for FakeApi {
             return Err(ResourceError::List {
                 what: group_resource,
                 message: "the server is currently unable to handle the request".to_string(),
+            });
+        }
+        if self.unavailable.contains(&group_resource) {
+            return Err(ResourceError::Unavailable {
+                what: group_resource,
+                message: "the server could not find the requested resource".to_string(),
             });
         }
         if continue_token.is_some()

@@ -122,6 +122,12 @@ impl ResourceApi for KubeResources {
                     message: message(&error),
                 });
             }
+            Err(error) if matches!(api_status(&error), Some(404 | 503)) => {
+                return Err(ResourceError::Unavailable {
+                    what,
+                    message: message(&error),
+                });
+            }
             Err(error) => {
                 return Err(ResourceError::List {
                     what,

@@ -22,6 +22,7 @@ pub use filter::validate_resource_lists;
 use serde_json::Value;
 use stowage_proto::v1::Backup;
 use stowage_velero_format::BackupResources;
+use tracing::Instrument;
 
 use crate::{error::Result, kube::Cluster};
 
@@ -46,9 +47,19 @@ pub async fn capture_backup(
         page_size,
     };
     let api = kube::KubeResources::new(cluster.client().clone());
+    // Searched by the backup's name like its volumes' spans; the counts say what it cost.
+    let span = tracing::info_span!(
+        "capture_resources",
+        backup = %backup.name,
+        objects = tracing::field::Empty,
+        list_requests = tracing::field::Empty,
+    );
     let captured = capture(&api, &capture_spec, volume_manifests)
+        .instrument(span.clone())
         .await
         .inspect_err(|error| log("error", format!("capturing the resources: {error}")))?;
+    span.record("objects", captured.resources.objects.len());
+    span.record("list_requests", captured.list_requests);
     for warning in &captured.warnings {
         log("warning", warning.clone());
     }
