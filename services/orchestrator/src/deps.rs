@@ -30,6 +30,8 @@ pub struct Limits {
     pub pod_start_timeout: Duration,
     /// How often Kubernetes objects are polled while waiting.
     pub poll_interval: Duration,
+    /// Objects per list request when a backup reads the namespaces' resources.
+    pub list_page_size: u32,
 }
 
 #[derive(Clone)]

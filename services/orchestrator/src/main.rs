@@ -10,6 +10,7 @@ mod error;
 mod kube;
 mod parents;
 mod recovery;
+mod resources;
 mod restore;
 mod selection;
 mod state;
@@ -97,6 +98,10 @@ struct Config {
     /// How often Kubernetes objects are polled while waiting, in milliseconds.
     #[arg(long, env = "STOWAGE_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
+    /// Objects per list request when a backup reads the namespaces' resources (the API
+    /// server's `limit`; larger lists are read page by page with its continue token).
+    #[arg(long, env = "STOWAGE_LIST_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    list_page_size: u32,
     /// Restore helper image when the ConfigMap names none; an untagged image gets this
     /// orchestrator's version as its tag.
     #[arg(
@@ -204,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
             repository_ready_timeout: Duration::from_secs(config.repository_ready_timeout_seconds),
             pod_start_timeout: Duration::from_secs(config.pod_start_timeout_seconds),
             poll_interval: Duration::from_millis(config.poll_interval_ms),
+            list_page_size: config.list_page_size,
         },
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),
