@@ -280,6 +280,8 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
     let spec = v1::BackupSpec {
         included_namespaces: create.include_namespaces,
         excluded_namespaces: create.exclude_namespaces,
+        include_resources: create.include_resources,
+        exclude_resources: create.exclude_resources,
         label_selector: create
             .selector
             .unwrap_or_default()
@@ -288,7 +290,6 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
         ttl: create.ttl.map(view::proto_duration),
         timeout: create.timeout.map(view::proto_duration),
-        ..Default::default()
     };
     let created = session
         .client

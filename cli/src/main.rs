@@ -198,6 +198,14 @@ pub struct BackupCreate {
     /// Namespaces to leave out (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub exclude_namespaces: Vec<String>,
+    /// Resources to include in the backup's resource tarball (comma-separated, Velero's
+    /// spelling: `deployments.apps,configmaps`, `*`); all when not given. The server refuses
+    /// a bad entry, naming it.
+    #[arg(long, value_delimiter = ',')]
+    pub include_resources: Vec<String>,
+    /// Resources to leave out of the resource tarball (comma-separated, as above).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_resources: Vec<String>,
     /// Only pods with these labels: `key=value[,key=value]` (equality only).
     #[arg(long, short = 'l', value_parser = parse::parse_selector)]
     pub selector: Option<std::collections::BTreeMap<String, String>>,

@@ -211,6 +211,21 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         "  Excluded:  {}",
         list_or_none(&spec.excluded_namespaces)
     );
+    let _ = writeln!(out, "Resources:");
+    let _ = writeln!(
+        out,
+        "  Included:  {}",
+        if spec.included_resources.is_empty() {
+            "*".to_string()
+        } else {
+            spec.included_resources.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  Excluded:  {}",
+        list_or_none(&spec.excluded_resources)
+    );
     let selector = selector_text(&spec.label_selector);
     let _ = writeln!(
         out,
@@ -730,6 +745,8 @@ mod tests {
             spec: BackupSpecView {
                 included_namespaces: vec!["foo".into()],
                 excluded_namespaces: vec![],
+                included_resources: vec!["deployments.apps".into(), "configmaps".into()],
+                excluded_resources: vec![],
                 label_selector: [("app".to_string(), "db".to_string())].into(),
                 default_volumes_to_fs_backup: false,
                 ttl: Some("720h".into()),
@@ -823,6 +840,25 @@ mod tests {
         let text = describe_backup(&backup(), false);
         assert!(
             text.contains("Stored:       3.0 KiB (what the backup added to the location"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn describe_shows_the_resource_filters() {
+        let text = describe_backup(&backup(), false);
+        assert!(
+            text.contains(
+                "Resources:\n  Included:  deployments.apps, configmaps\n  Excluded:  <none>\n"
+            ),
+            "{text}"
+        );
+        let mut everything = backup();
+        everything.spec.included_resources.clear();
+        everything.spec.excluded_resources = vec!["secrets".into()];
+        let text = describe_backup(&everything, false);
+        assert!(
+            text.contains("Resources:\n  Included:  *\n  Excluded:  secrets\n"),
             "{text}"
         );
     }

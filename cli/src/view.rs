@@ -294,6 +294,9 @@ impl VolumeRefView {
 pub struct BackupSpecView {
     pub included_namespaces: Vec<String>,
     pub excluded_namespaces: Vec<String>,
+    /// Velero's spelling (`deployments.apps`); empty = every resource.
+    pub included_resources: Vec<String>,
+    pub excluded_resources: Vec<String>,
     pub label_selector: BTreeMap<String, String>,
     pub default_volumes_to_fs_backup: bool,
     /// `null` = the server default.
@@ -307,6 +310,8 @@ impl From<&Option<v1::BackupSpec>> for BackupSpecView {
         BackupSpecView {
             included_namespaces: spec.included_namespaces,
             excluded_namespaces: spec.excluded_namespaces,
+            included_resources: spec.include_resources,
+            excluded_resources: spec.exclude_resources,
             label_selector: sorted(&spec.label_selector),
             default_volumes_to_fs_backup: spec.default_volumes_to_fs_backup,
             ttl: std_duration(&spec.ttl).map(format_duration),

@@ -35,20 +35,22 @@ pub struct KubeEmulator {
 impl KubeEmulator {
     /// Starts the emulator with its log and kubeconfig in `dir`, and waits until it answers.
     pub async fn start(dir: &Path) -> KubeEmulator {
+        KubeEmulator::start_with_args(dir, &[]).await
+    }
+
+    /// [`KubeEmulator::start`] with extra emulator flags (`--compaction-interval 0`).
+    pub async fn start_with_args(dir: &Path, extra: &[&str]) -> KubeEmulator {
         let port = free_port();
         let script = workspace_root().join("tests/support/kube_emulator.py");
-        let mut process = TestProcess::start(
-            "kube-emulator",
-            "python3",
-            &[
-                "-u".to_string(),
-                script.display().to_string(),
-                "--port".to_string(),
-                port.to_string(),
-            ],
-            &BTreeMap::new(),
-            dir,
-        );
+        let mut args = vec![
+            "-u".to_string(),
+            script.display().to_string(),
+            "--port".to_string(),
+            port.to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let mut process =
+            TestProcess::start("kube-emulator", "python3", &args, &BTreeMap::new(), dir);
         let url = format!("http://127.0.0.1:{port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(

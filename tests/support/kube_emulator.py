@@ -30,12 +30,20 @@ runtime may let it run on; tests want no stray processes). A command that cannot
 fails as runc's does: its error on stderr and exit code 126 (127 when the executable is not
 found).
 
+It also serves discovery as the API server does (`/api`, `/apis` with each group's versions in
+priority order and the preferred one first, `/apis/<group>/<version>`, CRDs' resources among
+them) and paginated lists: `limit` and an opaque `continue` token, `remainingItemCount` when no
+selector filters, 400 BadRequest for a token that is not one and 410 Gone (reason Expired) for
+one older than the last compaction of the history (`--compaction-interval`).
+
 Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...] [--exec-root DIR]
+    [--compaction-interval S]
 Prints `listening on http://HOST:PORT` once it accepts connections.
 """
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import datetime
@@ -48,6 +56,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import uuid
 
 import aiohttp.web
@@ -91,9 +100,17 @@ RESOURCES = [
     ("v1/configmaps", "ConfigMap", True),
     ("v1/secrets", "Secret", True),
     ("v1/nodes", "Node", False),
+    ("v1/services", "Service", True),
+    ("v1/serviceaccounts", "ServiceAccount", True),
+    ("v1/events", "Event", True),
     ("apps/v1/daemonsets", "DaemonSet", True),
     ("apps/v1/deployments", "Deployment", True),
     ("apps/v1/replicasets", "ReplicaSet", True),
+    ("apps/v1/statefulsets", "StatefulSet", True),
+    ("events.k8s.io/v1/events", "Event", True),
+    ("rbac.authorization.k8s.io/v1/roles", "Role", True),
+    ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True),
+    ("storage.k8s.io/v1/storageclasses", "StorageClass", False),
     ("velero.io/v1/podvolumebackups", "PodVolumeBackup", True),
     ("velero.io/v1/podvolumerestores", "PodVolumeRestore", True),
     ("velero.io/v1/resticrepositories", "ResticRepository", True),
@@ -109,6 +126,27 @@ STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
 # The CRDs the emulator serves unless told otherwise: the ones stowage ships.
 DEFAULT_CRDS = pathlib.Path(__file__).resolve().parents[2] / "deploy/kustomize/base/crds"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+# The short names `kubectl api-resources` shows for the built-in resources above.
+SHORT_NAMES = {
+    "namespaces": ["ns"],
+    "pods": ["po"],
+    "persistentvolumeclaims": ["pvc"],
+    "persistentvolumes": ["pv"],
+    "configmaps": ["cm"],
+    "nodes": ["no"],
+    "services": ["svc"],
+    "serviceaccounts": ["sa"],
+    "events": ["ev"],
+    "daemonsets": ["ds"],
+    "deployments": ["deploy"],
+    "replicasets": ["rs"],
+    "statefulsets": ["sts"],
+    "storageclasses": ["sc"],
+    "customresourcedefinitions": ["crd", "crds"],
+}
+# etcd's history is compacted every 5 minutes by default; a continue token older than the last
+# compaction can no longer be served.
+DEFAULT_COMPACTION_INTERVAL = 300.0
 KINDS = {}
 STATUS_REASONS = {404: "NotFound", 409: "AlreadyExists"}
 
@@ -226,6 +264,30 @@ def _matches(obj, label_selector: str, field_selector: str) -> bool:
     return True
 
 
+def _version_priority(version: str):
+    """Sort key of Kubernetes' version priority: GA before beta before alpha, higher numbers
+    first, anything else last in alphabetical order (how the API server orders a group's
+    versions and picks the preferred one)."""
+    match = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
+    if not match:
+        return (3, 0, 0, version)
+    major, stage, minor = match.groups()
+    rank = {None: 0, "beta": 1, "alpha": 2}[stage]
+    return (rank, -int(major), -int(minor or 0), version)
+
+
+def _list_key(obj) -> str:
+    """The API server lists in its storage key order: namespace, then name."""
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+
+def _bad_request(message: str):
+    return kmock.KubernetesError(
+        status=400, reason="BadRequest", message=message, details={"causes": []}
+    )
+
+
 @attrs.define(kw_only=True)
 class StowageKubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the server-side behaviour clients rely on."""
@@ -235,6 +297,14 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
     exec_root: pathlib.Path = attrs.field(
         factory=lambda: pathlib.Path(tempfile.mkdtemp(prefix="kube-emulator-exec-"))
     )
+    # Seconds between compactions of the (emulated) etcd history: a list's continue token
+    # from before the last compaction answers 410 Gone. 0 compacts before every continued
+    # list, so every continue token has expired by the time it is used.
+    compaction_interval: float = DEFAULT_COMPACTION_INTERVAL
+    # What `/api` reports as the server's address.
+    server_address: str = "127.0.0.1"
+    _compacted: int = attrs.field(default=0, init=False)
+    _last_compaction: float = attrs.field(factory=time.monotonic, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -248,12 +318,14 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                     if crd and crd.get("kind") == "CustomResourceDefinition":
                         self._install_crd(crd)
 
-    def _declare(self, key: str, kind: str, namespaced: bool) -> None:
+    def _declare(self, key: str, kind: str, namespaced: bool, short_names=None) -> None:
         info = self.resources[key]
         info.kind = kind
         info.namespaced = namespaced
         info.singular = kind.lower()
         info.verbs = set(VERBS)
+        plural = key.rsplit("/", 1)[1]
+        info.shortnames = set(short_names if short_names is not None else SHORT_NAMES.get(plural, []))
         KINDS[key.rsplit("/", 1)[1]] = (key.rsplit("/", 1)[0], kind)
 
     def _install_crd(self, crd: dict) -> None:
@@ -277,6 +349,7 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                     f"{spec.get('group')}/{version['name']}/{names['plural']}",
                     names["kind"],
                     spec.get("scope") == "Namespaced",
+                    names.get("shortNames") or [],
                 )
 
     def _schema(self, resource):
@@ -625,15 +698,101 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
         result["groupVersion"] = result["groupVersion"].lstrip("/")
         return result
 
-    async def _serve_list(self, request):
-        result = await super()._serve_list(request)
-        params = request.params or {}
-        result["items"] = [
-            item
-            for item in result["items"]
-            if _matches(item, params.get("labelSelector", ""), params.get("fieldSelector", ""))
+    async def _serve_api(self, request):
+        result = await super()._serve_api(request)
+        # Required in APIVersions; typed clients refuse the document without it.
+        result["serverAddressByClientCIDRs"] = [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": self.server_address}
         ]
-        result["metadata"] = {"resourceVersion": str(next(self._versions))}
+        return result
+
+    def _order_versions(self, group: dict) -> dict:
+        """A group's versions in priority order and the first of them preferred, as the API
+        server announces them (kmock takes them in set order)."""
+        versions = sorted(group.get("versions") or [], key=lambda v: _version_priority(v["version"]))
+        group["versions"] = versions
+        if versions:
+            group["preferredVersion"] = dict(versions[0])
+        return group
+
+    async def _serve_apis(self, request):
+        result = await super()._serve_apis(request)
+        result["groups"] = sorted(
+            (self._order_versions(group) for group in result.get("groups") or []),
+            key=lambda group: group["name"],
+        )
+        return result
+
+    async def _serve_group(self, request):
+        return self._order_versions(await super()._serve_group(request))
+
+    def _encode_continue(self, version: int, start: str) -> str:
+        # The API server's token: base64url of {"v":"meta.k8s.io/v1","rv":…,"start":…};
+        # opaque to clients.
+        raw = json.dumps({"v": "meta.k8s.io/v1", "rv": version, "start": start})
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    def _decode_continue(self, token: str):
+        """`(start key, list version)` of a continue token; 400 BadRequest for a token that is
+        not one, 410 Gone (reason Expired) for one older than the last compaction."""
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            decoded = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+            if decoded.get("v") != "meta.k8s.io/v1":
+                raise ValueError(f"unknown continue token version {decoded.get('v')!r}")
+            version, start = int(decoded["rv"]), str(decoded["start"])
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+            raise _bad_request(f"invalid continue token: {error}")
+        now = time.monotonic()
+        if now - self._last_compaction >= self.compaction_interval:
+            self._compacted = next(self._versions)
+            self._last_compaction = now
+        if version < self._compacted:
+            raise kmock.KubernetesError(
+                status=410,
+                reason="Expired",
+                message=(
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter, or use "
+                    "the continue token in this response to retrieve the remainder of the "
+                    "results. Continuing with the provided token results in an inconsistent "
+                    "list - objects that were created, modified, or deleted between the time "
+                    "the first chunk was returned and now may show up in the list."
+                ),
+                details={"causes": []},
+            )
+        return start, version
+
+    async def _serve_list(self, request):
+        params = request.params or {}
+        limit_text = params.get("limit") or "0"
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise _bad_request(f"invalid limit {limit_text!r}: not an integer")
+        token = params.get("continue") or ""
+        start, version = self._decode_continue(token) if token else ("", None)
+        result = await super()._serve_list(request)
+        label_selector = params.get("labelSelector", "")
+        field_selector = params.get("fieldSelector", "")
+        items = sorted(
+            (item for item in result["items"] if _matches(item, label_selector, field_selector)),
+            key=_list_key,
+        )
+        # A continued list goes on after the last key of the previous page. (The API server
+        # serves it from the first page's snapshot; the emulator serves the current objects.)
+        items = [item for item in items if _list_key(item) >= start]
+        version = version if version is not None else next(self._versions)
+        metadata = {"resourceVersion": str(version)}
+        if limit > 0 and len(items) > limit:
+            remaining = len(items) - limit
+            items = items[:limit]
+            metadata["continue"] = self._encode_continue(version, _list_key(items[-1]) + "\x00")
+            # The API server counts what is left only when no selector filters the list.
+            if not label_selector and not field_selector:
+                metadata["remainingItemCount"] = remaining
+        result["items"] = items
+        result["metadata"] = metadata
         api_version, kind = KINDS.get(request.resource.plural, ("v1", "List"))
         result["apiVersion"] = api_version
         result["kind"] = f"{kind}List"
@@ -651,9 +810,16 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             yield event
 
 
-async def _serve(host: str, port: int, crd_dirs: list, exec_root) -> None:
+async def _serve(
+    host: str, port: int, crd_dirs: list, exec_root, compaction_interval: float
+) -> None:
     options = {"exec_root": pathlib.Path(exec_root)} if exec_root else {}
-    emulator = StowageKubeEmulator(crd_dirs=crd_dirs, **options)
+    emulator = StowageKubeEmulator(
+        crd_dirs=crd_dirs,
+        compaction_interval=compaction_interval,
+        server_address=f"{host}:{port}",
+        **options,
+    )
     if not exec_root:
         # The temporary directory is the emulator's own: it goes when the emulator does.
         stack = contextlib.ExitStack()
@@ -690,9 +856,25 @@ def main() -> None:
         help="pods/exec runs in DIR/<namespace>/<pod> unless the pod's annotation "
         f"{EXEC_DIR_ANNOTATION} names a directory (default: a new temporary directory)",
     )
+    parser.add_argument(
+        "--compaction-interval",
+        type=float,
+        default=DEFAULT_COMPACTION_INTERVAL,
+        metavar="SECONDS",
+        help="seconds between compactions of the object history: a list's continue token "
+        "from before the last one answers 410 Gone (0: every continue token has expired)",
+    )
     args = parser.parse_args()
     try:
-        asyncio.run(_serve(args.host, args.port, args.crds or [DEFAULT_CRDS], args.exec_root))
+        asyncio.run(
+            _serve(
+                args.host,
+                args.port,
+                args.crds or [DEFAULT_CRDS],
+                args.exec_root,
+                args.compaction_interval,
+            )
+        )
     except KeyboardInterrupt:
         sys.exit(0)
 

@@ -541,6 +541,237 @@ async fn emulator_refuses_core_objects_the_api_server_rejects() {
     );
 }
 
+/// A CRD of `example.com` serving `v1beta1` and `v1` (the API server prefers `v1`).
+fn two_version_crd() -> serde_json::Value {
+    let version = |name: &str, storage: bool| {
+        json!({"name": name, "served": true, "storage": storage,
+            "schema": {"openAPIV3Schema": {"type": "object",
+                "x-kubernetes-preserve-unknown-fields": true}}})
+    };
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.example.com"},
+        "spec": {
+            "group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "gizmos", "singular": "gizmo", "kind": "Gizmo", "shortNames": ["gz"]},
+            "versions": [version("v1beta1", false), version("v1", true)],
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_announces_every_served_resource_at_its_preferred_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+
+    // Typed clients read `/api` (APIVersions needs serverAddressByClientCIDRs).
+    let core = client.list_core_api_versions().await.expect("/api");
+    assert_eq!(core.versions, ["v1"]);
+    let core_resources = client.list_core_api_resources("v1").await.expect("/api/v1");
+    let namespaced = |name: &str| {
+        core_resources
+            .resources
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} not in /api/v1"))
+            .namespaced
+    };
+    for name in [
+        "pods",
+        "configmaps",
+        "secrets",
+        "services",
+        "serviceaccounts",
+        "events",
+        "persistentvolumeclaims",
+    ] {
+        assert!(namespaced(name), "{name}");
+    }
+    for name in ["namespaces", "persistentvolumes", "nodes"] {
+        assert!(!namespaced(name), "{name}");
+    }
+    let pods = core_resources
+        .resources
+        .iter()
+        .find(|r| r.name == "pods")
+        .unwrap();
+    assert_eq!(pods.short_names.as_deref(), Some(&["po".to_string()][..]));
+    assert!(pods.verbs.contains(&"list".to_string()));
+
+    let _: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        create(&client, None, two_version_crd()).await;
+    let groups = client.list_api_groups().await.expect("/apis");
+    let group = |name: &str| {
+        groups
+            .groups
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("group {name} not in /apis"))
+            .clone()
+    };
+    for name in [
+        "apps",
+        "events.k8s.io",
+        "rbac.authorization.k8s.io",
+        "storage.k8s.io",
+        "apiextensions.k8s.io",
+        "velero.io",
+    ] {
+        assert_eq!(
+            group(name).preferred_version.unwrap().version,
+            "v1",
+            "{name}"
+        );
+    }
+    // A CRD's group: every served version, the highest-priority one first and preferred.
+    let example = group("example.com");
+    assert_eq!(
+        example.preferred_version.unwrap().group_version,
+        "example.com/v1"
+    );
+    let versions: Vec<_> = example
+        .versions
+        .iter()
+        .map(|v| v.version.as_str())
+        .collect();
+    assert_eq!(versions, ["v1", "v1beta1"]);
+    let served = client
+        .list_api_group_resources("example.com/v1")
+        .await
+        .expect("/apis/example.com/v1");
+    let gizmos = served
+        .resources
+        .iter()
+        .find(|r| r.name == "gizmos")
+        .expect("gizmos served");
+    assert_eq!(gizmos.kind, "Gizmo");
+    assert!(gizmos.namespaced);
+    assert_eq!(gizmos.short_names.as_deref(), Some(&["gz".to_string()][..]));
+    let apps = client.list_api_group_resources("apps/v1").await.unwrap();
+    let names: Vec<_> = apps.resources.iter().map(|r| r.name.as_str()).collect();
+    for name in ["deployments", "statefulsets", "replicasets", "daemonsets"] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_are_paginated_with_limit_and_continue_like_the_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "foo");
+    // Created out of order: the API server lists by key (namespace, name).
+    for name in ["e", "b", "d", "a", "c"] {
+        let labels = if name < "c" {
+            json!({"half": "first"})
+        } else {
+            json!({})
+        };
+        let _: ConfigMap = create(&client, Some("foo"), config_map(name, labels)).await;
+    }
+
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let names = |list: &kube::api::ObjectList<ConfigMap>| -> Vec<String> {
+        list.items
+            .iter()
+            .map(|cm| cm.metadata.name.clone().unwrap())
+            .collect()
+    };
+    assert_eq!(names(&first), ["a", "b"]);
+    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    assert!(!token.contains("foo/"), "the token is opaque: {token}");
+    let second = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["c", "d"]);
+    assert_eq!(second.metadata.remaining_item_count, Some(1));
+    // Every page of one list reports the list's resourceVersion.
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    let last = api
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(second.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&last), ["e"]);
+    assert!(
+        last.metadata
+            .continue_
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty(),
+        "{:?}",
+        last.metadata
+    );
+    assert_eq!(last.metadata.remaining_item_count, None);
+
+    // No limit: everything at once; a selector: no remainingItemCount, as the API server does.
+    assert_eq!(
+        names(&api.list(&ListParams::default()).await.unwrap()),
+        ["a", "b", "c", "d", "e"]
+    );
+    let selected = api
+        .list(&ListParams::default().labels("half=first").limit(1))
+        .await
+        .unwrap();
+    assert_eq!(names(&selected), ["a"]);
+    assert!(selected.metadata.continue_.is_some());
+    assert_eq!(selected.metadata.remaining_item_count, None);
+
+    // A token that is not one is a bad request.
+    let error = api
+        .list(&ListParams::default().limit(2).continue_token("not-a-token"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(status) if status.code == 400 && status.reason == "BadRequest" && status.message.contains("continue")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continue_token_older_than_the_last_compaction_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    // Compacting before every continued list: each token has expired when it is used.
+    let emulator = KubeEmulator::start_with_args(dir.path(), &["--compaction-interval", "0"]).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    for name in ["a", "b", "c"] {
+        let _: ConfigMap = create(&client, Some("foo"), config_map(name, json!({}))).await;
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "foo");
+    let first = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = first.metadata.continue_.clone().expect("a continue token");
+    let error = api
+        .list(&ListParams::default().limit(1).continue_token(&token))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (410, "Expired"),
+        "{status:?}"
+    );
+    assert!(
+        status.message.contains("continue parameter is too old"),
+        "{status:?}"
+    );
+    // Starting the list over works.
+    let again = api.list(&ListParams::default().limit(3)).await.unwrap();
+    assert_eq!(again.items.len(), 3);
+}
+
 /// What one exec returned: stdout, stderr and the status channel's Status.
 struct Exec {
     stdout: String,

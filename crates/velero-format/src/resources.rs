@@ -461,6 +461,70 @@ mod tests {
     }
 
     #[test]
+    fn an_application_tarball_keeps_discovery_names_both_ways() {
+        // A whole-namespace backup: objects go under the resource names discovery gave, even
+        // where a kind's English plural would differ (`Gizmo` served as `gizmoes`).
+        let mut resources = BackupResources::new();
+        let objects = [
+            (
+                "namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            ),
+            (
+                "deployments.apps",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"}, "spec": {"replicas": 2}}),
+            ),
+            (
+                "serviceaccounts",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "app", "namespace": "shop"}}),
+            ),
+            (
+                "gizmoes.example.com",
+                json!({"apiVersion": "example.com/v1beta2", "kind": "Gizmo",
+                "metadata": {"name": "blue", "namespace": "shop"}, "spec": {"size": 3}}),
+            ),
+            (
+                "customresourcedefinitions.apiextensions.k8s.io",
+                json!({
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "gizmoes.example.com"}}),
+            ),
+        ];
+        for (resource, object) in objects {
+            resources.insert(resource, object).unwrap();
+        }
+        let data = resources.to_tar_gz().unwrap();
+        let names = entry_names(&data);
+        for expected in [
+            "resources/gizmoes.example.com/namespaces/shop/blue.json",
+            "resources/gizmoes.example.com/v1beta2-preferredversion/namespaces/shop/blue.json",
+            "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/gizmoes.example.com.json",
+            "resources/customresourcedefinitions.apiextensions.k8s.io/v1-preferredversion/cluster/gizmoes.example.com.json",
+            "resources/serviceaccounts/v1-preferredversion/namespaces/shop/app.json",
+        ] {
+            assert!(
+                names.iter().any(|name| name == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        // Every object once at its plain path and once as its preferred-version copy.
+        assert_eq!(names.len(), 1 + 2 * resources.objects.len(), "{names:?}");
+        let back = BackupResources::from_tar_gz(&data, "k").unwrap();
+        assert_eq!(back, resources);
+        assert_eq!(
+            back.get("gizmoes.example.com", Some("shop"), "blue")
+                .unwrap()["spec"]["size"],
+            3
+        );
+        assert_eq!(
+            back.resource_list()["example.com/v1beta2/Gizmo"],
+            ["shop/blue"]
+        );
+    }
+
+    #[test]
     fn resource_list_groups_by_api_version_and_kind() {
         let list = sample().resource_list();
         let expected: BTreeMap<String, Vec<String>> = [

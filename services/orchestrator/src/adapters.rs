@@ -24,6 +24,7 @@ use stowage_proto::{
         repo_manager_client::RepoManagerClient,
     },
 };
+use stowage_velero_format::BackupResources;
 
 use crate::{
     error::{Error, Result},
@@ -110,6 +111,23 @@ impl ClusterPort for Cluster {
 
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
         Cluster::restore_helper_config(self).await
+    }
+
+    async fn capture_resources(
+        &self,
+        backup: &Backup,
+        page_size: u32,
+        volume_manifests: &[Value],
+        log: &(dyn for<'a> Fn(&'a str, String) + Send + Sync),
+    ) -> Result<BackupResources> {
+        crate::resources::capture_backup(
+            self,
+            backup,
+            page_size,
+            volume_manifests,
+            |level, line| log(level, line),
+        )
+        .await
     }
 
     fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession> {
@@ -341,7 +359,7 @@ impl RecordStore for Store {
         &self,
         backup: &Backup,
         logs: &[LogLine],
-        resources: Option<&[Value]>,
+        resources: Option<&BackupResources>,
     ) -> Result<()> {
         self.save_backup(backup, logs, resources).await
     }

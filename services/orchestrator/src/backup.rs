@@ -87,6 +87,7 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
     validate_label_selector(&spec.label_selector)?;
     validate_duration("ttl", spec.ttl.as_ref())?;
     validate_duration("timeout", spec.timeout.as_ref())?;
+    crate::resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
     let uid = uuid::Uuid::new_v4().to_string();
     let backup = Backup {
         name: request.name.clone(),
@@ -233,7 +234,11 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
 
 /// Writes the backup's record and logs (and `resources` when given); a failure is logged with
 /// the backup, since the in-memory state is still served.
-pub async fn persist(deps: &Deps, entry: &BackupEntry, resources: Option<&[Value]>) {
+pub async fn persist(
+    deps: &Deps,
+    entry: &BackupEntry,
+    resources: Option<&stowage_velero_format::BackupResources>,
+) {
     if let Some(store) = &deps.store
         && let Err(error) = store
             .put_backup(&entry.get(), &entry.logs(), resources)
@@ -319,7 +324,15 @@ async fn execute(
     });
     // Written before any agent runs, so a restarted orchestrator knows which volumes were
     // unfinished.
-    persist(deps, entry, Some(&plan.resources)).await;
+    let resources = cluster
+        .capture_resources(
+            &backup,
+            deps.limits.list_page_size,
+            &plan.resources,
+            &|level, line| entry.log(level, line),
+        )
+        .await?;
+    persist(deps, entry, Some(&resources)).await;
     // A volume still waiting for its turn is mirrored as New once it has waited as long as a
     // mirror may lag its volume anyway (progress is mirrored no more often): most volumes
     // start sooner, and their objects are created once, already running, instead of created

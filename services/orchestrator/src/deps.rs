@@ -35,6 +35,8 @@ pub struct Limits {
     pub stall_timeout: Duration,
     /// TTL of the repository leases a run takes; they are renewed every third of it.
     pub lease_ttl: Duration,
+    /// Objects per list request when a backup reads the namespaces' resources.
+    pub list_page_size: u32,
 }
 
 impl Limits {

@@ -15,6 +15,7 @@ mod parents;
 mod ports;
 mod recovery;
 mod repositories;
+mod resources;
 mod restore;
 mod selection;
 mod state;
@@ -112,6 +113,10 @@ struct Config {
     /// How often Kubernetes objects are polled while waiting, in milliseconds.
     #[arg(long, env = "STOWAGE_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
+    /// Objects per list request when a backup reads the namespaces' resources (the API
+    /// server's `limit`; larger lists are read page by page with its continue token).
+    #[arg(long, env = "STOWAGE_LIST_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    list_page_size: u32,
     /// Restore helper image when the ConfigMap names none; an untagged image gets this
     /// orchestrator's version as its tag.
     #[arg(
@@ -226,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             poll_interval: Duration::from_millis(config.poll_interval_ms),
             stall_timeout: Duration::from_secs(config.stall_timeout_seconds.max(1)),
             lease_ttl: Duration::from_secs(config.lease_ttl_seconds.max(1)),
+            list_page_size: config.list_page_size,
         },
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),

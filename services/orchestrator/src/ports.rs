@@ -18,6 +18,7 @@ use stowage_proto::v1::{
     ListRepositoriesRequest, ListRepositoriesResponse, LogLine, MaintenanceResult, Repository,
     RepositoryAccess, Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
 };
+use stowage_velero_format::BackupResources;
 
 use crate::{
     error::Result,
@@ -65,6 +66,17 @@ pub trait ClusterPort: Send + Sync {
     async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()>;
     /// Creates the pod; [`crate::error::Error::Conflict`] when one of that name exists.
     async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()>;
+    /// The backup's Kubernetes resources (every namespaced object it selects and the
+    /// cluster-scoped ones they need), `page_size` objects per list request, with
+    /// `volume_manifests` (the pods and claims of its volumes) as planned; what was captured or
+    /// left out goes to `log` as `(level, line)`.
+    async fn capture_resources(
+        &self,
+        backup: &Backup,
+        page_size: u32,
+        volume_manifests: &[Value],
+        log: &(dyn for<'a> Fn(&'a str, String) + Send + Sync),
+    ) -> Result<BackupResources>;
     /// The restore-helper ConfigMap's data (empty when there is none).
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
     /// A mirror writer for one run's objects of `kind`.
@@ -125,7 +137,7 @@ pub trait RecordStore: Send + Sync {
         &self,
         backup: &Backup,
         logs: &[LogLine],
-        resources: Option<&[Value]>,
+        resources: Option<&BackupResources>,
     ) -> Result<()>;
     /// Every backup in the location but those named in `known`, with its log.
     async fn list_backups_except(

@@ -138,7 +138,7 @@ impl Store {
         &self,
         backup: &Backup,
         logs: &[LogLine],
-        resources: Option<&[Value]>,
+        resources: Option<&vf::BackupResources>,
     ) -> Result<()> {
         let store = self.store.as_ref();
         let name = backup.name.as_str();
@@ -152,12 +152,8 @@ impl Store {
         vf::store::write_logs(store, name, &render_logs(logs))
             .await
             .map_err(store_error)?;
-        if let Some(objects) = resources {
-            let mut tarball = vf::BackupResources::new();
-            for object in objects {
-                tarball.insert_object(object.clone()).map_err(store_error)?;
-            }
-            vf::store::write_resources(store, name, &tarball)
+        if let Some(tarball) = resources {
+            vf::store::write_resources(store, name, tarball)
                 .await
                 .map_err(store_error)?;
         }
@@ -1078,8 +1074,10 @@ mod tests {
             message: "backup nightly started".into(),
         }];
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sample", "namespace": "foo"}});
+        let mut tarball = vf::BackupResources::new();
+        tarball.insert_object(pod.clone()).unwrap();
         store
-            .save_backup(&backup, &logs, Some(std::slice::from_ref(&pod)))
+            .save_backup(&backup, &logs, Some(&tarball))
             .await
             .unwrap();
         let loaded = store.load_backups().await.unwrap();

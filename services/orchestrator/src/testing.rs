@@ -19,6 +19,7 @@ use stowage_proto::v1::{
     RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult, RunMaintenanceRequest,
     backup_volume_event, restore_volume_event,
 };
+use stowage_velero_format::BackupResources;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -178,6 +179,23 @@ impl ClusterPort for FakeCluster {
 
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
         Ok(BTreeMap::new())
+    }
+
+    /// The volumes' pods and claims only: the fake has no other objects to list.
+    async fn capture_resources(
+        &self,
+        _backup: &Backup,
+        _page_size: u32,
+        volume_manifests: &[Value],
+        _log: &(dyn for<'a> Fn(&'a str, String) + Send + Sync),
+    ) -> Result<BackupResources> {
+        let mut resources = BackupResources::new();
+        for manifest in volume_manifests {
+            resources
+                .insert_object(manifest.clone())
+                .map_err(|error| Error::Failed(error.to_string()))?;
+        }
+        Ok(resources)
     }
 
     fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession> {
@@ -600,11 +618,12 @@ impl RecordStore for FakeStore {
         &self,
         backup: &Backup,
         logs: &[LogLine],
-        resources: Option<&[Value]>,
+        resources: Option<&BackupResources>,
     ) -> Result<()> {
         lock(&self.backups).insert(backup.name.clone(), (backup.clone(), logs.to_vec()));
         if let Some(resources) = resources {
-            lock(&self.resources).insert(backup.name.clone(), resources.to_vec());
+            let objects = resources.objects.values().cloned().collect();
+            lock(&self.resources).insert(backup.name.clone(), objects);
         }
         Ok(())
     }
@@ -678,6 +697,7 @@ pub fn limits() -> Limits {
         poll_interval: Duration::from_secs(1),
         stall_timeout: Duration::from_secs(600),
         lease_ttl: Duration::from_secs(60),
+        list_page_size: 500,
     }
 }
 
