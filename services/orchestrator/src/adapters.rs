@@ -13,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::Value;
 use stowage_grpc::TracedChannel;
+use stowage_hooks::{ExecError, ExecTarget, KubePodExec, Output, PodExec};
 use stowage_proto::{
     prost_types,
     v1::{
@@ -86,6 +87,17 @@ impl ClusterPort for Cluster {
 
     async fn replica_set_owner(&self, namespace: &str, name: &str) -> Result<Option<String>> {
         Cluster::replica_set_owner(self, namespace, name).await
+    }
+
+    async fn exec(
+        &self,
+        target: &ExecTarget,
+        command: &[String],
+        output: &mut Output,
+    ) -> std::result::Result<i32, ExecError> {
+        KubePodExec::new(self.client().clone())
+            .exec(target, command, output)
+            .await
     }
 
     async fn ensure_namespace(&self, name: &str) -> Result<()> {

@@ -35,7 +35,7 @@ use crate::{
     },
     kube::mirror::{self, Mirror, MirrorKind},
     parents::Parents,
-    ports::{ClusterPort, MirrorSession},
+    ports::{ClusterExec, ClusterPort, MirrorSession},
     repositories::{self, Leases, Prepared},
     selection::{VolumeKind, claim_skip, select_volumes},
     state::{BackupEntry, Entry, now},
@@ -116,6 +116,8 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
 /// A volume the runner will back up, with the pod it belongs to.
 struct Planned {
     volume: PodVolumeBackup,
+    /// Its pod, as an index into [`Plan::pods`].
+    pod: usize,
 }
 
 /// The result of looking at the cluster: volumes to back up, volumes left out, and the
@@ -125,6 +127,9 @@ struct Plan {
     volumes: Vec<Planned>,
     skipped: Vec<SkippedVolume>,
     resources: Vec<Value>,
+    /// The pods with volumes to back up, as listed (their hook annotations are read from
+    /// these).
+    pods: Vec<Pod>,
 }
 
 /// The expiration of a backup that ends now: its spec's TTL or the default.
@@ -385,14 +390,123 @@ async fn execute(
         });
         work.parents.push(parent);
     }
-    engine::run_volumes(
-        Arc::new(work),
-        (0..plan.volumes.len()).collect(),
-        &deps.limits.run_limits(),
-        control,
+    // Pod by pod, so each pod's hooks run once around all of its volumes; every pod's
+    // volumes share the run's slots.
+    let work = Arc::new(work);
+    let slots = engine::Slots::new(&deps.limits.run_limits());
+    let mut by_pod: Vec<Vec<usize>> = vec![Vec::new(); plan.pods.len()];
+    for (index, planned) in plan.volumes.iter().enumerate() {
+        by_pod[planned.pod].push(index);
+    }
+    let pods = plan
+        .pods
+        .iter()
+        .zip(by_pod)
+        .map(|(pod, indexes)| run_pod(cluster, &work, pod, indexes, &slots, control));
+    futures::future::join_all(pods).await;
+    Ok(())
+}
+
+/// Backs up the volumes `indexes` of `pod` between the pod's pre and post backup hooks
+/// (Velero's annotations; `stowage_hooks::around_pod_volumes` has the rules). A hook that
+/// cannot be run (a bad annotation, a container the pod lacks) or a pre hook that fails the
+/// pod fails its volumes without running restic; a post hook with on-error Fail that fails
+/// turns the pod's completed volumes Failed (their snapshots stay recorded). Every hook run
+/// goes into the backup's log.
+async fn run_pod(
+    cluster: &Arc<dyn ClusterPort>,
+    work: &Arc<BackupWork>,
+    pod: &Pod,
+    indexes: Vec<usize>,
+    slots: &engine::Slots,
+    control: &RunControl,
+) {
+    let pod_name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let hooks = match stowage_hooks::backup_hooks(&annotations) {
+        Ok(hooks) => hooks,
+        Err(error) => {
+            let reason = format!("pod {pod_name}: backup hook not run: {error}");
+            work.fail_volumes(&indexes, &VolumeOutcome::Failed(reason), control);
+            return;
+        }
+    };
+    if hooks.pre.is_none() && hooks.post.is_none() {
+        engine::run_volumes_in(work.clone(), indexes, slots, control).await;
+        return;
+    }
+    let volumes = engine::run_volumes_in(work.clone(), indexes.clone(), slots, control);
+    let hooked = stowage_hooks::around_pod_volumes(
+        &ClusterExec(cluster.clone()),
+        pod,
+        &hooks,
+        stowage_hooks::DEFAULT_OUTPUT_LIMIT,
+        &control.cancel,
+        volumes,
     )
     .await;
-    Ok(())
+    let hooked = match hooked {
+        Ok(hooked) => hooked,
+        Err(error) => {
+            let reason = format!("pod {pod_name}: backup hook not run: {error}");
+            work.fail_volumes(&indexes, &VolumeOutcome::Failed(reason), control);
+            return;
+        }
+    };
+    for run in hooked.runs() {
+        let (level, line) = hook_log_line(run);
+        work.entry.log(level, line);
+    }
+    let Some(reason) = hooked.failure() else {
+        return;
+    };
+    if hooked.volumes.is_none() {
+        // The pre hook failed the pod: none of its volumes ran. A pre hook cut short by the
+        // backup's cancel ends them as the engine ends a stopped volume.
+        let outcome = if control.cancel.is_cancelled() {
+            control.stopped()
+        } else {
+            VolumeOutcome::Failed(reason)
+        };
+        work.fail_volumes(&indexes, &outcome, control);
+    } else {
+        let completed: Vec<usize> = indexes
+            .into_iter()
+            .filter(|&index| work.volume(index).phase == VolumePhase::Completed as i32)
+            .collect();
+        work.fail_volumes(&completed, &VolumeOutcome::Failed(reason), control);
+    }
+}
+
+/// The backup log's line for one hook run: the command, the container, how it ended (exit
+/// code) and its stdout and stderr as kept (truncated in the middle when long).
+fn hook_log_line(run: &stowage_hooks::HookRun) -> (&'static str, String) {
+    let level = if run.succeeded() {
+        "info"
+    } else if run.fails_pod() {
+        "error"
+    } else {
+        "warning"
+    };
+    let ended = match &run.result {
+        stowage_hooks::HookResult::Succeeded => "exited with code 0".to_string(),
+        stowage_hooks::HookResult::Exited(code) => format!("exited with code {code}"),
+        _ => run.reason(),
+    };
+    let line = format!(
+        "{} {:?} in {} (on-error {:?}) {ended}; stdout: {:?}; stderr: {:?}",
+        run.phase.label(),
+        run.command,
+        run.target,
+        run.on_error,
+        run.stdout.trim_end(),
+        run.stderr.trim_end(),
+    );
+    (level, line)
 }
 
 fn namespace_of(volume: &PodVolumeBackup) -> String {
@@ -441,6 +555,17 @@ impl BackupWork {
                     .and_then(|s| s.volumes.get(index).cloned())
             })
             .unwrap_or_default()
+    }
+
+    /// Ends volumes that will not run (their pod's hook failed them) or that a post hook
+    /// failed after they completed, as the engine ends a volume.
+    fn fail_volumes(&self, indexes: &[usize], outcome: &VolumeOutcome, control: &RunControl) {
+        for &index in indexes {
+            self.finish(index, outcome.clone());
+        }
+        if !indexes.is_empty() {
+            control.volume_ended.notify_one();
+        }
     }
 
     fn operation_id(&self, index: usize) -> String {
@@ -807,6 +932,7 @@ async fn plan_pod(
         };
         took_any = true;
         plan.volumes.push(Planned {
+            pod: plan.pods.len(),
             volume: PodVolumeBackup {
                 volume: Some(reference),
                 node: node.clone(),
@@ -821,6 +947,7 @@ async fn plan_pod(
             .map_err(|error| Error::Failed(format!("pod manifest: {error}")))?;
         strip_server_fields(&mut manifest);
         plan.resources.push(manifest);
+        plan.pods.push(pod.clone());
     }
     Ok(())
 }
@@ -1342,5 +1469,267 @@ mod runs {
                 .is_empty()
         );
         assert!(world.deps.index.backup("nightly").is_none());
+    }
+
+    /// A pod `shop/<name>` on node-a with `volumes`, its only container `app`, annotated
+    /// with `hooks` besides the volumes to back up.
+    fn hooked_pod(world: &World, name: &str, volumes: &[&str], hooks: &[(&str, &str)]) {
+        let mut pod = pod("shop", name, "node-a", volumes);
+        let annotations = pod
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        for (key, value) in hooks {
+            annotations.insert((*key).to_string(), (*value).to_string());
+        }
+        world.cluster.add_pod(pod);
+    }
+
+    fn timeline(world: &World) -> Vec<String> {
+        world.cluster.timeline.lock().unwrap().clone()
+    }
+
+    fn log_text(entry: &BackupEntry) -> String {
+        entry
+            .logs()
+            .iter()
+            .map(|line| format!("{} {}", line.level, line.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn volume_of<'a>(
+        phases: &'a [(String, i32, String)],
+        pod: &str,
+    ) -> Vec<&'a (String, i32, String)> {
+        phases.iter().filter(|(name, _, _)| name == pod).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pods_hooks_run_once_around_all_of_its_volumes() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data", "wal"],
+            &[
+                ("pre.hook.backup.velero.io/command", r#"["freeze", "-a"]"#),
+                ("post.hook.backup.velero.io/command", "thaw"),
+            ],
+        );
+        world.agents.script(
+            "data",
+            Script::Complete {
+                steps: 3,
+                every: Duration::from_secs(2),
+            },
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+        let events = timeline(&world);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events[0], "exec freeze -a in shop/db-0 container app");
+        let mut middle = events[1..3].to_vec();
+        middle.sort();
+        assert_eq!(middle, ["restic data", "restic wal"]);
+        assert_eq!(events[3], "exec thaw in shop/db-0 container app");
+        let logs = log_text(&entry);
+        assert!(
+            logs.contains(
+                r#"info pre-backup hook ["freeze", "-a"] in shop/db-0 container app (on-error Fail) exited with code 0; stdout: "freeze ran"; stderr: """#
+            ),
+            "{logs}"
+        );
+        assert!(logs.contains(r#"post-backup hook ["thaw"]"#), "{logs}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pre_hook_failing_with_fail_fails_its_pods_volumes_without_restic() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data", "wal"],
+            &[
+                ("pre.hook.backup.velero.io/command", "dump"),
+                ("pre.hook.backup.velero.io/on-error", "Fail"),
+                ("post.hook.backup.velero.io/command", "thaw"),
+            ],
+        );
+        hooked_pod(&world, "web-0", &["cache"], &[]);
+        world
+            .cluster
+            .exec_answers
+            .lock()
+            .unwrap()
+            .insert("dump".into(), (2, "pg_dump: connection refused\n".into()));
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::PartiallyFailed);
+        let phases = phases(&entry);
+        let db = volume_of(&phases, "db-0");
+        assert_eq!(db.len(), 2);
+        for (_, volume_phase, message) in db {
+            assert_eq!(*volume_phase, VolumePhase::Failed as i32);
+            assert_eq!(
+                message,
+                r#"pre-backup hook ["dump"] in shop/db-0 container app exited with code 2: pg_dump: connection refused"#
+            );
+        }
+        assert_eq!(
+            volume_of(&phases, "web-0")[0].1,
+            VolumePhase::Completed as i32
+        );
+        // No restic for the pod's volumes, and no post hook after a pre hook that failed it.
+        assert_eq!(
+            timeline(&world),
+            ["exec dump in shop/db-0 container app", "restic cache"]
+        );
+        let logs = log_text(&entry);
+        assert!(
+            logs.contains(r#"error pre-backup hook ["dump"] in shop/db-0 container app (on-error Fail) exited with code 2; stdout: "dump ran"; stderr: "pg_dump: connection refused""#),
+            "{logs}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pre_hook_failing_with_continue_backs_up_and_runs_the_post_hook() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data"],
+            &[
+                ("pre.hook.backup.velero.io/command", "dump"),
+                ("pre.hook.backup.velero.io/on-error", "Continue"),
+                ("post.hook.backup.velero.io/command", "thaw"),
+            ],
+        );
+        world
+            .cluster
+            .exec_answers
+            .lock()
+            .unwrap()
+            .insert("dump".into(), (1, "disk full".into()));
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+        assert_eq!(
+            timeline(&world),
+            [
+                "exec dump in shop/db-0 container app",
+                "restic data",
+                "exec thaw in shop/db-0 container app"
+            ]
+        );
+        let logs = log_text(&entry);
+        assert!(
+            logs.contains(r#"warning pre-backup hook ["dump"] in shop/db-0 container app (on-error Continue) exited with code 1"#),
+            "{logs}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_hook_failing_with_fail_fails_the_volumes_it_follows() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data"],
+            &[
+                ("post.hook.backup.velero.io/command", "thaw"),
+                ("post.hook.backup.velero.io/on-error", "Fail"),
+            ],
+        );
+        world
+            .cluster
+            .exec_answers
+            .lock()
+            .unwrap()
+            .insert("thaw".into(), (1, "still frozen".into()));
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Failed, "{:?}", phases(&entry));
+        let volume = entry.get().status.unwrap_or_default().volumes[0].clone();
+        assert_eq!(volume.snapshot_id, "snap-1", "the snapshot stays recorded");
+        assert!(
+            volume
+                .error_message
+                .starts_with(r#"post-backup hook ["thaw"]"#)
+                && volume.error_message.ends_with("still frozen"),
+            "{}",
+            volume.error_message
+        );
+        assert_eq!(
+            timeline(&world),
+            ["restic data", "exec thaw in shop/db-0 container app"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_hook_annotation_fails_the_pods_volumes_naming_it() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data"],
+            &[
+                ("pre.hook.backup.velero.io/command", "dump"),
+                ("pre.hook.backup.velero.io/on-error", "Sometimes"),
+            ],
+        );
+        hooked_pod(
+            &world,
+            "db-1",
+            &["wal"],
+            &[
+                ("pre.hook.backup.velero.io/command", "dump"),
+                ("pre.hook.backup.velero.io/container", "sidecar"),
+            ],
+        );
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Failed);
+        let phases = phases(&entry);
+        let message = &volume_of(&phases, "db-0")[0].2;
+        assert!(
+            message.starts_with("pod shop/db-0: backup hook not run: annotation pre.hook.backup.velero.io/on-error: `Sometimes`"),
+            "{message}"
+        );
+        let message = &volume_of(&phases, "db-1")[0].2;
+        assert!(
+            message.starts_with("pod shop/db-1: backup hook not run:")
+                && message.contains("sidecar"),
+            "{message}"
+        );
+        assert!(timeline(&world).is_empty(), "{:?}", timeline(&world));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backup_cancelled_before_its_pre_hook_runs_no_hook_and_no_restic() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data"],
+            &[("pre.hook.backup.velero.io/command", "dump")],
+        );
+        let entry = start(&world, spec()).await;
+        cancel(&entry);
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Cancelled);
+        assert_eq!(phases(&entry)[0].1, VolumePhase::Cancelled as i32);
+        assert!(timeline(&world).is_empty(), "{:?}", timeline(&world));
     }
 }

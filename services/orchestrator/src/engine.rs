@@ -62,6 +62,16 @@ impl RunControl {
     pub fn cancel_requested(&self) -> bool {
         self.cancel.is_cancelled() && !self.shutdown.is_cancelled()
     }
+
+    /// How a volume stopped by this run's token ends: Cancelled when someone asked, Failed
+    /// when the orchestrator shuts down.
+    pub fn stopped(&self) -> VolumeOutcome {
+        if self.shutdown.is_cancelled() {
+            VolumeOutcome::Failed(SHUT_DOWN.to_string())
+        } else {
+            VolumeOutcome::Cancelled
+        }
+    }
 }
 
 /// How one volume ended.
@@ -139,6 +149,28 @@ impl NodeSlots {
     }
 }
 
+/// The slots one run's volumes share: overall and per node. A run whose volumes are started
+/// in groups (a backup's, pod by pod around the pod's hooks) hands every group the same slots,
+/// so the limits hold across the groups.
+pub struct Slots {
+    overall: Arc<Semaphore>,
+    nodes: Arc<NodeSlots>,
+    stall_timeout: Duration,
+}
+
+impl Slots {
+    pub fn new(limits: &RunLimits) -> Slots {
+        Slots {
+            overall: Arc::new(Semaphore::new(limits.max_parallel_volumes.max(1))),
+            nodes: Arc::new(NodeSlots {
+                per_node: limits.max_parallel_per_node,
+                nodes: Mutex::default(),
+            }),
+            stall_timeout: limits.stall_timeout,
+        }
+    }
+}
+
 /// Runs the volumes `indexes` of `work` to their ends and returns when every one has ended
 /// and been recorded through [`VolumeWork::finish`].
 pub async fn run_volumes<W: VolumeWork>(
@@ -147,11 +179,16 @@ pub async fn run_volumes<W: VolumeWork>(
     limits: &RunLimits,
     control: &RunControl,
 ) {
-    let overall = Arc::new(Semaphore::new(limits.max_parallel_volumes.max(1)));
-    let nodes = Arc::new(NodeSlots {
-        per_node: limits.max_parallel_per_node,
-        nodes: Mutex::default(),
-    });
+    run_volumes_in(work, indexes, &Slots::new(limits), control).await;
+}
+
+/// [`run_volumes`] within `slots` that other groups of the same run share.
+pub async fn run_volumes_in<W: VolumeWork>(
+    work: Arc<W>,
+    indexes: Vec<usize>,
+    slots: &Slots,
+    control: &RunControl,
+) {
     let mut tasks = JoinSet::new();
     let mut by_task = HashMap::new();
     for index in indexes {
@@ -160,9 +197,9 @@ pub async fn run_volumes<W: VolumeWork>(
             drive(
                 work.clone(),
                 index,
-                overall.clone(),
-                nodes.clone(),
-                limits.stall_timeout,
+                slots.overall.clone(),
+                slots.nodes.clone(),
+                slots.stall_timeout,
                 control.clone(),
             )
             .instrument(span),
@@ -248,13 +285,7 @@ async fn drive<W: VolumeWork>(
     stall_timeout: Duration,
     control: RunControl,
 ) -> VolumeOutcome {
-    let stopped = |control: &RunControl| {
-        if control.shutdown.is_cancelled() {
-            VolumeOutcome::Failed(SHUT_DOWN.to_string())
-        } else {
-            VolumeOutcome::Cancelled
-        }
-    };
+    let stopped = RunControl::stopped;
     if control.cancel.is_cancelled() {
         return stopped(&control);
     }

@@ -13,6 +13,7 @@ use ::kube::api::DynamicObject;
 use futures::Stream;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::Value;
+use stowage_hooks::{ExecError, ExecTarget, Output, PodExec};
 use stowage_proto::v1::{
     AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
     ListRepositoriesRequest, ListRepositoriesResponse, LogLine, MaintenanceResult, Repository,
@@ -77,6 +78,14 @@ pub trait ClusterPort: Send + Sync {
         volume_manifests: &[Value],
         log: &(dyn for<'a> Fn(&'a str, String) + Send + Sync),
     ) -> Result<BackupResources>;
+    /// Runs `command` in a pod's container through `pods/exec` (a backup's hooks), appending
+    /// its output to `output` as it arrives; the command's exit code.
+    async fn exec(
+        &self,
+        target: &ExecTarget,
+        command: &[String],
+        output: &mut Output,
+    ) -> std::result::Result<i32, ExecError>;
     /// The restore-helper ConfigMap's data (empty when there is none).
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
     /// A mirror writer for one run's objects of `kind`.
@@ -88,6 +97,22 @@ pub trait ClusterPort: Send + Sync {
     async fn fail_unfinished_mirrors(&self, kind: MirrorKind, message: &str) -> Result<usize>;
     /// Deletes every mirror labelled `label=value`.
     async fn delete_mirrors(&self, kind: MirrorKind, label: &str, value: &str) -> Result<()>;
+}
+
+/// The cluster's exec as the hooks crate runs hooks through it.
+pub struct ClusterExec(pub std::sync::Arc<dyn ClusterPort>);
+
+impl PodExec for ClusterExec {
+    // An async fn, not the boxed future returned as it is: that one has a single lifetime
+    // for all three borrows, which the trait's signature cannot name.
+    async fn exec(
+        &self,
+        target: &ExecTarget,
+        command: &[String],
+        output: &mut Output,
+    ) -> std::result::Result<i32, ExecError> {
+        self.0.exec(target, command, output).await
+    }
 }
 
 /// The repo-manager: repositories, their access and the leases that keep maintenance away.

@@ -12,6 +12,7 @@ use ::kube::api::DynamicObject;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
+use stowage_hooks::{ExecError, ExecTarget, Output};
 use stowage_proto::v1::{
     AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
     BackupVolumeResult, ListRepositoriesRequest, ListRepositoriesResponse, LogLine,
@@ -64,6 +65,12 @@ pub struct FakeCluster {
     pub mirrors: Arc<Mutex<Vec<(MirrorKind, Mirror)>>>,
     /// Listing pods in this namespace panics (a bug in the runner's path).
     pub panic_on_namespace: Mutex<Option<String>>,
+    /// What an exec of a command (by its first word) answers: exit code and stderr; a
+    /// command not named here exits 0.
+    pub exec_answers: Mutex<BTreeMap<String, (i32, String)>>,
+    /// `exec <command> in <target>` for each exec, and (shared with the fake agents by
+    /// [`World`]) `restic <volume>` for each volume an agent started, in order.
+    pub timeline: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeCluster {
@@ -175,6 +182,23 @@ impl ClusterPort for FakeCluster {
         }
         lock(&self.pods).insert(key, pod);
         Ok(())
+    }
+
+    async fn exec(
+        &self,
+        target: &ExecTarget,
+        command: &[String],
+        output: &mut Output,
+    ) -> std::result::Result<i32, ExecError> {
+        lock(&self.timeline).push(format!("exec {} in {target}", command.join(" ")));
+        let first = command.first().cloned().unwrap_or_default();
+        let (code, stderr) = lock(&self.exec_answers)
+            .get(&first)
+            .cloned()
+            .unwrap_or_default();
+        output.stdout.push(format!("{first} ran\n").as_bytes());
+        output.stderr.push(stderr.as_bytes());
+        Ok(code)
     }
 
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
@@ -394,6 +418,8 @@ pub struct FakeAgents {
     pub cancelled: Mutex<Vec<String>>,
     pub abandoned: Mutex<Vec<AbandonRestoreRequest>>,
     pub started: Mutex<Vec<String>>,
+    /// `restic <volume>` for each backup started (see [`FakeCluster::timeline`]).
+    pub timeline: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeAgents {
@@ -550,6 +576,7 @@ impl AgentsPort for FakeAgents {
     ) -> Result<AgentEvents<BackupVolumeEvent>> {
         let volume = request.volume.clone().unwrap_or_default().volume_name;
         lock(&self.started).push(format!("backup {node} {volume}"));
+        lock(&self.timeline).push(format!("restic {volume}"));
         let running = self.enter(node);
         Ok(play(self.script_of(&volume), running, |step| {
             let event = match step {
@@ -703,9 +730,16 @@ pub fn limits() -> Limits {
 
 impl World {
     pub fn new(limits: Limits) -> World {
-        let cluster = Arc::new(FakeCluster::default());
+        let timeline = Arc::new(Mutex::new(Vec::new()));
+        let cluster = Arc::new(FakeCluster {
+            timeline: timeline.clone(),
+            ..Default::default()
+        });
         let repo_manager = Arc::new(FakeRepoManager::default());
-        let agents = Arc::new(FakeAgents::default());
+        let agents = Arc::new(FakeAgents {
+            timeline,
+            ..Default::default()
+        });
         let store = Arc::new(FakeStore::default());
         let deps = Deps {
             repo_manager: repo_manager.clone(),
