@@ -1241,6 +1241,10 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             ("", "namespaces", "create"),
             ("", "configmaps", "list"),
             ("apps", "replicasets", "get"),
+            // A pod's backup hooks run through pods/exec (a WebSocket GET: `create` since
+            // Kubernetes 1.30, `get` before).
+            ("", "pods/exec", "create"),
+            ("", "pods/exec", "get"),
         ] {
             assert!(
                 has(&orchestrator, group, resource, verb),
