@@ -1,8 +1,9 @@
 //! The backup runner: finds the pods' selected volumes, makes sure each namespace's repository
 //! is ready and leased, and hands the volumes to the run engine, which runs BackupVolume on
-//! each volume's node agent within the limits. Progress streams into the backup's status;
-//! every volume ends Completed, Failed or Cancelled before the backup's files are written to
-//! the object store.
+//! each volume's node agent within the limits, pod by pod between the pod's backup hooks
+//! (Velero's annotations, run through the cluster's exec). Progress streams into the backup's
+//! status; every volume ends Completed, Failed or Cancelled before the backup's files are
+//! written to the object store.
 
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
@@ -435,7 +436,11 @@ async fn run_pod(
             return;
         }
     };
-    if hooks.pre.is_none() && hooks.post.is_none() {
+    // No hook for a pod whose repository cannot be used: its volumes fail in the engine
+    // with the repository's reason, and nothing is frozen for a backup that will not run.
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    if (hooks.pre.is_none() && hooks.post.is_none()) || work.repositories.access(namespace).is_err()
+    {
         engine::run_volumes_in(work.clone(), indexes, slots, control).await;
         return;
     }
@@ -1713,6 +1718,32 @@ mod runs {
                 && message.contains("sidecar"),
             "{message}"
         );
+        assert!(timeline(&world).is_empty(), "{:?}", timeline(&world));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hook_runs_for_a_pod_whose_repository_cannot_be_used() {
+        let world = World::new(limits());
+        hooked_pod(
+            &world,
+            "db-0",
+            &["data"],
+            &[
+                ("pre.hook.backup.velero.io/command", "freeze"),
+                ("post.hook.backup.velero.io/command", "thaw"),
+            ],
+        );
+        world
+            .repo_manager
+            .broken
+            .lock()
+            .unwrap()
+            .insert("shop".into());
+        let entry = start(&world, spec()).await;
+        world.settle().await;
+        assert_eq!(phase(&entry), BackupPhase::Failed);
+        let message = &phases(&entry)[0].2;
+        assert!(message.contains("wrong password"), "{message}");
         assert!(timeline(&world).is_empty(), "{:?}", timeline(&world));
     }
 
