@@ -355,60 +355,79 @@ pub struct BackupListing {
 /// error; a backup whose record is missing or does not parse is reported in `failures`.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_backups(store: &dyn ObjectStore) -> Result<BackupListing> {
-    let prefix = Path::from(layout::BACKUPS_DIR);
+    let (backups, failures) = read_each_directory(store, layout::BACKUPS_DIR, |name| async move {
+        let backup = read_backup_record(store, &name).await?;
+        let stowage = read_stowage_info(store, &name).await?;
+        Ok(ListedBackup {
+            name,
+            backup,
+            stowage,
+        })
+    })
+    .await?;
+    for failure in &failures {
+        tracing::warn!(backup = %failure.name, error = %failure.error, "backup cannot be read");
+    }
+    Ok(BackupListing { backups, failures })
+}
+
+/// Reads every `<dir>/<name>/` directory of the location with `read`, a few at once: what was
+/// read and what could not be (with why), each sorted by directory name. Only a failure to
+/// list `<dir>/` at all is an error.
+async fn read_each_directory<T, F, Fut>(
+    store: &dyn ObjectStore,
+    dir: &str,
+    read: F,
+) -> Result<(Vec<T>, Vec<ListFailure>)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let listing = store
-        .list_with_delimiter(Some(&prefix))
+        .list_with_delimiter(Some(&Path::from(dir)))
         .await
-        .map_err(|error| FormatError::from_store(&format!("{}/", layout::BACKUPS_DIR), error))?;
-    let names: Vec<String> = listing
+        .map_err(|error| FormatError::from_store(&format!("{dir}/"), error))?;
+    let mut names: Vec<String> = listing
         .common_prefixes
         .iter()
         .filter_map(|path| path.filename().map(str::to_string))
         .collect();
-    let results: Vec<(String, Result<ListedBackup>)> = futures::stream::iter(names)
-        .map(|name| async move {
-            let result = async {
-                let backup = read_backup_record(store, &name).await?;
-                let stowage = read_stowage_info(store, &name).await?;
-                Ok(ListedBackup {
-                    name: name.clone(),
-                    backup,
-                    stowage,
-                })
-            }
-            .await;
-            (name, result)
+    // Read in name order so both lists come out sorted without keeping names beside values.
+    names.sort();
+    let results: Vec<(String, Result<T>)> = futures::stream::iter(names)
+        .map(|name| {
+            let read = &read;
+            async move { (name.clone(), read(name).await) }
         })
-        .buffer_unordered(LIST_CONCURRENCY)
+        .buffered(LIST_CONCURRENCY)
         .collect()
         .await;
-    let mut out = BackupListing::default();
+    let (mut read_ok, mut failures) = (Vec::new(), Vec::new());
     for (name, result) in results {
         match result {
-            Ok(listed) => out.backups.push(listed),
-            Err(error) => {
-                tracing::warn!(backup = %name, %error, "backup cannot be read");
-                out.failures.push(ListFailure { name, error })
-            }
+            Ok(value) => read_ok.push(value),
+            Err(error) => failures.push(ListFailure { name, error }),
         }
     }
-    out.backups.sort_by(|a, b| a.name.cmp(&b.name));
-    out.failures.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok((read_ok, failures))
 }
 
 /// Every object key under `backups/<name>/`, for deleting a stowage backup or proving that
 /// nothing of a Velero backup changed.
 pub async fn list_backup_keys(store: &dyn ObjectStore, name: &str) -> Result<Vec<String>> {
     layout::validate_backup_name(name)?;
-    let dir = layout::backup_dir(name);
+    keys_under(store, &layout::backup_dir(name)).await
+}
+
+/// Every object key under `dir` (ending in `/`), sorted.
+async fn keys_under(store: &dyn ObjectStore, dir: &str) -> Result<Vec<String>> {
     let prefix = Path::from(dir.trim_end_matches('/'));
     let mut keys: Vec<String> = store
         .list(Some(&prefix))
         .map_ok(|meta| meta.location.to_string())
         .try_collect()
         .await
-        .map_err(|error| FormatError::from_store(&dir, error))?;
+        .map_err(|error| FormatError::from_store(dir, error))?;
     keys.sort();
     Ok(keys)
 }
@@ -500,49 +519,18 @@ pub struct RestoreListing {
 /// Only a failure to list the location at all is an error.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_restores(store: &dyn ObjectStore) -> Result<RestoreListing> {
-    let prefix = Path::from(layout::RESTORES_DIR);
-    let listing = store
-        .list_with_delimiter(Some(&prefix))
-        .await
-        .map_err(|error| FormatError::from_store(&format!("{}/", layout::RESTORES_DIR), error))?;
-    let names: Vec<String> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|path| path.filename().map(str::to_string))
-        .collect();
-    let results: Vec<(String, Result<StowageRestoreRecord>)> = futures::stream::iter(names)
-        .map(|name| async move {
-            let result = read_restore_record(store, &name).await;
-            (name, result)
+    let (restores, failures) =
+        read_each_directory(store, layout::RESTORES_DIR, |name| async move {
+            read_restore_record(store, &name).await
         })
-        .buffer_unordered(LIST_CONCURRENCY)
-        .collect()
-        .await;
-    let mut out = RestoreListing::default();
-    for (name, result) in results {
-        match result {
-            Ok(record) => out.restores.push(record),
-            Err(error) => out.failures.push(ListFailure { name, error }),
-        }
-    }
-    out.restores.sort_by(|a, b| a.name.cmp(&b.name));
-    out.failures.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+        .await?;
+    Ok(RestoreListing { restores, failures })
 }
 
 /// Every object key under `restores/<name>/`.
 pub async fn list_restore_keys(store: &dyn ObjectStore, name: &str) -> Result<Vec<String>> {
     layout::validate_restore_name(name)?;
-    let dir = layout::restore_dir(name);
-    let prefix = Path::from(dir.trim_end_matches('/'));
-    let mut keys: Vec<String> = store
-        .list(Some(&prefix))
-        .map_ok(|meta| meta.location.to_string())
-        .try_collect()
-        .await
-        .map_err(|error| FormatError::from_store(&dir, error))?;
-    keys.sort();
-    Ok(keys)
+    keys_under(store, &layout::restore_dir(name)).await
 }
 
 /// Deletes every object under `restores/<name>/`, the record first: a delete stopped halfway
