@@ -290,6 +290,7 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
         ttl: create.ttl.map(view::proto_duration),
         timeout: create.timeout.map(view::proto_duration),
+        ..Default::default()
     };
     let created = session
         .client
@@ -533,6 +534,7 @@ async fn create_restore(
                 backup_name: create.from_backup.clone(),
                 namespace_mapping: mapping.into_iter().collect(),
                 included_namespaces: create.include_namespaces,
+                ..Default::default()
             }),
         })
         .await

@@ -811,6 +811,7 @@ mod tests {
                 ..Default::default()
             }),
             unrestorable_reason: String::new(),
+            ..Default::default()
         };
         let json = serde_json::to_value(BackupView::from(&backup)).unwrap();
         assert_eq!(json["name"], "nightly");
@@ -838,6 +839,7 @@ mod tests {
                 backup_name: "nightly".into(),
                 namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
                 included_namespaces: vec![],
+                ..Default::default()
             }),
             status: Some(v1::RestoreStatus {
                 phase: v1::RestorePhase::Cancelled as i32,

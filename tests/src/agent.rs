@@ -168,6 +168,7 @@ impl AgentFixture {
             stable_identity: String::new(),
             extra_tags: Default::default(),
             parent_snapshot_id: String::new(),
+            ..Default::default()
         }
     }
 
@@ -184,6 +185,7 @@ impl AgentFixture {
             snapshot_id: snapshot_id.into(),
             restore_uid: "5a0c7f5e-0000-4000-8000-000000000002".into(),
             restore_name: "restore-1".into(),
+            ..Default::default()
         }
     }
 

@@ -878,6 +878,7 @@ impl AgentAsPod {
             stable_identity: String::new(),
             extra_tags: Default::default(),
             parent_snapshot_id: String::new(),
+            ..Default::default()
         }
     }
 }

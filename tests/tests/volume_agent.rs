@@ -160,6 +160,7 @@ impl Setup {
             stable_identity: identity.into(),
             extra_tags: Default::default(),
             parent_snapshot_id: String::new(),
+            ..Default::default()
         }
     }
 
@@ -197,6 +198,7 @@ impl Setup {
             snapshot_id: snapshot_id.into(),
             restore_uid: restore_uid.into(),
             restore_name: "restore-1".into(),
+            ..Default::default()
         };
         let mut stream = self
             .client
@@ -1441,6 +1443,7 @@ async fn restore_waits_out_a_storage_outage_shorter_than_the_retries_and_streams
             snapshot_id: backup.snapshot_id.clone(),
             restore_uid: "r-blip".into(),
             restore_name: "restore-1".into(),
+            ..Default::default()
         })
         .await
         .expect("RestoreVolume")

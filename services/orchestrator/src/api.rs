@@ -6,12 +6,15 @@ use std::{pin::Pin, time::Duration};
 
 use stowage_proto::v1::{
     Backup, BackupEvent, CancelBackupRequest, CancelRestoreRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, DeleteBackupResponse, GetBackupLogsRequest,
-    GetBackupRequest, GetCoverageRequest, GetCoverageResponse, GetLogsResponse,
-    GetRestoreLogsRequest, GetRestoreRequest, ListBackupsRequest, ListBackupsResponse,
-    ListRepositoriesRequest, ListRepositoriesResponse, ListRestoresRequest, ListRestoresResponse,
-    MaintenanceResult, Restore, RestoreEvent, RunMaintenanceRequest, WatchBackupRequest,
-    WatchRestoreRequest, orchestrator_server::Orchestrator,
+    CreateRestoreRequest, CreateScheduleRequest, DeleteBackupRequest, DeleteBackupResponse,
+    DeleteScheduleRequest, DeleteScheduleResponse, GetBackupLogsRequest, GetBackupRequest,
+    GetCoverageRequest, GetCoverageResponse, GetLogsResponse, GetRestoreLogsRequest,
+    GetRestoreRequest, GetScheduleRequest, ListBackupFilesRequest, ListBackupFilesResponse,
+    ListBackupsRequest, ListBackupsResponse, ListRepositoriesRequest, ListRepositoriesResponse,
+    ListRestoresRequest, ListRestoresResponse, ListSchedulesRequest, ListSchedulesResponse,
+    MaintenanceResult, PauseScheduleRequest, Restore, RestoreEvent, ResumeScheduleRequest,
+    RunMaintenanceRequest, Schedule, WatchBackupRequest, WatchRestoreRequest,
+    orchestrator_server::Orchestrator,
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_stream::Stream;
@@ -170,6 +173,58 @@ where
 impl Orchestrator for OrchestratorApi {
     type WatchBackupStream = EventStream<BackupEvent>;
     type WatchRestoreStream = EventStream<RestoreEvent>;
+    type ListBackupFilesStream = EventStream<ListBackupFilesResponse>;
+
+    async fn list_backup_files(
+        &self,
+        _request: Request<ListBackupFilesRequest>,
+    ) -> Result<Response<Self::ListBackupFilesStream>, Status> {
+        Err(Status::unimplemented(
+            "ListBackupFiles is not implemented yet",
+        ))
+    }
+
+    async fn create_schedule(
+        &self,
+        _request: Request<CreateScheduleRequest>,
+    ) -> Result<Response<Schedule>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn get_schedule(
+        &self,
+        _request: Request<GetScheduleRequest>,
+    ) -> Result<Response<Schedule>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn pause_schedule(
+        &self,
+        _request: Request<PauseScheduleRequest>,
+    ) -> Result<Response<Schedule>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn resume_schedule(
+        &self,
+        _request: Request<ResumeScheduleRequest>,
+    ) -> Result<Response<Schedule>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn delete_schedule(
+        &self,
+        _request: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
 
     #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]
     async fn create_backup(

@@ -102,6 +102,7 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
         }),
         origin: BackupOrigin::Stowage as i32,
         unrestorable_reason: String::new(),
+        ..Default::default()
     };
     let entry = Entry::new(backup.clone(), Vec::new(), deps.shutdown.child_token());
     if !deps.index.insert_backup(&request.name, entry.clone()) {
@@ -641,6 +642,7 @@ impl VolumeWork for BackupWork {
                 .cloned()
                 .flatten()
                 .unwrap_or_default(),
+            ..Default::default()
         };
         let started = self.update(index, |volume| {
             volume.phase = VolumePhase::InProgress as i32;

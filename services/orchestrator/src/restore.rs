@@ -729,6 +729,7 @@ impl VolumeWork for RestoreWork {
                     snapshot_id: volume.snapshot_id.clone(),
                     restore_uid: self.header.uid.clone(),
                     restore_name: self.header.name.clone(),
+                    ..Default::default()
                 },
             )
             .await?;

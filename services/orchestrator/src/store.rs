@@ -523,6 +523,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             backup_name: record.spec.backup_name.clone(),
             namespace_mapping: record.spec.namespace_mapping.clone().into_iter().collect(),
             included_namespaces: record.spec.included_namespaces.clone(),
+            ..Default::default()
         }),
         status: Some(RestoreStatus {
             phase: restore_phase_from(&status.phase) as i32,
@@ -552,6 +553,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
                     error_message: volume.message.clone(),
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    ..Default::default()
                 })
                 .collect(),
             volumes_total: status.volumes_total,
@@ -561,6 +563,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             failure_reason: status.failure_reason.clone(),
             pods_created: status.pods_created.clone(),
             trace_id: status.trace_id.clone(),
+            ..Default::default()
         }),
     }
 }
@@ -693,6 +696,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                     finished: record.finished.as_ref().map(to_timestamp),
                     error_message: record.message.clone(),
                     path: text("path"),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -725,6 +729,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         status: Some(status),
         origin: origin as i32,
         unrestorable_reason: String::new(),
+        ..Default::default()
     }
 }
 
@@ -751,6 +756,7 @@ fn unreadable_backup(failure: &vf::ListFailure) -> Backup {
         }),
         origin: origin as i32,
         unrestorable_reason: failure.error.to_string(),
+        ..Default::default()
     }
 }
 
@@ -1058,6 +1064,7 @@ mod tests {
             status: Some(status),
             origin: BackupOrigin::Stowage as i32,
             unrestorable_reason: String::new(),
+            ..Default::default()
         }
     }
 
@@ -1196,6 +1203,7 @@ mod tests {
                 backup_name: "nightly".into(),
                 namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
                 included_namespaces: vec!["foo".into()],
+                ..Default::default()
             }),
             status: Some(RestoreStatus {
                 phase: RestorePhase::PartiallyFailed as i32,
@@ -1228,6 +1236,7 @@ mod tests {
                         error_message: String::new(),
                         source_namespace: "foo".into(),
                         repository: "/loc/restic/foo".into(),
+                        ..Default::default()
                     },
                     PodVolumeRestore {
                         volume: Some(PodVolumeRef {
@@ -1261,6 +1270,7 @@ mod tests {
                 failure_reason: "1 of 2 volumes failed".into(),
                 pods_created: vec!["bar/sample".into()],
                 trace_id: "trace-1".into(),
+                ..Default::default()
             }),
         }
     }

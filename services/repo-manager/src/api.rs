@@ -9,10 +9,11 @@ use stowage_proto::{
     v1::{
         AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest, ForgetBackupResponse,
         GetRepositoryAccessRequest, GetRepositoryRequest, Lease, LeaseMode as ProtoLeaseMode,
-        ListRepositoriesRequest, ListRepositoriesResponse, MaintenanceKind as ProtoKind,
-        MaintenanceResult, MaintenanceStatus, ReleaseLeaseRequest, ReleaseLeaseResponse,
-        RenewLeaseRequest, Repository, RepositoryAccess, RepositoryPhase, RotateKeyRequest,
-        RunMaintenanceRequest, repo_manager_server::RepoManager,
+        ListRepositoriesRequest, ListRepositoriesResponse, ListSnapshotFilesRequest,
+        ListSnapshotFilesResponse, MaintenanceKind as ProtoKind, MaintenanceResult,
+        MaintenanceStatus, ReleaseLeaseRequest, ReleaseLeaseResponse, RenewLeaseRequest,
+        Repository, RepositoryAccess, RepositoryPhase, RotateKeyRequest, RunMaintenanceRequest,
+        repo_manager_server::RepoManager,
     },
 };
 use tonic::{Request, Response, Status};
@@ -116,6 +117,19 @@ fn kind(value: i32) -> Result<MaintenanceKind, Status> {
 
 #[tonic::async_trait]
 impl RepoManager for RepoManagerApi {
+    type ListSnapshotFilesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<ListSnapshotFilesResponse, Status>> + Send>,
+    >;
+
+    async fn list_snapshot_files(
+        &self,
+        _request: Request<ListSnapshotFilesRequest>,
+    ) -> Result<Response<Self::ListSnapshotFilesStream>, Status> {
+        Err(Status::unimplemented(
+            "ListSnapshotFiles is not implemented yet",
+        ))
+    }
+
     #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]
     async fn ensure_repository(
         &self,

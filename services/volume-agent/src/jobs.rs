@@ -608,6 +608,7 @@ mod tests {
             stable_identity: "pvc-uid/abc".into(),
             extra_tags: [("team".to_string(), "red".to_string())].into(),
             parent_snapshot_id: String::new(),
+            ..Default::default()
         }
     }
 
