@@ -14,6 +14,11 @@ pub const RESTORES_DIR: &str = "restores";
 /// Every stowage restore's record. Velero writes no record of a restore to the bucket (its
 /// Restore lives in the cluster), so this name is stowage's own.
 pub const RESTORE_RECORD_FILE: &str = "stowage-restore.json";
+/// Top-level directory of the schedules (stowage's own: Velero keeps its Schedules in the
+/// cluster, never in the bucket).
+pub const SCHEDULES_DIR: &str = "schedules";
+/// Every schedule's record.
+pub const SCHEDULE_RECORD_FILE: &str = "stowage-schedule.json";
 
 /// `backups/<name>/`
 pub fn backup_dir(name: &str) -> String {
@@ -72,6 +77,11 @@ pub fn restore_logs_key(name: &str) -> String {
 /// `{"errors": {...}, "warnings": {...}}`).
 pub fn restore_results_key(name: &str) -> String {
     format!("{RESTORES_DIR}/{name}/restore-{name}-results.gz")
+}
+
+/// `schedules/<name>/stowage-schedule.json`: the schedule's spec and status.
+pub fn schedule_record_key(name: &str) -> String {
+    format!("{SCHEDULES_DIR}/{name}/{SCHEDULE_RECORD_FILE}")
 }
 
 /// `restic/<namespace>`: the key prefix of a namespace's restic repository.
@@ -164,6 +174,17 @@ pub fn validate_restore_name(name: &str) -> Result<()> {
     match subdomain_problem(name) {
         None => Ok(()),
         Some(reason) => Err(FormatError::InvalidRestoreName {
+            name: name.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// The same rule for a schedule's name (the key segment under `schedules/`).
+pub fn validate_schedule_name(name: &str) -> Result<()> {
+    match subdomain_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(FormatError::InvalidName {
             name: name.to_string(),
             reason,
         }),

@@ -6,6 +6,8 @@
 //! Restores are kept under `restores/<name>/` as Velero keeps its restore logs and results
 //! there, with stowage's record of the restore beside them.
 //!
+//! Schedules are stowage's own, under `schedules/<name>/` (Velero keeps them in the cluster).
+//!
 //! Velero's files keep Velero's meaning; what stowage adds lives in `<name>-stowage.json` and
 //! `stowage-restore.json`.
 
@@ -18,6 +20,7 @@ pub mod meta;
 pub mod pod_volume_backup;
 pub mod resources;
 pub mod restore;
+pub mod schedule;
 pub mod store;
 pub mod stowage;
 pub mod volumes;
@@ -35,6 +38,7 @@ pub use restore::{
     ProgressRecord, RestoreResults, RestoreSpecRecord, RestoreStatusRecord, RestoreVolumeRecord,
     ResultMessages, StowageRestoreRecord,
 };
+pub use schedule::{ScheduleRecord, ScheduleSpecRecord, ScheduleStatusRecord, SkippedFiringRecord};
 pub use store::{
     BackupFiles, BackupListing, ListFailure, ListedBackup, RestoreListing, check_backup,
     delete_restore, ensure_writable, list_backup_keys, list_backups, list_restore_keys,

@@ -19,6 +19,7 @@ use crate::layout;
 use crate::pod_volume_backup::PodVolumeBackup;
 use crate::resources::BackupResources;
 use crate::restore::{RestoreResults, StowageRestoreRecord};
+use crate::schedule::ScheduleRecord;
 use crate::stowage::{Origin, StowageBackupInfo};
 
 /// How many backups `list_backups` reads at once.
@@ -550,6 +551,66 @@ pub async fn delete_restore(store: &dyn ObjectStore, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads `schedules/<name>/stowage-schedule.json`; `None` when there is none. A record whose
+/// name is not its directory's is refused, as for restores.
+pub async fn read_schedule(store: &dyn ObjectStore, name: &str) -> Result<Option<ScheduleRecord>> {
+    layout::validate_schedule_name(name)?;
+    let key = layout::schedule_record_key(name);
+    let Some(data) = get_optional(store, &key).await? else {
+        return Ok(None);
+    };
+    let record: ScheduleRecord = decode_json(&data, &key, "schedule record")?;
+    if record.name() != name {
+        return Err(FormatError::Invalid(format!(
+            "{key}: the record names schedule {:?}, not {name:?}",
+            record.name()
+        )));
+    }
+    Ok(Some(record))
+}
+
+/// Writes schedule `record`'s file in one whole-object put: a reader sees the previous version
+/// or the new one, never a part.
+#[tracing::instrument(level = "debug", skip_all, fields(schedule = %record.name()))]
+pub async fn write_schedule(store: &dyn ObjectStore, record: &ScheduleRecord) -> Result<()> {
+    layout::validate_schedule_name(record.name())?;
+    put(
+        store,
+        &layout::schedule_record_key(record.name()),
+        encode_json(record)?,
+    )
+    .await
+}
+
+/// Every schedule of the location (sorted by name) and each `schedules/<name>/` whose record
+/// is missing or does not parse, with why. Only a failure to list the location is an error.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn list_schedules(
+    store: &dyn ObjectStore,
+) -> Result<(Vec<ScheduleRecord>, Vec<ListFailure>)> {
+    read_each_directory(store, layout::SCHEDULES_DIR, |name| async move {
+        read_schedule(store, &name)
+            .await?
+            .ok_or_else(|| FormatError::NotFound {
+                key: layout::schedule_record_key(&name),
+            })
+    })
+    .await
+}
+
+/// Deletes every object under `schedules/<name>/`; deleting an absent schedule is not an error.
+#[tracing::instrument(level = "debug", skip(store), fields(schedule = %name))]
+pub async fn delete_schedule(store: &dyn ObjectStore, name: &str) -> Result<()> {
+    layout::validate_schedule_name(name)?;
+    for key in keys_under(store, &format!("{}/{name}/", layout::SCHEDULES_DIR)).await? {
+        match store.delete(&Path::from(key.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(FormatError::from_store(&key, error)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -973,5 +1034,62 @@ mod tests {
             matches!(error, FormatError::InvalidRestoreName { .. }),
             "{error}"
         );
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn schedules_are_written_listed_and_deleted_under_their_directory() {
+        let store = InMemory::new();
+        let mut record = ScheduleRecord::new("nightly");
+        record.spec.schedule = "0 2 * * *".into();
+        write_schedule(&store, &record).await.unwrap();
+        write_schedule(&store, &ScheduleRecord::new("hourly"))
+            .await
+            .unwrap();
+        // A directory whose record does not parse is reported, not fatal to the listing.
+        put(
+            &store,
+            "schedules/broken/stowage-schedule.json",
+            b"{".to_vec(),
+        )
+        .await
+        .unwrap();
+        let (schedules, failures) = list_schedules(&store).await.unwrap();
+        let names: Vec<&str> = schedules.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["hourly", "nightly"]);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].name, "broken");
+        assert_eq!(
+            read_schedule(&store, "nightly").await.unwrap().unwrap(),
+            record
+        );
+        delete_schedule(&store, "nightly").await.unwrap();
+        assert!(read_schedule(&store, "nightly").await.unwrap().is_none());
+        delete_schedule(&store, "nightly").await.unwrap();
+        assert!(
+            write_schedule(&store, &ScheduleRecord::new("../x"))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_under_another_name_is_refused() {
+        let store = InMemory::new();
+        let record = ScheduleRecord::new("other");
+        put(
+            &store,
+            &layout::schedule_record_key("nightly"),
+            encode_json(&record).unwrap(),
+        )
+        .await
+        .unwrap();
+        let error = read_schedule(&store, "nightly").await.unwrap_err();
+        assert!(error.to_string().contains("names schedule"), "{error}");
     }
 }
