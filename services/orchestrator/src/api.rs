@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result, validate_name, validate_namespace},
     lifecycle,
     restore::{self, restore_is_final},
+    schedules,
 };
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -184,46 +185,64 @@ impl Orchestrator for OrchestratorApi {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]
     async fn create_schedule(
         &self,
-        _request: Request<CreateScheduleRequest>,
+        request: Request<CreateScheduleRequest>,
     ) -> Result<Response<Schedule>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        Ok(Response::new(
+            schedules::create(&self.deps, request.into_inner()).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]
     async fn get_schedule(
         &self,
-        _request: Request<GetScheduleRequest>,
+        request: Request<GetScheduleRequest>,
     ) -> Result<Response<Schedule>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        Ok(Response::new(schedules::get(
+            &self.deps,
+            &request.get_ref().name,
+        )?))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_schedules(
         &self,
         _request: Request<ListSchedulesRequest>,
     ) -> Result<Response<ListSchedulesResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        Ok(Response::new(ListSchedulesResponse {
+            schedules: schedules::list(&self.deps),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]
     async fn pause_schedule(
         &self,
-        _request: Request<PauseScheduleRequest>,
+        request: Request<PauseScheduleRequest>,
     ) -> Result<Response<Schedule>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        Ok(Response::new(
+            schedules::set_paused(&self.deps, &request.get_ref().name, true).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]
     async fn resume_schedule(
         &self,
-        _request: Request<ResumeScheduleRequest>,
+        request: Request<ResumeScheduleRequest>,
     ) -> Result<Response<Schedule>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        Ok(Response::new(
+            schedules::set_paused(&self.deps, &request.get_ref().name, false).await?,
+        ))
     }
 
+    #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]
     async fn delete_schedule(
         &self,
-        _request: Request<DeleteScheduleRequest>,
+        request: Request<DeleteScheduleRequest>,
     ) -> Result<Response<DeleteScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        schedules::delete(&self.deps, &request.get_ref().name).await?;
+        Ok(Response::new(DeleteScheduleResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(backup = %request.get_ref().name))]

@@ -74,21 +74,19 @@ pub fn backup_is_final(phase: i32) -> bool {
 
 /// Validates the request, records the backup as NEW and starts its runner.
 pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup> {
+    create_labelled(deps, request, Default::default()).await
+}
+
+/// [`create`] for a backup carrying `labels` (a schedule's backups carry
+/// `velero.io/schedule-name`): the one way a backup is started.
+pub async fn create_labelled(
+    deps: &Deps,
+    request: CreateBackupRequest,
+    labels: std::collections::HashMap<String, String>,
+) -> Result<Backup> {
     validate_name("backup name", &request.name)?;
     let spec = request.spec.unwrap_or_default();
-    for namespace in spec
-        .included_namespaces
-        .iter()
-        .chain(&spec.excluded_namespaces)
-    {
-        if namespace != "*" {
-            validate_namespace(namespace)?;
-        }
-    }
-    validate_label_selector(&spec.label_selector)?;
-    validate_duration("ttl", spec.ttl.as_ref())?;
-    validate_duration("timeout", spec.timeout.as_ref())?;
-    crate::resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
+    validate_spec(&spec)?;
     let uid = uuid::Uuid::new_v4().to_string();
     let backup = Backup {
         name: request.name.clone(),
@@ -102,7 +100,7 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
         }),
         origin: BackupOrigin::Stowage as i32,
         unrestorable_reason: String::new(),
-        ..Default::default()
+        labels,
     };
     let entry = Entry::new(backup.clone(), Vec::new(), deps.shutdown.child_token());
     if !deps.index.insert_backup(&request.name, entry.clone()) {
@@ -113,6 +111,24 @@ pub async fn create(deps: &Deps, request: CreateBackupRequest) -> Result<Backup>
     deps.tasks
         .spawn(async move { run(runner_deps, entry).await }.instrument(span));
     Ok(backup)
+}
+
+/// Checks a backup's spec as CreateBackup does (a schedule's template is checked the same way).
+pub fn validate_spec(spec: &stowage_proto::v1::BackupSpec) -> Result<()> {
+    for namespace in spec
+        .included_namespaces
+        .iter()
+        .chain(&spec.excluded_namespaces)
+    {
+        if namespace != "*" {
+            validate_namespace(namespace)?;
+        }
+    }
+    validate_label_selector(&spec.label_selector)?;
+    validate_duration("ttl", spec.ttl.as_ref())?;
+    validate_duration("timeout", spec.timeout.as_ref())?;
+    crate::resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
+    Ok(())
 }
 
 /// A volume the runner will back up, with the pod it belongs to.
@@ -228,6 +244,9 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
             status.volumes_failed
         ),
     );
+    // Before the final state is written and shown: its deletions are in its log, and a
+    // schedule's next firing never overlaps them.
+    crate::schedules::retention::after_backup(&deps, &entry, &backup).await;
     if let Some(store) = &deps.store
         && let Err(error) = store.put_backup(&backup, &entry.logs(), None).await
     {

@@ -11,6 +11,7 @@ use crate::{
     kube::mirror::MirrorKind,
     ports::{AgentsPort, ClusterPort, MirrorSession, NoMirrors, RecordStore, RepoManagerPort},
     repositories::Readiness,
+    schedules::Book,
     state::Index,
 };
 
@@ -65,6 +66,8 @@ pub struct Deps {
     pub index: Arc<Index>,
     pub limits: Limits,
     pub restore_helper: RestoreHelperDefaults,
+    /// The schedules (the API changes them, the scheduler fires them).
+    pub schedules: Arc<Book>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }

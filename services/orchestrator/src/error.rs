@@ -20,6 +20,10 @@ pub enum Error {
     BackupExists(String),
     #[error("restore `{0}` already exists")]
     RestoreExists(String),
+    #[error("schedule `{0}` not found")]
+    ScheduleNotFound(String),
+    #[error("schedule `{0}` already exists")]
+    ScheduleExists(String),
     #[error("backup `{name}` is {phase}: {reason}")]
     BackupNotRestorable {
         name: String,
@@ -93,8 +97,12 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } | Error::Contract(_) => Code::InvalidArgument,
-            Error::BackupNotFound(_) | Error::RestoreNotFound(_) => Code::NotFound,
-            Error::BackupExists(_) | Error::RestoreExists(_) => Code::AlreadyExists,
+            Error::BackupNotFound(_) | Error::RestoreNotFound(_) | Error::ScheduleNotFound(_) => {
+                Code::NotFound
+            }
+            Error::BackupExists(_) | Error::RestoreExists(_) | Error::ScheduleExists(_) => {
+                Code::AlreadyExists
+            }
             Error::BackupNotRestorable { .. } | Error::NoCluster(_) | Error::Precondition(_) => {
                 Code::FailedPrecondition
             }

@@ -17,6 +17,7 @@ mod recovery;
 mod repositories;
 mod resources;
 mod restore;
+mod schedules;
 mod selection;
 mod state;
 mod store;
@@ -125,6 +126,14 @@ struct Config {
         default_value_t = stowage_images::Image::RestoreHelper.repository()
     )]
     restore_helper_image: String,
+    /// The scheduler's longest sleep, in seconds: it wakes at each schedule's next firing, and
+    /// at least this often to notice a wall clock that jumped.
+    #[arg(
+        long,
+        env = "STOWAGE_SCHEDULER_MAX_SLEEP_SECONDS",
+        default_value_t = 30
+    )]
+    scheduler_max_sleep_seconds: u64,
     /// Seconds between looks for expired backups and for backups new in the object store.
     #[arg(
         long,
@@ -190,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
         config.agent_selector.clone(),
         config.agent_port,
     );
+    let mut schedule_store: Option<Arc<dyn schedules::ScheduleStore>> = None;
     let store = match &config.storage_url {
         Some(url) => {
             let location = stowage_storage_location::StorageLocation::from_env(
@@ -204,10 +214,9 @@ async fn main() -> anyhow::Result<()> {
             let object_store = location
                 .object_store()
                 .with_context(|| format!("opening storage location {url}"))?;
-            Some(
-                Arc::new(store::Store::new(object_store, config.namespace.clone()))
-                    as Arc<dyn ports::RecordStore>,
-            )
+            let store = Arc::new(store::Store::new(object_store, config.namespace.clone()));
+            schedule_store = Some(store.clone());
+            Some(store as Arc<dyn ports::RecordStore>)
         }
         None => {
             tracing::warn!("no storage location: backups are kept in memory only");
@@ -236,6 +245,10 @@ async fn main() -> anyhow::Result<()> {
         restore_helper: deps::RestoreHelperDefaults {
             image: config.restore_helper_image.clone(),
         },
+        schedules: Arc::new(schedules::Book::new(
+            schedule_store,
+            Arc::new(schedules::SystemClock),
+        )),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
@@ -244,6 +257,16 @@ async fn main() -> anyhow::Result<()> {
     if let Err(error) = recovery::load(&deps).await {
         tracing::warn!(%error, "reading the backups in the storage location");
     }
+    // Read before the API answers, so a fresh orchestrator lists its schedules at once; the
+    // scheduler reads them again (and retries) when it starts.
+    if let Err(error) = deps.schedules.load().await {
+        tracing::warn!(%error, "reading the schedules in the storage location");
+    }
+    tasks.spawn(schedules::scheduler::run(
+        deps.clone(),
+        Duration::from_secs(config.scheduler_max_sleep_seconds.max(1)),
+        shutdown.child_token(),
+    ));
     tasks.spawn(recovery::housekeeping(
         deps.clone(),
         Duration::from_secs(config.housekeeping_interval_seconds.max(1)),

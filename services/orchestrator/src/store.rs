@@ -170,6 +170,11 @@ impl Store {
         let status = backup.status.clone().unwrap_or_default();
         let mut record = vf::Backup::new(&backup.name, &self.server_namespace);
         record.metadata.uid = Some(backup.uid.clone());
+        record.metadata.labels = backup
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         record.spec.included_namespaces = spec.included_namespaces.clone();
         record.spec.excluded_namespaces = spec.excluded_namespaces.clone();
         if !spec.label_selector.is_empty() {
@@ -355,6 +360,32 @@ impl Store {
                 .map_err(|error| Error::Store(format!("deleting {key}: {error}")))?;
         }
         Ok(())
+    }
+}
+
+/// Schedules in the bucket, under `schedules/<name>/`.
+#[tonic::async_trait]
+impl crate::schedules::ScheduleStore for Store {
+    async fn put_schedule(&self, record: &vf::ScheduleRecord) -> Result<()> {
+        vf::store::write_schedule(self.store.as_ref(), record)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<vf::ScheduleRecord>> {
+        let (schedules, failures) = vf::store::list_schedules(self.store.as_ref())
+            .await
+            .map_err(store_error)?;
+        for failure in failures {
+            tracing::warn!(schedule = %failure.name, error = %failure.error, "unreadable schedule record");
+        }
+        Ok(schedules)
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        vf::store::delete_schedule(self.store.as_ref(), name)
+            .await
+            .map_err(store_error)
     }
 }
 
@@ -729,7 +760,12 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         status: Some(status),
         origin: origin as i32,
         unrestorable_reason: String::new(),
-        ..Default::default()
+        labels: record
+            .metadata
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

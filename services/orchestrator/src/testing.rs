@@ -704,12 +704,65 @@ impl RecordStore for FakeStore {
     }
 }
 
+/// The fake schedule store: records by name.
+#[derive(Default)]
+pub struct FakeScheduleStore {
+    pub records: Mutex<BTreeMap<String, stowage_velero_format::ScheduleRecord>>,
+}
+
+#[tonic::async_trait]
+impl crate::schedules::ScheduleStore for FakeScheduleStore {
+    async fn put_schedule(&self, record: &stowage_velero_format::ScheduleRecord) -> Result<()> {
+        lock(&self.records).insert(record.name().to_string(), record.clone());
+        Ok(())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<stowage_velero_format::ScheduleRecord>> {
+        Ok(lock(&self.records).values().cloned().collect())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        lock(&self.records).remove(name);
+        Ok(())
+    }
+}
+
+/// A wall clock that moves with tokio's (paused) time, from 2026-01-01T00:00:00Z.
+pub struct PausedClock {
+    base: chrono::DateTime<chrono::Utc>,
+    start: tokio::time::Instant,
+}
+
+impl PausedClock {
+    pub fn new() -> PausedClock {
+        PausedClock {
+            base: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .expect("a fixed time")
+                .with_timezone(&chrono::Utc),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for PausedClock {
+    fn default() -> Self {
+        PausedClock::new()
+    }
+}
+
+impl crate::schedules::Clock for PausedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.base + chrono::Duration::from_std(self.start.elapsed()).expect("a test's elapsed time")
+    }
+}
+
 /// The four fakes and the deps wired over them.
 pub struct World {
     pub cluster: Arc<FakeCluster>,
     pub repo_manager: Arc<FakeRepoManager>,
     pub agents: Arc<FakeAgents>,
     pub store: Arc<FakeStore>,
+    pub schedule_store: Arc<FakeScheduleStore>,
     pub deps: Deps,
 }
 
@@ -741,6 +794,7 @@ impl World {
             ..Default::default()
         });
         let store = Arc::new(FakeStore::default());
+        let schedule_store = Arc::new(FakeScheduleStore::default());
         let deps = Deps {
             repo_manager: repo_manager.clone(),
             agents: agents.clone(),
@@ -751,6 +805,10 @@ impl World {
             restore_helper: RestoreHelperDefaults {
                 image: "helper".into(),
             },
+            schedules: Arc::new(crate::schedules::Book::new(
+                Some(schedule_store.clone()),
+                Arc::new(PausedClock::new()),
+            )),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         };
@@ -759,6 +817,7 @@ impl World {
             repo_manager,
             agents,
             store,
+            schedule_store,
             deps,
         }
     }
