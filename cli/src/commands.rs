@@ -18,7 +18,7 @@ use crate::{
     view::{self, BackupView, RestoreView},
 };
 
-fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliError> {
+pub fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliError> {
     let text = match format {
         Format::Json => serde_json::to_string_pretty(value)
             .map(|mut text| {
@@ -33,7 +33,7 @@ fn print_structured<T: Serialize>(value: &T, format: Format) -> Result<(), CliEr
     print_text(&text)
 }
 
-fn print_text(text: &str) -> Result<(), CliError> {
+pub fn print_text(text: &str) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -57,6 +57,9 @@ pub async fn run(cli: Cli, typed: Typed) -> Result<ExitCode, CliError> {
         Command::Completion { shell } => completion(shell),
         Command::Backup(command) => backup(&mut connect(&cli.connection).await?, command).await,
         Command::Restore(command) => restore(&mut connect(&cli.connection).await?, command).await,
+        Command::Schedule(command) => {
+            crate::schedules::run(&mut connect(&cli.connection).await?, command).await
+        }
         Command::Repo(command) => repo(&mut connect(&cli.connection).await?, command).await,
         Command::Coverage {
             namespaces,
@@ -182,6 +185,7 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
         BackupCommand::Get {
             name: Some(name),
             output,
+            ..
         } => {
             let backup = BackupView::from(&get_backup(session, &name).await?);
             match output.format {
@@ -193,7 +197,11 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
             }
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Get { name: None, output } => {
+        BackupCommand::Get {
+            name: None,
+            selector,
+            output,
+        } => {
             let call = Call::new("ListBackups", "backups", "", "listing");
             let response = session
                 .client
@@ -201,8 +209,18 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
                 .await
                 .map_err(|status| session.fail(status, &call))?
                 .into_inner();
+            let selector = selector.unwrap_or_default();
             let list = view::BackupListView {
-                backups: response.backups.iter().map(BackupView::from).collect(),
+                backups: response
+                    .backups
+                    .iter()
+                    .map(BackupView::from)
+                    .filter(|backup| {
+                        selector
+                            .iter()
+                            .all(|(key, value)| backup.labels.get(key) == Some(value))
+                    })
+                    .collect(),
             };
             match output.format {
                 Format::Table => {
@@ -277,21 +295,8 @@ fn print_logs(response: &v1::GetLogsResponse, format: Format) -> Result<ExitCode
 async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<ExitCode, CliError> {
     let name = create.name.clone();
     let call = Call::new("CreateBackup", "backup", &name, "creating");
-    let spec = v1::BackupSpec {
-        included_namespaces: create.include_namespaces,
-        excluded_namespaces: create.exclude_namespaces,
-        include_resources: create.include_resources,
-        exclude_resources: create.exclude_resources,
-        label_selector: create
-            .selector
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<HashMap<_, _>>(),
-        default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
-        ttl: create.ttl.map(view::proto_duration),
-        timeout: create.timeout.map(view::proto_duration),
-        ..Default::default()
-    };
+    let mut spec = backup_spec(create.spec);
+    spec.retention = create.keep.policy();
     let created = session
         .client
         .create_backup(v1::CreateBackupRequest {
@@ -302,6 +307,25 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         .map_err(|status| session.fail(status, &call))?
         .into_inner();
     after_create(session, created, name, create.wait, create.output).await
+}
+
+/// The spec the backup flags give (`backup create` and `schedule create`).
+pub fn backup_spec(args: crate::BackupSpecArgs) -> v1::BackupSpec {
+    v1::BackupSpec {
+        included_namespaces: args.include_namespaces,
+        excluded_namespaces: args.exclude_namespaces,
+        include_resources: args.include_resources,
+        exclude_resources: args.exclude_resources,
+        label_selector: args
+            .selector
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<HashMap<_, _>>(),
+        default_volumes_to_fs_backup: args.default_volumes_to_fs_backup,
+        ttl: args.ttl.map(view::proto_duration),
+        timeout: args.timeout.map(view::proto_duration),
+        ..Default::default()
+    }
 }
 
 /// What the create-and-wait flow needs to know of a backup or a restore.

@@ -9,6 +9,7 @@ mod error;
 mod follow;
 mod parse;
 mod render;
+mod schedules;
 mod session;
 mod table;
 mod view;
@@ -42,6 +43,9 @@ enum Command {
     /// Create, list, inspect, cancel and delete backups.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Backups made on a cron expression, with a keep policy.
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
     /// Restore pod volumes from a backup, and follow restores.
     #[command(subcommand)]
     Restore(RestoreCommand),
@@ -164,6 +168,10 @@ enum BackupCommand {
     /// List backups, or show one.
     Get {
         name: Option<String>,
+        /// List only backups with these labels: `key=value[,key=value]`, e.g.
+        /// `velero.io/schedule-name=nightly` for a schedule's backups.
+        #[arg(long, short = 'l', value_parser = parse::parse_selector)]
+        selector: Option<std::collections::BTreeMap<String, String>>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -192,6 +200,22 @@ enum BackupCommand {
 pub struct BackupCreate {
     /// Backup name: a DNS-1123 subdomain, unique among backups.
     pub name: String,
+    #[command(flatten)]
+    pub spec: BackupSpecArgs,
+    #[command(flatten)]
+    pub keep: schedules::KeepArgs,
+    /// Follow the backup with a progress display until it ends; exit non-zero unless it
+    /// ends Completed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the created (or, with --wait, the finished) backup as yaml or json instead of a sentence.
+    #[arg(short = 'o', long = "output", env = "STOWAGE_OUTPUT")]
+    pub output: Option<Format>,
+}
+
+/// What a backup takes: the flags of `backup create`, which `schedule create` takes too.
+#[derive(Debug, Args)]
+pub struct BackupSpecArgs {
     /// Namespaces to include (comma-separated); all when not given.
     #[arg(long, value_delimiter = ',')]
     pub include_namespaces: Vec<String>,
@@ -219,13 +243,6 @@ pub struct BackupCreate {
     /// How long volumes may run before they are failed, e.g. 4h; the server default when not given.
     #[arg(long, value_parser = parse::parse_duration)]
     pub timeout: Option<std::time::Duration>,
-    /// Follow the backup with a progress display until it ends; exit non-zero unless it
-    /// ends Completed.
-    #[arg(long)]
-    pub wait: bool,
-    /// Print the created (or, with --wait, the finished) backup as yaml or json instead of a sentence.
-    #[arg(short = 'o', long = "output", env = "STOWAGE_OUTPUT")]
-    pub output: Option<Format>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,9 +375,12 @@ mod tests {
         let Command::Backup(BackupCommand::Create(create)) = cli.command else {
             panic!("parsed as {:?}", cli.command);
         };
-        assert_eq!(create.include_namespaces, ["a", "b"]);
-        assert_eq!(create.ttl, Some(std::time::Duration::from_secs(720 * 3600)));
-        assert_eq!(create.selector.unwrap()["app"], "db");
+        assert_eq!(create.spec.include_namespaces, ["a", "b"]);
+        assert_eq!(
+            create.spec.ttl,
+            Some(std::time::Duration::from_secs(720 * 3600))
+        );
+        assert_eq!(create.spec.selector.unwrap()["app"], "db");
         assert!(create.wait);
     }
 

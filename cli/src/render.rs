@@ -188,6 +188,11 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
     let _ = writeln!(out, "Name:         {}", backup.name);
     let _ = writeln!(out, "UID:          {}", backup.uid);
     let _ = writeln!(out, "Origin:       {}", backup.origin);
+    let _ = writeln!(
+        out,
+        "Labels:       {}",
+        crate::schedules::labels_text(&backup.labels)
+    );
     let _ = writeln!(out, "Phase:        {}", status.phase);
     if !status.failure_reason.is_empty() {
         let _ = writeln!(out, "Failure:      {}", status.failure_reason);
@@ -742,6 +747,7 @@ mod tests {
             uid: "u-1".into(),
             origin: "Stowage".into(),
             unrestorable_reason: String::new(),
+            labels: Default::default(),
             spec: BackupSpecView {
                 included_namespaces: vec!["foo".into()],
                 excluded_namespaces: vec![],

@@ -433,6 +433,9 @@ pub struct BackupView {
     pub origin: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unrestorable_reason: String,
+    /// Velero's backup labels, e.g. `velero.io/schedule-name` on a schedule's backups.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub spec: BackupSpecView,
     pub status: BackupStatusView,
 }
@@ -444,6 +447,7 @@ impl From<&v1::Backup> for BackupView {
             uid: backup.uid.clone(),
             origin: backup_origin(backup.origin),
             unrestorable_reason: backup.unrestorable_reason.clone(),
+            labels: sorted(&backup.labels),
             spec: (&backup.spec).into(),
             status: (&backup.status).into(),
         }
