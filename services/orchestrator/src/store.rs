@@ -1105,6 +1105,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn backup_labels_are_kept_in_velero_s_record() {
+        let bucket = Arc::new(InMemory::new());
+        let store = Store::new(bucket.clone(), "stowage".into());
+        let mut backup = sample();
+        backup.labels = [("velero.io/schedule-name".to_string(), "nightly".to_string())].into();
+        store.save_backup(&backup, &[], None).await.unwrap();
+        let record = vf::read_backup_record(bucket.as_ref(), "nightly")
+            .await
+            .unwrap();
+        assert_eq!(record.metadata.labels["velero.io/schedule-name"], "nightly");
+        let loaded = store.load_backups().await.unwrap();
+        assert_eq!(loaded[0].0.labels, backup.labels);
+    }
+
+    #[tokio::test]
     async fn a_saved_backup_loads_back_the_same() {
         let store = Store::new(Arc::new(InMemory::new()), "stowage".into());
         let backup = sample();

@@ -497,6 +497,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_backup_made_by_hand_applies_its_keep_policy_to_earlier_hand_made_ones() {
+        let world = world();
+        world
+            .cluster
+            .add_pod(pod("blog", "web-0", "node-a", &["html"]));
+        let by_hand = |name: &str, namespace: &str, keep_last: u32| CreateBackupRequest {
+            name: name.into(),
+            spec: Some(BackupSpec {
+                included_namespaces: vec![namespace.into()],
+                retention: (keep_last > 0).then(|| RetentionPolicy {
+                    keep_last,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        for request in [
+            by_hand("shop-1", "shop", 0),
+            by_hand("blog-1", "blog", 0),
+            by_hand("shop-2", "shop", 0),
+            by_hand("shop-3", "shop", 2),
+        ] {
+            crate::backup::create(&world.deps, request).await.unwrap();
+            world.settle().await;
+        }
+        // keep-last=2 over shop's own hand-made backups; blog's is another application's.
+        assert_eq!(backup_names(&world), ["blog-1", "shop-2", "shop-3"]);
+        assert_eq!(world.repo_manager.count("forget"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn bad_requests_are_refused_naming_what_is_wrong() {
         let world = world();
         let refused = |result: crate::error::Result<Schedule>| result.unwrap_err();
