@@ -85,7 +85,9 @@ fn entries(backup: &Backup) -> Vec<Entry> {
         .as_ref()
         .and_then(to_chrono)
         .unwrap_or(DateTime::UNIX_EPOCH);
-    let finished = backup_is_final(status.phase);
+    // A backup left Deleting by a deletion that failed is judged again, so the deletion is
+    // retried.
+    let finished = backup_is_final(status.phase) || status.phase == BackupPhase::Deleting as i32;
     let outcome_of = |phase: i32| {
         if !finished {
             Outcome::InProgress
@@ -341,6 +343,13 @@ mod tests {
         let newest = labelled(backup("n-4", 4, &["id"], ok), "n");
         // keep-last=1: n-3 goes; the newest failed one (n-2) stays, n-1 goes.
         assert_eq!(deleted(plan(&keep_last(1), &newest, &all)), ["n-1", "n-3"]);
+        // A backup whose deletion failed (left Deleting) is deleted again.
+        let mut half_deleted = labelled(backup("n-2", 2, &["id"], ok), "n");
+        half_deleted.status.as_mut().unwrap().phase = BackupPhase::Deleting as i32;
+        assert_eq!(
+            deleted(plan(&keep_last(1), &newest, &[half_deleted])),
+            ["n-2"]
+        );
         // A backup still running is never deleted.
         let mut running = labelled(backup("n-0", 0, &["id"], ok), "n");
         running.status.as_mut().unwrap().phase = BackupPhase::InProgress as i32;
