@@ -277,7 +277,12 @@ fn print_logs(response: &v1::GetLogsResponse, format: Format) -> Result<ExitCode
 async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<ExitCode, CliError> {
     let name = create.name.clone();
     let call = Call::new("CreateBackup", "backup", &name, "creating");
+    let hooks = match &create.hooks_file {
+        Some(path) => crate::hooks_file::read(path).map_err(CliError::Usage)?,
+        None => Vec::new(),
+    };
     let spec = v1::BackupSpec {
+        hooks,
         included_namespaces: create.include_namespaces,
         excluded_namespaces: create.exclude_namespaces,
         include_resources: create.include_resources,
