@@ -295,7 +295,7 @@ fn print_logs(response: &v1::GetLogsResponse, format: Format) -> Result<ExitCode
 async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<ExitCode, CliError> {
     let name = create.name.clone();
     let call = Call::new("CreateBackup", "backup", &name, "creating");
-    let mut spec = backup_spec(create.spec);
+    let mut spec = backup_spec(create.spec)?;
     spec.retention = create.keep.policy();
     let created = session
         .client
@@ -310,8 +310,15 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
 }
 
 /// The spec the backup flags give (`backup create` and `schedule create`).
-pub fn backup_spec(args: crate::BackupSpecArgs) -> v1::BackupSpec {
-    v1::BackupSpec {
+/// The backup spec of `backup create`'s and `schedule create`'s flags; fails on a hooks file
+/// that cannot be read.
+pub fn backup_spec(args: crate::BackupSpecArgs) -> Result<v1::BackupSpec, CliError> {
+    let hooks = match &args.hooks_file {
+        Some(path) => crate::hooks_file::read(path).map_err(CliError::Usage)?,
+        None => Vec::new(),
+    };
+    Ok(v1::BackupSpec {
+        hooks,
         included_namespaces: args.include_namespaces,
         excluded_namespaces: args.exclude_namespaces,
         include_resources: args.include_resources,
@@ -325,7 +332,7 @@ pub fn backup_spec(args: crate::BackupSpecArgs) -> v1::BackupSpec {
         ttl: args.ttl.map(view::proto_duration),
         timeout: args.timeout.map(view::proto_duration),
         ..Default::default()
-    }
+    })
 }
 
 /// What the create-and-wait flow needs to know of a backup or a restore.

@@ -7,6 +7,7 @@ mod config;
 mod connection;
 mod error;
 mod follow;
+mod hooks_file;
 mod parse;
 mod render;
 mod schedules;
@@ -243,6 +244,11 @@ pub struct BackupSpecArgs {
     /// How long volumes may run before they are failed, e.g. 4h; the server default when not given.
     #[arg(long, value_parser = parse::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// Exec hooks for the pods the backup selects by namespace and labels: a YAML file
+    /// holding Velero's Backup `spec.hooks` (its `resources:` list). A pod's own hook
+    /// annotations win over these, phase by phase.
+    #[arg(long, value_name = "FILE")]
+    pub hooks_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,8 +9,9 @@ use crate::{
     config::Config,
     table::{expires_in, human_bytes, human_seconds, list_or_none, render_table},
     view::{
-        BackupView, CoverageView, LogLineView, MaintenanceResultView, MaintenanceView,
-        ProgressView, RepositoryView, RestoreView, SkippedVolumeView, TotalsKnown,
+        BackupView, CoverageView, HookResultView, LogLineView, MaintenanceResultView,
+        MaintenanceView, ProgressView, RepositoryView, RestoreView, SkippedVolumeView, TotalsKnown,
+        VolumeRefView,
     },
 };
 
@@ -132,6 +133,52 @@ fn run_duration(out: &mut String, started: &Option<String>, finished: &Option<St
             "Duration:     {}",
             human_seconds((end - start).num_milliseconds() as f64 / 1000.0)
         );
+    }
+}
+
+/// The `Hooks:` section of a `describe --details`: each pod's hook runs once (every volume of
+/// the pod carries them), how each ended, and its output as the server kept it.
+fn hook_lines<'a>(
+    out: &mut String,
+    volumes: impl Iterator<Item = (&'a VolumeRefView, &'a [HookResultView])>,
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut lines = String::new();
+    for (volume, hooks) in volumes {
+        if hooks.is_empty() || !seen.insert((volume.namespace.clone(), volume.pod.clone())) {
+            continue;
+        }
+        for hook in hooks {
+            let ended = if hook.succeeded {
+                "succeeded".to_string()
+            } else if hook.exit_code >= 0 {
+                format!("failed (exit code {})", hook.exit_code)
+            } else {
+                "failed".to_string()
+            };
+            let _ = writeln!(
+                lines,
+                "  {}/{} {} {:?} in {}: {ended}",
+                volume.namespace, volume.pod, hook.phase, hook.command, hook.container
+            );
+            for (name, text) in [
+                ("error", &hook.error),
+                ("stdout", &hook.stdout),
+                ("stderr", &hook.stderr),
+            ] {
+                let text = text.trim_end();
+                // A run that succeeded has no error to show.
+                let shown = !text.is_empty() && (name != "error" || !hook.succeeded);
+                if shown {
+                    let _ = writeln!(lines, "    {name}: {}", text.replace('\n', "\n      "));
+                }
+            }
+        }
+    }
+    if !lines.is_empty() {
+        out.push('\n');
+        let _ = writeln!(out, "Hooks:");
+        out.push_str(&lines);
     }
 }
 
@@ -348,6 +395,15 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
                 .map(|volume| (volume.phase.as_str(), volume.volume.path())),
         );
     }
+    if details {
+        hook_lines(
+            &mut out,
+            status
+                .volumes
+                .iter()
+                .map(|volume| (&volume.volume, volume.hooks.as_slice())),
+        );
+    }
     if !status.skipped.is_empty() {
         out.push('\n');
         let _ = writeln!(out, "Skipped volumes:");
@@ -476,6 +532,13 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
                 "ERROR",
             ],
             &rows,
+        );
+        hook_lines(
+            &mut out,
+            status
+                .volumes
+                .iter()
+                .map(|volume| (&volume.volume, volume.hooks.as_slice())),
         );
     } else {
         out.push('\n');
@@ -738,6 +801,7 @@ mod tests {
             started: Some("2026-11-24T10:00:00Z".into()),
             finished: Some("2026-11-24T10:03:20Z".into()),
             error_message: error.into(),
+            hooks: Vec::new(),
         }
     }
 
@@ -990,6 +1054,7 @@ mod tests {
             finished: None,
             error_message: String::new(),
             repository: "/loc/restic/foo".into(),
+            hooks: Vec::new(),
         };
         RestoreView {
             name: "demo-restore".into(),
@@ -1193,5 +1258,45 @@ mod tests {
                 "foo         raw       BlockMode      vm       data     <none>",
             ]
         );
+    }
+
+    #[test]
+    fn describe_details_shows_each_pods_hook_runs_once() {
+        let hook = |phase: &str, succeeded: bool, exit_code: i32, stderr: &str| HookResultView {
+            phase: phase.into(),
+            container: "app".into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "pg_dump".into()],
+            succeeded,
+            exit_code,
+            stdout: if succeeded {
+                "dumped\n".into()
+            } else {
+                String::new()
+            },
+            stderr: stderr.into(),
+            error: if succeeded {
+                String::new()
+            } else {
+                "post-backup hook exited with code 3".into()
+            },
+            started: None,
+            finished: None,
+        };
+        let mut backup = backup();
+        for volume in &mut backup.status.volumes {
+            volume.hooks = vec![
+                hook("pre", true, 0, ""),
+                hook("post", false, 3, "thaw failed\nno lock"),
+            ];
+        }
+        let text = describe_backup(&backup, true);
+        assert_eq!(text.matches("foo/sample pre").count(), 1, "{text}");
+        assert!(
+            text.contains(
+                "Hooks:\n  foo/sample pre [\"/bin/sh\", \"-c\", \"pg_dump\"] in app: succeeded\n    stdout: dumped\n  foo/sample post [\"/bin/sh\", \"-c\", \"pg_dump\"] in app: failed (exit code 3)\n    error: post-backup hook exited with code 3\n    stderr: thaw failed\n      no lock\n"
+            ),
+            "{text}"
+        );
+        assert!(!describe_backup(&backup, false).contains("Hooks:"));
     }
 }

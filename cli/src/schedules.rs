@@ -305,7 +305,7 @@ pub async fn run(session: &mut Session, command: ScheduleCommand) -> Result<Exit
             let create = *create;
             let name = create.name.clone();
             let call = Call::new("CreateSchedule", "schedule", &name, "creating");
-            let mut template = backup_spec(create.spec);
+            let mut template = backup_spec(create.spec)?;
             template.retention = create.keep.policy();
             let schedule = session
                 .client
@@ -472,7 +472,7 @@ mod tests {
             policy_text(&Some(policy)),
             "keep-last=2 keep-daily=7 keep-failed=1"
         );
-        let spec = backup_spec(create.spec);
+        let spec = backup_spec(create.spec).unwrap();
         assert_eq!(spec.ttl.unwrap().seconds, 72 * 3600);
     }
 

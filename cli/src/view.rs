@@ -341,6 +341,43 @@ pub struct PodVolumeBackupView {
     pub started: Option<String>,
     pub finished: Option<String>,
     pub error_message: String,
+    /// The pod's backup hooks that ran around this volume.
+    pub hooks: Vec<HookResultView>,
+}
+
+/// What one exec hook did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HookResultView {
+    /// `pre`, `post` or `post-restore`.
+    pub phase: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub succeeded: bool,
+    /// -1 when the command did not run to an exit code.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub error: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+}
+
+impl From<&v1::HookResult> for HookResultView {
+    fn from(hook: &v1::HookResult) -> Self {
+        HookResultView {
+            phase: hook.phase.clone(),
+            container: hook.container.clone(),
+            command: hook.command.clone(),
+            succeeded: hook.succeeded,
+            exit_code: hook.exit_code,
+            stdout: hook.stdout.clone(),
+            stderr: hook.stderr.clone(),
+            error: hook.error.clone(),
+            started: rfc3339(&hook.started),
+            finished: rfc3339(&hook.finished),
+        }
+    }
 }
 
 impl From<&v1::PodVolumeBackup> for PodVolumeBackupView {
@@ -362,6 +399,7 @@ impl From<&v1::PodVolumeBackup> for PodVolumeBackupView {
             started: rfc3339(&volume.started),
             finished: rfc3339(&volume.finished),
             error_message: readable_error(&volume.error_message),
+            hooks: volume.hooks.iter().map(Into::into).collect(),
         }
     }
 }
@@ -493,6 +531,8 @@ pub struct PodVolumeRestoreView {
     pub error_message: String,
     /// restic URL of the repository the snapshot was restored from.
     pub repository: String,
+    /// The restore hooks that ran for this volume's pod.
+    pub hooks: Vec<HookResultView>,
 }
 
 impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
@@ -508,6 +548,7 @@ impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
             finished: rfc3339(&volume.finished),
             error_message: readable_error(&volume.error_message),
             repository: volume.repository.clone(),
+            hooks: volume.hooks.iter().map(Into::into).collect(),
         }
     }
 }

@@ -49,7 +49,7 @@ async fn annotated_hooks_run_in_the_pod_through_pods_exec() {
     let exec = KubePodExec::new(client.clone());
     let cancel = CancellationToken::new();
 
-    let pre = hooks.pre.expect("a pre hook");
+    let pre = hooks.pre.first().cloned().expect("a pre hook");
     let pre_target = target(&pod, &pre).unwrap();
     assert_eq!(pre_target.container, "postgres");
     let run = run_hook(&exec, pre_target, &pre, DEFAULT_OUTPUT_LIMIT, &cancel).await;
@@ -63,7 +63,7 @@ async fn annotated_hooks_run_in_the_pod_through_pods_exec() {
 
     // No container named: the pod's first, as in Velero; the failure carries exit code and
     // stderr, and Velero's default on-error (Fail) fails the pod's volumes.
-    let post = hooks.post.expect("a post hook");
+    let post = hooks.post.first().cloned().expect("a post hook");
     let post_target = target(&pod, &post).unwrap();
     assert_eq!(post_target.container, "metrics");
     let run = run_hook(&exec, post_target, &post, DEFAULT_OUTPUT_LIMIT, &cancel).await;

@@ -152,6 +152,34 @@ pub struct PodVolumeBackupStatus {
     pub start_timestamp: Option<Time>,
     #[serde(default)]
     pub completion_timestamp: Option<Time>,
+    /// The pod's backup hooks that ran around this volume, in order (a stowage addition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookStatus>,
+}
+
+/// What one exec hook did (`status.hooks[]`): a pod's pre or post backup hook, or a restored
+/// pod's post-restore hook.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    /// `pre`, `post` or `post-restore`.
+    pub phase: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub succeeded: bool,
+    /// -1 when the command did not run to an exit code.
+    pub exit_code: i32,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Why it failed; empty when it succeeded.
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub start_timestamp: Option<Time>,
+    #[serde(default)]
+    pub completion_timestamp: Option<Time>,
 }
 
 /// One pod volume restored with restic as part of a restore.
@@ -217,6 +245,9 @@ pub struct PodVolumeRestoreStatus {
     pub start_timestamp: Option<Time>,
     #[serde(default)]
     pub completion_timestamp: Option<Time>,
+    /// The restore hooks that ran for this volume's pod (a stowage addition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookStatus>,
 }
 
 /// The restic repository of one namespace.

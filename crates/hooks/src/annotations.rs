@@ -78,11 +78,18 @@ pub struct ExecHook {
     pub wait_for_ready: bool,
 }
 
-/// The backup hooks a pod's annotations declare.
+/// A pod's backup hooks, run in order: at most one each from its annotations, or any number
+/// from the backup spec's hooks that select the pod ([`crate::spec`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackupHooks {
-    pub pre: Option<ExecHook>,
-    pub post: Option<ExecHook>,
+    pub pre: Vec<ExecHook>,
+    pub post: Vec<ExecHook>,
+}
+
+impl BackupHooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre.is_empty() && self.post.is_empty()
+    }
 }
 
 /// An init container added to a restored pod after the restore helper
@@ -179,7 +186,10 @@ pub fn backup_hooks(
         None => exec_hook(annotations, HookPhase::PreBackup, "legacy")?,
     };
     let post = exec_hook(annotations, HookPhase::PostBackup, "")?;
-    Ok(BackupHooks { pre, post })
+    Ok(BackupHooks {
+        pre: pre.into_iter().collect(),
+        post: post.into_iter().collect(),
+    })
 }
 
 /// The post-restore exec hook of a pod with `annotations`, if it declares one. Its on-error
@@ -188,6 +198,14 @@ pub fn restore_exec_hook(
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<ExecHook>, AnnotationError> {
     exec_hook(annotations, HookPhase::PostRestore, "")
+}
+
+/// Whether `annotations` declare a post-restore exec hook (its command annotation is set),
+/// readable or not: one that cannot be read is still the pod's hook, refused when it is due.
+pub fn declares_restore_exec_hook(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(&format!("{}command", HookPhase::PostRestore.prefix()))
+        .is_some_and(|command| !command.trim().is_empty())
 }
 
 /// The init-container restore hook of a pod with `annotations`, if it declares one (by
@@ -270,7 +288,19 @@ fn parse_on_error(annotation: &str, value: &str) -> Result<OnError, AnnotationEr
 
 /// A DNS-1123 label, as the API server requires of container names.
 fn validate_container_name(annotation: &str, value: &str) -> Result<(), AnnotationError> {
-    let reason = if value.len() > 63 {
+    match container_name_problem(value) {
+        Some(reason) => Err(AnnotationError::InvalidContainerName {
+            annotation: annotation.to_string(),
+            value: value.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why `value` is not a container name (a DNS-1123 label), if it is not.
+pub(crate) fn container_name_problem(value: &str) -> Option<&'static str> {
+    if value.len() > 63 {
         Some("longer than 63 characters")
     } else if !value
         .chars()
@@ -281,14 +311,6 @@ fn validate_container_name(annotation: &str, value: &str) -> Result<(), Annotati
         Some("must start and end with a letter or digit")
     } else {
         None
-    };
-    match reason {
-        Some(reason) => Err(AnnotationError::InvalidContainerName {
-            annotation: annotation.to_string(),
-            value: value.to_string(),
-            reason,
-        }),
-        None => Ok(()),
     }
 }
 
@@ -399,13 +421,13 @@ mod tests {
             ("post.hook.backup.velero.io/timeout", "1m30s"),
         ]))
         .unwrap();
-        let pre = hooks.pre.unwrap();
+        let pre = hooks.pre[0].clone();
         assert_eq!(pre.phase, HookPhase::PreBackup);
         assert_eq!(pre.command, ["/bin/sh", "-c", "pg_dump > /data/dump.sql"]);
         assert_eq!(pre.container, None);
         assert_eq!(pre.on_error, OnError::Fail);
         assert_eq!(pre.timeout, Duration::from_secs(30));
-        let post = hooks.post.unwrap();
+        let post = hooks.post[0].clone();
         assert_eq!(post.command, ["/bin/unfreeze"]);
         assert_eq!(post.container.as_deref(), Some("db"));
         assert_eq!(post.on_error, OnError::Continue);
@@ -419,10 +441,7 @@ mod tests {
             "/usr/bin/fsfreeze --freeze /data",
         )]))
         .unwrap();
-        assert_eq!(
-            hooks.pre.unwrap().command,
-            ["/usr/bin/fsfreeze --freeze /data"]
-        );
+        assert_eq!(hooks.pre[0].command, ["/usr/bin/fsfreeze --freeze /data"]);
     }
 
     #[test]
@@ -431,14 +450,14 @@ mod tests {
             ("hook.backup.velero.io/command", "legacy"),
             ("hook.backup.velero.io/on-error", "Continue"),
         ]);
-        let pre = backup_hooks(&legacy).unwrap().pre.unwrap();
+        let pre = backup_hooks(&legacy).unwrap().pre.remove(0);
         assert_eq!(pre.command, ["legacy"]);
         assert_eq!(pre.on_error, OnError::Continue);
         assert_eq!(pre.phase, HookPhase::PreBackup);
 
         let mut both = legacy.clone();
         both.insert("pre.hook.backup.velero.io/command".into(), "new".into());
-        let pre = backup_hooks(&both).unwrap().pre.unwrap();
+        let pre = backup_hooks(&both).unwrap().pre.remove(0);
         assert_eq!(pre.command, ["new"]);
         assert_eq!(
             pre.on_error,

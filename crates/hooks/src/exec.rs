@@ -3,7 +3,11 @@
 //! the container is behind [`PodExec`], so this logic is tested with a fake and the Kubernetes
 //! API is one adapter ([`crate::KubePodExec`]).
 
-use std::{fmt, future::Future, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    time::{Duration, SystemTime},
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use thiserror::Error;
@@ -208,6 +212,9 @@ pub enum HookResult {
     Cancelled,
     /// It could not be run.
     Error(ExecError),
+    /// A post-restore hook that never started: its container did not come up in time, the
+    /// pod ended or went away, or it names a container the pod lacks.
+    NotStarted(String),
 }
 
 /// A finished hook run: what the backup's log and the PodVolumeBackup records say about it.
@@ -220,11 +227,23 @@ pub struct HookRun {
     pub result: HookResult,
     pub stdout: String,
     pub stderr: String,
+    /// When the run began and ended (wall clock, for the records).
+    pub started: SystemTime,
+    pub finished: SystemTime,
 }
 
 impl HookRun {
     pub fn succeeded(&self) -> bool {
         self.result == HookResult::Succeeded
+    }
+
+    /// The command's exit code; None when it did not run to one (timeout, cancel, refusal).
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.result {
+            HookResult::Succeeded => Some(0),
+            HookResult::Exited(code) => Some(code),
+            _ => None,
+        }
     }
 
     /// Whether the pod's volumes fail for this run: it did not succeed and its on-error is
@@ -251,6 +270,7 @@ impl HookRun {
             }
             HookResult::Cancelled => "was cancelled".to_string(),
             HookResult::Error(error) => format!("could not run: {error}"),
+            HookResult::NotStarted(why) => format!("was not run: {why}"),
         };
         let mut reason = format!(
             "{} {:?} in {} {what}",
@@ -294,6 +314,7 @@ pub async fn run_hook<E: PodExec>(
     );
     async move {
         let mut output = Output::new(output_limit);
+        let started = SystemTime::now();
         let result = if cancel.is_cancelled() {
             HookResult::Cancelled
         } else {
@@ -318,6 +339,8 @@ pub async fn run_hook<E: PodExec>(
             result,
             stdout: output.stdout.text(),
             stderr: output.stderr.text(),
+            started,
+            finished: SystemTime::now(),
         };
         if run.succeeded() {
             tracing::info!("hook succeeded");

@@ -16,39 +16,67 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    annotations::BackupHooks,
-    exec::{HookRun, PodExec, TargetError, run_hook, target},
+    annotations::{BackupHooks, ExecHook},
+    exec::{ExecTarget, HookRun, PodExec, TargetError, run_hook, target},
 };
 
 /// What happened around one pod's volumes.
 #[derive(Debug)]
 pub struct HookedBackup<T> {
-    pub pre: Option<HookRun>,
-    /// The volumes' result; None when the pre hook failed the pod.
+    /// The pre hooks that ran, in order; the last one failed the pod when any did.
+    pub pre: Vec<HookRun>,
+    /// The volumes' result; None when a pre hook failed the pod.
     pub volumes: Option<T>,
-    pub post: Option<HookRun>,
+    pub post: Vec<HookRun>,
 }
 
 impl<T> HookedBackup<T> {
-    /// Why the pod's volumes fail because of a hook, if they do: the pre hook's failure (its
-    /// volumes were not backed up) or the post hook's (with on-error Fail).
+    /// Why the pod's volumes fail because of a hook, if they do: a pre hook's failure (its
+    /// volumes were not backed up) or a post hook's (with on-error Fail).
     pub fn failure(&self) -> Option<String> {
-        [&self.pre, &self.post]
-            .into_iter()
-            .flatten()
-            .find(|run| run.fails_pod())
-            .map(HookRun::reason)
+        self.runs().find(|run| run.fails_pod()).map(HookRun::reason)
     }
 
-    /// The runs that happened, pre first, for the backup's log.
+    /// The runs that happened, pre hooks first, for the backup's log and records.
     pub fn runs(&self) -> impl Iterator<Item = &HookRun> {
-        [&self.pre, &self.post].into_iter().flatten()
+        self.pre.iter().chain(&self.post)
     }
 }
 
+/// Each hook with the container it runs in.
+fn targets<'h>(
+    pod: &Pod,
+    hooks: &'h [ExecHook],
+) -> Result<Vec<(&'h ExecHook, ExecTarget)>, TargetError> {
+    hooks
+        .iter()
+        .map(|hook| Ok((hook, target(pod, hook)?)))
+        .collect()
+}
+
+/// Runs `hooks` one after the other in their containers, stopping after the first run that
+/// fails the pod (Velero stops a phase's hooks at the first error of a Fail hook).
+async fn run_in_order<E: PodExec>(
+    exec: &E,
+    hooks: Vec<(&ExecHook, ExecTarget)>,
+    output_limit: usize,
+    cancel: &CancellationToken,
+) -> Vec<HookRun> {
+    let mut runs = Vec::new();
+    for (hook, target) in hooks {
+        let run = run_hook(exec, target, hook, output_limit, cancel).await;
+        let stop = run.fails_pod();
+        runs.push(run);
+        if stop {
+            break;
+        }
+    }
+    runs
+}
+
 /// Runs `hooks` of `pod` around `volumes` (the backup of all of the pod's volumes), as the
-/// module comment says. `cancel` is the backup's: it stops the pre hook and is for `volumes`
-/// to honour; the post hook does not see it.
+/// module comment says. `cancel` is the backup's: it stops the pre hooks and is for `volumes`
+/// to honour; the post hooks do not see it.
 pub async fn around_pod_volumes<E, F, T>(
     exec: &E,
     pod: &Pod,
@@ -61,33 +89,19 @@ where
     E: PodExec,
     F: Future<Output = T>,
 {
-    let pre = match &hooks.pre {
-        Some(hook) => Some((hook, target(pod, hook)?)),
-        None => None,
-    };
-    let post = match &hooks.post {
-        Some(hook) => Some((hook, target(pod, hook)?)),
-        None => None,
-    };
-    let pre = match pre {
-        Some((hook, target)) => Some(run_hook(exec, target, hook, output_limit, cancel).await),
-        None => None,
-    };
-    if pre.as_ref().is_some_and(HookRun::fails_pod) {
+    let pre = targets(pod, &hooks.pre)?;
+    let post = targets(pod, &hooks.post)?;
+    let pre = run_in_order(exec, pre, output_limit, cancel).await;
+    if pre.iter().any(HookRun::fails_pod) {
         return Ok(HookedBackup {
             pre,
             volumes: None,
-            post: None,
+            post: Vec::new(),
         });
     }
     let volumes = volumes.await;
-    let post = match post {
-        // Not the backup's token: the post hook undoes what the pre hook did.
-        Some((hook, target)) => {
-            Some(run_hook(exec, target, hook, output_limit, &CancellationToken::new()).await)
-        }
-        None => None,
-    };
+    // Not the backup's token: the post hooks undo what the pre hooks did.
+    let post = run_in_order(exec, post, output_limit, &CancellationToken::new()).await;
     Ok(HookedBackup {
         pre,
         volumes: Some(volumes),
@@ -196,8 +210,14 @@ mod tests {
 
     fn hooks(pre: Option<(&str, OnError)>, post: Option<(&str, OnError)>) -> BackupHooks {
         BackupHooks {
-            pre: pre.map(|(command, on_error)| hook(HookPhase::PreBackup, command, on_error)),
-            post: post.map(|(command, on_error)| hook(HookPhase::PostBackup, command, on_error)),
+            pre: pre
+                .map(|(command, on_error)| hook(HookPhase::PreBackup, command, on_error))
+                .into_iter()
+                .collect(),
+            post: post
+                .map(|(command, on_error)| hook(HookPhase::PostBackup, command, on_error))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -244,7 +264,7 @@ mod tests {
         .unwrap();
         assert_eq!(*exec.events.lock().unwrap(), ["fail in db"]);
         assert_eq!(outcome.volumes, None);
-        assert!(outcome.post.is_none());
+        assert!(outcome.post.is_empty());
         assert_eq!(
             outcome.failure().as_deref(),
             Some(r#"pre-backup hook ["fail"] in shop/db-0 container db exited with code 1: boom"#)
@@ -273,7 +293,7 @@ mod tests {
         );
         assert_eq!(outcome.failure(), None);
         assert_eq!(
-            outcome.pre.as_ref().map(|run| run.result.clone()),
+            outcome.pre.first().map(|run| run.result.clone()),
             Some(HookResult::Exited(1)),
             "the failure is still recorded for the log"
         );
@@ -331,7 +351,7 @@ mod tests {
             ["ok in db", "volumes", "ok in db"]
         );
         assert_eq!(
-            outcome.post.map(|run| run.result),
+            outcome.post.first().map(|run| run.result.clone()),
             Some(HookResult::Succeeded)
         );
     }
@@ -422,9 +442,7 @@ mod tests {
     async fn an_unknown_container_fails_before_anything_runs() {
         let exec = ScriptedExec::default();
         let mut bad = hooks(Some(("ok", OnError::Fail)), Some(("ok", OnError::Fail)));
-        if let Some(post) = bad.post.as_mut() {
-            post.container = Some("sidecar".into());
-        }
+        bad.post[0].container = Some("sidecar".into());
         let error = around_pod_volumes(
             &exec,
             &pod(),

@@ -49,8 +49,8 @@ pub use store::{
     write_stowage_info,
 };
 pub use stowage::{
-    KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume, StowageBackupInfo,
-    VolumeRecord,
+    HookRecord, KeyReference, NamespaceRepository, Origin, ProgressSample, SkippedVolume,
+    StowageBackupInfo, VolumeRecord,
 };
 
 pub use volumes::{BackedUpVolume, annotated_backup_volumes, claim_of_pod_volume};

@@ -173,6 +173,13 @@ pub struct RestoreVolumeRecord {
     /// restic URL of the repository the snapshot is restored from (no credentials).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub repository: String,
+    /// The restore hooks that ran for this volume's pod.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hooks: Vec<crate::stowage::HookRecord>,
     #[serde(flatten)]
     pub extra: Extra,
 }

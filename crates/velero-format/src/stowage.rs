@@ -138,8 +138,41 @@ pub struct VolumeRecord {
     /// Progress samples, oldest first (kept sparse by the writer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub progress: Vec<ProgressSample>,
+    /// The pod's backup hooks that ran around this volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// What one exec hook did (a pod's backup hook, or a restored pod's post-restore hook), as
+/// the records and the PodVolumeBackup/PodVolumeRestore objects' `status.hooks` spell it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRecord {
+    /// `pre`, `post` (backup) or `post-restore`.
+    pub phase: String,
+    #[serde(default)]
+    pub container: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub succeeded: bool,
+    /// -1 when the command did not run to an exit code.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// Output as kept (truncated in the middle when long).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    /// Why it failed; empty when it succeeded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
 }
 
 /// One point of a volume's progress history.

@@ -128,6 +128,7 @@ pub fn validate_spec(spec: &stowage_proto::v1::BackupSpec) -> Result<()> {
     validate_duration("ttl", spec.ttl.as_ref())?;
     validate_duration("timeout", spec.timeout.as_ref())?;
     crate::resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
+    crate::hooks::spec_hooks(&spec.hooks)?;
     Ok(())
 }
 
@@ -396,6 +397,9 @@ async fn execute(
         },
         parents: Vec::new(),
         repositories,
+        spec_hooks: crate::hooks::spec_hooks(
+            backup.spec.as_ref().map_or(&[][..], |spec| &spec.hooks),
+        )?,
     };
     for planned in &plan.volumes {
         let namespace = planned
@@ -448,19 +452,20 @@ async fn run_pod(
         pod.metadata.name.as_deref().unwrap_or_default()
     );
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let hooks = match stowage_hooks::backup_hooks(&annotations) {
-        Ok(hooks) => hooks,
-        Err(error) => {
-            let reason = format!("pod {pod_name}: backup hook not run: {error}");
-            work.fail_volumes(&indexes, &VolumeOutcome::Failed(reason), control);
-            return;
-        }
-    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let labels = crate::hooks::labels_of(pod);
+    let hooks =
+        match stowage_hooks::pod_backup_hooks(namespace, &labels, &annotations, &work.spec_hooks) {
+            Ok(hooks) => hooks,
+            Err(error) => {
+                let reason = format!("pod {pod_name}: backup hook not run: {error}");
+                work.fail_volumes(&indexes, &VolumeOutcome::Failed(reason), control);
+                return;
+            }
+        };
     // No hook for a pod whose repository cannot be used: its volumes fail in the engine
     // with the repository's reason, and nothing is frozen for a backup that will not run.
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-    if (hooks.pre.is_none() && hooks.post.is_none()) || work.repositories.access(namespace).is_err()
-    {
+    if hooks.is_empty() || work.repositories.access(namespace).is_err() {
         engine::run_volumes_in(work.clone(), indexes, slots, control).await;
         return;
     }
@@ -483,8 +488,14 @@ async fn run_pod(
         }
     };
     for run in hooked.runs() {
-        let (level, line) = hook_log_line(run);
+        let (level, line) = crate::hooks::log_line(run);
         work.entry.log(level, line);
+    }
+    // On every volume of the pod (its records and mirrors), before any is failed for them.
+    let results: Vec<_> = hooked.runs().map(crate::hooks::result_of).collect();
+    for &index in &indexes {
+        let volume = work.update(index, |volume| volume.hooks = results.clone());
+        work.mirrors.submit(volume_mirror(&work.header, &volume));
     }
     let Some(reason) = hooked.failure() else {
         return;
@@ -507,33 +518,6 @@ async fn run_pod(
     }
 }
 
-/// The backup log's line for one hook run: the command, the container, how it ended (exit
-/// code) and its stdout and stderr as kept (truncated in the middle when long).
-fn hook_log_line(run: &stowage_hooks::HookRun) -> (&'static str, String) {
-    let level = if run.succeeded() {
-        "info"
-    } else if run.fails_pod() {
-        "error"
-    } else {
-        "warning"
-    };
-    let ended = match &run.result {
-        stowage_hooks::HookResult::Succeeded => "exited with code 0".to_string(),
-        stowage_hooks::HookResult::Exited(code) => format!("exited with code {code}"),
-        _ => run.reason(),
-    };
-    let line = format!(
-        "{} {:?} in {} (on-error {:?}) {ended}; stdout: {:?}; stderr: {:?}",
-        run.phase.label(),
-        run.command,
-        run.target,
-        run.on_error,
-        run.stdout.trim_end(),
-        run.stderr.trim_end(),
-    );
-    (level, line)
-}
-
 fn namespace_of(volume: &PodVolumeBackup) -> String {
     volume
         .volume
@@ -553,6 +537,8 @@ struct BackupWork {
     repositories: Prepared,
     /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
     parents: Vec<Option<String>>,
+    /// The spec's hooks, for the pods they select that declare none of their own.
+    spec_hooks: Vec<stowage_hooks::ResourceHook>,
 }
 
 impl BackupWork {
@@ -808,6 +794,7 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
         "progress": {"totalBytes": progress.bytes_total, "bytesDone": progress.bytes_done},
         "startTimestamp": volume.started.as_ref().map(rfc3339),
         "completionTimestamp": volume.finished.as_ref().map(rfc3339),
+        "hooks": crate::hooks::mirror_status(&volume.hooks),
     });
     Mirror {
         name,
@@ -1573,6 +1560,132 @@ mod runs {
             "{logs}"
         );
         assert!(logs.contains(r#"post-backup hook ["thaw"]"#), "{logs}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spec_hooks_run_in_the_pods_they_select_and_every_run_is_on_the_records() {
+        let world = World::new(limits());
+        let mut db = pod("shop", "db-0", "node-a", &["data", "wal"]);
+        db.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        world.cluster.add_pod(db);
+        // Its own pre hook wins over the spec's; the spec's post hook still runs.
+        let mut annotated = pod("shop", "db-1", "node-a", &["data"]);
+        annotated.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("pre.hook.backup.velero.io/command".into(), "own".into());
+        world.cluster.add_pod(annotated);
+        world
+            .cluster
+            .add_pod(pod("shop", "web-0", "node-a", &["cache"]));
+        let exec = |command: &str| stowage_proto::v1::ExecHook {
+            command: vec![command.to_string()],
+            ..Default::default()
+        };
+        let mut spec = spec();
+        spec.hooks = vec![stowage_proto::v1::BackupResourceHook {
+            name: "db".into(),
+            label_selector: [("app".to_string(), "db".to_string())].into(),
+            pre: vec![exec("freeze"), exec("sync")],
+            post: vec![exec("thaw")],
+            ..Default::default()
+        }];
+        let entry = start(&world, spec).await;
+        world.settle().await;
+        assert_eq!(
+            phase(&entry),
+            BackupPhase::Completed,
+            "{:?}",
+            phases(&entry)
+        );
+        let execs: Vec<String> = timeline(&world)
+            .into_iter()
+            .filter(|event| event.starts_with("exec"))
+            .collect();
+        let of = |pod: &str| -> Vec<String> {
+            execs
+                .iter()
+                .filter(|e| e.ends_with(&format!("shop/{pod} container app")))
+                .map(|e| e.split(' ').nth(1).unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(of("db-0"), ["freeze", "sync", "thaw"]);
+        assert_eq!(of("db-1"), ["own", "thaw"]);
+        assert!(of("web-0").is_empty(), "{execs:?}");
+
+        let backup = entry.get();
+        let volumes = &backup.status.as_ref().unwrap().volumes;
+        for volume in volumes {
+            let pod = volume.volume.clone().unwrap_or_default().pod_name;
+            let recorded: Vec<(&str, &str, bool, i32)> = volume
+                .hooks
+                .iter()
+                .map(|h| {
+                    (
+                        h.phase.as_str(),
+                        h.command[0].as_str(),
+                        h.succeeded,
+                        h.exit_code,
+                    )
+                })
+                .collect();
+            match pod.as_str() {
+                "db-0" => assert_eq!(
+                    recorded,
+                    [
+                        ("pre", "freeze", true, 0),
+                        ("pre", "sync", true, 0),
+                        ("post", "thaw", true, 0)
+                    ]
+                ),
+                "db-1" => assert_eq!(
+                    recorded,
+                    [("pre", "own", true, 0), ("post", "thaw", true, 0)]
+                ),
+                _ => assert!(recorded.is_empty()),
+            }
+        }
+        let mirrors = world.cluster.last_mirrors(MirrorKind::PodVolumeBackup);
+        let db_mirrors: Vec<&Mirror> = mirrors
+            .values()
+            .filter(|m| m.spec["pod"]["name"] == "db-0")
+            .collect();
+        assert_eq!(db_mirrors.len(), 2);
+        for mirror in db_mirrors {
+            assert_eq!(mirror.status["phase"], "Completed");
+            assert_eq!(mirror.status["hooks"][2]["phase"], "post", "{mirror:?}");
+            assert_eq!(mirror.status["hooks"][0]["stdout"], "freeze ran\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_spec_hook_is_refused_when_the_backup_is_created() {
+        let world = World::new(limits());
+        let mut spec = spec();
+        spec.hooks = vec![stowage_proto::v1::BackupResourceHook {
+            name: "db".into(),
+            post: vec![stowage_proto::v1::ExecHook::default()],
+            ..Default::default()
+        }];
+        let error = create(
+            &world.deps,
+            CreateBackupRequest {
+                name: "nightly".into(),
+                spec: Some(spec),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error
+                .to_string()
+                .contains("hooks[0] `db`: post[0]: the command is empty"),
+            "{error}"
+        );
+        assert!(world.deps.index.backup("nightly").is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@ mod coverage;
 mod deps;
 mod engine;
 mod error;
+mod hooks;
 mod kube;
 mod lifecycle;
 mod parents;

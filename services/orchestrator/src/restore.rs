@@ -432,6 +432,8 @@ async fn execute(
     let helper = helper_container(cluster.as_ref(), &deps.restore_helper, &restore.uid).await?;
 
     let mut pending = Vec::new();
+    // Pods with a post-restore hook, run once their volumes are back.
+    let mut hooked: Vec<HookedPod> = Vec::new();
     let pod_manifests = resources
         .iter()
         .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Pod"));
@@ -496,17 +498,19 @@ async fn execute(
             .iter()
             .filter_map(|v| v.volume.as_ref().map(|r| r.volume_name.clone()))
             .collect();
-        let pod = restorable_pod(manifest, &namespace, &helper, &names)?;
         // A pod that cannot be created fails its own volumes; the other pods still restore.
-        let failure = match cluster.create_pod(&namespace, &pod).await {
-            Ok(()) => {
-                entry.log("info", format!("created pod {namespace}/{pod_name}"));
-                None
-            }
-            Err(Error::Conflict(_)) => Some(format!(
-                "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
-            )),
-            Err(error) => Some(error.to_string()),
+        let failure = match restorable_pod(manifest, &namespace, &helper, &names) {
+            Err(error) => Some(format!("pod {namespace}/{pod_name} not created: {error}")),
+            Ok(pod) => match cluster.create_pod(&namespace, &pod).await {
+                Ok(()) => {
+                    entry.log("info", format!("created pod {namespace}/{pod_name}"));
+                    None
+                }
+                Err(Error::Conflict(_)) => Some(format!(
+                    "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
+                )),
+                Err(error) => Some(error.to_string()),
+            },
         };
         if let Some(message) = &failure {
             entry.log("error", message.clone());
@@ -546,7 +550,17 @@ async fn execute(
             indexes = status.volumes.len();
         });
         if failure.is_none() {
-            pending.extend(indexes - volumes.len()..indexes);
+            let created = indexes - volumes.len()..indexes;
+            pending.extend(created.clone());
+            let annotations = crate::hooks::annotations_of(manifest);
+            if stowage_hooks::declares_restore_exec_hook(&annotations) {
+                hooked.push(HookedPod {
+                    namespace: namespace.clone(),
+                    name: pod_name.clone(),
+                    annotations,
+                    indexes: created.collect(),
+                });
+            }
         }
     }
     // Written before any agent runs, so a restarted orchestrator knows the restore and which
@@ -585,8 +599,87 @@ async fn execute(
         header: restore_header(&restore),
         repositories,
     };
-    engine::run_volumes(Arc::new(work), pending, &deps.limits.run_limits(), control).await;
+    // Pods with a post-restore hook as their own groups (the hook waits for their volumes);
+    // all share the run's slots.
+    let work = Arc::new(work);
+    let slots = engine::Slots::new(&deps.limits.run_limits());
+    let hooked_indexes: std::collections::BTreeSet<usize> =
+        hooked.iter().flat_map(|pod| pod.indexes.clone()).collect();
+    pending.retain(|index| !hooked_indexes.contains(index));
+    let hooked_pods = hooked
+        .iter()
+        .map(|pod| run_hooked_pod(&work, pod, &slots, control));
+    futures::future::join(
+        engine::run_volumes_in(work.clone(), pending, &slots, control),
+        futures::future::join_all(hooked_pods),
+    )
+    .await;
     Ok(())
+}
+
+/// A recreated pod that declares a post-restore hook, and its volumes' indexes.
+struct HookedPod {
+    namespace: String,
+    name: String,
+    annotations: BTreeMap<String, String>,
+    indexes: Vec<usize>,
+}
+
+/// Restores the volumes of `pod`, then runs its post-restore hook (Velero's
+/// `post.hook.restore.velero.io/*`) once they are all back and its container runs. The run is
+/// logged and recorded on each of the pod's volumes; one that fails the pod (on-error Fail, a
+/// container that never came up, an annotation that cannot be read) fails them with its
+/// reason, so the restore ends PartiallyFailed or Failed. A pod whose volumes did not all come
+/// back never runs its containers (its helper exits failing): its hook is not waited for.
+async fn run_hooked_pod(
+    work: &Arc<RestoreWork>,
+    pod: &HookedPod,
+    slots: &engine::Slots,
+    control: &RunControl,
+) {
+    engine::run_volumes_in(work.clone(), pod.indexes.clone(), slots, control).await;
+    let what = format!("pod {}/{}", pod.namespace, pod.name);
+    let restored = pod.indexes.iter().all(|&index| {
+        volume_of(&work.entry, index).is_some_and(|v| v.phase == VolumePhase::Completed as i32)
+    });
+    if !restored {
+        work.entry.log(
+            "warning",
+            format!("{what}: post-restore hook not run: not all of its volumes were restored"),
+        );
+        return;
+    }
+    let ran = crate::hooks::post_restore(
+        &work.cluster,
+        &pod.namespace,
+        &pod.name,
+        &pod.annotations,
+        work.deps.limits.poll_interval,
+        control,
+    )
+    .await;
+    let reason = match ran {
+        Ok(None) => return,
+        Err(reason) => format!("{what}: {reason}"),
+        Ok(Some(run)) => {
+            let (level, line) = crate::hooks::log_line(&run);
+            work.entry.log(level, line);
+            let result = crate::hooks::result_of(&run);
+            for &index in &pod.indexes {
+                update_volume(&work.entry, index, |v| v.hooks.push(result.clone()));
+                mirror_restore_volume(&work.entry, work.mirrors.as_ref(), &work.header, index);
+            }
+            // A cancelled restore's volumes that came back stay restored.
+            if !run.fails_pod() || run.result == stowage_hooks::HookResult::Cancelled {
+                return;
+            }
+            run.reason()
+        }
+    };
+    for &index in &pod.indexes {
+        work.finish(index, VolumeOutcome::Failed(reason.clone()));
+    }
+    control.volume_ended.notify_one();
 }
 
 /// The restore's name, uid and backup name, all a request or a mirror needs of it.
@@ -884,6 +977,8 @@ fn restorable_pod(
 ) -> Result<Pod> {
     let mut manifest = manifest.clone();
     strip_server_fields(&mut manifest);
+    let init_hook = stowage_hooks::restore_init_hook(&crate::hooks::annotations_of(&manifest))
+        .map_err(|error| Error::Failed(format!("init restore hook: {error}")))?;
     manifest["metadata"]["namespace"] = json!(namespace);
     if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
         // The controller that owned the old pod is not restored with it.
@@ -916,6 +1011,13 @@ fn restorable_pod(
         .unwrap_or_default();
     init.retain(|container| container.get("name").and_then(Value::as_str) != Some(RESTORE_HELPER));
     init.insert(0, helper);
+    // Velero's `init.hook.restore.velero.io/*`: after the helper, so it sees the restored data.
+    if let Some(hook) = init_hook {
+        // A pod backed up after an earlier restore already has this very container.
+        init.retain(|container| *container != hook.container());
+        hook.insert_into(&mut init, RESTORE_HELPER)
+            .map_err(|error| Error::Failed(format!("init restore hook: {error}")))?;
+    }
     spec.insert("initContainers".to_string(), Value::Array(init));
     serde_json::from_value(manifest)
         .map_err(|error| Error::Failed(format!("pod manifest: {error}")))
@@ -1061,6 +1163,7 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         "progress": {"totalBytes": progress.bytes_total, "bytesDone": progress.bytes_done},
         "startTimestamp": volume.started.as_ref().map(rfc3339),
         "completionTimestamp": volume.finished.as_ref().map(rfc3339),
+        "hooks": crate::hooks::mirror_status(&volume.hooks),
     });
     Mirror {
         name,
@@ -1169,6 +1272,68 @@ mod tests {
         assert_eq!(mirror.labels["velero.io/restore-name"], "back");
         assert_eq!(mirror.labels["velero.io/restore-uid"], "uid-1");
         assert_eq!(mirror.labels["velero.io/backup-name"], "nightly");
+    }
+
+    #[test]
+    fn an_init_restore_hook_follows_the_helper_and_a_bad_one_is_refused() {
+        let manifest = |annotations: Value| {
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "sample", "namespace": "foo", "annotations": annotations},
+                "spec": {
+                    "initContainers": [{"name": "setup", "image": "busybox"}],
+                    "containers": [{"name": "app", "image": "busybox"}],
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                },
+            })
+        };
+        let helper = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
+        let hooked = manifest(json!({
+            "init.hook.restore.velero.io/container-image": "busybox:1.36",
+            "init.hook.restore.velero.io/container-name": "warm",
+            "init.hook.restore.velero.io/command": r#"["/bin/sh", "-c", "ls /data"]"#,
+        }));
+        let pod = restorable_pod(&hooked, "foo", &helper, &["data".to_string()]).unwrap();
+        let init = pod.spec.unwrap().init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [RESTORE_HELPER, "warm", "setup"]);
+        assert_eq!(init[1].image.as_deref(), Some("busybox:1.36"));
+        assert_eq!(
+            init[1].command.clone().unwrap(),
+            ["/bin/sh", "-c", "ls /data"]
+        );
+
+        // A pod backed up after an earlier restore already has the hook's container: once.
+        let mut again = hooked.clone();
+        again["spec"]["initContainers"] = json!([
+            {"name": RESTORE_HELPER, "image": "old-helper"},
+            {"name": "warm", "image": "busybox:1.36", "command": ["/bin/sh", "-c", "ls /data"]},
+            {"name": "setup", "image": "busybox"},
+        ]);
+        let pod = restorable_pod(&again, "foo", &helper, &["data".to_string()]).unwrap();
+        let init = pod.spec.unwrap().init_containers.unwrap();
+        let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [RESTORE_HELPER, "warm", "setup"]);
+
+        let clash = manifest(json!({
+            "init.hook.restore.velero.io/container-image": "alpine",
+            "init.hook.restore.velero.io/container-name": "setup",
+        }));
+        let error = restorable_pod(&clash, "foo", &helper, &["data".to_string()]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "init restore hook: annotation init.hook.restore.velero.io/container-name: the pod already has a container named `setup`"
+        );
+        let bad = manifest(json!({
+            "init.hook.restore.velero.io/container-image": "busybox",
+            "init.hook.restore.velero.io/container-name": "Warm",
+        }));
+        assert!(
+            restorable_pod(&bad, "foo", &helper, &["data".to_string()])
+                .unwrap_err()
+                .to_string()
+                .contains("`Warm` is not a valid container name")
+        );
     }
 
     #[test]

@@ -185,6 +185,12 @@ impl Store {
         }
         record.spec.ttl = to_duration(spec.ttl.as_ref()).map(vf::format_go_duration);
         record.spec.default_volumes_to_fs_backup = Some(spec.default_volumes_to_fs_backup);
+        if !spec.hooks.is_empty() {
+            record
+                .spec
+                .extra
+                .insert("hooks".to_string(), crate::hooks::to_velero(&spec.hooks));
+        }
         record.status.phase = Some(vf::BackupPhase::from(backup_phase_name(status.phase)));
         record.status.start_timestamp = status.started.as_ref().and_then(to_chrono);
         record.status.completion_timestamp = status.finished.as_ref().and_then(to_chrono);
@@ -251,6 +257,7 @@ impl Store {
                 started: volume.started.as_ref().and_then(to_chrono),
                 finished: volume.finished.as_ref().and_then(to_chrono),
                 progress: Vec::new(),
+                hooks: volume.hooks.iter().map(crate::hooks::to_record).collect(),
                 extra: record_extra,
             });
 
@@ -536,6 +543,7 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
                     message: volume.error_message.clone(),
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    hooks: volume.hooks.iter().map(crate::hooks::to_record).collect(),
                     extra: Default::default(),
                 }
             })
@@ -584,6 +592,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
                     error_message: volume.message.clone(),
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    hooks: volume.hooks.iter().map(crate::hooks::from_record).collect(),
                     ..Default::default()
                 })
                 .collect(),
@@ -643,6 +652,12 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         default_volumes_to_fs_backup: record.default_volumes_to_fs_backup(),
         ttl,
         timeout: None,
+        hooks: record
+            .spec
+            .extra
+            .get("hooks")
+            .map(crate::hooks::from_velero)
+            .unwrap_or_default(),
         ..Default::default()
     };
     let mut origin = BackupOrigin::Velero;
@@ -727,6 +742,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                     finished: record.finished.as_ref().map(to_timestamp),
                     error_message: record.message.clone(),
                     path: text("path"),
+                    hooks: record.hooks.iter().map(crate::hooks::from_record).collect(),
                     ..Default::default()
                 }
             })
@@ -1064,6 +1080,23 @@ mod tests {
                     stable_identity: "pvc-uid/p1".into(),
                     repository: "/loc/restic/foo".into(),
                     bytes_added: 7,
+                    hooks: vec![stowage_proto::v1::HookResult {
+                        phase: "pre".into(),
+                        container: "app".into(),
+                        command: vec!["/bin/sh".into(), "-c".into(), "pg_dump".into()],
+                        succeeded: true,
+                        exit_code: 0,
+                        stdout: "dumped\n".into(),
+                        started: Some(prost_types::Timestamp {
+                            seconds: 1_700_000_001,
+                            nanos: 0,
+                        }),
+                        finished: Some(prost_types::Timestamp {
+                            seconds: 1_700_000_002,
+                            nanos: 500,
+                        }),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 },
                 PodVolumeBackup {
@@ -1095,6 +1128,20 @@ mod tests {
             uid: "b-uid".into(),
             spec: Some(BackupSpec {
                 included_namespaces: vec!["foo".into()],
+                hooks: vec![stowage_proto::v1::BackupResourceHook {
+                    name: "db".into(),
+                    label_selector: [("app".to_string(), "db".to_string())].into(),
+                    pre: vec![stowage_proto::v1::ExecHook {
+                        command: vec!["freeze".into()],
+                        on_error: "Continue".into(),
+                        timeout: Some(prost_types::Duration {
+                            seconds: 90,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
             status: Some(status),
@@ -1287,6 +1334,18 @@ mod tests {
                         error_message: String::new(),
                         source_namespace: "foo".into(),
                         repository: "/loc/restic/foo".into(),
+                        hooks: vec![stowage_proto::v1::HookResult {
+                            phase: "post-restore".into(),
+                            container: "app".into(),
+                            command: vec!["check".into()],
+                            succeeded: false,
+                            exit_code: 2,
+                            stderr: "no table\n".into(),
+                            error: "post-restore hook [\"check\"] exited with code 2".into(),
+                            started: at(1_700_000_004),
+                            finished: at(1_700_000_005),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     },
                     PodVolumeRestore {

@@ -79,6 +79,15 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
                 errors.push(format!("{path}: expected an int64, got {value}"));
             }
         }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                errors.push(format!("{path}: expected an array, got {value}"));
+                return;
+            };
+            for (index, item) in items.iter().enumerate() {
+                validate(&schema["items"], item, &format!("{path}[{index}]"), errors);
+            }
+        }
         Some("boolean") => {
             if !value.is_boolean() {
                 errors.push(format!("{path}: expected a boolean, got {value}"));
@@ -99,13 +108,21 @@ fn declared_paths(schema: &Value, path: &str, paths: &mut Vec<String>) {
         };
         paths.push(field_path.clone());
         declared_paths(field, &field_path, paths);
+        // The fields of an array's items, as `<array>.0.<field>` (the first item's).
+        if field["type"] == json!("array") && field["items"]["properties"].is_object() {
+            declared_paths(&field["items"], &format!("{field_path}.0"), paths);
+        }
     }
 }
 
 fn has_path(value: &Value, path: &str) -> bool {
     let mut current = value;
     for key in path.split('.') {
-        match current.get(key) {
+        let next = match key.parse::<usize>() {
+            Ok(index) => current.get(index),
+            Err(_) => current.get(key),
+        };
+        match next {
             Some(next) if !next.is_null() => current = next,
             _ => return false,
         }
@@ -141,6 +158,25 @@ fn full_pod_reference() -> ObjectReference {
     }
 }
 
+fn full_hook(phase: &str) -> HookStatus {
+    HookStatus {
+        phase: phase.into(),
+        container: "db".into(),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "pg_dump > /data/dump.sql".into(),
+        ],
+        succeeded: false,
+        exit_code: 2,
+        stdout: "dumping\n".into(),
+        stderr: "pg_dump: connection refused\n".into(),
+        error: "pre-backup hook exited with code 2".into(),
+        start_timestamp: Some(time(1_764_633_590)),
+        completion_timestamp: Some(time(1_764_633_595)),
+    }
+}
+
 fn full_backup() -> PodVolumeBackup {
     let mut object = PodVolumeBackup::new(
         metadata("nightly-db-0-data"),
@@ -165,6 +201,7 @@ fn full_backup() -> PodVolumeBackup {
         },
         start_timestamp: Some(time(1_764_633_600)),
         completion_timestamp: Some(time(1_764_633_700)),
+        hooks: vec![full_hook("pre")],
     };
     object
 }
@@ -191,6 +228,7 @@ fn full_restore() -> PodVolumeRestore {
         },
         start_timestamp: Some(time(1_764_633_600)),
         completion_timestamp: Some(time(1_764_633_700)),
+        hooks: vec![full_hook("post-restore")],
     };
     object
 }
