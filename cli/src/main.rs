@@ -9,6 +9,8 @@ mod error;
 mod follow;
 mod parse;
 mod render;
+mod resource_results;
+mod restore_args;
 mod session;
 mod table;
 mod view;
@@ -271,6 +273,8 @@ pub struct RestoreCreate {
     /// Restore only these namespaces of the backup (before mapping); all when not given.
     #[arg(long, value_delimiter = ',')]
     pub include_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub resources: restore_args::ResourceArgs,
     /// Follow the restore with a progress display until it ends; exit non-zero unless it
     /// ends Completed.
     #[arg(long)]

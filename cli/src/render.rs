@@ -485,6 +485,7 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
                 .map(|volume| (volume.phase.as_str(), volume.volume.path())),
         );
     }
+    crate::resource_results::describe(&mut out, &status.resources, details);
     out
 }
 
@@ -1005,6 +1006,7 @@ mod tests {
                 pods_created: vec!["foo/sample".into()],
                 trace_id: String::new(),
                 volumes: vec![restored("data", "Completed"), restored("cache", "Failed")],
+                resources: vec![],
             },
         }
     }

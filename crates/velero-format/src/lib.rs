@@ -33,7 +33,7 @@ pub use pod_volume_backup::{
 pub use resources::{BackupResources, ResourceKey};
 pub use restore::{
     ProgressRecord, RestoreResults, RestoreSpecRecord, RestoreStatusRecord, RestoreVolumeRecord,
-    ResultMessages, StowageRestoreRecord,
+    RestoredResourceRecord, ResultMessages, StowageRestoreRecord,
 };
 pub use store::{
     BackupFiles, BackupListing, ListFailure, ListedBackup, RestoreListing, check_backup,
