@@ -658,9 +658,10 @@ async fn a_namespace_comes_back_whole_its_workloads_owning_their_pods() {
         );
         let now = settings.get("settings").await.unwrap();
         assert_eq!(now.data.unwrap()["color"], expected_color, "{policy}");
-        // The filter kept everything else out.
+        // The filter kept everything else out, and says so.
         assert!(
-            status.resources.iter().all(|r| r.resource == "configmaps"),
+            status.resources.iter().all(|r| r.resource == "configmaps"
+                || r.outcome == ResourceOutcome::Skipped as i32),
             "{policy}: {:#?}",
             status.resources
         );
@@ -743,8 +744,14 @@ async fn a_restic_era_velero_backups_deployment_comes_back_as_a_deployment() {
         .map(|owner| owner.uid.clone())
         .collect();
     assert_eq!(owners, [deployment.metadata.uid.clone().unwrap()]);
+    // The filter left the pods (and their volumes) out.
+    assert!(status.pods_created.is_empty(), "{status:#?}");
     assert!(
-        status.resources.iter().all(|r| r.resource != "pods"),
+        status
+            .resources
+            .iter()
+            .filter(|r| r.resource == "pods")
+            .all(|r| r.outcome == ResourceOutcome::Skipped as i32),
         "{:#?}",
         status.resources
     );
