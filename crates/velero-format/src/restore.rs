@@ -331,14 +331,17 @@ impl RestoreResults {
                     &resource.namespace,
                     format!("error restoring {}: {}", resource.path(), resource.message),
                 ),
-                "SkippedExists" => results.warnings.add(
-                    &resource.namespace,
-                    format!(
-                        "could not restore, {} already exists: {}",
-                        resource.path(),
-                        resource.message
-                    ),
-                ),
+                // Restoring into a namespace that exists is the usual case, as in Velero.
+                "SkippedExists" if resource.resource != crate::resources::NAMESPACES => {
+                    results.warnings.add(
+                        &resource.namespace,
+                        format!(
+                            "could not restore, {} already exists: {}",
+                            resource.path(),
+                            resource.message
+                        ),
+                    )
+                }
                 _ => {}
             }
         }
@@ -453,6 +456,7 @@ mod tests {
                 "forbidden (403 Forbidden)",
             ),
             resource("services", "shop", "web", "SkippedExists", "already exists"),
+            resource("namespaces", "", "shop", "SkippedExists", "already exists"),
             resource(
                 "persistentvolumes",
                 "",
@@ -484,7 +488,11 @@ mod tests {
         assert_eq!(results.errors.len() + results.warnings.len(), 3);
         let written = serde_json::to_value(&record).unwrap();
         assert_eq!(written["status"]["resources"][1]["outcome"], "Failed");
-        assert!(written["status"]["resources"][3].get("namespace").is_none());
+        assert!(written["status"]["resources"][4].get("namespace").is_none());
+        assert!(
+            results.warnings.cluster.is_empty(),
+            "an existing namespace is no warning"
+        );
         assert_eq!(
             serde_json::from_value::<StowageRestoreRecord>(written).unwrap(),
             record

@@ -525,6 +525,14 @@ async fn execute(
         .collect();
     let log = |level: &str, line: String| entry.log(level, line);
     let objects = cluster.objects();
+    // Searched by the restore's name like its volumes' spans; the counts say what it did.
+    let span = tracing::info_span!(
+        "restore_resources",
+        restore = %restore.name,
+        backup = %backup.name,
+        objects = tarball.objects.len(),
+        failed = field::Empty,
+    );
     let handled = resources::restore::restore_resources(
         objects.as_ref(),
         &tarball,
@@ -533,7 +541,15 @@ async fn execute(
         &log,
         &control.cancel,
     )
+    .instrument(span.clone())
     .await?;
+    span.record(
+        "failed",
+        handled
+            .iter()
+            .filter(|h| h.outcome == Outcome::Failed)
+            .count(),
+    );
     entry.modify(|restore| {
         let status = restore.status.get_or_insert_with(Default::default);
         status.resources = handled.iter().map(restored_resource).collect();

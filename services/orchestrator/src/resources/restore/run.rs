@@ -277,9 +277,13 @@ impl Restorer<'_> {
             message,
             has_volumes: false,
         };
+        // A namespace restored into is expected to exist (restoring in place); only other
+        // objects that exist are worth a warning.
         let level = match outcome {
             Outcome::Failed => "error",
-            Outcome::SkippedExists => "warning",
+            Outcome::SkippedExists if resource != stowage_velero_format::resources::NAMESPACES => {
+                "warning"
+            }
             _ => "info",
         };
         let verb = match outcome {
