@@ -298,8 +298,8 @@ async fn annotated_volumes_back_up_and_restore_identically() {
         .unwrap();
     assert!(helper.status.success(), "{helper:?}");
     // A clean run leaves nothing to warn about (a failed mirror write would be a warning)
-    // but the restore's results: the namespace and the pod's controllers are still there, and
-    // an object that exists is a restore warning, as in Velero.
+    // but the restore's results: the pod's Deployment and ReplicaSet are still there, and an
+    // object that exists is a restore warning, as in Velero.
     let log = stack.orchestrator.process.log();
     let warnings: Vec<&str> = log
         .lines()
