@@ -557,16 +557,18 @@ async fn create_restore(
     if requested.is_empty() {
         call.action = format!("creating a restore from backup \"{}\"", create.from_backup);
     }
+    let mut spec = v1::RestoreSpec {
+        backup_name: create.from_backup.clone(),
+        namespace_mapping: mapping.into_iter().collect(),
+        included_namespaces: create.include_namespaces,
+        ..Default::default()
+    };
+    create.resources.apply(&mut spec);
     let created = session
         .client
         .create_restore(v1::CreateRestoreRequest {
             name: requested.clone(),
-            spec: Some(v1::RestoreSpec {
-                backup_name: create.from_backup.clone(),
-                namespace_mapping: mapping.into_iter().collect(),
-                included_namespaces: create.include_namespaces,
-                ..Default::default()
-            }),
+            spec: Some(spec),
         })
         .await
         .map_err(|status| match status.code() {

@@ -10,6 +10,8 @@ mod follow;
 mod hooks_file;
 mod parse;
 mod render;
+mod resource_results;
+mod restore_args;
 mod schedules;
 mod session;
 mod table;
@@ -294,6 +296,8 @@ pub struct RestoreCreate {
     /// Restore only these namespaces of the backup (before mapping); all when not given.
     #[arg(long, value_delimiter = ',')]
     pub include_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub resources: restore_args::ResourceArgs,
     /// Follow the restore with a progress display until it ends; exit non-zero unless it
     /// ends Completed.
     #[arg(long)]

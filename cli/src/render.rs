@@ -553,6 +553,7 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
                 .map(|volume| (volume.phase.as_str(), volume.volume.path())),
         );
     }
+    crate::resource_results::describe(&mut out, &status.resources, details);
     out
 }
 
@@ -1076,6 +1077,7 @@ mod tests {
                 pods_created: vec!["foo/sample".into()],
                 trace_id: String::new(),
                 volumes: vec![restored("data", "Completed"), restored("cache", "Failed")],
+                resources: vec![],
             },
         }
     }

@@ -567,6 +567,9 @@ pub struct RestoreStatusView {
     pub pods_created: Vec<String>,
     pub trace_id: String,
     pub volumes: Vec<PodVolumeRestoreView>,
+    /// What the restore did with each object of the backup's resource tarball.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<crate::resource_results::RestoredResourceView>,
 }
 
 impl From<&Option<v1::RestoreStatus>> for RestoreStatusView {
@@ -584,6 +587,7 @@ impl From<&Option<v1::RestoreStatus>> for RestoreStatusView {
             pods_created: status.pods_created,
             trace_id: status.trace_id,
             volumes: status.volumes.iter().map(Into::into).collect(),
+            resources: status.resources.iter().map(Into::into).collect(),
         }
     }
 }

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod},
+};
 use kube::{
     Api, Client, Config,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
@@ -143,7 +146,7 @@ impl Example {
 /// Seeds Velero's example: namespace `namespace` with pod `sample` on `node`, volumes
 /// `pvc-volume` (PVC `sample-pvc` bound to PV `pv-<namespace>-sample`) and `emptydir-volume`,
 /// annotated `backup.velero.io/backup-volumes: <annotation>`, owned by Deployment `sample`'s
-/// ReplicaSet, and running.
+/// ReplicaSet `sample-5d8f7b9c4d` (both created), and running.
 pub async fn seed_example(
     client: &Client,
     namespace: &str,
@@ -188,6 +191,10 @@ pub async fn seed_example(
         }),
     )
     .await;
+    // The pod's controllers exist with real uids, as in a cluster: the emulator's garbage
+    // collector deletes a pod whose owner is missing.
+    let replica_set =
+        seed_controllers(client, namespace, "sample", json!({"app": "sample"}), 1).await;
     let mut annotations = serde_json::Map::new();
     if let Some(annotation) = annotation {
         annotations.insert(
@@ -204,11 +211,7 @@ pub async fn seed_example(
                 "name": "sample", "namespace": namespace,
                 "labels": {"app": "sample"},
                 "annotations": annotations,
-                "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": "sample-5d8f7b9c4d", "uid": "00000000-0000-0000-0000-000000000001",
-                    "controller": true,
-                }],
+                "ownerReferences": [owner_reference(&replica_set)],
             },
             "spec": {
                 "nodeName": node,
@@ -234,6 +237,61 @@ pub async fn seed_example(
         pvc,
         pv,
     }
+}
+
+/// The pod template hash of the ReplicaSets [`seed_controllers`] creates.
+pub const POD_TEMPLATE_HASH: &str = "5d8f7b9c4d";
+
+/// Creates Deployment `name` (`replicas` pods labelled `labels`) and its ReplicaSet
+/// `<name>-5d8f7b9c4d` owned by it, as the Deployment controller would, and returns the
+/// ReplicaSet; its pods are the caller's to create, owned by it ([`owner_reference`]).
+pub async fn seed_controllers(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    labels: serde_json::Value,
+    replicas: u32,
+) -> ReplicaSet {
+    let template = json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    });
+    let deployment: Deployment = create(
+        client,
+        Some(namespace),
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template},
+        }),
+    )
+    .await;
+    create(
+        client,
+        Some(namespace),
+        json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {
+                "name": format!("{name}-{POD_TEMPLATE_HASH}"), "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": [owner_reference(&deployment)],
+            },
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template},
+        }),
+    )
+    .await
+}
+
+/// The controller ownerReference a controller sets on what it creates.
+pub fn owner_reference<K>(owner: &K) -> serde_json::Value
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "name": owner.meta().name, "uid": owner.meta().uid,
+        "controller": true, "blockOwnerDeletion": true,
+    })
 }
 
 /// Creates namespace `name` unless it exists.
@@ -326,5 +384,26 @@ pub async fn wait_for_pod(client: &Client, namespace: &str, name: &str, timeout:
             "pod {namespace}/{name} was not created within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits up to `timeout` until `name` is gone from `api` (the emulator's garbage collector and
+/// namespace controller act a moment after the change that leaves an object behind).
+pub async fn wait_deleted<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
+    while api
+        .get_opt(name)
+        .await
+        .expect("reading an object")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} still exists after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

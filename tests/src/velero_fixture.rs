@@ -780,14 +780,49 @@ fn fixture_resources(volumes: &[FixtureVolume]) -> anyhow::Result<BackupResource
                 json!({"name": v.volume, "mountPath": mount_path})
             })
             .collect();
+        // The controllers behind the pod, as a Velero backup of the namespace holds them.
+        let deployment_uid = fake_uid(&format!("deploy/{namespace}/{pod}"));
+        let replica_set = format!("{pod}-5d8f7b9c4d");
+        let template = json!({
+            "metadata": {"labels": {"app": pod, "pod-template-hash": "5d8f7b9c4d"}},
+            "spec": {"containers": [{"name": "app", "image": "busybox",
+                                     "command": ["sleep", "infinity"], "volumeMounts": mounts}],
+                     "volumes": spec_volumes}
+        });
+        resources.insert_object(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": pod, "namespace": namespace, "uid": deployment_uid,
+                         "labels": {"app": pod}, "generation": 1, "resourceVersion": "4711",
+                         "annotations": {"deployment.kubernetes.io/revision": "1"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": pod}},
+                     "template": {"metadata": {"labels": {"app": pod}}, "spec": template["spec"]},
+                     "strategy": {"type": "RollingUpdate"}},
+            "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+                       "observedGeneration": 1}
+        }))?;
+        resources.insert_object(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": replica_set, "namespace": namespace,
+                         "uid": fake_uid(&format!("rs/{namespace}/{pod}")),
+                         "labels": {"app": pod, "pod-template-hash": "5d8f7b9c4d"},
+                         "resourceVersion": "4712",
+                         "annotations": {"deployment.kubernetes.io/revision": "1"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": pod, "uid": deployment_uid,
+                             "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"replicas": 1,
+                     "selector": {"matchLabels": {"app": pod, "pod-template-hash": "5d8f7b9c4d"}},
+                     "template": template},
+            "status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}
+        }))?;
         resources.insert_object(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": pod, "namespace": namespace, "uid": pod_volumes[0].pod_uid,
-                "labels": {"app": pod},
+                "labels": {"app": pod, "pod-template-hash": "5d8f7b9c4d"},
                 "annotations": {"backup.velero.io/backup-volumes": annotation.join(",")},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                    "name": format!("{pod}-5d8f7b9c4d"), "uid": fake_uid(&format!("rs/{namespace}/{pod}")),
+                    "name": replica_set, "uid": fake_uid(&format!("rs/{namespace}/{pod}")),
                     "controller": true, "blockOwnerDeletion": true}]
             },
             "spec": {

@@ -36,8 +36,13 @@ them) and paginated lists: `limit` and an opaque `continue` token, `remainingIte
 selector filters, 400 BadRequest for a token that is not one and 410 Gone (reason Expired) for
 one older than the last compaction of the history (`--compaction-interval`).
 
+It also plays the cluster's controllers and admission rules a whole-application restore meets
+(kube_lifecycle.py): garbage collection of objects whose owners are gone, namespace deletion
+with its content, Services' cluster IPs, CRDs Established, creates refused in a missing or
+terminating namespace or with a resourceVersion; a resource the server does not serve is 404.
+
 Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...] [--exec-root DIR]
-    [--compaction-interval S]
+    [--compaction-interval S] [--gc-delay-seconds S]
 Prints `listening on http://HOST:PORT` once it accepts connections.
 """
 
@@ -65,6 +70,7 @@ import kmock
 import yaml
 from kmock._internal import dicts, enums, parsing
 
+import kube_lifecycle
 import kube_validation
 
 _kmock_parse_path = parsing.parse_path
@@ -289,7 +295,7 @@ def _bad_request(message: str):
 
 
 @attrs.define(kw_only=True)
-class StowageKubeEmulator(kmock.KubernetesEmulator):
+class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulator):
     """kmock's emulator plus the server-side behaviour clients rely on."""
 
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)
@@ -303,11 +309,15 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
     compaction_interval: float = DEFAULT_COMPACTION_INTERVAL
     # What `/api` reports as the server's address.
     server_address: str = "127.0.0.1"
+    # Seconds the cluster's controllers take to act: the garbage collector on an object whose
+    # owners are gone, the namespace controller on a deleted namespace (kube_lifecycle.py).
+    gc_delay: float = kube_lifecycle.DEFAULT_GC_DELAY
     _compacted: int = attrs.field(default=0, init=False)
     _last_compaction: float = attrs.field(factory=time.monotonic, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._lifecycle_init()
         for key, kind, namespaced in RESOURCES:
             self._declare(key, kind, namespaced)
             if key in ("v1/pods",):
@@ -337,6 +347,7 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             creationTimestamp=_now(),
             resourceVersion=str(next(self._versions)),
         )
+        crd["status"] = kube_lifecycle.crd_status(crd)
         self._objects[CRDS, None, meta["name"]] = crd
         self._serve_crd(crd)
 
@@ -381,6 +392,12 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             )
         return admitted
 
+    def _unconditional_update(self, resource) -> bool:
+        if resource == CRDS:
+            return False
+        key = (CRDS, None, f"{resource.plural}.{resource.group}")
+        return not resource.group or key not in self._objects or self._objects[key].deleted
+
     async def _replace(self, request):
         """PUT: kmock only merges (PATCH); the API server replaces the whole object (or only its
         status for `/status`), keeping uid and creationTimestamp, and refuses a stale
@@ -399,6 +416,18 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                     reason="Conflict",
                     message="the object has been modified; please apply your changes to the latest version and try again",
                 )
+            if not sent_version and not self._unconditional_update(request.resource):
+                # Custom resources and CRDs refuse an update that names no version
+                # (AllowUnconditionalUpdate false in their strategies); built-ins take it.
+                _, kind = KINDS.get(request.resource.plural, (None, request.resource.plural))
+                error = kube_validation.FieldError(
+                    "metadata.resourceVersion",
+                    kube_validation.INVALID,
+                    "0x0: must be specified for an update",
+                )
+                raise kube_lifecycle.Refused(
+                    kube_validation.invalid_status(kind, request.resource.group, request.name, [error])
+                )
             if request.subresource == "status":
                 replaced = current
                 replaced["status"] = body.get("status", {})
@@ -413,11 +442,13 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             meta["resourceVersion"] = str(next(self._versions))
             replaced.setdefault("apiVersion", current.get("apiVersion"))
             replaced.setdefault("kind", current.get("kind"))
+            self.prepare_update(request.resource, current, replaced)
             replaced = self._admit(request.resource, replaced)
             self._objects[key].delete()
             self._objects[key].create(replaced)
             raw = self._objects[key].raw
             await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+            self.stored(key)
         return aiohttp.web.json_response(raw)
 
     async def _patch(self, request):
@@ -460,6 +491,7 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 if field in current_meta:
                     meta[field] = current_meta[field]
             meta["resourceVersion"] = str(next(self._versions))
+            self.prepare_update(request.resource, current, patched)
             patched = self._admit(request.resource, patched)
             self._objects[key].delete()
             self._objects[key].create(patched)
@@ -468,8 +500,10 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 # The last finalizer removed from an object being deleted: it goes.
                 self._objects[key].delete()
                 await self._buses[request.resource].put({"type": "DELETED", "object": raw})
+                self.released(raw)
             else:
                 await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+                self.stored(key)
         return aiohttp.web.json_response(raw)
 
     async def __call__(self, raw_request):
@@ -634,7 +668,22 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
         return ws
 
     async def _handle(self, request):
+        try:
+            return await self._handle_refusing(request)
+        except kube_lifecycle.Refused as refused:
+            self._forget(request)
+            print(f"{refused.body['code']} {refused.body['message']}", flush=True)
+            return aiohttp.web.json_response(refused.body, status=refused.body["code"])
+
+    def _served(self, resource) -> bool:
+        """Whether the API server serves `resource` (built in, or a CRD's)."""
+        return resource.plural is None or resource in self._resources
+
+    async def _handle_refusing(self, request):
         method = str(request.method.value).upper()
+        if request.resource is not None and request.action is not None and not self._served(request.resource):
+            self._forget(request)
+            return _status(404, "NotFound", "the server could not find the requested resource", {})
         if request.resource is not None and request.name is not None and method in ("PUT", "PATCH"):
             try:
                 if method == "PUT":
@@ -642,10 +691,17 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
                 return await self._patch(request)
             finally:
                 self._forget(request)
+        if request.resource is not None and request.name is not None and method == "DELETE":
+            try:
+                return await self._delete(request)
+            finally:
+                self._forget(request)
         # Fill in what the API server assigns before kmock stores the object.
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
+                self.check_create(request.resource, request.namespace or meta.get("namespace"), request.data)
+                self.prepare_create(request.resource, request.data)
                 meta["uid"] = str(uuid.uuid4())
                 meta["creationTimestamp"] = _now()
                 meta.pop("deletionTimestamp", None)
@@ -671,13 +727,36 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
             response = await super()._handle(request)
         finally:
             self._forget(request)
-        if (
-            request.resource == CRDS
-            and request.action == enums.action.CREATE
-            and response.status < 300
-        ):
-            self._serve_crd(request.data)
+        if request.action == enums.action.CREATE and response.status < 300:
+            if response.status == 200 and not response.prepared:
+                response.set_status(201)  # the API server answers a create 201 Created
+            if request.resource == CRDS:
+                self._serve_crd(request.data)
+            meta = request.data.get("metadata") or {}
+            self.stored((request.resource, request.namespace or meta.get("namespace"), meta.get("name")))
         return response
+
+    async def _delete(self, request):
+        """DELETE of one object: finalizers, propagation policy (DeleteOptions body or query)
+        and namespace termination as kube_lifecycle.py describes."""
+        key = (request.resource, request.namespace, request.name)
+        options = request.data if isinstance(request.data, dict) else {}
+        propagation = options.get("propagationPolicy") or (request.params or {}).get(
+            "propagationPolicy", "Background"
+        )
+        if propagation not in ("Background", "Foreground", "Orphan"):
+            raise _bad_request(
+                f"propagationPolicy: Unsupported value: {propagation!r}: supported values: "
+                '"Foreground", "Background", "Orphan"'
+            )
+        async with self._lock:
+            if key not in self._objects or self._objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            if request.resource == kube_lifecycle.NAMESPACES:
+                raw = await self.delete_namespace(key)
+            else:
+                raw = await self.delete_stored(key, propagation)
+        return aiohttp.web.json_response(raw)
 
     def _forget(self, request):
         # kmock keeps every request and matches each new one by scanning that history, so
@@ -811,12 +890,13 @@ class StowageKubeEmulator(kmock.KubernetesEmulator):
 
 
 async def _serve(
-    host: str, port: int, crd_dirs: list, exec_root, compaction_interval: float
+    host: str, port: int, crd_dirs: list, exec_root, compaction_interval: float, gc_delay: float
 ) -> None:
     options = {"exec_root": pathlib.Path(exec_root)} if exec_root else {}
     emulator = StowageKubeEmulator(
         crd_dirs=crd_dirs,
         compaction_interval=compaction_interval,
+        gc_delay=gc_delay,
         server_address=f"{host}:{port}",
         **options,
     )
@@ -837,7 +917,16 @@ async def _serve(
 async def _run(emulator, host: str, port: int, stop: asyncio.Event) -> None:
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:
         print(f"listening on http://{server.host}:{server.port}", flush=True)
-        await stop.wait()
+        controllers = asyncio.ensure_future(emulator.run_controllers())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({controllers, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if controllers.done():
+            # The controllers never end on their own: a failure must stop the emulator loudly.
+            stopped.cancel()
+            controllers.result()
+        controllers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await controllers
 
 
 def main() -> None:
@@ -864,6 +953,14 @@ def main() -> None:
         help="seconds between compactions of the object history: a list's continue token "
         "from before the last one answers 410 Gone (0: every continue token has expired)",
     )
+    parser.add_argument(
+        "--gc-delay-seconds",
+        type=float,
+        default=kube_lifecycle.DEFAULT_GC_DELAY,
+        metavar="SECONDS",
+        help="seconds the garbage collector waits before deleting an object whose owners are "
+        "gone, and the namespace controller before deleting a deleted namespace's content",
+    )
     args = parser.parse_args()
     try:
         asyncio.run(
@@ -873,6 +970,7 @@ def main() -> None:
                 args.crds or [DEFAULT_CRDS],
                 args.exec_root,
                 args.compaction_interval,
+                args.gc_delay_seconds,
             )
         )
     except KeyboardInterrupt:

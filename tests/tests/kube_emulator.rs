@@ -1,17 +1,25 @@
 //! The Kubernetes API emulator behaves as a kube client expects: uids, increasing
 //! resourceVersions, label selectors, NotFound/AlreadyExists/Conflict reasons, replace (PUT),
-//! watches, and discovery that `kubectl` understands.
+//! watches, discovery that `kubectl` understands, and the rules a whole-application restore
+//! meets: garbage collection, namespace deletion, Services' cluster IPs, CRDs established, and
+//! what a create or an update may carry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{ConfigMap, Namespace, PersistentVolume, Pod, Service},
+};
 use kube::{
     Api,
-    api::{ListParams, PostParams, WatchEvent, WatchParams},
+    api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams},
 };
 use serde_json::json;
-use stowage_e2e::kube::{EXEC_DIR_ANNOTATION, KubeEmulator, create, ensure_namespace};
+use stowage_e2e::kube::{
+    EXEC_DIR_ANNOTATION, KubeEmulator, create, ensure_namespace, owner_reference, seed_controllers,
+    wait_deleted,
+};
 
 fn config_map(name: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({
@@ -945,4 +953,469 @@ async fn emulator_serves_pods_exec_over_websocket() {
     let (code, _, message) = refusal(exec(&pods, "web", None, &["true"]).await);
     assert_eq!(code, 400);
     assert!(message.contains("completed pod"), "{message}");
+}
+
+/// Seconds the emulator's garbage collector and namespace controller wait in these tests.
+const GC_DELAY: &str = "0.2";
+/// How long a test waits for the controllers before it fails (never a claim about speed).
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn pod_owned_by(name: &str, owners: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "foo", "ownerReferences": owners},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    })
+}
+
+fn owner_uids(pod: &Pod) -> Vec<String> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|owner| owner.uid.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_garbage_collector_deletes_objects_whose_owners_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator =
+        KubeEmulator::start_with_args(dir.path(), &["--gc-delay-seconds", GC_DELAY]).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "foo");
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "foo");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "foo");
+
+    let replica_set = seed_controllers(&client, "foo", "web", json!({"app": "web"}), 1).await;
+    let rs_uid = replica_set.metadata.uid.clone().unwrap();
+    let owned: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by("owned", json!([owner_reference(&replica_set)])),
+    )
+    .await;
+    // The ReplicaSet's name with another uid: an owner that was deleted and recreated.
+    let mut stale = owner_reference(&replica_set);
+    stale["uid"] = json!("00000000-0000-0000-0000-000000000001");
+    let _: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by("stale-owner", json!([stale.clone()])),
+    )
+    .await;
+    // A live owner and a gone one: only the gone one's reference goes.
+    let _: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by(
+            "two-owners",
+            json!([owner_reference(&replica_set), {
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "gone",
+            "uid": "00000000-0000-0000-0000-000000000002"}]),
+        ),
+    )
+    .await;
+    // A kind the server does not serve cannot be resolved: the collector leaves it alone.
+    let _: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by(
+            "unknown-kind",
+            json!([{
+            "apiVersion": "example.com/v1", "kind": "Thing", "name": "t",
+            "uid": "00000000-0000-0000-0000-000000000003", "controller": true}]),
+        ),
+    )
+    .await;
+
+    wait_deleted(&pods, "stale-owner", SETTLE).await;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let two = pods
+            .get("two-owners")
+            .await
+            .expect("a pod with a live owner stays");
+        if owner_uids(&two) == [rs_uid.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dangling owner stayed: {two:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Checked before the pods above (created first): a pod whose owner exists stays.
+    let kept = pods
+        .get("owned")
+        .await
+        .expect("a pod whose owner exists stays");
+    assert_eq!(kept.metadata.uid, owned.metadata.uid);
+    assert!(pods.get_opt("unknown-kind").await.unwrap().is_some());
+
+    // Deleting the owner (background, the default) deletes what it owned, and only that.
+    replica_sets
+        .delete(
+            &replica_set.metadata.name.clone().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    wait_deleted(&pods, "owned", SETTLE).await;
+    wait_deleted(&pods, "two-owners", SETTLE).await;
+    assert!(
+        deployments.get_opt("web").await.unwrap().is_some(),
+        "the owner's owner stays"
+    );
+
+    // Orphan: the dependents lose the reference at once and stay.
+    let orphaning = seed_controllers(&client, "foo", "orphaning", json!({"app": "o"}), 1).await;
+    let _: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by("orphan", json!([owner_reference(&orphaning)])),
+    )
+    .await;
+    replica_sets
+        .delete(
+            &orphaning.metadata.name.clone().unwrap(),
+            &DeleteParams::orphan(),
+        )
+        .await
+        .unwrap();
+    let orphan = pods.get("orphan").await.unwrap();
+    assert!(owner_uids(&orphan).is_empty(), "{orphan:?}");
+
+    // Foreground: the owner stays, marked, until everything below it is gone.
+    let deep = seed_controllers(&client, "foo", "deep", json!({"app": "d"}), 1).await;
+    let _: Pod = create(
+        &client,
+        Some("foo"),
+        pod_owned_by("deep-pod", json!([owner_reference(&deep)])),
+    )
+    .await;
+    deployments
+        .delete("deep", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let marked = deployments
+        .get("deep")
+        .await
+        .expect("kept while its dependents go");
+    assert!(marked.metadata.deletion_timestamp.is_some(), "{marked:?}");
+    assert_eq!(
+        marked.metadata.finalizers.as_deref(),
+        Some(&["foregroundDeletion".to_string()][..])
+    );
+    wait_deleted(&deployments, "deep", SETTLE).await;
+    assert!(
+        replica_sets
+            .get_opt(&deep.metadata.name.clone().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(pods.get_opt("deep-pod").await.unwrap().is_none());
+    assert!(pods.get_opt("orphan").await.unwrap().is_some());
+    assert!(
+        emulator
+            .process
+            .log()
+            .contains("gc: deleting pods foo/stale-owner")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_namespace_deletes_everything_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator =
+        KubeEmulator::start_with_args(dir.path(), &["--gc-delay-seconds", GC_DELAY]).await;
+    let client = emulator.client().await;
+
+    // A namespace must exist before anything is created in it.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/shop/configmaps",
+        "application/json",
+        &config_map("early", json!({})),
+    )
+    .await;
+    assert_eq!(code, 404, "{answer}");
+    assert_eq!(answer["reason"], "NotFound", "{answer}");
+    assert_eq!(
+        answer["message"], "namespaces \"shop\" not found",
+        "{answer}"
+    );
+
+    ensure_namespace(&client, "shop").await;
+    ensure_namespace(&client, "other").await;
+    for namespace in ["shop", "other"] {
+        let mut object = config_map("settings", json!({}));
+        object["metadata"]["namespace"] = json!(namespace);
+        let _: ConfigMap = create(&client, Some(namespace), object).await;
+    }
+    let _: ReplicaSet = seed_controllers(&client, "shop", "web", json!({"app": "web"}), 1).await;
+    let pv: PersistentVolume = create(
+        &client,
+        None,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-shop"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": "/mnt/pv-shop"},
+                "claimRef": {"namespace": "shop", "name": "data"}}}),
+    )
+    .await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let answer = namespaces
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    let terminating = answer.left().expect("the namespace, being terminated");
+    assert_eq!(
+        terminating.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    // While it terminates, nothing new goes in and a second delete is a conflict.
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/shop/configmaps",
+        "application/json",
+        &config_map("late", json!({})),
+    )
+    .await;
+    assert_eq!(code, 403, "{answer}");
+    assert_eq!(answer["reason"], "Forbidden", "{answer}");
+    assert_eq!(
+        answer["details"]["causes"][0]["reason"], "NamespaceTerminating",
+        "{answer}"
+    );
+    let again = namespaces
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, kube::Error::Api(status) if status.code == 409),
+        "{again:?}"
+    );
+
+    wait_deleted(&namespaces, "shop", SETTLE).await;
+    for (resource, path) in [
+        ("configmaps", "/api/v1/namespaces/shop/configmaps"),
+        ("deployments", "/apis/apps/v1/namespaces/shop/deployments"),
+        ("replicasets", "/apis/apps/v1/namespaces/shop/replicasets"),
+    ] {
+        let (code, answer) = send(&client, "GET", path, "application/json", &json!(null)).await;
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!(
+            answer["items"],
+            json!([]),
+            "{resource} left in shop: {answer}"
+        );
+    }
+    // Other namespaces and cluster-scoped objects are not the namespace's.
+    let others: Api<ConfigMap> = Api::namespaced(client.clone(), "other");
+    assert!(others.get_opt("settings").await.unwrap().is_some());
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let kept = volumes
+        .get("pv-shop")
+        .await
+        .expect("the PV outlives the namespace");
+    assert_eq!(kept.metadata.uid, pv.metadata.uid);
+    // The name is free again, and the new namespace is empty.
+    ensure_namespace(&client, "shop").await;
+    let shop: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    assert!(shop.get_opt("settings").await.unwrap().is_none());
+    assert!(
+        emulator
+            .process
+            .log()
+            .contains("namespace shop: deleted with its content")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_and_updates_follow_the_api_servers_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+
+    // Services get addresses from the service range, each its own; headless stays so.
+    let service = |name: &str, cluster_ip: Option<&str>| {
+        let mut spec = json!({"selector": {"app": name}, "ports": [{"port": 80}]});
+        if let Some(ip) = cluster_ip {
+            spec["clusterIP"] = json!(ip);
+        }
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "foo"}, "spec": spec})
+    };
+    let a: Service = create(&client, Some("foo"), service("a", None)).await;
+    let b: Service = create(&client, Some("foo"), service("b", None)).await;
+    let headless: Service = create(&client, Some("foo"), service("headless", Some("None"))).await;
+    let ip = |s: &Service| s.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    for allocated in [&a, &b] {
+        let address: std::net::Ipv4Addr = ip(allocated).parse().unwrap();
+        // 10.96.0.0/12: 10.96.0.0 to 10.111.255.255.
+        let [first, second, ..] = address.octets();
+        assert!(first == 10 && (96..112).contains(&second), "{allocated:?}");
+        assert_eq!(
+            allocated.spec.as_ref().unwrap().cluster_ips.as_deref(),
+            Some(&[ip(allocated)][..])
+        );
+    }
+    assert_ne!(ip(&a), ip(&b));
+    assert_eq!(ip(&headless), "None");
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/foo/services",
+        "application/json",
+        &service("c", Some(&ip(&a))),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    let refused = causes(&answer);
+    assert_eq!(refused[0].0, "spec.clusterIPs", "{answer}");
+    assert!(
+        refused[0].2.contains("provided IP is already allocated"),
+        "{answer}"
+    );
+    // An update that sends no address keeps the allocated one; one that changes it is refused.
+    let services: Api<Service> = Api::namespaced(client.clone(), "foo");
+    let mut without = services.get("a").await.unwrap();
+    without.spec.as_mut().unwrap().cluster_ip = None;
+    without.spec.as_mut().unwrap().cluster_ips = None;
+    let kept = services
+        .replace("a", &PostParams::default(), &without)
+        .await
+        .unwrap();
+    assert_eq!(ip(&kept), ip(&a));
+    let mut moved = kept.clone();
+    moved.spec.as_mut().unwrap().cluster_ip = Some(ip(&b));
+    moved.spec.as_mut().unwrap().cluster_ips = Some(vec![ip(&b)]);
+    let error = services
+        .replace("a", &PostParams::default(), &moved)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, kube::Error::Api(s) if s.code == 422),
+        "{error:?}"
+    );
+
+    // A create carrying a resourceVersion is refused by storage (500, no reason), one carrying
+    // a uid gets the server's own.
+    let mut versioned = config_map("versioned", json!({}));
+    versioned["metadata"]["resourceVersion"] = json!("12");
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/api/v1/namespaces/foo/configmaps",
+        "application/json",
+        &versioned,
+    )
+    .await;
+    assert_eq!(code, 500, "{answer}");
+    assert_eq!(
+        answer["message"], "resourceVersion should not be set on objects to be created",
+        "{answer}"
+    );
+    assert!(answer.get("reason").is_none(), "{answer}");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "foo");
+    assert!(configmaps.get_opt("versioned").await.unwrap().is_none());
+    let mut with_uid = config_map("with-uid", json!({}));
+    with_uid["metadata"]["uid"] = json!("11111111-1111-1111-1111-111111111111");
+    let stored: ConfigMap = create(&client, Some("foo"), with_uid).await;
+    let uid = stored.metadata.uid.unwrap();
+    assert_ne!(uid, "11111111-1111-1111-1111-111111111111");
+
+    // Built-in objects take an update without a resourceVersion (unconditional)...
+    let mut unconditional = configmaps.get("with-uid").await.unwrap();
+    unconditional.metadata.resource_version = None;
+    unconditional.data = Some([("k".to_string(), "v".to_string())].into());
+    let updated = configmaps
+        .replace("with-uid", &PostParams::default(), &unconditional)
+        .await
+        .unwrap();
+    assert_eq!(updated.metadata.uid.as_deref(), Some(uid.as_str()));
+    // ...custom resources do not.
+    let _: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        create(&client, None, two_version_crd()).await;
+    let gizmo = json!({"apiVersion": "example.com/v1", "kind": "Gizmo",
+        "metadata": {"name": "g", "namespace": "foo"}, "spec": {"size": 1}});
+    let (code, answer) = send(
+        &client,
+        "POST",
+        "/apis/example.com/v1/namespaces/foo/gizmos",
+        "application/json",
+        &gizmo,
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = send(
+        &client,
+        "PUT",
+        "/apis/example.com/v1/namespaces/foo/gizmos/g",
+        "application/json",
+        &gizmo,
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(causes(&answer)[0].0, "metadata.resourceVersion", "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_serves_its_resource_once_created_and_established() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "foo").await;
+    let gizmo = json!({"apiVersion": "example.com/v1", "kind": "Gizmo",
+        "metadata": {"name": "g", "namespace": "foo"}, "spec": {"size": 1}});
+    let path = "/apis/example.com/v1/namespaces/foo/gizmos";
+
+    // Before its CRD, the resource does not exist: every verb is 404 and nothing is stored.
+    for (method, path) in [
+        ("POST", path.to_string()),
+        ("GET", path.to_string()),
+        ("GET", format!("{path}/g")),
+    ] {
+        let (code, answer) = send(&client, method, &path, "application/json", &gizmo).await;
+        assert_eq!(code, 404, "{method} {path}: {answer}");
+        assert_eq!(answer["reason"], "NotFound", "{answer}");
+    }
+
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        create(&client, None, two_version_crd()).await;
+    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+    for wanted in ["Established", "NamesAccepted"] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == wanted && c.status == "True"),
+            "{wanted} not True in {conditions:?}"
+        );
+    }
+    let (code, answer) = send(&client, "POST", path, "application/json", &gizmo).await;
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = send(&client, "GET", path, "application/json", &json!(null)).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["items"][0]["metadata"]["name"], "g", "{answer}");
+    assert_eq!(answer["kind"], "GizmoList", "{answer}");
+    // The CRDs the emulator starts with are Established too.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let shipped = crds.get("podvolumebackups.velero.io").await.unwrap();
+    assert!(
+        shipped
+            .status
+            .unwrap()
+            .conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    );
 }

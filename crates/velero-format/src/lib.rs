@@ -36,7 +36,7 @@ pub use pod_volume_backup::{
 pub use resources::{BackupResources, ResourceKey};
 pub use restore::{
     ProgressRecord, RestoreResults, RestoreSpecRecord, RestoreStatusRecord, RestoreVolumeRecord,
-    ResultMessages, StowageRestoreRecord,
+    RestoredResourceRecord, ResultMessages, StowageRestoreRecord,
 };
 pub use schedule::{ScheduleRecord, ScheduleSpecRecord, ScheduleStatusRecord, SkippedFiringRecord};
 pub use store::{

@@ -73,6 +73,28 @@ pub struct RestoreSpecRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub included_namespaces: Vec<String>,
+    /// Resources restored from the tarball, Velero's spelling; empty means all.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub include_resources: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub exclude_resources: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub label_selector: BTreeMap<String, String>,
+    /// `none` or `update`; empty means none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub existing_resource_policy: String,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -113,8 +135,44 @@ pub struct RestoreStatusRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub volumes: Vec<RestoreVolumeRecord>,
+    /// What the restore did with each object of the backup's resource tarball.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub resources: Vec<RestoredResourceRecord>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// One object of the resource tarball and what the restore did with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredResourceRecord {
+    /// Velero's spelling: `deployments.apps`, `configmaps`.
+    pub resource: String,
+    /// After namespace mapping; empty for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+    /// `Created`, `Updated`, `SkippedExists`, `Skipped` or `Failed`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl RestoredResourceRecord {
+    /// `configmaps/shop/cfg` or `persistentvolumes/pv-1`, as Velero's messages name objects.
+    pub fn path(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{}/{}", self.resource, self.name)
+        } else {
+            format!("{}/{}/{}", self.resource, self.namespace, self.name)
+        }
+    }
 }
 
 /// Bytes and files done and in total, and the seconds restic ran.
@@ -272,6 +330,28 @@ impl RestoreResults {
                 _ => {}
             }
         }
+        // Velero's words: an object that failed is an error, one that was already there a
+        // warning, under the object's (restored-into) namespace or the cluster's.
+        for resource in &record.status.resources {
+            match resource.outcome.as_str() {
+                "Failed" => results.errors.add(
+                    &resource.namespace,
+                    format!("error restoring {}: {}", resource.path(), resource.message),
+                ),
+                // Restoring into a namespace that exists is the usual case, as in Velero.
+                "SkippedExists" if resource.resource != crate::resources::NAMESPACES => {
+                    results.warnings.add(
+                        &resource.namespace,
+                        format!(
+                            "could not restore, {} already exists: {}",
+                            resource.path(),
+                            resource.message
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
         let reason = &record.status.failure_reason;
         if !reason.is_empty() && results.errors.is_empty() {
             results.errors.velero.push(reason.clone());
@@ -356,6 +436,73 @@ mod tests {
                 "errors": {"namespaces": {"bar": ["pod volume b/data: restore failed: restic: wrong password"]}},
                 "warnings": {"namespaces": {"baz": ["pod volume c/data: restore cancelled: restore cancelled by request"]}},
             })
+        );
+    }
+
+    #[test]
+    fn failed_objects_are_errors_and_existing_ones_warnings_where_they_live() {
+        let mut record = StowageRestoreRecord::new("r1");
+        let resource =
+            |resource: &str, namespace: &str, name: &str, outcome: &str, message: &str| {
+                RestoredResourceRecord {
+                    resource: resource.into(),
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    outcome: outcome.into(),
+                    message: message.into(),
+                    ..Default::default()
+                }
+            };
+        record.status.resources = vec![
+            resource("configmaps", "shop", "cfg", "Created", ""),
+            resource(
+                "secrets",
+                "shop",
+                "creds",
+                "Failed",
+                "forbidden (403 Forbidden)",
+            ),
+            resource("services", "shop", "web", "SkippedExists", "already exists"),
+            resource("namespaces", "", "shop", "SkippedExists", "already exists"),
+            resource(
+                "persistentvolumes",
+                "",
+                "pv-1",
+                "Failed",
+                "invalid (422 Invalid)",
+            ),
+            resource(
+                "pods",
+                "shop",
+                "web-1",
+                "Skipped",
+                "owned by ReplicaSet web",
+            ),
+        ];
+        let results = RestoreResults::of_record(&record);
+        assert_eq!(
+            results.errors.namespaces["shop"],
+            ["error restoring secrets/shop/creds: forbidden (403 Forbidden)"]
+        );
+        assert_eq!(
+            results.errors.cluster,
+            ["error restoring persistentvolumes/pv-1: invalid (422 Invalid)"]
+        );
+        assert_eq!(
+            results.warnings.namespaces["shop"],
+            ["could not restore, services/shop/web already exists: already exists"]
+        );
+        assert_eq!(results.errors.len() + results.warnings.len(), 3);
+        let written = serde_json::to_value(&record).unwrap();
+        assert_eq!(written["status"]["resources"][1]["outcome"], "Failed");
+        assert!(written["status"]["resources"][4].get("namespace").is_none());
+        assert!(
+            results.warnings.cluster.is_empty(),
+            "an existing namespace is no warning"
+        );
+        assert_eq!(
+            serde_json::from_value::<StowageRestoreRecord>(written).unwrap(),
+            record
         );
     }
 

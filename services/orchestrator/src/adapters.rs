@@ -32,7 +32,6 @@ use crate::{
     kube::{
         Cluster,
         agents::Agents,
-        is_conflict,
         mirror::{self, Mirror, MirrorKind, MirrorQueue, MirrorWriter},
     },
     ports::{AgentEvents, AgentsPort, ClusterPort, MirrorSession, RecordStore, RepoManagerPort},
@@ -100,27 +99,6 @@ impl ClusterPort for Cluster {
             .await
     }
 
-    async fn ensure_namespace(&self, name: &str) -> Result<()> {
-        Cluster::ensure_namespace(self, name).await
-    }
-
-    async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()> {
-        Cluster::create_pvc(self, namespace, pvc).await
-    }
-
-    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()> {
-        match Cluster::create_pod(self, namespace, pod).await {
-            Ok(_) => Ok(()),
-            Err(Error::Kube { source, .. }) if is_conflict(&source) => {
-                Err(Error::Conflict(format!(
-                    "pod {namespace}/{} already exists",
-                    pod.metadata.name.clone().unwrap_or_default()
-                )))
-            }
-            Err(error) => Err(error),
-        }
-    }
-
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
         Cluster::restore_helper_config(self).await
     }
@@ -140,6 +118,12 @@ impl ClusterPort for Cluster {
             |level, line| log(level, line),
         )
         .await
+    }
+
+    fn objects(&self) -> std::sync::Arc<dyn crate::resources::restore::ObjectApi> {
+        std::sync::Arc::new(crate::resources::restore::kube::KubeObjects::new(
+            self.client().clone(),
+        ))
     }
 
     fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession> {
@@ -386,8 +370,8 @@ impl RecordStore for Store {
         self.load_backups_except(|name| known.contains(name)).await
     }
 
-    async fn backup_resources(&self, name: &str) -> Result<Vec<Value>> {
-        self.load_resources(name).await
+    async fn backup_tarball(&self, name: &str) -> Result<BackupResources> {
+        Store::load_tarball(self, name).await
     }
 
     async fn delete_backup(&self, name: &str) -> Result<()> {

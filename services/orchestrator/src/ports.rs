@@ -62,11 +62,6 @@ pub trait ClusterPort: Send + Sync {
     async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>>;
     /// The Deployment owning ReplicaSet `namespace/name`, if any.
     async fn replica_set_owner(&self, namespace: &str, name: &str) -> Result<Option<String>>;
-    async fn ensure_namespace(&self, name: &str) -> Result<()>;
-    /// Creates the claim; one already there is left as it is.
-    async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()>;
-    /// Creates the pod; [`crate::error::Error::Conflict`] when one of that name exists.
-    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()>;
     /// The backup's Kubernetes resources (every namespaced object it selects and the
     /// cluster-scoped ones they need), `page_size` objects per list request, with
     /// `volume_manifests` (the pods and claims of its volumes) as planned; what was captured or
@@ -88,6 +83,8 @@ pub trait ClusterPort: Send + Sync {
     ) -> std::result::Result<i32, ExecError>;
     /// The restore-helper ConfigMap's data (empty when there is none).
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
+    /// The API server as a restore recreates the backup's objects through it.
+    fn objects(&self) -> std::sync::Arc<dyn crate::resources::restore::ObjectApi>;
     /// A mirror writer for one run's objects of `kind`.
     fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession>;
     /// Patches the mirror into its object, creating it when there is none.
@@ -169,8 +166,9 @@ pub trait RecordStore: Send + Sync {
         &self,
         known: &BTreeSet<String>,
     ) -> Result<Vec<(Backup, Vec<LogLine>)>>;
-    /// The manifests (pods, PVCs) a restore of the backup recreates.
-    async fn backup_resources(&self, name: &str) -> Result<Vec<Value>>;
+    /// The backup's resource tarball (stowage's or Velero's), each object under its resource
+    /// directory name; empty when the backup has none.
+    async fn backup_tarball(&self, name: &str) -> Result<BackupResources>;
     async fn delete_backup(&self, name: &str) -> Result<()>;
     /// Whether the namespace's restic repository is in the location (only looks).
     async fn repository_exists(&self, namespace: &str) -> Result<bool>;

@@ -8,29 +8,33 @@
 use std::{collections::BTreeMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use stowage_contract::{self as contract, done_file, tags::labels};
 use stowage_proto::v1::{
     AbandonRestoreRequest, Backup, BackupOrigin, BackupPhase, CreateRestoreRequest,
     PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Progress, RepositoryAccess, RepositoryPhase,
-    Restore, RestorePhase, RestoreStatus, RestoreVolumeRequest, VolumePhase, VolumeSource,
-    restore_volume_event,
+    ResourceOutcome, Restore, RestorePhase, RestoreStatus, RestoreVolumeRequest, RestoredResource,
+    VolumePhase, VolumeSource, restore_volume_event,
 };
-use stowage_velero_format::layout as vf_layout;
+use stowage_velero_format::{layout as vf_layout, resources as vf_resources};
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::{
-    backup::{is_terminal, rfc3339, strip_server_fields},
+    backup::{is_terminal, rfc3339},
     deps::{Deps, RestoreHelperDefaults},
     engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
     error::{Error, Result, validate_name, validate_namespace},
     kube::mirror::{self, Mirror, MirrorKind},
     ports::{ClusterPort, MirrorSession},
     repositories::{self, Leases, Prepared},
+    resources::{
+        self,
+        restore::{ExistingPolicy, Handled, Outcome},
+    },
     state::{Entry, RestoreEntry, now},
-    tally::{ending, tally},
+    tally::{Ending, ending, tally},
 };
 
 /// Name of the init container that waits for the volumes' done files.
@@ -38,6 +42,10 @@ pub const RESTORE_HELPER: &str = "restore-wait";
 
 /// At most how often a running restore's record is written as its volumes end.
 const RECORD_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a CustomResourceDefinition the restore created may take to be Established before
+/// its custom resources are sent anyway (and fail with the API server's reason if not served).
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the volumes of a cancelled restore did not end restored.
 const CANCELLED: &str = "the restore was cancelled";
@@ -71,6 +79,18 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     for (from, to) in &spec.namespace_mapping {
         validate_namespace(from)?;
         validate_namespace(to)?;
+    }
+    resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
+    ExistingPolicy::parse(&spec.existing_resource_policy)?;
+    for (key, value) in &spec.label_selector {
+        if key.is_empty() || key.contains([',', '=', ' ']) || value.contains([',', '=', ' ']) {
+            return Err(Error::InvalidArgument {
+                what: "label selector",
+                value: format!("{key}={value}"),
+                reason: "a label key must be non-empty and neither may contain `,`, `=` or spaces"
+                    .to_string(),
+            });
+        }
     }
     let backup = deps
         .index
@@ -297,11 +317,33 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         status.phase = if cancelled {
             RestorePhase::Cancelled as i32
         } else {
-            RestorePhase::from(ending(
+            // An object that failed makes a restore whose volumes all came back
+            // PartiallyFailed (Velero's phase for errors), or Failed if nothing came back.
+            let objects = |wanted: &[ResourceOutcome]| {
+                let count = status
+                    .resources
+                    .iter()
+                    .filter(|r| wanted.iter().any(|w| *w as i32 == r.outcome))
+                    .count();
+                u32::try_from(count).unwrap_or(u32::MAX)
+            };
+            let restored = objects(&[ResourceOutcome::Created, ResourceOutcome::Updated]);
+            let failed = objects(&[ResourceOutcome::Failed]);
+            let ended = match ending(
                 status.volumes_completed,
                 status.volumes_failed,
                 outcome.is_err(),
-            )) as i32
+            ) {
+                Ending::Completed if failed > 0 => {
+                    if status.volumes_completed == 0 && restored == 0 {
+                        Ending::Failed
+                    } else {
+                        Ending::PartiallyFailed
+                    }
+                }
+                other => other,
+            };
+            RestorePhase::from(ended) as i32
         };
         status.finished = Some(now());
     }
@@ -312,14 +354,27 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
     if let Err(error) = &outcome {
         entry.log("error", format!("restore failed: {error}"));
     }
+    let count = |outcome: ResourceOutcome| {
+        status
+            .resources
+            .iter()
+            .filter(|r| r.outcome == outcome as i32)
+            .count()
+    };
     entry.log(
         "info",
         format!(
-            "restore ended {}: {} volumes, {} completed, {} failed",
+            "restore ended {}: {} volumes, {} completed, {} failed; {} objects, {} created, {} updated, {} already existed, {} skipped, {} failed",
             crate::tally::restore_phase_word(status.phase),
             status.volumes_total,
             status.volumes_completed,
-            status.volumes_failed
+            status.volumes_failed,
+            status.resources.len(),
+            count(ResourceOutcome::Created),
+            count(ResourceOutcome::Updated),
+            count(ResourceOutcome::SkippedExists),
+            count(ResourceOutcome::Skipped),
+            count(ResourceOutcome::Failed),
         ),
     );
     persist(&deps, &entry, &restore).await;
@@ -420,7 +475,7 @@ async fn execute(
         restore.status.get_or_insert_with(Default::default).phase = RestorePhase::InProgress as i32;
     });
     let spec = restore.spec.clone().unwrap_or_default();
-    let resources = store.backup_resources(&backup.name).await?;
+    let tarball = store.backup_tarball(&backup.name).await?;
     let backed_up: Vec<PodVolumeBackup> = backup
         .status
         .clone()
@@ -430,47 +485,96 @@ async fn execute(
         .filter(|v| v.phase == VolumePhase::Completed as i32 && !v.snapshot_id.is_empty())
         .collect();
     let helper = helper_container(cluster.as_ref(), &deps.restore_helper, &restore.uid).await?;
+    // The backed-up volumes of each pod, by the pod's (source namespace, name).
+    let mut pod_volumes: BTreeMap<(String, String), Vec<&PodVolumeBackup>> = BTreeMap::new();
+    for volume in &backed_up {
+        if let Some(reference) = &volume.volume {
+            pod_volumes
+                .entry((reference.namespace.clone(), reference.pod_name.clone()))
+                .or_default()
+                .push(volume);
+        }
+    }
+    let dress = |namespace: &str, name: &str, pod: &mut Value| {
+        let volumes = pod_volumes.get(&(namespace.to_string(), name.to_string()))?;
+        let names: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v.volume.as_ref().map(|r| r.volume_name.clone()))
+            .collect();
+        Some(add_restore_helper(pod, &helper, &names))
+    };
+    let mut options = resource_options(&spec, &deps.limits)?;
+    // The claims restic fills: from the volume records, or the pod spec when Velero's records
+    // do not name the claim.
+    options.restic_claims = backed_up
+        .iter()
+        .filter_map(|volume| {
+            let reference = volume.volume.as_ref()?;
+            let claim = if reference.pvc_name.is_empty() {
+                let manifest = tarball.get(
+                    vf_resources::PODS,
+                    Some(&reference.namespace),
+                    &reference.pod_name,
+                )?;
+                volume_in_manifest(manifest, &reference.volume_name).1?
+            } else {
+                reference.pvc_name.clone()
+            };
+            Some((reference.namespace.clone(), claim))
+        })
+        .collect();
+    let log = |level: &str, line: String| entry.log(level, line);
+    let objects = cluster.objects();
+    // Searched by the restore's name like its volumes' spans; the counts say what it did.
+    let span = tracing::info_span!(
+        "restore_resources",
+        restore = %restore.name,
+        backup = %backup.name,
+        objects = tarball.objects.len(),
+        failed = field::Empty,
+    );
+    let handled = resources::restore::restore_resources(
+        objects.as_ref(),
+        &tarball,
+        &options,
+        &dress,
+        &log,
+        &control.cancel,
+    )
+    .instrument(span.clone())
+    .await?;
+    span.record(
+        "failed",
+        handled
+            .iter()
+            .filter(|h| h.outcome == Outcome::Failed)
+            .count(),
+    );
+    entry.modify(|restore| {
+        let status = restore.status.get_or_insert_with(Default::default);
+        status.resources = handled.iter().map(restored_resource).collect();
+    });
 
     let mut pending = Vec::new();
     // Pods with a post-restore hook, run once their volumes are back.
     let mut hooked: Vec<HookedPod> = Vec::new();
-    let pod_manifests = resources
-        .iter()
-        .filter(|object| object.get("kind").and_then(Value::as_str) == Some("Pod"));
-    for manifest in pod_manifests {
-        if control.cancel.is_cancelled() {
-            break;
-        }
-        let source_namespace = text(manifest, "/metadata/namespace");
-        let pod_name = text(manifest, "/metadata/name");
-        if !spec.included_namespaces.is_empty()
-            && !spec.included_namespaces.contains(&source_namespace)
-        {
+    for pod in handled.iter().filter(|h| h.has_volumes) {
+        let source_namespace = pod.source_namespace.clone().unwrap_or_default();
+        let namespace = pod.namespace.clone().unwrap_or_default();
+        let pod_name = pod.name.clone();
+        let Some(volumes) = pod_volumes.get(&(source_namespace.clone(), pod_name.clone())) else {
             continue;
-        }
-        let volumes: Vec<&PodVolumeBackup> = backed_up
-            .iter()
-            .filter(|v| {
-                v.volume
-                    .as_ref()
-                    .is_some_and(|r| r.namespace == source_namespace && r.pod_name == pod_name)
-            })
-            .collect();
-        if volumes.is_empty() {
-            continue;
-        }
-        let namespace = spec
-            .namespace_mapping
-            .get(&source_namespace)
+        };
+        let manifest = tarball
+            .get(vf_resources::PODS, Some(&source_namespace), &pod_name)
             .cloned()
-            .unwrap_or_else(|| source_namespace.clone());
-        cluster.ensure_namespace(&namespace).await?;
+            .unwrap_or_default();
         // The pod spec says what each volume is; Velero's records do not carry it.
         let references: Vec<PodVolumeRef> = volumes
             .iter()
             .map(|volume| {
                 let mut reference = volume.volume.clone().unwrap_or_default();
-                let (source, claim) = volume_in_manifest(manifest, &reference.volume_name);
+                let (source, claim) = volume_in_manifest(&manifest, &reference.volume_name);
                 if reference.source == VolumeSource::Unspecified as i32 {
                     reference.source = source as i32;
                 }
@@ -480,41 +584,17 @@ async fn execute(
                 reference
             })
             .collect();
-        for reference in &references {
-            if reference.pvc_name.is_empty() {
-                continue;
-            }
-            let claim = resources.iter().find(|object| {
-                object.get("kind").and_then(Value::as_str) == Some("PersistentVolumeClaim")
-                    && text(object, "/metadata/namespace") == source_namespace
-                    && text(object, "/metadata/name") == reference.pvc_name
-            });
-            if let Some(claim) = claim {
-                let pvc = restorable_pvc(claim, &namespace)?;
-                cluster.create_pvc(&namespace, &pvc).await?;
-            }
-        }
-        let names: Vec<String> = volumes
-            .iter()
-            .filter_map(|v| v.volume.as_ref().map(|r| r.volume_name.clone()))
-            .collect();
-        // A pod that cannot be created fails its own volumes; the other pods still restore.
-        let failure = match restorable_pod(manifest, &namespace, &helper, &names) {
-            Err(error) => Some(format!("pod {namespace}/{pod_name} not created: {error}")),
-            Ok(pod) => match cluster.create_pod(&namespace, &pod).await {
-                Ok(()) => {
-                    entry.log("info", format!("created pod {namespace}/{pod_name}"));
-                    None
-                }
-                Err(Error::Conflict(_)) => Some(format!(
-                    "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
-                )),
-                Err(error) => Some(error.to_string()),
-            },
+        // A pod that was not created fails its own volumes; the other pods still restore.
+        let failure = match pod.outcome {
+            Outcome::Created => None,
+            Outcome::SkippedExists | Outcome::Updated => Some(format!(
+                "pod {namespace}/{pod_name} already exists; its volumes are not restored into it"
+            )),
+            Outcome::Failed | Outcome::Skipped => Some(format!(
+                "pod {namespace}/{pod_name} could not be created: {}",
+                pod.message
+            )),
         };
-        if let Some(message) = &failure {
-            entry.log("error", message.clone());
-        }
         // Only the count is read back: a clone of the whole restore per pod was quadratic.
         let mut indexes = 0;
         entry.modify(|restore| {
@@ -552,7 +632,7 @@ async fn execute(
         if failure.is_none() {
             let created = indexes - volumes.len()..indexes;
             pending.extend(created.clone());
-            let annotations = crate::hooks::annotations_of(manifest);
+            let annotations = crate::hooks::annotations_of(&manifest);
             if stowage_hooks::declares_restore_exec_hook(&annotations) {
                 hooked.push(HookedPod {
                     namespace: namespace.clone(),
@@ -934,61 +1014,54 @@ fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<Str
     }
 }
 
-fn text(value: &Value, pointer: &str) -> String {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+/// The resource restore's settings of one restore: its filters, mapping and policy.
+pub fn resource_options(
+    spec: &stowage_proto::v1::RestoreSpec,
+    limits: &crate::deps::Limits,
+) -> Result<resources::restore::Options> {
+    Ok(resources::restore::Options {
+        included_namespaces: spec.included_namespaces.clone(),
+        namespace_mapping: spec.namespace_mapping.clone().into_iter().collect(),
+        include_resources: spec.include_resources.clone(),
+        exclude_resources: spec.exclude_resources.clone(),
+        label_selector: spec.label_selector.clone().into_iter().collect(),
+        restic_claims: Default::default(),
+        policy: ExistingPolicy::parse(&spec.existing_resource_policy)?,
+        crd_timeout: CRD_ESTABLISHED_TIMEOUT,
+        poll_interval: limits.poll_interval,
+    })
 }
 
-/// The PVC as it is recreated: in the target namespace, unbound so the cluster provisions a
-/// fresh volume for the restored data.
-fn restorable_pvc(manifest: &Value, namespace: &str) -> Result<PersistentVolumeClaim> {
-    let mut manifest = manifest.clone();
-    strip_server_fields(&mut manifest);
-    manifest["metadata"]["namespace"] = json!(namespace);
-    if let Some(spec) = manifest.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.remove("volumeName");
+/// One object's result as the API shows it.
+fn restored_resource(handled: &Handled) -> RestoredResource {
+    RestoredResource {
+        resource: handled.resource.clone(),
+        namespace: handled.namespace.clone().unwrap_or_default(),
+        name: handled.name.clone(),
+        outcome: match handled.outcome {
+            Outcome::Created => ResourceOutcome::Created,
+            Outcome::Updated => ResourceOutcome::Updated,
+            Outcome::SkippedExists => ResourceOutcome::SkippedExists,
+            Outcome::Skipped => ResourceOutcome::Skipped,
+            Outcome::Failed => ResourceOutcome::Failed,
+        } as i32,
+        message: handled.message.clone(),
     }
-    if let Some(annotations) = manifest
-        .pointer_mut("/metadata/annotations")
-        .and_then(Value::as_object_mut)
-    {
-        for key in [
-            "pv.kubernetes.io/bind-completed",
-            "pv.kubernetes.io/bound-by-controller",
-            "volume.kubernetes.io/selected-node",
-        ] {
-            annotations.remove(key);
-        }
-    }
-    serde_json::from_value(manifest)
-        .map_err(|error| Error::Failed(format!("PVC manifest: {error}")))
 }
 
-/// The pod as it is recreated: no node, status or server fields, the restore helper first
-/// among its init containers mounting every restored volume.
-fn restorable_pod(
-    manifest: &Value,
-    namespace: &str,
+/// Puts the restore helper first among a prepared pod's init containers, mounting every
+/// restored volume; a helper left from an earlier restore is replaced.
+fn add_restore_helper(
+    pod: &mut Value,
     helper: &Value,
     volumes: &[String],
-) -> Result<Pod> {
-    let mut manifest = manifest.clone();
-    strip_server_fields(&mut manifest);
-    let init_hook = stowage_hooks::restore_init_hook(&crate::hooks::annotations_of(&manifest))
-        .map_err(|error| Error::Failed(format!("init restore hook: {error}")))?;
-    manifest["metadata"]["namespace"] = json!(namespace);
-    if let Some(metadata) = manifest.get_mut("metadata").and_then(Value::as_object_mut) {
-        // The controller that owned the old pod is not restored with it.
-        metadata.remove("ownerReferences");
-    }
-    let spec = manifest
+) -> std::result::Result<(), String> {
+    let init_hook = stowage_hooks::restore_init_hook(&crate::hooks::annotations_of(pod))
+        .map_err(|error| format!("init restore hook: {error}"))?;
+    let spec = pod
         .get_mut("spec")
         .and_then(Value::as_object_mut)
-        .ok_or_else(|| Error::Failed("pod manifest has no spec".to_string()))?;
-    spec.remove("nodeName");
+        .ok_or("the pod manifest has no spec")?;
     let mut helper = helper.clone();
     // The helper waits for `<mount>/.velero/<restore-uid>` in each of these.
     let paths: Vec<String> = volumes
@@ -1016,11 +1089,10 @@ fn restorable_pod(
         // A pod backed up after an earlier restore already has this very container.
         init.retain(|container| *container != hook.container());
         hook.insert_into(&mut init, RESTORE_HELPER)
-            .map_err(|error| Error::Failed(format!("init restore hook: {error}")))?;
+            .map_err(|error| format!("init restore hook: {error}"))?;
     }
     spec.insert("initContainers".to_string(), Value::Array(init));
-    serde_json::from_value(manifest)
-        .map_err(|error| Error::Failed(format!("pod manifest: {error}")))
+    Ok(())
 }
 
 /// The restore-helper container from the ConfigMap (image, requests, limits; `"0"` leaves
@@ -1274,6 +1346,18 @@ mod tests {
         assert_eq!(mirror.labels["velero.io/backup-name"], "nightly");
     }
 
+    /// The pod as the resource restore creates it: the helper (and an init hook) added.
+    fn restorable_pod(
+        manifest: &Value,
+        _namespace: &str,
+        helper: &Value,
+        volumes: &[String],
+    ) -> std::result::Result<k8s_openapi::api::core::v1::Pod, String> {
+        let mut pod = manifest.clone();
+        add_restore_helper(&mut pod, helper, volumes)?;
+        serde_json::from_value(pod).map_err(|error| error.to_string())
+    }
+
     #[test]
     fn an_init_restore_hook_follows_the_helper_and_a_bad_one_is_refused() {
         let manifest = |annotations: Value| {
@@ -1350,7 +1434,14 @@ mod tests {
             "status": {"phase": "Running"},
         });
         let helper = helper_spec(&BTreeMap::new(), &defaults(), "uid-1");
-        let pod = restorable_pod(&manifest, "bar", &helper, &["data".to_string()]).unwrap();
+        let mapping = BTreeMap::from([("foo".to_string(), "bar".to_string())]);
+        let context = resources::restore::plan::Context {
+            namespace_mapping: &mapping,
+            volume_restored: false,
+        };
+        let mut manifest = resources::restore::plan::prepare("pods", &manifest, &context);
+        add_restore_helper(&mut manifest, &helper, &["data".to_string()]).unwrap();
+        let pod: Pod = serde_json::from_value(manifest).unwrap();
         assert_eq!(pod.metadata.namespace.as_deref(), Some("bar"));
         assert!(pod.metadata.uid.is_none());
         assert!(pod.status.is_none());
@@ -1373,7 +1464,10 @@ mod runs {
     use stowage_proto::v1::{BackupStatus, CreateRestoreRequest, RestoreSpec};
 
     use super::*;
-    use crate::testing::{Script, World, limits, pod};
+    use crate::{
+        backup::strip_server_fields,
+        testing::{Script, World, limits, pod},
+    };
 
     /// A Completed backup `nightly` of namespace `shop`: each pod with its volumes, each
     /// recreated pod scheduled on `node`.

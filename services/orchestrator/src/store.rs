@@ -11,8 +11,9 @@ use stowage_proto::{
     prost_types,
     v1::{
         Backup, BackupOrigin, BackupPhase, BackupSpec, BackupStatus, LogLine, PodVolumeBackup,
-        PodVolumeRef, PodVolumeRestore, Progress, Restore, RestorePhase, RestoreSpec,
-        RestoreStatus, SkipReason, SkippedVolume, VolumePhase, VolumeSource,
+        PodVolumeRef, PodVolumeRestore, Progress, ResourceOutcome, Restore, RestorePhase,
+        RestoreSpec, RestoreStatus, RestoredResource, SkipReason, SkippedVolume, VolumePhase,
+        VolumeSource,
     },
 };
 use stowage_storage_location::object_store::{ObjectStore, ObjectStoreExt, path::Path};
@@ -346,13 +347,12 @@ impl Store {
             .map_err(store_error)
     }
 
-    /// The manifests (pods, PVCs) a restore recreates.
-    pub async fn load_resources(&self, name: &str) -> Result<Vec<Value>> {
-        let resources = vf::store::read_resources(self.store.as_ref(), name)
+    /// The backup's resource tarball; empty when it has none.
+    pub async fn load_tarball(&self, name: &str) -> Result<vf::BackupResources> {
+        Ok(vf::store::read_resources(self.store.as_ref(), name)
             .await
             .map_err(store_error)?
-            .unwrap_or_default();
-        Ok(resources.objects.into_values().collect())
+            .unwrap_or_default())
     }
 
     /// Deletes every file under `backups/<name>/`.
@@ -502,6 +502,10 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
         backup_name: spec.backup_name,
         namespace_mapping: spec.namespace_mapping.into_iter().collect(),
         included_namespaces: spec.included_namespaces,
+        include_resources: spec.include_resources,
+        exclude_resources: spec.exclude_resources,
+        label_selector: spec.label_selector.into_iter().collect(),
+        existing_resource_policy: spec.existing_resource_policy,
         extra: Default::default(),
     };
     record.status = vf::RestoreStatusRecord {
@@ -548,9 +552,44 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
                 }
             })
             .collect(),
+        resources: status
+            .resources
+            .iter()
+            .map(|resource| vf::RestoredResourceRecord {
+                resource: resource.resource.clone(),
+                namespace: resource.namespace.clone(),
+                name: resource.name.clone(),
+                outcome: resource_outcome_name(resource.outcome).to_string(),
+                message: resource.message.clone(),
+                extra: Default::default(),
+            })
+            .collect(),
         extra: Default::default(),
     };
     record
+}
+
+/// The record's word for an object's outcome.
+fn resource_outcome_name(outcome: i32) -> &'static str {
+    match ResourceOutcome::try_from(outcome).unwrap_or_default() {
+        ResourceOutcome::Created => "Created",
+        ResourceOutcome::Updated => "Updated",
+        ResourceOutcome::SkippedExists => "SkippedExists",
+        ResourceOutcome::Skipped => "Skipped",
+        ResourceOutcome::Failed => "Failed",
+        ResourceOutcome::Unspecified => "",
+    }
+}
+
+fn resource_outcome_from(name: &str) -> ResourceOutcome {
+    match name {
+        "Created" => ResourceOutcome::Created,
+        "Updated" => ResourceOutcome::Updated,
+        "SkippedExists" => ResourceOutcome::SkippedExists,
+        "Skipped" => ResourceOutcome::Skipped,
+        "Failed" => ResourceOutcome::Failed,
+        _ => ResourceOutcome::Unspecified,
+    }
 }
 
 fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
@@ -562,6 +601,10 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             backup_name: record.spec.backup_name.clone(),
             namespace_mapping: record.spec.namespace_mapping.clone().into_iter().collect(),
             included_namespaces: record.spec.included_namespaces.clone(),
+            include_resources: record.spec.include_resources.clone(),
+            exclude_resources: record.spec.exclude_resources.clone(),
+            label_selector: record.spec.label_selector.clone().into_iter().collect(),
+            existing_resource_policy: record.spec.existing_resource_policy.clone(),
             ..Default::default()
         }),
         status: Some(RestoreStatus {
@@ -603,7 +646,17 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             failure_reason: status.failure_reason.clone(),
             pods_created: status.pods_created.clone(),
             trace_id: status.trace_id.clone(),
-            ..Default::default()
+            resources: status
+                .resources
+                .iter()
+                .map(|resource| RestoredResource {
+                    resource: resource.resource.clone(),
+                    namespace: resource.namespace.clone(),
+                    name: resource.name.clone(),
+                    outcome: resource_outcome_from(&resource.outcome) as i32,
+                    message: resource.message.clone(),
+                })
+                .collect(),
         }),
     }
 }
@@ -1203,7 +1256,8 @@ mod tests {
         assert_eq!(status.volumes[1].error_message, "no agent on node node-b");
         assert_eq!(status.skipped, original.skipped);
         assert_eq!(loaded_logs[0].message, "backup nightly started");
-        assert_eq!(store.load_resources("nightly").await.unwrap(), vec![pod]);
+        let tarball = store.load_tarball("nightly").await.unwrap();
+        assert_eq!(tarball.objects.into_values().collect::<Vec<_>>(), vec![pod]);
 
         store.delete_backup("nightly").await.unwrap();
         assert!(store.load_backups().await.unwrap().is_empty());

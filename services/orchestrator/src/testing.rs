@@ -28,6 +28,10 @@ use crate::{
     error::{Error, Result},
     kube::mirror::{Mirror, MirrorKind},
     ports::{AgentEvents, AgentsPort, ClusterPort, MirrorSession, RecordStore, RepoManagerPort},
+    resources::{
+        api::ApiResource,
+        restore::{ObjectApi, api::ObjectError, fake::FakeObjects},
+    },
     restore::RESTORE_HELPER,
     state::Index,
 };
@@ -56,11 +60,13 @@ pub fn pod(namespace: &str, name: &str, node: &str, volumes: &[&str]) -> Pod {
 
 /// The fake cluster: pods by `namespace/name`; a created pod is scheduled on the node
 /// `schedule` names for it (none: it stays Pending) with its restore helper running.
-#[derive(Default)]
 pub struct FakeCluster {
-    pub pods: Mutex<BTreeMap<String, Pod>>,
+    pub pods: Arc<Mutex<BTreeMap<String, Pod>>>,
     /// Node a created pod is scheduled on, by pod name.
-    pub schedule: Mutex<BTreeMap<String, String>>,
+    pub schedule: Arc<Mutex<BTreeMap<String, String>>>,
+    /// The API server a restore recreates objects through: pods go to `pods` (scheduled as
+    /// `schedule` says), everything else to an in-memory API server.
+    pub objects: Arc<ClusterObjects>,
     /// Every mirror state written, in order.
     pub mirrors: Arc<Mutex<Vec<(MirrorKind, Mirror)>>>,
     /// Listing pods in this namespace panics (a bug in the runner's path).
@@ -71,6 +77,140 @@ pub struct FakeCluster {
     /// `exec <command> in <target>` for each exec, and (shared with the fake agents by
     /// [`World`]) `restic <volume>` for each volume an agent started, in order.
     pub timeline: Arc<Mutex<Vec<String>>>,
+}
+
+impl Default for FakeCluster {
+    fn default() -> FakeCluster {
+        let pods: Arc<Mutex<BTreeMap<String, Pod>>> = Arc::default();
+        let schedule: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        FakeCluster {
+            objects: Arc::new(ClusterObjects {
+                pods: pods.clone(),
+                schedule: schedule.clone(),
+                others: FakeObjects::new(),
+            }),
+            pods,
+            schedule,
+            mirrors: Arc::default(),
+            panic_on_namespace: Mutex::default(),
+            exec_answers: Mutex::default(),
+            timeline: Arc::default(),
+        }
+    }
+}
+
+/// Creates `pod` in `pods` with a new uid, scheduled on the node `schedule` names for it
+/// with its restore helper running (none: it stays Pending).
+fn create_fake_pod(
+    pods: &Mutex<BTreeMap<String, Pod>>,
+    schedule: &Mutex<BTreeMap<String, String>>,
+    namespace: &str,
+    pod: &Pod,
+) -> Result<Pod> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let key = format!("{namespace}/{name}");
+    if lock(pods).contains_key(&key) {
+        return Err(Error::Conflict(format!("pod {key} already exists")));
+    }
+    let mut pod = pod.clone();
+    pod.metadata.namespace = Some(namespace.to_string());
+    pod.metadata.uid = Some(format!("new-uid-{namespace}-{name}"));
+    pod.metadata.resource_version = Some("1".to_string());
+    if let Some(node) = lock(schedule).get(&name).cloned() {
+        let scheduled: Pod = serde_json::from_value(json!({
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": "Pending", "initContainerStatuses": [{
+                "name": RESTORE_HELPER, "image": "helper", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"running": {}},
+            }]},
+        }))
+        .expect("a pod status");
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = Some(node);
+        }
+        pod.status = scheduled.status;
+    }
+    lock(pods).insert(key, pod.clone());
+    Ok(pod)
+}
+
+/// [`ObjectApi`] of the fake cluster: pods in the cluster's own map, the rest in memory.
+pub struct ClusterObjects {
+    pods: Arc<Mutex<BTreeMap<String, Pod>>>,
+    schedule: Arc<Mutex<BTreeMap<String, String>>>,
+    pub others: FakeObjects,
+}
+
+fn pod_error(what: String, error: impl std::fmt::Display) -> ObjectError {
+    ObjectError::Refused {
+        what,
+        code: 422,
+        reason: "Invalid".to_string(),
+        message: error.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl ObjectApi for ClusterObjects {
+    async fn served(&self) -> std::result::Result<Vec<ApiResource>, ObjectError> {
+        self.others.served().await
+    }
+
+    async fn get(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> std::result::Result<Option<Value>, ObjectError> {
+        if resource.group_resource() != "pods" {
+            return self.others.get(resource, namespace, name).await;
+        }
+        let key = format!("{}/{name}", namespace.unwrap_or_default());
+        Ok(lock(&self.pods)
+            .get(&key)
+            .map(|pod| serde_json::to_value(pod).expect("a pod")))
+    }
+
+    async fn create(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        object: &Value,
+    ) -> std::result::Result<Value, ObjectError> {
+        if resource.group_resource() != "pods" {
+            return self.others.create(resource, namespace, object).await;
+        }
+        let namespace = namespace.unwrap_or_default();
+        let what = format!("pods/{namespace}");
+        let pod: Pod =
+            serde_json::from_value(object.clone()).map_err(|e| pod_error(what.clone(), e))?;
+        match create_fake_pod(&self.pods, &self.schedule, namespace, &pod) {
+            Ok(pod) => Ok(serde_json::to_value(pod).expect("a pod")),
+            Err(error) => Err(ObjectError::Refused {
+                what,
+                code: 409,
+                reason: "AlreadyExists".to_string(),
+                message: error.to_string(),
+            }),
+        }
+    }
+
+    async fn replace(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+        object: &Value,
+    ) -> std::result::Result<Value, ObjectError> {
+        if resource.group_resource() != "pods" {
+            return self.others.replace(resource, namespace, name, object).await;
+        }
+        let key = format!("{}/{name}", namespace.unwrap_or_default());
+        let pod: Pod =
+            serde_json::from_value(object.clone()).map_err(|e| pod_error(key.clone(), e))?;
+        lock(&self.pods).insert(key, pod);
+        Ok(object.clone())
+    }
 }
 
 impl FakeCluster {
@@ -150,40 +290,6 @@ impl ClusterPort for FakeCluster {
         Ok(None)
     }
 
-    async fn ensure_namespace(&self, _name: &str) -> Result<()> {
-        Ok(())
-    }
-
-    async fn create_pvc(&self, _namespace: &str, _pvc: &PersistentVolumeClaim) -> Result<()> {
-        Ok(())
-    }
-
-    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()> {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let key = format!("{namespace}/{name}");
-        if lock(&self.pods).contains_key(&key) {
-            return Err(Error::Conflict(format!("pod {key} already exists")));
-        }
-        let mut pod = pod.clone();
-        pod.metadata.uid = Some(format!("new-uid-{namespace}-{name}"));
-        if let Some(node) = lock(&self.schedule).get(&name).cloned() {
-            let scheduled: Pod = serde_json::from_value(json!({
-                "spec": {"nodeName": node, "containers": []},
-                "status": {"phase": "Pending", "initContainerStatuses": [{
-                    "name": RESTORE_HELPER, "image": "helper", "imageID": "", "ready": false,
-                    "restartCount": 0, "state": {"running": {}},
-                }]},
-            }))
-            .expect("a pod status");
-            if let Some(spec) = pod.spec.as_mut() {
-                spec.node_name = Some(node);
-            }
-            pod.status = scheduled.status;
-        }
-        lock(&self.pods).insert(key, pod);
-        Ok(())
-    }
-
     async fn exec(
         &self,
         target: &ExecTarget,
@@ -220,6 +326,10 @@ impl ClusterPort for FakeCluster {
                 .map_err(|error| Error::Failed(error.to_string()))?;
         }
         Ok(resources)
+    }
+
+    fn objects(&self) -> Arc<dyn ObjectApi> {
+        self.objects.clone()
     }
 
     fn mirrors(&self, kind: MirrorKind) -> Box<dyn MirrorSession> {
@@ -666,8 +776,15 @@ impl RecordStore for FakeStore {
             .collect())
     }
 
-    async fn backup_resources(&self, name: &str) -> Result<Vec<Value>> {
-        Ok(lock(&self.resources).get(name).cloned().unwrap_or_default())
+    /// The manifests of `resources`, each under the resource its kind names.
+    async fn backup_tarball(&self, name: &str) -> Result<BackupResources> {
+        let mut tarball = BackupResources::new();
+        for object in lock(&self.resources).get(name).cloned().unwrap_or_default() {
+            tarball
+                .insert_object(object)
+                .map_err(|error| Error::Failed(error.to_string()))?;
+        }
+        Ok(tarball)
     }
 
     async fn delete_backup(&self, name: &str) -> Result<()> {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ::kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
@@ -129,51 +129,6 @@ impl Cluster {
                 .find(|owner| owner.kind == "Deployment")
                 .map(|owner| owner.name)
         }))
-    }
-
-    pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        if api
-            .get_opt(name)
-            .await
-            .map_err(Error::kube(format!("reading namespace {name}")))?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
-        }))
-        .map_err(|error| Error::Failed(format!("namespace manifest: {error}")))?;
-        match api.create(&PostParams::default(), &namespace).await {
-            Ok(_) => Ok(()),
-            Err(error) if is_conflict(&error) => Ok(()),
-            Err(error) => Err(Error::kube(format!("creating namespace {name}"))(error)),
-        }
-    }
-
-    /// Creates `pvc`, leaving an existing claim of that name as it is (Velero does the same:
-    /// restoring into an existing claim is the user's choice).
-    pub async fn create_pvc(&self, namespace: &str, pvc: &PersistentVolumeClaim) -> Result<()> {
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-        match api.create(&PostParams::default(), pvc).await {
-            Ok(_) => Ok(()),
-            Err(error) if is_conflict(&error) => Ok(()),
-            Err(error) => Err(Error::kube(format!(
-                "creating PVC {namespace}/{}",
-                pvc.metadata.name.clone().unwrap_or_default()
-            ))(error)),
-        }
-    }
-
-    pub async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<Pod> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        api.create(&PostParams::default(), pod)
-            .await
-            .map_err(Error::kube(format!(
-                "creating pod {namespace}/{}",
-                pod.metadata.name.clone().unwrap_or_default()
-            )))
     }
 
     /// The restore-helper ConfigMap in the stowage namespace, found by Velero's labels.

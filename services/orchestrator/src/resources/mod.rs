@@ -12,6 +12,7 @@ pub mod capture;
 pub mod discovery;
 pub mod filter;
 pub mod kube;
+pub mod restore;
 
 #[cfg(test)]
 mod fake;
