@@ -28,7 +28,7 @@ pub use locks::{Lock, LockInfo};
 pub use maintenance::{CheckData, RepositoryConfig};
 pub use outage::{OutageClock, StorageRetry};
 pub use processes::{ProcessTable, RunningProcess};
-pub use restore::{RestoreOptions, RestoreStatus};
+pub use restore::{Overwrite, RestoreOptions, RestoreStatus};
 pub use retry::{Attempts, Retry, RetryPolicy};
 pub use snapshots::{Snapshot, SnapshotFilter, SnapshotStats};
 pub use version::{MINIMUM_VERSION, ResticVersion};
