@@ -13,12 +13,12 @@ use std::{
 
 use stowage_contract::{done_file, identity::StableIdentity, tags};
 use stowage_proto::v1::{
-    AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress,
-    RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
+    AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, OverwritePolicy, PodVolumeRef,
+    Progress, RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
 };
 use stowage_restic::{
-    BackupOptions, BackupProgress, BackupStatus, Repository, Restic, RestoreOptions, RestoreStatus,
-    Retry, RetryPolicy, SnapshotFilter, StorageRetry,
+    BackupOptions, BackupProgress, BackupStatus, Overwrite, Repository, Restic, RestoreOptions,
+    RestoreStatus, Retry, RetryPolicy, SnapshotFilter, StorageRetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -119,6 +119,38 @@ pub struct RestorePlan {
     pub repository: Repository,
     pub snapshot_id: String,
     pub restore_uid: String,
+    /// A data-only restore into a volume in use: no done file (no restore helper waits) and
+    /// no failure marker.
+    pub data_only: bool,
+    /// What restic does with the files already in the volume (the overwrite policy).
+    pub overwrite: OverwriteMode,
+    /// restic `restore --include` / `--exclude` patterns.
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+}
+
+/// A restore's overwrite policy as restic flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverwriteMode {
+    pub overwrite: Option<Overwrite>,
+    pub delete: bool,
+}
+
+impl OverwriteMode {
+    /// `merge` (and unset): restic's default over what is there, files not in the snapshot
+    /// stay; `replace`: `--delete`, the volume ends identical to the snapshot (paths the
+    /// restore excludes are left alone); `if-newer`: `--overwrite if-newer`.
+    pub fn of(policy: i32) -> Result<OverwriteMode, AgentError> {
+        let mode = |overwrite, delete| OverwriteMode { overwrite, delete };
+        match OverwritePolicy::try_from(policy) {
+            Ok(OverwritePolicy::Unspecified | OverwritePolicy::Merge) => Ok(mode(None, false)),
+            Ok(OverwritePolicy::Replace) => Ok(mode(None, true)),
+            Ok(OverwritePolicy::IfNewer) => Ok(mode(Some(Overwrite::IfNewer), false)),
+            Err(_) => Err(AgentError::InvalidRequest(format!(
+                "overwrite_policy {policy} is not one of merge, replace, if-newer"
+            ))),
+        }
+    }
 }
 
 pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentError> {
@@ -225,13 +257,35 @@ pub fn plan_restore(
         .volume
         .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
     restored_pod_names(&volume)?;
+    let overwrite = OverwriteMode::of(request.overwrite_policy)?;
+    if !request.data_only && overwrite != OverwriteMode::of(0)? {
+        // A recreated pod's volume is new and empty: there is nothing to overwrite.
+        return Err(AgentError::InvalidRequest(
+            "overwrite_policy applies to data-only restores only".into(),
+        ));
+    }
+    for pattern in request
+        .include_patterns
+        .iter()
+        .chain(&request.exclude_patterns)
+    {
+        if pattern.trim().is_empty() || pattern.contains('\0') {
+            return Err(AgentError::InvalidRequest(format!(
+                "restore pattern `{pattern}` is empty or holds a NUL"
+            )));
+        }
+    }
     let repository = repository(request.repository)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
     Ok(RestorePlan {
+        includes: request.include_patterns,
+        excludes: request.exclude_patterns,
         path,
         repository,
         snapshot_id: request.snapshot_id,
         restore_uid: request.restore_uid,
+        data_only: request.data_only,
+        overwrite,
     })
 }
 
@@ -473,6 +527,10 @@ pub async fn restore(
     let command = stowage_restic::restore::restore_command(&RestoreOptions {
         snapshot: plan.snapshot_id.clone(),
         target: PathBuf::from("."),
+        overwrite: plan.overwrite.overwrite,
+        delete: plan.overwrite.delete,
+        includes: plan.includes.clone(),
+        excludes: plan.excludes.clone(),
         ..Default::default()
     })?
     .current_dir(&target);
@@ -516,7 +574,11 @@ pub async fn restore(
         files_total: files,
         seconds_elapsed: clock.elapsed().as_secs_f64(),
     }));
-    write_marker(&target, &plan.restore_uid)?;
+    // A data-only restore has no helper waiting, and a marker would be a stray file in the
+    // application's volume.
+    if !plan.data_only {
+        write_marker(&target, &plan.restore_uid)?;
+    }
     tracing::info!(
         snapshot_id = %plan.snapshot_id,
         bytes,
@@ -610,6 +672,33 @@ mod tests {
             parent_snapshot_id: String::new(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn overwrite_policies_become_restic_flags_and_unknown_ones_are_refused() {
+        let mode = |policy: OverwritePolicy| OverwriteMode::of(policy as i32).unwrap();
+        let merge = OverwriteMode {
+            overwrite: None,
+            delete: false,
+        };
+        assert_eq!(mode(OverwritePolicy::Unspecified), merge);
+        assert_eq!(mode(OverwritePolicy::Merge), merge);
+        assert_eq!(
+            mode(OverwritePolicy::Replace),
+            OverwriteMode {
+                overwrite: None,
+                delete: true
+            }
+        );
+        assert_eq!(
+            mode(OverwritePolicy::IfNewer),
+            OverwriteMode {
+                overwrite: Some(Overwrite::IfNewer),
+                delete: false
+            }
+        );
+        let error = OverwriteMode::of(42).unwrap_err();
+        assert!(error.to_string().contains("overwrite_policy 42"), "{error}");
     }
 
     #[test]
