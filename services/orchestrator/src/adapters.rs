@@ -121,6 +121,10 @@ impl ClusterPort for Cluster {
         }
     }
 
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        Cluster::delete_pod(self, namespace, name).await
+    }
+
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
         Cluster::restore_helper_config(self).await
     }

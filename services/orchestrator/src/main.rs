@@ -4,8 +4,10 @@
 
 mod adapters;
 mod api;
+mod as_of;
 mod backup;
 mod coverage;
+mod data_restore;
 mod deps;
 mod engine;
 mod error;

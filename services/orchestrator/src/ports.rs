@@ -86,6 +86,26 @@ pub trait ClusterPort: Send + Sync {
         command: &[String],
         output: &mut Output,
     ) -> std::result::Result<i32, ExecError>;
+    /// Deletes the pod (a data-only restore's own restore pod); one already gone is fine.
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()>;
+    /// The pods of `namespace` whose volumes name claim `claim`, in any phase.
+    async fn pods_using_claim(&self, namespace: &str, claim: &str) -> Result<Vec<Pod>> {
+        let pods = self.pods(namespace, &BTreeMap::new()).await?;
+        Ok(pods
+            .into_iter()
+            .filter(|pod| {
+                pod.spec
+                    .iter()
+                    .flat_map(|spec| spec.volumes.iter().flatten())
+                    .any(|volume| {
+                        volume
+                            .persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|source| source.claim_name == claim)
+                    })
+            })
+            .collect())
+    }
     /// The restore-helper ConfigMap's data (empty when there is none).
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
     /// A mirror writer for one run's objects of `kind`.

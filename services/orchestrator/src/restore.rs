@@ -23,6 +23,7 @@ use tracing::{Instrument, field};
 
 use crate::{
     backup::{is_terminal, rfc3339, strip_server_fields},
+    data_restore::{self, Planned},
     deps::{Deps, RestoreHelperDefaults},
     engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
     error::{Error, Result, validate_name, validate_namespace},
@@ -107,25 +108,42 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
             reason,
         });
     }
+    // Snapshots (as-of) and data-only targets are decided now: a volume or claim that is not
+    // there is refused before anything runs.
+    let (planned, notes) = data_restore::plan(deps, &spec, backup).await?;
+    let mut status = RestoreStatus {
+        phase: RestorePhase::New as i32,
+        started: Some(now()),
+        trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Planned::DataOnly(targets) = &planned {
+        status.volumes = data_restore::pending_volumes(targets);
+        recount(&mut status);
+    }
+    let backup_name = spec.backup_name.clone();
     let restore = Restore {
         name: name.clone(),
         uid: uuid::Uuid::new_v4().to_string(),
         spec: Some(spec),
-        status: Some(RestoreStatus {
-            phase: RestorePhase::New as i32,
-            started: Some(now()),
-            trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
-            ..Default::default()
-        }),
+        status: Some(status),
     };
     let entry = Entry::new(restore.clone(), Vec::new(), deps.shutdown.child_token());
     if !deps.index.insert_restore(&name, entry.clone()) {
         return Err(Error::RestoreExists(name));
     }
-    let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup.name);
-    let runner_deps = deps.clone();
-    deps.tasks
-        .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
+    for note in notes {
+        entry.log("info", note);
+    }
+    let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup_name);
+    match planned {
+        Planned::Full(backup) => {
+            let runner_deps = deps.clone();
+            deps.tasks
+                .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
+        }
+        Planned::DataOnly(targets) => data_restore::spawn(deps, entry, targets, span),
+    }
     Ok(restore)
 }
 
@@ -268,48 +286,65 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         other => other,
     };
     let mut restore = entry.get();
-    let header = restore_header(&restore);
-    {
-        let status = restore.status.get_or_insert_with(Default::default);
-        if let Err(error) = &outcome {
-            status.failure_reason = error.to_string();
-        }
-        let reason = if cancelled {
-            CANCELLED.to_string()
-        } else if status.failure_reason.is_empty() {
-            "the restore ended before this volume ran".to_string()
-        } else {
-            status.failure_reason.clone()
-        };
-        for volume in &mut status.volumes {
-            if !is_terminal(volume.phase) {
-                volume.phase = if cancelled {
-                    VolumePhase::Cancelled
-                } else {
-                    VolumePhase::Failed
-                } as i32;
-                volume.error_message = reason.clone();
-                volume.finished = Some(now());
-                mirrors.submit(volume_mirror(&header, volume));
-            }
-        }
-        recount(status);
-        status.phase = if cancelled {
-            RestorePhase::Cancelled as i32
-        } else {
-            RestorePhase::from(ending(
-                status.volumes_completed,
-                status.volumes_failed,
-                outcome.is_err(),
-            )) as i32
-        };
-        status.finished = Some(now());
-    }
+    conclude(&mut restore, &outcome, cancelled, mirrors.as_ref());
     abandon_unrestored(&deps, &entry, &mut restore).await;
     // Every volume's mirror shows its end before the restore does.
     mirrors.finish().await;
+    log_end(&entry, &restore, &outcome);
+    persist(&deps, &entry, &restore).await;
+    entry.update(|current| *current = restore);
+}
+
+/// Ends every volume still unfinished (Cancelled when someone asked, else Failed with the
+/// run's reason) and gives the restore its final phase: what a run that stopped records,
+/// whatever the kind of restore.
+pub(crate) fn conclude(
+    restore: &mut Restore,
+    outcome: &Result<()>,
+    cancelled: bool,
+    mirrors: &dyn MirrorSession,
+) {
+    let header = restore_header(restore);
+    let status = restore.status.get_or_insert_with(Default::default);
+    if let Err(error) = outcome {
+        status.failure_reason = error.to_string();
+    }
+    let reason = if cancelled {
+        CANCELLED.to_string()
+    } else if status.failure_reason.is_empty() {
+        "the restore ended before this volume ran".to_string()
+    } else {
+        status.failure_reason.clone()
+    };
+    for volume in &mut status.volumes {
+        if !is_terminal(volume.phase) {
+            volume.phase = if cancelled {
+                VolumePhase::Cancelled
+            } else {
+                VolumePhase::Failed
+            } as i32;
+            volume.error_message = reason.clone();
+            volume.finished = Some(now());
+            mirrors.submit(volume_mirror(&header, volume));
+        }
+    }
+    recount(status);
+    status.phase = if cancelled {
+        RestorePhase::Cancelled as i32
+    } else {
+        RestorePhase::from(ending(
+            status.volumes_completed,
+            status.volumes_failed,
+            outcome.is_err(),
+        )) as i32
+    };
+    status.finished = Some(now());
+}
+
+/// The restore's last log lines: why it failed, and how it ended.
+pub(crate) fn log_end(entry: &RestoreEntry, restore: &Restore, outcome: &Result<()>) {
     let status = restore.status.clone().unwrap_or_default();
-    if let Err(error) = &outcome {
+    if let Err(error) = outcome {
         entry.log("error", format!("restore failed: {error}"));
     }
     entry.log(
@@ -322,8 +357,6 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
             status.volumes_failed
         ),
     );
-    persist(&deps, &entry, &restore).await;
-    entry.update(|current| *current = restore);
 }
 
 /// Tells the agent of every volume that ended without its data to write the failure marker,
@@ -331,6 +364,11 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
 /// on a node (it waited for its turn, or its repository failed) has its pod looked up first:
 /// by now it may run, its helper waiting; `restore` gets the node and pod uid found.
 pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut Restore) {
+    // A data-only restore's volumes belong to pods no restore helper waits in: a failure
+    // marker would only be a stray file in the application's volume.
+    if restore.spec.as_ref().is_some_and(|spec| spec.data_only) {
+        return;
+    }
     if let Some(cluster) = &deps.cluster
         && let Some(status) = restore.status.as_mut()
     {
@@ -590,7 +628,7 @@ async fn execute(
 }
 
 /// The restore's name, uid and backup name, all a request or a mirror needs of it.
-fn restore_header(restore: &Restore) -> Restore {
+pub(crate) fn restore_header(restore: &Restore) -> Restore {
     Restore {
         name: restore.name.clone(),
         uid: restore.uid.clone(),
@@ -733,43 +771,7 @@ impl VolumeWork for RestoreWork {
                 },
             )
             .await?;
-        loop {
-            let Some(event) = stream.next().await else {
-                return Err(Error::Failed(format!(
-                    "agent on node {node} ended the stream without a result"
-                )));
-            };
-            match event?.event {
-                Some(restore_volume_event::Event::Queued(_)) => {
-                    reporter.queued();
-                    update_volume(&self.entry, index, |v| v.phase = VolumePhase::Queued as i32);
-                }
-                Some(restore_volume_event::Event::Retrying(retrying)) => {
-                    crate::backup::log_retry(node, &retrying);
-                }
-                Some(restore_volume_event::Event::Progress(progress)) => {
-                    reporter.progress(&progress);
-                    update_volume(&self.entry, index, |v| {
-                        v.phase = VolumePhase::InProgress as i32;
-                        v.progress = Some(progress);
-                    });
-                }
-                Some(restore_volume_event::Event::Result(result)) => {
-                    tracing::Span::current().record("bytes", result.bytes_restored);
-                    update_volume(&self.entry, index, |v| {
-                        v.progress = Some(Progress {
-                            bytes_done: result.bytes_restored,
-                            bytes_total: result.bytes_restored,
-                            files_done: result.files_restored,
-                            files_total: result.files_restored,
-                            seconds_elapsed: result.duration_seconds,
-                        });
-                    });
-                    return Ok(());
-                }
-                None => {}
-            }
-        }
+        follow_restore(&self.entry, index, node, &mut stream, reporter).await
     }
 
     async fn stop(&self, index: usize, node: &str) {
@@ -784,40 +786,105 @@ impl VolumeWork for RestoreWork {
     }
 
     fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        let volume = volume_of(&self.entry, index).unwrap_or_default();
-        let reference = volume.volume.clone().unwrap_or_default();
-        let what = format!(
-            "{}/{} volume {}",
-            reference.namespace, reference.pod_name, reference.volume_name
+        finish_volume(
+            &self.entry,
+            self.mirrors.as_ref(),
+            &self.header,
+            index,
+            outcome,
         );
-        let (phase, message) = match &outcome {
-            VolumeOutcome::Completed => {
-                self.entry.log(
-                    "info",
-                    format!("{what} restored from snapshot {}", volume.snapshot_id),
-                );
-                (VolumePhase::Completed, String::new())
-            }
-            VolumeOutcome::Failed(message) => {
-                self.entry.log("error", format!("{what} failed: {message}"));
-                (VolumePhase::Failed, message.clone())
-            }
-            VolumeOutcome::Cancelled => {
-                self.entry.log("warning", format!("{what} cancelled"));
-                (VolumePhase::Cancelled, CANCELLED.to_string())
-            }
+    }
+}
+
+/// Records how volume `index` ended, in its record, the restore's log and its mirror.
+pub(crate) fn finish_volume(
+    entry: &RestoreEntry,
+    mirrors: &dyn MirrorSession,
+    header: &Restore,
+    index: usize,
+    outcome: VolumeOutcome,
+) {
+    let volume = volume_of(entry, index).unwrap_or_default();
+    let reference = volume.volume.clone().unwrap_or_default();
+    let what = format!(
+        "{}/{} volume {}",
+        reference.namespace, reference.pod_name, reference.volume_name
+    );
+    let (phase, message) = match &outcome {
+        VolumeOutcome::Completed => {
+            entry.log(
+                "info",
+                format!("{what} restored from snapshot {}", volume.snapshot_id),
+            );
+            (VolumePhase::Completed, String::new())
+        }
+        VolumeOutcome::Failed(message) => {
+            entry.log("error", format!("{what} failed: {message}"));
+            (VolumePhase::Failed, message.clone())
+        }
+        VolumeOutcome::Cancelled => {
+            entry.log("warning", format!("{what} cancelled"));
+            (VolumePhase::Cancelled, CANCELLED.to_string())
+        }
+    };
+    update_volume(entry, index, |v| {
+        v.phase = phase as i32;
+        v.error_message = message;
+        v.finished = Some(now());
+    });
+    mirror_restore_volume(entry, mirrors, header, index);
+}
+
+/// Follows one agent restore's events to its result: queue position and progress go to the
+/// volume's record and the stall watch; Ok once the agent reported its result.
+pub(crate) async fn follow_restore(
+    entry: &RestoreEntry,
+    index: usize,
+    node: &str,
+    stream: &mut crate::ports::AgentEvents<stowage_proto::v1::RestoreVolumeEvent>,
+    reporter: &Reporter,
+) -> Result<()> {
+    loop {
+        let Some(event) = stream.next().await else {
+            return Err(Error::Failed(format!(
+                "agent on node {node} ended the stream without a result"
+            )));
         };
-        update_volume(&self.entry, index, |v| {
-            v.phase = phase as i32;
-            v.error_message = message;
-            v.finished = Some(now());
-        });
-        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
+        match event?.event {
+            Some(restore_volume_event::Event::Queued(_)) => {
+                reporter.queued();
+                update_volume(entry, index, |v| v.phase = VolumePhase::Queued as i32);
+            }
+            Some(restore_volume_event::Event::Retrying(retrying)) => {
+                crate::backup::log_retry(node, &retrying);
+            }
+            Some(restore_volume_event::Event::Progress(progress)) => {
+                reporter.progress(&progress);
+                update_volume(entry, index, |v| {
+                    v.phase = VolumePhase::InProgress as i32;
+                    v.progress = Some(progress);
+                });
+            }
+            Some(restore_volume_event::Event::Result(result)) => {
+                tracing::Span::current().record("bytes", result.bytes_restored);
+                update_volume(entry, index, |v| {
+                    v.progress = Some(Progress {
+                        bytes_done: result.bytes_restored,
+                        bytes_total: result.bytes_restored,
+                        files_done: result.files_restored,
+                        files_total: result.files_restored,
+                        seconds_elapsed: result.duration_seconds,
+                    });
+                });
+                return Ok(());
+            }
+            None => {}
+        }
     }
 }
 
 /// The kind of volume `name` in a pod manifest, and its claim name for a PVC.
-fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<String>) {
+pub(crate) fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<String>) {
     let volume = manifest
         .pointer("/spec/volumes")
         .and_then(Value::as_array)
@@ -841,7 +908,7 @@ fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<Str
     }
 }
 
-fn text(value: &Value, pointer: &str) -> String {
+pub(crate) fn text(value: &Value, pointer: &str) -> String {
     value
         .pointer(pointer)
         .and_then(Value::as_str)
@@ -997,7 +1064,11 @@ fn helper_started(pod: &Pod) -> Option<String> {
 
 /// Applies `change` to volume `index` and recounts, cloning nothing: a clone of the whole
 /// restore per volume event made large restores quadratic.
-fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut PodVolumeRestore)) {
+pub(crate) fn update_volume(
+    entry: &RestoreEntry,
+    index: usize,
+    change: impl FnOnce(&mut PodVolumeRestore),
+) {
     entry.modify(|restore| {
         let status = restore.status.get_or_insert_with(Default::default);
         if let Some(volume) = status.volumes.get_mut(index) {
@@ -1007,7 +1078,7 @@ fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut Po
     });
 }
 
-fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
+pub(crate) fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
     entry.read(|restore| {
         restore
             .status
@@ -1016,7 +1087,7 @@ fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
     })
 }
 
-fn mirror_restore_volume(
+pub(crate) fn mirror_restore_volume(
     entry: &RestoreEntry,
     mirrors: &dyn MirrorSession,
     restore: &Restore,

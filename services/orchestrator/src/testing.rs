@@ -68,6 +68,10 @@ pub struct FakeCluster {
     /// What an exec of a command (by its first word) answers: exit code and stderr; a
     /// command not named here exits 0.
     pub exec_answers: Mutex<BTreeMap<String, (i32, String)>>,
+    /// Claims by `namespace/name`.
+    pub pvcs: Mutex<BTreeMap<String, PersistentVolumeClaim>>,
+    /// Pods deleted, as `namespace/name`, in order.
+    pub deleted_pods: Mutex<Vec<String>>,
     /// `exec <command> in <target>` for each exec, and (shared with the fake agents by
     /// [`World`]) `restic <volume>` for each volume an agent started, in order.
     pub timeline: Arc<Mutex<Vec<String>>>,
@@ -142,8 +146,10 @@ impl ClusterPort for FakeCluster {
         Ok(Vec::new())
     }
 
-    async fn pvc(&self, _namespace: &str, _name: &str) -> Result<Option<PersistentVolumeClaim>> {
-        Ok(None)
+    async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        Ok(lock(&self.pvcs)
+            .get(&format!("{namespace}/{name}"))
+            .cloned())
     }
 
     async fn replica_set_owner(&self, _namespace: &str, _name: &str) -> Result<Option<String>> {
@@ -166,7 +172,23 @@ impl ClusterPort for FakeCluster {
         }
         let mut pod = pod.clone();
         pod.metadata.uid = Some(format!("new-uid-{namespace}-{name}"));
-        if let Some(node) = lock(&self.schedule).get(&name).cloned() {
+        let helper = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.init_containers.iter().flatten())
+            .any(|container| container.name == RESTORE_HELPER);
+        if let Some(node) = lock(&self.schedule).get(&name).cloned()
+            && !helper
+        {
+            // A pod without the restore helper (a data-only restore's) just runs.
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_name = Some(node);
+            }
+            pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            });
+        } else if let Some(node) = lock(&self.schedule).get(&name).cloned() {
             let scheduled: Pod = serde_json::from_value(json!({
                 "spec": {"nodeName": node, "containers": []},
                 "status": {"phase": "Pending", "initContainerStatuses": [{
@@ -199,6 +221,13 @@ impl ClusterPort for FakeCluster {
         output.stdout.push(format!("{first} ran\n").as_bytes());
         output.stderr.push(stderr.as_bytes());
         Ok(code)
+    }
+
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let key = format!("{namespace}/{name}");
+        lock(&self.pods).remove(&key);
+        lock(&self.deleted_pods).push(key);
+        Ok(())
     }
 
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
@@ -418,6 +447,8 @@ pub struct FakeAgents {
     pub cancelled: Mutex<Vec<String>>,
     pub abandoned: Mutex<Vec<AbandonRestoreRequest>>,
     pub started: Mutex<Vec<String>>,
+    /// Every restore request, in order.
+    pub restore_requests: Mutex<Vec<RestoreVolumeRequest>>,
     /// `restic <volume>` for each backup started (see [`FakeCluster::timeline`]).
     pub timeline: Arc<Mutex<Vec<String>>>,
 }
@@ -602,6 +633,7 @@ impl AgentsPort for FakeAgents {
     ) -> Result<AgentEvents<RestoreVolumeEvent>> {
         let volume = request.volume.clone().unwrap_or_default().volume_name;
         lock(&self.started).push(format!("restore {node} {volume}"));
+        lock(&self.restore_requests).push(request);
         let running = self.enter(node);
         Ok(play(self.script_of(&volume), running, |step| {
             let event = match step {
