@@ -11,6 +11,7 @@ use crate::{
     RestoreCreate, Typed,
     config::{Config, ContextUpdate, DEFAULT_CONTEXT},
     connection::ConnectionArgs,
+    data_only,
     error::{Call, CliError},
     follow::{self, Followed},
     parse, render,
@@ -521,6 +522,24 @@ async fn create_restore(
 ) -> Result<ExitCode, CliError> {
     let mapping = parse::collect_mappings(&create.namespace_mappings)
         .map_err(|error| CliError::Usage(error.to_string()))?;
+    data_only::check_flags(
+        create.data_only,
+        &create.volumes,
+        create.target_pvc.as_deref(),
+        create.overwrite_policy,
+    )?;
+    if create.data_only && !create.yes {
+        data_only::confirm_running_pods(session, &create.from_backup, |backup| {
+            data_only::target_claims(
+                backup,
+                &create.volumes,
+                &create.include_namespaces,
+                &mapping,
+                create.target_pvc.as_deref(),
+            )
+        })
+        .await?;
+    }
     let requested = create.name.clone().unwrap_or_default();
     let mut call = Call::new("CreateRestore", "restore", &requested, "creating");
     if requested.is_empty() {
@@ -534,11 +553,23 @@ async fn create_restore(
                 backup_name: create.from_backup.clone(),
                 namespace_mapping: mapping.into_iter().collect(),
                 included_namespaces: create.include_namespaces,
+                data_only: create.data_only,
+                volumes: create.volumes,
+                target_pvc: create.target_pvc.unwrap_or_default(),
+                overwrite_policy: create
+                    .overwrite_policy
+                    .map_or(0, |policy| policy.proto() as i32),
+                as_of: create.as_of,
                 ..Default::default()
             }),
         })
         .await
         .map_err(|status| match status.code() {
+            // A volume, claim or as-of snapshot the server did not find: its sentence names it.
+            tonic::Code::NotFound if !status.message().starts_with("backup ") => CliError::Server {
+                action: call.action.clone(),
+                message: status.message().to_string(),
+            },
             // A restore being created cannot be missing; NotFound is about its backup.
             tonic::Code::NotFound => CliError::NotFound {
                 kind: "backup",

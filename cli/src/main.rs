@@ -5,6 +5,7 @@
 mod commands;
 mod config;
 mod connection;
+mod data_only;
 mod error;
 mod follow;
 mod parse;
@@ -271,6 +272,26 @@ pub struct RestoreCreate {
     /// Restore only these namespaces of the backup (before mapping); all when not given.
     #[arg(long, value_delimiter = ',')]
     pub include_namespaces: Vec<String>,
+    /// Write the volumes' data into the claims that exist now (running pods' volumes, or a
+    /// temporary restore pod's); no pod or resource is created. Scale the workload down first.
+    #[arg(long)]
+    pub data_only: bool,
+    /// With --data-only: restore only these volumes of the backup, as `namespace/pod/volume`.
+    #[arg(long, value_delimiter = ',')]
+    pub volumes: Vec<String>,
+    /// With --data-only: restore the one selected volume into this claim (`namespace/claim`).
+    #[arg(long)]
+    pub target_pvc: Option<String>,
+    /// With --data-only: what happens to the files already in the claim (default merge).
+    #[arg(long, value_enum)]
+    pub overwrite_policy: Option<data_only::OverwritePolicy>,
+    /// Restore, per volume, the last snapshot taken at or before this time (RFC 3339, e.g.
+    /// 2024-05-01T12:00:00Z) across every backup, instead of --from-backup's own.
+    #[arg(long, value_parser = data_only::parse_as_of)]
+    pub as_of: Option<stowage_proto::prost_types::Timestamp>,
+    /// With --data-only: restore even when a running pod mounts a target claim.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Follow the restore with a progress display until it ends; exit non-zero unless it
     /// ends Completed.
     #[arg(long)]
