@@ -16,6 +16,9 @@ pub enum Error {
     BackupNotFound(String),
     #[error("restore `{0}` not found")]
     RestoreNotFound(String),
+    /// A pod volume a request names that the backup does not hold; the text names both.
+    #[error("{0}")]
+    VolumeNotFound(String),
     #[error("backup `{0}` already exists")]
     BackupExists(String),
     #[error("restore `{0}` already exists")]
@@ -93,7 +96,9 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } | Error::Contract(_) => Code::InvalidArgument,
-            Error::BackupNotFound(_) | Error::RestoreNotFound(_) => Code::NotFound,
+            Error::BackupNotFound(_) | Error::RestoreNotFound(_) | Error::VolumeNotFound(_) => {
+                Code::NotFound
+            }
             Error::BackupExists(_) | Error::RestoreExists(_) => Code::AlreadyExists,
             Error::BackupNotRestorable { .. } | Error::NoCluster(_) | Error::Precondition(_) => {
                 Code::FailedPrecondition

@@ -5,6 +5,7 @@
 mod adapters;
 mod api;
 mod backup;
+mod browse;
 mod coverage;
 mod deps;
 mod engine;
@@ -12,6 +13,7 @@ mod error;
 mod kube;
 mod lifecycle;
 mod parents;
+mod paths;
 mod ports;
 mod recovery;
 mod repositories;
