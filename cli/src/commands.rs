@@ -235,6 +235,7 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
                 .into_inner();
             print_logs(&response, output.format)
         }
+        BackupCommand::Ls(ls) => crate::browse::list(session, ls).await,
         BackupCommand::Delete { name } => {
             let call = Call::new("DeleteBackup", "backup", &name, "deleting");
             let response = session
@@ -291,6 +292,7 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
         default_volumes_to_fs_backup: create.default_volumes_to_fs_backup,
         ttl: create.ttl.map(view::proto_duration),
         timeout: create.timeout.map(view::proto_duration),
+        exclude_paths: create.exclude_paths,
         ..Default::default()
     };
     let created = session
@@ -560,20 +562,26 @@ async fn create_restore(
                     .overwrite_policy
                     .map_or(0, |policy| policy.proto() as i32),
                 as_of: create.as_of,
+                include_paths: create.include_paths,
+                exclude_paths: create.exclude_paths,
                 ..Default::default()
             }),
         })
         .await
         .map_err(|status| match status.code() {
-            // A volume, claim or as-of snapshot the server did not find: its sentence names it.
-            tonic::Code::NotFound if !status.message().starts_with("backup ") => CliError::Server {
+            // A restore being created cannot be missing; NotFound is about its backup, or
+            // about a volume a path pattern names, which the server's sentence says.
+            tonic::Code::NotFound
+                if status.message() == format!("backup `{}` not found", create.from_backup) =>
+            {
+                CliError::NotFound {
+                    kind: "backup",
+                    name: create.from_backup.clone(),
+                }
+            }
+            tonic::Code::NotFound => CliError::Server {
                 action: call.action.clone(),
                 message: status.message().to_string(),
-            },
-            // A restore being created cannot be missing; NotFound is about its backup.
-            tonic::Code::NotFound => CliError::NotFound {
-                kind: "backup",
-                name: create.from_backup.clone(),
             },
             _ => session.fail(status, &call),
         })?

@@ -2,6 +2,7 @@
 //! This file holds the clap configuration and the exit-code policy; [`commands`] runs each
 //! command over the stowage.v1 Orchestrator gRPC API.
 
+mod browse;
 mod commands;
 mod config;
 mod connection;
@@ -183,6 +184,9 @@ enum BackupCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// List the files of one pod volume in a backup (from its restic snapshot): mode, size,
+    /// modification time and path, the volume root being `/`.
+    Ls(BackupLs),
     /// Forget the backup's restic snapshots and delete its files from the object store.
     Delete { name: String },
     /// Stop a running backup; it ends Cancelled.
@@ -210,6 +214,12 @@ pub struct BackupCreate {
     /// Only pods with these labels: `key=value[,key=value]` (equality only).
     #[arg(long, short = 'l', value_parser = parse::parse_selector)]
     pub selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Paths to leave out of the volumes' snapshots (comma-separated `[<volume>:]<glob>`,
+    /// restic's glob syntax relative to the volume root, `**` for any depth: `cache,*.tmp`,
+    /// `data:logs/**`); without `<volume>:` a pattern applies to every volume. Pods add their
+    /// own with the `backup.stowage.io/exclude-paths` annotation.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_paths: Vec<String>,
     /// Back up every pod volume except those in `backup.velero.io/backup-volumes-excludes`
     /// (opt-out), instead of only those in `backup.velero.io/backup-volumes` (opt-in).
     #[arg(long)]
@@ -227,6 +237,21 @@ pub struct BackupCreate {
     /// Print the created (or, with --wait, the finished) backup as yaml or json instead of a sentence.
     #[arg(short = 'o', long = "output", env = "STOWAGE_OUTPUT")]
     pub output: Option<Format>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupLs {
+    /// The backup.
+    pub backup: String,
+    /// The pod volume, as `namespace/pod/volume` (see `stowage backup describe --details`).
+    pub volume: String,
+    /// Directory inside the volume; its root when not given.
+    pub path: Option<String>,
+    /// List the whole tree under PATH, not only its direct entries.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +297,13 @@ pub struct RestoreCreate {
     /// Restore only these namespaces of the backup (before mapping); all when not given.
     #[arg(long, value_delimiter = ',')]
     pub include_namespaces: Vec<String>,
+    /// Restore only the files matching these patterns (comma-separated `[<volume>:]<glob>`,
+    /// relative to the volume root: `data:data/2024/**`); other files are not written.
+    #[arg(long, value_delimiter = ',')]
+    pub include_paths: Vec<String>,
+    /// Leave the files matching these patterns out of the restore (as --include-paths).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_paths: Vec<String>,
     /// Write the volumes' data into the claims that exist now (running pods' volumes, or a
     /// temporary restore pod's); no pod or resource is created. Scale the workload down first.
     #[arg(long)]

@@ -276,6 +276,27 @@ impl RepoManagerPort for RepoManager {
             .forgotten_snapshot_ids)
     }
 
+    async fn list_snapshot_files(
+        &self,
+        request: stowage_proto::v1::ListSnapshotFilesRequest,
+    ) -> Result<crate::ports::FileBatches> {
+        let action = format!(
+            "listing snapshot {} of namespace {}",
+            request.snapshot_id, request.namespace
+        );
+        let stream = self
+            .client
+            .clone()
+            .list_snapshot_files(request)
+            .await
+            .map_err(Error::rpc("repo-manager", action.clone()))?
+            .into_inner();
+        Ok(Box::pin(stream.map(move |item| {
+            item.map(|response| response.entries)
+                .map_err(Error::rpc("repo-manager", action.clone()))
+        })))
+    }
+
     async fn list_repositories(
         &self,
         request: ListRepositoriesRequest,

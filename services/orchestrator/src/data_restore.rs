@@ -59,7 +59,7 @@ pub struct Target {
 /// What a restore runs, decided before it starts.
 pub enum Planned {
     /// The backup's pods and volumes recreated, with the snapshots chosen (as-of applied).
-    Full(Backup),
+    Full(Box<Backup>),
     /// Data only, into these claims.
     DataOnly(Vec<Target>),
 }
@@ -314,7 +314,7 @@ pub async fn plan(
         }
     }
     if !spec.data_only {
-        return Ok((Planned::Full(backup), notes));
+        return Ok((Planned::Full(Box::new(backup)), notes));
     }
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
     let store = deps
@@ -501,8 +501,7 @@ async fn execute(
         header: full::restore_header(&restore),
         repositories,
         overwrite_policy: spec.overwrite_policy,
-        include_paths: spec.include_paths.clone(),
-        exclude_paths: spec.exclude_paths.clone(),
+        spec: spec.clone(),
         helper,
         restore_pods: restore_pods.clone(),
     };
@@ -621,34 +620,13 @@ struct DataWork {
     header: Restore,
     repositories: Prepared,
     overwrite_policy: i32,
-    /// The restore's `include_paths` / `exclude_paths`, `[<volume>:]<glob>`.
-    include_paths: Vec<String>,
-    exclude_paths: Vec<String>,
+    /// The restore's spec, whose include/exclude paths apply per volume.
+    spec: RestoreSpec,
     /// The restore-helper container, whose image and resources a restore pod takes.
     helper: Value,
     restore_pods: Arc<RestorePods>,
     /// Each volume's name in the backup, which `[<volume>:]` in the path patterns refers to.
     source_volumes: Vec<String>,
-}
-
-/// The patterns of `patterns` (`[<volume>:]<glob>`) that apply to backup volume `volume`,
-/// without their prefix: those naming it and those naming no volume.
-pub fn patterns_for(volume: &str, patterns: &[String]) -> Vec<String> {
-    let names_a_volume = |prefix: &str| {
-        !prefix.is_empty()
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    };
-    patterns
-        .iter()
-        .filter_map(|pattern| match pattern.split_once(':') {
-            Some((prefix, glob)) if names_a_volume(prefix) => {
-                (prefix == volume).then(|| glob.to_string())
-            }
-            _ => Some(pattern.clone()),
-        })
-        .collect()
 }
 
 impl DataWork {
@@ -809,6 +787,9 @@ impl VolumeWork for DataWork {
         let volume = self.volume(index)?;
         let access = self.repository(&volume)?;
         let source_volume = self.source_volumes.get(index).cloned().unwrap_or_default();
+        // `[<volume>:]` in the patterns names the volume as the backup has it.
+        let (include_patterns, exclude_patterns) =
+            crate::paths::restore_patterns(&self.spec, &source_volume);
         full::update_volume(&self.entry, index, |v| {
             v.phase = VolumePhase::InProgress as i32;
             v.started = Some(now());
@@ -829,9 +810,8 @@ impl VolumeWork for DataWork {
                         restore_name: self.header.name.clone(),
                         data_only: true,
                         overwrite_policy: self.overwrite_policy,
-                        include_patterns: patterns_for(&source_volume, &self.include_paths),
-                        exclude_patterns: patterns_for(&source_volume, &self.exclude_paths),
-                        ..Default::default()
+                        include_patterns,
+                        exclude_patterns,
                     },
                 )
                 .await?;
@@ -1056,24 +1036,6 @@ mod tests {
         });
         let targets = select(&backup(vec![velero]), &spec(), &[manifest]).unwrap();
         assert_eq!(targets[0].claim, "data-db-0");
-    }
-
-    #[test]
-    fn path_patterns_apply_to_their_volume_or_to_all() {
-        let patterns = vec![
-            "*.tmp".to_string(),
-            "data:cache/**".to_string(),
-            "logs:*.gz".to_string(),
-            "C:/odd:glob".to_string(),
-        ];
-        assert_eq!(
-            patterns_for("data", &patterns),
-            ["*.tmp", "cache/**", "C:/odd:glob"]
-        );
-        assert_eq!(
-            patterns_for("logs", &patterns),
-            ["*.tmp", "*.gz", "C:/odd:glob"]
-        );
     }
 
     #[test]

@@ -16,8 +16,9 @@ use serde_json::Value;
 use stowage_hooks::{ExecError, ExecTarget, Output, PodExec};
 use stowage_proto::v1::{
     AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
-    ListRepositoriesRequest, ListRepositoriesResponse, LogLine, MaintenanceResult, Repository,
-    RepositoryAccess, Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
+    FileEntry, ListRepositoriesRequest, ListRepositoriesResponse, ListSnapshotFilesRequest,
+    LogLine, MaintenanceResult, Repository, RepositoryAccess, Restore, RestoreVolumeEvent,
+    RestoreVolumeRequest, RunMaintenanceRequest,
 };
 use stowage_velero_format::BackupResources;
 
@@ -25,6 +26,9 @@ use crate::{
     error::Result,
     kube::mirror::{Mirror, MirrorKind},
 };
+
+/// Batches of a snapshot listing, each a batch or the error that ended the stream.
+pub type FileBatches = Pin<Box<dyn Stream<Item = Result<Vec<FileEntry>>> + Send>>;
 
 /// Events of one agent operation, each an event or the error that ended the stream.
 pub type AgentEvents<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
@@ -152,6 +156,8 @@ pub trait RepoManagerPort: Send + Sync {
         request: ListRepositoriesRequest,
     ) -> Result<ListRepositoriesResponse>;
     async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult>;
+    /// A snapshot's files (`restic ls`), in the batches the repo-manager streams them.
+    async fn list_snapshot_files(&self, request: ListSnapshotFilesRequest) -> Result<FileBatches>;
 }
 
 /// The volume agents, by the node they serve.

@@ -94,6 +94,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
             reason: "only completed or partially failed backups can be restored".to_string(),
         });
     }
+    crate::paths::check_restore(&spec, &backup)?;
     if deps.cluster.is_none() {
         return Err(Error::NoCluster("a restore"));
     }
@@ -140,7 +141,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
         Planned::Full(backup) => {
             let runner_deps = deps.clone();
             deps.tasks
-                .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
+                .spawn(async move { run(runner_deps, entry, *backup).await }.instrument(span));
         }
         Planned::DataOnly(targets) => data_restore::spawn(deps, entry, targets, span),
     }
@@ -577,6 +578,7 @@ async fn execute(
                     snapshot_id: volume.snapshot_id.clone(),
                     source_namespace: source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    excluded_at_backup: volume.excluded_paths.clone(),
                     ..Default::default()
                 });
             }
@@ -637,6 +639,16 @@ pub(crate) fn restore_header(restore: &Restore) -> Restore {
                 .spec
                 .as_ref()
                 .map(|spec| spec.backup_name.clone())
+                .unwrap_or_default(),
+            include_paths: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.include_paths.clone())
+                .unwrap_or_default(),
+            exclude_paths: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.exclude_paths.clone())
                 .unwrap_or_default(),
             ..Default::default()
         }),
@@ -750,6 +762,11 @@ impl VolumeWork for RestoreWork {
     async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
         let volume = self.volume(index)?;
         let access = self.repository(&volume)?;
+        let volume_name = volume.volume.as_ref().map(|r| r.volume_name.as_str());
+        let (include_patterns, exclude_patterns) = crate::paths::restore_patterns(
+            self.header.spec.as_ref().unwrap_or(&Default::default()),
+            volume_name.unwrap_or_default(),
+        );
         update_volume(&self.entry, index, |v| {
             v.phase = VolumePhase::InProgress as i32;
             v.started = Some(now());
@@ -767,6 +784,8 @@ impl VolumeWork for RestoreWork {
                     snapshot_id: volume.snapshot_id.clone(),
                     restore_uid: self.header.uid.clone(),
                     restore_name: self.header.name.clone(),
+                    include_patterns,
+                    exclude_patterns,
                     ..Default::default()
                 },
             )
@@ -1118,7 +1137,7 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         labels::RESTORE_UID: restore.uid,
         labels::BACKUP_NAME: backup_name,
     });
-    let spec = json!({
+    let mut spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,
         "repoIdentifier": volume.repository,
@@ -1126,6 +1145,9 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         "sourceNamespace": volume.source_namespace,
         "uploaderType": "restic",
     });
+    if !volume.excluded_at_backup.is_empty() {
+        spec["excludedAtBackup"] = json!(volume.excluded_at_backup);
+    }
     let status = json!({
         "phase": phase,
         "message": volume.error_message,

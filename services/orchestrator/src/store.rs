@@ -194,6 +194,9 @@ impl Store {
         if let Some(timeout) = to_duration(spec.timeout.as_ref()) {
             extra.insert("timeoutSeconds".to_string(), json!(timeout.as_secs()));
         }
+        if !spec.exclude_paths.is_empty() {
+            extra.insert("excludePaths".to_string(), json!(spec.exclude_paths));
+        }
         info.extra = extra;
         let mut pod_volume_backups = Vec::new();
         for volume in &status.volumes {
@@ -224,6 +227,9 @@ impl Store {
             }
             if !volume.path.is_empty() {
                 record_extra.insert("path".to_string(), json!(volume.path));
+            }
+            if !volume.excluded_paths.is_empty() {
+                record_extra.insert("excludedPaths".to_string(), json!(volume.excluded_paths));
             }
             info.volumes.push(vf::stowage::VolumeRecord {
                 namespace: reference.namespace.clone(),
@@ -464,7 +470,14 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
         backup_name: spec.backup_name,
         namespace_mapping: spec.namespace_mapping.into_iter().collect(),
         included_namespaces: spec.included_namespaces,
-        extra: Default::default(),
+        extra: [
+            ("includePaths", spec.include_paths),
+            ("excludePaths", spec.exclude_paths),
+        ]
+        .into_iter()
+        .filter(|(_, paths)| !paths.is_empty())
+        .map(|(key, paths)| (key.to_string(), json!(paths)))
+        .collect(),
     };
     record.status = vf::RestoreStatusRecord {
         phase: restore_phase_name(status.phase).to_string(),
@@ -505,13 +518,35 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
                     message: volume.error_message.clone(),
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
-                    extra: Default::default(),
+                    extra: if volume.excluded_at_backup.is_empty() {
+                        Default::default()
+                    } else {
+                        [(
+                            "excludedAtBackup".to_string(),
+                            json!(volume.excluded_at_backup),
+                        )]
+                        .into()
+                    },
                 }
             })
             .collect(),
         extra: Default::default(),
     };
     record
+}
+
+/// A list of strings kept in a record's `extra`; empty when absent or of another shape.
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
@@ -523,6 +558,8 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             backup_name: record.spec.backup_name.clone(),
             namespace_mapping: record.spec.namespace_mapping.clone().into_iter().collect(),
             included_namespaces: record.spec.included_namespaces.clone(),
+            include_paths: strings(record.spec.extra.get("includePaths")),
+            exclude_paths: strings(record.spec.extra.get("excludePaths")),
             ..Default::default()
         }),
         status: Some(RestoreStatus {
@@ -553,6 +590,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
                     error_message: volume.message.clone(),
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    excluded_at_backup: strings(volume.extra.get("excludedAtBackup")),
                     ..Default::default()
                 })
                 .collect(),
@@ -626,6 +664,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         };
         status.trace_id = text("traceId");
         status.failure_reason = text("failureReason");
+        spec.exclude_paths = strings(info.extra.get("excludePaths"));
         if let Some(seconds) = info.extra.get("timeoutSeconds").and_then(Value::as_u64) {
             spec.timeout = Some(prost_types::Duration {
                 seconds: seconds as i64,
@@ -696,6 +735,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                     finished: record.finished.as_ref().map(to_timestamp),
                     error_message: record.message.clone(),
                     path: text("path"),
+                    excluded_paths: strings(record.extra.get("excludedPaths")),
                     ..Default::default()
                 }
             })

@@ -318,6 +318,9 @@ pub struct FakeRepoManager {
     pub ttls: Mutex<Vec<Duration>>,
     /// Namespaces whose repository is Failed.
     pub broken: Mutex<BTreeSet<String>>,
+    /// The files of each snapshot id, listed (whole, in batches of two) by
+    /// `list_snapshot_files`, which records `ls <namespace> <snapshot> <path> <recursive>`.
+    pub snapshot_files: Mutex<BTreeMap<String, Vec<stowage_proto::v1::FileEntry>>>,
     next: Mutex<u32>,
 }
 
@@ -417,6 +420,22 @@ impl RepoManagerPort for FakeRepoManager {
 
     async fn run_maintenance(&self, _request: RunMaintenanceRequest) -> Result<MaintenanceResult> {
         Ok(MaintenanceResult::default())
+    }
+
+    async fn list_snapshot_files(
+        &self,
+        request: stowage_proto::v1::ListSnapshotFilesRequest,
+    ) -> Result<crate::ports::FileBatches> {
+        lock(&self.calls).push(format!(
+            "ls {} {} {} {}",
+            request.namespace, request.snapshot_id, request.path, request.recursive
+        ));
+        let files = lock(&self.snapshot_files)
+            .get(&request.snapshot_id)
+            .cloned()
+            .unwrap_or_default();
+        let batches: Vec<Result<Vec<_>>> = files.chunks(2).map(|c| Ok(c.to_vec())).collect();
+        Ok(Box::pin(futures::stream::iter(batches)))
     }
 }
 

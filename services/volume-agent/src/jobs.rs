@@ -11,7 +11,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use stowage_contract::{done_file, identity::StableIdentity, tags};
+use stowage_contract::{done_file, identity::StableIdentity, paths, tags};
 use stowage_proto::v1::{
     AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, OverwritePolicy, PodVolumeRef,
     Progress, RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
@@ -110,6 +110,8 @@ pub struct BackupPlan {
     pub tags: Vec<String>,
     /// The request's `parent_snapshot_id`; `None` when it named none.
     pub parent: Option<String>,
+    /// restic `--exclude` patterns, anchored at the volume's directory on this node.
+    pub excludes: Vec<String>,
 }
 
 /// A restore whose input has been checked and whose target volume has been found.
@@ -124,7 +126,7 @@ pub struct RestorePlan {
     pub data_only: bool,
     /// What restic does with the files already in the volume (the overwrite policy).
     pub overwrite: OverwriteMode,
-    /// restic `restore --include` / `--exclude` patterns.
+    /// restic `restore --include`/`--exclude` patterns, anchored at the snapshot root.
     pub includes: Vec<String>,
     pub excludes: Vec<String>,
 }
@@ -235,13 +237,21 @@ pub fn plan_backup(
     let identity = stable_identity(&request, &volume);
     let tags = snapshot_tags(&request, &volume, &identity)?;
     let repository = repository(request.repository)?;
+    let excludes = names::path_patterns("exclude_patterns", &request.exclude_patterns)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
+    // restic matches backup excludes against the absolute paths it reads.
+    let root = path.path.display().to_string();
+    let excludes = excludes
+        .iter()
+        .map(|pattern| paths::anchored(&root, pattern))
+        .collect();
     Ok(BackupPlan {
         path,
         repository,
         identity,
         tags,
         parent,
+        excludes,
     })
 }
 
@@ -264,28 +274,26 @@ pub fn plan_restore(
             "overwrite_policy applies to data-only restores only".into(),
         ));
     }
-    for pattern in request
-        .include_patterns
-        .iter()
-        .chain(&request.exclude_patterns)
-    {
-        if pattern.trim().is_empty() || pattern.contains('\0') {
-            return Err(AgentError::InvalidRequest(format!(
-                "restore pattern `{pattern}` is empty or holds a NUL"
-            )));
-        }
-    }
+    // A snapshot of the volume's `.` holds its files at the snapshot root.
+    let snapshot_patterns = |field: &str, patterns: &[String]| -> Result<Vec<String>, AgentError> {
+        Ok(names::path_patterns(field, patterns)?
+            .iter()
+            .map(|pattern| paths::anchored("", pattern))
+            .collect())
+    };
+    let includes = snapshot_patterns("include_patterns", &request.include_patterns)?;
+    let excludes = snapshot_patterns("exclude_patterns", &request.exclude_patterns)?;
     let repository = repository(request.repository)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
     Ok(RestorePlan {
-        includes: request.include_patterns,
-        excludes: request.exclude_patterns,
         path,
         repository,
         snapshot_id: request.snapshot_id,
         restore_uid: request.restore_uid,
         data_only: request.data_only,
         overwrite,
+        includes,
+        excludes,
     })
 }
 
@@ -417,7 +425,7 @@ pub async fn backup(
         host: Some(context.snapshot_host.clone()),
         tags: plan.tags.clone(),
         parent: None,
-        excludes: Vec::new(),
+        excludes: plan.excludes.clone(),
         limit_upload_kib: context.limit_upload_kib,
     };
     let mut attempts = context.retry.attempts(cancel);
@@ -773,6 +781,83 @@ mod tests {
     }
 
     #[test]
+    fn path_patterns_are_checked_and_anchored_where_restic_looks() {
+        let pods = tempfile::tempdir().unwrap();
+        let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let volume = pods
+            .path()
+            .join(pod_uid)
+            .join("volumes")
+            .join(volume_path::EMPTY_DIR_PLUGIN)
+            .join("data");
+        std::fs::create_dir_all(&volume).unwrap();
+        let context = AgentContext {
+            restic: Restic::new(pods.path().join("restic"), pods.path().join("scratch")),
+            pods_root: pods.path().into(),
+            node_name: "node-a".into(),
+            snapshot_host: "node-a".into(),
+            limit_upload_kib: None,
+            retry: RetryPolicy::NEVER,
+        };
+        let reference = PodVolumeRef {
+            namespace: "shop".into(),
+            pod_name: "db-0".into(),
+            pod_uid: pod_uid.into(),
+            volume_name: "data".into(),
+            source: VolumeSource::EmptyDir as i32,
+            ..Default::default()
+        };
+        let access = RepositoryAccess {
+            url: "s3:http://127.0.0.1:9/b/r".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        let backup = |patterns: &[&str]| {
+            plan_backup(
+                &context,
+                BackupVolumeRequest {
+                    volume: Some(reference.clone()),
+                    repository: Some(access.clone()),
+                    exclude_patterns: patterns.iter().map(|p| p.to_string()).collect(),
+                    ..request()
+                },
+            )
+        };
+        let root = volume.canonicalize().unwrap().display().to_string();
+        let plan = backup(&["cache/", "*.tmp"]).unwrap();
+        assert_eq!(
+            plan.excludes,
+            [format!("{root}/cache"), format!("{root}/*.tmp")]
+        );
+        let error = backup(&["cache", "../../etc"]).unwrap_err().to_string();
+        assert!(error.contains("`../../etc` climbs out"), "{error}");
+
+        let restore = |include: &[&str], exclude: &[&str]| {
+            plan_restore(
+                &context,
+                RestoreVolumeRequest {
+                    operation_id: "op".into(),
+                    volume: Some(reference.clone()),
+                    repository: Some(access.clone()),
+                    snapshot_id: "abcdef12".into(),
+                    restore_uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1".into(),
+                    include_patterns: include.iter().map(|p| p.to_string()).collect(),
+                    exclude_patterns: exclude.iter().map(|p| p.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+        };
+        let plan = restore(&["data/2024/**"], &["**/*.tmp"]).unwrap();
+        assert_eq!(plan.includes, ["/data/2024/**"]);
+        assert_eq!(plan.excludes, ["/**/*.tmp"]);
+        let error = restore(&["/etc"], &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("include_patterns: path pattern `/etc` is absolute"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn abandon_writes_the_failure_marker_where_the_helper_looks() {
         let pods = tempfile::tempdir().unwrap();
         let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
@@ -978,6 +1063,7 @@ esac
                 identity: "pvc-uid/abc".into(),
                 tags: vec!["stable-identity=pvc-uid/abc".into()],
                 parent: parent.map(str::to_string),
+                excludes: Vec::new(),
             };
             backup(&self.context(), &plan, &CancellationToken::new(), |_| {})
                 .await
@@ -1102,6 +1188,7 @@ esac
             identity: "pvc-uid/abc".into(),
             tags: vec!["stable-identity=pvc-uid/abc".into()],
             parent: Some(KNOWN.into()),
+            excludes: Vec::new(),
         }
     }
 
