@@ -510,6 +510,57 @@ async fn execute(
     Ok(())
 }
 
+/// Deletes the restore pods a data-only restore left when the orchestrator that ran it
+/// stopped (recovery calls this for each unfinished restore): found by the restore's label in
+/// the namespaces of its volumes; a pod without the label is never touched.
+pub async fn delete_leftover_pods(deps: &Deps, entry: &RestoreEntry, restore: &Restore) {
+    if !restore.spec.as_ref().is_some_and(|spec| spec.data_only) {
+        return;
+    }
+    let Some(cluster) = &deps.cluster else {
+        return;
+    };
+    let mut namespaces: Vec<String> = restore
+        .status
+        .iter()
+        .flat_map(|status| &status.volumes)
+        .filter_map(|volume| volume.volume.as_ref())
+        .map(|reference| reference.namespace.clone())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let labels = BTreeMap::from([(RESTORE_POD_LABEL.to_string(), restore.name.clone())]);
+    for namespace in namespaces {
+        let pods = match cluster.pods(&namespace, &labels).await {
+            Ok(pods) => pods,
+            Err(error) => {
+                entry.log(
+                    "warning",
+                    format!("listing restore pods in {namespace}: {error}"),
+                );
+                continue;
+            }
+        };
+        let ours = pods.into_iter().filter(|pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(RESTORE_POD_LABEL))
+                == Some(&restore.name)
+        });
+        for pod in ours {
+            let name = pod.metadata.name.unwrap_or_default();
+            match cluster.delete_pod(&namespace, &name).await {
+                Ok(()) => entry.log("info", format!("deleted restore pod {namespace}/{name}")),
+                Err(error) => entry.log(
+                    "warning",
+                    format!("deleting restore pod {namespace}/{name}: {error}"),
+                ),
+            }
+        }
+    }
+}
+
 /// The restore pods a run started and has not deleted yet, by volume index.
 #[derive(Default)]
 pub struct RestorePods(Mutex<BTreeMap<usize, (String, String)>>);
@@ -1342,6 +1393,55 @@ mod runs {
         assert_eq!(world.cluster.deleted_pods.lock().unwrap().len(), 1);
         assert!(world.cluster.pods.lock().unwrap().is_empty());
         assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_restart_only_the_restore_s_own_labelled_pods_are_deleted() {
+        let world = world();
+        world.cluster.add_pod(app_pod("Running"));
+        let mut leftover = app_pod("Running");
+        leftover.metadata.name = Some("stowage-data-restore-abc-0".into());
+        leftover.metadata.labels =
+            Some([(RESTORE_POD_LABEL.to_string(), "back".to_string())].into());
+        world.cluster.add_pod(leftover);
+        let mut other = app_pod("Running");
+        other.metadata.name = Some("stowage-data-restore-def-0".into());
+        other.metadata.labels = Some([(RESTORE_POD_LABEL.to_string(), "other".to_string())].into());
+        world.cluster.add_pod(other);
+        let restore = Restore {
+            name: "back".into(),
+            spec: Some(RestoreSpec {
+                data_only: true,
+                ..Default::default()
+            }),
+            status: Some(stowage_proto::v1::RestoreStatus {
+                volumes: pending_volumes(&[Target {
+                    source: PodVolumeBackup::default(),
+                    backup: "nightly".into(),
+                    namespace: "shop".into(),
+                    claim: "data-db-0".into(),
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let entry = Entry::new(
+            restore.clone(),
+            Vec::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        delete_leftover_pods(&world.deps, &entry, &restore).await;
+        assert_eq!(
+            world.cluster.deleted_pods.lock().unwrap().clone(),
+            ["shop/stowage-data-restore-abc-0"]
+        );
+        // A restore that is not data-only has no restore pods to look for.
+        let full_restore = Restore {
+            spec: Some(RestoreSpec::default()),
+            ..restore
+        };
+        delete_leftover_pods(&world.deps, &entry, &full_restore).await;
+        assert_eq!(world.cluster.deleted_pods.lock().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
