@@ -11,6 +11,7 @@ use crate::{
     RestoreCreate, Typed,
     config::{Config, ContextUpdate, DEFAULT_CONTEXT},
     connection::ConnectionArgs,
+    data_only,
     error::{Call, CliError},
     follow::{self, Followed},
     parse, render,
@@ -181,7 +182,7 @@ fn config(
 
 async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCode, CliError> {
     match command {
-        BackupCommand::Create(create) => create_backup(session, create).await,
+        BackupCommand::Create(create) => create_backup(session, *create).await,
         BackupCommand::Get {
             name: Some(name),
             output,
@@ -252,6 +253,7 @@ async fn backup(session: &mut Session, command: BackupCommand) -> Result<ExitCod
                 .into_inner();
             print_logs(&response, output.format)
         }
+        BackupCommand::Ls(ls) => crate::browse::list(session, ls).await,
         BackupCommand::Delete { name } => {
             let call = Call::new("DeleteBackup", "backup", &name, "deleting");
             let response = session
@@ -331,6 +333,7 @@ pub fn backup_spec(args: crate::BackupSpecArgs) -> Result<v1::BackupSpec, CliErr
         default_volumes_to_fs_backup: args.default_volumes_to_fs_backup,
         ttl: args.ttl.map(view::proto_duration),
         timeout: args.timeout.map(view::proto_duration),
+        exclude_paths: args.exclude_paths,
         ..Default::default()
     })
 }
@@ -455,7 +458,7 @@ fn interrupted(kind: &str, name: &str) -> ExitCode {
 
 async fn restore(session: &mut Session, command: RestoreCommand) -> Result<ExitCode, CliError> {
     match command {
-        RestoreCommand::Create(create) => create_restore(session, create).await,
+        RestoreCommand::Create(create) => create_restore(session, *create).await,
         RestoreCommand::Get {
             name: Some(name),
             output,
@@ -552,6 +555,24 @@ async fn create_restore(
 ) -> Result<ExitCode, CliError> {
     let mapping = parse::collect_mappings(&create.namespace_mappings)
         .map_err(|error| CliError::Usage(error.to_string()))?;
+    data_only::check_flags(
+        create.data_only,
+        &create.volumes,
+        create.target_pvc.as_deref(),
+        create.overwrite_policy,
+    )?;
+    if create.data_only && !create.yes {
+        data_only::confirm_running_pods(session, &create.from_backup, |backup| {
+            data_only::target_claims(
+                backup,
+                &create.volumes,
+                &create.include_namespaces,
+                &mapping,
+                create.target_pvc.as_deref(),
+            )
+        })
+        .await?;
+    }
     let requested = create.name.clone().unwrap_or_default();
     let mut call = Call::new("CreateRestore", "restore", &requested, "creating");
     if requested.is_empty() {
@@ -561,6 +582,15 @@ async fn create_restore(
         backup_name: create.from_backup.clone(),
         namespace_mapping: mapping.into_iter().collect(),
         included_namespaces: create.include_namespaces,
+        data_only: create.data_only,
+        volumes: create.volumes,
+        target_pvc: create.target_pvc.unwrap_or_default(),
+        overwrite_policy: create
+            .overwrite_policy
+            .map_or(0, |policy| policy.proto() as i32),
+        as_of: create.as_of,
+        include_paths: create.include_paths,
+        exclude_paths: create.exclude_paths,
         ..Default::default()
     };
     create.resources.apply(&mut spec);
@@ -572,10 +602,19 @@ async fn create_restore(
         })
         .await
         .map_err(|status| match status.code() {
-            // A restore being created cannot be missing; NotFound is about its backup.
-            tonic::Code::NotFound => CliError::NotFound {
-                kind: "backup",
-                name: create.from_backup.clone(),
+            // A restore being created cannot be missing; NotFound is about its backup, or
+            // about a volume a path pattern names, which the server's sentence says.
+            tonic::Code::NotFound
+                if status.message() == format!("backup `{}` not found", create.from_backup) =>
+            {
+                CliError::NotFound {
+                    kind: "backup",
+                    name: create.from_backup.clone(),
+                }
+            }
+            tonic::Code::NotFound => CliError::Server {
+                action: call.action.clone(),
+                message: status.message().to_string(),
             },
             _ => session.fail(status, &call),
         })?

@@ -2,9 +2,11 @@
 //! This file holds the clap configuration and the exit-code policy; [`commands`] runs each
 //! command over the stowage.v1 Orchestrator gRPC API.
 
+mod browse;
 mod commands;
 mod config;
 mod connection;
+mod data_only;
 mod error;
 mod follow;
 mod hooks_file;
@@ -167,7 +169,7 @@ pub struct OutputArgs {
 #[derive(Debug, Subcommand)]
 enum BackupCommand {
     /// Start a backup of the annotated pod volumes.
-    Create(BackupCreate),
+    Create(Box<BackupCreate>),
     /// List backups, or show one.
     Get {
         name: Option<String>,
@@ -193,6 +195,9 @@ enum BackupCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// List the files of one pod volume in a backup (from its restic snapshot): mode, size,
+    /// modification time and path, the volume root being `/`.
+    Ls(BackupLs),
     /// Forget the backup's restic snapshots and delete its files from the object store.
     Delete { name: String },
     /// Stop a running backup; it ends Cancelled.
@@ -236,6 +241,12 @@ pub struct BackupSpecArgs {
     /// Only pods with these labels: `key=value[,key=value]` (equality only).
     #[arg(long, short = 'l', value_parser = parse::parse_selector)]
     pub selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Paths to leave out of the volumes' snapshots (comma-separated `[<volume>:]<glob>`,
+    /// restic's glob syntax relative to the volume root, `**` for any depth: `cache,*.tmp`,
+    /// `data:logs/**`); without `<volume>:` a pattern applies to every volume. Pods add their
+    /// own with the `backup.stowage.io/exclude-paths` annotation.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_paths: Vec<String>,
     /// Back up every pod volume except those in `backup.velero.io/backup-volumes-excludes`
     /// (opt-out), instead of only those in `backup.velero.io/backup-volumes` (opt-in).
     #[arg(long)]
@@ -253,10 +264,25 @@ pub struct BackupSpecArgs {
     pub hooks_file: Option<std::path::PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct BackupLs {
+    /// The backup.
+    pub backup: String,
+    /// The pod volume, as `namespace/pod/volume` (see `stowage backup describe --details`).
+    pub volume: String,
+    /// Directory inside the volume; its root when not given.
+    pub path: Option<String>,
+    /// List the whole tree under PATH, not only its direct entries.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 #[derive(Debug, Subcommand)]
 enum RestoreCommand {
     /// Restore pod volumes from a backup: recreate the pods and refill their volumes.
-    Create(RestoreCreate),
+    Create(Box<RestoreCreate>),
     /// List restores, or show one.
     Get {
         name: Option<String>,
@@ -298,6 +324,33 @@ pub struct RestoreCreate {
     pub include_namespaces: Vec<String>,
     #[command(flatten)]
     pub resources: restore_args::ResourceArgs,
+    /// Restore only the files matching these patterns (comma-separated `[<volume>:]<glob>`,
+    /// relative to the volume root: `data:data/2024/**`); other files are not written.
+    #[arg(long, value_delimiter = ',')]
+    pub include_paths: Vec<String>,
+    /// Leave the files matching these patterns out of the restore (as --include-paths).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_paths: Vec<String>,
+    /// Write the volumes' data into the claims that exist now (running pods' volumes, or a
+    /// temporary restore pod's); no pod or resource is created. Scale the workload down first.
+    #[arg(long)]
+    pub data_only: bool,
+    /// With --data-only: restore only these volumes of the backup, as `namespace/pod/volume`.
+    #[arg(long, value_delimiter = ',')]
+    pub volumes: Vec<String>,
+    /// With --data-only: restore the one selected volume into this claim (`namespace/claim`).
+    #[arg(long)]
+    pub target_pvc: Option<String>,
+    /// With --data-only: what happens to the files already in the claim (default merge).
+    #[arg(long, value_enum)]
+    pub overwrite_policy: Option<data_only::OverwritePolicy>,
+    /// Restore, per volume, the last snapshot taken at or before this time (RFC 3339, e.g.
+    /// 2024-05-01T12:00:00Z) across every backup, instead of --from-backup's own.
+    #[arg(long, value_parser = data_only::parse_as_of)]
+    pub as_of: Option<stowage_proto::prost_types::Timestamp>,
+    /// With --data-only: restore even when a running pod mounts a target claim.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Follow the restore with a progress display until it ends; exit non-zero unless it
     /// ends Completed.
     #[arg(long)]

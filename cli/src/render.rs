@@ -278,6 +278,9 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         "  Excluded:  {}",
         list_or_none(&spec.excluded_resources)
     );
+    if !spec.exclude_paths.is_empty() {
+        let _ = writeln!(out, "Excluded paths:  {}", spec.exclude_paths.join(", "));
+    }
     let selector = selector_text(&spec.label_selector);
     let _ = writeln!(
         out,
@@ -383,6 +386,14 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
             ],
             &rows,
         );
+        excluded_lines(
+            &mut out,
+            "Excluded paths (not in the snapshots)",
+            status
+                .volumes
+                .iter()
+                .map(|volume| (volume.volume.path(), &volume.excluded_paths)),
+        );
     } else {
         volumes_by_phase(
             &mut out,
@@ -463,6 +474,12 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
         .map(|(old, new)| format!("{old}:{new}"))
         .collect();
     let _ = writeln!(out, "Namespace mappings:  {}", list_or_none(&mappings));
+    if !spec.include_paths.is_empty() {
+        let _ = writeln!(out, "Include paths:  {}", spec.include_paths.join(", "));
+    }
+    if !spec.exclude_paths.is_empty() {
+        let _ = writeln!(out, "Exclude paths:  {}", spec.exclude_paths.join(", "));
+    }
     out.push('\n');
     let _ = writeln!(out, "Started:      {}", or_none(&status.started));
     let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
@@ -540,6 +557,14 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
                 .iter()
                 .map(|volume| (&volume.volume, volume.hooks.as_slice())),
         );
+        excluded_lines(
+            &mut out,
+            "Never backed up (excluded when the backup ran)",
+            status
+                .volumes
+                .iter()
+                .map(|volume| (volume.volume.path(), &volume.excluded_at_backup)),
+        );
     } else {
         out.push('\n');
         volumes_by_phase(
@@ -555,6 +580,27 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
     }
     crate::resource_results::describe(&mut out, &status.resources, details);
     out
+}
+
+/// A titled list of `namespace/pod/volume: pattern, …`, for the volumes that have patterns;
+/// nothing when none has.
+fn excluded_lines<'a>(
+    out: &mut String,
+    title: &str,
+    volumes: impl Iterator<Item = (String, &'a Vec<String>)>,
+) {
+    let lines: Vec<String> = volumes
+        .filter(|(_, patterns)| !patterns.is_empty())
+        .map(|(path, patterns)| format!("  {path}: {}", patterns.join(", ")))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    out.push('\n');
+    let _ = writeln!(out, "{title}:");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// `2026-…Z`, with ` (failed)` when the last run failed; `never run` or `running` when no run
@@ -803,6 +849,7 @@ mod tests {
             finished: Some("2026-11-24T10:03:20Z".into()),
             error_message: error.into(),
             hooks: Vec::new(),
+            excluded_paths: Vec::new(),
         }
     }
 
@@ -822,6 +869,7 @@ mod tests {
                 default_volumes_to_fs_backup: false,
                 ttl: Some("720h".into()),
                 timeout: None,
+                exclude_paths: Vec::new(),
             },
             status: BackupStatusView {
                 phase: "PartiallyFailed".into(),
@@ -976,6 +1024,39 @@ mod tests {
     }
 
     #[test]
+    fn excluded_paths_show_in_describe_and_per_volume_with_details() {
+        let mut view = backup();
+        view.spec.exclude_paths = vec!["*.tmp".into()];
+        view.status.volumes[0].excluded_paths = vec!["*.tmp".into(), "cache".into()];
+        let text = describe_backup(&view, false);
+        assert!(text.contains("Excluded paths:  *.tmp\n"), "{text}");
+        assert!(!text.contains("not in the snapshots"), "{text}");
+        let details = describe_backup(&view, true);
+        assert!(
+            details.contains(
+                "Excluded paths (not in the snapshots):\n  foo/sample/data: *.tmp, cache\n"
+            ),
+            "{details}"
+        );
+        // A volume without patterns gets no line.
+        assert!(!details.contains("foo/sample/cache:"), "{details}");
+
+        let mut restore = restore();
+        restore.spec.include_paths = vec!["data:data/2024/**".into()];
+        restore.status.volumes[0].excluded_at_backup = vec!["cache".into()];
+        let text = describe_restore(&restore, true);
+        assert!(
+            text.contains("Include paths:  data:data/2024/**\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Exclude paths:"), "{text}");
+        assert!(
+            text.contains("Never backed up (excluded when the backup ran):\n  foo/sample/"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn describe_without_details_groups_volumes_by_phase() {
         let text = describe_backup(&backup(), false);
         assert!(text.contains("  Completed:  foo/sample/data\n"), "{text}");
@@ -1056,6 +1137,7 @@ mod tests {
             error_message: String::new(),
             repository: "/loc/restic/foo".into(),
             hooks: Vec::new(),
+            excluded_at_backup: Vec::new(),
         };
         RestoreView {
             name: "demo-restore".into(),
@@ -1064,6 +1146,8 @@ mod tests {
                 backup_name: "demo".into(),
                 namespace_mapping: Default::default(),
                 included_namespaces: vec![],
+                include_paths: vec![],
+                exclude_paths: vec![],
             },
             status: RestoreStatusView {
                 phase: "PartiallyFailed".into(),

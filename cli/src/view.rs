@@ -302,6 +302,9 @@ pub struct BackupSpecView {
     /// `null` = the server default.
     pub ttl: Option<String>,
     pub timeout: Option<String>,
+    /// `[<volume>:]<glob>` patterns left out of every volume's snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_paths: Vec<String>,
 }
 
 impl From<&Option<v1::BackupSpec>> for BackupSpecView {
@@ -316,6 +319,7 @@ impl From<&Option<v1::BackupSpec>> for BackupSpecView {
             default_volumes_to_fs_backup: spec.default_volumes_to_fs_backup,
             ttl: std_duration(&spec.ttl).map(format_duration),
             timeout: std_duration(&spec.timeout).map(format_duration),
+            exclude_paths: spec.exclude_paths,
         }
     }
 }
@@ -341,6 +345,9 @@ pub struct PodVolumeBackupView {
     pub started: Option<String>,
     pub finished: Option<String>,
     pub error_message: String,
+    /// The patterns restic left out of this volume's snapshot (the backup's and the pod's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded_paths: Vec<String>,
     /// The pod's backup hooks that ran around this volume.
     pub hooks: Vec<HookResultView>,
 }
@@ -400,6 +407,7 @@ impl From<&v1::PodVolumeBackup> for PodVolumeBackupView {
             finished: rfc3339(&volume.finished),
             error_message: readable_error(&volume.error_message),
             hooks: volume.hooks.iter().map(Into::into).collect(),
+            excluded_paths: volume.excluded_paths.clone(),
         }
     }
 }
@@ -503,6 +511,10 @@ pub struct RestoreSpecView {
     pub backup_name: String,
     pub namespace_mapping: BTreeMap<String, String>,
     pub included_namespaces: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include_paths: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_paths: Vec<String>,
 }
 
 impl From<&Option<v1::RestoreSpec>> for RestoreSpecView {
@@ -512,6 +524,8 @@ impl From<&Option<v1::RestoreSpec>> for RestoreSpecView {
             backup_name: spec.backup_name,
             namespace_mapping: sorted(&spec.namespace_mapping),
             included_namespaces: spec.included_namespaces,
+            include_paths: spec.include_paths,
+            exclude_paths: spec.exclude_paths,
         }
     }
 }
@@ -533,6 +547,9 @@ pub struct PodVolumeRestoreView {
     pub repository: String,
     /// The restore hooks that ran for this volume's pod.
     pub hooks: Vec<HookResultView>,
+    /// Patterns left out when the volume was backed up: never in the snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded_at_backup: Vec<String>,
 }
 
 impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
@@ -549,6 +566,7 @@ impl From<&v1::PodVolumeRestore> for PodVolumeRestoreView {
             error_message: readable_error(&volume.error_message),
             repository: volume.repository.clone(),
             hooks: volume.hooks.iter().map(Into::into).collect(),
+            excluded_at_backup: volume.excluded_at_backup.clone(),
         }
     }
 }

@@ -1251,9 +1251,17 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
                 "orchestrator {verb} {resource}"
             );
         }
-        // Backups must not be able to destroy what they protect.
+        // Backups must not be able to destroy what they protect. Pods are the one exception,
+        // for `delete` alone: a data-only restore deletes the restore pod it started.
+        assert!(
+            has(&orchestrator, "", "pods", "delete"),
+            "orchestrator delete pods"
+        );
         for resource in ["pods", "persistentvolumeclaims", "namespaces"] {
             for verb in ["delete", "deletecollection", "update", "patch"] {
+                if (resource, verb) == ("pods", "delete") {
+                    continue;
+                }
                 assert!(
                     !has(&orchestrator, "", resource, verb),
                     "orchestrator may {verb} {resource}"

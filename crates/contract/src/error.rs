@@ -16,6 +16,12 @@ pub enum ContractError {
     InvalidTag { tag: String, reason: &'static str },
     #[error("stable identity `{value}` is not one stowage builds: {reason}")]
     InvalidIdentity { value: String, reason: &'static str },
+    #[error("{field}: path pattern `{pattern}` {reason}")]
+    InvalidPathPattern {
+        field: String,
+        pattern: String,
+        reason: String,
+    },
     #[error("restore uid `{value}` {reason}")]
     InvalidRestoreUid { value: String, reason: &'static str },
 }

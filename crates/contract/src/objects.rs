@@ -131,6 +131,9 @@ pub struct PodVolumeBackupSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uploader_type: String,
+    /// The patterns left out of the snapshot, relative to the volume root ([`crate::paths`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_paths: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -230,6 +233,10 @@ pub struct PodVolumeRestoreSpec {
     pub source_namespace: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uploader_type: String,
+    /// The patterns that were left out when the volume was backed up: a restore cannot bring
+    /// those paths back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_at_backup: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,13 @@ pub mod labels {
     pub const STORAGE_LOCATION: &str = "velero.io/storage-location";
 }
 
+/// Annotations stowage itself reads.
+pub mod annotations {
+    /// On a pod: paths left out of its volumes' backups, `<volume>:<glob>,…` (see
+    /// [`crate::paths`]); a pattern without `<volume>:` applies to each of the pod's volumes.
+    pub const EXCLUDE_PATHS: &str = "backup.stowage.io/exclude-paths";
+}
+
 /// `key=value`, refused when restic could not store it as one tag.
 pub fn tag(key: &str, value: &str) -> Result<String, ContractError> {
     let tag = format!("{key}={value}");

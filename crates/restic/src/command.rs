@@ -302,6 +302,20 @@ impl Restic {
             .await
     }
 
+    /// Runs `command`, handing each stdout line to `sink` as it arrives and waiting for the
+    /// sink before reading the next one, so a slow consumer slows restic down (its stdout
+    /// pipe fills) instead of lines piling up in memory. Lines are not kept.
+    pub async fn run_lines(
+        &self,
+        repository: &Repository,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+        sink: impl LineSink,
+    ) -> Result<Output, ResticError> {
+        self.execute_sink(Some(repository), command, cancel, sink, false)
+            .await
+    }
+
     /// Runs `command` (add `--json` yourself) and parses its whole stdout as one JSON value.
     pub async fn run_json<T: DeserializeOwned>(
         &self,
@@ -324,6 +338,18 @@ impl Restic {
             .await
     }
 
+    async fn execute_inner(
+        &self,
+        repository: Option<&Repository>,
+        command: &ResticCommand,
+        cancel: &CancellationToken,
+        on_line: impl FnMut(&str) + Send,
+        keep_stdout: bool,
+    ) -> Result<Output, ResticError> {
+        self.execute_sink(repository, command, cancel, EachLine(on_line), keep_stdout)
+            .await
+    }
+
     #[tracing::instrument(
         name = "restic",
         skip_all,
@@ -334,12 +360,12 @@ impl Restic {
             restic.peak_rss_bytes = tracing::field::Empty,
         )
     )]
-    async fn execute_inner(
+    async fn execute_sink(
         &self,
         repository: Option<&Repository>,
         command: &ResticCommand,
         cancel: &CancellationToken,
-        mut on_line: impl FnMut(&str) + Send,
+        mut sink: impl LineSink,
         keep_stdout: bool,
     ) -> Result<Output, ResticError> {
         if cancel.is_cancelled() {
@@ -444,7 +470,7 @@ impl Restic {
                         {
                             tracing::info!(bytes, files, "restic makes progress again");
                         }
-                        on_line(&line);
+                        sink.line(&line).await;
                         if keep_stdout {
                             kept_stdout.push_str(&line);
                             kept_stdout.push('\n');
@@ -604,6 +630,22 @@ impl ResticCommand {
     /// A spawn `NotFound` means the binary is missing only when the working dir exists.
     fn current_dir_exists(&self) -> bool {
         self.current_dir.as_ref().is_none_or(|dir| dir.is_dir())
+    }
+}
+
+/// Where a run's stdout lines go, one at a time: the next line is read only once `line` has
+/// finished, so a sink that waits (for a slow reader) makes restic wait.
+pub trait LineSink: Send {
+    fn line(&mut self, line: &str) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A closure that takes each line at once.
+struct EachLine<F>(F);
+
+impl<F: FnMut(&str) + Send> LineSink for EachLine<F> {
+    fn line(&mut self, line: &str) -> impl std::future::Future<Output = ()> + Send {
+        (self.0)(line);
+        std::future::ready(())
     }
 }
 

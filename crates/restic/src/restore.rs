@@ -21,6 +21,38 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// `--verify`: read every restored file back and compare.
     pub verify: bool,
+    /// `--overwrite`: what restic does with a file already in the target; `None` leaves
+    /// restic's default (`always`).
+    pub overwrite: Option<Overwrite>,
+    /// `--delete`: remove files from the target that are not in the snapshot, so the target
+    /// ends identical to it. Paths left out by `excludes` (or not matched by `includes`) are
+    /// not touched, as restic 0.18 only deletes within what it restores.
+    pub delete: bool,
+}
+
+/// restic 0.18's `restore --overwrite` behaviours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Rewrite every file (restic still skips the ones whose content it finds unchanged).
+    Always,
+    /// Rewrite a file only when its size, mtime or content differs.
+    IfChanged,
+    /// Rewrite a file only when the snapshot's copy is newer (mtime) than the one in place.
+    IfNewer,
+    /// Never rewrite a file that exists.
+    Never,
+}
+
+impl Overwrite {
+    /// The value `--overwrite` takes.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Overwrite::Always => "always",
+            Overwrite::IfChanged => "if-changed",
+            Overwrite::IfNewer => "if-newer",
+            Overwrite::Never => "never",
+        }
+    }
 }
 
 /// A `message_type: status` or `summary` line of `restic restore --json`; both carry the same
@@ -163,6 +195,12 @@ pub fn restore_command(options: &RestoreOptions) -> Result<ResticCommand, Restic
     if options.verify {
         command = command.arg("--verify");
     }
+    if let Some(overwrite) = options.overwrite {
+        command = command.arg("--overwrite").arg(overwrite.as_arg());
+    }
+    if options.delete {
+        command = command.arg("--delete");
+    }
     Ok(command)
 }
 
@@ -196,6 +234,34 @@ mod tests {
         assert_eq!(
             args(&command),
             ["--json", "abcd1234", "--sparse", "--target", "/x"]
+        );
+    }
+
+    #[test]
+    fn overwrite_and_delete_become_restic_flags() {
+        let command = restore_command(&RestoreOptions {
+            snapshot: "abcd1234".into(),
+            target: ".".into(),
+            excludes: vec!["*.tmp".into()],
+            overwrite: Some(Overwrite::IfNewer),
+            delete: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            args(&command),
+            [
+                "--json",
+                "abcd1234",
+                "--sparse",
+                "--target",
+                ".",
+                "--exclude",
+                "*.tmp",
+                "--overwrite",
+                "if-newer",
+                "--delete"
+            ]
         );
     }
 

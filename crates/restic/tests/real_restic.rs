@@ -5,7 +5,8 @@
 use std::{io::Write as _, path::Path, process::Stdio};
 
 use stowage_restic::{
-    BackupOptions, Repository, Restic, ResticCommand, ResticError, RestoreOptions, SnapshotFilter,
+    BackupOptions, Overwrite, Repository, Restic, ResticCommand, ResticError, RestoreOptions,
+    SnapshotFilter,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -162,6 +163,91 @@ async fn backup_snapshots_stats_and_restore_round_trip() {
     assert_eq!(
         std::fs::read_to_string(target.join("sub/b.txt")).unwrap(),
         "beta"
+    );
+}
+
+/// What a data-only restore relies on: `--delete` makes a used directory identical to the
+/// snapshot except for the paths the restore excludes, which restic 0.18 leaves alone; and
+/// `--overwrite if-newer` keeps a file that is newer than the snapshot's copy.
+#[tokio::test]
+async fn restore_with_delete_replaces_a_used_directory_but_keeps_excluded_paths() {
+    let f = fixture().await;
+    let cancel = CancellationToken::new();
+    let data = f.dir.path().join("data");
+    write_tree(&data);
+    std::fs::write(data.join("keep.tmp"), "in the snapshot").unwrap();
+    let snapshot = f
+        .restic
+        .backup(
+            &f.repository,
+            &BackupOptions {
+                working_dir: data.clone(),
+                ..Default::default()
+            },
+            &cancel,
+            |_| {},
+        )
+        .await
+        .expect("backup")
+        .snapshot_id;
+    // The volume moves on after the backup.
+    std::fs::write(data.join("a.txt"), "alpha, changed since").unwrap();
+    std::fs::write(data.join("keep.tmp"), "written since").unwrap();
+    std::fs::write(data.join("added.txt"), "added since").unwrap();
+    std::fs::create_dir_all(data.join("new-dir")).unwrap();
+    std::fs::write(data.join("new-dir/c.txt"), "added since").unwrap();
+
+    // if-newer: every file in place is newer than the snapshot's, so none is rewritten.
+    f.restic
+        .restore(
+            &f.repository,
+            &RestoreOptions {
+                snapshot: snapshot.clone(),
+                target: data.clone(),
+                overwrite: Some(Overwrite::IfNewer),
+                ..Default::default()
+            },
+            &cancel,
+            |_| {},
+        )
+        .await
+        .expect("if-newer restore");
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).unwrap(),
+        "alpha, changed since"
+    );
+
+    let summary = f
+        .restic
+        .restore(
+            &f.repository,
+            &RestoreOptions {
+                snapshot,
+                target: data.clone(),
+                excludes: vec!["*.tmp".into()],
+                delete: true,
+                ..Default::default()
+            },
+            &cancel,
+            |_| {},
+        )
+        .await
+        .expect("replace restore");
+    assert!(summary.files_deleted >= 2, "{summary:?}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).unwrap(),
+        "alpha"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
+    assert!(!data.join("added.txt").exists());
+    assert!(!data.join("new-dir").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("keep.tmp")).unwrap(),
+        "written since",
+        "a path the restore excludes is neither restored nor deleted"
     );
 }
 

@@ -99,6 +99,23 @@ impl ClusterPort for Cluster {
             .await
     }
 
+    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()> {
+        match Cluster::create_pod(self, namespace, pod).await {
+            Ok(_) => Ok(()),
+            Err(Error::Kube { source, .. }) if crate::kube::is_conflict(&source) => {
+                Err(Error::Conflict(format!(
+                    "pod {namespace}/{} already exists",
+                    pod.metadata.name.clone().unwrap_or_default()
+                )))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        Cluster::delete_pod(self, namespace, name).await
+    }
+
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
         Cluster::restore_helper_config(self).await
     }
@@ -254,6 +271,27 @@ impl RepoManagerPort for RepoManager {
             ))?
             .into_inner()
             .forgotten_snapshot_ids)
+    }
+
+    async fn list_snapshot_files(
+        &self,
+        request: stowage_proto::v1::ListSnapshotFilesRequest,
+    ) -> Result<crate::ports::FileBatches> {
+        let action = format!(
+            "listing snapshot {} of namespace {}",
+            request.snapshot_id, request.namespace
+        );
+        let stream = self
+            .client
+            .clone()
+            .list_snapshot_files(request)
+            .await
+            .map_err(Error::rpc("repo-manager", action.clone()))?
+            .into_inner();
+        Ok(Box::pin(stream.map(move |item| {
+            item.map(|response| response.entries)
+                .map_err(Error::rpc("repo-manager", action.clone()))
+        })))
     }
 
     async fn list_repositories(

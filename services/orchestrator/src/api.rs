@@ -176,13 +176,26 @@ impl Orchestrator for OrchestratorApi {
     type WatchRestoreStream = EventStream<RestoreEvent>;
     type ListBackupFilesStream = EventStream<ListBackupFilesResponse>;
 
+    #[tracing::instrument(skip_all, fields(
+        backup = %request.get_ref().backup_name,
+        namespace = %request.get_ref().namespace,
+        pod = %request.get_ref().pod,
+        volume = %request.get_ref().volume,
+        path = %request.get_ref().path,
+        recursive = request.get_ref().recursive,
+        snapshot_id = tracing::field::Empty,
+    ))]
     async fn list_backup_files(
         &self,
-        _request: Request<ListBackupFilesRequest>,
+        request: Request<ListBackupFilesRequest>,
     ) -> Result<Response<Self::ListBackupFilesStream>, Status> {
-        Err(Status::unimplemented(
-            "ListBackupFiles is not implemented yet",
-        ))
+        use futures::StreamExt as _;
+        let batches = crate::browse::list_backup_files(&self.deps, request.into_inner()).await?;
+        Ok(Response::new(Box::pin(batches.map(|batch| {
+            batch
+                .map(|entries| ListBackupFilesResponse { entries })
+                .map_err(forwarded)
+        }))))
     }
 
     #[tracing::instrument(skip_all, fields(schedule = %request.get_ref().name))]

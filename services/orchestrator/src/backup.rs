@@ -129,6 +129,7 @@ pub fn validate_spec(spec: &stowage_proto::v1::BackupSpec) -> Result<()> {
     validate_duration("timeout", spec.timeout.as_ref())?;
     crate::resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
     crate::hooks::spec_hooks(&spec.hooks)?;
+    crate::paths::backup_excludes(spec)?;
     Ok(())
 }
 
@@ -451,6 +452,10 @@ async fn run_pod(
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     );
+    if let Err(error) = crate::paths::pod_excludes(pod) {
+        work.fail_volumes(&indexes, &VolumeOutcome::Failed(error.to_string()), control);
+        return;
+    }
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
     let labels = crate::hooks::labels_of(pod);
@@ -641,13 +646,13 @@ impl VolumeWork for BackupWork {
             backup_uid: backup.uid.clone(),
             stable_identity: volume.stable_identity.clone(),
             extra_tags: Default::default(),
+            exclude_patterns: volume.excluded_paths.clone(),
             parent_snapshot_id: self
                 .parents
                 .get(index)
                 .cloned()
                 .flatten()
                 .unwrap_or_default(),
-            ..Default::default()
         };
         let started = self.update(index, |volume| {
             volume.phase = VolumePhase::InProgress as i32;
@@ -781,6 +786,9 @@ pub fn volume_mirror(backup: &Backup, volume: &PodVolumeBackup) -> Mirror {
             tags::VOLUME: reference.volume_name,
         },
     });
+    if !volume.excluded_paths.is_empty() {
+        spec["excludedPaths"] = json!(volume.excluded_paths);
+    }
     // As Velero marks a PVC's volume: `kubectl get podvolumebackups -l velero.io/pvc-uid=…`.
     if !reference.pvc_uid.is_empty() {
         labels[labels::PVC_UID] = json!(reference.pvc_uid);
@@ -834,6 +842,7 @@ async fn discover(cluster: &dyn ClusterPort, backup: &Backup) -> Result<Plan> {
     } else {
         spec.included_namespaces.clone()
     };
+    let excludes = crate::paths::backup_excludes(&spec)?;
     let mut plan = Plan::default();
     for namespace in namespaces
         .iter()
@@ -851,6 +860,7 @@ async fn discover(cluster: &dyn ClusterPort, backup: &Backup) -> Result<Plan> {
                 namespace,
                 &pod,
                 spec.default_volumes_to_fs_backup,
+                &excludes,
                 &mut plan,
             )
             .await?;
@@ -864,8 +874,11 @@ async fn plan_pod(
     namespace: &str,
     pod: &Pod,
     opt_out: bool,
+    excludes: &[stowage_contract::paths::ScopedPattern],
     plan: &mut Plan,
 ) -> Result<()> {
+    // A bad annotation fails the pod's volumes when they run (`run_pod`), naming it.
+    let pod_excludes = crate::paths::pod_excludes(pod).unwrap_or_default();
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
     let node = pod
@@ -951,6 +964,11 @@ async fn plan_pod(
                 node: node.clone(),
                 phase: VolumePhase::Pending as i32,
                 stable_identity,
+                excluded_paths: crate::paths::volume_excludes(
+                    excludes,
+                    &pod_excludes,
+                    &selected.name,
+                ),
                 ..Default::default()
             },
         });

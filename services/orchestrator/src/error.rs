@@ -16,6 +16,10 @@ pub enum Error {
     BackupNotFound(String),
     #[error("restore `{0}` not found")]
     RestoreNotFound(String),
+    /// A volume a restore names that the backup (or the location, for `as_of`) does not have,
+    /// or a target claim that does not exist; the text names it.
+    #[error("{0}")]
+    VolumeNotFound(String),
     #[error("backup `{0}` already exists")]
     BackupExists(String),
     #[error("restore `{0}` already exists")]
@@ -97,9 +101,10 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::InvalidArgument { .. } | Error::Contract(_) => Code::InvalidArgument,
-            Error::BackupNotFound(_) | Error::RestoreNotFound(_) | Error::ScheduleNotFound(_) => {
-                Code::NotFound
-            }
+            Error::BackupNotFound(_)
+            | Error::RestoreNotFound(_)
+            | Error::ScheduleNotFound(_)
+            | Error::VolumeNotFound(_) => Code::NotFound,
             Error::BackupExists(_) | Error::RestoreExists(_) | Error::ScheduleExists(_) => {
                 Code::AlreadyExists
             }

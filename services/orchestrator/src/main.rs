@@ -4,8 +4,11 @@
 
 mod adapters;
 mod api;
+mod as_of;
 mod backup;
+mod browse;
 mod coverage;
+mod data_restore;
 mod deps;
 mod engine;
 mod error;
@@ -13,6 +16,7 @@ mod hooks;
 mod kube;
 mod lifecycle;
 mod parents;
+mod paths;
 mod ports;
 mod recovery;
 mod repositories;

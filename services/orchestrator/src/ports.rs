@@ -16,8 +16,9 @@ use serde_json::Value;
 use stowage_hooks::{ExecError, ExecTarget, Output, PodExec};
 use stowage_proto::v1::{
     AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
-    ListRepositoriesRequest, ListRepositoriesResponse, LogLine, MaintenanceResult, Repository,
-    RepositoryAccess, Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
+    FileEntry, ListRepositoriesRequest, ListRepositoriesResponse, ListSnapshotFilesRequest,
+    LogLine, MaintenanceResult, Repository, RepositoryAccess, Restore, RestoreVolumeEvent,
+    RestoreVolumeRequest, RunMaintenanceRequest,
 };
 use stowage_velero_format::BackupResources;
 
@@ -25,6 +26,9 @@ use crate::{
     error::Result,
     kube::mirror::{Mirror, MirrorKind},
 };
+
+/// Batches of a snapshot listing, each a batch or the error that ended the stream.
+pub type FileBatches = Pin<Box<dyn Stream<Item = Result<Vec<FileEntry>>> + Send>>;
 
 /// Events of one agent operation, each an event or the error that ended the stream.
 pub type AgentEvents<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
@@ -81,6 +85,29 @@ pub trait ClusterPort: Send + Sync {
         command: &[String],
         output: &mut Output,
     ) -> std::result::Result<i32, ExecError>;
+    /// Creates a pod (a data-only restore's temporary restore pod); one that exists is
+    /// `Error::Conflict`.
+    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()>;
+    /// Deletes the pod (a data-only restore's own restore pod); one already gone is fine.
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()>;
+    /// The pods of `namespace` whose volumes name claim `claim`, in any phase.
+    async fn pods_using_claim(&self, namespace: &str, claim: &str) -> Result<Vec<Pod>> {
+        let pods = self.pods(namespace, &BTreeMap::new()).await?;
+        Ok(pods
+            .into_iter()
+            .filter(|pod| {
+                pod.spec
+                    .iter()
+                    .flat_map(|spec| spec.volumes.iter().flatten())
+                    .any(|volume| {
+                        volume
+                            .persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|source| source.claim_name == claim)
+                    })
+            })
+            .collect())
+    }
     /// The restore-helper ConfigMap's data (empty when there is none).
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>>;
     /// The API server as a restore recreates the backup's objects through it.
@@ -129,6 +156,8 @@ pub trait RepoManagerPort: Send + Sync {
         request: ListRepositoriesRequest,
     ) -> Result<ListRepositoriesResponse>;
     async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult>;
+    /// A snapshot's files (`restic ls`), in the batches the repo-manager streams them.
+    async fn list_snapshot_files(&self, request: ListSnapshotFilesRequest) -> Result<FileBatches>;
 }
 
 /// The volume agents, by the node they serve.

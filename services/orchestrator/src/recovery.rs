@@ -134,6 +134,7 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
     );
     let mut current = entry.get();
     restore::abandon_unrestored(deps, entry, &mut current).await;
+    crate::data_restore::delete_leftover_pods(deps, entry, &current).await;
     entry.update(|restore| *restore = current.clone());
     if let Some(cluster) = &deps.cluster {
         for &index in &ended {

@@ -23,6 +23,7 @@ use tracing::{Instrument, field};
 
 use crate::{
     backup::{is_terminal, rfc3339},
+    data_restore::{self, Planned},
     deps::{Deps, RestoreHelperDefaults},
     engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
     error::{Error, Result, validate_name, validate_namespace},
@@ -113,6 +114,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
             reason: "only completed or partially failed backups can be restored".to_string(),
         });
     }
+    crate::paths::check_restore(&spec, &backup)?;
     if deps.cluster.is_none() {
         return Err(Error::NoCluster("a restore"));
     }
@@ -127,25 +129,42 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
             reason,
         });
     }
+    // Snapshots (as-of) and data-only targets are decided now: a volume or claim that is not
+    // there is refused before anything runs.
+    let (planned, notes) = data_restore::plan(deps, &spec, backup).await?;
+    let mut status = RestoreStatus {
+        phase: RestorePhase::New as i32,
+        started: Some(now()),
+        trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Planned::DataOnly(targets) = &planned {
+        status.volumes = data_restore::pending_volumes(targets);
+        recount(&mut status);
+    }
+    let backup_name = spec.backup_name.clone();
     let restore = Restore {
         name: name.clone(),
         uid: uuid::Uuid::new_v4().to_string(),
         spec: Some(spec),
-        status: Some(RestoreStatus {
-            phase: RestorePhase::New as i32,
-            started: Some(now()),
-            trace_id: stowage_telemetry::current_trace_id().unwrap_or_default(),
-            ..Default::default()
-        }),
+        status: Some(status),
     };
     let entry = Entry::new(restore.clone(), Vec::new(), deps.shutdown.child_token());
     if !deps.index.insert_restore(&name, entry.clone()) {
         return Err(Error::RestoreExists(name));
     }
-    let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup.name);
-    let runner_deps = deps.clone();
-    deps.tasks
-        .spawn(async move { run(runner_deps, entry, backup).await }.instrument(span));
+    for note in notes {
+        entry.log("info", note);
+    }
+    let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup_name);
+    match planned {
+        Planned::Full(backup) => {
+            let runner_deps = deps.clone();
+            deps.tasks
+                .spawn(async move { run(runner_deps, entry, *backup).await }.instrument(span));
+        }
+        Planned::DataOnly(targets) => data_restore::spawn(deps, entry, targets, span),
+    }
     Ok(restore)
 }
 
@@ -288,70 +307,87 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         other => other,
     };
     let mut restore = entry.get();
-    let header = restore_header(&restore);
-    {
-        let status = restore.status.get_or_insert_with(Default::default);
-        if let Err(error) = &outcome {
-            status.failure_reason = error.to_string();
-        }
-        let reason = if cancelled {
-            CANCELLED.to_string()
-        } else if status.failure_reason.is_empty() {
-            "the restore ended before this volume ran".to_string()
-        } else {
-            status.failure_reason.clone()
-        };
-        for volume in &mut status.volumes {
-            if !is_terminal(volume.phase) {
-                volume.phase = if cancelled {
-                    VolumePhase::Cancelled
-                } else {
-                    VolumePhase::Failed
-                } as i32;
-                volume.error_message = reason.clone();
-                volume.finished = Some(now());
-                mirrors.submit(volume_mirror(&header, volume));
-            }
-        }
-        recount(status);
-        status.phase = if cancelled {
-            RestorePhase::Cancelled as i32
-        } else {
-            // An object that failed makes a restore whose volumes all came back
-            // PartiallyFailed (Velero's phase for errors), or Failed if nothing came back.
-            let objects = |wanted: &[ResourceOutcome]| {
-                let count = status
-                    .resources
-                    .iter()
-                    .filter(|r| wanted.iter().any(|w| *w as i32 == r.outcome))
-                    .count();
-                u32::try_from(count).unwrap_or(u32::MAX)
-            };
-            let restored = objects(&[ResourceOutcome::Created, ResourceOutcome::Updated]);
-            let failed = objects(&[ResourceOutcome::Failed]);
-            let ended = match ending(
-                status.volumes_completed,
-                status.volumes_failed,
-                outcome.is_err(),
-            ) {
-                Ending::Completed if failed > 0 => {
-                    if status.volumes_completed == 0 && restored == 0 {
-                        Ending::Failed
-                    } else {
-                        Ending::PartiallyFailed
-                    }
-                }
-                other => other,
-            };
-            RestorePhase::from(ended) as i32
-        };
-        status.finished = Some(now());
-    }
+    conclude(&mut restore, &outcome, cancelled, mirrors.as_ref());
     abandon_unrestored(&deps, &entry, &mut restore).await;
     // Every volume's mirror shows its end before the restore does.
     mirrors.finish().await;
+    log_end(&entry, &restore, &outcome);
+    persist(&deps, &entry, &restore).await;
+    entry.update(|current| *current = restore);
+}
+
+/// Ends every volume still unfinished (Cancelled when someone asked, else Failed with the
+/// run's reason) and gives the restore its final phase: what a run that stopped records,
+/// whatever the kind of restore.
+pub(crate) fn conclude(
+    restore: &mut Restore,
+    outcome: &Result<()>,
+    cancelled: bool,
+    mirrors: &dyn MirrorSession,
+) {
+    let header = restore_header(restore);
+    let status = restore.status.get_or_insert_with(Default::default);
+    if let Err(error) = outcome {
+        status.failure_reason = error.to_string();
+    }
+    let reason = if cancelled {
+        CANCELLED.to_string()
+    } else if status.failure_reason.is_empty() {
+        "the restore ended before this volume ran".to_string()
+    } else {
+        status.failure_reason.clone()
+    };
+    for volume in &mut status.volumes {
+        if !is_terminal(volume.phase) {
+            volume.phase = if cancelled {
+                VolumePhase::Cancelled
+            } else {
+                VolumePhase::Failed
+            } as i32;
+            volume.error_message = reason.clone();
+            volume.finished = Some(now());
+            mirrors.submit(volume_mirror(&header, volume));
+        }
+    }
+    recount(status);
+    status.phase = if cancelled {
+        RestorePhase::Cancelled as i32
+    } else {
+        // An object that failed makes a restore whose volumes all came back
+        // PartiallyFailed (Velero's phase for errors), or Failed if nothing came back.
+        let objects = |wanted: &[ResourceOutcome]| {
+            let count = status
+                .resources
+                .iter()
+                .filter(|r| wanted.iter().any(|w| *w as i32 == r.outcome))
+                .count();
+            u32::try_from(count).unwrap_or(u32::MAX)
+        };
+        let restored = objects(&[ResourceOutcome::Created, ResourceOutcome::Updated]);
+        let failed = objects(&[ResourceOutcome::Failed]);
+        let ended = match ending(
+            status.volumes_completed,
+            status.volumes_failed,
+            outcome.is_err(),
+        ) {
+            Ending::Completed if failed > 0 => {
+                if status.volumes_completed == 0 && restored == 0 {
+                    Ending::Failed
+                } else {
+                    Ending::PartiallyFailed
+                }
+            }
+            other => other,
+        };
+        RestorePhase::from(ended) as i32
+    };
+    status.finished = Some(now());
+}
+
+/// The restore's last log lines: why it failed, and how it ended.
+pub(crate) fn log_end(entry: &RestoreEntry, restore: &Restore, outcome: &Result<()>) {
     let status = restore.status.clone().unwrap_or_default();
-    if let Err(error) = &outcome {
+    if let Err(error) = outcome {
         entry.log("error", format!("restore failed: {error}"));
     }
     let count = |outcome: ResourceOutcome| {
@@ -377,8 +413,6 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
             count(ResourceOutcome::Failed),
         ),
     );
-    persist(&deps, &entry, &restore).await;
-    entry.update(|current| *current = restore);
 }
 
 /// Tells the agent of every volume that ended without its data to write the failure marker,
@@ -386,6 +420,11 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
 /// on a node (it waited for its turn, or its repository failed) has its pod looked up first:
 /// by now it may run, its helper waiting; `restore` gets the node and pod uid found.
 pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut Restore) {
+    // A data-only restore's volumes belong to pods no restore helper waits in: a failure
+    // marker would only be a stray file in the application's volume.
+    if restore.spec.as_ref().is_some_and(|spec| spec.data_only) {
+        return;
+    }
     if let Some(cluster) = &deps.cluster
         && let Some(status) = restore.status.as_mut()
     {
@@ -623,6 +662,7 @@ async fn execute(
                     snapshot_id: volume.snapshot_id.clone(),
                     source_namespace: source_namespace.clone(),
                     repository: volume.repository.clone(),
+                    excluded_at_backup: volume.excluded_paths.clone(),
                     ..Default::default()
                 });
             }
@@ -763,7 +803,7 @@ async fn run_hooked_pod(
 }
 
 /// The restore's name, uid and backup name, all a request or a mirror needs of it.
-fn restore_header(restore: &Restore) -> Restore {
+pub(crate) fn restore_header(restore: &Restore) -> Restore {
     Restore {
         name: restore.name.clone(),
         uid: restore.uid.clone(),
@@ -772,6 +812,16 @@ fn restore_header(restore: &Restore) -> Restore {
                 .spec
                 .as_ref()
                 .map(|spec| spec.backup_name.clone())
+                .unwrap_or_default(),
+            include_paths: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.include_paths.clone())
+                .unwrap_or_default(),
+            exclude_paths: restore
+                .spec
+                .as_ref()
+                .map(|spec| spec.exclude_paths.clone())
                 .unwrap_or_default(),
             ..Default::default()
         }),
@@ -885,6 +935,11 @@ impl VolumeWork for RestoreWork {
     async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
         let volume = self.volume(index)?;
         let access = self.repository(&volume)?;
+        let volume_name = volume.volume.as_ref().map(|r| r.volume_name.as_str());
+        let (include_patterns, exclude_patterns) = crate::paths::restore_patterns(
+            self.header.spec.as_ref().unwrap_or(&Default::default()),
+            volume_name.unwrap_or_default(),
+        );
         update_volume(&self.entry, index, |v| {
             v.phase = VolumePhase::InProgress as i32;
             v.started = Some(now());
@@ -902,47 +957,13 @@ impl VolumeWork for RestoreWork {
                     snapshot_id: volume.snapshot_id.clone(),
                     restore_uid: self.header.uid.clone(),
                     restore_name: self.header.name.clone(),
+                    include_patterns,
+                    exclude_patterns,
                     ..Default::default()
                 },
             )
             .await?;
-        loop {
-            let Some(event) = stream.next().await else {
-                return Err(Error::Failed(format!(
-                    "agent on node {node} ended the stream without a result"
-                )));
-            };
-            match event?.event {
-                Some(restore_volume_event::Event::Queued(_)) => {
-                    reporter.queued();
-                    update_volume(&self.entry, index, |v| v.phase = VolumePhase::Queued as i32);
-                }
-                Some(restore_volume_event::Event::Retrying(retrying)) => {
-                    crate::backup::log_retry(node, &retrying);
-                }
-                Some(restore_volume_event::Event::Progress(progress)) => {
-                    reporter.progress(&progress);
-                    update_volume(&self.entry, index, |v| {
-                        v.phase = VolumePhase::InProgress as i32;
-                        v.progress = Some(progress);
-                    });
-                }
-                Some(restore_volume_event::Event::Result(result)) => {
-                    tracing::Span::current().record("bytes", result.bytes_restored);
-                    update_volume(&self.entry, index, |v| {
-                        v.progress = Some(Progress {
-                            bytes_done: result.bytes_restored,
-                            bytes_total: result.bytes_restored,
-                            files_done: result.files_restored,
-                            files_total: result.files_restored,
-                            seconds_elapsed: result.duration_seconds,
-                        });
-                    });
-                    return Ok(());
-                }
-                None => {}
-            }
-        }
+        follow_restore(&self.entry, index, node, &mut stream, reporter).await
     }
 
     async fn stop(&self, index: usize, node: &str) {
@@ -957,40 +978,105 @@ impl VolumeWork for RestoreWork {
     }
 
     fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        let volume = volume_of(&self.entry, index).unwrap_or_default();
-        let reference = volume.volume.clone().unwrap_or_default();
-        let what = format!(
-            "{}/{} volume {}",
-            reference.namespace, reference.pod_name, reference.volume_name
+        finish_volume(
+            &self.entry,
+            self.mirrors.as_ref(),
+            &self.header,
+            index,
+            outcome,
         );
-        let (phase, message) = match &outcome {
-            VolumeOutcome::Completed => {
-                self.entry.log(
-                    "info",
-                    format!("{what} restored from snapshot {}", volume.snapshot_id),
-                );
-                (VolumePhase::Completed, String::new())
-            }
-            VolumeOutcome::Failed(message) => {
-                self.entry.log("error", format!("{what} failed: {message}"));
-                (VolumePhase::Failed, message.clone())
-            }
-            VolumeOutcome::Cancelled => {
-                self.entry.log("warning", format!("{what} cancelled"));
-                (VolumePhase::Cancelled, CANCELLED.to_string())
-            }
+    }
+}
+
+/// Records how volume `index` ended, in its record, the restore's log and its mirror.
+pub(crate) fn finish_volume(
+    entry: &RestoreEntry,
+    mirrors: &dyn MirrorSession,
+    header: &Restore,
+    index: usize,
+    outcome: VolumeOutcome,
+) {
+    let volume = volume_of(entry, index).unwrap_or_default();
+    let reference = volume.volume.clone().unwrap_or_default();
+    let what = format!(
+        "{}/{} volume {}",
+        reference.namespace, reference.pod_name, reference.volume_name
+    );
+    let (phase, message) = match &outcome {
+        VolumeOutcome::Completed => {
+            entry.log(
+                "info",
+                format!("{what} restored from snapshot {}", volume.snapshot_id),
+            );
+            (VolumePhase::Completed, String::new())
+        }
+        VolumeOutcome::Failed(message) => {
+            entry.log("error", format!("{what} failed: {message}"));
+            (VolumePhase::Failed, message.clone())
+        }
+        VolumeOutcome::Cancelled => {
+            entry.log("warning", format!("{what} cancelled"));
+            (VolumePhase::Cancelled, CANCELLED.to_string())
+        }
+    };
+    update_volume(entry, index, |v| {
+        v.phase = phase as i32;
+        v.error_message = message;
+        v.finished = Some(now());
+    });
+    mirror_restore_volume(entry, mirrors, header, index);
+}
+
+/// Follows one agent restore's events to its result: queue position and progress go to the
+/// volume's record and the stall watch; Ok once the agent reported its result.
+pub(crate) async fn follow_restore(
+    entry: &RestoreEntry,
+    index: usize,
+    node: &str,
+    stream: &mut crate::ports::AgentEvents<stowage_proto::v1::RestoreVolumeEvent>,
+    reporter: &Reporter,
+) -> Result<()> {
+    loop {
+        let Some(event) = stream.next().await else {
+            return Err(Error::Failed(format!(
+                "agent on node {node} ended the stream without a result"
+            )));
         };
-        update_volume(&self.entry, index, |v| {
-            v.phase = phase as i32;
-            v.error_message = message;
-            v.finished = Some(now());
-        });
-        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
+        match event?.event {
+            Some(restore_volume_event::Event::Queued(_)) => {
+                reporter.queued();
+                update_volume(entry, index, |v| v.phase = VolumePhase::Queued as i32);
+            }
+            Some(restore_volume_event::Event::Retrying(retrying)) => {
+                crate::backup::log_retry(node, &retrying);
+            }
+            Some(restore_volume_event::Event::Progress(progress)) => {
+                reporter.progress(&progress);
+                update_volume(entry, index, |v| {
+                    v.phase = VolumePhase::InProgress as i32;
+                    v.progress = Some(progress);
+                });
+            }
+            Some(restore_volume_event::Event::Result(result)) => {
+                tracing::Span::current().record("bytes", result.bytes_restored);
+                update_volume(entry, index, |v| {
+                    v.progress = Some(Progress {
+                        bytes_done: result.bytes_restored,
+                        bytes_total: result.bytes_restored,
+                        files_done: result.files_restored,
+                        files_total: result.files_restored,
+                        seconds_elapsed: result.duration_seconds,
+                    });
+                });
+                return Ok(());
+            }
+            None => {}
+        }
     }
 }
 
 /// The kind of volume `name` in a pod manifest, and its claim name for a PVC.
-fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<String>) {
+pub(crate) fn volume_in_manifest(manifest: &Value, name: &str) -> (VolumeSource, Option<String>) {
     let volume = manifest
         .pointer("/spec/volumes")
         .and_then(Value::as_array)
@@ -1030,6 +1116,14 @@ pub fn resource_options(
         crd_timeout: CRD_ESTABLISHED_TIMEOUT,
         poll_interval: limits.poll_interval,
     })
+}
+
+pub(crate) fn text(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// One object's result as the API shows it.
@@ -1171,7 +1265,11 @@ fn helper_started(pod: &Pod) -> Option<String> {
 
 /// Applies `change` to volume `index` and recounts, cloning nothing: a clone of the whole
 /// restore per volume event made large restores quadratic.
-fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut PodVolumeRestore)) {
+pub(crate) fn update_volume(
+    entry: &RestoreEntry,
+    index: usize,
+    change: impl FnOnce(&mut PodVolumeRestore),
+) {
     entry.modify(|restore| {
         let status = restore.status.get_or_insert_with(Default::default);
         if let Some(volume) = status.volumes.get_mut(index) {
@@ -1181,7 +1279,7 @@ fn update_volume(entry: &RestoreEntry, index: usize, change: impl FnOnce(&mut Po
     });
 }
 
-fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
+pub(crate) fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
     entry.read(|restore| {
         restore
             .status
@@ -1190,7 +1288,7 @@ fn volume_of(entry: &RestoreEntry, index: usize) -> Option<PodVolumeRestore> {
     })
 }
 
-fn mirror_restore_volume(
+pub(crate) fn mirror_restore_volume(
     entry: &RestoreEntry,
     mirrors: &dyn MirrorSession,
     restore: &Restore,
@@ -1221,7 +1319,7 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         labels::RESTORE_UID: restore.uid,
         labels::BACKUP_NAME: backup_name,
     });
-    let spec = json!({
+    let mut spec = json!({
         "pod": {"kind": "Pod", "namespace": reference.namespace, "name": reference.pod_name, "uid": reference.pod_uid},
         "volume": reference.volume_name,
         "repoIdentifier": volume.repository,
@@ -1229,6 +1327,9 @@ pub fn volume_mirror(restore: &Restore, volume: &PodVolumeRestore) -> Mirror {
         "sourceNamespace": volume.source_namespace,
         "uploaderType": "restic",
     });
+    if !volume.excluded_at_backup.is_empty() {
+        spec["excludedAtBackup"] = json!(volume.excluded_at_backup);
+    }
     let status = json!({
         "phase": phase,
         "message": volume.error_message,

@@ -206,6 +206,9 @@ impl Store {
         if let Some(timeout) = to_duration(spec.timeout.as_ref()) {
             extra.insert("timeoutSeconds".to_string(), json!(timeout.as_secs()));
         }
+        if !spec.exclude_paths.is_empty() {
+            extra.insert("excludePaths".to_string(), json!(spec.exclude_paths));
+        }
         info.extra = extra;
         let mut pod_volume_backups = Vec::new();
         for volume in &status.volumes {
@@ -236,6 +239,9 @@ impl Store {
             }
             if !volume.path.is_empty() {
                 record_extra.insert("path".to_string(), json!(volume.path));
+            }
+            if !volume.excluded_paths.is_empty() {
+                record_extra.insert("excludedPaths".to_string(), json!(volume.excluded_paths));
             }
             info.volumes.push(vf::stowage::VolumeRecord {
                 namespace: reference.namespace.clone(),
@@ -506,7 +512,14 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
         exclude_resources: spec.exclude_resources,
         label_selector: spec.label_selector.into_iter().collect(),
         existing_resource_policy: spec.existing_resource_policy,
-        extra: Default::default(),
+        extra: [
+            ("includePaths", spec.include_paths),
+            ("excludePaths", spec.exclude_paths),
+        ]
+        .into_iter()
+        .filter(|(_, paths)| !paths.is_empty())
+        .map(|(key, paths)| (key.to_string(), json!(paths)))
+        .collect(),
     };
     record.status = vf::RestoreStatusRecord {
         phase: restore_phase_name(status.phase).to_string(),
@@ -548,7 +561,15 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
                     hooks: volume.hooks.iter().map(crate::hooks::to_record).collect(),
-                    extra: Default::default(),
+                    extra: if volume.excluded_at_backup.is_empty() {
+                        Default::default()
+                    } else {
+                        [(
+                            "excludedAtBackup".to_string(),
+                            json!(volume.excluded_at_backup),
+                        )]
+                        .into()
+                    },
                 }
             })
             .collect(),
@@ -592,6 +613,20 @@ fn resource_outcome_from(name: &str) -> ResourceOutcome {
     }
 }
 
+/// A list of strings kept in a record's `extra`; empty when absent or of another shape.
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
     let status = &record.status;
     Restore {
@@ -605,6 +640,8 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             exclude_resources: record.spec.exclude_resources.clone(),
             label_selector: record.spec.label_selector.clone().into_iter().collect(),
             existing_resource_policy: record.spec.existing_resource_policy.clone(),
+            include_paths: strings(record.spec.extra.get("includePaths")),
+            exclude_paths: strings(record.spec.extra.get("excludePaths")),
             ..Default::default()
         }),
         status: Some(RestoreStatus {
@@ -636,7 +673,7 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
                     source_namespace: volume.source_namespace.clone(),
                     repository: volume.repository.clone(),
                     hooks: volume.hooks.iter().map(crate::hooks::from_record).collect(),
-                    ..Default::default()
+                    excluded_at_backup: strings(volume.extra.get("excludedAtBackup")),
                 })
                 .collect(),
             volumes_total: status.volumes_total,
@@ -725,6 +762,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
         };
         status.trace_id = text("traceId");
         status.failure_reason = text("failureReason");
+        spec.exclude_paths = strings(info.extra.get("excludePaths"));
         if let Some(seconds) = info.extra.get("timeoutSeconds").and_then(Value::as_u64) {
             spec.timeout = Some(prost_types::Duration {
                 seconds: seconds as i64,
@@ -796,7 +834,7 @@ fn from_records(record: &vf::Backup, info: Option<&vf::StowageBackupInfo>) -> Ba
                     error_message: record.message.clone(),
                     path: text("path"),
                     hooks: record.hooks.iter().map(crate::hooks::from_record).collect(),
-                    ..Default::default()
+                    excluded_paths: strings(record.extra.get("excludedPaths")),
                 }
             })
             .collect();

@@ -74,6 +74,10 @@ pub struct FakeCluster {
     /// What an exec of a command (by its first word) answers: exit code and stderr; a
     /// command not named here exits 0.
     pub exec_answers: Mutex<BTreeMap<String, (i32, String)>>,
+    /// Claims by `namespace/name`.
+    pub pvcs: Mutex<BTreeMap<String, PersistentVolumeClaim>>,
+    /// Pods deleted, as `namespace/name`, in order.
+    pub deleted_pods: Mutex<Vec<String>>,
     /// `exec <command> in <target>` for each exec, and (shared with the fake agents by
     /// [`World`]) `restic <volume>` for each volume an agent started, in order.
     pub timeline: Arc<Mutex<Vec<String>>>,
@@ -94,6 +98,8 @@ impl Default for FakeCluster {
             mirrors: Arc::default(),
             panic_on_namespace: Mutex::default(),
             exec_answers: Mutex::default(),
+            pvcs: Mutex::default(),
+            deleted_pods: Mutex::default(),
             timeline: Arc::default(),
         }
     }
@@ -282,12 +288,56 @@ impl ClusterPort for FakeCluster {
         Ok(Vec::new())
     }
 
-    async fn pvc(&self, _namespace: &str, _name: &str) -> Result<Option<PersistentVolumeClaim>> {
-        Ok(None)
+    async fn pvc(&self, namespace: &str, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        Ok(lock(&self.pvcs)
+            .get(&format!("{namespace}/{name}"))
+            .cloned())
     }
 
     async fn replica_set_owner(&self, _namespace: &str, _name: &str) -> Result<Option<String>> {
         Ok(None)
+    }
+
+    async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<()> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = format!("{namespace}/{name}");
+        if lock(&self.pods).contains_key(&key) {
+            return Err(Error::Conflict(format!("pod {key} already exists")));
+        }
+        let mut pod = pod.clone();
+        pod.metadata.uid = Some(format!("new-uid-{namespace}-{name}"));
+        let helper = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.init_containers.iter().flatten())
+            .any(|container| container.name == RESTORE_HELPER);
+        if let Some(node) = lock(&self.schedule).get(&name).cloned()
+            && !helper
+        {
+            // A pod without the restore helper (a data-only restore's) just runs.
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_name = Some(node);
+            }
+            pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            });
+        } else if let Some(node) = lock(&self.schedule).get(&name).cloned() {
+            let scheduled: Pod = serde_json::from_value(json!({
+                "spec": {"nodeName": node, "containers": []},
+                "status": {"phase": "Pending", "initContainerStatuses": [{
+                    "name": RESTORE_HELPER, "image": "helper", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"running": {}},
+                }]},
+            }))
+            .expect("a pod status");
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_name = Some(node);
+            }
+            pod.status = scheduled.status;
+        }
+        lock(&self.pods).insert(key, pod);
+        Ok(())
     }
 
     async fn exec(
@@ -305,6 +355,13 @@ impl ClusterPort for FakeCluster {
         output.stdout.push(format!("{first} ran\n").as_bytes());
         output.stderr.push(stderr.as_bytes());
         Ok(code)
+    }
+
+    async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let key = format!("{namespace}/{name}");
+        lock(&self.pods).remove(&key);
+        lock(&self.deleted_pods).push(key);
+        Ok(())
     }
 
     async fn restore_helper_config(&self) -> Result<BTreeMap<String, String>> {
@@ -399,6 +456,9 @@ pub struct FakeRepoManager {
     pub ttls: Mutex<Vec<Duration>>,
     /// Namespaces whose repository is Failed.
     pub broken: Mutex<BTreeSet<String>>,
+    /// The files of each snapshot id, listed (whole, in batches of two) by
+    /// `list_snapshot_files`, which records `ls <namespace> <snapshot> <path> <recursive>`.
+    pub snapshot_files: Mutex<BTreeMap<String, Vec<stowage_proto::v1::FileEntry>>>,
     next: Mutex<u32>,
 }
 
@@ -499,6 +559,22 @@ impl RepoManagerPort for FakeRepoManager {
     async fn run_maintenance(&self, _request: RunMaintenanceRequest) -> Result<MaintenanceResult> {
         Ok(MaintenanceResult::default())
     }
+
+    async fn list_snapshot_files(
+        &self,
+        request: stowage_proto::v1::ListSnapshotFilesRequest,
+    ) -> Result<crate::ports::FileBatches> {
+        lock(&self.calls).push(format!(
+            "ls {} {} {} {}",
+            request.namespace, request.snapshot_id, request.path, request.recursive
+        ));
+        let files = lock(&self.snapshot_files)
+            .get(&request.snapshot_id)
+            .cloned()
+            .unwrap_or_default();
+        let batches: Vec<Result<Vec<_>>> = files.chunks(2).map(|c| Ok(c.to_vec())).collect();
+        Ok(Box::pin(futures::stream::iter(batches)))
+    }
 }
 
 /// What the fake agent does with one volume.
@@ -528,6 +604,8 @@ pub struct FakeAgents {
     pub cancelled: Mutex<Vec<String>>,
     pub abandoned: Mutex<Vec<AbandonRestoreRequest>>,
     pub started: Mutex<Vec<String>>,
+    /// Every restore request, in order.
+    pub restore_requests: Mutex<Vec<RestoreVolumeRequest>>,
     /// `restic <volume>` for each backup started (see [`FakeCluster::timeline`]).
     pub timeline: Arc<Mutex<Vec<String>>>,
 }
@@ -712,6 +790,7 @@ impl AgentsPort for FakeAgents {
     ) -> Result<AgentEvents<RestoreVolumeEvent>> {
         let volume = request.volume.clone().unwrap_or_default().volume_name;
         lock(&self.started).push(format!("restore {node} {volume}"));
+        lock(&self.restore_requests).push(request);
         let running = self.enter(node);
         Ok(play(self.script_of(&volume), running, |step| {
             let event = match step {

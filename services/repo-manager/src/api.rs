@@ -10,17 +10,20 @@ use stowage_proto::{
         AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest, ForgetBackupResponse,
         GetRepositoryAccessRequest, GetRepositoryRequest, Lease, LeaseMode as ProtoLeaseMode,
         ListRepositoriesRequest, ListRepositoriesResponse, ListSnapshotFilesRequest,
-        ListSnapshotFilesResponse, MaintenanceKind as ProtoKind, MaintenanceResult,
-        MaintenanceStatus, ReleaseLeaseRequest, ReleaseLeaseResponse, RenewLeaseRequest,
-        Repository, RepositoryAccess, RepositoryPhase, RotateKeyRequest, RunMaintenanceRequest,
-        repo_manager_server::RepoManager,
+        MaintenanceKind as ProtoKind, MaintenanceResult, MaintenanceStatus, ReleaseLeaseRequest,
+        ReleaseLeaseResponse, RenewLeaseRequest, Repository, RepositoryAccess, RepositoryPhase,
+        RotateKeyRequest, RunMaintenanceRequest, repo_manager_server::RepoManager,
     },
 };
 use tonic::{Request, Response, Status};
 
+use stowage_restic::LsOptions;
+use tracing::Instrument as _;
+
 use crate::{
     error::RepoError,
     leases::{LeaseInfo, LeaseMode},
+    listing,
     repositories::{Manager, validate_namespace},
     schedule::{MaintenanceKind, MaintenanceRecord},
     state::{Phase, RepositoryRecord},
@@ -117,17 +120,53 @@ fn kind(value: i32) -> Result<MaintenanceKind, Status> {
 
 #[tonic::async_trait]
 impl RepoManager for RepoManagerApi {
-    type ListSnapshotFilesStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<ListSnapshotFilesResponse, Status>> + Send>,
-    >;
+    type ListSnapshotFilesStream = listing::FileStream;
 
+    #[tracing::instrument(skip_all, fields(
+        namespace = %request.get_ref().namespace,
+        snapshot_id = %request.get_ref().snapshot_id,
+        path = %request.get_ref().path,
+        recursive = request.get_ref().recursive,
+    ))]
     async fn list_snapshot_files(
         &self,
-        _request: Request<ListSnapshotFilesRequest>,
+        request: Request<ListSnapshotFilesRequest>,
     ) -> Result<Response<Self::ListSnapshotFilesStream>, Status> {
-        Err(Status::unimplemented(
-            "ListSnapshotFiles is not implemented yet",
-        ))
+        let request = request.into_inner();
+        // Refused before the stream starts, so bad input is the call's own status.
+        validate_namespace(&request.namespace)?;
+        if request.snapshot_id.len() < 8
+            || !request.snapshot_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(RepoError::InvalidArgument(format!(
+                "snapshot_id `{}` is not a restic snapshot id (8 to 64 hex digits)",
+                request.snapshot_id.escape_debug()
+            ))
+            .into());
+        }
+        let dir = stowage_contract::paths::snapshot_dir("path", &request.path)
+            .map_err(|error| RepoError::InvalidArgument(error.to_string()))?;
+        let options = LsOptions {
+            snapshot: request.snapshot_id,
+            dir,
+            recursive: request.recursive,
+        };
+        let manager = self.manager.clone();
+        let cancel = manager.run_token();
+        let run = cancel.clone();
+        let span = tracing::Span::current();
+        let stream = listing::stream(cancel, move |mut batches| {
+            async move {
+                manager
+                    .list_snapshot_files(&request.namespace, &options, &run, &mut batches)
+                    .await
+                    .map_err(Status::from)?;
+                listing::flush(&mut batches).await;
+                Ok::<(), Status>(())
+            }
+            .instrument(span)
+        });
+        Ok(Response::new(stream))
     }
 
     #[tracing::instrument(skip_all, fields(namespace = %request.get_ref().namespace))]

@@ -13,6 +13,8 @@ pub enum RepoError {
     RepositoryNotFound(String),
     #[error("repository of namespace `{namespace}` is not ready: {message}")]
     NotReady { namespace: String, message: String },
+    #[error("snapshot {snapshot} has no path `{path}`")]
+    PathNotFound { snapshot: String, path: String },
     #[error("lease `{0}` does not exist or has expired")]
     LeaseNotFound(String),
     #[error(
@@ -56,9 +58,9 @@ impl From<RepoError> for Status {
             RepoError::InvalidNamespace(_) | RepoError::InvalidArgument(_) => {
                 Status::invalid_argument(message)
             }
-            RepoError::RepositoryNotFound(_) | RepoError::LeaseNotFound(_) => {
-                Status::not_found(message)
-            }
+            RepoError::RepositoryNotFound(_)
+            | RepoError::LeaseNotFound(_)
+            | RepoError::PathNotFound { .. } => Status::not_found(message),
             RepoError::NotReady { .. } | RepoError::MasterKeyMismatch(_) => {
                 Status::failed_precondition(message)
             }

@@ -5,6 +5,7 @@ mod api;
 mod error;
 mod keys;
 mod leases;
+mod listing;
 mod lock_holders;
 mod master_key;
 mod mirror;

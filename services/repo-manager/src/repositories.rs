@@ -714,6 +714,44 @@ impl Manager {
         .await
     }
 
+    /// A token cancelled at shutdown, for a run its caller may also stop.
+    pub fn run_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Lists a directory of one of the namespace's snapshots into `sink` (`restic ls`), under
+    /// restic's own shared lock, stopped by `cancel` (take it from [`Manager::run_token`]). A
+    /// snapshot that lacks
+    /// `options.dir` is [`RepoError::PathNotFound`].
+    pub async fn list_snapshot_files(
+        &self,
+        namespace: &str,
+        options: &stowage_restic::LsOptions,
+        cancel: &CancellationToken,
+        sink: impl stowage_restic::NodeSink,
+    ) -> Result<(), RepoError> {
+        validate_namespace(namespace)?;
+        if self.get(namespace).is_err() {
+            // Not known to this process: open it when the location has it (a new
+            // repo-manager), never create one to list it.
+            if self.keys.load(namespace).await?.is_none()
+                && !self.state.restic_repository_exists(namespace).await?
+            {
+                return Err(RepoError::RepositoryNotFound(namespace.to_string()));
+            }
+            self.ensure(namespace).await?;
+        }
+        let repository = self.ready_repository(namespace).await?;
+        let found = self.restic.ls(&repository, options, cancel, sink).await?;
+        if !found {
+            return Err(RepoError::PathNotFound {
+                snapshot: options.snapshot.clone(),
+                path: options.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Adds a new random key and removes the old one, under the exclusive lease.
     #[tracing::instrument(skip(self))]
     pub async fn rotate_key(&self, namespace: &str) -> Result<RepositoryRecord, RepoError> {

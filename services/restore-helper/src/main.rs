@@ -39,6 +39,11 @@ struct Config {
     /// Seconds between "still waiting" log lines.
     #[arg(long, env = "STOWAGE_RESTORE_LOG_EVERY_SECONDS", default_value_t = 10)]
     log_every: u64,
+    /// Wait for nothing and never exit: the one container of a data-only restore's pod, which
+    /// only keeps the claim mounted while the agent restores into it, until the orchestrator
+    /// deletes the pod. The image has no shell or `sleep` of its own.
+    #[arg(long, env = "STOWAGE_RESTORE_HOLD")]
+    hold: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +160,19 @@ fn wait(config: &Config) -> Result<(), HelperError> {
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if config.hold {
+        if let Err(error) = done_file::validate_restore_uid(&config.restore_uid) {
+            eprintln!("stowage-restore-helper: {error}");
+            return ExitCode::FAILURE;
+        }
+        eprintln!(
+            "stowage-restore-helper: holding the volume for data-only restore {} until the pod is deleted",
+            config.restore_uid
+        );
+        loop {
+            std::thread::park();
+        }
+    }
     match wait(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -176,6 +194,7 @@ mod tests {
             timeout,
             poll_millis: 10,
             log_every: 10,
+            hold: false,
         }
     }
 

@@ -248,6 +248,7 @@ impl VolumeAgent for AgentApi {
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
         let volume_dir = plan.path.path.clone();
         let restore_uid = plan.restore_uid.clone();
+        let data_only = plan.data_only;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
@@ -266,7 +267,11 @@ impl VolumeAgent for AgentApi {
                 event: Some(restore_volume_event::Event::Result(result)),
             },
             // The pod's restore helper waits for this volume: tell it now, not at its timeout.
+            // A data-only restore has no helper to tell.
             move |error| {
+                if data_only {
+                    return;
+                }
                 let reason = match error {
                     AgentError::Cancelled(_) => {
                         format!("the restore of the volume was cancelled: {error}")

@@ -11,14 +11,14 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use stowage_contract::{done_file, identity::StableIdentity, tags};
+use stowage_contract::{done_file, identity::StableIdentity, paths, tags};
 use stowage_proto::v1::{
-    AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, PodVolumeRef, Progress,
-    RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
+    AbandonRestoreRequest, BackupVolumeRequest, BackupVolumeResult, OverwritePolicy, PodVolumeRef,
+    Progress, RepositoryAccess, RestoreVolumeRequest, RestoreVolumeResult, Retrying, VolumeSource,
 };
 use stowage_restic::{
-    BackupOptions, BackupProgress, BackupStatus, Repository, Restic, RestoreOptions, RestoreStatus,
-    Retry, RetryPolicy, SnapshotFilter, StorageRetry,
+    BackupOptions, BackupProgress, BackupStatus, Overwrite, Repository, Restic, RestoreOptions,
+    RestoreStatus, Retry, RetryPolicy, SnapshotFilter, StorageRetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -110,6 +110,8 @@ pub struct BackupPlan {
     pub tags: Vec<String>,
     /// The request's `parent_snapshot_id`; `None` when it named none.
     pub parent: Option<String>,
+    /// restic `--exclude` patterns, anchored at the volume's directory on this node.
+    pub excludes: Vec<String>,
 }
 
 /// A restore whose input has been checked and whose target volume has been found.
@@ -119,6 +121,38 @@ pub struct RestorePlan {
     pub repository: Repository,
     pub snapshot_id: String,
     pub restore_uid: String,
+    /// A data-only restore into a volume in use: no done file (no restore helper waits) and
+    /// no failure marker.
+    pub data_only: bool,
+    /// What restic does with the files already in the volume (the overwrite policy).
+    pub overwrite: OverwriteMode,
+    /// restic `restore --include`/`--exclude` patterns, anchored at the snapshot root.
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+}
+
+/// A restore's overwrite policy as restic flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverwriteMode {
+    pub overwrite: Option<Overwrite>,
+    pub delete: bool,
+}
+
+impl OverwriteMode {
+    /// `merge` (and unset): restic's default over what is there, files not in the snapshot
+    /// stay; `replace`: `--delete`, the volume ends identical to the snapshot (paths the
+    /// restore excludes are left alone); `if-newer`: `--overwrite if-newer`.
+    pub fn of(policy: i32) -> Result<OverwriteMode, AgentError> {
+        let mode = |overwrite, delete| OverwriteMode { overwrite, delete };
+        match OverwritePolicy::try_from(policy) {
+            Ok(OverwritePolicy::Unspecified | OverwritePolicy::Merge) => Ok(mode(None, false)),
+            Ok(OverwritePolicy::Replace) => Ok(mode(None, true)),
+            Ok(OverwritePolicy::IfNewer) => Ok(mode(Some(Overwrite::IfNewer), false)),
+            Err(_) => Err(AgentError::InvalidRequest(format!(
+                "overwrite_policy {policy} is not one of merge, replace, if-newer"
+            ))),
+        }
+    }
 }
 
 pub fn repository(access: Option<RepositoryAccess>) -> Result<Repository, AgentError> {
@@ -203,13 +237,21 @@ pub fn plan_backup(
     let identity = stable_identity(&request, &volume);
     let tags = snapshot_tags(&request, &volume, &identity)?;
     let repository = repository(request.repository)?;
+    let excludes = names::path_patterns("exclude_patterns", &request.exclude_patterns)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
+    // restic matches backup excludes against the absolute paths it reads.
+    let root = path.path.display().to_string();
+    let excludes = excludes
+        .iter()
+        .map(|pattern| paths::anchored(&root, pattern))
+        .collect();
     Ok(BackupPlan {
         path,
         repository,
         identity,
         tags,
         parent,
+        excludes,
     })
 }
 
@@ -225,6 +267,22 @@ pub fn plan_restore(
         .volume
         .ok_or_else(|| AgentError::InvalidRequest("volume is missing".into()))?;
     restored_pod_names(&volume)?;
+    let overwrite = OverwriteMode::of(request.overwrite_policy)?;
+    if !request.data_only && overwrite != OverwriteMode::of(0)? {
+        // A recreated pod's volume is new and empty: there is nothing to overwrite.
+        return Err(AgentError::InvalidRequest(
+            "overwrite_policy applies to data-only restores only".into(),
+        ));
+    }
+    // A snapshot of the volume's `.` holds its files at the snapshot root.
+    let snapshot_patterns = |field: &str, patterns: &[String]| -> Result<Vec<String>, AgentError> {
+        Ok(names::path_patterns(field, patterns)?
+            .iter()
+            .map(|pattern| paths::anchored("", pattern))
+            .collect())
+    };
+    let includes = snapshot_patterns("include_patterns", &request.include_patterns)?;
+    let excludes = snapshot_patterns("exclude_patterns", &request.exclude_patterns)?;
     let repository = repository(request.repository)?;
     let path = volume_path::resolve(&context.pods_root, &volume)?;
     Ok(RestorePlan {
@@ -232,6 +290,10 @@ pub fn plan_restore(
         repository,
         snapshot_id: request.snapshot_id,
         restore_uid: request.restore_uid,
+        data_only: request.data_only,
+        overwrite,
+        includes,
+        excludes,
     })
 }
 
@@ -363,7 +425,7 @@ pub async fn backup(
         host: Some(context.snapshot_host.clone()),
         tags: plan.tags.clone(),
         parent: None,
-        excludes: Vec::new(),
+        excludes: plan.excludes.clone(),
         limit_upload_kib: context.limit_upload_kib,
     };
     let mut attempts = context.retry.attempts(cancel);
@@ -473,6 +535,10 @@ pub async fn restore(
     let command = stowage_restic::restore::restore_command(&RestoreOptions {
         snapshot: plan.snapshot_id.clone(),
         target: PathBuf::from("."),
+        overwrite: plan.overwrite.overwrite,
+        delete: plan.overwrite.delete,
+        includes: plan.includes.clone(),
+        excludes: plan.excludes.clone(),
         ..Default::default()
     })?
     .current_dir(&target);
@@ -516,7 +582,11 @@ pub async fn restore(
         files_total: files,
         seconds_elapsed: clock.elapsed().as_secs_f64(),
     }));
-    write_marker(&target, &plan.restore_uid)?;
+    // A data-only restore has no helper waiting, and a marker would be a stray file in the
+    // application's volume.
+    if !plan.data_only {
+        write_marker(&target, &plan.restore_uid)?;
+    }
     tracing::info!(
         snapshot_id = %plan.snapshot_id,
         bytes,
@@ -613,6 +683,33 @@ mod tests {
     }
 
     #[test]
+    fn overwrite_policies_become_restic_flags_and_unknown_ones_are_refused() {
+        let mode = |policy: OverwritePolicy| OverwriteMode::of(policy as i32).unwrap();
+        let merge = OverwriteMode {
+            overwrite: None,
+            delete: false,
+        };
+        assert_eq!(mode(OverwritePolicy::Unspecified), merge);
+        assert_eq!(mode(OverwritePolicy::Merge), merge);
+        assert_eq!(
+            mode(OverwritePolicy::Replace),
+            OverwriteMode {
+                overwrite: None,
+                delete: true
+            }
+        );
+        assert_eq!(
+            mode(OverwritePolicy::IfNewer),
+            OverwriteMode {
+                overwrite: Some(Overwrite::IfNewer),
+                delete: false
+            }
+        );
+        let error = OverwriteMode::of(42).unwrap_err();
+        assert!(error.to_string().contains("overwrite_policy 42"), "{error}");
+    }
+
+    #[test]
     fn tags_carry_ours_and_velero_names() {
         let request = request();
         let volume = request.volume.clone().unwrap();
@@ -681,6 +778,83 @@ mod tests {
             restore_uid: restore_uid.into(),
             reason: "restic failed:\nFatal: wrong password".into(),
         }
+    }
+
+    #[test]
+    fn path_patterns_are_checked_and_anchored_where_restic_looks() {
+        let pods = tempfile::tempdir().unwrap();
+        let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let volume = pods
+            .path()
+            .join(pod_uid)
+            .join("volumes")
+            .join(volume_path::EMPTY_DIR_PLUGIN)
+            .join("data");
+        std::fs::create_dir_all(&volume).unwrap();
+        let context = AgentContext {
+            restic: Restic::new(pods.path().join("restic"), pods.path().join("scratch")),
+            pods_root: pods.path().into(),
+            node_name: "node-a".into(),
+            snapshot_host: "node-a".into(),
+            limit_upload_kib: None,
+            retry: RetryPolicy::NEVER,
+        };
+        let reference = PodVolumeRef {
+            namespace: "shop".into(),
+            pod_name: "db-0".into(),
+            pod_uid: pod_uid.into(),
+            volume_name: "data".into(),
+            source: VolumeSource::EmptyDir as i32,
+            ..Default::default()
+        };
+        let access = RepositoryAccess {
+            url: "s3:http://127.0.0.1:9/b/r".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        let backup = |patterns: &[&str]| {
+            plan_backup(
+                &context,
+                BackupVolumeRequest {
+                    volume: Some(reference.clone()),
+                    repository: Some(access.clone()),
+                    exclude_patterns: patterns.iter().map(|p| p.to_string()).collect(),
+                    ..request()
+                },
+            )
+        };
+        let root = volume.canonicalize().unwrap().display().to_string();
+        let plan = backup(&["cache/", "*.tmp"]).unwrap();
+        assert_eq!(
+            plan.excludes,
+            [format!("{root}/cache"), format!("{root}/*.tmp")]
+        );
+        let error = backup(&["cache", "../../etc"]).unwrap_err().to_string();
+        assert!(error.contains("`../../etc` climbs out"), "{error}");
+
+        let restore = |include: &[&str], exclude: &[&str]| {
+            plan_restore(
+                &context,
+                RestoreVolumeRequest {
+                    operation_id: "op".into(),
+                    volume: Some(reference.clone()),
+                    repository: Some(access.clone()),
+                    snapshot_id: "abcdef12".into(),
+                    restore_uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1".into(),
+                    include_patterns: include.iter().map(|p| p.to_string()).collect(),
+                    exclude_patterns: exclude.iter().map(|p| p.to_string()).collect(),
+                    ..Default::default()
+                },
+            )
+        };
+        let plan = restore(&["data/2024/**"], &["**/*.tmp"]).unwrap();
+        assert_eq!(plan.includes, ["/data/2024/**"]);
+        assert_eq!(plan.excludes, ["/**/*.tmp"]);
+        let error = restore(&["/etc"], &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("include_patterns: path pattern `/etc` is absolute"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -889,6 +1063,7 @@ esac
                 identity: "pvc-uid/abc".into(),
                 tags: vec!["stable-identity=pvc-uid/abc".into()],
                 parent: parent.map(str::to_string),
+                excludes: Vec::new(),
             };
             backup(&self.context(), &plan, &CancellationToken::new(), |_| {})
                 .await
@@ -1013,6 +1188,7 @@ esac
             identity: "pvc-uid/abc".into(),
             tags: vec!["stable-identity=pvc-uid/abc".into()],
             parent: Some(KNOWN.into()),
+            excludes: Vec::new(),
         }
     }
 

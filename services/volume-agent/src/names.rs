@@ -24,6 +24,15 @@ pub fn refused(error: ContractError) -> AgentError {
     AgentError::InvalidRequest(error.to_string())
 }
 
+/// Path patterns relative to the volume root, checked as the orchestrator checks them (a
+/// caller other than the orchestrator is not trusted to have), returned normalised.
+pub fn path_patterns(field: &str, patterns: &[String]) -> Result<Vec<String>, AgentError> {
+    patterns
+        .iter()
+        .map(|pattern| stowage_contract::paths::pattern(field, pattern).map_err(refused))
+        .collect()
+}
+
 /// An RFC 1123 label, as namespaces are named.
 pub fn dns_label(field: &str, value: &str) -> Result<(), AgentError> {
     contract::namespace(field, value).map_err(refused)

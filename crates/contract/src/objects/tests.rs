@@ -72,20 +72,24 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
                     errors.push(format!("{path}: `{text}` is not an RFC 3339 date-time"));
                 }
             }
-            Some(_) => {}
+            Some(text) => {
+                let min = schema["minLength"].as_u64().unwrap_or(0);
+                if (text.chars().count() as u64) < min {
+                    errors.push(format!("{path}: `{text}` is shorter than {min}"));
+                }
+            }
+        },
+        Some("array") => match value.as_array() {
+            None => errors.push(format!("{path}: expected an array, got {value}")),
+            Some(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    validate(&schema["items"], item, &format!("{path}[{index}]"), errors);
+                }
+            }
         },
         Some("integer") => {
             if value.as_i64().is_none() {
                 errors.push(format!("{path}: expected an int64, got {value}"));
-            }
-        }
-        Some("array") => {
-            let Some(items) = value.as_array() else {
-                errors.push(format!("{path}: expected an array, got {value}"));
-                return;
-            };
-            for (index, item) in items.iter().enumerate() {
-                validate(&schema["items"], item, &format!("{path}[{index}]"), errors);
             }
         }
         Some("boolean") => {
@@ -188,6 +192,7 @@ fn full_backup() -> PodVolumeBackup {
             repo_identifier: "s3:http://127.0.0.1:9000/bucket/restic/shop".into(),
             tags: [(crate::tags::BACKUP.to_string(), "nightly".to_string())].into(),
             uploader_type: UPLOADER_RESTIC.into(),
+            excluded_paths: vec!["cache".into(), "**/*.tmp".into()],
         },
     );
     object.status = PodVolumeBackupStatus {
@@ -217,6 +222,7 @@ fn full_restore() -> PodVolumeRestore {
             snapshot_id: "1a2b3c4d".into(),
             source_namespace: "shop-old".into(),
             uploader_type: UPLOADER_RESTIC.into(),
+            excluded_at_backup: vec!["cache".into()],
         },
     );
     object.status = PodVolumeRestoreStatus {

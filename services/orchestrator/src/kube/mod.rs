@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use ::kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
@@ -129,6 +129,33 @@ impl Cluster {
                 .find(|owner| owner.kind == "Deployment")
                 .map(|owner| owner.name)
         }))
+    }
+
+    pub async fn create_pod(&self, namespace: &str, pod: &Pod) -> Result<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        api.create(&PostParams::default(), pod)
+            .await
+            .map_err(Error::kube(format!(
+                "creating pod {namespace}/{}",
+                pod.metadata.name.clone().unwrap_or_default()
+            )))
+    }
+
+    /// Deletes pod `namespace/name` at once (no grace period: it only held a volume for a
+    /// data-only restore); one already gone is not an error.
+    pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match api
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(source) if is_not_found(&source) => Ok(()),
+            Err(source) => Err(Error::Kube {
+                action: format!("deleting pod {namespace}/{name}"),
+                source,
+            }),
+        }
     }
 
     /// The restore-helper ConfigMap in the stowage namespace, found by Velero's labels.
