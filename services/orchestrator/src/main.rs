@@ -9,6 +9,7 @@ mod coverage;
 mod deps;
 mod engine;
 mod error;
+mod fencing;
 mod kube;
 mod lifecycle;
 mod parents;
@@ -20,6 +21,7 @@ mod restore;
 mod selection;
 mod state;
 mod store;
+mod takeover;
 mod tally;
 #[cfg(test)]
 mod testing;
@@ -184,12 +186,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let static_agents = kube::agents::parse_static_agents(&config.agents)?;
+    // This process's leader term (the fencing rule, `fencing.rs`): sent to the agents and
+    // checked before every record write. Without leader election it is never set, and
+    // neither happens.
+    let term = stowage_contract::fencing::LeaderTerm::default();
     let agents = kube::agents::Agents::new(
         static_agents,
         cluster.clone(),
         config.agent_selector.clone(),
         config.agent_port,
-    );
+    )
+    .with_term(term.clone());
     let store = match &config.storage_url {
         Some(url) => {
             let location = stowage_storage_location::StorageLocation::from_env(
@@ -204,10 +211,9 @@ async fn main() -> anyhow::Result<()> {
             let object_store = location
                 .object_store()
                 .with_context(|| format!("opening storage location {url}"))?;
-            Some(
-                Arc::new(store::Store::new(object_store, config.namespace.clone()))
-                    as Arc<dyn ports::RecordStore>,
-            )
+            let records = Arc::new(store::Store::new(object_store, config.namespace.clone()));
+            Some(Arc::new(fencing::FencedStore::new(records, term.clone()))
+                as Arc<dyn ports::RecordStore>)
         }
         None => {
             tracing::warn!("no storage location: backups are kept in memory only");
