@@ -134,6 +134,28 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
         format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
     );
     let mut current = entry.get();
+    // Restores are not taken over: an agent keeps an operation whose caller went away running
+    // for its grace period, so the ones still there are stopped now (restic killed), before
+    // the helpers are told, and no restic writes into a volume whose restore ended.
+    let uid = current.uid.clone();
+    for &index in &ended {
+        let node = current
+            .status
+            .as_ref()
+            .and_then(|s| s.volumes.get(index))
+            .map(|v| v.node.clone())
+            .unwrap_or_default();
+        if node.is_empty() {
+            continue;
+        }
+        if let Err(error) = deps
+            .agents
+            .cancel_operation(&node, &format!("{uid}-{index}"))
+            .await
+        {
+            tracing::warn!(%error, node, "stopping an unfinished restore's operation");
+        }
+    }
     restore::abandon_unrestored(deps, entry, &mut current).await;
     entry.update(|restore| *restore = current.clone());
     if let Some(cluster) = &deps.cluster {
@@ -639,6 +661,11 @@ mod restart {
                 ("db-0".into(), "new-db-0".into(), RESTARTED.into()),
                 ("db-1".into(), "new-db-1".into(), RESTARTED.into()),
             ]
+        );
+        assert_eq!(
+            *world.agents.cancelled.lock().unwrap(),
+            ["restore-uid-0"],
+            "the operation that may still run on its agent is stopped"
         );
         let stored = world.store.restores.lock().unwrap()["back"].clone();
         assert_eq!(
