@@ -14,10 +14,10 @@ use clap::Parser;
 use stowage_proto::{
     prost_types,
     v1::{
-        AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
-        BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
-        GetAgentInfoRequest, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
-        backup_volume_event, restore_volume_event,
+        AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, AttachOperationRequest,
+        BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest,
+        CancelOperationResponse, GetAgentInfoRequest, RestoreVolumeEvent, RestoreVolumeRequest,
+        RestoreVolumeResult, backup_volume_event, restore_volume_event,
         volume_agent_server::{VolumeAgent, VolumeAgentServer},
     },
 };
@@ -70,6 +70,29 @@ impl InstantAgent {
 impl VolumeAgent for InstantAgent {
     type BackupVolumeStream = Single<BackupVolumeEvent>;
     type RestoreVolumeStream = Single<RestoreVolumeEvent>;
+    type AttachBackupStream = Single<BackupVolumeEvent>;
+    type AttachRestoreStream = Single<RestoreVolumeEvent>;
+
+    async fn attach_backup(
+        &self,
+        request: Request<AttachOperationRequest>,
+    ) -> Result<Response<Self::AttachBackupStream>, Status> {
+        // Every operation ends as it starts: there is never one to attach to.
+        Err(Status::not_found(format!(
+            "no operation `{}`: the benchmark agent keeps none",
+            request.get_ref().operation_id
+        )))
+    }
+
+    async fn attach_restore(
+        &self,
+        request: Request<AttachOperationRequest>,
+    ) -> Result<Response<Self::AttachRestoreStream>, Status> {
+        Err(Status::not_found(format!(
+            "no operation `{}`: the benchmark agent keeps none",
+            request.get_ref().operation_id
+        )))
+    }
 
     #[tracing::instrument(skip_all, fields(operation = %request.get_ref().operation_id))]
     async fn backup_volume(

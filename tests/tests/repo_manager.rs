@@ -2207,3 +2207,93 @@ async fn restic_runs_without_the_master_key_or_any_stowage_setting_in_its_enviro
         "version and the repository's commands were recorded ({runs} runs)"
     );
 }
+
+/// A repo-manager killed in the middle of a prune (its pod, restic included, gone): the next
+/// one finds the run unfinished in the repository's record, records it failed as interrupted,
+/// clears the dead restic's lock and runs the prune again to its end, though the prune is not
+/// due for a week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_whose_repo_manager_was_killed_is_recorded_interrupted_and_run_again_by_the_next() {
+    let scene = Scene::new();
+    let marker = scene.path("wrapper").join("first-prune.pid");
+    // The first prune hangs before restic starts (its pid written for the test to kill, as
+    // the pod's death would); every later prune is restic's own.
+    let wrapper = stowage_e2e::restic::restic_wrapper(
+        &scene.path("wrapper"),
+        "restic",
+        &format!(
+            "case \" $* \" in *\" prune \"*) if [ ! -f {marker} ]; then echo $$ > {marker}; \
+             sleep 300; fi;; esac\nexec restic \"$@\"\n",
+            marker = marker.display()
+        ),
+    );
+    let args = scene.local_args(&[
+        "--restic-binary",
+        &wrapper.display().to_string(),
+        "--scheduler-tick",
+        "1s",
+        "--stale-lock-age",
+        "1s",
+    ]);
+    let mut first = scene.start(args.clone(), BTreeMap::new()).await;
+    let mut client = connect(&first).await;
+    assert_ready(&ensure(&mut client, "shop").await);
+    let restic = ResticAs::new(&access(&mut client, "shop").await);
+    let prune = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            client
+                .run_maintenance(RunMaintenanceRequest {
+                    namespace: "shop".into(),
+                    kind: MaintenanceKind::Prune as i32,
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the prune never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pod dies: the repo-manager and its restic with it, leaving the restic's lock.
+    first.process.kill();
+    let pid = std::fs::read_to_string(&marker).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status();
+    let _ = prune.await;
+    let mut dead = restic.backup_from_stdin("dead-prune", "backup=dead");
+    wait_for_locks(&restic, 1);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    assert_eq!(restic.locks().len(), 1, "the killed restic's lock stays");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let next = scene.start(args, BTreeMap::new()).await;
+    let mut client = connect(&next).await;
+    let recorded = get(&mut client, "shop").await.prune.unwrap();
+    assert!(!recorded.last_succeeded);
+    assert!(
+        recorded.last_error.contains("interrupted"),
+        "{}",
+        recorded.last_error
+    );
+    let interrupted_at = recorded.last_started.unwrap().seconds;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let prune = loop {
+        let prune = get(&mut client, "shop").await.prune.unwrap();
+        if prune.last_succeeded {
+            break prune;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted prune did not run again: {prune:?}; log:\n{}",
+            next.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(prune.last_started.unwrap().seconds >= interrupted_at);
+    assert!(restic.locks().is_empty(), "no stale lock left");
+    // Ran once: not due again for a week.
+    assert!(prune.next_run.unwrap().seconds > prune.last_started.unwrap().seconds + 86_400);
+}

@@ -18,9 +18,9 @@ use stowage_e2e::{
     start_service,
 };
 use stowage_proto::v1::{
-    AbandonRestoreRequest, BackupVolumeEvent, BackupVolumeRequest, BackupVolumeResult,
-    CancelOperationRequest, GetAgentInfoRequest, PodVolumeRef, RepositoryAccess,
-    RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult, VolumeSource,
+    AbandonRestoreRequest, AttachOperationRequest, BackupVolumeEvent, BackupVolumeRequest,
+    BackupVolumeResult, CancelOperationRequest, GetAgentInfoRequest, PodVolumeRef,
+    RepositoryAccess, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult, VolumeSource,
     backup_volume_event, restore_volume_event, volume_agent_client::VolumeAgentClient,
 };
 use tempfile::TempDir;
@@ -1288,18 +1288,47 @@ async fn backup_until_running(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_hang_up_and_agent_shutdown_kill_restic() {
-    let mut setup = Setup::start(2, false, upload_limit()).await;
+async fn a_hung_up_backup_runs_on_for_a_new_caller_then_is_killed_and_shutdown_kills_at_once() {
+    let mut env = upload_limit();
+    env.insert("STOWAGE_DETACH_GRACE_SECONDS".into(), "3".into());
+    let mut setup = Setup::start(2, false, env).await;
     let uid = new_pod_uid();
     let big = setup.kubelet.pod(&uid).empty_dir("bulk");
     write_random_file(&big.join("bulk.bin"), 16 << 20, 43);
     let bulk = volume(&uid, "bulk-0", "bulk", VolumeSource::EmptyDir, "");
     let agent_pid = setup.agent.process.pid();
 
-    // The caller goes away mid-backup: the agent stops restic rather than run on for nobody.
+    // The caller goes away mid-backup: restic keeps running for the grace period, and a new
+    // caller (an orchestrator taking over) attaches and is sent the latest progress first.
     let stream = backup_until_running(&setup, "hang-up", bulk.clone()).await;
     assert_eq!(restic_children(agent_pid).len(), 1);
     drop(stream);
+    let mut attached = setup
+        .client
+        .clone()
+        .attach_backup(AttachOperationRequest {
+            operation_id: "hang-up".into(),
+        })
+        .await
+        .expect("attach within the grace period")
+        .into_inner();
+    let first = attached
+        .message()
+        .await
+        .expect("attached stream")
+        .expect("an event");
+    assert!(
+        matches!(first.event, Some(backup_volume_event::Event::Progress(_))),
+        "{first:?}"
+    );
+    assert_eq!(
+        restic_children(agent_pid).len(),
+        1,
+        "the same restic runs on"
+    );
+    // Nobody attached for the grace period: the agent stops restic rather than run on for
+    // nobody.
+    drop(attached);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !restic_children(agent_pid).is_empty() {
         assert!(

@@ -17,12 +17,12 @@ use stowage_hooks::{ExecError, ExecTarget, KubePodExec, Output, PodExec};
 use stowage_proto::{
     prost_types,
     v1::{
-        AbandonRestoreRequest, AcquireLeaseRequest, Backup, BackupVolumeEvent, BackupVolumeRequest,
-        CancelOperationRequest, EnsureRepositoryRequest, ForgetBackupRequest,
-        GetRepositoryAccessRequest, ListRepositoriesRequest, ListRepositoriesResponse, LogLine,
-        MaintenanceResult, ReleaseLeaseRequest, RenewLeaseRequest, Repository, RepositoryAccess,
-        Restore, RestoreVolumeEvent, RestoreVolumeRequest, RunMaintenanceRequest,
-        repo_manager_client::RepoManagerClient,
+        AbandonRestoreRequest, AcquireLeaseRequest, AttachOperationRequest, Backup,
+        BackupVolumeEvent, BackupVolumeRequest, CancelOperationRequest, EnsureRepositoryRequest,
+        ForgetBackupRequest, GetRepositoryAccessRequest, ListRepositoriesRequest,
+        ListRepositoriesResponse, LogLine, MaintenanceResult, ReleaseLeaseRequest,
+        RenewLeaseRequest, Repository, RepositoryAccess, Restore, RestoreVolumeEvent,
+        RestoreVolumeRequest, RunMaintenanceRequest, repo_manager_client::RepoManagerClient,
     },
 };
 use stowage_velero_format::BackupResources;
@@ -332,6 +332,27 @@ fn agent_error(node: &str) -> impl Fn(tonic::Status) -> Error + Send + Sync + us
 
 #[tonic::async_trait]
 impl AgentsPort for Agents {
+    async fn attach_backup(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<BackupVolumeEvent>>> {
+        let attached = self
+            .for_node(node)
+            .await?
+            .attach_backup(self.request(AttachOperationRequest {
+                operation_id: operation_id.to_string(),
+            }))
+            .await;
+        let stream = match attached {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(agent_error(node)(status)),
+        };
+        let error = agent_error(node);
+        Ok(Some(Box::pin(stream.map(move |item| item.map_err(&error)))))
+    }
+
     async fn backup_volume(
         &self,
         node: &str,
@@ -340,7 +361,7 @@ impl AgentsPort for Agents {
         let stream = self
             .for_node(node)
             .await?
-            .backup_volume(request)
+            .backup_volume(self.request(request))
             .await
             .map_err(agent_error(node))?
             .into_inner();
@@ -356,7 +377,7 @@ impl AgentsPort for Agents {
         let stream = self
             .for_node(node)
             .await?
-            .restore_volume(request)
+            .restore_volume(self.request(request))
             .await
             .map_err(agent_error(node))?
             .into_inner();
@@ -367,9 +388,9 @@ impl AgentsPort for Agents {
     async fn cancel_operation(&self, node: &str, operation_id: &str) -> Result<()> {
         self.for_node(node)
             .await?
-            .cancel_operation(CancelOperationRequest {
+            .cancel_operation(self.request(CancelOperationRequest {
                 operation_id: operation_id.to_string(),
-            })
+            }))
             .await
             .map_err(agent_error(node))?;
         Ok(())
@@ -379,7 +400,7 @@ impl AgentsPort for Agents {
         Ok(self
             .for_node(node)
             .await?
-            .abandon_restore(request)
+            .abandon_restore(self.request(request))
             .await
             .map_err(agent_error(node))?
             .into_inner()

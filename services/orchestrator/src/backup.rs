@@ -109,7 +109,7 @@ pub async fn create_labelled(
     let span = tracing::info_span!("backup", backup = %request.name, backup_uid = %uid);
     let runner_deps = deps.clone();
     deps.tasks
-        .spawn(async move { run(runner_deps, entry).await }.instrument(span));
+        .spawn(async move { run(runner_deps, entry, false).await }.instrument(span));
     Ok(backup)
 }
 
@@ -131,6 +131,16 @@ pub fn validate_spec(spec: &stowage_proto::v1::BackupSpec) -> Result<()> {
     crate::hooks::spec_hooks(&spec.hooks)?;
     crate::paths::backup_excludes(spec)?;
     Ok(())
+}
+
+/// Runs a backup that a previous orchestrator left running (found InProgress in the storage
+/// location) to its end: see [`crate::takeover`].
+pub fn spawn_resumed(deps: &Deps, entry: Arc<BackupEntry>) {
+    let (name, uid) = entry.read(|backup| (backup.name.clone(), backup.uid.clone()));
+    let span = tracing::info_span!("backup", backup = %name, backup_uid = %uid, resumed = true);
+    let runner_deps = deps.clone();
+    deps.tasks
+        .spawn(async move { run(runner_deps, entry, true).await }.instrument(span));
 }
 
 /// A volume the runner will back up, with the pod it belongs to.
@@ -166,9 +176,11 @@ pub fn expiration(deps: &Deps, backup: &Backup) -> prost_types::Timestamp {
 /// Runs one backup to its end. Whatever happens inside (an error, a panic, a cancel), the
 /// leases are released, the mirrors written, the final state stored and then shown to
 /// watchers.
-async fn run(deps: Deps, entry: Arc<BackupEntry>) {
+async fn run(deps: Deps, entry: Arc<BackupEntry>, resumed: bool) {
     let name = entry.get().name;
-    entry.log("info", format!("backup {name} started"));
+    if !resumed {
+        entry.log("info", format!("backup {name} started"));
+    }
     let timeout = to_duration(entry.get().spec.and_then(|s| s.timeout).as_ref())
         .unwrap_or(deps.limits.default_timeout);
     let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
@@ -179,7 +191,14 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
         deps.limits.lease_ttl,
         Arc::new(move |message| warn_entry.log("warning", message)),
     );
-    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control)).catch_unwind();
+    let body = async {
+        if resumed {
+            crate::takeover::execute_backup(&deps, &entry, &mirrors, &leases, &control).await
+        } else {
+            execute(&deps, &entry, &mirrors, &leases, &control).await
+        }
+    };
+    let body = AssertUnwindSafe(body).catch_unwind();
     let (deps_ref, entry_ref) = (&deps, &entry);
     let outcome = engine::while_writing(body, &control.volume_ended, RECORD_EVERY, move || {
         persist(deps_ref, entry_ref, None)
@@ -191,12 +210,23 @@ async fn run(deps: Deps, entry: Arc<BackupEntry>) {
             panic_message(panic.as_ref())
         )))
     });
+    let cancelled = control.cancel_requested();
+    if deps.shutdown.is_cancelled() && !cancelled && outcome.is_ok() {
+        // Shut down (a rolling update, a drain, lost leadership) mid-run: the volumes on the
+        // agents keep running and the record stays InProgress, for the next leader (or this
+        // one restarted) to take over. The leases are left to lapse, not released: restic
+        // still runs under them.
+        entry.log(
+            "warning",
+            format!("the orchestrator shut down; backup {name} is left running for the next leader to take over"),
+        );
+        mirrors.finish().await;
+        persist(&deps, &entry, None).await;
+        return;
+    }
     leases.release_all().await;
     // Every volume's mirror shows its end before the backup does.
     mirrors.finish().await;
-    // A shutdown cancels every backup's token too, but nobody asked to cancel these: their
-    // unfinished volumes fail, as after a crash.
-    let cancelled = control.cancel_requested();
     let outcome = match outcome {
         Ok(()) if deps.shutdown.is_cancelled() => Err(Error::Failed(SHUT_DOWN.to_string())),
         other => other,
@@ -401,6 +431,7 @@ async fn execute(
         spec_hooks: crate::hooks::spec_hooks(
             backup.spec.as_ref().map_or(&[][..], |spec| &spec.hooks),
         )?,
+        resumed: false,
     };
     for planned in &plan.volumes {
         let namespace = planned
@@ -532,18 +563,21 @@ fn namespace_of(volume: &PodVolumeBackup) -> String {
 }
 
 /// The backup's volumes as the run engine drives them.
-struct BackupWork {
-    deps: Deps,
-    entry: Arc<BackupEntry>,
-    mirrors: Arc<dyn MirrorSession>,
+pub(crate) struct BackupWork {
+    pub(crate) deps: Deps,
+    pub(crate) entry: Arc<BackupEntry>,
+    pub(crate) mirrors: Arc<dyn MirrorSession>,
     /// The backup's name and uid, all a mirror or a request needs of it.
-    header: Backup,
+    pub(crate) header: Backup,
     /// Each namespace's repository, or why it cannot be used.
-    repositories: Prepared,
+    pub(crate) repositories: Prepared,
     /// The snapshot the agent gives `restic backup --parent`; `None` when no record names one.
-    parents: Vec<Option<String>>,
+    pub(crate) parents: Vec<Option<String>>,
     /// The spec's hooks, for the pods they select that declare none of their own.
-    spec_hooks: Vec<stowage_hooks::ResourceHook>,
+    pub(crate) spec_hooks: Vec<stowage_hooks::ResourceHook>,
+    /// Taken over from a previous orchestrator: a volume is first re-attached on its agent,
+    /// and run only when the agent does not have it.
+    pub(crate) resumed: bool,
 }
 
 impl BackupWork {
@@ -584,7 +618,9 @@ impl BackupWork {
         }
     }
 
-    fn operation_id(&self, index: usize) -> String {
+    /// Stable across orchestrators (the backup's uid and the volume's place in its record),
+    /// so one that takes over asks the agent for the operation its predecessor started.
+    pub(crate) fn operation_id(&self, index: usize) -> String {
         format!("{}-{index}", self.header.uid)
     }
 
@@ -654,13 +690,24 @@ impl VolumeWork for BackupWork {
                 .flatten()
                 .unwrap_or_default(),
         };
+        let kept = if self.resumed {
+            crate::takeover::reattach_backup(self, index, node, &volume).await?
+        } else {
+            None
+        };
+        let reattached = kept.is_some();
         let started = self.update(index, |volume| {
             volume.phase = VolumePhase::InProgress as i32;
-            volume.started = Some(now());
+            if !reattached || volume.started.is_none() {
+                volume.started = Some(now());
+            }
             volume.repository = repository.url.clone();
         });
         self.mirrors.submit(volume_mirror(backup, &started));
-        let mut stream = self.deps.agents.backup_volume(node, request).await?;
+        let mut stream = match kept {
+            Some(stream) => stream,
+            None => self.deps.agents.backup_volume(node, request).await?,
+        };
         let mut last_mirrored = Instant::now();
         loop {
             let Some(event) = stream.next().await else {
@@ -729,7 +776,16 @@ impl VolumeWork for BackupWork {
         }
     }
 
+    fn hands_over_on_shutdown(&self) -> bool {
+        true
+    }
+
     fn finish(&self, index: usize, outcome: VolumeOutcome) {
+        if self.deps.shutdown.is_cancelled() && outcome == VolumeOutcome::Failed(SHUT_DOWN.into()) {
+            // Handed over (see `hands_over_on_shutdown`): the volume stays as it is in the
+            // record, for the next leader to re-attach.
+            return;
+        }
         let volume = self.update(index, |volume| {
             volume.finished = Some(now());
             match &outcome {

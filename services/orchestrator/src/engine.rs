@@ -130,6 +130,11 @@ pub trait VolumeWork: Send + Sync + 'static {
     async fn stop(&self, index: usize, node: &str);
     /// Records how the volume ended (called once per volume, panics included).
     fn finish(&self, index: usize, outcome: VolumeOutcome);
+    /// Whether a volume still running when the orchestrator shuts down is left running on its
+    /// agent for the next leader to re-attach (true), or stopped there (false).
+    fn hands_over_on_shutdown(&self) -> bool {
+        false
+    }
 }
 
 /// Slots per node, made as nodes are first seen (a restore learns a volume's node late).
@@ -368,7 +373,8 @@ async fn drive<W: VolumeWork>(
             }
         }
     };
-    if outcome != VolumeOutcome::Completed {
+    let handed_over = control.shutdown.is_cancelled() && work.hands_over_on_shutdown();
+    if outcome != VolumeOutcome::Completed && !handed_over {
         // The stream is dropped by now; the agent is told to kill restic too.
         work.stop(index, &node).await;
     }

@@ -75,6 +75,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Failed(String),
+    /// This process's leader term ended; another replica leads (see `fencing.rs`).
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -111,7 +114,7 @@ impl Error {
             Error::BackupNotRestorable { .. } | Error::NoCluster(_) | Error::Precondition(_) => {
                 Code::FailedPrecondition
             }
-            Error::NoAgent(_) => Code::Unavailable,
+            Error::NoAgent(_) | Error::NotLeader(_) => Code::Unavailable,
             Error::Conflict(_) => Code::AlreadyExists,
             Error::Repository(_) => Code::FailedPrecondition,
             Error::Agent { status, .. } => status.code(),

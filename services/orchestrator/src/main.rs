@@ -12,6 +12,7 @@ mod data_restore;
 mod deps;
 mod engine;
 mod error;
+mod fencing;
 mod hooks;
 mod kube;
 mod lifecycle;
@@ -26,6 +27,7 @@ mod schedules;
 mod selection;
 mod state;
 mod store;
+mod takeover;
 mod tally;
 #[cfg(test)]
 mod testing;
@@ -198,12 +200,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let static_agents = kube::agents::parse_static_agents(&config.agents)?;
+    // This process's leader term (the fencing rule, `fencing.rs`): sent to the agents and
+    // checked before every record write. Without leader election it is never set, and
+    // neither happens.
+    let term = stowage_contract::fencing::LeaderTerm::default();
     let agents = kube::agents::Agents::new(
         static_agents,
         cluster.clone(),
         config.agent_selector.clone(),
         config.agent_port,
-    );
+    )
+    .with_term(term.clone());
     let mut schedule_store: Option<Arc<dyn schedules::ScheduleStore>> = None;
     let store = match &config.storage_url {
         Some(url) => {
@@ -219,9 +226,10 @@ async fn main() -> anyhow::Result<()> {
             let object_store = location
                 .object_store()
                 .with_context(|| format!("opening storage location {url}"))?;
-            let store = Arc::new(store::Store::new(object_store, config.namespace.clone()));
-            schedule_store = Some(store.clone());
-            Some(store as Arc<dyn ports::RecordStore>)
+            let records = Arc::new(store::Store::new(object_store, config.namespace.clone()));
+            schedule_store = Some(records.clone());
+            Some(Arc::new(fencing::FencedStore::new(records, term.clone()))
+                as Arc<dyn ports::RecordStore>)
         }
         None => {
             tracing::warn!("no storage location: backups are kept in memory only");

@@ -173,6 +173,13 @@ pub trait AgentsPort: Send + Sync {
         node: &str,
         request: RestoreVolumeRequest,
     ) -> Result<AgentEvents<RestoreVolumeEvent>>;
+    /// Re-attaches to a backup the agent on `node` still has (running, or ended and kept with
+    /// its result), its latest state first; `None` when the agent has no such operation.
+    async fn attach_backup(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<BackupVolumeEvent>>>;
     /// Stops the operation; its restic is killed and reaped.
     async fn cancel_operation(&self, node: &str, operation_id: &str) -> Result<()>;
     /// Writes the failure marker in a pod volume whose restore will not happen; false when

@@ -1,7 +1,8 @@
 //! Startup and housekeeping: the backups already in the object store become the index (the
 //! store is the source of truth, so a fresh orchestrator lists them), a backup that was running
-//! when the previous orchestrator died has its unfinished volumes failed with "orchestrator
-//! restarted", and expired backups are deleted.
+//! when the previous orchestrator died or lost its leadership is taken over and run to its end
+//! (`takeover.rs`), a restore that was running has its unfinished volumes failed with
+//! "orchestrator restarted", and expired backups are deleted.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -36,7 +37,7 @@ pub async fn load(deps: &Deps) -> Result<()> {
         let mut checked = BTreeMap::new();
         for (backup, logs) in store.list_backups_except(&Default::default()).await? {
             let backup = check_velero_repositories(deps, backup, &mut checked).await;
-            adopt(deps, backup, logs).await;
+            adopt(deps, backup, logs, true).await;
         }
     }
     Ok(())
@@ -133,6 +134,28 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
         format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
     );
     let mut current = entry.get();
+    // Restores are not taken over: an agent keeps an operation whose caller went away running
+    // for its grace period, so the ones still there are stopped now (restic killed), before
+    // the helpers are told, and no restic writes into a volume whose restore ended.
+    let uid = current.uid.clone();
+    for &index in &ended {
+        let node = current
+            .status
+            .as_ref()
+            .and_then(|s| s.volumes.get(index))
+            .map(|v| v.node.clone())
+            .unwrap_or_default();
+        if node.is_empty() {
+            continue;
+        }
+        if let Err(error) = deps
+            .agents
+            .cancel_operation(&node, &format!("{uid}-{index}"))
+            .await
+        {
+            tracing::warn!(%error, node, "stopping an unfinished restore's operation");
+        }
+    }
     restore::abandon_unrestored(deps, entry, &mut current).await;
     crate::data_restore::delete_leftover_pods(deps, entry, &current).await;
     entry.update(|restore| *restore = current.clone());
@@ -187,18 +210,27 @@ async fn check_velero_repositories(
     backup
 }
 
-/// Puts a backup read from the store into the index. No task of this process runs it, so if it
-/// is unfinished (its orchestrator died), its unfinished volumes fail "orchestrator restarted"
-/// and that is written back.
+/// Puts a backup read from the store into the index. One that is unfinished (its orchestrator
+/// died or lost its leadership) is taken over when `take_over` (at start, or on becoming the
+/// leader): this process runs it to its end. Otherwise no task of this process runs it, so its
+/// unfinished volumes fail "orchestrator restarted" and that is written back.
 async fn adopt(
     deps: &Deps,
     backup: stowage_proto::v1::Backup,
     logs: Vec<stowage_proto::v1::LogLine>,
+    take_over: bool,
 ) {
     let name = backup.name.clone();
     // Velero's backups are read-only to stowage, whatever their phase.
     let unfinished = !backup_is_final(backup.status.as_ref().map_or(0, |s| s.phase))
         && backup.origin == stowage_proto::v1::BackupOrigin::Stowage as i32;
+    if unfinished && take_over {
+        tracing::warn!(backup = %name, "taking over a backup its orchestrator left running");
+        let entry = Entry::new(backup, logs, deps.shutdown.child_token());
+        deps.index.insert_backup(&name, entry.clone());
+        crate::backup::spawn_resumed(deps, entry);
+        return;
+    }
     let expires = expiration(deps, &backup);
     let entry = Entry::new(backup, logs, CancellationToken::new());
     if unfinished {
@@ -390,7 +422,7 @@ async fn sync_from_store(deps: &Deps) {
                 if deps.index.backup(&backup.name).is_none() {
                     let backup = check_velero_repositories(deps, backup, &mut checked).await;
                     tracing::info!(backup = %backup.name, "backup found in the object store");
-                    adopt(deps, backup, logs).await;
+                    adopt(deps, backup, logs, false).await;
                 }
             }
         }
@@ -491,8 +523,10 @@ mod restart {
         }
     }
 
+    /// A running backup that appears in the location later (not at start or takeover) is not
+    /// this orchestrator's to run: it ends failed.
     #[tokio::test(start_paused = true)]
-    async fn a_backup_running_at_restart_ends_failed_and_expires_like_any_other() {
+    async fn a_running_backup_found_later_ends_failed_and_expires_like_any_other() {
         let world = World::new(limits());
         let backup = Backup {
             name: "nightly".into(),
@@ -523,7 +557,7 @@ mod restart {
             .lock()
             .unwrap()
             .insert("nightly".into(), (backup, Vec::new()));
-        load(&world.deps).await.unwrap();
+        sync_from_store(&world.deps).await;
         let recovered = world.deps.index.backup("nightly").unwrap().get();
         let status = recovered.status.unwrap();
         assert_eq!(status.phase, BackupPhase::PartiallyFailed as i32);
@@ -628,6 +662,11 @@ mod restart {
                 ("db-0".into(), "new-db-0".into(), RESTARTED.into()),
                 ("db-1".into(), "new-db-1".into(), RESTARTED.into()),
             ]
+        );
+        assert_eq!(
+            *world.agents.cancelled.lock().unwrap(),
+            ["restore-uid-0"],
+            "the operation that may still run on its agent is stopped"
         );
         let stored = world.store.restores.lock().unwrap()["back"].clone();
         assert_eq!(

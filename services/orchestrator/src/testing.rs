@@ -608,6 +608,11 @@ pub struct FakeAgents {
     pub restore_requests: Mutex<Vec<RestoreVolumeRequest>>,
     /// `restic <volume>` for each backup started (see [`FakeCluster::timeline`]).
     pub timeline: Arc<Mutex<Vec<String>>>,
+    /// Operations an agent still has from a previous orchestrator, by operation id: attaching
+    /// plays the script (its result's snapshot is `snap-kept`).
+    pub kept: Mutex<BTreeMap<String, Script>>,
+    /// `attach <node> <operation id>` for each attach that found its operation.
+    pub attached: Mutex<Vec<String>>,
 }
 
 impl FakeAgents {
@@ -807,6 +812,33 @@ impl AgentsPort for FakeAgents {
             };
             Some(RestoreVolumeEvent { event: Some(event) })
         }))
+    }
+
+    async fn attach_backup(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<BackupVolumeEvent>>> {
+        let Some(script) = lock(&self.kept).remove(operation_id) else {
+            return Ok(None);
+        };
+        lock(&self.attached).push(format!("attach {node} {operation_id}"));
+        let running = self.enter(node);
+        Ok(Some(play(script, running, |step| {
+            let event = match step {
+                Step::Queued => backup_volume_event::Event::Queued(Queued::default()),
+                Step::Progress(done, total) => {
+                    backup_volume_event::Event::Progress(progress(done, total))
+                }
+                Step::Done => backup_volume_event::Event::Result(BackupVolumeResult {
+                    snapshot_id: "snap-kept".into(),
+                    bytes_total: 100,
+                    ..Default::default()
+                }),
+                Step::Fail(_) | Step::Hang => return None,
+            };
+            Some(BackupVolumeEvent { event: Some(event) })
+        })))
     }
 
     async fn cancel_operation(&self, _node: &str, operation_id: &str) -> Result<()> {

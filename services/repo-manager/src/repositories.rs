@@ -129,12 +129,36 @@ impl Manager {
             Some(cluster) => (Some(cluster.mirror), Some(cluster.lock_holders)),
             None => (None, None),
         };
-        let records = state
+        let mut records = state
             .load_all()
             .await?
             .into_iter()
             .map(|record| (record.namespace.clone(), record))
             .collect::<BTreeMap<_, _>>();
+        // A check or prune its repo-manager was running when it stopped (killed, or its
+        // leadership lost) ends failed, saying so, and is due at once: the scheduler runs it
+        // again to its end. Its restic's lock is cleared as stale before that run (its pod,
+        // or on this host its pid, is gone).
+        let now = Utc::now();
+        for record in records.values_mut() {
+            let mut ended = false;
+            for (kind, task) in [
+                (MaintenanceKind::Check, &mut record.check),
+                (MaintenanceKind::Prune, &mut record.prune),
+            ] {
+                if task.end_interrupted(now) {
+                    tracing::warn!(
+                        namespace = %record.namespace,
+                        kind = kind.name(),
+                        "maintenance was interrupted when the previous repo-manager stopped; it runs again"
+                    );
+                    ended = true;
+                }
+            }
+            if ended {
+                state.save(record).await?;
+            }
+        }
         tracing::info!(
             repositories = records.len(),
             "loaded repository state from the storage location"
@@ -529,6 +553,16 @@ impl Manager {
         let repository = self.ready_repository(namespace).await?;
         let cancel = self.shutdown.child_token();
         let started = Utc::now();
+        // Recorded before restic runs, so a repo-manager that takes over after this one is
+        // killed finds the run unfinished (see `MaintenanceRecord::end_interrupted`).
+        self.store_record(namespace, |record| {
+            let task = match kind {
+                MaintenanceKind::Check => &mut record.check,
+                MaintenanceKind::Prune => &mut record.prune,
+            };
+            task.running_since = Some(started);
+        })
+        .await?;
         let invalidate = InvalidateOnDrop::new(&self.verifications, namespace);
         let result = self
             .exclusively(

@@ -105,6 +105,15 @@ pub struct MaintenanceRecord {
     pub last_duration_seconds: f64,
     pub last_error: String,
     pub last_succeeded: bool,
+    /// Set when the task starts and cleared when its outcome is recorded: a record loaded with
+    /// it set belongs to a run whose repo-manager stopped (was killed, lost its leadership)
+    /// before the task ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_since: Option<DateTime<Utc>>,
+    /// The last run was interrupted (recorded failed at load): the task is due at once, so the
+    /// repo-manager that took over runs it to its end.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl MaintenanceRecord {
@@ -116,7 +125,26 @@ impl MaintenanceRecord {
     }
 
     pub fn is_due(&self, created: DateTime<Utc>, interval: Duration, now: DateTime<Utc>) -> bool {
-        self.next_run(created, interval) <= now
+        self.interrupted || self.next_run(created, interval) <= now
+    }
+
+    /// A run that was going on when its repo-manager stopped ends failed, saying so, and the
+    /// task becomes due. False when no run was going on.
+    pub fn end_interrupted(&mut self, now: DateTime<Utc>) -> bool {
+        let Some(started) = self.running_since else {
+            return false;
+        };
+        self.record(
+            started,
+            now,
+            Some(format!(
+                "interrupted: the repo-manager running it since {} stopped before it ended; \
+                 it runs again",
+                started.to_rfc3339()
+            )),
+        );
+        self.interrupted = true;
+        true
     }
 
     pub fn record(
@@ -130,12 +158,44 @@ impl MaintenanceRecord {
         self.last_duration_seconds = (finished - started).num_milliseconds().max(0) as f64 / 1000.0;
         self.last_succeeded = error.is_none();
         self.last_error = error.unwrap_or_default();
+        self.running_since = None;
+        self.interrupted = false;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_run_ends_failed_and_is_due_at_once_until_it_runs_again() {
+        let created: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let started: DateTime<Utc> = "2026-01-02T00:00:00Z".parse().unwrap();
+        let now: DateTime<Utc> = "2026-01-02T00:05:00Z".parse().unwrap();
+        let week = Duration::from_secs(7 * 86_400);
+        let mut record = MaintenanceRecord {
+            running_since: Some(started),
+            ..Default::default()
+        };
+        assert!(record.end_interrupted(now));
+        assert!(!record.last_succeeded);
+        assert!(
+            record.last_error.contains("interrupted"),
+            "{}",
+            record.last_error
+        );
+        assert_eq!(record.last_started, Some(started));
+        assert_eq!(record.running_since, None);
+        assert!(record.is_due(created, week, now), "due at once");
+        record.record(now, now, None);
+        assert!(!record.is_due(created, week, now), "ran: due a week later");
+        assert!(!record.end_interrupted(now), "nothing was running");
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(
+            !text.contains("running_since") && !text.contains("interrupted"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -1,17 +1,20 @@
-//! The tonic handlers of the VolumeAgent service: check the request, plan the job, run it as a
-//! tracked task that streams events, and map errors to status codes (in `error.rs`).
+//! The tonic handlers of the VolumeAgent service: check the request (and its leader term, see
+//! `stowage_contract::fencing`), plan the job, run it as a tracked task whose events go through
+//! the operation's relay to whoever is attached, and map errors to status codes (in
+//! `error.rs`).
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
+use stowage_contract::fencing::{LEADER_TERM_HEADER, TermFence};
 use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
-    AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, BackupVolumeEvent,
-    BackupVolumeRequest, BackupVolumeResult, CancelOperationRequest, CancelOperationResponse,
-    GetAgentInfoRequest, Queued, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult,
-    RunningRestic, backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
+    AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, AgentOperation, AgentOperationKind,
+    AgentOperationState, AttachOperationRequest, BackupVolumeEvent, BackupVolumeRequest,
+    BackupVolumeResult, CancelOperationRequest, CancelOperationResponse, GetAgentInfoRequest,
+    Queued, RestoreVolumeEvent, RestoreVolumeRequest, RestoreVolumeResult, RunningRestic,
+    agent_operation, backup_volume_event, restore_volume_event, volume_agent_server::VolumeAgent,
 };
 use stowage_restic::PeakRss;
-use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -19,7 +22,8 @@ use tracing::Instrument as _;
 use crate::{
     error::AgentError,
     jobs::{self, AgentContext, JobEvent},
-    operations::{OperationHandle, Operations},
+    operations::{OperationHandle, OperationInfo, Operations, Relays},
+    relay::{Relay, Snapshot},
 };
 
 /// The restic processes alive on this host: named `restic` or as the configured binary's file
@@ -41,23 +45,83 @@ fn running_restic(binary: &std::path::Path) -> std::io::Result<Vec<RunningRestic
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Events buffered per stream; progress beyond this is dropped, never the result.
-const EVENT_BUFFER: usize = 32;
-
 pub struct AgentApi {
     context: AgentContext,
     operations: Operations,
     restic_version: String,
+    /// How long an operation whose caller went away keeps running (and an ended one keeps
+    /// its result) for a new caller to attach.
+    detach_grace: Duration,
+    fence: TermFence,
 }
 
 impl AgentApi {
-    pub fn new(context: AgentContext, operations: Operations, restic_version: String) -> Self {
+    pub fn new(
+        context: AgentContext,
+        operations: Operations,
+        restic_version: String,
+        detach_grace: Duration,
+    ) -> Self {
         Self {
             context,
             operations,
             restic_version,
+            detach_grace,
+            fence: TermFence::new(),
         }
     }
+
+    /// Refuses a request from a leader older than one this agent has heard from.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let header = request
+            .metadata()
+            .get(LEADER_TERM_HEADER)
+            .map(|value| value.to_str().unwrap_or("(not text)"));
+        self.fence.admit(header).map(|_| ()).map_err(|error| {
+            tracing::warn!(%error, "request from a stale leader refused");
+            Status::failed_precondition(error.to_string())
+        })
+    }
+}
+
+/// The GetAgentInfo row of one operation, from what its relay holds.
+fn describe<T>(
+    id: &str,
+    info: &OperationInfo,
+    running: bool,
+    kind: AgentOperationKind,
+    snapshot: Snapshot<T>,
+    progress: impl Fn(&T) -> Option<stowage_proto::v1::Progress>,
+    result: impl Fn(T) -> Option<agent_operation::Result>,
+) -> AgentOperation {
+    let mut row = AgentOperation {
+        operation_id: id.to_string(),
+        kind: kind as i32,
+        volume: info.volume.clone(),
+        name: info.name.clone(),
+        uid: info.uid.clone(),
+        progress: snapshot.latest.as_ref().and_then(&progress),
+        attached: snapshot.attached,
+        ..Default::default()
+    };
+    let state = match snapshot.ended {
+        None if running => AgentOperationState::Running,
+        None => AgentOperationState::Queued,
+        Some(Ok(event)) => {
+            row.result = result(event);
+            AgentOperationState::Succeeded
+        }
+        Some(Err(status)) => {
+            row.error = status.message().to_string();
+            if status.code() == tonic::Code::Cancelled {
+                AgentOperationState::Cancelled
+            } else {
+                AgentOperationState::Failed
+            }
+        }
+    };
+    row.state = state as i32;
+    row
 }
 
 /// `context` with a runner that also records the peak RSS of each of its restic runs into
@@ -70,14 +134,19 @@ fn measured(context: &AgentContext, peak: &PeakRss) -> AgentContext {
 }
 
 /// Runs `work` once a slot is free, sending `queued` if it has to wait, and the result or the
-/// error as the last item. A caller that hangs up cancels the work, so no restic outlives it.
-/// The ending is counted in the agent's metrics (`bytes` records what a success moved);
-/// `failed` learns of a failure or a cancellation, queued or running, before the caller does.
+/// error as the last item, all through `relay` to whoever is attached. A caller that goes
+/// away does not stop the work at once: it keeps running for `grace`, for a new caller (an
+/// orchestrator taking over) to attach; once nobody has been attached for `grace` it is
+/// cancelled, so no restic outlives its callers for long. An ended operation keeps its result
+/// for `grace` too, then its entry goes. The ending is counted in the agent's metrics
+/// (`bytes` records what a success moved); `failed` learns of a failure or a cancellation,
+/// queued or running, before the caller does.
 #[allow(clippy::too_many_arguments)]
 async fn drive<T, W, F>(
     handle: OperationHandle,
     kind: OperationKind,
-    tx: mpsc::Sender<Result<T, Status>>,
+    relay: Arc<Relay<T>>,
+    grace: Duration,
     queued: impl FnOnce(u32) -> T,
     bytes: impl FnOnce(&stowage_metrics::agent::AgentMetrics, &W),
     result: impl FnOnce(W) -> T,
@@ -85,16 +154,14 @@ async fn drive<T, W, F>(
     work: F,
 ) where
     F: Future<Output = Result<W, AgentError>>,
+    T: Clone + Send + 'static,
 {
     let id = handle.id().to_string();
     let accepted = std::time::Instant::now();
     let metrics = handle.metrics().clone();
     let outcome = async {
-        let queued_tx = tx.clone();
         let Some(_slot) = handle
-            .start(|position| {
-                let _ = queued_tx.try_send(Ok(queued(position)));
-            })
+            .start(|position| relay.send(queued(position), true))
             .await
         else {
             return Err(AgentError::Cancelled(id.clone()));
@@ -109,13 +176,17 @@ async fn drive<T, W, F>(
     };
     let outcome = {
         let mut outcome = std::pin::pin!(outcome);
-        let mut hung_up = false;
+        let mut unattended = std::pin::pin!(relay.unattended_for(grace));
+        let mut given_up = false;
         loop {
             tokio::select! {
                 finished = &mut outcome => break finished,
-                _ = tx.closed(), if !hung_up => {
-                    tracing::info!("caller went away, cancelling");
-                    hung_up = true;
+                () = &mut unattended, if !given_up => {
+                    tracing::info!(
+                        grace_seconds = grace.as_secs(),
+                        "no caller attached for the detach grace period, cancelling"
+                    );
+                    given_up = true;
                     handle.cancel.cancel();
                 }
             }
@@ -142,8 +213,77 @@ async fn drive<T, W, F>(
             Err(Status::from(error))
         }
     };
-    let _ = tx.send(item).await;
+    relay.finish(item, grace).await;
+    handle.ended();
+    // Kept for a caller that went away before the result (its successor attaches for it),
+    // unless cancelled or shut down.
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        () = handle.cancel.cancelled() => {}
+    }
     drop(handle);
+}
+
+impl AgentApi {
+    /// The relay of operation `id`; NotFound when this agent does not have it.
+    fn attachable(&self, id: &str) -> Result<Relays, Status> {
+        crate::names::operation_id(id).map_err(Status::from)?;
+        self.operations
+            .get(id)
+            .map(|info| info.relay.clone())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no operation `{id}` on this agent: it never ran here, or it ended and \
+                     its result was forgotten"
+                ))
+            })
+    }
+
+    fn operation_rows(&self) -> Vec<AgentOperation> {
+        self.operations
+            .list()
+            .into_iter()
+            .map(|listed| {
+                let running = listed.running && !listed.ended;
+                match &listed.info.relay {
+                    Relays::Backup(relay) => describe(
+                        &listed.id,
+                        &listed.info,
+                        running,
+                        AgentOperationKind::Backup,
+                        relay.snapshot(),
+                        |event| match &event.event {
+                            Some(backup_volume_event::Event::Progress(p)) => Some(*p),
+                            _ => None,
+                        },
+                        |event| match event.event {
+                            Some(backup_volume_event::Event::Result(r)) => {
+                                Some(agent_operation::Result::Backup(r))
+                            }
+                            _ => None,
+                        },
+                    ),
+                    Relays::Restore(relay) => describe(
+                        &listed.id,
+                        &listed.info,
+                        running,
+                        AgentOperationKind::Restore,
+                        relay.snapshot(),
+                        |event| match &event.event {
+                            Some(restore_volume_event::Event::Progress(p)) => Some(*p),
+                            _ => None,
+                        },
+                        |event| match event.event {
+                            Some(restore_volume_event::Event::Result(r)) => {
+                                Some(agent_operation::Result::Restore(r))
+                            }
+                            _ => None,
+                        },
+                    ),
+                }
+            })
+            .collect()
+    }
 }
 
 #[tonic::async_trait]
@@ -171,24 +311,40 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<BackupVolumeRequest>,
     ) -> Result<Response<Self::BackupVolumeStream>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let operation_id = request.operation_id.clone();
+        let (volume, name, uid) = (
+            request.volume.clone(),
+            request.backup_name.clone(),
+            request.backup_uid.clone(),
+        );
         let plan = jobs::plan_backup(&self.context, request).map_err(Status::from)?;
+        let (relay, rx) = Relay::new();
+        let relay = Arc::new(relay);
         let handle = self
             .operations
-            .register(&operation_id)
+            .register(
+                &operation_id,
+                OperationInfo {
+                    volume,
+                    name,
+                    uid,
+                    relay: Relays::Backup(relay.clone()),
+                },
+            )
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), identity = %plan.identity, "backup accepted");
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
         let metrics = handle.metrics().clone();
         let cancel = handle.cancel.clone();
-        let progress_tx = tx.clone();
+        let progress = relay.clone();
         let task = drive(
             handle,
             OperationKind::backup,
-            tx,
+            relay,
+            self.detach_grace,
             |position| BackupVolumeEvent {
                 event: Some(backup_volume_event::Event::Queued(Queued { position })),
             },
@@ -199,15 +355,15 @@ impl VolumeAgent for AgentApi {
             |_| {},
             async move {
                 let result = jobs::backup(&context, &plan, &cancel, move |event| {
-                    let event = match event {
+                    let (event, keep) = match event {
                         JobEvent::Progress(progress) => {
-                            backup_volume_event::Event::Progress(progress)
+                            (backup_volume_event::Event::Progress(progress), true)
                         }
                         JobEvent::Retrying(retrying) => {
-                            backup_volume_event::Event::Retrying(retrying)
+                            (backup_volume_event::Event::Retrying(retrying), false)
                         }
                     };
-                    let _ = progress_tx.try_send(Ok(BackupVolumeEvent { event: Some(event) }));
+                    progress.send(BackupVolumeEvent { event: Some(event) }, keep);
                 })
                 .await;
                 metrics.restic_peak_rss(OperationKind::backup, peak.bytes());
@@ -238,27 +394,43 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<RestoreVolumeRequest>,
     ) -> Result<Response<Self::RestoreVolumeStream>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let operation_id = request.operation_id.clone();
+        let (volume, name, uid) = (
+            request.volume.clone(),
+            request.restore_name.clone(),
+            request.restore_uid.clone(),
+        );
         let plan = jobs::plan_restore(&self.context, request).map_err(Status::from)?;
+        let (relay, rx) = Relay::new();
+        let relay = Arc::new(relay);
         let handle = self
             .operations
-            .register(&operation_id)
+            .register(
+                &operation_id,
+                OperationInfo {
+                    volume,
+                    name,
+                    uid,
+                    relay: Relays::Restore(relay.clone()),
+                },
+            )
             .map_err(|error| Status::from(AgentError::from(error)))?;
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
         let volume_dir = plan.path.path.clone();
         let restore_uid = plan.restore_uid.clone();
         let data_only = plan.data_only;
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
         let metrics = handle.metrics().clone();
         let cancel = handle.cancel.clone();
-        let progress_tx = tx.clone();
+        let progress = relay.clone();
         let task = drive(
             handle,
             OperationKind::restore,
-            tx,
+            relay,
+            self.detach_grace,
             |position| RestoreVolumeEvent {
                 event: Some(restore_volume_event::Event::Queued(Queued { position })),
             },
@@ -284,15 +456,15 @@ impl VolumeAgent for AgentApi {
             },
             async move {
                 let result = jobs::restore(&context, &plan, &cancel, move |event| {
-                    let event = match event {
+                    let (event, keep) = match event {
                         JobEvent::Progress(progress) => {
-                            restore_volume_event::Event::Progress(progress)
+                            (restore_volume_event::Event::Progress(progress), true)
                         }
                         JobEvent::Retrying(retrying) => {
-                            restore_volume_event::Event::Retrying(retrying)
+                            (restore_volume_event::Event::Retrying(retrying), false)
                         }
                     };
-                    let _ = progress_tx.try_send(Ok(RestoreVolumeEvent { event: Some(event) }));
+                    progress.send(RestoreVolumeEvent { event: Some(event) }, keep);
                 })
                 .await;
                 metrics.restic_peak_rss(OperationKind::restore, peak.bytes());
@@ -313,6 +485,7 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<CancelOperationResponse>, Status> {
+        self.admit(&request)?;
         crate::names::operation_id(&request.get_ref().operation_id).map_err(Status::from)?;
         let cancelled = self.operations.cancel(&request.get_ref().operation_id);
         tracing::info!(cancelled, "cancel requested");
@@ -340,7 +513,53 @@ impl VolumeAgent for AgentApi {
             restic_version: self.restic_version.clone(),
             host_name: stowage_restic::locks::hostname(),
             running_restic: restic,
+            operations: self.operation_rows(),
         }))
+    }
+
+    type AttachBackupStream = EventStream<BackupVolumeEvent>;
+    type AttachRestoreStream = EventStream<RestoreVolumeEvent>;
+
+    #[tracing::instrument(skip_all, fields(
+        operation = %request.get_ref().operation_id,
+        node = %self.context.node_name,
+    ))]
+    async fn attach_backup(
+        &self,
+        request: Request<AttachOperationRequest>,
+    ) -> Result<Response<Self::AttachBackupStream>, Status> {
+        self.admit(&request)?;
+        match self.attachable(&request.get_ref().operation_id)? {
+            Relays::Backup(relay) => {
+                tracing::info!("caller attached to a running backup");
+                Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
+            }
+            Relays::Restore(_) => Err(Status::invalid_argument(format!(
+                "operation `{}` is a restore, not a backup",
+                request.get_ref().operation_id
+            ))),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(
+        operation = %request.get_ref().operation_id,
+        node = %self.context.node_name,
+    ))]
+    async fn attach_restore(
+        &self,
+        request: Request<AttachOperationRequest>,
+    ) -> Result<Response<Self::AttachRestoreStream>, Status> {
+        self.admit(&request)?;
+        match self.attachable(&request.get_ref().operation_id)? {
+            Relays::Restore(relay) => {
+                tracing::info!("caller attached to a running restore");
+                Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
+            }
+            Relays::Backup(_) => Err(Status::invalid_argument(format!(
+                "operation `{}` is a backup, not a restore",
+                request.get_ref().operation_id
+            ))),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(

@@ -7,6 +7,7 @@ mod jobs;
 mod names;
 mod operations;
 mod parent;
+mod relay;
 mod volume_path;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -83,6 +84,12 @@ struct Config {
         value_parser = parse_duration
     )]
     storage_outage_timeout: Duration,
+    /// Seconds an operation whose caller went away (an orchestrator that died or lost its
+    /// leadership) keeps running for a new caller to re-attach (AttachBackup/AttachRestore)
+    /// before it is cancelled and its restic killed; an ended operation keeps its result as
+    /// long for a caller that missed it.
+    #[arg(long, env = "STOWAGE_DETACH_GRACE_SECONDS", default_value_t = 120)]
+    detach_grace_seconds: u64,
     /// How long running operations get to stop (their restic is killed) on shutdown.
     #[arg(long, env = "STOWAGE_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     shutdown_grace_seconds: u64,
@@ -181,7 +188,12 @@ async fn main() -> anyhow::Result<()> {
         retry,
     };
     let operations = operations::Operations::new(config.max_concurrent, shutdown.clone(), metrics);
-    let agent = api::AgentApi::new(context, operations.clone(), restic_version.clone());
+    let agent = api::AgentApi::new(
+        context,
+        operations.clone(),
+        restic_version.clone(),
+        Duration::from_secs(config.detach_grace_seconds),
+    );
     let router = stowage_grpc::secured_router_for::<VolumeAgentServer<api::AgentApi>>(&security)
         .await?
         .add_service(VolumeAgentServer::new(agent));
@@ -190,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
         pods_root = %config.pods_root.display(),
         restic = %restic_version,
         max_concurrent = operations.max_concurrent(),
+        detach_grace_seconds = config.detach_grace_seconds,
         restic_retries = config.restic_retries,
         restic_retry_lock_seconds = config.restic_retry_lock_seconds,
         storage_outage_timeout_seconds = config.storage_outage_timeout.as_secs(),

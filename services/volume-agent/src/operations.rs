@@ -1,7 +1,8 @@
-//! The agent's operation table: which backups and restores are queued or running, the slot
-//! limit that makes the rest wait, and the per-operation cancellation token that
-//! CancelOperation and agent shutdown fire. It publishes the running/queued counts as gauges
-//! whenever they change.
+//! The agent's operation table: which backups and restores are queued, running or ended and
+//! kept (so a new caller can take their result), the slot limit that makes the rest wait, and
+//! the per-operation cancellation token that CancelOperation and agent shutdown fire. Each
+//! entry holds the operation's event relay, which AttachBackup/AttachRestore and GetAgentInfo
+//! read. It publishes the running/queued counts as gauges whenever they change.
 
 use std::{
     collections::HashMap,
@@ -9,8 +10,11 @@ use std::{
 };
 
 use stowage_metrics::agent::AgentMetrics;
+use stowage_proto::v1::{BackupVolumeEvent, PodVolumeRef, RestoreVolumeEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::relay::Relay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperationError {
@@ -27,6 +31,7 @@ struct Inner {
     slots: Arc<Semaphore>,
     max_concurrent: u32,
     entries: Mutex<HashMap<String, Entry>>,
+    serials: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     metrics: AgentMetrics,
@@ -35,6 +40,35 @@ struct Inner {
 struct Entry {
     cancel: CancellationToken,
     running: bool,
+    /// Ended and kept for its result; takes no slot and counts as neither running nor queued.
+    ended: bool,
+    /// Tells this registration from a later one of the same id (after this one ended).
+    serial: u64,
+    info: Arc<OperationInfo>,
+}
+
+/// The relay of an operation, by kind.
+#[derive(Clone)]
+pub enum Relays {
+    Backup(Arc<Relay<BackupVolumeEvent>>),
+    Restore(Arc<Relay<RestoreVolumeEvent>>),
+}
+
+/// What an operation is, for GetAgentInfo and attach.
+pub struct OperationInfo {
+    pub volume: Option<PodVolumeRef>,
+    /// Name and uid of the backup or restore.
+    pub name: String,
+    pub uid: String,
+    pub relay: Relays,
+}
+
+/// One row of [`Operations::list`].
+pub struct Listed {
+    pub id: String,
+    pub running: bool,
+    pub ended: bool,
+    pub info: Arc<OperationInfo>,
 }
 
 impl Operations {
@@ -47,6 +81,7 @@ impl Operations {
                 slots: Arc::new(Semaphore::new(max_concurrent as usize)),
                 max_concurrent,
                 entries: Mutex::new(HashMap::new()),
+                serials: Default::default(),
                 shutdown,
                 tasks: TaskTracker::new(),
                 metrics,
@@ -63,37 +98,72 @@ impl Operations {
         &self.inner.tasks
     }
 
-    /// Adds `id` as queued. The entry lives as long as the returned handle.
-    pub fn register(&self, id: &str) -> Result<OperationHandle, OperationError> {
+    /// Adds `id` as queued. The entry lives as long as the returned handle. An ended entry
+    /// kept for its result gives way to a new operation of the same id.
+    pub fn register(
+        &self,
+        id: &str,
+        info: OperationInfo,
+    ) -> Result<OperationHandle, OperationError> {
         let mut entries = self.lock();
-        if entries.contains_key(id) {
+        if entries.get(id).is_some_and(|entry| !entry.ended) {
             return Err(OperationError::AlreadyExists(id.to_string()));
         }
         let cancel = self.inner.shutdown.child_token();
+        let serial = self
+            .inner
+            .serials
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         entries.insert(
             id.to_string(),
             Entry {
                 cancel: cancel.clone(),
                 running: false,
+                ended: false,
+                serial,
+                info: Arc::new(info),
             },
         );
         self.publish(&entries);
         Ok(OperationHandle {
             id: id.to_string(),
+            serial,
             operations: self.clone(),
             cancel,
         })
     }
 
-    /// Fires the token of `id`; false when there is no such operation.
+    /// Fires the token of `id`; false when there is no such operation queued or running. An
+    /// ended one kept for its result is forgotten at once.
     pub fn cancel(&self, id: &str) -> bool {
         match self.lock().get(id) {
             Some(entry) => {
                 entry.cancel.cancel();
-                true
+                !entry.ended
             }
             None => false,
         }
+    }
+
+    /// The operation `id`, queued, running or ended and kept.
+    pub fn get(&self, id: &str) -> Option<Arc<OperationInfo>> {
+        self.lock().get(id).map(|entry| entry.info.clone())
+    }
+
+    /// Every operation, sorted by id.
+    pub fn list(&self) -> Vec<Listed> {
+        let mut listed: Vec<Listed> = self
+            .lock()
+            .iter()
+            .map(|(id, entry)| Listed {
+                id: id.clone(),
+                running: entry.running,
+                ended: entry.ended,
+                info: entry.info.clone(),
+            })
+            .collect();
+        listed.sort_by(|a, b| a.id.cmp(&b.id));
+        listed
     }
 
     /// (running, queued)
@@ -123,12 +193,14 @@ impl Operations {
 
 fn counts(entries: &HashMap<String, Entry>) -> (u32, u32) {
     let running = entries.values().filter(|e| e.running).count() as u32;
-    (running, entries.len() as u32 - running)
+    let live = entries.values().filter(|e| !e.ended).count() as u32;
+    (running, live - running)
 }
 
 /// One registered operation; dropping it removes the entry and frees its slot.
 pub struct OperationHandle {
     id: String,
+    serial: u64,
     operations: Operations,
     pub cancel: CancellationToken,
 }
@@ -159,18 +231,40 @@ impl OperationHandle {
             }
         };
         let mut entries = self.operations.lock();
-        if let Some(entry) = entries.get_mut(&self.id) {
+        if let Some(entry) = entries
+            .get_mut(&self.id)
+            .filter(|e| e.serial == self.serial)
+        {
             entry.running = true;
         }
         self.operations.publish(&entries);
         Some(permit)
+    }
+
+    /// The operation ended (its slot is free by now); its entry stays, with its result in its
+    /// relay, until the handle is dropped.
+    pub fn ended(&self) {
+        let mut entries = self.operations.lock();
+        if let Some(entry) = entries
+            .get_mut(&self.id)
+            .filter(|e| e.serial == self.serial)
+        {
+            entry.running = false;
+            entry.ended = true;
+        }
+        self.operations.publish(&entries);
     }
 }
 
 impl Drop for OperationHandle {
     fn drop(&mut self) {
         let mut entries = self.operations.lock();
-        entries.remove(&self.id);
+        if entries
+            .get(&self.id)
+            .is_some_and(|e| e.serial == self.serial)
+        {
+            entries.remove(&self.id);
+        }
         self.operations.publish(&entries);
     }
 }
@@ -185,14 +279,51 @@ mod tests {
         (registry, metrics)
     }
 
+    fn info() -> OperationInfo {
+        OperationInfo {
+            volume: None,
+            name: "nightly".into(),
+            uid: "u1".into(),
+            relay: Relays::Backup(Arc::new(Relay::new().0)),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_operation_is_kept_apart_from_the_counts_and_gives_way_to_a_new_one() {
+        let operations = Operations::new(1, CancellationToken::new(), metrics().1);
+        let a = operations.register("a", info()).unwrap();
+        let permit = a.start(|_| {}).await.unwrap();
+        assert!(
+            operations.register("a", info()).is_err(),
+            "running: refused"
+        );
+        drop(permit);
+        a.ended();
+        assert_eq!(operations.counts(), (0, 0));
+        assert!(operations.get("a").is_some(), "kept for its result");
+        assert!(operations.list()[0].ended);
+        let again = operations.register("a", info()).unwrap();
+        drop(a);
+        assert!(
+            operations.get("a").is_some(),
+            "the old handle does not remove the new registration"
+        );
+        assert_eq!(operations.counts(), (0, 1));
+        drop(again);
+        assert!(operations.get("a").is_none());
+    }
+
     #[tokio::test]
     async fn third_operation_queues_and_cancel_releases_it() {
         let (registry, metrics) = metrics();
         let operations = Operations::new(2, CancellationToken::new(), metrics);
-        let a = operations.register("a").unwrap();
-        let b = operations.register("b").unwrap();
-        let c = operations.register("c").unwrap();
-        assert!(operations.register("a").is_err(), "duplicate id refused");
+        let a = operations.register("a", info()).unwrap();
+        let b = operations.register("b", info()).unwrap();
+        let c = operations.register("c", info()).unwrap();
+        assert!(
+            operations.register("a", info()).is_err(),
+            "duplicate id refused"
+        );
         let _pa = a.start(|_| panic!("a must not queue")).await.unwrap();
         let _pb = b.start(|_| panic!("b must not queue")).await.unwrap();
         assert_eq!(operations.counts(), (2, 1));
@@ -219,11 +350,11 @@ mod tests {
     #[tokio::test]
     async fn finished_operation_frees_its_slot() {
         let operations = Operations::new(1, CancellationToken::new(), metrics().1);
-        let a = operations.register("a").unwrap();
+        let a = operations.register("a", info()).unwrap();
         let permit = a.start(|_| {}).await.unwrap();
         drop(permit);
         drop(a);
-        let b = operations.register("b").unwrap();
+        let b = operations.register("b", info()).unwrap();
         let mut queued = false;
         assert!(b.start(|_| queued = true).await.is_some());
         assert!(!queued);

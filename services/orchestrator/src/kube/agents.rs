@@ -92,6 +92,8 @@ pub struct Agents {
     listing: Arc<tokio::sync::Mutex<Option<AgentListing>>>,
     /// Clients for discovered agents by URL, so each pod IP gets one connection.
     discovered: Arc<Mutex<BTreeMap<String, AgentClient>>>,
+    /// This orchestrator's leader term, sent with every request (the fencing rule).
+    term: stowage_contract::fencing::LeaderTerm,
 }
 
 impl Agents {
@@ -108,7 +110,27 @@ impl Agents {
             port,
             listing: Arc::default(),
             discovered: Arc::default(),
+            term: Default::default(),
         }
+    }
+
+    /// Sends `term` with every request, once set (see `stowage_contract::fencing`).
+    pub fn with_term(mut self, term: stowage_contract::fencing::LeaderTerm) -> Agents {
+        self.term = term;
+        self
+    }
+
+    /// `message` as a request carrying this orchestrator's leader term, when it has one, so
+    /// an agent that has heard from a newer leader refuses it.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(term) = self.term.get() {
+            request.metadata_mut().insert(
+                stowage_contract::fencing::LEADER_TERM_HEADER,
+                tonic::metadata::MetadataValue::from(term),
+            );
+        }
+        request
     }
 
     /// The agent serving `node`, or [`Error::NoAgent`].
