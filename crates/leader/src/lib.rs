@@ -71,7 +71,7 @@ pub enum LeaderError {
 }
 
 /// Leader election flags, as client-go's (`--leader-elect…`), every one also an environment
-/// variable.
+/// variable. Field names are unique among the services' own flags (clap ids).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ElectionArgs {
     /// Elect a leader among this service's replicas through a coordination.k8s.io/v1 Lease;
@@ -116,11 +116,11 @@ pub struct ElectionArgs {
     pub lease_name: Option<String>,
     /// Namespace of the Lease; by default the namespace stowage runs in.
     #[arg(long = "leader-elect-namespace", env = "POD_NAMESPACE")]
-    pub namespace: Option<String>,
+    pub lease_namespace: Option<String>,
     /// This replica's name in the Lease (`holderIdentity`): its pod name, unique among the
     /// replicas.
     #[arg(long = "leader-elect-identity", env = "POD_NAME")]
-    pub identity: Option<String>,
+    pub leader_identity: Option<String>,
 }
 
 /// What an election needs, checked.
@@ -153,7 +153,7 @@ impl ElectionArgs {
             return Ok(None);
         }
         let identity = self
-            .identity
+            .leader_identity
             .as_deref()
             .map(str::trim)
             .filter(|identity| !identity.is_empty())
@@ -190,7 +190,7 @@ impl ElectionArgs {
         };
         Ok(Some(Settings {
             lease_name: non_empty(&self.lease_name, default_lease_name),
-            namespace: non_empty(&self.namespace, default_namespace),
+            namespace: non_empty(&self.lease_namespace, default_namespace),
             identity: identity.to_string(),
             lease_duration: Duration::from_secs(self.lease_duration_seconds),
             renew_deadline: Duration::from_secs(self.renew_deadline_seconds),
@@ -331,8 +331,8 @@ mod tests {
             renew_deadline_seconds: 10,
             retry_period_seconds: 2,
             lease_name: None,
-            namespace: None,
-            identity: Some("orchestrator-7d9f-abcde".into()),
+            lease_namespace: None,
+            leader_identity: Some("orchestrator-7d9f-abcde".into()),
         }
     }
 
@@ -379,8 +379,8 @@ mod tests {
                 .contains("--leader-elect-retry-period-seconds (9)")
         );
         assert!(refused(|a| a.retry_period_seconds = 0).contains("retry-period-seconds must be"));
-        assert!(refused(|a| a.identity = Some(" ".into())).contains("POD_NAME"));
-        assert!(refused(|a| a.identity = None).contains("POD_NAME"));
+        assert!(refused(|a| a.leader_identity = Some(" ".into())).contains("POD_NAME"));
+        assert!(refused(|a| a.leader_identity = None).contains("POD_NAME"));
     }
 
     #[test]
