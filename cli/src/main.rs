@@ -10,6 +10,7 @@ mod follow;
 mod parse;
 mod render;
 mod session;
+mod standby;
 mod table;
 mod view;
 mod watch;
