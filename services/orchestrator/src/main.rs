@@ -325,3 +325,14 @@ async fn main() -> anyhow::Result<()> {
     telemetry.shutdown();
     served
 }
+
+#[cfg(test)]
+mod config_tests {
+    /// Flags flattened in from shared crates (election, TLS, logs, metrics) must not reuse an
+    /// argument id of the service's own: clap panics on it at start-up.
+    #[test]
+    fn every_flag_is_well_formed_and_unique() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
+}

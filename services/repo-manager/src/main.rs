@@ -439,3 +439,14 @@ fn velero_repository_password(file: Option<&std::path::Path>) -> anyhow::Result<
     );
     Ok(password.to_string())
 }
+
+#[cfg(test)]
+mod config_tests {
+    /// Flags flattened in from shared crates (election, TLS, logs, metrics) must not reuse an
+    /// argument id of the service's own: clap panics on it at start-up.
+    #[test]
+    fn every_flag_is_well_formed_and_unique() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
+}
