@@ -299,15 +299,18 @@ async fn create_backup(session: &mut Session, create: BackupCreate) -> Result<Ex
     let call = Call::new("CreateBackup", "backup", &name, "creating");
     let mut spec = backup_spec(create.spec)?;
     spec.retention = create.keep.policy();
-    let created = session
-        .client
-        .create_backup(v1::CreateBackupRequest {
-            name: name.clone(),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|status| session.fail(status, &call))?
-        .into_inner();
+    let request = v1::CreateBackupRequest {
+        name: name.clone(),
+        spec: Some(spec),
+    };
+    let created = match session.client.create_backup(request.clone()).await {
+        Ok(created) => created.into_inner(),
+        // The connection broke with the call in flight: the backup may have been created.
+        Err(status) if std::error::Error::source(&status).is_some() => {
+            crate::standby::create_backup_again(session, request, &call).await?
+        }
+        Err(status) => return Err(session.fail(status, &call)),
+    };
     after_create(session, created, name, create.wait, create.output).await
 }
 

@@ -16,6 +16,7 @@ use tonic::{
 use crate::{
     config::{Config, ConfigError, Context},
     error::{CliError, root_cause},
+    standby::WaitForLeader,
 };
 
 /// Where the orchestrator listens when neither flags, environment nor a context say.
@@ -249,7 +250,7 @@ impl Interceptor for Credentials {
     }
 }
 
-pub type Client = OrchestratorClient<InterceptedService<TracedChannel, Credentials>>;
+pub type Client = OrchestratorClient<InterceptedService<WaitForLeader<TracedChannel>, Credentials>>;
 
 /// Connects to the orchestrator with the resolved settings.
 pub async fn connect(settings: &Settings) -> Result<Client, CliError> {
@@ -261,7 +262,11 @@ pub async fn connect(settings: &Settings) -> Result<Client, CliError> {
     };
     let with_tls = tls.is_some();
     match stowage_grpc::connect_with(server, tls).await {
-        Ok(channel) => Ok(OrchestratorClient::with_interceptor(channel, credentials)),
+        // A standby replica's refusals are waited out (standby.rs).
+        Ok(channel) => Ok(OrchestratorClient::with_interceptor(
+            WaitForLeader::new(channel),
+            credentials,
+        )),
         Err(GrpcError::InvalidEndpoint { .. }) => Err(CliError::BadServer {
             server: server.clone(),
         }),

@@ -256,6 +256,9 @@ where
     Ok(result?.and_then(|finished| T::try_from(finished).ok()))
 }
 
+/// The pause before subscribing again to a stream that broke.
+const RESUBSCRIBE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 async fn follow_with(
     session: &mut Session,
     created: Followed,
@@ -265,6 +268,8 @@ async fn follow_with(
     display.show(&created.snapshot());
     let mut latest = created;
     let mut streaming = true;
+    // Why the last stream broke, while it is being opened again.
+    let mut lost: Option<String> = None;
     loop {
         if latest.ended() {
             return Ok(Some(latest));
@@ -276,7 +281,18 @@ async fn follow_with(
                 opened = open(session, &latest) => opened,
             };
             match opened {
+                // The stream broke and the server cannot be reached again: the operation
+                // itself is not known to have failed.
+                Err(status) if status.source().is_some() && lost.is_some() => {
+                    return Err(CliError::ConnectionLost {
+                        server: session.server.clone(),
+                        kind: latest.kind(),
+                        name: latest.name().to_string(),
+                        cause: lost.unwrap_or_else(|| root_cause(&status)),
+                    });
+                }
                 Ok(mut events) => loop {
+                    lost = None;
                     let next = tokio::select! {
                         _ = token.cancelled() => return Ok(None),
                         next = events.next() => next,
@@ -292,21 +308,28 @@ async fn follow_with(
                         // An event without a body says nothing; keep reading.
                         Ok(Some(None)) => {}
                         Ok(None) => break,
-                        // A transport failure of this client (the server went away): the
-                        // operation itself is not known to have failed.
+                        // A transport failure of this client (the server went away, e.g.
+                        // a leader that stopped): subscribe again at once, through the
+                        // Service to whichever replica leads now (a standby's refusals are
+                        // waited out, standby.rs).
                         Err(status) if status.source().is_some() => {
-                            return Err(CliError::ConnectionLost {
-                                server: session.server.clone(),
-                                kind: latest.kind(),
-                                name: latest.name().to_string(),
-                                cause: root_cause(&status),
-                            });
+                            lost = Some(root_cause(&status));
+                            break;
                         }
                         Err(status) => return Err(session.fail(status, &call)),
                     }
                 },
                 Err(status) if status.code() == tonic::Code::Unimplemented => streaming = false,
                 Err(status) => return Err(session.fail(status, &call)),
+            }
+            if lost.is_some() {
+                // A short pause, so that a server that accepts and drops at once is not
+                // hammered.
+                tokio::select! {
+                    _ = token.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                }
+                continue;
             }
         }
         // Polling, or the stream ended before the operation did: ask again after a pause.

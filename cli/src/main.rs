@@ -16,6 +16,7 @@ mod resource_results;
 mod restore_args;
 mod schedules;
 mod session;
+mod standby;
 mod table;
 mod view;
 mod watch;

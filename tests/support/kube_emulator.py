@@ -41,6 +41,18 @@ It also plays the cluster's controllers and admission rules a whole-application 
 with its content, Services' cluster IPs, CRDs Established, creates refused in a missing or
 terminating namespace or with a resourceVersion; a resource the server does not serve is 404.
 
+It serves `coordination.k8s.io/v1` Leases (what leader election writes) with the API server's
+concurrency rules: a create of an existing object is 409 AlreadyExists, a PUT or PATCH with a
+stale `metadata.resourceVersion` is 409 Conflict, and a PUT without one is an unconditional
+update (allowed for Leases, as for the built-in kinds). Server-side apply
+(`application/apply-patch+yaml`) tracks field ownership per manager (`fieldManager`, or the
+user agent's program name for other writes) from an object's first apply on: an apply that
+would change a field another manager owns is refused with 409 Conflict (reason Conflict,
+causes `FieldManagerConflict` naming each field) unless `force=true`; a field an update
+changes becomes the updater's; fields the object had before its first apply belong to
+`before-first-apply`. An apply without `fieldManager` is 422, one to a missing object creates
+it. Ownership is kept inside the emulator (not served as `metadata.managedFields`).
+
 Usage: kube_emulator.py --port N [--host 127.0.0.1] [--crds DIR ...] [--exec-root DIR]
     [--compaction-interval S] [--gc-delay-seconds S]
 Prints `listening on http://HOST:PORT` once it accepts connections.
@@ -116,6 +128,7 @@ RESOURCES = [
     ("events.k8s.io/v1/events", "Event", True),
     ("rbac.authorization.k8s.io/v1/roles", "Role", True),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True),
+    ("coordination.k8s.io/v1/leases", "Lease", True),
     ("storage.k8s.io/v1/storageclasses", "StorageClass", False),
     ("velero.io/v1/podvolumebackups", "PodVolumeBackup", True),
     ("velero.io/v1/podvolumerestores", "PodVolumeRestore", True),
@@ -155,6 +168,11 @@ SHORT_NAMES = {
 DEFAULT_COMPACTION_INTERVAL = 300.0
 KINDS = {}
 STATUS_REASONS = {404: "NotFound", 409: "AlreadyExists"}
+APPLY_PATCH = "application/apply-patch"
+# What the server sets in metadata: never a field a manager owns.
+SERVER_FIELDS = {"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"}
+# The manager the API server names as owner of the fields an object had before anyone applied.
+BEFORE_FIRST_APPLY = ("before-first-apply", "Update")
 
 
 def _now() -> str:
@@ -294,6 +312,52 @@ def _bad_request(message: str):
     )
 
 
+def _leaves(obj, prefix=()):
+    """Every field path of `obj` with its value; lists are atomic (one field), as for lists
+    without merge keys. Identity and server-set metadata are nobody's to own."""
+    leaves = {}
+    for key, value in (obj or {}).items():
+        path = prefix + (key,)
+        if path in (("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")):
+            continue
+        if prefix == ("metadata",) and key in SERVER_FIELDS:
+            continue
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, path))
+        elif value is not None:
+            leaves[path] = value
+    return leaves
+
+
+def _remove_field(obj: dict, path) -> None:
+    """Removes the field at `path` from `obj`, and the objects it leaves empty."""
+    parents = [obj]
+    for part in path[:-1]:
+        child = parents[-1].get(part)
+        if not isinstance(child, dict):
+            return
+        parents.append(child)
+    parents[-1].pop(path[-1], None)
+    for depth in range(len(parents) - 1, 0, -1):
+        if parents[depth]:
+            break
+        parents[depth - 1].pop(path[depth - 1], None)
+
+
+def _field_path(path) -> str:
+    return "." + ".".join(path)
+
+
+def _manager(request, operation: str):
+    """(manager, operation) of a write: `fieldManager`, else the user agent's program name, as
+    the API server names managers."""
+    name = (request.params or {}).get("fieldManager")
+    if not name:
+        agent = (request.headers or {}).get("User-Agent") or "unknown"
+        name = agent.split("/", 1)[0] or "unknown"
+    return (name, operation)
+
+
 @attrs.define(kw_only=True)
 class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulator):
     """kmock's emulator plus the server-side behaviour clients rely on."""
@@ -313,6 +377,10 @@ class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulato
     # owners are gone, the namespace controller on a deleted namespace (kube_lifecycle.py).
     gc_delay: float = kube_lifecycle.DEFAULT_GC_DELAY
     _compacted: int = attrs.field(default=0, init=False)
+    # Field ownership of the objects someone applied (server-side apply): object key ->
+    # (uid, {field path: {(manager, operation)}}). Kept from an object's first apply on, so
+    # writes to objects nobody applies cost nothing.
+    _owners: dict = attrs.field(factory=dict, init=False)
     _last_compaction: float = attrs.field(factory=time.monotonic, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -444,6 +512,7 @@ class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulato
             replaced.setdefault("kind", current.get("kind"))
             self.prepare_update(request.resource, current, replaced)
             replaced = self._admit(request.resource, replaced)
+            self._record_update(key, current, replaced, _manager(request, "Update"))
             self._objects[key].delete()
             self._objects[key].create(replaced)
             raw = self._objects[key].raw
@@ -451,9 +520,157 @@ class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulato
             self.stored(key)
         return aiohttp.web.json_response(raw)
 
+    def _owners_of(self, key, current: dict) -> dict:
+        """The field owners of the object at `key` (`current`): its record, or for an object
+        nobody applied yet, every field owned by `before-first-apply` as the API server has it."""
+        uid = (current.get("metadata") or {}).get("uid")
+        record = self._owners.get(key)
+        if record is not None and record[0] == uid:
+            return copy.deepcopy(record[1])
+        return {path: {BEFORE_FIRST_APPLY} for path in _leaves(current)}
+
+    def _record_update(self, key, before: dict, after: dict, manager) -> None:
+        """An update (PUT or a non-apply PATCH) takes the fields it changed from their owners;
+        fields it removed are nobody's. Only objects someone applied keep a record."""
+        record = self._owners.get(key)
+        uid = (after.get("metadata") or {}).get("uid")
+        if record is None or record[0] != uid:
+            return
+        owners = record[1]
+        old, new = _leaves(before), _leaves(after)
+        for path in old.keys() - new.keys():
+            owners.pop(path, None)
+        for path, value in new.items():
+            if old.get(path, value) != value or path not in old:
+                owners[path] = {manager}
+
+    async def _apply(self, request):
+        """Server-side apply (`application/apply-patch+yaml`): the fields the configuration sets
+        become its manager's; a field another manager owns and this one would change is a
+        conflict, answered 409 Conflict naming the field and its owner (unless `force=true`,
+        which takes it); a field this manager applied before and no longer sets is removed
+        unless another manager owns it; an object that does not exist is created."""
+        key = (request.resource, request.namespace, request.name)
+        params = request.params or {}
+        manager = params.get("fieldManager")
+        if not manager:
+            raise kmock.KubernetesError(
+                status=422,
+                reason="Invalid",
+                message='PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                details={
+                    "group": "meta.k8s.io",
+                    "kind": "PatchOptions",
+                    "causes": [
+                        {
+                            "reason": "FieldValueRequired",
+                            "message": "Required value: is required for apply patch",
+                            "field": "fieldManager",
+                        }
+                    ],
+                },
+            )
+        applied = request.data
+        if not isinstance(applied, dict):
+            raise _bad_request("the apply configuration is not an object")
+        me = (manager, "Apply")
+        force = _flag(params, "force")
+        wanted = _leaves(applied)
+        async with self._lock:
+            exists = key in self._objects and not self._objects[key].deleted
+            if not exists:
+                created = copy.deepcopy(applied)
+                meta = created.setdefault("metadata", {})
+                meta.update(
+                    name=request.name,
+                    uid=str(uuid.uuid4()),
+                    creationTimestamp=_now(),
+                    resourceVersion=str(next(self._versions)),
+                )
+                if request.namespace:
+                    meta["namespace"] = request.namespace
+                created = self._admit(request.resource, created)
+                if key in self._objects:
+                    self._objects[key].create(created)
+                else:
+                    self._objects[key] = created
+                raw = self._objects[key].raw
+                self._owners[key] = (meta["uid"], {path: {me} for path in _leaves(raw)})
+                await self._buses[request.resource].put({"type": "ADDED", "object": raw})
+                return aiohttp.web.json_response(raw, status=201)
+            current = copy.deepcopy(self._objects[key].raw)
+            current_meta = current.get("metadata") or {}
+            owners = self._owners_of(key, current)
+            present = _leaves(current)
+            conflicts = [
+                (path, other)
+                for path, value in wanted.items()
+                if path in present and present[path] != value
+                for other in sorted(owners.get(path, set()) - {me})
+            ]
+            if conflicts and not force:
+                raise self._apply_conflict(conflicts)
+            patched = copy.deepcopy(dict(dicts.patch_dict(current, applied)))
+            for path, holders in list(owners.items()):
+                if me in holders and path not in wanted:
+                    holders.discard(me)
+                    if not holders:
+                        del owners[path]
+                        _remove_field(patched, path)
+            for path, value in wanted.items():
+                if force or present.get(path, value) != value or path not in present:
+                    owners[path] = {me}
+                else:
+                    owners.setdefault(path, set()).add(me)
+            meta = patched.setdefault("metadata", {})
+            for field in ("uid", "creationTimestamp", "namespace", "name"):
+                if field in current_meta:
+                    meta[field] = current_meta[field]
+            meta["resourceVersion"] = str(next(self._versions))
+            patched = self._admit(request.resource, patched)
+            self._objects[key].delete()
+            self._objects[key].create(patched)
+            raw = self._objects[key].raw
+            self._owners[key] = (current_meta.get("uid"), owners)
+            await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+        return aiohttp.web.json_response(raw)
+
+    @staticmethod
+    def _apply_conflict(conflicts) -> kmock.KubernetesError:
+        """The API server's 409 for an apply that would change other managers' fields."""
+
+        def who(owner) -> str:
+            name, operation = owner
+            return f'"{name}"' if operation == "Apply" else f'"{name}" using {operation.lower()}'
+
+        if len(conflicts) == 1:
+            path, owner = conflicts[0]
+            message = f"Apply failed with 1 conflict: conflict with {who(owner)}: {_field_path(path)}"
+        else:
+            lines = "".join(f"\n- conflict with {who(o)}: {_field_path(p)}" for p, o in conflicts)
+            message = f"Apply failed with {len(conflicts)} conflicts:{lines}"
+        return kmock.KubernetesError(
+            status=409,
+            reason="Conflict",
+            message=message,
+            details={
+                "causes": [
+                    {
+                        "reason": "FieldManagerConflict",
+                        "message": f"conflict with {who(owner)}",
+                        "field": _field_path(path),
+                    }
+                    for path, owner in conflicts
+                ]
+            },
+        )
+
     async def _patch(self, request):
         """PATCH (merge or JSON patch): kmock stores whatever the patch makes; the API server
         validates the patched object first (and takes only its status for `/status`)."""
+        content_type = (request.headers or {}).get("Content-Type", "")
+        if content_type.startswith(APPLY_PATCH):
+            return await self._apply(request)
         key = (request.resource, request.namespace, request.name)
         async with self._lock:
             if key not in self._objects or self._objects[key].deleted:
@@ -493,6 +710,7 @@ class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulato
             meta["resourceVersion"] = str(next(self._versions))
             self.prepare_update(request.resource, current, patched)
             patched = self._admit(request.resource, patched)
+            self._record_update(key, current, patched, _manager(request, "Update"))
             self._objects[key].delete()
             self._objects[key].create(patched)
             raw = self._objects[key].raw

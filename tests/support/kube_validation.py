@@ -478,4 +478,26 @@ def admit(plural: str, group: str, obj: dict, schema) -> tuple:
         errors += validate_custom(obj, schema)
     elif not group:
         errors += validate_core(plural, obj)
+    elif group == "coordination.k8s.io" and plural == "leases":
+        errors += _lease(obj)
     return obj, errors
+
+
+def _lease(obj: dict) -> list:
+    """The API server's ValidateLeaseSpec: a duration above 0, transitions not below 0."""
+    spec = obj.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    errors = []
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        errors.append(
+            FieldError("spec.leaseDurationSeconds", INVALID, "must be greater than 0", duration)
+        )
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        errors.append(
+            FieldError(
+                "spec.leaseTransitions", INVALID, "must be greater than or equal to 0", transitions
+            )
+        )
+    return errors

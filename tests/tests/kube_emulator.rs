@@ -1419,3 +1419,212 @@ async fn a_crd_serves_its_resource_once_created_and_established() {
             .any(|c| c.type_ == "Established" && c.status == "True")
     );
 }
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/stowage/leases";
+const APPLY: &str = "application/apply-patch+yaml";
+
+fn lease(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name}, "spec": spec,
+    })
+}
+
+/// What leader election relies on: Leases are served, and the API server's concurrency rules
+/// hold for them (create of an existing one, a stale resourceVersion, and server-side apply
+/// conflicts over a field another manager owns are all 409; a PUT without a resourceVersion is
+/// an unconditional update).
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_are_served_with_the_api_servers_concurrency_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start(dir.path()).await;
+    let client = emulator.client().await;
+    ensure_namespace(&client, "stowage").await;
+    let json = "application/json";
+    let one = format!("{LEASES}/one");
+
+    let (code, created) = send(&client, "POST", LEASES, json, &lease("one", json!({}))).await;
+    assert!(code < 300, "{created}");
+    let first_version = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, answer) = send(&client, "POST", LEASES, json, &lease("one", json!({}))).await;
+    assert_eq!(
+        (code, answer["reason"].as_str()),
+        (409, Some("AlreadyExists")),
+        "{answer}"
+    );
+
+    // An unconditional update (no resourceVersion) is allowed for Leases; it moves the version
+    // on, so the version read before is stale from then on.
+    let (code, answer) = send(
+        &client,
+        "PUT",
+        &one,
+        json,
+        &lease(
+            "one",
+            json!({"holderIdentity": "x", "leaseDurationSeconds": 15}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["spec"]["holderIdentity"], "x");
+    let mut stale = lease("one", json!({"holderIdentity": "y"}));
+    stale["metadata"]["resourceVersion"] = json!(first_version);
+    let (code, answer) = send(&client, "PUT", &one, json, &stale).await;
+    assert_eq!(
+        (code, answer["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{answer}"
+    );
+    assert_eq!(answer["kind"], "Status", "{answer}");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &one,
+        "application/merge-patch+json",
+        &json!({"metadata": {"resourceVersion": first_version}, "spec": {"holderIdentity": "y"}}),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{answer}"
+    );
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "stowage");
+    let kept = api.get("one").await.unwrap();
+    assert_eq!(
+        kept.spec.unwrap().holder_identity.as_deref(),
+        Some("x"),
+        "a refused write changed nothing"
+    );
+
+    // Server-side apply: the first manager to apply the holder owns it; another manager's
+    // apply of a different holder is a conflict naming the field and its owner, and changes
+    // nothing. The fields `x` wrote with the PUT were there before the first apply: their
+    // owner is `before-first-apply`.
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=a"),
+        APPLY,
+        &lease(
+            "two",
+            json!({"holderIdentity": "a", "leaseDurationSeconds": 15}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "an apply creates a missing object: {answer}");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=b"),
+        APPLY,
+        &lease(
+            "two",
+            json!({"holderIdentity": "b", "leaseDurationSeconds": 15}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["message"],
+        "Apply failed with 1 conflict: conflict with \"a\": .spec.holderIdentity"
+    );
+    assert_eq!(
+        answer["details"]["causes"][0]["reason"],
+        "FieldManagerConflict"
+    );
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{one}?fieldManager=b"),
+        APPLY,
+        &lease("one", json!({"holderIdentity": "b"})),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"before-first-apply\" using update"),
+        "{answer}"
+    );
+    // The same value is no conflict (both own it); a field someone clears is nobody's, so the
+    // next apply takes it; `force=true` takes a field from its owner.
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=b"),
+        APPLY,
+        &lease("two", json!({"leaseDurationSeconds": 15})),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=b"),
+        "application/strategic-merge-patch+json",
+        &json!({"spec": {"holderIdentity": null}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=c"),
+        APPLY,
+        &lease("two", json!({"holderIdentity": "c"})),
+    )
+    .await;
+    assert_eq!(
+        (code, &answer["spec"]["holderIdentity"]),
+        (200, &json!("c")),
+        "{answer}"
+    );
+    let (code, answer) = send(
+        &client,
+        "PATCH",
+        &format!("{LEASES}/two?fieldManager=a&force=true"),
+        APPLY,
+        &lease(
+            "two",
+            json!({"holderIdentity": "a", "leaseDurationSeconds": 15}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (code, &answer["spec"]["holderIdentity"]),
+        (200, &json!("a")),
+        "{answer}"
+    );
+    // An apply names its manager; a Lease's duration is positive.
+    let (code, answer) = send(&client, "PATCH", &one, APPLY, &lease("one", json!({}))).await;
+    assert_eq!(
+        (code, answer["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{answer}"
+    );
+    let (code, answer) = send(
+        &client,
+        "PUT",
+        &one,
+        json,
+        &lease("one", json!({"leaseDurationSeconds": 0})),
+    )
+    .await;
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "Lease.coordination.k8s.io \"one\" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0"
+    );
+}

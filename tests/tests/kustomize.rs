@@ -2,7 +2,7 @@
 //! and the components with `kubectl kustomize`, and checks the parsed manifests: each
 //! platform's kubelet pods path reaches the agent's hostPath, mount and flag alike; privileged
 //! only where the platform needs it; the OpenShift SCC binding and namespace annotation; the
-//! gRPC health probes; the Velero CRDs; RBAC; the monitoring component; that every setting a
+//! gRPC health probes; the two replicas that elect a leader; the Velero CRDs; RBAC; the monitoring component; that every setting a
 //! container is given is a flag its binary accepts (checked against the real binary's
 //! `--help`); and that every image a cluster is told to pull, the restore helper's as the
 //! orchestrator derives it, is one the documented image builds produce.
@@ -1231,6 +1231,29 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             );
         }
 
+        // Leader election: each reads, creates and patches (server-side apply) its Lease, in
+        // the stowage namespace only, and never deletes one.
+        for service in [ORCHESTRATOR, REPO_MANAGER] {
+            let granted = grants(&rendered, service);
+            for verb in ["get", "create", "patch"] {
+                assert!(
+                    granted
+                        .iter()
+                        .any(|(g, r, v, cluster_wide)| g == "coordination.k8s.io"
+                            && r == "leases"
+                            && v == verb
+                            && !cluster_wide),
+                    "{service} {verb}s its Lease in its namespace: {granted:?}"
+                );
+            }
+            assert!(
+                !granted.iter().any(|(g, r, v, _)| g == "coordination.k8s.io"
+                    && r == "leases"
+                    && v == "delete"),
+                "{service} may delete Leases"
+            );
+        }
+
         let orchestrator = grants(&rendered, ORCHESTRATOR);
         for (group, resource, verb) in [
             ("", "pods", "list"),
@@ -1283,6 +1306,67 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             has(&orchestrator, "*", "*", "list"),
             "the orchestrator lists every resource for the resource tarball"
         );
+    }
+}
+
+/// Both singletons run as two replicas that elect a leader: the standby must be live but not
+/// ready (probes), never both on one node when avoidable, never both gone in a drain, a new
+/// one started before an old one stops, and each named in the Lease by its pod name.
+#[test]
+fn orchestrator_and_repo_manager_run_two_replicas_that_elect_a_leader() {
+    for rendered in all_platforms() {
+        for name in [ORCHESTRATOR, REPO_MANAGER] {
+            let deployment = rendered.get("Deployment", name);
+            let spec = &deployment["spec"];
+            assert_eq!(spec["replicas"], 2, "{}: {name} replicas", rendered.name);
+            assert_eq!(spec["strategy"]["type"], "RollingUpdate", "{name}");
+            assert_eq!(
+                spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+                "{name}"
+            );
+            assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1, "{name}");
+            let pod_labels = &spec["template"]["metadata"]["labels"];
+            let anti = &spec["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+            assert!(
+                array(anti).iter().any(|term| {
+                    let term = &term["podAffinityTerm"];
+                    term["topologyKey"] == "kubernetes.io/hostname"
+                        && selects(&term["labelSelector"], pod_labels)
+                }),
+                "{name}: its replicas prefer different nodes: {anti}"
+            );
+            let budget = rendered.get("PodDisruptionBudget", name);
+            assert_eq!(budget["spec"]["minAvailable"], 1, "{name}");
+            assert!(
+                selects(&budget["spec"]["selector"], pod_labels),
+                "{name}: the budget selects its pods"
+            );
+            let container = &containers(deployment)[0];
+            let env = rendered.effective_env(container);
+            assert_eq!(
+                env.get("STOWAGE_LEADER_ELECT")
+                    .cloned()
+                    .flatten()
+                    .as_deref(),
+                Some("true"),
+                "{name}: leader election on"
+            );
+            for (variable, field) in [
+                ("POD_NAME", "metadata.name"),
+                ("POD_NAMESPACE", "metadata.namespace"),
+            ] {
+                assert_eq!(
+                    env_value(container, variable)
+                        .map(|value| &value["valueFrom"]["fieldRef"]["fieldPath"]),
+                    Some(&Value::from(field)),
+                    "{name}: {variable} from the downward API"
+                );
+            }
+            // Ready only when its own service is SERVING (a standby reports it NOT_SERVING);
+            // live on the process-wide status, which a standby reports SERVING.
+            assert!(container["readinessProbe"]["grpc"]["service"].is_string());
+            assert!(container["livenessProbe"]["grpc"]["service"].is_null());
+        }
     }
 }
 
@@ -1598,7 +1682,7 @@ fn reads_env(help: &str, name: &str) -> bool {
 
 /// Settings the binary reads itself (as opposed to restic's or the OTel SDK's variables).
 fn is_stowage_setting(name: &str) -> bool {
-    name.starts_with("STOWAGE_") || name == "NODE_NAME"
+    name.starts_with("STOWAGE_") || ["NODE_NAME", "POD_NAME", "POD_NAMESPACE"].contains(&name)
 }
 
 #[test]

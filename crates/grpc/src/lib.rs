@@ -71,8 +71,18 @@ pub async fn router_for<S: NamedService>() -> Result<TracedRouter, GrpcError> {
 pub async fn secured_router_for<S: NamedService>(
     security: &ServerSecurity,
 ) -> Result<TracedRouter, GrpcError> {
+    let (router, health) = secured_router_with_health::<S>(security).await?;
+    health.set_serving::<S>().await;
+    Ok(router)
+}
+
+/// [`secured_router_for`] leaving `S`'s health to the caller, through the reporter returned:
+/// a replica that stands by reports it NOT_SERVING (not ready) while the process-wide status
+/// (`""`, what liveness probes ask) is SERVING.
+pub async fn secured_router_with_health<S: NamedService>(
+    security: &ServerSecurity,
+) -> Result<(TracedRouter, tonic_health::server::HealthReporter), GrpcError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<S>().await;
     // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection_v1 = reflection_for(S::NAME).build_v1()?;
     let reflection_v1alpha = reflection_for(S::NAME).build_v1alpha()?;
@@ -80,14 +90,20 @@ pub async fn secured_router_for<S: NamedService>(
     if let Some(tls) = &security.tls {
         server = server.tls_config(tls.clone()).map_err(GrpcError::Tls)?;
     }
-    Ok(server
+    let router = server
         .layer(ServerTraceLayer)
         .layer(GrpcMetricsLayer::global())
         .layer(AuthLayer::new(security.policy.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha))
+        .add_service(reflection_v1alpha);
+    Ok((router, health_reporter))
 }
+
+/// Metadata a replica that stands by (not the leader) puts on its Unavailable answers: the call
+/// was refused before anything was done, so a client may send it again, whatever it is, once
+/// a leader answers. Its value is the leader's identity when known.
+pub const STANDBY_METADATA: &str = "stowage-standby";
 
 /// The services every router serves beside its own: health and both reflection versions.
 pub const COMMON_SERVICES: [&str; 3] = [

@@ -15,6 +15,7 @@ mod error;
 mod fencing;
 mod hooks;
 mod kube;
+mod leading;
 mod lifecycle;
 mod parents;
 mod paths;
@@ -154,6 +155,8 @@ struct Config {
     metrics: stowage_metrics::MetricsArgs,
     #[command(flatten)]
     tls: stowage_grpc::TlsArgs,
+    #[command(flatten)]
+    election: stowage_leader::ElectionArgs,
 }
 
 #[tokio::main]
@@ -173,6 +176,29 @@ async fn main() -> anyhow::Result<()> {
         .tls
         .install_client_tls()
         .context("client TLS settings")?;
+    // Standing for election first: a standby serves health and answers Unavailable, and
+    // starts no work until it leads.
+    let election_stop = CancellationToken::new();
+    let (leadership, election) = match config
+        .election
+        .settings("stowage-orchestrator", &config.namespace)
+        .context("leader election")?
+    {
+        None => (stowage_leader::Leadership::sole(), None),
+        Some(settings) => {
+            anyhow::ensure!(
+                !config.no_kubernetes,
+                "--leader-elect elects through a Lease in the Kubernetes API; it cannot be \
+                 combined with --no-kubernetes"
+            );
+            let kube_config = ::kube::Config::infer()
+                .await
+                .context("the Kubernetes API for leader election")?;
+            let (elector, leadership) = stowage_leader::Elector::new(kube_config, settings)?;
+            let task = tokio::spawn(elector.run(election_stop.clone()));
+            (leadership, Some(task))
+        }
+    };
     let index = Arc::new(state::Index::default());
     let gauges = index.clone();
     stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
@@ -265,47 +291,75 @@ async fn main() -> anyhow::Result<()> {
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
-    // An unreachable store must not keep the API down: housekeeping picks the backups up
-    // once it answers.
-    if let Err(error) = recovery::load(&deps).await {
-        tracing::warn!(%error, "reading the backups in the storage location");
-    }
-    // Read before the API answers, so a fresh orchestrator lists its schedules at once; the
-    // scheduler reads them again (and retries) when it starts.
-    if let Err(error) = deps.schedules.load().await {
-        tracing::warn!(%error, "reading the schedules in the storage location");
-    }
-    tasks.spawn(schedules::scheduler::run(
-        deps.clone(),
-        Duration::from_secs(config.scheduler_max_sleep_seconds.max(1)),
-        shutdown.child_token(),
-    ));
-    tasks.spawn(recovery::housekeeping(
-        deps.clone(),
-        Duration::from_secs(config.housekeeping_interval_seconds.max(1)),
-    ));
-
-    let api = api::OrchestratorApi::new(deps);
-    let router =
-        stowage_grpc::secured_router_for::<OrchestratorServer<api::OrchestratorApi>>(&security)
-            .await?
-            .add_service(OrchestratorServer::new(api));
+    type Api = OrchestratorServer<api::OrchestratorApi>;
+    let (router, health) = stowage_grpc::secured_router_with_health::<Api>(&security).await?;
+    let (gate, opener) = stowage_leader::gate::<Api>(&leadership, health).await;
     tracing::info!(
         repo_manager = %config.repo_manager,
         tls = security.is_tls(),
         metrics = %config.metrics.metrics_listen,
+        leader_elect = config.election.leader_elect,
+        identity = leadership.identity(),
         "orchestrator starting"
     );
-    let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
-        .await
+    let mut server = tokio::spawn(stowage_grpc::serve(
+        router.add_service(gate),
+        config.listen,
+        shutdown.clone(),
+    ));
+    let lost = leadership.lost();
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        leads = leadership.acquired(&shutdown) => {
+            if leads {
+                leading::start(
+                    &deps,
+                    Duration::from_secs(config.housekeeping_interval_seconds.max(1)),
+                    Duration::from_secs(config.scheduler_max_sleep_seconds.max(1)),
+                )
+                .await;
+                opener.open(OrchestratorServer::new(api::OrchestratorApi::new(deps))).await;
+            }
+            None
+        }
+    };
+    let served = match served {
+        Some(served) => served,
+        None => tokio::select! {
+            served = &mut server => served,
+            () = lost.cancelled() => stowage_leader::exit_lost("orchestrator"),
+        },
+    };
+    let served = served
+        .context("orchestrator gRPC server task")?
         .context("orchestrator gRPC server");
     // Running backups see the cancelled token, fail their volumes and write their records.
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    // Only now that nothing works any more may a standby take over: the Lease is released.
+    election_stop.cancel();
+    if let Some(election) = election {
+        match election.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "leader election"),
+            Err(error) => tracing::error!(%error, "the leader election task failed"),
+        }
+    }
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
     telemetry.shutdown();
     served
+}
+
+#[cfg(test)]
+mod config_tests {
+    /// Flags flattened in from shared crates (election, TLS, logs, metrics) must not reuse an
+    /// argument id of the service's own: clap panics on it at start-up.
+    #[test]
+    fn every_flag_is_well_formed_and_unique() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
 }

@@ -145,6 +145,8 @@ struct Config {
     metrics: stowage_metrics::MetricsArgs,
     #[command(flatten)]
     tls: stowage_grpc::TlsArgs,
+    #[command(flatten)]
+    election: stowage_leader::ElectionArgs,
 }
 
 /// How long an agent asked about a restic lock's holder may take to answer; one that does not
@@ -217,7 +219,6 @@ async fn main() -> anyhow::Result<()> {
             path_style: config.s3_path_style,
         },
     )?;
-    let store = location.object_store()?;
     let client = if config.kubernetes {
         Some(
             kube::Client::try_default()
@@ -227,6 +228,128 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // Standing for election first: a standby serves health and answers Unavailable; it reads
+    // no repository state and runs no maintenance until it leads.
+    let election_stop = CancellationToken::new();
+    let (leadership, election) = match config
+        .election
+        .settings("stowage-repo-manager", &config.stowage_namespace)
+        .context("leader election")?
+    {
+        None => (stowage_leader::Leadership::sole(), None),
+        Some(settings) => {
+            // The Lease is in the Kubernetes API whether or not passwords are kept there
+            // (--kubernetes).
+            let kube_config = kube::Config::infer()
+                .await
+                .context("the Kubernetes API for leader election")?;
+            let (elector, leadership) = stowage_leader::Elector::new(kube_config, settings)?;
+            let task = tokio::spawn(elector.run(election_stop.clone()));
+            (leadership, Some(task))
+        }
+    };
+    let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
+    // A restic too old to classify its failures by exit code stops the repo-manager here,
+    // naming the version found and the one needed. A missing one is logged: every repository
+    // call then fails naming the binary.
+    let restic_version = match restic.supported_version(&shutdown).await {
+        Ok((line, _)) => line,
+        Err(error @ stowage_restic::ResticError::BinaryMissing { .. }) => {
+            tracing::error!(%error, "restic is not usable");
+            String::new()
+        }
+        Err(error) => {
+            tracing::error!(%error, "refusing to start with this restic");
+            return Err(anyhow::Error::new(error).context("checking the restic binary"));
+        }
+    };
+    let metrics_server = config.metrics.start(shutdown.clone()).await;
+
+    type Api = RepoManagerServer<api::RepoManagerApi>;
+    let (router, health) = stowage_grpc::secured_router_with_health::<Api>(&security).await?;
+    let (gate, opener) = stowage_leader::gate::<Api>(&leadership, health).await;
+    tracing::info!(
+        storage = %config.storage_url,
+        restic = %restic_version,
+        tls = security.is_tls(),
+        metrics = %config.metrics.metrics_listen,
+        leader_elect = config.election.leader_elect,
+        identity = leadership.identity(),
+        "repo manager starting"
+    );
+    let mut server = tokio::spawn(stowage_grpc::serve(
+        router.add_service(gate),
+        config.listen,
+        shutdown.clone(),
+    ));
+    let lost = leadership.lost();
+    let mut scheduler = None;
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        leads = leadership.acquired(&shutdown) => {
+            if leads {
+                let manager = lead(&config, location, client, restic, &shutdown).await?;
+                scheduler = Some(tokio::spawn(scheduler::run(
+                    manager.clone(),
+                    config.scheduler_tick,
+                    shutdown.clone(),
+                )));
+                opener
+                    .open(RepoManagerServer::new(api::RepoManagerApi::new(
+                        manager,
+                        api::LeaseDefaults {
+                            ttl: config.lease_ttl,
+                            wait: config.lease_wait,
+                        },
+                    )))
+                    .await;
+            }
+            None
+        }
+    };
+    let served = match served {
+        Some(served) => served,
+        None => tokio::select! {
+            served = &mut server => served,
+            () = lost.cancelled() => stowage_leader::exit_lost("repo-manager"),
+        },
+    };
+    let served = served
+        .context("repo manager gRPC server task")?
+        .context("repo manager gRPC server");
+    shutdown.cancel();
+    if let Some(scheduler) = scheduler
+        && let Err(error) = scheduler.await
+    {
+        tracing::error!(%error, "maintenance scheduler panicked");
+    }
+    // Only now that no maintenance runs may a standby take over: the Lease is released.
+    election_stop.cancel();
+    if let Some(election) = election {
+        match election.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "leader election"),
+            Err(error) => tracing::error!(%error, "the leader election task failed"),
+        }
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    signals.abort();
+    telemetry.shutdown();
+    served
+}
+
+/// What the leader loads before it serves: the master key (creating its Secret on a first
+/// start), the repositories' state from the bucket, and the repository manager over them.
+async fn lead(
+    config: &Config,
+    location: StorageLocation,
+    client: Option<kube::Client>,
+    restic: stowage_restic::Restic,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<repositories::Manager>> {
+    let store = location.object_store()?;
     // Never without a master key: every bucket copy of a password is written sealed.
     let master = match (config.given_master_key()?, &client) {
         (Some(master), _) => master,
@@ -269,21 +392,6 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
-    let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
-    // A restic too old to classify its failures by exit code stops the repo-manager here,
-    // naming the version found and the one needed. A missing one is logged: every repository
-    // call then fails naming the binary.
-    let restic_version = match restic.supported_version(&shutdown).await {
-        Ok((line, _)) => line,
-        Err(error @ stowage_restic::ResticError::BinaryMissing { .. }) => {
-            tracing::error!(%error, "restic is not usable");
-            String::new()
-        }
-        Err(error) => {
-            tracing::error!(%error, "refusing to start with this restic");
-            return Err(anyhow::Error::new(error).context("checking the restic binary"));
-        }
-    };
     let manager = Arc::new(
         repositories::Manager::load(
             location,
@@ -306,48 +414,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
-
     let gauges = manager.clone();
     stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
         stowage_metrics::repo_manager::families(&gauges.metric_states())
     });
-    let metrics_server = config.metrics.start(shutdown.clone()).await;
-
-    let scheduler = tokio::spawn(scheduler::run(
-        manager.clone(),
-        config.scheduler_tick,
-        shutdown.clone(),
-    ));
-    let router =
-        stowage_grpc::secured_router_for::<RepoManagerServer<api::RepoManagerApi>>(&security)
-            .await?
-            .add_service(RepoManagerServer::new(api::RepoManagerApi::new(
-                manager,
-                api::LeaseDefaults {
-                    ttl: config.lease_ttl,
-                    wait: config.lease_wait,
-                },
-            )));
-    tracing::info!(
-        storage = %config.storage_url,
-        restic = %restic_version,
-        tls = security.is_tls(),
-        metrics = %config.metrics.metrics_listen,
-        "repo manager starting"
-    );
-    let served = stowage_grpc::serve(router, config.listen, shutdown.clone())
-        .await
-        .context("repo manager gRPC server");
-    shutdown.cancel();
-    if let Err(error) = scheduler.await {
-        tracing::error!(%error, "maintenance scheduler panicked");
-    }
-    if let Some(metrics_server) = metrics_server {
-        let _ = metrics_server.await;
-    }
-    signals.abort();
-    telemetry.shutdown();
-    served
+    Ok(manager)
 }
 
 /// Velero's repository password: the file's first line, or Velero's default.
@@ -368,4 +439,15 @@ fn velero_repository_password(file: Option<&std::path::Path>) -> anyhow::Result<
         file.display()
     );
     Ok(password.to_string())
+}
+
+#[cfg(test)]
+mod config_tests {
+    /// Flags flattened in from shared crates (election, TLS, logs, metrics) must not reuse an
+    /// argument id of the service's own: clap panics on it at start-up.
+    #[test]
+    fn every_flag_is_well_formed_and_unique() {
+        use clap::CommandFactory;
+        super::Config::command().debug_assert();
+    }
 }
