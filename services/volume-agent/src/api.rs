@@ -152,7 +152,8 @@ async fn drive<T, W, F>(
     result: impl FnOnce(W) -> T,
     failed: impl FnOnce(&AgentError),
     work: F,
-) where
+) -> OperationHandle
+where
     F: Future<Output = Result<W, AgentError>>,
     T: Clone + Send + 'static,
 {
@@ -215,8 +216,13 @@ async fn drive<T, W, F>(
     };
     relay.finish(item, grace).await;
     handle.ended();
-    // Kept for a caller that went away before the result (its successor attaches for it),
-    // unless cancelled or shut down.
+    handle
+}
+
+/// Keeps an ended operation's entry (and so its result) for a caller that went away before
+/// the result: its successor attaches for it within `grace`, unless cancelled or shut down.
+/// Run outside the operation's span, which ends with the result, not `grace` later.
+async fn keep_for_a_late_caller(handle: OperationHandle, grace: Duration) {
     tokio::select! {
         () = tokio::time::sleep(grace) => {}
         () = handle.cancel.cancelled() => {}
@@ -373,9 +379,12 @@ impl VolumeAgent for AgentApi {
                 })
             },
         );
-        self.operations
-            .tasks()
-            .spawn(task.instrument(tracing::Span::current()));
+        let grace = self.detach_grace;
+        let span = tracing::Span::current();
+        self.operations.tasks().spawn(async move {
+            let handle = task.instrument(span).await;
+            keep_for_a_late_caller(handle, grace).await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -474,9 +483,12 @@ impl VolumeAgent for AgentApi {
                 })
             },
         );
-        self.operations
-            .tasks()
-            .spawn(task.instrument(tracing::Span::current()));
+        let grace = self.detach_grace;
+        let span = tracing::Span::current();
+        self.operations.tasks().spawn(async move {
+            let handle = task.instrument(span).await;
+            keep_for_a_late_caller(handle, grace).await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -86,6 +86,21 @@ impl<T: Clone + Send + 'static> Relay<T> {
             _ = attaches.changed() => {}
             () = tokio::time::sleep(patience) => {}
         }
+        // The result was the last item: the caller's stream ends (OK) once it has read it,
+        // which needs every sender gone, so the relay lets go of this caller and wakes
+        // `unattended_for` to drop its copy (the kept result then waits out the grace period).
+        {
+            let mut state = self.lock();
+            if state
+                .caller
+                .as_ref()
+                .is_some_and(|c| c.same_channel(&caller))
+            {
+                state.caller = None;
+            }
+        }
+        drop(caller);
+        self.attaches.send_modify(|count| *count += 1);
     }
 
     /// Makes a new caller the operation's only one: it is sent the latest kept event and the
@@ -97,7 +112,11 @@ impl<T: Clone + Send + 'static> Relay<T> {
             let _ = tx.try_send(Ok(latest.clone()));
         }
         if let Some(ended) = &state.ended {
+            // Ended already: the new caller's stream is the kept state and then its end.
             let _ = tx.try_send(ended.clone());
+            drop(state);
+            self.attaches.send_modify(|count| *count += 1);
+            return rx;
         }
         state.caller = Some(tx);
         drop(state);
@@ -199,9 +218,34 @@ mod tests {
         assert_eq!(late.recv().await.unwrap().unwrap(), 5);
         let error = late.recv().await.unwrap().unwrap_err();
         assert_eq!(error.message(), "restic failed");
+        assert!(
+            late.recv().await.is_none(),
+            "the stream ends after the result"
+        );
         let snapshot = relay.snapshot();
-        assert!(snapshot.attached);
+        assert!(!snapshot.attached);
         assert!(snapshot.ended.unwrap().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attached_callers_stream_ends_after_the_result() {
+        let (relay, mut caller) = Relay::<u32>::new();
+        let relay = std::sync::Arc::new(relay);
+        let watcher = relay.clone();
+        let unattended =
+            tokio::spawn(async move { watcher.unattended_for(Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        relay.send(5, true);
+        relay.finish(Ok(9), Duration::from_secs(1)).await;
+        assert_eq!(caller.recv().await.unwrap().unwrap(), 5);
+        assert_eq!(caller.recv().await.unwrap().unwrap(), 9);
+        // Ends (not left open until the caller hangs up), though the relay is still watched.
+        let end = tokio::time::timeout(Duration::from_secs(5), caller.recv())
+            .await
+            .expect("the stream ends after the result");
+        assert!(end.is_none());
+        assert!(!unattended.is_finished());
+        unattended.abort();
     }
 
     #[tokio::test(start_paused = true)]
