@@ -78,13 +78,34 @@ async fn a_killed_orchestrators_running_volume_is_reattached_by_the_next_not_run
     let mut client = stack.client().await;
     let started = start_and_wait_running(&mut client, "nightly").await;
     drop(client);
-    // The record in the bucket says the volume runs; the agent's restic keeps running.
-    stack.restart_orchestrator().await;
     let mut agent = VolumeAgentClient::new(
         stowage_grpc::connect(&stack.agents["node-a"].url)
             .await
             .expect("connecting to the agent"),
     );
+    // Killed only once the agent runs the operation: a volume the orchestrator has only sent
+    // (InProgress in its memory, the request not yet at the agent) is rightly run afresh.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let info = agent
+                .get_agent_info(GetAgentInfoRequest {})
+                .await
+                .expect("GetAgentInfo")
+                .into_inner();
+            if info
+                .operations
+                .iter()
+                .any(|op| op.state == AgentOperationState::Running as i32)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the agent runs the volume's restic");
+    // The agent's restic keeps running through the orchestrator's death.
+    stack.restart_orchestrator().await;
     let mut client = stack.client().await;
     let ended = wait_backup(&mut client, "nightly").await;
     let status = ended.status.clone().unwrap();
