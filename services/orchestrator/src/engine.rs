@@ -178,9 +178,8 @@ impl Slots {
 
 /// Runs the volumes `indexes` of `work` to their ends and returns when every one has ended
 /// and been recorded through [`VolumeWork::finish`].
-// Backups and restores now run their volumes in groups (pod by pod, around the pods' hooks)
-// through `run_volumes_in`; this one-group form stays for runs without groups.
-#[allow(dead_code)]
+// Backups and restores run their volumes in groups (pod by pod, around the pods' hooks)
+// through `run_volumes_in`; a taken-over backup and a data-only restore have no groups.
 pub async fn run_volumes<W: VolumeWork>(
     work: Arc<W>,
     indexes: Vec<usize>,
