@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::{
     error::AgentError,
     jobs::{self, AgentContext, JobEvent},
-    operations::{OperationHandle, OperationInfo, Operations, Relays},
+    operations::{OperationHandle, OperationInfo, Operations, RelayKind, Relays},
     relay::{Relay, Snapshot},
 };
 
@@ -243,6 +243,23 @@ impl AgentApi {
                      its result was forgotten"
                 ))
             })
+    }
+
+    /// AttachBackup and AttachRestore: the caller becomes the only one of operation `id`,
+    /// which must be of kind `T` (InvalidArgument naming its kind otherwise).
+    fn attach<T: RelayKind>(
+        &self,
+        request: Request<AttachOperationRequest>,
+    ) -> Result<Response<EventStream<T>>, Status> {
+        self.admit(&request)?;
+        let id = &request.get_ref().operation_id;
+        let relays = self.attachable(id)?;
+        let kind = relays.kind();
+        let relay = T::relay(relays).ok_or_else(|| {
+            Status::invalid_argument(format!("operation `{id}` is a {kind}, not a {}", T::KIND))
+        })?;
+        tracing::info!("caller attached to a running {}", T::KIND);
+        Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
     }
 
     fn operation_rows(&self) -> Vec<AgentOperation> {
@@ -540,17 +557,7 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<AttachOperationRequest>,
     ) -> Result<Response<Self::AttachBackupStream>, Status> {
-        self.admit(&request)?;
-        match self.attachable(&request.get_ref().operation_id)? {
-            Relays::Backup(relay) => {
-                tracing::info!("caller attached to a running backup");
-                Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
-            }
-            Relays::Restore(_) => Err(Status::invalid_argument(format!(
-                "operation `{}` is a restore, not a backup",
-                request.get_ref().operation_id
-            ))),
-        }
+        self.attach(request)
     }
 
     #[tracing::instrument(skip_all, fields(
@@ -561,17 +568,7 @@ impl VolumeAgent for AgentApi {
         &self,
         request: Request<AttachOperationRequest>,
     ) -> Result<Response<Self::AttachRestoreStream>, Status> {
-        self.admit(&request)?;
-        match self.attachable(&request.get_ref().operation_id)? {
-            Relays::Restore(relay) => {
-                tracing::info!("caller attached to a running restore");
-                Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
-            }
-            Relays::Backup(_) => Err(Status::invalid_argument(format!(
-                "operation `{}` is a backup, not a restore",
-                request.get_ref().operation_id
-            ))),
-        }
+        self.attach(request)
     }
 
     #[tracing::instrument(skip_all, fields(

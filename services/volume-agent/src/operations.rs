@@ -54,6 +54,45 @@ pub enum Relays {
     Restore(Arc<Relay<RestoreVolumeEvent>>),
 }
 
+impl Relays {
+    /// The operation's kind, as a message names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Relays::Backup(_) => BackupVolumeEvent::KIND,
+            Relays::Restore(_) => RestoreVolumeEvent::KIND,
+        }
+    }
+}
+
+/// The events of one kind of operation, and how its relay is picked out of [`Relays`]: what
+/// lets one attach handler serve AttachBackup and AttachRestore.
+pub trait RelayKind: Clone + Send + Sized + 'static {
+    /// `backup` or `restore`.
+    const KIND: &'static str;
+    /// The relay when the operation is of this kind.
+    fn relay(relays: Relays) -> Option<Arc<Relay<Self>>>;
+}
+
+impl RelayKind for BackupVolumeEvent {
+    const KIND: &'static str = "backup";
+    fn relay(relays: Relays) -> Option<Arc<Relay<Self>>> {
+        match relays {
+            Relays::Backup(relay) => Some(relay),
+            Relays::Restore(_) => None,
+        }
+    }
+}
+
+impl RelayKind for RestoreVolumeEvent {
+    const KIND: &'static str = "restore";
+    fn relay(relays: Relays) -> Option<Arc<Relay<Self>>> {
+        match relays {
+            Relays::Restore(relay) => Some(relay),
+            Relays::Backup(_) => None,
+        }
+    }
+}
+
 /// What an operation is, for GetAgentInfo and attach.
 pub struct OperationInfo {
     pub volume: Option<PodVolumeRef>,
@@ -345,6 +384,18 @@ mod tests {
         assert!(!operations.cancel("c"), "entry removed with its handle");
         let text = stowage_metrics::encode(&registry);
         assert!(text.contains("stowage_agent_operations_queued 0"), "{text}");
+    }
+
+    #[test]
+    fn an_attach_takes_the_relay_of_its_own_kind_only() {
+        let backup = info().relay;
+        assert_eq!(backup.kind(), "backup");
+        assert!(BackupVolumeEvent::relay(backup.clone()).is_some());
+        assert!(RestoreVolumeEvent::relay(backup).is_none());
+        let restore = Relays::Restore(Arc::new(Relay::new().0));
+        assert_eq!(restore.kind(), "restore");
+        assert!(RestoreVolumeEvent::relay(restore.clone()).is_some());
+        assert!(BackupVolumeEvent::relay(restore).is_none());
     }
 
     #[tokio::test]
