@@ -330,6 +330,21 @@ fn agent_error(node: &str) -> impl Fn(tonic::Status) -> Error + Send + Sync + us
     }
 }
 
+/// The events of an operation an agent answered an attach for; `None` when it does not have
+/// the operation (NotFound).
+fn kept_operation<T: Send + 'static>(
+    node: &str,
+    attached: std::result::Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<Option<AgentEvents<T>>> {
+    let stream = match attached {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+        Err(status) => return Err(agent_error(node)(status)),
+    };
+    let error = agent_error(node);
+    Ok(Some(Box::pin(stream.map(move |item| item.map_err(&error)))))
+}
+
 #[tonic::async_trait]
 impl AgentsPort for Agents {
     async fn attach_backup(
@@ -337,20 +352,23 @@ impl AgentsPort for Agents {
         node: &str,
         operation_id: &str,
     ) -> Result<Option<AgentEvents<BackupVolumeEvent>>> {
-        let attached = self
-            .for_node(node)
-            .await?
-            .attach_backup(self.request(AttachOperationRequest {
-                operation_id: operation_id.to_string(),
-            }))
-            .await;
-        let stream = match attached {
-            Ok(response) => response.into_inner(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
-            Err(status) => return Err(agent_error(node)(status)),
-        };
-        let error = agent_error(node);
-        Ok(Some(Box::pin(stream.map(move |item| item.map_err(&error)))))
+        let request = self.request(AttachOperationRequest {
+            operation_id: operation_id.to_string(),
+        });
+        let attached = self.for_node(node).await?.attach_backup(request).await;
+        kept_operation(node, attached)
+    }
+
+    async fn attach_restore(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<RestoreVolumeEvent>>> {
+        let request = self.request(AttachOperationRequest {
+            operation_id: operation_id.to_string(),
+        });
+        let attached = self.for_node(node).await?.attach_restore(request).await;
+        kept_operation(node, attached)
     }
 
     async fn backup_volume(

@@ -8,31 +8,27 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use stowage_proto::v1::{
-    Backup, PodVolumeBackup, PodVolumeRef, PodVolumeRestore, RepositoryAccess, Restore,
-    RestoreSpec, RestoreVolumeRequest, VolumePhase, VolumeSource,
+    Backup, PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Restore, RestoreSpec, VolumePhase,
+    VolumeSource,
 };
 use tokio::time::Instant;
-use tracing::{Instrument, field};
+use tracing::field;
 
 use crate::{
     as_of,
+    backup::is_terminal,
     deps::Deps,
-    engine::{self, Reporter, RunControl, SHUT_DOWN, VolumeOutcome, VolumeWork, panic_message},
+    engine::{self, Reporter, VolumeOutcome, VolumeWork},
     error::{Error, Result, validate_namespace},
-    kube::mirror::MirrorKind,
-    ports::{ClusterPort, MirrorSession},
-    repositories::{self, Leases, Prepared},
+    ports::ClusterPort,
     restore as full,
-    state::{RestoreEntry, now},
+    state::RestoreEntry,
 };
 
 /// Label on a data-only restore's own pods; its value is the restore's name.
@@ -41,9 +37,6 @@ pub const RESTORE_POD_LABEL: &str = "stowage.io/data-restore";
 pub const HOLD_CONTAINER: &str = "hold";
 /// The claim's volume in the restore pod.
 pub const RESTORE_POD_VOLUME: &str = "target";
-
-/// At most how often a running restore's record is written as its volumes end.
-const RECORD_EVERY: Duration = Duration::from_secs(10);
 
 /// One selected volume and where its data goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -389,74 +382,32 @@ pub fn pending_volumes(targets: &[Target]) -> Vec<PodVolumeRestore> {
         .collect()
 }
 
-/// Runs one data-only restore to its end: whatever happens inside, the leases are released,
-/// every restore pod it started is deleted, and the record and mirrors written.
-pub async fn run(deps: Deps, entry: Arc<RestoreEntry>, targets: Vec<Target>) {
-    entry.log("info", "data-only restore started");
-    let control = RunControl::new(
-        entry.cancel.clone(),
-        deps.shutdown.clone(),
-        deps.limits.default_timeout,
-    );
-    let mirrors = deps.mirrors(MirrorKind::PodVolumeRestore);
-    let warn_entry = entry.clone();
-    let leases = Leases::new(
-        deps.repo_manager.clone(),
-        deps.limits.lease_ttl,
-        Arc::new(move |message| warn_entry.log("warning", message)),
-    );
-    let restore_pods = Arc::new(RestorePods::default());
-    let body = AssertUnwindSafe(execute(
-        &deps,
-        &entry,
-        &targets,
-        &mirrors,
-        &leases,
-        &control,
-        &restore_pods,
-    ))
-    .catch_unwind();
-    let (deps_ref, entry_ref) = (&deps, &entry);
-    let outcome = engine::while_writing(
-        body,
-        &control.volume_ended,
-        RECORD_EVERY,
-        move || async move { full::persist(deps_ref, entry_ref, &entry_ref.get()).await },
-    )
-    .await
-    .unwrap_or_else(|panic| {
-        Err(Error::Failed(format!(
-            "the restore runner panicked: {}",
-            panic_message(panic.as_ref())
-        )))
-    });
-    leases.release_all().await;
-    // Pods left by volumes that were cancelled, timed out or failed before their agent ran.
-    if let Some(cluster) = &deps.cluster {
-        restore_pods.delete_all(cluster.as_ref(), &entry).await;
-    }
-    let cancelled = control.cancel_requested();
-    let outcome = match outcome {
-        Ok(()) if deps.shutdown.is_cancelled() => Err(Error::Failed(SHUT_DOWN.to_string())),
-        other => other,
-    };
-    let mut restore = entry.get();
-    full::conclude(&mut restore, &outcome, cancelled, mirrors.as_ref());
-    mirrors.finish().await;
-    full::log_end(&entry, &restore, &outcome);
-    full::persist(&deps, &entry, &restore).await;
-    entry.update(|current| *current = restore);
+/// Each target's volume name in the backup, which `[<volume>:]` in the path patterns names
+/// (the record keeps only where each volume goes).
+pub fn source_volumes(targets: &[Target]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|target| {
+            target
+                .source
+                .volume
+                .as_ref()
+                .map(|r| r.volume_name.clone())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
-async fn execute(
-    deps: &Deps,
-    entry: &Arc<RestoreEntry>,
-    targets: &[Target],
-    mirrors: &Arc<dyn MirrorSession>,
-    leases: &Leases,
-    control: &RunControl,
+/// Runs a data-only restore's volumes (`restore.rs` runs it to its end): all of them, or
+/// when `resumed` (taken over from a previous orchestrator) those that had not ended, each
+/// re-attached on its agent or else run.
+pub(crate) async fn execute(
+    run: &full::RunParts<'_>,
+    source_volumes: Vec<String>,
     restore_pods: &Arc<RestorePods>,
+    resumed: bool,
 ) -> Result<()> {
+    let (deps, entry) = (run.deps, run.entry);
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
     let restore = entry.update(|restore| {
         restore.status.get_or_insert_with(Default::default).phase =
@@ -468,51 +419,34 @@ async fn execute(
         .as_ref()
         .map(|s| s.volumes.clone())
         .unwrap_or_default();
-    let mut namespaces: Vec<String> = volumes.iter().map(|v| v.source_namespace.clone()).collect();
+    let indexes: Vec<usize> = (0..volumes.len())
+        .filter(|&index| !resumed || !is_terminal(volumes[index].phase))
+        .collect();
+    let mut namespaces: Vec<String> = indexes
+        .iter()
+        .map(|&index| volumes[index].source_namespace.clone())
+        .collect();
     namespaces.sort();
     namespaces.dedup();
-    let holder = format!("restore/{}", restore.name);
-    let readiness = deps.limits.readiness();
-    let repositories = tokio::select! {
-        prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
-        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, "the restore was cancelled"),
-        () = tokio::time::sleep_until(control.deadline) => {
-            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
-        }
-    };
-    for problem in repositories.problems() {
-        entry.log("error", problem.to_string());
-    }
+    let repositories = run.repositories(&namespaces).await;
     let config = cluster.restore_helper_config().await?;
     let helper = full::helper_spec(&config, &deps.restore_helper, &restore.uid);
     let spec = restore.spec.clone().unwrap_or_default();
-    // The record keeps only where each volume goes; its name in the backup is the target's.
-    let source_volumes = targets
-        .iter()
-        .map(|target| {
-            target
-                .source
-                .volume
-                .as_ref()
-                .map(|r| r.volume_name.clone())
-                .unwrap_or_default()
-        })
-        .collect();
     let work = DataWork {
         source_volumes,
-        deps: deps.clone(),
+        volumes: run.volumes(repositories, resumed),
         cluster: cluster.clone(),
-        entry: entry.clone(),
-        mirrors: mirrors.clone(),
-        header: full::restore_header(&restore),
-        repositories,
         overwrite_policy: spec.overwrite_policy,
-        spec: spec.clone(),
         helper,
         restore_pods: restore_pods.clone(),
     };
-    let indexes = (0..volumes.len()).collect();
-    engine::run_volumes(Arc::new(work), indexes, &deps.limits.run_limits(), control).await;
+    engine::run_volumes(
+        Arc::new(work),
+        indexes,
+        &deps.limits.run_limits(),
+        run.control,
+    )
+    .await;
     Ok(())
 }
 
@@ -547,13 +481,9 @@ pub async fn delete_leftover_pods(deps: &Deps, entry: &RestoreEntry, restore: &R
                 continue;
             }
         };
-        let ours = pods.into_iter().filter(|pod| {
-            pod.metadata
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(RESTORE_POD_LABEL))
-                == Some(&restore.name)
-        });
+        let ours = pods
+            .into_iter()
+            .filter(|pod| is_restore_pod_of(pod, &restore.name));
         for pod in ours {
             let name = pod.metadata.name.unwrap_or_default();
             match cluster.delete_pod(&namespace, &name).await {
@@ -592,7 +522,7 @@ impl RestorePods {
         }
     }
 
-    async fn delete_all(&self, cluster: &dyn ClusterPort, entry: &RestoreEntry) {
+    pub(crate) async fn delete_all(&self, cluster: &dyn ClusterPort, entry: &RestoreEntry) {
         let indexes: Vec<usize> = self.lock().keys().copied().collect();
         for index in indexes {
             self.delete(index, cluster, entry).await;
@@ -652,6 +582,15 @@ fn running_on_node(pod: &Pod) -> Option<String> {
     (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(node)
 }
 
+/// Whether `pod` is a restore pod of restore `restore` (by its label).
+fn is_restore_pod_of(pod: &Pod, restore: &str) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(RESTORE_POD_LABEL))
+        .is_some_and(|name| name == restore)
+}
+
 /// The name of the volume of `pod` that mounts `claim`.
 fn volume_of_claim(pod: &Pod, claim: &str) -> Option<String> {
     pod.spec
@@ -668,17 +607,12 @@ fn volume_of_claim(pod: &Pod, claim: &str) -> Option<String> {
         })
 }
 
-/// The volumes of a data-only restore as the run engine drives them.
+/// The volumes of a data-only restore as the run engine drives them: each goes into its
+/// claim through the pod that mounts it, or a restore pod started for it.
 struct DataWork {
-    deps: Deps,
+    volumes: full::RestoreVolumes,
     cluster: Arc<dyn ClusterPort>,
-    entry: Arc<RestoreEntry>,
-    mirrors: Arc<dyn MirrorSession>,
-    header: Restore,
-    repositories: Prepared,
     overwrite_policy: i32,
-    /// The restore's spec, whose include/exclude paths apply per volume.
-    spec: RestoreSpec,
     /// The restore-helper container, whose image and resources a restore pod takes.
     helper: Value,
     restore_pods: Arc<RestorePods>,
@@ -687,27 +621,19 @@ struct DataWork {
 }
 
 impl DataWork {
-    fn volume(&self, index: usize) -> Result<PodVolumeRestore> {
-        full::volume_of(&self.entry, index)
-            .ok_or_else(|| Error::Failed(format!("the restore has no volume {index}")))
-    }
-
-    fn repository(&self, volume: &PodVolumeRestore) -> Result<RepositoryAccess> {
-        self.repositories.access(&volume.source_namespace)
-    }
-
-    fn operation_id(&self, index: usize) -> String {
-        format!("{}-{index}", self.header.uid)
-    }
-
     /// The running pod that mounts the claim, or a restore pod started for it and running.
     async fn mount(&self, index: usize, namespace: &str, claim: &str) -> Result<Mount> {
+        let (entry, header) = (&self.volumes.entry, &self.volumes.header);
+        let limits = &self.volumes.deps.limits;
         let users: Vec<Pod> = self
             .cluster
             .pods_using_claim(namespace, claim)
             .await?
             .into_iter()
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            // This restore's own restore pod (one a previous orchestrator started) is not a
+            // user: it is found by its name below.
+            .filter(|pod| !is_restore_pod_of(pod, &header.name))
             .filter(|pod| {
                 !matches!(
                     pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -720,7 +646,7 @@ impl DataWork {
             .find_map(|pod| running_on_node(pod).map(|node| (pod.clone(), node)))
         {
             let volume_name = volume_of_claim(&pod, claim).unwrap_or_default();
-            self.entry.log(
+            entry.log(
                 "warning",
                 format!(
                     "claim {namespace}/{claim} is mounted by running pod {namespace}/{}: \
@@ -747,18 +673,34 @@ impl DataWork {
                     .unwrap_or_else(|| "unknown".into())
             )));
         }
-        let pod = restore_pod(&self.helper, &self.header, index, namespace, claim)?;
+        let pod = restore_pod(&self.helper, header, index, namespace, claim)?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         // Known before it is created: a cancel while waiting for it still deletes it.
         self.restore_pods
             .lock()
             .insert(index, (namespace.to_string(), name.clone()));
-        self.cluster.create_pod(namespace, &pod).await?;
-        self.entry.log(
-            "info",
-            format!("created restore pod {namespace}/{name} for claim {namespace}/{claim}"),
-        );
-        let deadline = Instant::now() + self.deps.limits.pod_start_timeout;
+        // Taken over, the volume's restore pod may be there already (named by the restore's
+        // uid and the volume's index), started by the previous orchestrator: it is used.
+        let left = if self.volumes.resumed {
+            self.cluster.pod(namespace, &name).await?
+        } else {
+            None
+        };
+        if left.is_some() {
+            entry.log(
+                "info",
+                format!(
+                    "using restore pod {namespace}/{name}, which the previous orchestrator started"
+                ),
+            );
+        } else {
+            self.cluster.create_pod(namespace, &pod).await?;
+            entry.log(
+                "info",
+                format!("created restore pod {namespace}/{name} for claim {namespace}/{claim}"),
+            );
+        }
+        let deadline = Instant::now() + limits.pod_start_timeout;
         loop {
             match self.cluster.pod(namespace, &name).await {
                 Ok(Some(pod)) => {
@@ -775,15 +717,15 @@ impl DataWork {
                         "restore pod {namespace}/{name} was deleted before it ran"
                     )));
                 }
-                Err(error) => self.entry.log("warning", error.to_string()),
+                Err(error) => entry.log("warning", error.to_string()),
             }
             if Instant::now() >= deadline {
                 return Err(Error::Failed(format!(
                     "restore pod {namespace}/{name} was not running within {}",
-                    engine::go_duration(self.deps.limits.pod_start_timeout)
+                    engine::go_duration(limits.pod_start_timeout)
                 )));
             }
-            tokio::time::sleep(self.deps.limits.poll_interval).await;
+            tokio::time::sleep(limits.poll_interval).await;
         }
     }
 }
@@ -791,11 +733,11 @@ impl DataWork {
 #[tonic::async_trait]
 impl VolumeWork for DataWork {
     fn span(&self, index: usize) -> tracing::Span {
-        let volume = full::volume_of(&self.entry, index).unwrap_or_default();
+        let volume = full::volume_of(&self.volumes.entry, index).unwrap_or_default();
         let reference = volume.volume.clone().unwrap_or_default();
         tracing::info_span!(
             "restore_volume",
-            restore = %self.header.name,
+            restore = %self.volumes.header.name,
             namespace = %reference.namespace,
             pvc = %reference.pvc_name,
             pod = field::Empty,
@@ -808,7 +750,7 @@ impl VolumeWork for DataWork {
 
     /// Finds (or starts) the pod whose volume directory the claim is on this node.
     async fn prepare(&self, index: usize) -> Result<String> {
-        let volume = self.volume(index)?;
+        let volume = self.volumes.volume(index)?;
         let mut reference = volume.volume.clone().unwrap_or_default();
         let mount = self
             .mount(index, &reference.namespace, &reference.pvc_name)
@@ -832,84 +774,41 @@ impl VolumeWork for DataWork {
             .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
             .filter(|pv| !pv.is_empty())
             .ok_or_else(|| Error::Failed(format!("claim {} is not bound", reference.pvc_name)))?;
-        full::update_volume(&self.entry, index, |v| {
+        full::update_volume(&self.volumes.entry, index, |v| {
             v.volume = Some(reference.clone());
             v.node = mount.node.clone();
         });
-        self.repository(&volume)?;
+        self.volumes.repository(&volume)?;
         Ok(mount.node)
     }
 
     async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
-        let volume = self.volume(index)?;
-        let access = self.repository(&volume)?;
         let source_volume = self.source_volumes.get(index).cloned().unwrap_or_default();
-        // `[<volume>:]` in the patterns names the volume as the backup has it.
-        let (include_patterns, exclude_patterns) =
-            crate::paths::restore_patterns(&self.spec, &source_volume);
-        full::update_volume(&self.entry, index, |v| {
-            v.phase = VolumePhase::InProgress as i32;
-            v.started = Some(now());
-        });
-        full::mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
-        let restored = async {
-            let mut stream = self
-                .deps
-                .agents
-                .restore_volume(
-                    node,
-                    RestoreVolumeRequest {
-                        operation_id: self.operation_id(index),
-                        volume: volume.volume.clone(),
-                        repository: Some(access),
-                        snapshot_id: volume.snapshot_id.clone(),
-                        restore_uid: self.header.uid.clone(),
-                        restore_name: self.header.name.clone(),
-                        data_only: true,
-                        overwrite_policy: self.overwrite_policy,
-                        include_patterns,
-                        exclude_patterns,
-                    },
-                )
-                .await?;
-            full::follow_restore(&self.entry, index, node, &mut stream, reporter).await
-        }
-        .await;
+        let writing = full::Writing {
+            data_only: true,
+            overwrite_policy: self.overwrite_policy,
+            source_volume: &source_volume,
+        };
+        let restored = self.volumes.run(index, node, reporter, writing).await;
         // Done with the volume either way; a volume given up (cancel, timeout, stall) does
         // not get here, and the run deletes its pod once every volume has ended.
         self.restore_pods
-            .delete(index, self.cluster.as_ref(), &self.entry)
+            .delete(index, self.cluster.as_ref(), &self.volumes.entry)
             .await;
         restored
     }
 
     async fn stop(&self, index: usize, node: &str) {
-        if let Err(error) = self
-            .deps
-            .agents
-            .cancel_operation(node, &self.operation_id(index))
-            .await
-        {
-            tracing::warn!(%error, "cancelling the agent's operation");
-        }
+        self.volumes.stop(index, node).await;
+    }
+
+    fn hands_over_on_shutdown(&self) -> bool {
+        true
     }
 
     fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        full::finish_volume(
-            &self.entry,
-            self.mirrors.as_ref(),
-            &self.header,
-            index,
-            outcome,
-        );
+        self.volumes.finish(index, outcome);
     }
-}
-
-/// Spawns the runner of a planned data-only restore.
-pub fn spawn(deps: &Deps, entry: Arc<RestoreEntry>, targets: Vec<Target>, span: tracing::Span) {
-    let runner_deps = deps.clone();
-    deps.tasks
-        .spawn(async move { run(runner_deps, entry, targets).await }.instrument(span));
 }
 
 #[cfg(test)]
@@ -1158,6 +1057,8 @@ mod runs {
     use stowage_proto::v1::{
         BackupOrigin, BackupPhase, BackupStatus, CreateRestoreRequest, RestorePhase,
     };
+
+    use std::time::Duration;
 
     use super::*;
     use crate::{
@@ -1448,6 +1349,138 @@ mod runs {
         };
         delete_leftover_pods(&world.deps, &entry, &full_restore).await;
         assert_eq!(world.cluster.deleted_pods.lock().unwrap().len(), 1);
+    }
+
+    /// A data-only restore an orchestrator left running with its one volume restoring on
+    /// node-a through the restore pod it had started.
+    fn data_only_left_running(world: &World) -> String {
+        let restore = Restore {
+            name: "back".into(),
+            uid: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "nightly".into(),
+                data_only: true,
+                ..Default::default()
+            }),
+            status: Some(stowage_proto::v1::RestoreStatus {
+                phase: RestorePhase::InProgress as i32,
+                ..Default::default()
+            }),
+        };
+        let helper = json!({"name": "restore-wait", "image": "stowage-restore-helper"});
+        let mut pod = restore_pod(&helper, &restore, 0, "shop", "data-db-0").unwrap();
+        let name = pod.metadata.name.clone().unwrap();
+        pod.metadata.uid = Some("restore-pod-uid".into());
+        pod.spec.as_mut().unwrap().node_name = Some("node-a".into());
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        world.cluster.add_pod(pod);
+        let volume = PodVolumeRestore {
+            volume: Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod_name: name.clone(),
+                pod_uid: "restore-pod-uid".into(),
+                volume_name: RESTORE_POD_VOLUME.into(),
+                pvc_name: "data-db-0".into(),
+                ..Default::default()
+            }),
+            node: "node-a".into(),
+            phase: VolumePhase::InProgress as i32,
+            snapshot_id: "snap-nightly".into(),
+            source_namespace: "shop".into(),
+            ..Default::default()
+        };
+        let restore = Restore {
+            status: Some(stowage_proto::v1::RestoreStatus {
+                volumes: vec![volume],
+                ..restore.status.unwrap()
+            }),
+            ..restore
+        };
+        world
+            .store
+            .restores
+            .lock()
+            .unwrap()
+            .insert("back".into(), (restore, Vec::new()));
+        name
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_over_data_only_restore_reattaches_through_its_restore_pod_then_deletes_it() {
+        let world = world();
+        let restore_pod = data_only_left_running(&world);
+        world.agents.kept.lock().unwrap().insert(
+            "7c9e6679-7425-40de-944b-e07fc1f90ae7-0".into(),
+            Script::Complete {
+                steps: 2,
+                every: Duration::from_secs(5),
+            },
+        );
+        crate::recovery::load(&world.deps).await.unwrap();
+        world.settle().await;
+        let entry = world.deps.index.restore("back").unwrap();
+        assert_eq!(
+            phase(&entry),
+            RestorePhase::Completed,
+            "{:#?}",
+            entry.logs()
+        );
+        assert_eq!(world.agents.attached.lock().unwrap().len(), 1);
+        assert!(
+            world.agents.restore_requests.lock().unwrap().is_empty(),
+            "restic is not run again"
+        );
+        let log: Vec<String> = entry.logs().into_iter().map(|l| l.message).collect();
+        assert!(
+            log.iter().any(|l| l.contains(&format!(
+                "using restore pod shop/{restore_pod}, which the previous orchestrator started"
+            ))),
+            "{log:#?}"
+        );
+        assert_eq!(
+            world.cluster.deleted_pods.lock().unwrap().clone(),
+            [format!("shop/{restore_pod}")],
+            "the restore pod goes once its volume is restored"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_over_data_only_volume_the_agent_lost_is_run_again_with_its_backup_volume_name()
+    {
+        let world = world();
+        data_only_left_running(&world);
+        world
+            .store
+            .restores
+            .lock()
+            .unwrap()
+            .get_mut("back")
+            .unwrap()
+            .0
+            .spec
+            .as_mut()
+            .unwrap()
+            .include_paths = vec!["data:orders".into()];
+        crate::recovery::load(&world.deps).await.unwrap();
+        world.settle().await;
+        let entry = world.deps.index.restore("back").unwrap();
+        assert_eq!(
+            phase(&entry),
+            RestorePhase::Completed,
+            "{:#?}",
+            entry.logs()
+        );
+        let requests = world.agents.restore_requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "run once more");
+        assert!(requests[0].data_only);
+        assert_eq!(
+            requests[0].include_patterns,
+            ["orders"],
+            "`data:` names the volume as the backup has it, found by its snapshot"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -180,6 +180,12 @@ pub trait AgentsPort: Send + Sync {
         node: &str,
         operation_id: &str,
     ) -> Result<Option<AgentEvents<BackupVolumeEvent>>>;
+    /// [`AgentsPort::attach_backup`] for a restore.
+    async fn attach_restore(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<RestoreVolumeEvent>>>;
     /// Stops the operation; its restic is killed and reaped.
     async fn cancel_operation(&self, node: &str, operation_id: &str) -> Result<()>;
     /// Writes the failure marker in a pod volume whose restore will not happen; false when

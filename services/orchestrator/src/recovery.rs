@@ -1,8 +1,9 @@
 //! Startup and housekeeping: the backups already in the object store become the index (the
 //! store is the source of truth, so a fresh orchestrator lists them), a backup that was running
 //! when the previous orchestrator died or lost its leadership is taken over and run to its end
-//! (`takeover.rs`), a restore that was running has its unfinished volumes failed with
-//! "orchestrator restarted", and expired backups are deleted.
+//! (`takeover.rs`), and so is a restore that was running (one known only from its mirrors,
+//! without a record, has its unfinished volumes failed with "orchestrator restarted"), and
+//! expired backups are deleted.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -32,7 +33,13 @@ use crate::{
 pub const RESTARTED: &str = "orchestrator restarted";
 
 pub async fn load(deps: &Deps) -> Result<()> {
+    // Backups first: a taken-over data-only restore looks its snapshots up among them.
+    let listed = load_backups(deps).await;
     recover_restores(deps).await;
+    listed
+}
+
+async fn load_backups(deps: &Deps) -> Result<()> {
     if let Some(store) = &deps.store {
         let mut checked = BTreeMap::new();
         for (backup, logs) in store.list_backups_except(&Default::default()).await? {
@@ -44,11 +51,14 @@ pub async fn load(deps: &Deps) -> Result<()> {
 }
 
 /// The restores a previous orchestrator ran, from their records in the storage location and,
-/// for those without one, from their PodVolumeRestore mirrors. One that was running ends its
-/// unfinished volumes Failed "orchestrator restarted", and the restore helpers of their pods
-/// are told, so the pods do not wait out the helper's timeout.
+/// for those without one, from their PodVolumeRestore mirrors. One that was running is taken
+/// over and run to its end (`takeover.rs`). One known only from its mirrors cannot be (its
+/// spec is not there): it ends its unfinished volumes Failed "orchestrator restarted", and the
+/// restore helpers of their pods are told, so the pods do not wait out the helper's timeout.
 async fn recover_restores(deps: &Deps) {
-    let mut restores: BTreeMap<String, (Restore, Vec<LogLine>)> = BTreeMap::new();
+    // The restores with a record (taken over when unfinished), and those known only from
+    // their mirrors (ended when unfinished: without the record's spec they cannot be run).
+    let mut restores: BTreeMap<String, (Restore, Vec<LogLine>, bool)> = BTreeMap::new();
     if let Some(store) = &deps.store {
         match store.list_restores().await {
             Ok(listed) => {
@@ -60,7 +70,7 @@ async fn recover_restores(deps: &Deps) {
                             Vec::new()
                         }
                     };
-                    restores.insert(restore.name.clone(), (restore, logs));
+                    restores.insert(restore.name.clone(), (restore, logs, true));
                 }
             }
             Err(error) => tracing::warn!(%error, "reading past restores from the storage location"),
@@ -72,16 +82,26 @@ async fn recover_restores(deps: &Deps) {
                 for restore in restores_from_mirrors(&objects) {
                     restores
                         .entry(restore.name.clone())
-                        .or_insert((restore, Vec::new()));
+                        .or_insert((restore, Vec::new(), false));
                 }
             }
             Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
         }
     }
-    for (name, (restore, logs)) in restores {
+    for (name, (restore, logs, recorded)) in restores {
         let unfinished = restore.status.as_ref().is_none_or(|status| {
             !restore_is_final(status.phase) || status.volumes.iter().any(|v| !is_terminal(v.phase))
         });
+        if unfinished && recorded && deps.cluster.is_some() {
+            tracing::warn!(restore = %name, "taking over a restore its orchestrator left running");
+            let span = tracing::info_span!(
+                "restore", restore = %name, restore_uid = %restore.uid, resumed = true
+            );
+            let entry = Entry::new(restore, logs, deps.shutdown.child_token());
+            deps.index.insert_restore(&name, entry.clone());
+            restore::spawn(deps, entry, restore::Start::TakenOver, span);
+            continue;
+        }
         let entry = Entry::new(restore, logs, CancellationToken::new());
         if unfinished {
             end_unfinished_restore(deps, &entry).await;
@@ -134,9 +154,9 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
         format!("restore {name} was running when the {RESTARTED}; its unfinished volumes failed"),
     );
     let mut current = entry.get();
-    // Restores are not taken over: an agent keeps an operation whose caller went away running
-    // for its grace period, so the ones still there are stopped now (restic killed), before
-    // the helpers are told, and no restic writes into a volume whose restore ended.
+    // Not taken over: an agent keeps an operation whose caller went away running for its
+    // grace period, so the ones still there are stopped now (restic killed), before the
+    // helpers are told, and no restic writes into a volume whose restore ended.
     let uid = current.uid.clone();
     for &index in &ended {
         let node = current
@@ -574,111 +594,6 @@ mod restart {
         assert_eq!(
             stored.status.unwrap().phase,
             BackupPhase::PartiallyFailed as i32
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_restore_running_at_restart_ends_failed_and_its_waiting_helpers_are_told() {
-        let world = World::new(limits());
-        // The second volume's pod was still waiting for its turn: no node in the record, but
-        // the pod runs by now, its helper waiting.
-        let mut waiting_pod = pod("shop", "db-1", "node-b", &["data"]);
-        waiting_pod.metadata.uid = Some("new-db-1".into());
-        world.cluster.add_pod(waiting_pod);
-        let restore = Restore {
-            name: "back".into(),
-            uid: "restore-uid".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "nightly".into(),
-                ..Default::default()
-            }),
-            status: Some(RestoreStatus {
-                phase: RestorePhase::InProgress as i32,
-                volumes: vec![
-                    PodVolumeRestore {
-                        volume: Some(PodVolumeRef {
-                            pod_uid: "new-db-0".into(),
-                            ..volume("db-0", "data")
-                        }),
-                        node: "node-a".into(),
-                        phase: VolumePhase::InProgress as i32,
-                        ..Default::default()
-                    },
-                    PodVolumeRestore {
-                        volume: Some(volume("db-1", "data")),
-                        phase: VolumePhase::Pending as i32,
-                        ..Default::default()
-                    },
-                    PodVolumeRestore {
-                        volume: Some(volume("db-2", "data")),
-                        node: "node-a".into(),
-                        phase: VolumePhase::Completed as i32,
-                        ..Default::default()
-                    },
-                    // A pod that was already there: not the restore's, never written to.
-                    PodVolumeRestore {
-                        volume: Some(volume("db-3", "data")),
-                        phase: VolumePhase::Failed as i32,
-                        error_message: "pod shop/db-3 already exists".into(),
-                        ..Default::default()
-                    },
-                ],
-                pods_created: vec!["shop/db-0".into(), "shop/db-1".into(), "shop/db-2".into()],
-                ..Default::default()
-            }),
-        };
-        world
-            .cluster
-            .add_pod(pod("shop", "db-3", "node-a", &["data"]));
-        world
-            .store
-            .restores
-            .lock()
-            .unwrap()
-            .insert("back".into(), (restore, Vec::new()));
-        load(&world.deps).await.unwrap();
-        let recovered = world.deps.index.restore("back").unwrap().get();
-        let status = recovered.status.unwrap();
-        assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
-        assert_eq!(status.failure_reason, RESTARTED);
-        for volume in &status.volumes[..2] {
-            assert_eq!(volume.phase, VolumePhase::Failed as i32);
-            assert_eq!(volume.error_message, RESTARTED);
-        }
-        let told: Vec<(String, String, String)> = world
-            .agents
-            .abandoned
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|request| {
-                let volume = request.volume.clone().unwrap();
-                (volume.pod_name, volume.pod_uid, request.reason.clone())
-            })
-            .collect();
-        assert_eq!(
-            told,
-            [
-                ("db-0".into(), "new-db-0".into(), RESTARTED.into()),
-                ("db-1".into(), "new-db-1".into(), RESTARTED.into()),
-            ]
-        );
-        assert_eq!(
-            *world.agents.cancelled.lock().unwrap(),
-            ["restore-uid-0"],
-            "the operation that may still run on its agent is stopped"
-        );
-        let stored = world.store.restores.lock().unwrap()["back"].clone();
-        assert_eq!(
-            stored.0.status.unwrap().phase,
-            RestorePhase::PartiallyFailed as i32
-        );
-        let mirrors = world.cluster.last_mirrors(MirrorKind::PodVolumeRestore);
-        assert_eq!(mirrors.len(), 2);
-        assert!(
-            mirrors
-                .values()
-                .all(|mirror| mirror.status["phase"] == "Failed")
         );
     }
 

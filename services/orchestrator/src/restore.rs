@@ -157,14 +157,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
         entry.log("info", note);
     }
     let span = tracing::info_span!("restore", restore = %name, restore_uid = %restore.uid, backup = %backup_name);
-    match planned {
-        Planned::Full(backup) => {
-            let runner_deps = deps.clone();
-            deps.tasks
-                .spawn(async move { run(runner_deps, entry, *backup).await }.instrument(span));
-        }
-        Planned::DataOnly(targets) => data_restore::spawn(deps, entry, targets, span),
-    }
+    spawn(deps, entry, Start::New(planned), span);
     Ok(restore)
 }
 
@@ -267,14 +260,37 @@ pub async fn persist(deps: &Deps, entry: &RestoreEntry, restore: &Restore) {
     }
 }
 
-/// Runs one restore to its end: whatever happens inside, the leases are released, the volumes
-/// that will not be restored are abandoned, the mirrors and the record written, and then the
-/// final state shown to watchers.
-async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
-    entry.log(
-        "info",
-        format!("restore from backup {} started", backup.name),
-    );
+/// What a restore runner starts from.
+pub(crate) enum Start {
+    /// A new restore, as CreateRestore planned it.
+    New(Planned),
+    /// One a previous orchestrator left running in the storage location (see `takeover.rs`).
+    TakenOver,
+}
+
+/// Spawns the runner of restore `entry`.
+pub(crate) fn spawn(deps: &Deps, entry: Arc<RestoreEntry>, start: Start, span: tracing::Span) {
+    let runner_deps = deps.clone();
+    deps.tasks
+        .spawn(async move { run(runner_deps, entry, start).await }.instrument(span));
+}
+
+/// Runs one restore, of either kind, to its end: whatever happens inside, the leases are
+/// released, a data-only restore's restore pods deleted, the volumes that will not be
+/// restored abandoned, the mirrors and the record written, and then the final state shown to
+/// watchers. An orchestrator that shuts down mid-run hands the restore over instead (its
+/// volumes keep running on the agents, its record stays InProgress) for the next leader.
+async fn run(deps: Deps, entry: Arc<RestoreEntry>, start: Start) {
+    let data_only = entry.read(|r| r.spec.as_ref().is_some_and(|spec| spec.data_only));
+    let resumed = matches!(start, Start::TakenOver);
+    match &start {
+        Start::New(Planned::Full(backup)) => entry.log(
+            "info",
+            format!("restore from backup {} started", backup.name),
+        ),
+        Start::New(Planned::DataOnly(_)) => entry.log("info", "data-only restore started"),
+        Start::TakenOver => {}
+    }
     let timeout = deps.limits.default_timeout;
     let control = RunControl::new(entry.cancel.clone(), deps.shutdown.clone(), timeout);
     let mirrors = deps.mirrors(MirrorKind::PodVolumeRestore);
@@ -284,8 +300,29 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
         deps.limits.lease_ttl,
         Arc::new(move |message| warn_entry.log("warning", message)),
     );
-    let body = AssertUnwindSafe(execute(&deps, &entry, &mirrors, &leases, &control, &backup))
-        .catch_unwind();
+    let restore_pods = Arc::new(data_restore::RestorePods::default());
+    let body = async {
+        let run = RunParts {
+            deps: &deps,
+            entry: &entry,
+            mirrors: &mirrors,
+            leases: &leases,
+            control: &control,
+        };
+        match start {
+            Start::New(Planned::Full(backup)) => execute(&run, &backup).await,
+            Start::New(Planned::DataOnly(targets)) => {
+                let source_volumes = data_restore::source_volumes(&targets);
+                data_restore::execute(&run, source_volumes, &restore_pods, false).await
+            }
+            Start::TakenOver if data_only => {
+                let source_volumes = crate::takeover::source_volumes(&deps, &entry.get());
+                data_restore::execute(&run, source_volumes, &restore_pods, true).await
+            }
+            Start::TakenOver => crate::takeover::execute_restore(&run).await,
+        }
+    };
+    let body = AssertUnwindSafe(body).catch_unwind();
     let (deps_ref, entry_ref) = (&deps, &entry);
     let outcome = engine::while_writing(
         body,
@@ -300,8 +337,28 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
             panic_message(panic.as_ref())
         )))
     });
-    leases.release_all().await;
     let cancelled = control.cancel_requested();
+    if deps.shutdown.is_cancelled() && !cancelled && outcome.is_ok() {
+        // As a backup is (see backup.rs): the volumes keep running on their agents, their
+        // pods' helpers keep waiting, restore pods stay, the leases lapse.
+        let name = entry.read(|restore| restore.name.clone());
+        entry.log(
+            "warning",
+            format!("the orchestrator shut down; restore {name} is left running for the next leader to take over"),
+        );
+        mirrors.finish().await;
+        persist(&deps, &entry, &entry.get()).await;
+        return;
+    }
+    leases.release_all().await;
+    if let Some(cluster) = deps.cluster.as_ref().filter(|_| data_only) {
+        // Pods left by volumes that were cancelled, timed out or failed before their agent
+        // ran; and, taken over, those the previous orchestrator started.
+        restore_pods.delete_all(cluster.as_ref(), &entry).await;
+        if resumed {
+            data_restore::delete_leftover_pods(&deps, &entry, &entry.get()).await;
+        }
+    }
     let outcome = match outcome {
         Ok(()) if deps.shutdown.is_cancelled() => Err(Error::Failed(SHUT_DOWN.to_string())),
         other => other,
@@ -314,6 +371,48 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, backup: Backup) {
     log_end(&entry, &restore, &outcome);
     persist(&deps, &entry, &restore).await;
     entry.update(|current| *current = restore);
+}
+
+/// What a restore's execution borrows from its runner.
+pub(crate) struct RunParts<'a> {
+    pub(crate) deps: &'a Deps,
+    pub(crate) entry: &'a Arc<RestoreEntry>,
+    pub(crate) mirrors: &'a Arc<dyn MirrorSession>,
+    pub(crate) leases: &'a Leases,
+    pub(crate) control: &'a RunControl,
+}
+
+impl RunParts<'_> {
+    /// The repository of each of `namespaces`, with a shared lease on it for the restore, or
+    /// why it cannot be used (the run was cancelled or timed out first).
+    pub(crate) async fn repositories(&self, namespaces: &[String]) -> Prepared {
+        let (deps, control) = (self.deps, self.control);
+        let holder = format!("restore/{}", self.entry.read(|r| r.name.clone()));
+        let readiness = deps.limits.readiness();
+        let prepared = tokio::select! {
+            prepared = repositories::prepare(&deps.repo_manager, self.leases, namespaces, &holder, &readiness) => prepared,
+            () = control.cancel.cancelled() => Prepared::unusable(namespaces, CANCELLED),
+            () = tokio::time::sleep_until(control.deadline) => {
+                Prepared::unusable(namespaces, &Error::TimedOut { after: control.timeout }.to_string())
+            }
+        };
+        for problem in prepared.problems() {
+            self.entry.log("error", problem.to_string());
+        }
+        prepared
+    }
+
+    /// The parts of [`RestoreVolumes`] that come from the run.
+    pub(crate) fn volumes(&self, repositories: Prepared, resumed: bool) -> RestoreVolumes {
+        RestoreVolumes {
+            deps: self.deps.clone(),
+            entry: self.entry.clone(),
+            mirrors: self.mirrors.clone(),
+            header: restore_header(&self.entry.get()),
+            repositories,
+            resumed,
+        }
+    }
 }
 
 /// Ends every volume still unfinished (Cancelled when someone asked, else Failed with the
@@ -497,14 +596,8 @@ pub async fn abandon_unrestored(deps: &Deps, entry: &RestoreEntry, restore: &mut
     futures::future::join_all(calls).await;
 }
 
-async fn execute(
-    deps: &Deps,
-    entry: &Arc<RestoreEntry>,
-    mirrors: &Arc<dyn MirrorSession>,
-    leases: &Leases,
-    control: &RunControl,
-    backup: &Backup,
-) -> Result<()> {
+async fn execute(run: &RunParts<'_>, backup: &Backup) -> Result<()> {
+    let (deps, entry, control) = (run.deps, run.entry, run.control);
     let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
     let store = deps
         .store
@@ -678,7 +771,8 @@ async fn execute(
                     namespace: namespace.clone(),
                     name: pod_name.clone(),
                     annotations,
-                    indexes: created.collect(),
+                    indexes: created.clone().collect(),
+                    to_run: created.collect(),
                 });
             }
         }
@@ -699,50 +793,45 @@ async fn execute(
         namespaces.dedup();
         namespaces
     });
-    let holder = format!("restore/{}", restore.name);
-    let readiness = deps.limits.readiness();
-    let repositories = tokio::select! {
-        prepared = repositories::prepare(&deps.repo_manager, leases, &namespaces, &holder, &readiness) => prepared,
-        () = control.cancel.cancelled() => Prepared::unusable(&namespaces, CANCELLED),
-        () = tokio::time::sleep_until(control.deadline) => {
-            Prepared::unusable(&namespaces, &Error::TimedOut { after: control.timeout }.to_string())
-        }
-    };
-    for problem in repositories.problems() {
-        entry.log("error", problem.to_string());
-    }
-    let work = RestoreWork {
-        deps: deps.clone(),
+    let repositories = run.repositories(&namespaces).await;
+    let work = Arc::new(RestoreWork {
+        volumes: run.volumes(repositories, false),
         cluster: cluster.clone(),
-        entry: entry.clone(),
-        mirrors: mirrors.clone(),
-        header: restore_header(&restore),
-        repositories,
-    };
-    // Pods with a post-restore hook as their own groups (the hook waits for their volumes);
-    // all share the run's slots.
-    let work = Arc::new(work);
-    let slots = engine::Slots::new(&deps.limits.run_limits());
+    });
+    run_by_pod(&work, pending, &hooked, control).await;
+    Ok(())
+}
+
+/// Runs `pending` and the volumes of the `hooked` pods, each hooked pod as its own group whose
+/// post-restore hook waits for its volumes; all share the run's slots.
+pub(crate) async fn run_by_pod(
+    work: &Arc<RestoreWork>,
+    mut pending: Vec<usize>,
+    hooked: &[HookedPod],
+    control: &RunControl,
+) {
+    let slots = engine::Slots::new(&work.volumes.deps.limits.run_limits());
     let hooked_indexes: std::collections::BTreeSet<usize> =
         hooked.iter().flat_map(|pod| pod.indexes.clone()).collect();
     pending.retain(|index| !hooked_indexes.contains(index));
     let hooked_pods = hooked
         .iter()
-        .map(|pod| run_hooked_pod(&work, pod, &slots, control));
+        .map(|pod| run_hooked_pod(work, pod, &slots, control));
     futures::future::join(
         engine::run_volumes_in(work.clone(), pending, &slots, control),
         futures::future::join_all(hooked_pods),
     )
     .await;
-    Ok(())
 }
 
-/// A recreated pod that declares a post-restore hook, and its volumes' indexes.
-struct HookedPod {
-    namespace: String,
-    name: String,
-    annotations: BTreeMap<String, String>,
-    indexes: Vec<usize>,
+/// A recreated pod that declares a post-restore hook, and its volumes' indexes: all of them,
+/// and those to run (all, but for a taken-over restore those that had not ended).
+pub(crate) struct HookedPod {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) annotations: BTreeMap<String, String>,
+    pub(crate) indexes: Vec<usize>,
+    pub(crate) to_run: Vec<usize>,
 }
 
 /// Restores the volumes of `pod`, then runs its post-restore hook (Velero's
@@ -757,13 +846,18 @@ async fn run_hooked_pod(
     slots: &engine::Slots,
     control: &RunControl,
 ) {
-    engine::run_volumes_in(work.clone(), pod.indexes.clone(), slots, control).await;
+    engine::run_volumes_in(work.clone(), pod.to_run.clone(), slots, control).await;
+    if control.shutdown.is_cancelled() {
+        // Handed over with the restore: the next leader runs the hook.
+        return;
+    }
+    let entry = &work.volumes.entry;
     let what = format!("pod {}/{}", pod.namespace, pod.name);
     let restored = pod.indexes.iter().all(|&index| {
-        volume_of(&work.entry, index).is_some_and(|v| v.phase == VolumePhase::Completed as i32)
+        volume_of(entry, index).is_some_and(|v| v.phase == VolumePhase::Completed as i32)
     });
     if !restored {
-        work.entry.log(
+        entry.log(
             "warning",
             format!("{what}: post-restore hook not run: not all of its volumes were restored"),
         );
@@ -774,7 +868,7 @@ async fn run_hooked_pod(
         &pod.namespace,
         &pod.name,
         &pod.annotations,
-        work.deps.limits.poll_interval,
+        work.volumes.deps.limits.poll_interval,
         control,
     )
     .await;
@@ -783,11 +877,12 @@ async fn run_hooked_pod(
         Err(reason) => format!("{what}: {reason}"),
         Ok(Some(run)) => {
             let (level, line) = crate::hooks::log_line(&run);
-            work.entry.log(level, line);
+            entry.log(level, line);
             let result = crate::hooks::result_of(&run);
+            let volumes = &work.volumes;
             for &index in &pod.indexes {
-                update_volume(&work.entry, index, |v| v.hooks.push(result.clone()));
-                mirror_restore_volume(&work.entry, work.mirrors.as_ref(), &work.header, index);
+                update_volume(entry, index, |v| v.hooks.push(result.clone()));
+                mirror_restore_volume(entry, volumes.mirrors.as_ref(), &volumes.header, index);
             }
             // A cancelled restore's volumes that came back stay restored.
             if !run.fails_pod() || run.result == stowage_hooks::HookResult::Cancelled {
@@ -829,40 +924,145 @@ pub(crate) fn restore_header(restore: &Restore) -> Restore {
     }
 }
 
-/// The restore's volumes as the run engine drives them.
-struct RestoreWork {
-    deps: Deps,
-    cluster: Arc<dyn ClusterPort>,
-    entry: Arc<RestoreEntry>,
-    mirrors: Arc<dyn MirrorSession>,
-    header: Restore,
+/// What every kind of restore needs to run one of its volumes on its node's agent: a whole
+/// application's, a data-only one, and one taken over from a previous orchestrator. The
+/// kinds differ in how a volume's node is found (their [`VolumeWork::prepare`]) and in what a
+/// [`Writing`] says; running, stopping and ending a volume are written here once.
+pub(crate) struct RestoreVolumes {
+    pub(crate) deps: Deps,
+    pub(crate) entry: Arc<RestoreEntry>,
+    pub(crate) mirrors: Arc<dyn MirrorSession>,
+    /// The restore's name, uid and path patterns (see [`restore_header`]).
+    pub(crate) header: Restore,
     /// The repository of each source namespace, or why it cannot be used.
-    repositories: Prepared,
+    pub(crate) repositories: Prepared,
+    /// Taken over from a previous orchestrator: a volume is first re-attached on its agent,
+    /// and run only when the agent does not have it.
+    pub(crate) resumed: bool,
 }
 
-impl RestoreWork {
-    fn volume(&self, index: usize) -> Result<PodVolumeRestore> {
+/// How a volume's data is written, which is what the kinds of restore differ in.
+pub(crate) struct Writing<'a> {
+    /// Into a running application's volume (no restore helper waits), under `overwrite_policy`.
+    pub(crate) data_only: bool,
+    pub(crate) overwrite_policy: i32,
+    /// The volume's name in the backup, which `[<volume>:]` in the path patterns names.
+    pub(crate) source_volume: &'a str,
+}
+
+impl RestoreVolumes {
+    pub(crate) fn volume(&self, index: usize) -> Result<PodVolumeRestore> {
         volume_of(&self.entry, index)
             .ok_or_else(|| Error::Failed(format!("the restore has no volume {index}")))
     }
 
-    fn repository(&self, volume: &PodVolumeRestore) -> Result<RepositoryAccess> {
+    pub(crate) fn repository(&self, volume: &PodVolumeRestore) -> Result<RepositoryAccess> {
         self.repositories.access(&volume.source_namespace)
     }
 
-    fn operation_id(&self, index: usize) -> String {
+    /// Stable across orchestrators (the restore's uid and the volume's place in its record),
+    /// so one that takes over asks the agent for the operation its predecessor started.
+    pub(crate) fn operation_id(&self, index: usize) -> String {
         format!("{}-{index}", self.header.uid)
     }
+
+    /// Runs volume `index` on `node`'s agent to its result: re-attached to the operation the
+    /// agent still has when the restore was taken over, else sent. The agent writes the done
+    /// file (or the failure marker) the pod's restore helper waits for either way.
+    pub(crate) async fn run(
+        &self,
+        index: usize,
+        node: &str,
+        reporter: &Reporter,
+        writing: Writing<'_>,
+    ) -> Result<()> {
+        let volume = self.volume(index)?;
+        let access = self.repository(&volume)?;
+        let (include_patterns, exclude_patterns) = crate::paths::restore_patterns(
+            self.header.spec.as_ref().unwrap_or(&Default::default()),
+            writing.source_volume,
+        );
+        let kept = if self.resumed {
+            let operation = self.operation_id(index);
+            let kept = self.deps.agents.attach_restore(node, &operation).await?;
+            let reference = volume.volume.clone().unwrap_or_default();
+            let kept_it = kept.is_some();
+            crate::takeover::log_reattach(&self.entry, &reference, volume.phase, node, kept_it);
+            kept
+        } else {
+            None
+        };
+        let reattached = kept.is_some();
+        update_volume(&self.entry, index, |v| {
+            v.phase = VolumePhase::InProgress as i32;
+            if !reattached || v.started.is_none() {
+                v.started = Some(now());
+            }
+        });
+        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
+        let mut stream = match kept {
+            Some(stream) => stream,
+            None => {
+                let request = RestoreVolumeRequest {
+                    operation_id: self.operation_id(index),
+                    volume: volume.volume.clone(),
+                    repository: Some(access),
+                    snapshot_id: volume.snapshot_id.clone(),
+                    restore_uid: self.header.uid.clone(),
+                    restore_name: self.header.name.clone(),
+                    data_only: writing.data_only,
+                    overwrite_policy: writing.overwrite_policy,
+                    include_patterns,
+                    exclude_patterns,
+                };
+                self.deps.agents.restore_volume(node, request).await?
+            }
+        };
+        follow_restore(&self.entry, index, node, &mut stream, reporter).await
+    }
+
+    pub(crate) async fn stop(&self, index: usize, node: &str) {
+        if let Err(error) = self
+            .deps
+            .agents
+            .cancel_operation(node, &self.operation_id(index))
+            .await
+        {
+            tracing::warn!(%error, "cancelling the agent's operation");
+        }
+    }
+
+    pub(crate) fn finish(&self, index: usize, outcome: VolumeOutcome) {
+        if self.deps.shutdown.is_cancelled() && outcome == VolumeOutcome::Failed(SHUT_DOWN.into()) {
+            // Handed over (the engine left its operation running on the agent): the volume
+            // stays as it is in the record, for the next leader to re-attach.
+            return;
+        }
+        finish_volume(
+            &self.entry,
+            self.mirrors.as_ref(),
+            &self.header,
+            index,
+            outcome,
+        );
+    }
+}
+
+/// A whole application's restore's volumes as the run engine drives them: each waits for its
+/// recreated pod.
+pub(crate) struct RestoreWork {
+    pub(crate) volumes: RestoreVolumes,
+    pub(crate) cluster: Arc<dyn ClusterPort>,
 }
 
 #[tonic::async_trait]
 impl VolumeWork for RestoreWork {
     fn span(&self, index: usize) -> tracing::Span {
-        let volume = volume_of(&self.entry, index).unwrap_or_default();
+        let volume = volume_of(&self.volumes.entry, index).unwrap_or_default();
         let reference = volume.volume.clone().unwrap_or_default();
         tracing::info_span!(
             "restore_volume",
-            restore = %self.header.name,
+            restore = %self.volumes.header.name,
             namespace = %reference.namespace,
             pod = %reference.pod_name,
             volume = %reference.volume_name,
@@ -874,9 +1074,11 @@ impl VolumeWork for RestoreWork {
 
     /// Waits for the recreated pod to be scheduled with its restore helper running.
     async fn prepare(&self, index: usize) -> Result<String> {
-        let volume = self.volume(index)?;
+        let entry = &self.volumes.entry;
+        let limits = &self.volumes.deps.limits;
+        let volume = self.volumes.volume(index)?;
         let mut reference = volume.volume.clone().unwrap_or_default();
-        let deadline = Instant::now() + self.deps.limits.pod_start_timeout;
+        let deadline = Instant::now() + limits.pod_start_timeout;
         let (pod, node) = loop {
             match self
                 .cluster
@@ -891,26 +1093,26 @@ impl VolumeWork for RestoreWork {
                 Ok(None) => {
                     return Err(Error::Failed("the recreated pod was deleted".to_string()));
                 }
-                Err(error) => self.entry.log("warning", error.to_string()),
+                Err(error) => entry.log("warning", error.to_string()),
             }
             if Instant::now() >= deadline {
                 return Err(Error::Failed(format!(
                     "the pod was not scheduled with its restore helper running within {}",
-                    engine::go_duration(self.deps.limits.pod_start_timeout)
+                    engine::go_duration(limits.pod_start_timeout)
                 )));
             }
-            tokio::time::sleep(self.deps.limits.poll_interval).await;
+            tokio::time::sleep(limits.poll_interval).await;
         };
         tracing::Span::current().record("node", node.as_str());
         reference.pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         // Known as soon as the pod is: a volume that fails from here on can be abandoned.
-        update_volume(&self.entry, index, |v| {
+        update_volume(entry, index, |v| {
             v.volume = Some(reference.clone());
             v.node = node.clone();
         });
         // Checked once the pod is known, so a volume failed by its repository is abandoned
         // and its helper does not wait.
-        self.repository(&volume)?;
+        self.volumes.repository(&volume)?;
         if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
             let pvc = self
                 .cluster
@@ -920,9 +1122,9 @@ impl VolumeWork for RestoreWork {
                 .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
                 .filter(|pv| !pv.is_empty())
                 .ok_or_else(|| Error::Failed(format!("PVC {} is not bound", reference.pvc_name)))?;
-            update_volume(&self.entry, index, |v| v.volume = Some(reference.clone()));
+            update_volume(entry, index, |v| v.volume = Some(reference.clone()));
         }
-        self.entry.log(
+        entry.log(
             "info",
             format!(
                 "pod {}/{} runs its restore helper on node {node}",
@@ -933,58 +1135,26 @@ impl VolumeWork for RestoreWork {
     }
 
     async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
-        let volume = self.volume(index)?;
-        let access = self.repository(&volume)?;
-        let volume_name = volume.volume.as_ref().map(|r| r.volume_name.as_str());
-        let (include_patterns, exclude_patterns) = crate::paths::restore_patterns(
-            self.header.spec.as_ref().unwrap_or(&Default::default()),
-            volume_name.unwrap_or_default(),
-        );
-        update_volume(&self.entry, index, |v| {
-            v.phase = VolumePhase::InProgress as i32;
-            v.started = Some(now());
-        });
-        mirror_restore_volume(&self.entry, self.mirrors.as_ref(), &self.header, index);
-        let mut stream = self
-            .deps
-            .agents
-            .restore_volume(
-                node,
-                RestoreVolumeRequest {
-                    operation_id: self.operation_id(index),
-                    volume: volume.volume.clone(),
-                    repository: Some(access),
-                    snapshot_id: volume.snapshot_id.clone(),
-                    restore_uid: self.header.uid.clone(),
-                    restore_name: self.header.name.clone(),
-                    include_patterns,
-                    exclude_patterns,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        follow_restore(&self.entry, index, node, &mut stream, reporter).await
+        let volume = self.volumes.volume(index)?;
+        let source_volume = volume.volume.map(|r| r.volume_name).unwrap_or_default();
+        let writing = Writing {
+            data_only: false,
+            overwrite_policy: 0,
+            source_volume: &source_volume,
+        };
+        self.volumes.run(index, node, reporter, writing).await
     }
 
     async fn stop(&self, index: usize, node: &str) {
-        if let Err(error) = self
-            .deps
-            .agents
-            .cancel_operation(node, &self.operation_id(index))
-            .await
-        {
-            tracing::warn!(%error, "cancelling the agent's operation");
-        }
+        self.volumes.stop(index, node).await;
+    }
+
+    fn hands_over_on_shutdown(&self) -> bool {
+        true
     }
 
     fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        finish_volume(
-            &self.entry,
-            self.mirrors.as_ref(),
-            &self.header,
-            index,
-            outcome,
-        );
+        self.volumes.finish(index, outcome);
     }
 }
 

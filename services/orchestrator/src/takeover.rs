@@ -6,11 +6,13 @@
 //! the agent does not have is run: one that never started, or, once, one whose agent lost it
 //! (the agent restarted, or the grace period passed). The run then goes on in the one run
 //! engine and ends like any other, with the same record: `backup describe` shows one run.
-//! Restores are not taken over: recovery ends them as before (see `recovery.rs`).
+//! Restores are taken over the same way (their volumes re-attached with AttachRestore), both
+//! a whole application's and a data-only one; their runner is `restore.rs`'s.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
-use stowage_proto::v1::{PodVolumeBackup, VolumePhase};
+use stowage_proto::v1::{PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Restore, VolumePhase};
+use stowage_velero_format::resources as vf_resources;
 
 use crate::{
     backup::{BackupWork, is_terminal, namespaces_of},
@@ -20,7 +22,8 @@ use crate::{
     parents::Parents,
     ports::{AgentEvents, MirrorSession},
     repositories::{self, Leases, Prepared},
-    state::BackupEntry,
+    restore::{self, HookedPod, RestoreWork, RunParts},
+    state::{BackupEntry, Entry},
 };
 
 /// The unfinished volumes of a taken-over backup, run to their ends: leases taken again for
@@ -46,13 +49,7 @@ pub(crate) async fn execute_backup(
         .collect();
     entry.log(
         "warning",
-        format!(
-            "backup {} was running when its orchestrator stopped; taking it over: {} of {} \
-             volumes unfinished, each re-attached on its agent or else run",
-            backup.name,
-            unfinished.len(),
-            volumes.len()
-        ),
+        taking_over("backup", &backup.name, unfinished.len(), volumes.len()),
     );
     let namespaces = namespaces_of(unfinished.iter().map(|&i| volumes[i].volume.as_ref()));
     let holder = format!("backup/{}", backup.name);
@@ -111,31 +108,198 @@ pub(crate) async fn reattach_backup(
     volume: &PodVolumeBackup,
 ) -> Result<Option<AgentEvents<stowage_proto::v1::BackupVolumeEvent>>> {
     let operation = work.operation_id(index);
+    let kept = work.deps.agents.attach_backup(node, &operation).await?;
     let reference = volume.volume.clone().unwrap_or_default();
+    log_reattach(&work.entry, &reference, volume.phase, node, kept.is_some());
+    Ok(kept)
+}
+
+/// Says in a taken-over run's log what became of a volume's operation: re-attached (`kept`),
+/// or run again because its agent no longer has it (nothing is said of a volume that had not
+/// started: running it is what was to come).
+pub(crate) fn log_reattach<T: Clone>(
+    entry: &Entry<T>,
+    reference: &PodVolumeRef,
+    phase: i32,
+    node: &str,
+    kept: bool,
+) {
     let what = format!(
         "{}/{} volume {}",
         reference.namespace, reference.pod_name, reference.volume_name
     );
-    let kept = work.deps.agents.attach_backup(node, &operation).await?;
     let was_started = !matches!(
-        VolumePhase::try_from(volume.phase),
+        VolumePhase::try_from(phase),
         Ok(VolumePhase::Pending | VolumePhase::Unspecified) | Err(_)
     );
-    match (&kept, was_started) {
-        (Some(_), _) => work.entry.log(
+    match (kept, was_started) {
+        (true, _) => entry.log(
             "info",
             format!("{what}: re-attached to its operation on node {node}"),
         ),
-        (None, true) => work.entry.log(
+        (false, true) => entry.log(
             "warning",
             format!(
                 "{what}: the agent on node {node} no longer has its operation (it restarted, \
-                 or the orchestrator was gone longer than its grace period); running it again"
+                 or the orchestrator was gone longer than its grace period); running it again, \
+                 which is safe: restic restore writes the same files into the same volume"
             ),
         ),
-        (None, false) => {}
+        (false, false) => {}
     }
-    Ok(kept)
+}
+
+/// The log line a taken-over run starts with.
+fn taking_over(kind: &str, name: &str, unfinished: usize, total: usize) -> String {
+    format!(
+        "{kind} {name} was running when its orchestrator stopped; taking it over: {unfinished} \
+         of {total} volumes unfinished, each re-attached on its agent or else run"
+    )
+}
+
+/// The unfinished volumes of a taken-over whole-application restore, run to their ends: its
+/// objects were restored before its record was first written, so only volumes are left. A
+/// volume that ended stays as recorded; the others wait for their pod (there already, its
+/// restore helper waiting), are re-attached or run, and their agent writes the done file the
+/// helper waits for. A pod with a post-restore hook gets it once its volumes are back, unless
+/// its volumes had all ended before the takeover and the hook's result is recorded.
+pub(crate) async fn execute_restore(run: &RunParts<'_>) -> Result<()> {
+    let (deps, entry) = (run.deps, run.entry);
+    let cluster = deps.cluster.as_ref().ok_or(Error::NoCluster("a restore"))?;
+    let restore = entry.get();
+    let volumes = restore
+        .status
+        .as_ref()
+        .map(|status| status.volumes.clone())
+        .unwrap_or_default();
+    let unfinished: Vec<usize> = (0..volumes.len())
+        .filter(|&index| !is_terminal(volumes[index].phase))
+        .collect();
+    entry.log(
+        "warning",
+        taking_over("restore", &restore.name, unfinished.len(), volumes.len()),
+    );
+    let mut namespaces: Vec<String> = unfinished
+        .iter()
+        .map(|&index| volumes[index].source_namespace.clone())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let repositories = run.repositories(&namespaces).await;
+    let hooked = hooked_pods(run, &restore, &volumes).await;
+    let work = Arc::new(RestoreWork {
+        volumes: run.volumes(repositories, true),
+        cluster: cluster.clone(),
+    });
+    restore::run_by_pod(&work, unfinished, &hooked, run.control).await;
+    Ok(())
+}
+
+/// The recreated pods of a taken-over restore whose backed-up manifest declares a
+/// post-restore hook still to run: one with a volume unfinished, or with all its volumes
+/// restored and no hook result recorded. The manifests come from the backup's tarball; when
+/// it cannot be read, no hook runs and the log says why.
+async fn hooked_pods(
+    run: &RunParts<'_>,
+    restore: &Restore,
+    volumes: &[PodVolumeRestore],
+) -> Vec<HookedPod> {
+    let backup_name = restore
+        .spec
+        .as_ref()
+        .map(|spec| spec.backup_name.clone())
+        .unwrap_or_default();
+    let Some(store) = &run.deps.store else {
+        return Vec::new();
+    };
+    let tarball = match store.backup_tarball(&backup_name).await {
+        Ok(tarball) => tarball,
+        Err(error) => {
+            run.entry.log(
+                "warning",
+                format!(
+                    "post-restore hooks not run: the manifests of backup {backup_name} could \
+                     not be read: {error}"
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let created = restore
+        .status
+        .as_ref()
+        .map(|status| status.pods_created.clone())
+        .unwrap_or_default();
+    // The restore's volumes by recreated pod, with the pod's namespace in the backup.
+    let mut pods: BTreeMap<(String, String), (String, Vec<usize>)> = BTreeMap::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        let reference = volume.volume.clone().unwrap_or_default();
+        pods.entry((reference.namespace, reference.pod_name))
+            .or_insert_with(|| (volume.source_namespace.clone(), Vec::new()))
+            .1
+            .push(index);
+    }
+    let mut hooked = Vec::new();
+    for ((namespace, name), (source_namespace, indexes)) in pods {
+        if !created.contains(&format!("{namespace}/{name}")) {
+            continue;
+        }
+        let Some(manifest) = tarball.get(vf_resources::PODS, Some(&source_namespace), &name) else {
+            continue;
+        };
+        let annotations = crate::hooks::annotations_of(manifest);
+        if !stowage_hooks::declares_restore_exec_hook(&annotations) {
+            continue;
+        }
+        let to_run: Vec<usize> = indexes
+            .iter()
+            .copied()
+            .filter(|&index| !is_terminal(volumes[index].phase))
+            .collect();
+        let hook_pending = indexes.iter().all(|&index| {
+            volumes[index].phase == VolumePhase::Completed as i32 && volumes[index].hooks.is_empty()
+        });
+        if to_run.is_empty() && !hook_pending {
+            continue;
+        }
+        hooked.push(HookedPod {
+            namespace,
+            name,
+            annotations,
+            indexes,
+            to_run,
+        });
+    }
+    hooked
+}
+
+/// Each volume's name in the backup, for a taken-over data-only restore whose record keeps
+/// only where each volume went: found by the volume's snapshot among the backups this
+/// orchestrator knows, else the record's own volume name.
+pub(crate) fn source_volumes(deps: &Deps, restore: &Restore) -> Vec<String> {
+    let mut by_snapshot: BTreeMap<String, String> = BTreeMap::new();
+    for entry in deps.index.backups() {
+        entry.read(|backup| {
+            for volume in backup.status.iter().flat_map(|status| &status.volumes) {
+                if !volume.snapshot_id.is_empty() {
+                    let name = volume.volume.as_ref().map(|r| r.volume_name.clone());
+                    by_snapshot.insert(volume.snapshot_id.clone(), name.unwrap_or_default());
+                }
+            }
+        });
+    }
+    restore
+        .status
+        .iter()
+        .flat_map(|status| &status.volumes)
+        .map(|volume| {
+            by_snapshot
+                .get(&volume.snapshot_id)
+                .cloned()
+                .or_else(|| volume.volume.as_ref().map(|r| r.volume_name.clone()))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,7 +307,8 @@ mod tests {
     use std::time::Duration;
 
     use stowage_proto::v1::{
-        Backup, BackupOrigin, BackupPhase, BackupStatus, PodVolumeBackup, PodVolumeRef,
+        Backup, BackupOrigin, BackupPhase, BackupStatus, PodVolumeBackup, RestorePhase,
+        RestoreStatus,
     };
 
     use crate::{
@@ -264,6 +429,210 @@ mod tests {
         // The leases were taken again for this orchestrator and released at the end.
         assert!(world.repo_manager.count("acquire") >= 1);
         assert!(world.repo_manager.held().is_empty());
+    }
+
+    fn restore_volume(pod: &str, phase: VolumePhase, node: &str) -> PodVolumeRestore {
+        PodVolumeRestore {
+            volume: Some(PodVolumeRef {
+                namespace: "shop".into(),
+                pod_name: pod.into(),
+                pod_uid: if node.is_empty() {
+                    String::new()
+                } else {
+                    format!("uid-shop-{pod}")
+                },
+                volume_name: "data".into(),
+                ..Default::default()
+            }),
+            node: node.into(),
+            phase: phase as i32,
+            snapshot_id: format!("snap-{pod}"),
+            source_namespace: "shop".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A restore its orchestrator left with one volume restored, one that failed before the
+    /// takeover, two running (one of which the agent still has) and one whose pod was not
+    /// yet seen; every pod runs with its restore helper waiting.
+    fn restore_left_running(world: &World) {
+        for pod in ["db-0", "db-1", "db-2", "db-3", "db-4"] {
+            world
+                .cluster
+                .add_pod(crate::testing::pod("shop", pod, "node-a", &["data"]));
+        }
+        let restore = Restore {
+            name: "back".into(),
+            uid: "restore-uid".into(),
+            spec: Some(stowage_proto::v1::RestoreSpec {
+                backup_name: "nightly".into(),
+                ..Default::default()
+            }),
+            status: Some(RestoreStatus {
+                phase: RestorePhase::InProgress as i32,
+                volumes: vec![
+                    restore_volume("db-0", VolumePhase::InProgress, "node-a"),
+                    restore_volume("db-1", VolumePhase::InProgress, "node-a"),
+                    restore_volume("db-2", VolumePhase::Pending, ""),
+                    restore_volume("db-3", VolumePhase::Completed, "node-a"),
+                    PodVolumeRestore {
+                        error_message: "restic: wrong password".into(),
+                        ..restore_volume("db-4", VolumePhase::Failed, "node-a")
+                    },
+                ],
+                pods_created: ["db-0", "db-1", "db-2", "db-3", "db-4"]
+                    .map(|pod| format!("shop/{pod}"))
+                    .to_vec(),
+                ..Default::default()
+            }),
+        };
+        world
+            .store
+            .restores
+            .lock()
+            .unwrap()
+            .insert("back".into(), (restore, Vec::new()));
+        world.agents.kept.lock().unwrap().insert(
+            "restore-uid-0".into(),
+            Script::Complete {
+                steps: 3,
+                every: Duration::from_secs(5),
+            },
+        );
+    }
+
+    async fn restore_ended(world: &World) -> Restore {
+        let entry = world.deps.index.restore("back").expect("recovered");
+        let mut watch = entry.subscribe();
+        loop {
+            let phase = watch.borrow_and_update().status.as_ref().map(|s| s.phase);
+            if phase.is_some_and(restore::restore_is_final) {
+                break;
+            }
+            watch.changed().await.unwrap();
+        }
+        world.settle().await;
+        entry.get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_over_restore_reattaches_what_runs_and_runs_only_the_rest() {
+        let world = World::new(limits());
+        restore_left_running(&world);
+        recovery::load(&world.deps).await.unwrap();
+        let restore = restore_ended(&world).await;
+        let status = restore.status.unwrap();
+        let phases: Vec<i32> = status.volumes.iter().map(|v| v.phase).collect();
+        assert_eq!(
+            phases,
+            [
+                VolumePhase::Completed,
+                VolumePhase::Completed,
+                VolumePhase::Completed,
+                VolumePhase::Completed,
+                VolumePhase::Failed
+            ]
+            .map(|p| p as i32),
+            "{status:#?}"
+        );
+        assert_eq!(
+            status.volumes[4].error_message, "restic: wrong password",
+            "a volume that ended stays as recorded"
+        );
+        assert_eq!(status.phase, RestorePhase::PartiallyFailed as i32);
+        assert_eq!(
+            *world.agents.attached.lock().unwrap(),
+            ["attach node-a restore-uid-0"]
+        );
+        let mut sent: Vec<String> = world
+            .agents
+            .restore_requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|request| request.operation_id.clone())
+            .collect();
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["restore-uid-1", "restore-uid-2"],
+            "the ended and the re-attached volumes are not run again"
+        );
+        // The helpers of the restored volumes were released by their agents' done files; only
+        // the volume that failed before the takeover has its helper told (again).
+        assert_eq!(
+            world.agents.abandoned_volumes(),
+            [("data".to_string(), "restic: wrong password".to_string())]
+        );
+        let stored = world.store.restores.lock().unwrap()["back"].clone();
+        assert_eq!(
+            stored.0.status.unwrap().phase,
+            RestorePhase::PartiallyFailed as i32,
+            "the one record ends"
+        );
+        let log: Vec<String> = stored.1.iter().map(|l| l.message.clone()).collect();
+        let has = |text: &str| log.iter().any(|line| line.contains(text));
+        assert!(
+            has("restore back was running when its orchestrator stopped; taking it over: 3 of 5"),
+            "{log:#?}"
+        );
+        assert!(
+            has("shop/db-0 volume data: re-attached to its operation on node node-a"),
+            "{log:#?}"
+        );
+        assert!(
+            has("shop/db-1 volume data: the agent on node node-a no longer has its operation"),
+            "{log:#?}"
+        );
+        assert_eq!(
+            log.iter()
+                .filter(|l| l.starts_with("restore ended"))
+                .count(),
+            1,
+            "one end: {log:#?}"
+        );
+        assert!(world.repo_manager.count("acquire") >= 1);
+        assert!(world.repo_manager.held().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restore_handed_over_at_shutdown_stays_running_in_its_record_with_its_helpers_waiting()
+     {
+        let world = World::new(limits());
+        restore_left_running(&world);
+        world.agents.kept.lock().unwrap().insert(
+            "restore-uid-0".into(),
+            Script::Complete {
+                steps: 100,
+                every: Duration::from_secs(60),
+            },
+        );
+        recovery::load(&world.deps).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        world.deps.shutdown.cancel();
+        world.settle().await;
+        let (stored, log) = world.store.restores.lock().unwrap()["back"].clone();
+        let status = stored.status.unwrap();
+        assert_eq!(status.phase, RestorePhase::InProgress as i32, "{log:#?}");
+        assert_eq!(status.volumes[0].phase, VolumePhase::InProgress as i32);
+        assert!(
+            world.agents.abandoned_volumes().is_empty(),
+            "no helper is told: the next leader takes the restore over"
+        );
+        assert!(
+            !world
+                .agents
+                .cancelled
+                .lock()
+                .unwrap()
+                .contains(&"restore-uid-0".to_string()),
+            "the volume keeps running on its agent"
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.message.contains("left running for the next leader")),
+            "{log:#?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

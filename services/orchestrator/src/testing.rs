@@ -841,6 +841,33 @@ impl AgentsPort for FakeAgents {
         })))
     }
 
+    async fn attach_restore(
+        &self,
+        node: &str,
+        operation_id: &str,
+    ) -> Result<Option<AgentEvents<RestoreVolumeEvent>>> {
+        let Some(script) = lock(&self.kept).remove(operation_id) else {
+            return Ok(None);
+        };
+        lock(&self.attached).push(format!("attach {node} {operation_id}"));
+        let running = self.enter(node);
+        Ok(Some(play(script, running, |step| {
+            let event = match step {
+                Step::Queued => restore_volume_event::Event::Queued(Queued::default()),
+                Step::Progress(done, total) => {
+                    restore_volume_event::Event::Progress(progress(done, total))
+                }
+                Step::Done => restore_volume_event::Event::Result(RestoreVolumeResult {
+                    snapshot_id: "snap-kept".into(),
+                    bytes_restored: 100,
+                    ..Default::default()
+                }),
+                Step::Fail(_) | Step::Hang => return None,
+            };
+            Some(RestoreVolumeEvent { event: Some(event) })
+        })))
+    }
+
     async fn cancel_operation(&self, _node: &str, operation_id: &str) -> Result<()> {
         lock(&self.cancelled).push(operation_id.to_string());
         Ok(())
