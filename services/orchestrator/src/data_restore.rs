@@ -17,14 +17,13 @@ use stowage_proto::v1::{
     Backup, PodVolumeBackup, PodVolumeRef, PodVolumeRestore, Restore, RestoreSpec, VolumePhase,
     VolumeSource,
 };
-use tokio::time::Instant;
 use tracing::field;
 
 use crate::{
     as_of,
     backup::is_terminal,
     deps::Deps,
-    engine::{self, Reporter, VolumeOutcome, VolumeWork},
+    engine,
     error::{Error, Result, validate_namespace},
     ports::ClusterPort,
     restore as full,
@@ -422,23 +421,19 @@ pub(crate) async fn execute(
     let indexes: Vec<usize> = (0..volumes.len())
         .filter(|&index| !resumed || !is_terminal(volumes[index].phase))
         .collect();
-    let mut namespaces: Vec<String> = indexes
-        .iter()
-        .map(|&index| volumes[index].source_namespace.clone())
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    let repositories = run.repositories(&namespaces).await;
+    let repositories = run.repositories(&indexes).await;
     let config = cluster.restore_helper_config().await?;
     let helper = full::helper_spec(&config, &deps.restore_helper, &restore.uid);
     let spec = restore.spec.clone().unwrap_or_default();
-    let work = DataWork {
-        source_volumes,
+    let work = full::RestoreWork {
         volumes: run.volumes(repositories, resumed),
-        cluster: cluster.clone(),
-        overwrite_policy: spec.overwrite_policy,
-        helper,
-        restore_pods: restore_pods.clone(),
+        place: Claims {
+            source_volumes,
+            cluster: cluster.clone(),
+            overwrite_policy: spec.overwrite_policy,
+            helper,
+            restore_pods: restore_pods.clone(),
+        },
     };
     engine::run_volumes(
         Arc::new(work),
@@ -607,10 +602,9 @@ fn volume_of_claim(pod: &Pod, claim: &str) -> Option<String> {
         })
 }
 
-/// The volumes of a data-only restore as the run engine drives them: each goes into its
-/// claim through the pod that mounts it, or a restore pod started for it.
-struct DataWork {
-    volumes: full::RestoreVolumes,
+/// A data-only restore: each volume goes into its claim through the pod that mounts it, or a
+/// restore pod started for it.
+struct Claims {
     cluster: Arc<dyn ClusterPort>,
     overwrite_policy: i32,
     /// The restore-helper container, whose image and resources a restore pod takes.
@@ -620,11 +614,16 @@ struct DataWork {
     source_volumes: Vec<String>,
 }
 
-impl DataWork {
+impl Claims {
     /// The running pod that mounts the claim, or a restore pod started for it and running.
-    async fn mount(&self, index: usize, namespace: &str, claim: &str) -> Result<Mount> {
-        let (entry, header) = (&self.volumes.entry, &self.volumes.header);
-        let limits = &self.volumes.deps.limits;
+    async fn mount(
+        &self,
+        volumes: &full::RestoreVolumes,
+        index: usize,
+        namespace: &str,
+        claim: &str,
+    ) -> Result<Mount> {
+        let (entry, header) = (&volumes.entry, &volumes.header);
         let users: Vec<Pod> = self
             .cluster
             .pods_using_claim(namespace, claim)
@@ -681,7 +680,7 @@ impl DataWork {
             .insert(index, (namespace.to_string(), name.clone()));
         // Taken over, the volume's restore pod may be there already (named by the restore's
         // uid and the volume's index), started by the previous orchestrator: it is used.
-        let left = if self.volumes.resumed {
+        let left = if volumes.resumed {
             self.cluster.pod(namespace, &name).await?
         } else {
             None
@@ -700,44 +699,32 @@ impl DataWork {
                 format!("created restore pod {namespace}/{name} for claim {namespace}/{claim}"),
             );
         }
-        let deadline = Instant::now() + limits.pod_start_timeout;
-        loop {
-            match self.cluster.pod(namespace, &name).await {
-                Ok(Some(pod)) => {
-                    if let Some(node) = running_on_node(&pod) {
-                        return Ok(Mount {
-                            pod,
-                            node,
-                            volume_name: RESTORE_POD_VOLUME.to_string(),
-                        });
-                    }
-                }
-                Ok(None) => {
-                    return Err(Error::Failed(format!(
-                        "restore pod {namespace}/{name} was deleted before it ran"
-                    )));
-                }
-                Err(error) => entry.log("warning", error.to_string()),
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Failed(format!(
-                    "restore pod {namespace}/{name} was not running within {}",
-                    engine::go_duration(limits.pod_start_timeout)
-                )));
-            }
-            tokio::time::sleep(limits.poll_interval).await;
-        }
+        let (pod, node) = full::wait_for_pod(
+            self.cluster.as_ref(),
+            volumes,
+            namespace,
+            &name,
+            running_on_node,
+            || format!("restore pod {namespace}/{name} was deleted before it ran"),
+            |within| format!("restore pod {namespace}/{name} was not running within {within}"),
+        )
+        .await?;
+        Ok(Mount {
+            pod,
+            node,
+            volume_name: RESTORE_POD_VOLUME.to_string(),
+        })
     }
 }
 
 #[tonic::async_trait]
-impl VolumeWork for DataWork {
-    fn span(&self, index: usize) -> tracing::Span {
-        let volume = full::volume_of(&self.volumes.entry, index).unwrap_or_default();
+impl full::Placement for Claims {
+    fn span(&self, volumes: &full::RestoreVolumes, index: usize) -> tracing::Span {
+        let volume = full::volume_of(&volumes.entry, index).unwrap_or_default();
         let reference = volume.volume.clone().unwrap_or_default();
         tracing::info_span!(
             "restore_volume",
-            restore = %self.volumes.header.name,
+            restore = %volumes.header.name,
             namespace = %reference.namespace,
             pvc = %reference.pvc_name,
             pod = field::Empty,
@@ -749,11 +736,11 @@ impl VolumeWork for DataWork {
     }
 
     /// Finds (or starts) the pod whose volume directory the claim is on this node.
-    async fn prepare(&self, index: usize) -> Result<String> {
-        let volume = self.volumes.volume(index)?;
+    async fn prepare(&self, volumes: &full::RestoreVolumes, index: usize) -> Result<String> {
+        let volume = volumes.volume(index)?;
         let mut reference = volume.volume.clone().unwrap_or_default();
         let mount = self
-            .mount(index, &reference.namespace, &reference.pvc_name)
+            .mount(volumes, index, &reference.namespace, &reference.pvc_name)
             .await?;
         let span = tracing::Span::current();
         span.record("node", mount.node.as_str());
@@ -774,40 +761,28 @@ impl VolumeWork for DataWork {
             .and_then(|pvc| pvc.spec.and_then(|s| s.volume_name))
             .filter(|pv| !pv.is_empty())
             .ok_or_else(|| Error::Failed(format!("claim {} is not bound", reference.pvc_name)))?;
-        full::update_volume(&self.volumes.entry, index, |v| {
+        full::update_volume(&volumes.entry, index, |v| {
             v.volume = Some(reference.clone());
             v.node = mount.node.clone();
         });
-        self.volumes.repository(&volume)?;
+        volumes.repository(&volume)?;
         Ok(mount.node)
     }
 
-    async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
-        let source_volume = self.source_volumes.get(index).cloned().unwrap_or_default();
-        let writing = full::Writing {
+    fn writing(&self, _volumes: &full::RestoreVolumes, index: usize) -> full::Writing {
+        full::Writing {
             data_only: true,
             overwrite_policy: self.overwrite_policy,
-            source_volume: &source_volume,
-        };
-        let restored = self.volumes.run(index, node, reporter, writing).await;
-        // Done with the volume either way; a volume given up (cancel, timeout, stall) does
-        // not get here, and the run deletes its pod once every volume has ended.
+            source_volume: self.source_volumes.get(index).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Done with the volume either way; a volume given up (cancel, timeout, stall) does not
+    /// get here, and the run deletes its pod once every volume has ended.
+    async fn ran(&self, volumes: &full::RestoreVolumes, index: usize) {
         self.restore_pods
-            .delete(index, self.cluster.as_ref(), &self.volumes.entry)
+            .delete(index, self.cluster.as_ref(), &volumes.entry)
             .await;
-        restored
-    }
-
-    async fn stop(&self, index: usize, node: &str) {
-        self.volumes.stop(index, node).await;
-    }
-
-    fn hands_over_on_shutdown(&self) -> bool {
-        true
-    }
-
-    fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        self.volumes.finish(index, outcome);
     }
 }
 

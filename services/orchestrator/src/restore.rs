@@ -383,10 +383,22 @@ pub(crate) struct RunParts<'a> {
 }
 
 impl RunParts<'_> {
-    /// The repository of each of `namespaces`, with a shared lease on it for the restore, or
-    /// why it cannot be used (the run was cancelled or timed out first).
-    pub(crate) async fn repositories(&self, namespaces: &[String]) -> Prepared {
+    /// The repository of each source namespace of volumes `indexes`, with a shared lease on
+    /// it for the restore, or why it cannot be used (the run was cancelled or timed out
+    /// first). One lease per namespace read, like a backup's: a prune waits for the restore
+    /// instead of locking restic out halfway.
+    pub(crate) async fn repositories(&self, indexes: &[usize]) -> Prepared {
         let (deps, control) = (self.deps, self.control);
+        let namespaces: Vec<String> = self.entry.read(|restore| {
+            let volumes = restore.status.as_ref().map(|status| &status.volumes[..]);
+            let read: std::collections::BTreeSet<&str> = indexes
+                .iter()
+                .filter_map(|&index| volumes?.get(index))
+                .map(|volume| volume.source_namespace.as_str())
+                .collect();
+            read.into_iter().map(str::to_string).collect()
+        });
+        let namespaces = namespaces.as_slice();
         let holder = format!("restore/{}", self.entry.read(|r| r.name.clone()));
         let readiness = deps.limits.readiness();
         let prepared = tokio::select! {
@@ -781,22 +793,12 @@ async fn execute(run: &RunParts<'_>, backup: &Backup) -> Result<()> {
     // volumes were unfinished.
     persist(deps, entry, &entry.get()).await;
 
-    // One repository and one shared lease per namespace read, like a backup: a prune waits
-    // for the restore instead of locking restic out halfway.
-    let namespaces: Vec<String> = entry.read(|restore| {
-        let mut namespaces: Vec<String> = pending
-            .iter()
-            .filter_map(|&index| restore.status.as_ref()?.volumes.get(index))
-            .map(|volume| volume.source_namespace.clone())
-            .collect();
-        namespaces.sort();
-        namespaces.dedup();
-        namespaces
-    });
-    let repositories = run.repositories(&namespaces).await;
+    let repositories = run.repositories(&pending).await;
     let work = Arc::new(RestoreWork {
         volumes: run.volumes(repositories, false),
-        cluster: cluster.clone(),
+        place: Recreated {
+            cluster: cluster.clone(),
+        },
     });
     run_by_pod(&work, pending, &hooked, control).await;
     Ok(())
@@ -805,7 +807,7 @@ async fn execute(run: &RunParts<'_>, backup: &Backup) -> Result<()> {
 /// Runs `pending` and the volumes of the `hooked` pods, each hooked pod as its own group whose
 /// post-restore hook waits for its volumes; all share the run's slots.
 pub(crate) async fn run_by_pod(
-    work: &Arc<RestoreWork>,
+    work: &Arc<RestoreWork<Recreated>>,
     mut pending: Vec<usize>,
     hooked: &[HookedPod],
     control: &RunControl,
@@ -841,7 +843,7 @@ pub(crate) struct HookedPod {
 /// reason, so the restore ends PartiallyFailed or Failed. A pod whose volumes did not all come
 /// back never runs its containers (its helper exits failing): its hook is not waited for.
 async fn run_hooked_pod(
-    work: &Arc<RestoreWork>,
+    work: &Arc<RestoreWork<Recreated>>,
     pod: &HookedPod,
     slots: &engine::Slots,
     control: &RunControl,
@@ -864,7 +866,7 @@ async fn run_hooked_pod(
         return;
     }
     let ran = crate::hooks::post_restore(
-        &work.cluster,
+        &work.place.cluster,
         &pod.namespace,
         &pod.name,
         &pod.annotations,
@@ -942,12 +944,12 @@ pub(crate) struct RestoreVolumes {
 }
 
 /// How a volume's data is written, which is what the kinds of restore differ in.
-pub(crate) struct Writing<'a> {
+pub(crate) struct Writing {
     /// Into a running application's volume (no restore helper waits), under `overwrite_policy`.
     pub(crate) data_only: bool,
     pub(crate) overwrite_policy: i32,
     /// The volume's name in the backup, which `[<volume>:]` in the path patterns names.
-    pub(crate) source_volume: &'a str,
+    pub(crate) source_volume: String,
 }
 
 impl RestoreVolumes {
@@ -969,18 +971,18 @@ impl RestoreVolumes {
     /// Runs volume `index` on `node`'s agent to its result: re-attached to the operation the
     /// agent still has when the restore was taken over, else sent. The agent writes the done
     /// file (or the failure marker) the pod's restore helper waits for either way.
-    pub(crate) async fn run(
+    async fn run(
         &self,
         index: usize,
         node: &str,
         reporter: &Reporter,
-        writing: Writing<'_>,
+        writing: Writing,
     ) -> Result<()> {
         let volume = self.volume(index)?;
         let access = self.repository(&volume)?;
         let (include_patterns, exclude_patterns) = crate::paths::restore_patterns(
             self.header.spec.as_ref().unwrap_or(&Default::default()),
-            writing.source_volume,
+            &writing.source_volume,
         );
         let kept = if self.resumed {
             let operation = self.operation_id(index);
@@ -1021,7 +1023,7 @@ impl RestoreVolumes {
         follow_restore(&self.entry, index, node, &mut stream, reporter).await
     }
 
-    pub(crate) async fn stop(&self, index: usize, node: &str) {
+    async fn stop(&self, index: usize, node: &str) {
         if let Err(error) = self
             .deps
             .agents
@@ -1032,7 +1034,7 @@ impl RestoreVolumes {
         }
     }
 
-    pub(crate) fn finish(&self, index: usize, outcome: VolumeOutcome) {
+    fn finish(&self, index: usize, outcome: VolumeOutcome) {
         if self.deps.shutdown.is_cancelled() && outcome == VolumeOutcome::Failed(SHUT_DOWN.into()) {
             // Handed over (the engine left its operation running on the agent): the volume
             // stays as it is in the record, for the next leader to re-attach.
@@ -1048,21 +1050,71 @@ impl RestoreVolumes {
     }
 }
 
-/// A whole application's restore's volumes as the run engine drives them: each waits for its
-/// recreated pod.
-pub(crate) struct RestoreWork {
+/// Where a restore's volumes are written, which is what the kinds of restore differ in: a
+/// whole application's go into the pods it recreated, a data-only one's into claims that exist.
+#[tonic::async_trait]
+pub(crate) trait Placement: Send + Sync + 'static {
+    /// The span volume `index`'s task runs in.
+    fn span(&self, volumes: &RestoreVolumes, index: usize) -> tracing::Span;
+    /// The node volume `index` is written on, once its pod is there; the pod goes into the
+    /// volume's record.
+    async fn prepare(&self, volumes: &RestoreVolumes, index: usize) -> Result<String>;
+    /// How volume `index` is written.
+    fn writing(&self, volumes: &RestoreVolumes, index: usize) -> Writing;
+    /// Called once volume `index` ran on its agent, whatever the result.
+    async fn ran(&self, _volumes: &RestoreVolumes, _index: usize) {}
+}
+
+/// A restore's volumes as the run engine drives them, placed by `P`.
+pub(crate) struct RestoreWork<P> {
     pub(crate) volumes: RestoreVolumes,
+    pub(crate) place: P,
+}
+
+#[tonic::async_trait]
+impl<P: Placement> VolumeWork for RestoreWork<P> {
+    fn span(&self, index: usize) -> tracing::Span {
+        self.place.span(&self.volumes, index)
+    }
+
+    async fn prepare(&self, index: usize) -> Result<String> {
+        self.place.prepare(&self.volumes, index).await
+    }
+
+    async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
+        let writing = self.place.writing(&self.volumes, index);
+        let ran = self.volumes.run(index, node, reporter, writing).await;
+        self.place.ran(&self.volumes, index).await;
+        ran
+    }
+
+    async fn stop(&self, index: usize, node: &str) {
+        self.volumes.stop(index, node).await;
+    }
+
+    /// Left running on the agents for the next leader, as a backup is.
+    fn hands_over_on_shutdown(&self) -> bool {
+        true
+    }
+
+    fn finish(&self, index: usize, outcome: VolumeOutcome) {
+        self.volumes.finish(index, outcome);
+    }
+}
+
+/// A whole application's restore: each volume waits for the pod the restore recreated.
+pub(crate) struct Recreated {
     pub(crate) cluster: Arc<dyn ClusterPort>,
 }
 
 #[tonic::async_trait]
-impl VolumeWork for RestoreWork {
-    fn span(&self, index: usize) -> tracing::Span {
-        let volume = volume_of(&self.volumes.entry, index).unwrap_or_default();
+impl Placement for Recreated {
+    fn span(&self, volumes: &RestoreVolumes, index: usize) -> tracing::Span {
+        let volume = volume_of(&volumes.entry, index).unwrap_or_default();
         let reference = volume.volume.clone().unwrap_or_default();
         tracing::info_span!(
             "restore_volume",
-            restore = %self.volumes.header.name,
+            restore = %volumes.header.name,
             namespace = %reference.namespace,
             pod = %reference.pod_name,
             volume = %reference.volume_name,
@@ -1073,36 +1125,22 @@ impl VolumeWork for RestoreWork {
     }
 
     /// Waits for the recreated pod to be scheduled with its restore helper running.
-    async fn prepare(&self, index: usize) -> Result<String> {
-        let entry = &self.volumes.entry;
-        let limits = &self.volumes.deps.limits;
-        let volume = self.volumes.volume(index)?;
+    async fn prepare(&self, volumes: &RestoreVolumes, index: usize) -> Result<String> {
+        let entry = &volumes.entry;
+        let volume = volumes.volume(index)?;
         let mut reference = volume.volume.clone().unwrap_or_default();
-        let deadline = Instant::now() + limits.pod_start_timeout;
-        let (pod, node) = loop {
-            match self
-                .cluster
-                .pod(&reference.namespace, &reference.pod_name)
-                .await
-            {
-                Ok(Some(pod)) => {
-                    if let Some(node) = helper_started(&pod) {
-                        break (pod, node);
-                    }
-                }
-                Ok(None) => {
-                    return Err(Error::Failed("the recreated pod was deleted".to_string()));
-                }
-                Err(error) => entry.log("warning", error.to_string()),
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Failed(format!(
-                    "the pod was not scheduled with its restore helper running within {}",
-                    engine::go_duration(limits.pod_start_timeout)
-                )));
-            }
-            tokio::time::sleep(limits.poll_interval).await;
-        };
+        let (pod, node) = wait_for_pod(
+            self.cluster.as_ref(),
+            volumes,
+            &reference.namespace,
+            &reference.pod_name,
+            helper_started,
+            || "the recreated pod was deleted".to_string(),
+            |within| {
+                format!("the pod was not scheduled with its restore helper running within {within}")
+            },
+        )
+        .await?;
         tracing::Span::current().record("node", node.as_str());
         reference.pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         // Known as soon as the pod is: a volume that fails from here on can be abandoned.
@@ -1112,7 +1150,7 @@ impl VolumeWork for RestoreWork {
         });
         // Checked once the pod is known, so a volume failed by its repository is abandoned
         // and its helper does not wait.
-        self.volumes.repository(&volume)?;
+        volumes.repository(&volume)?;
         if reference.source == VolumeSource::PersistentVolumeClaim as i32 {
             let pvc = self
                 .cluster
@@ -1134,27 +1172,13 @@ impl VolumeWork for RestoreWork {
         Ok(node)
     }
 
-    async fn run(&self, index: usize, node: &str, reporter: &Reporter) -> Result<()> {
-        let volume = self.volumes.volume(index)?;
-        let source_volume = volume.volume.map(|r| r.volume_name).unwrap_or_default();
-        let writing = Writing {
+    fn writing(&self, volumes: &RestoreVolumes, index: usize) -> Writing {
+        let volume = volume_of(&volumes.entry, index).unwrap_or_default();
+        Writing {
             data_only: false,
             overwrite_policy: 0,
-            source_volume: &source_volume,
-        };
-        self.volumes.run(index, node, reporter, writing).await
-    }
-
-    async fn stop(&self, index: usize, node: &str) {
-        self.volumes.stop(index, node).await;
-    }
-
-    fn hands_over_on_shutdown(&self) -> bool {
-        true
-    }
-
-    fn finish(&self, index: usize, outcome: VolumeOutcome) {
-        self.volumes.finish(index, outcome);
+            source_volume: volume.volume.map(|r| r.volume_name).unwrap_or_default(),
+        }
     }
 }
 
@@ -1408,6 +1432,38 @@ async fn helper_container(
 ) -> Result<Value> {
     let config = cluster.restore_helper_config().await?;
     Ok(helper_spec(&config, defaults, restore_uid))
+}
+
+/// Polls pod `namespace/name` until `ready` finds the node it is ready on, for at most the
+/// pod start timeout; fails with `gone()` when the pod is deleted, or `late(timeout)`.
+pub(crate) async fn wait_for_pod(
+    cluster: &dyn ClusterPort,
+    volumes: &RestoreVolumes,
+    namespace: &str,
+    name: &str,
+    ready: fn(&Pod) -> Option<String>,
+    gone: impl Fn() -> String,
+    late: impl Fn(String) -> String,
+) -> Result<(Pod, String)> {
+    let limits = &volumes.deps.limits;
+    let deadline = Instant::now() + limits.pod_start_timeout;
+    loop {
+        match cluster.pod(namespace, name).await {
+            Ok(Some(pod)) => {
+                if let Some(node) = ready(&pod) {
+                    return Ok((pod, node));
+                }
+            }
+            Ok(None) => return Err(Error::Failed(gone())),
+            Err(error) => volumes.entry.log("warning", error.to_string()),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Failed(late(engine::go_duration(
+                limits.pod_start_timeout,
+            ))));
+        }
+        tokio::time::sleep(limits.poll_interval).await;
+    }
 }
 
 /// Whether the recreated pod is on a node with the restore helper running (or past it).

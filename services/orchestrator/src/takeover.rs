@@ -22,7 +22,7 @@ use crate::{
     parents::Parents,
     ports::{AgentEvents, MirrorSession},
     repositories::{self, Leases, Prepared},
-    restore::{self, HookedPod, RestoreWork, RunParts},
+    restore::{self, HookedPod, Recreated, RestoreWork, RunParts},
     state::{BackupEntry, Entry},
 };
 
@@ -179,17 +179,13 @@ pub(crate) async fn execute_restore(run: &RunParts<'_>) -> Result<()> {
         "warning",
         taking_over("restore", &restore.name, unfinished.len(), volumes.len()),
     );
-    let mut namespaces: Vec<String> = unfinished
-        .iter()
-        .map(|&index| volumes[index].source_namespace.clone())
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
-    let repositories = run.repositories(&namespaces).await;
+    let repositories = run.repositories(&unfinished).await;
     let hooked = hooked_pods(run, &restore, &volumes).await;
     let work = Arc::new(RestoreWork {
         volumes: run.volumes(repositories, true),
-        cluster: cluster.clone(),
+        place: Recreated {
+            cluster: cluster.clone(),
+        },
     });
     restore::run_by_pod(&work, unfinished, &hooked, run.control).await;
     Ok(())

@@ -760,6 +760,46 @@ fn progress(done: u64, total: u64) -> Progress {
     }
 }
 
+/// A kept backup's event for `step`, its result naming `snapshot`.
+fn backup_event(step: Step, snapshot: &str) -> Option<BackupVolumeEvent> {
+    let event = match step {
+        Step::Queued => backup_volume_event::Event::Queued(Queued::default()),
+        Step::Progress(done, total) => backup_volume_event::Event::Progress(progress(done, total)),
+        Step::Done => backup_volume_event::Event::Result(BackupVolumeResult {
+            snapshot_id: snapshot.into(),
+            bytes_total: 100,
+            ..Default::default()
+        }),
+        Step::Fail(_) | Step::Hang => return None,
+    };
+    Some(BackupVolumeEvent { event: Some(event) })
+}
+
+/// A kept restore's event for `step`, its result naming `snapshot`.
+fn restore_event(step: Step, snapshot: &str) -> Option<RestoreVolumeEvent> {
+    let event = match step {
+        Step::Queued => restore_volume_event::Event::Queued(Queued::default()),
+        Step::Progress(done, total) => restore_volume_event::Event::Progress(progress(done, total)),
+        Step::Done => restore_volume_event::Event::Result(RestoreVolumeResult {
+            snapshot_id: snapshot.into(),
+            bytes_restored: 100,
+            ..Default::default()
+        }),
+        Step::Fail(_) | Step::Hang => return None,
+    };
+    Some(RestoreVolumeEvent { event: Some(event) })
+}
+
+impl FakeAgents {
+    /// The script of an operation the agent still has, taken (an attach finds it once), and
+    /// the attach recorded.
+    fn take_kept(&self, node: &str, operation_id: &str) -> Option<(Script, Running)> {
+        let script = lock(&self.kept).remove(operation_id)?;
+        lock(&self.attached).push(format!("attach {node} {operation_id}"));
+        Some((script, self.enter(node)))
+    }
+}
+
 #[tonic::async_trait]
 impl AgentsPort for FakeAgents {
     async fn backup_volume(
@@ -819,26 +859,9 @@ impl AgentsPort for FakeAgents {
         node: &str,
         operation_id: &str,
     ) -> Result<Option<AgentEvents<BackupVolumeEvent>>> {
-        let Some(script) = lock(&self.kept).remove(operation_id) else {
-            return Ok(None);
-        };
-        lock(&self.attached).push(format!("attach {node} {operation_id}"));
-        let running = self.enter(node);
-        Ok(Some(play(script, running, |step| {
-            let event = match step {
-                Step::Queued => backup_volume_event::Event::Queued(Queued::default()),
-                Step::Progress(done, total) => {
-                    backup_volume_event::Event::Progress(progress(done, total))
-                }
-                Step::Done => backup_volume_event::Event::Result(BackupVolumeResult {
-                    snapshot_id: "snap-kept".into(),
-                    bytes_total: 100,
-                    ..Default::default()
-                }),
-                Step::Fail(_) | Step::Hang => return None,
-            };
-            Some(BackupVolumeEvent { event: Some(event) })
-        })))
+        Ok(self
+            .take_kept(node, operation_id)
+            .map(|(script, running)| play(script, running, |step| backup_event(step, "snap-kept"))))
     }
 
     async fn attach_restore(
@@ -846,26 +869,9 @@ impl AgentsPort for FakeAgents {
         node: &str,
         operation_id: &str,
     ) -> Result<Option<AgentEvents<RestoreVolumeEvent>>> {
-        let Some(script) = lock(&self.kept).remove(operation_id) else {
-            return Ok(None);
-        };
-        lock(&self.attached).push(format!("attach {node} {operation_id}"));
-        let running = self.enter(node);
-        Ok(Some(play(script, running, |step| {
-            let event = match step {
-                Step::Queued => restore_volume_event::Event::Queued(Queued::default()),
-                Step::Progress(done, total) => {
-                    restore_volume_event::Event::Progress(progress(done, total))
-                }
-                Step::Done => restore_volume_event::Event::Result(RestoreVolumeResult {
-                    snapshot_id: "snap-kept".into(),
-                    bytes_restored: 100,
-                    ..Default::default()
-                }),
-                Step::Fail(_) | Step::Hang => return None,
-            };
-            Some(RestoreVolumeEvent { event: Some(event) })
-        })))
+        Ok(self.take_kept(node, operation_id).map(|(script, running)| {
+            play(script, running, |step| restore_event(step, "snap-kept"))
+        }))
     }
 
     async fn cancel_operation(&self, _node: &str, operation_id: &str) -> Result<()> {

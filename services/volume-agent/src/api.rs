@@ -23,7 +23,7 @@ use crate::{
     error::AgentError,
     jobs::{self, AgentContext, JobEvent},
     operations::{OperationHandle, OperationInfo, Operations, RelayKind, Relays},
-    relay::{Relay, Snapshot},
+    relay::{Item, Relay, Snapshot},
 };
 
 /// The restic processes alive on this host: named `restic` or as the configured binary's file
@@ -44,6 +44,13 @@ fn running_restic(binary: &std::path::Path) -> std::io::Result<Vec<RunningRestic
 }
 
 pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A registered operation: its relay, the first caller's end of it, and its table entry.
+type Registered<T> = (
+    Arc<Relay<T>>,
+    tokio::sync::mpsc::Receiver<Item<T>>,
+    OperationHandle,
+);
 
 pub struct AgentApi {
     context: AgentContext,
@@ -262,6 +269,46 @@ impl AgentApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(relay.attach()))))
     }
 
+    /// A new operation `id` of kind `T` in the table, its relay with the caller's stream
+    /// attached; refused when `id` is queued or running already.
+    fn register<T: RelayKind>(
+        &self,
+        id: &str,
+        volume: Option<stowage_proto::v1::PodVolumeRef>,
+        name: String,
+        uid: String,
+    ) -> Result<Registered<T>, Status> {
+        let (relay, rx) = Relay::new();
+        let relay = Arc::new(relay);
+        let info = OperationInfo {
+            volume,
+            name,
+            uid,
+            relay: T::relays(relay.clone()),
+        };
+        let handle = self
+            .operations
+            .register(id, info)
+            .map_err(|error| Status::from(AgentError::from(error)))?;
+        Ok((relay, rx, handle))
+    }
+
+    /// Runs an accepted operation's `task` as a tracked task in the handler's span, keeps its
+    /// entry for a late caller afterwards, and answers the caller with its stream.
+    fn start<T: RelayKind>(
+        &self,
+        task: impl Future<Output = OperationHandle> + Send + 'static,
+        rx: tokio::sync::mpsc::Receiver<Item<T>>,
+    ) -> Response<EventStream<T>> {
+        let grace = self.detach_grace;
+        let span = tracing::Span::current();
+        self.operations.tasks().spawn(async move {
+            let handle = task.instrument(span).await;
+            keep_for_a_late_caller(handle, grace).await;
+        });
+        Response::new(Box::pin(ReceiverStream::new(rx)))
+    }
+
     fn operation_rows(&self) -> Vec<AgentOperation> {
         self.operations
             .list()
@@ -343,20 +390,7 @@ impl VolumeAgent for AgentApi {
             request.backup_uid.clone(),
         );
         let plan = jobs::plan_backup(&self.context, request).map_err(Status::from)?;
-        let (relay, rx) = Relay::new();
-        let relay = Arc::new(relay);
-        let handle = self
-            .operations
-            .register(
-                &operation_id,
-                OperationInfo {
-                    volume,
-                    name,
-                    uid,
-                    relay: Relays::Backup(relay.clone()),
-                },
-            )
-            .map_err(|error| Status::from(AgentError::from(error)))?;
+        let (relay, rx, handle) = self.register(&operation_id, volume, name, uid)?;
         tracing::info!(path = %plan.path.path.display(), identity = %plan.identity, "backup accepted");
         let peak = PeakRss::new();
         let context = measured(&self.context, &peak);
@@ -396,13 +430,7 @@ impl VolumeAgent for AgentApi {
                 })
             },
         );
-        let grace = self.detach_grace;
-        let span = tracing::Span::current();
-        self.operations.tasks().spawn(async move {
-            let handle = task.instrument(span).await;
-            keep_for_a_late_caller(handle, grace).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.start(task, rx))
     }
 
     #[tracing::instrument(skip_all, fields(
@@ -429,20 +457,7 @@ impl VolumeAgent for AgentApi {
             request.restore_uid.clone(),
         );
         let plan = jobs::plan_restore(&self.context, request).map_err(Status::from)?;
-        let (relay, rx) = Relay::new();
-        let relay = Arc::new(relay);
-        let handle = self
-            .operations
-            .register(
-                &operation_id,
-                OperationInfo {
-                    volume,
-                    name,
-                    uid,
-                    relay: Relays::Restore(relay.clone()),
-                },
-            )
-            .map_err(|error| Status::from(AgentError::from(error)))?;
+        let (relay, rx, handle) = self.register(&operation_id, volume, name, uid)?;
         tracing::info!(path = %plan.path.path.display(), "restore accepted");
         let volume_dir = plan.path.path.clone();
         let restore_uid = plan.restore_uid.clone();
@@ -500,13 +515,7 @@ impl VolumeAgent for AgentApi {
                 })
             },
         );
-        let grace = self.detach_grace;
-        let span = tracing::Span::current();
-        self.operations.tasks().spawn(async move {
-            let handle = task.instrument(span).await;
-            keep_for_a_late_caller(handle, grace).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.start(task, rx))
     }
 
     #[tracing::instrument(skip_all, fields(operation = %request.get_ref().operation_id))]

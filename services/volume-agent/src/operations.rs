@@ -71,6 +71,8 @@ pub trait RelayKind: Clone + Send + Sized + 'static {
     const KIND: &'static str;
     /// The relay when the operation is of this kind.
     fn relay(relays: Relays) -> Option<Arc<Relay<Self>>>;
+    /// `relay` as an operation of this kind.
+    fn relays(relay: Arc<Relay<Self>>) -> Relays;
 }
 
 impl RelayKind for BackupVolumeEvent {
@@ -81,6 +83,9 @@ impl RelayKind for BackupVolumeEvent {
             Relays::Restore(_) => None,
         }
     }
+    fn relays(relay: Arc<Relay<Self>>) -> Relays {
+        Relays::Backup(relay)
+    }
 }
 
 impl RelayKind for RestoreVolumeEvent {
@@ -90,6 +95,9 @@ impl RelayKind for RestoreVolumeEvent {
             Relays::Restore(relay) => Some(relay),
             Relays::Backup(_) => None,
         }
+    }
+    fn relays(relay: Arc<Relay<Self>>) -> Relays {
+        Relays::Restore(relay)
     }
 }
 
