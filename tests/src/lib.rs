@@ -11,6 +11,7 @@ pub mod otlp;
 pub mod pki;
 pub mod processes;
 pub mod restic;
+pub mod restore_helper;
 pub mod s3;
 pub mod stack;
 pub mod velero_fixture;

@@ -1,19 +1,24 @@
-//! A new orchestrator takes over what the old one had in flight: running volumes are
-//! re-attached on their agents (restic is not run again), and the fencing rule keeps a stale
-//! leader's requests away from the agents. Real orchestrator, agent, repo-manager, restic and
-//! Kubernetes API emulator.
+//! A new orchestrator takes over what the old one had in flight: running volumes of backups
+//! and restores are re-attached on their agents (restic is not run again), and the fencing
+//! rule keeps a stale leader's requests away from the agents. Real orchestrator, agent,
+//! repo-manager, restic, restore helper and Kubernetes API emulator.
 
 use std::time::Duration;
 
 use stowage_e2e::{
-    api::wait_backup,
-    restic::{RepositoryRestic, repository_access},
-    stack::stack_with_slow_backups,
+    api::{self, wait_backup, wait_restore},
+    kube::{mark_init_container_running, seed_example, wait_for_pod},
+    kubelet::{manifest, write_random_file},
+    processes::KillOnDrop,
+    restic::{RepositoryRestic, repository_access, restic_wrapper},
+    restore_helper,
+    stack::{Stack, StackOptions, stack_with_slow_backups},
 };
 use stowage_proto::v1::{
-    AgentOperationState, AttachOperationRequest, BackupPhase, BackupSpec, BackupVolumeRequest,
-    CreateBackupRequest, GetAgentInfoRequest, GetBackupLogsRequest, GetBackupRequest, PodVolumeRef,
-    VolumePhase, WatchBackupRequest, volume_agent_client::VolumeAgentClient,
+    AgentOperationKind, AgentOperationState, AttachOperationRequest, BackupPhase, BackupSpec,
+    BackupVolumeRequest, CreateBackupRequest, CreateRestoreRequest, GetAgentInfoRequest,
+    GetBackupLogsRequest, GetBackupRequest, GetRestoreLogsRequest, PodVolumeRef, RestorePhase,
+    RestoreSpec, VolumePhase, WatchBackupRequest, volume_agent_client::VolumeAgentClient,
 };
 use tonic::Code;
 
@@ -151,6 +156,167 @@ async fn a_killed_orchestrators_running_volume_is_reattached_by_the_next_not_run
         .unwrap()
         .into_inner();
     assert_eq!(described.status.unwrap().volumes.len(), 1);
+}
+
+/// The agent's `restic`: `restic restore` reads at most 64 KiB/s (a 2 MiB volume takes about
+/// half a minute, long enough to kill the orchestrator meanwhile) and appends `restore start`
+/// to `{events}` each time it runs; every other command is plain restic.
+const SLOW_RESTORES: &str = r#"case " $* " in
+  *" restore "*) echo "restore start" >> '{events}'; exec restic --limit-download 64 "$@" ;;
+  *) exec restic "$@" ;;
+esac
+"#;
+
+/// Waits until the agent runs an operation of `kind` (not only queued it).
+async fn wait_agent_running(
+    agent: &mut VolumeAgentClient<stowage_grpc::TracedChannel>,
+    kind: AgentOperationKind,
+) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let info = agent
+                .get_agent_info(GetAgentInfoRequest {})
+                .await
+                .expect("GetAgentInfo")
+                .into_inner();
+            if info
+                .operations
+                .iter()
+                .any(|op| op.kind == kind as i32 && op.state == AgentOperationState::Running as i32)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the agent runs the operation within 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_orchestrators_running_restore_is_reattached_and_its_helper_released() {
+    let wrapper_dir = tempfile::tempdir().expect("a temp dir for the restic wrapper");
+    let _cleanup = KillOnDrop(wrapper_dir.path().display().to_string());
+    let events = wrapper_dir.path().join("restic-events");
+    let restic = restic_wrapper(
+        wrapper_dir.path(),
+        "slow-restores",
+        &SLOW_RESTORES.replace("{events}", &events.display().to_string()),
+    );
+    let mut stack = Stack::start(StackOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        ..StackOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let source = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
+    write_random_file(&source.join("data.bin"), 2 * 1024 * 1024, 20);
+    std::fs::write(
+        source.join("note.txt"),
+        b"restored by the next orchestrator",
+    )
+    .expect("seeding the emptyDir");
+    let before = manifest(&source, false);
+    let mut client = stack.client().await;
+    let backup = api::backup_to_end(&mut client, "source", api::namespace_spec("foo")).await;
+    assert_eq!(
+        backup.status.unwrap_or_default().phase,
+        BackupPhase::Completed as i32
+    );
+
+    let restore = client
+        .create_restore(CreateRestoreRequest {
+            name: "moved".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "source".into(),
+                namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner();
+    // Scheduler and kubelet for the recreated pod: its restore helper runs and waits.
+    let pod = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(pod.metadata.uid.as_deref().expect("a stored pod has a uid"))
+        .empty_dir("emptydir-volume");
+    mark_init_container_running(&kube, "bar", "sample", "node-a", "restore-wait").await;
+    let helper_log = wrapper_dir.path().join("restore-helper.log");
+    let mut helper = restore_helper::start(&restore.uid, &volume, &helper_log);
+    drop(client);
+    let mut agent = VolumeAgentClient::new(
+        stowage_grpc::connect(&stack.agents["node-a"].url)
+            .await
+            .expect("connecting to the agent"),
+    );
+    // Killed once the agent's restic restores; it keeps restoring through the death.
+    wait_agent_running(&mut agent, AgentOperationKind::Restore).await;
+    stack.restart_orchestrator().await;
+
+    let mut client = stack.client().await;
+    let ended = wait_restore(&mut client, "moved").await;
+    let status = ended.status.clone().unwrap_or_default();
+    assert_eq!(ended.uid, restore.uid, "the same restore, not a new one");
+    assert_eq!(
+        status.phase,
+        RestorePhase::Completed as i32,
+        "{status:#?}\norchestrator log:\n{}",
+        stack.orchestrator.process.log()
+    );
+    assert_eq!(status.volumes.len(), 1, "{status:#?}");
+    let exit = restore_helper::exit(
+        &mut helper,
+        std::time::Instant::now() + Duration::from_secs(60),
+        &helper_log,
+    );
+    assert!(
+        exit.success(),
+        "the helper lets the pod start: {exit}\n{}",
+        std::fs::read_to_string(&helper_log).unwrap_or_default()
+    );
+    assert_eq!(
+        manifest(&volume, false),
+        before,
+        "the files came back as they were"
+    );
+    let log = client
+        .get_restore_logs(GetRestoreLogsRequest {
+            name: "moved".into(),
+        })
+        .await
+        .expect("GetRestoreLogs")
+        .into_inner()
+        .lines
+        .iter()
+        .map(|line| line.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(log.contains("taking it over"), "{log}");
+    assert!(
+        log.contains(
+            "bar/sample volume emptydir-volume: re-attached to its operation on node node-a"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("running it again"), "{log}");
+    assert_eq!(
+        log.matches("restore ended").count(),
+        1,
+        "one run, one end: {log}"
+    );
+    let restores = std::fs::read_to_string(&events).unwrap_or_default();
+    assert_eq!(
+        restores
+            .lines()
+            .filter(|line| *line == "restore start")
+            .count(),
+        1,
+        "restic restored the volume once"
+    );
 }
 
 /// `message` as a request from the leader of `term`.
