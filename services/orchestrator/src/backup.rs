@@ -459,7 +459,7 @@ async fn execute(
         .pods
         .iter()
         .zip(by_pod)
-        .map(|(pod, indexes)| run_pod(cluster, &work, pod, indexes, &slots, control));
+        .map(|(pod, indexes)| run_pod(cluster, &work, pod, indexes, false, &slots, control));
     futures::future::join_all(pods).await;
     Ok(())
 }
@@ -469,12 +469,14 @@ async fn execute(
 /// cannot be run (a bad annotation, a container the pod lacks) or a pre hook that fails the
 /// pod fails its volumes without running restic; a post hook with on-error Fail that fails
 /// turns the pod's completed volumes Failed (their snapshots stay recorded). Every hook run
-/// goes into the backup's log.
-async fn run_pod(
+/// goes into the backup's log. A pod whose volumes `started` before a takeover had its pre
+/// hooks run then (its volumes run only after them): only its post hooks run now.
+pub(crate) async fn run_pod(
     cluster: &Arc<dyn ClusterPort>,
     work: &Arc<BackupWork>,
     pod: &Pod,
     indexes: Vec<usize>,
+    started: bool,
     slots: &engine::Slots,
     control: &RunControl,
 ) {
@@ -492,7 +494,12 @@ async fn run_pod(
     let labels = crate::hooks::labels_of(pod);
     let hooks =
         match stowage_hooks::pod_backup_hooks(namespace, &labels, &annotations, &work.spec_hooks) {
-            Ok(hooks) => hooks,
+            Ok(mut hooks) => {
+                if started {
+                    hooks.pre.clear();
+                }
+                hooks
+            }
             Err(error) => {
                 let reason = format!("pod {pod_name}: backup hook not run: {error}");
                 work.fail_volumes(&indexes, &VolumeOutcome::Failed(reason), control);

@@ -6,6 +6,7 @@
 //! the agent does not have is run: one that never started, or, once, one whose agent lost it
 //! (the agent restarted, or the grace period passed). The run then goes on in the one run
 //! engine and ends like any other, with the same record: `backup describe` shows one run.
+//! Each pod runs between the hooks still due, as far as the record tells (`run_backup_pods`).
 //! Restores are taken over the same way (their volumes re-attached with AttachRestore), both
 //! a whole application's and a data-only one; their runner is `restore.rs`'s.
 
@@ -90,13 +91,102 @@ pub(crate) async fn execute_backup(
             ..Default::default()
         },
         parents,
-        // A resumed backup runs its volumes without their pods' hooks (docs/high-availability.md).
-        spec_hooks: Vec::new(),
+        // A spec that could not be read now was read when the backup started: its hooks are
+        // then left out, as the pods' annotations still count.
+        spec_hooks: crate::hooks::spec_hooks(
+            backup.spec.as_ref().map_or(&[][..], |spec| &spec.hooks),
+        )
+        .unwrap_or_default(),
         repositories,
         resumed: true,
     });
-    engine::run_volumes(work, unfinished, &deps.limits.run_limits(), control).await;
+    run_backup_pods(deps, &work, &volumes, unfinished, control).await;
     Ok(())
+}
+
+/// Runs the `unfinished` volumes of a taken-over backup pod by pod, each pod between its
+/// hooks as in a backup that was never interrupted, as far as the record tells: a pod whose
+/// volumes had all not started gets its pre and post hooks; one whose volumes had started
+/// (so its pre hooks ran before the takeover) and whose hooks' results are not recorded (they
+/// are, on every volume of the pod, once its post hooks ran) gets its post hooks only; one
+/// whose results are recorded, none. A pod that is gone, or was replaced (another uid), runs
+/// no hook; its volumes fail on their agents with the reason.
+async fn run_backup_pods(
+    deps: &Deps,
+    work: &Arc<BackupWork>,
+    volumes: &[PodVolumeBackup],
+    unfinished: Vec<usize>,
+    control: &RunControl,
+) {
+    let slots = engine::Slots::new(&deps.limits.run_limits());
+    // The record's volumes by pod, all of them (those that ended say what ran).
+    let mut pods: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (index, volume) in volumes.iter().enumerate() {
+        let reference = volume.volume.clone().unwrap_or_default();
+        pods.entry((reference.namespace, reference.pod_name))
+            .or_default()
+            .push(index);
+    }
+    let unfinished: std::collections::BTreeSet<usize> = unfinished.into_iter().collect();
+    let mut without_hooks = Vec::new();
+    let mut hooked = Vec::new();
+    for ((namespace, name), indexes) in pods {
+        let to_run: Vec<usize> = indexes
+            .iter()
+            .copied()
+            .filter(|index| unfinished.contains(index))
+            .collect();
+        if to_run.is_empty() {
+            continue;
+        }
+        let hooks_recorded = indexes.iter().any(|&i| !volumes[i].hooks.is_empty());
+        let started = indexes.iter().any(|&i| {
+            !matches!(
+                VolumePhase::try_from(volumes[i].phase),
+                Ok(VolumePhase::Pending | VolumePhase::Unspecified) | Err(_)
+            )
+        });
+        let recorded_uid = volumes[indexes[0]]
+            .volume
+            .as_ref()
+            .map(|r| r.pod_uid.clone())
+            .unwrap_or_default();
+        let pod = match (&deps.cluster, hooks_recorded) {
+            (Some(cluster), false) => match cluster.pod(&namespace, &name).await {
+                Ok(pod) => pod.filter(|pod| {
+                    recorded_uid.is_empty() || pod.metadata.uid.as_deref() == Some(&recorded_uid)
+                }),
+                Err(error) => {
+                    work.entry.log(
+                        "warning",
+                        format!("pod {namespace}/{name}: backup hooks not run: {error}"),
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        match (pod, &deps.cluster) {
+            (Some(pod), Some(cluster)) => hooked.push((cluster.clone(), pod, to_run, started)),
+            _ => without_hooks.extend(to_run),
+        }
+    }
+    let hooked_pods = hooked.iter().map(|(cluster, pod, indexes, started)| {
+        crate::backup::run_pod(
+            cluster,
+            work,
+            pod,
+            indexes.clone(),
+            *started,
+            &slots,
+            control,
+        )
+    });
+    futures::future::join(
+        engine::run_volumes_in(work.clone(), without_hooks, &slots, control),
+        futures::future::join_all(hooked_pods),
+    )
+    .await;
 }
 
 /// The events of volume `index`'s operation on its agent when the agent still has it; `None`
@@ -629,6 +719,74 @@ mod tests {
                 .any(|l| l.message.contains("left running for the next leader")),
             "{log:#?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_over_pod_whose_volumes_started_gets_its_post_hook_only_and_the_rest_both() {
+        let world = World::new(limits());
+        for (name, volume) in [("db", "kept"), ("web", "waiting")] {
+            let mut pod = crate::testing::pod("shop", name, "node-a", &[volume]);
+            let annotations = pod
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            annotations.insert("pre.hook.backup.velero.io/command".into(), "freeze".into());
+            annotations.insert("post.hook.backup.velero.io/command".into(), "thaw".into());
+            world.cluster.add_pod(pod);
+        }
+        let backup = Backup {
+            name: "nightly".into(),
+            uid: "u1".into(),
+            origin: BackupOrigin::Stowage as i32,
+            status: Some(BackupStatus {
+                phase: BackupPhase::InProgress as i32,
+                volumes: vec![
+                    volume("db", "kept", VolumePhase::InProgress),
+                    volume("web", "waiting", VolumePhase::Pending),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        world
+            .store
+            .backups
+            .lock()
+            .unwrap()
+            .insert("nightly".into(), (backup, Vec::new()));
+        world.agents.kept.lock().unwrap().insert(
+            "u1-0".into(),
+            Script::Complete {
+                steps: 2,
+                every: Duration::from_secs(5),
+            },
+        );
+        recovery::load(&world.deps).await.unwrap();
+        let status = ended(&world).await.status.unwrap();
+        assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
+        let timeline = world.cluster.timeline.lock().unwrap().clone();
+        let of = |pod: &str, volume: &str| -> Vec<String> {
+            timeline
+                .iter()
+                .filter(|event| event.contains(&format!("shop/{pod} ")) || event.ends_with(volume))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            of("db", "kept"),
+            ["exec thaw in shop/db container app"],
+            "its pre hook ran before the takeover, its volume is re-attached, not run"
+        );
+        assert_eq!(
+            of("web", "waiting"),
+            [
+                "exec freeze in shop/web container app",
+                "restic waiting",
+                "exec thaw in shop/web container app"
+            ]
+        );
+        assert_eq!(status.volumes[0].hooks.len(), 1, "{:?}", status.volumes[0]);
+        assert_eq!(status.volumes[1].hooks.len(), 2, "{:?}", status.volumes[1]);
     }
 
     #[tokio::test(start_paused = true)]
