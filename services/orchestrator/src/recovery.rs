@@ -88,6 +88,7 @@ async fn recover_restores(deps: &Deps) {
             Err(error) => tracing::warn!(%error, "reading past restores from their mirrors"),
         }
     }
+    let mut taken_over = Vec::new();
     for (name, (restore, logs, recorded)) in restores {
         let unfinished = restore.status.as_ref().is_none_or(|status| {
             !restore_is_final(status.phase) || status.volumes.iter().any(|v| !is_terminal(v.phase))
@@ -99,7 +100,7 @@ async fn recover_restores(deps: &Deps) {
             );
             let entry = Entry::new(restore, logs, deps.shutdown.child_token());
             deps.index.insert_restore(&name, entry.clone());
-            restore::spawn(deps, entry, restore::Start::TakenOver, span);
+            taken_over.push((entry, span));
             continue;
         }
         let entry = Entry::new(restore, logs, CancellationToken::new());
@@ -121,6 +122,11 @@ async fn recover_restores(deps: &Deps) {
             }
             Err(error) => tracing::warn!(%error, "failing unfinished PodVolumeRestores"),
         }
+    }
+    // Started only now: the mirrors failed above include theirs, which each runner writes
+    // again as recorded before any volume runs, with nothing left to overwrite them.
+    for (entry, span) in taken_over {
+        restore::spawn(deps, entry, restore::Start::TakenOver, span);
     }
 }
 

@@ -301,6 +301,16 @@ async fn run(deps: Deps, entry: Arc<RestoreEntry>, start: Start) {
         Arc::new(move |message| warn_entry.log("warning", message)),
     );
     let restore_pods = Arc::new(data_restore::RestorePods::default());
+    if resumed {
+        // Recovery failed every unfinished mirror it found (see `recovery.rs`); the volumes
+        // this run takes over are shown as the record has them again.
+        let restore = entry.get();
+        let header = restore_header(&restore);
+        let volumes = restore.status.iter().flat_map(|status| &status.volumes);
+        for volume in volumes.filter(|volume| !is_terminal(volume.phase)) {
+            mirrors.submit(volume_mirror(&header, volume));
+        }
+    }
     let body = async {
         let run = RunParts {
             deps: &deps,

@@ -398,6 +398,8 @@ mod tests {
     };
 
     use crate::{
+        kube::mirror::MirrorKind,
+        ports::ClusterPort,
         recovery,
         testing::{Script, World, limits},
     };
@@ -605,9 +607,39 @@ mod tests {
     async fn a_taken_over_restore_reattaches_what_runs_and_runs_only_the_rest() {
         let world = World::new(limits());
         restore_left_running(&world);
+        // The mirrors the previous orchestrator wrote, as its record has the volumes.
+        let recorded = world.store.restores.lock().unwrap()["back"].0.clone();
+        for volume in &recorded.status.as_ref().unwrap().volumes {
+            world
+                .cluster
+                .apply_mirror(
+                    MirrorKind::PodVolumeRestore,
+                    &restore::volume_mirror(&recorded, volume),
+                )
+                .await
+                .unwrap();
+        }
         recovery::load(&world.deps).await.unwrap();
         let restore = restore_ended(&world).await;
         let status = restore.status.unwrap();
+        let mut mirrored: Vec<String> = world
+            .cluster
+            .last_mirrors(MirrorKind::PodVolumeRestore)
+            .values()
+            .map(|mirror| format!("{} {}", mirror.status["phase"], mirror.status["message"]))
+            .collect();
+        mirrored.sort();
+        assert_eq!(
+            mirrored,
+            [
+                r#""Completed" """#,
+                r#""Completed" """#,
+                r#""Completed" """#,
+                r#""Completed" """#,
+                r#""Failed" "restic: wrong password""#
+            ],
+            "each mirror ends as its volume did, none as `orchestrator restarted`"
+        );
         let phases: Vec<i32> = status.volumes.iter().map(|v| v.phase).collect();
         assert_eq!(
             phases,
