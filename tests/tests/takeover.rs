@@ -195,6 +195,20 @@ async fn wait_agent_running(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_orchestrators_running_restore_is_reattached_and_its_helper_released() {
+    restore_taken_over(false).await;
+}
+
+/// A rolling update stops the orchestrator with SIGTERM: the restore is handed over like a
+/// backup (its volume keeps restoring on the agent, its helper is not told), not failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_handed_over_at_sigterm_is_reattached_and_its_helper_released() {
+    restore_taken_over(true).await;
+}
+
+/// Starts a restore whose volume restores slowly, stops the orchestrator once the agent's
+/// restic runs (SIGTERM when `graceful`, else SIGKILL), starts another, and checks that the
+/// restore ends Completed by re-attaching to the running operation.
+async fn restore_taken_over(graceful: bool) {
     let wrapper_dir = tempfile::tempdir().expect("a temp dir for the restic wrapper");
     let _cleanup = KillOnDrop(wrapper_dir.path().display().to_string());
     let events = wrapper_dir.path().join("restic-events");
@@ -255,7 +269,11 @@ async fn a_killed_orchestrators_running_restore_is_reattached_and_its_helper_rel
     );
     // Killed once the agent's restic restores; it keeps restoring through the death.
     wait_agent_running(&mut agent, AgentOperationKind::Restore).await;
-    stack.restart_orchestrator().await;
+    if graceful {
+        stack.restart_orchestrator_gracefully().await;
+    } else {
+        stack.restart_orchestrator().await;
+    }
 
     let mut client = stack.client().await;
     let ended = wait_restore(&mut client, "moved").await;
@@ -296,6 +314,11 @@ async fn a_killed_orchestrators_running_restore_is_reattached_and_its_helper_rel
         .collect::<Vec<_>>()
         .join("\n");
     assert!(log.contains("taking it over"), "{log}");
+    assert_eq!(
+        log.contains("left running for the next leader to take over"),
+        graceful,
+        "only a stopped orchestrator says it hands over: {log}"
+    );
     assert!(
         log.contains(
             "bar/sample volume emptydir-volume: re-attached to its operation on node node-a"
