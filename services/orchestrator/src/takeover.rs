@@ -449,27 +449,39 @@ mod tests {
             .lock()
             .unwrap()
             .insert("nightly".into(), (backup, Vec::new()));
+        kept(world, "u1-1");
+    }
+
+    /// `entry` once `phase` of it is final, with every task of the world ended.
+    async fn final_state<T: Clone>(
+        world: &World,
+        entry: Arc<Entry<T>>,
+        phase: fn(&T) -> Option<i32>,
+        is_final: fn(i32) -> bool,
+    ) -> T {
+        let mut watch = entry.subscribe();
+        while !phase(&watch.borrow_and_update()).is_some_and(is_final) {
+            watch.changed().await.unwrap();
+        }
+        world.settle().await;
+        entry.get()
+    }
+
+    async fn ended(world: &World) -> Backup {
+        let entry = world.deps.index.backup("nightly").expect("recovered");
+        let phase = |backup: &Backup| backup.status.as_ref().map(|s| s.phase);
+        final_state(world, entry, phase, crate::backup::backup_is_final).await
+    }
+
+    /// The agent still has operation `id`, three progress steps from its end.
+    fn kept(world: &World, id: &str) {
         world.agents.kept.lock().unwrap().insert(
-            "u1-1".into(),
+            id.into(),
             Script::Complete {
                 steps: 3,
                 every: Duration::from_secs(5),
             },
         );
-    }
-
-    async fn ended(world: &World) -> Backup {
-        let entry = world.deps.index.backup("nightly").expect("recovered");
-        let mut watch = entry.subscribe();
-        loop {
-            let phase = watch.borrow_and_update().status.as_ref().map(|s| s.phase);
-            if phase.is_some_and(crate::backup::backup_is_final) {
-                break;
-            }
-            watch.changed().await.unwrap();
-        }
-        world.settle().await;
-        entry.get()
     }
 
     #[tokio::test(start_paused = true)]
@@ -580,27 +592,13 @@ mod tests {
             .lock()
             .unwrap()
             .insert("back".into(), (restore, Vec::new()));
-        world.agents.kept.lock().unwrap().insert(
-            "restore-uid-0".into(),
-            Script::Complete {
-                steps: 3,
-                every: Duration::from_secs(5),
-            },
-        );
+        kept(world, "restore-uid-0");
     }
 
     async fn restore_ended(world: &World) -> Restore {
         let entry = world.deps.index.restore("back").expect("recovered");
-        let mut watch = entry.subscribe();
-        loop {
-            let phase = watch.borrow_and_update().status.as_ref().map(|s| s.phase);
-            if phase.is_some_and(restore::restore_is_final) {
-                break;
-            }
-            watch.changed().await.unwrap();
-        }
-        world.settle().await;
-        entry.get()
+        let phase = |restore: &Restore| restore.status.as_ref().map(|s| s.phase);
+        final_state(world, entry, phase, restore::restore_is_final).await
     }
 
     #[tokio::test(start_paused = true)]
