@@ -424,21 +424,30 @@ mod tests {
     /// A backup its orchestrator left with one volume done, two running (one of which the
     /// agent still has) and one not started.
     fn left_running(world: &World) {
+        backup_in_progress(
+            world,
+            vec![
+                PodVolumeBackup {
+                    snapshot_id: "snap-done".into(),
+                    ..volume("db", "done", VolumePhase::Completed)
+                },
+                volume("db", "kept", VolumePhase::InProgress),
+                volume("db", "lost", VolumePhase::InProgress),
+                volume("web", "waiting", VolumePhase::Pending),
+            ],
+        );
+        kept(world, "u1-1");
+    }
+
+    /// Backup `nightly` (uid u1) recorded InProgress with `volumes`.
+    fn backup_in_progress(world: &World, volumes: Vec<PodVolumeBackup>) {
         let backup = Backup {
             name: "nightly".into(),
             uid: "u1".into(),
             origin: BackupOrigin::Stowage as i32,
             status: Some(BackupStatus {
                 phase: BackupPhase::InProgress as i32,
-                volumes: vec![
-                    PodVolumeBackup {
-                        snapshot_id: "snap-done".into(),
-                        ..volume("db", "done", VolumePhase::Completed)
-                    },
-                    volume("db", "kept", VolumePhase::InProgress),
-                    volume("db", "lost", VolumePhase::InProgress),
-                    volume("web", "waiting", VolumePhase::Pending),
-                ],
+                volumes,
                 ..Default::default()
             }),
             ..Default::default()
@@ -449,7 +458,6 @@ mod tests {
             .lock()
             .unwrap()
             .insert("nightly".into(), (backup, Vec::new()));
-        kept(world, "u1-1");
     }
 
     /// `entry` once `phase` of it is final, with every task of the world ended.
@@ -764,33 +772,14 @@ mod tests {
             annotations.insert("post.hook.backup.velero.io/command".into(), "thaw".into());
             world.cluster.add_pod(pod);
         }
-        let backup = Backup {
-            name: "nightly".into(),
-            uid: "u1".into(),
-            origin: BackupOrigin::Stowage as i32,
-            status: Some(BackupStatus {
-                phase: BackupPhase::InProgress as i32,
-                volumes: vec![
-                    volume("db", "kept", VolumePhase::InProgress),
-                    volume("web", "waiting", VolumePhase::Pending),
-                ],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        world
-            .store
-            .backups
-            .lock()
-            .unwrap()
-            .insert("nightly".into(), (backup, Vec::new()));
-        world.agents.kept.lock().unwrap().insert(
-            "u1-0".into(),
-            Script::Complete {
-                steps: 2,
-                every: Duration::from_secs(5),
-            },
+        backup_in_progress(
+            &world,
+            vec![
+                volume("db", "kept", VolumePhase::InProgress),
+                volume("web", "waiting", VolumePhase::Pending),
+            ],
         );
+        kept(&world, "u1-0");
         recovery::load(&world.deps).await.unwrap();
         let status = ended(&world).await.status.unwrap();
         assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
