@@ -47,6 +47,8 @@ const RECORD_EVERY: Duration = Duration::from_secs(10);
 /// How long a CustomResourceDefinition the restore created may take to be Established before
 /// its custom resources are sent anyway (and fail with the API server's reason if not served).
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a restore waits for a namespace it restores into to finish being deleted.
+const NAMESPACE_TERMINATING_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the volumes of a cancelled restore did not end restored.
 const CANCELLED: &str = "the restore was cancelled";
@@ -1114,6 +1116,7 @@ pub fn resource_options(
         restic_claims: Default::default(),
         policy: ExistingPolicy::parse(&spec.existing_resource_policy)?,
         crd_timeout: CRD_ESTABLISHED_TIMEOUT,
+        namespace_timeout: NAMESPACE_TERMINATING_TIMEOUT,
         poll_interval: limits.poll_interval,
     })
 }
