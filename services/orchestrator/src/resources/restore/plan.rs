@@ -167,17 +167,6 @@ pub fn owner_references(object: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Whether the object carries every label of `selector`.
-pub fn selected(object: &Value, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(key, value)| {
-        object
-            .pointer("/metadata/labels")
-            .and_then(|labels| labels.get(key))
-            .and_then(Value::as_str)
-            == Some(value.as_str())
-    })
-}
-
 /// Metadata the API server sets and a create must not carry. ownerReferences go too: they name
 /// the old owners' uids, and an object whose controller's uid does not exist is garbage
 /// collected; the restore re-points them once the owners are back (see run.rs).

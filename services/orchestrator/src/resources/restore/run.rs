@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     api::{ObjectApi, ObjectError},
     plan::{self, Context},
+    selector::LabelSelector,
 };
 use crate::{
     error::Error,
@@ -64,7 +65,7 @@ pub struct Options {
     pub namespace_mapping: BTreeMap<String, String>,
     pub include_resources: Vec<String>,
     pub exclude_resources: Vec<String>,
-    pub label_selector: BTreeMap<String, String>,
+    pub label_selector: LabelSelector,
     /// `(source namespace, claim)` of the claims whose data the restore writes from restic
     /// snapshots: their PersistentVolumes are not restored (Velero's rule: the old volume's
     /// storage went with it, so the claim is provisioned afresh and filled by restic).
@@ -232,16 +233,10 @@ impl Restorer<'_> {
         if !self.filter.includes(resource) {
             return Some("left out by the restore's resource filter".to_string());
         }
-        if !plan::selected(object, &self.options.label_selector) {
-            let selector: Vec<String> = self
-                .options
-                .label_selector
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        if !self.options.label_selector.matches(object) {
             return Some(format!(
-                "does not carry the labels {} of the restore's selector",
-                selector.join(",")
+                "its labels do not meet the restore's selector {}",
+                self.options.label_selector
             ));
         }
         None

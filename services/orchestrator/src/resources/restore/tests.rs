@@ -163,7 +163,7 @@ fn options() -> Options {
         namespace_mapping: BTreeMap::new(),
         include_resources: Vec::new(),
         exclude_resources: Vec::new(),
-        label_selector: BTreeMap::new(),
+        label_selector: LabelSelector::default(),
         // The claim's data is not restic's here: its PV is restored and re-bound.
         restic_claims: Default::default(),
         policy: ExistingPolicy::None,
@@ -515,12 +515,19 @@ async fn filters_pick_resources_and_labels_and_say_what_they_left_out() {
         .unwrap();
     tarball.objects.get_mut(&key).unwrap()["metadata"]["labels"] = json!({"app": "web"});
     let mut labelled = options();
-    labelled.label_selector = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    labelled.label_selector = LabelSelector {
+        match_labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+        expressions: vec![selector::Requirement {
+            key: "tier".into(),
+            operator: selector::Operator::NotIn,
+            values: vec!["db".into()],
+        }],
+    };
     let run = restore(&api, &tarball, &labelled).await;
     assert_eq!(run.outcome("configmaps/shop/cfg").0, Outcome::Created);
     let (outcome, message) = run.outcome("secrets/shop/creds");
     assert_eq!(outcome, Outcome::Skipped);
-    assert!(message.contains("app=web"), "{message}");
+    assert!(message.contains("app=web,tier notin (db)"), "{message}");
 
     // Objects of namespaces the restore does not include are not looked at.
     let api = FakeObjects::new();
