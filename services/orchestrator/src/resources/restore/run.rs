@@ -146,6 +146,8 @@ struct Restorer<'a> {
     namespaces_ready: BTreeSet<String>,
     /// Namespaces that stayed Terminating past the bound: why their objects fail.
     namespaces_failed: BTreeMap<String, String>,
+    /// Ends a wait for a Terminating namespace early.
+    cancel: &'a CancellationToken,
     /// PersistentVolumes this restore created.
     volumes_created: BTreeSet<String>,
     handled: Vec<Handled>,
@@ -182,6 +184,7 @@ pub async fn restore_resources(
         waiting: HashMap::new(),
         namespaces_ready: BTreeSet::new(),
         namespaces_failed: BTreeMap::new(),
+        cancel,
         volumes_created: BTreeSet::new(),
         handled: Vec::new(),
     };
@@ -382,8 +385,8 @@ impl Restorer<'_> {
     /// the API server refuses new content in it, and a create of it is AlreadyExists until the
     /// namespace controller has emptied and removed it) is waited for, up to
     /// `namespace_timeout`, with progress in the log; then it is gone (`false`). Still there
-    /// past the bound, or unreadable, it is an error naming it, remembered so that every
-    /// object of the namespace fails with it at once.
+    /// past the bound, it is an error naming it, remembered so that every object of the
+    /// namespace fails with it at once (a read that fails is this object's error only).
     async fn settle_namespace(
         &mut self,
         namespaces: &ApiResource,
@@ -395,7 +398,7 @@ impl Restorer<'_> {
         let timeout = self.options.namespace_timeout;
         let started = Instant::now();
         let mut next_progress = started;
-        let result = loop {
+        loop {
             let live = match self.api.get(namespaces, None, namespace).await {
                 Ok(live) => live,
                 Err(error) => {
@@ -414,15 +417,19 @@ impl Restorer<'_> {
             }
             let waited = Instant::now() - started;
             if waited >= timeout {
-                break Err(format!(
+                let reason = format!(
                     "namespace {namespace} is still being deleted (Terminating) after {}s; \
                      its objects cannot be created until the deletion ends (look for \
                      finalizers left on it or on its objects), then restore again",
                     timeout.as_secs()
-                ));
+                );
+                self.namespaces_failed
+                    .insert(namespace.to_string(), reason.clone());
+                break Err(reason);
             }
             if Instant::now() >= next_progress {
-                let line = if waited.is_zero() {
+                // The first line says what the wait is for; the next ones how long it lasts.
+                let line = if next_progress == started {
                     format!(
                         "namespace {namespace} is being deleted (Terminating); waiting up to {}s \
                          until it is gone to create it again",
@@ -437,13 +444,15 @@ impl Restorer<'_> {
                 (self.log)("info", line);
                 next_progress += NAMESPACE_PROGRESS_EVERY;
             }
-            tokio::time::sleep(self.options.poll_interval).await;
-        };
-        if let Err(reason) = &result {
-            self.namespaces_failed
-                .insert(namespace.to_string(), reason.clone());
+            tokio::select! {
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+                () = self.cancel.cancelled() => {
+                    break Err(format!(
+                        "the restore was cancelled while namespace {namespace} was Terminating"
+                    ));
+                }
+            }
         }
-        result
     }
 
     async fn restore_one(

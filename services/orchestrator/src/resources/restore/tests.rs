@@ -693,3 +693,30 @@ async fn a_namespace_terminating_past_the_bound_fails_its_objects_naming_it() {
         .count();
     assert_eq!(waits, 1, "{:#?}", run.log);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_restore_stops_waiting_for_a_terminating_namespace() {
+    let api = terminating_shop(None);
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let (tarball, options) = (shop(), options());
+    let log = |_: &str, _: String| {};
+    let (handled, ()) = tokio::join!(
+        restore_resources(&api, &tarball, &options, &dress, &log, &cancel),
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.cancel();
+        }
+    );
+    let handled = handled.expect("the restore runs");
+    // The namespace is the last object looked at: the wait ended with the cancel, and the
+    // restore stopped there.
+    let last = handled.last().expect("objects handled");
+    assert_eq!(last.path(), "namespaces/shop");
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert!(
+        last.message
+            .contains("cancelled while namespace shop was Terminating"),
+        "{last:?}"
+    );
+}
