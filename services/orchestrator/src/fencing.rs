@@ -1,8 +1,11 @@
 //! The orchestrator's half of the fencing rule (`stowage_contract::fencing`): every write to
 //! the storage location's records first checks that this process still holds its leader term
 //! (its last lease renewal is fresh), so an old leader that wakes up after a takeover writes
-//! nothing; its requests to the agents carry its term, which they refuse once a newer leader
-//! spoke to them (`kube::agents::Agents::request`).
+//! nothing, and its caller is answered `Unavailable`. Beneath it, the object store every
+//! writer of the location shares is fenced by the same term
+//! (`stowage_storage_location::FencedObjectStore`, built in `main.rs`), which also covers the
+//! schedules. Its requests to the agents and the repo-manager carry its term, which they
+//! refuse once a newer leader spoke to them (`stowage_grpc::fencing`).
 
 use std::{collections::BTreeSet, sync::Arc};
 

@@ -10,6 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use stowage_contract::fencing::LeaderTerm;
 use stowage_restic::{CheckData, Restic, ResticError};
 use stowage_storage_location::StorageLocation;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,9 @@ pub struct ManagerSettings {
     /// How long a repository this process verified answers EnsureRepository without restic;
     /// zero verifies on every call.
     pub verify_interval: Duration,
+    /// This process's leader term, as the election reports it (the fencing rule): restic
+    /// runs under the exclusive lease start only while it holds. Never set without election.
+    pub term: LeaderTerm,
 }
 
 /// The password Velero's restic integration gives every repository unless the operator
@@ -79,6 +83,10 @@ pub struct Manager {
     mirror: Option<RepositoryMirror>,
     /// Judges locks of stowage pods that are gone, when an API is configured.
     lock_holders: Option<LockHolders>,
+    /// This process's leader term: restic runs under the exclusive lease (maintenance, forget,
+    /// key rotation) start only while it holds; the store under `state` and `keys` checks it
+    /// before every write.
+    term: LeaderTerm,
     shutdown: CancellationToken,
 }
 
@@ -168,6 +176,7 @@ impl Manager {
         if let Err(error) = keys.seal_unsealed_copies().await {
             tracing::warn!(%error, "cannot look for unsealed bucket copies of passwords");
         }
+        let term = settings.term.clone();
         let manager = Manager {
             location,
             restic,
@@ -180,6 +189,7 @@ impl Manager {
             settings,
             mirror,
             lock_holders,
+            term,
             shutdown,
         };
         for record in manager.list() {
@@ -539,6 +549,14 @@ impl Manager {
             leases: &self.leases,
             id: lease.id,
         };
+        // Checked after the wait for the lease, right before restic starts: a repo-manager
+        // paused through a takeover starts nothing when it wakes up.
+        if !self.term.holds(Instant::now()) {
+            return Err(RepoError::TermEnded {
+                what: holder.to_string(),
+                term: self.term.get().unwrap_or_default(),
+            });
+        }
         task().await
     }
 
