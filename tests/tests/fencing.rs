@@ -1,26 +1,29 @@
 //! The fencing rule between real processes: a leader paused (SIGSTOP) through a takeover and
 //! woken up (SIGCONT) after it writes nothing. For the orchestrator, the new leader takes the
 //! running backup over to its end and the old one, woken up, leaves the backup's record and log
-//! byte-identical, adds no snapshot and exits with code 3; for the repo-manager, the new leader
-//! ends the interrupted prune and runs it again, and the old one's stale result is not written.
-//! Two replicas of each service elect through their Leases in the Kubernetes API emulator.
+//! byte-identical, adds no snapshot, starts or cancels nothing on the agent and exits with
+//! code 3; for the repo-manager, the new leader ends the interrupted prune and runs it again,
+//! and the old one's stale result is not written. Two replicas of each service elect through
+//! their Leases in the Kubernetes API emulator (the `ha` harness).
+//!
+//! A woken-up leader notices at once that its renew deadline has passed and exits; whether it
+//! first tries a write (refused by the fence, naming its term) or a request to the agent
+//! (refused by the agent) depends on which of its tasks runs first, so the tests check what
+//! must hold either way: nothing in the bucket changed, and any refusal names the old term.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
 use stowage_e2e::{
-    TestProcess,
     api::{namespace_spec, wait_backup},
-    binary, free_port, health_status,
-    kube::{KubeEmulator, ensure_namespace, seed_example},
-    kubelet::FakeKubelet,
+    ha::{HaOptions, HaStack, LOST_LEADERSHIP, Replica, Replicas},
+    health_status,
+    kube::seed_example,
     restic::{RepositoryRestic, restic_wrapper},
     stack::slow_restic,
-    start_service,
 };
 use stowage_proto::v1::{
     AgentOperationState, BackupPhase, CreateBackupRequest, EnsureRepositoryRequest,
@@ -31,111 +34,59 @@ use stowage_proto::v1::{
 use tokio::time::Instant;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// Short timings, so that a takeover takes seconds: lease 4 s, renew deadline 3 s, retry 1 s.
-const ELECTION: [&str; 10] = [
-    "--leader-elect",
-    "true",
-    "--leader-elect-lease-duration-seconds",
-    "4",
-    "--leader-elect-renew-deadline-seconds",
-    "3",
-    "--leader-elect-retry-period-seconds",
-    "1",
-    "--leader-elect-namespace",
-    "stowage",
-];
-
 /// How long a standby may take to lead once the leader stopped renewing: the lease duration
-/// and the election's retries, with room for a loaded machine.
+/// (4 s) and the election's retries, with room for a loaded machine.
 const TAKEOVER_WITHIN: Duration = Duration::from_secs(20);
 
-const MASTER_KEY: &str = "master-key-for-the-fencing-test";
-
-/// The exit code of a service that lost its leadership (`stowage_leader`).
-const LOST_LEADERSHIP_EXIT_CODE: i32 = 3;
-
-struct Replica {
-    identity: String,
-    url: String,
-    process: TestProcess,
+/// The leader of `replicas` (which all run), then the identity of the one other replica.
+async fn leader_and_standby(replicas: &mut Replicas) -> (String, String) {
+    let leader = replicas.one_leader(TAKEOVER_WITHIN).await;
+    let standby = replicas
+        .replicas
+        .iter()
+        .map(|replica| replica.identity.clone())
+        .find(|identity| *identity != leader)
+        .expect("two replicas");
+    (leader, standby)
 }
 
-fn start_replica(
-    binary_name: &str,
-    identity: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    logs: &Path,
-) -> Replica {
-    let port = free_port();
-    let mut all = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
-    all.extend(ELECTION.iter().map(|arg| arg.to_string()));
-    all.extend(["--leader-elect-identity".to_string(), identity.to_string()]);
-    all.extend_from_slice(args);
-    Replica {
-        identity: identity.to_string(),
-        url: format!("http://127.0.0.1:{port}"),
-        process: TestProcess::start(identity, binary(binary_name), &all, env, logs),
-    }
-}
-
-/// Waits until one of `replicas` whose `running` flag is set reports `service` SERVING;
-/// returns its index. A paused replica is left out (it would not answer).
-async fn leader_among(replicas: &mut [Replica], running: &[bool], service: &str) -> usize {
+/// Waits until `replica` reports `service` SERVING (it leads). Only it is asked: a paused
+/// replica would never answer.
+async fn wait_leads(replica: &mut Replica, service: &str, logs: impl Fn() -> String) {
     let deadline = Instant::now() + TAKEOVER_WITHIN;
     loop {
-        for (index, replica) in replicas.iter_mut().enumerate() {
-            if !running[index] {
-                continue;
-            }
-            if let Ok(Some(status)) = replica.process.child.try_wait() {
-                panic!(
-                    "{} exited with {status}; log:\n{}",
-                    replica.identity,
-                    replica.process.log()
-                );
-            }
-            if health_status(&replica.url, service).await == Ok(ServingStatus::Serving) {
-                return index;
-            }
+        if let Some(status) = replica.exited() {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                replica.identity,
+                replica.log()
+            );
+        }
+        if health_status(&replica.url, service).await == Ok(ServingStatus::Serving) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "no replica leads {service} within {TAKEOVER_WITHIN:?}\n{}",
-            logs_of(replicas)
+            "{} does not lead {service} within {TAKEOVER_WITHIN:?}\n{}",
+            replica.identity,
+            logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn logs_of(replicas: &[Replica]) -> String {
-    replicas
-        .iter()
-        .map(|replica| format!("--- {}:\n{}", replica.identity, replica.process.log()))
-        .collect()
-}
-
-/// Sends `signal` (`STOP`, `CONT`) to `process`.
-fn signal(process: &TestProcess, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), process.pid().to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill -{signal} {}", process.pid());
 }
 
 /// Waits for a woken-up old leader to exit, and returns its exit code.
 async fn exit_code(replica: &mut Replica) -> Option<i32> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(status) = replica.process.child.try_wait().expect("try_wait") {
+        if let Some(status) = replica.exited() {
             return status.code();
         }
         assert!(
             Instant::now() < deadline,
             "{} is still running 20 s after it was woken up; log:\n{}",
             replica.identity,
-            replica.process.log()
+            replica.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -196,7 +147,7 @@ fn led_in_term(log: &str) -> Option<u64> {
 /// The old leader's log after it woke up: it lost the leadership, and any write it tried was
 /// refused naming its ended term.
 fn assert_woke_up_stale(old: &Replica, service: &str) {
-    let log = plain(&old.process.log());
+    let log = plain(&old.log());
     let term = led_in_term(&log).unwrap_or_else(|| panic!("no `leading` line:\n{log}"));
     assert!(log.contains("lost the leadership"), "{log}");
     if log.contains("not writing") || log.contains("not running") {
@@ -209,89 +160,28 @@ fn assert_woke_up_stale(old: &Replica, service: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let storage = dir.path().join("bucket");
-    std::fs::create_dir_all(&storage).unwrap();
-    let storage_url = format!("file://{}", storage.display());
-    let kube = KubeEmulator::start(&logs).await;
-    let client = kube.client().await;
-    ensure_namespace(&client, "stowage").await;
-
     // The volume's restic waits 15 s before it backs up: long enough to pause the leader and
-    // let the standby take the running volume over.
-    let kubelet = FakeKubelet::new(dir.path().join("nodes/node-a/pods"));
-    let example = seed_example(&client, "foo", "node-a", Some("emptydir-volume")).await;
-    let volume = kubelet.pod(&example.pod_uid()).empty_dir("emptydir-volume");
+    // let the standby take the running volume over. Housekeeping is put off, so that the new
+    // leader writes nothing of its own once the backup has ended: any change in the bucket
+    // after that is the old leader's.
+    let wrapper = tempfile::tempdir().unwrap();
+    let restic = slow_restic(wrapper.path(), 15);
+    let mut stack = HaStack::start(HaOptions {
+        agent_args: vec!["--restic-binary".into(), restic.display().to_string()],
+        orchestrator_args: vec!["--housekeeping-interval-seconds".into(), "3600".into()],
+        ..HaOptions::default()
+    })
+    .await;
+    let kube = stack.kube_client().await;
+    let example = seed_example(&kube, "foo", "node-a", Some("emptydir-volume")).await;
+    let volume = stack.kubelets["node-a"]
+        .pod(&example.pod_uid())
+        .empty_dir("emptydir-volume");
     std::fs::write(volume.join("data.txt"), b"written once").unwrap();
-    let wrapper_dir = dir.path().join("wrapper");
-    std::fs::create_dir_all(&wrapper_dir).unwrap();
-    let restic = slow_restic(&wrapper_dir, 15);
-    let agent_scratch = dir.path().join("scratch/agent");
-    std::fs::create_dir_all(&agent_scratch).unwrap();
-    let agent = start_service(
-        "stowage-volume-agent",
-        "stowage.v1.VolumeAgent",
-        &[
-            "--node-name".into(),
-            "node-a".into(),
-            "--pods-root".into(),
-            kubelet.pods_root().display().to_string(),
-            "--scratch-dir".into(),
-            agent_scratch.display().to_string(),
-            "--restic-binary".into(),
-            restic.display().to_string(),
-        ],
-        &BTreeMap::new(),
-        &logs,
-    )
-    .await;
-    let repo_manager_scratch = dir.path().join("scratch/repo-manager");
-    std::fs::create_dir_all(&repo_manager_scratch).unwrap();
-    let repo_manager = start_service(
-        "stowage-repo-manager",
-        "stowage.v1.RepoManager",
-        &[
-            "--storage-url".into(),
-            storage_url.clone(),
-            "--scratch-dir".into(),
-            repo_manager_scratch.display().to_string(),
-        ],
-        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string())]),
-        &logs,
-    )
-    .await;
 
-    // Housekeeping is put off, so that the new leader writes nothing of its own once the
-    // backup has ended: any change in the bucket after that is the old leader's.
-    let mut orchestrators: Vec<Replica> = ["orchestrator-a", "orchestrator-b"]
-        .iter()
-        .map(|identity| {
-            start_replica(
-                "stowage-orchestrator",
-                identity,
-                &[
-                    "--repo-manager".into(),
-                    repo_manager.url.clone(),
-                    "--agent".into(),
-                    format!("node-a={}", agent.url),
-                    "--storage-url".into(),
-                    storage_url.clone(),
-                    "--poll-interval-ms".into(),
-                    "100".into(),
-                    "--housekeeping-interval-seconds".into(),
-                    "3600".into(),
-                ],
-                &kube.env(),
-                &logs,
-            )
-        })
-        .collect();
-    let mut running = vec![true, true];
-    let old = leader_among(&mut orchestrators, &running, "stowage.v1.Orchestrator").await;
+    let (old, new) = leader_and_standby(&mut stack.orchestrators).await;
     let mut old_client = OrchestratorClient::new(
-        stowage_grpc::connect(&orchestrators[old].url)
+        stowage_grpc::connect(&stack.orchestrators.get(&old).url)
             .await
             .unwrap(),
     );
@@ -303,10 +193,14 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
         .await
         .expect("CreateBackup");
     drop(old_client);
-    let mut agent_client = VolumeAgentClient::new(stowage_grpc::connect(&agent.url).await.unwrap());
+    let mut agent = VolumeAgentClient::new(
+        stowage_grpc::connect(&stack.agents["node-a"].url)
+            .await
+            .unwrap(),
+    );
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let info = agent_client
+            let info = agent
                 .get_agent_info(GetAgentInfoRequest {})
                 .await
                 .expect("GetAgentInfo")
@@ -324,13 +218,18 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
     .await
     .expect("the agent runs the volume's restic");
 
-    // The leader is paused with the volume running; the standby takes over.
-    signal(&orchestrators[old].process, "STOP");
-    running[old] = false;
-    let new = leader_among(&mut orchestrators, &running, "stowage.v1.Orchestrator").await;
-    assert_ne!(new, old);
+    // The leader is paused with the volume running; the standby takes over. The new leader is
+    // called directly: the Services would ask the paused replica too.
+    stack.orchestrators.get(&old).pause();
+    let logs = stack.orchestrators.logs();
+    wait_leads(
+        stack.orchestrators.get_mut(&new),
+        "stowage.v1.Orchestrator",
+        || logs.clone(),
+    )
+    .await;
     let mut new_client = OrchestratorClient::new(
-        stowage_grpc::connect(&orchestrators[new].url)
+        stowage_grpc::connect(&stack.orchestrators.get(&new).url)
             .await
             .unwrap(),
     );
@@ -340,7 +239,7 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
         status.phase,
         BackupPhase::Completed as i32,
         "{status:#?}\n{}",
-        logs_of(&orchestrators)
+        stack.orchestrators.logs()
     );
     let log = new_client
         .get_backup_logs(GetBackupLogsRequest {
@@ -358,7 +257,7 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
         log.contains("re-attached to its operation on node node-a"),
         "{log}"
     );
-    let backups = storage.join("backups");
+    let backups = stack.storage.join("backups");
     let records_before = files_under(&backups);
     assert!(
         records_before
@@ -367,7 +266,9 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
         "the backup's record is in the bucket: {:?}",
         records_before.keys()
     );
-    let access = RepoManagerClient::new(stowage_grpc::connect(&repo_manager.url).await.unwrap())
+    let access = stack
+        .repo_manager_client()
+        .await
         .get_repository_access(GetRepositoryAccessRequest {
             namespace: "foo".into(),
         })
@@ -379,44 +280,39 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
     assert_eq!(snapshots_before.len(), 1, "restic ran once for the volume");
 
     // The old leader wakes up: it writes nothing and exits.
-    signal(&orchestrators[old].process, "CONT");
-    let code = exit_code(&mut orchestrators[old]).await;
-    assert_eq!(
-        code,
-        Some(LOST_LEADERSHIP_EXIT_CODE),
-        "{}",
-        orchestrators[old].process.log()
-    );
+    stack.orchestrators.get(&old).resume();
+    let code = exit_code(stack.orchestrators.get_mut(&old)).await;
+    let old_log = stack.orchestrators.get(&old).log();
+    assert_eq!(code, Some(LOST_LEADERSHIP), "{old_log}");
     assert_eq!(
         files_under(&backups),
         records_before,
         "the backup's record, log and resources are byte-identical after the old leader woke \
-         up\n{}",
-        orchestrators[old].process.log()
+         up\n{old_log}"
     );
     assert_eq!(
         repository.snapshot_ids(),
         snapshots_before,
         "no new snapshot"
     );
-    assert_woke_up_stale(&orchestrators[old], "orchestrator");
-    let old_term = led_in_term(&orchestrators[old].process.log()).unwrap();
-    let new_term = led_in_term(&orchestrators[new].process.log())
-        .unwrap_or_else(|| panic!("{}", orchestrators[new].process.log()));
+    assert_woke_up_stale(stack.orchestrators.get(&old), "orchestrator");
+    let old_term = led_in_term(&old_log).unwrap();
+    let new_log = stack.orchestrators.get(&new).log();
+    let new_term = led_in_term(&new_log).unwrap_or_else(|| panic!("{new_log}"));
     assert!(
         new_term > old_term,
         "the new leader's term {new_term} is newer than {old_term}"
     );
-    // Whatever the old leader still sent the agent carried its older term, which the agent
-    // refused: it had seen the new leader's when that re-attached.
-    let agent_log = agent.process.log();
+    // Whatever the old leader still sent the agent (a cancel, an attach) carried its older
+    // term, which the agent refused: it had seen the new leader's when that re-attached.
+    let agent_log = plain(&stack.agents["node-a"].process.log());
     if agent_log.contains(&format!("the request's leader term {old_term}")) {
         assert!(
             agent_log.contains(&format!("is older than term {new_term}")),
             "{agent_log}"
         );
     }
-    let info = agent_client
+    let info = agent
         .get_agent_info(GetAgentInfoRequest {})
         .await
         .expect("GetAgentInfo")
@@ -425,6 +321,12 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
         info.operations.len(),
         1,
         "the old leader started no operation on the agent: {:#?}",
+        info.operations
+    );
+    assert_eq!(
+        info.operations[0].state,
+        AgentOperationState::Succeeded as i32,
+        "the old leader cancelled nothing: {:#?}",
         info.operations
     );
 }
@@ -451,21 +353,11 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool, 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let storage = dir.path().join("bucket");
-    std::fs::create_dir_all(&storage).unwrap();
-    let storage_url = format!("file://{}", storage.display());
-    let kube = KubeEmulator::start(&logs).await;
-    ensure_namespace(&kube.client().await, "stowage").await;
-
     // The first prune waits 12 s before restic runs and marks its end; later ones run at once.
-    let wrapper_dir = dir.path().join("wrapper");
-    std::fs::create_dir_all(&wrapper_dir).unwrap();
-    let first = wrapper_dir.join("first-prune");
+    let wrapper = tempfile::tempdir().unwrap();
+    let first = wrapper.path().join("first-prune");
     let restic = restic_wrapper(
-        &wrapper_dir,
+        wrapper.path(),
         "slow-first-prune",
         &format!(
             "case \" $* \" in *\" prune \"*)\n  if mkdir '{first}' 2>/dev/null; then\n    \
@@ -474,35 +366,21 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
             first = first.display()
         ),
     );
-    let mut env = kube.env();
-    env.insert("STOWAGE_MASTER_KEY".into(), MASTER_KEY.into());
-    let mut repo_managers: Vec<Replica> = ["repo-manager-a", "repo-manager-b"]
-        .iter()
-        .map(|identity| {
-            let scratch = dir.path().join("scratch").join(identity);
-            std::fs::create_dir_all(&scratch).unwrap();
-            start_replica(
-                "stowage-repo-manager",
-                identity,
-                &[
-                    "--storage-url".into(),
-                    storage_url.clone(),
-                    "--scratch-dir".into(),
-                    scratch.display().to_string(),
-                    "--restic-binary".into(),
-                    restic.display().to_string(),
-                    "--scheduler-tick".into(),
-                    "1s".into(),
-                ],
-                &env,
-                &logs,
-            )
-        })
-        .collect();
-    let mut running = vec![true, true];
-    let old = leader_among(&mut repo_managers, &running, "stowage.v1.RepoManager").await;
+    let mut stack = HaStack::start(HaOptions {
+        orchestrators: Vec::new(),
+        repo_manager_args: vec![
+            "--restic-binary".into(),
+            restic.display().to_string(),
+            "--scheduler-tick".into(),
+            "1s".into(),
+        ],
+        ..HaOptions::default()
+    })
+    .await;
+    let storage = stack.storage.clone();
+    let (old, new) = leader_and_standby(&mut stack.repo_managers).await;
     let mut old_client = RepoManagerClient::new(
-        stowage_grpc::connect(&repo_managers[old].url)
+        stowage_grpc::connect(&stack.repo_managers.get(&old).url)
             .await
             .unwrap(),
     );
@@ -512,7 +390,7 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
         })
         .await
         .expect("EnsureRepository");
-    // The prune's caller stays away: the call ends when its repo-manager is paused or exits.
+    // The prune's caller stays away: the call ends when its repo-manager exits.
     let prune = tokio::spawn(async move {
         old_client
             .run_maintenance(RunMaintenanceRequest {
@@ -528,16 +406,20 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
             first.exists()
                 && !repository_record(&storage, "foo")["prune"]["running_since"].is_null()
         },
-        logs_of(&repo_managers),
+        stack.repo_managers.logs(),
     )
     .await;
 
     // Paused in the middle of the prune; the standby takes over, ends the interrupted prune
     // and runs it again to its end.
-    signal(&repo_managers[old].process, "STOP");
-    running[old] = false;
-    let new = leader_among(&mut repo_managers, &running, "stowage.v1.RepoManager").await;
-    assert_ne!(new, old);
+    stack.repo_managers.get(&old).pause();
+    let logs = stack.repo_managers.logs();
+    wait_leads(
+        stack.repo_managers.get_mut(&new),
+        "stowage.v1.RepoManager",
+        || logs.clone(),
+    )
+    .await;
     wait_for(
         "the new leader runs the interrupted prune again",
         Duration::from_secs(30),
@@ -545,7 +427,7 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
             let prune = &repository_record(&storage, "foo")["prune"];
             prune["running_since"].is_null() && prune["last_succeeded"] == true
         },
-        logs_of(&repo_managers),
+        stack.repo_managers.logs(),
     )
     .await;
     // The old leader's restic (its child, which was not paused) finishes meanwhile.
@@ -553,27 +435,23 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
         "the paused repo-manager's restic ends",
         Duration::from_secs(30),
         || first.join("ended").exists(),
-        logs_of(&repo_managers),
+        stack.repo_managers.logs(),
     )
     .await;
     let state = storage.join("stowage");
     let before = files_under(&state);
 
-    signal(&repo_managers[old].process, "CONT");
-    let code = exit_code(&mut repo_managers[old]).await;
-    assert_eq!(
-        code,
-        Some(LOST_LEADERSHIP_EXIT_CODE),
-        "{}",
-        repo_managers[old].process.log()
-    );
+    stack.repo_managers.get(&old).resume();
+    let code = exit_code(stack.repo_managers.get_mut(&old)).await;
+    let old_log = stack.repo_managers.get(&old).log();
+    assert_eq!(code, Some(LOST_LEADERSHIP), "{old_log}");
     assert_eq!(
         files_under(&state),
         before,
-        "the repository records and keys are byte-identical after the old leader woke up\n{}",
-        repo_managers[old].process.log()
+        "the repository records and keys are byte-identical after the old leader woke up\n\
+         {old_log}"
     );
-    assert_woke_up_stale(&repo_managers[old], "repo-manager");
+    assert_woke_up_stale(stack.repo_managers.get(&old), "repo-manager");
     let answered = prune.await.expect("the prune call's task");
     assert!(
         answered.is_err(),
@@ -582,7 +460,7 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
 
     // No stale lock is left, and the next prune runs.
     let mut new_client = RepoManagerClient::new(
-        stowage_grpc::connect(&repo_managers[new].url)
+        stowage_grpc::connect(&stack.repo_managers.get(&new).url)
             .await
             .unwrap(),
     );
