@@ -21,6 +21,7 @@
 mod election;
 mod gate;
 mod service;
+mod write_fence;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub use service::Election;
 use stowage_contract::fencing::LeaderTerm;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+pub use write_fence::{WriteFence, WriteFenceLayer, WriteRefused, fenced_client};
 
 /// The exit code of a service that lost its leadership: Kubernetes restarts it as a standby.
 pub const LOST_LEADERSHIP_EXIT_CODE: i32 = 3;

@@ -208,7 +208,8 @@ async fn main() -> anyhow::Result<()> {
     let cluster = if config.no_kubernetes {
         None
     } else {
-        match ::kube::Client::try_default().await {
+        // Its writes (the mirrors, a restore's objects) are refused once the term has ended.
+        match stowage_leader::fenced_client(leadership.term(), "orchestrator").await {
             Ok(client) => Some(kube::Cluster::new(client, config.namespace.clone())),
             Err(error) => {
                 tracing::warn!(%error, "no Kubernetes API: backups and restores will fail until one is configured");

@@ -219,15 +219,6 @@ async fn main() -> anyhow::Result<()> {
             path_style: config.s3_path_style,
         },
     )?;
-    let client = if config.kubernetes {
-        Some(
-            kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API")?,
-        )
-    } else {
-        None
-    };
     // Standing for election first: a standby serves health and answers Unavailable; it reads
     // no repository state and runs no maintenance until it leads. The Lease is in the
     // Kubernetes API whether or not passwords are kept there (--kubernetes).
@@ -239,6 +230,17 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let leadership = election.leadership().clone();
+    // Its writes (password Secrets, ResticRepository mirrors) are refused once the term has
+    // ended, as the writes to the storage location are.
+    let client = if config.kubernetes {
+        Some(
+            stowage_leader::fenced_client(leadership.term(), "repo-manager")
+                .await
+                .context("connecting to the Kubernetes API")?,
+        )
+    } else {
+        None
+    };
     let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
     // A restic too old to classify its failures by exit code stops the repo-manager here,
     // naming the version found and the one needed. A missing one is logged: every repository
