@@ -172,11 +172,21 @@ impl ClusterPort for Cluster {
 #[derive(Clone)]
 pub struct RepoManager {
     client: RepoManagerClient<TracedChannel>,
+    /// This orchestrator's leader term, sent with every request: the repo-manager refuses
+    /// leases, forgets and maintenance from an orchestrator older than one it heard from.
+    term: stowage_contract::fencing::LeaderTerm,
 }
 
 impl RepoManager {
-    pub fn new(client: RepoManagerClient<TracedChannel>) -> RepoManager {
-        RepoManager { client }
+    pub fn new(
+        client: RepoManagerClient<TracedChannel>,
+        term: stowage_contract::fencing::LeaderTerm,
+    ) -> RepoManager {
+        RepoManager { client, term }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        stowage_grpc::fencing::with_term(&self.term, message)
     }
 }
 
@@ -193,9 +203,9 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .ensure_repository(EnsureRepositoryRequest {
+            .ensure_repository(self.request(EnsureRepositoryRequest {
                 namespace: namespace.to_string(),
-            })
+            }))
             .await
             .map_err(Error::rpc(
                 "repo-manager",
@@ -208,16 +218,21 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .get_repository_access(GetRepositoryAccessRequest {
+            .get_repository_access(self.request(GetRepositoryAccessRequest {
                 namespace: namespace.to_string(),
-            })
+            }))
             .await
             .map_err(Error::rpc("repo-manager", "repository access"))?
             .into_inner())
     }
 
     async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>> {
-        match self.client.clone().acquire_lease(request).await {
+        match self
+            .client
+            .clone()
+            .acquire_lease(self.request(request))
+            .await
+        {
             Ok(lease) => Ok(Some(lease.into_inner().lease_id)),
             // A repo-manager without leases still serves runs; prune safety is its concern.
             Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
@@ -228,10 +243,10 @@ impl RepoManagerPort for RepoManager {
     async fn renew_lease(&self, lease_id: &str, ttl: Duration) -> Result<()> {
         self.client
             .clone()
-            .renew_lease(RenewLeaseRequest {
+            .renew_lease(self.request(RenewLeaseRequest {
                 lease_id: lease_id.to_string(),
                 ttl: Some(proto_duration(ttl)),
-            })
+            }))
             .await
             .map_err(Error::rpc(
                 "repo-manager",
@@ -244,9 +259,9 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .release_lease(ReleaseLeaseRequest {
+            .release_lease(self.request(ReleaseLeaseRequest {
                 lease_id: lease_id.to_string(),
-            })
+            }))
             .await
             .map_err(Error::rpc(
                 "repo-manager",
@@ -260,10 +275,10 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .forget_backup(ForgetBackupRequest {
+            .forget_backup(self.request(ForgetBackupRequest {
                 namespace: namespace.to_string(),
                 backup_name: backup_name.to_string(),
-            })
+            }))
             .await
             .map_err(Error::rpc(
                 "repo-manager",
@@ -284,7 +299,7 @@ impl RepoManagerPort for RepoManager {
         let stream = self
             .client
             .clone()
-            .list_snapshot_files(request)
+            .list_snapshot_files(self.request(request))
             .await
             .map_err(Error::rpc("repo-manager", action.clone()))?
             .into_inner();
@@ -301,7 +316,7 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .list_repositories(request)
+            .list_repositories(self.request(request))
             .await
             .map_err(Error::rpc("repo-manager", "listing repositories"))?
             .into_inner())
@@ -312,7 +327,7 @@ impl RepoManagerPort for RepoManager {
         Ok(self
             .client
             .clone()
-            .run_maintenance(request)
+            .run_maintenance(self.request(request))
             .await
             .map_err(Error::rpc(
                 "repo-manager",
