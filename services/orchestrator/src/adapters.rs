@@ -168,7 +168,8 @@ impl ClusterPort for Cluster {
     }
 }
 
-/// The repo-manager over gRPC.
+/// The repo-manager over gRPC. Its calls wait out a change of the repo-manager's leader (see
+/// [`through_takeover`]).
 #[derive(Clone)]
 pub struct RepoManager {
     client: RepoManagerClient<TracedChannel>,
@@ -177,6 +178,62 @@ pub struct RepoManager {
 impl RepoManager {
     pub fn new(client: RepoManagerClient<TracedChannel>) -> RepoManager {
         RepoManager { client }
+    }
+}
+
+/// How long a call to the repo-manager waits in all for its leader: a takeover takes the
+/// lease duration (15 s by default) and a few seconds more, as for the CLI.
+const REPO_MANAGER_TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a call's failure may pass once a repo-manager leads and serves, so that the call is
+/// worth sending again. Always: a standby's refusal (Unavailable, marked `stowage-standby`: it
+/// did nothing). When the call may be sent twice (`idempotent`): any Unavailable (a leader
+/// shutting down for a rolling update cancels what it was doing and answers so; the
+/// repo-manager answers Unavailable only for what may pass) and a connection that could not
+/// be made or broke (a status made on this side from a transport error has it as its source;
+/// one the repo-manager sent has none). A rolling update or a killed leader gives these for a
+/// few seconds; without waiting, one such moment failed every volume of a backup being
+/// prepared or taken over.
+fn leader_missing(status: &tonic::Status, idempotent: bool) -> bool {
+    let unavailable = status.code() == tonic::Code::Unavailable;
+    let refused_by_standby = unavailable
+        && status
+            .metadata()
+            .contains_key(stowage_grpc::STANDBY_METADATA);
+    refused_by_standby
+        || (idempotent && (unavailable || std::error::Error::source(status).is_some()))
+}
+
+/// Sends `call` again, after a pause that doubles (up to 2 s), while it fails for want of a
+/// repo-manager leader ([`leader_missing`]) and `wait` has not passed; any other answer is
+/// returned at once. `idempotent` is for calls that may be sent twice (reads, ensures, lease
+/// calls: a lease taken twice by a broken call lapses after its TTL); a call that must not (a
+/// prune) is sent again only after a standby's refusal.
+async fn through_takeover<T, F, Fut>(
+    wait: Duration,
+    idempotent: bool,
+    mut call: F,
+) -> std::result::Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        match call().await {
+            Err(status)
+                if leader_missing(&status, idempotent)
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(error = %status, ?pause, "no repo-manager leader answered; calling again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -190,34 +247,42 @@ fn proto_duration(duration: Duration) -> prost_types::Duration {
 #[tonic::async_trait]
 impl RepoManagerPort for RepoManager {
     async fn ensure_repository(&self, namespace: &str) -> Result<Repository> {
-        Ok(self
-            .client
-            .clone()
-            .ensure_repository(EnsureRepositoryRequest {
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            let request = EnsureRepositoryRequest {
                 namespace: namespace.to_string(),
-            })
-            .await
-            .map_err(Error::rpc(
-                "repo-manager",
-                format!("repository of namespace {namespace}"),
-            ))?
-            .into_inner())
+            };
+            async move { client.ensure_repository(request).await }
+        })
+        .await
+        .map_err(Error::rpc(
+            "repo-manager",
+            format!("repository of namespace {namespace}"),
+        ))?
+        .into_inner())
     }
 
     async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess> {
-        Ok(self
-            .client
-            .clone()
-            .get_repository_access(GetRepositoryAccessRequest {
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            let request = GetRepositoryAccessRequest {
                 namespace: namespace.to_string(),
-            })
-            .await
-            .map_err(Error::rpc("repo-manager", "repository access"))?
-            .into_inner())
+            };
+            async move { client.get_repository_access(request).await }
+        })
+        .await
+        .map_err(Error::rpc("repo-manager", "repository access"))?
+        .into_inner())
     }
 
     async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>> {
-        match self.client.clone().acquire_lease(request).await {
+        let acquired = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.acquire_lease(request).await }
+        })
+        .await;
+        match acquired {
             Ok(lease) => Ok(Some(lease.into_inner().lease_id)),
             // A repo-manager without leases still serves runs; prune safety is its concern.
             Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
@@ -226,6 +291,8 @@ impl RepoManagerPort for RepoManager {
     }
 
     async fn renew_lease(&self, lease_id: &str, ttl: Duration) -> Result<()> {
+        // Not sent again here: the run's renewer complains and renews at its next period (a
+        // third of the TTL), and waiting here would hold back its other leases' renewals.
         self.client
             .clone()
             .renew_lease(RenewLeaseRequest {
@@ -241,36 +308,38 @@ impl RepoManagerPort for RepoManager {
     }
 
     async fn release_lease(&self, lease_id: &str) -> Result<bool> {
-        Ok(self
-            .client
-            .clone()
-            .release_lease(ReleaseLeaseRequest {
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            let request = ReleaseLeaseRequest {
                 lease_id: lease_id.to_string(),
-            })
-            .await
-            .map_err(Error::rpc(
-                "repo-manager",
-                format!("releasing lease {lease_id}"),
-            ))?
-            .into_inner()
-            .released)
+            };
+            async move { client.release_lease(request).await }
+        })
+        .await
+        .map_err(Error::rpc(
+            "repo-manager",
+            format!("releasing lease {lease_id}"),
+        ))?
+        .into_inner()
+        .released)
     }
 
     async fn forget_backup(&self, namespace: &str, backup_name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .client
-            .clone()
-            .forget_backup(ForgetBackupRequest {
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            let request = ForgetBackupRequest {
                 namespace: namespace.to_string(),
                 backup_name: backup_name.to_string(),
-            })
-            .await
-            .map_err(Error::rpc(
-                "repo-manager",
-                format!("forgetting snapshots in {namespace}"),
-            ))?
-            .into_inner()
-            .forgotten_snapshot_ids)
+            };
+            async move { client.forget_backup(request).await }
+        })
+        .await
+        .map_err(Error::rpc(
+            "repo-manager",
+            format!("forgetting snapshots in {namespace}"),
+        ))?
+        .into_inner()
+        .forgotten_snapshot_ids)
     }
 
     async fn list_snapshot_files(
@@ -298,27 +367,28 @@ impl RepoManagerPort for RepoManager {
         &self,
         request: ListRepositoriesRequest,
     ) -> Result<ListRepositoriesResponse> {
-        Ok(self
-            .client
-            .clone()
-            .list_repositories(request)
-            .await
-            .map_err(Error::rpc("repo-manager", "listing repositories"))?
-            .into_inner())
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+            let mut client = self.client.clone();
+            async move { client.list_repositories(request).await }
+        })
+        .await
+        .map_err(Error::rpc("repo-manager", "listing repositories"))?
+        .into_inner())
     }
 
     async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult> {
         let namespace = request.namespace.clone();
-        Ok(self
-            .client
-            .clone()
-            .run_maintenance(request)
-            .await
-            .map_err(Error::rpc(
-                "repo-manager",
-                format!("maintenance of namespace {namespace}"),
-            ))?
-            .into_inner())
+        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, false, || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.run_maintenance(request).await }
+        })
+        .await
+        .map_err(Error::rpc(
+            "repo-manager",
+            format!("maintenance of namespace {namespace}"),
+        ))?
+        .into_inner())
     }
 }
 
@@ -455,5 +525,117 @@ impl RecordStore for Store {
 
     async fn restore_logs(&self, name: &str) -> Result<Vec<LogLine>> {
         Store::restore_logs(self, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    fn standby_refusal() -> tonic::Status {
+        let mut status = tonic::Status::unavailable("not the leader; repo-manager-a leads");
+        status.metadata_mut().insert(
+            stowage_grpc::STANDBY_METADATA,
+            "repo-manager-a".parse().unwrap(),
+        );
+        status
+    }
+
+    /// A status made on this side from a broken connection, as tonic makes it.
+    fn connection_reset() -> tonic::Status {
+        let mut status = tonic::Status::unknown("transport error");
+        status.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        status
+    }
+
+    /// Runs [`through_takeover`] over `answers`, one per call (the last one repeated), and
+    /// returns its result and the number of calls.
+    async fn run(
+        answers: Vec<std::result::Result<u32, tonic::Status>>,
+        idempotent: bool,
+    ) -> (std::result::Result<u32, tonic::Status>, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let result = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, idempotent, || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            let answer = answers[n.min(answers.len() - 1)].clone();
+            async move { answer }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_refused_by_a_standby_or_cut_off_is_sent_again_until_a_leader_answers() {
+        let (result, calls) = run(
+            vec![
+                Err(standby_refusal()),
+                Err(connection_reset()),
+                Err(tonic::Status::unavailable("shutting down")),
+                Ok(7),
+            ],
+            true,
+        )
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_must_not_run_twice_is_sent_again_only_after_a_standby_refusal() {
+        let (result, calls) = run(vec![Err(standby_refusal()), Ok(7)], false).await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 2);
+        let (result, calls) = run(vec![Err(connection_reset()), Ok(7)], false).await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Unknown);
+        assert_eq!(calls, 1, "a prune whose connection broke may have run");
+        let (result, calls) = run(
+            vec![Err(tonic::Status::unavailable("shutting down")), Ok(7)],
+            false,
+        )
+        .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            calls, 1,
+            "a prune its repo-manager stopped is not sent again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leaders_own_errors_are_returned_at_once() {
+        for status in [
+            tonic::Status::not_found("no lease l1"),
+            tonic::Status::invalid_argument("namespace `A` is not a namespace name"),
+            tonic::Status::failed_precondition("repository not ready"),
+        ] {
+            let (result, calls) = run(vec![Err(status.clone()), Ok(7)], true).await;
+            assert_eq!(result.unwrap_err().code(), status.code());
+            assert_eq!(calls, 1, "{status:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_leader_the_call_fails_once_the_wait_has_passed() {
+        let started = tokio::time::Instant::now();
+        let (result, calls) = run(vec![Err(standby_refusal())], true).await;
+        let status = result.unwrap_err();
+        assert!(
+            status
+                .metadata()
+                .contains_key(stowage_grpc::STANDBY_METADATA)
+        );
+        assert!(started.elapsed() <= REPO_MANAGER_TAKEOVER_WAIT);
+        // 0.25 + 0.5 + 1 + 2 + 2 … s: the pauses double up to 2 s.
+        assert!(
+            (14..=20).contains(&calls),
+            "{calls} calls in {:?}",
+            started.elapsed()
+        );
     }
 }
