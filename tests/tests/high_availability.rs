@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use stowage_e2e::{
     api::{namespace_spec, wait_backup_within},
-    ha::{HaOptions, HaStack, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
+    ha::{Election, HaOptions, HaStack, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
     kube::seed_pod_with_empty_dirs,
     processes::KillOnDrop,
     restic::{RepositoryRestic, restic_wrapper},
@@ -508,4 +508,34 @@ fn other_old(replicas: &[stowage_e2e::ha::Replica], identity: &str) -> String {
         .expect("two replicas")
         .identity
         .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_default_timings_standbys_lead_within_20_s_of_their_leaders_death() {
+    // The binaries' defaults (lease 15 s, renew deadline 10 s, retry 2 s): a standby takes the
+    // Lease once it expires, at most 15 s after the dead leader's last renewal, plus the random
+    // pause of at most 1 s before it claims it.
+    let mut stack = HaStack::start(HaOptions {
+        election: Election::DEFAULT,
+        ..HaOptions::default()
+    })
+    .await;
+    let orchestrator = stack.orchestrators.one_leader(LEADS_WITHIN).await;
+    let repo_manager = stack.repo_managers.one_leader(LEADS_WITHIN).await;
+    // Both leaders die at once, as when their node is lost.
+    stack.orchestrators.get_mut(&orchestrator).kill();
+    stack.repo_managers.get_mut(&repo_manager).kill();
+    let killed_at = Instant::now();
+    let new_repo_manager = stack.repo_managers.one_leader(LEADS_WITHIN).await;
+    let repo_manager_took = killed_at.elapsed();
+    let new_orchestrator = stack.orchestrators.one_leader(LEADS_WITHIN).await;
+    let orchestrator_took = killed_at.elapsed();
+    assert_ne!(new_repo_manager, repo_manager);
+    assert_ne!(new_orchestrator, orchestrator);
+    assert!(repo_manager_took <= LEADS_WITHIN, "{repo_manager_took:?}");
+    assert!(orchestrator_took <= LEADS_WITHIN, "{orchestrator_took:?}");
+    eprintln!(
+        "after the kill the repo-manager standby led in {repo_manager_took:?}, the \
+         orchestrator standby in {orchestrator_took:?}"
+    );
 }
