@@ -187,33 +187,46 @@ const REPO_MANAGER_TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 
-/// Whether a call's failure may pass once a repo-manager leads and serves, so that the call is
-/// worth sending again. Always: a standby's refusal (Unavailable, marked `stowage-standby`: it
-/// did nothing). When the call may be sent twice (`idempotent`): any Unavailable (a leader
-/// shutting down for a rolling update cancels what it was doing and answers so; the
-/// repo-manager answers Unavailable only for what may pass) and a connection that could not
-/// be made or broke (a status made on this side from a transport error has it as its source;
-/// one the repo-manager sent has none). A rolling update or a killed leader gives these for a
-/// few seconds; without waiting, one such moment failed every volume of a backup being
-/// prepared or taken over.
-fn leader_missing(status: &tonic::Status, idempotent: bool) -> bool {
+/// Which failures of a call to the repo-manager are worth sending it again for, once a
+/// repo-manager leads and serves. A rolling update or a killed leader gives these for a few
+/// seconds; without waiting, one such moment failed every volume of a backup being prepared or
+/// taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResendAfter {
+    /// Only a standby's refusal (Unavailable, marked `stowage-standby`): it did nothing. For a
+    /// call that must not run twice (a prune whose connection broke may have run).
+    StandbyRefusal,
+    /// Also a connection that could not be made or broke (a status made on this side from a
+    /// transport error has it as its source; one the repo-manager sent has none). For a call
+    /// that may run twice but whose Unavailable is the leader's answer (a lease an exclusive
+    /// holder kept past the wait; a lease taken twice by a broken call lapses after its TTL).
+    NoAnswer,
+    /// Also any Unavailable: a leader shutting down for a rolling update cancels what it was
+    /// doing and answers `Unavailable: shutting down`, and the repo-manager answers
+    /// Unavailable only for what may pass. For reads, ensures, lease releases and forgets.
+    Unavailable,
+}
+
+/// Whether `status` is a failure `resend` names.
+fn worth_resending(status: &tonic::Status, resend: ResendAfter) -> bool {
     let unavailable = status.code() == tonic::Code::Unavailable;
     let refused_by_standby = unavailable
         && status
             .metadata()
             .contains_key(stowage_grpc::STANDBY_METADATA);
-    refused_by_standby
-        || (idempotent && (unavailable || std::error::Error::source(status).is_some()))
+    let not_answered = std::error::Error::source(status).is_some();
+    match resend {
+        ResendAfter::StandbyRefusal => refused_by_standby,
+        ResendAfter::NoAnswer => refused_by_standby || not_answered,
+        ResendAfter::Unavailable => refused_by_standby || not_answered || unavailable,
+    }
 }
 
-/// Sends `call` again, after a pause that doubles (up to 2 s), while it fails for want of a
-/// repo-manager leader ([`leader_missing`]) and `wait` has not passed; any other answer is
-/// returned at once. `idempotent` is for calls that may be sent twice (reads, ensures, lease
-/// calls: a lease taken twice by a broken call lapses after its TTL); a call that must not (a
-/// prune) is sent again only after a standby's refusal.
+/// Sends `call` again, after a pause that doubles (up to 2 s), while it fails in a way
+/// `resend` names and `wait` has not passed; any other answer is returned at once.
 async fn through_takeover<T, F, Fut>(
     wait: Duration,
-    idempotent: bool,
+    resend: ResendAfter,
     mut call: F,
 ) -> std::result::Result<T, tonic::Status>
 where
@@ -225,7 +238,7 @@ where
     loop {
         match call().await {
             Err(status)
-                if leader_missing(&status, idempotent)
+                if worth_resending(&status, resend)
                     && tokio::time::Instant::now() + pause < deadline =>
             {
                 tracing::debug!(error = %status, ?pause, "no repo-manager leader answered; calling again");
@@ -247,36 +260,40 @@ fn proto_duration(duration: Duration) -> prost_types::Duration {
 #[tonic::async_trait]
 impl RepoManagerPort for RepoManager {
     async fn ensure_repository(&self, namespace: &str) -> Result<Repository> {
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
-            let mut client = self.client.clone();
-            let request = EnsureRepositoryRequest {
-                namespace: namespace.to_string(),
-            };
-            async move { client.ensure_repository(request).await }
-        })
-        .await
-        .map_err(Error::rpc(
-            "repo-manager",
-            format!("repository of namespace {namespace}"),
-        ))?
-        .into_inner())
+        Ok(
+            through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
+                let mut client = self.client.clone();
+                let request = EnsureRepositoryRequest {
+                    namespace: namespace.to_string(),
+                };
+                async move { client.ensure_repository(request).await }
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("repository of namespace {namespace}"),
+            ))?
+            .into_inner(),
+        )
     }
 
     async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess> {
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
-            let mut client = self.client.clone();
-            let request = GetRepositoryAccessRequest {
-                namespace: namespace.to_string(),
-            };
-            async move { client.get_repository_access(request).await }
-        })
-        .await
-        .map_err(Error::rpc("repo-manager", "repository access"))?
-        .into_inner())
+        Ok(
+            through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
+                let mut client = self.client.clone();
+                let request = GetRepositoryAccessRequest {
+                    namespace: namespace.to_string(),
+                };
+                async move { client.get_repository_access(request).await }
+            })
+            .await
+            .map_err(Error::rpc("repo-manager", "repository access"))?
+            .into_inner(),
+        )
     }
 
     async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>> {
-        let acquired = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
+        let acquired = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::NoAnswer, || {
             let mut client = self.client.clone();
             let request = request.clone();
             async move { client.acquire_lease(request).await }
@@ -308,38 +325,42 @@ impl RepoManagerPort for RepoManager {
     }
 
     async fn release_lease(&self, lease_id: &str) -> Result<bool> {
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
-            let mut client = self.client.clone();
-            let request = ReleaseLeaseRequest {
-                lease_id: lease_id.to_string(),
-            };
-            async move { client.release_lease(request).await }
-        })
-        .await
-        .map_err(Error::rpc(
-            "repo-manager",
-            format!("releasing lease {lease_id}"),
-        ))?
-        .into_inner()
-        .released)
+        Ok(
+            through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
+                let mut client = self.client.clone();
+                let request = ReleaseLeaseRequest {
+                    lease_id: lease_id.to_string(),
+                };
+                async move { client.release_lease(request).await }
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("releasing lease {lease_id}"),
+            ))?
+            .into_inner()
+            .released,
+        )
     }
 
     async fn forget_backup(&self, namespace: &str, backup_name: &str) -> Result<Vec<String>> {
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
-            let mut client = self.client.clone();
-            let request = ForgetBackupRequest {
-                namespace: namespace.to_string(),
-                backup_name: backup_name.to_string(),
-            };
-            async move { client.forget_backup(request).await }
-        })
-        .await
-        .map_err(Error::rpc(
-            "repo-manager",
-            format!("forgetting snapshots in {namespace}"),
-        ))?
-        .into_inner()
-        .forgotten_snapshot_ids)
+        Ok(
+            through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
+                let mut client = self.client.clone();
+                let request = ForgetBackupRequest {
+                    namespace: namespace.to_string(),
+                    backup_name: backup_name.to_string(),
+                };
+                async move { client.forget_backup(request).await }
+            })
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("forgetting snapshots in {namespace}"),
+            ))?
+            .into_inner()
+            .forgotten_snapshot_ids,
+        )
     }
 
     async fn list_snapshot_files(
@@ -367,22 +388,28 @@ impl RepoManagerPort for RepoManager {
         &self,
         request: ListRepositoriesRequest,
     ) -> Result<ListRepositoriesResponse> {
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, true, || {
-            let mut client = self.client.clone();
-            async move { client.list_repositories(request).await }
-        })
-        .await
-        .map_err(Error::rpc("repo-manager", "listing repositories"))?
-        .into_inner())
+        Ok(
+            through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
+                let mut client = self.client.clone();
+                async move { client.list_repositories(request).await }
+            })
+            .await
+            .map_err(Error::rpc("repo-manager", "listing repositories"))?
+            .into_inner(),
+        )
     }
 
     async fn run_maintenance(&self, request: RunMaintenanceRequest) -> Result<MaintenanceResult> {
         let namespace = request.namespace.clone();
-        Ok(through_takeover(REPO_MANAGER_TAKEOVER_WAIT, false, || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.run_maintenance(request).await }
-        })
+        Ok(through_takeover(
+            REPO_MANAGER_TAKEOVER_WAIT,
+            ResendAfter::StandbyRefusal,
+            || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.run_maintenance(request).await }
+            },
+        )
         .await
         .map_err(Error::rpc(
             "repo-manager",
@@ -559,10 +586,10 @@ mod tests {
     /// returns its result and the number of calls.
     async fn run(
         answers: Vec<std::result::Result<u32, tonic::Status>>,
-        idempotent: bool,
+        resend: ResendAfter,
     ) -> (std::result::Result<u32, tonic::Status>, usize) {
         let calls = Arc::new(AtomicUsize::new(0));
-        let result = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, idempotent, || {
+        let result = through_takeover(REPO_MANAGER_TAKEOVER_WAIT, resend, || {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             let answer = answers[n.min(answers.len() - 1)].clone();
             async move { answer }
@@ -571,16 +598,20 @@ mod tests {
         (result, calls.load(Ordering::SeqCst))
     }
 
+    fn shutting_down() -> tonic::Status {
+        tonic::Status::unavailable("shutting down")
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_call_refused_by_a_standby_or_cut_off_is_sent_again_until_a_leader_answers() {
+    async fn a_read_refused_by_a_standby_cut_off_or_stopped_is_sent_again_until_a_leader_answers() {
         let (result, calls) = run(
             vec![
                 Err(standby_refusal()),
                 Err(connection_reset()),
-                Err(tonic::Status::unavailable("shutting down")),
+                Err(shutting_down()),
                 Ok(7),
             ],
-            true,
+            ResendAfter::Unavailable,
         )
         .await;
         assert_eq!(result.unwrap(), 7);
@@ -588,23 +619,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_call_that_must_not_run_twice_is_sent_again_only_after_a_standby_refusal() {
-        let (result, calls) = run(vec![Err(standby_refusal()), Ok(7)], false).await;
-        assert_eq!(result.unwrap(), 7);
-        assert_eq!(calls, 2);
-        let (result, calls) = run(vec![Err(connection_reset()), Ok(7)], false).await;
-        assert_eq!(result.unwrap_err().code(), tonic::Code::Unknown);
-        assert_eq!(calls, 1, "a prune whose connection broke may have run");
+    async fn a_lease_request_is_sent_again_when_unanswered_not_when_the_leader_says_unavailable() {
         let (result, calls) = run(
-            vec![Err(tonic::Status::unavailable("shutting down")), Ok(7)],
-            false,
+            vec![Err(standby_refusal()), Err(connection_reset()), Ok(7)],
+            ResendAfter::NoAnswer,
+        )
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 3);
+        // An exclusive holder kept the lease past the request's wait: the leader's answer.
+        let (result, calls) = run(
+            vec![
+                Err(tonic::Status::unavailable(
+                    "timed out after 0s waiting for a shared lease on namespace `shop`",
+                )),
+                Ok(7),
+            ],
+            ResendAfter::NoAnswer,
         )
         .await;
         assert_eq!(result.unwrap_err().code(), tonic::Code::Unavailable);
-        assert_eq!(
-            calls, 1,
-            "a prune its repo-manager stopped is not sent again"
-        );
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_must_not_run_twice_is_sent_again_only_after_a_standby_refusal() {
+        let (result, calls) = run(
+            vec![Err(standby_refusal()), Ok(7)],
+            ResendAfter::StandbyRefusal,
+        )
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 2);
+        for status in [connection_reset(), shutting_down()] {
+            let (result, calls) = run(
+                vec![Err(status.clone()), Ok(7)],
+                ResendAfter::StandbyRefusal,
+            )
+            .await;
+            assert_eq!(result.unwrap_err().code(), status.code());
+            assert_eq!(
+                calls, 1,
+                "a prune cut off or stopped may have run: {status:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -614,7 +672,8 @@ mod tests {
             tonic::Status::invalid_argument("namespace `A` is not a namespace name"),
             tonic::Status::failed_precondition("repository not ready"),
         ] {
-            let (result, calls) = run(vec![Err(status.clone()), Ok(7)], true).await;
+            let (result, calls) =
+                run(vec![Err(status.clone()), Ok(7)], ResendAfter::Unavailable).await;
             assert_eq!(result.unwrap_err().code(), status.code());
             assert_eq!(calls, 1, "{status:?}");
         }
@@ -623,7 +682,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_a_leader_the_call_fails_once_the_wait_has_passed() {
         let started = tokio::time::Instant::now();
-        let (result, calls) = run(vec![Err(standby_refusal())], true).await;
+        let (result, calls) = run(vec![Err(standby_refusal())], ResendAfter::Unavailable).await;
         let status = result.unwrap_err();
         assert!(
             status
