@@ -391,12 +391,16 @@ impl Service {
         let task = tokio::spawn({
             let backends = backends.clone();
             async move {
+                // The forwarded connections: aborted with the Service (a JoinSet aborts its
+                // tasks when dropped), reaped as they end.
+                let mut connections = tokio::task::JoinSet::new();
                 loop {
+                    while connections.try_join_next().is_some() {}
                     let Ok((mut inbound, _)) = listener.accept().await else {
                         continue;
                     };
                     let candidates = backends.lock().unwrap().clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         for backend in candidates {
                             if probe(&backend, service).await != Ok(ServingStatus::Serving) {
                                 continue;
