@@ -102,6 +102,8 @@ pub struct Replica {
     /// The process of its latest start; `None` before the first.
     pub process: Option<TestProcess>,
     starts: u32,
+    /// Stopped with SIGSTOP and not continued yet.
+    paused: bool,
 }
 
 impl Replica {
@@ -124,6 +126,7 @@ impl Replica {
             url: format!("http://127.0.0.1:{port}"),
             process: None,
             starts: 0,
+            paused: false,
         }
     }
 
@@ -133,6 +136,7 @@ impl Replica {
     pub fn start(&mut self) {
         assert!(!self.is_running(), "{} is already running", self.identity);
         self.starts += 1;
+        self.paused = false;
         let log_name = match self.starts {
             1 => self.identity.clone(),
             n => format!("{}-{n}", self.identity),
@@ -179,14 +183,21 @@ impl Replica {
     }
 
     /// SIGSTOP: the process keeps its sockets and state but runs nothing, no timer included,
-    /// as a frozen VM or a stalled node.
-    pub fn pause(&self) {
+    /// as a frozen VM or a stalled node. Its health checks time out, as a kubelet's probes
+    /// would, and [`Replicas::one_leader`] leaves it out until [`Replica::resume`].
+    pub fn pause(&mut self) {
         self.signal("STOP");
+        self.paused = true;
     }
 
     /// SIGCONT after [`Replica::pause`].
-    pub fn resume(&self) {
+    pub fn resume(&mut self) {
         self.signal("CONT");
+        self.paused = false;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     fn signal(&self, name: &str) {
@@ -213,17 +224,25 @@ impl Replica {
     }
 
     /// Its process-wide health (liveness) and its service's (readiness); `Err` when it does
-    /// not answer.
+    /// not answer within [`PROBE_TIMEOUT`].
     pub async fn health(&self, service: &str) -> (HealthAnswer, HealthAnswer) {
-        (
-            health_status(&self.url, "").await,
-            health_status(&self.url, service).await,
-        )
+        (probe(&self.url, "").await, probe(&self.url, service).await)
     }
 }
 
 /// One health check's answer.
 pub type HealthAnswer = Result<ServingStatus, String>;
+
+/// How long a health check may take, as a probe's `timeoutSeconds`: a paused process accepts
+/// connections (the kernel does) but never answers.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One health check of `service` at `url`, given up after [`PROBE_TIMEOUT`].
+pub async fn probe(url: &str, service: &str) -> HealthAnswer {
+    tokio::time::timeout(PROBE_TIMEOUT, health_status(url, service))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
+}
 
 /// The replicas of one service: the orchestrators or the repo-managers.
 pub struct Replicas {
@@ -257,13 +276,14 @@ impl Replicas {
 
     /// Waits until exactly one running replica reports its service SERVING (ready) while every
     /// other running one is live and NOT_SERVING (a standby); returns the leader's identity.
-    /// Panics after `within`, when two are ready at once, or when a replica exits by itself.
+    /// Paused replicas are left out. Panics after `within`, when two are ready at once, or
+    /// when a replica exits by itself (other than out of its leadership).
     pub async fn one_leader(&mut self, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let mut last = Vec::new();
             for replica in &mut self.replicas {
-                if replica.process.is_none() {
+                if replica.process.is_none() || replica.paused {
                     continue;
                 }
                 if let Some(status) = replica.exited() {
@@ -371,15 +391,18 @@ impl Service {
         let task = tokio::spawn({
             let backends = backends.clone();
             async move {
+                // The forwarded connections: aborted with the Service (a JoinSet aborts its
+                // tasks when dropped), reaped as they end.
+                let mut connections = tokio::task::JoinSet::new();
                 loop {
+                    while connections.try_join_next().is_some() {}
                     let Ok((mut inbound, _)) = listener.accept().await else {
                         continue;
                     };
                     let candidates = backends.lock().unwrap().clone();
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         for backend in candidates {
-                            if health_status(&backend, service).await != Ok(ServingStatus::Serving)
-                            {
+                            if probe(&backend, service).await != Ok(ServingStatus::Serving) {
                                 continue;
                             }
                             let address = backend.trim_start_matches("http://").to_string();

@@ -2,13 +2,14 @@
 //! Kubernetes API emulator: the leader reports its service SERVING and holds the Lease, the
 //! standby is live (the process-wide health) but reports its service NOT_SERVING and answers
 //! every call Unavailable naming the leader; killing a leader (SIGKILL) makes the standby lead
-//! within the test's deadline, and a backup created through the new leaders completes.
+//! within the test's deadline, and a backup created through the new leaders completes; a paused
+//! leader (SIGSTOP) is replaced too, and exits out of its leadership once continued.
 
 use std::time::Duration;
 
 use stowage_e2e::{
     api::{namespace_spec, wait_backup},
-    ha::{HaStack, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
+    ha::{HaStack, LOST_LEADERSHIP, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
     kube::seed_example,
 };
 use stowage_proto::v1::{
@@ -180,4 +181,33 @@ fn other(replicas: &[stowage_e2e::ha::Replica], identity: &str) -> String {
         .expect("two replicas")
         .identity
         .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_leader_is_replaced_and_exits_out_of_its_leadership_when_continued() {
+    let mut stack = HaStack::start(Default::default()).await;
+    for replicas in [&mut stack.orchestrators, &mut stack.repo_managers] {
+        let leader = replicas.one_leader(TAKEOVER_WITHIN).await;
+        // Paused (SIGSTOP), it renews nothing: the Lease expires and the standby takes it.
+        replicas.get_mut(&leader).pause();
+        let new_leader = replicas.one_leader(TAKEOVER_WITHIN).await;
+        assert_ne!(new_leader, leader);
+        // Continued, it finds its renew deadline long passed and exits, to stand by once
+        // Kubernetes restarts it.
+        replicas.get_mut(&leader).resume();
+        let deadline = Instant::now() + TAKEOVER_WITHIN;
+        let status = loop {
+            if let Some(status) = replicas.get_mut(&leader).exited() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{leader} did not exit once continued:\n{}",
+                replicas.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(status.code(), Some(LOST_LEADERSHIP), "{}", replicas.logs());
+        assert_eq!(replicas.one_leader(TAKEOVER_WITHIN).await, new_leader);
+    }
 }
