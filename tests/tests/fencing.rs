@@ -220,7 +220,7 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
 
     // The leader is paused with the volume running; the standby takes over. The new leader is
     // called directly: the Services would ask the paused replica too.
-    stack.orchestrators.get(&old).pause();
+    stack.orchestrators.get_mut(&old).pause();
     let logs = stack.orchestrators.logs();
     wait_leads(
         stack.orchestrators.get_mut(&new),
@@ -280,7 +280,7 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
     assert_eq!(snapshots_before.len(), 1, "restic ran once for the volume");
 
     // The old leader wakes up: it writes nothing and exits.
-    stack.orchestrators.get(&old).resume();
+    stack.orchestrators.get_mut(&old).resume();
     let code = exit_code(stack.orchestrators.get_mut(&old)).await;
     let old_log = stack.orchestrators.get(&old).log();
     assert_eq!(code, Some(LOST_LEADERSHIP), "{old_log}");
@@ -412,7 +412,7 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
 
     // Paused in the middle of the prune; the standby takes over, ends the interrupted prune
     // and runs it again to its end.
-    stack.repo_managers.get(&old).pause();
+    stack.repo_managers.get_mut(&old).pause();
     let logs = stack.repo_managers.logs();
     wait_leads(
         stack.repo_managers.get_mut(&new),
@@ -441,7 +441,7 @@ async fn a_paused_old_repo_manager_writes_no_stale_prune_result() {
     let state = storage.join("stowage");
     let before = files_under(&state);
 
-    stack.repo_managers.get(&old).resume();
+    stack.repo_managers.get_mut(&old).resume();
     let code = exit_code(stack.repo_managers.get_mut(&old)).await;
     let old_log = stack.repo_managers.get(&old).log();
     assert_eq!(code, Some(LOST_LEADERSHIP), "{old_log}");
