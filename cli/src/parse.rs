@@ -1,6 +1,6 @@
 //! Parsing of the values users type on the command line: durations (`720h`, `1h30m`),
-//! label selectors (`app=db,tier=backend`) and namespace mappings (`old:new`). Pure functions,
-//! used as clap value parsers so a bad value is reported against its flag.
+//! label selectors (`app=db,tier in (api,web),!legacy`) and namespace mappings (`old:new`).
+//! Pure functions, used as clap value parsers so a bad value is reported against its flag.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -8,8 +8,13 @@ use std::{collections::BTreeMap, time::Duration};
 pub enum ParseError {
     #[error("`{0}` is not a duration: write it like 720h, 30m, 1h30m or 45s")]
     Duration(String),
-    #[error("`{0}` is not a label selector term: write key=value (only equality is supported)")]
+    #[error(
+        "`{0}` is not a label selector term: write key=value, key!=value, key in (a,b), \
+         key notin (a,b), key or !key"
+    )]
     Selector(String),
+    #[error("`{0}` is a set-based selector term; this flag takes key=value terms only")]
+    SetBased(String),
     #[error("label `{0}` is given twice in the selector")]
     DuplicateLabel(String),
     #[error("`{0}` is not a namespace mapping: write old:new")]
@@ -89,29 +94,140 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
-/// Parses `k=v[,k2=v2]` (Kubernetes equality-based selector; `==` is accepted as `=`). The
-/// API matches labels by equality only, so `!=`, `in (...)` and bare keys are refused rather
-/// than silently widened.
-pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
-    let mut labels = BTreeMap::new();
-    for term in text
-        .split(',')
-        .map(str::trim)
-        .filter(|term| !term.is_empty())
-    {
-        let (key, value) = term
-            .split_once("==")
-            .or_else(|| term.split_once('='))
-            .ok_or_else(|| ParseError::Selector(term.to_string()))?;
-        let (key, value) = (key.trim(), value.trim());
-        if key.is_empty() || key.ends_with('!') || value.contains('=') {
-            return Err(ParseError::Selector(term.to_string()));
+/// A label selector as Kubernetes writes it: equality terms (`key=value`, `key==value`) and
+/// set-based requirements (the API's matchExpressions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub labels: BTreeMap<String, String>,
+    pub expressions: Vec<Requirement>,
+}
+
+/// One set-based term: `key in (a,b)` (`In`), `key notin (a,b)` and `key!=a` (`NotIn`), `key`
+/// (`Exists`), `!key` (`DoesNotExist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: &'static str,
+    pub values: Vec<String>,
+    /// The term as given, for errors that name it.
+    pub term: String,
+}
+
+/// The terms of a selector: split at the commas outside parentheses.
+fn selector_terms(text: &str) -> Result<Vec<String>, ParseError> {
+    let mut terms = Vec::new();
+    let mut current = String::new();
+    let mut open = false;
+    for c in text.chars() {
+        match c {
+            '(' if open => return Err(ParseError::Selector(text.trim().to_string())),
+            '(' => open = true,
+            ')' if !open => return Err(ParseError::Selector(text.trim().to_string())),
+            ')' => open = false,
+            ',' if !open => {
+                terms.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
         }
-        if labels.insert(key.to_string(), value.to_string()).is_some() {
-            return Err(ParseError::DuplicateLabel(key.to_string()));
+        current.push(c);
+    }
+    if open {
+        return Err(ParseError::Selector(current.trim().to_string()));
+    }
+    terms.push(current);
+    Ok(terms
+        .into_iter()
+        .map(|term| term.trim().to_string())
+        .filter(|term| !term.is_empty())
+        .collect())
+}
+
+/// A label key or value as a selector may spell it: no blanks and none of the selector's own
+/// characters (the API server checks the rest of the label rules and names what it refuses).
+fn selector_word(word: &str, may_be_empty: bool) -> bool {
+    (may_be_empty || !word.is_empty())
+        && !word
+            .chars()
+            .any(|c| c.is_whitespace() || "=!(),".contains(c))
+}
+
+/// Parses a Kubernetes label selector (`labels.Parse`'s syntax): comma-separated terms, each
+/// `key=value` (or `==`), `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key` or `!key`.
+/// A term that is none of these is refused naming it; so is a label given twice by equality.
+pub fn parse_label_selector(text: &str) -> Result<Selector, ParseError> {
+    let mut selector = Selector::default();
+    for term in selector_terms(text)? {
+        let bad = || ParseError::Selector(term.clone());
+        let requirement = |key: &str, operator, values: Vec<String>| Requirement {
+            key: key.to_string(),
+            operator,
+            values,
+            term: term.clone(),
+        };
+        if let Some(key) = term.strip_prefix('!') {
+            let key = key.trim();
+            if !selector_word(key, false) {
+                return Err(bad());
+            }
+            selector
+                .expressions
+                .push(requirement(key, "DoesNotExist", Vec::new()));
+        } else if let Some((head, list)) = term.split_once('(') {
+            let list = list.strip_suffix(')').ok_or_else(bad)?;
+            let words: Vec<&str> = head.split_whitespace().collect();
+            let (key, operator) = match words[..] {
+                [key, "in"] => (key, "In"),
+                [key, "notin"] => (key, "NotIn"),
+                _ => return Err(bad()),
+            };
+            let values: Vec<String> = list.split(',').map(|v| v.trim().to_string()).collect();
+            if !selector_word(key, false) || values.iter().any(|v| !selector_word(v, false)) {
+                return Err(bad());
+            }
+            selector
+                .expressions
+                .push(requirement(key, operator, values));
+        } else if let Some((key, value)) = term.split_once("!=") {
+            let (key, value) = (key.trim(), value.trim());
+            if !selector_word(key, false) || !selector_word(value, true) {
+                return Err(bad());
+            }
+            selector
+                .expressions
+                .push(requirement(key, "NotIn", vec![value.to_string()]));
+        } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            let (key, value) = (key.trim(), value.trim());
+            if !selector_word(key, false) || !selector_word(value, true) {
+                return Err(bad());
+            }
+            if selector
+                .labels
+                .insert(key.to_string(), value.to_string())
+                .is_some()
+            {
+                return Err(ParseError::DuplicateLabel(key.to_string()));
+            }
+        } else if selector_word(&term, false) {
+            selector
+                .expressions
+                .push(requirement(&term, "Exists", Vec::new()));
+        } else {
+            return Err(bad());
         }
     }
-    Ok(labels)
+    Ok(selector)
+}
+
+/// Parses a selector of `key=value` terms only, for the flags whose API takes labels to match
+/// by equality (a backup's pods, the backups listed); a set-based term is refused naming it
+/// rather than silently widened.
+pub fn parse_selector(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
+    let selector = parse_label_selector(text)?;
+    if let Some(requirement) = selector.expressions.first() {
+        return Err(ParseError::SetBased(requirement.term.clone()));
+    }
+    Ok(selector.labels)
 }
 
 /// Parses one `old:new` namespace mapping, as Velero's `--namespace-mappings` takes it.
@@ -196,14 +312,65 @@ mod tests {
     }
 
     #[test]
-    fn selectors_beyond_equality_are_refused() {
+    fn set_based_terms_are_parsed_as_the_api_s_requirements() {
+        let selector = parse_label_selector(
+            "app=shop, tier in (web, api),track notin (canary),owner,!legacy,zone!=b",
+        )
+        .unwrap();
+        assert_eq!(selector.labels["app"], "shop");
+        let terms: Vec<(&str, &str, Vec<&str>)> = selector
+            .expressions
+            .iter()
+            .map(|r| {
+                (
+                    r.key.as_str(),
+                    r.operator,
+                    r.values.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
         assert_eq!(
-            parse_selector("app!=db"),
-            Err(ParseError::Selector("app!=db".into()))
+            terms,
+            [
+                ("tier", "In", vec!["web", "api"]),
+                ("track", "NotIn", vec!["canary"]),
+                ("owner", "Exists", vec![]),
+                ("legacy", "DoesNotExist", vec![]),
+                ("zone", "NotIn", vec!["b"]),
+            ]
+        );
+        assert_eq!(parse_label_selector("").unwrap(), Selector::default());
+    }
+
+    #[test]
+    fn bad_selector_terms_are_refused_naming_them() {
+        for (text, term) in [
+            ("app=web,tier in ()", "tier in ()"),
+            ("tier in (a,b", "tier in (a,b"),
+            ("tier between (a,b)", "tier between (a,b)"),
+            ("tier in (a,,b)", "tier in (a,,b)"),
+            ("app=web,!", "!"),
+            ("a b", "a b"),
+            ("tier in a,b)", "tier in a,b)"),
+            ("=db", "=db"),
+        ] {
+            assert_eq!(
+                parse_label_selector(text),
+                Err(ParseError::Selector(term.into())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn equality_only_flags_refuse_set_based_terms() {
+        assert_eq!(
+            parse_selector("app=web,tier!=db"),
+            Err(ParseError::SetBased("tier!=db".into()))
         );
         assert_eq!(
             parse_selector("app"),
-            Err(ParseError::Selector("app".into()))
+            Err(ParseError::SetBased("app".into()))
         );
         assert_eq!(
             parse_selector("=db"),

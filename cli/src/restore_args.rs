@@ -1,8 +1,6 @@
 //! `stowage restore create`'s flags for the backup's resources (Velero's spellings): which
 //! resources and labels to restore, and what to do with an object that already exists.
 
-use std::collections::BTreeMap;
-
 use clap::{Args, ValueEnum};
 use stowage_proto::v1;
 
@@ -27,9 +25,11 @@ pub struct ResourceArgs {
     /// Resources not to restore (comma-separated, as above).
     #[arg(long, value_delimiter = ',')]
     pub exclude_resources: Vec<String>,
-    /// Restore only objects with these labels: `key=value[,key=value]` (equality only).
-    #[arg(long, short = 'l', value_parser = parse::parse_selector)]
-    pub selector: Option<BTreeMap<String, String>>,
+    /// Restore only objects whose labels meet this selector (Kubernetes' syntax, every term
+    /// must hold): `key=value`, `key!=value`, `key in (a,b)`, `key notin (a,b)`, `key`, `!key`,
+    /// comma-separated, e.g. `app=shop,tier in (web,api),!legacy`.
+    #[arg(long, short = 'l', value_parser = parse::parse_label_selector)]
+    pub selector: Option<parse::Selector>,
     /// What to do with an object that already exists: `none` leaves it (and the restore
     /// reports it), `update` replaces it by the backed-up content.
     #[arg(long, value_enum)]
@@ -41,7 +41,17 @@ impl ResourceArgs {
     pub fn apply(self, spec: &mut v1::RestoreSpec) {
         spec.include_resources = self.include_resources;
         spec.exclude_resources = self.exclude_resources;
-        spec.label_selector = self.selector.unwrap_or_default().into_iter().collect();
+        let selector = self.selector.unwrap_or_default();
+        spec.label_selector = selector.labels.into_iter().collect();
+        spec.label_selector_expressions = selector
+            .expressions
+            .into_iter()
+            .map(|requirement| v1::LabelSelectorRequirement {
+                key: requirement.key,
+                operator: requirement.operator.to_string(),
+                values: requirement.values,
+            })
+            .collect();
         spec.existing_resource_policy = match self.existing_resource_policy {
             Some(ExistingResourcePolicy::None) => "none".to_string(),
             Some(ExistingResourcePolicy::Update) => "update".to_string(),
@@ -71,7 +81,7 @@ mod tests {
             "--exclude-resources",
             "secrets",
             "--selector",
-            "app=web,tier=front",
+            "app=web,tier=front,track notin (canary,beta)",
             "--existing-resource-policy",
             "update",
         ])
@@ -81,6 +91,14 @@ mod tests {
         assert_eq!(spec.include_resources, ["deployments.apps", "configmaps"]);
         assert_eq!(spec.exclude_resources, ["secrets"]);
         assert_eq!(spec.label_selector["tier"], "front");
+        assert_eq!(
+            spec.label_selector_expressions,
+            [v1::LabelSelectorRequirement {
+                key: "track".into(),
+                operator: "NotIn".into(),
+                values: vec!["canary".into(), "beta".into()],
+            }]
+        );
         assert_eq!(spec.existing_resource_policy, "update");
 
         let mut spec = v1::RestoreSpec::default();

@@ -407,3 +407,47 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Seeds pod `name` in `namespace` on `node`, running, with one emptyDir volume per entry of
+/// `volumes`, all opted in to backup (`backup.velero.io/backup-volumes`), owned by a Deployment
+/// `name` and its ReplicaSet (created here); returns the pod as stored (its uid names its fake
+/// kubelet directory).
+pub async fn seed_pod_with_empty_dirs(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    volumes: &[String],
+) -> Pod {
+    ensure_namespace(client, namespace).await;
+    let replica_set = seed_controllers(client, namespace, name, json!({"app": name}), 1).await;
+    let _: Pod = create(
+        client,
+        Some(namespace),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": {"app": name},
+                "annotations": {"backup.velero.io/backup-volumes": volumes.join(",")},
+                "ownerReferences": [owner_reference(&replica_set)],
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{
+                    "name": "app", "image": "busybox",
+                    "volumeMounts": volumes
+                        .iter()
+                        .map(|volume| json!({"name": volume, "mountPath": format!("/{volume}")}))
+                        .collect::<Vec<_>>(),
+                }],
+                "volumes": volumes
+                    .iter()
+                    .map(|volume| json!({"name": volume, "emptyDir": {}}))
+                    .collect::<Vec<_>>(),
+            },
+        }),
+    )
+    .await;
+    mark_pod_running(client, namespace, name, node).await
+}

@@ -125,6 +125,7 @@ RESOURCES = [
     ("apps/v1/deployments", "Deployment", True),
     ("apps/v1/replicasets", "ReplicaSet", True),
     ("apps/v1/statefulsets", "StatefulSet", True),
+    ("batch/v1/jobs", "Job", True),
     ("events.k8s.io/v1/events", "Event", True),
     ("rbac.authorization.k8s.io/v1/roles", "Role", True),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", True),
@@ -919,12 +920,12 @@ class StowageKubeEmulator(kube_lifecycle.LifecycleRules, kmock.KubernetesEmulato
             meta = request.data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
                 self.check_create(request.resource, request.namespace or meta.get("namespace"), request.data)
-                self.prepare_create(request.resource, request.data)
                 meta["uid"] = str(uuid.uuid4())
                 meta["creationTimestamp"] = _now()
                 meta.pop("deletionTimestamp", None)
                 if not meta.get("name") and meta.get("generateName"):
                     meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                self.prepare_create(request.resource, request.data)
                 if request.namespace and not meta.get("namespace"):
                     meta["namespace"] = request.namespace
                 api_version, kind = KINDS.get(request.resource.plural, (None, None))

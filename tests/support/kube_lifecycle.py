@@ -26,6 +26,11 @@ them, for the API emulator: the rules a whole-application restore meets.
   reason), as the API server does; uid and creationTimestamp are the server's and ignored.
 - CustomResourceDefinitions: stored with status Established and NamesAccepted, as the
   apiextensions controllers set them as soon as the names are accepted.
+- Jobs: unless spec.manualSelector is true, create generates the selector and the template's
+  labels from the new uid and name (`controller-uid`, `batch.kubernetes.io/controller-uid`,
+  `job-name`, `batch.kubernetes.io/job-name`) and refuses, 422 Invalid, a Job whose template
+  already carries other values for them or whose selector does not select them ("`selector`
+  not auto-generated"): what a Job restored verbatim, with its old uid, meets.
 """
 
 import asyncio
@@ -40,6 +45,10 @@ import kube_validation
 
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 SERVICES = kmock.resource("", "v1", "services")
+JOBS = kmock.resource("batch", "v1", "jobs")
+# The labels the Job strategy generates: (legacy, batch.kubernetes.io/) pairs.
+JOB_UID_LABELS = ("controller-uid", "batch.kubernetes.io/controller-uid")
+JOB_NAME_LABELS = ("job-name", "batch.kubernetes.io/job-name")
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 SERVICE_RANGE = ipaddress.ip_network("10.96.0.0/12")
@@ -121,6 +130,76 @@ def kube_now() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    """`metav1.LabelSelectorAsSelector(selector).Matches(labels)` for the operators Jobs use."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.get("matchExpressions") or []:
+        key, operator = requirement.get("key"), requirement.get("operator")
+        values = requirement.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def generate_job_selector(job: dict) -> None:
+    """The Job strategy's `generateSelector` and `ValidateGeneratedSelector` on create: labels
+    the user did not set are generated, the selector gets the uid label; then the template
+    must carry the new uid and name and the selector must select exactly those. Raises the
+    API server's 422 for a Job that keeps another Job's (its old self's) uid."""
+    spec = job.setdefault("spec", {})
+    if spec.get("manualSelector") is True:
+        return
+    meta = meta_of(job)
+    uid, name = meta.get("uid") or "", meta.get("name") or ""
+    template_meta = spec.setdefault("template", {}).setdefault("metadata", {})
+    labels = template_meta.setdefault("labels", {})
+    for key in JOB_NAME_LABELS:
+        labels.setdefault(key, name)
+    for key in JOB_UID_LABELS:
+        labels.setdefault(key, uid)
+    selector = spec.setdefault("selector", {})
+    selector.setdefault("matchLabels", {}).setdefault(JOB_UID_LABELS[1], uid)
+    errors = []
+    for key, expected in (
+        (JOB_UID_LABELS[0], uid),
+        (JOB_NAME_LABELS[0], name),
+        (JOB_UID_LABELS[1], uid),
+        (JOB_NAME_LABELS[1], name),
+    ):
+        if labels.get(key) != expected:
+            errors.append(
+                kube_validation.FieldError(
+                    "spec.template.metadata.labels",
+                    kube_validation.INVALID,
+                    f"must be '{expected}'",
+                    labels.get(key),
+                )
+            )
+    generated = {key: uid for key in JOB_UID_LABELS}
+    generated.update({key: name for key in JOB_NAME_LABELS})
+    if not _selects(selector, generated):
+        errors.append(
+            kube_validation.FieldError(
+                "spec.selector",
+                kube_validation.INVALID,
+                "`selector` not auto-generated",
+                selector,
+            )
+        )
+    if errors:
+        status = kube_validation.invalid_status("Job", "batch", name, errors)
+        print(f"422 {status['message']}", flush=True)
+        raise Refused(status)
+
+
 class LifecycleRules:
     """Mixed into the emulator, which provides `_objects`, `_resources`, `_buses`, `_lock`,
     `_versions` and `gc_delay`. Every method that changes objects runs under `_lock`."""
@@ -175,9 +254,12 @@ class LifecycleRules:
                 )
 
     def prepare_create(self, resource, obj: dict) -> None:
-        """Fills in what the API server assigns on create (after check_create)."""
+        """Fills in what the API server assigns on create (after check_create; the object has
+        its new uid)."""
         if resource == SERVICES:
             self._allocate_cluster_ip(obj)
+        elif resource.group == JOBS.group and resource.plural == JOBS.plural:
+            generate_job_selector(obj)
         elif resource.group == "apiextensions.k8s.io" and resource.plural == "customresourcedefinitions":
             obj["status"] = crd_status(obj)
 

@@ -1,11 +1,12 @@
 //! Whole-application restore, end to end: namespace `shop` (a Deployment with two pods, a
-//! StatefulSet with its claim, a Service, a ConfigMap, a Secret, a ServiceAccount with its
-//! RoleBinding, a custom resource of a CRD) is backed up once; then the namespace is deleted
-//! with everything in it and restored, restored again into `shop-copy` beside it, and restored
-//! over an edited ConfigMap with each existing-resource policy. The emulator collects garbage
-//! as a cluster does, so a pod whose ownerReferences name a controller that was not restored
-//! (or an old uid) is deleted and fails the test. A restic-era Velero bucket's Deployment comes
-//! back as a Deployment.
+//! StatefulSet with its claim, a Job, a Service, a ConfigMap, a Secret, a ServiceAccount with
+//! its generated token Secret and its RoleBinding, a custom resource of a CRD) is backed up
+//! once; then the namespace is deleted with everything in it and restored, restored again into
+//! `shop-copy` beside it, and restored over an edited ConfigMap with each existing-resource
+//! policy. The emulator collects garbage as a cluster does, so a pod whose ownerReferences name
+//! a controller that was not restored (or an old uid) is deleted and fails the test; it refuses
+//! a Job that keeps its old generated selector, as the API server does. A restic-era Velero
+//! bucket's Deployment comes back as a Deployment.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,6 +17,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        batch::v1::Job,
         core::v1::{
             ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
             ServiceAccount,
@@ -41,8 +43,8 @@ use stowage_e2e::{
     velero_fixture::{self, FixtureLocation, VeleroEra},
 };
 use stowage_proto::v1::{
-    BackupPhase, BackupSpec, CreateRestoreRequest, ResourceOutcome, Restore, RestorePhase,
-    RestoreSpec, RestoredResource,
+    BackupPhase, BackupSpec, CreateRestoreRequest, GetRestoreLogsRequest, LabelSelectorRequirement,
+    ResourceOutcome, Restore, RestorePhase, RestoreSpec, RestoredResource,
 };
 
 const NODE: &str = "node-a";
@@ -53,6 +55,17 @@ const DB_POD: &str = "db-0";
 const DB_CLAIM: &str = "data-db-0";
 const HELPER: &str = "restore-wait";
 const WAIT: Duration = Duration::from_secs(60);
+const JOB: &str = "migrate";
+/// The token Secret the tokens controller generated for ServiceAccount `app`.
+const GENERATED_TOKEN: &str = "app-token-x7k2p";
+/// What the PV controller, provisioner and scheduler wrote on the bound claim.
+const BINDING_ANNOTATIONS: [&str; 5] = [
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+];
 
 fn widgets() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -79,6 +92,7 @@ fn application() -> Vec<(&'static str, ApiResource, String)> {
             ApiResource::erase::<StatefulSet>(&()),
             "db".into(),
         ),
+        ("jobs.batch", ApiResource::erase::<Job>(&()), JOB.into()),
         ("services", ApiResource::erase::<Service>(&()), "web".into()),
         (
             "configmaps",
@@ -235,7 +249,10 @@ async fn seed_shop(stack: &Stack, kube: &Client) -> Volumes {
         kube,
         Some("shop"),
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": DB_CLAIM, "namespace": "shop", "labels": db_labels},
+            "metadata": {"name": DB_CLAIM, "namespace": "shop", "labels": db_labels,
+                "annotations": BINDING_ANNOTATIONS.iter()
+                    .map(|key| (key.to_string(), json!(if key.ends_with("selected-node") { NODE } else { "yes" })))
+                    .collect::<serde_json::Map<_, _>>()},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
                 "resources": {"requests": {"storage": "1Gi"}}, "volumeName": pv_name},
             "status": {"phase": "Bound"}}),
@@ -288,13 +305,59 @@ async fn seed_shop(stack: &Stack, kube: &Client) -> Volumes {
             "metadata": {"name": "token", "namespace": "shop"}, "data": {"token": "czNjcjN0"}}),
     )
     .await;
-    let _: ServiceAccount = create(
+    // The account as a cluster before 1.24 left it: with the token Secret its controller made.
+    let account: ServiceAccount = create(
         kube,
         Some("shop"),
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "app", "namespace": "shop"}}),
+            "metadata": {"name": "app", "namespace": "shop"},
+            "secrets": [{"name": GENERATED_TOKEN}]}),
     )
     .await;
+    let _: Secret = create(
+        kube,
+        Some("shop"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": GENERATED_TOKEN, "namespace": "shop", "annotations": {
+                "kubernetes.io/service-account.name": "app",
+                "kubernetes.io/service-account.uid": account.metadata.uid}},
+            "data": {"token": "dG9rZW4=", "ca.crt": "Y2E="}}),
+    )
+    .await;
+    // A Job: the API server generates its selector and template labels from its uid.
+    let job: Job = create(
+        kube,
+        Some("shop"),
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": JOB, "namespace": "shop"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "migrate", "image": "busybox"}]}}}}),
+    )
+    .await;
+    assert_eq!(
+        job_uid_labels(&serde_json::to_value(&job).unwrap()),
+        [(); 3].map(|()| job.metadata.uid.clone().unwrap()),
+        "the emulator generates a Job's selector: {job:?}"
+    );
+    // As the API server does, it refuses a Job sent with another Job's generated selector: what
+    // a restore that kept them verbatim would send.
+    let mut verbatim = serde_json::to_value(&job).unwrap();
+    verbatim["metadata"] = json!({"name": "migrate-again", "namespace": "shop"});
+    verbatim.as_object_mut().unwrap().remove("status");
+    let verbatim: DynamicObject = serde_json::from_value(verbatim).unwrap();
+    let refused = Api::<DynamicObject>::namespaced_with(
+        kube.clone(),
+        "shop",
+        &ApiResource::erase::<Job>(&()),
+    )
+    .create(&Default::default(), &verbatim)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(status)
+            if status.code == 422 && status.message.contains("`selector` not auto-generated")),
+        "{refused:?}"
+    );
     let _: RoleBinding = create(
         kube,
         Some("shop"),
@@ -313,6 +376,22 @@ async fn seed_shop(stack: &Stack, kube: &Client) -> Volumes {
         .await
         .expect("creating the custom resource");
     volumes
+}
+
+/// A Job's generated uid labels: `controller-uid` and `batch.kubernetes.io/controller-uid` of
+/// its template, the selector's `batch.kubernetes.io/controller-uid`.
+fn job_uid_labels(job: &serde_json::Value) -> [String; 3] {
+    let text = |pointer: &str| {
+        job.pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    [
+        text("/spec/template/metadata/labels/controller-uid"),
+        text("/spec/template/metadata/labels/batch.kubernetes.io~1controller-uid"),
+        text("/spec/selector/matchLabels/batch.kubernetes.io~1controller-uid"),
+    ]
 }
 
 /// Seeds the unrelated namespace `other`; returns its objects' (name, uid, resourceVersion).
@@ -483,6 +562,35 @@ async fn restore_application(
             "{resource} {target}/{object_name}"
         );
     }
+    // What the API server generates or a controller wrote for the old objects is not carried
+    // over: the Job's selector is its own new uid's, the account names no generated token,
+    // whose Secret the restore leaves to the tokens controller, and the claim binds anew.
+    let job = &restored[&("jobs.batch".to_string(), JOB.to_string())];
+    assert_eq!(
+        job_uid_labels(&serde_json::to_value(job).unwrap()),
+        [uid(job), uid(job), uid(job)],
+        "{job:?}"
+    );
+    let account = &restored[&("serviceaccounts".to_string(), "app".to_string())];
+    assert!(
+        account.data.get("secrets").is_none(),
+        "the account still names its old token: {account:?}"
+    );
+    let token = outcome(&restore, "secrets", target, GENERATED_TOKEN);
+    assert_eq!(token.outcome, ResourceOutcome::Skipped as i32, "{token:?}");
+    assert!(
+        Api::<Secret>::namespaced(kube.clone(), target)
+            .get_opt(GENERATED_TOKEN)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claim = &restored[&("persistentvolumeclaims".to_string(), DB_CLAIM.to_string())];
+    let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+    for key in BINDING_ANNOTATIONS {
+        assert!(!annotations.contains_key(key), "{key} kept: {claim:?}");
+    }
+
     // The workloads own their pods: the references name the restored controllers.
     let uid_of =
         |resource: &str, name: &str| uid(&restored[&(resource.to_string(), name.to_string())]);
@@ -667,6 +775,57 @@ async fn a_namespace_comes_back_whole_its_workloads_owning_their_pods() {
         );
     }
 
+    // A set-based selector reaches the server whole: the claim labelled app=db is selected (and
+    // exists), the StatefulSet without labels is left out, saying by which selector.
+    client
+        .create_restore(CreateRestoreRequest {
+            name: "db-claims".into(),
+            spec: Some(RestoreSpec {
+                backup_name: BACKUP.into(),
+                include_resources: vec![
+                    "persistentvolumeclaims".into(),
+                    "statefulsets.apps".into(),
+                ],
+                label_selector_expressions: vec![LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "In".into(),
+                    values: vec!["db".into(), "cache".into()],
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore");
+    let restore = wait_restore(&mut client, "db-claims").await;
+    assert_eq!(
+        outcome(&restore, "persistentvolumeclaims", "shop", DB_CLAIM).outcome,
+        ResourceOutcome::SkippedExists as i32,
+        "{restore:#?}"
+    );
+    let statefulset = outcome(&restore, "statefulsets.apps", "shop", "db");
+    assert_eq!(statefulset.outcome, ResourceOutcome::Skipped as i32);
+    assert!(
+        statefulset.message.contains("app in (cache,db)"),
+        "{statefulset:?}"
+    );
+    let refused = client
+        .create_restore(CreateRestoreRequest {
+            name: "bad-selector".into(),
+            spec: Some(RestoreSpec {
+                backup_name: BACKUP.into(),
+                label_selector_expressions: vec![LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "Above".into(),
+                    values: vec!["1".into()],
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("Above"), "{refused:?}");
+
     // Nothing of the unrelated namespace was touched, and the collector deleted nothing the
     // restores made.
     assert_eq!(other_state(&kube).await, other);
@@ -755,4 +914,114 @@ async fn a_restic_era_velero_backups_deployment_comes_back_as_a_deployment() {
         "{:#?}",
         status.resources
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_into_a_namespace_still_terminating_waits_until_it_is_gone() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let kube = stack.kube_client().await;
+    let mut client = stack.client().await;
+    ensure_namespace(&kube, "cart").await;
+    let _: ConfigMap = create(
+        &kube,
+        Some("cart"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "cart"}, "data": {"color": "blue"}}),
+    )
+    .await;
+    let backup = backup_to_end(
+        &mut client,
+        "cart",
+        BackupSpec {
+            included_namespaces: vec!["cart".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        backup.status.clone().unwrap().phase,
+        BackupPhase::Completed as i32,
+        "{backup:#?}"
+    );
+
+    // The namespace is deleted, and an object's finalizer keeps it Terminating.
+    let _: ConfigMap = create(
+        &kube,
+        Some("cart"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "held", "namespace": "cart", "finalizers": ["example.com/hold"]}}),
+    )
+    .await;
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    namespaces
+        .delete("cart", &DeleteParams::default())
+        .await
+        .unwrap();
+    client
+        .create_restore(CreateRestoreRequest {
+            name: "cart-back".into(),
+            spec: Some(RestoreSpec {
+                backup_name: "cart".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore");
+
+    // The restore says it waits (a restore that did not would have ended: the namespace
+    // `already exists`, its ConfigMap refused with 403 Forbidden).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines = client
+            .get_restore_logs(GetRestoreLogsRequest {
+                name: "cart-back".into(),
+            })
+            .await
+            .expect("GetRestoreLogs")
+            .into_inner()
+            .lines;
+        if lines.iter().any(|line| {
+            line.message
+                .contains("namespace cart is being deleted (Terminating)")
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restore does not wait for the namespace: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The deletion ends once the finalizer is removed; then the restore goes on.
+    Api::<ConfigMap>::namespaced(kube.clone(), "cart")
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    let restore = wait_restore(&mut client, "cart-back").await;
+    let status = restore.status.clone().unwrap();
+    assert_eq!(status.phase, RestorePhase::Completed as i32, "{status:#?}");
+    assert_eq!(
+        outcome(&restore, "namespaces", "", "cart").outcome,
+        ResourceOutcome::Created as i32,
+        "{status:#?}"
+    );
+    assert_eq!(
+        outcome(&restore, "configmaps", "cart", "settings").outcome,
+        ResourceOutcome::Created as i32,
+        "{status:#?}"
+    );
+    let namespace = namespaces.get("cart").await.unwrap();
+    assert!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "{namespace:?}"
+    );
+    let settings = Api::<ConfigMap>::namespaced(kube.clone(), "cart")
+        .get("settings")
+        .await
+        .unwrap();
+    assert_eq!(settings.data.unwrap()["color"], "blue");
 }

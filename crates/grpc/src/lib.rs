@@ -5,6 +5,7 @@
 //! (`stowage-metrics`) and admits callers by the policy of [`security`] (mTLS identities,
 //! bearer tokens), which is open in plaintext mode.
 
+pub mod fencing;
 pub mod restic_status;
 pub mod security;
 

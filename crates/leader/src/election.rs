@@ -12,6 +12,7 @@ use std::{
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
+use stowage_contract::fencing::LeaderTerm;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,8 @@ pub struct Elector {
     renewals: Renewals,
     role: watch::Sender<Role>,
     lost: CancellationToken,
+    /// What the fencing rule reads: the term this replica leads in and until when.
+    term: LeaderTerm,
 }
 
 impl Elector {
@@ -43,24 +46,36 @@ impl Elector {
             .map_err(LeaderError::Client)?
             .with_layer(&RenewalLayer(renewals.clone()))
             .build();
+        Ok(Elector::with_client(client, renewals, settings))
+    }
+
+    /// An elector whose client already sees its renewals (`renewals` in a [`RenewalLayer`]).
+    fn with_client(
+        client: kube::Client,
+        renewals: Renewals,
+        settings: Settings,
+    ) -> (Elector, Leadership) {
         let (role, watched) = watch::channel(Role::Standby { leader: None });
         let lost = CancellationToken::new();
+        let term = LeaderTerm::default();
         let leadership = Leadership {
             identity: settings.identity.clone(),
             lease: Some(settings.lease()),
             role: watched,
             lost: lost.clone(),
+            term: term.clone(),
         };
-        Ok((
+        (
             Elector {
                 settings,
                 client,
                 renewals,
                 role,
                 lost,
+                term,
             },
             leadership,
-        ))
+        )
     }
 
     /// Takes part in the election until `stop` fires (then a held Lease is released, so a
@@ -86,9 +101,11 @@ impl Elector {
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = self.renewals.watch();
         // The lease manager says this replica holds the Lease, but no renewal of this process
-        // confirms it yet (a restarted container whose pod name still holds the Lease): it
-        // leads once one does.
+        // confirms it yet (a restarted container whose pod name still holds the Lease), or its
+        // term could not be read yet: it leads once a renewal confirms it and the term is read.
         let mut unconfirmed = false;
+        // The term this replica leads in, once it leads.
+        let mut term = None;
         let outcome = loop {
             let leader = *self.role.borrow() == Role::Leader;
             let deadline = self.renewals.deadline(settings.renew_deadline);
@@ -103,10 +120,8 @@ impl Elector {
                     }
                     let leads = *leading.borrow_and_update();
                     if leads && !leader {
-                        unconfirmed = !self.renewals.fresh(settings.renew_deadline);
-                        if !unconfirmed {
-                            self.lead();
-                        }
+                        term = self.try_lead(&leases).await;
+                        unconfirmed = term.is_none();
                     } else if !leads && leader {
                         self.lose("another replica holds the Lease");
                         break Ok(());
@@ -114,10 +129,17 @@ impl Elector {
                         unconfirmed = false;
                     }
                 }
-                changed = renewed.changed(), if unconfirmed => {
-                    if changed.is_ok() && self.renewals.fresh(settings.renew_deadline) {
-                        unconfirmed = false;
-                        self.lead();
+                changed = renewed.changed(), if unconfirmed || leader => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    match term {
+                        // Every accepted renewal moves the term's end on.
+                        Some(term) if leader => self.report(term),
+                        _ => {
+                            term = self.try_lead(&leases).await;
+                            unconfirmed = term.is_none();
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if leader => {
@@ -148,6 +170,8 @@ impl Elector {
                 }
             }
         };
+        // Whether lost or stopping: nothing more is written in this term.
+        self.term.lost();
         if self.lost.is_cancelled() {
             // Releasing now could clear a holder that is already another replica.
             task.abort();
@@ -201,10 +225,64 @@ impl Elector {
         }
     }
 
-    fn lead(&self) {
+    /// Leads, if a renewal of this process confirms that it holds the Lease and its term
+    /// can be read: the term is reported before the role changes, so the service's first
+    /// request and write already carry it. The term number, or None (it tries again at the
+    /// next renewal).
+    async fn try_lead(&self, leases: &Api<Lease>) -> Option<u64> {
+        if !self.renewals.fresh(self.settings.renew_deadline) {
+            return None;
+        }
+        let term = self.read_term(leases).await?;
+        self.report(term);
+        self.lead(term);
+        Some(term)
+    }
+
+    /// This replica's term: the Lease's `spec.leaseTransitions` while it holds it.
+    /// kube-lease-manager adds one to it each time a replica takes a Lease it did not hold
+    /// (right after claiming the holder, before it reports leading), and nothing else changes
+    /// it while the holder stays, so a later holder always leads in a greater term. None when
+    /// the Lease is not this replica's (any more), has no count, or cannot be read.
+    async fn read_term(&self, leases: &Api<Lease>) -> Option<u64> {
+        let lease = &self.settings.lease();
+        let spec = match leases.get_opt(&self.settings.lease_name).await {
+            Ok(found) => found.and_then(|lease| lease.spec)?,
+            Err(error) => {
+                tracing::warn!(%error, lease = %lease, "reading the term of the Lease; trying again at the next renewal");
+                return None;
+            }
+        };
+        if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
+            return None;
+        }
+        match spec.lease_transitions {
+            Some(transitions) if transitions > 0 => Some(transitions as u64),
+            other => {
+                tracing::warn!(
+                    lease = %lease,
+                    lease_transitions = ?other,
+                    "the Lease held by this replica counts no transitions, so it has no term to \
+                     fence with: not leading until a renewal finds one"
+                );
+                None
+            }
+        }
+    }
+
+    /// Tells the fencing rule that this replica leads in `term` until the renew deadline
+    /// counted from its last accepted renewal: the same instant the deadline timer waits for.
+    fn report(&self, term: u64) {
+        if let Some(deadline) = self.renewals.deadline(self.settings.renew_deadline) {
+            self.term.renewed(term, deadline.into_std());
+        }
+    }
+
+    fn lead(&self, term: u64) {
         tracing::info!(
             lease = %self.settings.lease(),
             identity = %self.settings.identity,
+            term,
             "leading"
         );
         self.role.send_replace(Role::Leader);
@@ -217,6 +295,7 @@ impl Elector {
             reason,
             "lost the leadership"
         );
+        self.term.lost();
         self.role.send_replace(Role::Lost);
         self.lost.cancel();
     }
@@ -418,5 +497,239 @@ mod tests {
             Some(second + deadline),
             "an older answer arriving late does not move it back"
         );
+    }
+}
+
+/// The election against an in-memory Lease API that answers as the API server does for
+/// kube-lease-manager's calls (GET, create, server-side apply refused 409 when another holds
+/// the Lease, strategic merge), in real time: kube-lease-manager counts expiry on the wall
+/// clock, which paused tokio time does not move.
+#[cfg(test)]
+mod term_tests {
+    use std::{
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
+
+    use http_body_util::BodyExt as _;
+    use serde_json::{Value, json};
+    use tower::Layer as _;
+
+    use super::*;
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/stowage/leases";
+
+    #[derive(Default)]
+    struct FakeLeases {
+        lease: Mutex<Option<Value>>,
+        refuse_writes: AtomicBool,
+    }
+
+    fn merge(into: &mut Value, patch: &Value) {
+        match (into, patch) {
+            (Value::Object(into), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        into.remove(key);
+                    } else {
+                        merge(into.entry(key.clone()).or_insert(Value::Null), value);
+                    }
+                }
+            }
+            (into, patch) => *into = patch.clone(),
+        }
+    }
+
+    fn status(code: u16, reason: &str) -> (u16, Value) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": reason, "code": code, "message": reason,
+        });
+        (code, status)
+    }
+
+    impl FakeLeases {
+        fn answer(
+            &self,
+            method: &http::Method,
+            path: &str,
+            content: &str,
+            body: Value,
+        ) -> (u16, Value) {
+            let mut lease = self.lease.lock().unwrap();
+            let named = path
+                .strip_prefix(LEASES)
+                .and_then(|rest| rest.strip_prefix('/'));
+            match (method.as_str(), named) {
+                ("GET", Some(_)) => match &*lease {
+                    Some(found) => (200, found.clone()),
+                    None => status(404, "NotFound"),
+                },
+                ("POST", None) => {
+                    let mut created = body;
+                    merge(
+                        &mut created,
+                        &json!({"metadata": {"namespace": "stowage", "resourceVersion": "1"}}),
+                    );
+                    *lease = Some(created.clone());
+                    (201, created)
+                }
+                ("PATCH", Some(_)) => {
+                    if self.refuse_writes.load(Ordering::SeqCst) {
+                        return status(500, "InternalError");
+                    }
+                    let Some(current) = lease.as_mut() else {
+                        return status(404, "NotFound");
+                    };
+                    let holder = current["spec"]["holderIdentity"].clone();
+                    let claimed = &body["spec"]["holderIdentity"];
+                    // Server-side apply: the holder field is owned by the replica that set it.
+                    if content.contains("apply-patch")
+                        && claimed.is_string()
+                        && holder.is_string()
+                        && holder != *claimed
+                    {
+                        return status(409, "Conflict");
+                    }
+                    merge(current, &body);
+                    (200, current.clone())
+                }
+                _ => status(405, "MethodNotAllowed"),
+            }
+        }
+
+        fn transitions(&self) -> u64 {
+            self.lease.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"]
+                .as_u64()
+                .unwrap_or_default()
+        }
+    }
+
+    fn candidate(api: &Arc<FakeLeases>, identity: &str) -> (Elector, Leadership, Renewals) {
+        let api = api.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await?.to_bytes();
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let content = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let (code, answer) = api.answer(&parts.method, parts.uri.path(), &content, body);
+                Ok::<_, kube::Error>(
+                    http::Response::builder()
+                        .status(code)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(kube::client::Body::from(
+                            serde_json::to_vec(&answer).unwrap(),
+                        ))
+                        .unwrap(),
+                )
+            }
+        });
+        let renewals = Renewals::new(format!("{LEASES}/stowage-orchestrator"));
+        let client = kube::Client::new(RenewalLayer(renewals.clone()).layer(service), "stowage");
+        let settings = Settings {
+            lease_name: "stowage-orchestrator".into(),
+            namespace: "stowage".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_secs(1),
+        };
+        let (elector, leadership) = Elector::with_client(client, renewals.clone(), settings);
+        (elector, leadership, renewals)
+    }
+
+    async fn leads(leadership: &Leadership) {
+        let never = CancellationToken::new();
+        tokio::time::timeout(Duration::from_secs(10), leadership.acquired(&never))
+            .await
+            .expect("leads within 10 s");
+    }
+
+    #[tokio::test]
+    async fn each_leader_reports_its_term_until_its_renew_deadline_and_a_later_one_a_greater_term()
+    {
+        let api = Arc::new(FakeLeases::default());
+        let (elector, leadership, renewals) = candidate(&api, "orchestrator-a");
+        let term = leadership.term();
+        assert_eq!(term.get(), None, "no term before leading");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(elector.run(stop.clone()));
+        leads(&leadership).await;
+        assert_eq!(
+            term.get(),
+            Some(api.transitions()),
+            "the Lease's leaseTransitions"
+        );
+        assert_eq!(term.get(), Some(1));
+        assert!(
+            term.holds(std::time::Instant::now()),
+            "reported before the role changed"
+        );
+        // Until the last renewal's send plus the renew deadline: the deadline timer's instant.
+        let end = renewals
+            .deadline(Duration::from_secs(2))
+            .unwrap()
+            .into_std();
+        assert!(term.holds(end - Duration::from_millis(1)));
+        assert!(!term.holds(end), "not past the last renewal's deadline");
+        // Each accepted renewal moves the end on.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !term.holds(end) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("a renewal within 10 s moves the term's end past the probe");
+
+        // Stopping releases the Lease: the term ends first.
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        assert!(
+            !term.holds(std::time::Instant::now()),
+            "released: holds nothing"
+        );
+        assert_eq!(term.get(), Some(1), "still sent, so servers can refuse it");
+
+        let (next, next_leadership, _) = candidate(&api, "orchestrator-b");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(next.run(stop.clone()));
+        leads(&next_leadership).await;
+        assert_eq!(
+            next_leadership.term().get(),
+            Some(2),
+            "a later holder, a greater term"
+        );
+        assert!(next_leadership.term().holds(std::time::Instant::now()));
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_holds_nothing_past_its_deadline_then_loses() {
+        let api = Arc::new(FakeLeases::default());
+        let (elector, leadership, _) = candidate(&api, "orchestrator-a");
+        let term = leadership.term();
+        let running = tokio::spawn(elector.run(CancellationToken::new()));
+        leads(&leadership).await;
+        api.refuse_writes.store(true, Ordering::SeqCst);
+        // Whatever the election loop does next, the term's end is already fixed by the last
+        // accepted renewal: a process that slept through it holds nothing when it wakes.
+        let past = std::time::Instant::now() + Duration::from_secs(2);
+        assert!(!term.holds(past));
+        tokio::time::timeout(Duration::from_secs(10), leadership.lost().cancelled())
+            .await
+            .expect("loses within 10 s");
+        assert!(!term.holds(std::time::Instant::now()), "lost");
+        running.await.unwrap().unwrap();
     }
 }

@@ -171,6 +171,7 @@ mod tests {
             lease: Some("stowage/stowage-repo-manager".into()),
             role: watched,
             lost: CancellationToken::new(),
+            term: Default::default(),
         };
         let (_reporter, _health) = tonic_health::server::health_reporter();
         let (gate, opener) = gate::<Echo>(&leadership, _reporter).await;

@@ -20,13 +20,18 @@
 
 mod election;
 mod gate;
+mod service;
+mod write_fence;
 
 use std::time::Duration;
 
 pub use election::Elector;
 pub use gate::{Gate, Opener, gate};
+pub use service::Election;
+use stowage_contract::fencing::LeaderTerm;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+pub use write_fence::{WriteFence, WriteFenceLayer, WriteRefused, fenced_client};
 
 /// The exit code of a service that lost its leadership: Kubernetes restarts it as a standby.
 pub const LOST_LEADERSHIP_EXIT_CODE: i32 = 3;
@@ -58,6 +63,8 @@ pub enum LeaderError {
         renew_deadline: u64,
         retry_period: u64,
     },
+    #[error("the Kubernetes API for leader election (in-cluster config or KUBECONFIG): {0}")]
+    Config(String),
     #[error("the Kubernetes client for leader election: {0}")]
     Client(#[source] kube::Error),
     #[error("Lease {lease}: {source}")]
@@ -231,6 +238,7 @@ pub struct Leadership {
     lease: Option<String>,
     role: watch::Receiver<Role>,
     lost: CancellationToken,
+    term: LeaderTerm,
 }
 
 impl Leadership {
@@ -242,7 +250,16 @@ impl Leadership {
             lease: None,
             role,
             lost: CancellationToken::new(),
+            term: LeaderTerm::default(),
         }
+    }
+
+    /// The fencing rule's view of this replica's term (`stowage_contract::fencing`): the
+    /// election reports the term and its end on every accepted renewal, and `lost()` when the
+    /// Lease is lost or released. A process that leads alone never sets it, so its requests
+    /// carry no term and its writes are not checked. Clones share it.
+    pub fn term(&self) -> LeaderTerm {
+        self.term.clone()
     }
 
     /// This replica's identity in the Lease (empty when election is off).
@@ -393,6 +410,7 @@ mod tests {
             lease: Some("stowage/stowage-orchestrator".into()),
             role,
             lost: CancellationToken::new(),
+            term: LeaderTerm::default(),
         };
         let status = leadership.unavailable();
         assert_eq!(status.code(), tonic::Code::Unavailable);

@@ -19,6 +19,9 @@ use object_store::{
     gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, prefix::PrefixStore,
 };
 
+mod fenced;
+
+pub use fenced::FencedObjectStore;
 pub use object_store;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The orchestrator's half of the fencing rule (`stowage_contract::fencing`): every write to
 //! the storage location's records first checks that this process still holds its leader term
 //! (its last lease renewal is fresh), so an old leader that wakes up after a takeover writes
-//! nothing; its requests to the agents carry its term, which they refuse once a newer leader
-//! spoke to them (`kube::agents::Agents::request`).
+//! nothing, and its caller is answered `Unavailable`. Beneath it, the object store every
+//! writer of the location shares is fenced by the same term
+//! (`stowage_storage_location::FencedObjectStore`, built in `main.rs`), which also covers the
+//! schedules. Its requests to the agents and the repo-manager carry its term, which they
+//! refuse once a newer leader spoke to them (`stowage_grpc::fencing`).
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -131,6 +134,53 @@ mod tests {
         assert!(
             records.backups.lock().unwrap().is_empty(),
             "nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn schedules_and_deletions_go_through_the_fenced_object_store_too() {
+        use stowage_storage_location::object_store::{ObjectStore, memory::InMemory};
+
+        use crate::schedules::ScheduleStore as _;
+
+        let term = LeaderTerm::default();
+        let bucket: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        // As main.rs builds it: the records' store over the fenced object store.
+        let store = crate::store::Store::new(
+            Arc::new(stowage_storage_location::FencedObjectStore::new(
+                bucket.clone(),
+                term.clone(),
+                "orchestrator",
+            )),
+            "stowage".into(),
+        );
+        let schedule = stowage_velero_format::ScheduleRecord::new("nightly");
+        let now = std::time::Instant::now();
+        term.renewed(5, now + Duration::from_secs(10));
+        store.put_schedule(&schedule).await.unwrap();
+        assert_eq!(
+            store.list_schedules().await.unwrap().len(),
+            1,
+            "fresh: written"
+        );
+
+        // Woken up after its renew deadline.
+        term.renewed(5, now - Duration::from_millis(1));
+        let error = store
+            .put_schedule(&schedule)
+            .await
+            .expect_err("a stale term writes no schedule");
+        assert!(
+            error
+                .to_string()
+                .contains("this orchestrator's leader term 5 has ended"),
+            "{error}"
+        );
+        assert!(store.delete_schedule("nightly").await.is_err());
+        assert_eq!(
+            store.list_schedules().await.unwrap().len(),
+            1,
+            "reads pass; nothing was deleted"
         );
     }
 }

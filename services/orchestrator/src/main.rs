@@ -178,27 +178,17 @@ async fn main() -> anyhow::Result<()> {
         .context("client TLS settings")?;
     // Standing for election first: a standby serves health and answers Unavailable, and
     // starts no work until it leads.
-    let election_stop = CancellationToken::new();
-    let (leadership, election) = match config
+    let settings = config
         .election
         .settings("stowage-orchestrator", &config.namespace)
-        .context("leader election")?
-    {
-        None => (stowage_leader::Leadership::sole(), None),
-        Some(settings) => {
-            anyhow::ensure!(
-                !config.no_kubernetes,
-                "--leader-elect elects through a Lease in the Kubernetes API; it cannot be \
-                 combined with --no-kubernetes"
-            );
-            let kube_config = ::kube::Config::infer()
-                .await
-                .context("the Kubernetes API for leader election")?;
-            let (elector, leadership) = stowage_leader::Elector::new(kube_config, settings)?;
-            let task = tokio::spawn(elector.run(election_stop.clone()));
-            (leadership, Some(task))
-        }
-    };
+        .context("leader election")?;
+    anyhow::ensure!(
+        settings.is_none() || !config.no_kubernetes,
+        "--leader-elect elects through a Lease in the Kubernetes API; it cannot be combined \
+         with --no-kubernetes"
+    );
+    let election = stowage_leader::Election::start(settings).await?;
+    let leadership = election.leadership().clone();
     let index = Arc::new(state::Index::default());
     let gauges = index.clone();
     stowage_metrics::state::register(&mut stowage_metrics::registry(), move || {
@@ -211,13 +201,15 @@ async fn main() -> anyhow::Result<()> {
     });
     let metrics_server = config.metrics.start(shutdown.clone()).await;
 
-    let repo_manager = adapters::RepoManager::new(RepoManagerClient::new(
-        stowage_grpc::connect_lazy(&config.repo_manager)?,
-    ));
+    let repo_manager = adapters::RepoManager::new(
+        RepoManagerClient::new(stowage_grpc::connect_lazy(&config.repo_manager)?),
+        leadership.term(),
+    );
     let cluster = if config.no_kubernetes {
         None
     } else {
-        match ::kube::Client::try_default().await {
+        // Its writes (the mirrors, a restore's objects) are refused once the term has ended.
+        match stowage_leader::fenced_client(leadership.term(), "orchestrator").await {
             Ok(client) => Some(kube::Cluster::new(client, config.namespace.clone())),
             Err(error) => {
                 tracing::warn!(%error, "no Kubernetes API: backups and restores will fail until one is configured");
@@ -226,10 +218,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let static_agents = kube::agents::parse_static_agents(&config.agents)?;
-    // This process's leader term (the fencing rule, `fencing.rs`): sent to the agents and
-    // checked before every record write. Without leader election it is never set, and
-    // neither happens.
-    let term = stowage_contract::fencing::LeaderTerm::default();
+    // This process's leader term (the fencing rule, `fencing.rs`), as the election reports it
+    // on every renewal: sent to the agents and checked before every write to the storage
+    // location. Without leader election it is never set, and neither happens.
+    let term = leadership.term();
     let agents = kube::agents::Agents::new(
         static_agents,
         cluster.clone(),
@@ -252,6 +244,14 @@ async fn main() -> anyhow::Result<()> {
             let object_store = location
                 .object_store()
                 .with_context(|| format!("opening storage location {url}"))?;
+            // Every write of this process to the location (records, logs, resource tarballs,
+            // schedules, deletions) passes this fence; the record store's own check below
+            // answers callers `Unavailable` before any of it is prepared.
+            let object_store = Arc::new(stowage_storage_location::FencedObjectStore::new(
+                object_store,
+                term.clone(),
+                "orchestrator",
+            ));
             let records = Arc::new(store::Store::new(object_store, config.namespace.clone()));
             schedule_store = Some(records.clone());
             Some(Arc::new(fencing::FencedStore::new(records, term.clone()))
@@ -307,29 +307,21 @@ async fn main() -> anyhow::Result<()> {
         config.listen,
         shutdown.clone(),
     ));
-    let lost = leadership.lost();
-    let served = tokio::select! {
-        served = &mut server => Some(served),
-        leads = leadership.acquired(&shutdown) => {
-            if leads {
-                leading::start(
-                    &deps,
-                    Duration::from_secs(config.housekeeping_interval_seconds.max(1)),
-                    Duration::from_secs(config.scheduler_max_sleep_seconds.max(1)),
-                )
+    let served = election
+        .serve(&mut server, &shutdown, "orchestrator", async move || {
+            leading::start(
+                &deps,
+                Duration::from_secs(config.housekeeping_interval_seconds.max(1)),
+                Duration::from_secs(config.scheduler_max_sleep_seconds.max(1)),
+            )
+            .await;
+            opener
+                .open(OrchestratorServer::new(api::OrchestratorApi::new(deps)))
                 .await;
-                opener.open(OrchestratorServer::new(api::OrchestratorApi::new(deps))).await;
-            }
-            None
-        }
-    };
-    let served = match served {
-        Some(served) => served,
-        None => tokio::select! {
-            served = &mut server => served,
-            () = lost.cancelled() => stowage_leader::exit_lost("orchestrator"),
-        },
-    };
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+        .unwrap_or_else(|never| match never {});
     let served = served
         .context("orchestrator gRPC server task")?
         .context("orchestrator gRPC server");
@@ -338,14 +330,7 @@ async fn main() -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     // Only now that nothing works any more may a standby take over: the Lease is released.
-    election_stop.cancel();
-    if let Some(election) = election {
-        match election.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "leader election"),
-            Err(error) => tracing::error!(%error, "the leader election task failed"),
-        }
-    }
+    election.release().await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }

@@ -47,6 +47,8 @@ const RECORD_EVERY: Duration = Duration::from_secs(10);
 /// How long a CustomResourceDefinition the restore created may take to be Established before
 /// its custom resources are sent anyway (and fail with the API server's reason if not served).
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a restore waits for a namespace it restores into to finish being deleted.
+const NAMESPACE_TERMINATING_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the volumes of a cancelled restore did not end restored.
 const CANCELLED: &str = "the restore was cancelled";
@@ -83,16 +85,7 @@ pub async fn create(deps: &Deps, request: CreateRestoreRequest) -> Result<Restor
     }
     resources::validate_resource_lists(&spec.include_resources, &spec.exclude_resources)?;
     ExistingPolicy::parse(&spec.existing_resource_policy)?;
-    for (key, value) in &spec.label_selector {
-        if key.is_empty() || key.contains([',', '=', ' ']) || value.contains([',', '=', ' ']) {
-            return Err(Error::InvalidArgument {
-                what: "label selector",
-                value: format!("{key}={value}"),
-                reason: "a label key must be non-empty and neither may contain `,`, `=` or spaces"
-                    .to_string(),
-            });
-        }
-    }
+    resources::restore::LabelSelector::from_spec(&spec)?;
     let backup = deps
         .index
         .backup(&spec.backup_name)
@@ -1314,10 +1307,11 @@ pub fn resource_options(
         namespace_mapping: spec.namespace_mapping.clone().into_iter().collect(),
         include_resources: spec.include_resources.clone(),
         exclude_resources: spec.exclude_resources.clone(),
-        label_selector: spec.label_selector.clone().into_iter().collect(),
+        label_selector: resources::restore::LabelSelector::from_spec(spec)?,
         restic_claims: Default::default(),
         policy: ExistingPolicy::parse(&spec.existing_resource_policy)?,
         crd_timeout: CRD_ESTABLISHED_TIMEOUT,
+        namespace_timeout: NAMESPACE_TERMINATING_TIMEOUT,
         poll_interval: limits.poll_interval,
     })
 }

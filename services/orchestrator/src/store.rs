@@ -503,6 +503,12 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
     let status = restore.status.clone().unwrap_or_default();
     let mut record = vf::StowageRestoreRecord::new(&restore.name);
     record.uid = restore.uid.clone();
+    // Kubernetes' matchExpressions shape, as a Velero Restore's labelSelector holds them.
+    let expressions: Vec<Value> = spec
+        .label_selector_expressions
+        .iter()
+        .map(|r| json!({"key": r.key, "operator": r.operator, "values": r.values}))
+        .collect();
     record.written_by = Some(env!("CARGO_PKG_VERSION").to_string());
     record.spec = vf::RestoreSpecRecord {
         backup_name: spec.backup_name,
@@ -519,6 +525,10 @@ fn restore_record(restore: &Restore) -> vf::StowageRestoreRecord {
         .into_iter()
         .filter(|(_, paths)| !paths.is_empty())
         .map(|(key, paths)| (key.to_string(), json!(paths)))
+        .chain(
+            (!expressions.is_empty())
+                .then(|| ("labelSelectorExpressions".to_string(), json!(expressions))),
+        )
         .collect(),
     };
     record.status = vf::RestoreStatusRecord {
@@ -642,6 +652,19 @@ fn from_restore_record(record: &vf::StowageRestoreRecord) -> Restore {
             existing_resource_policy: record.spec.existing_resource_policy.clone(),
             include_paths: strings(record.spec.extra.get("includePaths")),
             exclude_paths: strings(record.spec.extra.get("excludePaths")),
+            label_selector_expressions: record
+                .spec
+                .extra
+                .get("labelSelectorExpressions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|r| stowage_proto::v1::LabelSelectorRequirement {
+                    key: r["key"].as_str().unwrap_or_default().to_string(),
+                    operator: r["operator"].as_str().unwrap_or_default().to_string(),
+                    values: strings(r.get("values")),
+                })
+                .collect(),
             ..Default::default()
         }),
         status: Some(RestoreStatus {
@@ -1393,6 +1416,11 @@ mod tests {
                 backup_name: "nightly".into(),
                 namespace_mapping: [("foo".to_string(), "bar".to_string())].into(),
                 included_namespaces: vec!["foo".into()],
+                label_selector_expressions: vec![stowage_proto::v1::LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: vec!["api".into(), "web".into()],
+                }],
                 ..Default::default()
             }),
             status: Some(RestoreStatus {

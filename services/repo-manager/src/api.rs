@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use stowage_contract::fencing::TermFence;
 use stowage_proto::{
     prost_types,
     v1::{
@@ -39,6 +40,11 @@ pub struct LeaseDefaults {
 pub struct RepoManagerApi {
     manager: Arc<Manager>,
     lease_defaults: LeaseDefaults,
+    /// The newest orchestrator leader term seen (the fencing rule): a request that changes
+    /// something (a repository, a lease, snapshots, maintenance) from an older orchestrator
+    /// is refused, so one paused through a takeover cannot take leases or forget snapshots
+    /// once its successor has spoken to this repo-manager.
+    fence: TermFence,
 }
 
 impl RepoManagerApi {
@@ -46,7 +52,12 @@ impl RepoManagerApi {
         Self {
             manager,
             lease_defaults,
+            fence: TermFence::new(),
         }
+    }
+
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        stowage_grpc::fencing::admit(&self.fence, request)
     }
 
     fn repository(&self, record: RepositoryRecord) -> Repository {
@@ -174,6 +185,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<EnsureRepositoryRequest>,
     ) -> Result<Response<Repository>, Status> {
+        self.admit(&request)?;
         let record = self.manager.ensure(&request.get_ref().namespace).await?;
         Ok(Response::new(self.repository(record)))
     }
@@ -206,6 +218,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<RunMaintenanceRequest>,
     ) -> Result<Response<MaintenanceResult>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let kind = kind(request.kind)?;
         let outcome = self
@@ -247,6 +260,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<AcquireLeaseRequest>,
     ) -> Result<Response<Lease>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         validate_namespace(&request.namespace)?;
         let mode = match ProtoLeaseMode::try_from(request.mode) {
@@ -277,6 +291,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<RenewLeaseRequest>,
     ) -> Result<Response<Lease>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let ttl = duration(request.ttl, self.lease_defaults.ttl)?;
         let info = self.manager.leases.renew(&request.lease_id, ttl)?;
@@ -288,6 +303,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<ReleaseLeaseRequest>,
     ) -> Result<Response<ReleaseLeaseResponse>, Status> {
+        self.admit(&request)?;
         let lease_id = &request.get_ref().lease_id;
         if lease_id.is_empty() {
             return Err(Status::invalid_argument("lease_id must not be empty"));
@@ -304,6 +320,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<ForgetBackupRequest>,
     ) -> Result<Response<ForgetBackupResponse>, Status> {
+        self.admit(&request)?;
         let request = request.into_inner();
         let forgotten_snapshot_ids = self
             .manager
@@ -319,6 +336,7 @@ impl RepoManager for RepoManagerApi {
         &self,
         request: Request<RotateKeyRequest>,
     ) -> Result<Response<Repository>, Status> {
+        self.admit(&request)?;
         let record = self
             .manager
             .rotate_key(&request.get_ref().namespace)

@@ -49,6 +49,11 @@ pub enum RepoError {
     Restic(#[from] ResticError),
     #[error("shutting down")]
     Cancelled,
+    #[error(
+        "not running {what}: this repo-manager's leader term {term} has ended (another replica \
+         leads)"
+    )]
+    TermEnded { what: String, term: u64 },
 }
 
 impl From<RepoError> for Status {
@@ -67,7 +72,8 @@ impl From<RepoError> for Status {
             RepoError::LeaseTimeout { .. }
             | RepoError::Store { .. }
             | RepoError::Kubernetes { .. }
-            | RepoError::Cancelled => Status::unavailable(message),
+            | RepoError::Cancelled
+            | RepoError::TermEnded { .. } => Status::unavailable(message),
             // The code every service running restic gives the failure (the agent too).
             RepoError::Restic(restic) => Status::new(stowage_grpc::restic_code(restic), message),
             RepoError::Corrupt { .. } | RepoError::UnsealedKeyCopy(_) | RepoError::Random => {

@@ -219,34 +219,27 @@ async fn main() -> anyhow::Result<()> {
             path_style: config.s3_path_style,
         },
     )?;
+    // Standing for election first: a standby serves health and answers Unavailable; it reads
+    // no repository state and runs no maintenance until it leads. The Lease is in the
+    // Kubernetes API whether or not passwords are kept there (--kubernetes).
+    let election = stowage_leader::Election::start(
+        config
+            .election
+            .settings("stowage-repo-manager", &config.stowage_namespace)
+            .context("leader election")?,
+    )
+    .await?;
+    let leadership = election.leadership().clone();
+    // Its writes (password Secrets, ResticRepository mirrors) are refused once the term has
+    // ended, as the writes to the storage location are.
     let client = if config.kubernetes {
         Some(
-            kube::Client::try_default()
+            stowage_leader::fenced_client(leadership.term(), "repo-manager")
                 .await
                 .context("connecting to the Kubernetes API")?,
         )
     } else {
         None
-    };
-    // Standing for election first: a standby serves health and answers Unavailable; it reads
-    // no repository state and runs no maintenance until it leads.
-    let election_stop = CancellationToken::new();
-    let (leadership, election) = match config
-        .election
-        .settings("stowage-repo-manager", &config.stowage_namespace)
-        .context("leader election")?
-    {
-        None => (stowage_leader::Leadership::sole(), None),
-        Some(settings) => {
-            // The Lease is in the Kubernetes API whether or not passwords are kept there
-            // (--kubernetes).
-            let kube_config = kube::Config::infer()
-                .await
-                .context("the Kubernetes API for leader election")?;
-            let (elector, leadership) = stowage_leader::Elector::new(kube_config, settings)?;
-            let task = tokio::spawn(elector.run(election_stop.clone()));
-            (leadership, Some(task))
-        }
     };
     let restic = stowage_restic::Restic::new(&config.restic_binary, &config.scratch_dir);
     // A restic too old to classify its failures by exit code stops the repo-manager here,
@@ -282,38 +275,35 @@ async fn main() -> anyhow::Result<()> {
         config.listen,
         shutdown.clone(),
     ));
-    let lost = leadership.lost();
     let mut scheduler = None;
-    let served = tokio::select! {
-        served = &mut server => Some(served),
-        leads = leadership.acquired(&shutdown) => {
-            if leads {
-                let manager = lead(&config, location, client, restic, &shutdown).await?;
-                scheduler = Some(tokio::spawn(scheduler::run(
-                    manager.clone(),
-                    config.scheduler_tick,
-                    shutdown.clone(),
-                )));
-                opener
-                    .open(RepoManagerServer::new(api::RepoManagerApi::new(
-                        manager,
-                        api::LeaseDefaults {
-                            ttl: config.lease_ttl,
-                            wait: config.lease_wait,
-                        },
-                    )))
-                    .await;
-            }
-            None
-        }
-    };
-    let served = match served {
-        Some(served) => served,
-        None => tokio::select! {
-            served = &mut server => served,
-            () = lost.cancelled() => stowage_leader::exit_lost("repo-manager"),
-        },
-    };
+    let served = election
+        .serve(&mut server, &shutdown, "repo-manager", async || {
+            let manager = lead(
+                &config,
+                location,
+                client,
+                restic,
+                leadership.term(),
+                &shutdown,
+            )
+            .await?;
+            scheduler = Some(tokio::spawn(scheduler::run(
+                manager.clone(),
+                config.scheduler_tick,
+                shutdown.clone(),
+            )));
+            opener
+                .open(RepoManagerServer::new(api::RepoManagerApi::new(
+                    manager,
+                    api::LeaseDefaults {
+                        ttl: config.lease_ttl,
+                        wait: config.lease_wait,
+                    },
+                )))
+                .await;
+            Ok::<(), anyhow::Error>(())
+        })
+        .await?;
     let served = served
         .context("repo manager gRPC server task")?
         .context("repo manager gRPC server");
@@ -324,14 +314,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(%error, "maintenance scheduler panicked");
     }
     // Only now that no maintenance runs may a standby take over: the Lease is released.
-    election_stop.cancel();
-    if let Some(election) = election {
-        match election.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "leader election"),
-            Err(error) => tracing::error!(%error, "the leader election task failed"),
-        }
-    }
+    election.release().await;
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
@@ -347,9 +330,18 @@ async fn lead(
     location: StorageLocation,
     client: Option<kube::Client>,
     restic: stowage_restic::Restic,
+    term: stowage_contract::fencing::LeaderTerm,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<repositories::Manager>> {
-    let store = location.object_store()?;
+    // Every write to the location (repository records, `running_since`, maintenance results,
+    // sealed key copies, removed restic locks) passes this fence (the fencing rule: a
+    // repo-manager woken up after its term ended writes nothing).
+    let store: Arc<dyn stowage_storage_location::object_store::ObjectStore> =
+        Arc::new(stowage_storage_location::FencedObjectStore::new(
+            location.object_store()?,
+            term.clone(),
+            "repo-manager",
+        ));
     // Never without a master key: every bucket copy of a password is written sealed.
     let master = match (config.given_master_key()?, &client) {
         (Some(master), _) => master,
@@ -408,6 +400,7 @@ async fn lead(
                     config.velero_repository_password_file.as_deref(),
                 )?,
                 verify_interval: config.repository_verify_interval,
+                term,
             },
             cluster,
             shutdown.clone(),

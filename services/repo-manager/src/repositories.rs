@@ -10,6 +10,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use stowage_contract::fencing::LeaderTerm;
 use stowage_restic::{CheckData, Restic, ResticError};
 use stowage_storage_location::StorageLocation;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,9 @@ pub struct ManagerSettings {
     /// How long a repository this process verified answers EnsureRepository without restic;
     /// zero verifies on every call.
     pub verify_interval: Duration,
+    /// This process's leader term, as the election reports it (the fencing rule): restic
+    /// runs under the exclusive lease start only while it holds. Never set without election.
+    pub term: LeaderTerm,
 }
 
 /// The password Velero's restic integration gives every repository unless the operator
@@ -79,6 +83,10 @@ pub struct Manager {
     mirror: Option<RepositoryMirror>,
     /// Judges locks of stowage pods that are gone, when an API is configured.
     lock_holders: Option<LockHolders>,
+    /// This process's leader term: restic runs under the exclusive lease (maintenance, forget,
+    /// key rotation) start only while it holds; the store under `state` and `keys` checks it
+    /// before every write.
+    term: LeaderTerm,
     shutdown: CancellationToken,
 }
 
@@ -168,6 +176,7 @@ impl Manager {
         if let Err(error) = keys.seal_unsealed_copies().await {
             tracing::warn!(%error, "cannot look for unsealed bucket copies of passwords");
         }
+        let term = settings.term.clone();
         let manager = Manager {
             location,
             restic,
@@ -180,6 +189,7 @@ impl Manager {
             settings,
             mirror,
             lock_holders,
+            term,
             shutdown,
         };
         for record in manager.list() {
@@ -539,6 +549,14 @@ impl Manager {
             leases: &self.leases,
             id: lease.id,
         };
+        // Checked after the wait for the lease, right before restic starts: a repo-manager
+        // paused through a takeover starts nothing when it wakes up.
+        if !self.term.holds(Instant::now()) {
+            return Err(RepoError::TermEnded {
+                what: holder.to_string(),
+                term: self.term.get().unwrap_or_default(),
+            });
+        }
         task().await
     }
 
@@ -845,5 +863,109 @@ impl Manager {
             }
         }
         due
+    }
+}
+
+#[cfg(test)]
+mod fencing_tests {
+    use stowage_storage_location::{
+        FencedObjectStore, S3Options,
+        object_store::{ObjectStore, memory::InMemory},
+    };
+
+    use super::*;
+    use crate::keys::MasterKey;
+
+    /// A manager over an in-memory bucket behind the fenced store, as `main` builds it; its
+    /// restic is never run.
+    async fn manager(term: &LeaderTerm, dir: &std::path::Path) -> Manager {
+        let location =
+            StorageLocation::from_env(&format!("file://{}", dir.display()), S3Options::default())
+                .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FencedObjectStore::new(
+            Arc::new(InMemory::new()),
+            term.clone(),
+            "repo-manager",
+        ));
+        Manager::load(
+            location,
+            Restic::new(dir.join("no-restic"), dir),
+            StateStore::new(store.clone()),
+            KeyStore::new(store, MasterKey::from_secret_text("master"), None),
+            ManagerSettings {
+                maintenance_wait: Duration::from_secs(1),
+                stale_lock_age: chrono::Duration::minutes(5),
+                schedules: Schedules {
+                    check: Duration::from_secs(3600),
+                    prune: Duration::from_secs(3600),
+                    check_overrides: Default::default(),
+                    prune_overrides: Default::default(),
+                },
+                adopt_velero_repositories: false,
+                velero_repository_password: VELERO_STATIC_PASSWORD.into(),
+                verify_interval: Duration::ZERO,
+                term: term.clone(),
+            },
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_repo_manager_whose_term_ended_starts_no_exclusive_run_and_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let term = LeaderTerm::default();
+        let manager = manager(&term, dir.path()).await;
+        term.renewed(3, Instant::now() + Duration::from_secs(10));
+        manager
+            .exclusively("foo", "maintenance/prune", async || Ok(()))
+            .await
+            .expect("a live term runs");
+        manager
+            .store_record("foo", |_| {})
+            .await
+            .expect("a live term writes");
+
+        // Woken up after its renew deadline: the run is not started, nothing is written.
+        term.renewed(3, Instant::now() - Duration::from_millis(1));
+        let mut started = false;
+        let refused = manager
+            .exclusively("foo", "maintenance/prune", async || {
+                started = true;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(!started, "restic would not have started");
+        assert!(
+            refused.to_string().contains(
+                "not running maintenance/prune: this repo-manager's leader term 3 has ended"
+            ),
+            "{refused}"
+        );
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::Unavailable
+        );
+        let error = manager
+            .store_record("foo", |record| record.message = "stale".into())
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("this repo-manager's leader term 3 has ended"),
+            "{error}"
+        );
+        term.lost();
+        assert!(
+            manager
+                .exclusively("foo", "forget/nightly", async || Ok(()))
+                .await
+                .is_err(),
+            "lost"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use stowage_contract::fencing::{LEADER_TERM_HEADER, TermFence};
+use stowage_contract::fencing::TermFence;
 use stowage_metrics::agent::{FinalPhase, OperationKind};
 use stowage_proto::v1::{
     AbandonRestoreRequest, AbandonRestoreResponse, AgentInfo, AgentOperation, AgentOperationKind,
@@ -80,14 +80,7 @@ impl AgentApi {
 
     /// Refuses a request from a leader older than one this agent has heard from.
     fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let header = request
-            .metadata()
-            .get(LEADER_TERM_HEADER)
-            .map(|value| value.to_str().unwrap_or("(not text)"));
-        self.fence.admit(header).map(|_| ()).map_err(|error| {
-            tracing::warn!(%error, "request from a stale leader refused");
-            Status::failed_precondition(error.to_string())
-        })
+        stowage_grpc::fencing::admit(&self.fence, request)
     }
 }
 

@@ -123,14 +123,7 @@ impl Agents {
     /// `message` as a request carrying this orchestrator's leader term, when it has one, so
     /// an agent that has heard from a newer leader refuses it.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(term) = self.term.get() {
-            request.metadata_mut().insert(
-                stowage_contract::fencing::LEADER_TERM_HEADER,
-                tonic::metadata::MetadataValue::from(term),
-            );
-        }
-        request
+        stowage_grpc::fencing::with_term(&self.term, message)
     }
 
     /// The agent serving `node`, or [`Error::NoAgent`].

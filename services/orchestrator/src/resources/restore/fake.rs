@@ -1,6 +1,7 @@
 //! An in-memory API server for the resource restore's tests: the rules a restore meets
 //! (AlreadyExists on create, Conflict on a stale resourceVersion, new uids, CRDs served once
-//! created and Established after a delay) and refusals to order.
+//! created and Established after a delay, namespaces Terminating until a given time with
+//! creates in them Forbidden) and refusals to order.
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +31,9 @@ pub struct State {
     pub refuse_replace: BTreeMap<String, (u16, String, String)>,
     /// When each created CRD becomes Established, and the resource it then serves.
     established_at: BTreeMap<String, (Instant, ApiResource)>,
+    /// Namespaces being deleted and when the namespace controller removes them (with their
+    /// objects); `None`: never (a finalizer nobody removes).
+    terminating: BTreeMap<String, Option<Instant>>,
 }
 
 pub struct FakeObjects {
@@ -124,12 +128,45 @@ impl FakeObjects {
             .cloned()
     }
 
+    /// Deletes namespace `name` as the API server does: Terminating (deletionTimestamp, phase)
+    /// until `gone_after` from now, then removed with everything in it; `None` keeps it
+    /// Terminating for good.
+    pub fn terminate(&self, name: &str, gone_after: Option<Duration>) {
+        let mut state = self.state();
+        let key = ("namespaces".to_string(), String::new(), name.to_string());
+        if let Some(namespace) = state.objects.get_mut(&key) {
+            namespace["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            namespace["status"] = json!({"phase": "Terminating"});
+        }
+        state.terminating.insert(
+            name.to_string(),
+            gone_after.map(|after| Instant::now() + after),
+        );
+    }
+
     pub fn writes(&self) -> Vec<String> {
         self.state().writes.clone()
     }
 }
 
 impl State {
+    /// Removes the Terminating namespaces whose time has come, with their objects.
+    fn reap(&mut self) {
+        let now = Instant::now();
+        let gone: Vec<String> = self
+            .terminating
+            .iter()
+            .filter(|(_, at)| at.is_some_and(|at| now >= at))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.terminating.remove(&name);
+            self.objects.retain(|key, _| {
+                key.1 != name && *key != ("namespaces".to_string(), String::new(), name.clone())
+            });
+        }
+    }
+
     /// Serves the resources of the CRDs Established by now.
     fn promote(&mut self) {
         let now = Instant::now();
@@ -179,6 +216,7 @@ impl ObjectApi for FakeObjects {
         name: &str,
     ) -> Result<Option<Value>, ObjectError> {
         let mut state = self.state();
+        state.reap();
         let key = (
             resource.group_resource(),
             namespace.unwrap_or_default().to_string(),
@@ -215,6 +253,19 @@ impl ObjectApi for FakeObjects {
         );
         if let Some((code, reason, message)) = state.refuse.get(&key.0).cloned() {
             return Err(refused(path(&key), code, &reason, message));
+        }
+        state.reap();
+        if state.terminating.contains_key(&key.1) {
+            // The NamespaceLifecycle admission plugin's answer.
+            return Err(refused(
+                path(&key),
+                403,
+                "Forbidden",
+                format!(
+                    "unable to create new content in namespace {} because it is being terminated",
+                    key.1
+                ),
+            ));
         }
         state.promote();
         if !state.served.iter().any(|r| r.group_resource() == key.0) {

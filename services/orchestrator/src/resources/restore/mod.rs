@@ -11,6 +11,7 @@ pub mod api;
 pub mod kube;
 pub mod plan;
 pub mod run;
+pub mod selector;
 
 #[cfg(test)]
 pub mod fake;
@@ -19,3 +20,4 @@ mod tests;
 
 pub use api::ObjectApi;
 pub use run::{ExistingPolicy, Handled, Options, Outcome, restore_resources};
+pub use selector::LabelSelector;

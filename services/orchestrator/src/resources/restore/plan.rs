@@ -101,6 +101,14 @@ pub fn never_restored(resource: &str, object: &Value) -> Option<String> {
     if NON_RESTORABLE.contains(&resource) {
         return Some(format!("{resource} are never restored"));
     }
+    if resource == "secrets"
+        && let Some(account) = generated_token_of(object)
+    {
+        return Some(format!(
+            "the token Secret Kubernetes generated for ServiceAccount {account}: the tokens \
+             controller makes the restored account its own"
+        ));
+    }
     if resource == "pods" {
         if annotation(object, "kubernetes.io/config.mirror").is_some() {
             return Some("a mirror pod: the kubelet of its node recreates it".to_string());
@@ -112,6 +120,19 @@ pub fn never_restored(resource: &str, object: &Value) -> Option<String> {
         }
     }
     None
+}
+
+/// The ServiceAccount whose auto-generated token `secret` is: a
+/// `kubernetes.io/service-account-token` Secret named `<account>-token-…` (the tokens
+/// controller's names, as Velero's secret action tells them from tokens made by hand).
+fn generated_token_of(secret: &Value) -> Option<&str> {
+    if secret.get("type").and_then(Value::as_str) != Some(SERVICE_ACCOUNT_TOKEN) {
+        return None;
+    }
+    let account = annotation(secret, "kubernetes.io/service-account.name")?;
+    let name = secret.pointer("/metadata/name").and_then(Value::as_str)?;
+    name.starts_with(&format!("{account}-token-"))
+        .then_some(account)
 }
 
 pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
@@ -146,17 +167,6 @@ pub fn owner_references(object: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Whether the object carries every label of `selector`.
-pub fn selected(object: &Value, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(key, value)| {
-        object
-            .pointer("/metadata/labels")
-            .and_then(|labels| labels.get(key))
-            .and_then(Value::as_str)
-            == Some(value.as_str())
-    })
-}
-
 /// Metadata the API server sets and a create must not carry. ownerReferences go too: they name
 /// the old owners' uids, and an object whose controller's uid does not exist is garbage
 /// collected; the restore re-points them once the owners are back (see run.rs).
@@ -172,12 +182,27 @@ const SERVER_SET_METADATA: &[&str] = &[
     "ownerReferences",
 ];
 
-/// Claim annotations the PV controller and scheduler set for a binding that no longer exists.
+/// Claim annotations the PV controller, the provisioner and the scheduler set for a binding
+/// that no longer exists (Velero's PVC action): kept, they tell the PV controller the claim is
+/// bound already (a claim whose volume is gone turns Lost), name the provisioner and node of
+/// the old provisioning, and a node that may not exist here.
 const CLAIM_BINDING_ANNOTATIONS: &[&str] = &[
     "pv.kubernetes.io/bind-completed",
     "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
     "volume.kubernetes.io/selected-node",
 ];
+
+/// A PersistentVolume's annotations of the PV controller's binding (Velero's
+/// `resetVolumeBindingInfo`): without them the restored volume and claim are bound anew.
+const VOLUME_BINDING_ANNOTATIONS: &[&str] = &[
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+];
+
+/// The Secret type of a ServiceAccount's legacy token.
+const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 
 /// What the namespace mapping and the restore's other objects decide for one object.
 pub struct Context<'a> {
@@ -222,6 +247,8 @@ pub fn prepare(resource: &str, object: &Value, context: &Context) -> Value {
         "persistentvolumeclaims" => prepare_claim(&mut object, context),
         "pods" => prepare_pod(&mut object),
         "jobs.batch" => prepare_job(&mut object),
+        "serviceaccounts" => prepare_service_account(&mut object),
+        "secrets" => prepare_secret(&mut object),
         "rolebindings.rbac.authorization.k8s.io"
         | "clusterrolebindings.rbac.authorization.k8s.io" => map_subjects(&mut object, context),
         _ => {}
@@ -250,6 +277,7 @@ fn prepare_service(object: &mut Value) {
 /// A PersistentVolume's claimRef points at the restored claim: mapped namespace, and no uid
 /// or resourceVersion of the old claim, so the PV controller binds it to the new one.
 fn prepare_volume(object: &mut Value, context: &Context) {
+    remove_annotations(object, VOLUME_BINDING_ANNOTATIONS);
     if let Some(claim) = object
         .pointer_mut("/spec/claimRef")
         .and_then(Value::as_object_mut)
@@ -263,15 +291,22 @@ fn prepare_volume(object: &mut Value, context: &Context) {
     }
 }
 
-fn prepare_claim(object: &mut Value, context: &Context) {
+fn remove_annotations(object: &mut Value, keys: &[&str]) {
     if let Some(annotations) = object
         .pointer_mut("/metadata/annotations")
         .and_then(Value::as_object_mut)
     {
-        for key in CLAIM_BINDING_ANNOTATIONS {
+        for key in keys {
             annotations.remove(*key);
         }
     }
+}
+
+/// A claim is bound anew: the binding annotations go, and its `spec.volumeName` too unless
+/// this restore created that volume (a claim naming a volume that does not exist stays
+/// Pending; one whose data restic restores gets a freshly provisioned volume).
+fn prepare_claim(object: &mut Value, context: &Context) {
+    remove_annotations(object, CLAIM_BINDING_ANNOTATIONS);
     if !context.volume_restored
         && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
     {
@@ -279,23 +314,31 @@ fn prepare_claim(object: &mut Value, context: &Context) {
     }
 }
 
-/// A pod is scheduled afresh (no node), its priority comes from its class again, and the
-/// service-account token volume the admission plugin added is added again by it.
+/// A pod is scheduled afresh (no node); its priority is computed again by the Priority
+/// admission plugin (which refuses a pod whose `spec.priority` differs from what its class, or
+/// the lack of one, gives); and the service-account token volumes the admission plugin added
+/// (`kube-api-access-…`, or `<account>-token-…` naming a legacy token Secret that is not
+/// restored) are added again by it, in containers and init containers alike.
 fn prepare_pod(object: &mut Value) {
     let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
     spec.remove("nodeName");
-    if spec.contains_key("priorityClassName") {
-        spec.remove("priority");
-    }
+    spec.remove("priority");
+    let account = spec
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default");
+    let legacy_prefix = format!("{account}-token-");
     let token_volumes: Vec<String> = spec
         .get("volumes")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|volume| volume.get("name").and_then(Value::as_str))
-        .filter(|name| name.starts_with("kube-api-access-"))
+        .filter(|name| name.starts_with("kube-api-access-") || name.starts_with(&legacy_prefix))
         .map(str::to_string)
         .collect();
     if token_volumes.is_empty() {
@@ -326,8 +369,17 @@ fn prepare_pod(object: &mut Value) {
 }
 
 /// A Job's selector and template carry the old Job's uid as `controller-uid`; the API server
-/// generates them again for the new one, and refuses a create that keeps the old.
+/// generates them again for the new one, and refuses a create that keeps the old (`selector`
+/// not auto-generated, template labels not the new uid). A Job with `spec.manualSelector`
+/// chose its selector itself: the API server takes it as it is, and so does the restore.
 fn prepare_job(object: &mut Value) {
+    if object
+        .pointer("/spec/manualSelector")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return;
+    }
     const UID_LABELS: &[&str] = &["controller-uid", "batch.kubernetes.io/controller-uid"];
     for pointer in [
         "/spec/selector/matchLabels",
@@ -351,6 +403,48 @@ fn prepare_job(object: &mut Value) {
         });
     if empty_selector && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
         spec.remove("selector");
+    }
+}
+
+/// A ServiceAccount loses its references to the token Secrets Kubernetes generated for it
+/// (`<account>-token-…`, not restored: see [`never_restored`]); the tokens controller of a
+/// cluster that still makes them adds a new one. Secrets it names by other names stay.
+fn prepare_service_account(object: &mut Value) {
+    let Some(name) = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return;
+    };
+    let prefix = format!("{name}-token-");
+    let Some(secrets) = object.get_mut("secrets").and_then(Value::as_array_mut) else {
+        return;
+    };
+    secrets.retain(|secret| {
+        !secret
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|secret| secret.starts_with(&prefix))
+    });
+    if secrets.is_empty()
+        && let Some(object) = object.as_object_mut()
+    {
+        object.remove("secrets");
+    }
+}
+
+/// A token Secret made by hand for a ServiceAccount (the generated ones are not restored) loses
+/// the old account's uid and the token signed for it: the tokens controller fills them in for
+/// the restored account, and deletes a token Secret whose uid names an account that is gone.
+fn prepare_secret(object: &mut Value) {
+    if object.get("type").and_then(Value::as_str) != Some(SERVICE_ACCOUNT_TOKEN) {
+        return;
+    }
+    remove_annotations(object, &["kubernetes.io/service-account.uid"]);
+    if let Some(data) = object.get_mut("data").and_then(Value::as_object_mut) {
+        data.remove("token");
+        data.remove("ca.crt");
     }
 }
 
@@ -642,6 +736,139 @@ mod tests {
         assert_eq!(
             prepared["spec"]["template"]["metadata"]["labels"],
             json!({"job-name": "j"})
+        );
+    }
+
+    #[test]
+    fn a_job_with_a_manual_selector_keeps_it() {
+        let none = BTreeMap::new();
+        let context = Context {
+            namespace_mapping: &none,
+            volume_restored: false,
+        };
+        let job = json!({"metadata": {"name": "j"},
+            "spec": {"manualSelector": true,
+                     "selector": {"matchLabels": {"controller-uid": "mine"}},
+                     "template": {"metadata": {"labels": {"controller-uid": "mine"}}}}});
+        assert_eq!(prepare("jobs.batch", &job, &context), job);
+    }
+
+    #[test]
+    fn claims_and_volumes_lose_the_binding_annotations() {
+        let none = BTreeMap::new();
+        let context = Context {
+            namespace_mapping: &none,
+            volume_restored: false,
+        };
+        let claim = json!({"metadata": {"name": "data", "annotations": {
+                "volume.kubernetes.io/storage-provisioner": "csi.example.com",
+                "volume.beta.kubernetes.io/storage-provisioner": "csi.example.com",
+                "volume.kubernetes.io/selected-node": "node-a",
+                "pv.kubernetes.io/bind-completed": "yes", "team": "x"}},
+            "spec": {"volumeName": "pv-1"}});
+        let prepared = prepare("persistentvolumeclaims", &claim, &context);
+        assert_eq!(prepared["metadata"]["annotations"], json!({"team": "x"}));
+        let volume = json!({"metadata": {"name": "pv-1", "annotations": {
+                "pv.kubernetes.io/bind-completed": "yes",
+                "pv.kubernetes.io/bound-by-controller": "yes",
+                "pv.kubernetes.io/provisioned-by": "csi.example.com"}},
+            "spec": {"claimRef": {"name": "data", "namespace": "shop"}}});
+        let prepared = prepare("persistentvolumes", &volume, &context);
+        assert_eq!(
+            prepared["metadata"]["annotations"],
+            json!({"pv.kubernetes.io/provisioned-by": "csi.example.com"})
+        );
+    }
+
+    #[test]
+    fn service_accounts_lose_their_generated_token_secrets() {
+        let none = BTreeMap::new();
+        let context = Context {
+            namespace_mapping: &none,
+            volume_restored: false,
+        };
+        let account = json!({"metadata": {"name": "app", "namespace": "shop"},
+            "secrets": [{"name": "app-token-x7k2p"}, {"name": "registry"}],
+            "imagePullSecrets": [{"name": "registry"}]});
+        let prepared = prepare("serviceaccounts", &account, &context);
+        assert_eq!(prepared["secrets"], json!([{"name": "registry"}]));
+        assert_eq!(prepared["imagePullSecrets"], json!([{"name": "registry"}]));
+        let only_token = json!({"metadata": {"name": "app"},
+            "secrets": [{"name": "app-token-x7k2p"}]});
+        let prepared = prepare("serviceaccounts", &only_token, &context);
+        assert!(prepared.get("secrets").is_none(), "{prepared}");
+        // Another account's token is not this account's generated one.
+        let other = json!({"metadata": {"name": "app"}, "secrets": [{"name": "web-token-1"}]});
+        assert_eq!(
+            prepare("serviceaccounts", &other, &context)["secrets"],
+            json!([{"name": "web-token-1"}])
+        );
+    }
+
+    #[test]
+    fn generated_token_secrets_are_skipped_and_hand_made_ones_lose_the_old_token() {
+        let generated = json!({"metadata": {"name": "app-token-x7k2p", "annotations": {
+                "kubernetes.io/service-account.name": "app",
+                "kubernetes.io/service-account.uid": "old"}},
+            "type": "kubernetes.io/service-account-token",
+            "data": {"token": "dG9r", "ca.crt": "Y2E=", "namespace": "c2hvcA=="}});
+        let reason = never_restored("secrets", &generated).expect("skipped");
+        assert!(reason.contains("ServiceAccount app"), "{reason}");
+        let mut by_hand = generated.clone();
+        by_hand["metadata"]["name"] = json!("app-long-lived");
+        assert!(never_restored("secrets", &by_hand).is_none());
+        let none = BTreeMap::new();
+        let context = Context {
+            namespace_mapping: &none,
+            volume_restored: false,
+        };
+        let prepared = prepare("secrets", &by_hand, &context);
+        assert_eq!(
+            prepared["metadata"]["annotations"],
+            json!({"kubernetes.io/service-account.name": "app"})
+        );
+        assert_eq!(prepared["data"], json!({"namespace": "c2hvcA=="}));
+        let opaque = json!({"metadata": {"name": "app-token-1"}, "type": "Opaque",
+            "data": {"token": "dG9r"}});
+        assert!(never_restored("secrets", &opaque).is_none());
+        assert_eq!(
+            prepare("secrets", &opaque, &context)["data"]["token"],
+            "dG9r"
+        );
+    }
+
+    #[test]
+    fn pods_lose_legacy_token_volumes_in_init_containers_too_and_any_priority() {
+        let none = BTreeMap::new();
+        let context = Context {
+            namespace_mapping: &none,
+            volume_restored: false,
+        };
+        let pod = json!({"metadata": {"name": "p"},
+            "spec": {"serviceAccountName": "app", "priority": 0,
+                "initContainers": [{"name": "init", "volumeMounts": [
+                    {"name": "app-token-x7k2p", "mountPath": "/var/run/secrets"},
+                    {"name": "data", "mountPath": "/data"}]}],
+                "containers": [{"name": "main", "volumeMounts": [
+                    {"name": "app-token-x7k2p", "mountPath": "/var/run/secrets"}]}],
+                "volumes": [{"name": "app-token-x7k2p", "secret": {"secretName": "app-token-x7k2p"}},
+                            {"name": "data", "emptyDir": {}}]}});
+        let prepared = prepare("pods", &pod, &context);
+        assert_eq!(
+            prepared["spec"],
+            json!({"serviceAccountName": "app",
+                "initContainers": [{"name": "init", "volumeMounts": [
+                    {"name": "data", "mountPath": "/data"}]}],
+                "containers": [{"name": "main", "volumeMounts": []}],
+                "volumes": [{"name": "data", "emptyDir": {}}]})
+        );
+        // Without an account the pod ran as `default`.
+        let default = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "main"}],
+            "volumes": [{"name": "default-token-abcde", "secret": {}}]}});
+        assert_eq!(
+            prepare("pods", &default, &context)["spec"]["volumes"],
+            json!([])
         );
     }
 

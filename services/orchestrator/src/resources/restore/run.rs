@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     api::{ObjectApi, ObjectError},
     plan::{self, Context},
+    selector::LabelSelector,
 };
 use crate::{
     error::Error,
@@ -64,7 +65,7 @@ pub struct Options {
     pub namespace_mapping: BTreeMap<String, String>,
     pub include_resources: Vec<String>,
     pub exclude_resources: Vec<String>,
-    pub label_selector: BTreeMap<String, String>,
+    pub label_selector: LabelSelector,
     /// `(source namespace, claim)` of the claims whose data the restore writes from restic
     /// snapshots: their PersistentVolumes are not restored (Velero's rule: the old volume's
     /// storage went with it, so the claim is provisioned afresh and filled by restic).
@@ -72,6 +73,8 @@ pub struct Options {
     pub policy: ExistingPolicy,
     /// How long a created CustomResourceDefinition may take to be Established.
     pub crd_timeout: Duration,
+    /// How long a namespace restored into may take to finish being deleted (Terminating).
+    pub namespace_timeout: Duration,
     pub poll_interval: Duration,
 }
 
@@ -141,6 +144,10 @@ struct Restorer<'a> {
     /// Old owner uid → created objects it owned.
     waiting: HashMap<String, Vec<Dependent>>,
     namespaces_ready: BTreeSet<String>,
+    /// Namespaces that stayed Terminating past the bound: why their objects fail.
+    namespaces_failed: BTreeMap<String, String>,
+    /// Ends a wait for a Terminating namespace early.
+    cancel: &'a CancellationToken,
     /// PersistentVolumes this restore created.
     volumes_created: BTreeSet<String>,
     handled: Vec<Handled>,
@@ -176,6 +183,8 @@ pub async fn restore_resources(
         new_uids: HashMap::new(),
         waiting: HashMap::new(),
         namespaces_ready: BTreeSet::new(),
+        namespaces_failed: BTreeMap::new(),
+        cancel,
         volumes_created: BTreeSet::new(),
         handled: Vec::new(),
     };
@@ -227,16 +236,10 @@ impl Restorer<'_> {
         if !self.filter.includes(resource) {
             return Some("left out by the restore's resource filter".to_string());
         }
-        if !plan::selected(object, &self.options.label_selector) {
-            let selector: Vec<String> = self
-                .options
-                .label_selector
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        if !self.options.label_selector.matches(object) {
             return Some(format!(
-                "does not carry the labels {} of the restore's selector",
-                selector.join(",")
+                "its labels do not meet the restore's selector {}",
+                self.options.label_selector
             ));
         }
         None
@@ -345,7 +348,8 @@ impl Restorer<'_> {
     }
 
     /// Makes sure namespace `namespace` exists before objects are created in it: one the
-    /// tarball does not hold (or the filters left out) is created bare.
+    /// tarball does not hold (or the filters left out) is created bare, once a deletion of it
+    /// that is under way has ended (see [`Restorer::settle_namespace`]).
     async fn ensure_namespace(&mut self, namespace: &str) -> Result<(), String> {
         if self.namespaces_ready.contains(namespace) {
             return Ok(());
@@ -356,33 +360,99 @@ impl Restorer<'_> {
             .find(|r| r.group.is_empty() && r.plural == "namespaces")
             .cloned()
             .ok_or("the API server does not serve namespaces")?;
-        match self.api.get(&namespaces, None, namespace).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                let bare = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
-                match self.api.create(&namespaces, None, &bare).await {
-                    Ok(_) => (self.log)(
-                        "info",
-                        format!("namespaces/{namespace} created for the restored objects"),
-                    ),
-                    Err(error) if error.already_exists() => {}
-                    Err(error) => {
-                        return Err(format!(
-                            "creating namespace {namespace}: {}",
-                            error.reason_text()
-                        ));
-                    }
+        if !self.settle_namespace(&namespaces, namespace).await? {
+            let bare =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            match self.api.create(&namespaces, None, &bare).await {
+                Ok(_) => (self.log)(
+                    "info",
+                    format!("namespaces/{namespace} created for the restored objects"),
+                ),
+                Err(error) if error.already_exists() => {}
+                Err(error) => {
+                    return Err(format!(
+                        "creating namespace {namespace}: {}",
+                        error.reason_text()
+                    ));
                 }
-            }
-            Err(error) => {
-                return Err(format!(
-                    "reading namespace {namespace}: {}",
-                    error.reason_text()
-                ));
             }
         }
         self.namespaces_ready.insert(namespace.to_string());
         Ok(())
+    }
+
+    /// Whether namespace `namespace` exists and takes objects. One being deleted (Terminating:
+    /// the API server refuses new content in it, and a create of it is AlreadyExists until the
+    /// namespace controller has emptied and removed it) is waited for, up to
+    /// `namespace_timeout`, with progress in the log; then it is gone (`false`). Still there
+    /// past the bound, it is an error naming it, remembered so that every object of the
+    /// namespace fails with it at once (a read that fails is this object's error only).
+    async fn settle_namespace(
+        &mut self,
+        namespaces: &ApiResource,
+        namespace: &str,
+    ) -> Result<bool, String> {
+        if let Some(reason) = self.namespaces_failed.get(namespace) {
+            return Err(reason.clone());
+        }
+        let timeout = self.options.namespace_timeout;
+        let started = Instant::now();
+        let mut next_progress = started;
+        loop {
+            let live = match self.api.get(namespaces, None, namespace).await {
+                Ok(live) => live,
+                Err(error) => {
+                    break Err(format!(
+                        "reading namespace {namespace}: {}",
+                        error.reason_text()
+                    ));
+                }
+            };
+            let Some(live) = live else { break Ok(false) };
+            if !terminating(&live) {
+                if next_progress > started {
+                    (self.log)("info", format!("namespace {namespace} is usable again"));
+                }
+                break Ok(true);
+            }
+            let waited = Instant::now() - started;
+            if waited >= timeout {
+                let reason = format!(
+                    "namespace {namespace} is still being deleted (Terminating) after {}s; \
+                     its objects cannot be created until the deletion ends (look for \
+                     finalizers left on it or on its objects), then restore again",
+                    timeout.as_secs()
+                );
+                self.namespaces_failed
+                    .insert(namespace.to_string(), reason.clone());
+                break Err(reason);
+            }
+            if Instant::now() >= next_progress {
+                // The first line says what the wait is for; the next ones how long it lasts.
+                let line = if next_progress == started {
+                    format!(
+                        "namespace {namespace} is being deleted (Terminating); waiting up to {}s \
+                         until it is gone to create it again",
+                        timeout.as_secs()
+                    )
+                } else {
+                    format!(
+                        "namespace {namespace} is still Terminating after {}s",
+                        waited.as_secs()
+                    )
+                };
+                (self.log)("info", line);
+                next_progress += NAMESPACE_PROGRESS_EVERY;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+                () = self.cancel.cancelled() => {
+                    break Err(format!(
+                        "the restore was cancelled while namespace {namespace} was Terminating"
+                    ));
+                }
+            }
+        }
     }
 
     async fn restore_one(
@@ -489,6 +559,14 @@ impl Restorer<'_> {
         } else {
             name.to_string()
         };
+        // A namespace being deleted would answer AlreadyExists and then vanish with whatever
+        // is restored into it: its deletion is waited out first.
+        if resource == stowage_velero_format::resources::NAMESPACES
+            && let Err(reason) = self.settle_namespace(&api_resource, &target_name).await
+        {
+            self.record(resource, source_namespace, name, Outcome::Failed, reason);
+            return;
+        }
         let (outcome, message, live) = self
             .create_or_keep(&api_resource, namespace.as_deref(), &target_name, &prepared)
             .await;
@@ -731,6 +809,16 @@ impl Restorer<'_> {
             }
         }
     }
+}
+
+/// How often the wait for a Terminating namespace says it is still waiting.
+const NAMESPACE_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a namespace is being deleted: it carries a deletionTimestamp (its phase says
+/// Terminating too, but the timestamp is what the API server sets first).
+fn terminating(namespace: &Value) -> bool {
+    namespace.pointer("/metadata/deletionTimestamp").is_some()
+        || namespace.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
 }
 
 /// Whether a CRD's status says Established=True.

@@ -163,11 +163,12 @@ fn options() -> Options {
         namespace_mapping: BTreeMap::new(),
         include_resources: Vec::new(),
         exclude_resources: Vec::new(),
-        label_selector: BTreeMap::new(),
+        label_selector: LabelSelector::default(),
         // The claim's data is not restic's here: its PV is restored and re-bound.
         restic_claims: Default::default(),
         policy: ExistingPolicy::None,
         crd_timeout: Duration::from_secs(60),
+        namespace_timeout: Duration::from_secs(60),
         poll_interval: Duration::from_secs(1),
     }
 }
@@ -514,12 +515,19 @@ async fn filters_pick_resources_and_labels_and_say_what_they_left_out() {
         .unwrap();
     tarball.objects.get_mut(&key).unwrap()["metadata"]["labels"] = json!({"app": "web"});
     let mut labelled = options();
-    labelled.label_selector = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    labelled.label_selector = LabelSelector {
+        match_labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+        expressions: vec![selector::Requirement {
+            key: "tier".into(),
+            operator: selector::Operator::NotIn,
+            values: vec!["db".into()],
+        }],
+    };
     let run = restore(&api, &tarball, &labelled).await;
     assert_eq!(run.outcome("configmaps/shop/cfg").0, Outcome::Created);
     let (outcome, message) = run.outcome("secrets/shop/creds");
     assert_eq!(outcome, Outcome::Skipped);
-    assert!(message.contains("app=web"), "{message}");
+    assert!(message.contains("app=web,tier notin (db)"), "{message}");
 
     // Objects of namespaces the restore does not include are not looked at.
     let api = FakeObjects::new();
@@ -576,5 +584,139 @@ fn the_existing_resource_policy_takes_velero_s_names_only() {
     assert!(
         error.contains("overwrite") && error.contains("none"),
         "{error}"
+    );
+}
+
+/// `shop` as it is while being deleted: the namespace and an object left in it.
+fn terminating_shop(gone_after: Option<Duration>) -> FakeObjects {
+    let api = FakeObjects::new();
+    api.add(
+        "namespaces",
+        None,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    api.add(
+        "configmaps",
+        Some("shop"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+            "data": {"color": "stale"}}),
+    );
+    api.terminate("shop", gone_after);
+    api
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_into_a_terminating_namespace_waits_until_it_is_gone() {
+    let api = terminating_shop(Some(Duration::from_secs(25)));
+    let run = restore(&api, &shop(), &options()).await;
+    // Created anew, not found "already there" on its way out.
+    assert_eq!(run.outcome("namespaces/shop").0, Outcome::Created);
+    let namespace = api.object("namespaces", None, "shop").unwrap();
+    assert!(namespace["metadata"].get("deletionTimestamp").is_none());
+    assert_eq!(namespace["metadata"]["labels"]["team"], "a");
+    assert_eq!(run.outcome("configmaps/shop/cfg").0, Outcome::Created);
+    assert_eq!(
+        api.object("configmaps", Some("shop"), "cfg").unwrap()["data"]["color"],
+        "blue"
+    );
+    let failed: Vec<_> = run
+        .handled
+        .iter()
+        .filter(|h| h.outcome == Outcome::Failed)
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // The wait shows in the restore's log as it goes.
+    let lines: Vec<&str> = run.log.iter().map(|(_, line)| line.as_str()).collect();
+    for expected in [
+        "namespace shop is being deleted (Terminating); waiting up to 60s",
+        "namespace shop is still Terminating after 10s",
+        "namespace shop is still Terminating after 20s",
+    ] {
+        assert!(
+            lines.iter().any(|line| line.contains(expected)),
+            "{expected:?} not in {lines:#?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn objects_restored_into_a_terminating_namespace_without_its_object_wait_too() {
+    let api = terminating_shop(Some(Duration::from_secs(5)));
+    let mut options = options();
+    options.include_resources = vec!["configmaps".into()];
+    let run = restore(&api, &shop(), &options).await;
+    assert_eq!(run.outcome("configmaps/shop/cfg").0, Outcome::Created);
+    assert!(api.object("namespaces", None, "shop").is_some());
+    assert!(
+        run.log
+            .iter()
+            .any(|(_, line)| line == "namespaces/shop created for the restored objects"),
+        "{:#?}",
+        run.log
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_namespace_terminating_past_the_bound_fails_its_objects_naming_it() {
+    // A finalizer nobody removes: the namespace stays Terminating.
+    let api = terminating_shop(None);
+    let run = restore(&api, &shop(), &options()).await;
+    for path in [
+        "namespaces/shop",
+        "configmaps/shop/cfg",
+        "deployments.apps/shop/web",
+        "pods/shop/db-0",
+    ] {
+        let (outcome, message) = run.outcome(path);
+        assert_eq!(outcome, Outcome::Failed, "{path}");
+        assert!(
+            message.starts_with("namespace shop is still being deleted (Terminating) after 60s"),
+            "{path}: {message}"
+        );
+    }
+    // Nothing was written into it; what is not in it is restored.
+    assert!(
+        !api.writes().iter().any(|write| write.contains("/shop/")),
+        "{:#?}",
+        api.writes()
+    );
+    assert_eq!(
+        run.outcome("customresourcedefinitions.apiextensions.k8s.io/widgets.example.com")
+            .0,
+        Outcome::Created
+    );
+    // Waited out once, not once per object.
+    let waits = run
+        .log
+        .iter()
+        .filter(|(_, line)| line.contains("waiting up to 60s"))
+        .count();
+    assert_eq!(waits, 1, "{:#?}", run.log);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_restore_stops_waiting_for_a_terminating_namespace() {
+    let api = terminating_shop(None);
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let (tarball, options) = (shop(), options());
+    let log = |_: &str, _: String| {};
+    let (handled, ()) = tokio::join!(
+        restore_resources(&api, &tarball, &options, &dress, &log, &cancel),
+        async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.cancel();
+        }
+    );
+    let handled = handled.expect("the restore runs");
+    // The namespace is the last object looked at: the wait ended with the cancel, and the
+    // restore stopped there.
+    let last = handled.last().expect("objects handled");
+    assert_eq!(last.path(), "namespaces/shop");
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert!(
+        last.message
+            .contains("cancelled while namespace shop was Terminating"),
+        "{last:?}"
     );
 }
