@@ -253,13 +253,16 @@ async fn a_repo_manager_killed_mid_prune_is_replaced_and_the_prune_runs_again_wi
     let marker = wrapper_dir.path().join("first-prune.pids");
     // The first prune's restic is frozen (SIGSTOP) once its exclusive lock is in the
     // repository, as a pod frozen mid-prune would be; every later prune is restic's own.
+    // restic saves a file as `<id>-tmp-…` and renames it to its 64-hex id: only the
+    // renamed file is a lock (`restic list locks` skips the other), so the wrapper waits
+    // for that one.
     let wrapper = restic_wrapper(
         wrapper_dir.path(),
         "restic",
         &format!(
             "case \" $* \" in *\" prune \"*) if [ ! -f {marker} ]; then\n\
              restic \"$@\" & pid=$!\n\
-             while kill -0 $pid 2>/dev/null && [ -z \"$(ls \"$RESTIC_REPOSITORY/locks\" 2>/dev/null)\" ]; do sleep 0.01; done\n\
+             while kill -0 $pid 2>/dev/null && ! ls \"$RESTIC_REPOSITORY/locks\" 2>/dev/null | grep -Eq '^[0-9a-f]{{64}}$'; do sleep 0.01; done\n\
              kill -STOP $pid\n\
              echo \"$pid $$\" > {marker}\n\
              wait $pid; exit $?\n\
