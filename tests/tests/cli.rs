@@ -215,18 +215,23 @@ async fn unknown_backup_is_one_sentence_naming_it() {
             "no-such-backup",
         ],
     ] {
-        let output = stowage(&server.url, command);
-        let sentence = one_sentence_failure(&output);
-        assert_eq!(
-            sentence, "Error: backup \"no-such-backup\" not found",
-            "{command:?}"
-        );
-        assert!(
-            stdout(&output).is_empty(),
-            "{command:?}: {}",
-            stdout(&output)
+        fails_naming(
+            &server.url,
+            command,
+            "Error: backup \"no-such-backup\" not found",
         );
     }
+}
+
+/// `command` fails with exactly `sentence` on stderr and prints nothing on stdout.
+fn fails_naming(url: &str, command: &[&str], sentence: &str) {
+    let output = stowage(url, command);
+    assert_eq!(one_sentence_failure(&output), sentence, "{command:?}");
+    assert!(
+        stdout(&output).is_empty(),
+        "{command:?}: {}",
+        stdout(&output)
+    );
 }
 
 /// Every restore command about a restore that does not exist says so naming it, `cancel`
@@ -241,16 +246,10 @@ async fn unknown_restore_is_one_sentence_naming_it() {
         &["restore", "logs", "no-such-restore"],
         &["restore", "cancel", "no-such-restore"],
     ] {
-        let output = stowage(&server.url, command);
-        let sentence = one_sentence_failure(&output);
-        assert_eq!(
-            sentence, "Error: restore \"no-such-restore\" not found",
-            "{command:?}"
-        );
-        assert!(
-            stdout(&output).is_empty(),
-            "{command:?}: {}",
-            stdout(&output)
+        fails_naming(
+            &server.url,
+            command,
+            "Error: restore \"no-such-restore\" not found",
         );
     }
 }
