@@ -425,28 +425,13 @@ async fn start_and_wait_in_progress(client: &mut Client, name: &str, spec: Backu
         })
         .await
         .expect("CreateBackup");
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let started = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = stream.message().await.unwrap() {
-            let status = event.backup.unwrap().status.unwrap();
-            if status.volumes.iter().any(|v| {
-                v.phase == VolumePhase::InProgress as i32 || v.phase == VolumePhase::Queued as i32
-            }) {
-                return true;
-            }
-        }
-        false
-    })
+    stowage_e2e::api::wait_volume_in(
+        client,
+        name,
+        &[VolumePhase::InProgress, VolumePhase::Queued],
+        Duration::from_secs(60),
+    )
     .await;
-    assert_eq!(
-        started,
-        Ok(true),
-        "backup {name} never had a running volume"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,8 +26,8 @@ use stowage_e2e::{
 use stowage_proto::v1::{
     AcquireLeaseRequest, BackupPhase, CreateBackupRequest, CreateRestoreRequest,
     GetRestoreLogsRequest, GetRestoreRequest, LeaseMode, MaintenanceKind, ReleaseLeaseRequest,
-    Restore, RestorePhase, RestoreSpec, RunMaintenanceRequest, VolumePhase, WatchBackupRequest,
-    WatchRestoreRequest, repo_manager_client::RepoManagerClient,
+    Restore, RestorePhase, RestoreSpec, RunMaintenanceRequest, VolumePhase, WatchRestoreRequest,
+    repo_manager_client::RepoManagerClient,
 };
 
 /// Longest a test waits for what the engine promises within a bounded time (a stalled volume
@@ -491,30 +491,7 @@ fn exclusive_lease(wait: Duration) -> AcquireLeaseRequest {
 
 /// Waits until a volume of backup `name` is with its agent.
 async fn wait_volume_in_progress(client: &mut Client, name: &str) {
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let started = tokio::time::timeout(BOUNDED, async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            let status = event.backup.unwrap_or_default().status.unwrap_or_default();
-            if status
-                .volumes
-                .iter()
-                .any(|volume| volume.phase == VolumePhase::InProgress as i32)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        started,
-        Ok(true),
-        "backup {name} never had a running volume"
-    );
+    stowage_e2e::api::wait_volume_in(client, name, &[VolumePhase::InProgress], BOUNDED).await;
 }
 
 /// Bytes as the CLI prints them (`0 B`, `1.5 KiB`, `10.0 MiB`), as the stall message names
