@@ -23,8 +23,8 @@ use stowage_e2e::{
 use stowage_proto::v1::{
     BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
     CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
-    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, RestorePhase, RestoreSpec,
-    SkipReason, VolumePhase, WatchBackupRequest,
+    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase,
+    RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest,
 };
 
 fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
@@ -60,6 +60,36 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Starts restore `name` of backup `backup`, as it was accepted.
+async fn restore_of(client: &mut Client, name: &str, backup: &str) -> Restore {
+    client
+        .create_restore(CreateRestoreRequest {
+            name: name.into(),
+            spec: Some(RestoreSpec {
+                backup_name: backup.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner()
+}
+
+/// The disaster a restore recovers from: pod `foo/sample` and its claim `sample-pvc` deleted.
+/// Returns the claims of `foo`, for the test to play the provisioner.
+async fn lose_sample_pod_and_claim(kube: &kube::Client) -> Api<PersistentVolumeClaim> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+    claims
 }
 
 fn foo_spec() -> BackupSpec {
@@ -197,27 +227,9 @@ async fn annotated_volumes_back_up_and_restore_identically() {
 
     // Disaster: the pod, its claim and its data are gone.
     std::fs::remove_dir_all(&pod_dir.dir).unwrap();
-    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
-    pods.delete("sample", &DeleteParams::default())
-        .await
-        .unwrap();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
-    claims
-        .delete("sample-pvc", &DeleteParams::default())
-        .await
-        .unwrap();
+    let claims = lose_sample_pod_and_claim(&kube).await;
 
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "nightly-restore".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "nightly".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let restore = restore_of(&mut client, "nightly-restore", "nightly").await;
 
     // Play scheduler, provisioner and kubelet for the recreated pod.
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
@@ -904,26 +916,8 @@ async fn s3_backups_are_listed_by_a_fresh_orchestrator_and_restore() {
     assert_eq!(listed_status.phase, BackupPhase::Completed as i32);
     assert_eq!(listed_status.volumes.len(), 2);
 
-    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
-    pods.delete("sample", &DeleteParams::default())
-        .await
-        .unwrap();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
-    claims
-        .delete("sample-pvc", &DeleteParams::default())
-        .await
-        .unwrap();
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "offsite-back".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "offsite".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let claims = lose_sample_pod_and_claim(&kube).await;
+    let restore = restore_of(&mut client, "offsite-back", "offsite").await;
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
     claims
         .patch(
@@ -1283,17 +1277,7 @@ async fn restoring_over_an_existing_pod_fails_its_volumes_with_why() {
     let mut client = stack.client().await;
     let backup = backup_to_end(&mut client, "kept", foo_spec()).await;
     assert_eq!(backup.status.unwrap().phase, BackupPhase::Completed as i32);
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "over".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "kept".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let restore = restore_of(&mut client, "over", "kept").await;
     let restore = wait_restore(&mut client, &restore.name).await;
     let status = restore.status.unwrap();
     assert_eq!(status.phase, RestorePhase::Failed as i32, "{status:#?}");
