@@ -9,10 +9,10 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use stowage_e2e::{
     ServiceProcess, binary, free_port,
-    kube::{mark_init_container_running, seed_example, wait_for_pod},
+    kube::{bind_claim, mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, stack_with_slow_backups},
     start_service,
@@ -551,14 +551,7 @@ async fn backup_and_restore_journey_through_the_cli() {
     // Play scheduler, provisioner and kubelet for the recreated pod.
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
     let new_pv = "pv-foo-sample-restored";
-    claims
-        .patch(
-            "sample-pvc",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"volumeName": new_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", new_pv).await;
     let new_pod_dir = kubelet.pod(&pod.metadata.uid.clone().unwrap());
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
     let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
@@ -637,14 +630,7 @@ async fn backup_and_restore_journey_through_the_cli() {
     let copy = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
     let bar_claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "bar");
     let copy_pv = "pv-bar-sample";
-    bar_claims
-        .patch(
-            "sample-pvc",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"volumeName": copy_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&bar_claims, "sample-pvc", copy_pv).await;
     // Plays kubelet: the new pod's volume directories exist before its init container runs.
     let copy_dir = kubelet.pod(&copy.metadata.uid.clone().unwrap());
     let copy_pvc_dir = copy_dir.pv("kubernetes.io~local-volume", copy_pv);

@@ -13,7 +13,7 @@ use stowage_e2e::{
     api::{Client, backup_to_end, wait_backup, wait_restore},
     binary,
     kube::{
-        create, mark_init_container_running, mark_pod_running, patch_pod, seed_example,
+        bind_claim, create, mark_init_container_running, mark_pod_running, patch_pod, seed_example,
         wait_for_pod,
     },
     kubelet::{manifest, write_sample_tree},
@@ -252,14 +252,7 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     let claim = claims.get("sample-pvc").await.unwrap();
     assert!(claim.spec.unwrap().volume_name.is_none());
     let new_pv = "pv-foo-sample-restored";
-    claims
-        .patch(
-            "sample-pvc",
-            &Default::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"volumeName": new_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", new_pv).await;
     let new_uid = pod.metadata.uid.clone().unwrap();
     let new_pod_dir = kubelet.pod(&new_uid);
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
@@ -919,14 +912,7 @@ async fn s3_backups_are_listed_by_a_fresh_orchestrator_and_restore() {
     let claims = lose_sample_pod_and_claim(&kube).await;
     let restore = restore_of(&mut client, "offsite-back", "offsite").await;
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
-    claims
-        .patch(
-            "sample-pvc",
-            &Default::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"volumeName": "pv-offsite"}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", "pv-offsite").await;
     let new_pod_dir = stack.kubelets["node-a"].pod(pod.metadata.uid.as_deref().unwrap());
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", "pv-offsite");
     let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
