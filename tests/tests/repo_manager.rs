@@ -1826,35 +1826,43 @@ async fn repo_manager_with_kubernetes_and_no_master_key_creates_the_secret_and_s
     assert_eq!(access(&mut client, "sealed-b").await.password, passwords[1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repo_manager_without_kubernetes_or_master_key_refuses_to_start_naming_the_flag() {
-    let scene = Scene::new();
+/// Starts a repo-manager on local storage with `extra` flags and `master_key` (empty: none)
+/// that must refuse to start: waits for it to exit, asserts it failed, and returns its log.
+async fn refused_start(scene: &Scene, extra: &[&str], master_key: &str) -> String {
     let mut args = vec![
         "--listen".to_string(),
         format!("127.0.0.1:{}", stowage_e2e::free_port()),
     ];
-    args.extend(scene.local_args(&[]));
+    args.extend(scene.local_args(extra));
     let mut process = stowage_e2e::TestProcess::start(
         "stowage-repo-manager",
         stowage_e2e::binary("stowage-repo-manager"),
         &args,
-        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]),
+        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), master_key.to_string())]),
         &scene.path("logs"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = process.child.try_wait().unwrap() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "a repo-manager without a master key is still running; log:\n{}",
+            "the repo-manager is still running; log:\n{}",
             process.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let log = process.log();
     assert!(!status.success(), "exit status {status}; log:\n{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_without_kubernetes_or_master_key_refuses_to_start_naming_the_flag() {
+    let scene = Scene::new();
+    let log = refused_start(&scene, &[], "").await;
     assert!(
         log.contains("no master key") && log.contains("--master-key-file"),
         "the refusal names the flag; log:\n{log}"
@@ -2050,33 +2058,12 @@ async fn repo_manager_refuses_a_restic_older_than_0_17_naming_both_versions() {
     )
     .unwrap();
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut args = vec![
-        "--listen".to_string(),
-        format!("127.0.0.1:{}", stowage_e2e::free_port()),
-    ];
-    args.extend(scene.local_args(&["--restic-binary", &stub.display().to_string()]));
-    let mut process = stowage_e2e::TestProcess::start(
-        "stowage-repo-manager",
-        stowage_e2e::binary("stowage-repo-manager"),
-        &args,
-        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string())]),
-        &scene.path("logs"),
-    );
-    // A deadline only so a hang fails instead of blocking the suite.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the repo-manager kept running with restic 0.14; log:\n{}",
-            process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let log = process.log();
-    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    let log = refused_start(
+        &scene,
+        &["--restic-binary", &stub.display().to_string()],
+        MASTER_KEY,
+    )
+    .await;
     assert!(
         log.contains("restic 0.14.0 is too old") && log.contains("needs restic 0.17.0 or newer"),
         "{log}"
