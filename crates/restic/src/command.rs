@@ -169,6 +169,15 @@ impl ResticCommand {
     pub fn arguments(&self) -> &[OsString] {
         &self.args
     }
+
+    /// The arguments as text, as the unit tests compare them.
+    #[cfg(test)]
+    pub(crate) fn argument_strings(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 /// What a finished command printed.
