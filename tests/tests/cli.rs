@@ -11,46 +11,15 @@ use std::{
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams};
 use stowage_e2e::{
-    ServiceProcess, binary, free_port,
+    ServiceProcess, binary,
+    cli::{isolated, stowage},
+    free_port,
     kube::{bind_claim, mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, stack_with_slow_backups},
     start_service,
     velero_fixture::{self, Corruption, FixtureLocation, VeleroEra},
 };
-
-/// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
-/// so a developer's `STOWAGE_SERVER` or saved context cannot leak into the test.
-fn stowage(server: &str, args: &[&str]) -> Output {
-    isolated(std::process::Command::new(binary("stowage")))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
-}
-
-/// `command` without the CLI's environment variables and with a config file that does not
-/// exist, so only what a test gives reaches the CLI.
-fn isolated(mut command: std::process::Command) -> std::process::Command {
-    for variable in [
-        "STOWAGE_SERVER",
-        "STOWAGE_OUTPUT",
-        "STOWAGE_CACERT",
-        "STOWAGE_TLS_SERVER_NAME",
-        "STOWAGE_CERT",
-        "STOWAGE_KEY",
-        "STOWAGE_TOKEN_FILE",
-        "STOWAGE_CONTEXT",
-    ] {
-        command.env_remove(variable);
-    }
-    command.env(
-        "STOWAGE_CONFIG",
-        std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-    );
-    command
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

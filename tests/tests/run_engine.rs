@@ -17,6 +17,7 @@ use std::{
 use stowage_e2e::{
     api::{self, Client, wait_backup_within, wait_restore},
     binary,
+    cli::stowage,
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{Entry, manifest, write_random_file},
     processes::{self, KillOnDrop},
@@ -584,33 +585,6 @@ async fn silent_restic_fails_its_volume_by_the_stall_timeout_naming_the_last_pro
     wait_until("the stalled restic is gone", || {
         processes::running_with_word(&scratch.display().to_string(), "backup").is_empty()
     });
-}
-
-/// `stowage` run as a user runs it, with none of the CLI's own environment or config file.
-fn stowage(server: &str, args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(binary("stowage"));
-    for variable in [
-        "STOWAGE_SERVER",
-        "STOWAGE_OUTPUT",
-        "STOWAGE_CACERT",
-        "STOWAGE_TLS_SERVER_NAME",
-        "STOWAGE_CERT",
-        "STOWAGE_KEY",
-        "STOWAGE_TOKEN_FILE",
-        "STOWAGE_CONTEXT",
-    ] {
-        command.env_remove(variable);
-    }
-    command
-        .env(
-            "STOWAGE_CONFIG",
-            std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-        )
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
 }
 
 #[tokio::test(flavor = "multi_thread")]
