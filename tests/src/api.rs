@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupSpec, CreateBackupRequest, Restore, VolumePhase, WatchBackupRequest,
-    WatchRestoreRequest, orchestrator_client::OrchestratorClient,
+    Backup, BackupSpec, CreateBackupRequest, GetBackupLogsRequest, Restore, VolumePhase,
+    WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
 };
 
 pub type Client = OrchestratorClient<TracedChannel>;
@@ -93,6 +93,24 @@ pub async fn wait_volume_in(
         Ok(true),
         "backup {name} never had a volume {phases:?}"
     );
+}
+
+/// The lines of backup `name`'s log whose message `keep` accepts, as (level, message).
+pub async fn backup_log_lines(
+    client: &mut Client,
+    name: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    client
+        .get_backup_logs(GetBackupLogsRequest { name: name.into() })
+        .await
+        .expect("GetBackupLogs")
+        .into_inner()
+        .lines
+        .into_iter()
+        .filter(|line| keep(&line.message))
+        .map(|line| (line.level, line.message))
+        .collect()
 }
 
 /// Follows restore `name` until it ends, and returns its last state; panics after

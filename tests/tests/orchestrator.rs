@@ -22,9 +22,9 @@ use stowage_e2e::{
 };
 use stowage_proto::v1::{
     BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
-    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase,
-    RestoreSpec, SkipReason, VolumePhase, WatchBackupRequest,
+    CreateRestoreRequest, DeleteBackupRequest, GetBackupRequest, GetCoverageRequest,
+    ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
+    VolumePhase, WatchBackupRequest,
 };
 
 fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
@@ -196,17 +196,10 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     }
 
     // The backup's own log says what happened to each volume.
-    let logs = client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: "nightly".into(),
-        })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner();
+    let logs = stowage_e2e::api::backup_log_lines(&mut client, "nightly", |_| true).await;
     assert!(
-        logs.lines.iter().any(|line| line
-            .message
-            .contains("foo/sample volume pvc-volume completed")),
+        logs.iter()
+            .any(|(_, message)| message.contains("foo/sample volume pvc-volume completed")),
         "{logs:#?}"
     );
 
@@ -983,18 +976,10 @@ async fn backup_of_recreated_pod_is_incremental() {
 
 /// The backup's log lines that mention the agent looking the parent up.
 async fn parent_lookup_lines(client: &mut Client, backup: &str) -> Vec<(String, String)> {
-    client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: backup.into(),
-        })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner()
-        .lines
-        .into_iter()
-        .filter(|line| line.message.contains("looked the parent snapshot up"))
-        .map(|line| (line.level, line.message))
-        .collect()
+    stowage_e2e::api::backup_log_lines(client, backup, |message| {
+        message.contains("looked the parent snapshot up")
+    })
+    .await
 }
 
 /// The orchestrator names each volume's parent from its own records, so every backup after the
@@ -1289,16 +1274,10 @@ async fn sigterm_mid_backup_hands_the_running_backup_to_the_next_orchestrator() 
     let backup = wait_backup(&mut client, "rollout").await;
     let status = backup.status.unwrap();
     assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
-    let logs = client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: "rollout".into(),
-        })
+    let logs = stowage_e2e::api::backup_log_lines(&mut client, "rollout", |_| true)
         .await
-        .unwrap()
-        .into_inner()
-        .lines
         .into_iter()
-        .map(|line| line.message)
+        .map(|(_, message)| message)
         .collect::<Vec<_>>()
         .join("\n");
     assert!(logs.contains("left running for the next leader"), "{logs}");
