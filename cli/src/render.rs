@@ -49,16 +49,19 @@ fn short_id(id: &str) -> String {
     id.chars().take(8).collect()
 }
 
-/// The `Volumes:` and `Progress:` lines of a `describe`. A total that is not final yet is not
-/// shown as one: `1.0 MiB so far` rather than `1.0 MiB of 1.2 MiB` when more will be counted.
-fn volume_totals(
+/// The `Volumes:` and `Progress:` lines of a `describe` of a run in `phase`, from its volume
+/// counts, its progress and each volume's phase and progress. A total that is not final yet is not shown as one: `1.0 MiB so far` rather than
+/// `1.0 MiB of 1.2 MiB` when more will be counted.
+fn volume_totals<'a>(
     out: &mut String,
+    phase: &str,
     total: u32,
     completed: u32,
     failed: u32,
     progress: &ProgressView,
-    known: TotalsKnown,
+    volumes: impl Iterator<Item = (&'a str, &'a ProgressView)>,
 ) {
+    let known = TotalsKnown::of(run_ended(phase), volumes);
     let _ = writeln!(
         out,
         "Volumes:      {total} total, {completed} completed, {failed} failed"
@@ -123,8 +126,10 @@ fn volumes_by_phase<'a>(
     }
 }
 
-/// `Duration:` of a run that has both ends.
-fn run_duration(out: &mut String, started: &Option<String>, finished: &Option<String>) {
+/// The `Started:` and `Finished:` lines of a run, and its `Duration:` when it has both ends.
+fn run_times(out: &mut String, started: &Option<String>, finished: &Option<String>) {
+    let _ = writeln!(out, "Started:      {}", or_none(started));
+    let _ = writeln!(out, "Finished:     {}", or_none(finished));
     if let (Some(start), Some(end)) = (parse_time(started), parse_time(finished))
         && end >= start
     {
@@ -180,6 +185,18 @@ fn hook_lines<'a>(
         let _ = writeln!(out, "Hooks:");
         out.push_str(&lines);
     }
+}
+
+/// A filter's `Included:` (`*` when empty: everything) and `Excluded:` lines under `heading`.
+fn included_excluded(out: &mut String, heading: &str, included: &[String], excluded: &[String]) {
+    let _ = writeln!(out, "{heading}:");
+    let included = if included.is_empty() {
+        "*".to_string()
+    } else {
+        included.join(", ")
+    };
+    let _ = writeln!(out, "  Included:  {included}");
+    let _ = writeln!(out, "  Excluded:  {}", list_or_none(excluded));
 }
 
 /// A `describe --details` table, indented under its heading.
@@ -248,35 +265,17 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         let _ = writeln!(out, "Unrestorable: {}", backup.unrestorable_reason);
     }
     out.push('\n');
-    let _ = writeln!(out, "Namespaces:");
-    let _ = writeln!(
-        out,
-        "  Included:  {}",
-        if spec.included_namespaces.is_empty() {
-            "*".to_string()
-        } else {
-            spec.included_namespaces.join(", ")
-        }
+    included_excluded(
+        &mut out,
+        "Namespaces",
+        &spec.included_namespaces,
+        &spec.excluded_namespaces,
     );
-    let _ = writeln!(
-        out,
-        "  Excluded:  {}",
-        list_or_none(&spec.excluded_namespaces)
-    );
-    let _ = writeln!(out, "Resources:");
-    let _ = writeln!(
-        out,
-        "  Included:  {}",
-        if spec.included_resources.is_empty() {
-            "*".to_string()
-        } else {
-            spec.included_resources.join(", ")
-        }
-    );
-    let _ = writeln!(
-        out,
-        "  Excluded:  {}",
-        list_or_none(&spec.excluded_resources)
+    included_excluded(
+        &mut out,
+        "Resources",
+        &spec.included_resources,
+        &spec.excluded_resources,
     );
     if !spec.exclude_paths.is_empty() {
         let _ = writeln!(out, "Excluded paths:  {}", spec.exclude_paths.join(", "));
@@ -307,28 +306,23 @@ pub fn describe_backup(backup: &BackupView, details: bool) -> String {
         spec.timeout.as_deref().unwrap_or("<server default>")
     );
     out.push('\n');
-    let _ = writeln!(out, "Started:      {}", or_none(&status.started));
-    let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
-    run_duration(&mut out, &status.started, &status.finished);
+    run_times(&mut out, &status.started, &status.finished);
     let _ = writeln!(out, "Expiration:   {}", or_none(&status.expiration));
     if !status.trace_id.is_empty() {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
     out.push('\n');
-    let known = TotalsKnown::of(
-        run_ended(&status.phase),
-        status
-            .volumes
-            .iter()
-            .map(|volume| (volume.phase.as_str(), &volume.progress)),
-    );
     volume_totals(
         &mut out,
+        &status.phase,
         status.volumes_total,
         status.volumes_completed,
         status.volumes_failed,
         &status.progress,
-        known,
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase.as_str(), &volume.progress)),
     );
     // Velero's records do not say what a backup stored; stowage's carry restic's figure.
     let velero = backup.origin == "Velero";
@@ -481,9 +475,7 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
         let _ = writeln!(out, "Exclude paths:  {}", spec.exclude_paths.join(", "));
     }
     out.push('\n');
-    let _ = writeln!(out, "Started:      {}", or_none(&status.started));
-    let _ = writeln!(out, "Finished:     {}", or_none(&status.finished));
-    run_duration(&mut out, &status.started, &status.finished);
+    run_times(&mut out, &status.started, &status.finished);
     if !status.trace_id.is_empty() {
         let _ = writeln!(out, "Trace ID:     {}", status.trace_id);
     }
@@ -498,20 +490,17 @@ pub fn describe_restore(restore: &RestoreView, details: bool) -> String {
     repositories.dedup();
     let _ = writeln!(out, "Repositories: {}", list_or_none(&repositories));
     out.push('\n');
-    let known = TotalsKnown::of(
-        run_ended(&status.phase),
-        status
-            .volumes
-            .iter()
-            .map(|volume| (volume.phase.as_str(), &volume.progress)),
-    );
     volume_totals(
         &mut out,
+        &status.phase,
         status.volumes_total,
         status.volumes_completed,
         status.volumes_failed,
         &status.progress,
-        known,
+        status
+            .volumes
+            .iter()
+            .map(|volume| (volume.phase.as_str(), &volume.progress)),
     );
     if details {
         out.push('\n');

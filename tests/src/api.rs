@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use stowage_grpc::TracedChannel;
 use stowage_proto::v1::{
-    Backup, BackupSpec, CreateBackupRequest, Restore, WatchBackupRequest, WatchRestoreRequest,
-    orchestrator_client::OrchestratorClient,
+    Backup, BackupSpec, CreateBackupRequest, GetBackupLogsRequest, Restore, VolumePhase,
+    WatchBackupRequest, WatchRestoreRequest, orchestrator_client::OrchestratorClient,
 };
 
 pub type Client = OrchestratorClient<TracedChannel>;
@@ -59,6 +59,58 @@ pub async fn wait_backup_within(client: &mut Client, name: &str, within: Duratio
         "backup {name} did not end within {within:?}: {last:#?}"
     );
     last.expect("at least one backup event")
+}
+
+/// Follows backup `name` until one of its volumes is in one of `phases` (with its agent, or
+/// queued there); panics when none is within `within` or the backup ends first.
+pub async fn wait_volume_in(
+    client: &mut Client,
+    name: &str,
+    phases: &[VolumePhase],
+    within: Duration,
+) {
+    let mut stream = client
+        .watch_backup(WatchBackupRequest { name: name.into() })
+        .await
+        .expect("WatchBackup")
+        .into_inner();
+    let reached = tokio::time::timeout(within, async {
+        while let Some(event) = stream.message().await.expect("a backup event") {
+            let status = event.backup.unwrap_or_default().status.unwrap_or_default();
+            if status
+                .volumes
+                .iter()
+                .any(|volume| phases.iter().any(|phase| volume.phase == *phase as i32))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        reached,
+        Ok(true),
+        "backup {name} never had a volume {phases:?}"
+    );
+}
+
+/// The lines of backup `name`'s log whose message `keep` accepts, as (level, message).
+pub async fn backup_log_lines(
+    client: &mut Client,
+    name: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    client
+        .get_backup_logs(GetBackupLogsRequest { name: name.into() })
+        .await
+        .expect("GetBackupLogs")
+        .into_inner()
+        .lines
+        .into_iter()
+        .filter(|line| keep(&line.message))
+        .map(|line| (line.level, line.message))
+        .collect()
 }
 
 /// Follows restore `name` until it ends, and returns its last state; panics after

@@ -371,6 +371,18 @@ pub async fn patch_pod(
         .expect("patching the pod")
 }
 
+/// Plays the provisioner: binds claim `name` of `claims` to persistent volume `pv`.
+pub async fn bind_claim(claims: &Api<PersistentVolumeClaim>, name: &str, pv: &str) {
+    claims
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"volumeName": pv}})),
+        )
+        .await
+        .expect("binding the claim");
+}
+
 /// Waits up to `timeout` for pod `namespace/name` to exist, and returns it.
 pub async fn wait_for_pod(client: &Client, namespace: &str, name: &str, timeout: Duration) -> Pod {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod ha;
 pub mod kube;
 pub mod kubelet;

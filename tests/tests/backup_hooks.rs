@@ -11,7 +11,7 @@ use stowage_e2e::{
     restic::{CountingRestic, RepositoryRestic, repository_access},
     stack::{Stack, StackOptions},
 };
-use stowage_proto::v1::{BackupPhase, GetBackupLogsRequest, VolumePhase};
+use stowage_proto::v1::{BackupPhase, VolumePhase};
 
 /// A stack whose agent runs restic through a wrapper that counts its commands (into
 /// `<wrapper dir>/restic-runs`), and Velero's example pod in `shop` with its emptyDir volume
@@ -48,21 +48,10 @@ async fn stack_with_hooked_pod(
 }
 
 async fn hook_log_lines(client: &mut Client, backup: &str) -> Vec<(String, String)> {
-    client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: backup.into(),
-        })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner()
-        .lines
-        .into_iter()
-        .filter(|line| {
-            line.message.starts_with("pre-backup hook")
-                || line.message.starts_with("post-backup hook")
-        })
-        .map(|line| (line.level, line.message))
-        .collect()
+    stowage_e2e::api::backup_log_lines(client, backup, |message| {
+        message.starts_with("pre-backup hook") || message.starts_with("post-backup hook")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

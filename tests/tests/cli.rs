@@ -9,48 +9,17 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use stowage_e2e::{
-    ServiceProcess, binary, free_port,
-    kube::{mark_init_container_running, seed_example, wait_for_pod},
+    ServiceProcess, binary,
+    cli::{isolated, stowage},
+    free_port,
+    kube::{bind_claim, mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, stack_with_slow_backups},
     start_service,
     velero_fixture::{self, Corruption, FixtureLocation, VeleroEra},
 };
-
-/// Runs `stowage --server <server> <args>` with a clean environment for its own variables,
-/// so a developer's `STOWAGE_SERVER` or saved context cannot leak into the test.
-fn stowage(server: &str, args: &[&str]) -> Output {
-    isolated(std::process::Command::new(binary("stowage")))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
-}
-
-/// `command` without the CLI's environment variables and with a config file that does not
-/// exist, so only what a test gives reaches the CLI.
-fn isolated(mut command: std::process::Command) -> std::process::Command {
-    for variable in [
-        "STOWAGE_SERVER",
-        "STOWAGE_OUTPUT",
-        "STOWAGE_CACERT",
-        "STOWAGE_TLS_SERVER_NAME",
-        "STOWAGE_CERT",
-        "STOWAGE_KEY",
-        "STOWAGE_TOKEN_FILE",
-        "STOWAGE_CONTEXT",
-    ] {
-        command.env_remove(variable);
-    }
-    command.env(
-        "STOWAGE_CONFIG",
-        std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-    );
-    command
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -215,18 +184,23 @@ async fn unknown_backup_is_one_sentence_naming_it() {
             "no-such-backup",
         ],
     ] {
-        let output = stowage(&server.url, command);
-        let sentence = one_sentence_failure(&output);
-        assert_eq!(
-            sentence, "Error: backup \"no-such-backup\" not found",
-            "{command:?}"
-        );
-        assert!(
-            stdout(&output).is_empty(),
-            "{command:?}: {}",
-            stdout(&output)
+        fails_naming(
+            &server.url,
+            command,
+            "Error: backup \"no-such-backup\" not found",
         );
     }
+}
+
+/// `command` fails with exactly `sentence` on stderr and prints nothing on stdout.
+fn fails_naming(url: &str, command: &[&str], sentence: &str) {
+    let output = stowage(url, command);
+    assert_eq!(one_sentence_failure(&output), sentence, "{command:?}");
+    assert!(
+        stdout(&output).is_empty(),
+        "{command:?}: {}",
+        stdout(&output)
+    );
 }
 
 /// Every restore command about a restore that does not exist says so naming it, `cancel`
@@ -241,16 +215,10 @@ async fn unknown_restore_is_one_sentence_naming_it() {
         &["restore", "logs", "no-such-restore"],
         &["restore", "cancel", "no-such-restore"],
     ] {
-        let output = stowage(&server.url, command);
-        let sentence = one_sentence_failure(&output);
-        assert_eq!(
-            sentence, "Error: restore \"no-such-restore\" not found",
-            "{command:?}"
-        );
-        assert!(
-            stdout(&output).is_empty(),
-            "{command:?}: {}",
-            stdout(&output)
+        fails_naming(
+            &server.url,
+            command,
+            "Error: restore \"no-such-restore\" not found",
         );
     }
 }
@@ -552,14 +520,7 @@ async fn backup_and_restore_journey_through_the_cli() {
     // Play scheduler, provisioner and kubelet for the recreated pod.
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
     let new_pv = "pv-foo-sample-restored";
-    claims
-        .patch(
-            "sample-pvc",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"volumeName": new_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", new_pv).await;
     let new_pod_dir = kubelet.pod(&pod.metadata.uid.clone().unwrap());
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
     let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
@@ -638,14 +599,7 @@ async fn backup_and_restore_journey_through_the_cli() {
     let copy = wait_for_pod(&kube, "bar", "sample", Duration::from_secs(30)).await;
     let bar_claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "bar");
     let copy_pv = "pv-bar-sample";
-    bar_claims
-        .patch(
-            "sample-pvc",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"volumeName": copy_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&bar_claims, "sample-pvc", copy_pv).await;
     // Plays kubelet: the new pod's volume directories exist before its init container runs.
     let copy_dir = kubelet.pod(&copy.metadata.uid.clone().unwrap());
     let copy_pvc_dir = copy_dir.pv("kubernetes.io~local-volume", copy_pv);

@@ -148,25 +148,13 @@ async fn cli_reaches_an_mtls_orchestrator_through_flags_env_and_a_saved_context(
         path(&cli.key_path),
     );
     let url = orchestrator.url.as_str();
+    // The CA and the CLI's certificate, as flags.
+    let mtls = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let with_mtls =
+        |args: &[&str]| stowage(&home, &[&["--server", url][..], &mtls, args].concat(), &[]);
 
     // Flags.
-    let created = stowage(
-        &home,
-        &[
-            "--server",
-            url,
-            "--cacert",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "backup",
-            "create",
-            "over-mtls",
-        ],
-        &[],
-    );
+    let created = with_mtls(&["backup", "create", "over-mtls"]);
     succeeded(&created, "backup create with flags", &log);
     assert!(
         stdout(&created).starts_with("Backup request \"over-mtls\" submitted successfully."),
@@ -178,19 +166,11 @@ async fn cli_reaches_an_mtls_orchestrator_through_flags_env_and_a_saved_context(
     let listed = stowage(
         &home,
         &[
-            "--server",
-            &plain_scheme,
-            "--cacert",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "backup",
-            "get",
-            "-o",
-            "json",
-        ],
+            &["--server", &plain_scheme][..],
+            &mtls,
+            &["backup", "get", "-o", "json"],
+        ]
+        .concat(),
         &[],
     );
     succeeded(&listed, "backup get with an http:// address and a CA", &log);
@@ -198,45 +178,16 @@ async fn cli_reaches_an_mtls_orchestrator_through_flags_env_and_a_saved_context(
 
     // The name verified in the server's certificate can be given: one it carries works, one
     // it does not is a TLS failure saying what to check.
-    let named = stowage(
-        &home,
-        &[
-            "--server",
-            url,
-            "--cacert",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--tls-server-name",
-            "stowage-orchestrator",
-            "backup",
-            "get",
-            "-o",
-            "json",
-        ],
-        &[],
-    );
+    let named = with_mtls(&[
+        "--tls-server-name",
+        "stowage-orchestrator",
+        "backup",
+        "get",
+        "-o",
+        "json",
+    ]);
     succeeded(&named, "backup get with --tls-server-name", &log);
-    let misnamed = stowage(
-        &home,
-        &[
-            "--server",
-            url,
-            "--cacert",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-            "--tls-server-name",
-            "stowage-repo-manager",
-            "backup",
-            "get",
-        ],
-        &[],
-    );
+    let misnamed = with_mtls(&["--tls-server-name", "stowage-repo-manager", "backup", "get"]);
     let sentence = one_sentence_failure(&misnamed);
     assert!(sentence.contains("--cacert"), "{sentence}");
     assert!(sentence.contains("TLS"), "{sentence}");

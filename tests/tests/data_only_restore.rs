@@ -3,16 +3,13 @@
 //! mounts it or through a restore pod it starts and deletes, with real restic doing `merge`,
 //! `replace` and the as-of choice; bad volumes and targets are refused before anything runs.
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use stowage_e2e::{
     api::{Client, backup_to_end, namespace_spec, wait_restore},
-    binary,
+    cli::stowage,
     kube::{Example, mark_pod_running, seed_example},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions},
@@ -24,26 +21,6 @@ use stowage_proto::v1::{
 
 /// The label a data-only restore puts on its restore pods (value: the restore's name).
 const RESTORE_POD_LABEL: &str = "stowage.io/data-restore";
-
-/// `stowage --server <server> <args>`, none of the CLI's own environment or config leaking in.
-fn stowage(server: &str, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(binary("stowage"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("STOWAGE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .env(
-            "STOWAGE_CONFIG",
-            std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-        )
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
-}
 
 /// Velero's example in namespace `foo` on node-a, `annotation` naming the volumes to back up;
 /// the PVC volume's directory (in the fake kubelet) holds the sample tree.

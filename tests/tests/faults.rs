@@ -25,7 +25,7 @@ use stowage_e2e::{
 };
 use stowage_proto::v1::{
     Backup, BackupPhase, BackupSpec, BackupStatus, CreateBackupRequest, MaintenanceKind,
-    RunMaintenanceRequest, VolumePhase, WatchBackupRequest, repo_manager_client::RepoManagerClient,
+    RunMaintenanceRequest, VolumePhase, repo_manager_client::RepoManagerClient,
 };
 
 /// Longest a failed volume may take to be reported; far below any backup timeout.
@@ -56,30 +56,7 @@ async fn wait_backup(client: &mut Client, name: &str) -> Backup {
 
 /// Waits until a volume of backup `name` is running on its agent.
 async fn wait_in_progress(client: &mut Client, name: &str) {
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let started = tokio::time::timeout(BOUNDED, async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            let status = event.backup.unwrap_or_default().status.unwrap_or_default();
-            if status
-                .volumes
-                .iter()
-                .any(|v| v.phase == VolumePhase::InProgress as i32)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        started,
-        Ok(true),
-        "backup {name} never had a running volume"
-    );
+    api::wait_volume_in(client, name, &[VolumePhase::InProgress], BOUNDED).await;
 }
 
 /// A stack on node-a with the example pod's emptyDir volume holding a small tree.

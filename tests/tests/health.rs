@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use stowage_e2e::start_service;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 /// The stowage APIs; each process serves exactly one.
 const STOWAGE_SERVICES: [&str; 3] = [
@@ -22,64 +21,39 @@ const COMMON: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// `grpcurl list` over reflection v1.
-async fn reflected_services_v1(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1 is served")
-        .into_inner();
-    let response = responses
-        .next()
-        .await
-        .expect("one reflection response")
-        .unwrap();
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => list
-            .service
-            .into_iter()
-            .map(|service| service.name)
-            .collect(),
-        other => panic!("unexpected reflection v1 response {other:?}"),
-    }
-}
-
-/// The same question over reflection v1alpha, which grpcurl and older tools ask.
-async fn reflected_services_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1alpha is served")
-        .into_inner();
-    let response = responses
-        .next()
-        .await
-        .expect("one reflection response")
-        .unwrap();
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => list
-            .service
-            .into_iter()
-            .map(|service| service.name)
-            .collect(),
-        other => panic!("unexpected reflection v1alpha response {other:?}"),
-    }
+/// `grpcurl list` over server reflection `$version`: `v1`, or `v1alpha`, which grpcurl and
+/// older tools ask. The two versions' messages are distinct types of the same shape, so one
+/// macro asks both.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let version = stringify!($version);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap_or_else(|status| panic!("reflection {version} is not served: {status}"))
+            .into_inner();
+        let response = responses
+            .next()
+            .await
+            .expect("one reflection response")
+            .unwrap();
+        match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|service| service.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection {version} response {other:?}"),
+        }
+    }};
 }
 
 async fn assert_serves(binary: &str, service: &str, args: Vec<String>) {
@@ -103,8 +77,8 @@ async fn assert_serves(binary: &str, service: &str, args: Vec<String>) {
         .collect();
     expected.sort();
     for (version, mut listed) in [
-        ("v1", reflected_services_v1(channel.clone()).await),
-        ("v1alpha", reflected_services_v1alpha(channel).await),
+        ("v1", reflected_services!(v1, channel.clone())),
+        ("v1alpha", reflected_services!(v1alpha, channel)),
     ] {
         listed.sort();
         // Exactly its own API, health and reflection: another process's API would answer

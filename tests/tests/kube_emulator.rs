@@ -21,6 +21,21 @@ use stowage_e2e::kube::{
     wait_deleted,
 };
 
+/// An emulator started with `args` in a directory of its own (returned, as it must outlive
+/// the emulator), a client of it, and `namespace` created when one is named.
+async fn started(
+    args: &[&str],
+    namespace: Option<&str>,
+) -> (tempfile::TempDir, KubeEmulator, kube::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let emulator = KubeEmulator::start_with_args(dir.path(), args).await;
+    let client = emulator.client().await;
+    if let Some(namespace) = namespace {
+        ensure_namespace(&client, namespace).await;
+    }
+    (dir, emulator, client)
+}
+
 fn config_map(name: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -31,10 +46,7 @@ fn config_map(name: &str, labels: serde_json::Value) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_answers_like_an_api_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, emulator, client) = started(&[], Some("foo")).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "foo");
 
     let a: ConfigMap = create(&client, Some("foo"), config_map("a", json!({"app": "x"}))).await;
@@ -209,10 +221,7 @@ fn causes(answer: &serde_json::Value) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_refuses_custom_resources_their_crd_schema_rejects() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "stowage").await;
+    let (_dir, _emulator, client) = started(&[], Some("stowage")).await;
     let merge = "application/merge-patch+json";
     let plain = "application/json";
 
@@ -437,10 +446,7 @@ async fn emulator_refuses_custom_resources_their_crd_schema_rejects() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_refuses_core_objects_the_api_server_rejects() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, _emulator, client) = started(&[], Some("foo")).await;
     let plain = "application/json";
     let pods = "/api/v1/namespaces/foo/pods";
     let claims = "/api/v1/namespaces/foo/persistentvolumeclaims";
@@ -569,9 +575,7 @@ fn two_version_crd() -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn discovery_announces_every_served_resource_at_its_preferred_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
+    let (_dir, _emulator, client) = started(&[], None).await;
 
     // Typed clients read `/api` (APIVersions needs serverAddressByClientCIDRs).
     let core = client.list_core_api_versions().await.expect("/api");
@@ -665,10 +669,7 @@ async fn discovery_announces_every_served_resource_at_its_preferred_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_are_paginated_with_limit_and_continue_like_the_api_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, _emulator, client) = started(&[], Some("foo")).await;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "foo");
     // Created out of order: the API server lists by key (namespace, name).
     for name in ["e", "b", "d", "a", "c"] {
@@ -748,11 +749,8 @@ async fn lists_are_paginated_with_limit_and_continue_like_the_api_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_continue_token_older_than_the_last_compaction_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
     // Compacting before every continued list: each token has expired when it is used.
-    let emulator = KubeEmulator::start_with_args(dir.path(), &["--compaction-interval", "0"]).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, _emulator, client) = started(&["--compaction-interval", "0"], Some("foo")).await;
     for name in ["a", "b", "c"] {
         let _: ConfigMap = create(&client, Some("foo"), config_map(name, json!({}))).await;
     }
@@ -826,10 +824,7 @@ async fn exec(
 /// names, and the API server's refusals as Status bodies.
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_serves_pods_exec_over_websocket() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (dir, _emulator, client) = started(&[], Some("foo")).await;
     let volume = dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
     let _: k8s_openapi::api::core::v1::Pod = create(
@@ -979,11 +974,7 @@ fn owner_uids(pod: &Pod) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_garbage_collector_deletes_objects_whose_owners_are_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator =
-        KubeEmulator::start_with_args(dir.path(), &["--gc-delay-seconds", GC_DELAY]).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, emulator, client) = started(&["--gc-delay-seconds", GC_DELAY], Some("foo")).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "foo");
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "foo");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "foo");
@@ -1128,10 +1119,7 @@ async fn the_garbage_collector_deletes_objects_whose_owners_are_gone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_namespace_deletes_everything_in_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator =
-        KubeEmulator::start_with_args(dir.path(), &["--gc-delay-seconds", GC_DELAY]).await;
-    let client = emulator.client().await;
+    let (_dir, emulator, client) = started(&["--gc-delay-seconds", GC_DELAY], None).await;
 
     // A namespace must exist before anything is created in it.
     let (code, answer) = send(
@@ -1239,10 +1227,7 @@ async fn deleting_a_namespace_deletes_everything_in_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn creates_and_updates_follow_the_api_servers_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, _emulator, client) = started(&[], Some("foo")).await;
 
     // Services get addresses from the service range, each its own; headless stays so.
     let service = |name: &str, cluster_ip: Option<&str>| {
@@ -1369,10 +1354,7 @@ async fn creates_and_updates_follow_the_api_servers_rules() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crd_serves_its_resource_once_created_and_established() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "foo").await;
+    let (_dir, _emulator, client) = started(&[], Some("foo")).await;
     let gizmo = json!({"apiVersion": "example.com/v1", "kind": "Gizmo",
         "metadata": {"name": "g", "namespace": "foo"}, "spec": {"size": 1}});
     let path = "/apis/example.com/v1/namespaces/foo/gizmos";
@@ -1436,10 +1418,7 @@ fn lease(name: &str, spec: serde_json::Value) -> serde_json::Value {
 /// an unconditional update).
 #[tokio::test(flavor = "multi_thread")]
 async fn leases_are_served_with_the_api_servers_concurrency_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let emulator = KubeEmulator::start(dir.path()).await;
-    let client = emulator.client().await;
-    ensure_namespace(&client, "stowage").await;
+    let (_dir, _emulator, client) = started(&[], Some("stowage")).await;
     let json = "application/json";
     let one = format!("{LEASES}/one");
 

@@ -13,7 +13,7 @@ use stowage_e2e::{
     api::{Client, backup_to_end, wait_backup, wait_restore},
     binary,
     kube::{
-        create, mark_init_container_running, mark_pod_running, patch_pod, seed_example,
+        bind_claim, create, mark_init_container_running, mark_pod_running, patch_pod, seed_example,
         wait_for_pod,
     },
     kubelet::{manifest, write_sample_tree},
@@ -22,9 +22,9 @@ use stowage_e2e::{
 };
 use stowage_proto::v1::{
     BackupOrigin, BackupPhase, BackupSpec, CancelBackupRequest, CreateBackupRequest,
-    CreateRestoreRequest, DeleteBackupRequest, GetBackupLogsRequest, GetBackupRequest,
-    GetCoverageRequest, ListBackupsRequest, ListRestoresRequest, RestorePhase, RestoreSpec,
-    SkipReason, VolumePhase, WatchBackupRequest,
+    CreateRestoreRequest, DeleteBackupRequest, GetBackupRequest, GetCoverageRequest,
+    ListBackupsRequest, ListRestoresRequest, Restore, RestorePhase, RestoreSpec, SkipReason,
+    VolumePhase, WatchBackupRequest,
 };
 
 fn pod_volume_backups(client: &kube::Client) -> Api<DynamicObject> {
@@ -60,6 +60,36 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+/// Starts restore `name` of backup `backup`, as it was accepted.
+async fn restore_of(client: &mut Client, name: &str, backup: &str) -> Restore {
+    client
+        .create_restore(CreateRestoreRequest {
+            name: name.into(),
+            spec: Some(RestoreSpec {
+                backup_name: backup.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("CreateRestore")
+        .into_inner()
+}
+
+/// The disaster a restore recovers from: pod `foo/sample` and its claim `sample-pvc` deleted.
+/// Returns the claims of `foo`, for the test to play the provisioner.
+async fn lose_sample_pod_and_claim(kube: &kube::Client) -> Api<PersistentVolumeClaim> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
+    pods.delete("sample", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
+    claims
+        .delete("sample-pvc", &DeleteParams::default())
+        .await
+        .unwrap();
+    claims
 }
 
 fn foo_spec() -> BackupSpec {
@@ -166,17 +196,10 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     }
 
     // The backup's own log says what happened to each volume.
-    let logs = client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: "nightly".into(),
-        })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner();
+    let logs = stowage_e2e::api::backup_log_lines(&mut client, "nightly", |_| true).await;
     assert!(
-        logs.lines.iter().any(|line| line
-            .message
-            .contains("foo/sample volume pvc-volume completed")),
+        logs.iter()
+            .any(|(_, message)| message.contains("foo/sample volume pvc-volume completed")),
         "{logs:#?}"
     );
 
@@ -197,27 +220,9 @@ async fn annotated_volumes_back_up_and_restore_identically() {
 
     // Disaster: the pod, its claim and its data are gone.
     std::fs::remove_dir_all(&pod_dir.dir).unwrap();
-    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
-    pods.delete("sample", &DeleteParams::default())
-        .await
-        .unwrap();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
-    claims
-        .delete("sample-pvc", &DeleteParams::default())
-        .await
-        .unwrap();
+    let claims = lose_sample_pod_and_claim(&kube).await;
 
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "nightly-restore".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "nightly".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let restore = restore_of(&mut client, "nightly-restore", "nightly").await;
 
     // Play scheduler, provisioner and kubelet for the recreated pod.
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
@@ -240,14 +245,7 @@ async fn annotated_volumes_back_up_and_restore_identically() {
     let claim = claims.get("sample-pvc").await.unwrap();
     assert!(claim.spec.unwrap().volume_name.is_none());
     let new_pv = "pv-foo-sample-restored";
-    claims
-        .patch(
-            "sample-pvc",
-            &Default::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"volumeName": new_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", new_pv).await;
     let new_uid = pod.metadata.uid.clone().unwrap();
     let new_pod_dir = kubelet.pod(&new_uid);
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", new_pv);
@@ -425,28 +423,13 @@ async fn start_and_wait_in_progress(client: &mut Client, name: &str, spec: Backu
         })
         .await
         .expect("CreateBackup");
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let started = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = stream.message().await.unwrap() {
-            let status = event.backup.unwrap().status.unwrap();
-            if status.volumes.iter().any(|v| {
-                v.phase == VolumePhase::InProgress as i32 || v.phase == VolumePhase::Queued as i32
-            }) {
-                return true;
-            }
-        }
-        false
-    })
+    stowage_e2e::api::wait_volume_in(
+        client,
+        name,
+        &[VolumePhase::InProgress, VolumePhase::Queued],
+        Duration::from_secs(60),
+    )
     .await;
-    assert_eq!(
-        started,
-        Ok(true),
-        "backup {name} never had a running volume"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -919,35 +902,10 @@ async fn s3_backups_are_listed_by_a_fresh_orchestrator_and_restore() {
     assert_eq!(listed_status.phase, BackupPhase::Completed as i32);
     assert_eq!(listed_status.volumes.len(), 2);
 
-    let pods: Api<Pod> = Api::namespaced(kube.clone(), "foo");
-    pods.delete("sample", &DeleteParams::default())
-        .await
-        .unwrap();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kube.clone(), "foo");
-    claims
-        .delete("sample-pvc", &DeleteParams::default())
-        .await
-        .unwrap();
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "offsite-back".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "offsite".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let claims = lose_sample_pod_and_claim(&kube).await;
+    let restore = restore_of(&mut client, "offsite-back", "offsite").await;
     let pod = wait_for_pod(&kube, "foo", "sample", Duration::from_secs(30)).await;
-    claims
-        .patch(
-            "sample-pvc",
-            &Default::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"volumeName": "pv-offsite"}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", "pv-offsite").await;
     let new_pod_dir = stack.kubelets["node-a"].pod(pod.metadata.uid.as_deref().unwrap());
     let new_pvc_dir = new_pod_dir.pv("kubernetes.io~local-volume", "pv-offsite");
     let new_empty_dir = new_pod_dir.empty_dir("emptydir-volume");
@@ -1018,18 +976,10 @@ async fn backup_of_recreated_pod_is_incremental() {
 
 /// The backup's log lines that mention the agent looking the parent up.
 async fn parent_lookup_lines(client: &mut Client, backup: &str) -> Vec<(String, String)> {
-    client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: backup.into(),
-        })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner()
-        .lines
-        .into_iter()
-        .filter(|line| line.message.contains("looked the parent snapshot up"))
-        .map(|line| (line.level, line.message))
-        .collect()
+    stowage_e2e::api::backup_log_lines(client, backup, |message| {
+        message.contains("looked the parent snapshot up")
+    })
+    .await
 }
 
 /// The orchestrator names each volume's parent from its own records, so every backup after the
@@ -1298,17 +1248,7 @@ async fn restoring_over_an_existing_pod_fails_its_volumes_with_why() {
     let mut client = stack.client().await;
     let backup = backup_to_end(&mut client, "kept", foo_spec()).await;
     assert_eq!(backup.status.unwrap().phase, BackupPhase::Completed as i32);
-    let restore = client
-        .create_restore(CreateRestoreRequest {
-            name: "over".into(),
-            spec: Some(RestoreSpec {
-                backup_name: "kept".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("CreateRestore")
-        .into_inner();
+    let restore = restore_of(&mut client, "over", "kept").await;
     let restore = wait_restore(&mut client, &restore.name).await;
     let status = restore.status.unwrap();
     assert_eq!(status.phase, RestorePhase::Failed as i32, "{status:#?}");
@@ -1334,16 +1274,10 @@ async fn sigterm_mid_backup_hands_the_running_backup_to_the_next_orchestrator() 
     let backup = wait_backup(&mut client, "rollout").await;
     let status = backup.status.unwrap();
     assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
-    let logs = client
-        .get_backup_logs(GetBackupLogsRequest {
-            name: "rollout".into(),
-        })
+    let logs = stowage_e2e::api::backup_log_lines(&mut client, "rollout", |_| true)
         .await
-        .unwrap()
-        .into_inner()
-        .lines
         .into_iter()
-        .map(|line| line.message)
+        .map(|(_, message)| message)
         .collect::<Vec<_>>()
         .join("\n");
     assert!(logs.contains("left running for the next leader"), "{logs}");

@@ -19,8 +19,9 @@ use stowage_proto::{
     v1::{
         AcquireLeaseRequest, EnsureRepositoryRequest, ForgetBackupRequest,
         GetRepositoryAccessRequest, GetRepositoryRequest, LeaseMode, ListRepositoriesRequest,
-        MaintenanceKind, ReleaseLeaseRequest, Repository, RepositoryAccess, RepositoryPhase,
-        RotateKeyRequest, RunMaintenanceRequest, repo_manager_client::RepoManagerClient,
+        MaintenanceKind, MaintenanceResult, ReleaseLeaseRequest, Repository, RepositoryAccess,
+        RepositoryPhase, RotateKeyRequest, RunMaintenanceRequest,
+        repo_manager_client::RepoManagerClient,
     },
 };
 use tonic::{Code, transport::Channel};
@@ -120,6 +121,59 @@ async fn get(client: &mut Client, namespace: &str) -> Repository {
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Runs maintenance `kind` of `namespace`'s repository to its end.
+async fn maintain(
+    client: &mut Client,
+    namespace: &str,
+    kind: MaintenanceKind,
+) -> MaintenanceResult {
+    client
+        .run_maintenance(RunMaintenanceRequest {
+            namespace: namespace.into(),
+            kind: kind as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The Kubernetes API emulator with namespace `stowage`, a client of it, and the settings
+/// that make a repo-manager use it from that namespace.
+async fn kubernetes(
+    scene: &Scene,
+) -> (
+    stowage_e2e::kube::KubeEmulator,
+    kube::Client,
+    BTreeMap<String, String>,
+) {
+    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
+    let kube = emulator.client().await;
+    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let mut env = emulator.env();
+    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
+    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    (emulator, kube, env)
+}
+
+/// A running volume-agent pod `name` in namespace `stowage` on node-a, as the repo-manager
+/// looks for the holders of restic locks.
+async fn agent_pod(kube: &kube::Client, name: &str) {
+    let _: k8s_openapi::api::core::v1::Pod = stowage_e2e::kube::create(
+        kube,
+        Some("stowage"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": name, "namespace": "stowage",
+                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
+            },
+            "spec": {"containers": [{"name": "agent", "image": "stowage-volume-agent"}]},
+        }),
+    )
+    .await;
+    stowage_e2e::kube::mark_pod_running(kube, "stowage", name, "node-a").await;
 }
 
 fn assert_ready(repository: &Repository) {
@@ -416,14 +470,7 @@ async fn s3_ensure_is_concurrent_safe_keys_are_per_namespace_and_state_survives_
     restic.backup_dir(&data, "backup=first");
     assert_eq!(restic.snapshot_ids(None).len(), 1);
 
-    let check = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "team-a".into(),
-            kind: MaintenanceKind::Check as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let check = maintain(&mut client, "team-a", MaintenanceKind::Check).await;
     assert!(check.succeeded, "check failed: {}", check.message);
     let before = get(&mut client, "team-a").await;
     drop(client);
@@ -599,14 +646,7 @@ async fn stale_lock_of_killed_restic_is_cleared_and_live_lock_is_kept() {
     // Past the stale-lock age, so age alone no longer protects the dead one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let maintenance = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "locks".into(),
-            kind: MaintenanceKind::Check as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let maintenance = maintain(&mut client, "locks", MaintenanceKind::Check).await;
     let remaining = restic.locks();
     assert_eq!(
         remaining.len(),
@@ -620,14 +660,7 @@ async fn stale_lock_of_killed_restic_is_cleared_and_live_lock_is_kept() {
 
     finish_backup(live, b"still fine");
     assert!(restic.locks().is_empty());
-    let maintenance_after = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "locks".into(),
-            kind: MaintenanceKind::Check as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let maintenance_after = maintain(&mut client, "locks", MaintenanceKind::Check).await;
     assert!(
         maintenance_after.succeeded,
         "check failed: {} (while the live lock was held: {})",
@@ -697,44 +730,18 @@ async fn lock_of_a_stowage_pod_that_no_longer_exists_is_cleared_before_prune_and
     use kube::Api;
 
     let scene = Scene::new();
-    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
-    let kube = emulator.client().await;
-    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let (_emulator, kube, env) = kubernetes(&scene).await;
     // An agent pod that exists (and runs); `stowage-volume-agent-gone1` does not.
     let live = "stowage-volume-agent-live1";
-    let _: Pod = stowage_e2e::kube::create(
-        &kube,
-        Some("stowage"),
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": live, "namespace": "stowage",
-                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
-            },
-            "spec": {"containers": [{"name": "agent", "image": "stowage-volume-agent"}]},
-        }),
-    )
-    .await;
-    stowage_e2e::kube::mark_pod_running(&kube, "stowage", live, "node-a").await;
-    let mut env = emulator.env();
-    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
-    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
+    agent_pod(&kube, live).await;
     // The default stale-lock age (5m) and restic's 30 minutes: no age rule removes a lock
     // written seconds ago.
     let service = scene.start(scene.local_args(&[]), env).await;
     let mut client = connect(&service).await;
     assert_ready(&ensure(&mut client, "podlocks").await);
     let restic = ResticAs::new(&access(&mut client, "podlocks").await);
-    let prune = async |client: &mut Client| {
-        client
-            .run_maintenance(RunMaintenanceRequest {
-                namespace: "podlocks".into(),
-                kind: MaintenanceKind::Prune as i32,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    };
+    let prune =
+        async |client: &mut Client| maintain(client, "podlocks", MaintenanceKind::Prune).await;
 
     // A restic of an agent pod that is gone (killed mid-backup, the pod replaced).
     kill_restic_running_as_host(&restic, "stowage-volume-agent-gone1");
@@ -911,28 +918,11 @@ fn wait_for_backup_lock(restic: &ResticAs) -> (String, u32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_of_an_agent_s_killed_restic_is_cleared_before_prune_and_a_running_one_s_is_kept() {
-    use k8s_openapi::api::core::v1::Pod;
-
     let scene = Scene::new();
-    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
-    let kube = emulator.client().await;
-    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let (_emulator, kube, env) = kubernetes(&scene).await;
     // The agent's pod stays there throughout: only its restic dies.
     let pod = "stowage-volume-agent-kill1";
-    let _: Pod = stowage_e2e::kube::create(
-        &kube,
-        Some("stowage"),
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": pod, "namespace": "stowage",
-                "labels": {"app.kubernetes.io/name": "stowage-volume-agent"},
-            },
-            "spec": {"containers": [{"name": "agent", "image": "stowage-volume-agent"}]},
-        }),
-    )
-    .await;
-    stowage_e2e::kube::mark_pod_running(&kube, "stowage", pod, "node-a").await;
+    agent_pod(&kube, pod).await;
     stowage_e2e::kube::patch_pod(
         &kube,
         "stowage",
@@ -942,9 +932,6 @@ async fn lock_of_an_agent_s_killed_restic_is_cleared_before_prune_and_a_running_
     .await;
     // Backups slow enough to be caught running: 4 MiB at 64 KiB/s.
     let agent = AgentAsPod::start(&scene, pod, &["--upload-limit-kib", "64"]).await;
-    let mut env = emulator.env();
-    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
-    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
     // The default stale-lock age (5m) and restic's 30 minutes: no age rule removes a lock
     // written seconds ago.
     let service = scene
@@ -957,16 +944,8 @@ async fn lock_of_an_agent_s_killed_restic_is_cleared_before_prune_and_a_running_
     assert_ready(&ensure(&mut client, "agentlocks").await);
     let access = access(&mut client, "agentlocks").await;
     let restic = ResticAs::new(&access);
-    let prune = async |client: &mut Client| {
-        client
-            .run_maintenance(RunMaintenanceRequest {
-                namespace: "agentlocks".into(),
-                kind: MaintenanceKind::Prune as i32,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    };
+    let prune =
+        async |client: &mut Client| maintain(client, "agentlocks", MaintenanceKind::Prune).await;
 
     // The agent's restic, SIGKILLed mid-backup: its lock stays, its pod and agent stay.
     let mut agent_client = agent.client().await;
@@ -1056,14 +1035,7 @@ async fn restart_keeps_schedule_state_and_namespace_overrides_apply() {
     assert_ready(&ensure(&mut client, "nightly").await);
     assert_ready(&ensure(&mut client, "weekly").await);
     for kind in [MaintenanceKind::Check, MaintenanceKind::Prune] {
-        let result = client
-            .run_maintenance(RunMaintenanceRequest {
-                namespace: "nightly".into(),
-                kind: kind as i32,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let result = maintain(&mut client, "nightly", kind).await;
         assert!(result.succeeded, "{kind:?} failed: {}", result.message);
     }
     let before = get(&mut client, "nightly").await;
@@ -1277,13 +1249,8 @@ async fn passwords_live_in_kubernetes_secrets_and_are_recreated_from_the_bucket(
     use kube::Api;
 
     let scene = Scene::new();
-    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
-    let kube = emulator.client().await;
-    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let (_emulator, kube, env) = kubernetes(&scene).await;
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), "stowage");
-    let mut env = emulator.env();
-    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
-    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
     let args = scene.local_args(&[]);
 
     let mut first = scene.start(args.clone(), env.clone()).await;
@@ -1321,14 +1288,7 @@ async fn passwords_live_in_kubernetes_secrets_and_are_recreated_from_the_bucket(
     assert_eq!(mirrored.data["spec"]["maintenanceFrequency"], "168h0m0s");
     assert_eq!(mirrored.data["status"]["phase"], "Ready");
     assert!(mirrored.data["status"]["lastMaintenanceTime"].is_null());
-    let pruned = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "team-k".into(),
-            kind: MaintenanceKind::Prune as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let pruned = maintain(&mut client, "team-k", MaintenanceKind::Prune).await;
     assert!(pruned.succeeded, "{}", pruned.message);
     let mirrored = restic_repositories.get("team-k-default").await.unwrap();
     assert!(
@@ -1452,14 +1412,7 @@ async fn abandoned_maintenance_request_does_not_block_later_backups() {
         })
         .await
         .unwrap();
-    let prune = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "quit".into(),
-            kind: MaintenanceKind::Prune as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let prune = maintain(&mut client, "quit", MaintenanceKind::Prune).await;
     assert!(prune.succeeded, "{}", prune.message);
 }
 
@@ -1787,9 +1740,7 @@ async fn repo_manager_with_kubernetes_and_no_master_key_creates_the_secret_and_s
     use kube::Api;
 
     let scene = Scene::new();
-    let emulator = stowage_e2e::kube::KubeEmulator::start(&scene.path("kube")).await;
-    let kube = emulator.client().await;
-    stowage_e2e::kube::ensure_namespace(&kube, "stowage").await;
+    let (_emulator, kube, mut env) = kubernetes(&scene).await;
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), "stowage");
     assert!(
         secrets
@@ -1799,9 +1750,6 @@ async fn repo_manager_with_kubernetes_and_no_master_key_creates_the_secret_and_s
             .is_none(),
         "no master key Secret before the first start"
     );
-    let mut env = emulator.env();
-    env.insert("STOWAGE_KUBERNETES".into(), "true".into());
-    env.insert("STOWAGE_NAMESPACE".into(), "stowage".into());
     // No master key given: neither STOWAGE_MASTER_KEY nor a file.
     env.insert("STOWAGE_MASTER_KEY".into(), String::new());
     let args = scene.local_args(&[]);
@@ -1878,35 +1826,43 @@ async fn repo_manager_with_kubernetes_and_no_master_key_creates_the_secret_and_s
     assert_eq!(access(&mut client, "sealed-b").await.password, passwords[1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repo_manager_without_kubernetes_or_master_key_refuses_to_start_naming_the_flag() {
-    let scene = Scene::new();
+/// Starts a repo-manager on local storage with `extra` flags and `master_key` (empty: none)
+/// that must refuse to start: waits for it to exit, asserts it failed, and returns its log.
+async fn refused_start(scene: &Scene, extra: &[&str], master_key: &str) -> String {
     let mut args = vec![
         "--listen".to_string(),
         format!("127.0.0.1:{}", stowage_e2e::free_port()),
     ];
-    args.extend(scene.local_args(&[]));
+    args.extend(scene.local_args(extra));
     let mut process = stowage_e2e::TestProcess::start(
         "stowage-repo-manager",
         stowage_e2e::binary("stowage-repo-manager"),
         &args,
-        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), String::new())]),
+        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), master_key.to_string())]),
         &scene.path("logs"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A deadline only so a hang fails instead of blocking the suite.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = process.child.try_wait().unwrap() {
             break status;
         }
         assert!(
             Instant::now() < deadline,
-            "a repo-manager without a master key is still running; log:\n{}",
+            "the repo-manager is still running; log:\n{}",
             process.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let log = process.log();
     assert!(!status.success(), "exit status {status}; log:\n{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_manager_without_kubernetes_or_master_key_refuses_to_start_naming_the_flag() {
+    let scene = Scene::new();
+    let log = refused_start(&scene, &[], "").await;
     assert!(
         log.contains("no master key") && log.contains("--master-key-file"),
         "the refusal names the flag; log:\n{log}"
@@ -2003,14 +1959,7 @@ async fn recently_verified_repository_is_ensured_without_restic_until_something_
 
     // A failed check may have left its restic lock: the next ensure verifies again.
     std::fs::write(&restic.fail_check, b"").unwrap();
-    let failed = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "quick".into(),
-            kind: MaintenanceKind::Check as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let failed = maintain(&mut client, "quick", MaintenanceKind::Check).await;
     assert!(!failed.succeeded, "the wrapper fails check");
     std::fs::remove_file(&restic.fail_check).unwrap();
     assert!(restic_runs_of_ensure(&mut client, &restic, "quick").await > 0);
@@ -2025,14 +1974,7 @@ async fn recently_verified_repository_is_ensured_without_restic_until_something_
     );
 
     // A check that succeeds vouches for the same key and leaves no lock.
-    let passed = client
-        .run_maintenance(RunMaintenanceRequest {
-            namespace: "quick".into(),
-            kind: MaintenanceKind::Check as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let passed = maintain(&mut client, "quick", MaintenanceKind::Check).await;
     assert!(passed.succeeded, "check failed: {}", passed.message);
     assert_eq!(
         restic_runs_of_ensure(&mut client, &restic, "quick").await,
@@ -2116,33 +2058,12 @@ async fn repo_manager_refuses_a_restic_older_than_0_17_naming_both_versions() {
     )
     .unwrap();
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut args = vec![
-        "--listen".to_string(),
-        format!("127.0.0.1:{}", stowage_e2e::free_port()),
-    ];
-    args.extend(scene.local_args(&["--restic-binary", &stub.display().to_string()]));
-    let mut process = stowage_e2e::TestProcess::start(
-        "stowage-repo-manager",
-        stowage_e2e::binary("stowage-repo-manager"),
-        &args,
-        &BTreeMap::from([("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string())]),
-        &scene.path("logs"),
-    );
-    // A deadline only so a hang fails instead of blocking the suite.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the repo-manager kept running with restic 0.14; log:\n{}",
-            process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let log = process.log();
-    assert!(!status.success(), "exited with {status}; log:\n{log}");
+    let log = refused_start(
+        &scene,
+        &["--restic-binary", &stub.display().to_string()],
+        MASTER_KEY,
+    )
+    .await;
     assert!(
         log.contains("restic 0.14.0 is too old") && log.contains("needs restic 0.17.0 or newer"),
         "{log}"

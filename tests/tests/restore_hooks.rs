@@ -7,16 +7,13 @@
 //! objects. The emulator runs each command in the directory that is the pod's volume on the
 //! fake kubelet, so what a hook reads and writes is the volume's data.
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::json;
 use stowage_e2e::{
     api::{Client, backup_to_end, namespace_spec, wait_backup, wait_restore},
-    binary,
+    cli::stowage,
     kube::{
         EXEC_DIR_ANNOTATION, mark_init_container_running, patch_pod, seed_example, wait_for_pod,
     },
@@ -33,24 +30,6 @@ fn mirrors(client: &kube::Client, kind: &str, plural: &str) -> Api<DynamicObject
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("velero.io", "v1", kind), plural);
     Api::namespaced_with(client.clone(), "stowage", &resource)
-}
-
-/// `stowage --server <server> <args>`, with none of the CLI's environment or saved contexts.
-fn stowage(server: &str, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(binary("stowage"));
-    for variable in ["STOWAGE_SERVER", "STOWAGE_OUTPUT", "STOWAGE_CONTEXT"] {
-        command.env_remove(variable);
-    }
-    command
-        .env(
-            "STOWAGE_CONFIG",
-            std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-        )
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
 }
 
 /// Velero's example pod in `shop` (labels `app: sample`) with its emptyDir volume selected

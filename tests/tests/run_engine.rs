@@ -17,6 +17,7 @@ use std::{
 use stowage_e2e::{
     api::{self, Client, wait_backup_within, wait_restore},
     binary,
+    cli::stowage,
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{Entry, manifest, write_random_file},
     processes::{self, KillOnDrop},
@@ -26,8 +27,8 @@ use stowage_e2e::{
 use stowage_proto::v1::{
     AcquireLeaseRequest, BackupPhase, CreateBackupRequest, CreateRestoreRequest,
     GetRestoreLogsRequest, GetRestoreRequest, LeaseMode, MaintenanceKind, ReleaseLeaseRequest,
-    Restore, RestorePhase, RestoreSpec, RunMaintenanceRequest, VolumePhase, WatchBackupRequest,
-    WatchRestoreRequest, repo_manager_client::RepoManagerClient,
+    Restore, RestorePhase, RestoreSpec, RunMaintenanceRequest, VolumePhase, WatchRestoreRequest,
+    repo_manager_client::RepoManagerClient,
 };
 
 /// Longest a test waits for what the engine promises within a bounded time (a stalled volume
@@ -491,30 +492,7 @@ fn exclusive_lease(wait: Duration) -> AcquireLeaseRequest {
 
 /// Waits until a volume of backup `name` is with its agent.
 async fn wait_volume_in_progress(client: &mut Client, name: &str) {
-    let mut stream = client
-        .watch_backup(WatchBackupRequest { name: name.into() })
-        .await
-        .expect("WatchBackup")
-        .into_inner();
-    let started = tokio::time::timeout(BOUNDED, async {
-        while let Some(event) = stream.message().await.expect("a backup event") {
-            let status = event.backup.unwrap_or_default().status.unwrap_or_default();
-            if status
-                .volumes
-                .iter()
-                .any(|volume| volume.phase == VolumePhase::InProgress as i32)
-            {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        started,
-        Ok(true),
-        "backup {name} never had a running volume"
-    );
+    stowage_e2e::api::wait_volume_in(client, name, &[VolumePhase::InProgress], BOUNDED).await;
 }
 
 /// Bytes as the CLI prints them (`0 B`, `1.5 KiB`, `10.0 MiB`), as the stall message names
@@ -607,33 +585,6 @@ async fn silent_restic_fails_its_volume_by_the_stall_timeout_naming_the_last_pro
     wait_until("the stalled restic is gone", || {
         processes::running_with_word(&scratch.display().to_string(), "backup").is_empty()
     });
-}
-
-/// `stowage` run as a user runs it, with none of the CLI's own environment or config file.
-fn stowage(server: &str, args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(binary("stowage"));
-    for variable in [
-        "STOWAGE_SERVER",
-        "STOWAGE_OUTPUT",
-        "STOWAGE_CACERT",
-        "STOWAGE_TLS_SERVER_NAME",
-        "STOWAGE_CERT",
-        "STOWAGE_KEY",
-        "STOWAGE_TOKEN_FILE",
-        "STOWAGE_CONTEXT",
-    ] {
-        command.env_remove(variable);
-    }
-    command
-        .env(
-            "STOWAGE_CONFIG",
-            std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-        )
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
 }
 
 #[tokio::test(flavor = "multi_thread")]

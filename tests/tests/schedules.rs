@@ -11,7 +11,8 @@ use std::{
 use stowage_e2e::{
     ServiceProcess,
     api::{Client, namespace_spec, wait_backup},
-    binary, free_port,
+    cli::stowage,
+    free_port,
     kube::{EXEC_DIR_ANNOTATION, patch_pod, seed_example},
     restic::{RepositoryRestic, repository_access},
     stack::{Stack, StackOptions},
@@ -320,29 +321,6 @@ async fn keep_last_two_over_five_scheduled_backups_leaves_two_backups_and_their_
     // describe's would_delete: after the next backup, the older of the two.
     let schedule = get_schedule(&mut client, "keep2").await;
     assert_eq!(schedule.status.unwrap().would_delete, [seen[3].clone()]);
-}
-
-/// Runs the `stowage` binary against `server`, with none of the CLI's own environment.
-fn stowage(server: &str, args: &[&str]) -> std::process::Output {
-    let mut command = std::process::Command::new(binary("stowage"));
-    for variable in [
-        "STOWAGE_SERVER",
-        "STOWAGE_OUTPUT",
-        "STOWAGE_CONTEXT",
-        "STOWAGE_TOKEN_FILE",
-    ] {
-        command.env_remove(variable);
-    }
-    command
-        .env(
-            "STOWAGE_CONFIG",
-            std::env::temp_dir().join(format!("stowage-e2e-no-config-{}", std::process::id())),
-        )
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("running the stowage binary")
 }
 
 fn text(output: &std::process::Output) -> String {

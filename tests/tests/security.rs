@@ -845,6 +845,14 @@ struct ServiceRow {
     mentions: Vec<String>,
 }
 
+/// A row's call: `$client`'s `$method` with `$request`, as an [`Answer`].
+macro_rules! call {
+    ($client:expr, $method:ident, $request:expr) => {{
+        let mut client = $client;
+        answer(async move { client.$method($request).await })
+    }};
+}
+
 fn answer<T: Send + 'static>(
     future: impl Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
 ) -> Answer {
@@ -956,10 +964,7 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
         };
         row(
             &format!("CreateBackup: name with {label}"),
-            answer({
-                let mut c = o();
-                async move { c.create_backup(request).await }
-            }),
+            call!(o(), create_backup, request),
             Invalid,
             &["name", bad],
         );
@@ -1012,53 +1017,44 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
         };
         row(
             &format!("CreateBackup: {label}"),
-            answer({
-                let mut c = o();
-                async move { c.create_backup(request).await }
-            }),
+            call!(o(), create_backup, request),
             Invalid,
             mentions,
         );
     }
     row(
         "GetBackup: empty name",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_backup(GetBackupRequest {
-                    name: String::new(),
-                })
-                .await
+        call!(
+            o(),
+            get_backup,
+            GetBackupRequest {
+                name: String::new(),
             }
-        }),
+        ),
         Invalid,
         &["name"],
     );
     row(
         "GetBackup: name with a path",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_backup(GetBackupRequest {
-                    name: "../etc".into(),
-                })
-                .await
+        call!(
+            o(),
+            get_backup,
+            GetBackupRequest {
+                name: "../etc".into(),
             }
-        }),
+        ),
         Invalid,
         &["name", "../etc"],
     );
     row(
         "GetBackup: unknown",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_backup(GetBackupRequest {
-                    name: "no-such-backup".into(),
-                })
-                .await
+        call!(
+            o(),
+            get_backup,
+            GetBackupRequest {
+                name: "no-such-backup".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-backup"],
     );
@@ -1081,157 +1077,137 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
     );
     row(
         "CancelBackup: unknown",
-        answer({
-            let mut c = o();
-            async move {
-                c.cancel_backup(CancelBackupRequest {
-                    name: "no-such-backup".into(),
-                })
-                .await
+        call!(
+            o(),
+            cancel_backup,
+            CancelBackupRequest {
+                name: "no-such-backup".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-backup"],
     );
     row(
         "DeleteBackup: name with a path",
-        answer({
-            let mut c = o();
-            async move {
-                c.delete_backup(DeleteBackupRequest {
-                    name: "a/../b".into(),
-                })
-                .await
+        call!(
+            o(),
+            delete_backup,
+            DeleteBackupRequest {
+                name: "a/../b".into(),
             }
-        }),
+        ),
         Invalid,
         &["name", "a/../b"],
     );
     row(
         "GetBackupLogs: unknown",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_backup_logs(GetBackupLogsRequest {
-                    name: "no-such-backup".into(),
-                })
-                .await
+        call!(
+            o(),
+            get_backup_logs,
+            GetBackupLogsRequest {
+                name: "no-such-backup".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-backup"],
     );
     row(
         "CreateRestore: no backup name",
-        answer({
-            let mut c = o();
-            async move {
-                c.create_restore(CreateRestoreRequest {
-                    name: String::new(),
-                    spec: Some(RestoreSpec::default()),
-                })
-                .await
+        call!(
+            o(),
+            create_restore,
+            CreateRestoreRequest {
+                name: String::new(),
+                spec: Some(RestoreSpec::default()),
             }
-        }),
+        ),
         Invalid,
         &["backup_name", "backup name"],
     );
     row(
         "CreateRestore: unknown backup",
-        answer({
-            let mut c = o();
-            async move {
-                c.create_restore(CreateRestoreRequest {
-                    name: String::new(),
-                    spec: Some(RestoreSpec {
-                        backup_name: "no-such-backup".into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
+        call!(
+            o(),
+            create_restore,
+            CreateRestoreRequest {
+                name: String::new(),
+                spec: Some(RestoreSpec {
+                    backup_name: "no-such-backup".into(),
+                    ..Default::default()
+                }),
             }
-        }),
+        ),
         NotFound,
         &["no-such-backup"],
     );
     row(
         "CreateRestore: bad restore name",
-        answer({
-            let mut c = o();
-            async move {
-                c.create_restore(CreateRestoreRequest {
-                    name: "Restore_1".into(),
-                    spec: Some(RestoreSpec {
-                        backup_name: "no-such-backup".into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
+        call!(
+            o(),
+            create_restore,
+            CreateRestoreRequest {
+                name: "Restore_1".into(),
+                spec: Some(RestoreSpec {
+                    backup_name: "no-such-backup".into(),
+                    ..Default::default()
+                }),
             }
-        }),
+        ),
         Invalid,
         &["name", "Restore_1"],
     );
     row(
         "CreateRestore: namespace mapping to a bad name",
-        answer({
-            let mut c = o();
-            async move {
-                c.create_restore(CreateRestoreRequest {
-                    name: String::new(),
-                    spec: Some(RestoreSpec {
-                        backup_name: "no-such-backup".into(),
-                        namespace_mapping: [("shop".to_string(), "Shop_2".to_string())].into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
+        call!(
+            o(),
+            create_restore,
+            CreateRestoreRequest {
+                name: String::new(),
+                spec: Some(RestoreSpec {
+                    backup_name: "no-such-backup".into(),
+                    namespace_mapping: [("shop".to_string(), "Shop_2".to_string())].into(),
+                    ..Default::default()
+                }),
             }
-        }),
+        ),
         Invalid,
         &["namespace_mapping", "Shop_2"],
     );
     row(
         "GetRestore: unknown",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_restore(GetRestoreRequest {
-                    name: "no-such-restore".into(),
-                })
-                .await
+        call!(
+            o(),
+            get_restore,
+            GetRestoreRequest {
+                name: "no-such-restore".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-restore"],
     );
     row(
         "MaintainRepository: namespace with a path",
-        answer({
-            let mut c = o();
-            async move {
-                c.maintain_repository(RunMaintenanceRequest {
-                    namespace: "../shop".into(),
-                    kind: MaintenanceKind::Check as i32,
-                })
-                .await
+        call!(
+            o(),
+            maintain_repository,
+            RunMaintenanceRequest {
+                namespace: "../shop".into(),
+                kind: MaintenanceKind::Check as i32,
             }
-        }),
+        ),
         Invalid,
         &["namespace", "../shop"],
     );
     row(
         "GetCoverage: namespace with a path",
-        answer({
-            let mut c = o();
-            async move {
-                c.get_coverage(GetCoverageRequest {
-                    namespaces: vec!["a/b".into()],
-                    default_volumes_to_fs_backup: false,
-                })
-                .await
+        call!(
+            o(),
+            get_coverage,
+            GetCoverageRequest {
+                namespaces: vec!["a/b".into()],
+                default_volumes_to_fs_backup: false,
             }
-        }),
+        ),
         Invalid,
         &["namespace", "a/b"],
     );
@@ -1248,223 +1224,193 @@ async fn malformed_orchestrator_and_repo_manager_requests_are_refused_naming_the
         let namespace = bad.to_string();
         row(
             &format!("EnsureRepository: namespace {label}"),
-            answer({
-                let mut c = r();
-                async move {
-                    c.ensure_repository(EnsureRepositoryRequest { namespace })
-                        .await
-                }
-            }),
+            call!(
+                r(),
+                ensure_repository,
+                EnsureRepositoryRequest { namespace }
+            ),
             Invalid,
             &["namespace"],
         );
     }
     row(
         "GetRepository: unknown",
-        answer({
-            let mut c = r();
-            async move {
-                c.get_repository(GetRepositoryRequest {
-                    namespace: "no-such-ns".into(),
-                })
-                .await
+        call!(
+            r(),
+            get_repository,
+            GetRepositoryRequest {
+                namespace: "no-such-ns".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-ns"],
     );
     row(
         "GetRepository: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.get_repository(GetRepositoryRequest {
-                    namespace: "a_b".into(),
-                })
-                .await
+        call!(
+            r(),
+            get_repository,
+            GetRepositoryRequest {
+                namespace: "a_b".into(),
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "RunMaintenance: no kind",
-        answer({
-            let mut c = r();
-            async move {
-                c.run_maintenance(RunMaintenanceRequest {
-                    namespace: "shop".into(),
-                    kind: MaintenanceKind::Unspecified as i32,
-                })
-                .await
+        call!(
+            r(),
+            run_maintenance,
+            RunMaintenanceRequest {
+                namespace: "shop".into(),
+                kind: MaintenanceKind::Unspecified as i32,
             }
-        }),
+        ),
         Invalid,
         &["kind"],
     );
     row(
         "RunMaintenance: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.run_maintenance(RunMaintenanceRequest {
-                    namespace: "../x".into(),
-                    kind: MaintenanceKind::Check as i32,
-                })
-                .await
+        call!(
+            r(),
+            run_maintenance,
+            RunMaintenanceRequest {
+                namespace: "../x".into(),
+                kind: MaintenanceKind::Check as i32,
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "GetRepositoryAccess: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.get_repository_access(GetRepositoryAccessRequest {
-                    namespace: "../x".into(),
-                })
-                .await
+        call!(
+            r(),
+            get_repository_access,
+            GetRepositoryAccessRequest {
+                namespace: "../x".into(),
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "AcquireLease: no mode",
-        answer({
-            let mut c = r();
-            async move {
-                c.acquire_lease(AcquireLeaseRequest {
-                    namespace: "shop".into(),
-                    mode: LeaseMode::Unspecified as i32,
-                    holder: "test".into(),
-                    ..Default::default()
-                })
-                .await
+        call!(
+            r(),
+            acquire_lease,
+            AcquireLeaseRequest {
+                namespace: "shop".into(),
+                mode: LeaseMode::Unspecified as i32,
+                holder: "test".into(),
+                ..Default::default()
             }
-        }),
+        ),
         Invalid,
         &["mode"],
     );
     row(
         "AcquireLease: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.acquire_lease(AcquireLeaseRequest {
-                    namespace: "Shop".into(),
-                    mode: LeaseMode::Shared as i32,
-                    holder: "test".into(),
-                    ..Default::default()
-                })
-                .await
+        call!(
+            r(),
+            acquire_lease,
+            AcquireLeaseRequest {
+                namespace: "Shop".into(),
+                mode: LeaseMode::Shared as i32,
+                holder: "test".into(),
+                ..Default::default()
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "RenewLease: empty id",
-        answer({
-            let mut c = r();
-            async move {
-                c.renew_lease(RenewLeaseRequest {
-                    lease_id: String::new(),
-                    ttl: None,
-                })
-                .await
+        call!(
+            r(),
+            renew_lease,
+            RenewLeaseRequest {
+                lease_id: String::new(),
+                ttl: None,
             }
-        }),
+        ),
         // No lease has the empty id; NotFound naming the lease is as clear as InvalidArgument.
         NotFound,
         &["lease"],
     );
     row(
         "RenewLease: unknown",
-        answer({
-            let mut c = r();
-            async move {
-                c.renew_lease(RenewLeaseRequest {
-                    lease_id: "no-such-lease".into(),
-                    ttl: None,
-                })
-                .await
+        call!(
+            r(),
+            renew_lease,
+            RenewLeaseRequest {
+                lease_id: "no-such-lease".into(),
+                ttl: None,
             }
-        }),
+        ),
         NotFound,
         &["no-such-lease"],
     );
     row(
         "ReleaseLease: empty id",
-        answer({
-            let mut c = r();
-            async move {
-                c.release_lease(ReleaseLeaseRequest {
-                    lease_id: String::new(),
-                })
-                .await
+        call!(
+            r(),
+            release_lease,
+            ReleaseLeaseRequest {
+                lease_id: String::new(),
             }
-        }),
+        ),
         Invalid,
         &["lease_id", "lease id"],
     );
     row(
         "ForgetBackup: backup name with a path",
-        answer({
-            let mut c = r();
-            async move {
-                c.forget_backup(ForgetBackupRequest {
-                    namespace: "shop".into(),
-                    backup_name: "../nightly".into(),
-                })
-                .await
+        call!(
+            r(),
+            forget_backup,
+            ForgetBackupRequest {
+                namespace: "shop".into(),
+                backup_name: "../nightly".into(),
             }
-        }),
+        ),
         Invalid,
         &["backup_name", "backup name", "../nightly"],
     );
     row(
         "ForgetBackup: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.forget_backup(ForgetBackupRequest {
-                    namespace: "a/b".into(),
-                    backup_name: "nightly".into(),
-                })
-                .await
+        call!(
+            r(),
+            forget_backup,
+            ForgetBackupRequest {
+                namespace: "a/b".into(),
+                backup_name: "nightly".into(),
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "RotateKey: bad namespace",
-        answer({
-            let mut c = r();
-            async move {
-                c.rotate_key(RotateKeyRequest {
-                    namespace: "../x".into(),
-                })
-                .await
+        call!(
+            r(),
+            rotate_key,
+            RotateKeyRequest {
+                namespace: "../x".into(),
             }
-        }),
+        ),
         Invalid,
         &["namespace"],
     );
     row(
         "RotateKey: unknown",
-        answer({
-            let mut c = r();
-            async move {
-                c.rotate_key(RotateKeyRequest {
-                    namespace: "no-such-ns".into(),
-                })
-                .await
+        call!(
+            r(),
+            rotate_key,
+            RotateKeyRequest {
+                namespace: "no-such-ns".into(),
             }
-        }),
+        ),
         NotFound,
         &["no-such-ns"],
     );

@@ -285,18 +285,22 @@ async fn velero_fixture_reads_back_through_the_format_crate_and_matches_restic()
     }
 }
 
-#[tokio::test]
-async fn each_corrupted_copy_reports_its_broken_file_and_leaves_the_original_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let location = local_location(dir.path());
-    let fixture = velero_fixture::generate(
-        &location,
-        &dir.path().join("work"),
-        "weekly",
+/// Velero backup `name` of the restic 1.9 era, generated into a local location under `dir`.
+async fn restic19_backup(dir: &std::path::Path, name: &str) -> VeleroFixture {
+    velero_fixture::generate(
+        &local_location(dir),
+        &dir.join("work"),
+        name,
         VeleroEra::Restic19,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn each_corrupted_copy_reports_its_broken_file_and_leaves_the_original_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = restic19_backup(dir.path(), "weekly").await;
     let store = fixture.object_store();
     let before = velero_fixture::snapshot_backup_objects(&*store, "weekly")
         .await
@@ -350,15 +354,7 @@ async fn each_corrupted_copy_reports_its_broken_file_and_leaves_the_original_alo
 #[tokio::test]
 async fn wrong_password_and_missing_repository_backups_parse_but_restic_cannot_open_them() {
     let dir = tempfile::tempdir().unwrap();
-    let location = local_location(dir.path());
-    let fixture = velero_fixture::generate(
-        &location,
-        &dir.path().join("work"),
-        "base",
-        VeleroEra::Restic19,
-    )
-    .await
-    .unwrap();
+    let fixture = restic19_backup(dir.path(), "base").await;
     velero_fixture::write_wrong_password_backup(
         &fixture,
         "rotated-key",

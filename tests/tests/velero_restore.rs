@@ -7,14 +7,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
-use kube::{
-    Api,
-    api::{ListParams, Patch, PatchParams},
-};
-use serde_json::json;
+use kube::{Api, api::ListParams};
 use stowage_e2e::{
     api::{self, Client, wait_restore},
-    kube::{mark_init_container_running, mark_pod_running, wait_for_pod},
+    kube::{bind_claim, mark_init_container_running, mark_pod_running, wait_for_pod},
     kubelet::manifest,
     stack::{Stack, StackOptions},
     velero_fixture::{
@@ -142,14 +138,7 @@ async fn restore_fixture(
         .expect("the PVC is recreated");
     assert!(claim.spec.unwrap().volume_name.is_none());
     let new_pv = "pv-foo-sample-restored";
-    claims
-        .patch(
-            "sample-pvc",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"volumeName": new_pv}})),
-        )
-        .await
-        .unwrap();
+    bind_claim(&claims, "sample-pvc", new_pv).await;
 
     let sample_dir = stack.kubelets[NODES[0]].pod(sample.metadata.uid.as_deref().unwrap());
     let web_dir = stack.kubelets[NODES[1]].pod(web.metadata.uid.as_deref().unwrap());

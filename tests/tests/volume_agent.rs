@@ -26,6 +26,27 @@ use stowage_proto::v1::{
 use tempfile::TempDir;
 use tonic::{Code, Status, transport::Channel};
 
+/// The body of a function that reads a backup's or restore's event stream up to its result and
+/// returns the events before it with the result (or the stream's error); a stream that ends
+/// without a result fails the test. The two streams' events are distinct types of the same
+/// shape, so one macro reads both.
+macro_rules! until_result {
+    ($stream:expr, $events:ident, $what:literal) => {{
+        let mut stream = $stream;
+        let mut events = Vec::new();
+        while let Some(event) = stream.message().await? {
+            if let Some($events::Event::Result(result)) = &event.event {
+                return Ok((events, result.clone()));
+            }
+            events.push(event);
+        }
+        panic!(
+            "{} stream ended without a result; events: {events:?}",
+            $what
+        )
+    }};
+}
+
 struct Setup {
     dir: TempDir,
     kubelet: FakeKubelet,
@@ -168,20 +189,13 @@ impl Setup {
         &self,
         request: BackupVolumeRequest,
     ) -> Result<(Vec<BackupVolumeEvent>, BackupVolumeResult), Status> {
-        let mut stream = self
+        let stream = self
             .client
             .clone()
             .backup_volume(request)
             .await?
             .into_inner();
-        let mut events = Vec::new();
-        while let Some(event) = stream.message().await? {
-            if let Some(backup_volume_event::Event::Result(result)) = &event.event {
-                return Ok((events, result.clone()));
-            }
-            events.push(event);
-        }
-        panic!("backup stream ended without a result; events: {events:?}");
+        until_result!(stream, backup_volume_event, "backup")
     }
 
     async fn restore(
@@ -200,20 +214,13 @@ impl Setup {
             restore_name: "restore-1".into(),
             ..Default::default()
         };
-        let mut stream = self
+        let stream = self
             .client
             .clone()
             .restore_volume(request)
             .await?
             .into_inner();
-        let mut events = Vec::new();
-        while let Some(event) = stream.message().await? {
-            if let Some(restore_volume_event::Event::Result(result)) = &event.event {
-                return Ok((events, result.clone()));
-            }
-            events.push(event);
-        }
-        panic!("restore stream ended without a result; events: {events:?}");
+        until_result!(stream, restore_volume_event, "restore")
     }
 
     /// `restic snapshots --json` read with the test's own restic, not the agent's.

@@ -28,6 +28,6 @@ pub enum ContractError {
 
 /// `value` as an error message shows it: control characters escaped, at most 300 characters, so
 /// a hostile input cannot forge log lines or flood them.
-pub(crate) fn shown(value: &str) -> String {
+pub fn shown(value: &str) -> String {
     value.escape_debug().to_string().chars().take(300).collect()
 }

@@ -15,4 +15,4 @@ pub mod paths;
 pub mod phase;
 pub mod tags;
 
-pub use error::ContractError;
+pub use error::{ContractError, shown};

@@ -27,17 +27,59 @@ pub const UPLOADER_RESTIC: &str = "restic";
 /// `spec.pod.kind`.
 pub const POD_KIND: &str = "Pod";
 
-macro_rules! velero_resource {
-    ($type:ident, $kind:literal, $plural:literal) => {
+/// Declares a Velero object kind: the struct (`apiVersion` and `kind` filled in when a document
+/// lacks them, `metadata`, `spec`, `status`), its `KIND`, `PLURAL` and `new`, and the
+/// `k8s_openapi` traits kube needs. The kind is the type's name. `$kind_default` is the path
+/// serde calls for a missing `kind`, `"<Type>::kind"`: serde takes a path only as a string
+/// literal, which a macro cannot build from the type's name.
+macro_rules! velero_object {
+    (
+        $(#[$doc:meta])*
+        $type:ident {
+            plural: $plural:literal,
+            kind_default: $kind_default:literal,
+            spec: $spec:ty,
+            status: $status:ty $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $type {
+            #[serde(default = "api_version")]
+            pub api_version: String,
+            #[serde(default = $kind_default)]
+            pub kind: String,
+            #[serde(default)]
+            pub metadata: ObjectMeta,
+            pub spec: $spec,
+            #[serde(default)]
+            pub status: $status,
+        }
+
         impl $type {
-            pub const KIND: &'static str = $kind;
+            pub const KIND: &'static str = stringify!($type);
             pub const PLURAL: &'static str = $plural;
+
+            fn kind() -> String {
+                Self::KIND.to_string()
+            }
+
+            pub fn new(metadata: ObjectMeta, spec: $spec) -> $type {
+                $type {
+                    api_version: api_version(),
+                    kind: Self::kind(),
+                    metadata,
+                    spec,
+                    status: <$status>::default(),
+                }
+            }
         }
 
         impl k8s_openapi::Resource for $type {
             const API_VERSION: &'static str = API_VERSION;
             const GROUP: &'static str = GROUP;
-            const KIND: &'static str = $kind;
+            const KIND: &'static str = stringify!($type);
             const VERSION: &'static str = VERSION;
             const URL_PATH_SEGMENT: &'static str = $plural;
             type Scope = NamespaceResourceScope;
@@ -82,35 +124,13 @@ pub fn pod_reference(namespace: &str, name: &str, uid: &str) -> ObjectReference 
     }
 }
 
-/// One pod volume backed up with restic as part of a backup.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodVolumeBackup {
-    #[serde(default = "api_version")]
-    pub api_version: String,
-    #[serde(default = "PodVolumeBackup::kind")]
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    pub spec: PodVolumeBackupSpec,
-    #[serde(default)]
-    pub status: PodVolumeBackupStatus,
-}
-velero_resource!(PodVolumeBackup, "PodVolumeBackup", "podvolumebackups");
-
-impl PodVolumeBackup {
-    fn kind() -> String {
-        Self::KIND.to_string()
-    }
-
-    pub fn new(metadata: ObjectMeta, spec: PodVolumeBackupSpec) -> PodVolumeBackup {
-        PodVolumeBackup {
-            api_version: api_version(),
-            kind: Self::kind(),
-            metadata,
-            spec,
-            status: PodVolumeBackupStatus::default(),
-        }
+velero_object! {
+    /// One pod volume backed up with restic as part of a backup.
+    PodVolumeBackup {
+        plural: "podvolumebackups",
+        kind_default: "PodVolumeBackup::kind",
+        spec: PodVolumeBackupSpec,
+        status: PodVolumeBackupStatus,
     }
 }
 
@@ -185,35 +205,13 @@ pub struct HookStatus {
     pub completion_timestamp: Option<Time>,
 }
 
-/// One pod volume restored with restic as part of a restore.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodVolumeRestore {
-    #[serde(default = "api_version")]
-    pub api_version: String,
-    #[serde(default = "PodVolumeRestore::kind")]
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    pub spec: PodVolumeRestoreSpec,
-    #[serde(default)]
-    pub status: PodVolumeRestoreStatus,
-}
-velero_resource!(PodVolumeRestore, "PodVolumeRestore", "podvolumerestores");
-
-impl PodVolumeRestore {
-    fn kind() -> String {
-        Self::KIND.to_string()
-    }
-
-    pub fn new(metadata: ObjectMeta, spec: PodVolumeRestoreSpec) -> PodVolumeRestore {
-        PodVolumeRestore {
-            api_version: api_version(),
-            kind: Self::kind(),
-            metadata,
-            spec,
-            status: PodVolumeRestoreStatus::default(),
-        }
+velero_object! {
+    /// One pod volume restored with restic as part of a restore.
+    PodVolumeRestore {
+        plural: "podvolumerestores",
+        kind_default: "PodVolumeRestore::kind",
+        spec: PodVolumeRestoreSpec,
+        status: PodVolumeRestoreStatus,
     }
 }
 
@@ -257,35 +255,13 @@ pub struct PodVolumeRestoreStatus {
     pub hooks: Vec<HookStatus>,
 }
 
-/// The restic repository of one namespace.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResticRepository {
-    #[serde(default = "api_version")]
-    pub api_version: String,
-    #[serde(default = "ResticRepository::kind")]
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    pub spec: ResticRepositorySpec,
-    #[serde(default)]
-    pub status: ResticRepositoryStatus,
-}
-velero_resource!(ResticRepository, "ResticRepository", "resticrepositories");
-
-impl ResticRepository {
-    fn kind() -> String {
-        Self::KIND.to_string()
-    }
-
-    pub fn new(metadata: ObjectMeta, spec: ResticRepositorySpec) -> ResticRepository {
-        ResticRepository {
-            api_version: api_version(),
-            kind: Self::kind(),
-            metadata,
-            spec,
-            status: ResticRepositoryStatus::default(),
-        }
+velero_object! {
+    /// The restic repository of one namespace.
+    ResticRepository {
+        plural: "resticrepositories",
+        kind_default: "ResticRepository::kind",
+        spec: ResticRepositorySpec,
+        status: ResticRepositoryStatus,
     }
 }
 

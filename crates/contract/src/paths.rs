@@ -64,22 +64,7 @@ pub fn pattern(field: &str, text: &str) -> Result<String, ContractError> {
             "is negated; `!` patterns are not supported",
         ));
     }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in text.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(invalid(
-                        field,
-                        text,
-                        "climbs out of the volume root with `..`",
-                    ));
-                }
-            }
-            part => parts.push(part),
-        }
-    }
+    let parts = normalised(field, text, text)?;
     if parts.is_empty() {
         return Err(invalid(
             field,
@@ -194,6 +179,18 @@ pub fn snapshot_dir(field: &str, path: &str) -> Result<String, ContractError> {
     if relative.chars().any(char::is_control) {
         return Err(invalid(field, path, "holds control characters"));
     }
+    let parts = normalised(field, path, relative)?;
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// The parts of `relative` (a path under the volume root) with empty and `.` parts dropped and
+/// each `..` taking away the part before it; a `..` with nothing before it climbs out of the
+/// root and is refused, naming `value`, the text the caller was given.
+fn normalised<'a>(
+    field: &str,
+    value: &str,
+    relative: &'a str,
+) -> Result<Vec<&'a str>, ContractError> {
     let mut parts: Vec<&str> = Vec::new();
     for part in relative.split('/') {
         match part {
@@ -202,7 +199,7 @@ pub fn snapshot_dir(field: &str, path: &str) -> Result<String, ContractError> {
                 if parts.pop().is_none() {
                     return Err(invalid(
                         field,
-                        path,
+                        value,
                         "climbs out of the volume root with `..`",
                     ));
                 }
@@ -210,7 +207,7 @@ pub fn snapshot_dir(field: &str, path: &str) -> Result<String, ContractError> {
             part => parts.push(part),
         }
     }
-    Ok(format!("/{}", parts.join("/")))
+    Ok(parts)
 }
 
 #[cfg(test)]

@@ -576,14 +576,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cancelling_stops_a_running_hook_even_with_on_error_continue() {
         let exec = FakeExec::new(Behaviour::Hang { stdout: "" });
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                cancel.cancel();
-            })
-        };
+        let (cancel, canceller) = crate::testing::cancel_after(Duration::from_secs(5));
         let run = run_hook(
             &exec,
             db_target(),

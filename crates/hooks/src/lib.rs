@@ -11,6 +11,8 @@ mod kube_exec;
 pub mod pod;
 pub mod restore;
 pub mod spec;
+#[cfg(test)]
+mod testing;
 
 pub use annotations::{
     AnnotationError, BackupHooks, ExecHook, HookPhase, InitContainerHook, OnError, backup_hooks,

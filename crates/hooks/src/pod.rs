@@ -147,6 +147,7 @@ mod tests {
     use crate::{
         annotations::{ExecHook, HookPhase, OnError},
         exec::{ExecError, ExecTarget, HookResult, Output},
+        testing::{cancel_after, db_status},
     };
 
     /// Runs a command by its first word: `ok`, `fail` (exit 1, stderr "boom"), `hang`; and
@@ -359,14 +360,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cancelling_during_the_pre_hook_runs_nothing_else() {
         let exec = ScriptedExec::default();
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                cancel.cancel();
-            })
-        };
+        let (cancel, canceller) = cancel_after(Duration::from_secs(1));
         let outcome = around_pod_volumes(
             &exec,
             &pod(),
@@ -390,21 +384,7 @@ mod tests {
     fn a_post_restore_hook_waits_for_its_container_to_run_or_be_ready() {
         let with_status = |phase: &str, running: bool, ready: bool| {
             let mut pod = pod();
-            pod.status = Some(
-                serde_json::from_value(serde_json::json!({
-                    "phase": phase,
-                    "containerStatuses": [{
-                        "name": "db", "image": "postgres", "imageID": "", "restartCount": 0,
-                        "ready": ready,
-                        "state": if running {
-                            serde_json::json!({"running": {"startedAt": "2026-03-01T00:00:00Z"}})
-                        } else {
-                            serde_json::json!({"waiting": {"reason": "PodInitializing"}})
-                        },
-                    }],
-                }))
-                .unwrap(),
-            );
+            pod.status = Some(db_status(phase, running, ready));
             pod
         };
         assert_eq!(

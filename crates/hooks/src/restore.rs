@@ -157,6 +157,7 @@ mod tests {
     use crate::{
         annotations::{HookPhase, OnError},
         exec::{ExecError, Output},
+        testing::{cancel_after, db_status},
     };
 
     /// The container and command of each exec.
@@ -200,23 +201,13 @@ mod tests {
 
     /// Pod `shop/db-0` with container `db` in `phase`, running or waiting, ready or not.
     fn pod(phase: &str, running: bool, ready: bool) -> Pod {
-        serde_json::from_value(serde_json::json!({
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "db-0", "namespace": "shop"},
             "spec": {"containers": [{"name": "db"}]},
-            "status": {
-                "phase": phase,
-                "containerStatuses": [{
-                    "name": "db", "image": "postgres", "imageID": "", "restartCount": 0,
-                    "ready": ready,
-                    "state": if running {
-                        serde_json::json!({"running": {"startedAt": "2026-03-01T00:00:00Z"}})
-                    } else {
-                        serde_json::json!({"waiting": {"reason": "PodInitializing"}})
-                    },
-                }],
-            },
         }))
-        .unwrap()
+        .unwrap();
+        pod.status = Some(db_status(phase, running, ready));
+        pod
     }
 
     /// A `fetch` answering `states` in turn, then the last one forever; counts its reads.
@@ -244,6 +235,25 @@ mod tests {
         }
     }
 
+    /// `hook` run in pod `shop/db-0` as the pod reads come, polled every second, with no
+    /// deadline but the hook's own and nobody cancelling.
+    async fn on_db(
+        exec: &RecordingExec,
+        hook: &ExecHook,
+        fetch: impl FnMut() -> std::future::Ready<Read>,
+    ) -> HookRun {
+        post_restore(
+            exec,
+            "shop",
+            "db-0",
+            hook,
+            fetch,
+            wait(),
+            &CancellationToken::new(),
+        )
+        .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_hook_runs_once_its_container_runs() {
         let exec = RecordingExec::default();
@@ -252,16 +262,7 @@ mod tests {
             Err("connection reset".into()),
             Ok(Some(pod("Running", true, false))),
         ]);
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &hook(None, false),
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &hook(None, false), fetch).await;
         assert_eq!(run.result, HookResult::Succeeded, "{}", run.reason());
         assert_eq!(run.stdout, "restored\n");
         assert_eq!(*count.lock().unwrap(), 3);
@@ -279,16 +280,7 @@ mod tests {
             Ok(Some(pod("Running", true, false))),
             Ok(Some(pod("Running", true, true))),
         ]);
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &hook(None, true),
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &hook(None, true), fetch).await;
         assert_eq!(run.result, HookResult::Succeeded);
         assert_eq!(*count.lock().unwrap(), 3);
     }
@@ -298,16 +290,7 @@ mod tests {
         let exec = RecordingExec::default();
         let (_, fetch) = reads(vec![Ok(Some(pod("Pending", false, false)))]);
         let started = Instant::now();
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &hook(Some(Duration::from_secs(10)), false),
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &hook(Some(Duration::from_secs(10)), false), fetch).await;
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(exec.calls.lock().unwrap().is_empty());
         assert!(run.fails_pod());
@@ -347,16 +330,7 @@ mod tests {
     async fn a_pod_that_ended_or_went_away_ends_the_wait_at_once() {
         let exec = RecordingExec::default();
         let (count, fetch) = reads(vec![Ok(Some(pod("Failed", false, false)))]);
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &hook(None, false),
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &hook(None, false), fetch).await;
         assert_eq!(*count.lock().unwrap(), 1);
         assert!(
             run.reason().contains("pod shop/db-0 is Failed"),
@@ -365,16 +339,7 @@ mod tests {
         );
 
         let (_, fetch) = reads(vec![Ok(None)]);
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &hook(None, false),
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &hook(None, false), fetch).await;
         assert_eq!(
             run.result,
             HookResult::NotStarted("pod shop/db-0 was deleted".into())
@@ -386,14 +351,7 @@ mod tests {
     async fn cancelling_the_restore_ends_the_wait() {
         let exec = RecordingExec::default();
         let (_, fetch) = reads(vec![Ok(Some(pod("Pending", false, false)))]);
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                cancel.cancel();
-            })
-        };
+        let (cancel, canceller) = cancel_after(Duration::from_secs(3));
         let run = post_restore(
             &exec,
             "shop",
@@ -415,16 +373,7 @@ mod tests {
         let (_, fetch) = reads(vec![Ok(Some(pod("Running", true, true)))]);
         let mut bad = hook(None, false);
         bad.container = Some("sidecar".into());
-        let run = post_restore(
-            &exec,
-            "shop",
-            "db-0",
-            &bad,
-            fetch,
-            wait(),
-            &CancellationToken::new(),
-        )
-        .await;
+        let run = on_db(&exec, &bad, fetch).await;
         assert!(
             run.reason().contains("has no container `sidecar`"),
             "{}",

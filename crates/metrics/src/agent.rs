@@ -8,6 +8,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::registered;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values as operators query them
 pub enum OperationKind {
@@ -38,16 +40,16 @@ struct NodeLabels {
 /// nodes whose volumes stowage backs up from the nodes with an agent answering scrapes (the
 /// series goes stale when the agent does).
 pub fn register_node(registry: &mut Registry, node: &str) {
-    let info: Family<NodeLabels, Gauge> = Family::default();
+    let info: Family<NodeLabels, Gauge> = registered(
+        registry,
+        "stowage_agent_info",
+        "1, labelled with the node this volume agent serves",
+        Family::default(),
+    );
     info.get_or_create(&NodeLabels {
         node: node.to_string(),
     })
     .set(1);
-    registry.register(
-        "stowage_agent_info",
-        "1, labelled with the node this volume agent serves",
-        info,
-    );
 }
 
 /// Handles to the agent's families; clones record into the same series.
@@ -84,57 +86,56 @@ fn duration_histogram() -> Histogram {
 
 impl AgentMetrics {
     pub fn register(registry: &mut Registry) -> AgentMetrics {
-        let metrics = AgentMetrics {
-            running: Gauge::default(),
-            queued: Gauge::default(),
-            operations: Family::default(),
-            durations: Family::new_with_constructor(duration_histogram),
-            backup_bytes: Counter::default(),
-            backup_added_bytes: Counter::default(),
-            restore_bytes: Counter::default(),
-            restic_peak_rss: Family::new_with_constructor(peak_rss_histogram),
-        };
-        registry.register(
-            "stowage_agent_operations_running",
-            "Backups and restores running restic now",
-            metrics.running.clone(),
-        );
-        registry.register(
-            "stowage_agent_operations_queued",
-            "Backups and restores accepted and waiting for a free slot",
-            metrics.queued.clone(),
-        );
-        registry.register(
-            "stowage_agent_pod_volume_operations",
-            "Pod-volume backups and restores that ended, by operation and final phase",
-            metrics.operations.clone(),
-        );
-        registry.register(
-            "stowage_agent_pod_volume_operation_duration_seconds",
-            "Time from acceptance (queueing included) to the end of a pod-volume operation",
-            metrics.durations.clone(),
-        );
-        registry.register(
-            "stowage_agent_backup_bytes",
-            "Bytes of volume data read by completed backups (restic total_bytes_processed)",
-            metrics.backup_bytes.clone(),
-        );
-        registry.register(
-            "stowage_agent_backup_added_bytes",
-            "Bytes completed backups added to their repositories after deduplication (restic data_added)",
-            metrics.backup_added_bytes.clone(),
-        );
-        registry.register(
-            "stowage_agent_restore_bytes",
-            "Bytes written into volumes by completed restores",
-            metrics.restore_bytes.clone(),
-        );
-        registry.register(
-            "stowage_agent_restic_peak_rss_bytes",
-            "Peak resident memory of the restic processes of one pod-volume operation (the largest of its runs), by operation",
-            metrics.restic_peak_rss.clone(),
-        );
-        metrics
+        AgentMetrics {
+            running: registered(
+                registry,
+                "stowage_agent_operations_running",
+                "Backups and restores running restic now",
+                Gauge::default(),
+            ),
+            queued: registered(
+                registry,
+                "stowage_agent_operations_queued",
+                "Backups and restores accepted and waiting for a free slot",
+                Gauge::default(),
+            ),
+            operations: registered(
+                registry,
+                "stowage_agent_pod_volume_operations",
+                "Pod-volume backups and restores that ended, by operation and final phase",
+                Family::default(),
+            ),
+            durations: registered(
+                registry,
+                "stowage_agent_pod_volume_operation_duration_seconds",
+                "Time from acceptance (queueing included) to the end of a pod-volume operation",
+                Family::new_with_constructor(duration_histogram),
+            ),
+            backup_bytes: registered(
+                registry,
+                "stowage_agent_backup_bytes",
+                "Bytes of volume data read by completed backups (restic total_bytes_processed)",
+                Counter::default(),
+            ),
+            backup_added_bytes: registered(
+                registry,
+                "stowage_agent_backup_added_bytes",
+                "Bytes completed backups added to their repositories after deduplication (restic data_added)",
+                Counter::default(),
+            ),
+            restore_bytes: registered(
+                registry,
+                "stowage_agent_restore_bytes",
+                "Bytes written into volumes by completed restores",
+                Counter::default(),
+            ),
+            restic_peak_rss: registered(
+                registry,
+                "stowage_agent_restic_peak_rss_bytes",
+                "Peak resident memory of the restic processes of one pod-volume operation (the largest of its runs), by operation",
+                Family::new_with_constructor(peak_rss_histogram),
+            ),
+        }
     }
 
     /// The peak RSS of one operation's restic; nothing when restic never ran (0).

@@ -17,6 +17,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::registered;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub grpc_service: String,
@@ -41,21 +43,20 @@ pub struct GrpcMetrics {
 
 impl GrpcMetrics {
     pub fn register(registry: &mut Registry) -> GrpcMetrics {
-        let metrics = GrpcMetrics {
-            requests: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-        };
-        registry.register(
-            "stowage_grpc_server_requests",
-            "gRPC requests handled, by service, method and status code",
-            metrics.requests.clone(),
-        );
-        registry.register(
-            "stowage_grpc_server_request_duration_seconds",
-            "Time from request to the end of the response (the whole stream for streaming calls)",
-            metrics.duration.clone(),
-        );
-        metrics
+        GrpcMetrics {
+            requests: registered(
+                registry,
+                "stowage_grpc_server_requests",
+                "gRPC requests handled, by service, method and status code",
+                Family::default(),
+            ),
+            duration: registered(
+                registry,
+                "stowage_grpc_server_request_duration_seconds",
+                "Time from request to the end of the response (the whole stream for streaming calls)",
+                Family::new_with_constructor(latency_histogram),
+            ),
+        }
     }
 
     /// The families in the process registry, registered on first use.

@@ -28,6 +28,16 @@ pub fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Registers `metric` under `name` with its `help` and hands it back, so a family is declared
+/// where its handle is kept and the registry records into the same series.
+pub(crate) fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// `registry` in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
     let mut text = String::new();

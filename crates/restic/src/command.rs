@@ -169,6 +169,15 @@ impl ResticCommand {
     pub fn arguments(&self) -> &[OsString] {
         &self.args
     }
+
+    /// The arguments as text, as the unit tests compare them.
+    #[cfg(test)]
+    pub(crate) fn argument_strings(&self) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 /// What a finished command printed.
@@ -828,6 +837,45 @@ impl Drop for ProcessGroupGuard {
 mod tests {
     use super::*;
 
+    /// Writes `script` to `path` as an executable stand-in for restic.
+    fn stand_in(path: &Path, script: &str) -> PathBuf {
+        std::fs::write(path, script).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_path_buf()
+    }
+
+    /// A token cancelled as soon as `reached` says the stand-in got far enough, and the task
+    /// that watches for it (awaited by the test, so its failure is seen).
+    fn cancel_when(
+        reached: impl Fn() -> bool + Send + 'static,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                while !reached() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                cancel.cancel();
+            })
+        };
+        (cancel, canceller)
+    }
+
+    /// `restic backup` of a repository nobody reads, through `restic`.
+    async fn run_backup(
+        restic: &Restic,
+        cancel: &CancellationToken,
+    ) -> Result<Output, ResticError> {
+        restic
+            .run(
+                &Repository::new("/r", "p"),
+                &ResticCommand::new("backup"),
+                cancel,
+            )
+            .await
+    }
+
     #[test]
     fn debug_of_repository_hides_password_and_env_values() {
         let repository = Repository::new("/repo", "hunter2").with_env("AWS_SECRET", "s3cr3t");
@@ -932,23 +980,15 @@ mod tests {
     #[tokio::test]
     async fn peak_rss_of_the_child_is_measured() {
         let scratch = tempfile::tempdir().unwrap();
-        let script = scratch.path().join("hungry");
         // A stand-in that touches 64 MiB before it exits.
-        std::fs::write(
-            &script,
+        let script = stand_in(
+            &scratch.path().join("hungry"),
             "#!/bin/sh\nexec python3 -c 'b = bytearray(64 << 20)'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let peak = PeakRss::new();
         let restic = Restic::new(&script, scratch.path().join("scratch")).measuring(&peak);
         assert_eq!(peak.bytes(), 0);
-        restic
-            .run(
-                &Repository::new("/r", "p"),
-                &ResticCommand::new("backup"),
-                &CancellationToken::new(),
-            )
+        run_backup(&restic, &CancellationToken::new())
             .await
             .unwrap();
         assert!(peak.bytes() >= 64 << 20, "peak {}", peak.bytes());
@@ -969,14 +1009,10 @@ mod tests {
     /// A stand-in for restic 0.18 while its storage is down: it announces a retry on stderr,
     /// as restic does, and keeps waiting.
     fn retrying_restic(dir: &Path) -> PathBuf {
-        let script = dir.join("retrying");
-        std::fs::write(
-            &script,
+        stand_in(
+            &dir.join("retrying"),
             "#!/bin/sh\necho '{\"message_type\":\"status\",\"bytes_done\":5,\"files_done\":1}'\necho 'Save(<data/1a2b3c4d5e>) returned error, retrying after 1.5s: dial tcp 127.0.0.1:9: connect: connection refused' >&2\nsleep 120\n",
         )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        script
     }
 
     #[tokio::test]
@@ -1034,26 +1070,12 @@ mod tests {
                 let seen = seen.clone();
                 move |_| *seen.lock().unwrap() += 1
             });
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
+        // Cancelled only once the retry was seen: the run was still going then.
+        let (cancel, canceller) = cancel_when({
             let seen = seen.clone();
-            tokio::spawn(async move {
-                // Cancelled only once the retry was seen: the run was still going then.
-                while *seen.lock().unwrap() == 0 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                cancel.cancel();
-            })
-        };
-        let error = restic
-            .run(
-                &Repository::new("/r", "p"),
-                &ResticCommand::new("backup"),
-                &cancel,
-            )
-            .await
-            .unwrap_err();
+            move || *seen.lock().unwrap() > 0
+        });
+        let error = run_backup(&restic, &cancel).await.unwrap_err();
         canceller.await.unwrap();
         assert!(error.is_cancelled(), "{error:?}");
     }
@@ -1072,41 +1094,21 @@ mod tests {
     #[tokio::test]
     async fn cancel_lets_restic_clean_up_on_sigint_first() {
         let scratch = tempfile::tempdir().unwrap();
-        let script = scratch.path().join("tidy");
         let ready = scratch.path().join("ready");
         let cleaned = scratch.path().join("cleaned");
         // A stand-in that, like restic, removes its lock when interrupted.
-        std::fs::write(
-            &script,
-            format!(
+        let script = stand_in(
+            &scratch.path().join("tidy"),
+            &format!(
                 "#!/bin/sh\ntrap 'kill $child; echo lock removed > {cleaned}; exit 130' INT\nsleep 30 >/dev/null 2>&1 &\nchild=$!\necho > {ready}\nwait\n",
                 cleaned = cleaned.display(),
                 ready = ready.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let restic = Restic::new(&script, scratch.path().join("scratch"))
             .with_stop_grace(std::time::Duration::from_secs(60));
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                while !ready.exists() {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                cancel.cancel();
-            })
-        };
-        let error = restic
-            .run(
-                &Repository::new("/r", "p"),
-                &ResticCommand::new("backup"),
-                &cancel,
-            )
-            .await
-            .unwrap_err();
+        let (cancel, canceller) = cancel_when(move || ready.exists());
+        let error = run_backup(&restic, &cancel).await.unwrap_err();
         canceller.await.unwrap();
         assert!(error.is_cancelled(), "{error}");
         assert_eq!(
@@ -1119,40 +1121,23 @@ mod tests {
     #[tokio::test]
     async fn cancel_kills_the_process_group() {
         let scratch = tempfile::tempdir().unwrap();
-        let script = scratch.path().join("slow");
         // A stand-in that starts a child of its own and records both pids.
         let pids = scratch.path().join("pids");
-        std::fs::write(
-            &script,
-            format!(
+        let script = stand_in(
+            &scratch.path().join("slow"),
+            &format!(
                 "#!/bin/sh\nsleep 30 &\necho $$ $! > {}\nwait\n",
                 pids.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         // sh dies of SIGINT but its background sleep ignores it: only the kill stops it.
         let restic = Restic::new(&script, scratch.path().join("scratch"))
             .with_stop_grace(std::time::Duration::from_millis(200));
-        let cancel = CancellationToken::new();
-        let canceller = {
-            let cancel = cancel.clone();
+        let (cancel, canceller) = cancel_when({
             let pids = pids.clone();
-            tokio::spawn(async move {
-                while !pids.exists() {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                cancel.cancel();
-            })
-        };
-        let error = restic
-            .run(
-                &Repository::new("/r", "p"),
-                &ResticCommand::new("backup"),
-                &cancel,
-            )
-            .await
-            .unwrap_err();
+            move || pids.exists()
+        });
+        let error = run_backup(&restic, &cancel).await.unwrap_err();
         canceller.await.unwrap();
         assert!(error.is_cancelled(), "{error}");
         let text = std::fs::read_to_string(&pids).unwrap();

@@ -140,14 +140,6 @@ impl<T: LineSink> LineSink for &mut T {
 mod tests {
     use super::*;
 
-    fn args(command: &ResticCommand) -> Vec<String> {
-        command
-            .arguments()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
-
     #[test]
     fn node_lines_parse_and_the_snapshot_line_is_skipped() {
         let snapshot = r#"{"time":"2026-12-02T03:48:48Z","paths":["/x"],"id":"a1","message_type":"snapshot","struct_type":"snapshot"}"#;
@@ -171,7 +163,10 @@ mod tests {
             recursive: true,
         })
         .unwrap();
-        assert_eq!(args(&command), ["--json", "abcd", "/data", "--recursive"]);
+        assert_eq!(
+            command.argument_strings(),
+            ["--json", "abcd", "/data", "--recursive"]
+        );
         assert!(
             ls_command(&LsOptions {
                 snapshot: "--x".into(),

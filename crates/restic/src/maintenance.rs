@@ -161,24 +161,26 @@ fn forget_command(snapshot_ids: &[String]) -> Result<ResticCommand, ResticError>
 mod tests {
     use super::*;
 
-    fn args(command: &ResticCommand) -> Vec<String> {
-        command
-            .arguments()
-            .iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect()
-    }
-
     #[test]
     fn init_creates_format_2() {
-        assert_eq!(args(&init_command()), ["--repository-version=2"]);
+        assert_eq!(
+            init_command().argument_strings(),
+            ["--repository-version=2"]
+        );
     }
 
     #[test]
     fn check_reads_data_only_when_asked() {
-        assert!(args(&check_command(CheckData::Structure).unwrap()).is_empty());
+        assert!(
+            check_command(CheckData::Structure)
+                .unwrap()
+                .argument_strings()
+                .is_empty()
+        );
         assert_eq!(
-            args(&check_command(CheckData::Subset(10)).unwrap()),
+            check_command(CheckData::Subset(10))
+                .unwrap()
+                .argument_strings(),
             ["--read-data-subset=10%"]
         );
         assert!(check_command(CheckData::Subset(0)).is_err());
@@ -188,7 +190,9 @@ mod tests {
     #[test]
     fn forget_takes_only_hex_ids() {
         assert_eq!(
-            args(&forget_command(&["ab12".into(), "CD34".into()]).unwrap()),
+            forget_command(&["ab12".into(), "CD34".into()])
+                .unwrap()
+                .argument_strings(),
             ["ab12", "CD34"]
         );
         assert!(forget_command(&["--prune".into()]).is_err());

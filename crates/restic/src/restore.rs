@@ -208,14 +208,6 @@ pub fn restore_command(options: &RestoreOptions) -> Result<ResticCommand, Restic
 mod tests {
     use super::*;
 
-    fn args(command: &ResticCommand) -> Vec<String> {
-        command
-            .arguments()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
-
     #[test]
     fn snapshot_that_looks_like_a_flag_is_refused() {
         let error = restore_command(&RestoreOptions {
@@ -232,7 +224,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            args(&command),
+            command.argument_strings(),
             ["--json", "abcd1234", "--sparse", "--target", "/x"]
         );
     }
@@ -249,7 +241,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            args(&command),
+            command.argument_strings(),
             [
                 "--json",
                 "abcd1234",

@@ -142,11 +142,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        let args: Vec<_> = command
-            .arguments()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = command.argument_strings();
         assert_eq!(args, ["--json", "--tag", "a=1,b=2"]);
     }
 

@@ -143,6 +143,14 @@ mod tests {
         }
     }
 
+    /// A completed backup of one completed volume.
+    fn completed(repository: &str, snapshot: &str, at: i64) -> Backup {
+        backup(
+            BackupPhase::Completed,
+            vec![volume(repository, VolumePhase::Completed, snapshot, at)],
+        )
+    }
+
     fn parents(backups: &[Backup]) -> Parents {
         let mut parents = Parents::default();
         for backup in backups {
@@ -154,18 +162,9 @@ mod tests {
     #[test]
     fn the_latest_completed_snapshot_of_the_identity_is_the_parent() {
         let backups = [
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "aaaa1111", 100)],
-            ),
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "cccc3333", 300)],
-            ),
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "bbbb2222", 200)],
-            ),
+            completed(FOO, "aaaa1111", 100),
+            completed(FOO, "cccc3333", 300),
+            completed(FOO, "bbbb2222", 200),
         ];
         assert_eq!(parents(&backups).of(FOO, IDENTITY), Some("cccc3333"));
         // The order the index lists backups in does not matter.
@@ -178,10 +177,7 @@ mod tests {
     #[test]
     fn failed_cancelled_and_unfinished_volumes_are_never_parents() {
         let backups = [
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "aaaa1111", 100)],
-            ),
+            completed(FOO, "aaaa1111", 100),
             backup(
                 BackupPhase::PartiallyFailed,
                 vec![
@@ -211,14 +207,8 @@ mod tests {
     #[test]
     fn another_repository_is_never_the_source_even_for_the_same_identity() {
         let backups = [
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "aaaa1111", 100)],
-            ),
-            backup(
-                BackupPhase::Completed,
-                vec![volume(BAR, VolumePhase::Completed, "bbbb2222", 900)],
-            ),
+            completed(FOO, "aaaa1111", 100),
+            completed(BAR, "bbbb2222", 900),
         ];
         let parents = parents(&backups);
         assert_eq!(parents.of(FOO, IDENTITY), Some("aaaa1111"));
@@ -229,10 +219,7 @@ mod tests {
     #[test]
     fn a_backup_being_deleted_is_never_the_source() {
         let backups = [
-            backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, "aaaa1111", 100)],
-            ),
+            completed(FOO, "aaaa1111", 100),
             backup(
                 BackupPhase::Deleting,
                 vec![volume(FOO, VolumePhase::Completed, "bbbb2222", 900)],
@@ -249,10 +236,7 @@ mod tests {
 
         let index = Index::default();
         let named = |name: &str, snapshot: &str, at: i64| {
-            let mut backup = backup(
-                BackupPhase::Completed,
-                vec![volume(FOO, VolumePhase::Completed, snapshot, at)],
-            );
+            let mut backup = completed(FOO, snapshot, at);
             backup.name = name.into();
             Entry::new(backup, Vec::new(), CancellationToken::new())
         };

@@ -765,16 +765,45 @@ mod tests {
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
     }
 
+    /// The agent of node-a, its kubelet pods directory and restic's scratch under `root`.
+    fn context_at(root: &Path) -> AgentContext {
+        AgentContext {
+            restic: Restic::new(root.join("restic"), root.join("scratch")),
+            pods_root: root.into(),
+            node_name: "node-a".into(),
+            snapshot_host: "node-a".into(),
+            limit_upload_kib: None,
+            retry: RetryPolicy::NEVER,
+        }
+    }
+
+    /// Pod `shop/db-0`'s emptyDir volume `data`.
+    fn empty_dir_ref(pod_uid: &str) -> PodVolumeRef {
+        PodVolumeRef {
+            namespace: "shop".into(),
+            pod_name: "db-0".into(),
+            pod_uid: pod_uid.into(),
+            volume_name: "data".into(),
+            source: VolumeSource::EmptyDir as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The directory of emptyDir volume `data` of pod `pod_uid`, made under the pods
+    /// directory `pods`, as the kubelet lays it out.
+    fn empty_dir_volume(pods: &Path, pod_uid: &str) -> PathBuf {
+        let volume = pods
+            .join(pod_uid)
+            .join("volumes")
+            .join(volume_path::EMPTY_DIR_PLUGIN)
+            .join("data");
+        std::fs::create_dir_all(&volume).unwrap();
+        volume
+    }
+
     fn abandon_request(pod_uid: &str, restore_uid: &str) -> AbandonRestoreRequest {
         AbandonRestoreRequest {
-            volume: Some(PodVolumeRef {
-                namespace: "shop".into(),
-                pod_name: "db-0".into(),
-                pod_uid: pod_uid.into(),
-                volume_name: "data".into(),
-                source: VolumeSource::EmptyDir as i32,
-                ..Default::default()
-            }),
+            volume: Some(empty_dir_ref(pod_uid)),
             restore_uid: restore_uid.into(),
             reason: "restic failed:\nFatal: wrong password".into(),
         }
@@ -784,29 +813,9 @@ mod tests {
     fn path_patterns_are_checked_and_anchored_where_restic_looks() {
         let pods = tempfile::tempdir().unwrap();
         let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
-        let volume = pods
-            .path()
-            .join(pod_uid)
-            .join("volumes")
-            .join(volume_path::EMPTY_DIR_PLUGIN)
-            .join("data");
-        std::fs::create_dir_all(&volume).unwrap();
-        let context = AgentContext {
-            restic: Restic::new(pods.path().join("restic"), pods.path().join("scratch")),
-            pods_root: pods.path().into(),
-            node_name: "node-a".into(),
-            snapshot_host: "node-a".into(),
-            limit_upload_kib: None,
-            retry: RetryPolicy::NEVER,
-        };
-        let reference = PodVolumeRef {
-            namespace: "shop".into(),
-            pod_name: "db-0".into(),
-            pod_uid: pod_uid.into(),
-            volume_name: "data".into(),
-            source: VolumeSource::EmptyDir as i32,
-            ..Default::default()
-        };
+        let volume = empty_dir_volume(pods.path(), pod_uid);
+        let context = context_at(pods.path());
+        let reference = empty_dir_ref(pod_uid);
         let access = RepositoryAccess {
             url: "s3:http://127.0.0.1:9/b/r".into(),
             password: "p".into(),
@@ -861,21 +870,8 @@ mod tests {
     fn abandon_writes_the_failure_marker_where_the_helper_looks() {
         let pods = tempfile::tempdir().unwrap();
         let pod_uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
-        let volume = pods
-            .path()
-            .join(pod_uid)
-            .join("volumes")
-            .join(volume_path::EMPTY_DIR_PLUGIN)
-            .join("data");
-        std::fs::create_dir_all(&volume).unwrap();
-        let context = AgentContext {
-            restic: Restic::new(pods.path().join("restic"), pods.path().join("scratch")),
-            pods_root: pods.path().into(),
-            node_name: "node-a".into(),
-            snapshot_host: "node-a".into(),
-            limit_upload_kib: None,
-            retry: RetryPolicy::NEVER,
-        };
+        let volume = empty_dir_volume(pods.path(), pod_uid);
+        let context = context_at(pods.path());
         let written = abandon_restore(&context, &abandon_request(pod_uid, "r-1"))
             .unwrap()
             .expect("the volume is on this node");
@@ -1031,17 +1027,7 @@ esac
         }
 
         fn context(&self) -> AgentContext {
-            AgentContext {
-                restic: Restic::new(
-                    self.dir.path().join("restic"),
-                    self.dir.path().join("scratch"),
-                ),
-                pods_root: self.dir.path().into(),
-                node_name: "node-a".into(),
-                snapshot_host: "node-a".into(),
-                limit_upload_kib: None,
-                retry: RetryPolicy::NEVER,
-            }
+            context_at(self.dir.path())
         }
 
         /// Each restic run's arguments, in order.
@@ -1054,17 +1040,7 @@ esac
         }
 
         async fn backup(&self, parent: Option<&str>) -> BackupVolumeResult {
-            let plan = BackupPlan {
-                path: ResolvedVolume {
-                    path: self.dir.path().into(),
-                    plugin: "kubernetes.io~empty-dir".into(),
-                },
-                repository: Repository::new("/r", "p"),
-                identity: "pvc-uid/abc".into(),
-                tags: vec!["stable-identity=pvc-uid/abc".into()],
-                parent: parent.map(str::to_string),
-                excludes: Vec::new(),
-            };
+            let plan = plan(self.dir.path(), parent);
             backup(&self.context(), &plan, &CancellationToken::new(), |_| {})
                 .await
                 .unwrap()
@@ -1178,7 +1154,8 @@ esac
 
     const REFUSED: &str = "Save(<data/1a2b3c4d5e>) returned error, retrying after 1.5s: dial tcp 127.0.0.1:9: connect: connection refused";
 
-    fn plan(dir: &Path) -> BackupPlan {
+    /// The backup of the volume at `dir` (identity `pvc-uid/abc`) with `parent`, if any.
+    fn plan(dir: &Path, parent: Option<&str>) -> BackupPlan {
         BackupPlan {
             path: ResolvedVolume {
                 path: dir.into(),
@@ -1187,7 +1164,7 @@ esac
             repository: Repository::new("s3:http://127.0.0.1:9/b/r", "p"),
             identity: "pvc-uid/abc".into(),
             tags: vec!["stable-identity=pvc-uid/abc".into()],
-            parent: Some(KNOWN.into()),
+            parent: parent.map(str::to_string),
             excludes: Vec::new(),
         }
     }
@@ -1207,7 +1184,7 @@ esac
         let seen = events.clone();
         let result = backup(
             &restic.context(),
-            &plan(restic.dir.path()),
+            &plan(restic.dir.path(), Some(KNOWN)),
             &CancellationToken::new(),
             move |event| {
                 if let JobEvent::Retrying(retrying) = event {
@@ -1252,7 +1229,7 @@ esac
         context.retry = RetryPolicy::new(3, Duration::from_millis(1));
         let error = backup(
             &context,
-            &plan(restic.dir.path()),
+            &plan(restic.dir.path(), Some(KNOWN)),
             &CancellationToken::new(),
             |_| {},
         )
