@@ -41,7 +41,7 @@ pub async fn load(deps: &Deps) -> Result<()> {
 
 async fn load_backups(deps: &Deps) -> Result<()> {
     if let Some(store) = &deps.store {
-        let mut checked = BTreeMap::new();
+        let mut checked = VeleroChecks::default();
         for (backup, logs) in store.list_backups_except(&Default::default()).await? {
             let backup = check_velero_repositories(deps, backup, &mut checked).await;
             adopt(deps, backup, logs, true).await;
@@ -201,6 +201,21 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
     restore::persist(deps, entry, &entry.get()).await;
 }
 
+/// What one listing learned of the Velero repositories it checked: each namespace's answer,
+/// and whether the repo-manager could not be asked (then the rest of the listing is not
+/// checked: the check is best-effort, and a listing, at start above all, must not wait out
+/// an absent repo-manager once per namespace).
+#[derive(Default)]
+struct VeleroChecks {
+    answers: BTreeMap<String, Option<String>>,
+    unreachable: bool,
+}
+
+/// How long one Velero repository check may take. The repo-manager client waits out a
+/// repo-manager takeover for longer (`adapters.rs`); a listing does not: `CreateRestore`
+/// checks again.
+const VELERO_CHECK_WAIT: Duration = Duration::from_secs(3);
+
 /// A readable Velero backup gets the reason its repositories cannot be opened (missing, wrong
 /// password) as its `unrestorable_reason`, so it is listed with it. `checked` keeps each
 /// namespace's answer for one listing. When the check cannot run, the backup is listed as it
@@ -208,7 +223,7 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
 async fn check_velero_repositories(
     deps: &Deps,
     mut backup: stowage_proto::v1::Backup,
-    checked: &mut BTreeMap<String, Option<String>>,
+    checked: &mut VeleroChecks,
 ) -> stowage_proto::v1::Backup {
     if backup.origin != stowage_proto::v1::BackupOrigin::Velero as i32
         || !backup.unrestorable_reason.is_empty()
@@ -217,18 +232,33 @@ async fn check_velero_repositories(
     }
     let mut problems = Vec::new();
     for namespace in restore::backup_namespaces(&backup) {
-        if !checked.contains_key(&namespace) {
-            match restore::velero_namespace_problem(deps, &namespace).await {
-                Ok(problem) => {
-                    checked.insert(namespace.clone(), problem);
+        if !checked.unreachable && !checked.answers.contains_key(&namespace) {
+            let answer = tokio::time::timeout(
+                VELERO_CHECK_WAIT,
+                restore::velero_namespace_problem(deps, &namespace),
+            )
+            .await;
+            match answer {
+                Ok(Ok(problem)) => {
+                    checked.answers.insert(namespace.clone(), problem);
                 }
-                Err(error) => tracing::warn!(
-                    backup = %backup.name, %namespace, %error,
-                    "could not check the repository of a Velero backup; a restore checks again"
-                ),
+                Ok(Err(error)) => {
+                    checked.unreachable = true;
+                    tracing::warn!(
+                        backup = %backup.name, %namespace, %error,
+                        "could not check the repository of a Velero backup; a restore checks again"
+                    );
+                }
+                Err(_) => {
+                    checked.unreachable = true;
+                    tracing::warn!(
+                        backup = %backup.name, %namespace,
+                        "the repository of a Velero backup was not checked within {VELERO_CHECK_WAIT:?}; a restore checks again"
+                    );
+                }
             }
         }
-        if let Some(Some(problem)) = checked.get(&namespace) {
+        if let Some(Some(problem)) = checked.answers.get(&namespace) {
             problems.push(problem.clone());
         }
     }
@@ -443,7 +473,7 @@ async fn sync_from_store(deps: &Deps) {
         .collect();
     match store.list_backups_except(&known).await {
         Ok(backups) => {
-            let mut checked = BTreeMap::new();
+            let mut checked = VeleroChecks::default();
             for (backup, logs) in backups {
                 if deps.index.backup(&backup.name).is_none() {
                     let backup = check_velero_repositories(deps, backup, &mut checked).await;
