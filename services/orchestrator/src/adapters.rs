@@ -401,7 +401,7 @@ impl RepoManagerPort for RepoManager {
         Ok(
             through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {
                 let mut client = self.client.clone();
-                let request = self.request(request.clone());
+                let request = self.request(request);
                 async move { client.list_repositories(request).await }
             })
             .await
