@@ -36,9 +36,9 @@ use crate::{
 
 const MASTER_KEY: &str = "master-key-for-the-ha-stack";
 
-/// The orchestrator's gRPC service, whose health is its readiness.
+/// The orchestrator's gRPC service, whose health is SERVING on the leader alone.
 pub const ORCHESTRATOR: &str = "stowage.v1.Orchestrator";
-/// The repo-manager's gRPC service, whose health is its readiness.
+/// The repo-manager's gRPC service, whose health is SERVING on the leader alone.
 pub const REPO_MANAGER: &str = "stowage.v1.RepoManager";
 /// The orchestrators' Lease in namespace `stowage`.
 pub const ORCHESTRATOR_LEASE: &str = "stowage-orchestrator";
@@ -229,8 +229,8 @@ impl Replica {
             .join("\n--- started again:\n")
     }
 
-    /// Its process-wide health (liveness) and its service's (readiness); `Err` when it does
-    /// not answer within [`PROBE_TIMEOUT`].
+    /// Its process-wide health (liveness and readiness) and its service's (SERVING on the
+    /// leader alone); `Err` when it does not answer within [`PROBE_TIMEOUT`].
     pub async fn health(&self, service: &str) -> (HealthAnswer, HealthAnswer) {
         (probe(&self.url, "").await, probe(&self.url, service).await)
     }
@@ -745,7 +745,7 @@ impl HaStack {
         self.kube.client().await
     }
 
-    /// A client of the orchestrators' Service (whichever replica is ready when it connects).
+    /// A client of the orchestrators' Service (the replica it routes to when it connects).
     pub async fn client(&self) -> OrchestratorClient<TracedChannel> {
         OrchestratorClient::new(
             stowage_grpc::connect(&self.orchestrator_service.url)

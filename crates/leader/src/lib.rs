@@ -295,8 +295,8 @@ impl Leadership {
     }
 
     /// Why this replica does not serve a request: the answer a standby gives, naming the
-    /// leader it knows of, so that a caller knows to retry (the Service routes to the ready
-    /// replica, which is the leader).
+    /// leader it knows of, so that a caller knows to retry (the Service routes to the replica
+    /// whose Pod carries the leader label).
     pub fn unavailable(&self) -> tonic::Status {
         let Some(lease) = self.lease.as_deref() else {
             // Election off: the only reason is that the service is not built yet.
