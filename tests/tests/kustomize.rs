@@ -1480,6 +1480,17 @@ fn monitoring_component_scrapes_every_service_and_ships_its_rules_and_dashboard(
             endpoint["honorLabels"], true,
             "the per-volume series keep their own namespace and pod labels"
         );
+        // Standbys too: their metrics are reached on the Pod, not through the Service that
+        // selects the leader alone.
+        let selector = &monitor["spec"]["selector"];
+        assert!(
+            selector["matchLabels"].get(LEADER_LABEL).is_none()
+                && !array(&selector["matchExpressions"])
+                    .iter()
+                    .any(|expression| expression["key"] == LEADER_LABEL),
+            "{}: the PodMonitor scrapes the leader only",
+            rendered.name
+        );
         let names: BTreeSet<&str> =
             array(&monitor["spec"]["selector"]["matchExpressions"][0]["values"])
                 .iter()
