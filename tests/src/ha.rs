@@ -377,6 +377,17 @@ pub async fn holder(kube: &kube::Client, lease: &str) -> Option<String> {
         .holder_identity
 }
 
+/// The leader label's value on Pod `stowage/<identity>` in the emulator, if it carries it.
+pub async fn leader_label(kube: &kube::Client, identity: &str) -> Option<String> {
+    Api::<Pod>::namespaced(kube.clone(), "stowage")
+        .get(identity)
+        .await
+        .unwrap_or_else(|error| panic!("reading Pod stowage/{identity}: {error}"))
+        .metadata
+        .labels?
+        .remove(LEADER_LABEL)
+}
+
 /// How often a [`Service`] looks at its endpoints (the leader label, the process-wide health).
 const ENDPOINTS_EVERY: Duration = Duration::from_millis(200);
 
