@@ -16,7 +16,7 @@ use tonic::{
 use crate::{
     config::{Config, ConfigError, Context},
     error::{CliError, root_cause},
-    standby::WaitForLeader,
+    standby::{self, WaitForLeader},
 };
 
 /// Where the orchestrator listens when neither flags, environment nor a context say.
@@ -261,10 +261,27 @@ pub async fn connect(settings: &Settings) -> Result<Client, CliError> {
         bearer: settings.bearer()?,
     };
     let with_tls = tls.is_some();
-    match stowage_grpc::connect_with(server, tls).await {
-        // A standby replica's refusals are waited out (standby.rs).
+    // A refused connection (no endpoint while a standby takes over) is waited out, as a
+    // standby's refusals are (standby.rs).
+    let mut backoff = standby::Backoff::new(standby::WAIT);
+    let connected = loop {
+        match stowage_grpc::connect_with(server, tls.clone()).await {
+            Err(GrpcError::Connect { source, .. }) if standby::never_connected(&source) => {
+                let Some(pause) = backoff.next() else {
+                    break Err(GrpcError::Connect {
+                        endpoint: server.clone(),
+                        source,
+                    });
+                };
+                standby::announce_waiting_for_server(server, standby::WAIT, &root_cause(&source));
+                tokio::time::sleep(pause).await;
+            }
+            other => break other,
+        }
+    };
+    match connected {
         Ok(channel) => Ok(OrchestratorClient::with_interceptor(
-            WaitForLeader::new(channel),
+            WaitForLeader::new(channel, server),
             credentials,
         )),
         Err(GrpcError::InvalidEndpoint { .. }) => Err(CliError::BadServer {

@@ -2,10 +2,13 @@
 //! the other answers every call Unavailable, marked `stowage-standby`, having done nothing.
 //! Such a refusal is safe to send again whatever the call (a read, a create, a cancel), so
 //! every call is: after a pause that doubles, until the leader answers or [`WAIT`] has
-//! passed. The first time, the CLI says once on stderr that it waits. An Unavailable without
-//! the marker (the leader's own answer) and a connection that fails are not retried here:
-//! the one exception is [`create_backup_again`], for a create whose connection broke in flight.
-
+//! passed. The first time, the CLI says once on stderr that it waits. The same holds for a
+//! call whose connection could not be established (refused: nothing was sent), as while a
+//! takeover leaves the Service without an endpoint: it is sent again with the same pauses for
+//! up to the same [`WAIT`], and the CLI says once that it waits for the server. An
+//! Unavailable without the marker (the leader's own answer) and a connection that broke with
+//! the call in flight are not retried here: the one exception is [`create_backup_again`], for
+//! a create whose connection broke in flight.
 use std::{
     future::Future,
     pin::Pin,
@@ -32,24 +35,91 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(4);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Whether the CLI already said that it waits (said once per process).
+/// Whether the CLI already said that it waits for a leader (said once per process).
 static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+/// Whether the CLI already said that it waits for the server to accept connections.
+static ANNOUNCED_SERVER: AtomicBool = AtomicBool::new(false);
 
-/// Sends a call again while a standby refuses it.
+/// The pauses between attempts: doubling from [`FIRST_PAUSE`] up to [`LONGEST_PAUSE`], as
+/// long as the next pause still ends within the wait counted from the first attempt.
+pub struct Backoff {
+    started: Instant,
+    pause: Duration,
+    wait: Duration,
+}
+
+impl Backoff {
+    pub fn new(wait: Duration) -> Backoff {
+        Backoff {
+            started: Instant::now(),
+            pause: FIRST_PAUSE,
+            wait,
+        }
+    }
+
+    /// The pause before the next attempt, or None when it would end past the wait.
+    pub fn next(&mut self) -> Option<Duration> {
+        let pause = self.pause;
+        if self.started.elapsed() + pause > self.wait {
+            return None;
+        }
+        self.pause = (pause * 2).min(LONGEST_PAUSE);
+        Some(pause)
+    }
+}
+
+/// Whether an attempt failed before anything was sent: the connection to the server could
+/// not be established (refused, as with a Service without endpoints).
+pub fn never_connected(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Says once per process that the CLI waits for the server at `server` to accept
+/// connections.
+pub fn announce_waiting_for_server(server: &str, wait: Duration, cause: &str) {
+    if !ANNOUNCED_SERVER.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "Waiting for the stowage server at {server} (up to {} s): {cause}",
+            wait.as_secs()
+        );
+    }
+}
+
+/// Sends a call again while a standby refuses it or its connection cannot be established.
 #[derive(Debug, Clone)]
 pub struct WaitForLeader<S> {
     inner: S,
     wait: Duration,
+    /// The server's address, as the waiting message names it.
+    server: std::sync::Arc<str>,
 }
 
 impl<S> WaitForLeader<S> {
-    pub fn new(inner: S) -> Self {
-        WaitForLeader { inner, wait: WAIT }
+    pub fn new(inner: S, server: &str) -> Self {
+        WaitForLeader {
+            inner,
+            wait: WAIT,
+            server: server.into(),
+        }
     }
 
     #[cfg(test)]
     fn with_wait(inner: S, wait: Duration) -> Self {
-        WaitForLeader { inner, wait }
+        WaitForLeader {
+            inner,
+            wait,
+            server: "http://orchestrator:8080".into(),
+        }
     }
 }
 
@@ -112,6 +182,7 @@ where
         let mut ready = std::mem::replace(&mut self.inner, clone);
         let mut inner = self.inner.clone();
         let wait = self.wait;
+        let server = self.server.clone();
         Box::pin(async move {
             // Requests are one message (unary and server-streaming calls): kept to be sent again.
             let (parts, body) = request.into_parts();
@@ -129,28 +200,36 @@ where
                 }
                 request
             };
-            let started = Instant::now();
-            let mut pause = FIRST_PAUSE;
-            let mut response = ready.call(again(&parts)).await.map_err(Into::into)?;
-            while refused_by_standby(&response) && started.elapsed() + pause <= wait {
-                if !ANNOUNCED.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "Waiting for a leading stowage orchestrator (up to {} s): {}",
-                        wait.as_secs(),
-                        message(&response)
-                    );
-                }
+            let mut backoff = Backoff::new(wait);
+            let mut attempt = ready.call(again(&parts)).await.map_err(Into::into);
+            loop {
+                let pause = match &attempt {
+                    Ok(response) if refused_by_standby(response) => {
+                        let Some(pause) = backoff.next() else { break };
+                        if !ANNOUNCED.swap(true, Ordering::Relaxed) {
+                            eprintln!(
+                                "Waiting for a leading stowage orchestrator (up to {} s): {}",
+                                wait.as_secs(),
+                                message(response)
+                            );
+                        }
+                        pause
+                    }
+                    Err(error) if never_connected(&**error) => {
+                        let Some(pause) = backoff.next() else { break };
+                        announce_waiting_for_server(&server, wait, &error.to_string());
+                        pause
+                    }
+                    _ => break,
+                };
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(LONGEST_PAUSE);
-                response = inner
-                    .ready()
-                    .await
-                    .map_err(Into::into)?
-                    .call(again(&parts))
-                    .await
-                    .map_err(Into::into)?;
+                let ready = inner.ready().await.map_err(Into::into);
+                attempt = match ready {
+                    Ok(ready) => ready.call(again(&parts)).await.map_err(Into::into),
+                    Err(error) => Err(error),
+                };
             }
-            Ok(response)
+            attempt
         })
     }
 }
@@ -164,20 +243,20 @@ pub async fn create_backup_again(
     request: v1::CreateBackupRequest,
     call: &Call,
 ) -> Result<v1::Backup, CliError> {
-    let started = Instant::now();
-    let mut pause = FIRST_PAUSE;
+    let mut backoff = Backoff::new(WAIT);
+    let mut pause = backoff.next();
     loop {
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(pause.unwrap_or_default()).await;
         match session.client.create_backup(request.clone()).await {
             Ok(created) => return Ok(created.into_inner()),
             Err(status) if status.code() == tonic::Code::AlreadyExists => {
                 return session::get_backup(session, &request.name).await;
             }
-            Err(status)
-                if std::error::Error::source(&status).is_some()
-                    && started.elapsed() + pause <= WAIT =>
-            {
-                pause = (pause * 2).min(LONGEST_PAUSE);
+            Err(status) if std::error::Error::source(&status).is_some() => {
+                pause = backoff.next();
+                if pause.is_none() {
+                    return Err(session.fail(status, call));
+                }
             }
             Err(status) => return Err(session.fail(status, call)),
         }
@@ -243,7 +322,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_a_standby_refused_is_sent_again_until_the_leader_answers() {
         let seen = Arc::default();
-        let service = WaitForLeader::new(replicas(3, true, Arc::clone(&seen)));
+        let service = WaitForLeader::new(
+            replicas(3, true, Arc::clone(&seen)),
+            "http://orchestrator:8080",
+        );
         let response = service.oneshot(call("same bytes")).await.unwrap();
         assert_eq!(response.headers().get("x-answered-by").unwrap(), "leader");
         let seen = seen.lock().unwrap();
@@ -269,10 +351,112 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unavailable_without_the_standby_marker_is_not_sent_again() {
         let seen = Arc::default();
-        let service = WaitForLeader::new(replicas(1, false, Arc::clone(&seen)));
+        let service = WaitForLeader::new(
+            replicas(1, false, Arc::clone(&seen)),
+            "http://orchestrator:8080",
+        );
         let response = service.oneshot(call("x")).await.unwrap();
         assert_eq!(response.headers().get("grpc-status").unwrap(), "14");
         assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// Fails the first `failures` calls as a connection that `kind` ended (before the call
+    /// reached a server), then answers; records each request body it saw.
+    fn unreachable(
+        failures: usize,
+        kind: std::io::ErrorKind,
+        seen: Arc<std::sync::Mutex<Vec<bytes::Bytes>>>,
+    ) -> impl tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<()>,
+        Error = BoxError,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let calls = Arc::new(AtomicUsize::new(0));
+        tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+            let calls = calls.clone();
+            let seen = seen.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                seen.lock().unwrap().push(body);
+                if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                    // As the transport wraps it: the I/O error is a source, not the error.
+                    #[derive(Debug, thiserror::Error)]
+                    #[error("tcp connect error")]
+                    struct Connect(#[source] std::io::Error);
+                    return Err(BoxError::from(Connect(std::io::Error::from(kind))));
+                }
+                Ok(http::Response::builder()
+                    .header("x-answered-by", "leader")
+                    .body(())
+                    .unwrap())
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_connection_was_refused_is_sent_again_until_the_server_answers() {
+        let seen = Arc::default();
+        let service = WaitForLeader::new(
+            unreachable(4, std::io::ErrorKind::ConnectionRefused, Arc::clone(&seen)),
+            "http://orchestrator:8080",
+        );
+        let started = Instant::now();
+        let response = service.oneshot(call("same bytes")).await.unwrap();
+        assert_eq!(response.headers().get("x-answered-by").unwrap(), "leader");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 5, "four refused connections, then the server");
+        assert!(seen.iter().all(|body| body == "same bytes"), "{seen:?}");
+        // The standby retry's pauses: 0.25 + 0.5 + 1 + 2 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(3750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_fails_with_its_error_after_the_wait() {
+        let seen = Arc::default();
+        let service = WaitForLeader::with_wait(
+            unreachable(
+                usize::MAX,
+                std::io::ErrorKind::ConnectionRefused,
+                Arc::clone(&seen),
+            ),
+            Duration::from_secs(5),
+        );
+        let error = service.oneshot(call("x")).await.unwrap_err();
+        assert!(never_connected(&*error), "the refusal itself: {error}");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            5,
+            "as many as a standby's refusals"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_broke_with_the_call_in_flight_is_not_sent_again() {
+        let seen = Arc::default();
+        let service = WaitForLeader::new(
+            unreachable(1, std::io::ErrorKind::ConnectionReset, Arc::clone(&seen)),
+            "http://orchestrator:8080",
+        );
+        let error = service.oneshot(call("x")).await.unwrap_err();
+        assert!(!never_connected(&*error));
+        assert_eq!(seen.lock().unwrap().len(), 1, "it may have landed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_a_closed_port_counts_as_never_connected() {
+        // What the transport really reports for a port nobody listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(never_connected(&error), "{error:?}");
     }
 
     #[test]

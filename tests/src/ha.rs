@@ -2,25 +2,31 @@
 //! storage location, one volume agent per node (each with its own fake kubelet pods directory),
 //! and two (or more) replicas each of the orchestrator and the repo-manager, electing their
 //! leaders through Leases with short timings. Each replica can be stopped (SIGTERM), killed
-//! (SIGKILL), paused (SIGSTOP/SIGCONT) and started again under its identity; a [`Service`]
-//! forwards every new connection to the replica that is ready (the leader), as a Kubernetes
-//! Service does, so clients, the orchestrators (to the repo-manager) and the CLI reach
-//! whichever replica leads.
+//! (SIGKILL), paused (SIGSTOP/SIGCONT) and started again under its identity. Each replica has
+//! a Pod object in the emulator (named by its identity, in namespace `stowage`, as POD_NAME
+//! and POD_NAMESPACE say), on which the leader sets its label; a [`Service`] forwards every
+//! new connection to the replica whose Pod carries the label and whose process-wide health
+//! answers, as a Kubernetes Service selecting the label sends it to a ready endpoint, so
+//! clients, the orchestrators (to the repo-manager) and the CLI reach whichever replica leads.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::Api;
 use stowage_grpc::TracedChannel;
+use stowage_leader::LEADER_LABEL;
 use stowage_proto::v1::{
     orchestrator_client::OrchestratorClient, repo_manager_client::RepoManagerClient,
 };
-use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
@@ -30,9 +36,9 @@ use crate::{
 
 const MASTER_KEY: &str = "master-key-for-the-ha-stack";
 
-/// The orchestrator's gRPC service, whose health is its readiness.
+/// The orchestrator's gRPC service, whose health is SERVING on the leader alone.
 pub const ORCHESTRATOR: &str = "stowage.v1.Orchestrator";
-/// The repo-manager's gRPC service, whose health is its readiness.
+/// The repo-manager's gRPC service, whose health is SERVING on the leader alone.
 pub const REPO_MANAGER: &str = "stowage.v1.RepoManager";
 /// The orchestrators' Lease in namespace `stowage`.
 pub const ORCHESTRATOR_LEASE: &str = "stowage-orchestrator";
@@ -103,7 +109,7 @@ pub struct Replica {
     pub process: Option<TestProcess>,
     starts: u32,
     /// Stopped with SIGSTOP and not continued yet.
-    paused: bool,
+    paused: AtomicBool,
 }
 
 impl Replica {
@@ -126,7 +132,7 @@ impl Replica {
             url: format!("http://127.0.0.1:{port}"),
             process: None,
             starts: 0,
-            paused: false,
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -136,7 +142,7 @@ impl Replica {
     pub fn start(&mut self) {
         assert!(!self.is_running(), "{} is already running", self.identity);
         self.starts += 1;
-        self.paused = false;
+        self.paused.store(false, Ordering::SeqCst);
         let log_name = match self.starts {
             1 => self.identity.clone(),
             n => format!("{}-{n}", self.identity),
@@ -185,19 +191,19 @@ impl Replica {
     /// SIGSTOP: the process keeps its sockets and state but runs nothing, no timer included,
     /// as a frozen VM or a stalled node. Its health checks time out, as a kubelet's probes
     /// would, and [`Replicas::one_leader`] leaves it out until [`Replica::resume`].
-    pub fn pause(&mut self) {
+    pub fn pause(&self) {
         self.signal("STOP");
-        self.paused = true;
+        self.paused.store(true, Ordering::SeqCst);
     }
 
     /// SIGCONT after [`Replica::pause`].
-    pub fn resume(&mut self) {
+    pub fn resume(&self) {
         self.signal("CONT");
-        self.paused = false;
+        self.paused.store(false, Ordering::SeqCst);
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.paused.load(Ordering::SeqCst)
     }
 
     fn signal(&self, name: &str) {
@@ -223,8 +229,8 @@ impl Replica {
             .join("\n--- started again:\n")
     }
 
-    /// Its process-wide health (liveness) and its service's (readiness); `Err` when it does
-    /// not answer within [`PROBE_TIMEOUT`].
+    /// Its process-wide health (liveness and readiness) and its service's (SERVING on the
+    /// leader alone); `Err` when it does not answer within [`PROBE_TIMEOUT`].
     pub async fn health(&self, service: &str) -> (HealthAnswer, HealthAnswer) {
         (probe(&self.url, "").await, probe(&self.url, service).await)
     }
@@ -249,6 +255,8 @@ pub struct Replicas {
     pub service: &'static str,
     pub lease: &'static str,
     pub replicas: Vec<Replica>,
+    /// The identity of the replica the service's [`Service`] routes to, if any.
+    pub routed: watch::Receiver<Option<String>>,
 }
 
 impl Replicas {
@@ -274,8 +282,9 @@ impl Replicas {
             .collect()
     }
 
-    /// Waits until exactly one running replica reports its service SERVING (ready) while every
-    /// other running one is live and NOT_SERVING (a standby); returns the leader's identity.
+    /// Waits until exactly one running replica reports its service SERVING while every other
+    /// running one is live and NOT_SERVING (a standby), and the Service routes to it (its Pod
+    /// carries the leader label); returns the leader's identity.
     /// Paused replicas are left out. Panics after `within`, when two are ready at once, or
     /// when a replica exits by itself (other than out of its leadership).
     pub async fn one_leader(&mut self, within: Duration) -> String {
@@ -283,7 +292,7 @@ impl Replicas {
         loop {
             let mut last = Vec::new();
             for replica in &mut self.replicas {
-                if replica.process.is_none() || replica.paused {
+                if replica.process.is_none() || replica.is_paused() {
                     continue;
                 }
                 if let Some(status) = replica.exited() {
@@ -318,12 +327,14 @@ impl Replicas {
                     || (*live == Ok(ServingStatus::Serving)
                         && *ready == Ok(ServingStatus::NotServing))
             });
-            if serving.len() == 1 && standbys_ok {
+            let routed = self.routed.borrow().clone();
+            if serving.len() == 1 && standbys_ok && routed.as_ref() == Some(serving[0]) {
                 return serving[0].clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no single leader of {} within {within:?}: {last:?}\n{}",
+                "no single leader of {} routed to within {within:?}: {last:?}, the Service routes \
+                 to {routed:?}\n{}",
                 self.service,
                 self.logs()
             );
@@ -331,10 +342,10 @@ impl Replicas {
         }
     }
 
-    /// Waits until `identity` (started, not ready: its Lease is another's) is live and reports
-    /// its service NOT_SERVING: a standby, as a rolling update waits for a new pod's liveness
-    /// before it stops an old one. Panics after `within`.
-    pub async fn wait_standby(&mut self, identity: &str, within: Duration) {
+    /// Waits until `identity` is ready as the kubelet's readiness probe sees it: its
+    /// process-wide health SERVING, whether it leads or stands by. A Deployment controller's
+    /// rolling update waits for this before it stops an old pod. Panics after `within`.
+    pub async fn wait_ready(&mut self, identity: &str, within: Duration) {
         let service = self.service;
         let deadline = Instant::now() + within;
         loop {
@@ -343,12 +354,12 @@ impl Replicas {
                 panic!("{identity} exited with {status}; log:\n{}", replica.log());
             }
             let health = replica.health(service).await;
-            if health == (Ok(ServingStatus::Serving), Ok(ServingStatus::NotServing)) {
+            if health.0 == Ok(ServingStatus::Serving) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{identity} is no standby of {service} within {within:?}: {health:?}\n{}",
+                "{identity} of {service} is not ready within {within:?}: {health:?}\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -366,71 +377,138 @@ pub async fn holder(kube: &kube::Client, lease: &str) -> Option<String> {
         .holder_identity
 }
 
-/// A TCP forwarder on a loopback port that sends each new connection to the replica whose
-/// service is ready at that moment, as a Kubernetes Service sends it to a ready endpoint; with
-/// none ready the connection is closed at once (a Service without endpoints refuses it).
-/// Connections already forwarded stay with their replica until either side closes them.
+/// The leader label's value on Pod `stowage/<identity>` in the emulator, if it carries it.
+pub async fn leader_label(kube: &kube::Client, identity: &str) -> Option<String> {
+    Api::<Pod>::namespaced(kube.clone(), "stowage")
+        .get(identity)
+        .await
+        .unwrap_or_else(|error| panic!("reading Pod stowage/{identity}: {error}"))
+        .metadata
+        .labels?
+        .remove(LEADER_LABEL)
+}
+
+/// How often a [`Service`] looks at its endpoints (the leader label, the process-wide health).
+const ENDPOINTS_EVERY: Duration = Duration::from_millis(200);
+
+/// A TCP forwarder on a loopback port, as a Kubernetes Service selecting the leader label: its
+/// endpoint is the first replica whose Pod in the emulator carries `stowage.io/leader: "true"`
+/// and whose process-wide health answers SERVING (the readiness probe), looked at every
+/// [`ENDPOINTS_EVERY`]. Each new connection goes to the endpoint of that moment. With no
+/// endpoint the port is closed, so connections are refused (as kube-proxy rejects them for a
+/// Service without endpoints), and bound again once there is one. Connections already
+/// forwarded stay with their replica until either side closes them.
 pub struct Service {
     /// `http://127.0.0.1:<port>`
     pub url: String,
-    backends: Arc<Mutex<Vec<String>>>,
+    /// (identity, URL) of each replica.
+    backends: Arc<Mutex<Vec<(String, String)>>>,
+    routed: watch::Receiver<Option<String>>,
     task: JoinHandle<()>,
 }
 
 impl Service {
-    /// A Service for `service` (its gRPC health name) over the replicas at `backends` (URLs).
-    pub async fn start(service: &'static str, backends: Vec<String>) -> Service {
-        let listener = TcpListener::bind("127.0.0.1:0")
+    /// A Service over the replicas added with [`Service::add_backend`], reading their Pods
+    /// through `kube`.
+    pub async fn start(kube: kube::Client) -> Service {
+        let first = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding a loopback port for the Service");
-        let url = format!(
-            "http://{}",
-            listener.local_addr().expect("the Service's address")
-        );
-        let backends = Arc::new(Mutex::new(backends));
+        let address = first.local_addr().expect("the Service's address");
+        let url = format!("http://{address}");
+        let backends: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let (route, routed) = watch::channel(None);
+        let pods: Api<Pod> = Api::namespaced(kube, "stowage");
         let task = tokio::spawn({
             let backends = backends.clone();
             async move {
+                // Bound while there is an endpoint (none yet: closed until one is found).
+                drop(first);
+                let mut listener: Option<TcpListener> = None;
+                let mut endpoint: Option<String> = None;
                 // The forwarded connections: aborted with the Service (a JoinSet aborts its
                 // tasks when dropped), reaped as they end.
                 let mut connections = tokio::task::JoinSet::new();
+                let mut look = tokio::time::interval(ENDPOINTS_EVERY);
+                look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     while connections.try_join_next().is_some() {}
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let candidates = backends.lock().unwrap().clone();
-                    connections.spawn(async move {
-                        for backend in candidates {
-                            if probe(&backend, service).await != Ok(ServingStatus::Serving) {
-                                continue;
-                            }
-                            let address = backend.trim_start_matches("http://").to_string();
-                            let Ok(mut outbound) = tokio::net::TcpStream::connect(address).await
-                            else {
-                                continue;
-                            };
-                            // Either side closing ends the forwarding; its error is the end.
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            return;
+                    tokio::select! {
+                        accepted = async { listener.as_ref().expect("listening").accept().await }, if listener.is_some() => {
+                            let Ok((mut inbound, _)) = accepted else { continue };
+                            let Some(backend) = endpoint.clone() else { continue };
+                            connections.spawn(async move {
+                                let address = backend.trim_start_matches("http://").to_string();
+                                let Ok(mut outbound) = tokio::net::TcpStream::connect(address).await
+                                else {
+                                    return;
+                                };
+                                // Either side closing ends the forwarding; its error is the end.
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            });
                         }
-                        // No ready replica: `inbound` is dropped, closing the connection.
-                    });
+                        _ = look.tick() => {
+                            let candidates = backends.lock().unwrap().clone();
+                            let found = endpoint_of(&pods, &candidates).await;
+                            endpoint = found.as_ref().map(|(_, url)| url.clone());
+                            route.send_if_modified(|routed| {
+                                let now = found.map(|(identity, _)| identity);
+                                let changed = *routed != now;
+                                *routed = now;
+                                changed
+                            });
+                            match (&endpoint, &listener) {
+                                (None, Some(_)) => listener = None,
+                                (Some(_), None) => {
+                                    // The same port again (tokio sets SO_REUSEADDR); should it
+                                    // fail, the next look tries again.
+                                    listener = TcpListener::bind(address).await.ok();
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
                 }
             }
         });
         Service {
             url,
             backends,
+            routed,
             task,
         }
     }
 
-    /// Adds a replica (a new pod of the Deployment) as a possible endpoint.
-    pub fn add_backend(&self, url: &str) {
-        self.backends.lock().unwrap().push(url.to_string());
+    /// Adds replica `identity` at `url` (a new pod of the Deployment) as a possible endpoint.
+    pub fn add_backend(&self, identity: &str, url: &str) {
+        self.backends
+            .lock()
+            .unwrap()
+            .push((identity.to_string(), url.to_string()));
     }
+
+    /// The identity of the replica this Service routes to, as it changes.
+    pub fn routed(&self) -> watch::Receiver<Option<String>> {
+        self.routed.clone()
+    }
+}
+
+/// The first of `candidates` (identity, URL) whose Pod carries the leader label and whose
+/// process-wide health answers SERVING.
+async fn endpoint_of(pods: &Api<Pod>, candidates: &[(String, String)]) -> Option<(String, String)> {
+    for (identity, url) in candidates {
+        let labelled = match pods.get_opt(identity).await {
+            Ok(pod) => pod
+                .and_then(|pod| pod.metadata.labels)
+                .and_then(|labels| labels.get(LEADER_LABEL).cloned())
+                .is_some_and(|value| value == "true"),
+            Err(_) => false,
+        };
+        if labelled && probe(url, "").await == Ok(ServingStatus::Serving) {
+            return Some((identity.clone(), url.clone()));
+        }
+    }
+    None
 }
 
 impl Drop for Service {
@@ -529,18 +607,20 @@ impl HaStack {
             kubelets.insert(node.clone(), kubelet);
         }
 
-        let repo_manager_service = Service::start(REPO_MANAGER, Vec::new()).await;
-        let orchestrator_service = Service::start(ORCHESTRATOR, Vec::new()).await;
+        let repo_manager_service = Service::start(kube.client().await).await;
+        let orchestrator_service = Service::start(kube.client().await).await;
         let mut stack = HaStack {
             orchestrators: Replicas {
                 service: ORCHESTRATOR,
                 lease: ORCHESTRATOR_LEASE,
                 replicas: Vec::new(),
+                routed: orchestrator_service.routed(),
             },
             repo_managers: Replicas {
                 service: REPO_MANAGER,
                 lease: REPO_MANAGER_LEASE,
                 replicas: Vec::new(),
+                routed: repo_manager_service.routed(),
             },
             orchestrator_service,
             repo_manager_service,
@@ -552,13 +632,13 @@ impl HaStack {
             dir,
         };
         for identity in &options.repo_managers {
-            stack.add_repo_manager(identity);
+            stack.add_repo_manager(identity).await;
         }
         if !options.repo_managers.is_empty() {
             stack.repo_managers.one_leader(FIRST_LEADER_WITHIN).await;
         }
         for identity in &options.orchestrators {
-            stack.add_orchestrator(identity);
+            stack.add_orchestrator(identity).await;
         }
         if !options.orchestrators.is_empty() {
             stack.orchestrators.one_leader(FIRST_LEADER_WITHIN).await;
@@ -584,9 +664,39 @@ impl HaStack {
         )
     }
 
-    /// Starts a new repo-manager replica `identity` (a new pod of the Deployment) and makes it
-    /// an endpoint of the repo-managers' Service; returns without waiting for it.
-    pub fn add_repo_manager(&mut self, identity: &str) {
+    /// Creates the Pod of replica `identity` of `app` in the emulator, as the Deployment's
+    /// ReplicaSet would (before its container starts), without the leader label.
+    async fn create_pod(&self, app: &str, identity: &str) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": identity,
+                "namespace": "stowage",
+                "labels": {"app.kubernetes.io/name": app},
+            },
+            "spec": {"containers": [{"name": "server", "image": app}]},
+        }))
+        .expect("a Pod");
+        Api::<Pod>::namespaced(self.kube_client().await, "stowage")
+            .create(&Default::default(), &pod)
+            .await
+            .unwrap_or_else(|error| panic!("creating Pod stowage/{identity}: {error}"));
+    }
+
+    /// The environment of replica `identity`: the emulator's, and its Pod (the downward API).
+    fn replica_env(&self, identity: &str) -> BTreeMap<String, String> {
+        let mut env = self.kube.env();
+        env.insert("POD_NAME".to_string(), identity.to_string());
+        env.insert("POD_NAMESPACE".to_string(), "stowage".to_string());
+        env
+    }
+
+    /// Starts a new repo-manager replica `identity` (a new pod of the Deployment: its Pod is
+    /// created first) and makes it a possible endpoint of the repo-managers' Service; returns
+    /// without waiting for it.
+    pub async fn add_repo_manager(&mut self, identity: &str) {
+        self.create_pod("stowage-repo-manager", identity).await;
         let mut args = self.options.election.args(identity);
         args.extend([
             "--storage-url".to_string(),
@@ -595,7 +705,7 @@ impl HaStack {
             scratch(self.dir.path(), identity),
         ]);
         args.extend(self.options.repo_manager_args.iter().cloned());
-        let mut env = self.kube.env();
+        let mut env = self.replica_env(identity);
         env.insert("STOWAGE_MASTER_KEY".to_string(), MASTER_KEY.to_string());
         let mut replica = Replica::new(
             "stowage-repo-manager",
@@ -605,14 +715,16 @@ impl HaStack {
             &self.logs_dir(),
         );
         replica.start();
-        self.repo_manager_service.add_backend(&replica.url);
+        self.repo_manager_service
+            .add_backend(&replica.identity, &replica.url);
         self.repo_managers.replicas.push(replica);
     }
 
-    /// Starts a new orchestrator replica `identity`, which calls the repo-managers through
-    /// their Service, and makes it an endpoint of the orchestrators' Service; returns without
-    /// waiting for it.
-    pub fn add_orchestrator(&mut self, identity: &str) {
+    /// Starts a new orchestrator replica `identity` (its Pod created first), which calls the
+    /// repo-managers through their Service, and makes it a possible endpoint of the
+    /// orchestrators' Service; returns without waiting for it.
+    pub async fn add_orchestrator(&mut self, identity: &str) {
+        self.create_pod("stowage-orchestrator", identity).await;
         let mut args = self.options.election.args(identity);
         args.extend([
             "--repo-manager".to_string(),
@@ -631,11 +743,12 @@ impl HaStack {
             "stowage-orchestrator",
             identity,
             args,
-            self.kube.env(),
+            self.replica_env(identity),
             &self.logs_dir(),
         );
         replica.start();
-        self.orchestrator_service.add_backend(&replica.url);
+        self.orchestrator_service
+            .add_backend(&replica.identity, &replica.url);
         self.orchestrators.replicas.push(replica);
     }
 
@@ -643,7 +756,7 @@ impl HaStack {
         self.kube.client().await
     }
 
-    /// A client of the orchestrators' Service (whichever replica is ready when it connects).
+    /// A client of the orchestrators' Service (the replica it routes to when it connects).
     pub async fn client(&self) -> OrchestratorClient<TracedChannel> {
         OrchestratorClient::new(
             stowage_grpc::connect(&self.orchestrator_service.url)

@@ -228,3 +228,31 @@ pub async fn start_service(
     wait_for_health(&url, grpc_service, &mut process, Duration::from_secs(30)).await;
     ServiceProcess { process, url, port }
 }
+
+/// The CLI's failure after it waited out a server that refused its connections: stderr is the
+/// one waiting line naming `server` (the CLI waits up to 30 s, as through a takeover), then one
+/// sentence, which is returned. Panics when the CLI succeeded or said anything else.
+pub fn failure_after_waiting_for(output: &std::process::Output, server: &str) -> String {
+    assert!(
+        !output.status.success(),
+        "expected a failure, got success; stdout:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let text = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "expected the waiting line and one sentence on stderr, got:\n{text}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "Waiting for the stowage server at {server} (up to 30 s)"
+        )),
+        "{text}"
+    );
+    lines[1].to_string()
+}

@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams};
 use stowage_e2e::{
     ServiceProcess, binary,
     cli::{isolated, stowage},
-    free_port,
+    failure_after_waiting_for, free_port,
     kube::{bind_claim, mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_sample_tree},
     stack::{Stack, StackOptions, stack_with_slow_backups},
@@ -72,7 +72,8 @@ async fn orchestrator(log_dir: &std::path::Path) -> ServiceProcess {
 fn unreachable_server_is_one_sentence_naming_it() {
     let server = format!("http://127.0.0.1:{}", free_port());
     let output = stowage(&server, &["backup", "get"]);
-    let sentence = one_sentence_failure(&output);
+    // Refused connections are waited out first, as through a takeover.
+    let sentence = failure_after_waiting_for(&output, &server);
     assert!(sentence.contains("cannot reach"), "{sentence}");
     assert!(sentence.contains(&server), "{sentence}");
     assert!(stdout(&output).is_empty());
@@ -105,7 +106,7 @@ fn server_address_comes_from_the_environment() {
         .env("STOWAGE_SERVER", &server)
         .output()
         .expect("running the stowage binary");
-    let sentence = one_sentence_failure(&output);
+    let sentence = failure_after_waiting_for(&output, &server);
     assert!(sentence.contains(&server), "{sentence}");
 }
 
@@ -1039,7 +1040,8 @@ async fn interrupting_wait_leaves_the_backup_running() {
     assert_eq!(backup["status"]["phase"], "InProgress", "{backup}");
 }
 
-/// The orchestrator going away while `--wait` follows a backup: non-zero, one sentence.
+/// The orchestrator going away while `--wait` follows a backup: once the CLI has waited for
+/// it to accept connections again (as through a takeover, up to 30 s), non-zero, one sentence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_lost_while_waiting_is_one_sentence() {
     let (mut stack, _wrapper) = stack_with_slow_backups().await;
@@ -1047,8 +1049,8 @@ async fn server_lost_while_waiting_is_one_sentence() {
     let waiting = start_waiting_backup(&server, "orphaned");
     wait_until_running(&stack, "orphaned").await;
     stack.orchestrator.process.kill();
-    let output = finish(waiting, Duration::from_secs(30)).await;
-    let sentence = one_sentence_failure(&output);
+    let output = finish(waiting, Duration::from_secs(90)).await;
+    let sentence = failure_after_waiting_for(&output, &server);
     assert!(
         sentence.starts_with(&format!(
             "Error: lost the connection to the stowage server at {server} while waiting ("

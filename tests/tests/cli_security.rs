@@ -10,7 +10,8 @@ use std::{
 };
 
 use stowage_e2e::{
-    TestProcess, agent::wait_until_serving, binary, free_port, kubelet::new_pod_uid, pki::TestCa,
+    TestProcess, agent::wait_until_serving, binary, failure_after_waiting_for, free_port,
+    kubelet::new_pod_uid, pki::TestCa,
 };
 
 /// A CLI run isolated from the developer's own settings: no STOWAGE_* variables but those
@@ -308,11 +309,10 @@ async fn cli_reaches_an_mtls_orchestrator_through_flags_env_and_a_saved_context(
     // A flag overrides the context's setting: another server is tried, with the context's
     // credentials.
     let elsewhere = format!("https://127.0.0.1:{}", free_port());
-    let sentence = one_sentence_failure(&stowage(
-        &home,
-        &["--server", &elsewhere, "backup", "get"],
-        &[],
-    ));
+    let sentence = failure_after_waiting_for(
+        &stowage(&home, &["--server", &elsewhere, "backup", "get"], &[]),
+        &elsewhere,
+    );
     assert!(sentence.contains(&elsewhere), "{sentence}");
     let sentence = one_sentence_failure(&stowage(
         &home,

@@ -392,9 +392,10 @@ async fn a_repo_manager_killed_mid_prune_is_replaced_and_the_prune_runs_again_wi
 }
 
 /// One step of a Deployment controller's rolling update with maxSurge 1 and maxUnavailable 0:
-/// a new replica starts, and once it is up as a standby (live, its service not ready: the Lease
-/// is another's) an old one is stopped (SIGTERM, as the kubelet does); then the service has one
-/// leader again.
+/// a new replica starts, and once it is ready (its process-wide health, which the readiness
+/// probe asks: a standby is ready too, so the rollout proceeds while the Lease is another's) an
+/// old one is stopped (SIGTERM, as the kubelet does); then the service has one leader again,
+/// routed to by the Service.
 async fn roll_one(
     stack: &mut HaStack,
     orchestrators: bool,
@@ -404,16 +405,16 @@ async fn roll_one(
     started: Instant,
 ) {
     if orchestrators {
-        stack.add_orchestrator(new);
+        stack.add_orchestrator(new).await;
     } else {
-        stack.add_repo_manager(new);
+        stack.add_repo_manager(new).await;
     }
     let replicas = if orchestrators {
         &mut stack.orchestrators
     } else {
         &mut stack.repo_managers
     };
-    replicas.wait_standby(new, Duration::from_secs(30)).await;
+    replicas.wait_ready(new, Duration::from_secs(30)).await;
     let status = replicas.get_mut(old).stop(Duration::from_secs(30));
     assert!(
         status.is_some_and(|status| status.success()),
@@ -541,4 +542,40 @@ async fn with_the_default_timings_standbys_lead_within_20_s_of_their_leaders_dea
         "after the kill the repo-manager standby led in {repo_manager_took:?}, the \
          orchestrator standby in {orchestrator_took:?}"
     );
+}
+
+/// While a takeover leaves the orchestrators' Service without an endpoint (the leader dead,
+/// the standby not leading yet), connections are refused; the CLI waits that out, saying so
+/// once, and answers once the standby leads.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_waits_out_an_orchestrator_takeover() {
+    let mut stack = HaStack::start(HaOptions::default()).await;
+    let leader = stack.orchestrators.one_leader(LEADS_WITHIN).await;
+    stack.orchestrators.get_mut(&leader).kill();
+    // The window: the Service has no endpoint (its port refuses connections).
+    let mut routed = stack.orchestrators.routed.clone();
+    tokio::time::timeout(LEADS_WITHIN, routed.wait_for(Option::is_none))
+        .await
+        .expect("the Service drops the killed leader")
+        .expect("the Service runs");
+
+    let listed = stack.cli(&["backup", "get"]);
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        listed.status.success(),
+        "{listed:?}\n{}",
+        stack.orchestrators.logs()
+    );
+    assert_eq!(
+        stderr
+            .matches(&format!(
+                "Waiting for the stowage server at {}",
+                stack.orchestrator_service.url
+            ))
+            .count(),
+        1,
+        "said once: {stderr}"
+    );
+    let new_leader = stack.orchestrators.one_leader(LEADS_WITHIN).await;
+    assert_ne!(new_leader, leader);
 }

@@ -17,6 +17,7 @@ use std::{
 use serde::Deserialize;
 use serde_json::Value;
 use stowage_e2e::{binary, workspace_root};
+use stowage_leader::LEADER_LABEL;
 
 const NAMESPACE: &str = "stowage";
 const AGENT: &str = "stowage-volume-agent";
@@ -444,17 +445,63 @@ fn services_are_probed_on_their_grpc_health_service() {
                     "{name}: {probe} uses the native gRPC probe"
                 );
             }
-            assert_eq!(
-                container["readinessProbe"]["grpc"]["service"], expected_service[name],
-                "{name}: ready when its own service is SERVING"
-            );
+            let elected = name != AGENT;
+            if elected {
+                // Both replicas ready (leader and standby), so that a rollout's new pod becomes
+                // available and a drain of the leader's node is allowed by the budget.
+                assert_eq!(
+                    container["readinessProbe"]["grpc"]["service"], "",
+                    "{name}: ready on the process-wide health, as a standby is too"
+                );
+            } else {
+                assert_eq!(
+                    container["readinessProbe"]["grpc"]["service"], expected_service[name],
+                    "{name}: ready when its own service is SERVING"
+                );
+            }
 
-            // A Service selects the pods and targets the gRPC port.
+            // A Service selects the pods (an elected service's only the leader's, by the
+            // label the leader sets on its own Pod) and targets the gRPC port.
             let service = rendered.get("Service", name);
             let selector = service["spec"]["selector"].as_object().expect("selector");
             let pod_labels = &workload["spec"]["template"]["metadata"]["labels"];
             for (key, value) in selector {
+                if elected && key == LEADER_LABEL {
+                    continue;
+                }
                 assert_eq!(&pod_labels[key], value, "{name}: Service selects the pods");
+            }
+            if elected {
+                assert_eq!(
+                    selector.get(LEADER_LABEL),
+                    Some(&Value::from("true")),
+                    "{name}: the Service routes to the leader only"
+                );
+                // Set by the leader alone: never on every pod, and not what the Deployment
+                // and the budget count (they count both replicas).
+                assert!(pod_labels.get(LEADER_LABEL).is_none(), "{name}: template");
+                for (kind, path) in [
+                    ("Deployment", &workload["spec"]["selector"]),
+                    (
+                        "PodDisruptionBudget",
+                        &rendered.get("PodDisruptionBudget", name)["spec"]["selector"],
+                    ),
+                ] {
+                    assert!(
+                        path["matchLabels"].get(LEADER_LABEL).is_none()
+                            && path.get("matchExpressions").is_none(),
+                        "{name}: the {kind} selects both replicas"
+                    );
+                }
+                assert_eq!(
+                    rendered.get("PodDisruptionBudget", name)["spec"]["minAvailable"],
+                    1
+                );
+                let rolling = &workload["spec"]["strategy"]["rollingUpdate"];
+                assert_eq!(
+                    (&rolling["maxSurge"], &rolling["maxUnavailable"]),
+                    (&Value::from(1), &Value::from(0))
+                );
             }
             assert!(
                 array(&service["spec"]["ports"])
@@ -1224,7 +1271,7 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
             has(&repo_manager, "", "pods", "get"),
             "repo-manager gets pods"
         );
-        for verb in ["list", "delete", "update", "patch"] {
+        for verb in ["list", "delete", "update"] {
             assert!(
                 !has(&repo_manager, "", "pods", verb),
                 "repo-manager may {verb} pods"
@@ -1251,6 +1298,23 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
                     && r == "leases"
                     && v == "delete"),
                 "{service} may delete Leases"
+            );
+            // The leader label on its own Pod: get and patch, in the stowage namespace only.
+            for verb in ["get", "patch"] {
+                assert!(
+                    granted.iter().any(|(g, r, v, cluster_wide)| g.is_empty()
+                        && r == "pods"
+                        && v == verb
+                        && !cluster_wide),
+                    "{service} {verb}s its own Pod in its namespace: {granted:?}"
+                );
+            }
+            assert!(
+                !granted.iter().any(|(g, r, v, cluster_wide)| g.is_empty()
+                    && r == "pods"
+                    && v == "patch"
+                    && *cluster_wide),
+                "{service} may patch pods in every namespace: {granted:?}"
             );
         }
 
@@ -1285,10 +1349,16 @@ fn rbac_gives_each_service_only_what_its_job_needs() {
                 if (resource, verb) == ("pods", "delete") {
                     continue;
                 }
-                assert!(
-                    !has(&orchestrator, "", resource, verb),
-                    "orchestrator may {verb} {resource}"
-                );
+                // Patching pods is granted in the stowage namespace only (its own Pod's
+                // leader label, asserted above), never where the backed-up pods are.
+                let granted = if (resource, verb) == ("pods", "patch") {
+                    orchestrator.iter().any(|(g, r, v, cluster_wide)| {
+                        g.is_empty() && r == resource && v == verb && *cluster_wide
+                    })
+                } else {
+                    has(&orchestrator, "", resource, verb)
+                };
+                assert!(!granted, "orchestrator may {verb} {resource}");
             }
         }
         for resource in ["podvolumebackups", "podvolumerestores"] {
@@ -1409,6 +1479,17 @@ fn monitoring_component_scrapes_every_service_and_ships_its_rules_and_dashboard(
         assert_eq!(
             endpoint["honorLabels"], true,
             "the per-volume series keep their own namespace and pod labels"
+        );
+        // Standbys too: their metrics are reached on the Pod, not through the Service that
+        // selects the leader alone.
+        let selector = &monitor["spec"]["selector"];
+        assert!(
+            selector["matchLabels"].get(LEADER_LABEL).is_none()
+                && !array(&selector["matchExpressions"])
+                    .iter()
+                    .any(|expression| expression["key"] == LEADER_LABEL),
+            "{}: the PodMonitor scrapes the leader only",
+            rendered.name
         );
         let names: BTreeSet<&str> =
             array(&monitor["spec"]["selector"]["matchExpressions"][0]["values"])

@@ -3,13 +3,14 @@
 //! standby is live (the process-wide health) but reports its service NOT_SERVING and answers
 //! every call Unavailable naming the leader; killing a leader (SIGKILL) makes the standby lead
 //! within the test's deadline, and a backup created through the new leaders completes; a paused
-//! leader (SIGSTOP) is replaced too, and exits out of its leadership once continued.
+//! leader (SIGSTOP) is replaced too, and exits out of its leadership once continued; its Pod
+//! keeps the leader label until the restarted container removes it.
 
 use std::time::Duration;
 
 use stowage_e2e::{
     api::{namespace_spec, wait_backup},
-    ha::{HaStack, LOST_LEADERSHIP, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
+    ha::{HaStack, LOST_LEADERSHIP, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder, leader_label},
     kube::seed_example,
 };
 use stowage_proto::v1::{
@@ -186,8 +187,10 @@ fn other(replicas: &[stowage_e2e::ha::Replica], identity: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_leader_is_replaced_and_exits_out_of_its_leadership_when_continued() {
     let mut stack = HaStack::start(Default::default()).await;
+    let kube = stack.kube_client().await;
     for replicas in [&mut stack.orchestrators, &mut stack.repo_managers] {
         let leader = replicas.one_leader(TAKEOVER_WITHIN).await;
+        assert_eq!(leader_label(&kube, &leader).await.as_deref(), Some("true"));
         // Paused (SIGSTOP), it renews nothing: the Lease expires and the standby takes it.
         replicas.get_mut(&leader).pause();
         let new_leader = replicas.one_leader(TAKEOVER_WITHIN).await;
@@ -209,5 +212,28 @@ async fn a_paused_leader_is_replaced_and_exits_out_of_its_leadership_when_contin
         };
         assert_eq!(status.code(), Some(LOST_LEADERSHIP), "{}", replicas.logs());
         assert_eq!(replicas.one_leader(TAKEOVER_WITHIN).await, new_leader);
+        // Its Pod still carries the leader label (it exited at once, writing nothing), but it
+        // is not routed to: it is not ready. Restarted as Kubernetes restarts the container,
+        // it removes the label before it stands by, so the Service keeps to the new leader.
+        assert_eq!(
+            leader_label(&kube, &leader).await.as_deref(),
+            Some("true"),
+            "the old leader's label is left behind"
+        );
+        replicas.get_mut(&leader).start();
+        let deadline = Instant::now() + TAKEOVER_WITHIN;
+        while leader_label(&kube, &leader).await.is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "{leader} restarted kept the leader label:\n{}",
+                replicas.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(replicas.one_leader(TAKEOVER_WITHIN).await, new_leader);
+        assert_eq!(
+            leader_label(&kube, &new_leader).await.as_deref(),
+            Some("true")
+        );
     }
 }

@@ -16,7 +16,7 @@ use stowage_contract::fencing::LeaderTerm;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::{LeaderError, Leadership, Role, Settings};
+use crate::{LeaderError, Leadership, Role, Settings, pod_label::PodLabel};
 
 /// Runs one replica's side of the election (see the crate's comment for the timing rule).
 pub struct Elector {
@@ -27,6 +27,8 @@ pub struct Elector {
     lost: CancellationToken,
     /// What the fencing rule reads: the term this replica leads in and until when.
     term: LeaderTerm,
+    /// This replica's Pod, whose leader label is cleared before it stands for election.
+    pod: PodLabel,
 }
 
 impl Elector {
@@ -58,6 +60,12 @@ impl Elector {
         let (role, watched) = watch::channel(Role::Standby { leader: None });
         let lost = CancellationToken::new();
         let term = LeaderTerm::default();
+        let pod = PodLabel::new(
+            client.clone(),
+            &settings.namespace,
+            &settings.identity,
+            settings.retry_period,
+        );
         let leadership = Leadership {
             identity: settings.identity.clone(),
             lease: Some(settings.lease()),
@@ -73,9 +81,15 @@ impl Elector {
                 role,
                 lost,
                 term,
+                pod,
             },
             leadership,
         )
+    }
+
+    /// This replica's Pod, which the service labels once it leads with its service open.
+    pub fn pod_label(&self) -> PodLabel {
+        self.pod.clone()
     }
 
     /// Takes part in the election until `stop` fires (then a held Lease is released, so a
@@ -84,6 +98,12 @@ impl Elector {
     pub async fn run(self, stop: CancellationToken) -> Result<(), LeaderError> {
         let settings = &self.settings;
         let lease = settings.lease();
+        // A container restarted after losing its Lease still carries the label: the Service
+        // would route callers to a standby. It must be gone before this replica may lead, so
+        // that only the leader's own write (after it leads) ever sets it.
+        if !self.pod.clear(&stop).await {
+            return Ok(());
+        }
         let Some(manager) = self.manager(&stop).await else {
             return Ok(());
         };
@@ -522,10 +542,15 @@ mod term_tests {
 
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/stowage/leases";
 
+    const PODS: &str = "/api/v1/namespaces/stowage/pods";
+
+    /// The Lease and the replicas' Pods, and every request in the order received.
     #[derive(Default)]
     struct FakeLeases {
         lease: Mutex<Option<Value>>,
         refuse_writes: AtomicBool,
+        pods: Mutex<std::collections::BTreeMap<String, Value>>,
+        requests: Mutex<Vec<String>>,
     }
 
     fn merge(into: &mut Value, patch: &Value) {
@@ -559,6 +584,16 @@ mod term_tests {
             content: &str,
             body: Value,
         ) -> (u16, Value) {
+            self.requests
+                .lock()
+                .unwrap()
+                .push(format!("{method} {path}"));
+            if let Some(name) = path
+                .strip_prefix(PODS)
+                .and_then(|rest| rest.strip_prefix('/'))
+            {
+                return self.pod(method, name, content, body);
+            }
             let mut lease = self.lease.lock().unwrap();
             let named = path
                 .strip_prefix(LEASES)
@@ -599,6 +634,42 @@ mod term_tests {
                 }
                 _ => status(405, "MethodNotAllowed"),
             }
+        }
+
+        /// A Pod as the API server answers for it: 404 naming a missing one, and a PATCH only
+        /// as a JSON merge patch (RFC 7386: a null removes the key).
+        fn pod(
+            &self,
+            method: &http::Method,
+            name: &str,
+            content: &str,
+            body: Value,
+        ) -> (u16, Value) {
+            let mut pods = self.pods.lock().unwrap();
+            let Some(pod) = pods.get_mut(name) else {
+                return status(404, "NotFound");
+            };
+            match method.as_str() {
+                "GET" => (200, pod.clone()),
+                "PATCH" if content == "application/merge-patch+json" => {
+                    merge(pod, &body);
+                    (200, pod.clone())
+                }
+                "PATCH" => status(415, "UnsupportedMediaType"),
+                _ => status(405, "MethodNotAllowed"),
+            }
+        }
+
+        fn add_pod(&self, name: &str, labels: Value) {
+            self.pods.lock().unwrap().insert(
+                name.into(),
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": "stowage", "labels": labels}}),
+            );
+        }
+
+        fn labels(&self, name: &str) -> Value {
+            self.pods.lock().unwrap()[name]["metadata"]["labels"].clone()
         }
 
         fn transitions(&self) -> u64 {
@@ -712,6 +783,85 @@ mod term_tests {
         assert!(next_leadership.term().holds(std::time::Instant::now()));
         stop.cancel();
         running.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_restarted_replica_clears_its_stale_leader_label_before_it_stands_for_election() {
+        let api = Arc::new(FakeLeases::default());
+        api.add_pod(
+            "orchestrator-a",
+            json!({"app.kubernetes.io/name": "stowage-orchestrator", "stowage.io/leader": "true"}),
+        );
+        let (elector, leadership, _) = candidate(&api, "orchestrator-a");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(elector.run(stop.clone()));
+        leads(&leadership).await;
+        assert_eq!(
+            api.labels("orchestrator-a"),
+            json!({"app.kubernetes.io/name": "stowage-orchestrator"}),
+            "the leader label is gone, the others are kept"
+        );
+        let requests = api.requests.lock().unwrap().clone();
+        assert_eq!(
+            requests.first().map(String::as_str),
+            Some("PATCH /api/v1/namespaces/stowage/pods/orchestrator-a"),
+            "cleared before the Lease is even read: {requests:?}"
+        );
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replica_without_a_pod_still_stands_for_election() {
+        let api = Arc::new(FakeLeases::default());
+        let (elector, leadership, _) = candidate(&api, "orchestrator-a");
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(elector.run(stop.clone()));
+        leads(&leadership).await;
+        stop.cancel();
+        running.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_label_is_set_retried_each_retry_period_until_the_pod_takes_it() {
+        let api = Arc::new(FakeLeases::default());
+        let (elector, _, _) = candidate(&api, "orchestrator-b");
+        let label = elector.pod_label();
+        assert_eq!(label.pod(), "stowage/orchestrator-b");
+        let stop = CancellationToken::new();
+        let setting = tokio::spawn({
+            let stop = stop.clone();
+            async move { label.set(&stop).await }
+        });
+        let patches = || {
+            api.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|request| {
+                    *request == "PATCH /api/v1/namespaces/stowage/pods/orchestrator-b"
+                })
+                .count()
+        };
+        // The Pod is missing (404): each retry period another attempt, none succeeds.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(patches(), 3, "at 0 s, 1 s and 2 s");
+        assert!(!setting.is_finished());
+        api.add_pod(
+            "orchestrator-b",
+            json!({"app.kubernetes.io/name": "stowage-orchestrator"}),
+        );
+        assert!(setting.await.unwrap(), "set once the Pod exists");
+        assert_eq!(patches(), 4);
+        assert_eq!(
+            api.labels("orchestrator-b"),
+            json!({"app.kubernetes.io/name": "stowage-orchestrator", "stowage.io/leader": "true"})
+        );
+
+        // A stop ends the retries.
+        let (elector, _, _) = candidate(&api, "orchestrator-c");
+        stop.cancel();
+        assert!(!elector.pod_label().set(&stop).await);
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! The gate in front of a service's gRPC API: closed (every call answered Unavailable, naming
 //! the leader, and the service's health NOT_SERVING) until this replica leads and has built
 //! its service, then open (calls pass, health SERVING). The process-wide health (`""`) stays
-//! SERVING throughout, so a standby is live but not ready: Kubernetes keeps it running and
-//! the Service routes callers to the leader.
+//! SERVING throughout: the kubelet's probes ask it, so a standby is live and ready (the
+//! Deployment controller and the PodDisruptionBudget count it as available), and the Service
+//! routes callers to the leader by the label the leader sets on its Pod ([`crate::PodLabel`]).
 
 use std::{
     convert::Infallible,

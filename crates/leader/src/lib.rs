@@ -3,8 +3,9 @@
 //! stowage's namespace, by `kube-lease-manager`; this crate adds what that crate leaves to its
 //! callers: the flags (client-go's names and defaults), a renew deadline after which a leader
 //! that could not renew stops on its own, a [`Leadership`] handle (a watch of the role and a
-//! token that fires when leadership is lost), and the [`gate`] that keeps a standby's API
-//! answering Unavailable and its readiness NOT_SERVING.
+//! token that fires when leadership is lost), the [`gate`] that keeps a standby's API
+//! answering Unavailable and its service's health NOT_SERVING, and the leader label on the
+//! replica's own Pod ([`PodLabel`]) that routes the Service to the leader.
 //!
 //! The timing argument, with the defaults (lease duration D = 15 s, renew deadline R = 10 s,
 //! retry period P = 2 s): the leader renews every P, writing `renewTime` (its wall clock) just
@@ -20,6 +21,7 @@
 
 mod election;
 mod gate;
+mod pod_label;
 mod service;
 mod write_fence;
 
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 pub use election::Elector;
 pub use gate::{Gate, Opener, gate};
+pub use pod_label::{LEADER_LABEL, PodLabel};
 pub use service::Election;
 use stowage_contract::fencing::LeaderTerm;
 use tokio::sync::watch;
@@ -82,7 +85,8 @@ pub enum LeaderError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ElectionArgs {
     /// Elect a leader among this service's replicas through a coordination.k8s.io/v1 Lease;
-    /// only the leader works, the others stand by (live, not ready). Off: this process leads
+    /// only the leader works, the others stand by (ready, but not labelled for the Service:
+    /// `POD_NAME` and `POD_NAMESPACE` name the Pod the leader labels). Off: this process leads
     /// alone, as a single replica must (the shipped manifests turn it on).
     #[arg(
         long = "leader-elect",
@@ -291,8 +295,8 @@ impl Leadership {
     }
 
     /// Why this replica does not serve a request: the answer a standby gives, naming the
-    /// leader it knows of, so that a caller knows to retry (the Service routes to the ready
-    /// replica, which is the leader).
+    /// leader it knows of, so that a caller knows to retry (the Service routes to the replica
+    /// whose Pod carries the leader label).
     pub fn unavailable(&self) -> tonic::Status {
         let Some(lease) = self.lease.as_deref() else {
             // Election off: the only reason is that the service is not built yet.

@@ -6,13 +6,15 @@
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Elector, LeaderError, Leadership, Settings, exit_lost};
+use crate::{Elector, LeaderError, Leadership, PodLabel, Settings, exit_lost};
 
 /// A replica's election as its service runs it.
 pub struct Election {
     leadership: Leadership,
     task: Option<JoinHandle<Result<(), LeaderError>>>,
     stop: CancellationToken,
+    /// This replica's Pod, labelled once it leads (None when it leads alone).
+    pod: Option<PodLabel>,
 }
 
 impl Election {
@@ -25,17 +27,20 @@ impl Election {
                 leadership: Leadership::sole(),
                 task: None,
                 stop,
+                pod: None,
             });
         };
         let config = kube::Config::infer()
             .await
             .map_err(|error| LeaderError::Config(error.to_string()))?;
         let (elector, leadership) = Elector::new(config, settings)?;
+        let pod = elector.pod_label();
         let task = tokio::spawn(elector.run(stop.clone()));
         Ok(Election {
             leadership,
             task: Some(task),
             stop,
+            pod: Some(pod),
         })
     }
 
@@ -44,9 +49,10 @@ impl Election {
     }
 
     /// Serves until `server` ends: once this replica leads (unless `shutdown` fires first),
-    /// `lead` starts the service's work; when the leadership is lost (also while `lead`
-    /// runs) the process exits at once ([`exit_lost`], naming `service`). The server task's
-    /// outcome, or `lead`'s error.
+    /// `lead` starts the service's work and opens its service, then this replica's Pod is
+    /// labelled the leader's (retried until it is), so the Service routes callers to it; when
+    /// the leadership is lost (also while `lead` runs) the process exits at once
+    /// ([`exit_lost`], naming `service`). The server task's outcome, or `lead`'s error.
     pub async fn serve<T, E>(
         &self,
         server: &mut JoinHandle<T>,
@@ -66,10 +72,22 @@ impl Election {
                 }
             }
         }
-        Ok(tokio::select! {
-            served = &mut *server => served,
-            () = lost.cancelled() => exit_lost(service),
-        })
+        let labelled = async {
+            if self.leadership.is_leader()
+                && let Some(pod) = &self.pod
+            {
+                pod.set(shutdown).await;
+            }
+        };
+        tokio::pin!(labelled);
+        let mut labelling = true;
+        loop {
+            tokio::select! {
+                served = &mut *server => return Ok(served),
+                () = lost.cancelled() => exit_lost(service),
+                () = &mut labelled, if labelling => labelling = false,
+            }
+        }
     }
 
     /// Leaves the election once nothing works any more: a held Lease is released, so a
