@@ -341,3 +341,44 @@ async fn health(url: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
         .map(|_| ())
         .map_err(|status| status.to_string())
 }
+
+/// Waits until the agent at `url` runs restic (not only queued it) for at least `at_least`
+/// operations, of `kind` when given; panics after 60 s with what it saw and `context` (the
+/// test's logs). A test kills or pauses an orchestrator only then: a volume it had only sent
+/// is rightly run afresh by the next one, not re-attached.
+pub async fn wait_running_operations(
+    url: &str,
+    kind: Option<stowage_proto::v1::AgentOperationKind>,
+    at_least: usize,
+    context: impl Fn() -> String,
+) {
+    use stowage_proto::v1::{AgentOperationState, GetAgentInfoRequest};
+    let mut agent = VolumeAgentClient::new(
+        stowage_grpc::connect(url)
+            .await
+            .expect("connecting to the agent"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = agent
+            .get_agent_info(GetAgentInfoRequest {})
+            .await
+            .expect("GetAgentInfo")
+            .into_inner();
+        let running = info
+            .operations
+            .iter()
+            .filter(|op| kind.is_none_or(|kind| op.kind == kind as i32))
+            .filter(|op| op.state == AgentOperationState::Running as i32)
+            .count();
+        if running >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent at {url} ran {running} operations ({kind:?}), not {at_least}, within 60 s\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

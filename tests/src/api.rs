@@ -95,6 +95,16 @@ pub async fn wait_volume_in(
     );
 }
 
+/// Backup `name`'s log, its messages one per line.
+pub async fn backup_log(client: &mut Client, name: &str) -> String {
+    backup_log_lines(client, name, |_| true)
+        .await
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The lines of backup `name`'s log whose message `keep` accepts, as (level, message).
 pub async fn backup_log_lines(
     client: &mut Client,

@@ -18,6 +18,7 @@ use std::{
 };
 
 use stowage_e2e::{
+    agent::wait_running_operations,
     api::{namespace_spec, wait_backup},
     ha::{HaOptions, HaStack, LOST_LEADERSHIP, Replica, Replicas},
     health_status,
@@ -198,25 +199,7 @@ async fn a_paused_old_orchestrator_writes_nothing_after_the_takeover() {
             .await
             .unwrap(),
     );
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let info = agent
-                .get_agent_info(GetAgentInfoRequest {})
-                .await
-                .expect("GetAgentInfo")
-                .into_inner();
-            if info
-                .operations
-                .iter()
-                .any(|op| op.state == AgentOperationState::Running as i32)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the agent runs the volume's restic");
+    wait_running_operations(&stack.agents["node-a"].url, None, 1, || stack.logs()).await;
 
     // The leader is paused with the volume running; the standby takes over. The new leader is
     // called directly: the Services would ask the paused replica too.

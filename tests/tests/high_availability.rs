@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use stowage_e2e::{
+    agent::wait_running_operations,
     api::{namespace_spec, wait_backup_within},
     ha::{Election, HaOptions, HaStack, ORCHESTRATOR_LEASE, REPO_MANAGER_LEASE, holder},
     kube::seed_pod_with_empty_dirs,
@@ -15,10 +16,8 @@ use stowage_e2e::{
     stack::slow_restic,
 };
 use stowage_proto::v1::{
-    AgentOperationState, BackupPhase, CreateBackupRequest, EnsureRepositoryRequest,
-    GetAgentInfoRequest, GetBackupLogsRequest, GetRepositoryAccessRequest, GetRepositoryRequest,
-    MaintenanceKind, RepositoryPhase, RunMaintenanceRequest, VolumePhase,
-    volume_agent_client::VolumeAgentClient,
+    BackupPhase, CreateBackupRequest, EnsureRepositoryRequest, GetRepositoryAccessRequest,
+    GetRepositoryRequest, MaintenanceKind, RepositoryPhase, RunMaintenanceRequest, VolumePhase,
 };
 use tokio::time::Instant;
 
@@ -57,19 +56,6 @@ async fn seed_volumes(stack: &HaStack, namespace: &str, count: usize) -> Vec<Str
     seeded
 }
 
-async fn backup_log(client: &mut stowage_e2e::api::Client, name: &str) -> String {
-    client
-        .get_backup_logs(GetBackupLogsRequest { name: name.into() })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner()
-        .lines
-        .iter()
-        .map(|line| line.message.clone())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// restic run by the test on namespace `namespace`'s repository, with the access the leading
 /// repo-manager gives.
 async fn repository(stack: &HaStack, namespace: &str) -> RepositoryRestic {
@@ -83,37 +69,6 @@ async fn repository(stack: &HaStack, namespace: &str) -> RepositoryRestic {
         .expect("GetRepositoryAccess")
         .into_inner();
     RepositoryRestic::new(&access)
-}
-
-/// Waits until the agent of `node` runs restic for at least `at_least` operations.
-async fn wait_agent_running(stack: &HaStack, node: &str, at_least: usize) {
-    let mut agent = VolumeAgentClient::new(
-        stowage_grpc::connect(&stack.agents[node].url)
-            .await
-            .expect("connecting to the agent"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let info = agent
-            .get_agent_info(GetAgentInfoRequest {})
-            .await
-            .expect("GetAgentInfo")
-            .into_inner();
-        let running = info
-            .operations
-            .iter()
-            .filter(|op| op.state == AgentOperationState::Running as i32)
-            .count();
-        if running >= at_least {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent of {node} ran {running} volumes, not {at_least}, within 60 s\n{}",
-            stack.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Asserts that `name` completed with every one of `volumes` (`pod/volume`) once, each with a
@@ -186,7 +141,10 @@ async fn a_killed_leading_orchestrator_is_replaced_within_the_bound_and_its_back
         .into_inner();
     // Killed only once the agent runs both: a volume only sent (its request not yet at the
     // agent) is rightly run afresh, which is not what this test is about.
-    wait_agent_running(&stack, "node-a", volumes.len()).await;
+    wait_running_operations(&stack.agents["node-a"].url, None, volumes.len(), || {
+        stack.logs()
+    })
+    .await;
     drop(client);
 
     let leader = stack.orchestrators.one_leader(LEADS_WITHIN).await;
@@ -208,7 +166,7 @@ async fn a_killed_leading_orchestrator_is_replaced_within_the_bound_and_its_back
 
     let mut client = stack.client().await;
     assert_completed_once(&stack, &mut client, "nightly", "shop", &volumes).await;
-    let log = backup_log(&mut client, "nightly").await;
+    let log = stowage_e2e::api::backup_log(&mut client, "nightly").await;
     assert_eq!(
         log.matches("re-attached to its operation on node node-a")
             .count(),
@@ -449,7 +407,7 @@ async fn a_rolling_update_of_both_deployments_during_a_20_volume_backup_loses_no
         })
         .await
         .expect("CreateBackup");
-    wait_agent_running(&stack, "node-a", 1).await;
+    wait_running_operations(&stack.agents["node-a"].url, None, 1, || stack.logs()).await;
     drop(client);
 
     // Both Deployments roll at once, one pod at a time each, the leaders among the old pods.
@@ -500,7 +458,7 @@ async fn a_rolling_update_of_both_deployments_during_a_20_volume_backup_loses_no
     timeline.push(format!("{:?}: backup completed", started.elapsed()));
     eprintln!("{}", timeline.join("\n"));
     // The leading orchestrator went first, with the backup running: it was handed over.
-    let log = backup_log(&mut client, "nightly").await;
+    let log = stowage_e2e::api::backup_log(&mut client, "nightly").await;
     assert!(log.contains("taking it over"), "{log}");
 }
 

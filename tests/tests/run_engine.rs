@@ -10,18 +10,17 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use stowage_e2e::{
     api::{self, Client, wait_backup_within, wait_restore},
-    binary,
     cli::stowage,
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{Entry, manifest, write_random_file},
     processes::{self, KillOnDrop},
     restic::restic_wrapper,
+    restore_helper,
     stack::{Stack, StackOptions, slow_restic},
 };
 use stowage_proto::v1::{
@@ -182,40 +181,6 @@ impl RestoreStack {
     }
 }
 
-/// Starts the real restore helper as the recreated pod's init container runs it, waiting for
-/// `volume` with its default timeout (hours), its output in `log`.
-fn start_restore_helper(uid: &str, volume: &Path, log: &Path) -> Child {
-    let file = std::fs::File::create(log).expect("creating the helper log");
-    Command::new(binary("stowage-restore-helper"))
-        .arg(uid)
-        .arg(volume)
-        .args(["--poll-millis", "100"])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("cloning the helper log handle"))
-        .stderr(file)
-        .spawn()
-        .expect("starting the restore helper")
-}
-
-/// The helper's exit status once it exited, or panics with its log if it still waits at
-/// `deadline`.
-fn helper_exit(helper: &mut Child, deadline: Instant, log: &Path) -> ExitStatus {
-    loop {
-        if let Some(status) = helper.try_wait().expect("polling the restore helper") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = helper.kill();
-            let _ = helper.wait();
-            panic!(
-                "the restore helper still waits; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `<volume>/.velero/<uid>.failed`: why the volume will not be restored, for the helper.
 fn failure_marker(volume: &Path, uid: &str) -> PathBuf {
     volume.join(".velero").join(format!("{uid}.failed"))
@@ -290,12 +255,12 @@ async fn orchestrator_killed_mid_restore_shows_it_ended_from_the_bucket_and_the_
     let mut client = setup.stack.client().await;
     let (restore, volume) = setup.start_restore(&mut client, "interrupted").await;
     let helper_log = setup.wrapper_dir.path().join("restore-helper.log");
-    let mut helper = start_restore_helper(&restore.uid, &volume, &helper_log);
+    let mut helper = restore_helper::start(&restore.uid, &volume, &helper_log);
     drop(client);
 
     let killed = Instant::now();
     setup.stack.restart_orchestrator().await;
-    let exit = helper_exit(&mut helper, killed + BOUNDED, &helper_log);
+    let exit = restore_helper::exit(&mut helper, killed + BOUNDED, &helper_log);
     let helper_output = std::fs::read_to_string(&helper_log).unwrap_or_default();
 
     let mut client = setup.stack.client().await;
@@ -598,7 +563,7 @@ async fn restore_cancel_stops_the_running_restore_and_kills_its_restic() {
         "restic restore runs before the cancel"
     );
     let helper_log = setup.wrapper_dir.path().join("restore-helper.log");
-    let mut helper = start_restore_helper(&restore.uid, &volume, &helper_log);
+    let mut helper = restore_helper::start(&restore.uid, &volume, &helper_log);
 
     let cancelled = stowage(
         &setup.stack.orchestrator.url,
@@ -629,7 +594,7 @@ async fn restore_cancel_stops_the_running_restore_and_kills_its_restic() {
         processes::running_with_word(&agent, "restore").is_empty()
     });
     // The pod's helper is told the volume will not come, and stops waiting.
-    let exit = helper_exit(&mut helper, Instant::now() + BOUNDED, &helper_log);
+    let exit = restore_helper::exit(&mut helper, Instant::now() + BOUNDED, &helper_log);
     assert_eq!(
         exit.code(),
         Some(1),

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use stowage_e2e::{
+    agent::wait_running_operations,
     api::{self, wait_backup, wait_restore},
     kube::{mark_init_container_running, seed_example, wait_for_pod},
     kubelet::{manifest, write_random_file},
@@ -17,8 +18,8 @@ use stowage_e2e::{
 use stowage_proto::v1::{
     AgentOperationKind, AgentOperationState, AttachOperationRequest, BackupPhase, BackupSpec,
     BackupVolumeRequest, CreateBackupRequest, CreateRestoreRequest, GetAgentInfoRequest,
-    GetBackupLogsRequest, GetBackupRequest, GetRestoreLogsRequest, PodVolumeRef, RestorePhase,
-    RestoreSpec, VolumePhase, WatchBackupRequest, volume_agent_client::VolumeAgentClient,
+    GetBackupRequest, GetRestoreLogsRequest, PodVolumeRef, RestorePhase, RestoreSpec, VolumePhase,
+    WatchBackupRequest, volume_agent_client::VolumeAgentClient,
 };
 use tonic::Code;
 
@@ -64,19 +65,6 @@ async fn start_and_wait_running(
     .expect("a volume starts within 60 s")
 }
 
-async fn backup_log(client: &mut stowage_e2e::api::Client, name: &str) -> String {
-    client
-        .get_backup_logs(GetBackupLogsRequest { name: name.into() })
-        .await
-        .expect("GetBackupLogs")
-        .into_inner()
-        .lines
-        .iter()
-        .map(|line| line.message.clone())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_orchestrators_running_volume_is_reattached_by_the_next_not_run_again() {
     let (mut stack, _wrapper) = stack_with_slow_backups().await;
@@ -90,25 +78,7 @@ async fn a_killed_orchestrators_running_volume_is_reattached_by_the_next_not_run
     );
     // Killed only once the agent runs the operation: a volume the orchestrator has only sent
     // (InProgress in its memory, the request not yet at the agent) is rightly run afresh.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let info = agent
-                .get_agent_info(GetAgentInfoRequest {})
-                .await
-                .expect("GetAgentInfo")
-                .into_inner();
-            if info
-                .operations
-                .iter()
-                .any(|op| op.state == AgentOperationState::Running as i32)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the agent runs the volume's restic");
+    wait_running_operations(&stack.agents["node-a"].url, None, 1, String::new).await;
     // The agent's restic keeps running through the orchestrator's death.
     stack.restart_orchestrator().await;
     let mut client = stack.client().await;
@@ -118,7 +88,7 @@ async fn a_killed_orchestrators_running_volume_is_reattached_by_the_next_not_run
     assert_eq!(status.phase, BackupPhase::Completed as i32, "{status:#?}");
     assert_eq!(status.volumes.len(), 1);
     assert!(!status.volumes[0].snapshot_id.is_empty());
-    let log = backup_log(&mut client, "nightly").await;
+    let log = stowage_e2e::api::backup_log(&mut client, "nightly").await;
     assert!(
         log.contains("re-attached to its operation on node node-a"),
         "{log}"
@@ -166,32 +136,6 @@ const SLOW_RESTORES: &str = r#"case " $* " in
   *) exec restic "$@" ;;
 esac
 "#;
-
-/// Waits until the agent runs an operation of `kind` (not only queued it).
-async fn wait_agent_running(
-    agent: &mut VolumeAgentClient<stowage_grpc::TracedChannel>,
-    kind: AgentOperationKind,
-) {
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let info = agent
-                .get_agent_info(GetAgentInfoRequest {})
-                .await
-                .expect("GetAgentInfo")
-                .into_inner();
-            if info
-                .operations
-                .iter()
-                .any(|op| op.kind == kind as i32 && op.state == AgentOperationState::Running as i32)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the agent runs the operation within 60 s");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_orchestrators_running_restore_is_reattached_and_its_helper_released() {
@@ -262,13 +206,14 @@ async fn restore_taken_over(graceful: bool) {
     let helper_log = wrapper_dir.path().join("restore-helper.log");
     let mut helper = restore_helper::start(&restore.uid, &volume, &helper_log);
     drop(client);
-    let mut agent = VolumeAgentClient::new(
-        stowage_grpc::connect(&stack.agents["node-a"].url)
-            .await
-            .expect("connecting to the agent"),
-    );
     // Killed once the agent's restic restores; it keeps restoring through the death.
-    wait_agent_running(&mut agent, AgentOperationKind::Restore).await;
+    wait_running_operations(
+        &stack.agents["node-a"].url,
+        Some(AgentOperationKind::Restore),
+        1,
+        String::new,
+    )
+    .await;
     if graceful {
         stack.restart_orchestrator_gracefully().await;
     } else {
