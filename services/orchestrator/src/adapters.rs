@@ -287,6 +287,21 @@ impl RepoManagerPort for RepoManager {
         )
     }
 
+    async fn ensure_repository_once(&self, namespace: &str) -> Result<Repository> {
+        Ok(self
+            .client
+            .clone()
+            .ensure_repository(self.request(EnsureRepositoryRequest {
+                namespace: namespace.to_string(),
+            }))
+            .await
+            .map_err(Error::rpc(
+                "repo-manager",
+                format!("repository of namespace {namespace}"),
+            ))?
+            .into_inner())
+    }
+
     async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess> {
         Ok(
             through_takeover(REPO_MANAGER_TAKEOVER_WAIT, ResendAfter::Unavailable, || {

@@ -143,6 +143,12 @@ impl PodExec for ClusterExec {
 #[tonic::async_trait]
 pub trait RepoManagerPort: Send + Sync {
     async fn ensure_repository(&self, namespace: &str) -> Result<Repository>;
+    /// `ensure_repository` asked once, without waiting out a change of the repo-manager's
+    /// leader: for a best-effort check that may be skipped (a listing's), which must not hold
+    /// its caller for the takeover wait.
+    async fn ensure_repository_once(&self, namespace: &str) -> Result<Repository> {
+        self.ensure_repository(namespace).await
+    }
     async fn repository_access(&self, namespace: &str) -> Result<RepositoryAccess>;
     /// The lease's id; `None` from a repo-manager that has no leases.
     async fn acquire_lease(&self, request: AcquireLeaseRequest) -> Result<Option<String>>;

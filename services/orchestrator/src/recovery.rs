@@ -203,18 +203,13 @@ async fn end_unfinished_restore(deps: &Deps, entry: &RestoreEntry) {
 
 /// What one listing learned of the Velero repositories it checked: each namespace's answer,
 /// and whether the repo-manager could not be asked (then the rest of the listing is not
-/// checked: the check is best-effort, and a listing, at start above all, must not wait out
-/// an absent repo-manager once per namespace).
+/// checked). The check is best-effort and asks once (`Patience::Once`): a listing, at start
+/// above all, must not wait out an absent repo-manager, let alone once per namespace.
 #[derive(Default)]
 struct VeleroChecks {
     answers: BTreeMap<String, Option<String>>,
     unreachable: bool,
 }
-
-/// How long one Velero repository check may take. The repo-manager client waits out a
-/// repo-manager takeover for longer (`adapters.rs`); a listing does not: `CreateRestore`
-/// checks again.
-const VELERO_CHECK_WAIT: Duration = Duration::from_secs(3);
 
 /// A readable Velero backup gets the reason its repositories cannot be opened (missing, wrong
 /// password) as its `unrestorable_reason`, so it is listed with it. `checked` keeps each
@@ -233,27 +228,16 @@ async fn check_velero_repositories(
     let mut problems = Vec::new();
     for namespace in restore::backup_namespaces(&backup) {
         if !checked.unreachable && !checked.answers.contains_key(&namespace) {
-            let answer = tokio::time::timeout(
-                VELERO_CHECK_WAIT,
-                restore::velero_namespace_problem(deps, &namespace),
-            )
-            .await;
-            match answer {
-                Ok(Ok(problem)) => {
+            match restore::velero_namespace_problem(deps, &namespace, restore::Patience::Once).await
+            {
+                Ok(problem) => {
                     checked.answers.insert(namespace.clone(), problem);
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     checked.unreachable = true;
                     tracing::warn!(
                         backup = %backup.name, %namespace, %error,
                         "could not check the repository of a Velero backup; a restore checks again"
-                    );
-                }
-                Err(_) => {
-                    checked.unreachable = true;
-                    tracing::warn!(
-                        backup = %backup.name, %namespace,
-                        "the repository of a Velero backup was not checked within {VELERO_CHECK_WAIT:?}; a restore checks again"
                     );
                 }
             }

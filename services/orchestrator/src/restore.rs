@@ -195,9 +195,18 @@ pub fn backup_namespaces(backup: &Backup) -> Vec<String> {
 pub async fn velero_repository_problem(deps: &Deps, backup: &Backup) -> Result<Option<String>> {
     let mut problems = Vec::new();
     for namespace in backup_namespaces(backup) {
-        problems.extend(velero_namespace_problem(deps, &namespace).await?);
+        problems
+            .extend(velero_namespace_problem(deps, &namespace, Patience::ThroughTakeover).await?);
     }
     Ok((!problems.is_empty()).then(|| problems.join("; ")))
+}
+
+/// Whether a check of a Velero repository waits out a change of the repo-manager's leader:
+/// a restore does (it needs the answer); a listing asks once (its check is best-effort).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    ThroughTakeover,
+    Once,
 }
 
 /// Why the restic repository of `namespace` in a Velero location cannot be opened: missing
@@ -205,7 +214,11 @@ pub async fn velero_repository_problem(deps: &Deps, backup: &Backup) -> Result<O
 /// exists is handed to the repo-manager, which adopts it (adding stowage's own key beside
 /// Velero's); a missing one never is, as the repo-manager would initialise an empty one. An
 /// error means the check itself could not run (store or repo-manager unreachable).
-pub async fn velero_namespace_problem(deps: &Deps, namespace: &str) -> Result<Option<String>> {
+pub async fn velero_namespace_problem(
+    deps: &Deps,
+    namespace: &str,
+    patience: Patience,
+) -> Result<Option<String>> {
     let store = deps
         .store
         .as_ref()
@@ -216,7 +229,10 @@ pub async fn velero_namespace_problem(deps: &Deps, namespace: &str) -> Result<Op
             "restic repository {key} not found in the storage location"
         )));
     }
-    let repository = deps.repo_manager.ensure_repository(namespace).await?;
+    let repository = match patience {
+        Patience::ThroughTakeover => deps.repo_manager.ensure_repository(namespace).await?,
+        Patience::Once => deps.repo_manager.ensure_repository_once(namespace).await?,
+    };
     Ok(
         (repository.phase != RepositoryPhase::Ready as i32).then(|| {
             format!(
