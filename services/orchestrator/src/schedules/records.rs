@@ -4,16 +4,11 @@
 //! `hooks.resources`), with stowage's own fields (`timeout`, `excludePaths`, `retention`)
 //! beside Velero's.
 
-use std::collections::{BTreeMap, HashMap};
-
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use stowage_proto::{
     prost_types,
-    v1::{
-        BackupResourceHook, BackupSpec, ExecHook, RetentionPolicy, Schedule, ScheduleSpec,
-        ScheduleStatus, SkippedFiring,
-    },
+    v1::{BackupSpec, RetentionPolicy, Schedule, ScheduleSpec, ScheduleStatus, SkippedFiring},
 };
 use stowage_velero_format as vf;
 
@@ -52,64 +47,6 @@ fn strings(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn match_labels(value: Option<&Value>) -> HashMap<String, String> {
-    value
-        .and_then(|selector| selector.get("matchLabels"))
-        .and_then(Value::as_object)
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn exec_hooks_json(hooks: &[ExecHook]) -> Value {
-    Value::Array(
-        hooks
-            .iter()
-            .map(|hook| {
-                let mut exec = json!({"container": hook.container, "command": hook.command});
-                if !hook.on_error.is_empty() {
-                    exec["onError"] = json!(hook.on_error);
-                }
-                if let Some(timeout) = go_duration(hook.timeout.as_ref()) {
-                    exec["timeout"] = json!(timeout);
-                }
-                json!({ "exec": exec })
-            })
-            .collect(),
-    )
-}
-
-fn exec_hooks_from(value: Option<&Value>) -> Vec<ExecHook> {
-    value
-        .and_then(Value::as_array)
-        .map(|hooks| {
-            hooks
-                .iter()
-                .filter_map(|hook| hook.get("exec"))
-                .map(|exec| ExecHook {
-                    container: exec
-                        .get("container")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    command: strings(exec.get("command")),
-                    on_error: exec
-                        .get("onError")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    timeout: proto_duration(exec.get("timeout").and_then(Value::as_str)),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The template in Velero's `BackupSpec` spelling.
 pub fn template_record(spec: &BackupSpec) -> vf::BackupSpec {
     let mut record = vf::BackupSpec {
         included_namespaces: spec.included_namespaces.clone(),
@@ -152,22 +89,7 @@ pub fn template_record(spec: &BackupSpec) -> vf::BackupSpec {
         extra.insert("retention".into(), policy);
     }
     if !spec.hooks.is_empty() {
-        let resources: Vec<Value> = spec
-            .hooks
-            .iter()
-            .map(|hook| {
-                let labels: BTreeMap<&String, &String> = hook.label_selector.iter().collect();
-                json!({
-                    "name": hook.name,
-                    "includedNamespaces": hook.included_namespaces,
-                    "excludedNamespaces": hook.excluded_namespaces,
-                    "labelSelector": {"matchLabels": labels},
-                    "pre": exec_hooks_json(&hook.pre),
-                    "post": exec_hooks_json(&hook.post),
-                })
-            })
-            .collect();
-        extra.insert("hooks".into(), json!({ "resources": resources }));
+        extra.insert("hooks".into(), crate::hooks::to_velero(&spec.hooks));
     }
     record
 }
@@ -195,27 +117,11 @@ pub fn template_from(record: &vf::BackupSpec) -> BackupSpec {
                 .map(|n| n.min(u64::from(u32::MAX)) as u32),
         }
     });
+    // The schedule keeps its template's hooks as a Backup record's `spec.hooks`: one shape,
+    // written and read by `hooks.rs`.
     let hooks = extra
         .get("hooks")
-        .and_then(|hooks| hooks.get("resources"))
-        .and_then(Value::as_array)
-        .map(|resources| {
-            resources
-                .iter()
-                .map(|hook| BackupResourceHook {
-                    name: hook
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    included_namespaces: strings(hook.get("includedNamespaces")),
-                    excluded_namespaces: strings(hook.get("excludedNamespaces")),
-                    label_selector: match_labels(hook.get("labelSelector")),
-                    pre: exec_hooks_from(hook.get("pre")),
-                    post: exec_hooks_from(hook.get("post")),
-                })
-                .collect()
-        })
+        .map(crate::hooks::from_velero)
         .unwrap_or_default();
     BackupSpec {
         included_namespaces: record.included_namespaces.clone(),
@@ -303,6 +209,10 @@ pub fn from_record(record: &vf::ScheduleRecord) -> (Schedule, Option<DateTime<Ut
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use stowage_proto::v1::{BackupResourceHook, ExecHook};
+
     use super::*;
 
     fn full_template() -> BackupSpec {
